@@ -1,0 +1,76 @@
+/**
+ * The `kmj` command. Each subcommand lives in its own module and returns its exit code; this file
+ * only dispatches, owns the process (env, signals, exit) and turns configuration and usage errors
+ * into one clear line on stderr.
+ */
+import { ConfigError } from '../common/config.ts';
+import type { CommandContext } from './context.ts';
+import { runScaler } from './scaler-command.ts';
+
+type Command = (argv: readonly string[], ctx: CommandContext) => Promise<number>;
+
+const COMMANDS: ReadonlyMap<string, { run: Command; summary: string }> = new Map([
+  ['scaler', { run: runScaler, summary: 'run the KEDA external scaler (gRPC)' }],
+]);
+
+function usage(): string {
+  const rows = [...COMMANDS].map(([name, c]) => `  ${name.padEnd(10)} ${c.summary}`).join('\n');
+  return `Usage: kmj <command> [options]
+
+Commands:
+${rows}
+
+Run "kmj <command> --help" for a command's options.
+`;
+}
+
+/** Exit code for usage and configuration errors, as in sysexits' EX_USAGE / EX_CONFIG. */
+export const EXIT_USAGE = 64;
+export const EXIT_CONFIG = 78;
+
+function processContext(): CommandContext {
+  const controller = new AbortController();
+  let resolveSignal: (name: string) => void = () => undefined;
+  const shutdown = new Promise<string>((resolve) => {
+    resolveSignal = resolve;
+  });
+  for (const sig of ['SIGTERM', 'SIGINT'] as const) {
+    process.once(sig, () => {
+      controller.abort(new Error(`received ${sig}`));
+      resolveSignal(sig);
+    });
+  }
+  return {
+    env: process.env,
+    stdout: process.stdout,
+    stderr: process.stderr,
+    waitForShutdown: () => shutdown,
+    shutdownSignal: controller.signal,
+  };
+}
+
+export async function main(argv: readonly string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (name === undefined || name === '-h' || name === '--help' || name === 'help') {
+    process.stdout.write(usage());
+    return name === undefined ? EXIT_USAGE : 0;
+  }
+  const command = COMMANDS.get(name);
+  if (!command) {
+    process.stderr.write(`kmj: unknown command "${name}"\n\n${usage()}`);
+    return EXIT_USAGE;
+  }
+  try {
+    return await command.run(rest, processContext());
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`kmj ${name}: ${err.message}\n`);
+      return EXIT_CONFIG;
+    }
+    if (err instanceof TypeError && (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
+      process.stderr.write(`kmj ${name}: ${err.message}\nRun "kmj ${name} --help" for usage.\n`);
+      return EXIT_USAGE;
+    }
+    throw err;
+  }
+}

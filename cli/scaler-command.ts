@@ -1,0 +1,58 @@
+/** `kmj scaler`: runs the KEDA external scaler until SIGTERM or SIGINT. */
+import { parseArgs } from 'node:util';
+import { describeFields } from '../common/fields.ts';
+import { createLogger } from '../common/log.ts';
+import { loadScalerConfig, SCALER_ENV } from '../scaler/config.ts';
+import { startScaler } from '../scaler/app.ts';
+import type { CommandContext } from './context.ts';
+
+export const SCALER_HELP = `Usage: kmj scaler [--host <addr>] [--port <grpc port>] [--metrics-port <http port>]
+
+Runs the KEDA external scaler: a gRPC server speaking KEDA's externalscaler.proto (v2.20),
+grpc.health.v1 and reflection, that reports RabbitMQ queue backlogs from a cache kept fresh in
+the background. Prometheus metrics, /healthz and /readyz are served on the metrics port.
+
+Options:
+  --host <addr>             listen address (KMJ_SCALER_HOST)
+  --port <port>             gRPC port (KMJ_SCALER_PORT)
+  --metrics-port <port>     HTTP port for /metrics and probes (KMJ_SCALER_METRICS_PORT)
+  -h, --help                show this help
+
+Environment:
+${describeFields(SCALER_ENV)}
+
+Trigger metadata (ScaledJob trigger of type external):
+  queueName (required), mode [backlog|ready|management] (default backlog), measure (management
+  mode: messages|publishRate|deliverRate), targetSize (default 1), activationThreshold
+  (default 0), vhost, connection (default "default"). See docs/scaler.md.
+`;
+
+export async function runScaler(argv: readonly string[], ctx: CommandContext): Promise<number> {
+  const { values } = parseArgs({
+    args: [...argv],
+    options: {
+      host: { type: 'string' },
+      port: { type: 'string' },
+      'metrics-port': { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
+    strict: true,
+    allowPositionals: false,
+  });
+  if (values.help) {
+    ctx.stdout.write(SCALER_HELP);
+    return 0;
+  }
+  const config = loadScalerConfig(ctx.env, {
+    ...(values.host !== undefined ? { host: values.host } : {}),
+    ...(values.port !== undefined ? { port: values.port } : {}),
+    ...(values['metrics-port'] !== undefined ? { metricsPort: values['metrics-port'] } : {}),
+  });
+  const log = createLogger({ level: config.logLevel, name: 'kmj-scaler' });
+  const scaler = await startScaler(config, log);
+  const signal = await ctx.waitForShutdown();
+  log.info({ signal }, 'shutting down');
+  await scaler.close(5000);
+  log.flush();
+  return 0;
+}

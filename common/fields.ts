@@ -1,0 +1,195 @@
+/**
+ * Declarative parsing of string key/value settings: environment variables, KEDA trigger metadata,
+ * CLI flags. Every field is described once (kind, required, default, allowed range) and a whole
+ * input is parsed in one pass that collects every problem, so a user fixes them all in one go.
+ */
+import { scrubSecrets } from './redact.ts';
+
+interface BaseSpec {
+  /** One line shown in help text and docs. */
+  readonly help?: string;
+}
+
+export interface StringSpec extends BaseSpec {
+  readonly kind: 'string';
+  readonly required?: boolean;
+  readonly default?: string;
+  readonly pattern?: RegExp;
+  /** Says in words what `pattern` allows; used in the error message. */
+  readonly patternHint?: string;
+  readonly maxLength?: number;
+}
+
+export interface EnumSpec<V extends string = string> extends BaseSpec {
+  readonly kind: 'enum';
+  readonly values: readonly V[];
+  readonly required?: boolean;
+  readonly default?: V;
+}
+
+export interface IntegerSpec extends BaseSpec {
+  readonly kind: 'integer';
+  readonly required?: boolean;
+  readonly default?: number;
+  readonly min: number;
+  readonly max: number;
+}
+
+export interface NumberSpec extends BaseSpec {
+  readonly kind: 'number';
+  readonly required?: boolean;
+  readonly default?: number;
+  readonly min: number;
+  /** When true, `min` itself is not allowed (e.g. a target size must be > 0). */
+  readonly exclusiveMin?: boolean;
+  readonly max?: number;
+}
+
+export interface BooleanSpec extends BaseSpec {
+  readonly kind: 'boolean';
+  readonly default?: boolean;
+  readonly required?: boolean;
+}
+
+export interface UrlSpec extends BaseSpec {
+  readonly kind: 'url';
+  /** Allowed schemes without the colon, e.g. ['http', 'https']. */
+  readonly protocols: readonly string[];
+  readonly required?: boolean;
+  readonly default?: string;
+}
+
+export type FieldSpec = StringSpec | EnumSpec | IntegerSpec | NumberSpec | BooleanSpec | UrlSpec;
+export type FieldSpecs = Readonly<Record<string, FieldSpec>>;
+
+type ValueOf<S extends FieldSpec> = S extends IntegerSpec | NumberSpec
+  ? number
+  : S extends BooleanSpec
+    ? boolean
+    : S extends EnumSpec<infer V>
+      ? V
+      : string;
+
+type Present<S extends FieldSpec> = S extends { readonly required: true } ? true : S extends { readonly default: unknown } ? true : false;
+
+/** The typed result of parsing `T`: required or defaulted fields are always set. */
+export type Parsed<T extends FieldSpecs> = {
+  readonly [K in keyof T]: Present<T[K]> extends true ? ValueOf<T[K]> : ValueOf<T[K]> | undefined;
+};
+
+export type RawInput = Readonly<Record<string, string | undefined>>;
+
+export interface ParseOptions {
+  /** How a key is named in messages, e.g. the env var name for a config field. */
+  readonly nameOf?: (key: string) => string;
+  /** Where to read each key in `input`; defaults to the key itself. */
+  readonly sourceKeyOf?: (key: string) => string;
+}
+
+/** Quotes a value for an error message, with credentials in URLs removed. */
+export function quote(value: string): string {
+  const shown = value.length > 200 ? `${value.slice(0, 200)}…` : value;
+  return JSON.stringify(scrubSecrets(shown));
+}
+
+function parseOne(spec: FieldSpec, raw: string, name: string, problems: string[]): unknown {
+  switch (spec.kind) {
+    case 'string': {
+      if (spec.maxLength !== undefined && raw.length > spec.maxLength) {
+        problems.push(`${name}: must be at most ${spec.maxLength} characters, got ${raw.length}`);
+        return undefined;
+      }
+      if (spec.pattern && !spec.pattern.test(raw)) {
+        problems.push(`${name}: ${quote(raw)} must be ${spec.patternHint ?? `a string matching ${String(spec.pattern)}`}`);
+        return undefined;
+      }
+      return raw;
+    }
+    case 'enum': {
+      if (!spec.values.includes(raw)) {
+        problems.push(`${name}: ${quote(raw)} must be one of ${spec.values.join(', ')}`);
+        return undefined;
+      }
+      return raw;
+    }
+    case 'integer': {
+      const n = /^-?\d+$/.test(raw.trim()) ? Number(raw.trim()) : Number.NaN;
+      if (!Number.isSafeInteger(n) || n < spec.min || n > spec.max) {
+        problems.push(`${name}: ${quote(raw)} must be an integer from ${spec.min} to ${spec.max}`);
+        return undefined;
+      }
+      return n;
+    }
+    case 'number': {
+      const trimmed = raw.trim();
+      const n = trimmed === '' ? Number.NaN : Number(trimmed);
+      const belowMin = spec.exclusiveMin ? n <= spec.min : n < spec.min;
+      if (!Number.isFinite(n) || belowMin || (spec.max !== undefined && n > spec.max)) {
+        const lower = spec.exclusiveMin ? `greater than ${spec.min}` : `at least ${spec.min}`;
+        const upper = spec.max !== undefined ? ` and at most ${spec.max}` : '';
+        problems.push(`${name}: ${quote(raw)} must be a number ${lower}${upper}`);
+        return undefined;
+      }
+      return n;
+    }
+    case 'boolean': {
+      const v = raw.trim().toLowerCase();
+      if (v === 'true' || v === '1' || v === 'yes') return true;
+      if (v === 'false' || v === '0' || v === 'no') return false;
+      problems.push(`${name}: ${quote(raw)} must be true or false`);
+      return undefined;
+    }
+    case 'url': {
+      let url: URL;
+      try {
+        url = new URL(raw);
+      } catch {
+        problems.push(`${name}: ${quote(raw)} must be a ${spec.protocols.join(' or ')} URL`);
+        return undefined;
+      }
+      if (!spec.protocols.includes(url.protocol.replace(/:$/, ''))) {
+        problems.push(`${name}: ${quote(raw)} must be a ${spec.protocols.join(' or ')} URL`);
+        return undefined;
+      }
+      return raw;
+    }
+  }
+}
+
+/**
+ * Parses `input` against `specs`. Returns the typed values and the list of problems; the values
+ * are only meaningful when `problems` is empty. An empty string counts as "not set".
+ */
+export function parseFields<T extends FieldSpecs>(
+  specs: T,
+  input: RawInput,
+  options: ParseOptions = {},
+): { values: Parsed<T>; problems: string[] } {
+  const nameOf = options.nameOf ?? ((k: string) => k);
+  const sourceKeyOf = options.sourceKeyOf ?? ((k: string) => k);
+  const problems: string[] = [];
+  const values: Record<string, unknown> = {};
+  for (const [key, spec] of Object.entries(specs)) {
+    const raw = input[sourceKeyOf(key)];
+    const name = nameOf(key);
+    if (raw === undefined || raw === '') {
+      if (spec.default !== undefined) values[key] = spec.default;
+      else if (spec.required) problems.push(`${name}: is required`);
+      continue;
+    }
+    const parsed = parseOne(spec, raw, name, problems);
+    if (parsed !== undefined) values[key] = parsed;
+  }
+  return { values: values as Parsed<T>, problems };
+}
+
+/** One line per field for help text: `  NAME  help (default: x)`. */
+export function describeFields(specs: FieldSpecs, nameOf: (key: string) => string = (k) => k): string {
+  const rows = Object.entries(specs).map(([key, spec]) => {
+    const allowed = spec.kind === 'enum' ? ` [${spec.values.join('|')}]` : '';
+    const dflt = spec.default !== undefined ? ` (default: ${scrubSecrets(String(spec.default))})` : spec.required ? ' (required)' : '';
+    return [nameOf(key), `${spec.help ?? ''}${allowed}${dflt}`] as const;
+  });
+  const width = Math.max(0, ...rows.map(([n]) => n.length));
+  return rows.map(([n, text]) => `  ${n.padEnd(width)}  ${text}`).join('\n');
+}

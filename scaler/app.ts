@@ -1,0 +1,100 @@
+/**
+ * Assembles a running scaler from its configuration: sources, trigger compiler, snapshot store,
+ * the gRPC server and the HTTP server for metrics and probes. `close` undoes all of it in order.
+ */
+import { createServer, type Server } from 'node:http';
+import type { Logger } from '../common/log.ts';
+import type { ScalerConfig } from './config.ts';
+import { startGrpcServer, type RunningGrpcServer } from './grpc-server.ts';
+import { ScalerMetrics } from './metrics.ts';
+import { ExternalScalerService } from './service.ts';
+import { SnapshotStore } from './snapshots.ts';
+import { createSources } from './sources/registry.ts';
+import { TriggerCompiler } from './triggers.ts';
+
+export interface RunningScaler {
+  readonly grpcPort: number;
+  readonly metricsPort: number;
+  readonly grpc: RunningGrpcServer;
+  readonly store: SnapshotStore;
+  readonly metrics: ScalerMetrics;
+  close(graceMs?: number): Promise<void>;
+}
+
+export async function startScaler(config: ScalerConfig, log: Logger): Promise<RunningScaler> {
+  const metrics = new ScalerMetrics();
+  const sources = createSources(config.sources, log);
+  const triggers = new TriggerCompiler(sources);
+  const store = new SnapshotStore(config.snapshots, metrics, log.child({ component: 'snapshots' }));
+  const service = new ExternalScalerService(triggers, store);
+  store.start();
+
+  let grpc: RunningGrpcServer;
+  let http: Server;
+  try {
+    grpc = await startGrpcServer({
+      host: config.host,
+      port: config.port,
+      service,
+      metrics,
+      log: log.child({ component: 'grpc' }),
+      ...(config.tls ? { tls: config.tls } : {}),
+    });
+    http = await startHttp(config.host, config.metricsPort, metrics, store);
+  } catch (err) {
+    await store.stop();
+    await Promise.all([...sources.values()].map((s) => s.close()));
+    throw err;
+  }
+  const address = http.address();
+  const metricsPort = typeof address === 'object' && address ? address.port : config.metricsPort;
+  log.info({ grpcPort: grpc.port, metricsPort, tls: config.tls ? (config.tls.clientCa ? 'mutual' : 'server') : 'off' }, 'scaler listening');
+
+  return {
+    grpcPort: grpc.port,
+    metricsPort,
+    grpc,
+    store,
+    metrics,
+    close: async (graceMs = 5000) => {
+      await grpc.close(graceMs);
+      await new Promise<void>((resolve) => {
+        http.close(() => resolve());
+        http.closeAllConnections();
+      });
+      await store.stop();
+      await Promise.all([...sources.values()].map((s) => s.close()));
+      log.info('scaler stopped');
+    },
+  };
+}
+
+function startHttp(host: string, port: number, metrics: ScalerMetrics, store: SnapshotStore): Promise<Server> {
+  const server = createServer((req, res) => {
+    const path = (req.url ?? '/').split('?')[0];
+    if (req.method !== 'GET') {
+      res.writeHead(405, { allow: 'GET' }).end();
+      return;
+    }
+    if (path === '/metrics') {
+      metrics.registry.metrics().then(
+        (text) => res.writeHead(200, { 'content-type': metrics.registry.contentType }).end(text),
+        () => res.writeHead(500).end('metrics collection failed\n'),
+      );
+      return;
+    }
+    if (path === '/healthz' || path === '/readyz') {
+      res.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n');
+      return;
+    }
+    if (path === '/debug/targets') {
+      res.writeHead(200, { 'content-type': 'application/json' }).end(`${JSON.stringify({ targets: store.views() }, null, 2)}\n`);
+      return;
+    }
+    res.writeHead(404, { 'content-type': 'text/plain' }).end('not found\n');
+  });
+  return new Promise((resolve, reject) => {
+    server.once('error', (err) => reject(new Error(`cannot listen for HTTP on ${host}:${port}: ${err.message}`, { cause: err })));
+    server.listen(port, host, () => resolve(server));
+  });
+}

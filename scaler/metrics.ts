@@ -1,0 +1,113 @@
+/**
+ * Prometheus metrics of the scaler, on their own registry. Label values are target labels
+ * (source, connection alias, vhost or group, queue or topic, mode) and gRPC method and code
+ * names; never a URL or a credential.
+ */
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { BacklogNotFoundError } from './errors.ts';
+import type { BacklogReading, TargetLabels } from './sources/source.ts';
+import type { SnapshotView } from './snapshots.ts';
+
+const TARGET_LABELS = ['source', 'connection', 'scope', 'name', 'mode'] as const;
+
+function targetLabels(l: TargetLabels): Record<(typeof TARGET_LABELS)[number], string> {
+  return { source: l.source, connection: l.connection, scope: l.scope, name: l.name, mode: l.mode };
+}
+
+export class ScalerMetrics {
+  readonly registry = new Registry();
+  readonly targets: Gauge;
+  readonly #backlog: Gauge<(typeof TARGET_LABELS)[number]>;
+  readonly #figure: Gauge<(typeof TARGET_LABELS)[number] | 'figure'>;
+  readonly #refreshSeconds: Histogram<'source'>;
+  readonly #refreshErrors: Counter<'source' | 'reason'>;
+  readonly #rpcTotal: Counter<'method' | 'code'>;
+  readonly #rpcSeconds: Histogram<'method'>;
+  #views: () => SnapshotView[] = () => [];
+
+  constructor() {
+    const registers = [this.registry];
+    collectDefaultMetrics({ register: this.registry, prefix: 'kmj_scaler_' });
+    this.targets = new Gauge({ name: 'kmj_scaler_targets', help: 'Backlog targets the scaler keeps fresh', registers });
+    this.#backlog = new Gauge({
+      name: 'kmj_scaler_backlog',
+      help: 'Backlog value reported to KEDA, from the latest successful read',
+      labelNames: TARGET_LABELS,
+      registers,
+    });
+    this.#figure = new Gauge({
+      name: 'kmj_scaler_backlog_figure',
+      help: 'Figures the backlog is made from (ready, consumers, unacked, publishRate, deliverRate)',
+      labelNames: [...TARGET_LABELS, 'figure'],
+      registers,
+    });
+    this.#refreshSeconds = new Histogram({
+      name: 'kmj_scaler_refresh_duration_seconds',
+      help: 'Time of one broker read of one target',
+      labelNames: ['source'],
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+      registers,
+    });
+    this.#refreshErrors = new Counter({
+      name: 'kmj_scaler_refresh_errors_total',
+      help: 'Failed broker reads, by reason (not_found, unavailable)',
+      labelNames: ['source', 'reason'],
+      registers,
+    });
+    this.#rpcTotal = new Counter({
+      name: 'kmj_scaler_grpc_requests_total',
+      help: 'gRPC requests by method and status code',
+      labelNames: ['method', 'code'],
+      registers,
+    });
+    this.#rpcSeconds = new Histogram({
+      name: 'kmj_scaler_grpc_request_duration_seconds',
+      help: 'gRPC handling time by method',
+      labelNames: ['method'],
+      buckets: [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1, 2.5],
+      registers,
+    });
+    const views = (): SnapshotView[] => this.#views();
+    new Gauge({
+      name: 'kmj_scaler_snapshot_age_seconds',
+      help: 'Age of the latest successful read of each target',
+      labelNames: TARGET_LABELS,
+      registers,
+      collect() {
+        this.reset();
+        for (const v of views()) if (v.ageMs !== undefined) this.set(targetLabels(v.labels), v.ageMs / 1000);
+      },
+    });
+  }
+
+  /** The snapshot store registers itself so the age gauge is computed at scrape time. */
+  setSnapshotSource(views: () => SnapshotView[]): void {
+    this.#views = views;
+  }
+
+  observeRead(labels: TargetLabels, reading: BacklogReading, seconds: number): void {
+    const l = targetLabels(labels);
+    this.#backlog.set(l, reading.value);
+    for (const [figure, value] of Object.entries(reading.details)) this.#figure.set({ ...l, figure }, value);
+    this.#refreshSeconds.observe({ source: labels.source }, seconds);
+  }
+
+  observeReadError(labels: TargetLabels, error: Error, seconds: number): void {
+    const reason = error instanceof BacklogNotFoundError ? 'not_found' : 'unavailable';
+    this.#refreshErrors.inc({ source: labels.source, reason });
+    this.#refreshSeconds.observe({ source: labels.source }, seconds);
+    // The last value is no longer true; leaving it would show a number KEDA is not being told.
+    this.#backlog.remove(targetLabels(labels));
+  }
+
+  forgetTarget(labels: TargetLabels): void {
+    const l = targetLabels(labels);
+    this.#backlog.remove(l);
+    for (const figure of ['ready', 'consumers', 'unacked', 'publishRate', 'deliverRate']) this.#figure.remove({ ...l, figure });
+  }
+
+  observeRpc(method: string, code: string, seconds: number): void {
+    this.#rpcTotal.inc({ method, code });
+    this.#rpcSeconds.observe({ method }, seconds);
+  }
+}

@@ -1,0 +1,268 @@
+/**
+ * The scaler's cache of backlog readings. RPC handlers answer from here; a background loop keeps
+ * it fresh, so no RPC waits on a broker in steady state.
+ *
+ * - A target is registered the first time an RPC names it, and dropped after `idleTargetTtlMs`
+ *   without any RPC or open stream asking for it.
+ * - Every `refreshIntervalMs` each registered target is read again, at most one read per target at
+ *   a time: concurrent wants of one target share that read (one broker round trip).
+ * - An answer is given only from a successful reading that is at most `maxSnapshotAgeMs` old and
+ *   not followed by a failed read. Otherwise the caller gets the read's error (NOT_FOUND,
+ *   UNAVAILABLE) or an UNAVAILABLE that says how old the reading is. Never a made-up 0: 0 tells
+ *   KEDA to scale to zero.
+ * - The one wait: the very first RPC for a new target waits up to `firstReadWaitMs` for the first
+ *   read, so a fresh ScaledJob is not refused on its first poll. Later RPCs never wait.
+ */
+import type { Logger } from '../common/log.ts';
+import { BacklogNotFoundError, BacklogUnavailableError, messageOf } from './errors.ts';
+import type { BacklogReading, BacklogTarget } from './sources/source.ts';
+import type { ScalerMetrics } from './metrics.ts';
+
+export interface SnapshotOptions {
+  /** How often each target is read. Default 1000 ms: KEDA polls every 30 s by default. */
+  readonly refreshIntervalMs: number;
+  /** Oldest reading still served. Default 5000 ms. */
+  readonly maxSnapshotAgeMs: number;
+  /** Bound on one broker read. Default 3000 ms, below maxSnapshotAgeMs. */
+  readonly readTimeoutMs: number;
+  /** How long the first RPC of a new target waits for its first read. Default 2000 ms. */
+  readonly firstReadWaitMs: number;
+  /** A target nobody asked about for this long is dropped. Default 10 min. */
+  readonly idleTargetTtlMs: number;
+}
+
+/** A change of state that stream listeners receive. */
+export type SnapshotEvent = { readonly reading: BacklogReading } | { readonly error: Error };
+
+type Listener = (event: SnapshotEvent) => void;
+
+interface Entry {
+  readonly target: BacklogTarget;
+  reading: BacklogReading | undefined;
+  readAt: number;
+  error: Error | undefined;
+  inFlight: Promise<void> | undefined;
+  lastStartAt: number;
+  lastWantedAt: number;
+  settledOnce: Promise<void>;
+  markSettled: () => void;
+  readonly listeners: Set<Listener>;
+}
+
+/** What the debug and status views show of one target. */
+export interface SnapshotView {
+  readonly labels: BacklogTarget['labels'];
+  readonly description: string;
+  readonly value: number | undefined;
+  readonly details: Readonly<Record<string, number>> | undefined;
+  readonly ageMs: number | undefined;
+  readonly error: string | undefined;
+}
+
+export class SnapshotStore {
+  readonly #options: SnapshotOptions;
+  readonly #metrics: ScalerMetrics;
+  readonly #log: Logger;
+  readonly #entries = new Map<string, Entry>();
+  readonly #stopping = new AbortController();
+  #timer: NodeJS.Timeout | undefined;
+
+  constructor(options: SnapshotOptions, metrics: ScalerMetrics, log: Logger) {
+    this.#options = options;
+    this.#metrics = metrics;
+    this.#log = log;
+    metrics.setSnapshotSource(() => this.views());
+  }
+
+  start(): void {
+    if (this.#timer) return;
+    const tickMs = Math.max(50, Math.min(250, Math.floor(this.#options.refreshIntervalMs / 4)));
+    this.#timer = setInterval(() => this.#tick(), tickMs);
+  }
+
+  /** Stops the loop and aborts reads in flight; waits for them to settle. */
+  async stop(): Promise<void> {
+    if (this.#timer) clearInterval(this.#timer);
+    this.#timer = undefined;
+    this.#stopping.abort(new BacklogUnavailableError('scaler is shutting down'));
+    await Promise.allSettled([...this.#entries.values()].map((e) => e.inFlight));
+  }
+
+  /** Registers interest in a target without waiting (GetMetricSpec does this). */
+  want(target: BacklogTarget): void {
+    this.#entry(target);
+  }
+
+  /**
+   * The current reading of a target, or the typed error explaining why there is none. Waits only
+   * when the target is new (see the module comment).
+   */
+  async read(target: BacklogTarget): Promise<BacklogReading> {
+    const e = this.#entry(target);
+    if (e.reading === undefined && e.error === undefined) await this.#waitFirst(e);
+    return this.#answer(e, performance.now());
+  }
+
+  /** Subscribes to every read of a target. The listener first gets the current state, if any. */
+  subscribe(target: BacklogTarget, listener: Listener): () => void {
+    const e = this.#entry(target);
+    e.listeners.add(listener);
+    if (e.reading !== undefined || e.error !== undefined) {
+      listener(this.#event(e, performance.now()));
+    }
+    return () => {
+      e.listeners.delete(listener);
+      e.lastWantedAt = performance.now();
+    };
+  }
+
+  views(): SnapshotView[] {
+    const now = performance.now();
+    return [...this.#entries.values()].map((e) => ({
+      labels: e.target.labels,
+      description: e.target.description,
+      value: e.reading?.value,
+      details: e.reading?.details,
+      ageMs: e.reading ? Math.round(now - e.readAt) : undefined,
+      error: e.error?.message,
+    }));
+  }
+
+  #entry(target: BacklogTarget): Entry {
+    const now = performance.now();
+    let e = this.#entries.get(target.key);
+    if (!e) {
+      let markSettled: () => void = () => undefined;
+      const settledOnce = new Promise<void>((resolve) => {
+        markSettled = resolve;
+      });
+      e = {
+        target,
+        reading: undefined,
+        readAt: 0,
+        error: undefined,
+        inFlight: undefined,
+        lastStartAt: 0,
+        lastWantedAt: now,
+        settledOnce,
+        markSettled,
+        listeners: new Set(),
+      };
+      this.#entries.set(target.key, e);
+      this.#metrics.targets.set(this.#entries.size);
+      this.#refresh(e);
+    }
+    e.lastWantedAt = now;
+    return e;
+  }
+
+  async #waitFirst(e: Entry): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, this.#options.firstReadWaitMs);
+    });
+    try {
+      await Promise.race([e.settledOnce, timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  #answer(e: Entry, now: number): BacklogReading {
+    if (e.error) throw e.error;
+    if (!e.reading) {
+      throw new BacklogUnavailableError(`no reading of ${e.target.description} yet: the first read is still running`);
+    }
+    const ageMs = now - e.readAt;
+    if (ageMs > this.#options.maxSnapshotAgeMs) {
+      throw new BacklogUnavailableError(
+        `the last reading of ${e.target.description} is ${Math.round(ageMs)} ms old (limit ${this.#options.maxSnapshotAgeMs} ms): the broker is slow or unreachable`,
+      );
+    }
+    return e.reading;
+  }
+
+  #event(e: Entry, now: number): SnapshotEvent {
+    try {
+      return { reading: this.#answer(e, now) };
+    } catch (err) {
+      return { error: err instanceof Error ? err : new Error(String(err)) };
+    }
+  }
+
+  #tick(): void {
+    const now = performance.now();
+    for (const [key, e] of this.#entries) {
+      if (e.listeners.size === 0 && now - e.lastWantedAt > this.#options.idleTargetTtlMs) {
+        if (!e.inFlight) {
+          this.#entries.delete(key);
+          this.#metrics.forgetTarget(e.target.labels);
+          this.#metrics.targets.set(this.#entries.size);
+          this.#log.info({ target: e.target.labels }, 'target dropped after idle ttl');
+        }
+        continue;
+      }
+      if (!e.inFlight && now - e.lastStartAt >= this.#options.refreshIntervalMs) this.#refresh(e);
+      else if (e.listeners.size > 0 && e.reading && !e.error && now - e.readAt > this.#options.maxSnapshotAgeMs) {
+        // A read is stuck past the age bound: streams must hear that the value is no longer known.
+        this.#notify(e, now);
+      }
+    }
+  }
+
+  #refresh(e: Entry): void {
+    if (e.inFlight || this.#stopping.signal.aborted) return;
+    const started = performance.now();
+    e.lastStartAt = started;
+    const controller = new AbortController();
+    const onStop = (): void => controller.abort(this.#stopping.signal.reason);
+    this.#stopping.signal.addEventListener('abort', onStop, { once: true });
+    const timer = setTimeout(
+      () => controller.abort(new BacklogUnavailableError(`reading ${e.target.description} took longer than ${this.#options.readTimeoutMs} ms`)),
+      this.#options.readTimeoutMs,
+    );
+    e.inFlight = e.target
+      .read(controller.signal)
+      .then(
+        (reading) => {
+          const now = performance.now();
+          e.reading = reading;
+          e.readAt = now;
+          if (e.error) this.#log.info({ target: e.target.labels }, 'target readable again');
+          e.error = undefined;
+          this.#metrics.observeRead(e.target.labels, reading, (now - started) / 1000);
+        },
+        (err: unknown) => {
+          const error = normalize(err, e.target);
+          const wasError = e.error?.message;
+          e.error = error;
+          this.#metrics.observeReadError(e.target.labels, error, (performance.now() - started) / 1000);
+          if (wasError !== error.message) this.#log.warn({ target: e.target.labels, err: error }, 'target read failed');
+        },
+      )
+      .finally(() => {
+        clearTimeout(timer);
+        this.#stopping.signal.removeEventListener('abort', onStop);
+        e.inFlight = undefined;
+        e.markSettled();
+        this.#notify(e, performance.now());
+      });
+  }
+
+  #notify(e: Entry, now: number): void {
+    if (e.listeners.size === 0) return;
+    const event = this.#event(e, now);
+    for (const listener of e.listeners) {
+      try {
+        listener(event);
+      } catch (err) {
+        this.#log.error({ err }, 'snapshot listener failed');
+      }
+    }
+  }
+}
+
+function normalize(err: unknown, target: BacklogTarget): Error {
+  if (err instanceof BacklogNotFoundError || err instanceof BacklogUnavailableError) return err;
+  return new BacklogUnavailableError(`reading ${target.description} failed: ${messageOf(err)}`, { cause: err });
+}

@@ -1,0 +1,185 @@
+/**
+ * RabbitMQ backlog source.
+ *
+ * Modes, and the ScaledJob scaling strategy each one pairs with:
+ *
+ * - `backlog` (default): ready messages + consumers, both from one passive queue declare.
+ *   Pair with `scalingStrategy.strategy: default`. KEDA's default strategy creates
+ *   `ceil(metric / targetSize) - unfinishedJobs` Jobs per poll. Every worker Job holds exactly one
+ *   consumer (prefetch 1) from the moment it connects until it has settled its one message, so with
+ *   targetSize 1:
+ *       unfinishedJobs = C (connected workers) + P (Jobs whose pod has not connected yet)
+ *       metric         = R (ready) + C
+ *       new Jobs       = R + C - (C + P) = R - P
+ *   i.e. one new Job for each ready message that no pending Job will take, however long pods take
+ *   to start, and nothing is counted twice: a message a worker holds is unacknowledged, not ready,
+ *   and its worker is counted once, as a consumer.
+ *   Limits: (1) any other consumer on the queue (a long-running service, a debugging session)
+ *   inflates C and so creates one extra Job per such consumer; the extra Jobs find no message and
+ *   exit after their idle timeout. (2) A worker that has cancelled its consumer but whose pod has
+ *   not finished yet is in unfinishedJobs but not in C, so for up to one poll KEDA creates one
+ *   Job fewer than it could; the message waits, it is not lost. (3) A consumer with prefetch > 1
+ *   holds several messages but counts once: use prefetch 1, as `kmj worker` does.
+ *
+ * - `ready`: ready messages only (what KEDA's built-in RabbitMQ scaler reports over AMQP).
+ *   Pair with `scalingStrategy.strategy: accurate`, which subtracts only pending Jobs. Running Jobs
+ *   are then not subtracted twice, but a Job whose pod is slow to start can be missed by the
+ *   pending-Job check and get duplicates.
+ *
+ * - `management`: the HTTP management API: ready + unacknowledged (`measure: messages`, default),
+ *   or the publish or deliver rate in messages per second (`measure: publishRate|deliverRate`,
+ *   like KEDA's MessageRate). The figures are sampled by the plugin and lag by its statistics
+ *   interval. Pair `messages` with the `default` strategy only if workers never hold more than
+ *   one message each; rates suit ScaledObjects rather than ScaledJobs.
+ */
+import type { Logger } from '../../common/log.ts';
+import { parseFields, quote, type RawInput } from '../../common/fields.ts';
+import type { BacklogReading, BacklogSource, BacklogTarget } from './source.ts';
+import { AmqpQueueInspector } from './rabbitmq-amqp.ts';
+import { ManagementQueueReader } from './rabbitmq-management.ts';
+
+export const RABBITMQ_MODES = ['backlog', 'ready', 'management'] as const;
+export type RabbitMode = (typeof RABBITMQ_MODES)[number];
+export const MANAGEMENT_MEASURES = ['messages', 'publishRate', 'deliverRate'] as const;
+export type ManagementMeasure = (typeof MANAGEMENT_MEASURES)[number];
+
+/** Broker endpoints for one connection alias. URLs carry credentials and are never logged. */
+export interface RabbitConnection {
+  readonly amqpUrl: string;
+  readonly managementUrl: string;
+}
+
+export interface RabbitSourceOptions {
+  readonly connections: ReadonlyMap<string, RabbitConnection>;
+  readonly maxChannelsPerConnection: number;
+  readonly connectTimeoutMs: number;
+  readonly minBackoffMs: number;
+  readonly maxBackoffMs: number;
+  readonly heartbeatSeconds: number;
+  readonly log: Logger;
+}
+
+export const RABBITMQ_FIELDS = {
+  queueName: { kind: 'string', required: true, maxLength: 255, help: 'queue to measure' },
+  mode: { kind: 'enum', values: RABBITMQ_MODES, default: 'backlog', help: 'what to count' },
+  measure: { kind: 'enum', values: MANAGEMENT_MEASURES, help: 'management mode only: messages, or a rate (default: messages)' },
+  vhost: { kind: 'string', maxLength: 255, help: "virtual host (default: the connection URL's)" },
+  connection: {
+    kind: 'string',
+    default: 'default',
+    pattern: /^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$/,
+    patternHint: 'a connection alias of lowercase letters, digits, ".", "_" and "-"',
+    help: "broker connection alias from the scaler's configuration",
+  },
+} as const;
+
+/** The vhost an AMQP URL selects: its path, URL-decoded; "/" when empty. */
+export function vhostOf(amqpUrl: string): string {
+  const path = new URL(amqpUrl).pathname;
+  return path === '' || path === '/' ? '/' : decodeURIComponent(path.slice(1));
+}
+
+function urlForVhost(amqpUrl: string, vhost: string): string {
+  const u = new URL(amqpUrl);
+  u.pathname = `/${encodeURIComponent(vhost)}`;
+  return u.toString();
+}
+
+function sanitize(text: string, max: number): string {
+  const s = text.toLowerCase().replace(/[^a-z0-9]+/g, '-').replace(/^-+|-+$/g, '');
+  return s.slice(0, max).replace(/-+$/, '') || 'queue';
+}
+
+export class RabbitMqSource implements BacklogSource {
+  readonly name = 'rabbitmq';
+  readonly fields = RABBITMQ_FIELDS;
+  readonly #options: RabbitSourceOptions;
+  readonly #inspectors = new Map<string, AmqpQueueInspector>();
+  readonly #readers = new Map<string, ManagementQueueReader>();
+
+  constructor(options: RabbitSourceOptions) {
+    this.#options = options;
+  }
+
+  compile(raw: RawInput, problems: string[]): BacklogTarget | undefined {
+    const { values, problems: own } = parseFields(RABBITMQ_FIELDS, raw);
+    problems.push(...own);
+    const conn = this.#options.connections.get(values.connection);
+    if (own.length === 0 && !conn) {
+      const known = [...this.#options.connections.keys()].join(', ') || 'none';
+      problems.push(`connection: ${quote(values.connection)} is not a connection the scaler knows (configured: ${known})`);
+    }
+    if (values.measure !== undefined && values.mode !== 'management') {
+      problems.push(`measure: is only allowed with mode management, got mode ${quote(values.mode)}`);
+    }
+    if (problems.length > 0 || !conn) return undefined;
+
+    const alias = values.connection;
+    const queue = values.queueName;
+    const mode = values.mode;
+    const measure: ManagementMeasure = values.measure ?? 'messages';
+    const vhost = values.vhost ?? vhostOf(conn.amqpUrl);
+    const labels = { source: this.name, connection: alias, scope: vhost, name: queue, mode: mode === 'management' ? `management-${measure}` : mode };
+    const base = {
+      key: `rabbitmq\u0000${alias}\u0000${vhost}\u0000${queue}\u0000${labels.mode}`,
+      labels,
+      description: `queue ${JSON.stringify(queue)} in vhost ${JSON.stringify(vhost)}`,
+      metricStem: `rabbitmq-${sanitize(queue, 40)}`,
+    };
+
+    if (mode === 'management') {
+      const reader = this.#reader(alias, conn);
+      return {
+        ...base,
+        read: async (signal): Promise<BacklogReading> => {
+          const s = await reader.read(vhost, queue, signal);
+          const value = measure === 'messages' ? s.ready + s.unacked : measure === 'publishRate' ? s.publishRate : s.deliverRate;
+          return { value, details: { ready: s.ready, unacked: s.unacked, consumers: s.consumers, publishRate: s.publishRate, deliverRate: s.deliverRate } };
+        },
+      };
+    }
+    const inspector = this.#inspector(alias, vhost, conn);
+    return {
+      ...base,
+      read: async (signal): Promise<BacklogReading> => {
+        const ok = await inspector.inspect(queue, vhost, signal);
+        const value = mode === 'backlog' ? ok.messageCount + ok.consumerCount : ok.messageCount;
+        return { value, details: { ready: ok.messageCount, consumers: ok.consumerCount } };
+      },
+    };
+  }
+
+  async close(): Promise<void> {
+    const all = [...this.#inspectors.values()];
+    this.#inspectors.clear();
+    await Promise.all(all.map((i) => i.close()));
+  }
+
+  #inspector(alias: string, vhost: string, conn: RabbitConnection): AmqpQueueInspector {
+    const key = `${alias}\u0000${vhost}`;
+    let inspector = this.#inspectors.get(key);
+    if (!inspector) {
+      const o = this.#options;
+      inspector = new AmqpQueueInspector({
+        url: urlForVhost(conn.amqpUrl, vhost),
+        maxChannels: o.maxChannelsPerConnection,
+        connectTimeoutMs: o.connectTimeoutMs,
+        minBackoffMs: o.minBackoffMs,
+        maxBackoffMs: o.maxBackoffMs,
+        heartbeatSeconds: o.heartbeatSeconds,
+        log: o.log.child({ connection: alias, vhost }),
+      });
+      this.#inspectors.set(key, inspector);
+    }
+    return inspector;
+  }
+
+  #reader(alias: string, conn: RabbitConnection): ManagementQueueReader {
+    let reader = this.#readers.get(alias);
+    if (!reader) {
+      reader = new ManagementQueueReader({ url: conn.managementUrl });
+      this.#readers.set(alias, reader);
+    }
+    return reader;
+  }
+}

@@ -1,0 +1,116 @@
+/**
+ * Turns a trigger's `scalerMetadata` into a compiled trigger: the backlog target, the metric name
+ * and the scaling thresholds. Parsing happens once per distinct metadata (cached by its canonical
+ * form), never inside every RPC.
+ *
+ * Rules, KEDA style:
+ * - every problem is reported at once, each naming the key, the bad value and what is allowed;
+ * - KEDA's own keys (`scalerAddress`, `enableTLS`, `unsafeSsl`) are accepted and ignored;
+ * - `<key>FromEnv` is the same as `<key>`: KEDA resolves it from the workload's environment and
+ *   passes the value under the original key name;
+ * - an unknown key is an error (it is almost always a typo of a real one);
+ * - a value that carries a credential is refused without echoing it: credentials live in the
+ *   scaler's own configuration and are picked with `connection`.
+ */
+import { createHash } from 'node:crypto';
+import { parseFields, type FieldSpecs, type RawInput } from '../common/fields.ts';
+import { looksSecret } from '../common/redact.ts';
+import { InvalidMetadataError } from './errors.ts';
+import type { BacklogSource, BacklogTarget } from './sources/source.ts';
+import { DEFAULT_SOURCE } from './sources/registry.ts';
+
+export interface CompiledTrigger {
+  readonly metricName: string;
+  readonly targetSize: number;
+  readonly activationThreshold: number;
+  readonly target: BacklogTarget;
+}
+
+const KEDA_KEYS: ReadonlySet<string> = new Set(['scalerAddress', 'enableTLS', 'unsafeSsl']);
+
+function commonFields(sourceNames: readonly string[]) {
+  return {
+    source: { kind: 'enum', values: sourceNames, default: DEFAULT_SOURCE, help: 'backlog source' },
+    targetSize: { kind: 'number', min: 0, exclusiveMin: true, default: 1, help: 'backlog per Job (ScaledJob) or per replica' },
+    activationThreshold: { kind: 'number', min: 0, default: 0, help: 'active when the backlog is above this' },
+  } as const satisfies FieldSpecs;
+}
+
+/** Canonical text of a metadata map: same map, same text, whatever the key order. */
+export function canonicalMetadata(metadata: Readonly<Record<string, string>>): string {
+  const keys = Object.keys(metadata).sort();
+  let out = '';
+  for (const k of keys) out += `${k}\u0000${metadata[k] ?? ''}\u0001`;
+  return out;
+}
+
+/** Bounds the cache against a client that sends endless distinct metadata. */
+const MAX_CACHED = 10_000;
+
+export class TriggerCompiler {
+  readonly #sources: ReadonlyMap<string, BacklogSource>;
+  readonly #common: ReturnType<typeof commonFields>;
+  readonly #cache = new Map<string, CompiledTrigger | InvalidMetadataError>();
+
+  constructor(sources: ReadonlyMap<string, BacklogSource>) {
+    this.#sources = sources;
+    this.#common = commonFields([...sources.keys()]);
+  }
+
+  /** The compiled trigger for this metadata; throws InvalidMetadataError listing every problem. */
+  compile(metadata: Readonly<Record<string, string>>): CompiledTrigger {
+    const key = canonicalMetadata(metadata);
+    let hit = this.#cache.get(key);
+    if (hit === undefined) {
+      hit = this.#compileFresh(metadata, key);
+      if (this.#cache.size >= MAX_CACHED) this.#cache.clear();
+      this.#cache.set(key, hit);
+    }
+    if (hit instanceof InvalidMetadataError) throw hit;
+    return hit;
+  }
+
+  #compileFresh(metadata: Readonly<Record<string, string>>, canonical: string): CompiledTrigger | InvalidMetadataError {
+    const problems: string[] = [];
+    const raw = this.#resolveFromEnv(metadata, problems);
+    const { values, problems: common } = parseFields(this.#common, raw);
+    problems.push(...common);
+    const source = this.#sources.get(values.source);
+    if (source) this.#checkKeys(raw, source.fields, problems);
+    const target = source?.compile(raw, problems);
+    if (problems.length > 0 || !target) return new InvalidMetadataError(problems.length > 0 ? problems : ['no backlog target']);
+    const hash = createHash('sha256').update(canonical).digest('hex').slice(0, 10);
+    return {
+      metricName: `${target.metricStem}-${hash}`,
+      targetSize: values.targetSize,
+      activationThreshold: values.activationThreshold,
+      target,
+    };
+  }
+
+  /** Maps `xFromEnv` to `x`, refuses values carrying credentials. */
+  #resolveFromEnv(metadata: Readonly<Record<string, string>>, problems: string[]): RawInput {
+    const out: Record<string, string> = {};
+    for (const [key, value] of Object.entries(metadata)) {
+      if (looksSecret(value)) {
+        problems.push(`${key}: credentials are not accepted in trigger metadata; configure them in the scaler and select them with "connection"`);
+        continue;
+      }
+      const base = key.endsWith('FromEnv') ? key.slice(0, -'FromEnv'.length) : key;
+      if (base !== key && metadata[base] !== undefined) {
+        problems.push(`${key}: set either ${base} or ${key}, not both`);
+        continue;
+      }
+      out[base] = value;
+    }
+    return out;
+  }
+
+  #checkKeys(raw: RawInput, sourceFields: FieldSpecs, problems: string[]): void {
+    const allowed = new Set([...Object.keys(this.#common), ...Object.keys(sourceFields)]);
+    for (const key of Object.keys(raw)) {
+      if (allowed.has(key) || KEDA_KEYS.has(key)) continue;
+      problems.push(`${key}: unknown key; allowed keys are ${[...allowed].sort().join(', ')}`);
+    }
+  }
+}
