@@ -142,7 +142,8 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
           metrics.observeRpc('StreamIsActive', 'OK', (performance.now() - started) / 1000);
           call.end();
         } else {
-          call.destroy(fail('StreamIsActive', started, err, call.request));
+          // grpc-js turns an 'error' event on a server stream into the call's final status.
+          call.emit('error', fail('StreamIsActive', started, err, call.request));
         }
       };
       streams.add(end);

@@ -23,6 +23,8 @@ export interface QueueDeclareOk {
 export interface AmqpInspectorOptions {
   /** amqp(s):// URL with credentials and vhost. Never logged as given. */
   readonly url: string;
+  /** The vhost the URL selects, for messages. */
+  readonly vhost: string;
   /** Channels open at once on the connection; bounds concurrent declares. */
   readonly maxChannels: number;
   readonly connectTimeoutMs: number;
@@ -46,7 +48,7 @@ export class AmqpQueueInspector {
   #connecting: Promise<ChannelModel> | undefined;
   #backoffMs: number;
   #nextAttemptAt = 0;
-  #lastFailure: string | undefined;
+  #lastFailure: Error | undefined;
   #idle: Channel[] = [];
   #open = 0;
   #waiters: Waiter[] = [];
@@ -59,7 +61,7 @@ export class AmqpQueueInspector {
   }
 
   /** Passive-declares `queue`: NOT_FOUND when it does not exist, UNAVAILABLE when the broker can't answer. */
-  async inspect(queue: string, vhost: string, signal: AbortSignal): Promise<QueueDeclareOk> {
+  async inspect(queue: string, signal: AbortSignal): Promise<QueueDeclareOk> {
     const conn = await this.#getConnection(signal);
     const ch = await this.#acquire(conn, signal);
     let reusable = false;
@@ -69,7 +71,7 @@ export class AmqpQueueInspector {
       return { messageCount: ok.messageCount, consumerCount: ok.consumerCount };
     } catch (err) {
       if ((err as { code?: unknown }).code === 404) {
-        throw new BacklogNotFoundError(`queue ${JSON.stringify(queue)} does not exist in vhost ${JSON.stringify(vhost)}`, { cause: err });
+        throw new BacklogNotFoundError(`queue ${JSON.stringify(queue)} does not exist in vhost ${JSON.stringify(this.#options.vhost)}`, { cause: err });
       }
       if (signal.aborted) {
         throw new BacklogUnavailableError(`broker did not answer the passive declare of queue ${JSON.stringify(queue)} in time`, { cause: err });
@@ -96,14 +98,15 @@ export class AmqpQueueInspector {
     if (!this.#connecting) {
       const wait = this.#nextAttemptAt - Date.now();
       if (wait > 0) {
-        throw new BacklogUnavailableError(`cannot reach the broker (${this.#lastFailure ?? 'connection lost'}); next attempt in ${wait} ms`);
+        if (this.#lastFailure instanceof BacklogNotFoundError) throw this.#lastFailure;
+        throw new BacklogUnavailableError(`cannot reach the broker (${this.#lastFailure?.message ?? 'connection lost'}); next attempt in ${wait} ms`);
       }
       this.#connecting = this.#connect().finally(() => {
         this.#connecting = undefined;
       });
     }
     return raceAbort(this.#connecting, signal).catch((err: unknown) => {
-      if (err instanceof BacklogUnavailableError) throw err;
+      if (err instanceof BacklogUnavailableError || err instanceof BacklogNotFoundError) throw err;
       throw new BacklogUnavailableError(`cannot reach the broker: ${messageOf(err)}`, { cause: err });
     });
   }
@@ -125,11 +128,16 @@ export class AmqpQueueInspector {
       this.#log.info('broker connection open');
       return conn;
     } catch (err) {
-      this.#lastFailure = messageOf(err);
+      // The broker answers connection.open for a vhost that does not exist, or that the user may not
+      // use, with connection.close (530 NOT_ALLOWED); amqplib reports it without the reply text.
+      const failure = /Expected ConnectionOpenOk; got <ConnectionClose/.test(messageOf(err))
+        ? new BacklogNotFoundError(`vhost ${JSON.stringify(this.#options.vhost)} does not exist or the connection's user may not use it`, { cause: err })
+        : new BacklogUnavailableError(`cannot reach the broker: ${messageOf(err)}`, { cause: err });
+      this.#lastFailure = failure;
       this.#nextAttemptAt = Date.now() + this.#backoffMs;
       this.#log.warn({ err, retryInMs: this.#backoffMs }, 'broker connection failed');
       this.#backoffMs = Math.min(this.#backoffMs * 2, this.#options.maxBackoffMs);
-      throw new BacklogUnavailableError(`cannot reach the broker: ${this.#lastFailure}`, { cause: err });
+      throw failure;
     }
   }
 
@@ -140,7 +148,7 @@ export class AmqpQueueInspector {
     this.#open = 0;
     // Reconnect on the next read, after the minimum backoff so a flapping broker isn't hammered.
     this.#nextAttemptAt = Date.now() + this.#backoffMs;
-    this.#lastFailure = 'connection closed';
+    this.#lastFailure = new BacklogUnavailableError('broker connection closed');
     for (const w of this.#waiters.splice(0)) w.reject(new BacklogUnavailableError('broker connection closed'));
     if (!this.#closed) this.#log.warn('broker connection closed');
   }

@@ -142,7 +142,7 @@ export class RabbitMqSource implements BacklogSource {
     return {
       ...base,
       read: async (signal): Promise<BacklogReading> => {
-        const ok = await inspector.inspect(queue, vhost, signal);
+        const ok = await inspector.inspect(queue, signal);
         const value = mode === 'backlog' ? ok.messageCount + ok.consumerCount : ok.messageCount;
         return { value, details: { ready: ok.messageCount, consumers: ok.consumerCount } };
       },
@@ -162,6 +162,7 @@ export class RabbitMqSource implements BacklogSource {
       const o = this.#options;
       inspector = new AmqpQueueInspector({
         url: urlForVhost(conn.amqpUrl, vhost),
+        vhost,
         maxChannels: o.maxChannelsPerConnection,
         connectTimeoutMs: o.connectTimeoutMs,
         minBackoffMs: o.minBackoffMs,

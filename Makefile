@@ -1,0 +1,49 @@
+# keda-ml-jobs. `make demo` runs the main job, `make test` the tests; both work on a fresh machine.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+# onnxruntime-node's install script downloads CUDA libraries on x64; the CPU binaries ship in the tarball.
+export ONNXRUNTIME_NODE_INSTALL := skip
+export npm_config_loglevel := error
+NODE_BIN := $(shell scripts/ensure-node.sh)
+export PATH := $(NODE_BIN):$(CURDIR)/node_modules/.bin:$(PATH)
+
+STAMP := .run/stamps
+
+.PHONY: help deps build typecheck services test demo bench-scaler clean
+
+help:
+	@echo "make demo          run the scaler against a local RabbitMQ and show what KEDA would see"
+	@echo "make test          start the services the tests need, run every test"
+	@echo "make bench-scaler  benchmark the scaler under KEDA-like polling of 200 queues"
+	@echo "make build         compile TypeScript into dist/"
+
+$(STAMP)/deps: package.json package-lock.json
+	@mkdir -p $(STAMP)
+	npm ci --no-audit --no-fund
+	@touch $@
+
+deps: $(STAMP)/deps
+
+build: deps
+	tsc -p tsconfig.json
+
+typecheck: deps
+	tsc -p tsconfig.json --noEmit
+	tsc -p test/tsconfig.json --noEmit
+
+services:
+	scripts/rabbitmq.sh start
+
+test: build services
+	node scripts/run-tests.mjs
+
+demo: build services
+	node scripts/demo-scaler.mjs
+
+bench-scaler: build services
+	node dist/bench/scaler-bench.js
+
+clean:
+	rm -rf dist .run

@@ -1,0 +1,33 @@
+// Runs the whole vitest suite and ends with the plain line `N passed, N failed`, read from
+// vitest's JSON report (not from its console summary). Exits non-zero when anything failed.
+import { spawnSync } from 'node:child_process';
+import { readFileSync, mkdirSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+
+const root = new URL('..', import.meta.url).pathname;
+const report = join(root, '.run', 'vitest-report.json');
+mkdirSync(join(root, '.run'), { recursive: true });
+rmSync(report, { force: true });
+
+const args = ['vitest', 'run', '--reporter=default', '--reporter=json', `--outputFile.json=${report}`, ...process.argv.slice(2)];
+const run = spawnSync('npx', args, { cwd: root, stdio: 'inherit' });
+
+let passed = 0;
+let failed = 0;
+try {
+  const json = JSON.parse(readFileSync(report, 'utf8'));
+  passed = json.numPassedTests ?? 0;
+  failed = (json.numFailedTests ?? 0) + (json.numFailedTestSuites ?? 0) - countSuitesWithFailedTests(json);
+} catch (err) {
+  process.stderr.write(`run-tests: no readable vitest report at ${report}: ${err.message}\n`);
+  failed = Math.max(failed, 1);
+}
+
+function countSuitesWithFailedTests(json) {
+  // A suite that failed only because a test in it failed is already counted in numFailedTests.
+  return (json.testResults ?? []).filter((s) => s.status === 'failed' && (s.assertionResults ?? []).some((a) => a.status === 'failed')).length;
+}
+
+if (run.status !== 0 && failed === 0) failed = 1;
+process.stdout.write(`${passed} passed, ${failed} failed\n`);
+process.exit(failed === 0 ? 0 : 1);

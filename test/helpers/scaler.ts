@@ -1,0 +1,133 @@
+/** Starts the real scaler in-process on free ports and talks to it with a real gRPC client. */
+import * as grpc from '@grpc/grpc-js';
+import { Writable } from 'node:stream';
+import { createLogger } from '../../common/log.ts';
+import { loadScalerConfig } from '../../scaler/config.ts';
+import { startScaler, type RunningScaler } from '../../scaler/app.ts';
+import { loadExternalScalerPackage } from '../../scaler/grpc-server.ts';
+import { RABBITMQ_MANAGEMENT_URL, RABBITMQ_URL } from './env.ts';
+
+export interface ScalerHandle {
+  readonly scaler: RunningScaler;
+  readonly client: ScalerClient;
+  /** Every log line the scaler wrote, as text. */
+  readonly logs: () => string;
+  close(): Promise<void>;
+}
+
+export async function startTestScaler(env: Record<string, string> = {}): Promise<ScalerHandle> {
+  const config = loadScalerConfig({
+    RABBITMQ_URL,
+    RABBITMQ_MANAGEMENT_URL,
+    KMJ_SCALER_HOST: '127.0.0.1',
+    KMJ_SCALER_PORT: '0',
+    KMJ_SCALER_METRICS_PORT: '0',
+    LOG_LEVEL: 'debug',
+    ...env,
+  });
+  const lines: string[] = [];
+  const sink = new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      lines.push(chunk.toString('utf8'));
+      cb();
+    },
+  });
+  const log = createLogger({ level: 'debug', name: 'test-scaler', destination: sink });
+  const scaler = await startScaler(config, log);
+  const client = new ScalerClient(`127.0.0.1:${scaler.grpcPort}`);
+  return {
+    scaler,
+    client,
+    logs: () => lines.join(''),
+    close: async () => {
+      client.close();
+      await scaler.close(1000);
+    },
+  };
+}
+
+export interface RpcError {
+  readonly code: grpc.status;
+  readonly details: string;
+}
+
+type Result<T> = { ok: true; value: T } | { ok: false; error: RpcError };
+
+interface RawClient extends grpc.Client {
+  [method: string]: unknown;
+}
+
+const Ctor = (grpc.loadPackageDefinition(loadExternalScalerPackage()) as unknown as {
+  externalscaler: { ExternalScaler: grpc.ServiceClientConstructor };
+}).externalscaler.ExternalScaler;
+
+/** A KEDA-like client of externalscaler.ExternalScaler. */
+export class ScalerClient {
+  readonly raw: RawClient;
+
+  constructor(address: string, credentials: grpc.ChannelCredentials = grpc.credentials.createInsecure(), options: grpc.ClientOptions = {}) {
+    this.raw = new Ctor(address, credentials, options) as unknown as RawClient;
+  }
+
+  #call<T>(method: string, req: unknown): Promise<Result<T>> {
+    return new Promise((resolve) => {
+      const fn = this.raw[method] as (req: unknown, cb: (err: grpc.ServiceError | null, res: T) => void) => void;
+      fn.call(this.raw, req, (err, res) => {
+        if (err) resolve({ ok: false, error: { code: err.code, details: err.details } });
+        else resolve({ ok: true, value: res });
+      });
+    });
+  }
+
+  getMetricSpec(metadata: Record<string, string>) {
+    return this.#call<{ metricSpecs: Array<{ metricName: string; targetSize: number; targetSizeFloat: number }> }>('GetMetricSpec', ref(metadata));
+  }
+
+  getMetrics(metadata: Record<string, string>, metricName = '') {
+    return this.#call<{ metricValues: Array<{ metricName: string; metricValue: number; metricValueFloat: number }> }>('GetMetrics', {
+      scaledObjectRef: ref(metadata),
+      metricName,
+    });
+  }
+
+  isActive(metadata: Record<string, string>) {
+    return this.#call<{ result: boolean }>('IsActive', ref(metadata));
+  }
+
+  /** What KEDA does on each poll of a ScaledJob: spec, metrics, activity. Returns the metric value. */
+  async poll(metadata: Record<string, string>): Promise<Result<{ value: number; active: boolean; metricName: string }>> {
+    const spec = await this.getMetricSpec(metadata);
+    if (!spec.ok) return spec;
+    const name = spec.value.metricSpecs[0]?.metricName ?? '';
+    const m = await this.getMetrics(metadata, name);
+    if (!m.ok) return m;
+    const a = await this.isActive(metadata);
+    if (!a.ok) return a;
+    return { ok: true, value: { value: m.value.metricValues[0]?.metricValueFloat ?? Number.NaN, active: a.value.result, metricName: name } };
+  }
+
+  streamIsActive(metadata: Record<string, string>): grpc.ClientReadableStream<{ result: boolean }> {
+    const fn = this.raw['StreamIsActive'] as (req: unknown) => grpc.ClientReadableStream<{ result: boolean }>;
+    return fn.call(this.raw, ref(metadata));
+  }
+
+  close(): void {
+    this.raw.close();
+  }
+}
+
+function ref(metadata: Record<string, string>) {
+  return { name: 'jobs', namespace: 'ml', scalerMetadata: { scalerAddress: 'kmj-scaler.ml:6000', ...metadata } };
+}
+
+/** Polls `fn` until it returns a value for which `ok` holds, or fails after `timeoutMs` with the last value. */
+export async function eventually<T>(fn: () => Promise<T>, ok: (v: T) => boolean, timeoutMs = 15_000, stepMs = 200): Promise<T> {
+  const end = Date.now() + timeoutMs;
+  let last: T = await fn();
+  while (!ok(last)) {
+    if (Date.now() > end) return last;
+    await new Promise((r) => setTimeout(r, stepMs));
+    last = await fn();
+  }
+  return last;
+}
