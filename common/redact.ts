@@ -5,8 +5,9 @@
 
 // scheme://user:password@host → scheme://***@host (also a bare user@ with a password-less token).
 const URL_USERINFO = /([a-z][a-z0-9+.-]*:\/\/)[^\s/@'"]+@/gi;
-// Authorization header values and common secret-bearing query parameters.
-const AUTH_VALUE = /\b(basic|bearer)\s+[a-z0-9._~+/=-]+/gi;
+// Authorization header values: the scheme then a token of at least 12 token characters, so words
+// such as "basic orders" are left alone.
+const AUTH_VALUE = /\b(basic|bearer)\s+[a-z0-9._~+/-]{12,}=*/gi;
 const SECRET_QUERY = /([?&](?:password|passwd|token|access_token|secret|api[_-]?key)=)[^&\s'"]+/gi;
 
 /** Returns `text` with URL user-info, Authorization values and secret query parameters masked. */

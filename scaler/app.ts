@@ -29,7 +29,7 @@ export async function startScaler(config: ScalerConfig, log: Logger): Promise<Ru
   const service = new ExternalScalerService(triggers, store);
   store.start();
 
-  let grpc: RunningGrpcServer;
+  let grpc: RunningGrpcServer | undefined;
   let http: Server;
   try {
     grpc = await startGrpcServer({
@@ -42,22 +42,24 @@ export async function startScaler(config: ScalerConfig, log: Logger): Promise<Ru
     });
     http = await startHttp(config.host, config.metricsPort, metrics, store);
   } catch (err) {
+    await grpc?.close(0);
     await store.stop();
     await Promise.all([...sources.values()].map((s) => s.close()));
     throw err;
   }
+  const running = grpc;
   const address = http.address();
   const metricsPort = typeof address === 'object' && address ? address.port : config.metricsPort;
-  log.info({ grpcPort: grpc.port, metricsPort, tls: config.tls ? (config.tls.clientCa ? 'mutual' : 'server') : 'off' }, 'scaler listening');
+  log.info({ grpcPort: running.port, metricsPort, tls: config.tls ? (config.tls.clientCa ? 'mutual' : 'server') : 'off' }, 'scaler listening');
 
   return {
-    grpcPort: grpc.port,
+    grpcPort: running.port,
     metricsPort,
-    grpc,
+    grpc: running,
     store,
     metrics,
     close: async (graceMs = 5000) => {
-      await grpc.close(graceMs);
+      await running.close(graceMs);
       await new Promise<void>((resolve) => {
         http.close(() => resolve());
         http.closeAllConnections();

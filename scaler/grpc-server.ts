@@ -5,7 +5,7 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
-import { HealthImplementation } from 'grpc-health-check';
+import { HealthImplementation, protoPath as healthProtoPath } from 'grpc-health-check';
 import { ReflectionService } from '@grpc/reflection';
 import type { Logger } from '../common/log.ts';
 import { DeadlineError } from '../common/abort.ts';
@@ -82,6 +82,11 @@ function metadataOf(ref: ScaledObjectRef | null | undefined): Metadata {
 
 export async function startGrpcServer(options: GrpcServerOptions): Promise<RunningGrpcServer> {
   const { service, metrics, log } = options;
+  // grpc-js reports its own trouble through a console-like logger: keep stderr JSON lines.
+  grpc.setLogger({
+    error: (...args: unknown[]) => log.warn({ grpc: args.map(String).join(' ') }, 'grpc-js message'),
+  } as unknown as Partial<Console>);
+  grpc.setLogVerbosity(grpc.logVerbosity.ERROR);
   const pkgDef = loadExternalScalerPackage();
   const loaded = grpc.loadPackageDefinition(pkgDef) as unknown as {
     externalscaler: { ExternalScaler: grpc.ServiceClientConstructor };
@@ -164,11 +169,13 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
     },
   };
 
-  const server = new grpc.Server({ 'grpc.max_receive_message_length': 1024 * 1024 });
+  // channelz bookkeeping costs CPU on every call and nothing here reads it.
+  const server = new grpc.Server({ 'grpc.max_receive_message_length': 1024 * 1024, 'grpc.enable_channelz': 0 });
   server.addService(loaded.externalscaler.ExternalScaler.service, handlers);
   const health = new HealthImplementation({ '': 'SERVING', [SERVICE_NAME]: 'SERVING' });
   health.addToServer(server);
-  new ReflectionService(pkgDef).addToServer(server);
+  // Reflection describes every service this server answers, health included.
+  new ReflectionService({ ...pkgDef, ...protoLoader.loadSync(healthProtoPath, PROTO_LOADER_OPTIONS) }).addToServer(server);
 
   const credentials = options.tls
     ? grpc.ServerCredentials.createSsl(options.tls.clientCa ?? null, [{ cert_chain: options.tls.cert, private_key: options.tls.key }], options.tls.clientCa !== undefined)

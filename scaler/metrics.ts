@@ -5,7 +5,7 @@
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { BacklogNotFoundError } from './errors.ts';
-import type { BacklogReading, TargetLabels } from './sources/source.ts';
+import type { TargetLabels } from './sources/source.ts';
 import type { SnapshotView } from './snapshots.ts';
 
 const TARGET_LABELS = ['source', 'connection', 'scope', 'name', 'mode'] as const;
@@ -17,8 +17,6 @@ function targetLabels(l: TargetLabels): Record<(typeof TARGET_LABELS)[number], s
 export class ScalerMetrics {
   readonly registry = new Registry();
   readonly targets: Gauge;
-  readonly #backlog: Gauge<(typeof TARGET_LABELS)[number]>;
-  readonly #figure: Gauge<(typeof TARGET_LABELS)[number] | 'figure'>;
   readonly #refreshSeconds: Histogram<'source'>;
   readonly #refreshErrors: Counter<'source' | 'reason'>;
   readonly #rpcTotal: Counter<'method' | 'code'>;
@@ -29,18 +27,6 @@ export class ScalerMetrics {
     const registers = [this.registry];
     collectDefaultMetrics({ register: this.registry, prefix: 'kmj_scaler_' });
     this.targets = new Gauge({ name: 'kmj_scaler_targets', help: 'Backlog targets the scaler keeps fresh', registers });
-    this.#backlog = new Gauge({
-      name: 'kmj_scaler_backlog',
-      help: 'Backlog value reported to KEDA, from the latest successful read',
-      labelNames: TARGET_LABELS,
-      registers,
-    });
-    this.#figure = new Gauge({
-      name: 'kmj_scaler_backlog_figure',
-      help: 'Figures the backlog is made from (ready, consumers, unacked, publishRate, deliverRate)',
-      labelNames: [...TARGET_LABELS, 'figure'],
-      registers,
-    });
     this.#refreshSeconds = new Histogram({
       name: 'kmj_scaler_refresh_duration_seconds',
       help: 'Time of one broker read of one target',
@@ -67,7 +53,32 @@ export class ScalerMetrics {
       buckets: [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1, 2.5],
       registers,
     });
+    // Per-target gauges are filled at scrape time from the snapshot store, so the refresh loop
+    // does no label work and a target that stops being readable stops being exported at once.
     const views = (): SnapshotView[] => this.#views();
+    new Gauge({
+      name: 'kmj_scaler_backlog',
+      help: 'Backlog value KEDA is told, for targets whose latest read succeeded',
+      labelNames: TARGET_LABELS,
+      registers,
+      collect() {
+        this.reset();
+        for (const v of views()) if (v.value !== undefined && v.error === undefined) this.set(targetLabels(v.labels), v.value);
+      },
+    });
+    new Gauge({
+      name: 'kmj_scaler_backlog_figure',
+      help: 'Figures the backlog is made from (ready, consumers, unacked, publishRate, deliverRate)',
+      labelNames: [...TARGET_LABELS, 'figure'],
+      registers,
+      collect() {
+        this.reset();
+        for (const v of views()) {
+          if (v.details === undefined || v.error !== undefined) continue;
+          for (const [figure, value] of Object.entries(v.details)) this.set({ ...targetLabels(v.labels), figure }, value);
+        }
+      },
+    });
     new Gauge({
       name: 'kmj_scaler_snapshot_age_seconds',
       help: 'Age of the latest successful read of each target',
@@ -85,10 +96,7 @@ export class ScalerMetrics {
     this.#views = views;
   }
 
-  observeRead(labels: TargetLabels, reading: BacklogReading, seconds: number): void {
-    const l = targetLabels(labels);
-    this.#backlog.set(l, reading.value);
-    for (const [figure, value] of Object.entries(reading.details)) this.#figure.set({ ...l, figure }, value);
+  observeRead(labels: TargetLabels, seconds: number): void {
     this.#refreshSeconds.observe({ source: labels.source }, seconds);
   }
 
@@ -96,14 +104,6 @@ export class ScalerMetrics {
     const reason = error instanceof BacklogNotFoundError ? 'not_found' : 'unavailable';
     this.#refreshErrors.inc({ source: labels.source, reason });
     this.#refreshSeconds.observe({ source: labels.source }, seconds);
-    // The last value is no longer true; leaving it would show a number KEDA is not being told.
-    this.#backlog.remove(targetLabels(labels));
-  }
-
-  forgetTarget(labels: TargetLabels): void {
-    const l = targetLabels(labels);
-    this.#backlog.remove(l);
-    for (const figure of ['ready', 'consumers', 'unacked', 'publishRate', 'deliverRate']) this.#figure.remove({ ...l, figure });
   }
 
   observeRpc(method: string, code: string, seconds: number): void {

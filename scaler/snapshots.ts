@@ -196,7 +196,6 @@ export class SnapshotStore {
       if (e.listeners.size === 0 && now - e.lastWantedAt > this.#options.idleTargetTtlMs) {
         if (!e.inFlight) {
           this.#entries.delete(key);
-          this.#metrics.forgetTarget(e.target.labels);
           this.#metrics.targets.set(this.#entries.size);
           this.#log.info({ target: e.target.labels }, 'target dropped after idle ttl');
         }
@@ -230,7 +229,7 @@ export class SnapshotStore {
           e.readAt = now;
           if (e.error) this.#log.info({ target: e.target.labels }, 'target readable again');
           e.error = undefined;
-          this.#metrics.observeRead(e.target.labels, reading, (now - started) / 1000);
+          this.#metrics.observeRead(e.target.labels, (now - started) / 1000);
         },
         (err: unknown) => {
           const error = normalize(err, e.target);

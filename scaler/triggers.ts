@@ -72,12 +72,16 @@ export class TriggerCompiler {
 
   #compileFresh(metadata: Readonly<Record<string, string>>, canonical: string): CompiledTrigger | InvalidMetadataError {
     const problems: string[] = [];
-    const raw = this.#resolveFromEnv(metadata, problems);
+    const refused = new Set<string>();
+    const raw = this.#resolveFromEnv(metadata, problems, refused);
     const { values, problems: common } = parseFields(this.#common, raw);
     problems.push(...common);
     const source = this.#sources.get(values.source);
     if (source) this.#checkKeys(raw, source.fields, problems);
-    const target = source?.compile(raw, problems);
+    const sourceProblems: string[] = [];
+    const target = source?.compile(raw, sourceProblems);
+    // A refused credential already has its problem; "is required" for the same key adds nothing.
+    problems.push(...sourceProblems.filter((p) => ![...refused].some((k) => p === `${k}: is required`)));
     if (problems.length > 0 || !target) return new InvalidMetadataError(problems.length > 0 ? problems : ['no backlog target']);
     const hash = createHash('sha256').update(canonical).digest('hex').slice(0, 10);
     return {
@@ -89,14 +93,15 @@ export class TriggerCompiler {
   }
 
   /** Maps `xFromEnv` to `x`, refuses values carrying credentials. */
-  #resolveFromEnv(metadata: Readonly<Record<string, string>>, problems: string[]): RawInput {
+  #resolveFromEnv(metadata: Readonly<Record<string, string>>, problems: string[], refused: Set<string>): RawInput {
     const out: Record<string, string> = {};
     for (const [key, value] of Object.entries(metadata)) {
+      const base = key.endsWith('FromEnv') ? key.slice(0, -'FromEnv'.length) : key;
       if (looksSecret(value)) {
         problems.push(`${key}: credentials are not accepted in trigger metadata; configure them in the scaler and select them with "connection"`);
+        refused.add(base);
         continue;
       }
-      const base = key.endsWith('FromEnv') ? key.slice(0, -'FromEnv'.length) : key;
       if (base !== key && metadata[base] !== undefined) {
         problems.push(`${key}: set either ${base} or ${key}, not both`);
         continue;

@@ -1,11 +1,15 @@
 /** Starts the real scaler in-process on free ports and talks to it with a real gRPC client. */
 import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import { protoPath as healthProtoPath } from 'grpc-health-check';
 import { Writable } from 'node:stream';
+import { afterAll, beforeAll } from 'vitest';
 import { createLogger } from '../../common/log.ts';
 import { loadScalerConfig } from '../../scaler/config.ts';
 import { startScaler, type RunningScaler } from '../../scaler/app.ts';
 import { loadExternalScalerPackage } from '../../scaler/grpc-server.ts';
 import { RABBITMQ_MANAGEMENT_URL, RABBITMQ_URL } from './env.ts';
+import { RabbitFixture } from './rabbit.ts';
 
 export interface ScalerHandle {
   readonly scaler: RunningScaler;
@@ -130,4 +134,52 @@ export async function eventually<T>(fn: () => Promise<T>, ok: (v: T) => boolean,
     last = await fn();
   }
   return last;
+}
+
+const HealthClient = (grpc.loadPackageDefinition(protoLoader.loadSync(healthProtoPath, { keepCase: true, enums: String, defaults: true })) as unknown as {
+  grpc: { health: { v1: { Health: grpc.ServiceClientConstructor } } };
+}).grpc.health.v1.Health;
+
+/** One grpc.health.v1 Check on a channel of its own. */
+export function healthCheck(
+  address: string,
+  service: string,
+  credentials: grpc.ChannelCredentials = grpc.credentials.createInsecure(),
+): Promise<{ code: grpc.status; status?: string; details?: string }> {
+  const c = new HealthClient(address, credentials);
+  const check = c['Check'] as (req: unknown, cb: (err: grpc.ServiceError | null, res?: { status: string }) => void) => void;
+  return new Promise((resolve) => {
+    check.call(c, { service }, (err, res) => {
+      c.close();
+      if (err) resolve({ code: err.code, details: err.details });
+      else resolve({ code: grpc.status.OK, ...(res ? { status: res.status } : {}) });
+    });
+  });
+}
+
+/**
+ * Registers beforeAll/afterAll hooks that start a scaler and a RabbitMQ fixture for a test file;
+ * the returned getters are valid inside tests.
+ */
+export function useScalerAndRabbit(env: Record<string, string> = {}): { scaler: () => ScalerHandle; rabbit: () => RabbitFixture } {
+  let rabbit: RabbitFixture | undefined;
+  let handle: ScalerHandle | undefined;
+  beforeAll(async () => {
+    rabbit = new RabbitFixture();
+    handle = await startTestScaler(env);
+  });
+  afterAll(async () => {
+    await handle?.close();
+    await rabbit?.close();
+  });
+  return {
+    scaler: () => {
+      if (!handle) throw new Error('scaler not started');
+      return handle;
+    },
+    rabbit: () => {
+      if (!rabbit) throw new Error('rabbit fixture not started');
+      return rabbit;
+    },
+  };
 }

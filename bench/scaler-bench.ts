@@ -1,0 +1,278 @@
+/**
+ * `make bench-scaler`: the scaler under the load KEDA puts on it.
+ *
+ * 200 queues, each polled the way KEDA polls a ScaledJob (GetMetricSpec, GetMetrics, IsActive)
+ * once a second, for the phase length (30 s by default), against a `kmj scaler` child process.
+ * In the same run, on the same gRPC channel, a grpc.health.v1 Check after every 4th poll: the
+ * floor for any RPC on this server. Two phases: the broker as it is, then the broker behind a
+ * proxy that delays every byte (a slow broker). Printed: GetMetrics and Check p50/p99 and their
+ * ratio, the round trip of a bare amqplib passive declare (direct and slowed), and the scaler's
+ * CPU and RSS.
+ *
+ * Options (env): BENCH_QUEUES (200), BENCH_PHASE_SECONDS (30), BENCH_DELAY_MS (40, one way).
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync, mkdirSync, writeFileSync } from 'node:fs';
+import { createServer, connect as netConnect, type Server, type Socket } from 'node:net';
+import { join } from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import { connect } from 'amqplib';
+import { packageFile, PACKAGE_ROOT } from '../common/paths.ts';
+import { loadExternalScalerPackage } from '../scaler/grpc-server.ts';
+
+const QUEUES = Number(process.env['BENCH_QUEUES'] ?? 200);
+const PHASE_SECONDS = Number(process.env['BENCH_PHASE_SECONDS'] ?? 30);
+const DELAY_MS = Number(process.env['BENCH_DELAY_MS'] ?? 40);
+const RABBITMQ_URL = process.env['RABBITMQ_URL'] ?? 'amqp://guest:guest@127.0.0.1:5672';
+/** Node flags of the scaler process: the ones its container sets (manifests/scaler.yaml). */
+const SCALER_NODE_ARGS = (process.env['BENCH_SCALER_NODE_ARGS'] ?? '--max-semi-space-size=2 --max-old-space-size=64').split(' ').filter(Boolean);
+const CLK_TCK = 100;
+
+type Unary = (req: unknown, cb: (err: grpc.ServiceError | null, res: unknown) => void) => void;
+
+function out(line = ''): void {
+  process.stdout.write(`${line}\n`);
+}
+
+function percentile(sorted: number[], p: number): number {
+  if (sorted.length === 0) return Number.NaN;
+  const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
+  return sorted[i] ?? Number.NaN;
+}
+
+function stats(samples: number[]): { n: number; p50: number; p99: number } {
+  const s = [...samples].sort((a, b) => a - b);
+  return { n: s.length, p50: percentile(s, 50), p99: percentile(s, 99) };
+}
+
+const ms = (v: number): string => `${v.toFixed(3)} ms`;
+
+/** TCP proxy that holds every chunk for `delayMs` in each direction, preserving order. */
+function delayProxy(upstreamPort: number, delayMs: number): Promise<{ port: number; server: Server; sockets: Set<Socket> }> {
+  const sockets = new Set<Socket>();
+  const server = createServer((client) => {
+    const upstream = netConnect({ host: '127.0.0.1', port: upstreamPort });
+    sockets.add(client);
+    sockets.add(upstream);
+    const pipeDelayed = (from: Socket, to: Socket): void => {
+      from.on('data', (chunk) => {
+        setTimeout(() => {
+          if (!to.destroyed) to.write(chunk);
+        }, delayMs);
+      });
+      from.on('close', () => setTimeout(() => to.destroy(), delayMs));
+      from.on('error', () => to.destroy());
+    };
+    pipeDelayed(client, upstream);
+    pipeDelayed(upstream, client);
+    client.on('close', () => sockets.delete(client));
+    upstream.on('close', () => sockets.delete(upstream));
+  });
+  return new Promise((resolve) => {
+    server.listen(0, '127.0.0.1', () => {
+      const addr = server.address();
+      resolve({ port: typeof addr === 'object' && addr ? addr.port : 0, server, sockets });
+    });
+  });
+}
+
+interface ScalerProc {
+  child: ChildProcess;
+  grpcPort: number;
+  metricsPort: number;
+}
+
+function startScalerProcess(amqpUrl: string): Promise<ScalerProc> {
+  const child = spawn(process.execPath, [...SCALER_NODE_ARGS, join(PACKAGE_ROOT, 'bin', 'kmj.js'), 'scaler', '--port', '0', '--metrics-port', '0', '--host', '127.0.0.1'], {
+    env: { ...process.env, RABBITMQ_URL: amqpUrl, LOG_LEVEL: 'info' },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  return new Promise((resolve, reject) => {
+    let buf = '';
+    const onData = (d: Buffer): void => {
+      buf += d.toString();
+      for (const line of buf.split('\n')) {
+        if (!line.includes('"scaler listening"')) continue;
+        const parsed = JSON.parse(line) as { grpcPort: number; metricsPort: number };
+        child.stderr?.off('data', onData);
+        child.stderr?.resume();
+        resolve({ child, grpcPort: parsed.grpcPort, metricsPort: parsed.metricsPort });
+        return;
+      }
+    };
+    child.stderr?.on('data', onData);
+    child.once('exit', (code) => reject(new Error(`scaler exited with ${code} before listening: ${buf}`)));
+  });
+}
+
+function cpuSeconds(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? [];
+  return (Number(fields[11]) + Number(fields[12])) / CLK_TCK;
+}
+
+function memory(pid: number): { rssMb: number; peakMb: number } {
+  const text = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const kb = (key: string): number => Number(new RegExp(`${key}:\\s+(\\d+)`).exec(text)?.[1] ?? Number.NaN);
+  return { rssMb: kb('VmRSS') / 1024, peakMb: kb('VmHWM') / 1024 };
+}
+
+async function declareRtt(url: string, queues: string[], samples: number): Promise<{ p50: number; p99: number }> {
+  const conn = await connect(url);
+  const ch = await conn.createChannel();
+  const times: number[] = [];
+  for (let i = 0; i < samples; i++) {
+    const q = queues[i % queues.length] as string;
+    const t0 = performance.now();
+    await ch.checkQueue(q);
+    times.push(performance.now() - t0);
+  }
+  await conn.close();
+  return stats(times);
+}
+
+interface PhaseResult {
+  getMetrics: { n: number; p50: number; p99: number };
+  isActive: { n: number; p50: number; p99: number };
+  getMetricSpec: { n: number; p50: number; p99: number };
+  check: { n: number; p50: number; p99: number };
+  errors: Record<string, number>;
+  cpuPercentOfOneCore: number;
+  rssMb: number;
+  peakRssMb: number;
+}
+
+async function runPhase(label: string, amqpUrl: string, queues: string[]): Promise<PhaseResult> {
+  const scaler = await startScalerProcess(amqpUrl);
+  const pid = scaler.child.pid as number;
+  const address = `127.0.0.1:${scaler.grpcPort}`;
+  const scalerCtor = (grpc.loadPackageDefinition(loadExternalScalerPackage()) as unknown as {
+    externalscaler: { ExternalScaler: grpc.ServiceClientConstructor };
+  }).externalscaler.ExternalScaler;
+  const healthDef = protoLoader.loadSync(packageFile('node_modules', 'grpc-health-check', 'proto', 'health', 'v1', 'health.proto'), { keepCase: true });
+  const healthCtor = (grpc.loadPackageDefinition(healthDef) as unknown as { grpc: { health: { v1: { Health: grpc.ServiceClientConstructor } } } }).grpc.health.v1.Health;
+  // KEDA shares one gRPC connection per scaler address; so do we, for both services.
+  const channel = new grpc.Channel(address, grpc.credentials.createInsecure(), {});
+  const client = new scalerCtor(address, grpc.credentials.createInsecure(), { channelOverride: channel }) as unknown as Record<string, Unary>;
+  const health = new healthCtor(address, grpc.credentials.createInsecure(), { channelOverride: channel }) as unknown as Record<string, Unary>;
+
+  const call = (c: Record<string, Unary>, method: string, req: unknown): Promise<{ ms: number; err?: string }> =>
+    new Promise((resolve) => {
+      const t0 = performance.now();
+      (c[method] as Unary).call(c, req, (err) => {
+        const dt = performance.now() - t0;
+        resolve(err ? { ms: dt, err: grpc.status[err.code] } : { ms: dt });
+      });
+    });
+
+  const refs = queues.map((q, i) => ({ name: `job-${i}`, namespace: 'bench', scalerMetadata: { queueName: q, scalerAddress: address } }));
+  // Warm-up: every queue registered and read once, so the phase measures steady state.
+  for (let round = 0; round < 3; round++) {
+    await Promise.all(refs.map((ref) => call(client, 'GetMetricSpec', ref).then(() => call(client, 'GetMetrics', { scaledObjectRef: ref, metricName: '' }))));
+    await new Promise((r) => setTimeout(r, 1000));
+  }
+
+  const samples = { GetMetricSpec: [] as number[], GetMetrics: [] as number[], IsActive: [] as number[], Check: [] as number[] };
+  const errors: Record<string, number> = {};
+  const note = (method: keyof typeof samples, r: { ms: number; err?: string }): void => {
+    if (r.err) errors[`${method}:${r.err}`] = (errors[`${method}:${r.err}`] ?? 0) + 1;
+    else samples[method].push(r.ms);
+  };
+
+  const cpu0 = cpuSeconds(pid);
+  const t0 = performance.now();
+  const end = t0 + PHASE_SECONDS * 1000;
+  // Each queue is one ScaledJob polled every second, start times spread over the second.
+  await Promise.all(
+    refs.map(async (ref, i) => {
+      await new Promise((r) => setTimeout(r, (i * 1000) / refs.length));
+      let polls = 0;
+      while (performance.now() < end) {
+        const started = performance.now();
+        const spec = await call(client, 'GetMetricSpec', ref);
+        note('GetMetricSpec', spec);
+        note('GetMetrics', await call(client, 'GetMetrics', { scaledObjectRef: ref, metricName: '' }));
+        note('IsActive', await call(client, 'IsActive', ref));
+        // The floor probe rides on every 4th poll so it adds a quarter of the RPC load, not a third.
+        if (++polls % 4 === i % 4) note('Check', await call(health, 'Check', { service: '' }));
+        const wait = 1000 - (performance.now() - started);
+        if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+      }
+    }),
+  );
+  const wall = (performance.now() - t0) / 1000;
+  const cpu = cpuSeconds(pid) - cpu0;
+  const mem = memory(pid);
+  const scraped = await fetch(`http://127.0.0.1:${scaler.metricsPort}/metrics`).then((r) => r.text());
+  const heapLines = scraped.split('\n').filter((l) => /^kmj_scaler_nodejs_(heap_size_(used|total)_bytes|external_memory_bytes|heap_space_size_used_bytes)/.test(l));
+  channel.close();
+  scaler.child.kill('SIGTERM');
+  await new Promise((r) => scaler.child.once('exit', r));
+
+  const result: PhaseResult = {
+    getMetrics: stats(samples.GetMetrics),
+    isActive: stats(samples.IsActive),
+    getMetricSpec: stats(samples.GetMetricSpec),
+    check: stats(samples.Check),
+    errors,
+    cpuPercentOfOneCore: (cpu / wall) * 100,
+    rssMb: mem.rssMb,
+    peakRssMb: mem.peakMb,
+  };
+  out(`-- ${label} --`);
+  out(`  GetMetrics      n=${result.getMetrics.n}  p50 ${ms(result.getMetrics.p50)}  p99 ${ms(result.getMetrics.p99)}`);
+  out(`  IsActive        n=${result.isActive.n}  p50 ${ms(result.isActive.p50)}  p99 ${ms(result.isActive.p99)}`);
+  out(`  GetMetricSpec   n=${result.getMetricSpec.n}  p50 ${ms(result.getMetricSpec.p50)}  p99 ${ms(result.getMetricSpec.p99)}`);
+  out(`  health Check    n=${result.check.n}  p50 ${ms(result.check.p50)}  p99 ${ms(result.check.p99)}   (floor)`);
+  out(`  GetMetrics / Check: p50 ${(result.getMetrics.p50 / result.check.p50).toFixed(2)}x  p99 ${(result.getMetrics.p99 / result.check.p99).toFixed(2)}x`);
+  out(`  scaler CPU ${result.cpuPercentOfOneCore.toFixed(1)}% of one core   RSS ${result.rssMb.toFixed(1)} MB (peak ${result.peakRssMb.toFixed(1)} MB)`);
+  out(`  errors ${Object.keys(errors).length === 0 ? 'none' : JSON.stringify(errors)}`);
+  if (process.env['BENCH_VERBOSE']) for (const l of heapLines) out(`  ${l}`);
+  return result;
+}
+
+async function main(): Promise<void> {
+  const setup = await connect(RABBITMQ_URL);
+  const ch = await setup.createChannel();
+  const queues: string[] = [];
+  const tag = Date.now().toString(36);
+  for (let i = 0; i < QUEUES; i++) {
+    const q = `bench-${tag}-${i}`;
+    await ch.assertQueue(q, { durable: false, autoDelete: false });
+    for (let m = 0; m < i % 5; m++) ch.sendToQueue(q, Buffer.from('x'));
+    queues.push(q);
+  }
+  const brokerPort = Number(new URL(RABBITMQ_URL).port || 5672);
+  const proxy = await delayProxy(brokerPort, DELAY_MS);
+  const slowUrl = (() => {
+    const u = new URL(RABBITMQ_URL);
+    u.port = String(proxy.port);
+    return u.toString();
+  })();
+
+  out(`scaler benchmark: ${QUEUES} queues, 3 KEDA RPCs per queue per second + a health Check every 4th poll, ${PHASE_SECONDS} s per phase, Node ${process.versions.node}`);
+  const directDeclare = await declareRtt(RABBITMQ_URL, queues, 2000);
+  const slowDeclare = await declareRtt(slowUrl, queues, 50);
+  out(`bare amqplib passive declare: direct p50 ${ms(directDeclare.p50)} p99 ${ms(directDeclare.p99)}; slowed (+${DELAY_MS} ms each way) p50 ${ms(slowDeclare.p50)} p99 ${ms(slowDeclare.p99)}`);
+  const normal = await runPhase('broker as is', RABBITMQ_URL, queues);
+  const slow = await runPhase(`broker slowed by ${DELAY_MS} ms each way`, slowUrl, queues);
+
+  out('-- summary --');
+  out(`  GetMetrics p50/p99 vs health Check: ${(normal.getMetrics.p50 / normal.check.p50).toFixed(2)}x / ${(normal.getMetrics.p99 / normal.check.p99).toFixed(2)}x (goal <= 1.2x)`);
+  out(`  GetMetrics p50 slowed/normal: ${(slow.getMetrics.p50 / normal.getMetrics.p50).toFixed(2)}x, p99 ${(slow.getMetrics.p99 / normal.getMetrics.p99).toFixed(2)}x (goal: no change), while a declare takes ${(slowDeclare.p50 / directDeclare.p50).toFixed(0)}x longer`);
+  out(`  scaler RSS peak ${Math.max(normal.peakRssMb, slow.peakRssMb).toFixed(1)} MB (goal < 100 MB), CPU ${normal.cpuPercentOfOneCore.toFixed(1)}% of one core (goal < 10%)`);
+
+  const dir = join(PACKAGE_ROOT, '.run');
+  mkdirSync(dir, { recursive: true });
+  writeFileSync(join(dir, 'bench-scaler.json'), `${JSON.stringify({ queues: QUEUES, phaseSeconds: PHASE_SECONDS, delayMs: DELAY_MS, directDeclare, slowDeclare, normal, slow }, null, 2)}\n`);
+
+  for (const s of proxy.sockets) s.destroy();
+  proxy.server.close();
+  for (const q of queues) await ch.deleteQueue(q);
+  await setup.close();
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`bench-scaler failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+  process.exitCode = 1;
+});

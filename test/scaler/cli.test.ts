@@ -1,0 +1,253 @@
+// The real `kmj scaler` process, as the container runs it: start-up, probes, gRPC, SIGTERM, exit
+// codes, configuration errors, and a broker password that must never show up anywhere.
+import * as grpc from '@grpc/grpc-js';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createServer, type Server } from 'node:net';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { SCALER_HELP } from '../../cli/scaler-command.ts';
+import { packageFile } from '../../common/paths.ts';
+import { RABBITMQ_URL } from '../helpers/env.ts';
+import { RabbitFixture } from '../helpers/rabbit.ts';
+import { eventually, ScalerClient } from '../helpers/scaler.ts';
+
+const KMJ = packageFile('bin', 'kmj.js');
+
+interface Exit {
+  readonly code: number | null;
+  readonly signal: NodeJS.Signals | null;
+}
+
+interface Kmj {
+  readonly child: ChildProcess;
+  readonly stdout: () => string;
+  readonly stderr: () => string;
+  readonly exited: Promise<Exit>;
+}
+
+/** Every process this file started; afterEach kills the ones still running. */
+const running = new Set<Kmj>();
+
+function kmj(args: string[], env: Record<string, string> = {}): Kmj {
+  // A clean environment: only what the test passes, so a developer's KMJ_* variables cannot leak in.
+  const child = spawn(process.execPath, [KMJ, ...args], {
+    env: { PATH: process.env['PATH'] ?? '', KMJ_SCALER_HOST: '127.0.0.1', RABBITMQ_URL, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  let err = '';
+  child.stdout?.setEncoding('utf8').on('data', (d: string) => (out += d));
+  child.stderr?.setEncoding('utf8').on('data', (d: string) => (err += d));
+  let p: Kmj | undefined;
+  const exited = new Promise<Exit>((resolve) =>
+    child.once('close', (code, signal) => {
+      if (p) running.delete(p);
+      resolve({ code, signal });
+    }),
+  );
+  p = { child, stdout: () => out, stderr: () => err, exited };
+  running.add(p);
+  return p;
+}
+
+/** The JSON log lines written so far; every stderr line of a running scaler is one. */
+function logLines(p: Kmj): Array<Record<string, unknown>> {
+  return p
+    .stderr()
+    .split('\n')
+    .filter((l) => l !== '')
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
+}
+
+async function waitForLog(p: Kmj, msg: string, timeoutMs = 10_000): Promise<Record<string, unknown>> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const line = logLines(p).find((l) => l['msg'] === msg);
+    if (line) return line;
+    if (p.child.exitCode !== null || Date.now() > end) {
+      throw new Error(`no "${msg}" log line (exit ${p.child.exitCode}); stderr:\n${p.stderr()}`);
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** Starts `kmj scaler` on free ports and returns them, read from its 'scaler listening' line. */
+async function startScalerProcess(env: Record<string, string> = {}): Promise<{ p: Kmj; grpcPort: number; metricsPort: number; client: ScalerClient }> {
+  const p = kmj(['scaler', '--port', '0', '--metrics-port', '0'], env);
+  const listening = await waitForLog(p, 'scaler listening');
+  expect(listening).toMatchObject({ level: 'info', name: 'kmj-scaler', tls: 'off', grpcPort: expect.any(Number), metricsPort: expect.any(Number) });
+  const grpcPort = listening['grpcPort'] as number;
+  const metricsPort = listening['metricsPort'] as number;
+  expect(grpcPort).toBeGreaterThan(0);
+  expect(metricsPort).toBeGreaterThan(0);
+  return { p, grpcPort, metricsPort, client: new ScalerClient(`127.0.0.1:${grpcPort}`) };
+}
+
+/** Sends SIGTERM and returns the exit and how long it took. */
+async function terminate(p: Kmj): Promise<Exit & { ms: number }> {
+  const started = Date.now();
+  p.child.kill('SIGTERM');
+  const exit = await p.exited;
+  return { ...exit, ms: Date.now() - started };
+}
+
+let rabbit: RabbitFixture;
+
+beforeAll(() => {
+  rabbit = new RabbitFixture();
+});
+
+afterEach(async () => {
+  for (const p of [...running]) {
+    p.child.kill('SIGKILL');
+    await p.exited;
+  }
+});
+
+afterAll(async () => {
+  await rabbit?.close();
+});
+
+describe('kmj scaler', () => {
+  it('starts, serves /healthz and gRPC, and exits 0 on SIGTERM within 5 s', async () => {
+    const queue = await rabbit.queue('cli');
+    await rabbit.publish(queue, 4);
+    const { p, metricsPort, client } = await startScalerProcess();
+    try {
+      const health = await fetch(`http://127.0.0.1:${metricsPort}/healthz`);
+      expect({ status: health.status, body: await health.text() }).toEqual({ status: 200, body: 'ok\n' });
+
+      const spec = await client.getMetricSpec({ queueName: queue });
+      expect(spec).toEqual({
+        ok: true,
+        value: { metricSpecs: [{ metricName: expect.stringMatching(new RegExp(`^rabbitmq-${queue}-[0-9a-f]{10}$`)), targetSize: 1, targetSizeFloat: 1 }] },
+      });
+      const metricName = spec.ok ? (spec.value.metricSpecs[0]?.metricName ?? '') : '';
+      const values = await eventually(() => client.getMetrics({ queueName: queue }, metricName), (r) => r.ok && r.value.metricValues[0]?.metricValue === 4);
+      expect(values).toEqual({ ok: true, value: { metricValues: [{ metricName, metricValue: 4, metricValueFloat: 4 }] } });
+    } finally {
+      client.close();
+    }
+
+    const exit = await terminate(p);
+    expect({ code: exit.code, signal: exit.signal }).toEqual({ code: 0, signal: null });
+    expect(exit.ms).toBeLessThan(5000);
+    const msgs = logLines(p).map((l) => l['msg']);
+    expect(logLines(p).find((l) => l['msg'] === 'shutting down')).toMatchObject({ level: 'info', signal: 'SIGTERM' });
+    expect(msgs.indexOf('scaler stopped')).toBeGreaterThan(msgs.indexOf('shutting down'));
+    expect(p.stdout()).toBe('');
+  });
+
+  it('exits 78 with one line naming every bad setting, the flag by its flag name', async () => {
+    const p = kmj(['scaler', '--port', '99999'], { KMJ_SCALER_REFRESH_INTERVAL_MS: 'abc' });
+    expect(await p.exited).toEqual({ code: 78, signal: null });
+    expect(p.stderr()).toBe(
+      'kmj scaler: invalid scaler configuration: --port: "99999" must be an integer from 0 to 65535; ' +
+        'KMJ_SCALER_REFRESH_INTERVAL_MS: "abc" must be an integer from 100 to 60000\n',
+    );
+    expect(p.stdout()).toBe('');
+  });
+
+  it('prints its usage for --help and -h and exits 0', async () => {
+    for (const flag of ['--help', '-h']) {
+      const p = kmj(['scaler', flag]);
+      expect(await p.exited).toEqual({ code: 0, signal: null });
+      expect(p.stdout()).toBe(SCALER_HELP);
+      expect(p.stdout()).toMatch(/^Usage: kmj scaler \[--host <addr>\] \[--port <grpc port>\] \[--metrics-port <http port>\]\n/);
+      expect(p.stderr()).toBe('');
+    }
+  });
+
+  it('exits 64 for an unknown flag and for a stray argument', async () => {
+    const flag = kmj(['scaler', '--bogus']);
+    expect(await flag.exited).toEqual({ code: 64, signal: null });
+    const lines = flag.stderr().split('\n');
+    expect(lines[0]).toMatch(/^kmj scaler: Unknown option '--bogus'/);
+    expect(lines.slice(-2)).toEqual(['Run "kmj scaler --help" for usage.', '']);
+    expect(flag.stdout()).toBe('');
+
+    const stray = kmj(['scaler', 'extra']);
+    expect(await stray.exited).toEqual({ code: 64, signal: null });
+    expect(stray.stderr()).toMatch(/^kmj scaler: .*'extra'.*\nRun "kmj scaler --help" for usage\.\n$/);
+  });
+
+  it('starts with a wrong broker password, answers UNAVAILABLE, and never shows the password', async () => {
+    const password = 'WrongPass123';
+    const queue = await rabbit.queue('wrong-pass');
+    const { p, metricsPort, client } = await startScalerProcess({ RABBITMQ_URL: `amqp://guest:${password}@127.0.0.1:5672` });
+    try {
+      const ready = await fetch(`http://127.0.0.1:${metricsPort}/readyz`);
+      expect(ready.status).toBe(200);
+
+      const amqp = await client.getMetrics({ queueName: queue });
+      expect(amqp).toEqual({
+        ok: false,
+        error: { code: grpc.status.UNAVAILABLE, details: expect.stringMatching(/^cannot reach the broker: .*ACCESS_REFUSED - Login was refused/) },
+      });
+      const mgmt = await client.getMetrics({ queueName: queue, mode: 'management' });
+      expect(mgmt).toEqual({
+        ok: false,
+        error: {
+          code: grpc.status.UNAVAILABLE,
+          details: `management API answered HTTP 401 for queue "${queue}" (check the connection credentials and the user's monitoring tag)`,
+        },
+      });
+      for (const r of [amqp, mgmt]) expect(r.ok ? '' : r.error.details).not.toContain(password);
+      await waitForLog(p, 'broker connection failed');
+      const targets = await fetch(`http://127.0.0.1:${metricsPort}/debug/targets`).then((r) => r.text());
+      expect(targets).toContain(`"name": "${queue}"`);
+      expect(targets).not.toContain(password);
+      const metrics = await fetch(`http://127.0.0.1:${metricsPort}/metrics`).then((r) => r.text());
+      expect(metrics).toContain('kmj_scaler_grpc_requests_total{method="GetMetrics",code="UNAVAILABLE"} 2');
+      expect(metrics).not.toContain(password);
+    } finally {
+      client.close();
+    }
+    const exit = await terminate(p);
+    expect(exit.code).toBe(0);
+    expect(p.stderr()).not.toContain(password);
+    expect(p.stdout()).not.toContain(password);
+  });
+});
+
+describe('kmj scaler with a port already taken', () => {
+  let blocker: Server;
+  let takenPort: number;
+
+  beforeAll(async () => {
+    blocker = createServer();
+    await new Promise<void>((resolve) => blocker.listen(0, '127.0.0.1', resolve));
+    const address = blocker.address();
+    takenPort = typeof address === 'object' && address ? address.port : 0;
+  });
+
+  afterAll(async () => {
+    await new Promise((resolve) => blocker?.close(resolve));
+  });
+
+  /** The exit within `ms`, or 'still running'. */
+  function exitWithin(p: Kmj, ms: number): Promise<Exit | 'still running'> {
+    let timer: NodeJS.Timeout | undefined;
+    return Promise.race([p.exited, new Promise<'still running'>((r) => (timer = setTimeout(() => r('still running'), ms)))]).finally(() => clearTimeout(timer));
+  }
+
+  it('exits 70 naming the gRPC port it cannot listen on', async () => {
+    const p = kmj(['scaler', '--port', String(takenPort), '--metrics-port', '0']);
+    expect(await exitWithin(p, 5000)).toEqual({ code: 70, signal: null });
+    expect(p.stderr()).toContain(`kmj: Error: cannot listen for gRPC on 127.0.0.1:${takenPort}: `);
+    expect(p.stderr()).toContain('EADDRINUSE');
+  });
+
+  it('says which metrics port it cannot listen on', async () => {
+    const p = kmj(['scaler', '--port', '0', '--metrics-port', String(takenPort)]);
+    const end = Date.now() + 5000;
+    while (!p.stderr().includes('\n') && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
+    expect(p.stderr()).toMatch(
+      new RegExp(`^kmj: Error: cannot listen for HTTP on 127\\.0\\.0\\.1:${takenPort}: listen EADDRINUSE: address already in use 127\\.0\\.0\\.1:${takenPort}\n`),
+    );
+  });
+
+  it('exits 70 when the metrics port is taken', async () => {
+    const p = kmj(['scaler', '--port', '0', '--metrics-port', String(takenPort)]);
+    expect(await exitWithin(p, 3000)).toEqual({ code: 70, signal: null });
+  });
+});
