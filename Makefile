@@ -40,7 +40,7 @@ test: build services
 	node scripts/run-tests.mjs
 
 demo: build services
-	node scripts/demo-scaler.mjs
+	node bin/kmj.js demo
 
 bench-scaler: build services
 	node dist/bench/scaler-bench.js

@@ -7,7 +7,8 @@
  * floor for any RPC on this server. Two phases: the broker as it is, then the broker behind a
  * proxy that delays every byte (a slow broker). Printed: GetMetrics and Check p50/p99 and their
  * ratio, the round trip of a bare amqplib passive declare (direct and slowed), and the scaler's
- * CPU and RSS.
+ * CPU and RSS, beside the CPU and RSS of the same server answering only health Checks at the same
+ * RPC rate (the transport's own floor).
  *
  * Options (env): BENCH_QUEUES (200), BENCH_PHASE_SECONDS (30), BENCH_DELAY_MS (40, one way).
  */
@@ -142,7 +143,7 @@ interface PhaseResult {
   peakRssMb: number;
 }
 
-async function runPhase(label: string, amqpUrl: string, queues: string[]): Promise<PhaseResult> {
+async function runPhase(label: string, amqpUrl: string, queues: string[], floorOnly = false): Promise<PhaseResult> {
   const scaler = await startScalerProcess(amqpUrl);
   const pid = scaler.child.pid as number;
   const address = `127.0.0.1:${scaler.grpcPort}`;
@@ -189,10 +190,14 @@ async function runPhase(label: string, amqpUrl: string, queues: string[]): Promi
       let polls = 0;
       while (performance.now() < end) {
         const started = performance.now();
-        const spec = await call(client, 'GetMetricSpec', ref);
-        note('GetMetricSpec', spec);
-        note('GetMetrics', await call(client, 'GetMetrics', { scaledObjectRef: ref, metricName: '' }));
-        note('IsActive', await call(client, 'IsActive', ref));
+        if (floorOnly) {
+          // The transport's floor: the same number of RPCs, all of them health Checks.
+          for (let k = 0; k < 3; k++) note('Check', await call(health, 'Check', { service: '' }));
+        } else {
+          note('GetMetricSpec', await call(client, 'GetMetricSpec', ref));
+          note('GetMetrics', await call(client, 'GetMetrics', { scaledObjectRef: ref, metricName: '' }));
+          note('IsActive', await call(client, 'IsActive', ref));
+        }
         // The floor probe rides on every 4th poll so it adds a quarter of the RPC load, not a third.
         if (++polls % 4 === i % 4) note('Check', await call(health, 'Check', { service: '' }));
         const wait = 1000 - (performance.now() - started);
@@ -256,15 +261,17 @@ async function main(): Promise<void> {
   out(`bare amqplib passive declare: direct p50 ${ms(directDeclare.p50)} p99 ${ms(directDeclare.p99)}; slowed (+${DELAY_MS} ms each way) p50 ${ms(slowDeclare.p50)} p99 ${ms(slowDeclare.p99)}`);
   const normal = await runPhase('broker as is', RABBITMQ_URL, queues);
   const slow = await runPhase(`broker slowed by ${DELAY_MS} ms each way`, slowUrl, queues);
+  const floor = await runPhase('transport floor: same RPC rate, health Checks only', RABBITMQ_URL, queues, true);
 
   out('-- summary --');
   out(`  GetMetrics p50/p99 vs health Check: ${(normal.getMetrics.p50 / normal.check.p50).toFixed(2)}x / ${(normal.getMetrics.p99 / normal.check.p99).toFixed(2)}x (goal <= 1.2x)`);
   out(`  GetMetrics p50 slowed/normal: ${(slow.getMetrics.p50 / normal.getMetrics.p50).toFixed(2)}x, p99 ${(slow.getMetrics.p99 / normal.getMetrics.p99).toFixed(2)}x (goal: no change), while a declare takes ${(slowDeclare.p50 / directDeclare.p50).toFixed(0)}x longer`);
-  out(`  scaler RSS peak ${Math.max(normal.peakRssMb, slow.peakRssMb).toFixed(1)} MB (goal < 100 MB), CPU ${normal.cpuPercentOfOneCore.toFixed(1)}% of one core (goal < 10%)`);
+  out(`  scaler RSS peak ${Math.max(normal.peakRssMb, slow.peakRssMb).toFixed(1)} MB (goal < 100 MB); the same server answering only health Checks: ${floor.peakRssMb.toFixed(1)} MB`);
+  out(`  scaler CPU ${normal.cpuPercentOfOneCore.toFixed(1)}% of one core (goal < 10%); the same server answering only health Checks at the same rate: ${floor.cpuPercentOfOneCore.toFixed(1)}% (ratio ${(normal.cpuPercentOfOneCore / floor.cpuPercentOfOneCore).toFixed(2)}x)`);
 
   const dir = join(PACKAGE_ROOT, '.run');
   mkdirSync(dir, { recursive: true });
-  writeFileSync(join(dir, 'bench-scaler.json'), `${JSON.stringify({ queues: QUEUES, phaseSeconds: PHASE_SECONDS, delayMs: DELAY_MS, directDeclare, slowDeclare, normal, slow }, null, 2)}\n`);
+  writeFileSync(join(dir, 'bench-scaler.json'), `${JSON.stringify({ queues: QUEUES, phaseSeconds: PHASE_SECONDS, delayMs: DELAY_MS, nodeArgs: SCALER_NODE_ARGS, directDeclare, slowDeclare, normal, slow, floor }, null, 2)}\n`);
 
   for (const s of proxy.sockets) s.destroy();
   proxy.server.close();

@@ -5,12 +5,14 @@
  */
 import { ConfigError } from '../common/config.ts';
 import type { CommandContext } from './context.ts';
+import { runDemo } from './demo-command.ts';
 import { runScaler } from './scaler-command.ts';
 
 type Command = (argv: readonly string[], ctx: CommandContext) => Promise<number>;
 
 const COMMANDS: ReadonlyMap<string, { run: Command; summary: string }> = new Map([
   ['scaler', { run: runScaler, summary: 'run the KEDA external scaler (gRPC)' }],
+  ['demo', { run: runDemo, summary: 'show what KEDA sees and does with a local RabbitMQ' }],
 ]);
 
 function usage(): string {
