@@ -190,16 +190,23 @@ async function runPhase(label: string, amqpUrl: string, queues: string[], floorO
       let polls = 0;
       while (performance.now() < end) {
         const started = performance.now();
-        if (floorOnly) {
-          // The transport's floor: the same number of RPCs, all of them health Checks.
-          for (let k = 0; k < 3; k++) note('Check', await call(health, 'Check', { service: '' }));
-        } else {
-          note('GetMetricSpec', await call(client, 'GetMetricSpec', ref));
-          note('GetMetrics', await call(client, 'GetMetrics', { scaledObjectRef: ref, metricName: '' }));
-          note('IsActive', await call(client, 'IsActive', ref));
-        }
+        // Calls run in a random order each poll, so no method gains from its place in the burst
+        // (the first call after the timer wakes up is the slowest).
+        const calls: Array<() => Promise<void>> = floorOnly
+          ? // The transport's floor: the same number of RPCs, all of them health Checks.
+            [0, 1, 2].map(() => async () => note('Check', await call(health, 'Check', { service: '' })))
+          : [
+              async () => note('GetMetricSpec', await call(client, 'GetMetricSpec', ref)),
+              async () => note('GetMetrics', await call(client, 'GetMetrics', { scaledObjectRef: ref, metricName: '' })),
+              async () => note('IsActive', await call(client, 'IsActive', ref)),
+            ];
         // The floor probe rides on every 4th poll so it adds a quarter of the RPC load, not a third.
-        if (++polls % 4 === i % 4) note('Check', await call(health, 'Check', { service: '' }));
+        if (!floorOnly && ++polls % 4 === i % 4) calls.push(async () => note('Check', await call(health, 'Check', { service: '' })));
+        for (let k = calls.length - 1; k > 0; k--) {
+          const j = Math.floor(Math.random() * (k + 1));
+          [calls[k], calls[j]] = [calls[j] as () => Promise<void>, calls[k] as () => Promise<void>];
+        }
+        for (const c of calls) await c();
         const wait = 1000 - (performance.now() - started);
         if (wait > 0) await new Promise((r) => setTimeout(r, wait));
       }
