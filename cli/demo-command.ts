@@ -5,8 +5,9 @@
  * polls a ScaledJob (GetMetricSpec, GetMetrics, IsActive), applies KEDA's `default` scaling
  * strategy to decide how many Jobs to start, and starts them. Each Job is a consumer that behaves
  * like a worker pod: it starts after a random delay (slow pods), takes exactly one message with
- * prefetch 1, holds it while it "works", then cancels its consumer, acknowledges and exits. The
- * last line says how many Jobs were created for how many messages.
+ * prefetch 1, holds it while it "works", then cancels its consumer, acknowledges and exits, and is
+ * seen as complete a moment later, as Kubernetes reports Jobs. The last line says how many Jobs
+ * were created for how many messages.
  */
 import { parseArgs } from 'node:util';
 import { connect, type ChannelModel } from 'amqplib';
@@ -76,11 +77,17 @@ async function runJob(url: string, queue: string, job: DemoJob, workMs: number, 
     job.outcome = await done;
     clearTimeout(idle);
   } finally {
-    job.state = 'done';
     conns.delete(conn);
     await conn.close().catch(() => undefined); // the demo is ending this Job either way
+    // Kubernetes marks a Job complete a moment after its pod exits (kubelet status, then the Job
+    // controller); until then KEDA counts it as unfinished.
+    await sleep(JOB_COMPLETION_LAG_MS);
+    job.state = 'done';
   }
 }
+
+/** How long after its pod exits Kubernetes reports a Job complete, as modelled here. */
+const JOB_COMPLETION_LAG_MS = 1500;
 
 export async function runDemo(argv: readonly string[], ctx: CommandContext): Promise<number> {
   const { values } = parseArgs({

@@ -19,7 +19,9 @@
  *   exit after their idle timeout. (2) A worker that has cancelled its consumer but whose pod has
  *   not finished yet is in unfinishedJobs but not in C, so for up to one poll KEDA creates one
  *   Job fewer than it could; the message waits, it is not lost. (3) A consumer with prefetch > 1
- *   holds several messages but counts once: use prefetch 1, as `kmj worker` does.
+ *   holds several messages but counts once: use prefetch 1, as `kmj worker` does. (4) The reading
+ *   is up to one refresh interval old, so a Job reported complete sooner than that after its
+ *   consumer closed may get one extra, idle, successor.
  *
  * - `ready`: ready messages only (what KEDA's built-in RabbitMQ scaler reports over AMQP).
  *   Pair with `scalingStrategy.strategy: accurate`, which subtracts only pending Jobs. Running Jobs
