@@ -12,6 +12,8 @@ const { main } = await import(entry.href);
 main(process.argv.slice(2)).then(
   (code) => {
     process.exitCode = code;
+    // A one-shot command is done: if a stray handle keeps the event loop alive, do not hang on it.
+    setTimeout(() => process.exit(code), 2000).unref();
   },
   (err) => {
     process.stderr.write(`kmj: ${err instanceof Error ? err.stack ?? err.message : String(err)}\n`);

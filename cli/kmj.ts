@@ -7,11 +7,13 @@ import { ConfigError } from '../common/config.ts';
 import type { CommandContext } from './context.ts';
 import { runDemo } from './demo-command.ts';
 import { runScaler } from './scaler-command.ts';
+import { runWorker } from './worker-command.ts';
 
 type Command = (argv: readonly string[], ctx: CommandContext) => Promise<number>;
 
 const COMMANDS: ReadonlyMap<string, { run: Command; summary: string }> = new Map([
   ['scaler', { run: runScaler, summary: 'run the KEDA external scaler (gRPC)' }],
+  ['worker', { run: runWorker, summary: 'take one request from a queue, run it, log it to MLflow' }],
   ['demo', { run: runDemo, summary: 'show what KEDA sees and does with a local RabbitMQ' }],
 ]);
 

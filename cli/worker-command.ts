@@ -1,0 +1,80 @@
+/** `kmj worker --queue <name>`: takes one request from the queue, runs it, settles it, exits. */
+import { readFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { describeFields } from '../common/fields.ts';
+import { createLogger } from '../common/log.ts';
+import { packageFile } from '../common/paths.ts';
+import { loadWorkerConfig, WORKER_ENV } from '../worker/config.ts';
+import { consumeOne, EXIT } from '../worker/consumer.ts';
+import { MlflowHttp } from '../worker/mlflow/http.ts';
+import { MlflowTracking } from '../worker/mlflow/tracking.ts';
+import { handleDelivery } from '../worker/pipeline.ts';
+import type { CommandContext } from './context.ts';
+
+export const WORKER_HELP = `Usage: kmj worker --queue <name>
+
+Takes exactly one request from the queue (prefetch 1, consumer kept open while working), runs
+the model on the dataset with onnxruntime, logs params, metrics, inputs and a predictions
+artifact to MLflow, then cancels its consumer, settles the message and exits. One worker per
+request: run it as a KEDA ScaledJob (keda/scaledjob.yaml).
+
+Exit codes:
+  0   acknowledged (the run finished, now or on an earlier delivery), or no message arrived
+      within KMJ_WORKER_IDLE_TIMEOUT_MS
+  10  dead-lettered: the request cannot succeed; the reason is in the dead-letter's headers
+  11  requeued: a transient failure outlasted the retries, or the worker was stopped (SIGTERM)
+  12  the broker connection was lost while the message was held; the broker requeues it
+  69  the broker could not be reached; nothing was consumed
+  70  internal error
+  78  bad configuration
+
+Options:
+  --queue <name>   request queue (KMJ_WORKER_QUEUE)
+  -h, --help       show this help
+
+Environment:
+${describeFields(WORKER_ENV)}
+
+The request format is schemas/request-v1.schema.json; see docs/requests.md.
+`;
+
+export function packageVersion(): string {
+  const pkg = JSON.parse(readFileSync(packageFile('package.json'), 'utf8')) as { version?: string };
+  return pkg.version ?? '0.0.0';
+}
+
+export async function runWorker(argv: readonly string[], ctx: CommandContext): Promise<number> {
+  const { values } = parseArgs({
+    args: [...argv],
+    options: { queue: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+    strict: true,
+  });
+  if (values.help) {
+    ctx.stdout.write(WORKER_HELP);
+    return 0;
+  }
+  const config = loadWorkerConfig(ctx.env, values.queue !== undefined ? { queue: values.queue } : {});
+  const log = createLogger({ level: config.logLevel, name: 'kmj-worker' });
+  if (!config.mlflow) {
+    log.error('MLFLOW_TRACKING_URI is not set');
+    ctx.stderr.write('kmj worker: invalid worker configuration: MLFLOW_TRACKING_URI: is required\n');
+    return 78;
+  }
+  const http = new MlflowHttp({ ...config.mlflow, maxBackoffSeconds: 60, log });
+  const tracking = new MlflowTracking(http);
+  try {
+    const code = await consumeOne({
+      config,
+      log,
+      shutdown: ctx.shutdownSignal,
+      handle: (body, delivery) => handleDelivery(body, delivery, { config, tracking, log, shutdown: ctx.shutdownSignal, workerVersion: packageVersion() }),
+    });
+    return code;
+  } catch (err) {
+    log.error({ err }, 'worker failed');
+    return EXIT.INTERNAL;
+  } finally {
+    await http.close();
+    log.flush();
+  }
+}

@@ -1,0 +1,38 @@
+/**
+ * The queues a request queue comes with, declared the same way by `kmj submit` and `kmj worker`:
+ *
+ * - `<queue>`: a durable quorum queue. Its `x-delivery-limit` dead-letters a message the broker
+ *   has delivered too often (a worker killed mid-run, again and again) to `<queue>.dead`, so a
+ *   poison message cannot loop forever.
+ * - `<queue>.dead`: a durable quorum queue where dead-lettered requests wait, with the reason in
+ *   their headers (the worker's own dead-letters) or in `x-death` (the broker's).
+ *
+ * Declaring is idempotent for the same arguments; a queue declared before with other arguments
+ * makes the broker refuse (PRECONDITION_FAILED), which the caller reports.
+ */
+import type { Channel } from 'amqplib';
+
+export interface TopologyOptions {
+  readonly deadLetterQueue: string;
+  /** Deliveries after which the broker dead-letters a message by itself. */
+  readonly maxDeliveries: number;
+}
+
+/** The default dead-letter queue of a request queue. */
+export function deadLetterQueueOf(queue: string): string {
+  return `${queue}.dead`;
+}
+
+export function requestQueueArguments(options: TopologyOptions): Record<string, unknown> {
+  return {
+    'x-queue-type': 'quorum',
+    'x-delivery-limit': options.maxDeliveries,
+    'x-dead-letter-exchange': '',
+    'x-dead-letter-routing-key': options.deadLetterQueue,
+  };
+}
+
+export async function declareRequestTopology(ch: Channel, queue: string, options: TopologyOptions): Promise<void> {
+  await ch.assertQueue(options.deadLetterQueue, { durable: true, arguments: { 'x-queue-type': 'quorum' } });
+  await ch.assertQueue(queue, { durable: true, arguments: requestQueueArguments(options) });
+}

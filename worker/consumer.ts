@@ -1,0 +1,257 @@
+/**
+ * The consumer protocol that makes the scaler's `backlog` count exact:
+ *
+ * 1. prefetch 1 and `basic.consume`, so this worker counts as one consumer from the moment it
+ *    starts, and holds at most one message;
+ * 2. keep the consumer open while working;
+ * 3. when done: cancel the consumer, then settle the message (ack, requeue, or dead-letter), then
+ *    close the channel (a round trip that proves the broker has the settle: closing the
+ *    connection right after an ack can overtake it), then close the connection.
+ *
+ * If no message arrives within the idle timeout, the worker exits 0 and MLflow is never touched.
+ * Exit codes say how the message was settled (docs/worker.md).
+ */
+import { connect, type Channel, type ChannelModel, type ConsumeMessage } from 'amqplib';
+import { raceAbort } from '../common/abort.ts';
+import type { Logger } from '../common/log.ts';
+import { displayUrl } from '../common/redact.ts';
+import { declareRequestTopology } from '../common/topology.ts';
+import type { WorkerConfig } from './config.ts';
+import { messageOf } from './errors.ts';
+import type { DeliveryInfo, Outcome } from './pipeline.ts';
+
+export const EXIT = {
+  /** Acknowledged (the run FINISHED, now or before), or no message within the idle timeout. */
+  OK: 0,
+  /** Dead-lettered: the request cannot succeed; the reason is in the dead-letter's headers. */
+  DEAD_LETTERED: 10,
+  /** Requeued: a transient failure outlasted the retries, or the worker was stopped. */
+  REQUEUED: 11,
+  /** The broker connection was lost while the message was held: the broker requeues it. */
+  UNSETTLED: 12,
+  /** The broker could not be reached at start; nothing was consumed. */
+  BROKER_UNAVAILABLE: 69,
+  /** A bug; the message, if any, goes back to the queue when the connection closes. */
+  INTERNAL: 70,
+} as const;
+
+export type ExitCode = (typeof EXIT)[keyof typeof EXIT];
+
+/** Header names of the worker's dead-letters. */
+export const DEAD_LETTER_HEADERS = {
+  reason: 'x-kmj-dead-letter-reason',
+  field: 'x-kmj-dead-letter-field',
+  at: 'x-kmj-dead-lettered-at',
+  queue: 'x-kmj-source-queue',
+  runId: 'x-kmj-run-id',
+  attempt: 'x-kmj-delivery-attempt',
+} as const;
+
+export type Handler = (body: Buffer, delivery: DeliveryInfo) => Promise<Outcome>;
+
+/** Deliveries so far, from the quorum queue's x-delivery-count, or x-death counts on classic queues. */
+export function attemptOf(msg: ConsumeMessage): number {
+  const headers = (msg.properties.headers ?? {}) as Record<string, unknown>;
+  const count = Number(headers['x-delivery-count']);
+  if (Number.isFinite(count) && count >= 0) return count + 1;
+  const deaths = headers['x-death'];
+  if (Array.isArray(deaths)) {
+    const total = deaths.reduce((s: number, d: unknown) => s + (Number((d as { count?: unknown }).count) || 0), 0);
+    return total + 1;
+  }
+  return msg.fields.redelivered ? 2 : 1;
+}
+
+/** True when the queue exists; a passive declare of a missing one closes its probe channel only. */
+async function queueExists(conn: ChannelModel, queue: string): Promise<boolean> {
+  const probe = await conn.createChannel();
+  probe.on('error', () => undefined); // a 404 closes this channel; that is the answer
+  try {
+    await probe.checkQueue(queue);
+    await probe.close();
+    return true;
+  } catch (err) {
+    if ((err as { code?: unknown }).code !== 404) throw err;
+    return false;
+  }
+}
+
+/** Declares the request queue and its dead-letter queue where they are missing (common/topology.ts). */
+async function ensureQueues(conn: ChannelModel, config: WorkerConfig): Promise<void> {
+  const haveQueue = await queueExists(conn, config.queue);
+  const haveDead = await queueExists(conn, config.deadLetterQueue);
+  if (haveQueue && haveDead) return;
+  const ch = await conn.createChannel();
+  try {
+    if (!haveQueue) await declareRequestTopology(ch, config.queue, { deadLetterQueue: config.deadLetterQueue, maxDeliveries: config.maxDeliveries });
+    else await ch.assertQueue(config.deadLetterQueue, { durable: true, arguments: { 'x-queue-type': 'quorum' } });
+  } finally {
+    await ch.close().catch(() => undefined);
+  }
+}
+
+/** Waits for one message, the idle timeout, or shutdown. */
+function firstMessage(ch: Channel, queue: string, idleMs: number, shutdown: AbortSignal): Promise<{ msg: ConsumeMessage | undefined; tag: string }> {
+  return new Promise((resolve, reject) => {
+    let tag = '';
+    let settled = false;
+    let timer: NodeJS.Timeout | undefined;
+    const finish = (msg: ConsumeMessage | undefined): void => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      shutdown.removeEventListener('abort', onShutdown);
+      resolve({ msg, tag });
+    };
+    const onShutdown = (): void => finish(undefined);
+    shutdown.addEventListener('abort', onShutdown, { once: true });
+    ch.consume(
+      queue,
+      (msg) => {
+        // null: the broker cancelled the consumer (queue deleted). Either way this is our one try.
+        if (!settled) finish(msg ?? undefined);
+      },
+      { noAck: false },
+    ).then(
+      (ok) => {
+        tag = ok.consumerTag;
+        if (!settled) timer = setTimeout(() => finish(undefined), idleMs);
+        if (shutdown.aborted) finish(undefined);
+      },
+      (err: unknown) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        shutdown.removeEventListener('abort', onShutdown);
+        reject(err instanceof Error ? err : new Error(String(err)));
+      },
+    );
+  });
+}
+
+export interface ConsumeOptions {
+  readonly config: WorkerConfig;
+  readonly log: Logger;
+  readonly shutdown: AbortSignal;
+  readonly handle: Handler;
+}
+
+/** Takes at most one message from the queue, handles it, settles it, and returns the exit code. */
+export async function consumeOne(options: ConsumeOptions): Promise<ExitCode> {
+  const { config, shutdown } = options;
+  const log = options.log.child({ queue: config.queue, broker: displayUrl(config.rabbitmqUrl) });
+  let conn: ChannelModel;
+  try {
+    conn = await connect(config.rabbitmqUrl, { timeout: 10_000, clientProperties: { connection_name: `kmj-worker ${config.podName ?? process.pid}` } });
+  } catch (err) {
+    log.error({ err }, 'cannot reach the broker');
+    return EXIT.BROKER_UNAVAILABLE;
+  }
+  let connectionLost = false;
+  conn.on('error', (err: unknown) => log.warn({ err }, 'broker connection error'));
+  conn.on('close', () => {
+    connectionLost = true;
+  });
+  try {
+    await ensureQueues(conn, config);
+    const ch = await conn.createChannel();
+    ch.on('error', (err: unknown) => log.warn({ err }, 'channel error'));
+    await ch.prefetch(1);
+    const { msg, tag } = await firstMessage(ch, config.queue, config.idleTimeoutMs, shutdown);
+    if (!msg) {
+      if (tag) await ch.cancel(tag).catch(() => undefined);
+      await ch.close().catch(() => undefined);
+      log.info({ idleTimeoutMs: config.idleTimeoutMs, stopped: shutdown.aborted }, shutdown.aborted ? 'stopped before a message arrived' : 'no message; exiting');
+      return EXIT.OK;
+    }
+    const delivery: DeliveryInfo = { attempt: attemptOf(msg), queue: config.queue };
+    let outcome = await options.handle(msg.content, delivery);
+    if (outcome.action === 'requeue' && delivery.attempt >= config.maxDeliveries) {
+      // Poison protection: this was the last delivery we allow; park it instead of looping.
+      outcome = { ...outcome, action: 'dead-letter', reason: `gave up after ${delivery.attempt} deliveries: ${outcome.reason ?? 'requeued'}` };
+    }
+    if (connectionLost) {
+      log.warn({ outcome: outcome.action }, 'broker connection lost while working; the broker requeues the message');
+      return EXIT.UNSETTLED;
+    }
+    return await settle(conn, ch, tag, msg, outcome, delivery, config, log);
+  } catch (err) {
+    if (connectionLost) {
+      log.warn({ err }, 'broker connection lost; the broker requeues any message held');
+      return EXIT.UNSETTLED;
+    }
+    log.error({ err }, 'worker failed');
+    return EXIT.INTERNAL;
+  } finally {
+    await conn.close().catch(() => undefined); // already closed after settle in the normal case
+  }
+}
+
+async function settle(conn: ChannelModel, ch: Channel, tag: string, msg: ConsumeMessage, outcome: Outcome, delivery: DeliveryInfo, config: WorkerConfig, log: Logger): Promise<ExitCode> {
+  const bound = AbortSignal.timeout(15_000);
+  await raceAbort(ch.cancel(tag), bound);
+  let code: ExitCode;
+  const fields = { requestId: outcome.requestId, runId: outcome.runId, reason: outcome.reason, attempt: delivery.attempt };
+  if (outcome.action === 'ack') {
+    ch.ack(msg);
+    code = EXIT.OK;
+  } else if (outcome.action === 'requeue') {
+    ch.nack(msg, false, true);
+    code = EXIT.REQUEUED;
+  } else {
+    try {
+      await raceAbort(publishDeadLetter(conn, msg, outcome, delivery, config), bound);
+      ch.ack(msg);
+      code = EXIT.DEAD_LETTERED;
+    } catch (err) {
+      // Could not park it: better requeued than lost.
+      log.error({ err, ...fields }, 'dead-lettering failed; requeueing instead');
+      ch.nack(msg, false, true);
+      code = EXIT.REQUEUED;
+    }
+  }
+  // channel.close is answered only after the broker processed everything sent before it.
+  await raceAbort(ch.close(), bound);
+  await raceAbort(conn.close(), bound);
+  const message = code === EXIT.OK ? 'message acknowledged' : code === EXIT.REQUEUED ? 'message requeued' : 'message dead-lettered';
+  log.info({ ...fields, exitCode: code, alreadyFinished: outcome.alreadyFinished === true }, message);
+  return code;
+}
+
+async function publishDeadLetter(conn: ChannelModel, msg: ConsumeMessage, outcome: Outcome, delivery: DeliveryInfo, config: WorkerConfig): Promise<void> {
+  const ch = await conn.createConfirmChannel();
+  let returned = false;
+  ch.on('return', () => {
+    returned = true;
+  });
+  try {
+    const headers: Record<string, unknown> = {
+      ...((msg.properties.headers ?? {}) as Record<string, unknown>),
+      [DEAD_LETTER_HEADERS.reason]: (outcome.reason ?? 'unknown').slice(0, 4000),
+      [DEAD_LETTER_HEADERS.at]: new Date().toISOString(),
+      [DEAD_LETTER_HEADERS.queue]: config.queue,
+      [DEAD_LETTER_HEADERS.attempt]: delivery.attempt,
+    };
+    if (outcome.field !== undefined) headers[DEAD_LETTER_HEADERS.field] = outcome.field;
+    if (outcome.runId !== undefined) headers[DEAD_LETTER_HEADERS.runId] = outcome.runId;
+    const p = msg.properties;
+    ch.sendToQueue(config.deadLetterQueue, msg.content, {
+      persistent: true,
+      // Unroutable (the queue was deleted) comes back as basic.return before the confirm.
+      mandatory: true,
+      headers,
+      ...(p.contentType ? { contentType: p.contentType } : {}),
+      ...(p.messageId ? { messageId: p.messageId } : {}),
+      ...(p.correlationId ? { correlationId: p.correlationId } : {}),
+      ...(p.timestamp ? { timestamp: p.timestamp } : {}),
+      ...(p.type ? { type: p.type } : {}),
+      ...(p.appId ? { appId: p.appId } : {}),
+    });
+    await ch.waitForConfirms();
+    if (returned) throw new Error(`queue ${config.deadLetterQueue} does not exist`);
+  } catch (err) {
+    throw new Error(`publishing to ${config.deadLetterQueue} failed: ${messageOf(err)}`, { cause: err });
+  } finally {
+    await ch.close().catch(() => undefined);
+  }
+}

@@ -1,0 +1,37 @@
+/**
+ * The worker's two error classes, one meaning each. Every failure in the pipeline ends up as one of
+ * them, and the consumer turns them into the settle: PermanentError dead-letters the message (never
+ * retried), TransientError requeues it after in-process retries. Messages are safe to log and to put
+ * in message headers and MLflow tags: they never carry credentials.
+ */
+import { scrubSecrets } from '../common/redact.ts';
+
+/** The request cannot succeed as it is: bad request, unknown model, unreadable dataset, input mismatch. */
+export class PermanentError extends Error {
+  override readonly name = 'PermanentError';
+  /** The request field the problem is about, e.g. "dataset.uri", when there is one. */
+  readonly field: string | undefined;
+  constructor(message: string, options?: ErrorOptions & { field?: string }) {
+    super(scrubSecrets(message), options);
+    this.field = options?.field;
+  }
+}
+
+/** Might succeed later: MLflow 5xx or 429, timeouts, network trouble, the broker going away. */
+export class TransientError extends Error {
+  override readonly name = 'TransientError';
+  /**
+   * Whether retrying inside this process can help. False for problems only an operator fixes
+   * (MLflow refusing our credentials): the message is requeued at once.
+   */
+  readonly retryInProcess: boolean;
+  constructor(message: string, options?: ErrorOptions & { retryInProcess?: boolean }) {
+    super(scrubSecrets(message), options);
+    this.retryInProcess = options?.retryInProcess ?? true;
+  }
+}
+
+/** Reads the message of an unknown thrown value without trusting its type. */
+export function messageOf(err: unknown): string {
+  return scrubSecrets(err instanceof Error ? err.message : String(err));
+}

@@ -1,0 +1,257 @@
+/**
+ * The MLflow REST calls the worker makes: experiments, runs, batches of params/metrics/tags, dataset
+ * inputs, and artifacts through the tracking server's artifact proxy (`--serve-artifacts`).
+ * What it writes reads back through the Python client exactly as if Python had logged it.
+ */
+import { createWriteStream } from 'node:fs';
+import { mkdir } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import type { Readable } from 'node:stream';
+import { MlflowHttp, MlflowHttpError } from './http.ts';
+
+/** MLflow's documented limits for one runs/log-batch request. */
+export const LOG_BATCH_LIMITS = { metrics: 1000, paramsAndTags: 100, entities: 1000 } as const;
+
+export interface Metric {
+  readonly key: string;
+  readonly value: number;
+  readonly timestamp: number;
+  readonly step: number;
+}
+export interface KeyValue {
+  readonly key: string;
+  readonly value: string;
+}
+
+export type RunStatus = 'RUNNING' | 'SCHEDULED' | 'FINISHED' | 'FAILED' | 'KILLED';
+
+export interface RunInfo {
+  readonly run_id: string;
+  readonly experiment_id: string;
+  readonly status: RunStatus;
+  readonly artifact_uri: string;
+  readonly lifecycle_stage: string;
+  readonly start_time?: number;
+  readonly end_time?: number;
+  readonly run_name?: string;
+}
+
+export interface Run {
+  readonly info: RunInfo;
+  readonly data: { readonly metrics?: Array<{ key: string; value: number }>; readonly params?: KeyValue[]; readonly tags?: KeyValue[] };
+}
+
+export interface DatasetInput {
+  readonly name: string;
+  readonly digest: string;
+  readonly sourceType: string;
+  readonly source: string;
+  readonly schema?: string;
+  readonly profile?: string;
+  readonly context: string;
+}
+
+export interface ArtifactFile {
+  readonly path: string;
+  readonly is_dir: boolean;
+  readonly file_size?: number;
+}
+
+/** Splits a batch into requests that each respect MLflow's limits. */
+export function splitLogBatch(metrics: readonly Metric[], params: readonly KeyValue[], tags: readonly KeyValue[]): Array<{ metrics: Metric[]; params: KeyValue[]; tags: KeyValue[] }> {
+  const out: Array<{ metrics: Metric[]; params: KeyValue[]; tags: KeyValue[] }> = [];
+  let cur = { metrics: [] as Metric[], params: [] as KeyValue[], tags: [] as KeyValue[] };
+  const size = (): number => cur.metrics.length + cur.params.length + cur.tags.length;
+  const flushIfFull = (kind: 'metrics' | 'params' | 'tags'): void => {
+    const full =
+      size() >= LOG_BATCH_LIMITS.entities ||
+      (kind === 'metrics' && cur.metrics.length >= LOG_BATCH_LIMITS.metrics) ||
+      (kind !== 'metrics' && cur.params.length + cur.tags.length >= LOG_BATCH_LIMITS.paramsAndTags);
+    if (full) {
+      out.push(cur);
+      cur = { metrics: [], params: [], tags: [] };
+    }
+  };
+  for (const p of params) {
+    flushIfFull('params');
+    cur.params.push(p);
+  }
+  for (const t of tags) {
+    flushIfFull('tags');
+    cur.tags.push(t);
+  }
+  for (const m of metrics) {
+    flushIfFull('metrics');
+    cur.metrics.push(m);
+  }
+  if (size() > 0 || out.length === 0) out.push(cur);
+  return out;
+}
+
+/** The path of an `mlflow-artifacts:` URI inside the artifact proxy, e.g. `1/abc/artifacts`. */
+export function proxyPath(artifactUri: string): string {
+  const m = /^mlflow-artifacts:(?:\/\/[^/]*)?\/*(.*)$/.exec(artifactUri);
+  if (!m) throw new Error(`not an mlflow-artifacts URI: ${artifactUri}`);
+  return (m[1] ?? '').replace(/\/+$/, '');
+}
+
+function encodePath(path: string): string {
+  return path.split('/').filter(Boolean).map(encodeURIComponent).join('/');
+}
+
+export class MlflowTracking {
+  readonly http: MlflowHttp;
+
+  constructor(http: MlflowHttp) {
+    this.http = http;
+  }
+
+  /** Get-or-create, safe when two workers create the same experiment at once. */
+  async experimentId(name: string, signal: AbortSignal): Promise<string> {
+    const get = async (): Promise<string | undefined> => {
+      try {
+        const r = await this.http.api<{ experiment: { experiment_id: string; lifecycle_stage: string } }>('experiments/get-by-name', {
+          method: 'GET',
+          query: { experiment_name: name },
+          signal,
+        });
+        return r.experiment.experiment_id;
+      } catch (err) {
+        if (err instanceof MlflowHttpError && err.errorCode === 'RESOURCE_DOES_NOT_EXIST') return undefined;
+        throw err;
+      }
+    };
+    const found = await get();
+    if (found !== undefined) return found;
+    try {
+      const r = await this.http.api<{ experiment_id: string }>('experiments/create', { method: 'POST', json: { name }, signal });
+      return r.experiment_id;
+    } catch (err) {
+      // Another worker created it between our get and our create.
+      if (err instanceof MlflowHttpError && err.errorCode === 'RESOURCE_ALREADY_EXISTS') {
+        const again = await get();
+        if (again !== undefined) return again;
+      }
+      throw err;
+    }
+  }
+
+  /** Runs of an experiment carrying tag `key` = `value`, deleted ones excluded, newest first. */
+  async runsWithTag(experimentId: string, key: string, value: string, signal: AbortSignal): Promise<Run[]> {
+    const r = await this.http.api<{ runs?: Run[] }>('runs/search', {
+      method: 'POST',
+      json: {
+        experiment_ids: [experimentId],
+        filter: `tags.\`${key}\` = '${value.replace(/'/g, "\\'")}'`,
+        run_view_type: 'ACTIVE_ONLY',
+        max_results: 50,
+        order_by: ['attributes.start_time DESC'],
+      },
+      signal,
+    });
+    return r.runs ?? [];
+  }
+
+  async createRun(experimentId: string, runName: string, tags: readonly KeyValue[], startTime: number, signal: AbortSignal): Promise<RunInfo> {
+    const r = await this.http.api<{ run: Run }>('runs/create', {
+      method: 'POST',
+      json: { experiment_id: experimentId, run_name: runName, start_time: startTime, tags },
+      signal,
+    });
+    return r.run.info;
+  }
+
+  async getRun(runId: string, signal: AbortSignal): Promise<Run> {
+    const r = await this.http.api<{ run: Run }>('runs/get', { method: 'GET', query: { run_id: runId }, signal });
+    return r.run;
+  }
+
+  async logBatch(runId: string, batch: { metrics?: readonly Metric[]; params?: readonly KeyValue[]; tags?: readonly KeyValue[] }, signal: AbortSignal): Promise<void> {
+    for (const part of splitLogBatch(batch.metrics ?? [], batch.params ?? [], batch.tags ?? [])) {
+      await this.http.api('runs/log-batch', { method: 'POST', json: { run_id: runId, ...part }, signal });
+    }
+  }
+
+  async logInputs(runId: string, inputs: readonly DatasetInput[], signal: AbortSignal): Promise<void> {
+    await this.http.api('runs/log-inputs', {
+      method: 'POST',
+      json: {
+        run_id: runId,
+        datasets: inputs.map((d) => ({
+          tags: [{ key: 'mlflow.data.context', value: d.context }],
+          dataset: {
+            name: d.name,
+            digest: d.digest,
+            source_type: d.sourceType,
+            source: d.source,
+            ...(d.schema !== undefined ? { schema: d.schema } : {}),
+            ...(d.profile !== undefined ? { profile: d.profile } : {}),
+          },
+        })),
+      },
+      signal,
+    });
+  }
+
+  async setTag(runId: string, key: string, value: string, signal: AbortSignal): Promise<void> {
+    await this.http.api('runs/set-tag', { method: 'POST', json: { run_id: runId, key, value }, signal });
+  }
+
+  async updateRun(runId: string, status: RunStatus, endTime: number | undefined, signal: AbortSignal): Promise<void> {
+    await this.http.api('runs/update', {
+      method: 'POST',
+      json: { run_id: runId, status, ...(endTime !== undefined ? { end_time: endTime } : {}) },
+      signal,
+    });
+  }
+
+  /** Uploads a local file to `<artifactUri>/<relPath>` through the artifact proxy. */
+  async uploadArtifact(artifactUri: string, relPath: string, file: string, contentType: string, signal: AbortSignal): Promise<void> {
+    const path = `api/2.0/mlflow-artifacts/artifacts/${encodePath(`${proxyPath(artifactUri)}/${relPath}`)}`;
+    await this.http.raw(path, { method: 'PUT', file: { path: file, contentType }, signal }, async (res) => {
+      await res.body.dump();
+    });
+  }
+
+  /** Lists one directory of the artifact proxy. */
+  async listArtifacts(proxyDir: string, signal: AbortSignal): Promise<ArtifactFile[]> {
+    const r = await this.http.raw('api/2.0/mlflow-artifacts/artifacts', { method: 'GET', query: { path: proxyDir }, signal }, async (res) => (await res.body.json()) as { files?: ArtifactFile[] });
+    return r.files ?? [];
+  }
+
+  /** Streams one artifact-proxy file into `onStream`. */
+  async openArtifact<T>(proxyFile: string, signal: AbortSignal, onStream: (body: Readable, length: number | undefined) => Promise<T>): Promise<T> {
+    return this.http.raw(`api/2.0/mlflow-artifacts/artifacts/${encodePath(proxyFile)}`, { method: 'GET', signal }, async (res) => {
+      const len = Number(res.headers['content-length']);
+      return onStream(res.body, Number.isFinite(len) ? len : undefined);
+    });
+  }
+
+  /** Downloads a whole artifact-proxy directory into `dest`, recursively. Returns the files written. */
+  async downloadDirectory(proxyDir: string, dest: string, signal: AbortSignal, maxBytes: number): Promise<string[]> {
+    const written: string[] = [];
+    let total = 0;
+    const walk = async (relDir: string): Promise<void> => {
+      const listed = relDir ? `${proxyDir}/${relDir}` : proxyDir;
+      for (const f of await this.listArtifacts(listed, signal)) {
+        // The proxy names entries relative to the directory listed (older servers: relative to the root).
+        const name = f.path.startsWith(`${listed}/`) ? f.path.slice(listed.length + 1) : f.path;
+        const rel = relDir && !name.startsWith(`${relDir}/`) ? `${relDir}/${name}` : name;
+        if (rel.split('/').some((part) => part === '..' || part === '')) throw new Error(`the artifact listing names an unsafe path: ${JSON.stringify(f.path)}`);
+        if (f.is_dir) {
+          await walk(rel);
+          continue;
+        }
+        total += f.file_size ?? 0;
+        if (total > maxBytes) throw new Error(`the model directory is larger than the limit of ${maxBytes} bytes`);
+        const target = join(dest, rel);
+        await mkdir(dirname(target), { recursive: true });
+        await this.openArtifact(`${proxyDir}/${rel}`, signal, (body) => pipeline(body, createWriteStream(target)));
+        written.push(rel);
+      }
+    };
+    await walk('');
+    return written;
+  }
+}

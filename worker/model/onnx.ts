@@ -1,0 +1,227 @@
+/**
+ * An ONNX model on onnxruntime-node (CPU), and how dataset columns feed it.
+ *
+ * Two input layouts are understood, the two skl2onnx produces:
+ * - one tensor input of shape [N, k] (e.g. `X` or `float_input`): the k feature columns, in the
+ *   order of the MLflow signature when the model has one, else the dataset's order without the
+ *   label column;
+ * - one input per column, each [N] or [N, 1], named after the column.
+ *
+ * Only tensor outputs are fetched: a classifier's ZipMap output (a sequence of maps) is not a
+ * tensor, and its label output is.
+ */
+import { join } from 'node:path';
+import * as ort from 'onnxruntime-node';
+import { PermanentError } from '../errors.ts';
+import type { MlModel } from './mlmodel.ts';
+
+export type ModelKind = 'classifier' | 'regressor';
+
+type TensorType = 'float32' | 'float64' | 'int64' | 'int32' | 'string' | 'bool';
+const SUPPORTED: ReadonlySet<string> = new Set(['float32', 'float64', 'int64', 'int32', 'string', 'bool']);
+
+interface InputInfo {
+  readonly name: string;
+  readonly type: TensorType;
+  /** Columns this input takes per row: k for [N, k], 1 for [N] or [N, 1]. */
+  readonly width: number | undefined;
+}
+
+/** How dataset columns become model inputs; made once per dataset, used for every batch. */
+export interface FeedPlan {
+  /** Dataset column indexes feeding the model, in feed order. */
+  readonly columnIndexes: readonly number[];
+  readonly columnNames: readonly string[];
+  /** One entry per model input: which positions of `columnIndexes` it takes. */
+  readonly inputs: ReadonlyArray<{ readonly name: string; readonly type: TensorType; readonly from: number; readonly width: number; readonly rank: number }>;
+}
+
+/** One batch of model outputs: per output name, one value per row (arrays for [N, k] outputs). */
+export type Outputs = ReadonlyMap<string, ReadonlyArray<number | string | readonly number[]>>;
+
+export interface OnnxOptions {
+  /** onnxruntime intra-op threads; 0 lets onnxruntime decide. */
+  readonly intraOpThreads: number;
+}
+
+export class OnnxModel {
+  readonly #session: ort.InferenceSession;
+  readonly #inputs: readonly InputInfo[];
+  readonly #inputRanks: ReadonlyMap<string, number>;
+  readonly outputNames: readonly string[];
+  readonly kind: ModelKind;
+  readonly signature: MlModel['inputColumns'];
+
+  private constructor(session: ort.InferenceSession, mlmodel: MlModel) {
+    this.#session = session;
+    const inputs: InputInfo[] = [];
+    const ranks = new Map<string, number>();
+    for (const m of session.inputMetadata) {
+      if (!m.isTensor || !SUPPORTED.has(m.type)) {
+        throw new PermanentError(`model: input ${JSON.stringify(m.name)} has type ${m.isTensor ? m.type : 'non-tensor'}, which the worker cannot feed`, { field: 'model' });
+      }
+      const dims = m.shape;
+      const last = dims.length >= 2 ? dims[dims.length - 1] : 1;
+      inputs.push({ name: m.name, type: m.type as TensorType, width: typeof last === 'number' && last > 0 ? last : undefined });
+      ranks.set(m.name, dims.length);
+    }
+    this.#inputs = inputs;
+    this.#inputRanks = ranks;
+    const tensorOutputs = session.outputMetadata.filter((o) => o.isTensor);
+    if (tensorOutputs.length === 0) throw new PermanentError('model: has no tensor output the worker can read', { field: 'model' });
+    this.outputNames = tensorOutputs.map((o) => o.name);
+    const first = tensorOutputs[0];
+    this.kind = first && first.isTensor && (first.type === 'int64' || first.type === 'int32' || first.type === 'string') ? 'classifier' : 'regressor';
+    this.signature = mlmodel.inputColumns;
+  }
+
+  static async load(dir: string, mlmodel: MlModel, options: OnnxOptions): Promise<OnnxModel> {
+    let session: ort.InferenceSession;
+    try {
+      // Loading by path lets onnxruntime find external data files next to the model.
+      session = await ort.InferenceSession.create(join(dir, mlmodel.onnxFile), {
+        executionProviders: ['cpu'],
+        intraOpNumThreads: options.intraOpThreads,
+        interOpNumThreads: 1,
+        graphOptimizationLevel: 'all',
+      });
+    } catch (err) {
+      throw new PermanentError(`model: onnxruntime cannot load ${mlmodel.onnxFile}: ${(err as Error).message}`, { field: 'model', cause: err });
+    }
+    return new OnnxModel(session, mlmodel);
+  }
+
+  /** Decides which dataset columns feed which input; refuses a dataset that does not match. */
+  plan(datasetColumns: readonly string[], labelColumn: string | undefined): FeedPlan {
+    const index = new Map(datasetColumns.map((c, i) => [c, i]));
+    const indexOf = (name: string): number => {
+      const i = index.get(name);
+      if (i === undefined) {
+        throw new PermanentError(`dataset: input does not match the model's signature: column ${JSON.stringify(name)} is missing (dataset columns: ${datasetColumns.join(', ')})`, { field: 'dataset' });
+      }
+      return i;
+    };
+    if (this.signature) {
+      for (const c of this.signature) if (c.required) indexOf(c.name);
+    }
+    const [single] = this.#inputs;
+    if (this.#inputs.length === 1 && single && (single.width ?? 0) >= 1 && !index.has(single.name)) {
+      // One matrix input: k feature columns.
+      const names = this.signature
+        ? this.signature.map((c) => c.name)
+        : datasetColumns.filter((c) => c !== labelColumn);
+      if (single.width !== undefined && names.length !== single.width) {
+        const where = this.signature ? "the model's signature lists" : `the dataset has (without the label column ${labelColumn === undefined ? '' : JSON.stringify(labelColumn)})`;
+        throw new PermanentError(`dataset: input does not match the model: input ${JSON.stringify(single.name)} takes ${single.width} columns, ${where} ${names.length}: ${names.join(', ')}`, { field: 'dataset' });
+      }
+      return {
+        columnIndexes: names.map(indexOf),
+        columnNames: names,
+        inputs: [{ name: single.name, type: single.type, from: 0, width: names.length, rank: this.#inputRanks.get(single.name) ?? 2 }],
+      };
+    }
+    // One input per column, named after it.
+    const names = this.#inputs.map((i) => i.name);
+    return {
+      columnIndexes: names.map(indexOf),
+      columnNames: names,
+      inputs: this.#inputs.map((inp, k) => ({ name: inp.name, type: inp.type, from: k, width: 1, rank: this.#inputRanks.get(inp.name) ?? 2 })),
+    };
+  }
+
+  /** Runs one batch. `rows` are dataset rows; `firstRow` numbers them (1-based) for error messages. */
+  async run(plan: FeedPlan, rows: ReadonlyArray<ReadonlyArray<unknown>>, firstRow: number): Promise<Outputs> {
+    const n = rows.length;
+    const feeds: Record<string, ort.Tensor> = {};
+    for (const inp of plan.inputs) {
+      const dims = inp.rank === 1 ? [n] : [n, inp.width];
+      feeds[inp.name] = buildTensor(inp.type, dims, n, inp.width, (r, j) => {
+        const col = plan.columnIndexes[inp.from + j] as number;
+        return { value: (rows[r] as ReadonlyArray<unknown>)[col], row: firstRow + r, column: plan.columnNames[inp.from + j] as string };
+      });
+    }
+    let results: ort.InferenceSession.OnnxValueMapType;
+    try {
+      results = await this.#session.run(feeds, [...this.outputNames]);
+    } catch (err) {
+      throw new PermanentError(`dataset: the model refused the input: ${(err as Error).message}`, { field: 'dataset', cause: err });
+    }
+    const out = new Map<string, Array<number | string | number[]>>();
+    for (const name of this.outputNames) {
+      const t = results[name] as ort.Tensor | undefined;
+      if (!t) continue;
+      out.set(name, columnOf(t, n));
+    }
+    return out;
+  }
+
+  async release(): Promise<void> {
+    await this.#session.release();
+  }
+}
+
+type Cell = { value: unknown; row: number; column: string };
+
+function numberOf(c: Cell): number {
+  const v = c.value;
+  if (typeof v === 'number') return v;
+  if (typeof v === 'string' && v.trim() !== '') {
+    const n = Number(v);
+    if (!Number.isNaN(n) || /^\s*nan\s*$/i.test(v)) return n;
+  }
+  if (typeof v === 'boolean') return v ? 1 : 0;
+  const shown = v === undefined || v === null || v === '' ? 'an empty value' : JSON.stringify(v);
+  throw new PermanentError(`dataset: row ${c.row}, column ${JSON.stringify(c.column)}: ${shown} is not a number`, { field: 'dataset' });
+}
+
+function buildTensor(type: TensorType, dims: number[], n: number, width: number, cell: (r: number, j: number) => Cell): ort.Tensor {
+  const size = n * width;
+  switch (type) {
+    case 'float32':
+    case 'float64': {
+      const data = type === 'float32' ? new Float32Array(size) : new Float64Array(size);
+      for (let r = 0; r < n; r++) for (let j = 0; j < width; j++) data[r * width + j] = numberOf(cell(r, j));
+      return new ort.Tensor(type, data, dims);
+    }
+    case 'int32': {
+      const data = new Int32Array(size);
+      for (let r = 0; r < n; r++) for (let j = 0; j < width; j++) data[r * width + j] = Math.trunc(numberOf(cell(r, j)));
+      return new ort.Tensor('int32', data, dims);
+    }
+    case 'int64': {
+      const data = new BigInt64Array(size);
+      for (let r = 0; r < n; r++) for (let j = 0; j < width; j++) data[r * width + j] = BigInt(Math.trunc(numberOf(cell(r, j))));
+      return new ort.Tensor('int64', data, dims);
+    }
+    case 'bool': {
+      const data = new Uint8Array(size);
+      for (let r = 0; r < n; r++) for (let j = 0; j < width; j++) data[r * width + j] = numberOf(cell(r, j)) ? 1 : 0;
+      return new ort.Tensor('bool', data, dims);
+    }
+    case 'string': {
+      const data: string[] = new Array<string>(size);
+      for (let r = 0; r < n; r++) for (let j = 0; j < width; j++) data[r * width + j] = String(cell(r, j).value ?? '');
+      return new ort.Tensor('string', data, dims);
+    }
+  }
+}
+
+function columnOf(t: ort.Tensor, n: number): Array<number | string | number[]> {
+  const width = t.dims.length >= 2 ? Number(t.dims[t.dims.length - 1]) : 1;
+  const data = t.data as ArrayLike<number | bigint | string>;
+  const at = (i: number): number | string => {
+    const v = data[i] as number | bigint | string;
+    return typeof v === 'bigint' ? Number(v) : v;
+  };
+  const out: Array<number | string | number[]> = new Array(n);
+  if (width === 1) {
+    for (let r = 0; r < n; r++) out[r] = at(r);
+  } else {
+    for (let r = 0; r < n; r++) {
+      const row: number[] = new Array<number>(width);
+      for (let j = 0; j < width; j++) row[j] = Number(at(r * width + j));
+      out[r] = row;
+    }
+  }
+  return out;
+}

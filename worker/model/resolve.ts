@@ -1,0 +1,100 @@
+/**
+ * Model URIs as MLflow users write them, resolved through the Model Registry REST API to an
+ * artifact location served by the tracking server's artifact proxy:
+ *
+ *   models:/<name>/<version>   model-versions/get-download-uri
+ *   models:/<name>@<alias>     registered-models/alias, then as above
+ *   models:/<name>/latest      registered-models/get-latest-versions (highest version), then as above
+ *   runs:/<run_id>/<path>      runs/get → the run's artifact_uri + path
+ *   mlflow-artifacts:/<path>   as it is
+ */
+import { createHash } from 'node:crypto';
+import { PermanentError } from '../errors.ts';
+import { MlflowHttpError } from '../mlflow/http.ts';
+import type { MlflowTracking } from '../mlflow/tracking.ts';
+
+export interface ResolvedModel {
+  /** The URI as the request gave it. */
+  readonly uri: string;
+  /** Where the model directory is: an mlflow-artifacts: URI. */
+  readonly artifactUri: string;
+  /** Cache directory key: the same key always means the same files. */
+  readonly cacheKey: string;
+  readonly name?: string;
+  readonly version?: string;
+  readonly runId?: string;
+}
+
+const REGISTRY = /^models:\/([^/@]+)(?:@([^/@]+)|\/([^/@]+))$/;
+const RUNS = /^runs:\/([0-9a-zA-Z-]+)\/(.+)$/;
+
+function notFound(err: unknown): boolean {
+  return err instanceof MlflowHttpError && (err.errorCode === 'RESOURCE_DOES_NOT_EXIST' || err.status === 404);
+}
+
+function requireProxy(artifactUri: string, what: string): string {
+  if (!artifactUri.startsWith('mlflow-artifacts:')) {
+    throw new PermanentError(
+      `model: ${what} is stored at ${artifactUri}, which the worker cannot read: run the tracking server with --serve-artifacts so artifacts are served through it`,
+      { field: 'model' },
+    );
+  }
+  return artifactUri.replace(/\/+$/, '');
+}
+
+export async function resolveModel(uri: string, tracking: MlflowTracking, signal: AbortSignal): Promise<ResolvedModel> {
+  const reg = REGISTRY.exec(uri);
+  if (reg) {
+    const name = decodeURIComponent(reg[1] ?? '');
+    const alias = reg[2];
+    let version = reg[3] ?? '';
+    if (alias !== undefined) {
+      try {
+        const r = await tracking.http.api<{ model_version: { version: string } }>('registered-models/alias', { method: 'GET', query: { name, alias }, signal });
+        version = r.model_version.version;
+      } catch (err) {
+        if (notFound(err)) throw new PermanentError(`model: registered model ${JSON.stringify(name)} has no alias ${JSON.stringify(alias)}`, { field: 'model', cause: err });
+        throw err;
+      }
+    } else if (version === 'latest') {
+      try {
+        const r = await tracking.http.api<{ model_versions?: Array<{ version: string }> }>('registered-models/get-latest-versions', { method: 'POST', json: { name }, signal });
+        const versions = (r.model_versions ?? []).map((v) => Number(v.version)).filter(Number.isFinite);
+        if (versions.length === 0) throw new PermanentError(`model: registered model ${JSON.stringify(name)} has no versions`, { field: 'model' });
+        version = String(Math.max(...versions));
+      } catch (err) {
+        if (notFound(err)) throw new PermanentError(`model: registered model ${JSON.stringify(name)} does not exist`, { field: 'model', cause: err });
+        throw err;
+      }
+    } else if (!/^\d+$/.test(version)) {
+      throw new PermanentError(`model: ${JSON.stringify(uri)} names stage or version ${JSON.stringify(version)}; use models:/<name>/<version>, models:/<name>@<alias> or models:/<name>/latest`, { field: 'model' });
+    }
+    let artifactUri: string;
+    try {
+      const r = await tracking.http.api<{ artifact_uri: string }>('model-versions/get-download-uri', { method: 'GET', query: { name, version }, signal });
+      artifactUri = r.artifact_uri;
+    } catch (err) {
+      if (notFound(err)) throw new PermanentError(`model: registered model ${JSON.stringify(name)} version ${version} does not exist`, { field: 'model', cause: err });
+      throw err;
+    }
+    return { uri, artifactUri: requireProxy(artifactUri, `${name} version ${version}`), cacheKey: `registry/${encodeURIComponent(name)}/${version}`, name, version };
+  }
+  const runs = RUNS.exec(uri);
+  if (runs) {
+    const runId = runs[1] ?? '';
+    const path = (runs[2] ?? '').replace(/^\/+|\/+$/g, '');
+    let base: string;
+    try {
+      base = (await tracking.getRun(runId, signal)).info.artifact_uri;
+    } catch (err) {
+      if (notFound(err)) throw new PermanentError(`model: run ${runId} does not exist`, { field: 'model', cause: err });
+      throw err;
+    }
+    return { uri, artifactUri: requireProxy(`${base.replace(/\/+$/, '')}/${path}`, `run ${runId}`), cacheKey: `runs/${runId}/${encodeURIComponent(path)}`, runId };
+  }
+  if (uri.startsWith('mlflow-artifacts:')) {
+    const digest = createHash('sha256').update(uri).digest('hex').slice(0, 24);
+    return { uri, artifactUri: uri.replace(/\/+$/, ''), cacheKey: `artifacts/${digest}` };
+  }
+  throw new PermanentError(`model: ${JSON.stringify(uri)} is not a models:/, runs:/ or mlflow-artifacts: URI`, { field: 'model' });
+}

@@ -1,0 +1,121 @@
+/**
+ * Scores computed while predictions stream past, when the request names a label column: for
+ * classifiers the metrics mlflow.evaluate logs (accuracy_score, and macro-averaged precision_score,
+ * recall_score and f1_score), for regressors the error metrics (mean_absolute_error,
+ * mean_squared_error, root_mean_squared_error, r2_score). Memory: one counter per class pair.
+ */
+import { PermanentError } from './errors.ts';
+
+export interface Scorer {
+  add(truth: unknown, predicted: unknown, row: number): void;
+  metrics(): Record<string, number>;
+}
+
+function labelKey(v: unknown): string {
+  if (typeof v === 'number') return String(v);
+  if (typeof v === 'string') {
+    const t = v.trim();
+    const n = Number(t);
+    // "1", "1.0" and 1 are the same class.
+    return t !== '' && Number.isFinite(n) ? String(n) : t;
+  }
+  if (typeof v === 'boolean') return v ? '1' : '0';
+  return JSON.stringify(v);
+}
+
+export class ClassificationScorer implements Scorer {
+  readonly #pairs = new Map<string, number>();
+  readonly #labels = new Set<string>();
+  #n = 0;
+  #correct = 0;
+  readonly #labelColumn: string;
+
+  constructor(labelColumn: string) {
+    this.#labelColumn = labelColumn;
+  }
+
+  add(truth: unknown, predicted: unknown, row: number): void {
+    if (truth === undefined || truth === null || truth === '') {
+      throw new PermanentError(`dataset: row ${row}, label column ${JSON.stringify(this.#labelColumn)} is empty`, { field: 'labelColumn' });
+    }
+    const t = labelKey(truth);
+    const p = labelKey(predicted);
+    this.#n++;
+    if (t === p) this.#correct++;
+    this.#labels.add(t);
+    this.#labels.add(p);
+    const key = `${t}\u0000${p}`;
+    this.#pairs.set(key, (this.#pairs.get(key) ?? 0) + 1);
+  }
+
+  metrics(): Record<string, number> {
+    if (this.#n === 0) return {};
+    let precision = 0;
+    let recall = 0;
+    let f1 = 0;
+    // Macro average over the labels seen in truth or predictions, as scikit-learn does.
+    for (const label of this.#labels) {
+      let tp = 0;
+      let fp = 0;
+      let fn = 0;
+      for (const [key, count] of this.#pairs) {
+        const [t, p] = key.split('\u0000');
+        if (t === label && p === label) tp += count;
+        else if (p === label) fp += count;
+        else if (t === label) fn += count;
+      }
+      const pr = tp + fp === 0 ? 0 : tp / (tp + fp);
+      const rc = tp + fn === 0 ? 0 : tp / (tp + fn);
+      precision += pr;
+      recall += rc;
+      f1 += pr + rc === 0 ? 0 : (2 * pr * rc) / (pr + rc);
+    }
+    const k = this.#labels.size;
+    return {
+      accuracy_score: this.#correct / this.#n,
+      precision_score: precision / k,
+      recall_score: recall / k,
+      f1_score: f1 / k,
+    };
+  }
+}
+
+export class RegressionScorer implements Scorer {
+  #n = 0;
+  #absErr = 0;
+  #sqErr = 0;
+  #sum = 0;
+  #sumSq = 0;
+  readonly #labelColumn: string;
+
+  constructor(labelColumn: string) {
+    this.#labelColumn = labelColumn;
+  }
+
+  add(truth: unknown, predicted: unknown, row: number): void {
+    const y = typeof truth === 'number' ? truth : typeof truth === 'string' && truth.trim() !== '' ? Number(truth) : Number.NaN;
+    if (!Number.isFinite(y)) {
+      throw new PermanentError(`dataset: row ${row}, label column ${JSON.stringify(this.#labelColumn)}: ${JSON.stringify(truth ?? null)} is not a number`, { field: 'labelColumn' });
+    }
+    const p = Array.isArray(predicted) ? Number(predicted[0]) : Number(predicted);
+    const e = p - y;
+    this.#n++;
+    this.#absErr += Math.abs(e);
+    this.#sqErr += e * e;
+    this.#sum += y;
+    this.#sumSq += y * y;
+  }
+
+  metrics(): Record<string, number> {
+    if (this.#n === 0) return {};
+    const mse = this.#sqErr / this.#n;
+    const mean = this.#sum / this.#n;
+    const ssTot = this.#sumSq - this.#n * mean * mean;
+    return {
+      mean_absolute_error: this.#absErr / this.#n,
+      mean_squared_error: mse,
+      root_mean_squared_error: Math.sqrt(mse),
+      r2_score: ssTot > 0 ? 1 - this.#sqErr / ssTot : 0,
+    };
+  }
+}
