@@ -35,6 +35,9 @@ typecheck: deps
 
 services:
 	scripts/rabbitmq.sh start
+	scripts/mlflow.sh start
+	scripts/mlflow.sh start kmj-auth 5001 basic
+	scripts/fixtures.sh
 
 test: build services
 	node scripts/run-tests.mjs

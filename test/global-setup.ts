@@ -1,6 +1,10 @@
 // Fails the run at once, with the reason, when a service the tests need is not reachable.
 import { connect } from 'node:net';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { PACKAGE_ROOT } from '../common/paths.ts';
 import { RABBITMQ_URL } from './helpers/env.ts';
+import { MLFLOW_AUTH_URL, MLFLOW_URL } from './helpers/worker.ts';
 
 function reachable(host: string, port: number): Promise<boolean> {
   return new Promise((resolve) => {
@@ -16,9 +20,26 @@ function reachable(host: string, port: number): Promise<boolean> {
   });
 }
 
+async function mlflowHealthy(base: string): Promise<boolean> {
+  try {
+    const res = await fetch(`${base}/health`, { signal: AbortSignal.timeout(3000) });
+    return res.ok && (await res.text()).includes('OK');
+  } catch {
+    return false;
+  }
+}
+
 export default async function setup(): Promise<void> {
   const u = new URL(RABBITMQ_URL);
   if (!(await reachable(u.hostname, Number(u.port || 5672)))) {
     throw new Error(`RabbitMQ is not reachable at ${u.hostname}:${u.port}; run the tests with "make test", which starts it`);
+  }
+  for (const base of [MLFLOW_URL, MLFLOW_AUTH_URL]) {
+    if (!(await mlflowHealthy(base))) throw new Error(`MLflow does not answer ${base}/health; run the tests with "make test", which starts it`);
+  }
+  for (const dir of ['fixtures', 'fixtures-auth']) {
+    if (!existsSync(join(PACKAGE_ROOT, '.run', dir, 'fixtures.json'))) {
+      throw new Error(`.run/${dir}/fixtures.json is missing; run the tests with "make test", which makes the test models`);
+    }
   }
 }

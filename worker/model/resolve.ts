@@ -5,7 +5,10 @@
  *   models:/<name>/<version>   model-versions/get-download-uri
  *   models:/<name>@<alias>     registered-models/alias, then as above
  *   models:/<name>/latest      registered-models/get-latest-versions (highest version), then as above
- *   runs:/<run_id>/<path>      runs/get → the run's artifact_uri + path
+ *   runs:/<run_id>/<path>      the run's logged model named after the path's first part (MLflow 3
+ *                              logs models as LoggedModels outside the run's own artifacts), else
+ *                              the run's artifact_uri + path, as the Python client resolves it
+ *   models:/m-<model_id>       logged-models/get (an MLflow 3 logged model)
  *   mlflow-artifacts:/<path>   as it is
  */
 import { createHash } from 'node:crypto';
@@ -26,6 +29,38 @@ export interface ResolvedModel {
 }
 
 const REGISTRY = /^models:\/([^/@]+)(?:@([^/@]+)|\/([^/@]+))$/;
+const LOGGED_MODEL = /^models:\/(m-[0-9a-f]+)$/;
+
+interface LoggedModelInfo {
+  readonly model_id: string;
+  readonly name: string;
+  readonly source_run_id?: string;
+  readonly artifact_uri: string;
+}
+
+/** The run's logged model called `name`, if the server knows logged models and has one. */
+async function loggedModelOfRun(tracking: MlflowTracking, experimentId: string, runId: string, name: string, signal: AbortSignal): Promise<LoggedModelInfo | undefined> {
+  let pageToken: string | undefined;
+  for (let page = 0; page < 20; page++) {
+    let r: { models?: Array<{ info: LoggedModelInfo }>; next_page_token?: string };
+    try {
+      r = await tracking.http.api('logged-models/search', {
+        method: 'POST',
+        json: { experiment_ids: [experimentId], filter: `name = '${name.replace(/'/g, "\\'")}'`, max_results: 100, ...(pageToken ? { page_token: pageToken } : {}) },
+        signal,
+      });
+    } catch (err) {
+      // An MLflow 2 server has no logged models: the path is a plain run artifact.
+      if (err instanceof MlflowHttpError && (err.status === 404 || err.errorCode === 'ENDPOINT_NOT_FOUND')) return undefined;
+      throw err;
+    }
+    const hit = (r.models ?? []).find((m) => m.info.source_run_id === runId);
+    if (hit) return hit.info;
+    if (!r.next_page_token) return undefined;
+    pageToken = r.next_page_token;
+  }
+  return undefined;
+}
 const RUNS = /^runs:\/([0-9a-zA-Z-]+)\/(.+)$/;
 
 function notFound(err: unknown): boolean {
@@ -79,22 +114,38 @@ export async function resolveModel(uri: string, tracking: MlflowTracking, signal
     }
     return { uri, artifactUri: requireProxy(artifactUri, `${name} version ${version}`), cacheKey: `registry/${encodeURIComponent(name)}/${version}`, name, version };
   }
+  const logged = LOGGED_MODEL.exec(uri);
+  if (logged) {
+    const modelId = logged[1] ?? '';
+    try {
+      const r = await tracking.http.api<{ model: { info: LoggedModelInfo } }>(`logged-models/${modelId}`, { method: 'GET', signal });
+      return { uri, artifactUri: requireProxy(r.model.info.artifact_uri, `logged model ${modelId}`), cacheKey: `logged/${modelId}` };
+    } catch (err) {
+      if (notFound(err)) throw new PermanentError(`model: logged model ${modelId} does not exist`, { field: 'model', cause: err });
+      throw err;
+    }
+  }
   const runs = RUNS.exec(uri);
   if (runs) {
     const runId = runs[1] ?? '';
     const path = (runs[2] ?? '').replace(/^\/+|\/+$/g, '');
-    let base: string;
+    let info: { artifact_uri: string; experiment_id: string };
     try {
-      base = (await tracking.getRun(runId, signal)).info.artifact_uri;
+      info = (await tracking.getRun(runId, signal)).info;
     } catch (err) {
       if (notFound(err)) throw new PermanentError(`model: run ${runId} does not exist`, { field: 'model', cause: err });
       throw err;
     }
-    return { uri, artifactUri: requireProxy(`${base.replace(/\/+$/, '')}/${path}`, `run ${runId}`), cacheKey: `runs/${runId}/${encodeURIComponent(path)}`, runId };
+    const [first = '', ...rest] = path.split('/');
+    const model = await loggedModelOfRun(tracking, info.experiment_id, runId, first, signal);
+    const artifactUri = model
+      ? [model.artifact_uri.replace(/\/+$/, ''), ...rest].join('/')
+      : `${info.artifact_uri.replace(/\/+$/, '')}/${path}`;
+    return { uri, artifactUri: requireProxy(artifactUri, `run ${runId}`), cacheKey: `runs/${runId}/${encodeURIComponent(path)}`, runId };
   }
   if (uri.startsWith('mlflow-artifacts:')) {
     const digest = createHash('sha256').update(uri).digest('hex').slice(0, 24);
     return { uri, artifactUri: uri.replace(/\/+$/, ''), cacheKey: `artifacts/${digest}` };
   }
-  throw new PermanentError(`model: ${JSON.stringify(uri)} is not a models:/, runs:/ or mlflow-artifacts: URI`, { field: 'model' });
+  throw new PermanentError(`model: ${JSON.stringify(uri)} is not a models:/, runs:/ or mlflow-artifacts: URI of a form the worker knows`, { field: 'model' });
 }

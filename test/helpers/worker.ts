@@ -1,0 +1,255 @@
+/**
+ * Helpers for worker tests against the real services: the fixtures made by scripts/fixtures.sh,
+ * the real `kmj worker` process, requests with unique ids and experiments, MLflow read back over
+ * REST and through the real Python client, and the fate of a message in RabbitMQ.
+ */
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { connect, type ConsumeMessage } from 'amqplib';
+import { PACKAGE_ROOT } from '../../common/paths.ts';
+import { declareRequestTopology, deadLetterQueueOf } from '../../common/topology.ts';
+import { RABBITMQ_URL } from './env.ts';
+
+const run = promisify(execFile);
+
+export const MLFLOW_URL = process.env['KMJ_TEST_MLFLOW_URL'] ?? 'http://127.0.0.1:5000';
+export const MLFLOW_AUTH_URL = process.env['KMJ_TEST_MLFLOW_AUTH_URL'] ?? 'http://127.0.0.1:5001';
+export const MLFLOW_AUTH_USER = 'admin';
+export const MLFLOW_AUTH_PASSWORD = process.env['KMJ_MLFLOW_ADMIN_PASSWORD'] ?? 'kmj-test-admin-pw';
+
+export interface Fixtures {
+  readonly features: string[];
+  readonly label: string;
+  readonly regressorFeatures: string[];
+  readonly regressorLabel: string;
+  readonly models: Record<string, { name: string; version: number; runId: string; alias?: string; files: string[]; expected: Record<string, Array<number | number[]>> }>;
+  readonly datasets: {
+    csv: string;
+    jsonl: string;
+    csvSha256: string;
+    rows: number;
+    runId: string;
+    runsCsvUri: string;
+    artifactCsvUri: string;
+    artifactJsonlUri: string;
+  };
+  readonly bigDataset: Record<string, string>;
+  readonly dir: string;
+}
+
+export function fixtures(which: 'fixtures' | 'fixtures-auth' = 'fixtures'): Fixtures {
+  const dir = join(PACKAGE_ROOT, '.run', which);
+  const f = JSON.parse(readFileSync(join(dir, 'fixtures.json'), 'utf8')) as Omit<Fixtures, 'dir'>;
+  const abs = (p: string): string => (p.startsWith('/') ? p : join(PACKAGE_ROOT, p));
+  return { ...f, dir, datasets: { ...f.datasets, csv: abs(f.datasets.csv), jsonl: abs(f.datasets.jsonl) } };
+}
+
+export function uniqueId(prefix: string): string {
+  return `${prefix}-${randomUUID().slice(0, 12)}`;
+}
+
+/** A valid request for the classifier on the iris CSV, with a fresh request id and experiment. */
+export function request(overrides: Record<string, unknown> = {}): Record<string, unknown> & { requestId: string; experiment: string } {
+  const f = fixtures();
+  return {
+    version: 1,
+    requestId: uniqueId('req'),
+    model: `models:/${f.models['classifier']?.name}/${f.models['classifier']?.version}`,
+    dataset: { uri: f.datasets.csv },
+    experiment: uniqueId('exp'),
+    labelColumn: f.label,
+    ...overrides,
+  } as Record<string, unknown> & { requestId: string; experiment: string };
+}
+
+/** A request queue with its dead-letter queue, declared the way the worker and `kmj submit` do. */
+export async function requestQueue(maxDeliveries = 5): Promise<string> {
+  const queue = uniqueId('work');
+  const conn = await connect(RABBITMQ_URL);
+  try {
+    const ch = await conn.createChannel();
+    await declareRequestTopology(ch, queue, { deadLetterQueue: deadLetterQueueOf(queue), maxDeliveries });
+  } finally {
+    await conn.close();
+  }
+  return queue;
+}
+
+export async function publish(queue: string, body: unknown, headers: Record<string, unknown> = {}): Promise<void> {
+  const conn = await connect(RABBITMQ_URL);
+  try {
+    const ch = await conn.createConfirmChannel();
+    const payload = Buffer.isBuffer(body) ? body : Buffer.from(typeof body === 'string' ? body : JSON.stringify(body));
+    ch.sendToQueue(queue, payload, { persistent: true, contentType: 'application/json', headers });
+    await ch.waitForConfirms();
+  } finally {
+    await conn.close();
+  }
+}
+
+export interface QueueState {
+  readonly messages: number;
+  readonly consumers: number;
+}
+
+export async function queueState(queue: string): Promise<QueueState> {
+  const conn = await connect(RABBITMQ_URL);
+  try {
+    const ch = await conn.createChannel();
+    const ok = await ch.checkQueue(queue);
+    return { messages: ok.messageCount, consumers: ok.consumerCount };
+  } finally {
+    await conn.close();
+  }
+}
+
+/** Takes every message off a queue (acknowledging them) and returns them. */
+export async function drain(queue: string): Promise<ConsumeMessage[]> {
+  const conn = await connect(RABBITMQ_URL);
+  const out: ConsumeMessage[] = [];
+  try {
+    const ch = await conn.createChannel();
+    for (;;) {
+      const m = await ch.get(queue, { noAck: false });
+      if (m === false) break;
+      out.push(m as unknown as ConsumeMessage);
+      ch.ack(m);
+    }
+    await ch.close();
+  } finally {
+    await conn.close();
+  }
+  return out;
+}
+
+export interface WorkerResult {
+  readonly code: number | null;
+  readonly signal: NodeJS.Signals | null;
+  readonly stderr: string;
+  readonly stdout: string;
+  /** Parsed JSON log lines. */
+  readonly logs: Array<Record<string, unknown>>;
+}
+
+export interface WorkerProcess {
+  readonly child: ChildProcess;
+  /** Resolves when the process exits. */
+  readonly done: Promise<WorkerResult>;
+  /** Log lines so far. */
+  logs(): Array<Record<string, unknown>>;
+}
+
+/** The environment a test worker runs with; `env` overrides it. */
+export function workerEnv(env: Record<string, string> = {}): Record<string, string> {
+  return {
+    PATH: process.env['PATH'] ?? '',
+    HOME: process.env['HOME'] ?? '/tmp',
+    RABBITMQ_URL,
+    MLFLOW_TRACKING_URI: MLFLOW_URL,
+    KMJ_DATASET_ROOTS: `${fixtures().dir}:${tmpdir()}`,
+    KMJ_MODEL_CACHE_DIR: mkdtempSync(join(tmpdir(), 'kmj-cache-')),
+    KMJ_WORKER_IDLE_TIMEOUT_MS: '3000',
+    MLFLOW_HTTP_REQUEST_MAX_RETRIES: '2',
+    MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR: '0.1',
+    MLFLOW_HTTP_REQUEST_BACKOFF_JITTER: '0.1',
+    MLFLOW_HTTP_REQUEST_TIMEOUT: '10',
+    LOG_LEVEL: 'debug',
+    ...env,
+  };
+}
+
+/** Spawns `kmj worker --queue <queue>` and collects its output. */
+export function startWorker(queue: string, env: Record<string, string> = {}): WorkerProcess {
+  const child = spawn(process.execPath, [join(PACKAGE_ROOT, 'bin', 'kmj.js'), 'worker', '--queue', queue], { env: workerEnv(env), stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  let stdout = '';
+  child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
+  child.stdout?.on('data', (d: Buffer) => (stdout += d.toString()));
+  const parse = (): Array<Record<string, unknown>> =>
+    stderr
+      .split('\n')
+      .filter((l) => l.startsWith('{'))
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
+  const done = new Promise<WorkerResult>((resolve) => {
+    child.once('exit', (code, signal) => {
+      // Let the pipes drain before reading them.
+      setImmediate(() => resolve({ code, signal, stderr, stdout, logs: parse() }));
+    });
+  });
+  return { child, done, logs: parse };
+}
+
+export async function runWorker(queue: string, env: Record<string, string> = {}): Promise<WorkerResult> {
+  return startWorker(queue, env).done;
+}
+
+/** Waits until a log line with message `msg` appears, or fails after `timeoutMs`. */
+export async function waitForLog(w: WorkerProcess, msg: string, timeoutMs = 20_000): Promise<Record<string, unknown>> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const hit = w.logs().find((l) => l['msg'] === msg);
+    if (hit) return hit;
+    if (Date.now() > end) throw new Error(`no "${msg}" log line within ${timeoutMs} ms; logs: ${JSON.stringify(w.logs().map((l) => l['msg']))}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+async function mlflowApi<T>(base: string, path: string, init: { method: string; body?: unknown; auth?: boolean }): Promise<T> {
+  const headers: Record<string, string> = { 'content-type': 'application/json' };
+  if (init.auth) headers['authorization'] = `Basic ${Buffer.from(`${MLFLOW_AUTH_USER}:${MLFLOW_AUTH_PASSWORD}`).toString('base64')}`;
+  const res = await fetch(`${base}/api/2.0/mlflow/${path}`, { method: init.method, headers, ...(init.body !== undefined ? { body: JSON.stringify(init.body) } : {}) });
+  const text = await res.text();
+  if (!res.ok) throw new Error(`MLflow ${path}: HTTP ${res.status} ${text.slice(0, 300)}`);
+  return JSON.parse(text) as T;
+}
+
+export interface RestRun {
+  info: { run_id: string; status: string; run_name: string; artifact_uri: string; start_time: number; end_time?: number };
+  data: { params?: Array<{ key: string; value: string }>; metrics?: Array<{ key: string; value: number }>; tags?: Array<{ key: string; value: string }> };
+}
+
+/** Every run (deleted ones excluded) of an experiment, by name; [] when the experiment does not exist. */
+export async function runsOf(experiment: string, base = MLFLOW_URL, auth = false): Promise<RestRun[]> {
+  let id: string;
+  try {
+    id = (await mlflowApi<{ experiment: { experiment_id: string } }>(base, `experiments/get-by-name?experiment_name=${encodeURIComponent(experiment)}`, { method: 'GET', auth })).experiment.experiment_id;
+  } catch (err) {
+    if (/RESOURCE_DOES_NOT_EXIST|404/.test((err as Error).message)) return [];
+    throw err;
+  }
+  const r = await mlflowApi<{ runs?: RestRun[] }>(base, 'runs/search', { method: 'POST', body: { experiment_ids: [id], max_results: 100 }, auth });
+  return r.runs ?? [];
+}
+
+export function tagsOf(run: RestRun): Record<string, string> {
+  return Object.fromEntries((run.data.tags ?? []).map((t) => [t.key, t.value]));
+}
+
+export interface PythonRun {
+  info: { run_id: string; status: string; run_name: string; start_time: number; end_time: number | null; artifact_uri: string };
+  params: Record<string, string>;
+  metrics: Record<string, number>;
+  tags: Record<string, string>;
+  inputs: Array<{ name: string; digest: string; source_type: string; source: string; schema: string; profile: string; tags: Record<string, string> }>;
+  metric_history: Record<string, number[]>;
+  artifacts: Record<string, string>;
+}
+
+/** The run as the real Python client reads it (mlflow.get_run, mlflow.artifacts.download_artifacts). */
+export async function readRunWithPython(runId: string, base = MLFLOW_URL, auth = false): Promise<PythonRun> {
+  const env: Record<string, string> = { PATH: process.env['PATH'] ?? '', HOME: process.env['HOME'] ?? '/tmp', MLFLOW_TRACKING_URI: base };
+  if (auth) Object.assign(env, { MLFLOW_TRACKING_USERNAME: MLFLOW_AUTH_USER, MLFLOW_TRACKING_PASSWORD: MLFLOW_AUTH_PASSWORD });
+  const { stdout } = await run(join(PACKAGE_ROOT, '.venv', 'bin', 'python'), [join(PACKAGE_ROOT, 'test', 'python', 'read_run.py'), runId], { env, maxBuffer: 64 * 1024 * 1024 });
+  return JSON.parse(stdout) as PythonRun;
+}
+
+/** Parses a predictions CSV artifact into rows of strings keyed by header. */
+export function parseCsv(text: string): Array<Record<string, string>> {
+  const [header, ...lines] = text.trim().split('\n');
+  const cols = (header ?? '').split(',');
+  return lines.map((l) => Object.fromEntries(l.split(',').map((v, i) => [cols[i] ?? String(i), v])));
+}
