@@ -21,7 +21,9 @@ COPY common ./common
 COPY scaler ./scaler
 COPY worker ./worker
 COPY bench ./bench
+COPY scripts/build-validators.mjs ./scripts/
 RUN npx tsc -p tsconfig.json \
+ && node scripts/build-validators.mjs \
  && npm prune --omit=dev --ignore-scripts \
  && ARCH="$(node -p 'process.arch')" \
  && find node_modules/onnxruntime-node/bin -mindepth 3 -maxdepth 3 -type d ! -name "$ARCH" -exec rm -rf {} + \

@@ -11,12 +11,13 @@ export PATH := $(NODE_BIN):$(CURDIR)/node_modules/.bin:$(PATH)
 
 STAMP := .run/stamps
 
-.PHONY: help deps build typecheck services test demo bench-scaler clean
+.PHONY: help deps build typecheck services test demo bench-scaler bench-worker clean
 
 help:
 	@echo "make demo          run the scaler against a local RabbitMQ and show what KEDA would see"
 	@echo "make test          start the services the tests need, run every test"
 	@echo "make bench-scaler  benchmark the scaler under KEDA-like polling of 200 queues"
+	@echo "make bench-worker  the worker beside a Python worker: cold start, throughput, memory"
 	@echo "make build         compile TypeScript into dist/"
 
 $(STAMP)/deps: package.json package-lock.json
@@ -28,6 +29,7 @@ deps: $(STAMP)/deps
 
 build: deps
 	tsc -p tsconfig.json
+	node scripts/build-validators.mjs
 
 typecheck: deps
 	tsc -p tsconfig.json --noEmit
@@ -47,6 +49,10 @@ demo: build services
 
 bench-scaler: build services
 	node dist/bench/scaler-bench.js
+
+bench-worker: build services
+	scripts/fixtures.sh --big-rows 100000
+	node dist/bench/worker-bench.js
 
 clean:
 	rm -rf dist .run

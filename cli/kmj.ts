@@ -5,16 +5,15 @@
  */
 import { ConfigError } from '../common/config.ts';
 import type { CommandContext } from './context.ts';
-import { runDemo } from './demo-command.ts';
-import { runScaler } from './scaler-command.ts';
-import { runWorker } from './worker-command.ts';
 
 type Command = (argv: readonly string[], ctx: CommandContext) => Promise<number>;
 
+// Each command's module is loaded only when it runs: a worker's cold start does not pay for the
+// scaler's gRPC stack, nor the scaler for onnxruntime.
 const COMMANDS: ReadonlyMap<string, { run: Command; summary: string }> = new Map([
-  ['scaler', { run: runScaler, summary: 'run the KEDA external scaler (gRPC)' }],
-  ['worker', { run: runWorker, summary: 'take one request from a queue, run it, log it to MLflow' }],
-  ['demo', { run: runDemo, summary: 'show what KEDA sees and does with a local RabbitMQ' }],
+  ['scaler', { run: async (a, c) => (await import('./scaler-command.ts')).runScaler(a, c), summary: 'run the KEDA external scaler (gRPC)' }],
+  ['worker', { run: async (a, c) => (await import('./worker-command.ts')).runWorker(a, c), summary: 'take one request from a queue, run it, log it to MLflow' }],
+  ['demo', { run: async (a, c) => (await import('./demo-command.ts')).runDemo(a, c), summary: 'show what KEDA sees and does with a local RabbitMQ' }],
 ]);
 
 function usage(): string {

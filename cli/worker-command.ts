@@ -6,9 +6,6 @@ import { createLogger } from '../common/log.ts';
 import { packageFile } from '../common/paths.ts';
 import { loadWorkerConfig, WORKER_ENV } from '../worker/config.ts';
 import { consumeOne, EXIT } from '../worker/consumer.ts';
-import { MlflowHttp } from '../worker/mlflow/http.ts';
-import { MlflowTracking } from '../worker/mlflow/tracking.ts';
-import { handleDelivery } from '../worker/pipeline.ts';
 import type { CommandContext } from './context.ts';
 
 export const WORKER_HELP = `Usage: kmj worker --queue <name>
@@ -60,21 +57,37 @@ export async function runWorker(argv: readonly string[], ctx: CommandContext): P
     ctx.stderr.write('kmj worker: invalid worker configuration: MLFLOW_TRACKING_URI: is required\n');
     return 78;
   }
-  const http = new MlflowHttp({ ...config.mlflow, maxBackoffSeconds: 60, log });
-  const tracking = new MlflowTracking(http);
+  const mlflow = config.mlflow;
+  // Load the pipeline (onnxruntime, the request validator, MLflow client) while the broker
+  // connection opens and the worker waits for its message: cold start pays for it only once.
+  const pipeline = (async () => {
+    const [{ handleDelivery }, { MlflowHttp }, { MlflowTracking }, { requestValidator }] = await Promise.all([
+      import('../worker/pipeline.ts'),
+      import('../worker/mlflow/http.ts'),
+      import('../worker/mlflow/tracking.ts'),
+      import('../worker/request.ts'),
+    ]);
+    await requestValidator();
+    const http = new MlflowHttp({ ...mlflow, maxBackoffSeconds: 60, log });
+    return { handleDelivery, http, tracking: new MlflowTracking(http) };
+  })();
+  pipeline.catch(() => undefined); // awaited below; this only keeps an early failure from being unhandled
   try {
-    const code = await consumeOne({
+    return await consumeOne({
       config,
       log,
       shutdown: ctx.shutdownSignal,
-      handle: (body, delivery) => handleDelivery(body, delivery, { config, tracking, log, shutdown: ctx.shutdownSignal, workerVersion: packageVersion() }),
+      handle: async (body, delivery) => {
+        const p = await pipeline;
+        return p.handleDelivery(body, delivery, { config, tracking: p.tracking, log, shutdown: ctx.shutdownSignal, workerVersion: packageVersion() });
+      },
     });
-    return code;
   } catch (err) {
     log.error({ err }, 'worker failed');
     return EXIT.INTERNAL;
   } finally {
-    await http.close();
+    const p = await pipeline.catch(() => undefined);
+    await p?.http.close();
     log.flush();
   }
 }

@@ -116,8 +116,16 @@ def main():
     if os.path.exists(manifest_path):
         with open(manifest_path) as f:
             fixtures = json.load(f)
-        if still_there(client, fixtures) and (args.big_rows == 0 or os.path.exists(fixtures.get("bigDataset", {}).get(str(args.big_rows), ""))):
-            print(f"fixtures already made: {manifest_path}")
+        if still_there(client, fixtures):
+            big = fixtures.setdefault("bigDataset", {})
+            if args.big_rows > 0 and not os.path.exists(big.get(str(args.big_rows), "")):
+                frame = load_iris(as_frame=True).frame.rename(columns={"target": LABEL})
+                big[str(args.big_rows)] = write_big(args.out, frame, args.big_rows)
+                with open(manifest_path, "w") as f:
+                    json.dump(fixtures, f, indent=2)
+                print(f"fixtures written: {big[str(args.big_rows)]}")
+            else:
+                print(f"fixtures already made: {manifest_path}")
             return 0
 
     iris = load_iris(as_frame=True)

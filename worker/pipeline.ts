@@ -28,7 +28,7 @@ import { readMlModel } from './model/mlmodel.ts';
 import { OnnxModel } from './model/onnx.ts';
 import { resolveModel, type ResolvedModel } from './model/resolve.ts';
 import { PredictionsWriter } from './predictions.ts';
-import { parseRequest, type InferenceRequest } from './request.ts';
+import { parseRequest, requestValidator, type InferenceRequest } from './request.ts';
 import { ClassificationScorer, RegressionScorer, type Scorer } from './scores.ts';
 
 export const REQUEST_ID_TAG = 'kmj.request_id';
@@ -70,7 +70,7 @@ export async function handleDelivery(body: Buffer, delivery: DeliveryInfo, deps:
   const received = Date.now();
   let req: InferenceRequest;
   try {
-    req = parseRequest(body, config.maxMessageBytes);
+    req = parseRequest(body, config.maxMessageBytes, await requestValidator());
   } catch (err) {
     const e = err instanceof PermanentError ? err : new PermanentError(messageOf(err));
     log.warn({ reason: e.message }, 'request refused');
@@ -210,7 +210,8 @@ async function startOrResume(req: InferenceRequest, delivery: DeliveryInfo, deps
   return run;
 }
 
-async function loadModel(req: InferenceRequest, deps: PipelineDeps, signal: AbortSignal): Promise<{ model: OnnxModel; resolved: ResolvedModel; cacheHit: boolean }> {
+async function loadModel(req: InferenceRequest, deps: PipelineDeps, signal: AbortSignal): Promise<{ model: OnnxModel; resolved: ResolvedModel; cacheHit: boolean; seconds: number }> {
+  const started = performance.now();
   const t = deps.tracking;
   const resolved = await resolveModel(req.model, t, signal);
   const cached = await ensureCached(deps.config.modelCacheDir, resolved.cacheKey, async (dir) => {
@@ -225,7 +226,7 @@ async function loadModel(req: InferenceRequest, deps: PipelineDeps, signal: Abor
   });
   const mlmodel = await readMlModel(cached.dir);
   const model = await OnnxModel.load(cached.dir, mlmodel, { intraOpThreads: deps.config.onnxThreads });
-  return { model, resolved, cacheHit: cached.hit };
+  return { model, resolved, cacheHit: cached.hit, seconds: (performance.now() - started) / 1000 };
 }
 
 async function runOnce(
@@ -238,15 +239,26 @@ async function runOnce(
   log: Logger,
 ): Promise<Outcome> {
   const { config, tracking } = deps;
-  const run = await startOrResume(req, delivery, deps, signal, state, log);
-  if (run === 'finished') return { action: 'ack', alreadyFinished: true, ...ids(state) };
-
+  // The run and the model do not depend on each other: look up or start the run while the model
+  // downloads and loads. A model failure is acted on only once the run is known, so the run it
+  // belongs to can be marked FAILED.
   const loadStart = performance.now();
-  const { model, resolved, cacheHit } = await loadModel(req, deps, signal);
-  const loadSeconds = (performance.now() - loadStart) / 1000;
+  const [runResult, modelResult] = await Promise.allSettled([startOrResume(req, delivery, deps, signal, state, log), loadModel(req, deps, signal)]);
+  const loaded = modelResult.status === 'fulfilled' ? modelResult.value : undefined;
+  if (runResult.status === 'rejected' || runResult.value === 'finished' || !loaded) {
+    await loaded?.model.release();
+    if (runResult.status === 'rejected') throw runResult.reason;
+    if (runResult.value === 'finished') return { action: 'ack', alreadyFinished: true, ...ids(state) };
+    throw (modelResult as PromiseRejectedResult).reason;
+  }
+  const run = runResult.value;
+  const { model, resolved, cacheHit } = loaded;
+  const loadSeconds = loaded.seconds;
+  log.debug({ seconds: (performance.now() - loadStart) / 1000 }, 'run and model ready');
   const scratch = join(config.workDir, `${req.requestId}-${randomUUID().slice(0, 8)}`);
-  await mkdir(scratch, { recursive: true });
   try {
+    await mkdir(scratch, { recursive: true });
+    const processingStart = performance.now();
     const dataset = await openDataset(req, tracking, { maxBytes: config.maxDatasetBytes, maxRows: config.maxDatasetRows, localRoots: config.datasetRoots, httpTimeoutMs: 60_000 }, signal);
     const columns = await dataset.columns();
     const plan = model.plan(columns, req.labelColumn);
@@ -280,9 +292,8 @@ async function runOnce(
     } catch (err) {
       writer.destroy();
       throw err;
-    } finally {
-      await model.release();
     }
+    const processingSeconds = (performance.now() - processingStart) / 1000;
     const summary = dataset.summary();
     const totalSeconds = (Date.now() - received) / 1000;
     const now = Date.now();
@@ -290,8 +301,10 @@ async function runOnce(
       rows,
       model_load_seconds: loadSeconds,
       inference_seconds: inferenceMs / 1000,
+      processing_seconds: processingSeconds,
       total_seconds: totalSeconds,
-      rows_per_second: inferenceMs > 0 ? rows / (inferenceMs / 1000) : 0,
+      // Reading, inference and writing predictions: what a user waits for per row.
+      rows_per_second: processingSeconds > 0 ? rows / processingSeconds : 0,
       ...(scorer ? scorer.metrics() : {}),
     };
     const metrics: Metric[] = Object.entries(values).map(([key, value]) => ({ key, value, timestamp: now, step: 0 }));
@@ -302,8 +315,10 @@ async function runOnce(
     ];
     if (resolved.name !== undefined) tags.push({ key: 'kmj.model_name', value: resolved.name });
     if (resolved.version !== undefined) tags.push({ key: 'kmj.model_version', value: resolved.version });
-    await tracking.logBatch(run.run_id, { metrics, tags }, signal);
-    await tracking.logInputs(
+    // Metrics, the dataset input and the artifact are independent; FINISHED comes after all three.
+    await Promise.all([
+      tracking.logBatch(run.run_id, { metrics, tags }, signal),
+      tracking.logInputs(
       run.run_id,
       [
         {
@@ -317,12 +332,14 @@ async function runOnce(
         },
       ],
       signal,
-    );
-    await tracking.uploadArtifact(run.artifact_uri, `predictions/predictions.${format}`, file, format === 'csv' ? 'text/csv' : 'application/x-ndjson', signal);
+      ),
+      tracking.uploadArtifact(run.artifact_uri, `predictions/predictions.${format}`, file, format === 'csv' ? 'text/csv' : 'application/x-ndjson', signal),
+    ]);
     await tracking.updateRun(run.run_id, 'FINISHED', Date.now(), signal);
     log.info({ runId: run.run_id, rows, modelVersion: resolved.version, seconds: totalSeconds }, 'run finished');
     return { action: 'ack', ...ids(state) };
   } finally {
+    await model.release();
     await rm(scratch, { recursive: true, force: true });
   }
 }

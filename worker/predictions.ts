@@ -43,18 +43,33 @@ export class PredictionsWriter {
       if (this.#format === 'csv') this.#out.write(`${this.#header.map(csvField).join(',')}\n`);
     }
     const cols = this.#outputNames.map((name) => outputs.get(name) ?? []);
+    const hasLabel = this.#labelColumn !== undefined;
     let text = '';
     for (let r = 0; r < n; r++) {
+      if (this.#format === 'csv') {
+        // Numbers need no quoting: only strings go through csvField.
+        let line = String(firstRow + r);
+        for (const col of cols) {
+          const v = col[r];
+          if (typeof v === 'number') line += `,${v}`;
+          else if (Array.isArray(v)) for (const x of v) line += `,${x}`;
+          else line += `,${csvField(v)}`;
+        }
+        if (hasLabel) {
+          const l = labels?.[r];
+          line += `,${typeof l === 'number' ? l : csvField(l)}`;
+        }
+        text += `${line}\n`;
+        continue;
+      }
       const values: unknown[] = [firstRow + r];
       for (const col of cols) {
         const v = col[r];
         if (Array.isArray(v)) values.push(...v);
         else values.push(v);
       }
-      if (this.#labelColumn !== undefined) values.push(labels?.[r] ?? null);
-      if (this.#format === 'csv') {
-        text += `${values.map(csvField).join(',')}\n`;
-      } else {
+      if (hasLabel) values.push(labels?.[r] ?? null);
+      {
         const obj: Record<string, unknown> = {};
         const header = this.#header;
         for (let j = 0; j < header.length; j++) obj[header[j] as string] = values[j];

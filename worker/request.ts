@@ -2,8 +2,9 @@
  * The request message: JSON, validated against schemas/request-v1.schema.json, plus the checks a
  * schema cannot say clearly. Every problem names its field: `dataset.format: must be one of csv, jsonl`.
  */
-import { readFileSync } from 'node:fs';
-import { Ajv2020, type ErrorObject } from 'ajv/dist/2020.js';
+import { readFile } from 'node:fs/promises';
+import { pathToFileURL } from 'node:url';
+import type { ErrorObject } from 'ajv';
 import { packageFile } from '../common/paths.ts';
 import { PermanentError } from './errors.ts';
 
@@ -29,16 +30,28 @@ export interface InferenceRequest {
 
 export const REQUEST_SCHEMA_PATH = packageFile('schemas', 'request-v1.schema.json');
 
-let compiled: ((data: unknown) => boolean) & { errors?: ErrorObject[] | null } = Object.assign(() => false, { errors: null });
-let ready = false;
+/** A compiled JSON Schema validator, as ajv makes them. */
+export type RequestValidator = ((data: unknown) => boolean) & { errors?: ErrorObject[] | null };
 
-function validator(): typeof compiled {
-  if (!ready) {
-    const ajv = new Ajv2020({ allErrors: true, strict: true });
-    compiled = ajv.compile(JSON.parse(readFileSync(REQUEST_SCHEMA_PATH, 'utf8')) as object);
-    ready = true;
-  }
-  return compiled;
+let loading: Promise<RequestValidator> | undefined;
+
+/**
+ * The request validator: the one `npm run build` precompiled from the schema
+ * (dist/generated/request-validator.js, no schema compilation at start-up), or, when running from
+ * source without a build, the schema compiled now.
+ */
+export function requestValidator(): Promise<RequestValidator> {
+  loading ??= (async () => {
+    try {
+      const mod = (await import(pathToFileURL(packageFile('dist', 'generated', 'request-validator.js')).href)) as { default: RequestValidator };
+      return mod.default;
+    } catch {
+      const { Ajv2020 } = await import('ajv/dist/2020.js');
+      const ajv = new Ajv2020({ allErrors: true, strict: true });
+      return ajv.compile(JSON.parse(await readFile(REQUEST_SCHEMA_PATH, 'utf8')) as object) as RequestValidator;
+    }
+  })();
+  return loading;
 }
 
 /** `/dataset/format` → `dataset.format`; array indexes as `[3]`. */
@@ -89,7 +102,7 @@ function describe(e: ErrorObject): string {
 }
 
 /** Parses and validates one message body. Throws PermanentError listing every problem. */
-export function parseRequest(body: Buffer, maxBytes: number): InferenceRequest {
+export function parseRequest(body: Buffer, maxBytes: number, validate: RequestValidator): InferenceRequest {
   if (body.length > maxBytes) {
     throw new PermanentError(`message: is ${body.length} bytes, more than the limit of ${maxBytes}`, { field: 'message' });
   }
@@ -99,7 +112,6 @@ export function parseRequest(body: Buffer, maxBytes: number): InferenceRequest {
   } catch (err) {
     throw new PermanentError(`message: is not valid JSON (${(err as Error).message})`, { field: 'message' });
   }
-  const validate = validator();
   const problems: string[] = [];
   if (!validate(data)) {
     // anyOf/propertyNames report their sub-errors too; keep the summary lines.

@@ -10,8 +10,8 @@ import { createReadStream } from 'node:fs';
 import { realpath, stat } from 'node:fs/promises';
 import { basename, isAbsolute, resolve, sep } from 'node:path';
 import type { Readable } from 'node:stream';
-import { request } from 'undici';
 import { PermanentError, TransientError, messageOf } from '../errors.ts';
+import { discard, send, type HttpResponse } from '../http-request.ts';
 import { MlflowHttpError } from '../mlflow/http.ts';
 import { proxyPath, type MlflowTracking } from '../mlflow/tracking.ts';
 import type { DataFormat, InferenceRequest } from '../request.ts';
@@ -103,21 +103,21 @@ async function openLocal(uri: string, limits: DatasetLimits): Promise<ByteSource
 }
 
 async function openHttp(uri: string, limits: DatasetLimits, signal: AbortSignal): Promise<ByteSource> {
-  let res: Awaited<ReturnType<typeof request>>;
+  let res: HttpResponse;
   try {
-    res = await request(uri, { method: 'GET', signal: AbortSignal.any([signal, AbortSignal.timeout(limits.httpTimeoutMs)]), headers: { 'user-agent': 'kmj-worker' } });
+    res = await send(new URL(uri), { method: 'GET', signal, timeoutMs: limits.httpTimeoutMs, headers: { 'user-agent': 'kmj-worker' } });
   } catch (err) {
     throw new TransientError(`dataset.uri: ${uri} could not be fetched: ${messageOf(err)}`, { cause: err });
   }
   if (res.statusCode !== 200) {
-    await res.body.dump();
+    await discard(res);
     const msg = `dataset.uri: ${uri} answered HTTP ${res.statusCode}`;
     if (res.statusCode === 408 || res.statusCode === 429 || res.statusCode >= 500) throw new TransientError(msg);
     throw new PermanentError(msg, { field: 'dataset.uri' });
   }
   const len = Number(res.headers['content-length']);
   if (Number.isFinite(len) && len > limits.maxBytes) {
-    await res.body.dump();
+    res.body.destroy();
     throw new PermanentError(`dataset: ${uri} is ${len} bytes, more than the limit of ${limits.maxBytes}`, { field: 'dataset' });
   }
   const u = new URL(uri);

@@ -7,9 +7,11 @@
  */
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
+import type { Agent as HttpAgent } from 'node:http';
+import type { Agent as HttpsAgent } from 'node:https';
 import type { Readable } from 'node:stream';
-import { Agent, request, type Dispatcher } from 'undici';
 import { sleep } from '../../common/abort.ts';
+import { agentFor, readText, send, type HttpResponse } from '../http-request.ts';
 import type { Logger } from '../../common/log.ts';
 import { displayUrl, scrubSecrets } from '../../common/redact.ts';
 
@@ -70,7 +72,7 @@ export interface CallOptions {
 export class MlflowHttp {
   readonly #base: URL;
   readonly #options: MlflowHttpOptions;
-  readonly #dispatcher: Dispatcher;
+  readonly #agent: HttpAgent | HttpsAgent;
   readonly #authorization: string | undefined;
   readonly #log: Logger;
 
@@ -88,14 +90,7 @@ export class MlflowHttp {
     const pass = options.password ?? passFromUri;
     if (options.token) this.#authorization = `Bearer ${options.token}`;
     else if (user !== undefined) this.#authorization = `Basic ${Buffer.from(`${user}:${pass ?? ''}`).toString('base64')}`;
-    this.#dispatcher = new Agent({
-      keepAliveTimeout: 10_000,
-      connect: {
-        rejectUnauthorized: !options.insecureTls,
-        ...(options.serverCa ? { ca: options.serverCa } : {}),
-        ...(options.clientCert ? { cert: options.clientCert, key: options.clientCert } : {}),
-      },
-    });
+    this.#agent = agentFor(base, { rejectUnauthorized: !options.insecureTls, ca: options.serverCa, clientCert: options.clientCert });
     this.#log = options.log.child({ mlflow: displayUrl(options.trackingUri) });
   }
 
@@ -106,20 +101,20 @@ export class MlflowHttp {
 
   /** A JSON call to `api/2.0/mlflow/<path>`; returns the parsed body. */
   async api<T>(path: string, options: CallOptions): Promise<T> {
-    const body = await this.#call(`api/2.0/mlflow/${path}`, options, async (res) => (await res.body.text()) || '{}');
+    const body = await this.#call(`api/2.0/mlflow/${path}`, options, async (res) => (await readText(res)) || '{}');
     return JSON.parse(body) as T;
   }
 
   /** A raw call under the tracking URI (artifact proxy); `onBody` reads the successful response. */
-  async raw<T>(path: string, options: CallOptions, onBody: (res: Dispatcher.ResponseData) => Promise<T>): Promise<T> {
+  async raw<T>(path: string, options: CallOptions, onBody: (res: HttpResponse) => Promise<T>): Promise<T> {
     return this.#call(path, options, onBody);
   }
 
   async close(): Promise<void> {
-    await this.#dispatcher.close();
+    this.#agent.destroy();
   }
 
-  async #call<T>(path: string, options: CallOptions, onBody: (res: Dispatcher.ResponseData) => Promise<T>): Promise<T> {
+  async #call<T>(path: string, options: CallOptions, onBody: (res: HttpResponse) => Promise<T>): Promise<T> {
     const url = new URL(path, this.#base);
     for (const [k, v] of Object.entries(options.query ?? {})) url.searchParams.set(k, v);
     for (let attempt = 0; ; attempt++) {
@@ -144,7 +139,7 @@ export class MlflowHttp {
     return Math.round(Math.min(base + Math.random() * o.backoffJitterSeconds, o.maxBackoffSeconds) * 1000);
   }
 
-  async #once<T>(url: URL, options: CallOptions, onBody: (res: Dispatcher.ResponseData) => Promise<T>): Promise<T> {
+  async #once<T>(url: URL, options: CallOptions, onBody: (res: HttpResponse) => Promise<T>): Promise<T> {
     const headers: Record<string, string> = { 'user-agent': 'kmj-worker' };
     if (this.#authorization) headers['authorization'] = this.#authorization;
     let body: string | Readable | null = null;
@@ -156,10 +151,9 @@ export class MlflowHttp {
       headers['content-length'] = String((await stat(options.file.path)).size);
       body = createReadStream(options.file.path);
     }
-    const attempt = AbortSignal.any([options.signal, AbortSignal.timeout(this.#options.requestTimeoutMs)]);
-    const res = await request(url, { method: options.method, headers, body, dispatcher: this.#dispatcher, signal: attempt });
+    const res = await send(url, { method: options.method, headers, body, agent: this.#agent, signal: options.signal, timeoutMs: this.#options.requestTimeoutMs });
     if (res.statusCode >= 200 && res.statusCode < 300) return onBody(res);
-    const text = await res.body.text().catch(() => '');
+    const text = await readText(res).catch(() => '');
     let errorCode: string | undefined;
     let detail = text.slice(0, 300);
     try {

@@ -5,9 +5,10 @@
  */
 import { createWriteStream } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import type { Readable } from 'node:stream';
+import { discard, readText } from '../http-request.ts';
 import { MlflowHttp, MlflowHttpError } from './http.ts';
 
 /** MLflow's documented limits for one runs/log-batch request. */
@@ -209,14 +210,12 @@ export class MlflowTracking {
   /** Uploads a local file to `<artifactUri>/<relPath>` through the artifact proxy. */
   async uploadArtifact(artifactUri: string, relPath: string, file: string, contentType: string, signal: AbortSignal): Promise<void> {
     const path = `api/2.0/mlflow-artifacts/artifacts/${encodePath(`${proxyPath(artifactUri)}/${relPath}`)}`;
-    await this.http.raw(path, { method: 'PUT', file: { path: file, contentType }, signal }, async (res) => {
-      await res.body.dump();
-    });
+    await this.http.raw(path, { method: 'PUT', file: { path: file, contentType }, signal }, discard);
   }
 
   /** Lists one directory of the artifact proxy. */
   async listArtifacts(proxyDir: string, signal: AbortSignal): Promise<ArtifactFile[]> {
-    const r = await this.http.raw('api/2.0/mlflow-artifacts/artifacts', { method: 'GET', query: { path: proxyDir }, signal }, async (res) => (await res.body.json()) as { files?: ArtifactFile[] });
+    const r = await this.http.raw('api/2.0/mlflow-artifacts/artifacts', { method: 'GET', query: { path: proxyDir }, signal }, async (res) => JSON.parse(await readText(res)) as { files?: ArtifactFile[] });
     return r.files ?? [];
   }
 
@@ -228,12 +227,16 @@ export class MlflowTracking {
     });
   }
 
-  /** Downloads a whole artifact-proxy directory into `dest`, recursively. Returns the files written. */
+  /**
+   * Downloads a whole artifact-proxy directory into `dest`, recursively, the files of each
+   * directory in parallel. Returns the files written.
+   */
   async downloadDirectory(proxyDir: string, dest: string, signal: AbortSignal, maxBytes: number): Promise<string[]> {
     const written: string[] = [];
     let total = 0;
     const walk = async (relDir: string): Promise<void> => {
       const listed = relDir ? `${proxyDir}/${relDir}` : proxyDir;
+      const files: string[] = [];
       for (const f of await this.listArtifacts(listed, signal)) {
         // The proxy names entries relative to the directory listed (older servers: relative to the root).
         const name = f.path.startsWith(`${listed}/`) ? f.path.slice(listed.length + 1) : f.path;
@@ -245,11 +248,15 @@ export class MlflowTracking {
         }
         total += f.file_size ?? 0;
         if (total > maxBytes) throw new Error(`the model directory is larger than the limit of ${maxBytes} bytes`);
-        const target = join(dest, rel);
-        await mkdir(dirname(target), { recursive: true });
-        await this.openArtifact(`${proxyDir}/${rel}`, signal, (body) => pipeline(body, createWriteStream(target)));
-        written.push(rel);
+        files.push(rel);
       }
+      await mkdir(relDir ? join(dest, relDir) : dest, { recursive: true });
+      await Promise.all(
+        files.map(async (rel) => {
+          await this.openArtifact(`${proxyDir}/${rel}`, signal, (body) => pipeline(body, createWriteStream(join(dest, rel))));
+          written.push(rel);
+        }),
+      );
     };
     await walk('');
     return written;

@@ -135,10 +135,8 @@ export class OnnxModel {
     const feeds: Record<string, ort.Tensor> = {};
     for (const inp of plan.inputs) {
       const dims = inp.rank === 1 ? [n] : [n, inp.width];
-      feeds[inp.name] = buildTensor(inp.type, dims, n, inp.width, (r, j) => {
-        const col = plan.columnIndexes[inp.from + j] as number;
-        return { value: (rows[r] as ReadonlyArray<unknown>)[col], row: firstRow + r, column: plan.columnNames[inp.from + j] as string };
-      });
+      const cols = plan.columnIndexes.slice(inp.from, inp.from + inp.width);
+      feeds[inp.name] = buildTensor(inp.type, dims, rows, cols, (r, j) => ({ row: firstRow + r, column: plan.columnNames[inp.from + j] as string }));
     }
     let results: ort.InferenceSession.OnnxValueMapType;
     try {
@@ -160,47 +158,73 @@ export class OnnxModel {
   }
 }
 
-type Cell = { value: unknown; row: number; column: string };
+type Where = (r: number, j: number) => { row: number; column: string };
 
-function numberOf(c: Cell): number {
-  const v = c.value;
+/** A dataset value as a number; CSV gives strings, JSON Lines numbers. Refuses anything else. */
+function numberOf(v: unknown, r: number, j: number, where: Where): number {
   if (typeof v === 'number') return v;
-  if (typeof v === 'string' && v.trim() !== '') {
-    const n = Number(v);
-    if (!Number.isNaN(n) || /^\s*nan\s*$/i.test(v)) return n;
-  }
-  if (typeof v === 'boolean') return v ? 1 : 0;
+  if (typeof v === 'string') {
+    // Number('') is 0 and Number(' ') is 0: an empty cell must not become a zero.
+    if (v.length > 0 && v.trim() !== '') {
+      const n = +v;
+      if (n === n || /^\s*nan\s*$/i.test(v)) return n;
+    }
+  } else if (typeof v === 'boolean') return v ? 1 : 0;
+  const at = where(r, j);
   const shown = v === undefined || v === null || v === '' ? 'an empty value' : JSON.stringify(v);
-  throw new PermanentError(`dataset: row ${c.row}, column ${JSON.stringify(c.column)}: ${shown} is not a number`, { field: 'dataset' });
+  throw new PermanentError(`dataset: row ${at.row}, column ${JSON.stringify(at.column)}: ${shown} is not a number`, { field: 'dataset' });
 }
 
-function buildTensor(type: TensorType, dims: number[], n: number, width: number, cell: (r: number, j: number) => Cell): ort.Tensor {
-  const size = n * width;
+function fillNumbers(data: { [i: number]: number }, rows: ReadonlyArray<ReadonlyArray<unknown>>, cols: readonly number[], where: Where, map: (x: number) => number = (x) => x): void {
+  const width = cols.length;
+  const n = rows.length;
+  for (let r = 0; r < n; r++) {
+    const row = rows[r] as ReadonlyArray<unknown>;
+    const base = r * width;
+    for (let j = 0; j < width; j++) {
+      const v = row[cols[j] as number];
+      // Fast path: a plain decimal number as text or a number; everything else goes the careful way.
+      let x: number;
+      if (typeof v === 'number') x = v;
+      else if (typeof v === 'string' && v.length > 0) {
+        x = +v;
+        if (x !== x || v.trim() === '') x = numberOf(v, r, j, where);
+      } else x = numberOf(v, r, j, where);
+      data[base + j] = map(x);
+    }
+  }
+}
+
+function buildTensor(type: TensorType, dims: number[], rows: ReadonlyArray<ReadonlyArray<unknown>>, cols: readonly number[], where: Where): ort.Tensor {
+  const size = rows.length * cols.length;
   switch (type) {
     case 'float32':
     case 'float64': {
       const data = type === 'float32' ? new Float32Array(size) : new Float64Array(size);
-      for (let r = 0; r < n; r++) for (let j = 0; j < width; j++) data[r * width + j] = numberOf(cell(r, j));
+      fillNumbers(data, rows, cols, where);
       return new ort.Tensor(type, data, dims);
     }
     case 'int32': {
       const data = new Int32Array(size);
-      for (let r = 0; r < n; r++) for (let j = 0; j < width; j++) data[r * width + j] = Math.trunc(numberOf(cell(r, j)));
+      fillNumbers(data, rows, cols, where, Math.trunc);
       return new ort.Tensor('int32', data, dims);
     }
     case 'int64': {
-      const data = new BigInt64Array(size);
-      for (let r = 0; r < n; r++) for (let j = 0; j < width; j++) data[r * width + j] = BigInt(Math.trunc(numberOf(cell(r, j))));
-      return new ort.Tensor('int64', data, dims);
+      const tmp = new Float64Array(size);
+      fillNumbers(tmp, rows, cols, where, Math.trunc);
+      return new ort.Tensor('int64', BigInt64Array.from(tmp, (x) => BigInt(x)), dims);
     }
     case 'bool': {
       const data = new Uint8Array(size);
-      for (let r = 0; r < n; r++) for (let j = 0; j < width; j++) data[r * width + j] = numberOf(cell(r, j)) ? 1 : 0;
+      fillNumbers(data, rows, cols, where, (x) => (x ? 1 : 0));
       return new ort.Tensor('bool', data, dims);
     }
     case 'string': {
       const data: string[] = new Array<string>(size);
-      for (let r = 0; r < n; r++) for (let j = 0; j < width; j++) data[r * width + j] = String(cell(r, j).value ?? '');
+      const width = cols.length;
+      rows.forEach((row, r) => {
+        for (let j = 0; j < width; j++) data[r * width + j] = String(row[cols[j] as number] ?? '');
+      });
       return new ort.Tensor('string', data, dims);
     }
   }

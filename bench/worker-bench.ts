@@ -1,0 +1,184 @@
+/**
+ * `make bench-worker`: the TypeScript worker beside a Python worker doing the same job
+ * (bench/python_worker.py: pika, mlflow, pandas, onnxruntime), in the same run, alternating.
+ *
+ * - Cold start: from process spawn until the process exits, right after it acknowledged its one
+ *   message; iris model (150 rows), MLflow on loopback, an empty model cache each time, as in a new
+ *   pod.
+ * - Throughput: a 100k-row CSV; rows per second over reading the dataset, inference and writing
+ *   the predictions, as each worker logs it to MLflow (`rows_per_second`).
+ * - Peak RSS of each worker process (getrusage of the child).
+ *
+ * Options (env): BENCH_COLD_RUNS (5), BENCH_BIG_RUNS (3), BENCH_BIG_ROWS (100000).
+ */
+import { execFile } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, mkdirSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { connect } from 'amqplib';
+import { PACKAGE_ROOT } from '../common/paths.ts';
+import { declareRequestTopology, deadLetterQueueOf } from '../common/topology.ts';
+
+const run = promisify(execFile);
+const COLD_RUNS = Number(process.env['BENCH_COLD_RUNS'] ?? 5);
+const BIG_RUNS = Number(process.env['BENCH_BIG_RUNS'] ?? 3);
+const BIG_ROWS = Number(process.env['BENCH_BIG_ROWS'] ?? 100_000);
+const RABBITMQ_URL = process.env['RABBITMQ_URL'] ?? 'amqp://guest:guest@127.0.0.1:5672';
+const MLFLOW = process.env['MLFLOW_TRACKING_URI'] ?? 'http://127.0.0.1:5000';
+const PYTHON = join(PACKAGE_ROOT, '.venv', 'bin', 'python');
+
+interface Fixtures {
+  models: Record<string, { name: string; version: number }>;
+  datasets: { csv: string };
+  bigDataset: Record<string, string>;
+}
+
+interface Measured {
+  code: number;
+  seconds: number;
+  maxRssMb: number;
+}
+
+function out(line = ''): void {
+  process.stdout.write(`${line}\n`);
+}
+
+function median(values: number[]): number {
+  const s = [...values].sort((a, b) => a - b);
+  const mid = Math.floor(s.length / 2);
+  return s.length % 2 ? (s[mid] as number) : ((s[mid - 1] as number) + (s[mid] as number)) / 2;
+}
+
+function fmt(values: number[], digits = 3): string {
+  return `median ${median(values).toFixed(digits)} (min ${Math.min(...values).toFixed(digits)}, max ${Math.max(...values).toFixed(digits)})`;
+}
+
+/** Runs a command under a small wrapper that reports its wall time and the child's peak RSS. */
+async function measure(cmd: string[], env: Record<string, string>): Promise<Measured> {
+  const wrapper = [
+    'import json, resource, subprocess, sys, time',
+    't = time.perf_counter()',
+    'r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)',
+    'd = time.perf_counter() - t',
+    "print(json.dumps({'code': r.returncode, 'seconds': d, 'maxrss_kb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))",
+  ].join('\n');
+  const { stdout } = await run('python3', ['-c', wrapper, ...cmd], { env, maxBuffer: 1 << 20 });
+  const r = JSON.parse(stdout) as { code: number; seconds: number; maxrss_kb: number };
+  return { code: r.code, seconds: r.seconds, maxRssMb: r.maxrss_kb / 1024 };
+}
+
+async function queueWith(body: object): Promise<string> {
+  const queue = `bench-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 8)}`;
+  const conn = await connect(RABBITMQ_URL);
+  try {
+    const ch = await conn.createConfirmChannel();
+    await declareRequestTopology(ch, queue, { deadLetterQueue: deadLetterQueueOf(queue), maxDeliveries: 5 });
+    ch.sendToQueue(queue, Buffer.from(JSON.stringify(body)), { persistent: true });
+    await ch.waitForConfirms();
+  } finally {
+    await conn.close();
+  }
+  return queue;
+}
+
+async function leftover(queue: string): Promise<number> {
+  const conn = await connect(RABBITMQ_URL);
+  try {
+    const ch = await conn.createChannel();
+    const n = (await ch.checkQueue(queue)).messageCount;
+    await ch.deleteQueue(queue);
+    await ch.deleteQueue(deadLetterQueueOf(queue));
+    return n;
+  } finally {
+    await conn.close();
+  }
+}
+
+async function runMetrics(experiment: string): Promise<Record<string, number>> {
+  const exp = (await (await fetch(`${MLFLOW}/api/2.0/mlflow/experiments/get-by-name?experiment_name=${encodeURIComponent(experiment)}`)).json()) as {
+    experiment: { experiment_id: string };
+  };
+  const r = (await (
+    await fetch(`${MLFLOW}/api/2.0/mlflow/runs/search`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ experiment_ids: [exp.experiment.experiment_id] }) })
+  ).json()) as { runs: Array<{ info: { status: string }; data: { metrics: Array<{ key: string; value: number }> } }> };
+  const first = r.runs[0];
+  if (!first || first.info.status !== 'FINISHED') throw new Error(`experiment ${experiment} has no FINISHED run`);
+  return Object.fromEntries(first.data.metrics.map((m) => [m.key, m.value]));
+}
+
+type Impl = 'node' | 'python';
+
+async function once(impl: Impl, model: string, dataset: string, tag: string): Promise<Measured & { metrics: Record<string, number> }> {
+  const experiment = `bench-${tag}-${impl}-${Date.now().toString(36)}`;
+  const queue = await queueWith({ version: 1, requestId: `${tag}-${impl}-${Date.now().toString(36)}`, model, dataset: { uri: dataset }, experiment });
+  const cache = mkdtempSync(join(tmpdir(), 'kmj-bench-cache-'));
+  const env: Record<string, string> = {
+    PATH: process.env['PATH'] ?? '',
+    HOME: process.env['HOME'] ?? '/tmp',
+    RABBITMQ_URL,
+    MLFLOW_TRACKING_URI: MLFLOW,
+    KMJ_DATASET_ROOTS: '/',
+    KMJ_MODEL_CACHE_DIR: cache,
+    ONNXRUNTIME_NODE_INSTALL: 'skip',
+  };
+  const cmd = impl === 'node' ? [process.execPath, join(PACKAGE_ROOT, 'bin', 'kmj.js'), 'worker', '--queue', queue] : [PYTHON, join(PACKAGE_ROOT, 'bench', 'python_worker.py'), '--queue', queue];
+  try {
+    const m = await measure(cmd, env);
+    const left = await leftover(queue);
+    if (m.code !== 0 || left !== 0) throw new Error(`${impl} worker exited ${m.code} with ${left} message(s) left on ${queue}`);
+    return { ...m, metrics: await runMetrics(experiment) };
+  } finally {
+    rmSync(cache, { recursive: true, force: true });
+  }
+}
+
+async function main(): Promise<void> {
+  const f = JSON.parse(readFileSync(join(PACKAGE_ROOT, '.run', 'fixtures', 'fixtures.json'), 'utf8')) as Fixtures;
+  const abs = (p: string): string => (p.startsWith('/') ? p : join(PACKAGE_ROOT, p));
+  const c = f.models['classifier'];
+  if (!c) throw new Error('fixtures.json has no classifier');
+  const model = `models:/${c.name}/${c.version}`;
+  const small = abs(f.datasets.csv);
+  const bigPath = f.bigDataset[String(BIG_ROWS)];
+  if (!bigPath) throw new Error(`no ${BIG_ROWS}-row dataset: run scripts/fixtures.sh --big-rows ${BIG_ROWS}`);
+  const big = abs(bigPath);
+
+  out(`worker benchmark: Node ${process.versions.node} worker vs Python worker (pika, mlflow, pandas, onnxruntime), MLflow ${MLFLOW}, RabbitMQ on loopback`);
+  const cold: Record<Impl, Measured[]> = { node: [], python: [] };
+  await once('node', model, small, 'warm');
+  await once('python', model, small, 'warm');
+  for (let i = 0; i < COLD_RUNS; i++) {
+    for (const impl of ['node', 'python'] as const) cold[impl].push(await once(impl, model, small, 'cold'));
+  }
+  const thr: Record<Impl, Array<Measured & { metrics: Record<string, number> }>> = { node: [], python: [] };
+  for (let i = 0; i < BIG_RUNS; i++) {
+    for (const impl of ['node', 'python'] as const) thr[impl].push(await once(impl, model, big, 'big'));
+  }
+
+  const coldNode = cold.node.map((m) => m.seconds);
+  const coldPy = cold.python.map((m) => m.seconds);
+  const ratios = coldNode.map((n, i) => (coldPy[i] as number) / n);
+  out(`-- cold start: spawn to exit after the ack, iris (150 rows), empty model cache, ${COLD_RUNS} runs each --`);
+  out(`  node    ${fmt(coldNode)} s   peak RSS ${fmt(cold.node.map((m) => m.maxRssMb), 1)} MB`);
+  out(`  python  ${fmt(coldPy)} s   peak RSS ${fmt(cold.python.map((m) => m.maxRssMb), 1)} MB`);
+  out(`  python/node, pair by pair: ${fmt(ratios, 2)}x`);
+  const rpsNode = thr.node.map((m) => m.metrics['rows_per_second'] ?? Number.NaN);
+  const rpsPy = thr.python.map((m) => m.metrics['rows_per_second'] ?? Number.NaN);
+  out(`-- throughput: ${BIG_ROWS} rows, read + infer + write predictions, ${BIG_RUNS} runs each --`);
+  out(`  node    ${fmt(rpsNode, 0)} rows/s   whole job ${fmt(thr.node.map((m) => m.seconds))} s   peak RSS ${fmt(thr.node.map((m) => m.maxRssMb), 1)} MB`);
+  out(`  python  ${fmt(rpsPy, 0)} rows/s   whole job ${fmt(thr.python.map((m) => m.seconds))} s   peak RSS ${fmt(thr.python.map((m) => m.maxRssMb), 1)} MB`);
+  out(`  node/python rows per second, pair by pair: ${fmt(rpsNode.map((n, i) => n / (rpsPy[i] as number)), 2)}x`);
+  const peak = Math.max(...cold.node.map((m) => m.maxRssMb), ...thr.node.map((m) => m.maxRssMb));
+  out('-- goals --');
+  out(`  cold start >= 5x faster than Python: ${median(ratios).toFixed(2)}x; under 1 s: ${median(coldNode).toFixed(3)} s`);
+  out(`  rows/s >= 0.8x Python: ${median(rpsNode.map((n, i) => n / (rpsPy[i] as number))).toFixed(2)}x`);
+  out(`  node peak RSS < 150 MB: ${peak.toFixed(1)} MB`);
+  mkdirSync(join(PACKAGE_ROOT, '.run'), { recursive: true });
+  writeFileSync(join(PACKAGE_ROOT, '.run', 'bench-worker.json'), `${JSON.stringify({ cold, thr }, null, 2)}\n`);
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`bench-worker failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+  process.exitCode = 1;
+});

@@ -1,0 +1,208 @@
+/**
+ * Chaos on loopback: an HTTP reverse proxy on 127.0.0.1:0 in front of the real MLflow server that
+ * injects faults on chosen request paths (answer N times with a status, 429 with Retry-After, add a
+ * delay, drop the connection) and forwards everything else unchanged, bodies streamed both ways
+ * (artifact uploads are PUTs, model downloads are streamed GETs). It records every request it
+ * receives, so a test can check what the worker sent and when. The real server stays behind it:
+ * this is not a mock, only a bad network and a flaky load balancer.
+ */
+import { createServer, request as httpRequest, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo, Socket } from 'node:net';
+import { MLFLOW_URL } from './worker.ts';
+
+/** The path of an MLflow REST endpoint, e.g. `api('runs/create')`. */
+export function mlflowPath(endpoint: string): string {
+  return `/api/2.0/mlflow/${endpoint}`;
+}
+
+export interface Fault {
+  /** The request path without the query: exact when a string. */
+  readonly path: string | RegExp;
+  /** Only this method (any when unset). */
+  readonly method?: string;
+  /** How many matching requests get the fault; then it is used up (default: every one). */
+  readonly times?: number;
+  /** Answer with this status instead of forwarding, with an MLflow-style JSON error body. */
+  readonly status?: number;
+  /** Retry-After header value sent with `status`. */
+  readonly retryAfter?: string;
+  /** Wait this long before answering or forwarding. */
+  readonly delayMs?: number;
+  /** Destroy the client connection instead of answering (after `delayMs`, if any). */
+  readonly drop?: boolean;
+}
+
+export interface RecordedRequest {
+  readonly method: string;
+  /** Path without the query. */
+  readonly path: string;
+  readonly query: string;
+  /** Date.now() when the request arrived. */
+  readonly at: number;
+  /** What the proxy did: the injected status, 'dropped', 'client-gone' or 'forwarded'. */
+  outcome: number | 'dropped' | 'client-gone' | 'forwarded' | 'pending' | 'upstream-error';
+  /** The upstream status when forwarded. */
+  upstreamStatus?: number;
+}
+
+interface ActiveFault {
+  readonly fault: Fault;
+  remaining: number;
+}
+
+const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'te', 'trailer']);
+
+export class FaultProxy {
+  readonly #server: Server;
+  readonly #target: URL;
+  readonly #faults: ActiveFault[] = [];
+  readonly #requests: RecordedRequest[] = [];
+  readonly #sockets = new Set<Socket>();
+  readonly #timers = new Set<NodeJS.Timeout>();
+  #port = 0;
+
+  private constructor(target: string) {
+    this.#target = new URL(target);
+    this.#server = createServer((req, res) => this.#handle(req, res));
+    this.#server.on('connection', (s: Socket) => {
+      this.#sockets.add(s);
+      s.once('close', () => this.#sockets.delete(s));
+    });
+  }
+
+  /** Starts a proxy to `target` (the real MLflow server without auth by default). */
+  static async start(target: string = MLFLOW_URL): Promise<FaultProxy> {
+    const p = new FaultProxy(target);
+    await new Promise<void>((resolve, reject) => {
+      p.#server.once('error', reject);
+      p.#server.listen(0, '127.0.0.1', () => {
+        p.#server.off('error', reject);
+        resolve();
+      });
+    });
+    p.#port = (p.#server.address() as AddressInfo).port;
+    return p;
+  }
+
+  /** The proxy's base URL, to use as MLFLOW_TRACKING_URI. */
+  get url(): string {
+    return `http://127.0.0.1:${this.#port}`;
+  }
+
+  /** Adds a fault; faults are checked in the order added, and the first that matches applies. */
+  inject(fault: Fault): void {
+    this.#faults.push({ fault, remaining: fault.times ?? Number.POSITIVE_INFINITY });
+  }
+
+  /** Removes every fault: from now on everything is forwarded. */
+  heal(): void {
+    this.#faults.length = 0;
+  }
+
+  /** Every request received so far, in arrival order. */
+  requests(filter?: { path?: string | RegExp; method?: string }): RecordedRequest[] {
+    return this.#requests.filter((r) => (filter?.method === undefined || r.method === filter.method) && (filter?.path === undefined || matches(filter.path, r.path)));
+  }
+
+  /** Resolves with the first request to `path` (already received or still to come). */
+  async waitForRequest(path: string | RegExp, timeoutMs = 20_000): Promise<RecordedRequest> {
+    const end = Date.now() + timeoutMs;
+    for (;;) {
+      const hit = this.#requests.find((r) => matches(path, r.path));
+      if (hit) return hit;
+      if (Date.now() > end) throw new Error(`no request to ${String(path)} within ${timeoutMs} ms; seen: ${this.#requests.map((r) => `${r.method} ${r.path}`).join(', ')}`);
+      await new Promise((r) => setTimeout(r, 25));
+    }
+  }
+
+  async close(): Promise<void> {
+    for (const t of this.#timers) clearTimeout(t);
+    this.#timers.clear();
+    for (const s of this.#sockets) s.destroy();
+    await new Promise<void>((resolve) => this.#server.close(() => resolve()));
+  }
+
+  #match(req: IncomingMessage, path: string): Fault | undefined {
+    for (const f of this.#faults) {
+      if (f.remaining <= 0) continue;
+      if (f.fault.method !== undefined && f.fault.method !== req.method) continue;
+      if (!matches(f.fault.path, path)) continue;
+      f.remaining--;
+      return f.fault;
+    }
+    return undefined;
+  }
+
+  #handle(req: IncomingMessage, res: ServerResponse): void {
+    const raw = req.url ?? '/';
+    const q = raw.indexOf('?');
+    const path = q === -1 ? raw : raw.slice(0, q);
+    const record: RecordedRequest = { method: req.method ?? 'GET', path, query: q === -1 ? '' : raw.slice(q + 1), at: Date.now(), outcome: 'pending' };
+    this.#requests.push(record);
+    const fault = this.#match(req, path);
+    let clientGone = false;
+    res.once('close', () => {
+      if (!res.writableFinished) clientGone = true;
+    });
+    const act = (): void => {
+      if (clientGone || req.socket.destroyed) {
+        record.outcome = 'client-gone';
+        req.socket.destroy();
+        return;
+      }
+      if (fault?.drop) {
+        record.outcome = 'dropped';
+        req.socket.destroy();
+        return;
+      }
+      if (fault?.status !== undefined) {
+        record.outcome = fault.status;
+        req.resume(); // read and discard the body, as a server answering early does
+        const body = JSON.stringify({ error_code: fault.status === 429 ? 'REQUEST_LIMIT_EXCEEDED' : 'TEMPORARILY_UNAVAILABLE', message: `injected HTTP ${fault.status} by the test's fault proxy` });
+        res.writeHead(fault.status, { 'content-type': 'application/json', ...(fault.retryAfter !== undefined ? { 'retry-after': fault.retryAfter } : {}) });
+        res.end(body);
+        return;
+      }
+      this.#forward(req, res, record);
+    };
+    const delay = fault?.delayMs ?? 0;
+    if (delay > 0) {
+      const timer = setTimeout(() => {
+        this.#timers.delete(timer);
+        act();
+      }, delay);
+      this.#timers.add(timer);
+    } else act();
+  }
+
+  #forward(req: IncomingMessage, res: ServerResponse, record: RecordedRequest): void {
+    const headers: Record<string, string | string[]> = {};
+    for (const [k, v] of Object.entries(req.headers)) if (v !== undefined && !HOP_BY_HOP.has(k)) headers[k] = v;
+    headers['host'] = this.#target.host;
+    const upstream = httpRequest(
+      { host: this.#target.hostname, port: this.#target.port || 80, method: req.method, path: req.url, headers },
+      (up) => {
+        record.outcome = 'forwarded';
+        record.upstreamStatus = up.statusCode ?? 0;
+        const back: Record<string, string | string[]> = {};
+        for (const [k, v] of Object.entries(up.headers)) if (v !== undefined && !HOP_BY_HOP.has(k)) back[k] = v;
+        res.writeHead(up.statusCode ?? 502, back);
+        up.pipe(res);
+        up.once('error', () => res.destroy());
+      },
+    );
+    upstream.once('error', () => {
+      record.outcome = 'upstream-error';
+      if (!res.headersSent) res.writeHead(502, { 'content-type': 'text/plain' });
+      res.end('fault proxy: upstream error');
+    });
+    res.once('close', () => {
+      if (!res.writableFinished) upstream.destroy();
+    });
+    req.pipe(upstream);
+  }
+}
+
+function matches(pattern: string | RegExp, path: string): boolean {
+  return typeof pattern === 'string' ? pattern === path : pattern.test(path);
+}

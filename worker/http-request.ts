@@ -1,0 +1,102 @@
+/**
+ * One HTTP request on node:http/node:https, with an AbortSignal and a per-attempt timeout. The
+ * worker uses Node's own HTTP stack rather than a client library: it is already loaded, which
+ * keeps a worker's cold start short.
+ */
+import { Agent as HttpAgent, request as httpRequest, type IncomingHttpHeaders, type IncomingMessage } from 'node:http';
+import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
+import type { Readable } from 'node:stream';
+
+export interface HttpResponse {
+  readonly statusCode: number;
+  readonly headers: IncomingHttpHeaders;
+  readonly body: IncomingMessage;
+}
+
+export interface TlsOptions {
+  readonly rejectUnauthorized: boolean;
+  readonly ca?: Buffer | undefined;
+  /** PEM holding a client certificate and its key. */
+  readonly clientCert?: Buffer | undefined;
+}
+
+/** Keep-alive agents for one base URL's protocol, with its TLS options. */
+export function agentFor(url: URL, tls: TlsOptions): HttpAgent | HttpsAgent {
+  if (url.protocol === 'https:') {
+    return new HttpsAgent({
+      keepAlive: true,
+      rejectUnauthorized: tls.rejectUnauthorized,
+      ...(tls.ca ? { ca: tls.ca } : {}),
+      ...(tls.clientCert ? { cert: tls.clientCert, key: tls.clientCert } : {}),
+    });
+  }
+  return new HttpAgent({ keepAlive: true });
+}
+
+export interface SendOptions {
+  readonly method: string;
+  readonly headers: Readonly<Record<string, string>>;
+  readonly body?: string | Readable | null;
+  readonly agent?: HttpAgent | HttpsAgent;
+  readonly signal: AbortSignal;
+  readonly timeoutMs: number;
+}
+
+/** Sends a request; resolves with the response once its headers arrive. */
+export function send(url: URL, options: SendOptions): Promise<HttpResponse> {
+  return new Promise((resolve, reject) => {
+    if (options.signal.aborted) {
+      reject(options.signal.reason instanceof Error ? options.signal.reason : new Error('aborted'));
+      return;
+    }
+    const fn = url.protocol === 'https:' ? httpsRequest : httpRequest;
+    const req = fn(url, { method: options.method, headers: options.headers, ...(options.agent ? { agent: options.agent } : {}) });
+    const timer = setTimeout(() => req.destroy(new Error(`no answer within ${options.timeoutMs} ms`)), options.timeoutMs);
+    const onAbort = (): void => {
+      req.destroy(options.signal.reason instanceof Error ? options.signal.reason : new Error('aborted'));
+    };
+    options.signal.addEventListener('abort', onAbort, { once: true });
+    const cleanup = (): void => {
+      clearTimeout(timer);
+      options.signal.removeEventListener('abort', onAbort);
+    };
+    req.once('response', (res) => {
+      cleanup();
+      // A body that stalls after the headers still ends with the signal.
+      const onBodyAbort = (): void => {
+        res.destroy(options.signal.reason instanceof Error ? options.signal.reason : new Error('aborted'));
+      };
+      options.signal.addEventListener('abort', onBodyAbort, { once: true });
+      res.once('close', () => options.signal.removeEventListener('abort', onBodyAbort));
+      resolve({ statusCode: res.statusCode ?? 0, headers: res.headers, body: res });
+    });
+    req.once('error', (err) => {
+      cleanup();
+      reject(err);
+    });
+    const body = options.body;
+    if (body === undefined || body === null) req.end();
+    else if (typeof body === 'string') req.end(body);
+    else {
+      body.once('error', (err) => req.destroy(err));
+      body.pipe(req);
+    }
+  });
+}
+
+export async function readText(res: HttpResponse): Promise<string> {
+  const chunks: Buffer[] = [];
+  for await (const c of res.body) chunks.push(c as Buffer);
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+/** Reads and discards a body so the connection can be reused. */
+export async function discard(res: HttpResponse): Promise<void> {
+  res.body.resume();
+  if (res.body.readableEnded) return;
+  await new Promise<void>((resolve) => {
+    res.body.once('end', resolve);
+    res.body.once('close', resolve);
+    res.body.once('error', () => resolve());
+  });
+}
