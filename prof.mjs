@@ -8,7 +8,7 @@ for (let rep = 0; rep < 4; rep++) {
   const t0 = performance.now();
   const ds = await openDataset({ dataset: { uri: process.cwd() + '/.run/fixtures/iris-100000.csv' } }, undefined, { maxBytes: 1e9, maxRows: 1e9, localRoots: ['/'], httpTimeoutMs: 1000 }, AbortSignal.timeout(60000));
   const cols = await ds.columns();
-  const plan = model.plan(cols, 'species'); ds.setNumericColumns(plan.columnIndexes);
+  const plan = model.plan(cols, 'species');
   const w = new PredictionsWriter('/tmp/p.csv', 'csv', model.outputNames, undefined);
   let tRead = 0, tInf = 0, tWrite = 0; let t = performance.now();
   for await (const b of ds.batches(Number(process.env.B ?? 8192))) {

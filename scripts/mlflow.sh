@@ -70,7 +70,7 @@ INI
         "${app_args[@]}" \
         --backend-store-uri "sqlite:///$base/mlflow.db" \
         --serve-artifacts --artifacts-destination "$base/artifacts" \
-        --host 127.0.0.1 --port "$port" --workers 2 \
+        --host 127.0.0.1 --port "$port" --workers "${KMJ_MLFLOW_WORKERS:-4}" \
         >"$base/server.log" 2>&1 &
     echo $! >"$base/pid"
     for ((i = 0; i < 600; i++)); do

@@ -37,7 +37,7 @@ export const WORKER_ENV = {
   KMJ_MAX_DATASET_BYTES: { kind: 'integer', min: 1024, max: 64 * 1024 ** 3, default: 512 * 1024 * 1024, help: 'largest dataset' },
   KMJ_MAX_DATASET_ROWS: { kind: 'integer', min: 1, max: 1_000_000_000, default: 10_000_000, help: 'most dataset rows' },
   KMJ_MAX_MODEL_BYTES: { kind: 'integer', min: 1024, max: 64 * 1024 ** 3, default: 1024 * 1024 * 1024, help: 'largest model directory' },
-  KMJ_BATCH_ROWS: { kind: 'integer', min: 1, max: 1_000_000, default: 8192, help: 'rows per inference call' },
+  KMJ_BATCH_ROWS: { kind: 'integer', min: 1, max: 1_000_000, default: 16384, help: 'rows per inference call' },
   KMJ_ONNX_THREADS: { kind: 'integer', min: 0, max: 256, default: 0, help: 'onnxruntime intra-op threads (0: onnxruntime decides)' },
   KMJ_MLFLOW_USER: { kind: 'string', help: 'mlflow.user tag (default: the OS user)' },
   KUBERNETES_POD_NAME: { kind: 'string', help: 'tagged on runs (set from the downward API)' },

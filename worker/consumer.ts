@@ -147,6 +147,7 @@ export async function consumeOne(options: ConsumeOptions): Promise<ExitCode> {
     log.error({ err }, 'cannot reach the broker');
     return EXIT.BROKER_UNAVAILABLE;
   }
+  log.debug('broker connected');
   let connectionLost = false;
   conn.on('error', (err: unknown) => log.warn({ err }, 'broker connection error'));
   conn.on('close', () => {
@@ -165,6 +166,7 @@ export async function consumeOne(options: ConsumeOptions): Promise<ExitCode> {
       return EXIT.OK;
     }
     const delivery: DeliveryInfo = { attempt: attemptOf(msg), queue: config.queue };
+    log.debug({ attempt: delivery.attempt, bytes: msg.content.length }, 'message received');
     let outcome = await options.handle(msg.content, delivery);
     if (outcome.action === 'requeue' && delivery.attempt >= config.maxDeliveries) {
       // Poison protection: this was the last delivery we allow; park it instead of looping.
@@ -190,6 +192,7 @@ export async function consumeOne(options: ConsumeOptions): Promise<ExitCode> {
 async function settle(conn: ChannelModel, ch: Channel, tag: string, msg: ConsumeMessage, outcome: Outcome, delivery: DeliveryInfo, config: WorkerConfig, log: Logger): Promise<ExitCode> {
   const bound = AbortSignal.timeout(15_000);
   await raceAbort(ch.cancel(tag), bound);
+  log.debug('consumer cancelled');
   let code: ExitCode;
   const fields = { requestId: outcome.requestId, runId: outcome.runId, reason: outcome.reason, attempt: delivery.attempt };
   if (outcome.action === 'ack') {

@@ -77,6 +77,7 @@ export async function handleDelivery(body: Buffer, delivery: DeliveryInfo, deps:
     return { action: 'dead-letter', reason: e.message, ...(e.field !== undefined ? { field: e.field } : {}) };
   }
   const rlog = log.child({ requestId: req.requestId });
+  rlog.debug('request valid');
   const budget = new AbortController();
   const budgetTimer = setTimeout(() => budget.abort(new TransientError(`the time budget of ${config.timeBudgetMs} ms ran out`)), config.timeBudgetMs);
   const onShutdown = (): void => budget.abort(abortReason(deps.shutdown));
@@ -185,6 +186,7 @@ async function startOrResume(req: InferenceRequest, delivery: DeliveryInfo, deps
   const t = deps.tracking;
   const experimentId = await t.experimentId(req.experiment, signal);
   state.experimentId = experimentId;
+  log.debug({ experimentId }, 'experiment ready');
   const existing = await t.runsWithTag(experimentId, REQUEST_ID_TAG, req.requestId, signal);
   const finished = existing.find((r) => r.info.status === 'FINISHED');
   if (finished) {
@@ -224,6 +226,7 @@ async function loadModel(req: InferenceRequest, deps: PipelineDeps, signal: Abor
       throw err;
     }
   });
+  deps.log.debug({ hit: cached.hit }, 'model files ready');
   const mlmodel = await readMlModel(cached.dir);
   const model = await OnnxModel.load(cached.dir, mlmodel, { intraOpThreads: deps.config.onnxThreads });
   return { model, resolved, cacheHit: cached.hit, seconds: (performance.now() - started) / 1000 };
@@ -294,6 +297,7 @@ async function runOnce(
       throw err;
     }
     const processingSeconds = (performance.now() - processingStart) / 1000;
+    log.debug({ rows, seconds: processingSeconds }, 'predictions written');
     const summary = dataset.summary();
     const totalSeconds = (Date.now() - received) / 1000;
     const now = Date.now();
@@ -335,6 +339,7 @@ async function runOnce(
       ),
       tracking.uploadArtifact(run.artifact_uri, `predictions/predictions.${format}`, file, format === 'csv' ? 'text/csv' : 'application/x-ndjson', signal),
     ]);
+    log.debug('results logged');
     await tracking.updateRun(run.run_id, 'FINISHED', Date.now(), signal);
     log.info({ runId: run.run_id, rows, modelVersion: resolved.version, seconds: totalSeconds }, 'run finished');
     return { action: 'ack', ...ids(state) };

@@ -26,7 +26,9 @@ export interface Pki {
   /** Client certificate and key in one PEM file, as MLFLOW_TRACKING_CLIENT_CERT_PATH takes it. */
   readonly clientPemFile: string;
   readonly clientPem: Buffer;
-  /** The same, signed by another CA the proxy does not trust. */
+  /** Another CA, which signed nothing the proxy serves or trusts. */
+  readonly foreignCaCert: Buffer;
+  /** A client certificate and key signed by the foreign CA. */
   readonly foreignClientPemFile: string;
   readonly foreignClientPem: Buffer;
   /** Deletes the directory with every key. */
@@ -72,6 +74,7 @@ export async function makePki(): Promise<Pki> {
       serverKey: await readFile(join(dir, 'localhost.key')),
       clientPemFile,
       clientPem: await readFile(clientPemFile),
+      foreignCaCert: await readFile(join(dir, 'foreign-ca.crt')),
       foreignClientPemFile,
       foreignClientPem: await readFile(foreignClientPemFile),
       remove: () => rm(dir, { recursive: true, force: true }),
@@ -89,6 +92,8 @@ export interface ProxyOptions {
   readonly tls?: { readonly cert: Buffer; readonly key: Buffer; readonly clientCa?: Buffer };
   /** Answer 401 unless the request carries `Authorization: Bearer <token>`. */
   readonly bearerToken?: string;
+  /** For request paths matching this, send the target's status and headers, then no body at all. */
+  readonly stallBody?: RegExp;
 }
 
 export interface MlflowProxy {
@@ -99,8 +104,8 @@ export interface MlflowProxy {
   readonly requests: number;
   /** Requests forwarded to the target. */
   readonly forwarded: number;
-  /** TLS handshakes the proxy refused or that failed. */
-  readonly tlsErrors: number;
+  /** TCP connections accepted (each TLS handshake, good or bad, starts with one). */
+  readonly connections: number;
   /** The Authorization header of each request that reached the proxy ('' when absent). */
   readonly authorizations: readonly string[];
   close(): Promise<void>;
@@ -111,7 +116,7 @@ export async function startMlflowProxy(options: ProxyOptions): Promise<MlflowPro
   const target = new URL(options.target);
   let requests = 0;
   let forwarded = 0;
-  let tlsErrors = 0;
+  let connections = 0;
   const authorizations: string[] = [];
 
   const handle = (req: IncomingMessage, res: ServerResponse): void => {
@@ -133,6 +138,11 @@ export async function startMlflowProxy(options: ProxyOptions): Promise<MlflowPro
       { host: target.hostname, port: target.port, method: req.method, path: req.url, headers, agent: false },
       (up) => {
         res.writeHead(up.statusCode ?? 502, up.headers);
+        if (options.stallBody?.test((req.url ?? '').split('?')[0] ?? '')) {
+          res.flushHeaders();
+          up.destroy();
+          return;
+        }
         up.pipe(res);
       },
     );
@@ -154,8 +164,8 @@ export async function startMlflowProxy(options: ProxyOptions): Promise<MlflowPro
         handle,
       )
     : createHttpServer(handle);
-  server.on('tlsClientError', () => {
-    tlsErrors++;
+  server.on('connection', () => {
+    connections++;
   });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
@@ -172,8 +182,8 @@ export async function startMlflowProxy(options: ProxyOptions): Promise<MlflowPro
     get forwarded() {
       return forwarded;
     },
-    get tlsErrors() {
-      return tlsErrors;
+    get connections() {
+      return connections;
     },
     authorizations,
     close: () =>

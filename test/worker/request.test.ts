@@ -1,12 +1,15 @@
 // parseRequest: every way a request message is refused, with the exact message the worker puts in
-// the dead-letter headers and the MLflow tag, and the requests it lets through unchanged.
+// the dead-letter headers and the MLflow tag, and the requests it lets through unchanged. Every case
+// runs with each validator the worker may use (the one requestValidator() gives, the precompiled
+// dist/generated module when it is built, the schema compiled now): they must agree exactly.
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { Ajv2020 } from 'ajv/dist/2020.js';
-import { describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { PACKAGE_ROOT } from '../../common/paths.ts';
 import { PermanentError } from '../../worker/errors.ts';
-import { parseRequest, REQUEST_SCHEMA_PATH } from '../../worker/request.ts';
+import { parseRequest as parseWith, REQUEST_SCHEMA_PATH, requestValidator, type InferenceRequest, type RequestValidator } from '../../worker/request.ts';
 
 const MAX_BYTES = 1024 * 1024;
 
@@ -16,20 +19,56 @@ const MODEL_RULE = 'model: must start with models:/, runs:/ or mlflow-artifacts:
 /** The smallest valid request. */
 const MINIMAL = { version: 1, requestId: 'req-1', model: 'models:/iris/1', dataset: { uri: '/data/iris.csv' }, experiment: 'iris' } as const;
 
+const GENERATED_VALIDATOR = join(PACKAGE_ROOT, 'dist', 'generated', 'request-validator.js');
+
+let validators: Array<readonly [string, RequestValidator]> = [];
+
+beforeAll(async () => {
+  const schema = JSON.parse(readFileSync(REQUEST_SCHEMA_PATH, 'utf8')) as object;
+  validators = [
+    ['requestValidator()', await requestValidator()],
+    ['the schema compiled now', new Ajv2020({ allErrors: true, strict: true }).compile(schema) as RequestValidator],
+  ];
+  // When built, the precompiled module must load (requestValidator() would silently fall back).
+  if (existsSync(GENERATED_VALIDATOR)) {
+    const mod = (await import(pathToFileURL(GENERATED_VALIDATOR).href)) as { default: RequestValidator };
+    validators.push(['dist/generated/request-validator.js', mod.default]);
+  }
+});
+
 function body(value: unknown): Buffer {
   return Buffer.from(typeof value === 'string' ? value : JSON.stringify(value));
 }
 
+type Outcome = { ok: true; request: InferenceRequest } | { ok: false; message: string; field: string | undefined };
+
+/** What parseRequest does with `buf`, the same with every validator, or the test fails. */
+function outcome(buf: Buffer, maxBytes: number): Outcome {
+  const results = validators.map(([, validate]): Outcome => {
+    try {
+      return { ok: true, request: parseWith(buf, maxBytes, validate) };
+    } catch (err) {
+      expect(err).toBeInstanceOf(PermanentError);
+      const e = err as PermanentError;
+      return { ok: false, message: e.message, field: e.field };
+    }
+  });
+  expect(results.length).toBeGreaterThanOrEqual(2);
+  for (let i = 1; i < results.length; i++) expect(results[i], `${validators[i]?.[0]} vs ${validators[0]?.[0]}`).toEqual(results[0]);
+  return results[0] as Outcome;
+}
+
+function parseRequest(buf: Buffer, maxBytes: number): InferenceRequest {
+  const o = outcome(buf, maxBytes);
+  if (!o.ok) throw new Error(`parseRequest refused it: ${o.message}`);
+  return o.request;
+}
+
 /** The PermanentError parseRequest throws for `value`; fails the test when it does not throw one. */
 function refusal(value: unknown, maxBytes = MAX_BYTES): { message: string; field: string | undefined } {
-  try {
-    parseRequest(body(value), maxBytes);
-  } catch (err) {
-    expect(err).toBeInstanceOf(PermanentError);
-    const e = err as PermanentError;
-    return { message: e.message, field: e.field };
-  }
-  throw new Error(`parseRequest accepted ${JSON.stringify(value).slice(0, 200)}`);
+  const o = outcome(body(value), maxBytes);
+  if (o.ok) throw new Error(`parseRequest accepted ${JSON.stringify(value).slice(0, 200)}`);
+  return { message: o.message, field: o.field };
 }
 
 function without(key: string): Record<string, unknown> {
@@ -214,6 +253,10 @@ describe('parseRequest refuses', () => {
         'tags: has a key that is not allowed (kmj.queue); params.deep: must be a string, a number or a boolean',
       field: 'extra',
     });
+    // The example docs/requests.md gives under "Refusals".
+    expect(refusal({ ...without('requestId'), dataset: { uri: '/data/a', format: 'xlsx' } }).message).toBe(
+      'invalid request: requestId: is required; dataset.format: must be one of csv, jsonl',
+    );
     // The cross-field checks run once the schema passes, and report together too.
     expect(refusal({ ...MINIMAL, dataset: { uri: '/data/a.csv', rows: [{ a: 1 }], format: 'csv' } }).message).toBe(
       'invalid request: dataset: must have exactly one of uri and rows; dataset.format: is only used with dataset.uri',
@@ -281,7 +324,7 @@ describe('docs/requests.md', () => {
     const validate = new Ajv2020({ allErrors: true, strict: true }).compile(JSON.parse(readFileSync(REQUEST_SCHEMA_PATH, 'utf8')) as object);
     for (const example of examples) {
       expect(validate(JSON.parse(example)), `${example}\n${JSON.stringify(validate.errors)}`).toBe(true);
-      expect(() => parseRequest(Buffer.from(example), MAX_BYTES)).not.toThrow();
+      expect(parseRequest(Buffer.from(example), MAX_BYTES)).toEqual(JSON.parse(example));
     }
   });
 });
