@@ -22,8 +22,10 @@ export interface FlagOverride {
 
 /**
  * Parses `specs` (keyed by env var name) from `env`, with `flags` taking precedence. Problems
- * name the flag when the value came from one, the env var otherwise. `extraChecks` runs only when
- * every field parsed, and adds cross-field problems.
+ * name the flag when the value came from one, the env var otherwise. `alwaysChecks` runs on the
+ * raw values whatever else is wrong (reading the files settings point to, say), so its problems
+ * are listed with the others; `extraChecks` runs only when every field parsed, for cross-field
+ * rules that need typed values.
  */
 export function readConfig<T extends FieldSpecs>(
   component: string,
@@ -31,10 +33,12 @@ export function readConfig<T extends FieldSpecs>(
   env: RawInput,
   flags: Readonly<Record<string, FlagOverride | undefined>> = {},
   extraChecks?: (values: Parsed<T>, problems: string[]) => void,
+  alwaysChecks?: (raw: RawInput, problems: string[]) => void,
 ): Parsed<T> {
   const merged: Record<string, string | undefined> = {};
   for (const key of Object.keys(specs)) merged[key] = flags[key]?.value ?? env[key];
   const { values, problems } = parseFields(specs, merged, { nameOf: (key) => flags[key]?.flag ?? key });
+  alwaysChecks?.(merged, problems);
   if (problems.length === 0 && extraChecks) extraChecks(values, problems);
   if (problems.length > 0) throw new ConfigError(component, problems);
   return Object.freeze(values);

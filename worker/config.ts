@@ -100,8 +100,18 @@ export function loadWorkerConfig(env: RawInput, flags: { queue?: string } = {}):
     env,
     { KMJ_WORKER_QUEUE: flags.queue !== undefined ? { flag: '--queue', value: flags.queue } : undefined },
     (c, problems) => {
-      const read = (setting: string, path: string | undefined): Buffer | undefined => {
-        if (path === undefined) return undefined;
+      if (c.MLFLOW_TRACKING_TOKEN !== undefined && c.MLFLOW_TRACKING_USERNAME !== undefined) {
+        problems.push('MLFLOW_TRACKING_TOKEN: set either a token or MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD, not both');
+      }
+      const userInUri = c.MLFLOW_TRACKING_URI !== undefined && new URL(c.MLFLOW_TRACKING_URI).username !== '';
+      if (c.MLFLOW_TRACKING_PASSWORD !== undefined && c.MLFLOW_TRACKING_USERNAME === undefined && !userInUri) {
+        problems.push('MLFLOW_TRACKING_PASSWORD: is set without MLFLOW_TRACKING_USERNAME');
+      }
+    },
+    (raw, problems) => {
+      const read = (setting: string): Buffer | undefined => {
+        const path = raw[setting];
+        if (path === undefined || path === '') return undefined;
         try {
           return readFileSync(path);
         } catch (err) {
@@ -109,14 +119,8 @@ export function loadWorkerConfig(env: RawInput, flags: { queue?: string } = {}):
           return undefined;
         }
       };
-      serverCa = read('MLFLOW_TRACKING_SERVER_CERT_PATH', c.MLFLOW_TRACKING_SERVER_CERT_PATH);
-      clientCert = read('MLFLOW_TRACKING_CLIENT_CERT_PATH', c.MLFLOW_TRACKING_CLIENT_CERT_PATH);
-      if (c.MLFLOW_TRACKING_TOKEN !== undefined && c.MLFLOW_TRACKING_USERNAME !== undefined) {
-        problems.push('MLFLOW_TRACKING_TOKEN: set either a token or MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD, not both');
-      }
-      if (c.MLFLOW_TRACKING_PASSWORD !== undefined && c.MLFLOW_TRACKING_USERNAME === undefined) {
-        problems.push('MLFLOW_TRACKING_PASSWORD: is set without MLFLOW_TRACKING_USERNAME');
-      }
+      serverCa = read('MLFLOW_TRACKING_SERVER_CERT_PATH');
+      clientCert = read('MLFLOW_TRACKING_CLIENT_CERT_PATH');
     },
   );
   const trackingUri = v.MLFLOW_TRACKING_URI;

@@ -51,23 +51,23 @@ export function send(url: URL, options: SendOptions): Promise<HttpResponse> {
     }
     const fn = url.protocol === 'https:' ? httpsRequest : httpRequest;
     const req = fn(url, { method: options.method, headers: options.headers, ...(options.agent ? { agent: options.agent } : {}) });
-    const timer = setTimeout(() => req.destroy(new Error(`no answer within ${options.timeoutMs} ms`)), options.timeoutMs);
-    const onAbort = (): void => {
-      req.destroy(options.signal.reason instanceof Error ? options.signal.reason : new Error('aborted'));
+    // One bound for the whole attempt, headers and body: a body that stalls after the headers
+    // ends the attempt too (and the caller's retry, if any, starts over).
+    let response: IncomingMessage | undefined;
+    const fail = (err: Error): void => {
+      if (response) response.destroy(err);
+      else req.destroy(err);
     };
+    const timer = setTimeout(() => fail(new Error(`no complete answer within ${options.timeoutMs} ms`)), options.timeoutMs);
+    const onAbort = (): void => fail(options.signal.reason instanceof Error ? options.signal.reason : new Error('aborted'));
     options.signal.addEventListener('abort', onAbort, { once: true });
     const cleanup = (): void => {
       clearTimeout(timer);
       options.signal.removeEventListener('abort', onAbort);
     };
     req.once('response', (res) => {
-      cleanup();
-      // A body that stalls after the headers still ends with the signal.
-      const onBodyAbort = (): void => {
-        res.destroy(options.signal.reason instanceof Error ? options.signal.reason : new Error('aborted'));
-      };
-      options.signal.addEventListener('abort', onBodyAbort, { once: true });
-      res.once('close', () => options.signal.removeEventListener('abort', onBodyAbort));
+      response = res;
+      res.once('close', cleanup);
       resolve({ statusCode: res.statusCode ?? 0, headers: res.headers, body: res });
     });
     req.once('error', (err) => {

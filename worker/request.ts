@@ -114,9 +114,16 @@ export function parseRequest(body: Buffer, maxBytes: number, validate: RequestVa
   }
   const problems: string[] = [];
   if (!validate(data)) {
-    // anyOf/propertyNames report their sub-errors too; keep the summary lines.
-    const errs = (validate.errors ?? []).filter((e) => !(e.keyword === 'type' && /\/params\//.test(e.instancePath)) && !(e.keyword === 'maxLength' && /\/params\//.test(e.instancePath)) && !(e.keyword === 'pattern' && e.propertyName !== undefined));
+    const errs = validate.errors ?? [];
+    // A param value fails anyOf as a whole; a too-long string is the one case worth its own words.
+    const tooLongParams = new Set(errs.filter((e) => e.keyword === 'maxLength' && /^\/params\//.test(e.instancePath)).map((e) => e.instancePath));
     for (const e of errs) {
+      // propertyNames reports its sub-errors (minLength, maxLength, pattern) about the key name,
+      // with the object's path: the propertyNames line itself says it.
+      if (e.propertyName !== undefined) continue;
+      // The branches of a param's anyOf: the anyOf line (or the too-long line) says it.
+      if (/^\/params\//.test(e.instancePath) && e.keyword !== 'anyOf' && !(e.keyword === 'maxLength' && tooLongParams.has(e.instancePath))) continue;
+      if (e.keyword === 'anyOf' && tooLongParams.has(e.instancePath)) continue;
       const line = describe(e);
       if (!problems.includes(line)) problems.push(line);
     }

@@ -84,8 +84,10 @@ export class RegressionScorer implements Scorer {
   #n = 0;
   #absErr = 0;
   #sqErr = 0;
-  #sum = 0;
-  #sumSq = 0;
+  // Welford's running mean and sum of squared deviations: exact enough when labels are large
+  // next to their spread, where sum(y²) − n·mean² cancels to noise.
+  #mean = 0;
+  #m2 = 0;
   readonly #labelColumn: string;
 
   constructor(labelColumn: string) {
@@ -102,20 +104,22 @@ export class RegressionScorer implements Scorer {
     this.#n++;
     this.#absErr += Math.abs(e);
     this.#sqErr += e * e;
-    this.#sum += y;
-    this.#sumSq += y * y;
+    const d = y - this.#mean;
+    this.#mean += d / this.#n;
+    this.#m2 += d * (y - this.#mean);
   }
 
   metrics(): Record<string, number> {
     if (this.#n === 0) return {};
     const mse = this.#sqErr / this.#n;
-    const mean = this.#sum / this.#n;
-    const ssTot = this.#sumSq - this.#n * mean * mean;
+    const ssTot = this.#m2;
+    // scikit-learn: with constant labels, 1 for perfect predictions and 0 otherwise.
+    const r2 = ssTot > 0 ? 1 - this.#sqErr / ssTot : this.#sqErr === 0 ? 1 : 0;
     return {
       mean_absolute_error: this.#absErr / this.#n,
       mean_squared_error: mse,
       root_mean_squared_error: Math.sqrt(mse),
-      r2_score: ssTot > 0 ? 1 - this.#sqErr / ssTot : 0,
+      r2_score: r2,
     };
   }
 }

@@ -39,8 +39,13 @@ export interface RecordedRequest {
   readonly query: string;
   /** Date.now() when the request arrived. */
   readonly at: number;
-  /** What the proxy did: the injected status, 'dropped', 'client-gone' or 'forwarded'. */
-  outcome: number | 'dropped' | 'client-gone' | 'forwarded' | 'pending' | 'upstream-error';
+  /**
+   * What became of it: the injected status; 'dropped' (connection destroyed by a fault);
+   * 'client-gone' (the client hung up while the proxy held it, so MLflow never saw it);
+   * 'forwarding' (sent to MLflow, no answer yet); 'abandoned' (the client hung up after it was
+   * sent to MLflow); 'forwarded' (MLflow's answer was passed back); 'upstream-error'; or 'pending'.
+   */
+  outcome: number | 'pending' | 'dropped' | 'client-gone' | 'forwarding' | 'abandoned' | 'forwarded' | 'upstream-error';
   /** The upstream status when forwarded. */
   upstreamStatus?: number;
 }
@@ -140,16 +145,20 @@ export class FaultProxy {
     const record: RecordedRequest = { method: req.method ?? 'GET', path, query: q === -1 ? '' : raw.slice(q + 1), at: Date.now(), outcome: 'pending' };
     this.#requests.push(record);
     const fault = this.#match(req, path);
-    let clientGone = false;
+    let timer: NodeJS.Timeout | undefined;
     res.once('close', () => {
-      if (!res.writableFinished) clientGone = true;
+      if (res.writableFinished) return;
+      if (record.outcome === 'forwarding') record.outcome = 'abandoned';
+      if (record.outcome !== 'pending') return;
+      // The client hung up while the proxy held its request: it never reaches MLflow.
+      record.outcome = 'client-gone';
+      if (timer !== undefined) {
+        clearTimeout(timer);
+        this.#timers.delete(timer);
+      }
     });
     const act = (): void => {
-      if (clientGone || req.socket.destroyed) {
-        record.outcome = 'client-gone';
-        req.socket.destroy();
-        return;
-      }
+      if (record.outcome === 'client-gone') return;
       if (fault?.drop) {
         record.outcome = 'dropped';
         req.socket.destroy();
@@ -167,11 +176,13 @@ export class FaultProxy {
     };
     const delay = fault?.delayMs ?? 0;
     if (delay > 0) {
-      const timer = setTimeout(() => {
-        this.#timers.delete(timer);
+      const t = setTimeout(() => {
+        this.#timers.delete(t);
+        timer = undefined;
         act();
       }, delay);
-      this.#timers.add(timer);
+      timer = t;
+      this.#timers.add(t);
     } else act();
   }
 
@@ -179,6 +190,7 @@ export class FaultProxy {
     const headers: Record<string, string | string[]> = {};
     for (const [k, v] of Object.entries(req.headers)) if (v !== undefined && !HOP_BY_HOP.has(k)) headers[k] = v;
     headers['host'] = this.#target.host;
+    record.outcome = 'forwarding';
     const upstream = httpRequest(
       { host: this.#target.hostname, port: this.#target.port || 80, method: req.method, path: req.url, headers },
       (up) => {
@@ -192,6 +204,7 @@ export class FaultProxy {
       },
     );
     upstream.once('error', () => {
+      if (record.outcome === 'abandoned') return; // destroyed below because the client left
       record.outcome = 'upstream-error';
       if (!res.headersSent) res.writeHead(502, { 'content-type': 'text/plain' });
       res.end('fault proxy: upstream error');

@@ -236,11 +236,7 @@ describe('runsWithTag', () => {
     expect(await t.runsWithTag(exp2, 'kmj.request_id', 'req-a', NEVER)).toEqual([]);
   });
 
-  // Bug: tracking.ts runsWithTag escapes a single quote as \' inside a single-quoted filter
-  // string; MLflow's filter parser does not take \' as an escape, so the search silently finds no
-  // run. (Latent for the worker: request ids cannot contain quotes.) MLflow accepts the value in
-  // double quotes.
-  it.fails("finds a run whose tag value contains a single quote", async () => {
+  it("finds a run whose tag value contains a single quote", async () => {
     const t = tracking();
     const exp = await t.experimentId(uniqueId('kmj-test-tag'), NEVER);
     const run = await t.createRun(exp, 'quoted', [{ key: 'owner', value: "o'brien" }], Date.now(), NEVER);
@@ -561,13 +557,7 @@ describe('retries', () => {
     }
   });
 
-  // Bug: worker/http-request.ts send() clears the per-attempt timer as soon as the response
-  // headers arrive; reading the body is bounded only by the caller's signal (the worker's whole
-  // time budget, 10 min by default). A body that stalls after the headers is never retried within
-  // MLFLOW_HTTP_REQUEST_TIMEOUT, unlike the Python client (whose read timeout covers the body) and
-  // unlike the undici version before it (AbortSignal.timeout over the whole attempt). The same
-  // holds for artifact downloads (openArtifact).
-  it.fails('a response body that stalls after the headers is bounded by requestTimeoutMs and retried', async () => {
+  it('a response body that stalls after the headers is bounded by requestTimeoutMs and retried', async () => {
     const name = uniqueId('kmj-test-stall');
     const id = await tracking().experimentId(name, NEVER);
     const proxy = await startMlflowProxy({ target: MLFLOW_URL, stallBody: /\/experiments\/get-by-name$/ });
@@ -665,10 +655,7 @@ describe('loadWorkerConfig', () => {
     }
   });
 
-  // Bug (against STYLE.md rule 1, "one error that lists every problem"): common/config.ts runs the
-  // extra checks, where worker/config.ts reads the certificate files, only when every field parsed,
-  // so an unreadable certificate path is reported only after the bad number is fixed.
-  it.fails('lists an unreadable certificate path together with a bad number', () => {
+  it('lists an unreadable certificate path together with a bad number', () => {
     expect(configError({ MLFLOW_TRACKING_URI: MLFLOW_URL, MLFLOW_HTTP_REQUEST_MAX_RETRIES: '-1', MLFLOW_TRACKING_SERVER_CERT_PATH: '/nonexistent/ca.pem' })).toBe(
       'invalid worker configuration: MLFLOW_HTTP_REQUEST_MAX_RETRIES: "-1" must be an integer from 0 to 20; ' +
         `MLFLOW_TRACKING_SERVER_CERT_PATH: cannot read "/nonexistent/ca.pem": ENOENT: no such file or directory, open '/nonexistent/ca.pem'`,

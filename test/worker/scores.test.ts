@@ -134,7 +134,7 @@ const CASES: Record<string, Case> = {
   },
 };
 
-/** Cases where the scorers disagree with scikit-learn: each is one `it.fails` below. */
+/** Cases the scorers once got wrong against scikit-learn, each tested below. */
 const BUG_CASES: Record<string, Case> = {
   'constant labels, perfect predictions (sklearn: r2 1)': {
     kind: 'regression',
@@ -189,20 +189,13 @@ describe('scores agree with scikit-learn', () => {
     expect(sklearn['constant labels, imperfect predictions (sklearn: r2 0)']?.['r2_score']).toBe(0);
   });
 
-  // Bug: scores.ts RegressionScorer.metrics returns r2_score 0 whenever the labels are constant
-  // (ssTot 0); scikit-learn's r2_score (force_finite=True) gives 1.0 when the predictions are
-  // perfect and 0.0 only when they are not.
-  it.fails('regression: constant labels, perfect predictions give r2 1', () => {
+  it('regression: constant labels, perfect predictions give r2 1', () => {
     const name = 'constant labels, perfect predictions (sklearn: r2 1)';
     expect(sklearn[name]?.['r2_score']).toBe(1);
     expectSame(name, score(BUG_CASES[name] as Case), sklearn[name]);
   });
 
-  // Bug: scores.ts RegressionScorer keeps Σy and Σy² and takes ssTot = Σy² − n·mean², which
-  // cancels catastrophically when the labels are large next to their spread (1000 ± 1 here): r2
-  // is off by far more than 1e-12 (and becomes 0 once ssTot rounds to ≤ 0, e.g. labels 1e6 ± 0.05).
-  // Welford's running mean and M2 would keep it exact.
-  it.fails('regression: labels with a large offset and a small spread', () => {
+  it('regression: labels with a large offset and a small spread', () => {
     const name = 'labels with a large offset and a small spread';
     expectSame(name, score(BUG_CASES[name] as Case), sklearn[name]);
   });

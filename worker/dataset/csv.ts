@@ -23,7 +23,8 @@ export class CsvParser {
         const nl = s.indexOf('\n', i);
         if (nl === -1) break; // incomplete line: keep it for the next chunk
         const line = s.charCodeAt(nl - 1) === 13 ? s.slice(i, nl - 1) : s.slice(i, nl);
-        if (line.indexOf('"') === -1) {
+        // A lone CR inside the line ends a record on the careful path; let it take that path.
+        if (line.indexOf('"') === -1 && line.indexOf('\r') === -1) {
           if (line.length > 0) records.push(line.split(','));
           i = nl + 1;
           continue;

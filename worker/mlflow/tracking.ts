@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import type { Readable } from 'node:stream';
 import { discard, readText } from '../http-request.ts';
+import { PermanentError } from '../errors.ts';
 import { MlflowHttp, MlflowHttpError } from './http.ts';
 
 /** MLflow's documented limits for one runs/log-batch request. */
@@ -90,6 +91,16 @@ export function splitLogBatch(metrics: readonly Metric[], params: readonly KeyVa
   return out;
 }
 
+/**
+ * A string literal for an MLflow search filter. The filter grammar has no escapes: a value is
+ * quoted with whichever quote it does not contain.
+ */
+export function quoteFilterValue(value: string): string {
+  if (!value.includes("'")) return `'${value}'`;
+  if (!value.includes('"')) return `"${value}"`;
+  throw new Error(`cannot search for a tag value holding both kinds of quote: ${JSON.stringify(value)}`);
+}
+
 /** The path of an `mlflow-artifacts:` URI inside the artifact proxy, e.g. `1/abc/artifacts`. */
 export function proxyPath(artifactUri: string): string {
   const m = /^mlflow-artifacts:(?:\/\/[^/]*)?\/*(.*)$/.exec(artifactUri);
@@ -117,6 +128,9 @@ export class MlflowTracking {
           query: { experiment_name: name },
           signal,
         });
+        if (r.experiment.lifecycle_stage === 'deleted') {
+          throw new PermanentError(`experiment: ${JSON.stringify(name)} is deleted in MLflow; restore it or use another name`, { field: 'experiment' });
+        }
         return r.experiment.experiment_id;
       } catch (err) {
         if (err instanceof MlflowHttpError && err.errorCode === 'RESOURCE_DOES_NOT_EXIST') return undefined;
@@ -144,7 +158,7 @@ export class MlflowTracking {
       method: 'POST',
       json: {
         experiment_ids: [experimentId],
-        filter: `tags.\`${key}\` = '${value.replace(/'/g, "\\'")}'`,
+        filter: `tags.\`${key}\` = ${quoteFilterValue(value)}`,
         run_view_type: 'ACTIVE_ONLY',
         max_results: 50,
         order_by: ['attributes.start_time DESC'],

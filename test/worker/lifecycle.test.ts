@@ -1,0 +1,247 @@
+// The worker's life around one request, with the real `kmj worker` process, a real RabbitMQ and a
+// real MLflow server: stopped by SIGTERM or killed mid-run (made slow by a fault proxy delaying
+// runs/log-inputs), stopped while idle, racing another worker for one message, and its model cache.
+import { existsSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { EXIT } from '../../worker/consumer.ts';
+import { ERROR_TAG } from '../../worker/pipeline.ts';
+import { FaultProxy, mlflowPath } from '../helpers/fault-proxy.ts';
+import {
+  drain,
+  fixtures,
+  parseCsv,
+  publish,
+  queueState,
+  readRunWithPython,
+  request,
+  requestQueue,
+  runWorker,
+  runsOf,
+  startWorker,
+  tagsOf,
+  waitForLog,
+  type QueueState,
+  type RestRun,
+  type WorkerProcess,
+  type WorkerResult,
+} from '../helpers/worker.ts';
+
+const f = fixtures();
+const classifier = f.models['classifier'];
+const LOG_INPUTS = mlflowPath('runs/log-inputs');
+
+/** Things a test started, stopped after it whatever happened. */
+const cleanups: Array<() => Promise<void>> = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+/** A fault proxy in front of MLflow that holds every runs/log-inputs call for `delayMs`. */
+async function slowMlflow(delayMs = 3000): Promise<FaultProxy> {
+  const p = await FaultProxy.start();
+  p.inject({ path: LOG_INPUTS, delayMs });
+  cleanups.push(() => p.close());
+  return p;
+}
+
+/** Starts a worker that is killed after the test if it is still running. */
+function worker(queue: string, env: Record<string, string> = {}): WorkerProcess {
+  const w = startWorker(queue, env);
+  cleanups.push(async () => {
+    if (w.child.exitCode === null && w.child.signalCode === null) {
+      w.child.kill('SIGKILL');
+      await w.done;
+    }
+  });
+  return w;
+}
+
+async function waitFor<T>(what: string, probe: () => Promise<T>, ok: (v: T) => boolean, timeoutMs = 10_000): Promise<T> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await probe();
+    if (ok(v)) return v;
+    if (Date.now() > end) throw new Error(`${what}: still ${JSON.stringify(v)} after ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+function waitForQueue(queue: string, want: QueueState): Promise<QueueState> {
+  return waitFor(`queue ${queue}`, () => queueState(queue), (s) => s.messages === want.messages && s.consumers === want.consumers);
+}
+
+function logsWith(result: WorkerResult, msg: string): Array<Record<string, unknown>> {
+  return result.logs.filter((l) => l['msg'] === msg);
+}
+
+/** The run is FINISHED, complete (150 rows predicted, one dataset input) and has no error tag. */
+async function expectCompleteRun(runId: string): Promise<void> {
+  const py = await readRunWithPython(runId);
+  expect(py.info.status).toBe('FINISHED');
+  expect(py.tags[ERROR_TAG]).toBeUndefined();
+  expect(py.metrics['rows']).toBe(150);
+  expect(py.inputs).toHaveLength(1);
+  expect(py.inputs[0]).toMatchObject({ name: 'iris.csv', source_type: 'local' });
+  const labels = parseCsv(py.artifacts['predictions/predictions.csv'] ?? '').map((p) => Number(p['output_label']));
+  expect(labels).toEqual(classifier?.expected['output_label']);
+}
+
+describe('stopping a worker mid-run', () => {
+  it('SIGTERM: exit 11 within the shutdown grace, run KILLED with kmj.error, message requeued; a fresh worker finishes the same run', async () => {
+    const graceMs = 5000;
+    const p = await slowMlflow();
+    const queue = await requestQueue();
+    const req = request();
+    await publish(queue, req);
+    const w = worker(queue, { MLFLOW_TRACKING_URI: p.url, KMJ_WORKER_SHUTDOWN_GRACE_MS: String(graceMs) });
+    const started = await waitForLog(w, 'run started');
+    await p.waitForRequest(LOG_INPUTS);
+    const killedAt = Date.now();
+    w.child.kill('SIGTERM');
+    const result = await w.done;
+    expect(Date.now() - killedAt).toBeLessThan(graceMs);
+    expect(result.code).toBe(EXIT.REQUEUED);
+    expect(logsWith(result, 'message requeued')[0]).toMatchObject({ requestId: req.requestId, runId: started['runId'], reason: 'the worker was stopped (SIGTERM)' });
+    // The held call never reached MLflow: the worker hung up on it.
+    expect(p.requests({ path: LOG_INPUTS }).map((r) => r.outcome)).toEqual(['client-gone']);
+
+    const runs = await runsOf(req.experiment);
+    expect(runs.map((r) => [r.info.run_id, r.info.status])).toEqual([[started['runId'], 'KILLED']]);
+    expect(tagsOf(runs[0] as RestRun)[ERROR_TAG]).toBe('the worker was stopped (SIGTERM); the request was requeued');
+    expect(runs[0]?.info.end_time).toBeGreaterThanOrEqual(runs[0]?.info.start_time ?? Number.POSITIVE_INFINITY);
+    expect(await queueState(queue)).toEqual({ messages: 1, consumers: 0 });
+    expect(await drain(`${queue}.dead`)).toEqual([]);
+
+    const again = await runWorker(queue);
+    expect(again.code).toBe(EXIT.OK);
+    expect(logsWith(again, 'resuming the unfinished run of this request')[0]).toMatchObject({ runId: started['runId'], status: 'KILLED' });
+    const after = await runsOf(req.experiment);
+    expect(after.map((r) => [r.info.run_id, r.info.status])).toEqual([[started['runId'], 'FINISHED']]);
+    await expectCompleteRun(String(started['runId']));
+    expect(await queueState(queue)).toEqual({ messages: 0, consumers: 0 });
+    expect(await drain(`${queue}.dead`)).toEqual([]);
+  });
+
+  it('SIGKILL, twice: the broker requeues each time, the next worker resumes the RUNNING run; one run, FINISHED, nothing lost', async () => {
+    const p = await slowMlflow();
+    const queue = await requestQueue();
+    const req = request();
+    await publish(queue, req);
+    let runId: unknown;
+    for (let kill = 1; kill <= 2; kill++) {
+      const w = worker(queue, { MLFLOW_TRACKING_URI: p.url });
+      if (kill === 1) runId = (await waitForLog(w, 'run started'))['runId'];
+      else expect(await waitForLog(w, 'resuming the unfinished run of this request')).toMatchObject({ runId, status: 'RUNNING' });
+      await waitFor('log-inputs calls', async () => p.requests({ path: LOG_INPUTS }).length, (n) => n === kill);
+      w.child.kill('SIGKILL');
+      const result = await w.done;
+      expect(result.signal).toBe('SIGKILL');
+      // The connection is gone, so the broker puts the unacknowledged message back.
+      await waitForQueue(queue, { messages: 1, consumers: 0 });
+      const runs = await runsOf(req.experiment);
+      expect(runs.map((r) => [r.info.run_id, r.info.status])).toEqual([[runId, 'RUNNING']]);
+    }
+    expect(p.requests({ path: LOG_INPUTS }).map((r) => r.outcome)).toEqual(['client-gone', 'client-gone']);
+
+    const last = await runWorker(queue);
+    expect(last.code).toBe(EXIT.OK);
+    expect(logsWith(last, 'resuming the unfinished run of this request')[0]).toMatchObject({ runId, status: 'RUNNING' });
+    const runs = await runsOf(req.experiment);
+    expect(runs.map((r) => [r.info.run_id, r.info.status])).toEqual([[runId, 'FINISHED']]);
+    expect(tagsOf(runs[0] as RestRun)['kmj.delivery_attempt']).toBe(String(logsWith(last, 'message acknowledged')[0]?.['attempt']));
+    await expectCompleteRun(String(runId));
+    expect(await queueState(queue)).toEqual({ messages: 0, consumers: 0 });
+    expect(await drain(`${queue}.dead`)).toEqual([]);
+  });
+});
+
+describe('the consumer', () => {
+  it('SIGTERM while waiting for a message: exit 0 at once, nothing consumed, MLflow never called', async () => {
+    const p = await FaultProxy.start();
+    cleanups.push(() => p.close());
+    const queue = await requestQueue();
+    const w = worker(queue, { MLFLOW_TRACKING_URI: p.url, KMJ_WORKER_IDLE_TIMEOUT_MS: '60000' });
+    await waitForQueue(queue, { messages: 0, consumers: 1 });
+    const killedAt = Date.now();
+    w.child.kill('SIGTERM');
+    const result = await w.done;
+    expect(Date.now() - killedAt).toBeLessThan(2000);
+    expect(result.code).toBe(EXIT.OK);
+    expect(logsWith(result, 'stopped before a message arrived')).toHaveLength(1);
+    expect(logsWith(result, 'stopped before a message arrived')[0]).toMatchObject({ stopped: true });
+    expect(await queueState(queue)).toEqual({ messages: 0, consumers: 0 });
+    const req = request();
+    await publish(queue, req);
+    expect(await queueState(queue)).toEqual({ messages: 1, consumers: 0 });
+    expect(p.requests()).toEqual([]);
+  });
+
+  it('two workers on one queue with one message: exactly one runs it, the other exits 0 idle', async () => {
+    const queue = await requestQueue();
+    const env = { KMJ_WORKER_IDLE_TIMEOUT_MS: '4000' };
+    const a = worker(queue, env);
+    const b = worker(queue, env);
+    await waitForQueue(queue, { messages: 0, consumers: 2 });
+    const req = request();
+    await publish(queue, req);
+    const results = await Promise.all([a.done, b.done]);
+    expect(results.map((r) => r.code)).toEqual([EXIT.OK, EXIT.OK]);
+    const messages = results.map((r) => r.logs.map((l) => l['msg']).find((m) => m === 'message acknowledged' || m === 'no message; exiting')).sort();
+    expect(messages).toEqual(['message acknowledged', 'no message; exiting']);
+    const idle = results.find((r) => logsWith(r, 'no message; exiting').length === 1) as WorkerResult;
+    expect(idle.logs.some((l) => l['requestId'] !== undefined)).toBe(false);
+    const runs = await runsOf(req.experiment);
+    expect(runs.map((r) => r.info.status)).toEqual(['FINISHED']);
+    expect(await queueState(queue)).toEqual({ messages: 0, consumers: 0 });
+  });
+
+  // BUG (worker/consumer.ts:422-458, firstMessage): a message already waiting is dispatched by
+  // amqplib in the same tick as basic.consume-ok, before the `.then` at line 444 sets `tag`, so
+  // finish() resolves with tag '' and settle() (line 520) cancels consumer '' instead of the real
+  // one. After the ack frees the prefetch slot the broker pushes the NEXT message to this worker,
+  // and the channel close returns it: a message no worker has seen arrives with x-delivery-count 1
+  // (the next worker logs it as attempt 2, and the broker's x-delivery-limit is spent on it).
+  it.fails('a worker takes exactly one message: the next one in the queue is left untouched', async () => {
+    const queue = await requestQueue();
+    const first = request();
+    const second = request();
+    await publish(queue, first);
+    await publish(queue, second);
+    expect((await runWorker(queue)).code).toBe(EXIT.OK);
+    expect(await queueState(queue)).toEqual({ messages: 1, consumers: 0 });
+    const next = await runWorker(queue);
+    expect(next.code).toBe(EXIT.OK);
+    expect(logsWith(next, 'message acknowledged')[0]).toMatchObject({ requestId: second.requestId, attempt: 1 });
+    const [run] = await runsOf(second.experiment);
+    expect(run ? tagsOf(run)['kmj.delivery_attempt'] : 'no run').toBe('1');
+  });
+});
+
+describe('the model cache', () => {
+  it('the second request with the same KMJ_MODEL_CACHE_DIR is a hit and downloads nothing', async () => {
+    const cacheDir = mkdtempSync(join(tmpdir(), 'kmj-shared-cache-'));
+    const q1 = await requestQueue();
+    const r1 = request();
+    await publish(q1, r1);
+    expect((await runWorker(q1, { KMJ_MODEL_CACHE_DIR: cacheDir })).code).toBe(EXIT.OK);
+    expect(existsSync(join(cacheDir, 'registry', encodeURIComponent(classifier?.name ?? ''), String(classifier?.version), 'model.onnx'))).toBe(true);
+
+    const p = await FaultProxy.start();
+    cleanups.push(() => p.close());
+    const q2 = await requestQueue();
+    const r2 = request();
+    await publish(q2, r2);
+    expect((await runWorker(q2, { KMJ_MODEL_CACHE_DIR: cacheDir, MLFLOW_TRACKING_URI: p.url })).code).toBe(EXIT.OK);
+    // The predictions upload is a PUT; the model files would be GETs through the artifact proxy.
+    expect(p.requests({ method: 'GET', path: /^\/api\/2\.0\/mlflow-artifacts\// })).toEqual([]);
+    expect(p.requests({ method: 'PUT', path: /^\/api\/2\.0\/mlflow-artifacts\/artifacts\/.*\/predictions\/predictions\.csv$/ })).toHaveLength(1);
+
+    const [run1] = await runsOf(r1.experiment);
+    const [run2] = await runsOf(r2.experiment);
+    expect(run1 ? tagsOf(run1)['kmj.model_cache'] : 'no run').toBe('miss');
+    expect(run2 ? tagsOf(run2)['kmj.model_cache'] : 'no run').toBe('hit');
+    await expectCompleteRun(run2?.info.run_id ?? '');
+  });
+});
