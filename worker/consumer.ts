@@ -11,6 +11,7 @@
  * If no message arrives within the idle timeout, the worker exits 0 and MLflow is never touched.
  * Exit codes say how the message was settled (docs/worker.md).
  */
+import { randomUUID } from 'node:crypto';
 import { connect, type Channel, type ChannelModel, type ConsumeMessage } from 'amqplib';
 import { raceAbort } from '../common/abort.ts';
 import type { Logger } from '../common/log.ts';
@@ -90,10 +91,14 @@ async function ensureQueues(conn: ChannelModel, config: WorkerConfig): Promise<v
   }
 }
 
-/** Waits for one message, the idle timeout, or shutdown. */
+/**
+ * Waits for one message, the idle timeout, or shutdown. The consumer tag is chosen here, not
+ * learned from basic.consume-ok: a message already waiting in the queue is delivered before that
+ * reply is handled, and the consumer must be cancellable from the first delivery on.
+ */
 function firstMessage(ch: Channel, queue: string, idleMs: number, shutdown: AbortSignal): Promise<{ msg: ConsumeMessage | undefined; tag: string }> {
+  const tag = `kmj-worker-${process.pid}-${randomUUID().slice(0, 8)}`;
   return new Promise((resolve, reject) => {
-    let tag = '';
     let settled = false;
     let timer: NodeJS.Timeout | undefined;
     const finish = (msg: ConsumeMessage | undefined): void => {
@@ -111,10 +116,9 @@ function firstMessage(ch: Channel, queue: string, idleMs: number, shutdown: Abor
         // null: the broker cancelled the consumer (queue deleted). Either way this is our one try.
         if (!settled) finish(msg ?? undefined);
       },
-      { noAck: false },
+      { noAck: false, consumerTag: tag },
     ).then(
-      (ok) => {
-        tag = ok.consumerTag;
+      () => {
         if (!settled) timer = setTimeout(() => finish(undefined), idleMs);
         if (shutdown.aborted) finish(undefined);
       },
@@ -160,7 +164,7 @@ export async function consumeOne(options: ConsumeOptions): Promise<ExitCode> {
     await ch.prefetch(1);
     const { msg, tag } = await firstMessage(ch, config.queue, config.idleTimeoutMs, shutdown);
     if (!msg) {
-      if (tag) await ch.cancel(tag).catch(() => undefined);
+      await ch.cancel(tag).catch(() => undefined);
       await ch.close().catch(() => undefined);
       log.info({ idleTimeoutMs: config.idleTimeoutMs, stopped: shutdown.aborted }, shutdown.aborted ? 'stopped before a message arrived' : 'no message; exiting');
       return EXIT.OK;

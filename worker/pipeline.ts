@@ -18,6 +18,7 @@ import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { abortReason, sleep } from '../common/abort.ts';
 import type { Logger } from '../common/log.ts';
+import { displayUrl } from '../common/redact.ts';
 import type { WorkerConfig } from './config.ts';
 import { openDataset } from './dataset/open.ts';
 import { PermanentError, TransientError, messageOf } from './errors.ts';
@@ -33,6 +34,8 @@ import { ClassificationScorer, RegressionScorer, type Scorer } from './scores.ts
 
 export const REQUEST_ID_TAG = 'kmj.request_id';
 export const ERROR_TAG = 'kmj.error';
+/** On a run that did not finish: what became of its message (dead-lettered, requeued). */
+export const OUTCOME_TAG = 'kmj.outcome';
 
 /** What the consumer must do with the message. */
 export interface Outcome {
@@ -91,19 +94,26 @@ export async function handleDelivery(body: Buffer, delivery: DeliveryInfo, deps:
         return { ...done, requestId: req.requestId };
       } catch (err) {
         if (deps.shutdown.aborted) {
-          await markRun(deps, state, 'KILLED', 'the worker was stopped (SIGTERM); the request was requeued', rlog);
+          await markRun(deps, state, 'KILLED', 'the worker was stopped (SIGTERM); the request was requeued', 'requeued', rlog);
           return { action: 'requeue', reason: 'the worker was stopped (SIGTERM)', requestId: req.requestId, ...ids(state) };
         }
         const e = classify(err);
         if (e instanceof PermanentError) {
           rlog.warn({ err: e, field: e.field }, 'request failed permanently');
-          await markRun(deps, state, 'FAILED', e.message, rlog);
+          await markRun(deps, state, 'FAILED', e.message, 'dead-lettered', rlog);
           return { action: 'dead-letter', reason: e.message, requestId: req.requestId, ...(e.field !== undefined ? { field: e.field } : {}), ...ids(state) };
         }
         const delay = RETRY_DELAYS_MS[attempt];
         if (!e.retryInProcess || delay === undefined || budget.signal.aborted) {
+          if (delivery.attempt >= config.maxDeliveries) {
+            // Poison protection: this was the last delivery allowed; park it instead of looping.
+            const reason = `gave up after ${delivery.attempt} deliveries: ${e.message}`;
+            rlog.warn({ err: e, attempt: delivery.attempt }, 'request failed on its last allowed delivery; dead-lettering');
+            await markRun(deps, state, 'FAILED', reason, 'dead-lettered', rlog);
+            return { action: 'dead-letter', reason, requestId: req.requestId, ...ids(state) };
+          }
           rlog.warn({ err: e }, 'request failed for now; requeueing');
-          await markRun(deps, state, 'FAILED', `${e.message} (requeued)`, rlog);
+          await markRun(deps, state, 'FAILED', `${e.message} (requeued)`, 'requeued', rlog);
           return { action: 'requeue', reason: e.message, requestId: req.requestId, ...ids(state) };
         }
         rlog.warn({ err: e, retryInMs: delay }, 'transient failure; retrying');
@@ -141,14 +151,18 @@ export function classify(err: unknown): PermanentError | TransientError {
 }
 
 /** Marks the run with a terminal status and the error, best effort, within a short bound. */
-async function markRun(deps: PipelineDeps, state: AttemptState, status: 'FAILED' | 'KILLED', error: string, log: Logger): Promise<void> {
+async function markRun(deps: PipelineDeps, state: AttemptState, status: 'FAILED' | 'KILLED', error: string, outcome: 'dead-lettered' | 'requeued', log: Logger): Promise<void> {
   if (state.runId === undefined) return;
   const signal = AbortSignal.timeout(Math.min(5000, deps.config.shutdownGraceMs));
-  try {
-    await deps.tracking.logBatch(state.runId, { tags: [{ key: ERROR_TAG, value: error.slice(0, 8000) }] }, signal);
-    await deps.tracking.updateRun(state.runId, status, Date.now(), signal);
-  } catch (err) {
-    log.warn({ err, runId: state.runId, status }, 'could not mark the run');
+  // The tag and the status are separate calls: one failing (it may be the endpoint that broke)
+  // must not keep the other from landing.
+  const results = await Promise.allSettled([
+    deps.tracking.setTag(state.runId, ERROR_TAG, error.slice(0, 8000), signal),
+    deps.tracking.setTag(state.runId, OUTCOME_TAG, outcome, signal),
+    deps.tracking.updateRun(state.runId, status, Date.now(), signal),
+  ]);
+  for (const r of results) {
+    if (r.status === 'rejected') log.warn({ err: r.reason as unknown, runId: state.runId, status }, 'could not mark the run');
   }
 }
 
@@ -170,10 +184,15 @@ function runTags(req: InferenceRequest, deps: PipelineDeps, delivery: DeliveryIn
   return tags;
 }
 
+function datasetForDisplay(uri: string): string {
+  return /^https?:\/\//i.test(uri) ? displayUrl(uri) : uri;
+}
+
 function runParams(req: InferenceRequest, deps: PipelineDeps): KeyValue[] {
   const params: KeyValue[] = [
     { key: 'model_uri', value: req.model },
-    { key: 'dataset', value: req.dataset.uri ?? `inline (${req.dataset.rows?.length ?? 0} rows)` },
+    // A dataset URL may carry credentials in its user-info: they never reach MLflow.
+    { key: 'dataset', value: req.dataset.uri !== undefined ? datasetForDisplay(req.dataset.uri) : `inline (${req.dataset.rows?.length ?? 0} rows)` },
     { key: 'output_format', value: req.output?.format ?? 'csv' },
     { key: 'batch_rows', value: String(deps.config.batchRows) },
   ];
@@ -199,17 +218,45 @@ async function startOrResume(req: InferenceRequest, delivery: DeliveryInfo, deps
     state.runId = previous.info.run_id;
     log.info({ runId: previous.info.run_id, status: previous.info.status }, 'resuming the unfinished run of this request');
     await t.updateRun(previous.info.run_id, 'RUNNING', undefined, signal);
-    if (previous.data.tags?.some((tag) => tag.key === ERROR_TAG)) {
-      await t.http.api('runs/delete-tag', { method: 'POST', json: { run_id: previous.info.run_id, key: ERROR_TAG }, signal });
+    for (const key of [ERROR_TAG, OUTCOME_TAG]) {
+      if (previous.data.tags?.some((tag) => tag.key === key)) {
+        await t.http.api('runs/delete-tag', { method: 'POST', json: { run_id: previous.info.run_id, key }, signal });
+      }
     }
-    await t.logBatch(previous.info.run_id, { tags: [{ key: 'kmj.delivery_attempt', value: String(delivery.attempt) }] }, signal);
+    // The params again: the attempt that created the run may have died before logging them.
+    // MLflow accepts a param logged twice with the same value.
+    await t.logBatch(previous.info.run_id, { params: runParams(req, deps), tags: [{ key: 'kmj.delivery_attempt', value: String(delivery.attempt) }] }, signal);
     return previous.info;
   }
-  const run = await t.createRun(experimentId, req.runName ?? req.requestId, runTags(req, deps, delivery), Date.now(), signal);
+  const run = await createRunOnce(req, delivery, deps, experimentId, signal, log);
   state.runId = run.run_id;
   await t.logBatch(run.run_id, { params: runParams(req, deps), tags: [{ key: 'kmj.delivery_attempt', value: String(delivery.attempt) }] }, signal);
   log.info({ runId: run.run_id, experimentId }, 'run started');
   return run;
+}
+
+/**
+ * runs/create is not idempotent: when its answer is lost, MLflow may have made the run anyway.
+ * So it is never retried blindly: after a failure the experiment is searched for the request's run
+ * first, and only when there is none is the create tried again.
+ */
+async function createRunOnce(req: InferenceRequest, delivery: DeliveryInfo, deps: PipelineDeps, experimentId: string, signal: AbortSignal, log: Logger): Promise<RunInfo> {
+  const t = deps.tracking;
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await t.createRun(experimentId, req.runName ?? req.requestId, runTags(req, deps, delivery), Date.now(), signal, { retries: 0 });
+    } catch (err) {
+      if (!(err instanceof MlflowHttpError) || !err.retryable || attempt >= 3 || signal.aborted) throw err;
+      const made = (await t.runsWithTag(experimentId, REQUEST_ID_TAG, req.requestId, signal))[0];
+      if (made) {
+        log.info({ runId: made.info.run_id }, 'runs/create failed but the run exists; using it');
+        return made.info;
+      }
+      const waitMs = err.retryAfterMs ?? 500 * 2 ** attempt;
+      log.warn({ status: err.status, attempt: attempt + 1, waitMs }, 'runs/create failed and the run does not exist; creating it again');
+      await sleep(waitMs, signal).catch(() => undefined);
+    }
+  }
 }
 
 async function loadModel(req: InferenceRequest, deps: PipelineDeps, signal: AbortSignal): Promise<{ model: OnnxModel; resolved: ResolvedModel; cacheHit: boolean; seconds: number }> {

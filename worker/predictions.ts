@@ -21,15 +21,21 @@ export class PredictionsWriter {
   readonly #outputNames: readonly string[];
   readonly #labelColumn: string | undefined;
   #header: string[] | undefined;
+  #error: Error | undefined;
 
   constructor(path: string, format: DataFormat, outputNames: readonly string[], labelColumn: string | undefined) {
     this.#out = createWriteStream(path);
+    // A write error (disk full) is raised by the next write or close; never unhandled.
+    this.#out.on('error', (err) => {
+      this.#error ??= err;
+    });
     this.#format = format;
     this.#outputNames = outputNames;
     this.#labelColumn = labelColumn;
   }
 
   async write(outputs: Outputs, firstRow: number, labels: readonly unknown[] | undefined): Promise<void> {
+    if (this.#error) throw this.#error;
     const first = outputs.get(this.#outputNames[0] ?? '');
     const n = first?.length ?? 0;
     if (this.#header === undefined) {
@@ -80,11 +86,12 @@ export class PredictionsWriter {
   }
 
   async close(): Promise<void> {
+    if (this.#error) throw this.#error;
     this.#out.end();
     await once(this.#out, 'finish');
   }
 
-  /** Closes without waiting, for failure paths. */
+  /** Closes without waiting, for failure paths; writes still in flight are dropped quietly. */
   destroy(): void {
     this.#out.destroy();
   }

@@ -6,11 +6,11 @@
  * receives, so a test can check what the worker sent and when. The real server stays behind it:
  * this is not a mock, only a bad network and a flaky load balancer.
  */
-import { createServer, request as httpRequest, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { Agent, createServer, request as httpRequest, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { MLFLOW_URL } from './worker.ts';
 
-/** The path of an MLflow REST endpoint, e.g. `api('runs/create')`. */
+/** The path of an MLflow REST endpoint: `mlflowPath('runs/create')` is `/api/2.0/mlflow/runs/create`. */
 export function mlflowPath(endpoint: string): string {
   return `/api/2.0/mlflow/${endpoint}`;
 }
@@ -30,6 +30,12 @@ export interface Fault {
   readonly delayMs?: number;
   /** Destroy the client connection instead of answering (after `delayMs`, if any). */
   readonly drop?: boolean;
+  /**
+   * Let the request reach MLflow and apply the fault to its answer instead: MLflow has done the
+   * work, but the client sees `status` or a dropped connection (after `delayMs`), as when a load
+   * balancer times out or a connection breaks on the way back.
+   */
+  readonly afterForward?: boolean;
 }
 
 export interface RecordedRequest {
@@ -64,6 +70,8 @@ export class FaultProxy {
   readonly #requests: RecordedRequest[] = [];
   readonly #sockets = new Set<Socket>();
   readonly #timers = new Set<NodeJS.Timeout>();
+  /** Connections to MLflow, owned here so `close` ends them. */
+  readonly #upstream = new Agent({ keepAlive: true });
   #port = 0;
 
   private constructor(target: string) {
@@ -99,11 +107,6 @@ export class FaultProxy {
     this.#faults.push({ fault, remaining: fault.times ?? Number.POSITIVE_INFINITY });
   }
 
-  /** Removes every fault: from now on everything is forwarded. */
-  heal(): void {
-    this.#faults.length = 0;
-  }
-
   /** Every request received so far, in arrival order. */
   requests(filter?: { path?: string | RegExp; method?: string }): RecordedRequest[] {
     return this.#requests.filter((r) => (filter?.method === undefined || r.method === filter.method) && (filter?.path === undefined || matches(filter.path, r.path)));
@@ -124,6 +127,7 @@ export class FaultProxy {
     for (const t of this.#timers) clearTimeout(t);
     this.#timers.clear();
     for (const s of this.#sockets) s.destroy();
+    this.#upstream.destroy();
     await new Promise<void>((resolve) => this.#server.close(() => resolve()));
   }
 
@@ -159,22 +163,23 @@ export class FaultProxy {
     });
     const act = (): void => {
       if (record.outcome === 'client-gone') return;
+      if (fault?.afterForward) {
+        this.#forward(req, res, record, fault);
+        return;
+      }
       if (fault?.drop) {
         record.outcome = 'dropped';
         req.socket.destroy();
         return;
       }
       if (fault?.status !== undefined) {
-        record.outcome = fault.status;
         req.resume(); // read and discard the body, as a server answering early does
-        const body = JSON.stringify({ error_code: fault.status === 429 ? 'REQUEST_LIMIT_EXCEEDED' : 'TEMPORARILY_UNAVAILABLE', message: `injected HTTP ${fault.status} by the test's fault proxy` });
-        res.writeHead(fault.status, { 'content-type': 'application/json', ...(fault.retryAfter !== undefined ? { 'retry-after': fault.retryAfter } : {}) });
-        res.end(body);
+        answer(res, record, fault.status, fault.retryAfter);
         return;
       }
-      this.#forward(req, res, record);
+      this.#forward(req, res, record, undefined);
     };
-    const delay = fault?.delayMs ?? 0;
+    const delay = fault?.afterForward ? 0 : (fault?.delayMs ?? 0);
     if (delay > 0) {
       const t = setTimeout(() => {
         this.#timers.delete(t);
@@ -186,16 +191,33 @@ export class FaultProxy {
     } else act();
   }
 
-  #forward(req: IncomingMessage, res: ServerResponse, record: RecordedRequest): void {
+  #forward(req: IncomingMessage, res: ServerResponse, record: RecordedRequest, onAnswer: Fault | undefined): void {
     const headers: Record<string, string | string[]> = {};
     for (const [k, v] of Object.entries(req.headers)) if (v !== undefined && !HOP_BY_HOP.has(k)) headers[k] = v;
     headers['host'] = this.#target.host;
     record.outcome = 'forwarding';
     const upstream = httpRequest(
-      { host: this.#target.hostname, port: this.#target.port || 80, method: req.method, path: req.url, headers },
+      { host: this.#target.hostname, port: this.#target.port || 80, method: req.method, path: req.url, headers, agent: this.#upstream },
       (up) => {
-        record.outcome = 'forwarded';
         record.upstreamStatus = up.statusCode ?? 0;
+        if (onAnswer) {
+          up.resume(); // MLflow's answer is read and thrown away
+          const spoil = (): void => {
+            if (onAnswer.drop) {
+              record.outcome = 'dropped';
+              req.socket.destroy();
+            } else answer(res, record, onAnswer.status ?? 502, onAnswer.retryAfter);
+          };
+          if ((onAnswer.delayMs ?? 0) > 0) {
+            const t = setTimeout(() => {
+              this.#timers.delete(t);
+              spoil();
+            }, onAnswer.delayMs);
+            this.#timers.add(t);
+          } else up.once('end', spoil);
+          return;
+        }
+        record.outcome = 'forwarded';
         const back: Record<string, string | string[]> = {};
         for (const [k, v] of Object.entries(up.headers)) if (v !== undefined && !HOP_BY_HOP.has(k)) back[k] = v;
         res.writeHead(up.statusCode ?? 502, back);
@@ -214,6 +236,14 @@ export class FaultProxy {
     });
     req.pipe(upstream);
   }
+}
+
+/** Answers with an injected status and an MLflow-style JSON error body. */
+function answer(res: ServerResponse, record: RecordedRequest, status: number, retryAfter: string | undefined): void {
+  record.outcome = status;
+  const body = JSON.stringify({ error_code: status === 429 ? 'REQUEST_LIMIT_EXCEEDED' : 'TEMPORARILY_UNAVAILABLE', message: `injected HTTP ${status} by the test's fault proxy` });
+  res.writeHead(status, { 'content-type': 'application/json', ...(retryAfter !== undefined ? { 'retry-after': retryAfter } : {}) });
+  res.end(body);
 }
 
 function matches(pattern: string | RegExp, path: string): boolean {

@@ -46,6 +46,8 @@ export class MlflowHttpError extends Error {
   readonly status: number;
   /** MLflow's error_code from the JSON body (RESOURCE_DOES_NOT_EXIST, ...), when there is one. */
   readonly errorCode: string | undefined;
+  /** How long the server asked us to wait (Retry-After on 429 and 503), when it did. */
+  retryAfterMs: number | undefined;
   constructor(message: string, status: number, errorCode?: string, options?: ErrorOptions) {
     super(scrubSecrets(message), options);
     this.status = status;
@@ -67,6 +69,8 @@ export interface CallOptions {
   /** A file to send as the body (artifact upload). */
   readonly file?: { readonly path: string; readonly contentType: string };
   readonly signal: AbortSignal;
+  /** Overrides MLFLOW_HTTP_REQUEST_MAX_RETRIES for a call that is not safe to repeat. */
+  readonly maxRetries?: number;
 }
 
 export class MlflowHttp {
@@ -122,7 +126,7 @@ export class MlflowHttp {
         return await this.#once(url, options, onBody);
       } catch (err) {
         const e = err instanceof MlflowHttpError ? err : new MlflowHttpError(`MLflow ${options.method} ${url.pathname} failed: ${(err as Error).message}`, 0, undefined, { cause: err });
-        if (options.signal.aborted || !e.retryable || attempt >= this.#options.maxRetries) throw e;
+        if (options.signal.aborted || !e.retryable || attempt >= (options.maxRetries ?? this.#options.maxRetries)) throw e;
         const waitMs = this.#backoffMs(attempt + 1, e);
         this.#log.warn({ path: url.pathname, status: e.status, attempt: attempt + 1, waitMs }, 'mlflow request failed, retrying');
         await sleep(waitMs, options.signal).catch(() => undefined);
@@ -132,7 +136,7 @@ export class MlflowHttp {
   }
 
   /** urllib3's schedule: no wait before the first retry, then factor × 2^(n−1), plus jitter; Retry-After wins. */
-  #backoffMs(retry: number, err: MlflowHttpError & { retryAfterMs?: number }): number {
+  #backoffMs(retry: number, err: MlflowHttpError): number {
     if (err.retryAfterMs !== undefined) return Math.min(err.retryAfterMs, this.#options.maxBackoffSeconds * 1000);
     const o = this.#options;
     const base = retry <= 1 ? 0 : o.backoffFactorSeconds * 2 ** (retry - 1);
@@ -172,7 +176,7 @@ export class MlflowHttp {
     if (RETRY_STATUSES.has(res.statusCode) && typeof retryAfter === 'string') {
       const seconds = Number(retryAfter);
       const ms = Number.isFinite(seconds) ? seconds * 1000 : Date.parse(retryAfter) - Date.now();
-      if (Number.isFinite(ms) && ms >= 0) Object.assign(err, { retryAfterMs: ms });
+      if (Number.isFinite(ms) && ms >= 0) err.retryAfterMs = ms;
     }
     throw err;
   }

@@ -168,11 +168,12 @@ export class MlflowTracking {
     return r.runs ?? [];
   }
 
-  async createRun(experimentId: string, runName: string, tags: readonly KeyValue[], startTime: number, signal: AbortSignal): Promise<RunInfo> {
+  async createRun(experimentId: string, runName: string, tags: readonly KeyValue[], startTime: number, signal: AbortSignal, options: { retries?: number } = {}): Promise<RunInfo> {
     const r = await this.http.api<{ run: Run }>('runs/create', {
       method: 'POST',
       json: { experiment_id: experimentId, run_name: runName, start_time: startTime, tags },
       signal,
+      ...(options.retries !== undefined ? { maxRetries: options.retries } : {}),
     });
     return r.run.info;
   }

@@ -67,6 +67,11 @@ function notFound(err: unknown): boolean {
   return err instanceof MlflowHttpError && (err.errorCode === 'RESOURCE_DOES_NOT_EXIST' || err.status === 404);
 }
 
+/** MLflow 3 answers an alias lookup of an unknown alias with 400 INVALID_PARAMETER_VALUE. */
+function aliasNotFound(err: unknown): boolean {
+  return notFound(err) || (err instanceof MlflowHttpError && err.status === 400 && err.errorCode === 'INVALID_PARAMETER_VALUE');
+}
+
 function requireProxy(artifactUri: string, what: string): string {
   if (!artifactUri.startsWith('mlflow-artifacts:')) {
     throw new PermanentError(
@@ -88,7 +93,7 @@ export async function resolveModel(uri: string, tracking: MlflowTracking, signal
         const r = await tracking.http.api<{ model_version: { version: string } }>('registered-models/alias', { method: 'GET', query: { name, alias }, signal });
         version = r.model_version.version;
       } catch (err) {
-        if (notFound(err)) throw new PermanentError(`model: registered model ${JSON.stringify(name)} has no alias ${JSON.stringify(alias)}`, { field: 'model', cause: err });
+        if (aliasNotFound(err)) throw new PermanentError(`model: registered model ${JSON.stringify(name)} has no alias ${JSON.stringify(alias)}`, { field: 'model', cause: err });
         throw err;
       }
     } else if (version === 'latest') {
