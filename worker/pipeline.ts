@@ -188,13 +188,16 @@ function datasetForDisplay(uri: string): string {
   return /^https?:\/\//i.test(uri) ? displayUrl(uri) : uri;
 }
 
-function runParams(req: InferenceRequest, deps: PipelineDeps): KeyValue[] {
+/**
+ * Params come from the request only: MLflow refuses a param logged again with another value, and
+ * a resumed run may be resumed by a worker configured differently (its settings are tags).
+ */
+function runParams(req: InferenceRequest): KeyValue[] {
   const params: KeyValue[] = [
     { key: 'model_uri', value: req.model },
     // A dataset URL may carry credentials in its user-info: they never reach MLflow.
     { key: 'dataset', value: req.dataset.uri !== undefined ? datasetForDisplay(req.dataset.uri) : `inline (${req.dataset.rows?.length ?? 0} rows)` },
     { key: 'output_format', value: req.output?.format ?? 'csv' },
-    { key: 'batch_rows', value: String(deps.config.batchRows) },
   ];
   if (req.labelColumn !== undefined) params.push({ key: 'label_column', value: req.labelColumn });
   for (const [key, value] of Object.entries(req.params ?? {})) params.push({ key, value: String(value) });
@@ -225,12 +228,12 @@ async function startOrResume(req: InferenceRequest, delivery: DeliveryInfo, deps
     }
     // The params again: the attempt that created the run may have died before logging them.
     // MLflow accepts a param logged twice with the same value.
-    await t.logBatch(previous.info.run_id, { params: runParams(req, deps), tags: [{ key: 'kmj.delivery_attempt', value: String(delivery.attempt) }] }, signal);
+    await t.logBatch(previous.info.run_id, { params: runParams(req), tags: [{ key: 'kmj.delivery_attempt', value: String(delivery.attempt) }] }, signal);
     return previous.info;
   }
   const run = await createRunOnce(req, delivery, deps, experimentId, signal, log);
   state.runId = run.run_id;
-  await t.logBatch(run.run_id, { params: runParams(req, deps), tags: [{ key: 'kmj.delivery_attempt', value: String(delivery.attempt) }] }, signal);
+  await t.logBatch(run.run_id, { params: runParams(req), tags: [{ key: 'kmj.delivery_attempt', value: String(delivery.attempt) }] }, signal);
   log.info({ runId: run.run_id, experimentId }, 'run started');
   return run;
 }
@@ -360,6 +363,7 @@ async function runOnce(
     };
     const metrics: Metric[] = Object.entries(values).map(([key, value]) => ({ key, value, timestamp: now, step: 0 }));
     const tags: KeyValue[] = [
+      { key: 'kmj.batch_rows', value: String(config.batchRows) },
       { key: 'kmj.model_kind', value: model.kind },
       { key: 'kmj.model_cache', value: cacheHit ? 'hit' : 'miss' },
       { key: 'kmj.model_artifact_uri', value: resolved.artifactUri },

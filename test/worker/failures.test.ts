@@ -539,7 +539,8 @@ describe('MLflow trouble', () => {
     const [run] = await runsOf(req.experiment);
     const py = await readRunWithPython(run?.info.run_id ?? '');
     expect(py.info.status).toBe('FINISHED');
-    expect(py.params).toEqual({ model_uri: req.model, dataset: f.datasets.csv, output_format: 'csv', batch_rows: '64', label_column: f.label });
+    expect(py.params).toEqual({ model_uri: req.model, dataset: f.datasets.csv, output_format: 'csv', label_column: f.label });
+    expect(py.tags['kmj.batch_rows']).toBe('64');
   });
 
   it('MLflow log-batch always 503: exit 11, requeued; the next worker against a healthy MLflow finishes the one run', async () => {
