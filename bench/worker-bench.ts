@@ -27,6 +27,8 @@ const BIG_ROWS = Number(process.env['BENCH_BIG_ROWS'] ?? 100_000);
 const RABBITMQ_URL = process.env['RABBITMQ_URL'] ?? 'amqp://guest:guest@127.0.0.1:5672';
 const MLFLOW = process.env['MLFLOW_TRACKING_URI'] ?? 'http://127.0.0.1:5000';
 const PYTHON = join(PACKAGE_ROOT, '.venv', 'bin', 'python');
+/** The worker's Node flags, as keda/scaledjob.yaml sets them. */
+const WORKER_NODE_OPTIONS = process.env['BENCH_WORKER_NODE_OPTIONS'] ?? '--max-semi-space-size=8';
 
 interface Fixtures {
   models: Record<string, { name: string; version: number }>;
@@ -121,6 +123,7 @@ async function once(impl: Impl, model: string, dataset: string, tag: string): Pr
     KMJ_DATASET_ROOTS: '/',
     KMJ_MODEL_CACHE_DIR: cache,
     ONNXRUNTIME_NODE_INSTALL: 'skip',
+    ...(impl === 'node' ? { NODE_OPTIONS: WORKER_NODE_OPTIONS } : {}),
   };
   const cmd = impl === 'node' ? [process.execPath, join(PACKAGE_ROOT, 'bin', 'kmj.js'), 'worker', '--queue', queue] : [PYTHON, join(PACKAGE_ROOT, 'bench', 'python_worker.py'), '--queue', queue];
   try {

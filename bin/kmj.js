@@ -12,8 +12,12 @@ const { main } = await import(entry.href);
 main(process.argv.slice(2)).then(
   (code) => {
     process.exitCode = code;
-    // A one-shot command is done: if a stray handle keeps the event loop alive, do not hang on it.
-    setTimeout(() => process.exit(code), 2000).unref();
+    // The command has finished and closed what it owns (the worker has settled its message and
+    // closed its connections): exit now rather than wait for native thread pools to wind down,
+    // once stdout (a pipe writes asynchronously) has been handed everything.
+    const exit = () => process.exit(code);
+    if (process.stdout.writableLength === 0) exit();
+    else process.stdout.once('drain', exit);
   },
   (err) => {
     process.stderr.write(`kmj: ${err instanceof Error ? err.stack ?? err.message : String(err)}\n`);

@@ -51,7 +51,7 @@ export async function runWorker(argv: readonly string[], ctx: CommandContext): P
     return 0;
   }
   const config = loadWorkerConfig(ctx.env, values.queue !== undefined ? { queue: values.queue } : {});
-  const log = createLogger({ level: config.logLevel, name: 'kmj-worker' });
+  const log = createLogger({ level: config.logLevel, name: 'kmj-worker', sync: true });
   if (!config.mlflow) {
     log.error('MLFLOW_TRACKING_URI is not set');
     ctx.stderr.write('kmj worker: invalid worker configuration: MLFLOW_TRACKING_URI: is required\n');

@@ -32,6 +32,11 @@ export interface LogOptions {
   readonly name: string;
   /** Where lines go; stderr by default, so stdout stays free for command output. */
   readonly destination?: DestinationStream;
+  /**
+   * Write each line before returning (default false). One-shot commands use it: they log a few
+   * lines and exit at once, and nothing may be left in a buffer.
+   */
+  readonly sync?: boolean;
 }
 
 export function createLogger(options: LogOptions): Logger {
@@ -45,6 +50,6 @@ export function createLogger(options: LogOptions): Logger {
       serializers: { err: scrubError, error: scrubError },
       formatters: { level: (label) => ({ level: label }) },
     },
-    options.destination ?? pino.destination({ fd: 2, sync: false }),
+    options.destination ?? pino.destination({ fd: 2, sync: options.sync ?? false }),
   );
 }

@@ -79,6 +79,18 @@ async function queueExists(conn: ChannelModel, queue: string): Promise<boolean> 
 
 /** Declares the request queue and its dead-letter queue where they are missing (common/topology.ts). */
 async function ensureQueues(conn: ChannelModel, config: WorkerConfig): Promise<void> {
+  // The usual case, both queues there, costs one channel: a 404 would close it, and only then
+  // is each queue looked at on a channel of its own.
+  const probe = await conn.createChannel();
+  probe.on('error', () => undefined);
+  try {
+    await probe.checkQueue(config.queue);
+    await probe.checkQueue(config.deadLetterQueue);
+    await probe.close();
+    return;
+  } catch (err) {
+    if ((err as { code?: unknown }).code !== 404) throw err;
+  }
   const haveQueue = await queueExists(conn, config.queue);
   const haveDead = await queueExists(conn, config.deadLetterQueue);
   if (haveQueue && haveDead) return;
@@ -195,8 +207,11 @@ export async function consumeOne(options: ConsumeOptions): Promise<ExitCode> {
 
 async function settle(conn: ChannelModel, ch: Channel, tag: string, msg: ConsumeMessage, outcome: Outcome, delivery: DeliveryInfo, config: WorkerConfig, log: Logger): Promise<ExitCode> {
   const bound = AbortSignal.timeout(15_000);
-  await raceAbort(ch.cancel(tag), bound);
-  log.debug('consumer cancelled');
+  // basic.cancel goes out first; the settle follows on the same channel without waiting for
+  // cancel-ok: the broker handles a channel's frames in order, so the consumer is gone before the
+  // ack or requeue is seen, and no new message can be pushed to it.
+  const cancelled = raceAbort(ch.cancel(tag), bound);
+  cancelled.catch(() => undefined); // awaited below, after the settle is sent
   let code: ExitCode;
   const fields = { requestId: outcome.requestId, runId: outcome.runId, reason: outcome.reason, attempt: delivery.attempt };
   if (outcome.action === 'ack') {
@@ -217,6 +232,7 @@ async function settle(conn: ChannelModel, ch: Channel, tag: string, msg: Consume
       code = EXIT.REQUEUED;
     }
   }
+  await cancelled;
   // channel.close is answered only after the broker processed everything sent before it.
   await raceAbort(ch.close(), bound);
   await raceAbort(conn.close(), bound);

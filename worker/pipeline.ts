@@ -328,18 +328,33 @@ async function runOnce(
     let inferenceMs = 0;
     let rows = 0;
     try {
-      for await (const batch of dataset.batches(config.batchRows)) {
-        if (signal.aborted) throw abortReason(signal);
-        const t0 = performance.now();
-        const outputs = await model.run(plan, batch.rows, batch.firstRow);
-        inferenceMs += performance.now() - t0;
-        const labels = labelIndex >= 0 ? batch.rows.map((r) => r[labelIndex]) : undefined;
-        if (scorer && labels) {
-          const predicted = outputs.get(model.outputNames[0] ?? '') ?? [];
-          for (let i = 0; i < labels.length; i++) scorer.add(labels[i], predicted[i], batch.firstRow + i);
+      // Batches are pipelined: while onnxruntime works on one batch (on its own threads), the
+      // main thread reads and parses the next one.
+      const batches = dataset.batches(config.batchRows);
+      let next = batches.next();
+      try {
+        for (;;) {
+          const step = await next;
+          if (step.done) break;
+          const batch = step.value;
+          if (signal.aborted) throw abortReason(signal);
+          const t0 = performance.now();
+          const running = model.run(plan, batch.rows, batch.firstRow);
+          next = batches.next();
+          const outputs = await running;
+          inferenceMs += performance.now() - t0;
+          const labels = labelIndex >= 0 ? batch.rows.map((r) => r[labelIndex]) : undefined;
+          if (scorer && labels) {
+            const predicted = outputs.get(model.outputNames[0] ?? '') ?? [];
+            for (let i = 0; i < labels.length; i++) scorer.add(labels[i], predicted[i], batch.firstRow + i);
+          }
+          await writer.write(outputs, batch.firstRow, labels);
+          rows += batch.rows.length;
         }
-        await writer.write(outputs, batch.firstRow, labels);
-        rows += batch.rows.length;
+      } finally {
+        // On an early exit the read ahead is abandoned: observe it, then close the reader.
+        next.catch(() => undefined);
+        await batches.return(undefined);
       }
       await writer.close();
     } catch (err) {
