@@ -15,6 +15,9 @@ the model on the dataset with onnxruntime, logs params, metrics, inputs and a pr
 artifact to MLflow, then cancels its consumer, settles the message and exits. One worker per
 request: run it as a KEDA ScaledJob (keda/scaledjob.yaml).
 
+Without MLFLOW_TRACKING_URI (local runs), or with KMJ_SPOOL_DIR set and MLflow out of reach, the
+run is written to a spool directory instead; "kmj replay --to <tracking uri>" uploads it later.
+
 Exit codes:
   0   acknowledged (the run finished, now or on an earlier delivery), or no message arrived
       within KMJ_WORKER_IDLE_TIMEOUT_MS
@@ -52,12 +55,8 @@ export async function runWorker(argv: readonly string[], ctx: CommandContext): P
   }
   const config = loadWorkerConfig(ctx.env, values.queue !== undefined ? { queue: values.queue } : {});
   const log = createLogger({ level: config.logLevel, name: 'kmj-worker', sync: true });
-  if (!config.mlflow) {
-    log.error('MLFLOW_TRACKING_URI is not set');
-    ctx.stderr.write('kmj worker: invalid worker configuration: MLFLOW_TRACKING_URI: is required\n');
-    return 78;
-  }
   const mlflow = config.mlflow;
+  if (!mlflow) log.info({ spool: config.spoolDir }, 'MLFLOW_TRACKING_URI is not set; runs are recorded in the spool (kmj replay uploads them)');
   // Load the pipeline (onnxruntime, the request validator, MLflow client) while the broker
   // connection opens and the worker waits for its message: cold start pays for it only once.
   const pipeline = (async () => {
@@ -68,8 +67,8 @@ export async function runWorker(argv: readonly string[], ctx: CommandContext): P
       import('../worker/request.ts'),
     ]);
     await requestValidator();
-    const http = new MlflowHttp({ ...mlflow, maxBackoffSeconds: 60, log });
-    return { handleDelivery, http, tracking: new MlflowTracking(http) };
+    const http = mlflow ? new MlflowHttp({ ...mlflow, maxBackoffSeconds: 60, log }) : undefined;
+    return { handleDelivery, http, tracking: http ? new MlflowTracking(http) : undefined };
   })();
   pipeline.catch(() => undefined); // awaited below; this only keeps an early failure from being unhandled
   try {
@@ -87,7 +86,7 @@ export async function runWorker(argv: readonly string[], ctx: CommandContext): P
     return EXIT.INTERNAL;
   } finally {
     const p = await pipeline.catch(() => undefined);
-    await p?.http.close();
+    await p?.http?.close();
     log.flush();
   }
 }

@@ -33,6 +33,8 @@ export const WORKER_ENV = {
   KMJ_MODEL_CACHE_DIR: { kind: 'string', help: 'model cache (default: ~/.cache/kmj/models)' },
   KMJ_WORK_DIR: { kind: 'string', help: 'scratch space for predictions (default: the temp dir)' },
   KMJ_DATASET_ROOTS: { kind: 'string', default: '/data', help: 'colon-separated directories local dataset paths must be in' },
+  KMJ_MODEL_ROOTS: { kind: 'string', default: '/models', help: 'colon-separated directories file:// model URIs must be in' },
+  KMJ_SPOOL_DIR: { kind: 'string', help: 'record runs here when MLflow cannot be used (default without MLFLOW_TRACKING_URI: ~/.local/share/kmj/spool)' },
   KMJ_MAX_MESSAGE_BYTES: { kind: 'integer', min: 1024, max: 128 * 1024 * 1024, default: 1024 * 1024, help: 'largest request message' },
   KMJ_MAX_DATASET_BYTES: { kind: 'integer', min: 1024, max: 64 * 1024 ** 3, default: 512 * 1024 * 1024, help: 'largest dataset' },
   KMJ_MAX_DATASET_ROWS: { kind: 'integer', min: 1, max: 1_000_000_000, default: 10_000_000, help: 'most dataset rows' },
@@ -71,6 +73,12 @@ export interface WorkerConfig {
   readonly modelCacheDir: string;
   readonly workDir: string;
   readonly datasetRoots: readonly string[];
+  readonly modelRoots: readonly string[];
+  /**
+   * Where runs are recorded when MLflow cannot be used: set (KMJ_SPOOL_DIR, or a default when
+   * MLFLOW_TRACKING_URI is unset) or undefined (no spool: MLflow trouble requeues).
+   */
+  readonly spoolDir: string | undefined;
   readonly maxMessageBytes: number;
   readonly maxDatasetBytes: number;
   readonly maxDatasetRows: number;
@@ -151,6 +159,8 @@ export function loadWorkerConfig(env: RawInput, flags: { queue?: string } = {}):
     modelCacheDir: v.KMJ_MODEL_CACHE_DIR ?? join(homedir(), '.cache', 'kmj', 'models'),
     workDir: v.KMJ_WORK_DIR ?? join(tmpdir(), 'kmj'),
     datasetRoots: Object.freeze(v.KMJ_DATASET_ROOTS.split(':').filter(Boolean)),
+    modelRoots: Object.freeze(v.KMJ_MODEL_ROOTS.split(':').filter(Boolean)),
+    spoolDir: v.KMJ_SPOOL_DIR ?? (trackingUri === undefined ? join(homedir(), '.local', 'share', 'kmj', 'spool') : undefined),
     maxMessageBytes: v.KMJ_MAX_MESSAGE_BYTES,
     maxDatasetBytes: v.KMJ_MAX_DATASET_BYTES,
     maxDatasetRows: v.KMJ_MAX_DATASET_ROWS,

@@ -19,7 +19,8 @@ import { displayUrl } from '../common/redact.ts';
 import { declareRequestTopology } from '../common/topology.ts';
 import type { WorkerConfig } from './config.ts';
 import { messageOf } from './errors.ts';
-import type { DeliveryInfo, Outcome } from './pipeline.ts';
+import type { Outcome } from './pipeline.ts';
+import type { DeliveryInfo } from './run-store.ts';
 
 export const EXIT = {
   /** Acknowledged (the run FINISHED, now or before), or no message within the idle timeout. */

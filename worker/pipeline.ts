@@ -1,41 +1,36 @@
 /**
- * One request, start to finish: validate, find or start its MLflow run, load the model, run it on
- * the dataset in batches, log params, metrics, inputs and the predictions artifact, finish the
- * run. It never settles the message itself: it returns what should happen to it (an Outcome),
- * and the consumer does that. Every failure becomes one outcome:
+ * One request, start to finish: validate, find or start its run, load the model, run it on the
+ * dataset in batches, record params, metrics, inputs and the predictions artifact, finish the
+ * run. The run is recorded in MLflow, or in the spool when MLflow cannot be used (run-store.ts,
+ * spool.ts). It never settles the message itself: it returns what should happen to it (an
+ * Outcome), and the consumer does that. Every failure becomes one outcome:
  *
  * - PermanentError → dead-letter, and the run (if any) is marked FAILED with the error as a tag;
  * - TransientError → retried here with backoff while the time budget lasts, then requeue;
  * - the shutdown signal (SIGTERM) → requeue, and the run is marked KILLED.
  *
- * Idempotency: the run carries the request id as the tag `kmj.request_id`. If the experiment
- * already has a FINISHED run with it, the request is acknowledged without running again. An
- * unfinished one (RUNNING, FAILED, KILLED: a worker died or gave up) is resumed: the same run is
- * set RUNNING again and logged into, so a request never has two runs.
+ * Idempotency is the run store's: a request with a FINISHED run is acknowledged without running
+ * again, an unfinished run is resumed, never duplicated.
  */
 import { randomUUID } from 'node:crypto';
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { abortReason, sleep } from '../common/abort.ts';
 import type { Logger } from '../common/log.ts';
-import { displayUrl } from '../common/redact.ts';
 import type { WorkerConfig } from './config.ts';
 import { openDataset } from './dataset/open.ts';
 import { PermanentError, TransientError, messageOf } from './errors.ts';
 import { MlflowHttpError } from './mlflow/http.ts';
-import { proxyPath, type KeyValue, type Metric, type MlflowTracking, type RunInfo } from './mlflow/tracking.ts';
+import { proxyPath, type KeyValue, type Metric, type MlflowTracking } from './mlflow/tracking.ts';
 import { ensureCached } from './model/cache.ts';
 import { readMlModel } from './model/mlmodel.ts';
 import { OnnxModel } from './model/onnx.ts';
-import { resolveModel, type ResolvedModel } from './model/resolve.ts';
+import { resolveLocalModel, resolveModel, resolveModelOffline, type ResolvedModel } from './model/resolve.ts';
 import { PredictionsWriter } from './predictions.ts';
 import { parseRequest, requestValidator, type InferenceRequest } from './request.ts';
+import { MlflowRunStore, type DeliveryInfo, type RunStore } from './run-store.ts';
 import { ClassificationScorer, RegressionScorer, type Scorer } from './scores.ts';
-
-export const REQUEST_ID_TAG = 'kmj.request_id';
-export const ERROR_TAG = 'kmj.error';
-/** On a run that did not finish: what became of its message (dead-lettered, requeued). */
-export const OUTCOME_TAG = 'kmj.outcome';
+import { SpoolRunStore } from './spool.ts';
 
 /** What the consumer must do with the message. */
 export interface Outcome {
@@ -50,15 +45,10 @@ export interface Outcome {
   readonly alreadyFinished?: boolean;
 }
 
-export interface DeliveryInfo {
-  /** 1 for the first delivery of this message. */
-  readonly attempt: number;
-  readonly queue: string;
-}
-
 export interface PipelineDeps {
   readonly config: WorkerConfig;
-  readonly tracking: MlflowTracking;
+  /** Undefined when MLFLOW_TRACKING_URI is unset: runs go to the spool. */
+  readonly tracking: MlflowTracking | undefined;
   readonly log: Logger;
   /** Aborted on SIGTERM. */
   readonly shutdown: AbortSignal;
@@ -86,7 +76,7 @@ export async function handleDelivery(body: Buffer, delivery: DeliveryInfo, deps:
   const onShutdown = (): void => budget.abort(abortReason(deps.shutdown));
   if (deps.shutdown.aborted) onShutdown();
   else deps.shutdown.addEventListener('abort', onShutdown, { once: true });
-  const state: AttemptState = { runId: undefined, experimentId: undefined };
+  const state: AttemptState = { store: undefined };
   try {
     for (let attempt = 0; ; attempt++) {
       try {
@@ -94,13 +84,13 @@ export async function handleDelivery(body: Buffer, delivery: DeliveryInfo, deps:
         return { ...done, requestId: req.requestId };
       } catch (err) {
         if (deps.shutdown.aborted) {
-          await markRun(deps, state, 'KILLED', 'the worker was stopped (SIGTERM); the request was requeued', 'requeued', rlog);
+          await state.store?.fail('KILLED', 'the worker was stopped (SIGTERM); the request was requeued', 'requeued', rlog);
           return { action: 'requeue', reason: 'the worker was stopped (SIGTERM)', requestId: req.requestId, ...ids(state) };
         }
         const e = classify(err);
         if (e instanceof PermanentError) {
           rlog.warn({ err: e, field: e.field }, 'request failed permanently');
-          await markRun(deps, state, 'FAILED', e.message, 'dead-lettered', rlog);
+          await state.store?.fail('FAILED', e.message, 'dead-lettered', rlog);
           return { action: 'dead-letter', reason: e.message, requestId: req.requestId, ...(e.field !== undefined ? { field: e.field } : {}), ...ids(state) };
         }
         const delay = RETRY_DELAYS_MS[attempt];
@@ -109,11 +99,11 @@ export async function handleDelivery(body: Buffer, delivery: DeliveryInfo, deps:
             // Poison protection: this was the last delivery allowed; park it instead of looping.
             const reason = `gave up after ${delivery.attempt} deliveries: ${e.message}`;
             rlog.warn({ err: e, attempt: delivery.attempt }, 'request failed on its last allowed delivery; dead-lettering');
-            await markRun(deps, state, 'FAILED', reason, 'dead-lettered', rlog);
+            await state.store?.fail('FAILED', reason, 'dead-lettered', rlog);
             return { action: 'dead-letter', reason, requestId: req.requestId, ...ids(state) };
           }
           rlog.warn({ err: e }, 'request failed for now; requeueing');
-          await markRun(deps, state, 'FAILED', `${e.message} (requeued)`, 'requeued', rlog);
+          await state.store?.fail('FAILED', `${e.message} (requeued)`, 'requeued', rlog);
           return { action: 'requeue', reason: e.message, requestId: req.requestId, ...ids(state) };
         }
         rlog.warn({ err: e, retryInMs: delay }, 'transient failure; retrying');
@@ -127,12 +117,14 @@ export async function handleDelivery(body: Buffer, delivery: DeliveryInfo, deps:
 }
 
 interface AttemptState {
-  runId: string | undefined;
-  experimentId: string | undefined;
+  /** Where this request's run is recorded, once known. */
+  store: RunStore | undefined;
 }
 
 function ids(state: AttemptState): { runId?: string; experimentId?: string } {
-  return { ...(state.runId !== undefined ? { runId: state.runId } : {}), ...(state.experimentId !== undefined ? { experimentId: state.experimentId } : {}) };
+  const runId = state.store?.runId;
+  const experimentId = state.store?.experimentId;
+  return { ...(runId !== undefined ? { runId } : {}), ...(experimentId !== undefined ? { experimentId } : {}) };
 }
 
 /** Maps anything thrown to one of the two error classes. */
@@ -150,136 +142,82 @@ export function classify(err: unknown): PermanentError | TransientError {
   return new TransientError(messageOf(err), { cause: err });
 }
 
-/** Marks the run with a terminal status and the error, best effort, within a short bound. */
-async function markRun(deps: PipelineDeps, state: AttemptState, status: 'FAILED' | 'KILLED', error: string, outcome: 'dead-lettered' | 'requeued', log: Logger): Promise<void> {
-  if (state.runId === undefined) return;
-  const signal = AbortSignal.timeout(Math.min(5000, deps.config.shutdownGraceMs));
-  // The tag and the status are separate calls: one failing (it may be the endpoint that broke)
-  // must not keep the other from landing.
-  const results = await Promise.allSettled([
-    deps.tracking.setTag(state.runId, ERROR_TAG, error.slice(0, 8000), signal),
-    deps.tracking.setTag(state.runId, OUTCOME_TAG, outcome, signal),
-    deps.tracking.updateRun(state.runId, status, Date.now(), signal),
-  ]);
-  for (const r of results) {
-    if (r.status === 'rejected') log.warn({ err: r.reason as unknown, runId: state.runId, status }, 'could not mark the run');
-  }
-}
-
-function runTags(req: InferenceRequest, deps: PipelineDeps, delivery: DeliveryInfo): KeyValue[] {
-  const c = deps.config;
-  const tags: KeyValue[] = [
-    { key: 'mlflow.user', value: c.mlflowUser },
-    { key: 'mlflow.source.name', value: `kmj worker --queue ${delivery.queue}` },
-    { key: 'mlflow.source.type', value: 'JOB' },
-    { key: 'mlflow.runName', value: req.runName ?? req.requestId },
-    { key: REQUEST_ID_TAG, value: req.requestId },
-    { key: 'kmj.model_uri', value: req.model },
-    { key: 'kmj.queue', value: delivery.queue },
-    { key: 'kmj.worker_version', value: deps.workerVersion },
-  ];
-  if (c.podName !== undefined) tags.push({ key: 'kmj.pod', value: c.podName });
-  if (c.nodeName !== undefined) tags.push({ key: 'kmj.node', value: c.nodeName });
-  for (const [key, value] of Object.entries(req.tags ?? {})) tags.push({ key, value });
-  return tags;
-}
-
-function datasetForDisplay(uri: string): string {
-  return /^https?:\/\//i.test(uri) ? displayUrl(uri) : uri;
+/** True when MLflow itself is out of reach (after the HTTP client's retries), not the request. */
+function mlflowUnreachable(err: unknown): boolean {
+  return err instanceof MlflowHttpError && err.retryable;
 }
 
 /**
- * Params come from the request only: MLflow refuses a param logged again with another value, and
- * a resumed run may be resumed by a worker configured differently (its settings are tags).
+ * Resolves, fetches (or finds in the cache) and loads the model. `online` false: MLflow is out of
+ * reach, so only a model already in the local cache, or a local directory, will do.
  */
-function runParams(req: InferenceRequest): KeyValue[] {
-  const params: KeyValue[] = [
-    { key: 'model_uri', value: req.model },
-    // A dataset URL may carry credentials in its user-info: they never reach MLflow.
-    { key: 'dataset', value: req.dataset.uri !== undefined ? datasetForDisplay(req.dataset.uri) : `inline (${req.dataset.rows?.length ?? 0} rows)` },
-    { key: 'output_format', value: req.output?.format ?? 'csv' },
-  ];
-  if (req.labelColumn !== undefined) params.push({ key: 'label_column', value: req.labelColumn });
-  for (const [key, value] of Object.entries(req.params ?? {})) params.push({ key, value: String(value) });
-  return params;
-}
-
-async function startOrResume(req: InferenceRequest, delivery: DeliveryInfo, deps: PipelineDeps, signal: AbortSignal, state: AttemptState, log: Logger): Promise<RunInfo | 'finished'> {
-  const t = deps.tracking;
-  const experimentId = await t.experimentId(req.experiment, signal);
-  state.experimentId = experimentId;
-  log.debug({ experimentId }, 'experiment ready');
-  const existing = await t.runsWithTag(experimentId, REQUEST_ID_TAG, req.requestId, signal);
-  const finished = existing.find((r) => r.info.status === 'FINISHED');
-  if (finished) {
-    state.runId = undefined; // never touch a finished run
-    log.info({ runId: finished.info.run_id }, 'request already has a finished run; acknowledging');
-    return 'finished';
-  }
-  const previous = existing[0];
-  if (previous) {
-    state.runId = previous.info.run_id;
-    log.info({ runId: previous.info.run_id, status: previous.info.status }, 'resuming the unfinished run of this request');
-    await t.updateRun(previous.info.run_id, 'RUNNING', undefined, signal);
-    for (const key of [ERROR_TAG, OUTCOME_TAG]) {
-      if (previous.data.tags?.some((tag) => tag.key === key)) {
-        await t.http.api('runs/delete-tag', { method: 'POST', json: { run_id: previous.info.run_id, key }, signal });
-      }
-    }
-    // The params again: the attempt that created the run may have died before logging them.
-    // MLflow accepts a param logged twice with the same value.
-    await t.logBatch(previous.info.run_id, { params: runParams(req), tags: [{ key: 'kmj.delivery_attempt', value: String(delivery.attempt) }] }, signal);
-    return previous.info;
-  }
-  const run = await createRunOnce(req, delivery, deps, experimentId, signal, log);
-  state.runId = run.run_id;
-  await t.logBatch(run.run_id, { params: runParams(req), tags: [{ key: 'kmj.delivery_attempt', value: String(delivery.attempt) }] }, signal);
-  log.info({ runId: run.run_id, experimentId }, 'run started');
-  return run;
-}
-
-/**
- * runs/create is not idempotent: when its answer is lost, MLflow may have made the run anyway.
- * So it is never retried blindly: after a failure the experiment is searched for the request's run
- * first, and only when there is none is the create tried again.
- */
-async function createRunOnce(req: InferenceRequest, delivery: DeliveryInfo, deps: PipelineDeps, experimentId: string, signal: AbortSignal, log: Logger): Promise<RunInfo> {
-  const t = deps.tracking;
-  for (let attempt = 0; ; attempt++) {
-    try {
-      return await t.createRun(experimentId, req.runName ?? req.requestId, runTags(req, deps, delivery), Date.now(), signal, { retries: 0 });
-    } catch (err) {
-      if (!(err instanceof MlflowHttpError) || !err.retryable || attempt >= 3 || signal.aborted) throw err;
-      const made = (await t.runsWithTag(experimentId, REQUEST_ID_TAG, req.requestId, signal))[0];
-      if (made) {
-        log.info({ runId: made.info.run_id }, 'runs/create failed but the run exists; using it');
-        return made.info;
-      }
-      const waitMs = err.retryAfterMs ?? 500 * 2 ** attempt;
-      log.warn({ status: err.status, attempt: attempt + 1, waitMs }, 'runs/create failed and the run does not exist; creating it again');
-      await sleep(waitMs, signal).catch(() => undefined);
-    }
-  }
-}
-
-async function loadModel(req: InferenceRequest, deps: PipelineDeps, signal: AbortSignal): Promise<{ model: OnnxModel; resolved: ResolvedModel; cacheHit: boolean; seconds: number }> {
+async function loadModel(req: InferenceRequest, deps: PipelineDeps, online: boolean, signal: AbortSignal): Promise<{ model: OnnxModel; resolved: ResolvedModel; cacheHit: boolean; seconds: number }> {
   const started = performance.now();
-  const t = deps.tracking;
-  const resolved = await resolveModel(req.model, t, signal);
-  const cached = await ensureCached(deps.config.modelCacheDir, resolved.cacheKey, async (dir) => {
-    try {
-      const files = await t.downloadDirectory(proxyPath(resolved.artifactUri), dir, signal, deps.config.maxModelBytes);
-      if (files.length === 0) throw new PermanentError(`model: ${req.model} resolves to ${resolved.artifactUri}, which holds no files`, { field: 'model' });
-    } catch (err) {
-      if (err instanceof MlflowHttpError && err.status === 404) throw new PermanentError(`model: the files of ${req.model} are missing from the artifact store`, { field: 'model', cause: err });
-      if (err instanceof Error && /larger than the limit/.test(err.message)) throw new PermanentError(`model: ${err.message}`, { field: 'model', cause: err });
-      throw err;
+  const { config } = deps;
+  const t = online ? deps.tracking : undefined;
+  let resolved: ResolvedModel;
+  let dir: string;
+  let cacheHit = false;
+  if (req.model.startsWith('file:///')) {
+    resolved = await resolveLocalModel(req.model, config.modelRoots);
+    dir = resolved.localDir ?? '';
+  } else {
+    if (t) resolved = await resolveModel(req.model, t, signal);
+    else {
+      const offline = resolveModelOffline(req.model);
+      if (!offline) throw new TransientError(`model: ${req.model} needs the Model Registry to resolve, and MLflow cannot be used now`);
+      resolved = offline;
     }
-  });
-  deps.log.debug({ hit: cached.hit }, 'model files ready');
-  const mlmodel = await readMlModel(cached.dir);
-  const model = await OnnxModel.load(cached.dir, mlmodel, { intraOpThreads: deps.config.onnxThreads });
-  return { model, resolved, cacheHit: cached.hit, seconds: (performance.now() - started) / 1000 };
+    const cached = await ensureCached(config.modelCacheDir, resolved.cacheKey, async (into) => {
+      if (!t) throw new TransientError(`model: ${req.model} is not in the local model cache, and MLflow cannot be used now`);
+      try {
+        const files = await t.downloadDirectory(proxyPath(resolved.artifactUri), into, signal, config.maxModelBytes);
+        if (files.length === 0) throw new PermanentError(`model: ${req.model} resolves to ${resolved.artifactUri}, which holds no files`, { field: 'model' });
+      } catch (err) {
+        if (err instanceof MlflowHttpError && err.status === 404) throw new PermanentError(`model: the files of ${req.model} are missing from the artifact store`, { field: 'model', cause: err });
+        if (err instanceof Error && /larger than the limit/.test(err.message)) throw new PermanentError(`model: ${err.message}`, { field: 'model', cause: err });
+        throw err;
+      }
+    });
+    dir = cached.dir;
+    cacheHit = cached.hit;
+  }
+  deps.log.debug({ hit: cacheHit }, 'model files ready');
+  const mlmodel = await readMlModel(dir);
+  const model = await OnnxModel.load(dir, mlmodel, { intraOpThreads: config.onnxThreads });
+  return { model, resolved, cacheHit, seconds: (performance.now() - started) / 1000 };
+}
+
+type Loaded = Awaited<ReturnType<typeof loadModel>>;
+
+/**
+ * Opens the run and loads the model, side by side: they do not depend on each other. When MLflow
+ * turns out to be out of reach and a spool is configured, the run goes to the spool instead and
+ * the model must come from the local cache. A model failure is acted on only once the run is
+ * known, so the run it belongs to can be marked FAILED.
+ */
+async function openRunAndModel(req: InferenceRequest, delivery: DeliveryInfo, deps: PipelineDeps, signal: AbortSignal, state: AttemptState, log: Logger): Promise<{ begun: 'finished' | 'started'; loaded: Loaded | undefined; failure: unknown }> {
+  const { config } = deps;
+  const spool = (): RunStore => new SpoolRunStore(config.spoolDir ?? '', req, delivery, config, deps.workerVersion, log);
+  const online = deps.tracking !== undefined;
+  let store: RunStore = deps.tracking ? new MlflowRunStore(deps.tracking, req, delivery, config, deps.workerVersion, log) : spool();
+  state.store = store;
+  let [begun, model] = await Promise.allSettled([store.begin(signal), loadModel(req, deps, online, signal)]);
+  if (begun.status === 'rejected' && store.kind === 'mlflow' && config.spoolDir !== undefined && mlflowUnreachable(begun.reason)) {
+    log.warn({ err: begun.reason as unknown, spool: config.spoolDir }, 'MLflow is out of reach; recording the run in the spool');
+    store = spool();
+    state.store = store;
+    begun = await Promise.allSettled([store.begin(signal)]).then(([r]) => r as PromiseSettledResult<'finished' | 'started'>);
+    if (model.status === 'rejected' && mlflowUnreachable(model.reason)) {
+      model = await Promise.allSettled([loadModel(req, deps, false, signal)]).then(([r]) => r as PromiseSettledResult<Loaded>);
+    }
+  }
+  const loaded = model.status === 'fulfilled' ? model.value : undefined;
+  if (begun.status === 'rejected') {
+    await loaded?.model.release();
+    throw begun.reason;
+  }
+  return { begun: begun.value, loaded, failure: model.status === 'rejected' ? model.reason : undefined };
 }
 
 async function runOnce(
@@ -291,20 +229,16 @@ async function runOnce(
   received: number,
   log: Logger,
 ): Promise<Outcome> {
-  const { config, tracking } = deps;
-  // The run and the model do not depend on each other: look up or start the run while the model
-  // downloads and loads. A model failure is acted on only once the run is known, so the run it
-  // belongs to can be marked FAILED.
+  const { config } = deps;
   const loadStart = performance.now();
-  const [runResult, modelResult] = await Promise.allSettled([startOrResume(req, delivery, deps, signal, state, log), loadModel(req, deps, signal)]);
-  const loaded = modelResult.status === 'fulfilled' ? modelResult.value : undefined;
-  if (runResult.status === 'rejected' || runResult.value === 'finished' || !loaded) {
+  const { begun, loaded, failure } = await openRunAndModel(req, delivery, deps, signal, state, log);
+  if (begun === 'finished') {
     await loaded?.model.release();
-    if (runResult.status === 'rejected') throw runResult.reason;
-    if (runResult.value === 'finished') return { action: 'ack', alreadyFinished: true, ...ids(state) };
-    throw (modelResult as PromiseRejectedResult).reason;
+    return { action: 'ack', alreadyFinished: true, ...ids(state) };
   }
-  const run = runResult.value;
+  if (!loaded) throw failure;
+  const store = state.store as RunStore;
+  const tracking = store.kind === 'mlflow' ? deps.tracking : undefined;
   const { model, resolved, cacheHit } = loaded;
   const loadSeconds = loaded.seconds;
   log.debug({ seconds: (performance.now() - loadStart) / 1000 }, 'run and model ready');
@@ -385,13 +319,11 @@ async function runOnce(
     ];
     if (resolved.name !== undefined) tags.push({ key: 'kmj.model_name', value: resolved.name });
     if (resolved.version !== undefined) tags.push({ key: 'kmj.model_version', value: resolved.version });
-    // Metrics, the dataset input and the artifact are independent; FINISHED comes after all three.
-    await Promise.all([
-      tracking.logBatch(run.run_id, { metrics, tags }, signal),
-      tracking.logInputs(
-      run.run_id,
-      [
-        {
+    await store.complete(
+      {
+        metrics,
+        tags,
+        input: {
           name: summary.name,
           digest: summary.digest,
           sourceType: summary.sourceType,
@@ -400,14 +332,12 @@ async function runOnce(
           profile: JSON.stringify({ num_rows: summary.rows, num_elements: summary.rows * summary.columns.length }),
           context: 'inference',
         },
-      ],
+        artifact: { file, path: `predictions/predictions.${format}`, contentType: format === 'csv' ? 'text/csv' : 'application/x-ndjson' },
+        endTime: Date.now(),
+      },
       signal,
-      ),
-      tracking.uploadArtifact(run.artifact_uri, `predictions/predictions.${format}`, file, format === 'csv' ? 'text/csv' : 'application/x-ndjson', signal),
-    ]);
-    log.debug('results logged');
-    await tracking.updateRun(run.run_id, 'FINISHED', Date.now(), signal);
-    log.info({ runId: run.run_id, rows, modelVersion: resolved.version, seconds: totalSeconds }, 'run finished');
+    );
+    log.info({ runId: store.runId, recordedIn: store.kind, rows, modelVersion: resolved.version, seconds: totalSeconds }, 'run finished');
     return { action: 'ack', ...ids(state) };
   } finally {
     await model.release();

@@ -80,7 +80,7 @@ function describe(e: ErrorObject): string {
       return `${at || 'message'}: must be ${String(p['type']).replace(',', ' or ')}`;
     case 'pattern':
       if (at === 'requestId') return 'requestId: must be 1 to 128 letters, digits, ".", "_", ":" or "-", starting with a letter or digit';
-      if (at === 'model') return 'model: must start with models:/, runs:/ or mlflow-artifacts:';
+      if (at === 'model') return 'model: must start with models:/, runs:/, mlflow-artifacts: or file:///';
       return `${at}: has an invalid format`;
     case 'propertyNames':
       return `${at}: has a key that is not allowed (${String(p['propertyName'])})`;

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import type { ConsumeMessage } from 'amqplib';
 import { afterEach, describe, expect, it } from 'vitest';
 import { DEAD_LETTER_HEADERS, EXIT } from '../../worker/consumer.ts';
-import { ERROR_TAG } from '../../worker/pipeline.ts';
+import { ERROR_TAG } from '../../worker/run-store.ts';
 import { Cleanups } from '../helpers/cleanups.ts';
 import { FaultProxy, mlflowPath } from '../helpers/fault-proxy.ts';
 import {

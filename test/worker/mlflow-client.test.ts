@@ -10,7 +10,7 @@ import { Writable } from 'node:stream';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError } from '../../common/config.ts';
 import { createLogger, type Logger } from '../../common/log.ts';
-import { loadWorkerConfig, WORKER_ENV } from '../../worker/config.ts';
+import { loadWorkerConfig } from '../../worker/config.ts';
 import { MlflowHttp, MlflowHttpError, type MlflowHttpOptions } from '../../worker/mlflow/http.ts';
 import { LOG_BATCH_LIMITS, MlflowTracking, proxyPath, splitLogBatch, type KeyValue, type Metric } from '../../worker/mlflow/tracking.ts';
 import { makePki, startMlflowProxy, type MlflowProxy, type Pki } from '../helpers/mlflow-proxy.ts';
@@ -691,12 +691,14 @@ describe('loadWorkerConfig', () => {
       modelCacheDir: join(homedir(), '.cache', 'kmj', 'models'),
       workDir: join(tmpdir(), 'kmj'),
       datasetRoots: ['/data'],
+      modelRoots: ['/models'],
+      // No MLFLOW_TRACKING_URI: the local default spool.
+      spoolDir: join(homedir(), '.local', 'share', 'kmj', 'spool'),
       maxMessageBytes: 1024 * 1024,
       maxDatasetBytes: 512 * 1024 * 1024,
       maxDatasetRows: 10_000_000,
       maxModelBytes: 1024 * 1024 * 1024,
-      // Being tuned for throughput: whatever the spec says, unchanged.
-      batchRows: WORKER_ENV.KMJ_BATCH_ROWS.default,
+      batchRows: 16384,
       onnxThreads: 0,
       mlflowUser: expect.any(String),
       podName: undefined,

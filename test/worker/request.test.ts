@@ -14,7 +14,7 @@ import { parseRequest as parseWith, REQUEST_SCHEMA_PATH, requestValidator, type 
 const MAX_BYTES = 1024 * 1024;
 
 const REQUEST_ID_RULE = 'requestId: must be 1 to 128 letters, digits, ".", "_", ":" or "-", starting with a letter or digit';
-const MODEL_RULE = 'model: must start with models:/, runs:/ or mlflow-artifacts:';
+const MODEL_RULE = 'model: must start with models:/, runs:/, mlflow-artifacts: or file:///';
 
 /** The smallest valid request. */
 const MINIMAL = { version: 1, requestId: 'req-1', model: 'models:/iris/1', dataset: { uri: '/data/iris.csv' }, experiment: 'iris' } as const;
@@ -133,12 +133,12 @@ describe('parseRequest refuses', () => {
   });
 
   it('a model without one of the known schemes', () => {
-    for (const model of ['s3://bucket/model', 'models:', 'runs:', 'Models:/iris/1', '/models/iris', 'file:///m', ' models:/iris/1']) {
+    for (const model of ['s3://bucket/model', 'models:', 'runs:', 'Models:/iris/1', '/models/iris', 'file://host/m', ' models:/iris/1']) {
       expect(refusal({ ...MINIMAL, model }), model).toEqual({ message: `invalid request: ${MODEL_RULE}`, field: 'model' });
     }
     expect(refusal({ ...MINIMAL, model: '' }).message).toBe(`invalid request: model: must not be empty; ${MODEL_RULE}`);
     expect(refusal({ ...MINIMAL, model: `models:/${'m'.repeat(1000)}` }).message).toBe('invalid request: model: must be at most 1000 characters');
-    for (const model of ['models:/iris/1', 'models:/iris@champion', 'models:/iris/latest', 'models:/m-0123abcd', 'runs:/abc123/model', 'mlflow-artifacts:/1/abc/artifacts/model', 'mlflow-artifacts://host/1/m']) {
+    for (const model of ['models:/iris/1', 'models:/iris@champion', 'models:/iris/latest', 'models:/m-0123abcd', 'runs:/abc123/model', 'mlflow-artifacts:/1/abc/artifacts/model', 'mlflow-artifacts://host/1/m', 'file:///models/iris']) {
       expect(parseRequest(body({ ...MINIMAL, model }), MAX_BYTES).model, model).toBe(model);
     }
   });

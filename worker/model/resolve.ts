@@ -10,8 +10,11 @@
  *                              the run's artifact_uri + path, as the Python client resolves it
  *   models:/m-<model_id>       logged-models/get (an MLflow 3 logged model)
  *   mlflow-artifacts:/<path>   as it is
+ *   file:///<dir>              a model directory on a volume under the worker's model roots
  */
 import { createHash } from 'node:crypto';
+import { realpath } from 'node:fs/promises';
+import { sep } from 'node:path';
 import { PermanentError } from '../errors.ts';
 import { MlflowHttpError } from '../mlflow/http.ts';
 import type { MlflowTracking } from '../mlflow/tracking.ts';
@@ -19,8 +22,10 @@ import type { MlflowTracking } from '../mlflow/tracking.ts';
 export interface ResolvedModel {
   /** The URI as the request gave it. */
   readonly uri: string;
-  /** Where the model directory is: an mlflow-artifacts: URI. */
+  /** Where the model directory is: an mlflow-artifacts: URI (or file: for a local model). */
   readonly artifactUri: string;
+  /** A local model directory (file:// URIs): read in place, no download, no cache. */
+  readonly localDir?: string;
   /** Cache directory key: the same key always means the same files. */
   readonly cacheKey: string;
   readonly name?: string;
@@ -80,6 +85,53 @@ function requireProxy(artifactUri: string, what: string): string {
     );
   }
   return artifactUri.replace(/\/+$/, '');
+}
+
+/**
+ * The cache key a URI resolves to without asking MLflow, when there is one: a registry version,
+ * a logged model id, a run path, an artifact path always name the same files. Aliases and
+ * `latest` move, so they need the registry. Used when MLflow is unreachable (the spool).
+ */
+export function resolveModelOffline(uri: string): ResolvedModel | undefined {
+  const reg = REGISTRY.exec(uri);
+  if (reg) {
+    const name = decodeURIComponent(reg[1] ?? '');
+    const version = reg[3];
+    if (version === undefined || !/^\d+$/.test(version)) return undefined;
+    return { uri, artifactUri: '', cacheKey: `registry/${encodeURIComponent(name)}/${version}`, name, version };
+  }
+  const logged = LOGGED_MODEL.exec(uri);
+  if (logged) return { uri, artifactUri: '', cacheKey: `logged/${logged[1] ?? ''}` };
+  const runs = RUNS.exec(uri);
+  if (runs) {
+    const path = (runs[2] ?? '').replace(/^\/+|\/+$/g, '');
+    return { uri, artifactUri: '', cacheKey: `runs/${runs[1] ?? ''}/${encodeURIComponent(path)}`, runId: runs[1] ?? '' };
+  }
+  if (uri.startsWith('mlflow-artifacts:')) {
+    return { uri, artifactUri: uri.replace(/\/+$/, ''), cacheKey: `artifacts/${createHash('sha256').update(uri).digest('hex').slice(0, 24)}` };
+  }
+  return undefined;
+}
+
+/** A `file://` model directory, checked to be under one of the worker's model roots. */
+export async function resolveLocalModel(uri: string, roots: readonly string[]): Promise<ResolvedModel> {
+  let path: string;
+  try {
+    path = decodeURIComponent(new URL(uri).pathname);
+  } catch {
+    throw new PermanentError(`model: ${JSON.stringify(uri)} is not a valid file URI`, { field: 'model' });
+  }
+  let real: string;
+  try {
+    real = await realpath(path);
+  } catch {
+    throw new PermanentError(`model: ${path} does not exist`, { field: 'model' });
+  }
+  const realRoots = await Promise.all(roots.map((r) => realpath(r).catch(() => r)));
+  if (!realRoots.some((root) => real === root || real.startsWith(root.endsWith(sep) ? root : root + sep))) {
+    throw new PermanentError(`model: ${path} is outside the worker's model roots (${roots.join(', ')})`, { field: 'model' });
+  }
+  return { uri, artifactUri: uri, cacheKey: '', localDir: real };
 }
 
 export async function resolveModel(uri: string, tracking: MlflowTracking, signal: AbortSignal): Promise<ResolvedModel> {

@@ -1,0 +1,218 @@
+/**
+ * Where a request's run is recorded: the MLflow tracking server (MlflowRunStore, here) or, when
+ * MLflow cannot be used, a local spool directory (SpoolRunStore, worker/spool.ts) that
+ * `kmj replay` uploads later. The pipeline talks to this one interface only.
+ *
+ * Idempotency, in both: the run carries the request id as the tag `kmj.request_id`. A request
+ * whose run is FINISHED is acknowledged without running again; an unfinished one (RUNNING after a
+ * crash, FAILED after a requeue, KILLED after SIGTERM) is resumed, never duplicated.
+ */
+import { sleep } from '../common/abort.ts';
+import type { Logger } from '../common/log.ts';
+import { displayUrl } from '../common/redact.ts';
+import type { WorkerConfig } from './config.ts';
+import { MlflowHttpError } from './mlflow/http.ts';
+import type { DatasetInput, KeyValue, Metric, MlflowTracking, RunInfo } from './mlflow/tracking.ts';
+import type { InferenceRequest } from './request.ts';
+
+export const REQUEST_ID_TAG = 'kmj.request_id';
+export const ERROR_TAG = 'kmj.error';
+/** On a run that did not finish: what became of its message (dead-lettered, requeued). */
+export const OUTCOME_TAG = 'kmj.outcome';
+
+export interface DeliveryInfo {
+  /** 1 for the first delivery of this message. */
+  readonly attempt: number;
+  readonly queue: string;
+}
+
+/** Everything a finished run records besides what `begin` already did. */
+export interface RunResults {
+  readonly metrics: readonly Metric[];
+  readonly tags: readonly KeyValue[];
+  readonly input: DatasetInput;
+  /** The predictions file and where it goes under the run's artifacts. */
+  readonly artifact: { readonly file: string; readonly path: string; readonly contentType: string };
+  readonly endTime: number;
+}
+
+export interface RunStore {
+  readonly kind: 'mlflow' | 'spool';
+  /** The run, once `begin` found or made it. */
+  readonly runId: string | undefined;
+  readonly experimentId: string | undefined;
+  /** Finds or makes the request's run; 'finished' when it already has a FINISHED one. */
+  begin(signal: AbortSignal): Promise<'finished' | 'started'>;
+  complete(results: RunResults, signal: AbortSignal): Promise<void>;
+  /** Marks the run (if any) with a status and the error; best effort, bounded in time. */
+  fail(status: 'FAILED' | 'KILLED', error: string, outcome: 'dead-lettered' | 'requeued', log: Logger): Promise<void>;
+}
+
+function datasetForDisplay(uri: string): string {
+  return /^https?:\/\//i.test(uri) ? displayUrl(uri) : uri;
+}
+
+/**
+ * Params come from the request only: MLflow refuses a param logged again with another value, and
+ * a resumed run may be resumed by a worker configured differently (its settings are tags).
+ */
+export function runParams(req: InferenceRequest): KeyValue[] {
+  const params: KeyValue[] = [
+    { key: 'model_uri', value: req.model },
+    // A dataset URL may carry credentials in its user-info: they never reach MLflow.
+    { key: 'dataset', value: req.dataset.uri !== undefined ? datasetForDisplay(req.dataset.uri) : `inline (${req.dataset.rows?.length ?? 0} rows)` },
+    { key: 'output_format', value: req.output?.format ?? 'csv' },
+  ];
+  if (req.labelColumn !== undefined) params.push({ key: 'label_column', value: req.labelColumn });
+  for (const [key, value] of Object.entries(req.params ?? {})) params.push({ key, value: String(value) });
+  return params;
+}
+
+/** The tags a run starts with: the ones the Python client sets, then ours, then the request's. */
+export function runTags(req: InferenceRequest, config: WorkerConfig, delivery: DeliveryInfo, workerVersion: string): KeyValue[] {
+  const tags: KeyValue[] = [
+    { key: 'mlflow.user', value: config.mlflowUser },
+    { key: 'mlflow.source.name', value: `kmj worker --queue ${delivery.queue}` },
+    { key: 'mlflow.source.type', value: 'JOB' },
+    { key: 'mlflow.runName', value: req.runName ?? req.requestId },
+    { key: REQUEST_ID_TAG, value: req.requestId },
+    { key: 'kmj.model_uri', value: req.model },
+    { key: 'kmj.queue', value: delivery.queue },
+    { key: 'kmj.worker_version', value: workerVersion },
+  ];
+  if (config.podName !== undefined) tags.push({ key: 'kmj.pod', value: config.podName });
+  if (config.nodeName !== undefined) tags.push({ key: 'kmj.node', value: config.nodeName });
+  for (const [key, value] of Object.entries(req.tags ?? {})) tags.push({ key, value });
+  return tags;
+}
+
+/**
+ * runs/create is not idempotent: when its answer is lost, MLflow may have made the run anyway.
+ * So it is never retried blindly: after a failure the experiment is searched for the request's
+ * run first, and only when there is none is the create tried again.
+ */
+export async function createRunSafely(
+  t: MlflowTracking,
+  experimentId: string,
+  requestId: string,
+  runName: string,
+  tags: readonly KeyValue[],
+  startTime: number,
+  signal: AbortSignal,
+  log: Logger,
+): Promise<RunInfo> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await t.createRun(experimentId, runName, tags, startTime, signal, { retries: 0 });
+    } catch (err) {
+      if (!(err instanceof MlflowHttpError) || !err.retryable || attempt >= 3 || signal.aborted) throw err;
+      const made = (await t.runsWithTag(experimentId, REQUEST_ID_TAG, requestId, signal))[0];
+      if (made) {
+        log.info({ runId: made.info.run_id }, 'runs/create failed but the run exists; using it');
+        return made.info;
+      }
+      const waitMs = err.retryAfterMs ?? 500 * 2 ** attempt;
+      log.warn({ status: err.status, attempt: attempt + 1, waitMs }, 'runs/create failed and the run does not exist; creating it again');
+      await sleep(waitMs, signal).catch(() => undefined);
+    }
+  }
+}
+
+export class MlflowRunStore implements RunStore {
+  readonly kind = 'mlflow';
+  readonly #t: MlflowTracking;
+  readonly #req: InferenceRequest;
+  readonly #delivery: DeliveryInfo;
+  readonly #config: WorkerConfig;
+  readonly #workerVersion: string;
+  readonly #log: Logger;
+  #run: RunInfo | undefined;
+  #experimentId: string | undefined;
+
+  constructor(tracking: MlflowTracking, req: InferenceRequest, delivery: DeliveryInfo, config: WorkerConfig, workerVersion: string, log: Logger) {
+    this.#t = tracking;
+    this.#req = req;
+    this.#delivery = delivery;
+    this.#config = config;
+    this.#workerVersion = workerVersion;
+    this.#log = log;
+  }
+
+  get runId(): string | undefined {
+    return this.#run?.run_id;
+  }
+
+  get experimentId(): string | undefined {
+    return this.#experimentId;
+  }
+
+  async begin(signal: AbortSignal): Promise<'finished' | 'started'> {
+    const t = this.#t;
+    const req = this.#req;
+    const experimentId = await t.experimentId(req.experiment, signal);
+    this.#experimentId = experimentId;
+    this.#log.debug({ experimentId }, 'experiment ready');
+    const existing = await t.runsWithTag(experimentId, REQUEST_ID_TAG, req.requestId, signal);
+    const finished = existing.find((r) => r.info.status === 'FINISHED');
+    if (finished) {
+      this.#log.info({ runId: finished.info.run_id }, 'request already has a finished run; acknowledging');
+      return 'finished';
+    }
+    const attemptTag = { key: 'kmj.delivery_attempt', value: String(this.#delivery.attempt) };
+    const previous = existing[0];
+    if (previous) {
+      this.#run = previous.info;
+      this.#log.info({ runId: previous.info.run_id, status: previous.info.status }, 'resuming the unfinished run of this request');
+      await t.updateRun(previous.info.run_id, 'RUNNING', undefined, signal);
+      for (const key of [ERROR_TAG, OUTCOME_TAG]) {
+        if (previous.data.tags?.some((tag) => tag.key === key)) {
+          await t.http.api('runs/delete-tag', { method: 'POST', json: { run_id: previous.info.run_id, key }, signal });
+        }
+      }
+      // The params again: the attempt that created the run may have died before logging them.
+      // MLflow accepts a param logged twice with the same value.
+      await t.logBatch(previous.info.run_id, { params: runParams(req), tags: [attemptTag] }, signal);
+      return 'started';
+    }
+    const run = await this.#createOnce(experimentId, signal);
+    this.#run = run;
+    await t.logBatch(run.run_id, { params: runParams(req), tags: [attemptTag] }, signal);
+    this.#log.info({ runId: run.run_id, experimentId }, 'run started');
+    return 'started';
+  }
+
+  #createOnce(experimentId: string, signal: AbortSignal): Promise<RunInfo> {
+    const req = this.#req;
+    return createRunSafely(this.#t, experimentId, req.requestId, req.runName ?? req.requestId, runTags(req, this.#config, this.#delivery, this.#workerVersion), Date.now(), signal, this.#log);
+  }
+
+  async complete(results: RunResults, signal: AbortSignal): Promise<void> {
+    const run = this.#run;
+    if (!run) throw new Error('complete() before begin()');
+    const t = this.#t;
+    // Metrics, the dataset input and the artifact are independent; FINISHED comes after all three.
+    await Promise.all([
+      t.logBatch(run.run_id, { metrics: results.metrics, tags: results.tags }, signal),
+      t.logInputs(run.run_id, [results.input], signal),
+      t.uploadArtifact(run.artifact_uri, results.artifact.path, results.artifact.file, results.artifact.contentType, signal),
+    ]);
+    this.#log.debug('results logged');
+    await t.updateRun(run.run_id, 'FINISHED', results.endTime, signal);
+  }
+
+  async fail(status: 'FAILED' | 'KILLED', error: string, outcome: 'dead-lettered' | 'requeued', log: Logger): Promise<void> {
+    const runId = this.#run?.run_id;
+    if (runId === undefined) return;
+    const signal = AbortSignal.timeout(Math.min(5000, this.#config.shutdownGraceMs));
+    // Separate calls: one failing (it may be the endpoint that broke) must not keep the others
+    // from landing.
+    const results = await Promise.allSettled([
+      this.#t.setTag(runId, ERROR_TAG, error.slice(0, 8000), signal),
+      this.#t.setTag(runId, OUTCOME_TAG, outcome, signal),
+      this.#t.updateRun(runId, status, Date.now(), signal),
+    ]);
+    for (const r of results) {
+      if (r.status === 'rejected') log.warn({ err: r.reason as unknown, runId, status }, 'could not mark the run');
+    }
+  }
+}
