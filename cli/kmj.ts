@@ -13,6 +13,7 @@ type Command = (argv: readonly string[], ctx: CommandContext) => Promise<number>
 const COMMANDS: ReadonlyMap<string, { run: Command; summary: string }> = new Map([
   ['scaler', { run: async (a, c) => (await import('./scaler-command.ts')).runScaler(a, c), summary: 'run the KEDA external scaler (gRPC)' }],
   ['worker', { run: async (a, c) => (await import('./worker-command.ts')).runWorker(a, c), summary: 'take one request from a queue, run it, log it to MLflow' }],
+  ['replay', { run: async (a, c) => (await import('./replay-command.ts')).runReplay(a, c), summary: 'upload the runs spooled while MLflow was out of reach' }],
   ['demo', { run: async (a, c) => (await import('./demo-command.ts')).runDemo(a, c), summary: 'show what KEDA sees and does with a local RabbitMQ' }],
 ]);
 

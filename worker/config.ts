@@ -5,15 +5,14 @@
 import { readFileSync } from 'node:fs';
 import { homedir, tmpdir, userInfo } from 'node:os';
 import { join } from 'node:path';
-import { readConfig } from '../common/config.ts';
-import type { FieldSpecs, RawInput } from '../common/fields.ts';
+import { readConfig, type FlagOverride } from '../common/config.ts';
+import type { FieldSpecs, Parsed, RawInput } from '../common/fields.ts';
 import { LOG_LEVELS, type LogLevel } from '../common/log.ts';
 import { deadLetterQueueOf } from '../common/topology.ts';
 import { messageOf } from './errors.ts';
 
-export const WORKER_ENV = {
-  KMJ_WORKER_QUEUE: { kind: 'string', required: true, maxLength: 255, help: 'request queue (--queue)' },
-  RABBITMQ_URL: { kind: 'url', protocols: ['amqp', 'amqps'], default: 'amqp://guest:guest@127.0.0.1:5672', help: 'broker' },
+/** MLflow settings, with the Python client's variable names; shared by every command that talks to MLflow. */
+export const MLFLOW_ENV = {
   MLFLOW_TRACKING_URI: { kind: 'url', protocols: ['http', 'https'], help: 'MLflow tracking server' },
   MLFLOW_TRACKING_USERNAME: { kind: 'string', help: 'Basic auth user' },
   MLFLOW_TRACKING_PASSWORD: { kind: 'string', help: 'Basic auth password' },
@@ -25,6 +24,12 @@ export const WORKER_ENV = {
   MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR: { kind: 'number', min: 0, max: 60, default: 2, help: 'retry n waits factor × 2^(n−1) s' },
   MLFLOW_HTTP_REQUEST_BACKOFF_JITTER: { kind: 'number', min: 0, max: 60, default: 1, help: 'plus up to this many seconds' },
   MLFLOW_HTTP_REQUEST_TIMEOUT: { kind: 'integer', min: 1, max: 3600, default: 120, help: 'seconds per MLflow request' },
+} as const satisfies FieldSpecs;
+
+export const WORKER_ENV = {
+  KMJ_WORKER_QUEUE: { kind: 'string', required: true, maxLength: 255, help: 'request queue (--queue)' },
+  RABBITMQ_URL: { kind: 'url', protocols: ['amqp', 'amqps'], default: 'amqp://guest:guest@127.0.0.1:5672', help: 'broker' },
+  ...MLFLOW_ENV,
   KMJ_WORKER_IDLE_TIMEOUT_MS: { kind: 'integer', min: 100, max: 3_600_000, default: 30_000, help: 'exit 0 when no message arrives this long' },
   KMJ_WORKER_TIME_BUDGET_MS: { kind: 'integer', min: 1000, max: 86_400_000, default: 600_000, help: 'whole budget for one request, retries included' },
   KMJ_WORKER_SHUTDOWN_GRACE_MS: { kind: 'integer', min: 100, max: 600_000, default: 20_000, help: 'after SIGTERM, time to mark the run KILLED and requeue' },
@@ -99,36 +104,72 @@ function osUser(): string {
   }
 }
 
+type MlflowValues = Parsed<typeof MLFLOW_ENV>;
+
+function checkMlflow(c: MlflowValues, problems: string[]): void {
+  if (c.MLFLOW_TRACKING_TOKEN !== undefined && c.MLFLOW_TRACKING_USERNAME !== undefined) {
+    problems.push('MLFLOW_TRACKING_TOKEN: set either a token or MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD, not both');
+  }
+  const userInUri = c.MLFLOW_TRACKING_URI !== undefined && new URL(c.MLFLOW_TRACKING_URI).username !== '';
+  if (c.MLFLOW_TRACKING_PASSWORD !== undefined && c.MLFLOW_TRACKING_USERNAME === undefined && !userInUri) {
+    problems.push('MLFLOW_TRACKING_PASSWORD: is set without MLFLOW_TRACKING_USERNAME');
+  }
+}
+
+/** Reads the certificate files the MLflow settings name; each unreadable one is a problem. */
+function readMlflowFiles(raw: RawInput, problems: string[]): { serverCa: Buffer | undefined; clientCert: Buffer | undefined } {
+  const read = (setting: string): Buffer | undefined => {
+    const path = raw[setting];
+    if (path === undefined || path === '') return undefined;
+    try {
+      return readFileSync(path);
+    } catch (err) {
+      problems.push(`${setting}: cannot read ${JSON.stringify(path)}: ${messageOf(err)}`);
+      return undefined;
+    }
+  };
+  return { serverCa: read('MLFLOW_TRACKING_SERVER_CERT_PATH'), clientCert: read('MLFLOW_TRACKING_CLIENT_CERT_PATH') };
+}
+
+function mlflowSettings(v: MlflowValues, files: { serverCa: Buffer | undefined; clientCert: Buffer | undefined }): MlflowSettings | undefined {
+  if (v.MLFLOW_TRACKING_URI === undefined) return undefined;
+  return Object.freeze({
+    trackingUri: v.MLFLOW_TRACKING_URI,
+    username: v.MLFLOW_TRACKING_USERNAME,
+    password: v.MLFLOW_TRACKING_PASSWORD,
+    token: v.MLFLOW_TRACKING_TOKEN,
+    insecureTls: v.MLFLOW_TRACKING_INSECURE_TLS,
+    serverCa: files.serverCa,
+    clientCert: files.clientCert,
+    maxRetries: v.MLFLOW_HTTP_REQUEST_MAX_RETRIES,
+    backoffFactorSeconds: v.MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR,
+    backoffJitterSeconds: v.MLFLOW_HTTP_REQUEST_BACKOFF_JITTER,
+    requestTimeoutMs: v.MLFLOW_HTTP_REQUEST_TIMEOUT * 1000,
+  });
+}
+
+/**
+ * MLflow settings alone, for the commands that read or write MLflow (submit --wait, status,
+ * replay). `trackingUri` is a --to/--mlflow flag overriding MLFLOW_TRACKING_URI.
+ */
+export function loadMlflowSettings(component: string, env: RawInput, trackingUri?: FlagOverride): MlflowSettings | undefined {
+  let files = { serverCa: undefined as Buffer | undefined, clientCert: undefined as Buffer | undefined };
+  const v = readConfig(component, MLFLOW_ENV, env, { MLFLOW_TRACKING_URI: trackingUri }, checkMlflow, (raw, problems) => {
+    files = readMlflowFiles(raw, problems);
+  });
+  return mlflowSettings(v, files);
+}
+
 export function loadWorkerConfig(env: RawInput, flags: { queue?: string } = {}): WorkerConfig {
-  let serverCa: Buffer | undefined;
-  let clientCert: Buffer | undefined;
+  let files = { serverCa: undefined as Buffer | undefined, clientCert: undefined as Buffer | undefined };
   const v = readConfig(
     'worker',
     WORKER_ENV,
     env,
     { KMJ_WORKER_QUEUE: flags.queue !== undefined ? { flag: '--queue', value: flags.queue } : undefined },
-    (c, problems) => {
-      if (c.MLFLOW_TRACKING_TOKEN !== undefined && c.MLFLOW_TRACKING_USERNAME !== undefined) {
-        problems.push('MLFLOW_TRACKING_TOKEN: set either a token or MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD, not both');
-      }
-      const userInUri = c.MLFLOW_TRACKING_URI !== undefined && new URL(c.MLFLOW_TRACKING_URI).username !== '';
-      if (c.MLFLOW_TRACKING_PASSWORD !== undefined && c.MLFLOW_TRACKING_USERNAME === undefined && !userInUri) {
-        problems.push('MLFLOW_TRACKING_PASSWORD: is set without MLFLOW_TRACKING_USERNAME');
-      }
-    },
+    checkMlflow,
     (raw, problems) => {
-      const read = (setting: string): Buffer | undefined => {
-        const path = raw[setting];
-        if (path === undefined || path === '') return undefined;
-        try {
-          return readFileSync(path);
-        } catch (err) {
-          problems.push(`${setting}: cannot read ${JSON.stringify(path)}: ${messageOf(err)}`);
-          return undefined;
-        }
-      };
-      serverCa = read('MLFLOW_TRACKING_SERVER_CERT_PATH');
-      clientCert = read('MLFLOW_TRACKING_CLIENT_CERT_PATH');
+      files = readMlflowFiles(raw, problems);
     },
   );
   const trackingUri = v.MLFLOW_TRACKING_URI;
@@ -137,22 +178,7 @@ export function loadWorkerConfig(env: RawInput, flags: { queue?: string } = {}):
     deadLetterQueue: v.KMJ_DEAD_LETTER_QUEUE ?? deadLetterQueueOf(v.KMJ_WORKER_QUEUE),
     maxDeliveries: v.KMJ_MAX_DELIVERIES,
     rabbitmqUrl: v.RABBITMQ_URL,
-    mlflow:
-      trackingUri === undefined
-        ? undefined
-        : Object.freeze({
-            trackingUri,
-            username: v.MLFLOW_TRACKING_USERNAME,
-            password: v.MLFLOW_TRACKING_PASSWORD,
-            token: v.MLFLOW_TRACKING_TOKEN,
-            insecureTls: v.MLFLOW_TRACKING_INSECURE_TLS,
-            serverCa,
-            clientCert,
-            maxRetries: v.MLFLOW_HTTP_REQUEST_MAX_RETRIES,
-            backoffFactorSeconds: v.MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR,
-            backoffJitterSeconds: v.MLFLOW_HTTP_REQUEST_BACKOFF_JITTER,
-            requestTimeoutMs: v.MLFLOW_HTTP_REQUEST_TIMEOUT * 1000,
-          }),
+    mlflow: mlflowSettings(v, files),
     idleTimeoutMs: v.KMJ_WORKER_IDLE_TIMEOUT_MS,
     timeBudgetMs: v.KMJ_WORKER_TIME_BUDGET_MS,
     shutdownGraceMs: v.KMJ_WORKER_SHUTDOWN_GRACE_MS,

@@ -1,0 +1,58 @@
+/** `kmj replay --to <tracking uri>`: uploads the runs the worker spooled while MLflow was out of reach. */
+import { homedir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { createLogger } from '../common/log.ts';
+import { replaySpool } from '../worker/spool.ts';
+import type { CommandContext } from './context.ts';
+import { mlflowFromEnv } from './mlflow-client.ts';
+
+export const REPLAY_HELP = `Usage: kmj replay --to <tracking uri> [--spool <dir>]
+
+Uploads every run in the spool (written by "kmj worker" when MLflow could not be used) to the
+MLflow tracking server: params, metrics, tags, dataset inputs and artifacts, then marks it
+FINISHED. Once and only once: a replay interrupted and run again neither duplicates a run nor
+logs anything twice. Replayed entries move to <spool>/.replayed/.
+
+Options:
+  --to <uri>       tracking server (default: MLFLOW_TRACKING_URI)
+  --spool <dir>    spool directory (default: KMJ_SPOOL_DIR, else ~/.local/share/kmj/spool)
+  -h, --help       show this help
+
+MLflow authentication and TLS use the usual variables: MLFLOW_TRACKING_USERNAME,
+MLFLOW_TRACKING_PASSWORD, MLFLOW_TRACKING_TOKEN, MLFLOW_TRACKING_INSECURE_TLS,
+MLFLOW_TRACKING_SERVER_CERT_PATH, MLFLOW_TRACKING_CLIENT_CERT_PATH.
+
+Exit codes: 0 every entry replayed (or already in MLflow), 1 some entries failed (they stay in
+the spool; run again), 78 bad configuration.
+`;
+
+export async function runReplay(argv: readonly string[], ctx: CommandContext): Promise<number> {
+  const { values } = parseArgs({
+    args: [...argv],
+    options: { to: { type: 'string' }, spool: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+    strict: true,
+  });
+  if (values.help) {
+    ctx.stdout.write(REPLAY_HELP);
+    return 0;
+  }
+  const log = createLogger({ level: ctx.env['LOG_LEVEL'] === 'debug' ? 'debug' : 'warn', name: 'kmj-replay', sync: true });
+  const tracking = mlflowFromEnv('replay', ctx.env, log, values.to !== undefined ? { flag: '--to', value: values.to } : undefined);
+  if (!tracking) {
+    ctx.stderr.write('kmj replay: invalid replay configuration: --to: is required (or set MLFLOW_TRACKING_URI)\n');
+    return 78;
+  }
+  const spool = values.spool ?? ctx.env['KMJ_SPOOL_DIR'] ?? join(homedir(), '.local', 'share', 'kmj', 'spool');
+  try {
+    const results = await replaySpool(spool, tracking, log, ctx.shutdownSignal, (r) => {
+      const where = r.runId !== undefined ? ` → run ${r.runId}` : '';
+      ctx.stdout.write(`${r.outcome.padEnd(17)} ${r.requestId}${where}${r.error !== undefined ? `: ${r.error}` : ''}\n`);
+    });
+    const failed = results.filter((r) => r.outcome === 'failed').length;
+    ctx.stdout.write(`${results.length - failed} of ${results.length} spooled runs are in MLflow${failed > 0 ? `; ${failed} failed and stay in ${spool}` : ''}\n`);
+    return failed > 0 ? 1 : 0;
+  } finally {
+    await tracking.http.close();
+  }
+}
