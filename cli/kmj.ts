@@ -13,6 +13,8 @@ type Command = (argv: readonly string[], ctx: CommandContext) => Promise<number>
 const COMMANDS: ReadonlyMap<string, { run: Command; summary: string }> = new Map([
   ['scaler', { run: async (a, c) => (await import('./scaler-command.ts')).runScaler(a, c), summary: 'run the KEDA external scaler (gRPC)' }],
   ['worker', { run: async (a, c) => (await import('./worker-command.ts')).runWorker(a, c), summary: 'take one request from a queue, run it, log it to MLflow' }],
+  ['submit', { run: async (a, c) => (await import('./submit-command.ts')).runSubmit(a, c), summary: 'publish requests, and follow one to its outcome' }],
+  ['status', { run: async (a, c) => (await import('./status-command.ts')).runStatus(a, c), summary: 'the queue, the scaler and the latest MLflow runs, on one screen' }],
   ['replay', { run: async (a, c) => (await import('./replay-command.ts')).runReplay(a, c), summary: 'upload the runs spooled while MLflow was out of reach' }],
   ['demo', { run: async (a, c) => (await import('./demo-command.ts')).runDemo(a, c), summary: 'show what KEDA sees and does with a local RabbitMQ' }],
 ]);

@@ -55,3 +55,8 @@ export function scrubError(err: unknown, depth = 0): Record<string, unknown> {
   if (err.cause !== undefined && depth < 5) out['cause'] = scrubError(err.cause, depth + 1);
   return out;
 }
+
+/** Reads the message of an unknown thrown value without trusting its type, credentials removed. */
+export function messageOf(err: unknown): string {
+  return scrubSecrets(err instanceof Error ? err.message : String(err));
+}

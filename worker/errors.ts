@@ -31,7 +31,4 @@ export class TransientError extends Error {
   }
 }
 
-/** Reads the message of an unknown thrown value without trusting its type. */
-export function messageOf(err: unknown): string {
-  return scrubSecrets(err instanceof Error ? err.message : String(err));
-}
+export { messageOf } from '../common/redact.ts';

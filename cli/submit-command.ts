@@ -1,0 +1,343 @@
+/**
+ * `kmj submit`: builds requests, checks them against the JSON Schema, publishes them with
+ * publisher confirms, prints their ids, and with --wait follows one to its outcome.
+ */
+import { randomUUID } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import { resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { connect, type ConsumeMessage } from 'amqplib';
+import { sleep } from '../common/abort.ts';
+import { ConfigError, readConfig } from '../common/config.ts';
+import type { FieldSpecs } from '../common/fields.ts';
+import { createLogger } from '../common/log.ts';
+import { deadLetterQueueOf } from '../common/topology.ts';
+import { PermanentError } from '../worker/errors.ts';
+import { MlflowHttpError } from '../worker/mlflow/http.ts';
+import type { MlflowTracking, Run } from '../worker/mlflow/tracking.ts';
+import { parseRequest, requestValidator, type RequestValidator } from '../worker/request.ts';
+import { ERROR_TAG, OUTCOME_TAG, REQUEST_ID_TAG } from '../worker/run-store.ts';
+import type { CommandContext } from './context.ts';
+import { mlflowFromEnv, runUrl } from './mlflow-client.ts';
+import { PublishError, RequestPublisher } from './publisher.ts';
+
+export const SUBMIT_HELP = `Usage: kmj submit --queue <q> --model <uri> --dataset <uri|path> [options]
+       kmj submit --queue <q> --file requests.jsonl [options]
+
+Builds a request (schemas/request-v1.schema.json), checks it, and publishes it persistently to
+the durable queue with publisher confirms; prints the request id. If the broker refuses the
+message or does not confirm it, kmj says so and exits non-zero.
+
+Options:
+  --queue <q>              request queue (declared if missing, with its dead-letter queue)
+  --model <uri>            models:/<name>/<version>, models:/<name>@<alias>, runs:/…, …
+  --dataset <uri|path>     mlflow-artifacts:/…, runs:/…, http(s)://…, or a file path (made absolute)
+  --format <csv|jsonl>     dataset format, when the name does not say it
+  --experiment <e>         MLflow experiment (default: the queue name)
+  --label-column <c>       column with the true values, for accuracy or error metrics
+  --request-id <id>        idempotency key (default: a new UUID)
+  --run-name <name>        MLflow run name
+  --tag <k=v>              run tag (repeatable)
+  --param <k=v>            run param (repeatable)
+  --output-format <f>      predictions as csv (default) or jsonl
+  --file <requests.jsonl>  one request per line (the options above fill what a line leaves out)
+  --wait                   follow the request to its outcome in MLflow (needs MLFLOW_TRACKING_URI)
+  --timeout <seconds>      how long --wait waits (default 600)
+  -h, --help               show this help
+
+Environment: RABBITMQ_URL (default amqp://guest:guest@127.0.0.1:5672), MLFLOW_TRACKING_URI and
+the usual MLflow auth variables (for --wait), KMJ_MAX_DELIVERIES (queue delivery limit, 5).
+
+Exit codes: 0 published (with --wait: the run FINISHED), 10 (--wait) dead-lettered,
+65 a request is invalid (nothing published), 69 the broker refused or did not confirm,
+75 (--wait) no outcome before the timeout, 78 bad configuration.
+`;
+
+const SUBMIT_ENV = {
+  RABBITMQ_URL: { kind: 'url', protocols: ['amqp', 'amqps'], default: 'amqp://guest:guest@127.0.0.1:5672' },
+  KMJ_MAX_DELIVERIES: { kind: 'integer', min: 1, max: 1000, default: 5 },
+} as const satisfies FieldSpecs;
+
+export const SUBMIT_EXIT = { OK: 0, DEAD_LETTERED: 10, INVALID: 65, BROKER: 69, TIMEOUT: 75, CONFIG: 78 } as const;
+
+function pairs(flag: string, values: readonly string[] | undefined): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const v of values ?? []) {
+    const eq = v.indexOf('=');
+    if (eq <= 0) throw new ConfigError('submit', [`${flag}: ${JSON.stringify(v)} must be key=value`]);
+    out[v.slice(0, eq)] = v.slice(eq + 1);
+  }
+  return out;
+}
+
+/** A dataset argument: a URI as given, or a file path made absolute for the worker. */
+function datasetUri(value: string): string {
+  return /^[a-z][a-z0-9+.-]*:/i.test(value) ? value : resolve(value);
+}
+
+interface Defaults {
+  readonly [key: string]: unknown;
+}
+
+function buildRequest(defaults: Defaults, line: Record<string, unknown> = {}): Record<string, unknown> {
+  const req: Record<string, unknown> = { version: 1, requestId: randomUUID(), ...defaults, ...line };
+  if (defaults['dataset'] && line['dataset'] === undefined) req['dataset'] = defaults['dataset'];
+  return req;
+}
+
+function check(req: Record<string, unknown>, validate: RequestValidator): Buffer {
+  const body = Buffer.from(JSON.stringify(req));
+  parseRequest(body, 1024 * 1024, validate);
+  return body;
+}
+
+/** A progress bar on stderr: redrawn in place on a terminal, a line per tenth otherwise. */
+function progress(ctx: CommandContext, total: number): (done: number) => void {
+  const tty = (ctx.stderr as { isTTY?: boolean }).isTTY === true;
+  let lastTenth = -1;
+  return (done) => {
+    if (tty) {
+      const width = 30;
+      const filled = Math.round((done / total) * width);
+      ctx.stderr.write(`\r[${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${done}/${total}${done === total ? '\n' : ''}`);
+      return;
+    }
+    const tenth = Math.floor((done / total) * 10);
+    if (tenth !== lastTenth) {
+      lastTenth = tenth;
+      ctx.stderr.write(`published ${done}/${total}\n`);
+    }
+  };
+}
+
+export async function runSubmit(argv: readonly string[], ctx: CommandContext): Promise<number> {
+  const { values } = parseArgs({
+    args: [...argv],
+    options: {
+      queue: { type: 'string' },
+      model: { type: 'string' },
+      dataset: { type: 'string' },
+      format: { type: 'string' },
+      experiment: { type: 'string' },
+      'label-column': { type: 'string' },
+      'request-id': { type: 'string' },
+      'run-name': { type: 'string' },
+      tag: { type: 'string', multiple: true },
+      param: { type: 'string', multiple: true },
+      'output-format': { type: 'string' },
+      file: { type: 'string' },
+      wait: { type: 'boolean' },
+      timeout: { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
+    strict: true,
+  });
+  if (values.help) {
+    ctx.stdout.write(SUBMIT_HELP);
+    return 0;
+  }
+  const env = readConfig('submit', SUBMIT_ENV, ctx.env);
+  const problems: string[] = [];
+  const queue = values.queue;
+  if (queue === undefined) problems.push('--queue: is required');
+  if (values.file === undefined && (values.model === undefined || values.dataset === undefined)) {
+    problems.push(`${values.model === undefined ? '--model' : '--dataset'}: is required (or give --file)`);
+  }
+  if (values.file !== undefined && (values.wait || values['request-id'] !== undefined)) {
+    problems.push(`${values.wait ? '--wait' : '--request-id'}: is for a single request, not --file`);
+  }
+  const timeoutSeconds = values.timeout === undefined ? 600 : Number(values.timeout);
+  if (!Number.isFinite(timeoutSeconds) || timeoutSeconds <= 0) problems.push(`--timeout: ${JSON.stringify(values.timeout)} must be a number of seconds above 0`);
+  if (problems.length > 0 || queue === undefined) throw new ConfigError('submit', problems);
+
+  const tags = pairs('--tag', values.tag);
+  const params = pairs('--param', values.param);
+  const dataset: Record<string, unknown> | undefined = values.dataset !== undefined ? { uri: datasetUri(values.dataset), ...(values.format !== undefined ? { format: values.format } : {}) } : undefined;
+  const defaults: Defaults = {
+    experiment: values.experiment ?? queue,
+    ...(values.model !== undefined ? { model: values.model } : {}),
+    ...(dataset ? { dataset } : {}),
+    ...(values['label-column'] !== undefined ? { labelColumn: values['label-column'] } : {}),
+    ...(values['request-id'] !== undefined ? { requestId: values['request-id'] } : {}),
+    ...(values['run-name'] !== undefined ? { runName: values['run-name'] } : {}),
+    ...(Object.keys(tags).length > 0 ? { tags } : {}),
+    ...(Object.keys(params).length > 0 ? { params } : {}),
+    ...(values['output-format'] !== undefined ? { output: { format: values['output-format'] } } : {}),
+  };
+
+  // Build and check everything before publishing anything.
+  const validate = await requestValidator();
+  const batch: Array<{ requestId: string; body: Buffer }> = [];
+  const invalid: string[] = [];
+  if (values.file !== undefined) {
+    let text: string;
+    try {
+      text = await readFile(values.file, 'utf8');
+    } catch (err) {
+      throw new ConfigError('submit', [`--file: cannot read ${JSON.stringify(values.file)}: ${(err as Error).message}`]);
+    }
+    text.split('\n').forEach((raw, i) => {
+      if (raw.trim() === '') return;
+      try {
+        const line = JSON.parse(raw) as unknown;
+        if (typeof line !== 'object' || line === null || Array.isArray(line)) throw new PermanentError('message: is not a JSON object');
+        const req = buildRequest(defaults, line as Record<string, unknown>);
+        batch.push({ requestId: String(req['requestId']), body: check(req, validate) });
+      } catch (err) {
+        invalid.push(`line ${i + 1}: ${(err as Error).message}`);
+      }
+    });
+  } else {
+    const req = buildRequest(defaults);
+    try {
+      batch.push({ requestId: String(req['requestId']), body: check(req, validate) });
+    } catch (err) {
+      invalid.push((err as Error).message);
+    }
+  }
+  if (invalid.length > 0) {
+    ctx.stderr.write(`kmj submit: nothing published: ${invalid.join('\n  ')}\n`);
+    return SUBMIT_EXIT.INVALID;
+  }
+  if (batch.length === 0) {
+    ctx.stderr.write('kmj submit: nothing to publish: the file has no requests\n');
+    return SUBMIT_EXIT.INVALID;
+  }
+
+  const log = createLogger({ level: 'warn', name: 'kmj-submit', sync: true });
+  // --wait needs MLflow: find out before publishing that its settings are usable.
+  const tracking = values.wait ? mlflowFromEnv('submit', ctx.env, log) : undefined;
+  if (values.wait && !tracking) throw new ConfigError('submit', ['MLFLOW_TRACKING_URI: is required with --wait']);
+
+  const publisher = new RequestPublisher({ url: env.RABBITMQ_URL, queue, maxDeliveries: env.KMJ_MAX_DELIVERIES, confirmTimeoutMs: 30_000 });
+  try {
+    await publisher.open();
+    const show = batch.length > 1 ? progress(ctx, batch.length) : () => undefined;
+    for (let i = 0; i < batch.length; i += 200) {
+      const part = batch.slice(i, i + 200);
+      await publisher.publish(part);
+      for (const item of part) ctx.stdout.write(`${item.requestId}\n`);
+      show(Math.min(i + 200, batch.length));
+    }
+  } catch (err) {
+    if (err instanceof PublishError) {
+      ctx.stderr.write(`kmj submit: ${err.message}\n`);
+      return SUBMIT_EXIT.BROKER;
+    }
+    throw err;
+  } finally {
+    await publisher.close();
+  }
+
+  if (!tracking) return SUBMIT_EXIT.OK;
+  const first = batch[0] as { requestId: string };
+  try {
+    return await waitForOutcome(ctx, tracking, env.RABBITMQ_URL, queue, String(defaults['experiment']), first.requestId, timeoutSeconds * 1000);
+  } finally {
+    await tracking.http.close();
+  }
+}
+
+type Followed = { kind: 'finished'; run: Run; experimentId: string } | { kind: 'dead-lettered'; reason: string; run?: Run } | { kind: 'timeout'; last: string };
+
+/** Follows a request: its MLflow run's status, or its dead-letter when it never got a run. */
+async function waitForOutcome(ctx: CommandContext, tracking: MlflowTracking, amqpUrl: string, queue: string, experiment: string, requestId: string, timeoutMs: number): Promise<number> {
+  const started = Date.now();
+  const out = (line: string): boolean => ctx.stderr.write(`${line}\n`);
+  const result = await follow(tracking, amqpUrl, queue, experiment, requestId, timeoutMs, ctx.shutdownSignal, (state) => out(`${((Date.now() - started) / 1000).toFixed(0).padStart(4)}s  ${state}`));
+  if (result.kind === 'finished') {
+    const metrics = Object.fromEntries((result.run.data.metrics ?? []).map((m) => [m.key, m.value]));
+    const shown = ['rows', 'accuracy_score', 'f1_score', 'r2_score', 'root_mean_squared_error', 'total_seconds'].filter((k) => metrics[k] !== undefined);
+    ctx.stdout.write(`FINISHED run ${result.run.info.run_id}\n`);
+    for (const k of shown) ctx.stdout.write(`  ${k.padEnd(24)} ${Number(metrics[k]).toPrecision(6).replace(/\.?0+$/, '')}\n`);
+    ctx.stdout.write(`  ${runUrl(tracking, result.experimentId, result.run.info.run_id)}\n`);
+    return SUBMIT_EXIT.OK;
+  }
+  if (result.kind === 'dead-lettered') {
+    ctx.stdout.write(`DEAD-LETTERED${result.run ? ` (run ${result.run.info.run_id} FAILED)` : ''}: ${result.reason}\n`);
+    return SUBMIT_EXIT.DEAD_LETTERED;
+  }
+  ctx.stdout.write(`no outcome within ${timeoutMs / 1000} s (last seen: ${result.last})\n`);
+  return SUBMIT_EXIT.TIMEOUT;
+}
+
+async function follow(
+  tracking: MlflowTracking,
+  amqpUrl: string,
+  queue: string,
+  experiment: string,
+  requestId: string,
+  timeoutMs: number,
+  stop: AbortSignal,
+  onState: (state: string) => void,
+): Promise<Followed> {
+  const end = Date.now() + timeoutMs;
+  let last = '';
+  const note = (state: string): void => {
+    if (state !== last) {
+      last = state;
+      onState(state);
+    }
+  };
+  let experimentId: string | undefined;
+  for (let round = 0; Date.now() < end && !stop.aborted; round++) {
+    try {
+      experimentId ??= await experimentIdIfAny(tracking, experiment, stop);
+      const run = experimentId === undefined ? undefined : (await tracking.runsWithTag(experimentId, REQUEST_ID_TAG, requestId, stop))[0];
+      if (run && experimentId !== undefined) {
+        const tags = Object.fromEntries((run.data.tags ?? []).map((t) => [t.key, t.value]));
+        if (run.info.status === 'FINISHED') return { kind: 'finished', run, experimentId };
+        if (tags[OUTCOME_TAG] === 'dead-lettered') return { kind: 'dead-lettered', reason: tags[ERROR_TAG] ?? 'unknown', run };
+        note(run.info.status === 'RUNNING' ? `running (run ${run.info.run_id})` : `${run.info.status.toLowerCase()}, ${tags[OUTCOME_TAG] ?? 'waiting'}: ${tags[ERROR_TAG] ?? ''}`);
+      } else {
+        note('queued: no run yet');
+        // A request refused before it had a run is only in the dead-letter queue.
+        if (round % 5 === 4) {
+          const dead = await deadLetterOf(amqpUrl, queue, requestId);
+          if (dead !== undefined) return { kind: 'dead-lettered', reason: dead };
+        }
+      }
+    } catch (err) {
+      note(`MLflow unreachable: ${err instanceof Error ? err.message : String(err)}`);
+    }
+    await sleep(1000, stop).catch(() => undefined);
+  }
+  return { kind: 'timeout', last };
+}
+
+async function experimentIdIfAny(tracking: MlflowTracking, name: string, signal: AbortSignal): Promise<string | undefined> {
+  try {
+    const r = await tracking.http.api<{ experiment: { experiment_id: string } }>('experiments/get-by-name', { method: 'GET', query: { experiment_name: name }, signal, maxRetries: 0 });
+    return r.experiment.experiment_id;
+  } catch (err) {
+    if (err instanceof MlflowHttpError && err.errorCode === 'RESOURCE_DOES_NOT_EXIST') return undefined;
+    throw err;
+  }
+}
+
+/**
+ * Looks through the dead-letter queue for the request, without taking anything out of it: each
+ * message read is given back (basic.nack with requeue) when the channel closes.
+ */
+async function deadLetterOf(amqpUrl: string, queue: string, requestId: string): Promise<string | undefined> {
+  const conn = await connect(amqpUrl);
+  try {
+    const ch = await conn.createChannel();
+    const seen: ConsumeMessage[] = [];
+    let reason: string | undefined;
+    for (let i = 0; i < 1000; i++) {
+      const m = await ch.get(deadLetterQueueOf(queue), { noAck: false });
+      if (m === false) break;
+      seen.push(m as unknown as ConsumeMessage);
+      if (m.properties.messageId === requestId) {
+        reason = String((m.properties.headers as Record<string, unknown> | undefined)?.['x-kmj-dead-letter-reason'] ?? 'dead-lettered by the broker');
+        break;
+      }
+    }
+    for (const m of seen) ch.nack(m, false, true);
+    await ch.close();
+    return reason;
+  } finally {
+    await conn.close().catch(() => undefined);
+  }
+}
