@@ -14,7 +14,7 @@ STAMP := .run/stamps
 .PHONY: help deps build typecheck services test demo bench-scaler bench-worker clean
 
 help:
-	@echo "make demo          run the scaler against a local RabbitMQ and show what KEDA would see"
+	@echo "make demo          RabbitMQ, MLflow, the scaler and workers on this machine, one Job per request"
 	@echo "make test          start the services the tests need, run every test"
 	@echo "make bench-scaler  benchmark the scaler under KEDA-like polling of 200 queues"
 	@echo "make bench-worker  the worker beside a Python worker: cold start, throughput, memory"
@@ -44,7 +44,11 @@ services:
 test: build services
 	node scripts/run-tests.mjs
 
-demo: build services
+# The demo needs RabbitMQ, the main MLflow server and the sample models; not the auth server.
+demo: build
+	scripts/rabbitmq.sh start
+	scripts/mlflow.sh start
+	KMJ_FIXTURES_AUTH=0 scripts/fixtures.sh
 	node bin/kmj.js demo
 
 bench-scaler: build services

@@ -1,167 +1,253 @@
 /**
- * `kmj demo`: the scaler against a local RabbitMQ, seen the way KEDA sees it.
+ * `kmj demo`: the whole system on one machine, as it runs on the cluster.
  *
- * Publishes sample requests to a fresh queue, runs the scaler, and each second polls it as KEDA
- * polls a ScaledJob (GetMetricSpec, GetMetrics, IsActive), applies KEDA's `default` scaling
- * strategy to decide how many Jobs to start, and starts them. Each Job is a consumer that behaves
- * like a worker pod: it starts after a random delay (slow pods), takes exactly one message with
- * prefetch 1, holds it while it "works", then cancels its consumer, acknowledges and exits, and is
- * seen as complete a moment later, as Kubernetes reports Jobs. The last line says how many Jobs
- * were created for how many messages.
+ * With RabbitMQ, MLflow and the sample models in place (`make demo` starts and registers them),
+ * it runs the scaler, publishes a batch of sample requests, and each second polls the scaler the
+ * way KEDA polls a ScaledJob (GetMetricSpec, GetMetrics, IsActive), applies KEDA's `default`
+ * scaling strategy, and starts that many real `kmj worker` processes, at most --max-jobs at a
+ * time, one per message. It ends with a table of the runs and the MLflow UI address.
  */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { connect, type ChannelModel } from 'amqplib';
+import { connect } from 'amqplib';
 import { sleep } from '../common/abort.ts';
+import { ConfigError } from '../common/config.ts';
 import { createLogger } from '../common/log.ts';
+import { PACKAGE_ROOT } from '../common/paths.ts';
+import { deadLetterQueueOf } from '../common/topology.ts';
 import { startScaler } from '../scaler/app.ts';
 import { ScalerClient, defaultStrategyJobs } from '../scaler/client.ts';
 import { loadScalerConfig } from '../scaler/config.ts';
+import { quoteFilterValue, type MlflowTracking } from '../worker/mlflow/tracking.ts';
 import type { CommandContext } from './context.ts';
+import { mlflowFromEnv } from './mlflow-client.ts';
+import { RequestPublisher } from './publisher.ts';
 
-export const DEMO_HELP = `Usage: kmj demo [--messages <n>] [--max-jobs <n>] [--work-ms <ms>]
+export const DEMO_HELP = `Usage: kmj demo [--max-jobs <n>]
 
-Runs the scaler against the RabbitMQ at RABBITMQ_URL (default amqp://guest:guest@127.0.0.1:5672),
-publishes sample messages to a new queue, and prints each second what KEDA would see and do with
-a ScaledJob using the "default" scaling strategy and the scaler's "backlog" mode.
+The whole system on this machine: the scaler, a batch of sample requests on a new queue, and
+real "kmj worker" processes started one per message the way a KEDA ScaledJob with the "default"
+scaling strategy starts Jobs, printing each second what the scaler reports. Ends with a table of
+the MLflow runs and the MLflow UI address.
+
+Needs RabbitMQ (RABBITMQ_URL), MLflow (MLFLOW_TRACKING_URI, default http://127.0.0.1:5000) and
+the sample models: "make demo" starts the services and registers the models, then runs this.
 
 Options:
-  --messages <n>   messages to publish (default 12)
-  --max-jobs <n>   the ScaledJob's maxReplicaCount (default 4)
-  --work-ms <ms>   how long each Job holds its message (default 1500)
+  --max-jobs <n>   the ScaledJob's maxReplicaCount: workers at once (default 3)
   -h, --help       show this help
 `;
-
-interface DemoJob {
-  readonly id: number;
-  state: 'starting' | 'consuming' | 'done';
-  outcome?: 'acked' | 'idle' | 'failed';
-}
-
-function positiveInt(flag: string, raw: string | undefined, dflt: number): number {
-  if (raw === undefined) return dflt;
-  const n = Number(raw);
-  if (!Number.isSafeInteger(n) || n < 1) throw new TypeError(`${flag}: ${JSON.stringify(raw)} must be a positive integer`);
-  return n;
-}
-
-/** One simulated worker pod: slow start, one message, prefetch 1, cancel, ack, exit. */
-async function runJob(url: string, queue: string, job: DemoJob, workMs: number, idleMs: number, conns: Set<ChannelModel>): Promise<void> {
-  await sleep(300 + Math.random() * 2700);
-  const conn = await connect(url);
-  conns.add(conn);
-  try {
-    const ch = await conn.createChannel();
-    await ch.prefetch(1);
-    job.state = 'consuming';
-    let settle: (v: 'acked' | 'idle') => void = () => undefined;
-    const done = new Promise<'acked' | 'idle'>((resolve) => {
-      settle = resolve;
-    });
-    let taken = false;
-    const { consumerTag } = await ch.consume(queue, (msg) => {
-      if (!msg || taken) return;
-      taken = true;
-      // Cancel, then ack, then close the channel: channel.close is a round trip on the same channel,
-      // so its reply proves the broker has processed the ack. Closing the connection right after
-      // an ack can overtake it, and the message would be redelivered.
-      setTimeout(() => {
-        ch.cancel(consumerTag)
-          .then(() => ch.ack(msg))
-          .then(() => ch.close())
-          .then(() => settle('acked'), () => settle('idle'));
-      }, workMs);
-    });
-    const idle = setTimeout(() => {
-      if (!taken) settle('idle');
-    }, idleMs);
-    job.outcome = await done;
-    clearTimeout(idle);
-  } finally {
-    conns.delete(conn);
-    await conn.close().catch(() => undefined); // the demo is ending this Job either way
-    // Kubernetes marks a Job complete a moment after its pod exits (kubelet status, then the Job
-    // controller); until then KEDA counts it as unfinished.
-    await sleep(JOB_COMPLETION_LAG_MS);
-    job.state = 'done';
-  }
-}
 
 /** How long after its pod exits Kubernetes reports a Job complete, as modelled here. */
 const JOB_COMPLETION_LAG_MS = 1500;
 
-export async function runDemo(argv: readonly string[], ctx: CommandContext): Promise<number> {
-  const { values } = parseArgs({
-    args: [...argv],
-    options: {
-      messages: { type: 'string' },
-      'max-jobs': { type: 'string' },
-      'work-ms': { type: 'string' },
-      help: { type: 'boolean', short: 'h' },
-    },
-    strict: true,
+interface Fixtures {
+  readonly label: string;
+  readonly regressorLabel: string;
+  readonly features: string[];
+  readonly models: Record<string, { name: string; version: number; alias?: string }>;
+  readonly datasets: { csv: string; jsonl: string; artifactCsvUri: string };
+}
+
+interface DemoJob {
+  readonly child: ChildProcess;
+  done: boolean;
+  exitCode: number | null;
+}
+
+function sampleRequests(f: Fixtures, experiment: string): Array<Record<string, unknown>> {
+  const abs = (p: string): string => (p.startsWith('/') ? p : join(PACKAGE_ROOT, p));
+  const c = f.models['classifier'];
+  const r = f.models['regressor'];
+  const m = f.models['mlp'];
+  const base = (model: string, dataset: Record<string, unknown>, extra: Record<string, unknown> = {}): Record<string, unknown> => ({
+    version: 1,
+    requestId: `demo-${randomUUID().slice(0, 8)}`,
+    model,
+    dataset,
+    experiment,
+    ...extra,
   });
+  const out: Array<Record<string, unknown>> = [];
+  for (let i = 0; i < 4; i++) out.push(base(`models:/${c?.name}@${c?.alias ?? 'champion'}`, { uri: abs(f.datasets.csv) }, { labelColumn: f.label }));
+  for (let i = 0; i < 2; i++) out.push(base(`models:/${c?.name}/latest`, { uri: abs(f.datasets.jsonl) }, { labelColumn: f.label }));
+  for (let i = 0; i < 2; i++) out.push(base(`models:/${r?.name}/${r?.version}`, { uri: abs(f.datasets.csv) }, { labelColumn: f.regressorLabel }));
+  out.push(base(`models:/${m?.name}/${m?.version}`, { uri: f.datasets.artifactCsvUri }, { labelColumn: f.label }));
+  const row = (values: number[], species: number): Record<string, unknown> => Object.fromEntries([...f.features.map((name, i) => [name, values[i]]), [f.label, species]]);
+  out.push(base(`models:/${c?.name}/${c?.version}`, { rows: [row([5.1, 3.5, 1.4, 0.2], 0), row([6.7, 3.0, 5.2, 2.3], 2)], name: 'two-flowers' }, { labelColumn: f.label }));
+  // One that cannot succeed: it is dead-lettered with the reason, and its run marked FAILED.
+  out.push(base(`models:/${c?.name}@no-such-alias`, { uri: abs(f.datasets.csv) }));
+  return out;
+}
+
+function startWorker(queue: string, env: Readonly<Record<string, string | undefined>>, fixturesDir: string, mlflowUri: string): ChildProcess {
+  return spawn(process.execPath, [join(PACKAGE_ROOT, 'bin', 'kmj.js'), 'worker', '--queue', queue], {
+    env: {
+      ...env,
+      MLFLOW_TRACKING_URI: mlflowUri,
+      KMJ_DATASET_ROOTS: fixturesDir,
+      // One cache for all demo workers, like a ReadWriteMany cache volume on the cluster.
+      KMJ_MODEL_CACHE_DIR: join(PACKAGE_ROOT, '.run', 'demo-model-cache'),
+      KMJ_WORKER_IDLE_TIMEOUT_MS: '5000',
+      NODE_OPTIONS: '--max-semi-space-size=8',
+      LOG_LEVEL: 'warn',
+    },
+    stdio: ['ignore', 'ignore', 'ignore'],
+  });
+}
+
+interface RunRow {
+  readonly requestId: string;
+  readonly model: string;
+  readonly status: string;
+  readonly rows: string;
+  readonly score: string;
+  readonly seconds: string;
+}
+
+async function runTable(tracking: MlflowTracking, experiment: string, queue: string): Promise<{ rows: RunRow[]; experimentId: string }> {
+  const experimentId = await tracking.experimentId(experiment, AbortSignal.timeout(10_000));
+  const r = await tracking.http.api<{ runs?: Array<{ info: { status: string; start_time?: number; end_time?: number }; data: { metrics?: Array<{ key: string; value: number }>; tags?: Array<{ key: string; value: string }> } }> }>('runs/search', {
+    method: 'POST',
+    json: { experiment_ids: [experimentId], filter: `tags.\`kmj.queue\` = ${quoteFilterValue(queue)}`, max_results: 100, order_by: ['attributes.start_time ASC'] },
+    signal: AbortSignal.timeout(10_000),
+  });
+  const rows = (r.runs ?? []).map((run) => {
+    const tags = Object.fromEntries((run.data.tags ?? []).map((t) => [t.key, t.value]));
+    const metrics = Object.fromEntries((run.data.metrics ?? []).map((m) => [m.key, m.value]));
+    const score = metrics['accuracy_score'] !== undefined ? `accuracy ${metrics['accuracy_score'].toFixed(3)}` : metrics['r2_score'] !== undefined ? `r2 ${metrics['r2_score'].toFixed(3)}` : '';
+    return {
+      requestId: tags['kmj.request_id'] ?? '?',
+      model: tags['kmj.model_name'] !== undefined ? `${tags['kmj.model_name']} v${tags['kmj.model_version'] ?? '?'}` : (tags['kmj.model_uri'] ?? '?'),
+      status: run.info.status,
+      rows: metrics['rows'] !== undefined ? String(metrics['rows']) : '',
+      score,
+      seconds: run.info.start_time !== undefined && run.info.end_time !== undefined ? ((run.info.end_time - run.info.start_time) / 1000).toFixed(2) : '',
+    };
+  });
+  return { rows, experimentId };
+}
+
+export async function runDemo(argv: readonly string[], ctx: CommandContext): Promise<number> {
+  const { values } = parseArgs({ args: [...argv], options: { 'max-jobs': { type: 'string' }, help: { type: 'boolean', short: 'h' } }, strict: true });
   if (values.help) {
     ctx.stdout.write(DEMO_HELP);
     return 0;
   }
-  const messages = positiveInt('--messages', values.messages, 12);
-  const maxJobs = positiveInt('--max-jobs', values['max-jobs'], 4);
-  const workMs = positiveInt('--work-ms', values['work-ms'], 1500);
+  const maxJobs = values['max-jobs'] === undefined ? 3 : Number(values['max-jobs']);
+  if (!Number.isInteger(maxJobs) || maxJobs < 1 || maxJobs > 50) throw new ConfigError('demo', [`--max-jobs: ${JSON.stringify(values['max-jobs'])} must be an integer from 1 to 50`]);
+  const fixturesDir = join(PACKAGE_ROOT, '.run', 'fixtures');
+  const fixturesFile = join(fixturesDir, 'fixtures.json');
+  if (!existsSync(fixturesFile)) {
+    ctx.stderr.write('kmj demo: the sample models are not registered (no .run/fixtures/fixtures.json); run "make demo", which starts the services and registers them\n');
+    return 69;
+  }
+  const f = JSON.parse(readFileSync(fixturesFile, 'utf8')) as Fixtures;
+  const env = { ...ctx.env, MLFLOW_TRACKING_URI: ctx.env['MLFLOW_TRACKING_URI'] ?? 'http://127.0.0.1:5000' };
+  const mlflowUri = env.MLFLOW_TRACKING_URI;
+  const log = createLogger({ level: 'warn', name: 'kmj-demo' });
+  const tracking = mlflowFromEnv('demo', env, log);
+  if (!tracking) throw new ConfigError('demo', ['MLFLOW_TRACKING_URI: is required']);
+  const out = (line: string): boolean => ctx.stdout.write(`${line}\n`);
 
   const config = loadScalerConfig({ ...ctx.env, KMJ_SCALER_HOST: '127.0.0.1', KMJ_SCALER_PORT: '0', KMJ_SCALER_METRICS_PORT: '0' });
   const amqpUrl = config.sources.rabbitmq.connections.get('default')?.amqpUrl ?? '';
-  const log = createLogger({ level: 'warn', name: 'kmj-demo' });
   const scaler = await startScaler(config, log);
   const client = new ScalerClient(`127.0.0.1:${scaler.grpcPort}`);
   const queue = `kmj-demo-${Date.now().toString(36)}`;
-  const conns = new Set<ChannelModel>();
-  const admin = await connect(amqpUrl);
-  const out = (line: string): boolean => ctx.stdout.write(`${line}\n`);
+  const experiment = 'kmj-demo';
+  const jobs: DemoJob[] = [];
   try {
-    const ch = await admin.createConfirmChannel();
-    await ch.assertQueue(queue, { durable: true });
-    for (let i = 0; i < messages; i++) ch.sendToQueue(queue, Buffer.from(JSON.stringify({ sample: i })), { persistent: true });
-    await ch.waitForConfirms();
-    out(`published ${messages} messages to queue ${queue}; scaler on 127.0.0.1:${scaler.grpcPort}, ScaledJob maxReplicaCount ${maxJobs}`);
-    out(' time  metric  active  unfinished Jobs  new Jobs   (metric = ready + consumers, mode "backlog")');
-
-    const jobs: DemoJob[] = [];
-    const running: Promise<void>[] = [];
+    const requests = sampleRequests(f, experiment);
+    const publisher = new RequestPublisher({ url: amqpUrl, queue, maxDeliveries: 5, confirmTimeoutMs: 30_000 });
+    try {
+      await publisher.open();
+      await publisher.publish(requests.map((r) => ({ requestId: String(r['requestId']), body: Buffer.from(JSON.stringify(r)) })));
+    } finally {
+      await publisher.close();
+    }
+    out(`published ${requests.length} requests to queue ${queue} (experiment "${experiment}"); scaler on 127.0.0.1:${scaler.grpcPort}; ScaledJob maxReplicaCount ${maxJobs}`);
+    out(' time  backlog  active  unfinished Jobs  new Jobs  finished  failed   (backlog = ready + consumers: what the scaler tells KEDA)');
     const metadata = { queueName: queue, mode: 'backlog', targetSize: '1' };
     const started = Date.now();
-    for (let tick = 0; tick < 600 && !ctx.shutdownSignal.aborted; tick++) {
-      const poll = await client.poll(metadata, 'demo', 'default');
-      const unfinished = jobs.filter((j) => j.state !== 'done').length;
+    for (let tick = 0; tick < 110 && !ctx.shutdownSignal.aborted; tick++) {
+      const poll = await client.poll(metadata, 'ml-requests', 'kmj');
+      const unfinished = jobs.filter((j) => !j.done).length;
+      const ok = jobs.filter((j) => j.done && j.exitCode === 0).length;
+      const failed = jobs.filter((j) => j.done && j.exitCode !== 0).length;
       const t = ((Date.now() - started) / 1000).toFixed(0).padStart(4);
       if (!poll.ok) {
-        out(`${t}s  ${poll.code}: ${poll.details}`);
+        out(`${t}s  scaler: ${poll.code}: ${poll.details}`);
       } else {
         const create = defaultStrategyJobs(poll.view, unfinished, maxJobs);
-        out(`${t}s  ${String(poll.view.value).padStart(6)}  ${String(poll.view.active).padStart(6)}  ${String(unfinished).padStart(15)}  ${String(create).padStart(8)}`);
+        out(`${t}s  ${String(poll.view.value).padStart(7)}  ${String(poll.view.active).padStart(6)}  ${String(unfinished).padStart(15)}  ${String(create).padStart(8)}  ${String(ok).padStart(8)}  ${String(failed).padStart(6)}`);
         for (let i = 0; i < create; i++) {
-          const job: DemoJob = { id: jobs.length + 1, state: 'starting' };
+          const child = startWorker(queue, ctx.env, fixturesDir, mlflowUri);
+          const job: DemoJob = { child, done: false, exitCode: null };
+          child.once('exit', (code) => {
+            job.exitCode = code;
+            // Kubernetes reports the Job complete a moment after the pod exits.
+            setTimeout(() => {
+              job.done = true;
+            }, JOB_COMPLETION_LAG_MS).unref();
+          });
           jobs.push(job);
-          running.push(
-            runJob(amqpUrl, queue, job, workMs, 5000, conns).catch((err: unknown) => {
-              job.outcome = 'failed';
-              log.error({ err, job: job.id }, 'demo job failed');
-            }),
-          );
         }
         if (!poll.view.active && unfinished === 0 && jobs.length > 0) break;
       }
       await sleep(1000, ctx.shutdownSignal).catch(() => undefined);
     }
-    await Promise.allSettled(running);
-    const acked = jobs.filter((j) => j.outcome === 'acked').length;
-    const idle = jobs.filter((j) => j.outcome === 'idle').length;
-    out(`done: ${messages} messages, ${jobs.length} Jobs created, ${acked} processed one message each, ${idle} found none`);
-    await ch.deleteQueue(queue);
-    return acked === messages ? 0 : 1;
+
+    const { rows, experimentId } = await runTable(tracking, experiment, queue);
+    out('');
+    out(`${'request'.padEnd(14)} ${'model'.padEnd(26)} ${'status'.padEnd(9)} ${'rows'.padStart(5)}  ${'score'.padEnd(15)} ${'seconds'.padStart(7)}`);
+    for (const r of rows) out(`${r.requestId.padEnd(14)} ${r.model.padEnd(26)} ${r.status.padEnd(9)} ${r.rows.padStart(5)}  ${r.score.padEnd(15)} ${r.seconds.padStart(7)}`);
+    const dead = await deadLetters(amqpUrl, queue);
+    for (const d of dead) out(`dead-lettered: ${d}`);
+    out('');
+    out(`${jobs.length} worker Jobs for ${requests.length} messages; MLflow UI: ${tracking.http.baseUrl}/#/experiments/${experimentId}`);
+    const finished = rows.filter((r) => r.status === 'FINISHED').length;
+    return finished === requests.length - 1 && dead.length === 1 ? 0 : 1;
   } finally {
-    for (const c of conns) await c.close().catch(() => undefined);
-    await admin.close().catch(() => undefined);
+    for (const j of jobs) if (j.exitCode === null) j.child.kill('SIGTERM');
     client.close();
     await scaler.close(1000);
+    await deleteQueues(amqpUrl, queue);
+    await tracking.http.close();
+  }
+}
+
+/** The reasons of the demo queue's dead-letters. */
+async function deadLetters(amqpUrl: string, queue: string): Promise<string[]> {
+  const conn = await connect(amqpUrl);
+  try {
+    const ch = await conn.createChannel();
+    const reasons: string[] = [];
+    for (;;) {
+      const m = await ch.get(deadLetterQueueOf(queue), { noAck: true });
+      if (m === false) break;
+      reasons.push(`${m.properties.messageId ?? '?'}: ${String((m.properties.headers as Record<string, unknown> | undefined)?.['x-kmj-dead-letter-reason'] ?? 'dead-lettered by the broker')}`);
+    }
+    await ch.close();
+    return reasons;
+  } finally {
+    await conn.close().catch(() => undefined);
+  }
+}
+
+async function deleteQueues(amqpUrl: string, queue: string): Promise<void> {
+  const conn = await connect(amqpUrl).catch(() => undefined);
+  if (!conn) return;
+  try {
+    const ch = await conn.createChannel();
+    await ch.deleteQueue(queue);
+    await ch.deleteQueue(deadLetterQueueOf(queue));
+  } catch {
+    // the demo is over either way; a leftover demo queue is harmless
+  } finally {
+    await conn.close().catch(() => undefined);
   }
 }
