@@ -5,6 +5,9 @@ import { describe, expect, it } from 'vitest';
 import {
   drain,
   fixtures,
+  MLFLOW_AUTH_PASSWORD,
+  MLFLOW_AUTH_URL,
+  MLFLOW_AUTH_USER,
   parseCsv,
   publish,
   queueState,
@@ -232,5 +235,28 @@ describe('consumer protocol', () => {
     const runs = await runsOf(req.experiment);
     expect(runs.map((r) => r.info.run_id)).toEqual([first?.info.run_id]);
     expect(await queueState(queue)).toEqual({ messages: 0, consumers: 0 });
+  });
+});
+
+describe('MLflow with basic auth', () => {
+  it('runs a request end to end against a server that requires a user and password', async () => {
+    const auth = fixtures('fixtures-auth');
+    const model = auth.models['classifier'];
+    const queue = await requestQueue();
+    const req = request({ model: `models:/${model?.name}@${model?.alias ?? 'champion'}`, dataset: { uri: auth.datasets.csv } });
+    await publish(queue, req);
+    const result = await runWorker(queue, {
+      MLFLOW_TRACKING_URI: MLFLOW_AUTH_URL,
+      MLFLOW_TRACKING_USERNAME: MLFLOW_AUTH_USER,
+      MLFLOW_TRACKING_PASSWORD: MLFLOW_AUTH_PASSWORD,
+      KMJ_DATASET_ROOTS: auth.dir,
+    });
+    expect(result.code).toBe(0);
+    expect(result.stderr).not.toContain(MLFLOW_AUTH_PASSWORD);
+    const [run] = await runsOf(req.experiment, MLFLOW_AUTH_URL, true);
+    expect(run?.info.status).toBe('FINISHED');
+    const py = await readRunWithPython(run?.info.run_id ?? '', MLFLOW_AUTH_URL, true);
+    expect(py.metrics['rows']).toBe(150);
+    expect(parseCsv(py.artifacts['predictions/predictions.csv'] ?? '').map((p) => Number(p['output_label']))).toEqual((model?.expected['output_label'] ?? []) as number[]);
   });
 });
