@@ -1,0 +1,152 @@
+/**
+ * The real `kmj` command as a user runs it: `node bin/kmj.js <args>` in its own process, with an
+ * explicit environment (nothing of the test runner's leaks in), its output collected as it comes,
+ * and its exit. Plus the RabbitMQ and port helpers the CLI tests share.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createServer } from 'node:net';
+import { connect } from 'amqplib';
+import { packageFile } from '../../common/paths.ts';
+import { RABBITMQ_MANAGEMENT_URL, RABBITMQ_URL } from './env.ts';
+import type { Cleanups } from './cleanups.ts';
+
+export const KMJ = packageFile('bin', 'kmj.js');
+
+export interface KmjExit {
+  readonly code: number | null;
+  readonly signal: NodeJS.Signals | null;
+  readonly stdout: string;
+  readonly stderr: string;
+}
+
+export interface KmjProcess {
+  readonly child: ChildProcess;
+  stdout(): string;
+  stderr(): string;
+  /** Resolves when the process has exited and its pipes are drained. */
+  readonly done: Promise<KmjExit>;
+  /** Resolves once `ok(stdout)` holds; fails when the process exits first or after `timeoutMs`. */
+  waitForStdout(ok: (stdout: string) => boolean, timeoutMs?: number): Promise<string>;
+  /** The JSON log lines on stderr so far (the worker's and the scaler's logs). */
+  logs(): Array<Record<string, unknown>>;
+}
+
+export interface KmjOptions {
+  /** The whole environment besides PATH (and HOME, unless given). */
+  readonly env?: Record<string, string>;
+  readonly cwd?: string;
+}
+
+/**
+ * Starts `kmj <args>`; with `cleanups`, a process still running after the test is killed. The
+ * environment is PATH, HOME and `options.env` only.
+ */
+export function startKmj(args: readonly string[], options: KmjOptions = {}, cleanups?: Cleanups): KmjProcess {
+  const child = spawn(process.execPath, [KMJ, ...args], {
+    env: { PATH: process.env['PATH'] ?? '', HOME: process.env['HOME'] ?? '/tmp', ...options.env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+    ...(options.cwd !== undefined ? { cwd: options.cwd } : {}),
+  });
+  let out = '';
+  let err = '';
+  child.stdout?.setEncoding('utf8').on('data', (d: string) => (out += d));
+  child.stderr?.setEncoding('utf8').on('data', (d: string) => (err += d));
+  let exited = false;
+  const done = new Promise<KmjExit>((resolve) => {
+    child.once('close', (code, signal) => {
+      exited = true;
+      resolve({ code, signal, stdout: out, stderr: err });
+    });
+  });
+  cleanups?.defer(async () => {
+    if (!exited && child.pid !== undefined) {
+      child.kill('SIGKILL');
+      await done;
+    }
+  });
+  return {
+    child,
+    stdout: () => out,
+    stderr: () => err,
+    done,
+    waitForStdout: async (ok, timeoutMs = 30_000) => {
+      const end = Date.now() + timeoutMs;
+      for (;;) {
+        if (ok(out)) return out;
+        if (exited || Date.now() > end) throw new Error(`stdout never matched (${exited ? `exited ${child.exitCode}` : 'timed out'}); stdout:\n${out}\nstderr:\n${err.slice(-3000)}`);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    },
+    logs: () =>
+      err
+        .split('\n')
+        .filter((l) => l.startsWith('{'))
+        .map((l) => JSON.parse(l) as Record<string, unknown>),
+  };
+}
+
+/** Runs `kmj <args>` to its exit. */
+export function runKmj(args: readonly string[], options: KmjOptions = {}, cleanups?: Cleanups): Promise<KmjExit> {
+  return startKmj(args, options, cleanups).done;
+}
+
+/** A loopback port nothing listens on (bound, then released). */
+export async function closedPort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const address = server.address();
+  const port = typeof address === 'object' && address ? address.port : 0;
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
+}
+
+/** Deletes queues (missing ones are fine), for a test's cleanups. */
+export async function deleteQueues(queues: readonly string[]): Promise<void> {
+  const conn = await connect(RABBITMQ_URL);
+  try {
+    const ch = await conn.createChannel();
+    for (const q of queues) await ch.deleteQueue(q);
+  } finally {
+    await conn.close();
+  }
+}
+
+/** True when the queue exists (passive declare). */
+export async function queueExists(queue: string): Promise<boolean> {
+  const conn = await connect(RABBITMQ_URL);
+  conn.on('error', () => undefined);
+  try {
+    const ch = await conn.createChannel();
+    ch.on('error', () => undefined);
+    try {
+      await ch.checkQueue(queue);
+      return true;
+    } catch (err) {
+      if ((err as { code?: unknown }).code === 404) return false;
+      throw err;
+    }
+  } finally {
+    await conn.close().catch(() => undefined);
+  }
+}
+
+export interface ManagementQueue {
+  readonly name: string;
+  readonly type: string;
+  readonly durable: boolean;
+  readonly arguments: Record<string, unknown>;
+  readonly messages_ready?: number;
+  readonly messages_unacknowledged?: number;
+  readonly consumers?: number;
+}
+
+/** A queue as the management API describes it (its type and arguments, which AMQP cannot tell). */
+export async function managementQueue(queue: string): Promise<ManagementQueue> {
+  const u = new URL(RABBITMQ_MANAGEMENT_URL);
+  const auth = `Basic ${Buffer.from(`${decodeURIComponent(u.username)}:${decodeURIComponent(u.password)}`).toString('base64')}`;
+  u.username = '';
+  u.password = '';
+  const res = await fetch(`${u.toString().replace(/\/+$/, '')}/api/queues/%2F/${encodeURIComponent(queue)}`, { headers: { authorization: auth } });
+  if (!res.ok) throw new Error(`management API: HTTP ${res.status} for queue ${queue}`);
+  return (await res.json()) as ManagementQueue;
+}
