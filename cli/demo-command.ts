@@ -165,7 +165,7 @@ export async function runDemo(argv: readonly string[], ctx: CommandContext): Pro
     const publisher = new RequestPublisher({ url: amqpUrl, queue, maxDeliveries: 5, confirmTimeoutMs: 30_000 });
     try {
       await publisher.open();
-      await publisher.publish(requests.map((r) => ({ requestId: String(r['requestId']), body: Buffer.from(JSON.stringify(r)) })));
+      await publisher.publish(requests.map((r) => ({ requestId: String(r['requestId']), body: Buffer.from(JSON.stringify(r)) })), ctx.shutdownSignal);
     } finally {
       await publisher.close();
     }

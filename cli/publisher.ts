@@ -11,8 +11,11 @@ import { declareRequestTopology, deadLetterQueueOf } from '../common/topology.ts
 
 export class PublishError extends Error {
   override readonly name = 'PublishError';
-  constructor(message: string, options?: ErrorOptions) {
+  /** Request ids of the failed batch that the broker did confirm: they are in the queue. */
+  readonly confirmed: readonly string[];
+  constructor(message: string, options?: ErrorOptions & { confirmed?: readonly string[] }) {
     super(scrubSecrets(message), options);
+    this.confirmed = options?.confirmed ?? [];
   }
 }
 
@@ -66,14 +69,16 @@ export class RequestPublisher {
   }
 
   /**
-   * Publishes a batch and waits until the broker has confirmed all of it. Throws PublishError
-   * naming the request ids that were not routed, refused or not confirmed.
+   * Publishes a batch and waits until the broker has confirmed all of it; returns the ids in
+   * batch order. Throws PublishError naming the request ids that were not routed, refused or not
+   * confirmed, and carrying those that were. `signal` (Ctrl-C) stops the wait at once.
    */
-  async publish(batch: ReadonlyArray<{ readonly requestId: string; readonly body: Buffer }>): Promise<void> {
+  async publish(batch: ReadonlyArray<{ readonly requestId: string; readonly body: Buffer }>, signal: AbortSignal): Promise<string[]> {
     const ch = this.#ch;
     if (!ch) throw new PublishError('the publisher is not open');
     const o = this.#options;
     this.#returned = [];
+    const acked = new Set<string>();
     const nacked: string[] = [];
     const pending: Array<Promise<void>> = [];
     for (const item of batch) {
@@ -82,27 +87,36 @@ export class RequestPublisher {
         new Promise<void>((resolve) => {
           ch.sendToQueue(o.queue, item.body, { persistent: true, mandatory: true, contentType: 'application/json', messageId: item.requestId, timestamp: Math.floor(Date.now() / 1000), appId: 'kmj' }, (err) => {
             if (err) nacked.push(item.requestId);
+            else acked.add(item.requestId);
             resolve();
           });
         }),
       );
     }
+    // A returned message is confirmed too (it was "handled": dropped): it is not in the queue.
+    const confirmed = (): string[] => batch.map((b) => b.requestId).filter((id) => acked.has(id) && !this.#returned.includes(id));
     try {
-      await raceAbort(Promise.all(pending), AbortSignal.timeout(o.confirmTimeoutMs));
+      await raceAbort(Promise.all(pending), AbortSignal.any([signal, AbortSignal.timeout(o.confirmTimeoutMs)]));
     } catch (err) {
-      throw new PublishError(`the broker did not confirm ${batch.length} message(s) within ${o.confirmTimeoutMs} ms: ${messageOf(this.#failure ?? err)}`, { cause: err });
+      const why = signal.aborted ? 'interrupted while waiting for the broker to confirm' : `the broker did not confirm ${batch.length - acked.size} message(s) within ${o.confirmTimeoutMs} ms`;
+      throw new PublishError(`${why}: ${messageOf(this.#failure ?? err)}`, { cause: err, confirmed: confirmed() });
     }
     if (this.#failure) {
-      throw new PublishError(`publishing to queue ${JSON.stringify(o.queue)} failed: ${messageOf(this.#failure)}`, { cause: this.#failure });
+      throw new PublishError(`publishing to queue ${JSON.stringify(o.queue)} failed: ${messageOf(this.#failure)}`, { cause: this.#failure, confirmed: confirmed() });
     }
     if (this.#returned.length > 0) {
-      throw new PublishError(`the broker could not route ${this.#returned.length} message(s) to queue ${JSON.stringify(o.queue)} (does it still exist?): ${this.#returned.join(', ')}`);
+      throw new PublishError(`the broker could not route ${this.#returned.length} message(s) to queue ${JSON.stringify(o.queue)} (does it still exist?): ${this.#returned.join(', ')}`, {
+        confirmed: confirmed(),
+      });
     }
-    if (nacked.length > 0) throw new PublishError(`the broker refused ${nacked.length} message(s): ${nacked.join(', ')}`);
+    if (nacked.length > 0) throw new PublishError(`the broker refused ${nacked.length} message(s): ${nacked.join(', ')}`, { confirmed: confirmed() });
+    return confirmed();
   }
 
+  /** Closes politely, but never waits long: a broker that stopped answering never sends close-ok. */
   async close(): Promise<void> {
-    await this.#ch?.close().catch(() => undefined); // may already be closed by the broker
-    await this.#conn?.close().catch(() => undefined);
+    const bound = AbortSignal.timeout(3000);
+    await raceAbort(this.#ch?.close() ?? Promise.resolve(), bound).catch(() => undefined); // may already be closed
+    await raceAbort(this.#conn?.close() ?? Promise.resolve(), bound).catch(() => undefined);
   }
 }

@@ -49,8 +49,9 @@ Environment: RABBITMQ_URL (default amqp://guest:guest@127.0.0.1:5672), MLFLOW_TR
 the usual MLflow auth variables (for --wait), KMJ_MAX_DELIVERIES (queue delivery limit, 5).
 
 Exit codes: 0 published (with --wait: the run FINISHED), 10 (--wait) dead-lettered,
-65 a request is invalid (nothing published), 69 the broker refused or did not confirm,
-75 (--wait) no outcome before the timeout, 78 bad configuration.
+64 bad usage, 65 a request is invalid (nothing published), 69 the broker refused or did not
+confirm (the ids printed are exactly those in the queue), 75 (--wait) no outcome before the
+timeout, 78 bad configuration, 130 interrupted (Ctrl-C).
 `;
 
 const SUBMIT_ENV = {
@@ -58,7 +59,7 @@ const SUBMIT_ENV = {
   KMJ_MAX_DELIVERIES: { kind: 'integer', min: 1, max: 1000, default: 5 },
 } as const satisfies FieldSpecs;
 
-export const SUBMIT_EXIT = { OK: 0, DEAD_LETTERED: 10, INVALID: 65, BROKER: 69, TIMEOUT: 75, CONFIG: 78 } as const;
+export const SUBMIT_EXIT = { OK: 0, DEAD_LETTERED: 10, INVALID: 65, BROKER: 69, TIMEOUT: 75, CONFIG: 78, INTERRUPTED: 130 } as const;
 
 function pairs(flag: string, values: readonly string[] | undefined): Record<string, string> {
   const out: Record<string, string> = {};
@@ -179,7 +180,12 @@ export async function runSubmit(argv: readonly string[], ctx: CommandContext): P
     text.split('\n').forEach((raw, i) => {
       if (raw.trim() === '') return;
       try {
-        const line = JSON.parse(raw) as unknown;
+        let line: unknown;
+        try {
+          line = JSON.parse(raw);
+        } catch (err) {
+          throw new PermanentError(`message: is not valid JSON (${(err as Error).message})`);
+        }
         if (typeof line !== 'object' || line === null || Array.isArray(line)) throw new PermanentError('message: is not a JSON object');
         const req = buildRequest(defaults, line as Record<string, unknown>);
         batch.push({ requestId: String(req['requestId']), body: check(req, validate) });
@@ -215,14 +221,16 @@ export async function runSubmit(argv: readonly string[], ctx: CommandContext): P
     const show = batch.length > 1 ? progress(ctx, batch.length) : () => undefined;
     for (let i = 0; i < batch.length; i += 200) {
       const part = batch.slice(i, i + 200);
-      await publisher.publish(part);
-      for (const item of part) ctx.stdout.write(`${item.requestId}\n`);
+      // Every id printed is in the queue; every id in the queue is printed, even when the
+      // batch fails part-way (resubmitting what was not printed must not run anything twice).
+      for (const id of await publisher.publish(part, ctx.shutdownSignal)) ctx.stdout.write(`${id}\n`);
       show(Math.min(i + 200, batch.length));
     }
   } catch (err) {
     if (err instanceof PublishError) {
+      for (const id of err.confirmed) ctx.stdout.write(`${id}\n`);
       ctx.stderr.write(`kmj submit: ${err.message}\n`);
-      return SUBMIT_EXIT.BROKER;
+      return ctx.shutdownSignal.aborted ? SUBMIT_EXIT.INTERRUPTED : SUBMIT_EXIT.BROKER;
     }
     throw err;
   } finally {
@@ -238,6 +246,13 @@ export async function runSubmit(argv: readonly string[], ctx: CommandContext): P
   }
 }
 
+/** Whole numbers as they are; others with 6 significant digits, trailing zeros dropped. */
+export function formatNumber(n: number): string {
+  if (Number.isInteger(n)) return String(n);
+  const s = n.toPrecision(6);
+  return s.includes('e') ? s : s.replace(/(\.\d*?)0+$/, '$1').replace(/\.$/, '');
+}
+
 type Followed = { kind: 'finished'; run: Run; experimentId: string } | { kind: 'dead-lettered'; reason: string; run?: Run } | { kind: 'timeout'; last: string };
 
 /** Follows a request: its MLflow run's status, or its dead-letter when it never got a run. */
@@ -249,7 +264,7 @@ async function waitForOutcome(ctx: CommandContext, tracking: MlflowTracking, amq
     const metrics = Object.fromEntries((result.run.data.metrics ?? []).map((m) => [m.key, m.value]));
     const shown = ['rows', 'accuracy_score', 'f1_score', 'r2_score', 'root_mean_squared_error', 'total_seconds'].filter((k) => metrics[k] !== undefined);
     ctx.stdout.write(`FINISHED run ${result.run.info.run_id}\n`);
-    for (const k of shown) ctx.stdout.write(`  ${k.padEnd(24)} ${Number(metrics[k]).toPrecision(6).replace(/\.?0+$/, '')}\n`);
+    for (const k of shown) ctx.stdout.write(`  ${k.padEnd(24)} ${formatNumber(Number(metrics[k]))}\n`);
     ctx.stdout.write(`  ${runUrl(tracking, result.experimentId, result.run.info.run_id)}\n`);
     return SUBMIT_EXIT.OK;
   }

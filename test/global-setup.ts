@@ -1,6 +1,7 @@
 // Fails the run at once, with the reason, when a service the tests need is not reachable.
 import { connect } from 'node:net';
 import { existsSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { PACKAGE_ROOT } from '../common/paths.ts';
 import { RABBITMQ_URL } from './helpers/env.ts';
@@ -29,7 +30,12 @@ async function mlflowHealthy(base: string): Promise<boolean> {
   }
 }
 
-export default async function setup(): Promise<void> {
+/** Runs after every test file: removes the model caches the test workers made. */
+async function teardown(): Promise<void> {
+  await rm(join(PACKAGE_ROOT, '.run', 'test-model-caches'), { recursive: true, force: true });
+}
+
+export default async function setup(): Promise<() => Promise<void>> {
   const u = new URL(RABBITMQ_URL);
   if (!(await reachable(u.hostname, Number(u.port || 5672)))) {
     throw new Error(`RabbitMQ is not reachable at ${u.hostname}:${u.port}; run the tests with "make test", which starts it`);
@@ -42,4 +48,5 @@ export default async function setup(): Promise<void> {
       throw new Error(`.run/${dir}/fixtures.json is missing; run the tests with "make test", which makes the test models`);
     }
   }
+  return teardown;
 }

@@ -238,7 +238,9 @@ async function runOnce(
   }
   if (!loaded) throw failure;
   const store = state.store as RunStore;
-  const tracking = store.kind === 'mlflow' ? deps.tracking : undefined;
+  // The dataset may live in MLflow even when the run goes to the spool: reading it then fails
+  // as MLflow's other calls did (transient: requeued), not as "no MLflow configured".
+  const tracking = deps.tracking;
   const { model, resolved, cacheHit } = loaded;
   const loadSeconds = loaded.seconds;
   log.debug({ seconds: (performance.now() - loadStart) / 1000 }, 'run and model ready');

@@ -20,7 +20,7 @@ import { dirname, join } from 'node:path';
 import type { Logger } from '../common/log.ts';
 import type { DatasetInput, KeyValue, Metric, MlflowTracking } from './mlflow/tracking.ts';
 import type { InferenceRequest } from './request.ts';
-import { ERROR_TAG, REQUEST_ID_TAG, createRunSafely, runParams, runTags, type DeliveryInfo, type RunResults, type RunStore } from './run-store.ts';
+import { ERROR_TAG, OUTCOME_TAG, REQUEST_ID_TAG, createRunSafely, runParams, runTags, type DeliveryInfo, type RunResults, type RunStore } from './run-store.ts';
 import type { WorkerConfig } from './config.ts';
 
 export interface SpooledRun {
@@ -198,6 +198,14 @@ async function replayEntry(entry: string, dir: string, t: MlflowTracking, log: L
       return { requestId: run.requestId, runId: finished.info.run_id, outcome: 'already in MLflow' };
     }
     const unfinished = existing[0];
+    if (unfinished) {
+      // An earlier online attempt's failure marks are not true of the finished run.
+      for (const key of [ERROR_TAG, OUTCOME_TAG]) {
+        if (unfinished.data.tags?.some((tag) => tag.key === key)) {
+          await t.http.api('runs/delete-tag', { method: 'POST', json: { run_id: unfinished.info.run_id, key }, signal });
+        }
+      }
+    }
     runId = unfinished
       ? unfinished.info.run_id
       : (await createRunSafely(t, experimentId, run.requestId, run.runName, run.tags.filter((tag) => tag.key !== ERROR_TAG), run.startTime, signal, log)).run_id;

@@ -5,10 +5,12 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
 import { connect } from 'amqplib';
 import { packageFile } from '../../common/paths.ts';
 import { RABBITMQ_MANAGEMENT_URL, RABBITMQ_URL } from './env.ts';
 import type { Cleanups } from './cleanups.ts';
+import { fixtures } from './worker.ts';
 
 export const KMJ = packageFile('bin', 'kmj.js');
 
@@ -82,6 +84,27 @@ export function startKmj(args: readonly string[], options: KmjOptions = {}, clea
         .split('\n')
         .filter((l) => l.startsWith('{'))
         .map((l) => JSON.parse(l) as Record<string, unknown>),
+  };
+}
+
+/**
+ * The environment of a test `kmj worker`, without MLFLOW_TRACKING_URI (add it for an online
+ * worker): its HOME and model cache are temp dirs the cleanups remove, its dataset roots the
+ * fixtures and the temp dir, quick MLflow retries, debug logs. `extra` overrides it.
+ */
+export function kmjWorkerEnv(cleanups: Cleanups, extra: Record<string, string> = {}): Record<string, string> {
+  return {
+    HOME: cleanups.tempDir('kmj-home-'),
+    RABBITMQ_URL,
+    KMJ_DATASET_ROOTS: `${fixtures().dir}:${tmpdir()}`,
+    KMJ_MODEL_CACHE_DIR: cleanups.tempDir('kmj-cache-'),
+    KMJ_WORKER_IDLE_TIMEOUT_MS: '5000',
+    MLFLOW_HTTP_REQUEST_MAX_RETRIES: '1',
+    MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR: '0.1',
+    MLFLOW_HTTP_REQUEST_BACKOFF_JITTER: '0.1',
+    MLFLOW_HTTP_REQUEST_TIMEOUT: '10',
+    LOG_LEVEL: 'debug',
+    ...extra,
   };
 }
 

@@ -5,7 +5,7 @@
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -151,7 +151,8 @@ export function workerEnv(env: Record<string, string> = {}): Record<string, stri
     RABBITMQ_URL,
     MLFLOW_TRACKING_URI: MLFLOW_URL,
     KMJ_DATASET_ROOTS: `${fixtures().dir}:${tmpdir()}`,
-    KMJ_MODEL_CACHE_DIR: mkdtempSync(join(tmpdir(), 'kmj-cache-')),
+    // A cache of its own per worker (created by the worker on first use), removed after the run.
+    KMJ_MODEL_CACHE_DIR: join(PACKAGE_ROOT, '.run', 'test-model-caches', uniqueId('cache')),
     KMJ_WORKER_IDLE_TIMEOUT_MS: '3000',
     MLFLOW_HTTP_REQUEST_MAX_RETRIES: '2',
     MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR: '0.1',

@@ -1,0 +1,300 @@
+// The real `kmj status` process against the real RabbitMQ (management API and AMQP), a real scaler
+// on free ports and the real MLflow server: what it shows when everything answers, and that each
+// part that cannot be reached is shown with its reason while the others still are.
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { STATUS_HELP } from '../../cli/status-command.ts';
+import { Cleanups } from '../helpers/cleanups.ts';
+import { RABBITMQ_MANAGEMENT_URL, RABBITMQ_URL } from '../helpers/env.ts';
+import { closedPort, kmjWorkerEnv, managementQueue, runKmj, type KmjExit } from '../helpers/kmj.ts';
+import { RabbitFixture } from '../helpers/rabbit.ts';
+import { startTestScaler, type ScalerHandle } from '../helpers/scaler.ts';
+import { MLFLOW_URL, fixtures, publish, request, runsOf, uniqueId, type RestRun } from '../helpers/worker.ts';
+
+const f = fixtures();
+const classifier = f.models['classifier'];
+const NO_ALIAS = `model: registered model "${classifier?.name}" has no alias "nope"`;
+
+const cleanups = new Cleanups();
+afterEach(() => cleanups.run());
+
+let scaler: ScalerHandle | undefined;
+let rabbit: RabbitFixture | undefined;
+beforeAll(async () => {
+  scaler = await startTestScaler();
+  rabbit = new RabbitFixture();
+});
+afterAll(async () => {
+  await scaler?.close();
+  await rabbit?.close();
+});
+
+function scalerAddress(): string {
+  return `127.0.0.1:${scaler?.scaler.grpcPort ?? 0}`;
+}
+
+function status(args: readonly string[], env: Record<string, string> = {}): Promise<KmjExit> {
+  return runKmj(
+    ['status', ...args],
+    {
+      env: {
+        RABBITMQ_URL,
+        RABBITMQ_MANAGEMENT_URL,
+        KMJ_SCALER_ADDRESS: scalerAddress(),
+        KMJ_SCALER_METRICS_URL: `http://127.0.0.1:${scaler?.scaler.metricsPort ?? 0}`,
+        MLFLOW_TRACKING_URI: MLFLOW_URL,
+        ...env,
+      },
+    },
+    cleanups,
+  );
+}
+
+function lines(text: string): string[] {
+  return text.split('\n').filter((l) => l !== '');
+}
+
+/** The metric name the scaler gives KEDA for the trigger `kmj status` asks about (mode backlog). */
+async function metricNameOf(queue: string): Promise<string> {
+  const raw = scaler?.client.raw;
+  if (!raw) throw new Error('scaler not started');
+  const call = raw['GetMetricSpec'] as (req: unknown, cb: (err: Error | null, res: { metricSpecs: Array<{ metricName: string }> }) => void) => void;
+  const spec = await new Promise<{ metricSpecs: Array<{ metricName: string }> }>((resolve, reject) =>
+    call.call(raw, { name: 'kmj-status', namespace: 'default', scalerMetadata: { queueName: queue, mode: 'backlog' } }, (err, res) => (err ? reject(err) : resolve(res))),
+  );
+  return spec.metricSpecs[0]?.metricName ?? '';
+}
+
+/** Waits until the management plugin's sampled figures for the queue are `want` (they lag). */
+async function managementShows(queue: string, want: { ready: number; unacked: number; consumers: number }): Promise<void> {
+  const end = Date.now() + 20_000;
+  for (;;) {
+    const q = await managementQueue(queue);
+    const seen = { ready: q.messages_ready, unacked: q.messages_unacknowledged, consumers: q.consumers };
+    if (seen.ready === want.ready && seen.unacked === want.unacked && seen.consumers === want.consumers) return;
+    if (Date.now() > end) throw new Error(`management API shows ${JSON.stringify(seen)} for ${queue}, not ${JSON.stringify(want)}`);
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
+async function experimentId(name: string): Promise<string> {
+  const res = await fetch(`${MLFLOW_URL}/api/2.0/mlflow/experiments/get-by-name?experiment_name=${encodeURIComponent(name)}`);
+  return ((await res.json()) as { experiment: { experiment_id: string } }).experiment.experiment_id;
+}
+
+function seconds(run: RestRun): number {
+  return ((run.info.end_time ?? Number.NaN) - run.info.start_time) / 1000;
+}
+
+function metric(run: RestRun, key: string): number | undefined {
+  return run.data.metrics?.find((m) => m.key === key)?.value;
+}
+
+/** The run line `kmj status` prints. */
+function runLine(requestId: string, outcome: string, run: RestRun, error?: string): string {
+  const rows = metric(run, 'rows');
+  const accuracy = metric(run, 'accuracy_score');
+  return `    ${requestId.padEnd(38)} ${outcome.padEnd(14)} ${seconds(run).toFixed(2).padStart(8)} ${String(rows ?? '').padStart(8)} ${(accuracy?.toFixed(4) ?? '').padStart(9)}${error !== undefined ? `  ${error}` : ''}`;
+}
+
+describe('kmj status with everything reachable', () => {
+  it('shows the queue, what the scaler tells KEDA, and the latest runs; --json has the same as data', async () => {
+    const queue = await cleanups.requestQueue();
+    // One request that finishes and one that is dead-lettered after its run started, both in the
+    // experiment named after the queue (kmj submit's default), then three waiting.
+    const good = request({ experiment: queue });
+    await publish(queue, good);
+    expect((await runKmj(['worker', '--queue', queue], { env: kmjWorkerEnv(cleanups, { MLFLOW_TRACKING_URI: MLFLOW_URL }) }, cleanups)).code).toBe(0);
+    const bad = request({ experiment: queue, model: `models:/${classifier?.name}@nope` });
+    await publish(queue, bad);
+    expect((await runKmj(['worker', '--queue', queue], { env: kmjWorkerEnv(cleanups, { MLFLOW_TRACKING_URI: MLFLOW_URL }) }, cleanups)).code).toBe(10);
+    for (let i = 0; i < 3; i++) await publish(queue, request({ experiment: queue }));
+    await managementShows(queue, { ready: 3, unacked: 0, consumers: 0 });
+    await managementShows(`${queue}.dead`, { ready: 1, unacked: 0, consumers: 0 });
+
+    const runs = await runsOf(queue);
+    const goodRun = runs.find((r) => r.data.tags?.some((t) => t.key === 'kmj.request_id' && t.value === good.requestId)) as RestRun;
+    const badRun = runs.find((r) => r.data.tags?.some((t) => t.key === 'kmj.request_id' && t.value === bad.requestId)) as RestRun;
+    expect(goodRun.info.status).toBe('FINISHED');
+    expect(badRun.info.status).toBe('FAILED');
+    const expId = await experimentId(queue);
+    const metricName = await metricNameOf(queue);
+
+    const text = await status(['--queue', queue]);
+    expect(text.stderr).toBe('');
+    expect(text.code).toBe(0);
+    const out = lines(text.stdout);
+    expect(out).toHaveLength(8);
+    expect(out.slice(0, 2)).toEqual([`queue ${queue}`, '  RabbitMQ   ready 3   unacknowledged 0   consumers 0   dead-lettered 1   (management)']);
+    expect(out[2]).toMatch(new RegExp(`^  scaler     KEDA sees ${metricName} = 3, active, reading \\d+ ms old   \\(${scalerAddress()}\\)$`));
+    expect(out.slice(3)).toEqual([
+      `  MLflow     latest runs of experiment "${queue}":`,
+      `    ${'request'.padEnd(38)} ${'outcome'.padEnd(14)} ${'seconds'.padStart(8)} ${'rows'.padStart(8)} ${'accuracy'.padStart(9)}`,
+      runLine(bad.requestId, 'dead-lettered', badRun, NO_ALIAS),
+      runLine(good.requestId, 'finished', goodRun),
+      `    ${MLFLOW_URL}/#/experiments/${expId}`,
+    ]);
+    expect(metric(goodRun, 'rows')).toBe(150);
+
+    const json = await status(['--queue', queue, '--json']);
+    expect(json.code).toBe(0);
+    expect(JSON.parse(json.stdout)).toEqual({
+      queue,
+      rabbitmq: { ok: true, value: { source: 'management', ready: 3, unacked: 0, consumers: 0, deadLettered: 1 } },
+      scaler: { ok: true, value: { address: scalerAddress(), metricName, value: 3, active: true, snapshotAgeMs: expect.any(Number) } },
+      mlflow: {
+        ok: true,
+        value: {
+          experiment: queue,
+          experimentId: expId,
+          runs: [
+            {
+              runId: badRun.info.run_id,
+              requestId: bad.requestId,
+              status: 'FAILED',
+              outcome: 'dead-lettered',
+              seconds: seconds(badRun),
+              error: NO_ALIAS,
+              url: `${MLFLOW_URL}/#/experiments/${expId}/runs/${badRun.info.run_id}`,
+            },
+            {
+              runId: goodRun.info.run_id,
+              requestId: good.requestId,
+              status: 'FINISHED',
+              outcome: 'finished',
+              seconds: seconds(goodRun),
+              rows: 150,
+              accuracy: metric(goodRun, 'accuracy_score'),
+              url: `${MLFLOW_URL}/#/experiments/${expId}/runs/${goodRun.info.run_id}`,
+            },
+          ],
+        },
+      },
+    });
+
+    // --runs limits the list to the latest; --experiment reads another experiment.
+    const one = JSON.parse((await status(['--queue', queue, '--json', '--runs', '1'])).stdout) as { mlflow: { value: { runs: Array<{ runId: string }> } } };
+    expect(one.mlflow.value.runs.map((r) => r.runId)).toEqual([badRun.info.run_id]);
+    const other = uniqueId('exp');
+    const empty = await status(['--queue', queue, '--experiment', other]);
+    expect(empty.code).toBe(0);
+    expect(lines(empty.stdout)[3]).toBe(`  MLflow     experiment "${other}": no runs yet`);
+  });
+});
+
+describe('kmj status with a part out of reach', () => {
+  /** A queue with three ready messages, its management figures settled. */
+  async function queueWithThree(): Promise<string> {
+    const queue = await cleanups.requestQueue();
+    for (let i = 0; i < 3; i++) await publish(queue, request({ experiment: queue }));
+    await managementShows(queue, { ready: 3, unacked: 0, consumers: 0 });
+    return queue;
+  }
+
+  it('MLflow down: exit 1, the MLflow line says unreachable with the reason, the queue and the scaler still shown', async () => {
+    const queue = await queueWithThree();
+    const port = await closedPort();
+    const metricName = await metricNameOf(queue);
+    const text = await status(['--queue', queue], { MLFLOW_TRACKING_URI: `http://127.0.0.1:${port}` });
+    expect(text.code).toBe(1);
+    const out = lines(text.stdout);
+    expect(out).toHaveLength(4);
+    expect(out[1]).toBe('  RabbitMQ   ready 3   unacknowledged 0   consumers 0   dead-lettered 0   (management)');
+    expect(out[2]).toMatch(new RegExp(`^  scaler     KEDA sees ${metricName} = 3, active, reading \\d+ ms old   \\(${scalerAddress()}\\)$`));
+    expect(out[3]).toMatch(new RegExp(`^  MLflow     unreachable: .*ECONNREFUSED 127\\.0\\.0\\.1:${port}`));
+
+    const json = JSON.parse((await status(['--queue', queue, '--json'], { MLFLOW_TRACKING_URI: `http://127.0.0.1:${port}` })).stdout) as Record<string, unknown>;
+    expect(json).toEqual({
+      queue,
+      rabbitmq: { ok: true, value: { source: 'management', ready: 3, unacked: 0, consumers: 0, deadLettered: 0 } },
+      scaler: { ok: true, value: { address: scalerAddress(), metricName, value: 3, active: true, snapshotAgeMs: expect.any(Number) } },
+      mlflow: { ok: false, error: expect.stringMatching(new RegExp(`ECONNREFUSED 127\\.0\\.0\\.1:${port}`)) },
+    });
+  });
+
+  it('MLFLOW_TRACKING_URI unset: exit 1, MLflow shown as not configured', async () => {
+    const queue = await queueWithThree();
+    const env: Record<string, string> = {
+      RABBITMQ_URL,
+      RABBITMQ_MANAGEMENT_URL,
+      KMJ_SCALER_ADDRESS: scalerAddress(),
+      KMJ_SCALER_METRICS_URL: `http://127.0.0.1:${scaler?.scaler.metricsPort ?? 0}`,
+    };
+    const text = await runKmj(['status', '--queue', queue], { env }, cleanups);
+    expect(text.code).toBe(1);
+    expect(lines(text.stdout)[1]).toBe('  RabbitMQ   ready 3   unacknowledged 0   consumers 0   dead-lettered 0   (management)');
+    expect(lines(text.stdout)[3]).toBe('  MLflow     unreachable: MLFLOW_TRACKING_URI is not set');
+  });
+
+  it('the scaler down: exit 1, the scaler line says unreachable with the reason, the rest still shown', async () => {
+    const queue = await queueWithThree();
+    const port = await closedPort();
+    const text = await status(['--queue', queue], { KMJ_SCALER_ADDRESS: `127.0.0.1:${port}`, KMJ_SCALER_METRICS_URL: `http://127.0.0.1:${port}` });
+    expect(text.code).toBe(1);
+    const out = lines(text.stdout);
+    expect(out[1]).toBe('  RabbitMQ   ready 3   unacknowledged 0   consumers 0   dead-lettered 0   (management)');
+    expect(out[2]).toMatch(new RegExp(`^  scaler     unreachable: UNAVAILABLE: .*ECONNREFUSED 127\\.0\\.0\\.1:${port}`));
+    expect(out[3]).toBe(`  MLflow     experiment "${queue}": no runs yet`);
+
+    const json = JSON.parse((await status(['--queue', queue, '--json'], { KMJ_SCALER_ADDRESS: `127.0.0.1:${port}` })).stdout) as Record<string, unknown>;
+    expect(json).toEqual({
+      queue,
+      rabbitmq: { ok: true, value: { source: 'management', ready: 3, unacked: 0, consumers: 0, deadLettered: 0 } },
+      scaler: { ok: false, error: expect.stringMatching(new RegExp(`^UNAVAILABLE: .*ECONNREFUSED 127\\.0\\.0\\.1:${port}`)) },
+      mlflow: { ok: true, value: { experiment: queue, runs: [] } },
+    });
+  });
+
+  it('the management API unreachable: falls back to AMQP, with the ready count and the consumers right', async () => {
+    const queue = await cleanups.requestQueue();
+    for (let i = 0; i < 3; i++) await publish(queue, request({ experiment: queue }));
+    // A worker-like consumer holding one message: two ready, one consumer.
+    const held = await (rabbit as RabbitFixture).holdingConsumers(queue, 1);
+    cleanups.defer(() => held.release());
+    const port = await closedPort();
+    const metricName = await metricNameOf(queue);
+    const text = await status(['--queue', queue], { RABBITMQ_MANAGEMENT_URL: `http://guest:guest@127.0.0.1:${port}` });
+    expect(text.code).toBe(0);
+    const out = lines(text.stdout);
+    expect(out[1]).toBe('  RabbitMQ   ready 2   unacknowledged n/a (AMQP only)   consumers 1   dead-lettered 0   (amqp)');
+    // backlog = ready + consumers
+    expect(out[2]).toMatch(new RegExp(`^  scaler     KEDA sees ${metricName} = 3, active`));
+    const json = JSON.parse((await status(['--queue', queue, '--json'], { RABBITMQ_MANAGEMENT_URL: `http://127.0.0.1:${port}` })).stdout) as { rabbitmq: unknown };
+    expect(json.rabbitmq).toEqual({ ok: true, value: { source: 'amqp', ready: 2, consumers: 1, deadLettered: 0 } });
+  });
+
+  it('a queue that does not exist: exit 1, RabbitMQ says so, MLflow has no runs', async () => {
+    const queue = uniqueId('nowhere');
+    const json = await status(['--queue', queue, '--json']);
+    expect(json.code).toBe(1);
+    const report = JSON.parse(json.stdout) as { rabbitmq: unknown; mlflow: unknown; scaler: { ok: boolean } };
+    expect(report.rabbitmq).toEqual({ ok: false, error: `queue "${queue}" does not exist` });
+    expect(report.mlflow).toEqual({ ok: true, value: { experiment: queue, runs: [] } });
+    expect(report.scaler.ok).toBe(false);
+  });
+});
+
+describe('kmj status: help and configuration', () => {
+  it('--help prints the help, exit 0', async () => {
+    const result = await status(['--help']);
+    expect(result).toMatchObject({ code: 0, stdout: STATUS_HELP, stderr: '' });
+  });
+
+  const cases = [
+    { name: 'no --queue', args: [], env: {}, problem: '--queue: is required' },
+    { name: '--runs 0', args: ['--queue', 'q', '--runs', '0'], env: {}, problem: '--runs: "0" must be an integer from 1 to 1000' },
+    { name: '--runs 2.5', args: ['--queue', 'q', '--runs', '2.5'], env: {}, problem: '--runs: "2.5" must be an integer from 1 to 1000' },
+    { name: 'RABBITMQ_MANAGEMENT_URL not http', args: ['--queue', 'q'], env: { RABBITMQ_MANAGEMENT_URL: 'ftp://127.0.0.1' }, problem: 'RABBITMQ_MANAGEMENT_URL: "ftp://127.0.0.1" must be a http or https URL' },
+  ];
+
+  it.each(cases)('$name: exit 78 naming the problem', async (c) => {
+    const result = await status(c.args, c.env);
+    expect(result).toMatchObject({ code: 78, stdout: '', stderr: `kmj status: invalid status configuration: ${c.problem}\n` });
+  });
+
+  it('an unknown option: exit 64', async () => {
+    const result = await status(['--queue', 'q', '--verbose']);
+    expect(result.code).toBe(64);
+    expect(result.stdout).toBe('');
+    expect(result.stderr).toBe(`kmj status: Unknown option '--verbose'\nRun "kmj status --help" for usage.\n`);
+  });
+});
