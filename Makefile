@@ -39,7 +39,7 @@ services:
 	scripts/rabbitmq.sh start
 	scripts/mlflow.sh start
 	scripts/mlflow.sh start kmj-auth 5001 basic
-	scripts/fixtures.sh
+	scripts/fixtures.sh --big-rows 100000
 
 test: build services
 	node scripts/run-tests.mjs

@@ -17,15 +17,15 @@ let failed = 0;
 try {
   const json = JSON.parse(readFileSync(report, 'utf8'));
   passed = json.numPassedTests ?? 0;
-  failed = (json.numFailedTests ?? 0) + (json.numFailedTestSuites ?? 0) - countSuitesWithFailedTests(json);
+  // A test file that failed without a failed test (it did not load, a hook threw) counts as one.
+  failed = (json.numFailedTests ?? 0) + filesFailedWithoutFailedTests(json);
 } catch (err) {
   process.stderr.write(`run-tests: no readable vitest report at ${report}: ${err.message}\n`);
   failed = Math.max(failed, 1);
 }
 
-function countSuitesWithFailedTests(json) {
-  // A suite that failed only because a test in it failed is already counted in numFailedTests.
-  return (json.testResults ?? []).filter((s) => s.status === 'failed' && (s.assertionResults ?? []).some((a) => a.status === 'failed')).length;
+function filesFailedWithoutFailedTests(json) {
+  return (json.testResults ?? []).filter((f) => f.status === 'failed' && !(f.assertionResults ?? []).some((a) => a.status === 'failed')).length;
 }
 
 if (run.status !== 0 && failed === 0) failed = 1;
