@@ -6,7 +6,7 @@ import { Ajv2020 } from 'ajv/dist/2020.js';
 import { connect, type ConsumeMessage } from 'amqplib';
 import { afterEach, describe, expect, it } from 'vitest';
 import { SUBMIT_EXIT } from '../../cli/submit-command.ts';
-import { PACKAGE_ROOT, packageFile } from '../../common/paths.ts';
+import { packageFile } from '../../common/paths.ts';
 import { AmqpFaultProxy } from '../helpers/amqp-fault-proxy.ts';
 import { Cleanups } from '../helpers/cleanups.ts';
 import { RABBITMQ_URL } from '../helpers/env.ts';
@@ -441,7 +441,8 @@ describe('kmj submit --wait', () => {
   it('shows the row count of a 100000-row dataset as 100000', { timeout: 90_000 }, async () => {
     const queue = await cleanups.requestQueue();
     const w = worker(queue);
-    const big = join(PACKAGE_ROOT, f.bigDataset['100000'] ?? '');
+    const big = f.bigDataset['100000'] ?? '';
+    expect(big).toMatch(/iris-100000\.csv$/);
     const result = await submit(['--queue', queue, '--model', MODEL, '--dataset', big, '--label-column', f.label, '--wait', '--timeout', '80'], { MLFLOW_TRACKING_URI: MLFLOW_URL });
     expect((await w.done).code).toBe(0);
     expect(result.code, result.stderr).toBe(SUBMIT_EXIT.OK);

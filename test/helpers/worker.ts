@@ -45,7 +45,8 @@ export function fixtures(which: 'fixtures' | 'fixtures-auth' = 'fixtures'): Fixt
   const dir = join(PACKAGE_ROOT, '.run', which);
   const f = JSON.parse(readFileSync(join(dir, 'fixtures.json'), 'utf8')) as Omit<Fixtures, 'dir'>;
   const abs = (p: string): string => (p.startsWith('/') ? p : join(PACKAGE_ROOT, p));
-  return { ...f, dir, datasets: { ...f.datasets, csv: abs(f.datasets.csv), jsonl: abs(f.datasets.jsonl) } };
+  const bigDataset = Object.fromEntries(Object.entries(f.bigDataset ?? {}).map(([rows, path]) => [rows, abs(path)]));
+  return { ...f, dir, bigDataset, datasets: { ...f.datasets, csv: abs(f.datasets.csv), jsonl: abs(f.datasets.jsonl) } };
 }
 
 export function uniqueId(prefix: string): string {
