@@ -184,7 +184,8 @@ async function loadModel(req: InferenceRequest, deps: PipelineDeps, online: bool
   }
   deps.log.debug({ hit: cacheHit }, 'model files ready');
   const mlmodel = await readMlModel(dir);
-  const model = await OnnxModel.load(dir, mlmodel, { intraOpThreads: config.onnxThreads });
+  // A warm-up batch up to 4096 rows: enough to size onnxruntime's buffers, cheap for big models.
+  const model = await OnnxModel.load(dir, mlmodel, { intraOpThreads: config.onnxThreads, warmUpRows: Math.min(config.batchRows, 4096) });
   return { model, resolved, cacheHit, seconds: (performance.now() - started) / 1000 };
 }
 
@@ -266,7 +267,7 @@ async function runOnce(
     try {
       // Batches are pipelined: while onnxruntime works on one batch (on its own threads), the
       // main thread reads and parses the next one.
-      const batches = dataset.batches(config.batchRows);
+      const batches = dataset.batches(config.batchRows, { numbers: plan.wants.numbers, values: labelIndex >= 0 ? [...plan.wants.values, labelIndex] : plan.wants.values });
       let next = batches.next();
       try {
         for (;;) {
@@ -275,17 +276,19 @@ async function runOnce(
           const batch = step.value;
           if (signal.aborted) throw abortReason(signal);
           const t0 = performance.now();
-          const running = model.run(plan, batch.rows, batch.firstRow);
+          const running = model.run(plan, batch);
           next = batches.next();
           const outputs = await running;
           inferenceMs += performance.now() - t0;
-          const labels = labelIndex >= 0 ? batch.rows.map((r) => r[labelIndex]) : undefined;
+          const labels = labelIndex >= 0 ? batch.values(labelIndex) : undefined;
           if (scorer && labels) {
-            const predicted = outputs.get(model.outputNames[0] ?? '') ?? [];
-            for (let i = 0; i < labels.length; i++) scorer.add(labels[i], predicted[i], batch.firstRow + i);
+            // The first output is the prediction (a classifier's label); its first value a row.
+            const predicted = outputs.get(model.outputNames[0] ?? '');
+            const width = predicted?.width ?? 1;
+            for (let i = 0; i < batch.length; i++) scorer.add(labels[i], predicted?.values[i * width], batch.firstRow + i);
           }
-          await writer.write(outputs, batch.firstRow, labels);
-          rows += batch.rows.length;
+          await writer.write(outputs, batch.firstRow, batch.length, labels);
+          rows += batch.length;
         }
       } finally {
         // On an early exit the read ahead is abandoned: observe it, then close the reader.

@@ -24,7 +24,7 @@ export class PredictionsWriter {
   #error: Error | undefined;
 
   constructor(path: string, format: DataFormat, outputNames: readonly string[], labelColumn: string | undefined) {
-    this.#out = createWriteStream(path);
+    this.#out = createWriteStream(path, { highWaterMark: 4 << 20 });
     // A write error (disk full) is raised by the next write or close; never unhandled.
     this.#out.on('error', (err) => {
       this.#error ??= err;
@@ -34,51 +34,44 @@ export class PredictionsWriter {
     this.#labelColumn = labelColumn;
   }
 
-  async write(outputs: Outputs, firstRow: number, labels: readonly unknown[] | undefined): Promise<void> {
+  async write(outputs: Outputs, firstRow: number, rows: number, labels: readonly unknown[] | undefined): Promise<void> {
     if (this.#error) throw this.#error;
-    const first = outputs.get(this.#outputNames[0] ?? '');
-    const n = first?.length ?? 0;
+    const cols = this.#outputNames.map((name) => outputs.get(name) ?? { width: 1, values: [] as string[] });
     if (this.#header === undefined) {
       this.#header = ['row'];
-      for (const name of this.#outputNames) {
-        const v = outputs.get(name)?.[0];
-        if (Array.isArray(v)) for (let i = 0; i < v.length; i++) this.#header.push(`${name}_${i}`);
-        else this.#header.push(name);
-      }
+      this.#outputNames.forEach((name, k) => {
+        const width = cols[k]?.width ?? 1;
+        if (width > 1) for (let i = 0; i < width; i++) this.#header?.push(`${name}_${i}`);
+        else this.#header?.push(name);
+      });
       if (this.#labelColumn !== undefined) this.#header.push(this.#labelColumn);
       if (this.#format === 'csv') this.#out.write(`${this.#header.map(csvField).join(',')}\n`);
     }
-    const cols = this.#outputNames.map((name) => outputs.get(name) ?? []);
     const hasLabel = this.#labelColumn !== undefined;
     let text = '';
-    for (let r = 0; r < n; r++) {
-      if (this.#format === 'csv') {
+    if (this.#format === 'csv') {
+      for (let r = 0; r < rows; r++) {
         // Numbers need no quoting: only strings go through csvField.
         let line = String(firstRow + r);
-        for (const col of cols) {
-          const v = col[r];
-          if (typeof v === 'number') line += `,${v}`;
-          else if (Array.isArray(v)) for (const x of v) line += `,${x}`;
-          else line += `,${csvField(v)}`;
+        for (const { width, values } of cols) {
+          for (let k = r * width, end = k + width; k < end; k++) {
+            const v = values[k];
+            line += typeof v === 'number' ? `,${v}` : `,${csvField(v)}`;
+          }
         }
         if (hasLabel) {
           const l = labels?.[r];
           line += `,${typeof l === 'number' ? l : csvField(l)}`;
         }
         text += `${line}\n`;
-        continue;
       }
-      const values: unknown[] = [firstRow + r];
-      for (const col of cols) {
-        const v = col[r];
-        if (Array.isArray(v)) values.push(...v);
-        else values.push(v);
-      }
-      if (hasLabel) values.push(labels?.[r] ?? null);
-      {
-        const obj: Record<string, unknown> = {};
-        const header = this.#header;
-        for (let j = 0; j < header.length; j++) obj[header[j] as string] = values[j];
+    } else {
+      const header = this.#header;
+      for (let r = 0; r < rows; r++) {
+        const obj: Record<string, unknown> = { [header[0] as string]: firstRow + r };
+        let h = 1;
+        for (const { width, values } of cols) for (let k = r * width, end = k + width; k < end; k++) obj[header[h++] as string] = values[k];
+        if (hasLabel) obj[header[h] as string] = labels?.[r] ?? null;
         text += `${JSON.stringify(obj)}\n`;
       }
     }

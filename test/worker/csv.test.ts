@@ -1,19 +1,58 @@
-// CsvParser: RFC 4180 records out of text pushed in chunks of any size. Each case gives the exact
-// records; then the same text is fed split at every position (and in every 3-chunk split of the
-// short ones), which must give the same records as one push.
+// CsvTokenizer: RFC 4180 records out of bytes pushed in chunks of any size. Each case gives the
+// exact records; then the same text is fed split at every position (and in every 3-chunk split of
+// the short ones, and one byte at a time), which must give the same records as one push. Then the
+// number reader against Number(), and CsvColumns, the sink that makes column batches.
 import { describe, expect, it } from 'vitest';
-import { CsvParser } from '../../worker/dataset/csv.ts';
+import { CsvColumns, CsvTokenizer, NOT_UTF8, SAMPLE_ROWS, UNCLOSED_QUOTE, decodeField, parseNumber, type CsvSink } from '../../worker/dataset/csv.ts';
+
+/** Collects records as arrays of strings. */
+class Records implements CsvSink {
+  readonly out: string[][] = [];
+  record(buf: Buffer, base: number, count: number, starts: Int32Array, ends: Int32Array, quoted: Uint8Array): boolean {
+    const rec: string[] = [];
+    for (let j = 0; j < count; j++) rec.push(decodeField(buf, base + (starts[j] as number), base + (ends[j] as number), quoted[j] === 1));
+    this.out.push(rec);
+    return true;
+  }
+}
+
+/** Pushes and ends the tokenizer, for one test's push()/end() calls. */
+class Parser {
+  readonly #sink = new Records();
+  readonly #tokenizer = new CsvTokenizer(this.#sink);
+  #taken = 0;
+  #take(): string[][] {
+    const got = this.#sink.out.slice(this.#taken);
+    this.#taken = this.#sink.out.length;
+    return got;
+  }
+  push(text: string | Buffer): string[][] {
+    this.#tokenizer.push(typeof text === 'string' ? Buffer.from(text) : text);
+    return this.#take();
+  }
+  end(): string[][] {
+    this.#tokenizer.end();
+    return this.#take();
+  }
+}
 
 function parseWhole(text: string): string[][] {
-  const p = new CsvParser();
+  const p = new Parser();
   return [...p.push(text), ...p.end()];
 }
 
-function parseChunks(chunks: readonly string[]): string[][] {
-  const p = new CsvParser();
+function parseChunks(chunks: ReadonlyArray<string | Buffer>): string[][] {
+  const p = new Parser();
   const out: string[][] = [];
   for (const c of chunks) out.push(...p.push(c));
   out.push(...p.end());
+  return out;
+}
+
+function bytesSplits(text: string): Buffer[][] {
+  const b = Buffer.from(text);
+  const out: Buffer[][] = [];
+  for (let i = 0; i <= b.length; i++) out.push([b.subarray(0, i), b.subarray(i)]);
   return out;
 }
 
@@ -44,7 +83,7 @@ const CASES: readonly Case[] = [
   },
 ];
 
-describe('CsvParser', () => {
+describe('CsvTokenizer', () => {
   for (const c of CASES) {
     it(`parses ${c.name}`, () => {
       expect(parseWhole(c.text)).toEqual(c.records);
@@ -53,26 +92,37 @@ describe('CsvParser', () => {
 
   it('gives the same records whatever the split point of the text', () => {
     for (const c of CASES) {
-      for (let i = 0; i <= c.text.length; i++) {
-        expect(parseChunks([c.text.slice(0, i), c.text.slice(i)]), `${c.name}, split at ${i}`).toEqual(c.records);
+      const cps = [...c.text]; // split between characters here; inside them further down
+      for (let i = 0; i <= cps.length; i++) {
+        expect(parseChunks([cps.slice(0, i).join(''), cps.slice(i).join('')]), `${c.name}, split at ${i}`).toEqual(c.records);
       }
     }
   });
 
   it('gives the same records for every split into three chunks, and one character at a time', () => {
     for (const c of CASES) {
-      const n = c.text.length;
+      const cps = [...c.text];
+      const n = cps.length;
+      const part = (a: number, b?: number): string => cps.slice(a, b).join('');
       for (let i = 0; i <= n; i++) {
         for (let j = i; j <= n; j++) {
-          expect(parseChunks([c.text.slice(0, i), c.text.slice(i, j), c.text.slice(j)]), `${c.name}, split at ${i} and ${j}`).toEqual(c.records);
+          expect(parseChunks([part(0, i), part(i, j), part(j)]), `${c.name}, split at ${i} and ${j}`).toEqual(c.records);
         }
       }
       expect(parseChunks([...c.text]), `${c.name}, one character at a time`).toEqual(c.records);
+      const bytes = Buffer.from(c.text);
+      expect(parseChunks([...bytes].map((x) => Buffer.from([x]))), `${c.name}, one byte at a time`).toEqual(c.records);
     }
   });
 
-  it('returns each record from the push that completes it', () => {
-    const p = new CsvParser();
+  it('gives the same records when a chunk ends inside a character', () => {
+    for (const c of CASES) {
+      for (const [k, chunks] of bytesSplits(c.text).entries()) expect(parseChunks(chunks), `${c.name}, split at byte ${k}`).toEqual(c.records);
+    }
+  });
+
+  it('hands each record over from the push that completes it', () => {
+    const p = new Parser();
     expect(p.push('a,b\n1,')).toEqual([['a', 'b']]);
     expect(p.push('"2')).toEqual([]);
     expect(p.push('\n3"\n4,5')).toEqual([['1', '2\n3']]);
@@ -82,19 +132,19 @@ describe('CsvParser', () => {
 
   it('throws at the end when a quoted field is never closed', () => {
     for (const text of ['a,b\n1,"2\n3\n', 'a\n"', 'a\n"x""', 'a,"b""\r\n']) {
-      const p = new CsvParser();
+      const p = new Parser();
       p.push(text);
-      expect(() => p.end(), JSON.stringify(text)).toThrow(new Error('a quoted field is not closed before the end of the file'));
+      expect(() => p.end(), JSON.stringify(text)).toThrow(UNCLOSED_QUOTE);
     }
   });
 
   it('throws for an unclosed quote whatever the split point', () => {
     const text = 'id,text\n1,"never closed, spans\nlines ""and"" more';
     for (let i = 0; i <= text.length; i++) {
-      const p = new CsvParser();
+      const p = new Parser();
       p.push(text.slice(0, i));
       p.push(text.slice(i));
-      expect(() => p.end(), `split at ${i}`).toThrow('a quoted field is not closed before the end of the file');
+      expect(() => p.end(), `split at ${i}`).toThrow(UNCLOSED_QUOTE);
     }
   });
 
@@ -131,5 +181,128 @@ describe('CsvParser', () => {
       for (let i = 0; i < text.length; i += size) chunks.push(text.slice(i, i + size));
       expect(parseChunks(chunks), `chunks of ${size}`).toEqual(expected);
     }
+  });
+});
+
+describe('CsvTokenizer bytes', () => {
+  it('drops a leading byte order mark, whatever the split, and keeps one anywhere else', () => {
+    const text = '\uFEFFa,b\n1,\uFEFF2\n';
+    for (const [k, chunks] of bytesSplits(text).entries()) {
+      expect(parseChunks(chunks), `split at byte ${k}`).toEqual([['a', 'b'], ['1', '\uFEFF2']]);
+    }
+    expect(parseWhole('\uFEFF')).toEqual([]);
+    expect(parseWhole('\uFEFFx')).toEqual([['x']]);
+  });
+
+  it('refuses bytes that are not UTF-8, wherever the chunks split them', () => {
+    const bad = [
+      Buffer.from([0x61, 0x2c, 0x62, 0x0a, 0xff, 0x2c, 0x31, 0x0a]), // 0xff is never UTF-8
+      Buffer.concat([Buffer.from('a\n'), Buffer.from([0xc3])]), // a character cut off at the end
+      Buffer.concat([Buffer.from('a\n"'), Buffer.from([0xe6, 0x9d]), Buffer.from('x"\n')]), // a character missing its last byte
+      Buffer.concat([Buffer.from('a\n'), Buffer.from([0x80, 0x80, 0x80, 0x80]), Buffer.from('\n')]), // continuation bytes alone
+    ];
+    for (const b of bad) {
+      for (let i = 0; i <= b.length; i++) {
+        expect(() => parseChunks([b.subarray(0, i), b.subarray(i)]), `${b.toString('hex')} split at ${i}`).toThrow(NOT_UTF8);
+      }
+    }
+  });
+});
+
+describe('parseNumber', () => {
+  const read = (s: string): number => {
+    const b = Buffer.from(`,${s},`);
+    return parseNumber(b, 1, b.length - 1);
+  };
+
+  it('reads plain decimals to the same double as Number()', () => {
+    const texts = ['0', '-0', '+5', '6.8977', '.5', '5.', '-3.25', '1e5', '1E-5', '2.5e+3', '123456789012345', '0.000001234', '1e22', '9.99999999999999e-8', '00012.50'];
+    for (const t of texts) expect(Object.is(read(t), Number(t)), t).toBe(true);
+  });
+
+  it('agrees with Number() on random decimals of up to 15 digits', () => {
+    let seed = 11;
+    const rand = (n: number): number => {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31;
+      return seed % n;
+    };
+    for (let k = 0; k < 20_000; k++) {
+      const intDigits = rand(8);
+      const fracDigits = rand(16 - Math.max(1, intDigits));
+      let t = rand(2) ? '-' : '';
+      for (let d = 0; d < intDigits; d++) t += String(rand(10));
+      if (fracDigits > 0 || intDigits === 0) t += '.';
+      for (let d = 0; d < Math.max(fracDigits, intDigits === 0 ? 1 : 0); d++) t += String(rand(10));
+      if (rand(4) === 0) t += `e${rand(2) ? '-' : ''}${rand(20)}`;
+      const got = read(t);
+      if (!Number.isNaN(got)) expect(Object.is(got, Number(t)), t).toBe(true);
+    }
+  });
+
+  it('leaves everything else to the careful reader (NaN)', () => {
+    for (const t of ['', '-', '.', 'e5', '1e', '1e+', '1.2.3', ' 1', '1 ', '0x10', 'nan', 'Infinity', '1_000', '1234567890123456', '1e99999', '1e-30', 'abc']) {
+      expect(read(t), t).toBeNaN();
+    }
+  });
+});
+
+describe('CsvColumns', () => {
+  /** Reads text through CsvColumns, pausing after the header the way the dataset reader does. */
+  function columns(text: string, wants: { numbers: number[]; values: number[] }, batchRows = 3, chunk = 5): CsvColumns {
+    const sink = new CsvColumns();
+    const tokenizer = new CsvTokenizer(sink);
+    const bytes = Buffer.from(text);
+    let i = 0;
+    for (; i < bytes.length && sink.header === undefined; i += chunk) tokenizer.push(bytes.subarray(i, i + chunk));
+    sink.configure(batchRows, wants);
+    tokenizer.resume();
+    for (; i < bytes.length; i += chunk) tokenizer.push(bytes.subarray(i, i + chunk));
+    tokenizer.end();
+    sink.flush();
+    return sink;
+  }
+
+  it('makes batches of the columns asked for: numbers as doubles, values as text', () => {
+    const text = ' a ,b,label,skip\n1,2.5,x,zz\n-1," 3 ",y,zz\n0,nan,"z, z",zz\n4,1e3,w,zz\n5,-0,v,zz\n';
+    const sink = columns(text, { numbers: [0, 1], values: [2] });
+    expect(sink.header).toEqual(['a', 'b', 'label', 'skip']);
+    expect(sink.ready.map((b) => [b.firstRow, b.length])).toEqual([
+      [1, 3],
+      [4, 2],
+    ]);
+    const [first, second] = sink.ready;
+    expect([...(first?.numbers(0) ?? [])]).toEqual([1, -1, 0]);
+    expect([...(first?.numbers(1) ?? [])]).toEqual([2.5, 3, Number.NaN]);
+    expect(first?.values(2)).toEqual(['x', 'y', 'z, z']);
+    expect([...(second?.numbers(1) ?? [])]).toEqual([1000, -0]);
+    expect(Object.is(second?.numbers(1)[1], -0)).toBe(true);
+    expect(second?.values(2)).toEqual(['w', 'v']);
+    expect(() => first?.numbers(3)).toThrow('column 3 was not asked for as numbers');
+    expect(sink.sample).toEqual([
+      ['1', '2.5', 'x', 'zz'],
+      ['-1', ' 3 ', 'y', 'zz'],
+      ['0', 'nan', 'z, z', 'zz'],
+      ['4', '1e3', 'w', 'zz'],
+      ['5', '-0', 'v', 'zz'],
+    ]);
+  });
+
+  it('names the row and the column of a cell that is not a number', () => {
+    expect(() => columns('a,b\n1,2\n3,three\n', { numbers: [0, 1], values: [] })).toThrow('dataset: row 2, column "b": "three" is not a number');
+    expect(() => columns('a,b\n1,2\n\n3,\n', { numbers: [0, 1], values: [] })).toThrow('dataset: row 2, column "b": an empty value is not a number');
+    expect(() => columns('a,b\n1,2\n3,"  "\n', { numbers: [0, 1], values: [] })).toThrow('dataset: row 2, column "b": "  " is not a number');
+  });
+
+  it('refuses a row whose width is not the header\'s, naming the row', () => {
+    expect(() => columns('a,b,c\n1,2,3\n4,5\n', { numbers: [0], values: [] })).toThrow('dataset: row 2 has 2 fields, the header has 3');
+  });
+
+  it(`keeps the first ${SAMPLE_ROWS} rows as text for the column types, and no more`, () => {
+    let text = 'n\n';
+    for (let i = 0; i < SAMPLE_ROWS + 50; i++) text += `${i}\n`;
+    const sink = columns(text, { numbers: [0], values: [] }, 100, 4096);
+    expect(sink.sample.length).toBe(SAMPLE_ROWS);
+    expect(sink.ready.reduce((n, b) => n + b.length, 0)).toBe(SAMPLE_ROWS + 50);
+    expect(sink.ready.at(-1)?.numbers(0).at(-1)).toBe(SAMPLE_ROWS + 49);
   });
 });

@@ -15,7 +15,8 @@ import { discard, send, type HttpResponse } from '../http-request.ts';
 import { MlflowHttpError } from '../mlflow/http.ts';
 import { proxyPath, type MlflowTracking } from '../mlflow/tracking.ts';
 import type { DataFormat, InferenceRequest } from '../request.ts';
-import { CsvParser } from './csv.ts';
+import { batchOfRows, type ColumnBatch, type ColumnWants, type DatasetBatch } from './batch.ts';
+import { CsvColumns, CsvTokenizer, SAMPLE_ROWS } from './csv.ts';
 
 export interface DatasetLimits {
   readonly maxBytes: number;
@@ -23,12 +24,6 @@ export interface DatasetLimits {
   /** Local paths must resolve inside one of these directories. */
   readonly localRoots: readonly string[];
   readonly httpTimeoutMs: number;
-}
-
-export interface DatasetBatch {
-  readonly rows: ReadonlyArray<ReadonlyArray<unknown>>;
-  /** 1-based number of the first row of the batch, for error messages. */
-  readonly firstRow: number;
 }
 
 /** What MLflow's log-inputs needs about the dataset, known once it has been read. */
@@ -42,7 +37,7 @@ export interface DatasetSummary {
   readonly rows: number;
   readonly bytes: number;
   readonly columns: readonly string[];
-  /** MLflow column types (double, long, string) guessed from the first batch. */
+  /** MLflow column types (double, long, string) guessed from the first SAMPLE_ROWS rows. */
   readonly columnTypes: readonly string[];
 }
 
@@ -50,7 +45,8 @@ export interface OpenedDataset {
   readonly format: DataFormat;
   /** Column names, from the CSV header or the first JSON line; valid once `columns()` resolved. */
   columns(): Promise<readonly string[]>;
-  batches(batchRows: number): AsyncGenerator<DatasetBatch>;
+  /** The rows in batches of `batchRows`, with the columns `wants` names. */
+  batches(batchRows: number, wants: ColumnWants): AsyncGenerator<DatasetBatch>;
   /** Valid after `batches` has been iterated to the end. */
   summary(): DatasetSummary;
 }
@@ -195,51 +191,48 @@ function streamDataset(src: ByteSource, format: DataFormat, name: string, limits
   const hash = createHash('sha256');
   let bytes = 0;
   let rowCount = 0;
-  let columns: string[] | undefined;
   let columnTypes: string[] | undefined;
   let finished = false;
-  const pending: unknown[][] = [];
-  const decoder = new TextDecoder('utf-8', { fatal: true });
-  const csv = new CsvParser();
-  let lineCarry = '';
   const iterator = src.stream[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
   let ended = false;
+  // CSV: records straight from the bytes into column batches.
+  const csv = new CsvColumns();
+  const tokenizer = new CsvTokenizer(csv);
+  // JSON Lines: whole rows, made into batches as they are taken.
+  const decoder = new TextDecoder('utf-8', { fatal: true });
+  let jsonColumns: string[] | undefined;
+  const pending: unknown[][] = [];
+  let lineCarry = '';
 
-  const take = (records: unknown[][]): void => {
-    for (const rec of records) {
-      if (columns === undefined) {
-        columns = (rec as string[]).map((c) => String(c).trim());
-        continue;
-      }
-      if (format === 'csv' && rec.length !== columns.length) {
-        throw new PermanentError(`dataset: row ${rowCount + pending.length + 1} has ${rec.length} fields, the header has ${columns.length}`, { field: 'dataset' });
-      }
-      pending.push(rec);
-    }
-  };
-
-  const parseJsonLines = (text: string, last: boolean): unknown[][] => {
-    const out: unknown[][] = [];
+  const parseJsonLines = (text: string, last: boolean): void => {
     const all = lineCarry + text;
     const lines = all.split('\n');
     lineCarry = last ? '' : (lines.pop() ?? '');
     for (const line of lines) {
       const t = line.trim();
       if (t === '') continue;
+      const at = rowCount + pending.length + 1;
       let obj: unknown;
       try {
         obj = JSON.parse(t);
       } catch (err) {
-        throw new PermanentError(`dataset: line ${rowCount + pending.length + out.length + 1} is not valid JSON (${(err as Error).message})`, { field: 'dataset' });
+        throw new PermanentError(`dataset: line ${at} is not valid JSON (${(err as Error).message})`, { field: 'dataset' });
       }
       if (typeof obj !== 'object' || obj === null || Array.isArray(obj)) {
-        throw new PermanentError(`dataset: line ${rowCount + pending.length + out.length + 1} is not a JSON object`, { field: 'dataset' });
+        throw new PermanentError(`dataset: line ${at} is not a JSON object`, { field: 'dataset' });
       }
       const rec = obj as Record<string, unknown>;
-      if (columns === undefined) columns = Object.keys(rec);
-      out.push(columns.map((c) => rec[c]));
+      jsonColumns ??= Object.keys(rec);
+      pending.push(jsonColumns.map((c) => rec[c]));
     }
-    return out;
+  };
+
+  const decode = (chunk: Buffer | undefined): string => {
+    try {
+      return chunk ? decoder.decode(chunk, { stream: true }) : decoder.decode();
+    } catch {
+      throw new PermanentError('dataset: is not valid UTF-8 text', { field: 'dataset' });
+    }
   };
 
   /** Reads more bytes; returns false at the end of the stream. */
@@ -251,22 +244,12 @@ function streamDataset(src: ByteSource, format: DataFormat, name: string, limits
     } catch (err) {
       throw sourceError(uri, err);
     }
-    let text: string;
     if (next.done) {
       ended = true;
-      try {
-        text = decoder.decode();
-      } catch {
-        throw new PermanentError('dataset: is not valid UTF-8 text', { field: 'dataset' });
-      }
       if (format === 'csv') {
-        try {
-          take([...csv.push(text), ...csv.end()]);
-        } catch (err) {
-          if (err instanceof PermanentError) throw err;
-          throw new PermanentError(`dataset: is not valid CSV: ${(err as Error).message}`, { field: 'dataset' });
-        }
-      } else take(parseJsonLines(text, true));
+        tokenizer.end();
+        csv.flush();
+      } else parseJsonLines(decode(undefined), true);
       return false;
     }
     const chunk = next.value;
@@ -276,34 +259,48 @@ function streamDataset(src: ByteSource, format: DataFormat, name: string, limits
       throw new PermanentError(`dataset: is more than the limit of ${limits.maxBytes} bytes`, { field: 'dataset' });
     }
     hash.update(chunk);
-    try {
-      text = decoder.decode(chunk, { stream: true });
-    } catch {
-      throw new PermanentError('dataset: is not valid UTF-8 text', { field: 'dataset' });
-    }
-    if (format === 'csv') take(csv.push(text));
-    else take(parseJsonLines(text, false));
+    if (format === 'csv') tokenizer.push(chunk);
+    else parseJsonLines(decode(chunk), false);
     return true;
+  };
+
+  const columns = (): string[] | undefined => (format === 'csv' ? csv.header : jsonColumns);
+
+  /** The next batch, or undefined at the end. */
+  const take = async (batchRows: number, wants: ColumnWants): Promise<ColumnBatch | undefined> => {
+    if (format === 'csv') {
+      while (csv.ready.length === 0 && (await pump()));
+      if (csv.ready.length === 0) return undefined;
+      columnTypes ??= guessTypes(csv.header ?? [], csv.sample);
+      return csv.ready.shift();
+    }
+    while (pending.length < batchRows && (await pump()));
+    if (pending.length === 0) return undefined;
+    const rows = pending.splice(0, batchRows);
+    columnTypes ??= guessTypes(jsonColumns ?? [], rows.slice(0, SAMPLE_ROWS));
+    return batchOfRows(rows, rowCount + 1, wants, jsonColumns ?? []);
   };
 
   return {
     format,
     columns: async () => {
-      while (columns === undefined && (await pump()));
-      if (columns === undefined) throw new PermanentError('dataset: is empty', { field: 'dataset' });
-      return columns;
+      while (columns() === undefined && (await pump()));
+      const found = columns();
+      if (found === undefined) throw new PermanentError('dataset: is empty', { field: 'dataset' });
+      return found;
     },
-    async *batches(batchRows: number) {
+    async *batches(batchRows: number, wants: ColumnWants) {
       try {
+        if (format === 'csv') {
+          csv.configure(batchRows, wants);
+          tokenizer.resume();
+        }
         for (;;) {
-          while (pending.length < batchRows && (await pump()));
-          if (pending.length === 0) break;
-          const rows = pending.splice(0, batchRows);
-          if (columnTypes === undefined && columns) columnTypes = guessTypes(columns, rows);
-          const firstRow = rowCount + 1;
-          rowCount += rows.length;
+          const batch = await take(batchRows, wants);
+          if (!batch) break;
+          rowCount += batch.length;
           if (rowCount > limits.maxRows) throw new PermanentError(`dataset: has more than the limit of ${limits.maxRows} rows`, { field: 'dataset' });
-          yield { rows, firstRow };
+          yield batch;
         }
         if (rowCount === 0) throw new PermanentError('dataset: has no rows', { field: 'dataset' });
         finished = true;
@@ -318,7 +315,7 @@ function streamDataset(src: ByteSource, format: DataFormat, name: string, limits
       source: src.source,
       rows: rowCount,
       bytes,
-      columns: columns ?? [],
+      columns: columns() ?? [],
       columnTypes: columnTypes ?? [],
     }),
   };
@@ -334,8 +331,8 @@ function inlineDataset(req: InferenceRequest): OpenedDataset {
   return {
     format: 'jsonl',
     columns: async () => columns,
-    async *batches(batchRows: number) {
-      for (let i = 0; i < matrix.length; i += batchRows) yield { rows: matrix.slice(i, i + batchRows), firstRow: i + 1 };
+    async *batches(batchRows: number, wants: ColumnWants) {
+      for (let i = 0; i < matrix.length; i += batchRows) yield batchOfRows(matrix.slice(i, i + batchRows), i + 1, wants, columns);
     },
     summary: () => ({
       name: req.dataset.name ?? 'inline',
@@ -345,7 +342,7 @@ function inlineDataset(req: InferenceRequest): OpenedDataset {
       rows: matrix.length,
       bytes: Buffer.byteLength(canonical),
       columns,
-      columnTypes: guessTypes(columns, matrix),
+      columnTypes: guessTypes(columns, matrix.slice(0, SAMPLE_ROWS)),
     }),
   };
 }
