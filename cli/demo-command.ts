@@ -222,7 +222,7 @@ export async function runDemo(argv: readonly string[], ctx: CommandContext): Pro
 
 /** The reasons of the demo queue's dead-letters. */
 async function deadLetters(amqpUrl: string, queue: string): Promise<string[]> {
-  const conn = await connect(amqpUrl);
+  const conn = await connect(amqpUrl, { noDelay: true });
   try {
     const ch = await conn.createChannel();
     const reasons: string[] = [];
@@ -239,7 +239,7 @@ async function deadLetters(amqpUrl: string, queue: string): Promise<string[]> {
 }
 
 async function deleteQueues(amqpUrl: string, queue: string): Promise<void> {
-  const conn = await connect(amqpUrl).catch(() => undefined);
+  const conn = await connect(amqpUrl, { noDelay: true }).catch(() => undefined);
   if (!conn) return;
   try {
     const ch = await conn.createChannel();

@@ -41,7 +41,7 @@ export class RequestPublisher {
   async open(): Promise<void> {
     const o = this.#options;
     try {
-      this.#conn = await connect(o.url, { timeout: 10_000, clientProperties: { connection_name: 'kmj submit' } });
+      this.#conn = await connect(o.url, { timeout: 10_000, noDelay: true, clientProperties: { connection_name: 'kmj submit' } });
     } catch (err) {
       throw new PublishError(`cannot reach the broker: ${messageOf(err)}`, { cause: err });
     }

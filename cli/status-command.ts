@@ -82,7 +82,7 @@ async function readRabbit(env: { RABBITMQ_URL: string; RABBITMQ_MANAGEMENT_URL: 
     return { source: 'management', ready: q.ready, unacked: q.unacked, consumers: q.consumers, ...(dead ? { deadLettered: dead.ready + dead.unacked } : {}) };
   } catch {
     // No management API: AMQP still says ready and consumers.
-    const conn = await connect(env.RABBITMQ_URL, { timeout: 5000 });
+    const conn = await connect(env.RABBITMQ_URL, { timeout: 5000, noDelay: true });
     conn.on('error', () => undefined);
     try {
       const ch = await conn.createChannel();

@@ -335,7 +335,7 @@ async function experimentIdIfAny(tracking: MlflowTracking, name: string, signal:
  * message read is given back (basic.nack with requeue) when the channel closes.
  */
 async function deadLetterOf(amqpUrl: string, queue: string, requestId: string): Promise<string | undefined> {
-  const conn = await connect(amqpUrl);
+  const conn = await connect(amqpUrl, { noDelay: true });
   try {
     const ch = await conn.createChannel();
     const seen: ConsumeMessage[] = [];

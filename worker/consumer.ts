@@ -159,7 +159,9 @@ export async function consumeOne(options: ConsumeOptions): Promise<ExitCode> {
   const log = options.log.child({ queue: config.queue, broker: displayUrl(config.rabbitmqUrl) });
   let conn: ChannelModel;
   try {
-    conn = await connect(config.rabbitmqUrl, { timeout: 10_000, clientProperties: { connection_name: `kmj-worker ${config.podName ?? process.pid}` } });
+    // noDelay: with Nagle's algorithm on, the handshake, the first delivery and the close each
+    // wait about 40 ms for the broker's delayed ACK (measured on loopback: 120 ms in all).
+    conn = await connect(config.rabbitmqUrl, { timeout: 10_000, noDelay: true, clientProperties: { connection_name: `kmj-worker ${config.podName ?? process.pid}` } });
   } catch (err) {
     log.error({ err }, 'cannot reach the broker');
     return EXIT.BROKER_UNAVAILABLE;

@@ -24,7 +24,7 @@ import { MlflowHttpError } from './mlflow/http.ts';
 import { proxyPath, type KeyValue, type Metric, type MlflowTracking } from './mlflow/tracking.ts';
 import { ensureCached } from './model/cache.ts';
 import { readMlModel } from './model/mlmodel.ts';
-import { OnnxModel } from './model/onnx.ts';
+import { OnnxModel, loadOnnxRuntime } from './model/onnx.ts';
 import { resolveLocalModel, resolveModel, resolveModelOffline, type ResolvedModel } from './model/resolve.ts';
 import { PredictionsWriter } from './predictions.ts';
 import { parseRequest, requestValidator, type InferenceRequest } from './request.ts';
@@ -153,6 +153,8 @@ function mlflowUnreachable(err: unknown): boolean {
  */
 async function loadModel(req: InferenceRequest, deps: PipelineDeps, online: boolean, signal: AbortSignal): Promise<{ model: OnnxModel; resolved: ResolvedModel; cacheHit: boolean; seconds: number }> {
   const started = performance.now();
+  // onnxruntime loads while the model's files are found and fetched.
+  loadOnnxRuntime().catch(() => undefined);
   const { config } = deps;
   const t = online ? deps.tracking : undefined;
   let resolved: ResolvedModel;

@@ -127,6 +127,8 @@ export class MlflowRunStore implements RunStore {
   readonly #workerVersion: string;
   readonly #log: Logger;
   #run: RunInfo | undefined;
+  /** The start log-batch (params, attempt), in flight while the work goes on. */
+  #startLogged: Promise<void> | undefined;
   #experimentId: string | undefined;
 
   constructor(tracking: MlflowTracking, req: InferenceRequest, delivery: DeliveryInfo, config: WorkerConfig, workerVersion: string, log: Logger) {
@@ -171,14 +173,24 @@ export class MlflowRunStore implements RunStore {
       }
       // The params again: the attempt that created the run may have died before logging them.
       // MLflow accepts a param logged twice with the same value.
-      await t.logBatch(previous.info.run_id, { params: runParams(req), tags: [attemptTag] }, signal);
+      this.#logStart(previous.info.run_id, attemptTag, signal);
       return 'started';
     }
     const run = await this.#createOnce(experimentId, signal);
     this.#run = run;
-    await t.logBatch(run.run_id, { params: runParams(req), tags: [attemptTag] }, signal);
+    this.#logStart(run.run_id, attemptTag, signal);
     this.#log.info({ runId: run.run_id, experimentId }, 'run started');
     return 'started';
+  }
+
+  /**
+   * Logs the params and the attempt as the run starts, without holding the work up: complete()
+   * and fail() wait for it (a failure surfaces there).
+   */
+  #logStart(runId: string, attemptTag: KeyValue, signal: AbortSignal): void {
+    const logged = this.#t.logBatch(runId, { params: runParams(this.#req), tags: [attemptTag] }, signal);
+    logged.catch(() => undefined); // observed here; complete() and fail() await it
+    this.#startLogged = logged;
   }
 
   #createOnce(experimentId: string, signal: AbortSignal): Promise<RunInfo> {
@@ -190,6 +202,8 @@ export class MlflowRunStore implements RunStore {
     const run = this.#run;
     if (!run) throw new Error('complete() before begin()');
     const t = this.#t;
+    // The start's log-batch has long landed by now, as a rule; a failure of it stops here.
+    await this.#startLogged;
     // Metrics, the dataset input and the artifact are independent; FINISHED comes after all three.
     await Promise.all([
       t.logBatch(run.run_id, { metrics: results.metrics, tags: results.tags }, signal),
@@ -207,6 +221,7 @@ export class MlflowRunStore implements RunStore {
     // Separate calls: one failing (it may be the endpoint that broke) must not keep the others
     // from landing.
     const results = await Promise.allSettled([
+      this.#startLogged,
       this.#t.setTag(runId, ERROR_TAG, error.slice(0, 8000), signal),
       this.#t.setTag(runId, OUTCOME_TAG, outcome, signal),
       this.#t.updateRun(runId, status, Date.now(), signal),

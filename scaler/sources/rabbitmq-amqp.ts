@@ -114,7 +114,7 @@ export class AmqpQueueInspector {
   async #connect(): Promise<ChannelModel> {
     const url = withHeartbeat(this.#options.url, this.#options.heartbeatSeconds);
     try {
-      const conn = await connect(url, { timeout: this.#options.connectTimeoutMs, clientProperties: { connection_name: 'kmj-scaler' } });
+      const conn = await connect(url, { timeout: this.#options.connectTimeoutMs, noDelay: true, clientProperties: { connection_name: 'kmj-scaler' } });
       if (this.#closed) {
         await conn.close().catch(() => undefined); // closed while connecting: nobody owns this connection
         throw new BacklogUnavailableError('scaler is shutting down');

@@ -122,8 +122,11 @@ export class MlflowHttp {
     const url = new URL(path, this.#base);
     for (const [k, v] of Object.entries(options.query ?? {})) url.searchParams.set(k, v);
     for (let attempt = 0; ; attempt++) {
+      const started = performance.now();
       try {
-        return await this.#once(url, options, onBody);
+        const result = await this.#once(url, options, onBody);
+        this.#log.debug({ method: options.method, path: url.pathname, ms: Math.round(performance.now() - started) }, 'mlflow request');
+        return result;
       } catch (err) {
         const e = err instanceof MlflowHttpError ? err : new MlflowHttpError(`MLflow ${options.method} ${url.pathname} failed: ${(err as Error).message}`, 0, undefined, { cause: err });
         if (options.signal.aborted || !e.retryable || attempt >= (options.maxRetries ?? this.#options.maxRetries)) throw e;

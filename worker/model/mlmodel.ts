@@ -1,7 +1,6 @@
 /** The parts of an MLflow `MLmodel` file the worker needs: the ONNX flavor and the signature. */
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { parse } from 'yaml';
 import { PermanentError } from '../errors.ts';
 
 /** One column of a column-based MLflow signature. */
@@ -21,6 +20,8 @@ export interface MlModel {
 }
 
 export async function readMlModel(dir: string): Promise<MlModel> {
+  // yaml is loaded here, not at start-up: only a model load needs it.
+  const { parse } = await import('yaml');
   let doc: unknown;
   try {
     doc = parse(await readFile(join(dir, 'MLmodel'), 'utf8'));

@@ -11,7 +11,7 @@
  * tensor, and its label output is.
  */
 import { join } from 'node:path';
-import * as ort from 'onnxruntime-node';
+import type * as Ort from 'onnxruntime-node';
 import { PermanentError } from '../errors.ts';
 import type { ColumnWants, DatasetBatch } from '../dataset/batch.ts';
 import type { MlModel } from './mlmodel.ts';
@@ -55,15 +55,25 @@ export interface OnnxOptions {
   readonly warmUpRows?: number;
 }
 
+/** onnxruntime-node, loaded on first use: the worker starts (and reaches the broker) without it. */
+let runtime: typeof Ort | undefined;
+let loading: Promise<typeof Ort> | undefined;
+
+/** Starts loading onnxruntime-node, once; call early to have it ready when the model is. */
+export function loadOnnxRuntime(): Promise<typeof Ort> {
+  loading ??= import('onnxruntime-node').then((m) => (runtime = m));
+  return loading;
+}
+
 export class OnnxModel {
-  readonly #session: ort.InferenceSession;
+  readonly #session: Ort.InferenceSession;
   readonly #inputs: readonly InputInfo[];
   readonly #inputRanks: ReadonlyMap<string, number>;
   readonly outputNames: readonly string[];
   readonly kind: ModelKind;
   readonly signature: MlModel['inputColumns'];
 
-  private constructor(session: ort.InferenceSession, mlmodel: MlModel) {
+  private constructor(session: Ort.InferenceSession, mlmodel: MlModel) {
     this.#session = session;
     const inputs: InputInfo[] = [];
     const ranks = new Map<string, number>();
@@ -87,10 +97,12 @@ export class OnnxModel {
   }
 
   static async load(dir: string, mlmodel: MlModel, options: OnnxOptions): Promise<OnnxModel> {
-    let session: ort.InferenceSession;
+    // Outside the try: a worker that cannot load onnxruntime is broken, the request is not.
+    const rt = await loadOnnxRuntime();
+    let session: Ort.InferenceSession;
     try {
       // Loading by path lets onnxruntime find external data files next to the model.
-      session = await ort.InferenceSession.create(join(dir, mlmodel.onnxFile), {
+      session = await rt.InferenceSession.create(join(dir, mlmodel.onnxFile), {
         executionProviders: ['cpu'],
         intraOpNumThreads: options.intraOpThreads,
         interOpNumThreads: 1,
@@ -113,7 +125,7 @@ export class OnnxModel {
    * still waiting on MLflow, keeps it off the dataset's time.
    */
   async #warmUp(rows: number): Promise<void> {
-    const feeds: Record<string, ort.Tensor> = {};
+    const feeds: Record<string, Ort.Tensor> = {};
     for (const inp of this.#inputs) {
       const width = inp.width ?? 1;
       const dims = (this.#inputRanks.get(inp.name) ?? 2) === 1 ? [rows] : [rows, width];
@@ -176,13 +188,13 @@ export class OnnxModel {
   /** Runs one batch, read with `plan.wants`. */
   async run(plan: FeedPlan, batch: DatasetBatch): Promise<Outputs> {
     const n = batch.length;
-    const feeds: Record<string, ort.Tensor> = {};
+    const feeds: Record<string, Ort.Tensor> = {};
     for (const inp of plan.inputs) {
       const dims = inp.rank === 1 ? [n] : [n, inp.width];
       const cols = plan.columnIndexes.slice(inp.from, inp.from + inp.width);
       feeds[inp.name] = buildTensor(inp.type, dims, n, cols.map((j) => (inp.type === 'string' ? batch.values(j) : batch.numbers(j))));
     }
-    let results: ort.InferenceSession.OnnxValueMapType;
+    let results: Ort.InferenceSession.OnnxValueMapType;
     try {
       results = await this.#session.run(feeds, [...this.outputNames]);
     } catch (err) {
@@ -190,7 +202,7 @@ export class OnnxModel {
     }
     const out = new Map<string, OutputColumn>();
     for (const name of this.outputNames) {
-      const t = results[name] as ort.Tensor | undefined;
+      const t = results[name] as Ort.Tensor | undefined;
       if (!t) continue;
       out.set(name, columnOf(t));
     }
@@ -213,7 +225,13 @@ function interleave(data: { [i: number]: number }, n: number, cols: readonly Flo
 }
 
 /** A tensor of `dims` from `n` rows of columns: Float64Arrays for numeric types, values for strings. */
-function buildTensor(type: TensorType, dims: number[], n: number, cols: ReadonlyArray<Float64Array | ReadonlyArray<unknown>>): ort.Tensor {
+/** The Tensor class; buildTensor only runs once a model is loaded, so onnxruntime is there. */
+function tensorClass(): typeof Ort.Tensor {
+  if (!runtime) throw new Error('onnxruntime-node is not loaded yet');
+  return runtime.Tensor;
+}
+
+function buildTensor(type: TensorType, dims: number[], n: number, cols: ReadonlyArray<Float64Array | ReadonlyArray<unknown>>): Ort.Tensor {
   const size = n * cols.length;
   const numeric = cols as readonly Float64Array[];
   switch (type) {
@@ -222,22 +240,22 @@ function buildTensor(type: TensorType, dims: number[], n: number, cols: Readonly
       const data = type === 'float32' ? new Float32Array(size) : new Float64Array(size);
       if (cols.length === 1) data.set(numeric[0] as Float64Array);
       else interleave(data, n, numeric);
-      return new ort.Tensor(type, data, dims);
+      return new (tensorClass())(type, data, dims);
     }
     case 'int32': {
       const data = new Int32Array(size);
       interleave(data, n, numeric, Math.trunc);
-      return new ort.Tensor('int32', data, dims);
+      return new (tensorClass())('int32', data, dims);
     }
     case 'int64': {
       const tmp = new Float64Array(size);
       interleave(tmp, n, numeric, Math.trunc);
-      return new ort.Tensor('int64', BigInt64Array.from(tmp, (x) => BigInt(x)), dims);
+      return new (tensorClass())('int64', BigInt64Array.from(tmp, (x) => BigInt(x)), dims);
     }
     case 'bool': {
       const data = new Uint8Array(size);
       interleave(data, n, numeric, (x) => (x ? 1 : 0));
-      return new ort.Tensor('bool', data, dims);
+      return new (tensorClass())('bool', data, dims);
     }
     case 'string': {
       const data: string[] = new Array<string>(size);
@@ -246,7 +264,7 @@ function buildTensor(type: TensorType, dims: number[], n: number, cols: Readonly
         const col = cols[j] as ReadonlyArray<unknown>;
         for (let r = 0; r < n; r++) data[r * width + j] = String(col[r] ?? '');
       }
-      return new ort.Tensor('string', data, dims);
+      return new (tensorClass())('string', data, dims);
     }
   }
 }
@@ -272,7 +290,7 @@ function numbersOf(data: unknown): Float64Array {
   return Float64Array.from(data as ArrayLike<number>);
 }
 
-function columnOf(t: ort.Tensor): OutputColumn {
+function columnOf(t: Ort.Tensor): OutputColumn {
   const width = t.dims.length >= 2 ? Number(t.dims[t.dims.length - 1]) : 1;
   if (t.type === 'string') return { width, values: t.data as string[] };
   return { width, values: numbersOf(t.data) };
