@@ -104,12 +104,12 @@ export class RequestPublisher {
     if (this.#failure) {
       throw new PublishError(`publishing to queue ${JSON.stringify(o.queue)} failed: ${messageOf(this.#failure)}`, { cause: this.#failure, confirmed: confirmed() });
     }
-    if (this.#returned.length > 0) {
-      throw new PublishError(`the broker could not route ${this.#returned.length} message(s) to queue ${JSON.stringify(o.queue)} (does it still exist?): ${this.#returned.join(', ')}`, {
-        confirmed: confirmed(),
-      });
-    }
-    if (nacked.length > 0) throw new PublishError(`the broker refused ${nacked.length} message(s): ${nacked.join(', ')}`, { confirmed: confirmed() });
+    // Both can happen in one batch: a queue deleted mid-publish refuses what it had routed and
+    // returns what came after.
+    const problems: string[] = [];
+    if (this.#returned.length > 0) problems.push(`the broker could not route ${this.#returned.length} message(s) to queue ${JSON.stringify(o.queue)} (does it still exist?): ${this.#returned.join(', ')}`);
+    if (nacked.length > 0) problems.push(`the broker refused ${nacked.length} message(s): ${nacked.join(', ')}`);
+    if (problems.length > 0) throw new PublishError(problems.join('; '), { confirmed: confirmed() });
     return confirmed();
   }
 

@@ -306,3 +306,75 @@ describe('CsvColumns', () => {
     expect(sink.ready.at(-1)?.numbers(0).at(-1)).toBe(SAMPLE_ROWS + 49);
   });
 });
+
+describe('CsvColumns fast path', () => {
+  /** Reads bytes in chunks of `chunk`, with the fast path or without it. */
+  function read(bytes: Buffer, fast: boolean, chunk: number, wants: { numbers: number[]; values: number[] }): { batches: Array<{ firstRow: number; numbers: number[][]; values: unknown[][] }>; error?: string } {
+    const sink = new CsvColumns();
+    if (!fast) (sink as { line?: unknown }).line = undefined;
+    const tokenizer = new CsvTokenizer(sink);
+    try {
+      let i = 0;
+      for (; i < bytes.length && sink.header === undefined; i += chunk) tokenizer.push(bytes.subarray(i, i + chunk));
+      sink.configure(500, wants);
+      tokenizer.resume();
+      for (; i < bytes.length; i += chunk) tokenizer.push(bytes.subarray(i, i + chunk));
+      tokenizer.end();
+      sink.flush();
+    } catch (err) {
+      return { batches: [], error: (err as Error).message };
+    }
+    return {
+      batches: sink.ready.map((b) => ({ firstRow: b.firstRow, numbers: wants.numbers.map((j) => [...b.numbers(j)]), values: wants.values.map((j) => [...b.values(j)]) })),
+    };
+  }
+
+  function generated(seed: number, extra: (r: number) => string | undefined): Buffer {
+    let s = seed;
+    const rand = (n: number): number => {
+      s = (s * 1103515245 + 12345) % 2 ** 31;
+      return s % n;
+    };
+    let text = 'a,b,label,c\n';
+    for (let r = 0; r < 3000; r++) {
+      const special = extra(r);
+      if (special !== undefined) {
+        text += special;
+        continue;
+      }
+      const end = rand(10) === 0 ? '\r\n' : '\n';
+      const label = rand(20) === 0 ? `"q, ${r}"` : `l${rand(3)}`;
+      const b = rand(30) === 0 ? ' 7 ' : rand(30) === 0 ? 'nan' : `${rand(1000) / 8}`;
+      text += `${rand(100000) / 1000 - 50},${b},${label},${rand(7)}${end}`;
+      if (rand(50) === 0) text += end; // an empty line
+    }
+    return Buffer.from(text);
+  }
+
+  it('gives the same batches as the general way, for every kind of line and chunk size', () => {
+    const bytes = generated(5, (r) => (r === 1500 ? '1,2,l,3\r4,5,m,6\n' : undefined));
+    const wants = { numbers: [0, 1, 3], values: [2] };
+    const general = read(bytes, false, 1 << 20, wants);
+    expect(general.error).toBeUndefined();
+    expect(general.batches.reduce((n, b) => n + b.numbers[0]!.length, 0)).toBeGreaterThan(3000);
+    for (const chunk of [7, 64, 1000, 65536, 1 << 20]) expect(read(bytes, true, chunk, wants), `chunks of ${chunk}`).toEqual(general);
+  });
+
+  it('reports the same errors as the general way', () => {
+    const cases: Array<[string, string]> = [
+      ['1,2,l,3,4\n', 'dataset: row 2001 has 5 fields, the header has 4'],
+      ['1,2\n', 'dataset: row 2001 has 2 fields, the header has 4'],
+      ['1,two,l,3\n', 'dataset: row 2001, column "b": "two" is not a number'],
+      ['1,,l,3\n', 'dataset: row 2001, column "b": an empty value is not a number'],
+    ];
+    for (const [line, error] of cases) {
+      // Row 2001 of the data, past the sample rows, when the fast path is on; no empty lines before it.
+      let text = 'a,b,label,c\n';
+      for (let r = 0; r < 2000; r++) text += `${r},${r / 4},l,1\n`;
+      text += line;
+      for (let r = 0; r < 10; r++) text += `${r},1,l,1\n`;
+      const bytes = Buffer.from(text);
+      for (const fast of [false, true]) expect(read(bytes, fast, 4096, { numbers: [0, 1, 3], values: [2] }).error, `${line.trim()} fast=${fast}`).toBe(error);
+    }
+  });
+});

@@ -31,7 +31,20 @@ const AFTER_QUOTE = 3;
  */
 export interface CsvSink {
   record(buf: Buffer, base: number, count: number, starts: Int32Array, ends: Int32Array, quoted: Uint8Array): boolean;
+  /**
+   * An optional fast path, tried at the start of each record: takes a whole simple line (no
+   * quote, no CR but the one of a CRLF end) at `start` of the bytes up to `end`, and returns the
+   * position after its line end; or NOT_SIMPLE, or LATER when the bytes end before the line does
+   * (or the sink wants this one record the general way). Either way nothing is taken, and the
+   * record goes the general way.
+   */
+  line?(buf: Buffer, start: number, end: number): number;
 }
+
+export const NOT_SIMPLE = -1;
+export const LATER = -2;
+/** After this many lines that are not simple, the fast path is not tried any more. */
+const FAST_PATH_MISSES = 64;
 
 export const NOT_UTF8 = 'dataset: is not valid UTF-8 text';
 export const UNCLOSED_QUOTE = 'dataset: is not valid CSV: a quoted field is not closed before the end of the file';
@@ -54,6 +67,7 @@ export class CsvTokenizer {
   /** Bytes not tokenized yet because the sink paused. */
   #held: Buffer | undefined;
   #paused = false;
+  #fastMisses = 0;
   /** The first bytes, until there are enough to tell whether they are a byte order mark. */
   #head: Buffer | undefined = Buffer.alloc(0);
   /** The last bytes pushed, when they may be the start of a character not complete yet. */
@@ -166,7 +180,17 @@ export class CsvTokenizer {
     // Offsets in the record are i - base; a record begun in earlier chunks has a negative base.
     let base = i - this.#pendingBytes;
     let mode = this.#mode;
+    const sink = this.#sink;
     while (i < n) {
+      if (base === i && mode === FIELD_START && sink.line && this.#fastMisses < FAST_PATH_MISSES) {
+        const next = sink.line(buf, i, n);
+        if (next >= 0) {
+          i = next;
+          base = i;
+          continue;
+        }
+        if (next === NOT_SIMPLE) this.#fastMisses++;
+      }
       if (mode === QUOTED) {
         const q = buf.indexOf(QUOTE, i);
         if (q === -1) {
@@ -354,6 +378,9 @@ export class CsvColumns implements CsvSink {
   #batchRows = 0;
   #numberCols: readonly number[] = [];
   #valueCols: readonly number[] = [];
+  /** Per dataset column, its place among the number columns and the value columns, or -1. */
+  #numberSlot = new Int32Array(0);
+  #valueSlot = new Int32Array(0);
   #numbers: Float64Array[] = [];
   #values: string[][] = [];
   #length = 0;
@@ -363,8 +390,56 @@ export class CsvColumns implements CsvSink {
     this.#batchRows = batchRows;
     this.#numberCols = wants.numbers;
     this.#valueCols = wants.values;
+    const width = this.header?.length ?? 0;
+    this.#numberSlot = new Int32Array(width).fill(-1);
+    this.#valueSlot = new Int32Array(width).fill(-1);
+    wants.numbers.forEach((j, k) => (this.#numberSlot[j] = k));
+    wants.values.forEach((j, k) => (this.#valueSlot[j] = k));
     this.#configured = true;
     this.#startBatch();
+  }
+
+  /** The fast path for a line without quotes: no offsets kept, numbers read as the line is. */
+  line(buf: Buffer, start: number, end: number): number {
+    const header = this.header;
+    if (!this.#configured || header === undefined || this.sample.length < SAMPLE_ROWS) return LATER;
+    const first = buf[start];
+    if (first === LF || first === CR) return NOT_SIMPLE; // an empty line, skipped the general way
+    const width = header.length;
+    const r = this.#length;
+    const numberSlot = this.#numberSlot;
+    const valueSlot = this.#valueSlot;
+    let i = start;
+    let c = 0;
+    for (let j = 0; j < width; j++) {
+      const s = i;
+      while (i < end) {
+        c = buf[i] as number;
+        if (c === COMMA || c === LF || c === CR || c === QUOTE) break;
+        i++;
+      }
+      if (i === end) return LATER;
+      // A quote, or a width other than the header's: the general way reads it, or names the error.
+      if (c === QUOTE || (j < width - 1) !== (c === COMMA)) return NOT_SIMPLE;
+      const k = numberSlot[j] as number;
+      if (k >= 0) {
+        const x = parseNumber(buf, s, i);
+        if (x !== x) return NOT_SIMPLE; // not a plain number: the careful reader, with its errors
+        (this.#numbers[k] as Float64Array)[r] = x;
+      }
+      const v = valueSlot[j] as number;
+      if (v >= 0) (this.#values[v] as string[])[r] = decodeField(buf, s, i, false);
+      i++;
+    }
+    if (c === CR) {
+      if (i === end) return LATER;
+      if (buf[i] !== LF) return NOT_SIMPLE;
+      i++;
+    }
+    this.#rows++;
+    this.#length = r + 1;
+    if (this.#length === this.#batchRows) this.#finishBatch();
+    return i;
   }
 
   record(buf: Buffer, base: number, count: number, starts: Int32Array, ends: Int32Array, quoted: Uint8Array): boolean {
