@@ -7,7 +7,7 @@
  * whose run is FINISHED is acknowledged without running again; an unfinished one (RUNNING after a
  * crash, FAILED after a requeue, KILLED after SIGTERM) is resumed, never duplicated.
  */
-import { sleep } from '../common/abort.ts';
+import { raceAbort, sleep } from '../common/abort.ts';
 import type { Logger } from '../common/log.ts';
 import { displayUrl } from '../common/redact.ts';
 import type { WorkerConfig } from './config.ts';
@@ -221,7 +221,7 @@ export class MlflowRunStore implements RunStore {
     // Separate calls: one failing (it may be the endpoint that broke) must not keep the others
     // from landing.
     const results = await Promise.allSettled([
-      this.#startLogged,
+      raceAbort(this.#startLogged ?? Promise.resolve(), signal),
       this.#t.setTag(runId, ERROR_TAG, error.slice(0, 8000), signal),
       this.#t.setTag(runId, OUTCOME_TAG, outcome, signal),
       this.#t.updateRun(runId, status, Date.now(), signal),

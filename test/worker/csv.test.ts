@@ -378,3 +378,27 @@ describe('CsvColumns fast path', () => {
     }
   });
 });
+
+describe('CsvTokenizer pauses', () => {
+  it('reads everything at end() even when the sink pauses after every record', () => {
+    const out: string[] = [];
+    const sink: CsvSink = {
+      record(buf, base, _count, starts, ends, quoted) {
+        out.push(decodeField(buf, base + (starts[0] as number), base + (ends[0] as number), quoted[0] === 1));
+        return false;
+      },
+    };
+    const t = new CsvTokenizer(sink);
+    t.push(Buffer.from('h\n1\n2\n3'));
+    expect(out).toEqual(['h']);
+    t.end();
+    expect(out).toEqual(['h', '1', '2', '3']);
+    const u = new CsvTokenizer(sink);
+    u.push(Buffer.from('h\n1\n"unclosed'));
+    expect(() => u.end()).toThrow(UNCLOSED_QUOTE);
+  });
+
+  it('CsvColumns refuses to be configured before its header is read', () => {
+    expect(() => new CsvColumns().configure(10, { numbers: [0], values: [] })).toThrow('CsvColumns: configure() before the header was read');
+  });
+});

@@ -43,7 +43,7 @@ export interface CsvSink {
 
 export const NOT_SIMPLE = -1;
 export const LATER = -2;
-/** After this many lines that are not simple, the fast path is not tried any more. */
+/** Lines that are not simple before the fast path may be given up. */
 const FAST_PATH_MISSES = 64;
 
 export const NOT_UTF8 = 'dataset: is not valid UTF-8 text';
@@ -67,6 +67,9 @@ export class CsvTokenizer {
   /** Bytes not tokenized yet because the sink paused. */
   #held: Buffer | undefined;
   #paused = false;
+  /** The fast path is given up when more than one line in 16 is not simple (after 64 such). */
+  #fastOn = true;
+  #fastHits = 0;
   #fastMisses = 0;
   /** The first bytes, until there are enough to tell whether they are a byte order mark. */
   #head: Buffer | undefined = Buffer.alloc(0);
@@ -113,7 +116,7 @@ export class CsvTokenizer {
     }
     if (this.#utf8Tail && !isUtf8(this.#utf8Tail)) throw new PermanentError(NOT_UTF8, { field: 'dataset' });
     this.#utf8Tail = undefined;
-    if (this.#held) this.resume();
+    while (this.#held !== undefined) this.resume(); // the sink may pause again
     if (this.#mode === QUOTED) throw new PermanentError(UNCLOSED_QUOTE, { field: 'dataset' });
     if (this.#pendingBytes === 0) return;
     const record = this.#pending.length === 1 ? (this.#pending[0] as Buffer) : Buffer.concat(this.#pending);
@@ -182,14 +185,15 @@ export class CsvTokenizer {
     let mode = this.#mode;
     const sink = this.#sink;
     while (i < n) {
-      if (base === i && mode === FIELD_START && sink.line && this.#fastMisses < FAST_PATH_MISSES) {
+      if (base === i && mode === FIELD_START && sink.line && this.#fastOn) {
         const next = sink.line(buf, i, n);
         if (next >= 0) {
+          this.#fastHits++;
           i = next;
           base = i;
           continue;
         }
-        if (next === NOT_SIMPLE) this.#fastMisses++;
+        if (next === NOT_SIMPLE && ++this.#fastMisses >= FAST_PATH_MISSES && this.#fastMisses * 16 > this.#fastHits) this.#fastOn = false;
       }
       if (mode === QUOTED) {
         const q = buf.indexOf(QUOTE, i);
@@ -387,6 +391,7 @@ export class CsvColumns implements CsvSink {
   #rows = 0;
 
   configure(batchRows: number, wants: ColumnWants): void {
+    if (this.header === undefined) throw new Error('CsvColumns: configure() before the header was read');
     this.#batchRows = batchRows;
     this.#numberCols = wants.numbers;
     this.#valueCols = wants.values;

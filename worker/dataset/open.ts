@@ -202,16 +202,21 @@ function streamDataset(src: ByteSource, format: DataFormat, name: string, limits
   const decoder = new TextDecoder('utf-8', { fatal: true });
   let jsonColumns: string[] | undefined;
   const pending: unknown[][] = [];
+  /** The first SAMPLE_ROWS rows, for the column types. */
+  const jsonSample: unknown[][] = [];
   let lineCarry = '';
+  /** Lines read so far, empty ones too, for error messages. */
+  let lineNo = 0;
 
   const parseJsonLines = (text: string, last: boolean): void => {
     const all = lineCarry + text;
     const lines = all.split('\n');
     lineCarry = last ? '' : (lines.pop() ?? '');
     for (const line of lines) {
+      lineNo++;
       const t = line.trim();
       if (t === '') continue;
-      const at = rowCount + pending.length + 1;
+      const at = lineNo;
       let obj: unknown;
       try {
         obj = JSON.parse(t);
@@ -223,7 +228,9 @@ function streamDataset(src: ByteSource, format: DataFormat, name: string, limits
       }
       const rec = obj as Record<string, unknown>;
       jsonColumns ??= Object.keys(rec);
-      pending.push(jsonColumns.map((c) => rec[c]));
+      const row = jsonColumns.map((c) => rec[c]);
+      if (jsonSample.length < SAMPLE_ROWS) jsonSample.push(row);
+      pending.push(row);
     }
   };
 
@@ -270,28 +277,35 @@ function streamDataset(src: ByteSource, format: DataFormat, name: string, limits
   const take = async (batchRows: number, wants: ColumnWants): Promise<ColumnBatch | undefined> => {
     if (format === 'csv') {
       while (csv.ready.length === 0 && (await pump()));
-      if (csv.ready.length === 0) return undefined;
-      columnTypes ??= guessTypes(csv.header ?? [], csv.sample);
       return csv.ready.shift();
     }
     while (pending.length < batchRows && (await pump()));
     if (pending.length === 0) return undefined;
     const rows = pending.splice(0, batchRows);
-    columnTypes ??= guessTypes(jsonColumns ?? [], rows.slice(0, SAMPLE_ROWS));
     return batchOfRows(rows, rowCount + 1, wants, jsonColumns ?? []);
   };
 
   return {
     format,
     columns: async () => {
-      while (columns() === undefined && (await pump()));
+      try {
+        while (columns() === undefined && (await pump()));
+      } catch (err) {
+        src.release();
+        throw err;
+      }
       const found = columns();
-      if (found === undefined) throw new PermanentError('dataset: is empty', { field: 'dataset' });
+      if (found === undefined) {
+        src.release();
+        throw new PermanentError('dataset: is empty', { field: 'dataset' });
+      }
       return found;
     },
     async *batches(batchRows: number, wants: ColumnWants) {
       try {
         if (format === 'csv') {
+          while (csv.header === undefined && (await pump()));
+          if (csv.header === undefined) throw new PermanentError('dataset: is empty', { field: 'dataset' });
           csv.configure(batchRows, wants);
           tokenizer.resume();
         }
@@ -316,7 +330,8 @@ function streamDataset(src: ByteSource, format: DataFormat, name: string, limits
       rows: rowCount,
       bytes,
       columns: columns() ?? [],
-      columnTypes: columnTypes ?? [],
+      // From the first SAMPLE_ROWS rows, known once they are read.
+      columnTypes: (columnTypes ??= format === 'csv' ? guessTypes(csv.header ?? [], csv.sample) : guessTypes(jsonColumns ?? [], jsonSample)),
     }),
   };
 }

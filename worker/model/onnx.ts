@@ -131,7 +131,7 @@ export class OnnxModel {
       const dims = (this.#inputRanks.get(inp.name) ?? 2) === 1 ? [rows] : [rows, width];
       const zeros = Array.from({ length: width }, () => new Float64Array(rows));
       const blanks = Array.from({ length: width }, () => new Array<string>(rows).fill(''));
-      feeds[inp.name] = buildTensor(inp.type, dims, rows, inp.type === 'string' ? blanks : zeros);
+      feeds[inp.name] = buildTensor(inp.type, dims, rows, inp.type === 'string' ? blanks : zeros, () => 'the warm-up');
     }
     try {
       await this.#session.run(feeds, [...this.outputNames]);
@@ -192,7 +192,9 @@ export class OnnxModel {
     for (const inp of plan.inputs) {
       const dims = inp.rank === 1 ? [n] : [n, inp.width];
       const cols = plan.columnIndexes.slice(inp.from, inp.from + inp.width);
-      feeds[inp.name] = buildTensor(inp.type, dims, n, cols.map((j) => (inp.type === 'string' ? batch.values(j) : batch.numbers(j))));
+      const names = plan.columnNames.slice(inp.from, inp.from + inp.width);
+      const where = (r: number, j: number): string => `row ${batch.firstRow + r}, column ${JSON.stringify(names[j] ?? '')}`;
+      feeds[inp.name] = buildTensor(inp.type, dims, n, cols.map((j) => (inp.type === 'string' ? batch.values(j) : batch.numbers(j))), where);
     }
     let results: Ort.InferenceSession.OnnxValueMapType;
     try {
@@ -214,14 +216,30 @@ export class OnnxModel {
   }
 }
 
-/** Row-major [n, width] numbers out of width columns. */
-function interleave(data: { [i: number]: number }, n: number, cols: readonly Float64Array[], map?: (x: number) => number): void {
+/** Row-major [n, width] numbers out of width columns; `map` gets the cell's row and column. */
+function interleave(data: { [i: number]: number }, n: number, cols: readonly Float64Array[], map?: (x: number, r: number, j: number) => number): void {
   const width = cols.length;
   for (let j = 0; j < width; j++) {
     const col = cols[j] as Float64Array;
-    if (map) for (let r = 0; r < n; r++) data[r * width + j] = map(col[r] as number);
+    if (map) for (let r = 0; r < n; r++) data[r * width + j] = map(col[r] as number, r, j);
     else for (let r = 0; r < n; r++) data[r * width + j] = col[r] as number;
   }
+}
+
+/** Says where a cell is, for error messages: `row N, column "c"`. */
+type Where = (r: number, j: number) => string;
+
+/**
+ * A whole number for an integer input of `bits` bits: the fraction is dropped (as numpy's astype
+ * does); NaN, infinities and values out of range are refused with the cell named.
+ */
+function integer(bits: 32 | 64, where: Where): (x: number, r: number, j: number) => number {
+  const limit = 2 ** (bits - 1);
+  return (x, r, j) => {
+    const t = Math.trunc(x);
+    if (t >= -limit && t < limit) return t; // false for NaN
+    throw new PermanentError(`dataset: ${where(r, j)}: ${x} does not fit the model's int${bits} input`, { field: 'dataset' });
+  };
 }
 
 /** A tensor of `dims` from `n` rows of columns: Float64Arrays for numeric types, values for strings. */
@@ -231,7 +249,7 @@ function tensorClass(): typeof Ort.Tensor {
   return runtime.Tensor;
 }
 
-function buildTensor(type: TensorType, dims: number[], n: number, cols: ReadonlyArray<Float64Array | ReadonlyArray<unknown>>): Ort.Tensor {
+function buildTensor(type: TensorType, dims: number[], n: number, cols: ReadonlyArray<Float64Array | ReadonlyArray<unknown>>, where: Where): Ort.Tensor {
   const size = n * cols.length;
   const numeric = cols as readonly Float64Array[];
   switch (type) {
@@ -244,12 +262,12 @@ function buildTensor(type: TensorType, dims: number[], n: number, cols: Readonly
     }
     case 'int32': {
       const data = new Int32Array(size);
-      interleave(data, n, numeric, Math.trunc);
+      interleave(data, n, numeric, integer(32, where));
       return new (tensorClass())('int32', data, dims);
     }
     case 'int64': {
       const tmp = new Float64Array(size);
-      interleave(tmp, n, numeric, Math.trunc);
+      interleave(tmp, n, numeric, integer(64, where));
       return new (tensorClass())('int64', BigInt64Array.from(tmp, (x) => BigInt(x)), dims);
     }
     case 'bool': {
@@ -291,7 +309,8 @@ function numbersOf(data: unknown): Float64Array {
 }
 
 function columnOf(t: Ort.Tensor): OutputColumn {
-  const width = t.dims.length >= 2 ? Number(t.dims[t.dims.length - 1]) : 1;
+  // A row is everything after the first dimension: [N, k] gives k values, [N, a, b] a × b.
+  const width = t.dims.slice(1).reduce((w, d) => w * Number(d), 1);
   if (t.type === 'string') return { width, values: t.data as string[] };
   return { width, values: numbersOf(t.data) };
 }
