@@ -15,8 +15,9 @@
  * changes nothing.
  */
 import { randomUUID } from 'node:crypto';
-import { access, cp, mkdir, readFile, readdir, rename, rm, writeFile } from 'node:fs/promises';
+import { cp, mkdir, readFile, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
+import { exists } from './files.ts';
 import type { Logger } from '../common/log.ts';
 import type { DatasetInput, KeyValue, Metric, MlflowTracking } from './mlflow/tracking.ts';
 import type { InferenceRequest } from './request.ts';
@@ -41,14 +42,6 @@ export interface SpooledRun {
 
 const REPLAYED = '.replayed';
 
-async function exists(path: string): Promise<boolean> {
-  try {
-    await access(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 async function writeJsonAtomic(path: string, value: unknown): Promise<void> {
   const tmp = `${path}.${randomUUID().slice(0, 8)}.tmp`;

@@ -8,9 +8,9 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { SUBMIT_EXIT } from '../../cli/submit-command.ts';
 import { packageFile } from '../../common/paths.ts';
 import { AmqpFaultProxy } from '../helpers/amqp-fault-proxy.ts';
-import { Cleanups } from '../helpers/cleanups.ts';
+import { Cleanups, deleteQueues } from '../helpers/cleanups.ts';
 import { RABBITMQ_URL } from '../helpers/env.ts';
-import { closedPort, deleteQueues, kmjWorkerEnv, managementQueue, runKmj, startKmj, type KmjExit, type KmjProcess } from '../helpers/kmj.ts';
+import { closedPort, kmjWorkerEnv, managementQueue, runKmj, startKmj, type KmjExit, type KmjProcess } from '../helpers/kmj.ts';
 import { MLFLOW_URL, drain, fixtures, queueState, runsOf, uniqueId, type RestRun } from '../helpers/worker.ts';
 
 const f = fixtures();

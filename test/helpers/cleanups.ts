@@ -46,7 +46,8 @@ export class Cleanups {
   }
 }
 
-async function deleteQueues(queues: readonly string[]): Promise<void> {
+/** Deletes queues (missing ones are fine), for a test's cleanups. */
+export async function deleteQueues(queues: readonly string[]): Promise<void> {
   const conn = await connect(RABBITMQ_URL);
   try {
     const ch = await conn.createChannel();

@@ -123,16 +123,6 @@ export async function closedPort(): Promise<number> {
   return port;
 }
 
-/** Deletes queues (missing ones are fine), for a test's cleanups. */
-export async function deleteQueues(queues: readonly string[]): Promise<void> {
-  const conn = await connect(RABBITMQ_URL);
-  try {
-    const ch = await conn.createChannel();
-    for (const q of queues) await ch.deleteQueue(q);
-  } finally {
-    await conn.close();
-  }
-}
 
 /** True when the queue exists (passive declare). */
 export async function queueExists(queue: string): Promise<boolean> {

@@ -167,8 +167,10 @@ export class CsvTokenizer {
     this.#fieldStart = 0;
     this.#fieldQuoted = 0;
     this.#mode = FIELD_START;
-    this.#pending = [];
-    this.#pendingBytes = 0;
+    if (this.#pendingBytes > 0) {
+      this.#pending = [];
+      this.#pendingBytes = 0;
+    }
     if (count === 1 && this.#ends[0] === this.#starts[0] && this.#quoted[0] === 0) return true;
     return this.#sink.record(buf, base, count, this.#starts, this.#ends, this.#quoted);
   }
@@ -441,9 +443,7 @@ export class CsvColumns implements CsvSink {
       if (buf[i] !== LF) return NOT_SIMPLE;
       i++;
     }
-    this.#rows++;
-    this.#length = r + 1;
-    if (this.#length === this.#batchRows) this.#finishBatch();
+    this.#commit();
     return i;
   }
 
@@ -468,10 +468,14 @@ export class CsvColumns implements CsvSink {
     }
     const valueCols = this.#valueCols;
     for (let k = 0; k < valueCols.length; k++) (this.#values[k] as string[])[r] = fieldText(buf, base, starts, ends, quoted, valueCols[k] as number);
-    this.#rows = row;
-    this.#length = r + 1;
-    if (this.#length === this.#batchRows) this.#finishBatch();
+    this.#commit();
     return true;
+  }
+
+  /** The row being filled is complete. */
+  #commit(): void {
+    this.#rows++;
+    if (++this.#length === this.#batchRows) this.#finishBatch();
   }
 
   /** The rows of the last batch, at the end of the dataset. */

@@ -16,7 +16,7 @@ import { MlflowHttpError } from '../mlflow/http.ts';
 import { proxyPath, type MlflowTracking } from '../mlflow/tracking.ts';
 import type { DataFormat, InferenceRequest } from '../request.ts';
 import { batchOfRows, type ColumnBatch, type ColumnWants, type DatasetBatch } from './batch.ts';
-import { CsvColumns, CsvTokenizer, SAMPLE_ROWS } from './csv.ts';
+import { CsvColumns, CsvTokenizer, NOT_UTF8, SAMPLE_ROWS } from './csv.ts';
 
 export interface DatasetLimits {
   readonly maxBytes: number;
@@ -191,7 +191,6 @@ function streamDataset(src: ByteSource, format: DataFormat, name: string, limits
   const hash = createHash('sha256');
   let bytes = 0;
   let rowCount = 0;
-  let columnTypes: string[] | undefined;
   let finished = false;
   const iterator = src.stream[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
   let ended = false;
@@ -238,7 +237,7 @@ function streamDataset(src: ByteSource, format: DataFormat, name: string, limits
     try {
       return chunk ? decoder.decode(chunk, { stream: true }) : decoder.decode();
     } catch {
-      throw new PermanentError('dataset: is not valid UTF-8 text', { field: 'dataset' });
+      throw new PermanentError(NOT_UTF8, { field: 'dataset' });
     }
   };
 
@@ -285,27 +284,26 @@ function streamDataset(src: ByteSource, format: DataFormat, name: string, limits
     return batchOfRows(rows, rowCount + 1, wants, jsonColumns ?? []);
   };
 
+  /** Reads up to the column names (the CSV header, the first JSON line); releases the source on failure. */
+  const readColumns = async (): Promise<string[]> => {
+    try {
+      while (columns() === undefined && (await pump()));
+      const found = columns();
+      if (found === undefined) throw new PermanentError('dataset: is empty', { field: 'dataset' });
+      return found;
+    } catch (err) {
+      src.release();
+      throw err;
+    }
+  };
+
   return {
     format,
-    columns: async () => {
-      try {
-        while (columns() === undefined && (await pump()));
-      } catch (err) {
-        src.release();
-        throw err;
-      }
-      const found = columns();
-      if (found === undefined) {
-        src.release();
-        throw new PermanentError('dataset: is empty', { field: 'dataset' });
-      }
-      return found;
-    },
+    columns: readColumns,
     async *batches(batchRows: number, wants: ColumnWants) {
       try {
         if (format === 'csv') {
-          while (csv.header === undefined && (await pump()));
-          if (csv.header === undefined) throw new PermanentError('dataset: is empty', { field: 'dataset' });
+          await readColumns();
           csv.configure(batchRows, wants);
           tokenizer.resume();
         }
@@ -330,8 +328,8 @@ function streamDataset(src: ByteSource, format: DataFormat, name: string, limits
       rows: rowCount,
       bytes,
       columns: columns() ?? [],
-      // From the first SAMPLE_ROWS rows, known once they are read.
-      columnTypes: (columnTypes ??= format === 'csv' ? guessTypes(csv.header ?? [], csv.sample) : guessTypes(jsonColumns ?? [], jsonSample)),
+      // From the first SAMPLE_ROWS rows, read by now.
+      columnTypes: format === 'csv' ? guessTypes(csv.header ?? [], csv.sample) : guessTypes(jsonColumns ?? [], jsonSample),
     }),
   };
 }

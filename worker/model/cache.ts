@@ -4,8 +4,9 @@
  * temporary name and renamed into place, so a worker killed mid-download leaves no half model.
  */
 import { randomUUID } from 'node:crypto';
-import { access, mkdir, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
+import { exists } from '../files.ts';
 
 const COMPLETE = '.kmj-complete';
 
@@ -37,11 +38,3 @@ export async function ensureCached(cacheDir: string, key: string, fill: (dir: st
   }
 }
 
-async function exists(path: string): Promise<boolean> {
-  try {
-    await access(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
