@@ -20,9 +20,11 @@ help:
 	@echo "make bench-worker  the worker beside a Python worker: cold start, throughput, memory"
 	@echo "make build         compile TypeScript into dist/"
 
+# --ignore-scripts: the only install scripts (onnxruntime-node, protobufjs) are denied anyway, and
+# `prepare` would compile what `build` compiles next.
 $(STAMP)/deps: package.json package-lock.json
 	@mkdir -p $(STAMP)
-	npm ci --no-audit --no-fund
+	npm ci --no-audit --no-fund --ignore-scripts
 	@touch $@
 
 deps: $(STAMP)/deps
@@ -51,11 +53,12 @@ demo: build
 	KMJ_FIXTURES_AUTH=0 scripts/fixtures.sh
 	node bin/kmj.js demo
 
-bench-scaler: build services
+# The scaler benchmark needs RabbitMQ only.
+bench-scaler: build
+	scripts/rabbitmq.sh start
 	node dist/bench/scaler-bench.js
 
 bench-worker: build services
-	scripts/fixtures.sh --big-rows 100000
 	node dist/bench/worker-bench.js
 
 clean:

@@ -17,7 +17,7 @@ import { sleep } from '../common/abort.ts';
 import { ConfigError } from '../common/config.ts';
 import { createLogger } from '../common/log.ts';
 import { PACKAGE_ROOT } from '../common/paths.ts';
-import { deadLetterQueueOf } from '../common/topology.ts';
+import { deadLetterQueueOf, deadLetterReason } from '../common/topology.ts';
 import { startScaler } from '../scaler/app.ts';
 import { ScalerClient, defaultStrategyJobs } from '../scaler/client.ts';
 import { loadScalerConfig } from '../scaler/config.ts';
@@ -229,7 +229,7 @@ async function deadLetters(amqpUrl: string, queue: string): Promise<string[]> {
     for (;;) {
       const m = await ch.get(deadLetterQueueOf(queue), { noAck: true });
       if (m === false) break;
-      reasons.push(`${m.properties.messageId ?? '?'}: ${String((m.properties.headers as Record<string, unknown> | undefined)?.['x-kmj-dead-letter-reason'] ?? 'dead-lettered by the broker')}`);
+      reasons.push(`${m.properties.messageId ?? '?'}: ${deadLetterReason(m.properties.headers as Record<string, unknown> | undefined)}`);
     }
     await ch.close();
     return reasons;

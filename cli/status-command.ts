@@ -14,7 +14,6 @@ import { deadLetterQueueOf } from '../common/topology.ts';
 import { ScalerClient } from '../scaler/client.ts';
 import { defaultManagementUrl } from '../scaler/config.ts';
 import { ManagementQueueReader } from '../scaler/sources/rabbitmq-management.ts';
-import { MlflowHttpError } from '../worker/mlflow/http.ts';
 import type { MlflowTracking } from '../worker/mlflow/tracking.ts';
 import { ERROR_TAG, OUTCOME_TAG, REQUEST_ID_TAG } from '../worker/run-store.ts';
 import type { CommandContext } from './context.ts';
@@ -127,14 +126,9 @@ async function readScaler(address: string, metricsUrl: string, queue: string): P
 async function readMlflow(tracking: MlflowTracking | undefined, experiment: string, limit: number): Promise<StatusReport['mlflow'] extends Part<infer T> ? T : never> {
   if (!tracking) throw new Error('MLFLOW_TRACKING_URI is not set');
   const signal = AbortSignal.timeout(8000);
-  let experimentId: string;
-  try {
-    const r = await tracking.http.api<{ experiment: { experiment_id: string } }>('experiments/get-by-name', { method: 'GET', query: { experiment_name: experiment }, signal, maxRetries: 0 });
-    experimentId = r.experiment.experiment_id;
-  } catch (err) {
-    if (err instanceof MlflowHttpError && err.errorCode === 'RESOURCE_DOES_NOT_EXIST') return { experiment, runs: [] };
-    throw err;
-  }
+  const found = await tracking.findExperiment(experiment, signal, 0);
+  if (!found) return { experiment, runs: [] };
+  const experimentId = found.experimentId;
   const r = await tracking.http.api<{ runs?: Array<{ info: { run_id: string; status: string; start_time?: number; end_time?: number }; data: { metrics?: Array<{ key: string; value: number }>; tags?: Array<{ key: string; value: string }> } }> }>('runs/search', {
     method: 'POST',
     json: { experiment_ids: [experimentId], max_results: limit, order_by: ['attributes.start_time DESC'] },

@@ -11,9 +11,8 @@ import { sleep } from '../common/abort.ts';
 import { ConfigError, readConfig } from '../common/config.ts';
 import type { FieldSpecs } from '../common/fields.ts';
 import { createLogger } from '../common/log.ts';
-import { deadLetterQueueOf } from '../common/topology.ts';
+import { deadLetterQueueOf, deadLetterReason } from '../common/topology.ts';
 import { PermanentError } from '../worker/errors.ts';
-import { MlflowHttpError } from '../worker/mlflow/http.ts';
 import type { MlflowTracking, Run } from '../worker/mlflow/tracking.ts';
 import { parseRequest, requestValidator, type RequestValidator } from '../worker/request.ts';
 import { ERROR_TAG, OUTCOME_TAG, REQUEST_ID_TAG } from '../worker/run-store.ts';
@@ -297,7 +296,7 @@ async function follow(
   let experimentId: string | undefined;
   for (let round = 0; Date.now() < end && !stop.aborted; round++) {
     try {
-      experimentId ??= await experimentIdIfAny(tracking, experiment, stop);
+      experimentId ??= (await tracking.findExperiment(experiment, stop, 0))?.experimentId;
       const run = experimentId === undefined ? undefined : (await tracking.runsWithTag(experimentId, REQUEST_ID_TAG, requestId, stop))[0];
       if (run && experimentId !== undefined) {
         const tags = Object.fromEntries((run.data.tags ?? []).map((t) => [t.key, t.value]));
@@ -320,16 +319,6 @@ async function follow(
   return { kind: 'timeout', last };
 }
 
-async function experimentIdIfAny(tracking: MlflowTracking, name: string, signal: AbortSignal): Promise<string | undefined> {
-  try {
-    const r = await tracking.http.api<{ experiment: { experiment_id: string } }>('experiments/get-by-name', { method: 'GET', query: { experiment_name: name }, signal, maxRetries: 0 });
-    return r.experiment.experiment_id;
-  } catch (err) {
-    if (err instanceof MlflowHttpError && err.errorCode === 'RESOURCE_DOES_NOT_EXIST') return undefined;
-    throw err;
-  }
-}
-
 /**
  * Looks through the dead-letter queue for the request, without taking anything out of it: each
  * message read is given back (basic.nack with requeue) when the channel closes.
@@ -345,7 +334,7 @@ async function deadLetterOf(amqpUrl: string, queue: string, requestId: string): 
       if (m === false) break;
       seen.push(m as unknown as ConsumeMessage);
       if (m.properties.messageId === requestId) {
-        reason = String((m.properties.headers as Record<string, unknown> | undefined)?.['x-kmj-dead-letter-reason'] ?? 'dead-lettered by the broker');
+        reason = deadLetterReason(m.properties.headers as Record<string, unknown> | undefined);
         break;
       }
     }

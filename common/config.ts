@@ -3,7 +3,9 @@
  * into a frozen typed object. A bad setting fails start-up with one error listing every problem;
  * nothing is silently corrected. Only the CLI passes `process.env` in: nothing else reads it.
  */
+import { readFileSync } from 'node:fs';
 import { parseFields, type FieldSpecs, type Parsed, type RawInput } from './fields.ts';
+import { messageOf } from './redact.ts';
 
 export class ConfigError extends Error {
   override readonly name = 'ConfigError';
@@ -42,4 +44,14 @@ export function readConfig<T extends FieldSpecs>(
   if (problems.length === 0 && extraChecks) extraChecks(values, problems);
   if (problems.length > 0) throw new ConfigError(component, problems);
   return Object.freeze(values);
+}
+
+/** Reads the file a setting names; when it cannot, adds the problem (naming the setting) and returns undefined. */
+export function readSettingFile(setting: string, path: string, problems: string[]): Buffer | undefined {
+  try {
+    return readFileSync(path);
+  } catch (err) {
+    problems.push(`${setting}: cannot read ${JSON.stringify(path)}: ${messageOf(err)}`);
+    return undefined;
+  }
 }

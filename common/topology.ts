@@ -32,7 +32,27 @@ export function requestQueueArguments(options: TopologyOptions): Record<string, 
   };
 }
 
+/** Declares a dead-letter queue (a durable quorum queue). */
+export async function declareDeadLetterQueue(ch: Channel, queue: string): Promise<void> {
+  await ch.assertQueue(queue, { durable: true, arguments: { 'x-queue-type': 'quorum' } });
+}
+
 export async function declareRequestTopology(ch: Channel, queue: string, options: TopologyOptions): Promise<void> {
-  await ch.assertQueue(options.deadLetterQueue, { durable: true, arguments: { 'x-queue-type': 'quorum' } });
+  await declareDeadLetterQueue(ch, options.deadLetterQueue);
   await ch.assertQueue(queue, { durable: true, arguments: requestQueueArguments(options) });
+}
+
+/** Header names of the worker's dead-letters. */
+export const DEAD_LETTER_HEADERS = {
+  reason: 'x-kmj-dead-letter-reason',
+  field: 'x-kmj-dead-letter-field',
+  at: 'x-kmj-dead-lettered-at',
+  queue: 'x-kmj-source-queue',
+  runId: 'x-kmj-run-id',
+  attempt: 'x-kmj-delivery-attempt',
+} as const;
+
+/** Why a message in a dead-letter queue is there: the worker's reason, or the broker's doing. */
+export function deadLetterReason(headers: Record<string, unknown> | undefined): string {
+  return String(headers?.[DEAD_LETTER_HEADERS.reason] ?? 'dead-lettered by the broker');
 }

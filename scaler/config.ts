@@ -3,8 +3,7 @@
  * `--metrics-port` flags on top. Broker credentials come from RABBITMQ_URL (the connection alias
  * "default") and from a JSON file of named connections, typically a mounted Secret.
  */
-import { readFileSync } from 'node:fs';
-import { readConfig, type FlagOverride } from '../common/config.ts';
+import { readConfig, readSettingFile, type FlagOverride } from '../common/config.ts';
 import { parseFields, type FieldSpecs, type RawInput } from '../common/fields.ts';
 import { LOG_LEVELS, type LogLevel } from '../common/log.ts';
 import { messageOf } from './errors.ts';
@@ -67,19 +66,10 @@ export function defaultManagementUrl(amqpUrl: string): string {
   return m.toString();
 }
 
-function readFile(setting: string, path: string, problems: string[]): Buffer | undefined {
-  try {
-    return readFileSync(path);
-  } catch (err) {
-    problems.push(`${setting}: cannot read ${JSON.stringify(path)}: ${messageOf(err)}`);
-    return undefined;
-  }
-}
-
 function readConnectionsFile(path: string, problems: string[]): Map<string, RabbitConnection> {
   const out = new Map<string, RabbitConnection>();
   const setting = 'KMJ_SCALER_CONNECTIONS_FILE';
-  const text = readFile(setting, path, problems);
+  const text = readSettingFile(setting, path, problems);
   if (!text) return out;
   let doc: unknown;
   try {
@@ -139,9 +129,9 @@ export function loadScalerConfig(env: RawInput, flags: ScalerFlags = {}): Scaler
     } else if (caFile !== undefined && certFile === undefined) {
       problems.push('KMJ_SCALER_TLS_CLIENT_CA_FILE: mutual TLS needs KMJ_SCALER_TLS_CERT_FILE and KMJ_SCALER_TLS_KEY_FILE too');
     } else if (certFile !== undefined && keyFile !== undefined) {
-      const cert = readFile('KMJ_SCALER_TLS_CERT_FILE', certFile, problems);
-      const key = readFile('KMJ_SCALER_TLS_KEY_FILE', keyFile, problems);
-      const clientCa = caFile !== undefined ? readFile('KMJ_SCALER_TLS_CLIENT_CA_FILE', caFile, problems) : undefined;
+      const cert = readSettingFile('KMJ_SCALER_TLS_CERT_FILE', certFile, problems);
+      const key = readSettingFile('KMJ_SCALER_TLS_KEY_FILE', keyFile, problems);
+      const clientCa = caFile !== undefined ? readSettingFile('KMJ_SCALER_TLS_CLIENT_CA_FILE', caFile, problems) : undefined;
       if (cert && key) tls = clientCa ? { cert, key, clientCa } : { cert, key };
     }
     connections.set('default', {

@@ -2,14 +2,12 @@
  * The worker's configuration: the `--queue` flag and environment variables, read once. MLflow
  * settings use the Python client's variable names, so a pod spec written for Python works as is.
  */
-import { readFileSync } from 'node:fs';
 import { homedir, tmpdir, userInfo } from 'node:os';
 import { join } from 'node:path';
-import { readConfig, type FlagOverride } from '../common/config.ts';
+import { readConfig, readSettingFile, type FlagOverride } from '../common/config.ts';
 import type { FieldSpecs, Parsed, RawInput } from '../common/fields.ts';
 import { LOG_LEVELS, type LogLevel } from '../common/log.ts';
 import { deadLetterQueueOf } from '../common/topology.ts';
-import { messageOf } from './errors.ts';
 
 /** MLflow settings, with the Python client's variable names; shared by every command that talks to MLflow. */
 export const MLFLOW_ENV = {
@@ -120,13 +118,7 @@ function checkMlflow(c: MlflowValues, problems: string[]): void {
 function readMlflowFiles(raw: RawInput, problems: string[]): { serverCa: Buffer | undefined; clientCert: Buffer | undefined } {
   const read = (setting: string): Buffer | undefined => {
     const path = raw[setting];
-    if (path === undefined || path === '') return undefined;
-    try {
-      return readFileSync(path);
-    } catch (err) {
-      problems.push(`${setting}: cannot read ${JSON.stringify(path)}: ${messageOf(err)}`);
-      return undefined;
-    }
+    return path === undefined || path === '' ? undefined : readSettingFile(setting, path, problems);
   };
   return { serverCa: read('MLFLOW_TRACKING_SERVER_CERT_PATH'), clientCert: read('MLFLOW_TRACKING_CLIENT_CERT_PATH') };
 }

@@ -16,7 +16,7 @@ import { connect, type Channel, type ChannelModel, type ConsumeMessage } from 'a
 import { raceAbort } from '../common/abort.ts';
 import type { Logger } from '../common/log.ts';
 import { displayUrl } from '../common/redact.ts';
-import { declareRequestTopology } from '../common/topology.ts';
+import { DEAD_LETTER_HEADERS, declareDeadLetterQueue, declareRequestTopology } from '../common/topology.ts';
 import type { WorkerConfig } from './config.ts';
 import { messageOf } from './errors.ts';
 import type { Outcome } from './pipeline.ts';
@@ -38,16 +38,6 @@ export const EXIT = {
 } as const;
 
 export type ExitCode = (typeof EXIT)[keyof typeof EXIT];
-
-/** Header names of the worker's dead-letters. */
-export const DEAD_LETTER_HEADERS = {
-  reason: 'x-kmj-dead-letter-reason',
-  field: 'x-kmj-dead-letter-field',
-  at: 'x-kmj-dead-lettered-at',
-  queue: 'x-kmj-source-queue',
-  runId: 'x-kmj-run-id',
-  attempt: 'x-kmj-delivery-attempt',
-} as const;
 
 export type Handler = (body: Buffer, delivery: DeliveryInfo) => Promise<Outcome>;
 
@@ -98,7 +88,7 @@ async function ensureQueues(conn: ChannelModel, config: WorkerConfig): Promise<v
   const ch = await conn.createChannel();
   try {
     if (!haveQueue) await declareRequestTopology(ch, config.queue, { deadLetterQueue: config.deadLetterQueue, maxDeliveries: config.maxDeliveries });
-    else await ch.assertQueue(config.deadLetterQueue, { durable: true, arguments: { 'x-queue-type': 'quorum' } });
+    else await declareDeadLetterQueue(ch, config.deadLetterQueue);
   } finally {
     await ch.close().catch(() => undefined);
   }

@@ -42,6 +42,11 @@ export function agentFor(url: URL, tls: TlsOptions): HttpAgent | HttpsAgent {
   return new HttpAgent({ keepAlive: false });
 }
 
+/** 408, 429 and 5xx (and 0, no answer at all): worth another attempt, as the Python client judges. */
+export function isRetryableStatus(status: number): boolean {
+  return status === 0 || status === 408 || status === 429 || status >= 500;
+}
+
 export interface SendOptions {
   readonly method: string;
   readonly headers: Readonly<Record<string, string>>;

@@ -26,7 +26,7 @@ import { ensureCached } from './model/cache.ts';
 import { readMlModel } from './model/mlmodel.ts';
 import { OnnxModel, loadOnnxRuntime } from './model/onnx.ts';
 import { resolveLocalModel, resolveModel, resolveModelOffline, type ResolvedModel } from './model/resolve.ts';
-import { PredictionsWriter } from './predictions.ts';
+import { PredictionsWriter, contentTypeOf } from './predictions.ts';
 import { parseRequest, requestValidator, type InferenceRequest } from './request.ts';
 import { MlflowRunStore, type DeliveryInfo, type RunStore } from './run-store.ts';
 import { ClassificationScorer, RegressionScorer, type Scorer } from './scores.ts';
@@ -40,7 +40,6 @@ export interface Outcome {
   readonly field?: string;
   readonly requestId?: string;
   readonly runId?: string;
-  readonly experimentId?: string;
   /** True when a FINISHED run already existed and nothing was run. */
   readonly alreadyFinished?: boolean;
 }
@@ -121,10 +120,9 @@ interface AttemptState {
   store: RunStore | undefined;
 }
 
-function ids(state: AttemptState): { runId?: string; experimentId?: string } {
+function ids(state: AttemptState): { runId?: string } {
   const runId = state.store?.runId;
-  const experimentId = state.store?.experimentId;
-  return { ...(runId !== undefined ? { runId } : {}), ...(experimentId !== undefined ? { experimentId } : {}) };
+  return runId !== undefined ? { runId } : {};
 }
 
 /** Maps anything thrown to one of the two error classes. */
@@ -177,7 +175,8 @@ async function loadModel(req: InferenceRequest, deps: PipelineDeps, online: bool
         if (files.length === 0) throw new PermanentError(`model: ${req.model} resolves to ${resolved.artifactUri}, which holds no files`, { field: 'model' });
       } catch (err) {
         if (err instanceof MlflowHttpError && err.status === 404) throw new PermanentError(`model: the files of ${req.model} are missing from the artifact store`, { field: 'model', cause: err });
-        if (err instanceof Error && /larger than the limit/.test(err.message)) throw new PermanentError(`model: ${err.message}`, { field: 'model', cause: err });
+        // Too large, or a listing that cannot be trusted: retrying will not help.
+        if (err instanceof PermanentError && err.field === undefined) throw new PermanentError(`model: ${err.message}`, { field: 'model', cause: err });
         throw err;
       }
     });
@@ -339,7 +338,7 @@ async function runOnce(
           profile: JSON.stringify({ num_rows: summary.rows, num_elements: summary.rows * summary.columns.length }),
           context: 'inference',
         },
-        artifact: { file, path: `predictions/predictions.${format}`, contentType: format === 'csv' ? 'text/csv' : 'application/x-ndjson' },
+        artifact: { file, path: `predictions/predictions.${format}`, contentType: contentTypeOf(file) },
         endTime: Date.now(),
       },
       signal,

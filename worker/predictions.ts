@@ -9,6 +9,11 @@ import { once } from 'node:events';
 import type { DataFormat } from './request.ts';
 import type { Outputs } from './model/onnx.ts';
 
+/** The content type of a predictions file, from its name. */
+export function contentTypeOf(path: string): string {
+  return path.endsWith('.csv') ? 'text/csv' : path.endsWith('.jsonl') ? 'application/x-ndjson' : 'application/octet-stream';
+}
+
 function csvField(v: unknown): string {
   if (v === undefined || v === null) return '';
   const s = typeof v === 'string' ? v : String(v);

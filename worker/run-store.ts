@@ -12,7 +12,7 @@ import type { Logger } from '../common/log.ts';
 import { displayUrl } from '../common/redact.ts';
 import type { WorkerConfig } from './config.ts';
 import { MlflowHttpError } from './mlflow/http.ts';
-import type { DatasetInput, KeyValue, Metric, MlflowTracking, RunInfo } from './mlflow/tracking.ts';
+import type { DatasetInput, KeyValue, Metric, MlflowTracking, Run, RunInfo } from './mlflow/tracking.ts';
 import type { InferenceRequest } from './request.ts';
 
 export const REQUEST_ID_TAG = 'kmj.request_id';
@@ -40,7 +40,6 @@ export interface RunStore {
   readonly kind: 'mlflow' | 'spool';
   /** The run, once `begin` found or made it. */
   readonly runId: string | undefined;
-  readonly experimentId: string | undefined;
   /** Finds or makes the request's run; 'finished' when it already has a FINISHED one. */
   begin(signal: AbortSignal): Promise<'finished' | 'started'>;
   complete(results: RunResults, signal: AbortSignal): Promise<void>;
@@ -86,6 +85,15 @@ export function runTags(req: InferenceRequest, config: WorkerConfig, delivery: D
   return tags;
 }
 
+/** Deletes an earlier attempt's failure marks (error, outcome) from a run being resumed. */
+export async function clearFailureTags(t: MlflowTracking, run: Run, signal: AbortSignal): Promise<void> {
+  for (const key of [ERROR_TAG, OUTCOME_TAG]) {
+    if (run.data.tags?.some((tag) => tag.key === key)) {
+      await t.http.api('runs/delete-tag', { method: 'POST', json: { run_id: run.info.run_id, key }, signal });
+    }
+  }
+}
+
 /**
  * runs/create is not idempotent: when its answer is lost, MLflow may have made the run anyway.
  * So it is never retried blindly: after a failure the experiment is searched for the request's
@@ -129,7 +137,6 @@ export class MlflowRunStore implements RunStore {
   #run: RunInfo | undefined;
   /** The start log-batch (params, attempt), in flight while the work goes on. */
   #startLogged: Promise<void> | undefined;
-  #experimentId: string | undefined;
 
   constructor(tracking: MlflowTracking, req: InferenceRequest, delivery: DeliveryInfo, config: WorkerConfig, workerVersion: string, log: Logger) {
     this.#t = tracking;
@@ -144,15 +151,10 @@ export class MlflowRunStore implements RunStore {
     return this.#run?.run_id;
   }
 
-  get experimentId(): string | undefined {
-    return this.#experimentId;
-  }
-
   async begin(signal: AbortSignal): Promise<'finished' | 'started'> {
     const t = this.#t;
     const req = this.#req;
     const experimentId = await t.experimentId(req.experiment, signal);
-    this.#experimentId = experimentId;
     this.#log.debug({ experimentId }, 'experiment ready');
     const existing = await t.runsWithTag(experimentId, REQUEST_ID_TAG, req.requestId, signal);
     const finished = existing.find((r) => r.info.status === 'FINISHED');
@@ -166,11 +168,7 @@ export class MlflowRunStore implements RunStore {
       this.#run = previous.info;
       this.#log.info({ runId: previous.info.run_id, status: previous.info.status }, 'resuming the unfinished run of this request');
       await t.updateRun(previous.info.run_id, 'RUNNING', undefined, signal);
-      for (const key of [ERROR_TAG, OUTCOME_TAG]) {
-        if (previous.data.tags?.some((tag) => tag.key === key)) {
-          await t.http.api('runs/delete-tag', { method: 'POST', json: { run_id: previous.info.run_id, key }, signal });
-        }
-      }
+      await clearFailureTags(t, previous, signal);
       // The params again: the attempt that created the run may have died before logging them.
       // MLflow accepts a param logged twice with the same value.
       this.#logStart(previous.info.run_id, attemptTag, signal);

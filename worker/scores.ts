@@ -2,7 +2,7 @@
  * Scores computed while predictions stream past, when the request names a label column: for
  * classifiers the metrics mlflow.evaluate logs (accuracy_score, and macro-averaged precision_score,
  * recall_score and f1_score), for regressors the error metrics (mean_absolute_error,
- * mean_squared_error, root_mean_squared_error, r2_score). Memory: one counter per class pair.
+ * mean_squared_error, root_mean_squared_error, r2_score). Memory: three counters per class.
  */
 import { PermanentError } from './errors.ts';
 
@@ -24,7 +24,10 @@ function labelKey(v: unknown): string {
 }
 
 export class ClassificationScorer implements Scorer {
-  readonly #pairs = new Map<string, number>();
+  /** Per label: rows with it as truth, as prediction, and as both. */
+  readonly #truths = new Map<string, number>();
+  readonly #predictions = new Map<string, number>();
+  readonly #hits = new Map<string, number>();
   readonly #labels = new Set<string>();
   #n = 0;
   #correct = 0;
@@ -41,11 +44,14 @@ export class ClassificationScorer implements Scorer {
     const t = labelKey(truth);
     const p = labelKey(predicted);
     this.#n++;
-    if (t === p) this.#correct++;
+    if (t === p) {
+      this.#correct++;
+      this.#hits.set(t, (this.#hits.get(t) ?? 0) + 1);
+    }
     this.#labels.add(t);
     this.#labels.add(p);
-    const key = `${t}\u0000${p}`;
-    this.#pairs.set(key, (this.#pairs.get(key) ?? 0) + 1);
+    this.#truths.set(t, (this.#truths.get(t) ?? 0) + 1);
+    this.#predictions.set(p, (this.#predictions.get(p) ?? 0) + 1);
   }
 
   metrics(): Record<string, number> {
@@ -55,17 +61,11 @@ export class ClassificationScorer implements Scorer {
     let f1 = 0;
     // Macro average over the labels seen in truth or predictions, as scikit-learn does.
     for (const label of this.#labels) {
-      let tp = 0;
-      let fp = 0;
-      let fn = 0;
-      for (const [key, count] of this.#pairs) {
-        const [t, p] = key.split('\u0000');
-        if (t === label && p === label) tp += count;
-        else if (p === label) fp += count;
-        else if (t === label) fn += count;
-      }
-      const pr = tp + fp === 0 ? 0 : tp / (tp + fp);
-      const rc = tp + fn === 0 ? 0 : tp / (tp + fn);
+      const tp = this.#hits.get(label) ?? 0;
+      const predicted = this.#predictions.get(label) ?? 0; // tp + fp
+      const actual = this.#truths.get(label) ?? 0; // tp + fn
+      const pr = predicted === 0 ? 0 : tp / predicted;
+      const rc = actual === 0 ? 0 : tp / actual;
       precision += pr;
       recall += rc;
       f1 += pr + rc === 0 ? 0 : (2 * pr * rc) / (pr + rc);

@@ -17,11 +17,13 @@
 import { randomUUID } from 'node:crypto';
 import { cp, mkdir, readFile, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { exists } from './files.ts';
 import type { Logger } from '../common/log.ts';
+import { messageOf } from './errors.ts';
+import { exists } from './files.ts';
 import type { DatasetInput, KeyValue, Metric, MlflowTracking } from './mlflow/tracking.ts';
+import { contentTypeOf } from './predictions.ts';
 import type { InferenceRequest } from './request.ts';
-import { ERROR_TAG, OUTCOME_TAG, REQUEST_ID_TAG, createRunSafely, runParams, runTags, type DeliveryInfo, type RunResults, type RunStore } from './run-store.ts';
+import { REQUEST_ID_TAG, clearFailureTags, createRunSafely, runParams, runTags, type DeliveryInfo, type RunResults, type RunStore } from './run-store.ts';
 import type { WorkerConfig } from './config.ts';
 
 export interface SpooledRun {
@@ -71,10 +73,6 @@ export class SpoolRunStore implements RunStore {
 
   get runId(): string | undefined {
     return this.#started ? `spool:${this.#req.requestId}` : undefined;
-  }
-
-  get experimentId(): string | undefined {
-    return undefined;
   }
 
   async begin(): Promise<'finished' | 'started'> {
@@ -162,7 +160,7 @@ export async function replaySpool(dir: string, tracking: MlflowTracking, log: Lo
     try {
       result = await replayEntry(entry, dir, tracking, log.child({ requestId: name }), signal);
     } catch (err) {
-      result = { requestId: name, outcome: 'failed', error: err instanceof Error ? err.message : String(err) };
+      result = { requestId: name, outcome: 'failed', error: messageOf(err) };
       log.warn({ err, requestId: name }, 'replay of a spool entry failed; it stays in the spool');
     }
     results.push(result);
@@ -181,6 +179,8 @@ async function replayEntry(entry: string, dir: string, t: MlflowTracking, log: L
   };
   const experimentId = await t.experimentId(run.experiment, signal);
   let runId = journal.runId;
+  /** Known when the run is found or made here; read from MLflow when the journal had it. */
+  let artifactUri: string | undefined;
   if (runId === undefined) {
     const existing = await t.runsWithTag(experimentId, REQUEST_ID_TAG, run.requestId, signal);
     const finished = existing.find((r) => r.info.status === 'FINISHED');
@@ -191,21 +191,14 @@ async function replayEntry(entry: string, dir: string, t: MlflowTracking, log: L
       return { requestId: run.requestId, runId: finished.info.run_id, outcome: 'already in MLflow' };
     }
     const unfinished = existing[0];
-    if (unfinished) {
-      // An earlier online attempt's failure marks are not true of the finished run.
-      for (const key of [ERROR_TAG, OUTCOME_TAG]) {
-        if (unfinished.data.tags?.some((tag) => tag.key === key)) {
-          await t.http.api('runs/delete-tag', { method: 'POST', json: { run_id: unfinished.info.run_id, key }, signal });
-        }
-      }
-    }
-    runId = unfinished
-      ? unfinished.info.run_id
-      : (await createRunSafely(t, experimentId, run.requestId, run.runName, run.tags.filter((tag) => tag.key !== ERROR_TAG), run.startTime, signal, log)).run_id;
+    // An earlier online attempt's failure marks are not true of the finished run.
+    if (unfinished) await clearFailureTags(t, unfinished, signal);
+    const info = unfinished ? unfinished.info : await createRunSafely(t, experimentId, run.requestId, run.runName, run.tags, run.startTime, signal, log);
+    runId = info.run_id;
+    artifactUri = info.artifact_uri;
     journal.runId = runId;
     await writeJsonAtomic(journalPath, journal);
   }
-  const info = (await t.getRun(runId, signal)).info;
   if (!journal.steps.includes('data')) {
     await t.logBatch(runId, { params: run.params, tags: [...run.tags, { key: 'kmj.replayed_at', value: new Date().toISOString() }], metrics: run.metrics }, signal);
     await done('data');
@@ -215,9 +208,8 @@ async function replayEntry(entry: string, dir: string, t: MlflowTracking, log: L
     await done('inputs');
   }
   if (!journal.steps.includes('artifacts')) {
-    for (const rel of run.artifacts) {
-      await t.uploadArtifact(info.artifact_uri, rel, join(entry, 'artifacts', rel), rel.endsWith('.csv') ? 'text/csv' : 'application/octet-stream', signal);
-    }
+    artifactUri ??= (await t.getRun(runId, signal)).info.artifact_uri;
+    for (const rel of run.artifacts) await t.uploadArtifact(artifactUri, rel, join(entry, 'artifacts', rel), contentTypeOf(rel), signal);
     await done('artifacts');
   }
   if (!journal.steps.includes('finished')) {

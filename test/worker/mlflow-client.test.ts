@@ -11,6 +11,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError } from '../../common/config.ts';
 import { createLogger, type Logger } from '../../common/log.ts';
 import { loadWorkerConfig } from '../../worker/config.ts';
+import { PermanentError } from '../../worker/errors.ts';
 import { MlflowHttp, MlflowHttpError, type MlflowHttpOptions } from '../../worker/mlflow/http.ts';
 import { LOG_BATCH_LIMITS, MlflowTracking, proxyPath, splitLogBatch, type KeyValue, type Metric } from '../../worker/mlflow/tracking.ts';
 import { makePki, startMlflowProxy, type MlflowProxy, type Pki } from '../helpers/mlflow-proxy.ts';
@@ -293,7 +294,7 @@ describe('artifacts through the proxy', () => {
     ]);
     // A size limit smaller than the directory stops the download with a message.
     await expect(t.downloadDirectory(`${proxyPath(run.artifact_uri)}/model`, join(dir, 'small'), NEVER, 1000)).rejects.toThrow(
-      new Error('the model directory is larger than the limit of 1000 bytes'),
+      new PermanentError('the model directory is larger than the limit of 1000 bytes'),
     );
   });
 

@@ -8,10 +8,12 @@
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { realpath, stat } from 'node:fs/promises';
-import { basename, isAbsolute, resolve, sep } from 'node:path';
+import { basename, isAbsolute } from 'node:path';
 import type { Readable } from 'node:stream';
+import { displayUrl } from '../../common/redact.ts';
 import { PermanentError, TransientError, messageOf } from '../errors.ts';
-import { discard, send, type HttpResponse } from '../http-request.ts';
+import { isUnderRoots } from '../files.ts';
+import { discard, isRetryableStatus, send, type HttpResponse } from '../http-request.ts';
 import { MlflowHttpError } from '../mlflow/http.ts';
 import { proxyPath, type MlflowTracking } from '../mlflow/tracking.ts';
 import type { DataFormat, InferenceRequest } from '../request.ts';
@@ -35,14 +37,12 @@ export interface DatasetSummary {
   /** JSON text, as MLflow's dataset sources write it. */
   readonly source: string;
   readonly rows: number;
-  readonly bytes: number;
   readonly columns: readonly string[];
   /** MLflow column types (double, long, string) guessed from the first SAMPLE_ROWS rows. */
   readonly columnTypes: readonly string[];
 }
 
 export interface OpenedDataset {
-  readonly format: DataFormat;
   /** Column names, from the CSV header or the first JSON line; valid once `columns()` resolved. */
   columns(): Promise<readonly string[]>;
   /** The rows in batches of `batchRows`, with the columns `wants` names. */
@@ -87,8 +87,7 @@ async function openLocal(uri: string, limits: DatasetLimits): Promise<ByteSource
   } catch {
     throw new PermanentError(`dataset.uri: ${raw} does not exist`, { field: 'dataset.uri' });
   }
-  const roots = await Promise.all(limits.localRoots.map((r) => realpath(r).catch(() => resolve(r))));
-  if (!roots.some((root) => real === root || real.startsWith(root.endsWith(sep) ? root : root + sep))) {
+  if (!(await isUnderRoots(real, limits.localRoots))) {
     throw new PermanentError(`dataset.uri: ${raw} is outside the worker's dataset roots (${limits.localRoots.join(', ')})`, { field: 'dataset.uri' });
   }
   const st = await stat(real);
@@ -108,7 +107,7 @@ async function openHttp(uri: string, limits: DatasetLimits, signal: AbortSignal)
   if (res.statusCode !== 200) {
     await discard(res);
     const msg = `dataset.uri: ${uri} answered HTTP ${res.statusCode}`;
-    if (res.statusCode === 408 || res.statusCode === 429 || res.statusCode >= 500) throw new TransientError(msg);
+    if (isRetryableStatus(res.statusCode)) throw new TransientError(msg);
     throw new PermanentError(msg, { field: 'dataset.uri' });
   }
   const len = Number(res.headers['content-length']);
@@ -117,9 +116,7 @@ async function openHttp(uri: string, limits: DatasetLimits, signal: AbortSignal)
     throw new PermanentError(`dataset: ${uri} is ${len} bytes, more than the limit of ${limits.maxBytes}`, { field: 'dataset' });
   }
   const u = new URL(uri);
-  u.username = '';
-  u.password = '';
-  return { stream: res.body, sourceType: 'http', source: JSON.stringify({ url: u.toString() }), name: basename(u.pathname) || u.hostname, release: () => res.body.destroy() };
+  return { stream: res.body, sourceType: 'http', source: JSON.stringify({ url: displayUrl(uri) }), name: basename(u.pathname) || u.hostname, release: () => res.body.destroy() };
 }
 
 async function openArtifact(uri: string, tracking: MlflowTracking, limits: DatasetLimits, signal: AbortSignal): Promise<ByteSource> {
@@ -298,7 +295,6 @@ function streamDataset(src: ByteSource, format: DataFormat, name: string, limits
   };
 
   return {
-    format,
     columns: readColumns,
     async *batches(batchRows: number, wants: ColumnWants) {
       try {
@@ -326,7 +322,6 @@ function streamDataset(src: ByteSource, format: DataFormat, name: string, limits
       sourceType: src.sourceType,
       source: src.source,
       rows: rowCount,
-      bytes,
       columns: columns() ?? [],
       // From the first SAMPLE_ROWS rows, read by now.
       columnTypes: format === 'csv' ? guessTypes(csv.header ?? [], csv.sample) : guessTypes(jsonColumns ?? [], jsonSample),
@@ -342,7 +337,6 @@ function inlineDataset(req: InferenceRequest): OpenedDataset {
   const matrix = rows.map((r) => columns.map((c) => r[c]));
   const canonical = JSON.stringify(rows);
   return {
-    format: 'jsonl',
     columns: async () => columns,
     async *batches(batchRows: number, wants: ColumnWants) {
       for (let i = 0; i < matrix.length; i += batchRows) yield batchOfRows(matrix.slice(i, i + batchRows), i + 1, wants, columns);
@@ -353,7 +347,6 @@ function inlineDataset(req: InferenceRequest): OpenedDataset {
       sourceType: 'code',
       source: JSON.stringify({ tags: { 'kmj.request_id': req.requestId } }),
       rows: matrix.length,
-      bytes: Buffer.byteLength(canonical),
       columns,
       columnTypes: guessTypes(columns, matrix.slice(0, SAMPLE_ROWS)),
     }),

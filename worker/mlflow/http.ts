@@ -11,7 +11,7 @@ import type { Agent as HttpAgent } from 'node:http';
 import type { Agent as HttpsAgent } from 'node:https';
 import type { Readable } from 'node:stream';
 import { sleep } from '../../common/abort.ts';
-import { agentFor, readText, send, type HttpResponse } from '../http-request.ts';
+import { agentFor, isRetryableStatus, readText, send, type HttpResponse } from '../http-request.ts';
 import type { Logger } from '../../common/log.ts';
 import { displayUrl, scrubSecrets } from '../../common/redact.ts';
 
@@ -56,11 +56,9 @@ export class MlflowHttpError extends Error {
 
   /** 408, 429, 5xx and network errors: worth another attempt. */
   get retryable(): boolean {
-    return this.status === 0 || this.status === 408 || this.status === 429 || this.status >= 500;
+    return isRetryableStatus(this.status);
   }
 }
-
-const RETRY_STATUSES = new Set([408, 429, 500, 502, 503, 504]);
 
 export interface CallOptions {
   readonly method: 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
@@ -176,7 +174,7 @@ export class MlflowHttp {
       errorCode,
     );
     const retryAfter = res.headers['retry-after'];
-    if (RETRY_STATUSES.has(res.statusCode) && typeof retryAfter === 'string') {
+    if (isRetryableStatus(res.statusCode) && typeof retryAfter === 'string') {
       const seconds = Number(retryAfter);
       const ms = Number.isFinite(seconds) ? seconds * 1000 : Date.parse(retryAfter) - Date.now();
       if (Number.isFinite(ms) && ms >= 0) err.retryAfterMs = ms;

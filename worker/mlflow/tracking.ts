@@ -119,23 +119,30 @@ export class MlflowTracking {
     this.http = http;
   }
 
+  /** The experiment called `name`, or undefined when there is none. `maxRetries` as for any call. */
+  async findExperiment(name: string, signal: AbortSignal, maxRetries?: number): Promise<{ experimentId: string; deleted: boolean } | undefined> {
+    try {
+      const r = await this.http.api<{ experiment: { experiment_id: string; lifecycle_stage: string } }>('experiments/get-by-name', {
+        method: 'GET',
+        query: { experiment_name: name },
+        signal,
+        ...(maxRetries !== undefined ? { maxRetries } : {}),
+      });
+      return { experimentId: r.experiment.experiment_id, deleted: r.experiment.lifecycle_stage === 'deleted' };
+    } catch (err) {
+      if (err instanceof MlflowHttpError && err.errorCode === 'RESOURCE_DOES_NOT_EXIST') return undefined;
+      throw err;
+    }
+  }
+
   /** Get-or-create, safe when two workers create the same experiment at once. */
   async experimentId(name: string, signal: AbortSignal): Promise<string> {
     const get = async (): Promise<string | undefined> => {
-      try {
-        const r = await this.http.api<{ experiment: { experiment_id: string; lifecycle_stage: string } }>('experiments/get-by-name', {
-          method: 'GET',
-          query: { experiment_name: name },
-          signal,
-        });
-        if (r.experiment.lifecycle_stage === 'deleted') {
-          throw new PermanentError(`experiment: ${JSON.stringify(name)} is deleted in MLflow; restore it or use another name`, { field: 'experiment' });
-        }
-        return r.experiment.experiment_id;
-      } catch (err) {
-        if (err instanceof MlflowHttpError && err.errorCode === 'RESOURCE_DOES_NOT_EXIST') return undefined;
-        throw err;
+      const found = await this.findExperiment(name, signal);
+      if (found?.deleted) {
+        throw new PermanentError(`experiment: ${JSON.stringify(name)} is deleted in MLflow; restore it or use another name`, { field: 'experiment' });
       }
+      return found?.experimentId;
     };
     const found = await get();
     if (found !== undefined) return found;
@@ -256,13 +263,13 @@ export class MlflowTracking {
         // The proxy names entries relative to the directory listed (older servers: relative to the root).
         const name = f.path.startsWith(`${listed}/`) ? f.path.slice(listed.length + 1) : f.path;
         const rel = relDir && !name.startsWith(`${relDir}/`) ? `${relDir}/${name}` : name;
-        if (rel.split('/').some((part) => part === '..' || part === '')) throw new Error(`the artifact listing names an unsafe path: ${JSON.stringify(f.path)}`);
+        if (rel.split('/').some((part) => part === '..' || part === '')) throw new PermanentError(`the artifact listing names an unsafe path: ${JSON.stringify(f.path)}`);
         if (f.is_dir) {
           await walk(rel);
           continue;
         }
         total += f.file_size ?? 0;
-        if (total > maxBytes) throw new Error(`the model directory is larger than the limit of ${maxBytes} bytes`);
+        if (total > maxBytes) throw new PermanentError(`the model directory is larger than the limit of ${maxBytes} bytes`);
         files.push(rel);
       }
       await mkdir(relDir ? join(dest, relDir) : dest, { recursive: true });

@@ -16,7 +16,6 @@ export interface MlModel {
   readonly onnxFile: string;
   /** Column-based input signature, when the model has one. */
   readonly inputColumns: readonly ColumnSpec[] | undefined;
-  readonly mlflowVersion: string | undefined;
 }
 
 export async function readMlModel(dir: string): Promise<MlModel> {
@@ -28,7 +27,7 @@ export async function readMlModel(dir: string): Promise<MlModel> {
   } catch (err) {
     throw new PermanentError(`model: the model directory has no readable MLmodel file (${(err as Error).message})`, { field: 'model', cause: err });
   }
-  const d = (doc ?? {}) as { flavors?: { onnx?: { data?: unknown } }; signature?: { inputs?: unknown }; mlflow_version?: unknown };
+  const d = (doc ?? {}) as { flavors?: { onnx?: { data?: unknown } }; signature?: { inputs?: unknown } };
   const onnxFile = d.flavors?.onnx?.data;
   if (typeof onnxFile !== 'string' || onnxFile === '' || onnxFile.includes('..')) {
     const flavors = Object.keys(d.flavors ?? {}).join(', ') || 'none';
@@ -46,5 +45,5 @@ export async function readMlModel(dir: string): Promise<MlModel> {
       throw new PermanentError(`model: MLmodel has an unreadable signature (${(err as Error).message})`, { field: 'model', cause: err });
     }
   }
-  return { onnxFile, inputColumns, mlflowVersion: typeof d.mlflow_version === 'string' ? d.mlflow_version : undefined };
+  return { onnxFile, inputColumns };
 }

@@ -26,6 +26,8 @@ interface InputInfo {
   readonly type: TensorType;
   /** Columns this input takes per row: k for [N, k], 1 for [N] or [N, 1]. */
   readonly width: number | undefined;
+  /** Dimensions of the input: 1 for [N], 2 for [N, k]. */
+  readonly rank: number;
 }
 
 /** How dataset columns become model inputs; made once per dataset, used for every batch. */
@@ -68,7 +70,6 @@ export function loadOnnxRuntime(): Promise<typeof Ort> {
 export class OnnxModel {
   readonly #session: Ort.InferenceSession;
   readonly #inputs: readonly InputInfo[];
-  readonly #inputRanks: ReadonlyMap<string, number>;
   readonly outputNames: readonly string[];
   readonly kind: ModelKind;
   readonly signature: MlModel['inputColumns'];
@@ -76,18 +77,15 @@ export class OnnxModel {
   private constructor(session: Ort.InferenceSession, mlmodel: MlModel) {
     this.#session = session;
     const inputs: InputInfo[] = [];
-    const ranks = new Map<string, number>();
     for (const m of session.inputMetadata) {
       if (!m.isTensor || !SUPPORTED.has(m.type)) {
         throw new PermanentError(`model: input ${JSON.stringify(m.name)} has type ${m.isTensor ? m.type : 'non-tensor'}, which the worker cannot feed`, { field: 'model' });
       }
       const dims = m.shape;
       const last = dims.length >= 2 ? dims[dims.length - 1] : 1;
-      inputs.push({ name: m.name, type: m.type as TensorType, width: typeof last === 'number' && last > 0 ? last : undefined });
-      ranks.set(m.name, dims.length);
+      inputs.push({ name: m.name, type: m.type as TensorType, width: typeof last === 'number' && last > 0 ? last : undefined, rank: dims.length });
     }
     this.#inputs = inputs;
-    this.#inputRanks = ranks;
     const tensorOutputs = session.outputMetadata.filter((o) => o.isTensor);
     if (tensorOutputs.length === 0) throw new PermanentError('model: has no tensor output the worker can read', { field: 'model' });
     this.outputNames = tensorOutputs.map((o) => o.name);
@@ -128,10 +126,9 @@ export class OnnxModel {
     const feeds: Record<string, Ort.Tensor> = {};
     for (const inp of this.#inputs) {
       const width = inp.width ?? 1;
-      const dims = (this.#inputRanks.get(inp.name) ?? 2) === 1 ? [rows] : [rows, width];
-      const zeros = Array.from({ length: width }, () => new Float64Array(rows));
-      const blanks = Array.from({ length: width }, () => new Array<string>(rows).fill(''));
-      feeds[inp.name] = buildTensor(inp.type, dims, rows, inp.type === 'string' ? blanks : zeros, () => 'the warm-up');
+      const dims = inp.rank === 1 ? [rows] : [rows, width];
+      const column = (): Float64Array | string[] => (inp.type === 'string' ? new Array<string>(rows).fill('') : new Float64Array(rows));
+      feeds[inp.name] = buildTensor(inp.type, dims, rows, Array.from({ length: width }, column), () => 'the warm-up');
     }
     try {
       await this.#session.run(feeds, [...this.outputNames]);
@@ -167,7 +164,7 @@ export class OnnxModel {
       return {
         columnIndexes,
         columnNames: names,
-        inputs: [{ name: single.name, type: single.type, from: 0, width: names.length, rank: this.#inputRanks.get(single.name) ?? 2 }],
+        inputs: [{ name: single.name, type: single.type, from: 0, width: names.length, rank: single.rank }],
         wants: single.type === 'string' ? { numbers: [], values: columnIndexes } : { numbers: columnIndexes, values: [] },
       };
     }
@@ -177,7 +174,7 @@ export class OnnxModel {
     return {
       columnIndexes,
       columnNames: names,
-      inputs: this.#inputs.map((inp, k) => ({ name: inp.name, type: inp.type, from: k, width: 1, rank: this.#inputRanks.get(inp.name) ?? 2 })),
+      inputs: this.#inputs.map((inp, k) => ({ name: inp.name, type: inp.type, from: k, width: 1, rank: inp.rank })),
       wants: {
         numbers: columnIndexes.filter((_, k) => this.#inputs[k]?.type !== 'string'),
         values: columnIndexes.filter((_, k) => this.#inputs[k]?.type === 'string'),

@@ -14,14 +14,12 @@
  */
 import { createHash } from 'node:crypto';
 import { realpath } from 'node:fs/promises';
-import { sep } from 'node:path';
 import { PermanentError } from '../errors.ts';
+import { isUnderRoots } from '../files.ts';
 import { MlflowHttpError } from '../mlflow/http.ts';
-import type { MlflowTracking } from '../mlflow/tracking.ts';
+import { quoteFilterValue, type MlflowTracking } from '../mlflow/tracking.ts';
 
 export interface ResolvedModel {
-  /** The URI as the request gave it. */
-  readonly uri: string;
   /** Where the model directory is: an mlflow-artifacts: URI (or file: for a local model). */
   readonly artifactUri: string;
   /** A local model directory (file:// URIs): read in place, no download, no cache. */
@@ -30,7 +28,6 @@ export interface ResolvedModel {
   readonly cacheKey: string;
   readonly name?: string;
   readonly version?: string;
-  readonly runId?: string;
 }
 
 const REGISTRY = /^models:\/([^/@]+)(?:@([^/@]+)|\/([^/@]+))$/;
@@ -51,7 +48,7 @@ async function loggedModelOfRun(tracking: MlflowTracking, experimentId: string, 
     try {
       r = await tracking.http.api('logged-models/search', {
         method: 'POST',
-        json: { experiment_ids: [experimentId], filter: `name = '${name.replace(/'/g, "\\'")}'`, max_results: 100, ...(pageToken ? { page_token: pageToken } : {}) },
+        json: { experiment_ids: [experimentId], filter: `name = ${quoteFilterValue(name)}`, max_results: 100, ...(pageToken ? { page_token: pageToken } : {}) },
         signal,
       });
     } catch (err) {
@@ -98,19 +95,29 @@ export function resolveModelOffline(uri: string): ResolvedModel | undefined {
     const name = decodeURIComponent(reg[1] ?? '');
     const version = reg[3];
     if (version === undefined || !/^\d+$/.test(version)) return undefined;
-    return { uri, artifactUri: '', cacheKey: `registry/${encodeURIComponent(name)}/${version}`, name, version };
+    return { artifactUri: '', cacheKey: registryKey(name, version), name, version };
   }
   const logged = LOGGED_MODEL.exec(uri);
-  if (logged) return { uri, artifactUri: '', cacheKey: `logged/${logged[1] ?? ''}` };
+  if (logged) return { artifactUri: '', cacheKey: loggedKey(logged[1] ?? '') };
   const runs = RUNS.exec(uri);
-  if (runs) {
-    const path = (runs[2] ?? '').replace(/^\/+|\/+$/g, '');
-    return { uri, artifactUri: '', cacheKey: `runs/${runs[1] ?? ''}/${encodeURIComponent(path)}`, runId: runs[1] ?? '' };
-  }
-  if (uri.startsWith('mlflow-artifacts:')) {
-    return { uri, artifactUri: uri.replace(/\/+$/, ''), cacheKey: `artifacts/${createHash('sha256').update(uri).digest('hex').slice(0, 24)}` };
-  }
+  if (runs) return { artifactUri: '', cacheKey: runsKey(runs[1] ?? '', runPath(runs)) };
+  if (uri.startsWith('mlflow-artifacts:')) return artifactModel(uri);
   return undefined;
+}
+
+// Cache keys: the same key always names the same files, online or offline.
+const registryKey = (name: string, version: string): string => `registry/${encodeURIComponent(name)}/${version}`;
+const loggedKey = (modelId: string): string => `logged/${modelId}`;
+const runsKey = (runId: string, path: string): string => `runs/${runId}/${encodeURIComponent(path)}`;
+
+/** The path of a runs:/ URI inside its run, without slashes at either end. */
+function runPath(runs: RegExpExecArray): string {
+  return (runs[2] ?? '').replace(/^\/+|\/+$/g, '');
+}
+
+/** An mlflow-artifacts: URI names its files itself. */
+function artifactModel(uri: string): ResolvedModel {
+  return { artifactUri: uri.replace(/\/+$/, ''), cacheKey: `artifacts/${createHash('sha256').update(uri).digest('hex').slice(0, 24)}` };
 }
 
 /** A `file://` model directory, checked to be under one of the worker's model roots. */
@@ -127,11 +134,10 @@ export async function resolveLocalModel(uri: string, roots: readonly string[]): 
   } catch {
     throw new PermanentError(`model: ${path} does not exist`, { field: 'model' });
   }
-  const realRoots = await Promise.all(roots.map((r) => realpath(r).catch(() => r)));
-  if (!realRoots.some((root) => real === root || real.startsWith(root.endsWith(sep) ? root : root + sep))) {
+  if (!(await isUnderRoots(real, roots))) {
     throw new PermanentError(`model: ${path} is outside the worker's model roots (${roots.join(', ')})`, { field: 'model' });
   }
-  return { uri, artifactUri: uri, cacheKey: '', localDir: real };
+  return { artifactUri: uri, cacheKey: '', localDir: real };
 }
 
 export async function resolveModel(uri: string, tracking: MlflowTracking, signal: AbortSignal): Promise<ResolvedModel> {
@@ -169,14 +175,14 @@ export async function resolveModel(uri: string, tracking: MlflowTracking, signal
       if (notFound(err)) throw new PermanentError(`model: registered model ${JSON.stringify(name)} version ${version} does not exist`, { field: 'model', cause: err });
       throw err;
     }
-    return { uri, artifactUri: requireProxy(artifactUri, `${name} version ${version}`), cacheKey: `registry/${encodeURIComponent(name)}/${version}`, name, version };
+    return { artifactUri: requireProxy(artifactUri, `${name} version ${version}`), cacheKey: registryKey(name, version), name, version };
   }
   const logged = LOGGED_MODEL.exec(uri);
   if (logged) {
     const modelId = logged[1] ?? '';
     try {
       const r = await tracking.http.api<{ model: { info: LoggedModelInfo } }>(`logged-models/${modelId}`, { method: 'GET', signal });
-      return { uri, artifactUri: requireProxy(r.model.info.artifact_uri, `logged model ${modelId}`), cacheKey: `logged/${modelId}` };
+      return { artifactUri: requireProxy(r.model.info.artifact_uri, `logged model ${modelId}`), cacheKey: loggedKey(modelId) };
     } catch (err) {
       if (notFound(err)) throw new PermanentError(`model: logged model ${modelId} does not exist`, { field: 'model', cause: err });
       throw err;
@@ -185,7 +191,7 @@ export async function resolveModel(uri: string, tracking: MlflowTracking, signal
   const runs = RUNS.exec(uri);
   if (runs) {
     const runId = runs[1] ?? '';
-    const path = (runs[2] ?? '').replace(/^\/+|\/+$/g, '');
+    const path = runPath(runs);
     let info: { artifact_uri: string; experiment_id: string };
     try {
       info = (await tracking.getRun(runId, signal)).info;
@@ -198,11 +204,8 @@ export async function resolveModel(uri: string, tracking: MlflowTracking, signal
     const artifactUri = model
       ? [model.artifact_uri.replace(/\/+$/, ''), ...rest].join('/')
       : `${info.artifact_uri.replace(/\/+$/, '')}/${path}`;
-    return { uri, artifactUri: requireProxy(artifactUri, `run ${runId}`), cacheKey: `runs/${runId}/${encodeURIComponent(path)}`, runId };
+    return { artifactUri: requireProxy(artifactUri, `run ${runId}`), cacheKey: runsKey(runId, path) };
   }
-  if (uri.startsWith('mlflow-artifacts:')) {
-    const digest = createHash('sha256').update(uri).digest('hex').slice(0, 24);
-    return { uri, artifactUri: uri.replace(/\/+$/, ''), cacheKey: `artifacts/${digest}` };
-  }
+  if (uri.startsWith('mlflow-artifacts:')) return artifactModel(uri);
   throw new PermanentError(`model: ${JSON.stringify(uri)} is not a models:/, runs:/ or mlflow-artifacts: URI of a form the worker knows`, { field: 'model' });
 }
