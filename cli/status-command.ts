@@ -13,6 +13,7 @@ import { messageOf } from '../common/redact.ts';
 import { deadLetterQueueOf } from '../common/topology.ts';
 import { ScalerClient } from '../scaler/client.ts';
 import { defaultManagementUrl } from '../scaler/config.ts';
+import { vhostOf } from '../scaler/sources/rabbitmq.ts';
 import { ManagementQueueReader } from '../scaler/sources/rabbitmq-management.ts';
 import type { MlflowTracking } from '../worker/mlflow/tracking.ts';
 import { ERROR_TAG, OUTCOME_TAG, REQUEST_ID_TAG } from '../worker/run-store.ts';
@@ -73,7 +74,7 @@ async function part<T>(fn: () => Promise<T>): Promise<Part<T>> {
 
 async function readRabbit(env: { RABBITMQ_URL: string; RABBITMQ_MANAGEMENT_URL: string | undefined }, queue: string): Promise<StatusReport['rabbitmq'] extends Part<infer T> ? T : never> {
   const mgmt = new ManagementQueueReader({ url: env.RABBITMQ_MANAGEMENT_URL ?? defaultManagementUrl(env.RABBITMQ_URL) });
-  const vhost = decodeURIComponent(new URL(env.RABBITMQ_URL).pathname.slice(1)) || '/';
+  const vhost = vhostOf(env.RABBITMQ_URL);
   const signal = AbortSignal.timeout(5000);
   try {
     const q = await mgmt.read(vhost, queue, signal);

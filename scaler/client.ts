@@ -65,12 +65,10 @@ export class ScalerClient {
 
 /**
  * How many Jobs KEDA's ScaledJob `default` scaling strategy creates on one poll:
- * min(ceil(metric / targetSize), maxReplicaCount) minus the unfinished Jobs, bounded by what
- * maxReplicaCount leaves room for, never below 0.
+ * min(ceil(metric / targetSize), maxReplicaCount) minus the unfinished Jobs, never below 0.
+ * (KEDA also bounds it by maxReplicaCount minus the unfinished Jobs, which is never smaller.)
  */
 export function defaultStrategyJobs(view: KedaView, unfinishedJobs: number, maxReplicaCount: number): number {
   if (!view.active) return 0;
-  const maxScale = Math.min(Math.ceil(view.value / view.targetSize), maxReplicaCount);
-  const wanted = Math.max(0, maxScale - unfinishedJobs);
-  return Math.max(0, Math.min(wanted, maxReplicaCount - unfinishedJobs));
+  return Math.max(0, Math.min(Math.ceil(view.value / view.targetSize), maxReplicaCount) - unfinishedJobs);
 }

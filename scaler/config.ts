@@ -7,7 +7,7 @@ import { readConfig, readSettingFile, type FlagOverride } from '../common/config
 import { parseFields, type FieldSpecs, type RawInput } from '../common/fields.ts';
 import { LOG_LEVELS, type LogLevel } from '../common/log.ts';
 import { messageOf } from './errors.ts';
-import type { RabbitConnection } from './sources/rabbitmq.ts';
+import { CONNECTION_ALIAS, type RabbitConnection } from './sources/rabbitmq.ts';
 import type { TlsFiles } from './grpc-server.ts';
 import type { SnapshotOptions } from './snapshots.ts';
 import type { SourceSettings } from './sources/registry.ts';
@@ -54,8 +54,6 @@ const CONNECTION_FIELDS = {
   managementUrl: { kind: 'url', protocols: ['http', 'https'] },
 } as const satisfies FieldSpecs;
 
-const ALIAS = /^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$/;
-
 /** The management API URL implied by an AMQP URL: same host and credentials, port 15672 (15671 for amqps). */
 export function defaultManagementUrl(amqpUrl: string): string {
   const a = new URL(amqpUrl);
@@ -83,7 +81,7 @@ function readConnectionsFile(path: string, problems: string[]): Map<string, Rabb
     return out;
   }
   for (const [alias, value] of Object.entries(doc)) {
-    if (!ALIAS.test(alias)) {
+    if (!CONNECTION_ALIAS.test(alias)) {
       problems.push(`${setting}: connection alias ${JSON.stringify(alias)} must be lowercase letters, digits, ".", "_" and "-"`);
       continue;
     }

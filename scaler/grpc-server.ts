@@ -74,8 +74,6 @@ export function toStatus(err: unknown): { code: grpc.status; details: string; in
   return { code: grpc.status.INTERNAL, details: 'internal error in the scaler; see its log', internal: true };
 }
 
-const CODE_NAMES = new Map<number, string>(Object.entries(grpc.status).filter((e): e is [string, number] => typeof e[1] === 'number').map(([k, v]) => [v, k]));
-
 function metadataOf(ref: ScaledObjectRef | null | undefined): Metadata {
   return ref?.scalerMetadata ?? {};
 }
@@ -94,7 +92,7 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
 
   const fail = (method: string, started: number, err: unknown, ref: ScaledObjectRef | null | undefined): grpc.ServiceError => {
     const s = toStatus(err);
-    const codeName = CODE_NAMES.get(s.code) ?? String(s.code);
+    const codeName = grpc.status[s.code] ?? String(s.code);
     metrics.observeRpc(method, codeName, (performance.now() - started) / 1000);
     const fields = { method, code: codeName, scaledObject: ref ? `${ref.namespace}/${ref.name}` : undefined };
     if (s.internal) log.error({ ...fields, err }, 'rpc failed');

@@ -44,8 +44,6 @@ interface Entry {
   inFlight: Promise<void> | undefined;
   lastStartAt: number;
   lastWantedAt: number;
-  settledOnce: Promise<void>;
-  markSettled: () => void;
   readonly listeners: Set<Listener>;
 }
 
@@ -132,10 +130,6 @@ export class SnapshotStore {
     const now = performance.now();
     let e = this.#entries.get(target.key);
     if (!e) {
-      let markSettled: () => void = () => undefined;
-      const settledOnce = new Promise<void>((resolve) => {
-        markSettled = resolve;
-      });
       e = {
         target,
         reading: undefined,
@@ -144,8 +138,6 @@ export class SnapshotStore {
         inFlight: undefined,
         lastStartAt: 0,
         lastWantedAt: now,
-        settledOnce,
-        markSettled,
         listeners: new Set(),
       };
       this.#entries.set(target.key, e);
@@ -162,7 +154,8 @@ export class SnapshotStore {
       timer = setTimeout(resolve, this.#options.firstReadWaitMs);
     });
     try {
-      await Promise.race([e.settledOnce, timeout]);
+      // Before the first reading or error, the first read is in flight (its promise never rejects).
+      await Promise.race([e.inFlight, timeout]);
     } finally {
       clearTimeout(timer);
     }
@@ -243,7 +236,6 @@ export class SnapshotStore {
         clearTimeout(timer);
         this.#stopping.signal.removeEventListener('abort', onStop);
         e.inFlight = undefined;
-        e.markSettled();
         this.#notify(e, performance.now());
       });
   }

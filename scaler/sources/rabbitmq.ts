@@ -40,6 +40,9 @@ import type { BacklogReading, BacklogSource, BacklogTarget } from './source.ts';
 import { AmqpQueueInspector } from './rabbitmq-amqp.ts';
 import { ManagementQueueReader } from './rabbitmq-management.ts';
 
+/** A broker connection alias, as the scaler's configuration names them and triggers refer to them. */
+export const CONNECTION_ALIAS = /^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$/;
+
 export const RABBITMQ_MODES = ['backlog', 'ready', 'management'] as const;
 export type RabbitMode = (typeof RABBITMQ_MODES)[number];
 export const MANAGEMENT_MEASURES = ['messages', 'publishRate', 'deliverRate'] as const;
@@ -69,7 +72,7 @@ export const RABBITMQ_FIELDS = {
   connection: {
     kind: 'string',
     default: 'default',
-    pattern: /^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$/,
+    pattern: CONNECTION_ALIAS,
     patternHint: 'a connection alias of lowercase letters, digits, ".", "_" and "-"',
     help: "broker connection alias from the scaler's configuration",
   },
