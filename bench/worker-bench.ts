@@ -138,14 +138,12 @@ async function once(impl: Impl, model: string, dataset: string, tag: string): Pr
 
 async function main(): Promise<void> {
   const f = JSON.parse(readFileSync(join(PACKAGE_ROOT, '.run', 'fixtures', 'fixtures.json'), 'utf8')) as Fixtures;
-  const abs = (p: string): string => (p.startsWith('/') ? p : join(PACKAGE_ROOT, p));
   const c = f.models['classifier'];
   if (!c) throw new Error('fixtures.json has no classifier');
   const model = `models:/${c.name}/${c.version}`;
-  const small = abs(f.datasets.csv);
-  const bigPath = f.bigDataset[String(BIG_ROWS)];
-  if (!bigPath) throw new Error(`no ${BIG_ROWS}-row dataset: run scripts/fixtures.sh --big-rows ${BIG_ROWS}`);
-  const big = abs(bigPath);
+  const small = f.datasets.csv;
+  const big = f.bigDataset[String(BIG_ROWS)];
+  if (!big) throw new Error(`no ${BIG_ROWS}-row dataset: run scripts/fixtures.sh --big-rows ${BIG_ROWS}`);
 
   out(`worker benchmark: Node ${process.versions.node} worker vs Python worker (pika, mlflow, pandas, onnxruntime), MLflow ${MLFLOW}, RabbitMQ on loopback`);
   const cold: Record<Impl, Measured[]> = { node: [], python: [] };

@@ -59,7 +59,6 @@ interface DemoJob {
 }
 
 function sampleRequests(f: Fixtures, experiment: string): Array<Record<string, unknown>> {
-  const abs = (p: string): string => (p.startsWith('/') ? p : join(PACKAGE_ROOT, p));
   const c = f.models['classifier'];
   const r = f.models['regressor'];
   const m = f.models['mlp'];
@@ -72,14 +71,14 @@ function sampleRequests(f: Fixtures, experiment: string): Array<Record<string, u
     ...extra,
   });
   const out: Array<Record<string, unknown>> = [];
-  for (let i = 0; i < 4; i++) out.push(base(`models:/${c?.name}@${c?.alias ?? 'champion'}`, { uri: abs(f.datasets.csv) }, { labelColumn: f.label }));
-  for (let i = 0; i < 2; i++) out.push(base(`models:/${c?.name}/latest`, { uri: abs(f.datasets.jsonl) }, { labelColumn: f.label }));
-  for (let i = 0; i < 2; i++) out.push(base(`models:/${r?.name}/${r?.version}`, { uri: abs(f.datasets.csv) }, { labelColumn: f.regressorLabel }));
+  for (let i = 0; i < 4; i++) out.push(base(`models:/${c?.name}@${c?.alias ?? 'champion'}`, { uri: f.datasets.csv }, { labelColumn: f.label }));
+  for (let i = 0; i < 2; i++) out.push(base(`models:/${c?.name}/latest`, { uri: f.datasets.jsonl }, { labelColumn: f.label }));
+  for (let i = 0; i < 2; i++) out.push(base(`models:/${r?.name}/${r?.version}`, { uri: f.datasets.csv }, { labelColumn: f.regressorLabel }));
   out.push(base(`models:/${m?.name}/${m?.version}`, { uri: f.datasets.artifactCsvUri }, { labelColumn: f.label }));
   const row = (values: number[], species: number): Record<string, unknown> => Object.fromEntries([...f.features.map((name, i) => [name, values[i]]), [f.label, species]]);
   out.push(base(`models:/${c?.name}/${c?.version}`, { rows: [row([5.1, 3.5, 1.4, 0.2], 0), row([6.7, 3.0, 5.2, 2.3], 2)], name: 'two-flowers' }, { labelColumn: f.label }));
   // One that cannot succeed: it is dead-lettered with the reason, and its run marked FAILED.
-  out.push(base(`models:/${c?.name}@no-such-alias`, { uri: abs(f.datasets.csv) }));
+  out.push(base(`models:/${c?.name}@no-such-alias`, { uri: f.datasets.csv }));
   return out;
 }
 

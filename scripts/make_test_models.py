@@ -93,7 +93,7 @@ def log_and_register(name, model, x_frame, y, tags, raw=False):
         mlflow.set_tags(tags)
         info = mlflow.onnx.log_model(onx, name="model", signature=signature, registered_model_name=name)
     version = int(info.registered_model_version)
-    return run.info.run_id, version, info.model_uri
+    return run.info.run_id, version
 
 
 def expected(model_path, x):
@@ -110,6 +110,8 @@ def main():
     ap.add_argument("--big-rows", type=int, default=0)
     ap.add_argument("--minimal", action="store_true", help="only the classifier (v1, alias champion) and the dataset artifact")
     args = ap.parse_args()
+    # Absolute, so every path in fixtures.json can be used from any directory as it is.
+    args.out = os.path.abspath(args.out)
     os.makedirs(args.out, exist_ok=True)
     manifest_path = os.path.join(args.out, "fixtures.json")
     client = MlflowClient()
@@ -136,21 +138,21 @@ def main():
 
     mlflow.set_experiment("kmj-test-models")
     models = {}
-    run_id, v1, _ = log_and_register(CLASSIFIER, LogisticRegression(max_iter=500, C=1.0).fit(x, y), x, y, {"kmj.fixture": "classifier-v1"})
+    run_id, v1 = log_and_register(CLASSIFIER, LogisticRegression(max_iter=500, C=1.0).fit(x, y), x, y, {"kmj.fixture": "classifier-v1"})
     client.set_registered_model_alias(CLASSIFIER, "champion", str(v1))
     models["classifier"] = {"name": CLASSIFIER, "version": v1, "runId": run_id, "alias": "champion"}
     xr = frame[REG_FEATURES]
     if not args.minimal:
-        run_id2, v2, _ = log_and_register(CLASSIFIER, LogisticRegression(max_iter=500, C=0.05).fit(x, y), x, y, {"kmj.fixture": "classifier-v2"})
+        run_id2, v2 = log_and_register(CLASSIFIER, LogisticRegression(max_iter=500, C=0.05).fit(x, y), x, y, {"kmj.fixture": "classifier-v2"})
         models["classifierV2"] = {"name": CLASSIFIER, "version": v2, "runId": run_id2}
 
         yr = frame[REG_LABEL]
-        run_r, vr, _ = log_and_register(REGRESSOR, LinearRegression().fit(xr, yr), xr, yr, {"kmj.fixture": "regressor"})
+        run_r, vr = log_and_register(REGRESSOR, LinearRegression().fit(xr, yr), xr, yr, {"kmj.fixture": "regressor"})
         models["regressor"] = {"name": REGRESSOR, "version": vr, "runId": run_r}
 
         # Large enough weights that onnx stores them as external data beside model.onnx.
         mlp = MLPClassifier(hidden_layer_sizes=(256,), max_iter=300, random_state=1).fit(x, y)
-        run_m, vm, _ = log_and_register(MLP, mlp, x, y, {"kmj.fixture": "mlp"}, raw=True)
+        run_m, vm = log_and_register(MLP, mlp, x, y, {"kmj.fixture": "mlp"}, raw=True)
         models["mlp"] = {"name": MLP, "version": vm, "runId": run_m}
 
     # Expected predictions, from the very files the registry serves.

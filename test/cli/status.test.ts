@@ -1,13 +1,12 @@
 // The real `kmj status` process against the real RabbitMQ (management API and AMQP), a real scaler
 // on free ports and the real MLflow server: what it shows when everything answers, and that each
 // part that cannot be reached is shown with its reason while the others still are.
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { STATUS_HELP } from '../../cli/status-command.ts';
 import { Cleanups } from '../helpers/cleanups.ts';
 import { RABBITMQ_MANAGEMENT_URL, RABBITMQ_URL } from '../helpers/env.ts';
-import { closedPort, kmjWorkerEnv, managementQueue, runKmj, type KmjExit } from '../helpers/kmj.ts';
-import { RabbitFixture } from '../helpers/rabbit.ts';
-import { startTestScaler, type ScalerHandle } from '../helpers/scaler.ts';
+import { closedPort, kmjWorkerEnv, lines, managementQueue, runKmj, type KmjExit } from '../helpers/kmj.ts';
+import { useScalerAndRabbit } from '../helpers/scaler.ts';
 import { MLFLOW_URL, fixtures, publish, request, runsOf, uniqueId, type RestRun } from '../helpers/worker.ts';
 
 const f = fixtures();
@@ -17,19 +16,10 @@ const NO_ALIAS = `model: registered model "${classifier?.name}" has no alias "no
 const cleanups = new Cleanups();
 afterEach(() => cleanups.run());
 
-let scaler: ScalerHandle | undefined;
-let rabbit: RabbitFixture | undefined;
-beforeAll(async () => {
-  scaler = await startTestScaler();
-  rabbit = new RabbitFixture();
-});
-afterAll(async () => {
-  await scaler?.close();
-  await rabbit?.close();
-});
+const fixture = useScalerAndRabbit();
 
 function scalerAddress(): string {
-  return `127.0.0.1:${scaler?.scaler.grpcPort ?? 0}`;
+  return `127.0.0.1:${fixture.scaler().scaler.grpcPort}`;
 }
 
 function status(args: readonly string[], env: Record<string, string> = {}): Promise<KmjExit> {
@@ -40,7 +30,7 @@ function status(args: readonly string[], env: Record<string, string> = {}): Prom
         RABBITMQ_URL,
         RABBITMQ_MANAGEMENT_URL,
         KMJ_SCALER_ADDRESS: scalerAddress(),
-        KMJ_SCALER_METRICS_URL: `http://127.0.0.1:${scaler?.scaler.metricsPort ?? 0}`,
+        KMJ_SCALER_METRICS_URL: `http://127.0.0.1:${fixture.scaler().scaler.metricsPort}`,
         MLFLOW_TRACKING_URI: MLFLOW_URL,
         ...env,
       },
@@ -49,14 +39,9 @@ function status(args: readonly string[], env: Record<string, string> = {}): Prom
   );
 }
 
-function lines(text: string): string[] {
-  return text.split('\n').filter((l) => l !== '');
-}
-
 /** The metric name the scaler gives KEDA for the trigger `kmj status` asks about (mode backlog). */
 async function metricNameOf(queue: string): Promise<string> {
-  const raw = scaler?.client.raw;
-  if (!raw) throw new Error('scaler not started');
+  const raw = fixture.scaler().client.raw;
   const call = raw['GetMetricSpec'] as (req: unknown, cb: (err: Error | null, res: { metricSpecs: Array<{ metricName: string }> }) => void) => void;
   const spec = await new Promise<{ metricSpecs: Array<{ metricName: string }> }>((resolve, reject) =>
     call.call(raw, { name: 'kmj-status', namespace: 'default', scalerMetadata: { queueName: queue, mode: 'backlog' } }, (err, res) => (err ? reject(err) : resolve(res))),
@@ -217,7 +202,7 @@ describe('kmj status with a part out of reach', () => {
       RABBITMQ_URL,
       RABBITMQ_MANAGEMENT_URL,
       KMJ_SCALER_ADDRESS: scalerAddress(),
-      KMJ_SCALER_METRICS_URL: `http://127.0.0.1:${scaler?.scaler.metricsPort ?? 0}`,
+      KMJ_SCALER_METRICS_URL: `http://127.0.0.1:${fixture.scaler().scaler.metricsPort}`,
     };
     const text = await runKmj(['status', '--queue', queue], { env }, cleanups);
     expect(text.code).toBe(1);
@@ -248,7 +233,7 @@ describe('kmj status with a part out of reach', () => {
     const queue = await cleanups.requestQueue();
     for (let i = 0; i < 3; i++) await publish(queue, request({ experiment: queue }));
     // A worker-like consumer holding one message: two ready, one consumer.
-    const held = await (rabbit as RabbitFixture).holdingConsumers(queue, 1);
+    const held = await fixture.rabbit().holdingConsumers(queue, 1);
     cleanups.defer(() => held.release());
     const port = await closedPort();
     const metricName = await metricNameOf(queue);

@@ -10,7 +10,7 @@ import { packageFile } from '../../common/paths.ts';
 import { AmqpFaultProxy } from '../helpers/amqp-fault-proxy.ts';
 import { Cleanups, deleteQueues } from '../helpers/cleanups.ts';
 import { RABBITMQ_URL } from '../helpers/env.ts';
-import { closedPort, kmjWorkerEnv, managementQueue, runKmj, startKmj, type KmjExit, type KmjProcess } from '../helpers/kmj.ts';
+import { closedPort, kmjWorkerEnv, lines, managementQueue, runKmj, startKmj, type KmjExit, type KmjProcess } from '../helpers/kmj.ts';
 import { MLFLOW_URL, drain, fixtures, queueState, runsOf, uniqueId, type RestRun } from '../helpers/worker.ts';
 
 const f = fixtures();
@@ -64,10 +64,6 @@ async function takeAll(queue: string, count: number): Promise<ConsumeMessage[]> 
   } finally {
     await conn.close().catch(() => undefined);
   }
-}
-
-function lines(text: string): string[] {
-  return text.split('\n').filter((l) => l !== '');
 }
 
 /** A JSON Lines file of requests in a fresh temp dir. */

@@ -5,12 +5,11 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
 import { connect } from 'amqplib';
 import { packageFile } from '../../common/paths.ts';
 import { RABBITMQ_MANAGEMENT_URL, RABBITMQ_URL } from './env.ts';
 import type { Cleanups } from './cleanups.ts';
-import { fixtures } from './worker.ts';
+import { workerEnv } from './worker.ts';
 
 export const KMJ = packageFile('bin', 'kmj.js');
 
@@ -93,19 +92,13 @@ export function startKmj(args: readonly string[], options: KmjOptions = {}, clea
  * fixtures and the temp dir, quick MLflow retries, debug logs. `extra` overrides it.
  */
 export function kmjWorkerEnv(cleanups: Cleanups, extra: Record<string, string> = {}): Record<string, string> {
-  return {
+  const { MLFLOW_TRACKING_URI: _online, ...env } = workerEnv({
     HOME: cleanups.tempDir('kmj-home-'),
-    RABBITMQ_URL,
-    KMJ_DATASET_ROOTS: `${fixtures().dir}:${tmpdir()}`,
     KMJ_MODEL_CACHE_DIR: cleanups.tempDir('kmj-cache-'),
     KMJ_WORKER_IDLE_TIMEOUT_MS: '5000',
     MLFLOW_HTTP_REQUEST_MAX_RETRIES: '1',
-    MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR: '0.1',
-    MLFLOW_HTTP_REQUEST_BACKOFF_JITTER: '0.1',
-    MLFLOW_HTTP_REQUEST_TIMEOUT: '10',
-    LOG_LEVEL: 'debug',
-    ...extra,
-  };
+  });
+  return { ...env, ...extra };
 }
 
 /** Runs `kmj <args>` to its exit. */
@@ -162,4 +155,9 @@ export async function managementQueue(queue: string): Promise<ManagementQueue> {
   const res = await fetch(`${u.toString().replace(/\/+$/, '')}/api/queues/%2F/${encodeURIComponent(queue)}`, { headers: { authorization: auth } });
   if (!res.ok) throw new Error(`management API: HTTP ${res.status} for queue ${queue}`);
   return (await res.json()) as ManagementQueue;
+}
+
+/** The non-empty lines of a command's output. */
+export function lines(text: string): string[] {
+  return text.split('\n').filter((l) => l !== '');
 }

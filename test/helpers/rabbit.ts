@@ -3,6 +3,7 @@ import { randomUUID } from 'node:crypto';
 import { connect, type Channel, type ChannelModel, type ConsumeMessage } from 'amqplib';
 import { RABBITMQ_URL } from './env.ts';
 
+/** `<prefix>-<8 hex digits>`: one word after the prefix, so metric names built from it keep their shape. */
 export function uniqueName(prefix: string): string {
   return `${prefix}-${randomUUID().slice(0, 8)}`;
 }
@@ -84,16 +85,6 @@ export class RabbitFixture {
       const ch = await this.channel();
       await ch.prefetch(1);
       await ch.consume(queue, () => undefined);
-    }
-  }
-
-  async deleteQueue(name: string): Promise<void> {
-    const conn = await connect(this.url);
-    try {
-      const ch = await conn.createChannel();
-      await ch.deleteQueue(name);
-    } finally {
-      await conn.close().catch(() => undefined);
     }
   }
 

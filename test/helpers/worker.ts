@@ -44,9 +44,7 @@ export interface Fixtures {
 export function fixtures(which: 'fixtures' | 'fixtures-auth' = 'fixtures'): Fixtures {
   const dir = join(PACKAGE_ROOT, '.run', which);
   const f = JSON.parse(readFileSync(join(dir, 'fixtures.json'), 'utf8')) as Omit<Fixtures, 'dir'>;
-  const abs = (p: string): string => (p.startsWith('/') ? p : join(PACKAGE_ROOT, p));
-  const bigDataset = Object.fromEntries(Object.entries(f.bigDataset ?? {}).map(([rows, path]) => [rows, abs(path)]));
-  return { ...f, dir, bigDataset, datasets: { ...f.datasets, csv: abs(f.datasets.csv), jsonl: abs(f.datasets.jsonl) } };
+  return { ...f, dir, bigDataset: f.bigDataset ?? {} };
 }
 
 export function uniqueId(prefix: string): string {
@@ -134,6 +132,11 @@ export interface WorkerResult {
   readonly stdout: string;
   /** Parsed JSON log lines. */
   readonly logs: Array<Record<string, unknown>>;
+}
+
+/** The worker's log lines with this message. */
+export function logsWith(result: WorkerResult, msg: string): Array<Record<string, unknown>> {
+  return result.logs.filter((l) => l['msg'] === msg);
 }
 
 export interface WorkerProcess {

@@ -1,56 +1,32 @@
 // The real `kmj scaler` process, as the container runs it: start-up, probes, gRPC, SIGTERM, exit
 // codes, configuration errors, and a broker password that must never show up anywhere.
 import * as grpc from '@grpc/grpc-js';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { createServer, type Server } from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { SCALER_HELP } from '../../cli/scaler-command.ts';
-import { packageFile } from '../../common/paths.ts';
+import { Cleanups } from '../helpers/cleanups.ts';
 import { RABBITMQ_URL } from '../helpers/env.ts';
+import { startKmj, type KmjExit, type KmjProcess } from '../helpers/kmj.ts';
 import { RabbitFixture } from '../helpers/rabbit.ts';
 import { eventually, ScalerClient } from '../helpers/scaler.ts';
 
-const KMJ = packageFile('bin', 'kmj.js');
+type Exit = Pick<KmjExit, 'code' | 'signal'>;
 
-interface Exit {
-  readonly code: number | null;
-  readonly signal: NodeJS.Signals | null;
+const cleanups = new Cleanups();
+
+function kmj(args: string[], env: Record<string, string> = {}): KmjProcess {
+  // Only what the test passes (besides PATH and HOME), so a developer's KMJ_* variables cannot leak in.
+  return startKmj(args, { env: { KMJ_SCALER_HOST: '127.0.0.1', RABBITMQ_URL, ...env } }, cleanups);
 }
 
-interface Kmj {
-  readonly child: ChildProcess;
-  readonly stdout: () => string;
-  readonly stderr: () => string;
-  readonly exited: Promise<Exit>;
-}
-
-/** Every process this file started; afterEach kills the ones still running. */
-const running = new Set<Kmj>();
-
-function kmj(args: string[], env: Record<string, string> = {}): Kmj {
-  // A clean environment: only what the test passes, so a developer's KMJ_* variables cannot leak in.
-  const child = spawn(process.execPath, [KMJ, ...args], {
-    env: { PATH: process.env['PATH'] ?? '', KMJ_SCALER_HOST: '127.0.0.1', RABBITMQ_URL, ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let out = '';
-  let err = '';
-  child.stdout?.setEncoding('utf8').on('data', (d: string) => (out += d));
-  child.stderr?.setEncoding('utf8').on('data', (d: string) => (err += d));
-  let p: Kmj | undefined;
-  const exited = new Promise<Exit>((resolve) =>
-    child.once('close', (code, signal) => {
-      if (p) running.delete(p);
-      resolve({ code, signal });
-    }),
-  );
-  p = { child, stdout: () => out, stderr: () => err, exited };
-  running.add(p);
-  return p;
+/** How the process exited, once it has. */
+async function exited(p: KmjProcess): Promise<Exit> {
+  const { code, signal } = await p.done;
+  return { code, signal };
 }
 
 /** The JSON log lines written so far; every stderr line of a running scaler is one. */
-function logLines(p: Kmj): Array<Record<string, unknown>> {
+function logLines(p: KmjProcess): Array<Record<string, unknown>> {
   return p
     .stderr()
     .split('\n')
@@ -58,7 +34,7 @@ function logLines(p: Kmj): Array<Record<string, unknown>> {
     .map((l) => JSON.parse(l) as Record<string, unknown>);
 }
 
-async function waitForLog(p: Kmj, msg: string, timeoutMs = 10_000): Promise<Record<string, unknown>> {
+async function waitForLog(p: KmjProcess, msg: string, timeoutMs = 10_000): Promise<Record<string, unknown>> {
   const end = Date.now() + timeoutMs;
   for (;;) {
     const line = logLines(p).find((l) => l['msg'] === msg);
@@ -71,7 +47,7 @@ async function waitForLog(p: Kmj, msg: string, timeoutMs = 10_000): Promise<Reco
 }
 
 /** Starts `kmj scaler` on free ports and returns them, read from its 'scaler listening' line. */
-async function startScalerProcess(env: Record<string, string> = {}): Promise<{ p: Kmj; grpcPort: number; metricsPort: number; client: ScalerClient }> {
+async function startScalerProcess(env: Record<string, string> = {}): Promise<{ p: KmjProcess; grpcPort: number; metricsPort: number; client: ScalerClient }> {
   const p = kmj(['scaler', '--port', '0', '--metrics-port', '0'], env);
   const listening = await waitForLog(p, 'scaler listening');
   expect(listening).toMatchObject({ level: 'info', name: 'kmj-scaler', tls: 'off', grpcPort: expect.any(Number), metricsPort: expect.any(Number) });
@@ -83,10 +59,10 @@ async function startScalerProcess(env: Record<string, string> = {}): Promise<{ p
 }
 
 /** Sends SIGTERM and returns the exit and how long it took. */
-async function terminate(p: Kmj): Promise<Exit & { ms: number }> {
+async function terminate(p: KmjProcess): Promise<Exit & { ms: number }> {
   const started = Date.now();
   p.child.kill('SIGTERM');
-  const exit = await p.exited;
+  const exit = await exited(p);
   return { ...exit, ms: Date.now() - started };
 }
 
@@ -96,12 +72,7 @@ beforeAll(() => {
   rabbit = new RabbitFixture();
 });
 
-afterEach(async () => {
-  for (const p of [...running]) {
-    p.child.kill('SIGKILL');
-    await p.exited;
-  }
-});
+afterEach(() => cleanups.run());
 
 afterAll(async () => {
   await rabbit?.close();
@@ -139,7 +110,7 @@ describe('kmj scaler', () => {
 
   it('exits 78 with one line naming every bad setting, the flag by its flag name', async () => {
     const p = kmj(['scaler', '--port', '99999'], { KMJ_SCALER_REFRESH_INTERVAL_MS: 'abc' });
-    expect(await p.exited).toEqual({ code: 78, signal: null });
+    expect(await exited(p)).toEqual({ code: 78, signal: null });
     expect(p.stderr()).toBe(
       'kmj scaler: invalid scaler configuration: --port: "99999" must be an integer from 0 to 65535; ' +
         'KMJ_SCALER_REFRESH_INTERVAL_MS: "abc" must be an integer from 100 to 60000\n',
@@ -150,7 +121,7 @@ describe('kmj scaler', () => {
   it('prints its usage for --help and -h and exits 0', async () => {
     for (const flag of ['--help', '-h']) {
       const p = kmj(['scaler', flag]);
-      expect(await p.exited).toEqual({ code: 0, signal: null });
+      expect(await exited(p)).toEqual({ code: 0, signal: null });
       expect(p.stdout()).toBe(SCALER_HELP);
       expect(p.stdout()).toMatch(/^Usage: kmj scaler \[--host <addr>\] \[--port <grpc port>\] \[--metrics-port <http port>\]\n/);
       expect(p.stderr()).toBe('');
@@ -159,14 +130,14 @@ describe('kmj scaler', () => {
 
   it('exits 64 for an unknown flag and for a stray argument', async () => {
     const flag = kmj(['scaler', '--bogus']);
-    expect(await flag.exited).toEqual({ code: 64, signal: null });
+    expect(await exited(flag)).toEqual({ code: 64, signal: null });
     const lines = flag.stderr().split('\n');
     expect(lines[0]).toMatch(/^kmj scaler: Unknown option '--bogus'/);
     expect(lines.slice(-2)).toEqual(['Run "kmj scaler --help" for usage.', '']);
     expect(flag.stdout()).toBe('');
 
     const stray = kmj(['scaler', 'extra']);
-    expect(await stray.exited).toEqual({ code: 64, signal: null });
+    expect(await exited(stray)).toEqual({ code: 64, signal: null });
     expect(stray.stderr()).toMatch(/^kmj scaler: .*'extra'.*\nRun "kmj scaler --help" for usage\.\n$/);
   });
 
@@ -225,9 +196,9 @@ describe('kmj scaler with a port already taken', () => {
   });
 
   /** The exit within `ms`, or 'still running'. */
-  function exitWithin(p: Kmj, ms: number): Promise<Exit | 'still running'> {
+  function exitWithin(p: KmjProcess, ms: number): Promise<Exit | 'still running'> {
     let timer: NodeJS.Timeout | undefined;
-    return Promise.race([p.exited, new Promise<'still running'>((r) => (timer = setTimeout(() => r('still running'), ms)))]).finally(() => clearTimeout(timer));
+    return Promise.race([exited(p), new Promise<'still running'>((r) => (timer = setTimeout(() => r('still running'), ms)))]).finally(() => clearTimeout(timer));
   }
 
   it('exits 70 naming the gRPC port it cannot listen on', async () => {

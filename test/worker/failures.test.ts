@@ -20,6 +20,7 @@ import {
   MLFLOW_URL,
   drain,
   fixtures,
+  logsWith,
   publish,
   queueState,
   readRunWithPython,
@@ -148,10 +149,6 @@ async function expectOneFailedRun(experiment: string, error: string, base = MLFL
   expect(run.info.end_time).toBeGreaterThanOrEqual(run.info.start_time);
   expect(tagsOf(run)[ERROR_TAG]).toBe(error);
   return run;
-}
-
-function logsWith(result: WorkerResult, msg: string): Array<Record<string, unknown>> {
-  return result.logs.filter((l) => l['msg'] === msg);
 }
 
 /** Publishes `req`, runs one worker, and returns its result with the exact body sent. */

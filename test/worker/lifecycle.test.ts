@@ -11,6 +11,7 @@ import { FaultProxy, mlflowPath } from '../helpers/fault-proxy.ts';
 import {
   drain,
   fixtures,
+  logsWith,
   parseCsv,
   publish,
   queueState,
@@ -66,10 +67,6 @@ async function waitFor<T>(what: string, probe: () => Promise<T>, ok: (v: T) => b
 
 function waitForQueue(queue: string, want: QueueState): Promise<QueueState> {
   return waitFor(`queue ${queue}`, () => queueState(queue), (s) => s.messages === want.messages && s.consumers === want.consumers);
-}
-
-function logsWith(result: WorkerResult, msg: string): Array<Record<string, unknown>> {
-  return result.logs.filter((l) => l['msg'] === msg);
 }
 
 /** The run is FINISHED, complete (150 rows predicted, one dataset input) and has no error tag. */
