@@ -36,6 +36,9 @@ the MLflow runs and the MLflow UI address.
 Needs RabbitMQ (RABBITMQ_URL), MLflow (MLFLOW_TRACKING_URI, default http://127.0.0.1:5000) and
 the sample models: "make demo" starts the services and registers the models, then runs this.
 
+The workers share one model cache, as Jobs on a node share a ReadWriteMany volume:
+KMJ_MODEL_CACHE_DIR, default .run/demo-model-cache in the checkout.
+
 Options:
   --max-jobs <n>   the ScaledJob's maxReplicaCount: workers at once (default 3)
   -h, --help       show this help
@@ -89,7 +92,7 @@ function startWorker(queue: string, env: Readonly<Record<string, string | undefi
       MLFLOW_TRACKING_URI: mlflowUri,
       KMJ_DATASET_ROOTS: fixturesDir,
       // One cache for all demo workers, like a ReadWriteMany cache volume on the cluster.
-      KMJ_MODEL_CACHE_DIR: join(PACKAGE_ROOT, '.run', 'demo-model-cache'),
+      KMJ_MODEL_CACHE_DIR: env['KMJ_MODEL_CACHE_DIR'] ?? join(PACKAGE_ROOT, '.run', 'demo-model-cache'),
       KMJ_WORKER_IDLE_TIMEOUT_MS: '5000',
       NODE_OPTIONS: '--max-semi-space-size=8',
       LOG_LEVEL: 'warn',

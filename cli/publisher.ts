@@ -7,7 +7,7 @@
 import { connect, type ChannelModel, type ConfirmChannel } from 'amqplib';
 import { raceAbort } from '../common/abort.ts';
 import { messageOf, scrubSecrets } from '../common/redact.ts';
-import { declareRequestTopology, deadLetterQueueOf } from '../common/topology.ts';
+import { DIRECT_REPLY_TO, declareRequestTopology, deadLetterQueueOf, parseOutcomeNotice, type OutcomeNotice } from '../common/topology.ts';
 
 export class PublishError extends Error {
   override readonly name = 'PublishError';
@@ -25,7 +25,13 @@ export interface PublisherOptions {
   readonly maxDeliveries: number;
   /** How long to wait for the broker's confirms of one batch. */
   readonly confirmTimeoutMs: number;
+  /**
+   * Ask workers for their outcome notices (RabbitMQ direct reply-to): messages carry reply-to,
+   * and `outcome()` hands out what comes back while the publisher stays open.
+   */
+  readonly replies?: boolean;
 }
+
 
 export class RequestPublisher {
   readonly #options: PublisherOptions;
@@ -33,6 +39,7 @@ export class RequestPublisher {
   #ch: ConfirmChannel | undefined;
   #failure: Error | undefined;
   #returned: string[] = [];
+  readonly #notices = new Map<string, OutcomeNotice>();
 
   constructor(options: PublisherOptions) {
     this.#options = options;
@@ -58,6 +65,13 @@ export class RequestPublisher {
     ch.on('return', (msg: { properties: { messageId?: string } }) => {
       this.#returned.push(msg.properties.messageId ?? '(no id)');
     });
+    if (o.replies) {
+      // Direct reply-to: the consumer must exist, on this channel, before the first publish.
+      await ch.consume(DIRECT_REPLY_TO, (m) => {
+        const notice = m ? parseOutcomeNotice(m.content) : undefined;
+        if (m && notice) this.#notices.set(String(m.properties.correlationId ?? notice.requestId), notice);
+      }, { noAck: true });
+    }
     try {
       await declareRequestTopology(ch, o.queue, { deadLetterQueue: deadLetterQueueOf(o.queue), maxDeliveries: o.maxDeliveries });
     } catch (err) {
@@ -85,7 +99,7 @@ export class RequestPublisher {
       if (this.#failure) break;
       pending.push(
         new Promise<void>((resolve) => {
-          ch.sendToQueue(o.queue, item.body, { persistent: true, mandatory: true, contentType: 'application/json', messageId: item.requestId, timestamp: Math.floor(Date.now() / 1000), appId: 'kmj' }, (err) => {
+          ch.sendToQueue(o.queue, item.body, { persistent: true, mandatory: true, contentType: 'application/json', messageId: item.requestId, timestamp: Math.floor(Date.now() / 1000), appId: 'kmj', ...(o.replies ? { replyTo: DIRECT_REPLY_TO } : {}) }, (err) => {
             if (err) nacked.push(item.requestId);
             else acked.add(item.requestId);
             resolve();
@@ -111,6 +125,11 @@ export class RequestPublisher {
     if (nacked.length > 0) problems.push(`the broker refused ${nacked.length} message(s): ${nacked.join(', ')}`);
     if (problems.length > 0) throw new PublishError(problems.join('; '), { confirmed: confirmed() });
     return confirmed();
+  }
+
+  /** The latest outcome notice a worker sent for the request, if any (with `replies`). */
+  outcome(requestId: string): OutcomeNotice | undefined {
+    return this.#notices.get(requestId);
   }
 
   /** Closes politely, but never waits long: a broker that stopped answering never sends close-ok. */

@@ -6,12 +6,11 @@ import { randomUUID } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { connect, type ConsumeMessage } from 'amqplib';
 import { sleep } from '../common/abort.ts';
 import { ConfigError, readConfig } from '../common/config.ts';
 import type { FieldSpecs } from '../common/fields.ts';
 import { createLogger } from '../common/log.ts';
-import { deadLetterQueueOf, deadLetterReason } from '../common/topology.ts';
+import { deadLetterQueueOf, type OutcomeNotice } from '../common/topology.ts';
 import { PermanentError } from '../worker/errors.ts';
 import type { MlflowTracking, Run } from '../worker/mlflow/tracking.ts';
 import { parseRequest, requestValidator, type RequestValidator } from '../worker/request.ts';
@@ -40,7 +39,9 @@ Options:
   --param <k=v>            run param (repeatable)
   --output-format <f>      predictions as csv (default) or jsonl
   --file <requests.jsonl>  one request per line (the options above fill what a line leaves out)
-  --wait                   follow the request to its outcome in MLflow (needs MLFLOW_TRACKING_URI)
+  --wait                   follow the request to its outcome: its MLflow run, or the worker's
+                           notice for a request refused before it had a run (needs
+                           MLFLOW_TRACKING_URI)
   --timeout <seconds>      how long --wait waits (default 600)
   -h, --help               show this help
 
@@ -214,7 +215,7 @@ export async function runSubmit(argv: readonly string[], ctx: CommandContext): P
   const tracking = values.wait ? mlflowFromEnv('submit', ctx.env, log) : undefined;
   if (values.wait && !tracking) throw new ConfigError('submit', ['MLFLOW_TRACKING_URI: is required with --wait']);
 
-  const publisher = new RequestPublisher({ url: env.RABBITMQ_URL, queue, maxDeliveries: env.KMJ_MAX_DELIVERIES, confirmTimeoutMs: 30_000 });
+  const publisher = new RequestPublisher({ url: env.RABBITMQ_URL, queue, maxDeliveries: env.KMJ_MAX_DELIVERIES, confirmTimeoutMs: 30_000, replies: tracking !== undefined });
   try {
     await publisher.open();
     const show = batch.length > 1 ? progress(ctx, batch.length) : () => undefined;
@@ -233,14 +234,16 @@ export async function runSubmit(argv: readonly string[], ctx: CommandContext): P
     }
     throw err;
   } finally {
-    await publisher.close();
+    // With --wait, the connection stays open for the worker's outcome notice.
+    if (!tracking) await publisher.close();
   }
 
   if (!tracking) return SUBMIT_EXIT.OK;
   const first = batch[0] as { requestId: string };
   try {
-    return await waitForOutcome(ctx, tracking, env.RABBITMQ_URL, queue, String(defaults['experiment']), first.requestId, timeoutSeconds * 1000);
+    return await waitForOutcome(ctx, tracking, (id) => publisher.outcome(id), queue, String(defaults['experiment']), first.requestId, timeoutSeconds * 1000);
   } finally {
+    await publisher.close();
     await tracking.http.close();
   }
 }
@@ -254,11 +257,17 @@ export function formatNumber(n: number): string {
 
 type Followed = { kind: 'finished'; run: Run; experimentId: string } | { kind: 'dead-lettered'; reason: string; run?: Run } | { kind: 'timeout'; last: string };
 
-/** Follows a request: its MLflow run's status, or its dead-letter when it never got a run. */
-async function waitForOutcome(ctx: CommandContext, tracking: MlflowTracking, amqpUrl: string, queue: string, experiment: string, requestId: string, timeoutMs: number): Promise<number> {
+/**
+ * Follows a request through its MLflow run: the worker marks a run it dead-letters with the
+ * reason (kmj.error) and the outcome (kmj.outcome). A request refused before it had a run is
+ * known from the worker's outcome notice (direct reply-to). The dead-letter queue itself is never
+ * read: on a quorum queue every read and return counts as a delivery, and enough of them would
+ * drop a dead letter nobody has looked at.
+ */
+async function waitForOutcome(ctx: CommandContext, tracking: MlflowTracking, notices: Notices, queue: string, experiment: string, requestId: string, timeoutMs: number): Promise<number> {
   const started = Date.now();
   const out = (line: string): boolean => ctx.stderr.write(`${line}\n`);
-  const result = await follow(tracking, amqpUrl, queue, experiment, requestId, timeoutMs, ctx.shutdownSignal, (state) => out(`${((Date.now() - started) / 1000).toFixed(0).padStart(4)}s  ${state}`));
+  const result = await follow(tracking, notices, queue, experiment, requestId, timeoutMs, ctx.shutdownSignal, (state) => out(`${((Date.now() - started) / 1000).toFixed(0).padStart(4)}s  ${state}`));
   if (result.kind === 'finished') {
     const metrics = Object.fromEntries((result.run.data.metrics ?? []).map((m) => [m.key, m.value]));
     const shown = ['rows', 'accuracy_score', 'f1_score', 'r2_score', 'root_mean_squared_error', 'total_seconds'].filter((k) => metrics[k] !== undefined);
@@ -275,9 +284,12 @@ async function waitForOutcome(ctx: CommandContext, tracking: MlflowTracking, amq
   return SUBMIT_EXIT.TIMEOUT;
 }
 
+/** The outcome notice a worker sent for a request id, if one came (direct reply-to). */
+type Notices = (requestId: string) => OutcomeNotice | undefined;
+
 async function follow(
   tracking: MlflowTracking,
-  amqpUrl: string,
+  notices: Notices,
   queue: string,
   experiment: string,
   requestId: string,
@@ -294,9 +306,13 @@ async function follow(
     }
   };
   let experimentId: string | undefined;
-  for (let round = 0; Date.now() < end && !stop.aborted; round++) {
+  while (Date.now() < end && !stop.aborted) {
     try {
-      experimentId ??= (await tracking.findExperiment(experiment, stop, 0))?.experimentId;
+      const found = experimentId === undefined ? await tracking.findExperiment(experiment, stop, 0) : undefined;
+      if (found?.deleted) {
+        // The worker refuses a deleted experiment before it makes a run: nothing will show here.
+        note(`experiment ${JSON.stringify(experiment)} is deleted in MLflow: a worker dead-letters this request to ${deadLetterQueueOf(queue)} without a run; restore the experiment to run it`);
+      } else experimentId ??= found?.experimentId;
       const run = experimentId === undefined ? undefined : (await tracking.runsWithTag(experimentId, REQUEST_ID_TAG, requestId, stop))[0];
       if (run && experimentId !== undefined) {
         const tags = Object.fromEntries((run.data.tags ?? []).map((t) => [t.key, t.value]));
@@ -304,12 +320,10 @@ async function follow(
         if (tags[OUTCOME_TAG] === 'dead-lettered') return { kind: 'dead-lettered', reason: tags[ERROR_TAG] ?? 'unknown', run };
         note(run.info.status === 'RUNNING' ? `running (run ${run.info.run_id})` : `${run.info.status.toLowerCase()}, ${tags[OUTCOME_TAG] ?? 'waiting'}: ${tags[ERROR_TAG] ?? ''}`);
       } else {
-        note('queued: no run yet');
-        // A request refused before it had a run is only in the dead-letter queue.
-        if (round % 5 === 4) {
-          const dead = await deadLetterOf(amqpUrl, queue, requestId);
-          if (dead !== undefined) return { kind: 'dead-lettered', reason: dead };
-        }
+        // A request refused before it had a run is known only from the worker's notice.
+        const notice = notices(requestId);
+        if (notice?.outcome === 'dead-lettered') return { kind: 'dead-lettered', reason: notice.reason ?? 'unknown' };
+        if (!found?.deleted) note('queued: no run yet');
       }
     } catch (err) {
       note(`MLflow unreachable: ${err instanceof Error ? err.message : String(err)}`);
@@ -317,31 +331,4 @@ async function follow(
     await sleep(1000, stop).catch(() => undefined);
   }
   return { kind: 'timeout', last };
-}
-
-/**
- * Looks through the dead-letter queue for the request, without taking anything out of it: each
- * message read is given back (basic.nack with requeue) when the channel closes.
- */
-async function deadLetterOf(amqpUrl: string, queue: string, requestId: string): Promise<string | undefined> {
-  const conn = await connect(amqpUrl, { noDelay: true });
-  try {
-    const ch = await conn.createChannel();
-    const seen: ConsumeMessage[] = [];
-    let reason: string | undefined;
-    for (let i = 0; i < 1000; i++) {
-      const m = await ch.get(deadLetterQueueOf(queue), { noAck: false });
-      if (m === false) break;
-      seen.push(m as unknown as ConsumeMessage);
-      if (m.properties.messageId === requestId) {
-        reason = deadLetterReason(m.properties.headers as Record<string, unknown> | undefined);
-        break;
-      }
-    }
-    for (const m of seen) ch.nack(m, false, true);
-    await ch.close();
-    return reason;
-  } finally {
-    await conn.close().catch(() => undefined);
-  }
 }

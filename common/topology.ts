@@ -56,3 +56,35 @@ export const DEAD_LETTER_HEADERS = {
 export function deadLetterReason(headers: Record<string, unknown> | undefined): string {
   return String(headers?.[DEAD_LETTER_HEADERS.reason] ?? 'dead-lettered by the broker');
 }
+
+/**
+ * RabbitMQ's direct reply-to pseudo-queue. `kmj submit --wait` consumes it and publishes its
+ * request with reply-to set to it; the broker rewrites that into a per-channel address, to which
+ * the worker sends an OutcomeNotice once it has settled the message. At most once: a notice to a
+ * requester that has gone is dropped, and the MLflow run says the same thing anyway.
+ */
+export const DIRECT_REPLY_TO = 'amq.rabbitmq.reply-to';
+
+/** True for an address the broker made from DIRECT_REPLY_TO; the worker replies to no other. */
+export function isDirectReplyAddress(replyTo: unknown): replyTo is string {
+  return typeof replyTo === 'string' && replyTo.startsWith(`${DIRECT_REPLY_TO}.`);
+}
+
+/** What a worker tells the requester after settling its message. */
+export interface OutcomeNotice {
+  readonly requestId: string;
+  readonly outcome: 'acknowledged' | 'requeued' | 'dead-lettered';
+  readonly reason?: string;
+  readonly field?: string;
+  readonly runId?: string;
+}
+
+export function parseOutcomeNotice(body: Buffer): OutcomeNotice | undefined {
+  try {
+    const n = JSON.parse(body.toString('utf8')) as Partial<OutcomeNotice>;
+    if (typeof n.requestId !== 'string' || !['acknowledged', 'requeued', 'dead-lettered'].includes(String(n.outcome))) return undefined;
+    return n as OutcomeNotice;
+  } catch {
+    return undefined; // not a notice of ours: ignored
+  }
+}

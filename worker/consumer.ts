@@ -16,7 +16,7 @@ import { connect, type Channel, type ChannelModel, type ConsumeMessage } from 'a
 import { raceAbort } from '../common/abort.ts';
 import type { Logger } from '../common/log.ts';
 import { displayUrl } from '../common/redact.ts';
-import { DEAD_LETTER_HEADERS, declareDeadLetterQueue, declareRequestTopology } from '../common/topology.ts';
+import { DEAD_LETTER_HEADERS, declareDeadLetterQueue, declareRequestTopology, isDirectReplyAddress, type OutcomeNotice } from '../common/topology.ts';
 import type { WorkerConfig } from './config.ts';
 import { messageOf } from './errors.ts';
 import type { Outcome } from './pipeline.ts';
@@ -226,12 +226,41 @@ async function settle(conn: ChannelModel, ch: Channel, tag: string, msg: Consume
     }
   }
   await cancelled;
+  await sendOutcomeNotice(conn, msg, outcome, code, log);
   // channel.close is answered only after the broker processed everything sent before it.
   await raceAbort(ch.close(), bound);
   await raceAbort(conn.close(), bound);
   const message = code === EXIT.OK ? 'message acknowledged' : code === EXIT.REQUEUED ? 'message requeued' : 'message dead-lettered';
   log.info({ ...fields, exitCode: code, alreadyFinished: outcome.alreadyFinished === true }, message);
   return code;
+}
+
+/**
+ * Tells a requester that asked (reply-to set to a direct reply-to address, as `kmj submit --wait`
+ * does) how its message was settled. After the settle, on a channel of its own, bounded, and
+ * best effort: the MLflow run records the same outcome.
+ */
+async function sendOutcomeNotice(conn: ChannelModel, msg: ConsumeMessage, outcome: Outcome, code: ExitCode, log: Logger): Promise<void> {
+  const replyTo: unknown = msg.properties.replyTo;
+  if (!isDirectReplyAddress(replyTo)) return;
+  const requestId = outcome.requestId ?? (typeof msg.properties.messageId === 'string' ? msg.properties.messageId : undefined);
+  if (requestId === undefined) return;
+  const notice: OutcomeNotice = {
+    requestId,
+    outcome: code === EXIT.OK ? 'acknowledged' : code === EXIT.DEAD_LETTERED ? 'dead-lettered' : 'requeued',
+    ...(outcome.reason !== undefined ? { reason: outcome.reason.slice(0, 4000) } : {}),
+    ...(outcome.field !== undefined ? { field: outcome.field } : {}),
+    ...(outcome.runId !== undefined ? { runId: outcome.runId } : {}),
+  };
+  try {
+    const bound = AbortSignal.timeout(2000);
+    const ch = await raceAbort(conn.createChannel(), bound);
+    ch.on('error', () => undefined); // a requester gone away may close this channel: no matter
+    ch.sendToQueue(replyTo, Buffer.from(JSON.stringify(notice)), { contentType: 'application/json', correlationId: requestId });
+    await raceAbort(ch.close(), bound).catch(() => undefined);
+  } catch (err) {
+    log.debug({ err }, 'outcome notice not sent');
+  }
 }
 
 async function publishDeadLetter(conn: ChannelModel, msg: ConsumeMessage, outcome: Outcome, delivery: DeliveryInfo, config: WorkerConfig): Promise<void> {

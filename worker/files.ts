@@ -1,6 +1,7 @@
 /** File-system helpers shared by the worker's modules. */
 import { access, realpath } from 'node:fs/promises';
 import { resolve, sep } from 'node:path';
+import { PermanentError, TransientError } from './errors.ts';
 
 export async function exists(path: string): Promise<boolean> {
   try {
@@ -15,4 +16,15 @@ export async function exists(path: string): Promise<boolean> {
 export async function isUnderRoots(real: string, roots: readonly string[]): Promise<boolean> {
   const resolved = await Promise.all(roots.map((r) => realpath(r).catch(() => resolve(r))));
   return resolved.some((root) => real === root || real.startsWith(root.endsWith(sep) ? root : root + sep));
+}
+
+/**
+ * The error for a path of the request's that could not be resolved: one that is not there (or
+ * runs through a file) is the request's fault; anything else (EIO, EACCES, ESTALE, EMFILE) is
+ * the machine's, and may pass.
+ */
+export function missingOrUnreadable(err: unknown, what: string, field: string): PermanentError | TransientError {
+  const code = (err as { code?: unknown } | undefined)?.code;
+  if (code === 'ENOENT' || code === 'ENOTDIR') return new PermanentError(`${what} does not exist`, { field, cause: err });
+  return new TransientError(`${what} could not be read (${typeof code === 'string' ? code : String(err)})`, { cause: err });
 }

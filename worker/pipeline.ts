@@ -18,17 +18,18 @@ import { join } from 'node:path';
 import { abortReason, sleep } from '../common/abort.ts';
 import type { Logger } from '../common/log.ts';
 import type { WorkerConfig } from './config.ts';
+import type { DatasetBatch } from './dataset/batch.ts';
 import { openDataset } from './dataset/open.ts';
 import { PermanentError, TransientError, messageOf } from './errors.ts';
 import { MlflowHttpError } from './mlflow/http.ts';
 import { proxyPath, type KeyValue, type Metric, type MlflowTracking } from './mlflow/tracking.ts';
-import { ensureCached } from './model/cache.ts';
+import { discardCached, ensureCached } from './model/cache.ts';
 import { readMlModel } from './model/mlmodel.ts';
 import { OnnxModel, loadOnnxRuntime } from './model/onnx.ts';
 import { resolveLocalModel, resolveModel, resolveModelOffline, type ResolvedModel } from './model/resolve.ts';
 import { PredictionsWriter, contentTypeOf } from './predictions.ts';
 import { parseRequest, requestValidator, type InferenceRequest } from './request.ts';
-import { MlflowRunStore, type DeliveryInfo, type RunStore } from './run-store.ts';
+import { MlflowRunStore, type DeliveryInfo, type RunResults, type RunStore } from './run-store.ts';
 import { ClassificationScorer, RegressionScorer, type Scorer } from './scores.ts';
 import { SpoolRunStore } from './spool.ts';
 
@@ -56,6 +57,24 @@ export interface PipelineDeps {
 
 const RETRY_DELAYS_MS = [1000, 2000, 4000, 8000, 16_000];
 
+/**
+ * The part of the time budget kept for marking the run when the budget runs out: a quarter of it,
+ * at most 5 s. The work stops that much before the budget ends, so the marking fits inside it
+ * however slowly MLflow answers.
+ */
+export function cleanupReserveMs(timeBudgetMs: number): number {
+  return Math.min(5000, Math.floor(timeBudgetMs / 4));
+}
+
+/**
+ * After SIGTERM, how long marking the run KILLED may take: half the grace period, at most 5 s.
+ * The other half is the settle's and the connections' (Kubernetes' own grace period, longer
+ * still, ends in SIGKILL).
+ */
+export function shutdownCleanupMs(shutdownGraceMs: number): number {
+  return Math.min(5000, Math.floor(shutdownGraceMs / 2));
+}
+
 /** Runs one request and says how to settle its message. Never throws. */
 export async function handleDelivery(body: Buffer, delivery: DeliveryInfo, deps: PipelineDeps): Promise<Outcome> {
   const { config, log } = deps;
@@ -70,12 +89,23 @@ export async function handleDelivery(body: Buffer, delivery: DeliveryInfo, deps:
   }
   const rlog = log.child({ requestId: req.requestId });
   rlog.debug('request valid');
+  const budgetEnd = received + config.timeBudgetMs;
+  /** When marking the run must be done by: the budget's end, or sooner after SIGTERM. */
+  let cleanupEnd = budgetEnd;
   const budget = new AbortController();
-  const budgetTimer = setTimeout(() => budget.abort(new TransientError(`the time budget of ${config.timeBudgetMs} ms ran out`)), config.timeBudgetMs);
-  const onShutdown = (): void => budget.abort(abortReason(deps.shutdown));
+  const workMs = config.timeBudgetMs - cleanupReserveMs(config.timeBudgetMs);
+  const budgetTimer = setTimeout(() => budget.abort(new TransientError(`the time budget of ${config.timeBudgetMs} ms ran out`)), workMs);
+  const onShutdown = (): void => {
+    cleanupEnd = Math.min(budgetEnd, Date.now() + shutdownCleanupMs(config.shutdownGraceMs));
+    budget.abort(abortReason(deps.shutdown));
+  };
   if (deps.shutdown.aborted) onShutdown();
   else deps.shutdown.addEventListener('abort', onShutdown, { once: true });
-  const state: AttemptState = { store: undefined };
+  const state: AttemptState = { store: undefined, offline: false };
+  const mark = async (status: 'FAILED' | 'KILLED', error: string, outcome: 'dead-lettered' | 'requeued'): Promise<void> => {
+    const bound = AbortSignal.timeout(Math.max(0, cleanupEnd - Date.now()));
+    await state.store?.fail(status, error, outcome, rlog, bound);
+  };
   try {
     for (let attempt = 0; ; attempt++) {
       try {
@@ -83,13 +113,20 @@ export async function handleDelivery(body: Buffer, delivery: DeliveryInfo, deps:
         return { ...done, requestId: req.requestId };
       } catch (err) {
         if (deps.shutdown.aborted) {
-          await state.store?.fail('KILLED', 'the worker was stopped (SIGTERM); the request was requeued', 'requeued', rlog);
+          await mark('KILLED', 'the worker was stopped (SIGTERM); the request was requeued', 'requeued');
           return { action: 'requeue', reason: 'the worker was stopped (SIGTERM)', requestId: req.requestId, ...ids(state) };
+        }
+        if (!budget.signal.aborted && !state.offline && state.store?.kind === 'mlflow' && config.spoolDir !== undefined && mlflowUnreachable(err)) {
+          // MLflow went away after the run started: the run, so far and from here on, goes to
+          // the spool (kmj replay finds the MLflow run by its request id and finishes it).
+          rlog.warn({ err, spool: config.spoolDir }, 'MLflow is out of reach; recording the run in the spool');
+          state.offline = true;
+          continue;
         }
         const e = classify(err);
         if (e instanceof PermanentError) {
           rlog.warn({ err: e, field: e.field }, 'request failed permanently');
-          await state.store?.fail('FAILED', e.message, 'dead-lettered', rlog);
+          await mark('FAILED', e.message, 'dead-lettered');
           return { action: 'dead-letter', reason: e.message, requestId: req.requestId, ...(e.field !== undefined ? { field: e.field } : {}), ...ids(state) };
         }
         const delay = RETRY_DELAYS_MS[attempt];
@@ -98,11 +135,11 @@ export async function handleDelivery(body: Buffer, delivery: DeliveryInfo, deps:
             // Poison protection: this was the last delivery allowed; park it instead of looping.
             const reason = `gave up after ${delivery.attempt} deliveries: ${e.message}`;
             rlog.warn({ err: e, attempt: delivery.attempt }, 'request failed on its last allowed delivery; dead-lettering');
-            await state.store?.fail('FAILED', reason, 'dead-lettered', rlog);
+            await mark('FAILED', reason, 'dead-lettered');
             return { action: 'dead-letter', reason, requestId: req.requestId, ...ids(state) };
           }
           rlog.warn({ err: e }, 'request failed for now; requeueing');
-          await state.store?.fail('FAILED', `${e.message} (requeued)`, 'requeued', rlog);
+          await mark('FAILED', `${e.message} (requeued)`, 'requeued');
           return { action: 'requeue', reason: e.message, requestId: req.requestId, ...ids(state) };
         }
         rlog.warn({ err: e, retryInMs: delay }, 'transient failure; retrying');
@@ -118,6 +155,8 @@ export async function handleDelivery(body: Buffer, delivery: DeliveryInfo, deps:
 interface AttemptState {
   /** Where this request's run is recorded, once known. */
   store: RunStore | undefined;
+  /** MLflow went out of reach during this request: from now on the run goes to the spool. */
+  offline: boolean;
 }
 
 function ids(state: AttemptState): { runId?: string } {
@@ -140,9 +179,15 @@ export function classify(err: unknown): PermanentError | TransientError {
   return new TransientError(messageOf(err), { cause: err });
 }
 
-/** True when MLflow itself is out of reach (after the HTTP client's retries), not the request. */
+/**
+ * True when MLflow itself is out of reach (after the HTTP client's retries), not the request:
+ * the error, or what it wraps (a dataset read from MLflow), is a retryable MLflow error.
+ */
 function mlflowUnreachable(err: unknown): boolean {
-  return err instanceof MlflowHttpError && err.retryable;
+  for (let e: unknown = err, depth = 0; e instanceof Error && depth < 5; e = e.cause, depth++) {
+    if (e instanceof MlflowHttpError) return e.retryable;
+  }
+  return false;
 }
 
 /**
@@ -156,38 +201,85 @@ async function loadModel(req: InferenceRequest, deps: PipelineDeps, online: bool
   const { config } = deps;
   const t = online ? deps.tracking : undefined;
   let resolved: ResolvedModel;
-  let dir: string;
-  let cacheHit = false;
   if (req.model.startsWith('file:///')) {
     resolved = await resolveLocalModel(req.model, config.modelRoots);
-    dir = resolved.localDir ?? '';
-  } else {
-    if (t) resolved = await resolveModel(req.model, t, signal);
-    else {
-      const offline = resolveModelOffline(req.model);
-      if (!offline) throw new TransientError(`model: ${req.model} needs the Model Registry to resolve, and MLflow cannot be used now`);
-      resolved = offline;
-    }
-    const cached = await ensureCached(config.modelCacheDir, resolved.cacheKey, async (into) => {
-      if (!t) throw new TransientError(`model: ${req.model} is not in the local model cache, and MLflow cannot be used now`);
-      try {
-        const files = await t.downloadDirectory(proxyPath(resolved.artifactUri), into, signal, config.maxModelBytes);
-        if (files.length === 0) throw new PermanentError(`model: ${req.model} resolves to ${resolved.artifactUri}, which holds no files`, { field: 'model' });
-      } catch (err) {
-        if (err instanceof MlflowHttpError && err.status === 404) throw new PermanentError(`model: the files of ${req.model} are missing from the artifact store`, { field: 'model', cause: err });
-        // Too large, or a listing that cannot be trusted: retrying will not help.
-        if (err instanceof PermanentError && err.field === undefined) throw new PermanentError(`model: ${err.message}`, { field: 'model', cause: err });
-        throw err;
-      }
-    });
-    dir = cached.dir;
-    cacheHit = cached.hit;
+    const dir = resolved.localDir ?? '';
+    const model = await openModel(dir, config, { missingIsPermanent: true });
+    return { model, resolved, cacheHit: false, seconds: (performance.now() - started) / 1000 };
   }
-  deps.log.debug({ hit: cacheHit }, 'model files ready');
-  const mlmodel = await readMlModel(dir);
-  // A warm-up batch up to 4096 rows: enough to size onnxruntime's buffers, cheap for big models.
-  const model = await OnnxModel.load(dir, mlmodel, { intraOpThreads: config.onnxThreads, warmUpRows: Math.min(config.batchRows, 4096) });
+  if (t) resolved = await resolveModel(req.model, t, signal);
+  else {
+    const offline = resolveModelOffline(req.model);
+    if (!offline) throw new TransientError(`model: ${req.model} needs the Model Registry to resolve, and MLflow cannot be used now`);
+    resolved = offline;
+  }
+  const key = resolved.cacheKey;
+  const fill = async (into: string): Promise<void> => {
+    if (!t) throw new TransientError(`model: ${req.model} is not in the local model cache, and MLflow cannot be used now`);
+    try {
+      const files = await t.downloadDirectory(proxyPath(resolved.artifactUri), into, signal, config.maxModelBytes);
+      if (files.length === 0) throw new PermanentError(`model: ${req.model} resolves to ${resolved.artifactUri}, which holds no files`, { field: 'model' });
+    } catch (err) {
+      if (err instanceof MlflowHttpError && err.status === 404) throw new PermanentError(`model: the files of ${req.model} are missing from the artifact store`, { field: 'model', cause: err });
+      // Too large, or a listing that cannot be trusted: retrying will not help.
+      if (err instanceof PermanentError && err.field === undefined) throw new PermanentError(`model: ${err.message}`, { field: 'model', cause: err });
+      throw err;
+    }
+  };
+  const cached = await ensureCached(config.modelCacheDir, key, fill);
+  deps.log.debug({ hit: cached.hit }, 'model files ready');
+  let model: OnnxModel;
+  let cacheHit = cached.hit;
+  try {
+    model = await openModel(cached.dir, config);
+  } catch (err) {
+    // A copy that was on disk may have been damaged since (or by a bug of an older worker); a
+    // fresh copy whose files could not be read points at the disk. Either way: once more, from
+    // MLflow. A fresh copy refused for its content is the request's fault, and so is a copy
+    // refused for its content when MLflow is out of reach: it is the only copy there is.
+    if (!(err instanceof TransientError) && (!cached.hit || !t)) throw err;
+    deps.log.warn({ err, dir: cached.dir, hit: cached.hit }, 'the cached model could not be loaded; fetching it again');
+    await discardCached(cached.dir, cached.id);
+    const again = await ensureCached(config.modelCacheDir, key, fill);
+    cacheHit = again.hit;
+    try {
+      model = await openModel(again.dir, config);
+    } catch (err2) {
+      if (!(err2 instanceof TransientError)) throw err2;
+      throw new TransientError(`model: ${req.model} could not be read from the model cache, even after fetching it again: ${err2.message}`, { cause: err2, retryInProcess: false });
+    }
+  }
   return { model, resolved, cacheHit, seconds: (performance.now() - started) / 1000 };
+}
+
+/** Reads the MLmodel file and loads the ONNX model of a model directory. */
+async function openModel(dir: string, config: WorkerConfig, options: { missingIsPermanent?: boolean } = {}): Promise<OnnxModel> {
+  const mlmodel = await readMlModel(dir, options);
+  // A warm-up batch up to 4096 rows: enough to size onnxruntime's buffers, cheap for big models.
+  return OnnxModel.load(dir, mlmodel, { intraOpThreads: config.onnxThreads, warmUpRows: Math.min(config.batchRows, 4096) });
+}
+
+/**
+ * The NaN and infinite cells of the batch's numeric model inputs. Refused, with the row and the
+ * column named, unless the request allows them (dataset.nonFinite "allow"); then counted.
+ */
+function countNonFinite(batch: DatasetBatch, numberColumns: readonly number[], columns: readonly string[], allow: boolean): number {
+  let n = 0;
+  for (const j of numberColumns) {
+    const col = batch.numbers(j);
+    for (let i = 0; i < col.length; i++) {
+      const x = col[i] as number;
+      if (x - x === 0) continue; // finite; NaN and ±Infinity give NaN
+      if (!allow) {
+        throw new PermanentError(
+          `dataset: row ${batch.firstRow + i}, column ${JSON.stringify(columns[j] ?? String(j))}: ${x} is not a finite number; set dataset.nonFinite to "allow" to give NaN and infinities to the model`,
+          { field: 'dataset' },
+        );
+      }
+      n++;
+    }
+  }
+  return n;
 }
 
 type Loaded = Awaited<ReturnType<typeof loadModel>>;
@@ -201,8 +293,8 @@ type Loaded = Awaited<ReturnType<typeof loadModel>>;
 async function openRunAndModel(req: InferenceRequest, delivery: DeliveryInfo, deps: PipelineDeps, signal: AbortSignal, state: AttemptState, log: Logger): Promise<{ begun: 'finished' | 'started'; loaded: Loaded | undefined; failure: unknown }> {
   const { config } = deps;
   const spool = (): RunStore => new SpoolRunStore(config.spoolDir ?? '', req, delivery, config, deps.workerVersion, log);
-  const online = deps.tracking !== undefined;
-  let store: RunStore = deps.tracking ? new MlflowRunStore(deps.tracking, req, delivery, config, deps.workerVersion, log) : spool();
+  const online = deps.tracking !== undefined && !state.offline;
+  let store: RunStore = deps.tracking && online ? new MlflowRunStore(deps.tracking, req, delivery, config, deps.workerVersion, log) : spool();
   state.store = store;
   let [begun, model] = await Promise.allSettled([store.begin(signal), loadModel(req, deps, online, signal)]);
   if (begun.status === 'rejected' && store.kind === 'mlflow' && config.spoolDir !== undefined && mlflowUnreachable(begun.reason)) {
@@ -265,6 +357,8 @@ async function runOnce(
     const writer = new PredictionsWriter(file, format, model.outputNames, req.labelColumn);
     let inferenceMs = 0;
     let rows = 0;
+    const allowNonFinite = req.dataset.nonFinite === 'allow';
+    let nonFinite = 0;
     try {
       // Batches are pipelined: while onnxruntime works on one batch (on its own threads), the
       // main thread reads and parses the next one.
@@ -276,6 +370,7 @@ async function runOnce(
           if (step.done) break;
           const batch = step.value;
           if (signal.aborted) throw abortReason(signal);
+          nonFinite += countNonFinite(batch, plan.wants.numbers, columns, allowNonFinite);
           const t0 = performance.now();
           const running = model.run(plan, batch);
           next = batches.next();
@@ -315,6 +410,7 @@ async function runOnce(
       // Reading, inference and writing predictions: what a user waits for per row.
       rows_per_second: processingSeconds > 0 ? rows / processingSeconds : 0,
       ...(scorer ? scorer.metrics() : {}),
+      ...(allowNonFinite ? { non_finite_values: nonFinite } : {}),
     };
     const metrics: Metric[] = Object.entries(values).map(([key, value]) => ({ key, value, timestamp: now, step: 0 }));
     const tags: KeyValue[] = [
@@ -325,8 +421,7 @@ async function runOnce(
     ];
     if (resolved.name !== undefined) tags.push({ key: 'kmj.model_name', value: resolved.name });
     if (resolved.version !== undefined) tags.push({ key: 'kmj.model_version', value: resolved.version });
-    await store.complete(
-      {
+    const results: RunResults = {
         metrics,
         tags,
         input: {
@@ -340,10 +435,20 @@ async function runOnce(
         },
         artifact: { file, path: `predictions/predictions.${format}`, contentType: contentTypeOf(file) },
         endTime: Date.now(),
-      },
-      signal,
-    );
-    log.info({ runId: store.runId, recordedIn: store.kind, rows, modelVersion: resolved.version, seconds: totalSeconds }, 'run finished');
+    };
+    try {
+      await store.complete(results, signal);
+    } catch (err) {
+      if (store.kind !== 'mlflow' || config.spoolDir === undefined || signal.aborted || !mlflowUnreachable(err)) throw err;
+      // The results are in hand: they go to the spool as they are, with no second inference.
+      log.warn({ err, spool: config.spoolDir }, 'MLflow is out of reach; recording the run in the spool');
+      state.offline = true;
+      state.store = new SpoolRunStore(config.spoolDir, req, delivery, config, deps.workerVersion, log);
+      await state.store.begin(signal);
+      await state.store.complete(results, signal);
+    }
+    const recorded = state.store as RunStore;
+    log.info({ runId: recorded.runId, recordedIn: recorded.kind, rows, modelVersion: resolved.version, seconds: totalSeconds }, 'run finished');
     return { action: 'ack', ...ids(state) };
   } finally {
     await model.release();

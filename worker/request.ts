@@ -2,6 +2,7 @@
  * The request message: JSON, validated against schemas/request-v1.schema.json, plus the checks a
  * schema cannot say clearly. Every problem names its field: `dataset.format: must be one of csv, jsonl`.
  */
+import { isUtf8 } from 'node:buffer';
 import { readFile } from 'node:fs/promises';
 import { pathToFileURL } from 'node:url';
 import type { ErrorObject } from 'ajv';
@@ -19,6 +20,7 @@ export interface InferenceRequest {
     readonly rows?: ReadonlyArray<Readonly<Record<string, unknown>>>;
     readonly format?: DataFormat;
     readonly name?: string;
+    readonly nonFinite?: 'refuse' | 'allow';
   };
   readonly experiment: string;
   readonly runName?: string;
@@ -106,12 +108,23 @@ export function parseRequest(body: Buffer, maxBytes: number, validate: RequestVa
   if (body.length > maxBytes) {
     throw new PermanentError(`message: is ${body.length} bytes, more than the limit of ${maxBytes}`, { field: 'message' });
   }
+  // A byte-order mark is no part of the JSON; some tools on some platforms write one.
+  const bytes = body[0] === 0xef && body[1] === 0xbb && body[2] === 0xbf ? body.subarray(3) : body;
+  const firstBad = isUtf8(bytes) ? -1 : firstInvalidUtf8(bytes);
   let data: unknown;
   try {
-    data = JSON.parse(body.toString('utf8'));
+    // Bytes that are not UTF-8 become lone surrogates (which valid UTF-8 can never decode to), so
+    // the walk below can name the field they were in.
+    data = JSON.parse(firstBad < 0 ? bytes.toString('utf8') : markInvalidUtf8(bytes));
   } catch (err) {
+    if (firstBad >= 0) throw new PermanentError(`message: is not valid UTF-8 (byte ${firstBad + (bytes === body ? 0 : 3)})`, { field: 'message' });
     throw new PermanentError(`message: is not valid JSON (${(err as Error).message})`, { field: 'message' });
   }
+  const badText = notWellFormed(data, '');
+  if (badText.length > 0) {
+    throw new PermanentError(`invalid request: ${badText.map((f) => `${f || 'message'}: is not valid UTF-8 text`).join('; ')}`, { field: badText[0] || 'message' });
+  }
+  if (firstBad >= 0) throw new PermanentError(`message: is not valid UTF-8 (byte ${firstBad + (bytes === body ? 0 : 3)})`, { field: 'message' });
   const problems: string[] = [];
   if (!validate(data)) {
     const errs = validate.errors ?? [];
@@ -140,4 +153,61 @@ export function parseRequest(body: Buffer, maxBytes: number, validate: RequestVa
     throw new PermanentError(`invalid request: ${problems.join('; ')}`, { field: first.slice(0, first.indexOf(':')) });
   }
   return data as InferenceRequest;
+}
+
+/** Length of the valid UTF-8 sequence at `i`, or 0 when the byte there starts none. */
+function utf8SequenceAt(b: Buffer, i: number): number {
+  const c = b[i] as number;
+  if (c < 0x80) return 1;
+  const cont = (k: number): boolean => i + k < b.length && ((b[i + k] as number) & 0xc0) === 0x80;
+  if (c >= 0xc2 && c <= 0xdf) return cont(1) ? 2 : 0;
+  if (c >= 0xe0 && c <= 0xef) {
+    const c1 = b[i + 1] as number;
+    // No overlong forms (E0 80..9F) and no surrogates (ED A0..BF).
+    if ((c === 0xe0 && c1 < 0xa0) || (c === 0xed && c1 > 0x9f)) return 0;
+    return cont(1) && cont(2) ? 3 : 0;
+  }
+  if (c >= 0xf0 && c <= 0xf4) {
+    const c1 = b[i + 1] as number;
+    // No overlong forms (F0 80..8F) and nothing past U+10FFFF (F4 90..).
+    if ((c === 0xf0 && c1 < 0x90) || (c === 0xf4 && c1 > 0x8f)) return 0;
+    return cont(1) && cont(2) && cont(3) ? 4 : 0;
+  }
+  return 0;
+}
+
+function firstInvalidUtf8(b: Buffer): number {
+  for (let i = 0; i < b.length; ) {
+    const n = utf8SequenceAt(b, i);
+    if (n === 0) return i;
+    i += n;
+  }
+  return -1;
+}
+
+/** The text with every byte that is not part of valid UTF-8 written as the JSON escape of U+DFFF. */
+function markInvalidUtf8(b: Buffer): string {
+  const parts: string[] = [];
+  let start = 0;
+  for (let i = 0; i < b.length; ) {
+    const n = utf8SequenceAt(b, i);
+    if (n > 0) {
+      i += n;
+      continue;
+    }
+    parts.push(b.toString('utf8', start, i), '\\udfff');
+    start = ++i;
+  }
+  parts.push(b.toString('utf8', start));
+  return parts.join('');
+}
+
+/** Fields (as `tags.owner`, `dataset.rows[2].city`) whose text or key is not well-formed Unicode. */
+function notWellFormed(v: unknown, at: string): string[] {
+  if (typeof v === 'string') return v.isWellFormed() ? [] : [at];
+  if (Array.isArray(v)) return v.flatMap((x, i) => notWellFormed(x, `${at}[${i}]`));
+  if (v !== null && typeof v === 'object') {
+    return Object.entries(v).flatMap(([k, x]) => (k.isWellFormed() ? notWellFormed(x, at ? `${at}.${k}` : k) : [at ? `${at} (a key)` : 'message (a key)']));
+  }
+  return [];
 }

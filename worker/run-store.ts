@@ -43,8 +43,8 @@ export interface RunStore {
   /** Finds or makes the request's run; 'finished' when it already has a FINISHED one. */
   begin(signal: AbortSignal): Promise<'finished' | 'started'>;
   complete(results: RunResults, signal: AbortSignal): Promise<void>;
-  /** Marks the run (if any) with a status and the error; best effort, bounded in time. */
-  fail(status: 'FAILED' | 'KILLED', error: string, outcome: 'dead-lettered' | 'requeued', log: Logger): Promise<void>;
+  /** Marks the run (if any) with a status and the error; best effort, done or given up when `signal` aborts. */
+  fail(status: 'FAILED' | 'KILLED', error: string, outcome: 'dead-lettered' | 'requeued', log: Logger, signal: AbortSignal): Promise<void>;
 }
 
 function datasetForDisplay(uri: string): string {
@@ -212,10 +212,9 @@ export class MlflowRunStore implements RunStore {
     await t.updateRun(run.run_id, 'FINISHED', results.endTime, signal);
   }
 
-  async fail(status: 'FAILED' | 'KILLED', error: string, outcome: 'dead-lettered' | 'requeued', log: Logger): Promise<void> {
+  async fail(status: 'FAILED' | 'KILLED', error: string, outcome: 'dead-lettered' | 'requeued', log: Logger, signal: AbortSignal): Promise<void> {
     const runId = this.#run?.run_id;
     if (runId === undefined) return;
-    const signal = AbortSignal.timeout(Math.min(5000, this.#config.shutdownGraceMs));
     // Separate calls: one failing (it may be the endpoint that broke) must not keep the others
     // from landing.
     const results = await Promise.allSettled([

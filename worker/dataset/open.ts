@@ -12,7 +12,7 @@ import { basename, isAbsolute } from 'node:path';
 import type { Readable } from 'node:stream';
 import { displayUrl } from '../../common/redact.ts';
 import { PermanentError, TransientError, messageOf } from '../errors.ts';
-import { isUnderRoots } from '../files.ts';
+import { isUnderRoots, missingOrUnreadable } from '../files.ts';
 import { discard, isRetryableStatus, send, type HttpResponse } from '../http-request.ts';
 import { MlflowHttpError } from '../mlflow/http.ts';
 import { proxyPath, type MlflowTracking } from '../mlflow/tracking.ts';
@@ -84,8 +84,8 @@ async function openLocal(uri: string, limits: DatasetLimits): Promise<ByteSource
   let real: string;
   try {
     real = await realpath(raw);
-  } catch {
-    throw new PermanentError(`dataset.uri: ${raw} does not exist`, { field: 'dataset.uri' });
+  } catch (err) {
+    throw missingOrUnreadable(err, `dataset.uri: ${raw}`, 'dataset.uri');
   }
   if (!(await isUnderRoots(real, limits.localRoots))) {
     throw new PermanentError(`dataset.uri: ${raw} is outside the worker's dataset roots (${limits.localRoots.join(', ')})`, { field: 'dataset.uri' });

@@ -39,6 +39,9 @@ export interface MlflowHttpOptions {
   readonly log: Logger;
 }
 
+/** How MLflow's SQL store reports a lost race between two inserts of the same key. */
+const WRITE_RACE = /IntegrityError|UniqueViolation|UNIQUE constraint failed|duplicate key value violates unique constraint/;
+
 /** A non-2xx answer from MLflow, or no answer at all. */
 export class MlflowHttpError extends Error {
   override readonly name = 'MlflowHttpError';
@@ -54,9 +57,14 @@ export class MlflowHttpError extends Error {
     this.errorCode = errorCode;
   }
 
-  /** 408, 429, 5xx and network errors: worth another attempt. */
+  /**
+   * 408, 429, 5xx and network errors: worth another attempt. So is the 400 an MLflow server gives
+   * when two writers race on one of its unique keys (two runs of an experiment logging the same
+   * dataset at once: SQLite's "UNIQUE constraint failed", Postgres' "duplicate key value"): the
+   * next attempt finds the row the other writer made.
+   */
   get retryable(): boolean {
-    return isRetryableStatus(this.status);
+    return isRetryableStatus(this.status) || (this.status === 400 && WRITE_RACE.test(this.message));
   }
 }
 

@@ -4,12 +4,12 @@
  * What it writes reads back through the Python client exactly as if Python had logged it.
  */
 import { createWriteStream } from 'node:fs';
-import { mkdir } from 'node:fs/promises';
+import { mkdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import type { Readable } from 'node:stream';
 import { discard, readText } from '../http-request.ts';
-import { PermanentError } from '../errors.ts';
+import { PermanentError, TransientError } from '../errors.ts';
 import { MlflowHttp, MlflowHttpError } from './http.ts';
 
 /** MLflow's documented limits for one runs/log-batch request. */
@@ -258,7 +258,7 @@ export class MlflowTracking {
     let total = 0;
     const walk = async (relDir: string): Promise<void> => {
       const listed = relDir ? `${proxyDir}/${relDir}` : proxyDir;
-      const files: string[] = [];
+      const files: Array<{ rel: string; size: number | undefined }> = [];
       for (const f of await this.listArtifacts(listed, signal)) {
         // The proxy names entries relative to the directory listed (older servers: relative to the root).
         const name = f.path.startsWith(`${listed}/`) ? f.path.slice(listed.length + 1) : f.path;
@@ -270,12 +270,17 @@ export class MlflowTracking {
         }
         total += f.file_size ?? 0;
         if (total > maxBytes) throw new PermanentError(`the model directory is larger than the limit of ${maxBytes} bytes`);
-        files.push(rel);
+        files.push({ rel, size: f.file_size });
       }
       await mkdir(relDir ? join(dest, relDir) : dest, { recursive: true });
       await Promise.all(
-        files.map(async (rel) => {
-          await this.openArtifact(`${proxyDir}/${rel}`, signal, (body) => pipeline(body, createWriteStream(join(dest, rel))));
+        files.map(async ({ rel, size }) => {
+          const file = join(dest, rel);
+          await this.openArtifact(`${proxyDir}/${rel}`, signal, (body) => pipeline(body, createWriteStream(file)));
+          // A body cut short without an error (a proxy closing a chunked answer early) is caught
+          // here, not by onnxruntime as a "malformed" model.
+          const got = (await stat(file)).size;
+          if (size !== undefined && got !== size) throw new TransientError(`model: ${rel} arrived with ${got} of its ${size} bytes`);
           written.push(rel);
         }),
       );

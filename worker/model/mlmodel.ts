@@ -1,7 +1,7 @@
 /** The parts of an MLflow `MLmodel` file the worker needs: the ONNX flavor and the signature. */
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { PermanentError } from '../errors.ts';
+import { PermanentError, TransientError } from '../errors.ts';
 
 /** One column of a column-based MLflow signature. */
 export interface ColumnSpec {
@@ -18,14 +18,30 @@ export interface MlModel {
   readonly inputColumns: readonly ColumnSpec[] | undefined;
 }
 
-export async function readMlModel(dir: string): Promise<MlModel> {
+/**
+ * Reads `<dir>/MLmodel`. A file that cannot be read is the machine's fault (a cache entry gone,
+ * a volume failing): TransientError. Only a file read whole that says the wrong thing is the
+ * request's: PermanentError. `missingIsPermanent`: for a user's own model directory, where a
+ * missing MLmodel means the URI names something that is not a model.
+ */
+export async function readMlModel(dir: string, options: { missingIsPermanent?: boolean } = {}): Promise<MlModel> {
   // yaml is loaded here, not at start-up: only a model load needs it.
   const { parse } = await import('yaml');
+  let text: string;
+  try {
+    text = await readFile(join(dir, 'MLmodel'), 'utf8');
+  } catch (err) {
+    const code = (err as { code?: unknown }).code;
+    if (options.missingIsPermanent === true && (code === 'ENOENT' || code === 'ENOTDIR')) {
+      throw new PermanentError(`model: the model directory has no MLmodel file`, { field: 'model', cause: err });
+    }
+    throw new TransientError(`model: the MLmodel file could not be read (${(err as Error).message})`, { cause: err });
+  }
   let doc: unknown;
   try {
-    doc = parse(await readFile(join(dir, 'MLmodel'), 'utf8'));
+    doc = parse(text);
   } catch (err) {
-    throw new PermanentError(`model: the model directory has no readable MLmodel file (${(err as Error).message})`, { field: 'model', cause: err });
+    throw new PermanentError(`model: the MLmodel file is not valid YAML (${(err as Error).message})`, { field: 'model', cause: err });
   }
   const d = (doc ?? {}) as { flavors?: { onnx?: { data?: unknown } }; signature?: { inputs?: unknown } };
   const onnxFile = d.flavors?.onnx?.data;

@@ -12,7 +12,7 @@
  */
 import { join } from 'node:path';
 import type * as Ort from 'onnxruntime-node';
-import { PermanentError } from '../errors.ts';
+import { PermanentError, TransientError } from '../errors.ts';
 import type { ColumnWants, DatasetBatch } from '../dataset/batch.ts';
 import type { MlModel } from './mlmodel.ts';
 
@@ -56,6 +56,12 @@ export interface OnnxOptions {
   /** Rows of zeros for the warm-up run (default 1). */
   readonly warmUpRows?: number;
 }
+
+/**
+ * onnxruntime's words for a model file (or its external data) it could not open or read, as
+ * opposed to one it read and refused.
+ */
+const FILE_FAULT = /doesn't exist|does not exist|no such file|permission denied|input\/output error|failed to open|cannot open|couldn't open|unable to open|bad file descriptor|stale file handle|too many open files|read error|errno/i;
 
 /** onnxruntime-node, loaded on first use: the worker starts (and reaches the broker) without it. */
 let runtime: typeof Ort | undefined;
@@ -110,7 +116,11 @@ export class OnnxModel {
         extra: { session: { intra_op: { allow_spinning: '0' }, inter_op: { allow_spinning: '0' } } },
       });
     } catch (err) {
-      throw new PermanentError(`model: onnxruntime cannot load ${mlmodel.onnxFile}: ${(err as Error).message}`, { field: 'model', cause: err });
+      const message = `model: onnxruntime cannot load ${mlmodel.onnxFile}: ${(err as Error).message}`;
+      // A file that is not there or cannot be read is the machine's fault; only a model read
+      // whole that onnxruntime refuses is the request's.
+      if (FILE_FAULT.test((err as Error).message)) throw new TransientError(message, { cause: err });
+      throw new PermanentError(message, { field: 'model', cause: err });
     }
     const model = new OnnxModel(session, mlmodel);
     await model.#warmUp(Math.max(1, options.warmUpRows ?? 1));

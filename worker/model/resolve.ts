@@ -15,7 +15,7 @@
 import { createHash } from 'node:crypto';
 import { realpath } from 'node:fs/promises';
 import { PermanentError } from '../errors.ts';
-import { isUnderRoots } from '../files.ts';
+import { isUnderRoots, missingOrUnreadable } from '../files.ts';
 import { MlflowHttpError } from '../mlflow/http.ts';
 import { quoteFilterValue, type MlflowTracking } from '../mlflow/tracking.ts';
 
@@ -131,8 +131,8 @@ export async function resolveLocalModel(uri: string, roots: readonly string[]): 
   let real: string;
   try {
     real = await realpath(path);
-  } catch {
-    throw new PermanentError(`model: ${path} does not exist`, { field: 'model' });
+  } catch (err) {
+    throw missingOrUnreadable(err, `model: ${path}`, 'model');
   }
   if (!(await isUnderRoots(real, roots))) {
     throw new PermanentError(`model: ${path} is outside the worker's model roots (${roots.join(', ')})`, { field: 'model' });
