@@ -200,6 +200,63 @@ describe('kmj worker records runs in the spool', () => {
   });
 });
 
+describe('kmj worker: MLflow cut after the run started, with KMJ_SPOOL_DIR set', () => {
+  const model = `models:/${classifier?.name}/${classifier?.version}`;
+  const RUN_WRITES = /^\/api\/2\.0\/mlflow\/runs\/(log-batch|log-inputs|update|set-tag)$/;
+  /** Everything but the calls that find or make the run. */
+  const AFTER_BEGIN = /^(?!\/api\/2\.0\/mlflow\/(experiments\/get-by-name|experiments\/create|runs\/search|runs\/create)$)/;
+  const cuts: Array<{ name: string; cut: (p: FaultProxy) => void }> = [
+    {
+      name: 'every write to the run dropped (the results go to the spool as they are)',
+      cut: (p) => {
+        p.inject({ path: RUN_WRITES, drop: true });
+        p.inject({ path: ARTIFACT_PUT, method: 'PUT', drop: true });
+      },
+    },
+    { name: 'every call after runs/create dropped, the registry too (the request runs again offline)', cut: (p) => p.inject({ path: AFTER_BEGIN, drop: true }) },
+  ];
+
+  it.each(cuts)('$name: acked, spooled, and replayed once into the run MLflow already had', async ({ cut }) => {
+    const spool = cleanups.tempDir('kmj-spool-');
+    const cache = cleanups.tempDir('kmj-cache-');
+    const queue = await cleanups.requestQueue();
+    // An earlier online run puts the model in the cache.
+    await publish(queue, request({ model }));
+    const warm = await worker(queue, spoolEnv(spool, { MLFLOW_TRACKING_URI: MLFLOW_URL, KMJ_MODEL_CACHE_DIR: cache })).done;
+    expect(warm.code, warm.stderr.slice(-2000)).toBe(EXIT.OK);
+
+    const p = await FaultProxy.start(MLFLOW_URL);
+    cleanups.defer(() => p.close());
+    cut(p);
+    const req = request({ model });
+    await publish(queue, req);
+    const cutOff = await worker(queue, spoolEnv(spool, { MLFLOW_TRACKING_URI: p.url, KMJ_MODEL_CACHE_DIR: cache })).done;
+    expect(cutOff.code, cutOff.stderr.slice(-2000)).toBe(EXIT.OK);
+    expect(logLine(cutOff, 'run started')).toBeDefined();
+    expect(logLine(cutOff, 'MLflow is out of reach; recording the run in the spool')).toMatchObject({ level: 'warn', spool });
+    expect(logLine(cutOff, 'message acknowledged')).toMatchObject({ requestId: req.requestId, runId: `spool:${req.requestId}` });
+    expect(await queueState(queue)).toEqual({ messages: 0, consumers: 0 });
+    expect(await drain(`${queue}.dead`)).toEqual([]);
+    expect(readdirSync(spool)).toEqual([req.requestId]);
+    const entry = spooled(join(spool, req.requestId));
+    expect(entry.metrics.find((m) => m.key === 'rows')?.value).toBe(150);
+    // The run MLflow got before the cut is there, unfinished.
+    const before = await runsOfRequest(req.experiment, req.requestId);
+    expect(before.map((r) => r.info.status)).toEqual(['RUNNING']);
+
+    const replayed = await replay(['--to', MLFLOW_URL, '--spool', spool]);
+    expect(replayed.code, replayed.stderr).toBe(0);
+    const runId = before[0]?.info.run_id ?? '';
+    expect(replayed.stdout).toBe(`${'replayed'.padEnd(17)} ${req.requestId} → run ${runId}\n1 of 1 spooled runs are in MLflow\n`);
+    const after = await runsOfRequest(req.experiment, req.requestId);
+    expect(after.map((r) => [r.info.run_id, r.info.status])).toEqual([[runId, 'FINISHED']]);
+    const py = await readRunWithPython(runId);
+    expect(py.metrics['rows']).toBe(150);
+    expect(parseCsv(py.artifacts['predictions/predictions.csv'] ?? '').map((r) => Number(r['output_label']))).toEqual(expectedLabels);
+    expect(py.tags['kmj.error']).toBeUndefined();
+  });
+});
+
 describe('kmj worker with the spool and a dataset in MLflow', () => {
   it('MLflow out of reach, dataset in MLflow artifacts: the request is requeued, not dead-lettered', async () => {
     const spool = cleanups.tempDir('kmj-spool-');

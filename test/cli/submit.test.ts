@@ -10,7 +10,7 @@ import { packageFile } from '../../common/paths.ts';
 import { AmqpFaultProxy } from '../helpers/amqp-fault-proxy.ts';
 import { Cleanups, deleteQueues } from '../helpers/cleanups.ts';
 import { RABBITMQ_URL } from '../helpers/env.ts';
-import { closedPort, kmjWorkerEnv, lines, managementQueue, runKmj, startKmj, type KmjExit, type KmjProcess } from '../helpers/kmj.ts';
+import { closedPort, kmjWorkerEnv, lines, managementQueue, queuePolicy, runKmj, startKmj, type KmjExit, type KmjProcess } from '../helpers/kmj.ts';
 import { MLFLOW_URL, drain, fixtures, queueState, runsOf, uniqueId, type RestRun } from '../helpers/worker.ts';
 
 const f = fixtures();
@@ -469,6 +469,28 @@ describe('kmj submit --wait', () => {
     const [requestId] = lines(result.stdout);
     expect(dead[0]?.properties.messageId).toBe(requestId);
     expect(result.stdout).toBe(`${requestId}\nDEAD-LETTERED: message: is ${dead[0]?.content.length} bytes, more than the limit of 1024\n`);
+    expect(await runsOf(queue)).toEqual([]);
+  });
+
+  it('requests refused before any run, followed with --wait again and again, on a dead-letter queue with a delivery limit of 1: every dead letter stays, never redelivered', async () => {
+    const queue = await cleanups.requestQueue();
+    // RabbitMQ 4 gives quorum queues a delivery limit (20) by default; a look that returns a
+    // message counts as a delivery, and past the limit the message is dropped.
+    await queuePolicy(`${queue}.dead`, { 'delivery-limit': 1 }, cleanups);
+    const ids: string[] = [];
+    for (let i = 0; i < 4; i++) {
+      const w = worker(queue, { KMJ_MAX_MESSAGE_BYTES: '1024' });
+      const result = await submit(['--queue', queue, '--model', MODEL, '--dataset', f.datasets.csv, '--tag', `pad=${'x'.repeat(1200)}`, '--wait', '--timeout', '60'], { MLFLOW_TRACKING_URI: MLFLOW_URL });
+      expect((await w.done).code).toBe(10);
+      expect(result.code, result.stderr).toBe(SUBMIT_EXIT.DEAD_LETTERED);
+      const [requestId = ''] = lines(result.stdout);
+      expect(result.stdout).toMatch(new RegExp(`^${requestId}\nDEAD-LETTERED: message: is \\d+ bytes, more than the limit of 1024\n$`));
+      ids.push(requestId);
+    }
+    const dead = await drain(`${queue}.dead`);
+    expect(dead.map((m) => m.properties.messageId)).toEqual(ids);
+    // Never returned to the queue by a look: no delivery was counted against any of them.
+    expect(dead.map((m) => m.properties.headers?.['x-delivery-count'])).toEqual([0, 0, 0, 0]);
     expect(await runsOf(queue)).toEqual([]);
   });
 

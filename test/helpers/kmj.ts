@@ -148,13 +148,36 @@ export interface ManagementQueue {
 
 /** A queue as the management API describes it (its type and arguments, which AMQP cannot tell). */
 export async function managementQueue(queue: string): Promise<ManagementQueue> {
+  const res = await management(`queues/%2F/${encodeURIComponent(queue)}`);
+  if (!res.ok) throw new Error(`management API: HTTP ${res.status} for queue ${queue}`);
+  return (await res.json()) as ManagementQueue;
+}
+
+/** A call to RabbitMQ's management HTTP API, `path` under /api/. */
+async function management(path: string, init: { method?: string; body?: unknown } = {}): Promise<Response> {
   const u = new URL(RABBITMQ_MANAGEMENT_URL);
   const auth = `Basic ${Buffer.from(`${decodeURIComponent(u.username)}:${decodeURIComponent(u.password)}`).toString('base64')}`;
   u.username = '';
   u.password = '';
-  const res = await fetch(`${u.toString().replace(/\/+$/, '')}/api/queues/%2F/${encodeURIComponent(queue)}`, { headers: { authorization: auth } });
-  if (!res.ok) throw new Error(`management API: HTTP ${res.status} for queue ${queue}`);
-  return (await res.json()) as ManagementQueue;
+  return fetch(`${u.toString().replace(/\/+$/, '')}/api/${path}`, {
+    method: init.method ?? 'GET',
+    headers: { authorization: auth, 'content-type': 'application/json' },
+    ...(init.body !== undefined ? { body: JSON.stringify(init.body) } : {}),
+  });
+}
+
+/**
+ * Gives one queue a policy (e.g. a delivery limit, as RabbitMQ 4 gives every quorum queue by
+ * default), removed after the test.
+ */
+export async function queuePolicy(queue: string, definition: Record<string, unknown>, cleanups: Cleanups): Promise<void> {
+  const name = `kmj-test-${queue}`;
+  const pattern = `^${queue.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`;
+  const res = await management(`policies/%2F/${encodeURIComponent(name)}`, { method: 'PUT', body: { pattern, definition, 'apply-to': 'queues', priority: 100 } });
+  if (!res.ok) throw new Error(`management API: HTTP ${res.status} setting policy ${name}: ${await res.text()}`);
+  cleanups.defer(async () => {
+    await management(`policies/%2F/${encodeURIComponent(name)}`, { method: 'DELETE' });
+  });
 }
 
 /** The non-empty lines of a command's output. */

@@ -11,7 +11,7 @@ import { drain, fixtures, publish, queueState, request, requestQueue, runsOf, st
 
 const f = fixtures();
 const WORKERS = 8;
-const ROUNDS = 6;
+const ROUNDS = 16;
 
 describe('eight workers on one empty model cache', () => {
   it(`finishes every request, ${ROUNDS} rounds of ${WORKERS} workers`, { timeout: 300_000 }, async () => {

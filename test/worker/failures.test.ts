@@ -27,7 +27,9 @@ import {
   request,
   runWorker,
   runsOf,
+  startWorker,
   tagsOf,
+  waitForLog,
   type RestRun,
   type WorkerResult,
 } from '../helpers/worker.ts';
@@ -350,6 +352,21 @@ describe('unreadable datasets fail the run and dead-letter the request', () => {
     await expectDeadLettered(queue, body, { reason: error, field: 'dataset', runId: run.info.run_id });
   });
 
+  it('a NaN or infinite feature cell, naming its row and column (dataset.nonFinite defaults to refuse)', async () => {
+    for (const [cell, shown] of [['NaN', 'NaN'], ['-Infinity', '-Infinity'], ['inf', undefined]] as const) {
+      const path = writeCsv('nan.csv', editedIris((lines) => lines.map((l, i) => (i === 9 ? l.split(',').map((v, j) => (j === 2 ? cell : v)).join(',') : l))));
+      const req = request({ dataset: { uri: path } });
+      const { queue, body, result } = await runOne(req);
+      expect(result.code).toBe(EXIT.DEAD_LETTERED);
+      // "inf" is no number at all to JavaScript: refused as a word, like "three".
+      const error = shown === undefined
+        ? `dataset: row 9, column "${f.features[2]}": "inf" is not a number`
+        : `dataset: row 9, column "${f.features[2]}": ${shown} is not a finite number; set dataset.nonFinite to "allow" to give NaN and infinities to the model`;
+      const run = await expectOneFailedRun(req.experiment, error);
+      await expectDeadLettered(queue, body, { reason: error, field: 'dataset', runId: run.info.run_id });
+    }
+  });
+
   it('a label column the dataset does not have', async () => {
     const req = request({ labelColumn: 'variety' });
     const { queue, body, result } = await runOne(req);
@@ -405,6 +422,95 @@ describe('unreadable datasets fail the run and dead-letter the request', () => {
     const error = `dataset: input does not match the model's signature: column "${missing}" is missing (dataset columns: ${columns})`;
     const run = await expectOneFailedRun(req.experiment, error);
     await expectDeadLettered(queue, body, { reason: error, field: 'dataset', runId: run.info.run_id });
+  });
+});
+
+describe('dataset.nonFinite "allow"', () => {
+  it('gives NaN and infinite cells to the model and counts them in the metric non_finite_values', async () => {
+    const path = writeCsv('nan-allowed.csv', editedIris((lines) =>
+      lines.map((l, i) => (i === 3 ? l.split(',').map((v, j) => (j === 0 ? 'NaN' : j === 1 ? 'Infinity' : v)).join(',') : i === 100 ? l.split(',').map((v, j) => (j === 3 ? 'nan' : v)).join(',') : l)),
+    ));
+    const req = request({ dataset: { uri: path, nonFinite: 'allow' } });
+    const { queue, result } = await runOne(req);
+    expect(result.code, result.stderr.slice(-2000)).toBe(EXIT.OK);
+    expect(await queueState(queue)).toEqual({ messages: 0, consumers: 0 });
+    const runs = await runsOf(req.experiment);
+    expect(runs.map((r) => r.info.status)).toEqual(['FINISHED']);
+    const metrics = Object.fromEntries((runs[0]?.data.metrics ?? []).map((m) => [m.key, m.value]));
+    expect(metrics['non_finite_values']).toBe(3);
+    expect(metrics['rows']).toBe(150);
+  });
+
+  it('without it, a run logs no non_finite_values metric', async () => {
+    const req = request();
+    const { result } = await runOne(req);
+    expect(result.code).toBe(EXIT.OK);
+    const runs = await runsOf(req.experiment);
+    expect((runs[0]?.data.metrics ?? []).map((m) => m.key)).not.toContain('non_finite_values');
+  });
+});
+
+describe('request text encoding', () => {
+  it('bytes that are not UTF-8 in the experiment name: dead-lettered naming the field, no experiment made of replacement characters', async () => {
+    const p = await proxy();
+    const r = request({ experiment: 'MARK' });
+    const [before, after] = JSON.stringify(r).split('MARK') as [string, string];
+    const body = Buffer.concat([Buffer.from(`${before}caf`), Buffer.from([0xe9]), Buffer.from(after)]);
+    const { queue, result } = await runOne(body, { MLFLOW_TRACKING_URI: p.url });
+    expect(result.code).toBe(EXIT.DEAD_LETTERED);
+    await expectDeadLettered(queue, body, { reason: 'invalid request: experiment: is not valid UTF-8 text', field: 'experiment' });
+    expect(p.requests()).toEqual([]);
+    expect(await experimentExists('caf\uFFFD')).toBe(false);
+  });
+
+  it('a UTF-8 byte-order mark before the JSON: the request runs', async () => {
+    const req = request();
+    const { queue, result } = await runOne(Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from(JSON.stringify(req))]));
+    expect(result.code, result.stderr.slice(-2000)).toBe(EXIT.OK);
+    expect(await queueState(queue)).toEqual({ messages: 0, consumers: 0 });
+    expect((await runsOf(req.experiment)).map((run) => run.info.status)).toEqual(['FINISHED']);
+  });
+});
+
+/** Every MLflow call after the run exists: begin's calls pass, the rest hang (a server that accepts and never answers). */
+const AFTER_BEGIN = /^(?!\/api\/2\.0\/mlflow\/(experiments\/get-by-name|experiments\/create|runs\/search|runs\/create)$)/;
+
+describe('the time budget and the grace period are bounds, with MLflow hanging', () => {
+  it('budget 8 s, MLflow hanging after the run started: the worker is done, run marking included, within the budget', async () => {
+    const p = await proxy();
+    p.inject({ path: AFTER_BEGIN, delayMs: 120_000 });
+    const req = request();
+    const { queue, result } = await runOne(req, { MLFLOW_TRACKING_URI: p.url, KMJ_WORKER_TIME_BUDGET_MS: '8000', MLFLOW_HTTP_REQUEST_TIMEOUT: '60' });
+    const exitedAt = Date.now();
+    expect(result.code).toBe(EXIT.REQUEUED);
+    const received = Date.parse(String(logsWith(result, 'message received')[0]?.['time']));
+    const requeued = Date.parse(String(logsWith(result, 'message requeued')[0]?.['time']));
+    // The work stops 2 s before the budget's end; marking the run (hanging) gets those 2 s.
+    expect(requeued - received).toBeGreaterThanOrEqual(7500);
+    expect(requeued - received).toBeLessThan(8000 + 300);
+    expect(exitedAt - received).toBeLessThan(8000 + 1000);
+    expect(logsWith(result, 'could not mark the run').length).toBeGreaterThan(0);
+    await expectRequeued(queue);
+  });
+
+  it('SIGTERM with MLflow hanging: the worker is done within KMJ_WORKER_SHUTDOWN_GRACE_MS, the message requeued', async () => {
+    const p = await proxy();
+    p.inject({ path: AFTER_BEGIN, delayMs: 120_000 });
+    const queue = await cleanups.requestQueue();
+    await publish(queue, request());
+    const w = startWorker(queue, { MLFLOW_TRACKING_URI: p.url, KMJ_WORKER_SHUTDOWN_GRACE_MS: '4000', MLFLOW_HTTP_REQUEST_TIMEOUT: '60' });
+    cleanups.defer(() => {
+      if (w.child.exitCode === null) w.child.kill('SIGKILL');
+    });
+    await waitForLog(w, 'run started');
+    await new Promise((r) => setTimeout(r, 300));
+    const signalled = Date.now();
+    w.child.kill('SIGTERM');
+    const result = await w.done;
+    expect(Date.now() - signalled).toBeLessThan(4000);
+    expect(result.code).toBe(EXIT.REQUEUED);
+    expect(logsWith(result, 'message requeued')[0]).toMatchObject({ reason: 'the worker was stopped (SIGTERM)' });
+    await expectRequeued(queue);
   });
 });
 

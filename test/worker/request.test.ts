@@ -276,6 +276,64 @@ describe('parseRequest refuses', () => {
   });
 });
 
+describe('parseRequest and text encoding', () => {
+  /** The JSON of `value` with `bad` (bytes that are not UTF-8) put where the text MARK is. */
+  function withBytes(value: unknown, bad: number[]): Buffer {
+    const [before, after] = JSON.stringify(value).split('MARK') as [string, string];
+    return Buffer.concat([Buffer.from(before), Buffer.from(bad), Buffer.from(after)]);
+  }
+  const refused = (buf: Buffer): { message: string; field: string | undefined } => {
+    const o = outcome(buf, MAX_BYTES);
+    if (o.ok) throw new Error('parseRequest accepted bytes that are not UTF-8');
+    return { message: o.message, field: o.field };
+  };
+
+  it('refuses bytes that are not UTF-8, naming the field they are in', () => {
+    // A lone continuation byte, a Latin-1 "é", a truncated 3-byte sequence, an overlong "/", a UTF-8 surrogate, past U+10FFFF.
+    for (const bad of [[0x80], [0xe9], [0xe2, 0x82], [0xc0, 0xaf], [0xed, 0xa0, 0x80], [0xf4, 0x90, 0x80, 0x80], [0xff]]) {
+      expect(refused(withBytes({ ...MINIMAL, experiment: 'caf MARK' }, bad)), bad.join(' ')).toEqual({ message: 'invalid request: experiment: is not valid UTF-8 text', field: 'experiment' });
+    }
+    expect(refused(withBytes({ ...MINIMAL, tags: { team: 'MARK' } }, [0xfe]))).toEqual({ message: 'invalid request: tags.team: is not valid UTF-8 text', field: 'tags.team' });
+    expect(refused(withBytes({ ...MINIMAL, dataset: { rows: [{ a: 1 }, { city: 'MARK' }] } }, [0xe9]))).toEqual({
+      message: 'invalid request: dataset.rows[1].city: is not valid UTF-8 text',
+      field: 'dataset.rows[1].city',
+    });
+    expect(refused(withBytes({ ...MINIMAL, params: { MARK: 1 } }, [0xe9]))).toEqual({ message: 'invalid request: params (a key): is not valid UTF-8 text', field: 'params (a key)' });
+    // Two fields at once: both named, the first as the field.
+    const [a, b, c] = JSON.stringify({ ...MINIMAL, experiment: 'X1', runName: 'X2' }).split(/X[12]/) as [string, string, string];
+    expect(refused(Buffer.concat([Buffer.from(a), Buffer.from([0xe9]), Buffer.from(b), Buffer.from([0x80]), Buffer.from(c)]))).toEqual({
+      message: 'invalid request: experiment: is not valid UTF-8 text; runName: is not valid UTF-8 text',
+      field: 'experiment',
+    });
+  });
+
+  it('refuses bytes that are not UTF-8 outside any string, naming the byte', () => {
+    const buf = Buffer.concat([Buffer.from('{"version": 1,'), Buffer.from([0xff]), Buffer.from(' "requestId": "r"}')]);
+    expect(refused(buf)).toEqual({ message: 'message: is not valid UTF-8 (byte 14)', field: 'message' });
+  });
+
+  it('refuses a JSON escape of a lone surrogate, which is no text either', () => {
+    expect(refusal(`{"version":1,"requestId":"r1","model":"models:/m/1","dataset":{"uri":"/d.csv"},"experiment":"a\\ud800b"}`)).toEqual({
+      message: 'invalid request: experiment: is not valid UTF-8 text',
+      field: 'experiment',
+    });
+  });
+
+  it('accepts a UTF-8 byte-order mark before the JSON, and every valid character, U+FFFD included', () => {
+    const req = { ...MINIMAL, experiment: 'café – 東京 – 🐍 – \uFFFD', tags: { 'schlüssel': 'wert' } };
+    const bom = Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), body(req)]);
+    expect(parseRequest(bom, MAX_BYTES)).toEqual(req);
+    expect(parseRequest(body(req), MAX_BYTES)).toEqual(req);
+    // The mark is counted in the size limit like any other byte.
+    expect(refused(Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from('{')])).message).toMatch(/^message: is not valid JSON/);
+  });
+
+  it('dataset.nonFinite is refuse or allow', () => {
+    expect(parseRequest(body({ ...MINIMAL, dataset: { uri: '/d.csv', nonFinite: 'allow' } }), MAX_BYTES).dataset.nonFinite).toBe('allow');
+    expect(refusal({ ...MINIMAL, dataset: { uri: '/d.csv', nonFinite: 'ignore' } })).toEqual({ message: 'invalid request: dataset.nonFinite: must be one of refuse, allow', field: 'dataset.nonFinite' });
+  });
+});
+
 describe('parseRequest accepts', () => {
   it('the minimal request, unchanged', () => {
     expect(parseRequest(body(MINIMAL), MAX_BYTES)).toEqual(MINIMAL);
