@@ -463,12 +463,12 @@ describe('kmj replay', () => {
     const queue = await cleanups.requestQueue();
     const req = offlineRequest();
     await publish(queue, req);
-    // Delivery 1: MLflow reachable but the artifact store fails; the run is marked FAILED and the
-    // message requeued.
+    // Delivery 1, by a worker without a spool: MLflow reachable but the artifact store fails; the
+    // run is marked FAILED and the message requeued. (With a spool the run would go there.)
     const proxy = await FaultProxy.start(MLFLOW_URL);
     cleanups.defer(() => proxy.close());
     proxy.inject({ path: ARTIFACT_PUT, method: 'PUT', status: 503 });
-    const one = await worker(queue, spoolEnv(spool, { MLFLOW_TRACKING_URI: proxy.url })).done;
+    const one = await worker(queue, kmjWorkerEnv(cleanups, { KMJ_MODEL_ROOTS: modelRoot, MLFLOW_TRACKING_URI: proxy.url })).done;
     expect(one.code, one.stderr.slice(-2000)).toBe(EXIT.REQUEUED);
     const [failed] = await runsOf(req.experiment);
     expect(failed?.info.status).toBe('FAILED');
