@@ -83,3 +83,35 @@ describe('kubectl apply -k manifests/', () => {
     }
   });
 });
+
+describe('kubectl apply -k overlays/local/ (this machine)', () => {
+  it('keeps the scaler, the ScaledJob and the TriggerAuthentication of manifests/ and keda/, and leaves out the in-cluster RabbitMQ, Postgres and MLflow', async () => {
+    const objects = await kustomize('overlays/local');
+    expect(objects.map((o) => `${o.kind}/${o.metadata.name}`).sort()).toEqual([
+      'Deployment/kmj-scaler', 'Namespace/kmj', 'ScaledJob/ml-requests', 'Service/kmj-scaler', 'ServiceAccount/kmj-scaler',
+      'TriggerAuthentication/kmj-scaler-tls',
+    ]);
+  });
+
+  it('changes only the image, its pull policy, the arch selector and the addresses; the hardening stays; mutual TLS is on', async () => {
+    const [base, local] = await Promise.all([kustomize('manifests'), kustomize('overlays/local')]);
+    const find = (list: K8sObject[], kind: string, name: string) => list.find((o) => o.kind === kind && o.metadata.name === name) as K8sObject;
+    for (const [kind, name] of [['Deployment', 'kmj-scaler'], ['ScaledJob', 'ml-requests']] as const) {
+      const pod = podSpecOf(find(local, kind, name)) as PodSpec & { nodeSelector?: Record<string, string> };
+      const basePod = podSpecOf(find(base, kind, name)) as PodSpec;
+      const c = pod.containers[0] as Container & { imagePullPolicy?: string };
+      expect(c.image).toBe(`kmj.local/keda-ml-jobs:${basePod.containers[0]?.image.split(':').pop()}`);
+      expect(c.imagePullPolicy).toBe('Never');
+      expect(pod.nodeSelector).toEqual({ 'kubernetes.io/arch': 'amd64' });
+      expect(c.securityContext).toEqual(basePod.containers[0]?.securityContext);
+      expect(c.resources).toEqual(basePod.containers[0]?.resources);
+      expect(pod.securityContext).toMatchObject(basePod.securityContext ?? {});
+    }
+    const sj = find(local, 'ScaledJob', 'ml-requests').spec as { triggers: Array<{ metadata: Record<string, string>; authenticationRef?: { name: string } }> };
+    expect(sj.triggers[0]?.metadata['scalerAddress']).toBe('10.96.100.60:6000');
+    expect(sj.triggers[0]?.authenticationRef).toEqual({ name: 'kmj-scaler-tls' });
+    expect((find(local, 'Service', 'kmj-scaler').spec as { clusterIP?: string }).clusterIP).toBe('10.96.100.60');
+    const scaler = podSpecOf(find(local, 'Deployment', 'kmj-scaler')) as PodSpec & { containers: Array<Container & { env?: Array<{ name: string }> }> };
+    expect(scaler.containers[0]?.env?.map((e) => e.name)).toEqual(expect.arrayContaining(['KMJ_SCALER_TLS_CERT_FILE', 'KMJ_SCALER_TLS_KEY_FILE', 'KMJ_SCALER_TLS_CLIENT_CA_FILE']));
+  });
+});

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The one list of what goes into the project's image under /app, staged into a directory that both
+# the Dockerfile (its build stage runs this) and scripts/image.sh (the local packer, no Docker)
+# copy from:
+#
+#   scripts/stage-app.sh OUT_DIR     (dist/ must be built: make build)
+#
+# OUT_DIR/app then holds package.json, package-lock.json, bin/, dist/ without the benchmarks,
+# proto/, schemas/, and the production dependencies only (npm ci --omit=dev, install scripts
+# denied), with onnxruntime-node's binaries for this machine's platform and nothing else.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+out=${1:-}
+[ -n "$out" ] || die "usage: scripts/stage-app.sh OUT_DIR"
+[ -f "$KMJ_ROOT/dist/cli/kmj.js" ] && [ -f "$KMJ_ROOT/dist/generated/request-validator.js" ] ||
+  die "dist/ is not built: run make build first"
+
+app="$out/app"
+rm -rf "$app.partial"
+mkdir -p "$app.partial"
+cp "$KMJ_ROOT/package.json" "$KMJ_ROOT/package-lock.json" "$app.partial/"
+cp -R "$KMJ_ROOT/bin" "$KMJ_ROOT/proto" "$KMJ_ROOT/schemas" "$app.partial/"
+mkdir -p "$app.partial/dist"
+for d in cli common generated scaler worker; do cp -R "$KMJ_ROOT/dist/$d" "$app.partial/dist/"; done
+# Source maps stay out: they hold the TypeScript sources, which the image does not need.
+find "$app.partial/dist" -name '*.map' -delete
+
+(
+  cd "$app.partial"
+  ONNXRUNTIME_NODE_INSTALL=skip npm ci --omit=dev --ignore-scripts --no-audit --no-fund --loglevel=error >&2
+)
+# onnxruntime-node ships CPU binaries for every platform; keep this one's only.
+platform=$(node -p 'process.platform')
+arch=$(node -p 'process.arch')
+ort="$app.partial/node_modules/onnxruntime-node/bin/napi-v6"
+[ -d "$ort/$platform/$arch" ] || die "onnxruntime-node has no binaries for $platform/$arch"
+find "$ort" -mindepth 1 -maxdepth 1 -type d ! -name "$platform" -exec rm -rf {} +
+find "$ort/$platform" -mindepth 1 -maxdepth 1 -type d ! -name "$arch" -exec rm -rf {} +
+
+rm -rf "$app"
+mv "$app.partial" "$app"
+say "staged the app into $app ($(du -sh "$app" | cut -f1))"
