@@ -11,13 +11,15 @@ export PATH := $(NODE_BIN):$(CURDIR)/node_modules/.bin:$(PATH)
 
 STAMP := .run/stamps
 
-.PHONY: help deps build typecheck services test demo bench-scaler bench-worker clean
+.PHONY: help deps build typecheck services cluster cluster-down test demo bench-scaler bench-worker clean
 
 help:
 	@echo "make demo          RabbitMQ, MLflow, the scaler and workers on this machine, one Job per request"
 	@echo "make test          start the services the tests need, run every test"
 	@echo "make bench-scaler  benchmark the scaler under KEDA-like polling of 200 queues"
 	@echo "make bench-worker  the worker beside a Python worker: cold start, throughput, memory"
+	@echo "make cluster       a real single-node Kubernetes + KEDA here, with the project deployed (docs/deploy.md)"
+	@echo "make cluster-down  stop it and undo its host changes"
 	@echo "make build         compile TypeScript into dist/"
 
 # --ignore-scripts: the only install scripts (onnxruntime-node, protobufjs) are denied anyway, and
@@ -43,7 +45,16 @@ services:
 	scripts/mlflow.sh start kmj-auth 5001 basic
 	scripts/fixtures.sh --big-rows 100000
 
-test: build services
+# A real single-node Kubernetes with the real KEDA operator (binaries built once per machine, ~20 min
+# cold), the project's image imported and its manifests applied through overlays/local/.
+cluster: build services
+	scripts/cluster.sh up
+	scripts/cluster-deploy.sh
+
+cluster-down:
+	scripts/cluster.sh down
+
+test: build services cluster
 	node scripts/run-tests.mjs
 
 # The demo needs RabbitMQ, the main MLflow server and the sample models; not the auth server.

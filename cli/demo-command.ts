@@ -9,7 +9,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, openSync, closeSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { connect } from 'amqplib';
@@ -37,7 +37,8 @@ Needs RabbitMQ (RABBITMQ_URL), MLflow (MLFLOW_TRACKING_URI, default http://127.0
 the sample models: "make demo" starts the services and registers the models, then runs this.
 
 The workers share one model cache, as Jobs on a node share a ReadWriteMany volume:
-KMJ_MODEL_CACHE_DIR, default .run/demo-model-cache in the checkout.
+KMJ_MODEL_CACHE_DIR, default .run/demo-model-cache in the checkout. Each worker's log (what
+"kubectl logs" shows of a Job's pod) is written to .run/demo-logs/<queue>/job-<n>.log.
 
 Options:
   --max-jobs <n>   the ScaledJob's maxReplicaCount: workers at once (default 3)
@@ -85,7 +86,16 @@ function sampleRequests(f: Fixtures, experiment: string): Array<Record<string, u
   return out;
 }
 
-function startWorker(queue: string, env: Readonly<Record<string, string | undefined>>, fixturesDir: string, mlflowUri: string): ChildProcess {
+function startWorker(queue: string, env: Readonly<Record<string, string | undefined>>, fixturesDir: string, mlflowUri: string, logFile: string): ChildProcess {
+  const log = openSync(logFile, 'a');
+  try {
+    return spawnWorker(queue, env, fixturesDir, mlflowUri, log);
+  } finally {
+    closeSync(log);
+  }
+}
+
+function spawnWorker(queue: string, env: Readonly<Record<string, string | undefined>>, fixturesDir: string, mlflowUri: string, log: number): ChildProcess {
   return spawn(process.execPath, [join(PACKAGE_ROOT, 'bin', 'kmj.js'), 'worker', '--queue', queue], {
     env: {
       ...env,
@@ -95,9 +105,9 @@ function startWorker(queue: string, env: Readonly<Record<string, string | undefi
       KMJ_MODEL_CACHE_DIR: env['KMJ_MODEL_CACHE_DIR'] ?? join(PACKAGE_ROOT, '.run', 'demo-model-cache'),
       KMJ_WORKER_IDLE_TIMEOUT_MS: '5000',
       NODE_OPTIONS: '--max-semi-space-size=8',
-      LOG_LEVEL: 'warn',
+      LOG_LEVEL: 'info',
     },
-    stdio: ['ignore', 'ignore', 'ignore'],
+    stdio: ['ignore', log, log],
   });
 }
 
@@ -162,6 +172,8 @@ export async function runDemo(argv: readonly string[], ctx: CommandContext): Pro
   const queue = `kmj-demo-${Date.now().toString(36)}`;
   const experiment = 'kmj-demo';
   const jobs: DemoJob[] = [];
+  const logDir = join(PACKAGE_ROOT, '.run', 'demo-logs', queue);
+  mkdirSync(logDir, { recursive: true });
   try {
     const requests = sampleRequests(f, experiment);
     const publisher = new RequestPublisher({ url: amqpUrl, queue, maxDeliveries: 5, confirmTimeoutMs: 30_000 });
@@ -187,7 +199,7 @@ export async function runDemo(argv: readonly string[], ctx: CommandContext): Pro
         const create = defaultStrategyJobs(poll.view, unfinished, maxJobs);
         out(`${t}s  ${String(poll.view.value).padStart(7)}  ${String(poll.view.active).padStart(6)}  ${String(unfinished).padStart(15)}  ${String(create).padStart(8)}  ${String(ok).padStart(8)}  ${String(failed).padStart(6)}`);
         for (let i = 0; i < create; i++) {
-          const child = startWorker(queue, ctx.env, fixturesDir, mlflowUri);
+          const child = startWorker(queue, ctx.env, fixturesDir, mlflowUri, join(logDir, `job-${jobs.length + 1}.log`));
           const job: DemoJob = { child, done: false, exitCode: null };
           child.once('exit', (code) => {
             job.exitCode = code;
@@ -211,14 +223,29 @@ export async function runDemo(argv: readonly string[], ctx: CommandContext): Pro
     for (const d of dead) out(`dead-lettered: ${d}`);
     out('');
     out(`${jobs.length} worker Jobs for ${requests.length} messages; MLflow UI: ${tracking.http.baseUrl}/#/experiments/${experimentId}`);
+    const stuck = jobs.flatMap((j, i) => (j.exitCode === null ? [`job-${i + 1}`] : []));
+    if (stuck.length > 0) {
+      out(`still running when the demo ended (stopped now): ${stuck.join(', ')}`);
+      for (const name of stuck) out(`${name}.log ends:\n${tailOf(join(logDir, `${name}.log`), 8)}`);
+    }
+    out(`worker logs: ${logDir}`);
     const finished = rows.filter((r) => r.status === 'FINISHED').length;
-    return finished === requests.length - 1 && dead.length === 1 ? 0 : 1;
+    return finished === requests.length - 1 && dead.length === 1 && stuck.length === 0 ? 0 : 1;
   } finally {
     for (const j of jobs) if (j.exitCode === null) j.child.kill('SIGTERM');
     client.close();
     await scaler.close(1000);
     await deleteQueues(amqpUrl, queue);
     await tracking.http.close();
+  }
+}
+
+/** The last `n` lines of a worker's log. */
+function tailOf(file: string, n: number): string {
+  try {
+    return readFileSync(file, 'utf8').trimEnd().split('\n').slice(-n).map((l) => `  ${l}`).join('\n');
+  } catch (err) {
+    return `  (cannot read ${file}: ${(err as Error).message})`;
   }
 }
 

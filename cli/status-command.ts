@@ -4,8 +4,12 @@
  * experiment. Each part is read on its own; whatever cannot be reached is shown as such, with
  * the reason, and the rest is still shown.
  */
+import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
+import * as grpc from '@grpc/grpc-js';
 import { connect } from 'amqplib';
+import { stringify as toYaml } from 'yaml';
+import { sleep } from '../common/abort.ts';
 import { ConfigError, readConfig } from '../common/config.ts';
 import type { FieldSpecs } from '../common/fields.ts';
 import { createLogger } from '../common/log.ts';
@@ -18,9 +22,11 @@ import { ManagementQueueReader } from '../scaler/sources/rabbitmq-management.ts'
 import type { MlflowTracking } from '../worker/mlflow/tracking.ts';
 import { ERROR_TAG, OUTCOME_TAG, REQUEST_ID_TAG } from '../worker/run-store.ts';
 import type { CommandContext } from './context.ts';
+import { formatAge, readScaledJob, type ScaledJobReport } from './kubernetes.ts';
 import { mlflowFromEnv, runUrl } from './mlflow-client.ts';
 
-export const STATUS_HELP = `Usage: kmj status --queue <q> [--experiment <e>] [--json]
+export const STATUS_HELP = `Usage: kmj status --queue <q> [--experiment <e>] [-o json|yaml|wide]
+       kmj status --scaledjob <name> [-n <namespace>] [--context <c>] [-o json|yaml|wide] [--watch]
 
 Shows, for a request queue:
   the queue     ready, unacknowledged and consumers, and the dead-letter queue's messages
@@ -29,32 +35,50 @@ Shows, for a request queue:
                 "backlog"), and the age of its reading
   MLflow        the latest runs of the queue's experiment: request, outcome, duration, rows,
                 accuracy
+With --scaledjob, also the ScaledJob in Kubernetes (READY, ACTIVE, paused, strategy, its trigger),
+its Jobs with each worker's exit code as its outcome (finished, dead-lettered, requeued), and the
+pods that are stuck (Unschedulable, image errors, long Pending) with the reason. The queue and
+the scaler's question are then the trigger's own metadata, so the scaler is asked exactly what
+KEDA asks and no new target is made in it.
 Whatever is unreachable is shown with the reason; the rest is still shown.
 
 Options:
-  --queue <q>          request queue
+  --queue <q>          request queue (with --scaledjob: the trigger's queueName)
   --experiment <e>     MLflow experiment (default: the queue name, as kmj submit uses)
   --runs <n>           how many runs to list (default 10)
-  --json               machine-readable output
+  --scaledjob <name>   a KEDA ScaledJob whose trigger is the kmj scaler
+  -n, --namespace <ns> its namespace (default: the context's, else "default")
+  --context <c>        kubeconfig context (default: the current one)
+  --kubeconfig <file>  kubeconfig file (default: $KUBECONFIG, else ~/.kube/config, as kubectl)
+  -o, --output <f>     json, yaml, or wide (more columns); --json is -o json
+  -w, --watch          show it again every 2 s until interrupted
   -h, --help           show this help
 
-Environment: RABBITMQ_URL, RABBITMQ_MANAGEMENT_URL, KMJ_SCALER_ADDRESS (127.0.0.1:6000),
-KMJ_SCALER_METRICS_URL (http://127.0.0.1:8080), MLFLOW_TRACKING_URI and its auth variables.
+Environment: RABBITMQ_URL, RABBITMQ_MANAGEMENT_URL, KMJ_SCALER_ADDRESS (default: the trigger's
+scalerAddress, else 127.0.0.1:6000), KMJ_SCALER_METRICS_URL (http://127.0.0.1:8080),
+KMJ_SCALER_TLS_CA_FILE with KMJ_SCALER_TLS_CLIENT_CERT_FILE and KMJ_SCALER_TLS_CLIENT_KEY_FILE
+(a scaler that serves mutual TLS), MLFLOW_TRACKING_URI and its auth variables.
 
-Exit codes: 0 everything answered, 1 something was unreachable, 78 bad configuration.
+Exit codes: 0 everything answered, 1 something was unreachable, 64 bad usage, 78 bad configuration.
 `;
 
 const STATUS_ENV = {
   RABBITMQ_URL: { kind: 'url', protocols: ['amqp', 'amqps'], default: 'amqp://guest:guest@127.0.0.1:5672' },
   RABBITMQ_MANAGEMENT_URL: { kind: 'url', protocols: ['http', 'https'] },
-  KMJ_SCALER_ADDRESS: { kind: 'string', default: '127.0.0.1:6000' },
+  KMJ_SCALER_ADDRESS: { kind: 'string' },
   KMJ_SCALER_METRICS_URL: { kind: 'url', protocols: ['http', 'https'], default: 'http://127.0.0.1:8080' },
+  KMJ_SCALER_TLS_CA_FILE: { kind: 'string' },
+  KMJ_SCALER_TLS_CLIENT_CERT_FILE: { kind: 'string' },
+  KMJ_SCALER_TLS_CLIENT_KEY_FILE: { kind: 'string' },
 } as const satisfies FieldSpecs;
+
+const DEFAULT_SCALER_ADDRESS = '127.0.0.1:6000';
 
 type Part<T> = { ok: true; value: T } | { ok: false; error: string };
 
 export interface StatusReport {
   readonly queue: string;
+  readonly kubernetes?: Part<ScaledJobReport>;
   readonly rabbitmq: Part<{ source: 'management' | 'amqp'; ready: number; unacked?: number; consumers: number; deadLettered?: number }>;
   readonly scaler: Part<{ address: string; metricName: string; value: number; active: boolean; snapshotAgeMs?: number }>;
   readonly mlflow: Part<{
@@ -105,16 +129,26 @@ async function readRabbit(env: { RABBITMQ_URL: string; RABBITMQ_MANAGEMENT_URL: 
   }
 }
 
-async function readScaler(address: string, metricsUrl: string, queue: string): Promise<StatusReport['scaler'] extends Part<infer T> ? T : never> {
-  const client = new ScalerClient(address, { timeoutMs: 4000 });
+interface ScalerQuestion {
+  readonly address: string;
+  readonly metadata: Record<string, string>;
+  readonly credentials?: grpc.ChannelCredentials;
+  /** The ScaledJob's name and namespace, as KEDA names its ScaledObjectRef. */
+  readonly name: string;
+  readonly namespace: string;
+}
+
+async function readScaler(q: ScalerQuestion, metricsUrl: string, queue: string): Promise<StatusReport['scaler'] extends Part<infer T> ? T : never> {
+  const address = q.address;
+  const client = new ScalerClient(address, { timeoutMs: 4000, ...(q.credentials ? { credentials: q.credentials } : {}) });
   try {
-    const poll = await client.poll({ queueName: queue, mode: 'backlog' }, 'kmj-status');
+    const poll = await client.poll(q.metadata, q.name, q.namespace);
     if (!poll.ok) throw new Error(`${poll.code}: ${poll.details.replace(/\. Resolution note:.*$/s, '')}`);
     let snapshotAgeMs: number | undefined;
     try {
       const res = await fetch(`${metricsUrl.replace(/\/$/, '')}/debug/targets`, { signal: AbortSignal.timeout(3000) });
       const body = (await res.json()) as { targets: Array<{ labels: { name: string; mode: string }; ageMs?: number }> };
-      snapshotAgeMs = body.targets.find((t) => t.labels.name === queue && t.labels.mode === 'backlog')?.ageMs;
+      snapshotAgeMs = body.targets.find((t) => t.labels.name === queue && t.labels.mode === (q.metadata['mode'] ?? 'backlog'))?.ageMs;
     } catch {
       snapshotAgeMs = undefined; // the age is extra; the value above is what KEDA sees
     }
@@ -155,24 +189,118 @@ async function readMlflow(tracking: MlflowTracking | undefined, experiment: stri
   return { experiment, experimentId, runs };
 }
 
-export async function collectStatus(ctx: CommandContext, queue: string, experiment: string, limit: number): Promise<StatusReport> {
-  const env = readConfig('status', STATUS_ENV, ctx.env);
+export interface StatusTarget {
+  readonly queue?: string | undefined;
+  readonly experiment?: string | undefined;
+  readonly limit: number;
+  readonly scaledJob?: { readonly name: string; readonly namespace?: string | undefined; readonly context?: string | undefined; readonly kubeconfig?: string | undefined };
+}
+
+function scalerCredentials(env: ReturnType<typeof readStatusEnv>): grpc.ChannelCredentials | undefined {
+  const ca = env.KMJ_SCALER_TLS_CA_FILE;
+  const cert = env.KMJ_SCALER_TLS_CLIENT_CERT_FILE;
+  const key = env.KMJ_SCALER_TLS_CLIENT_KEY_FILE;
+  if (ca === undefined && cert === undefined && key === undefined) return undefined;
+  if ((cert === undefined) !== (key === undefined)) {
+    throw new ConfigError('status', ['KMJ_SCALER_TLS_CLIENT_CERT_FILE and KMJ_SCALER_TLS_CLIENT_KEY_FILE: set both or neither']);
+  }
+  const read = (name: string, file: string | undefined): Buffer | null => {
+    if (file === undefined) return null;
+    try {
+      return readFileSync(file);
+    } catch (err) {
+      throw new ConfigError('status', [`${name}: cannot read ${JSON.stringify(file)}: ${(err as NodeJS.ErrnoException).code ?? messageOf(err)}`]);
+    }
+  };
+  return grpc.credentials.createSsl(read('KMJ_SCALER_TLS_CA_FILE', ca), read('KMJ_SCALER_TLS_CLIENT_KEY_FILE', key), read('KMJ_SCALER_TLS_CLIENT_CERT_FILE', cert));
+}
+
+function readStatusEnv(ctx: CommandContext) {
+  return readConfig('status', STATUS_ENV, ctx.env);
+}
+
+export async function collectStatus(ctx: CommandContext, target: StatusTarget): Promise<StatusReport> {
+  const env = readStatusEnv(ctx);
+  const credentials = scalerCredentials(env);
   const log = createLogger({ level: 'silent', name: 'kmj-status' });
+  let kubernetes: Part<ScaledJobReport> | undefined;
+  let question: ScalerQuestion | undefined;
+  let queue = target.queue;
+  if (target.scaledJob) {
+    const sj = target.scaledJob;
+    kubernetes = await part(() => readScaledJob({ env: ctx.env, kubeconfig: sj.kubeconfig, context: sj.context, namespace: sj.namespace }, sj.name));
+    if (kubernetes.ok) {
+      const report = kubernetes.value;
+      const trigger = report.triggers.find((t) => t.type === 'external' && t.metadata['queueName'] !== undefined);
+      if (trigger) {
+        queue ??= trigger.metadata['queueName'];
+        question = {
+          address: env.KMJ_SCALER_ADDRESS ?? trigger.metadata['scalerAddress'] ?? DEFAULT_SCALER_ADDRESS,
+          metadata: trigger.metadata,
+          name: report.name,
+          namespace: report.namespace,
+          ...(credentials ? { credentials } : {}),
+        };
+      }
+    }
+  }
+  if (queue === undefined) {
+    if (kubernetes?.ok) throw new ConfigError('status', [`--scaledjob: ${target.scaledJob?.name} has no external trigger with a queueName; give --queue`]);
+    // The ScaledJob could not be read: show that, and nothing else can be asked.
+    if (kubernetes && !kubernetes.ok) {
+      const missing = { ok: false as const, error: 'no queue: the ScaledJob could not be read (give --queue)' };
+      return { queue: '?', kubernetes, rabbitmq: missing, scaler: missing, mlflow: missing };
+    }
+    throw new ConfigError('status', ['--queue: is required (or --scaledjob)']);
+  }
+  const q = queue;
+  question ??= {
+    address: env.KMJ_SCALER_ADDRESS ?? DEFAULT_SCALER_ADDRESS,
+    metadata: { queueName: q, mode: 'backlog' },
+    name: 'kmj-status',
+    namespace: 'default',
+    ...(credentials ? { credentials } : {}),
+  };
+  const asked = question;
   const tracking = mlflowFromEnv('status', ctx.env, log);
   try {
     const [rabbitmq, scaler, mlflow] = await Promise.all([
-      part(() => readRabbit(env, queue)),
-      part(() => readScaler(env.KMJ_SCALER_ADDRESS, env.KMJ_SCALER_METRICS_URL, queue)),
-      part(() => readMlflow(tracking, experiment, limit)),
+      part(() => readRabbit(env, q)),
+      part(() => readScaler(asked, env.KMJ_SCALER_METRICS_URL, q)),
+      part(() => readMlflow(tracking, target.experiment ?? q, target.limit)),
     ]);
-    return { queue, rabbitmq, scaler, mlflow };
+    return { queue: q, ...(kubernetes ? { kubernetes } : {}), rabbitmq, scaler, mlflow };
   } finally {
     await tracking?.http.close();
   }
 }
 
-function render(r: StatusReport): string {
-  const lines: string[] = [`queue ${r.queue}`];
+function renderKubernetes(k: Part<ScaledJobReport>, wide: boolean): string[] {
+  if (!k.ok) return [`  Kubernetes unreachable: ${k.error}`];
+  const r = k.value;
+  const lines = [
+    `scaledjob ${r.namespace}/${r.name}   READY ${r.ready ?? 'Unknown'}   ACTIVE ${r.active ?? 'Unknown'}   PAUSED ${r.paused}   strategy ${r.strategy}   max ${r.maxReplicaCount}   poll ${r.pollingInterval}s   AGE ${formatAge(r.ageSeconds)}   (context ${r.context})`,
+  ];
+  for (const t of r.triggers) {
+    const meta = Object.entries(t.metadata).map(([key, v]) => `${key}=${v}`).join(' ');
+    lines.push(`  trigger    ${t.type} ${meta}${t.authenticationRef ? `   auth ${t.authenticationRef}` : ''}`);
+  }
+  const count = (s: string) => r.jobs.filter((j) => j.status === s).length;
+  lines.push(`  Jobs       ${r.jobs.length}: ${count('pending')} pending, ${count('running')} running, ${count('succeeded')} succeeded, ${count('failed')} failed`);
+  const shown = wide ? r.jobs : r.jobs.slice(-10);
+  if (shown.length > 0) {
+    lines.push(`    ${'NAME'.padEnd(34)} ${'STATUS'.padEnd(10)} ${'OUTCOME'.padEnd(16)} ${'AGE'.padStart(7)}${wide ? `  ${'EXIT'.padStart(4)}  POD` : ''}`);
+    for (const j of shown) {
+      lines.push(`    ${j.name.padEnd(34)} ${j.status.padEnd(10)} ${(j.outcome ?? '').padEnd(16)} ${formatAge(j.ageSeconds).padStart(7)}${wide ? `  ${String(j.exitCode ?? '').padStart(4)}  ${j.pod ?? ''}` : ''}`);
+    }
+    if (shown.length < r.jobs.length) lines.push(`    … ${r.jobs.length - shown.length} older (-o wide shows all)`);
+  }
+  for (const p of r.stuck) lines.push(`  stuck      pod ${p.pod}: ${p.phase}, ${p.reason}${p.message ? `: ${p.message.split('\n')[0]?.slice(0, 160)}` : ''} (${formatAge(p.ageSeconds)})`);
+  return lines;
+}
+
+function render(r: StatusReport, wide: boolean): string {
+  const lines: string[] = [...(r.kubernetes ? renderKubernetes(r.kubernetes, wide) : []), `queue ${r.queue}`];
   if (r.rabbitmq.ok) {
     const q = r.rabbitmq.value;
     lines.push(
@@ -202,10 +330,24 @@ function render(r: StatusReport): string {
   return `${lines.join('\n')}\n`;
 }
 
+const OUTPUTS = ['json', 'yaml', 'wide'] as const;
+
 export async function runStatus(argv: readonly string[], ctx: CommandContext): Promise<number> {
   const { values } = parseArgs({
     args: [...argv],
-    options: { queue: { type: 'string' }, experiment: { type: 'string' }, runs: { type: 'string' }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
+    options: {
+      queue: { type: 'string' },
+      experiment: { type: 'string' },
+      runs: { type: 'string' },
+      scaledjob: { type: 'string' },
+      namespace: { type: 'string', short: 'n' },
+      context: { type: 'string' },
+      kubeconfig: { type: 'string' },
+      output: { type: 'string', short: 'o' },
+      json: { type: 'boolean' },
+      watch: { type: 'boolean', short: 'w' },
+      help: { type: 'boolean', short: 'h' },
+    },
     strict: true,
   });
   if (values.help) {
@@ -213,11 +355,37 @@ export async function runStatus(argv: readonly string[], ctx: CommandContext): P
     return 0;
   }
   const problems: string[] = [];
-  if (values.queue === undefined) problems.push('--queue: is required');
+  if (values.queue === undefined && values.scaledjob === undefined) problems.push('--queue: is required (or --scaledjob)');
   const limit = values.runs === undefined ? 10 : Number(values.runs);
   if (!Number.isInteger(limit) || limit < 1 || limit > 1000) problems.push(`--runs: ${JSON.stringify(values.runs)} must be an integer from 1 to 1000`);
-  if (problems.length > 0 || values.queue === undefined) throw new ConfigError('status', problems);
-  const report = await collectStatus(ctx, values.queue, values.experiment ?? values.queue, limit);
-  ctx.stdout.write(values.json ? `${JSON.stringify(report, null, 2)}\n` : render(report));
-  return report.rabbitmq.ok && report.scaler.ok && report.mlflow.ok ? 0 : 1;
+  const output = values.output ?? (values.json ? 'json' : undefined);
+  if (output !== undefined && !(OUTPUTS as readonly string[]).includes(output)) problems.push(`--output: ${JSON.stringify(output)} must be one of ${OUTPUTS.join(', ')}`);
+  for (const flag of ['namespace', 'context', 'kubeconfig'] as const) {
+    if (values[flag] !== undefined && values.scaledjob === undefined) problems.push(`--${flag}: only with --scaledjob`);
+  }
+  if (problems.length > 0) {
+    ctx.stderr.write(`kmj status: ${problems.join('; ')}\n\n${STATUS_HELP}`);
+    return 64;
+  }
+  const target: StatusTarget = {
+    queue: values.queue,
+    experiment: values.experiment,
+    limit,
+    ...(values.scaledjob !== undefined ? { scaledJob: { name: values.scaledjob, namespace: values.namespace, context: values.context, kubeconfig: values.kubeconfig } } : {}),
+  };
+  const show = (report: StatusReport): void => {
+    if (output === 'json') ctx.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
+    else if (output === 'yaml') ctx.stdout.write(`${values.watch ? '---\n' : ''}${toYaml(report)}`);
+    else ctx.stdout.write(`${values.watch ? `\n${new Date().toISOString()}\n` : ''}${render(report, output === 'wide')}`);
+  };
+  const answered = (r: StatusReport): boolean => r.rabbitmq.ok && r.scaler.ok && r.mlflow.ok && (r.kubernetes?.ok ?? true);
+  let report = await collectStatus(ctx, target);
+  show(report);
+  while (values.watch && !ctx.shutdownSignal.aborted) {
+    await sleep(2000, ctx.shutdownSignal).catch(() => undefined);
+    if (ctx.shutdownSignal.aborted) break;
+    report = await collectStatus(ctx, target);
+    show(report);
+  }
+  return answered(report) ? 0 : 1;
 }

@@ -71,10 +71,10 @@ apply_secret() {
 }
 
 deploy() {
-  umask 077
+  "$KMJ_ROOT/scripts/image.sh" import
   mkdir -p "$DIR"
   chmod 700 "$DIR"
-  "$KMJ_ROOT/scripts/image.sh" import
+  umask 077
 
   broker_user kmj-scaler '^$' '^$' '^$'
   broker_user kmj-worker '^ml-requests(\.dead)?$' '^(amq\.default|ml-requests(\.dead)?)$' '^ml-requests(\.dead)?$'
@@ -91,9 +91,11 @@ deploy() {
   apply_secret kmj-scaler-client-tls --from-file=ca.crt="$DIR/tls/ca.crt" --from-file=tls.crt="$DIR/tls/keda.crt" \
     --from-file=tls.key="$DIR/tls/keda.key"
 
+  local existed=""
+  kubectl -n "$NS" get deployment kmj-scaler >/dev/null 2>&1 && existed=1
   kubectl apply -k "$KMJ_ROOT/overlays/local" >/dev/null
-  # A new image under the same tag: the running scaler pod is replaced so that it runs it.
-  kubectl -n "$NS" rollout restart deployment/kmj-scaler >/dev/null
+  # The image was made again under the same tag: a scaler deployed before is restarted to run it.
+  [ -z "$existed" ] || kubectl -n "$NS" rollout restart deployment/kmj-scaler >/dev/null
   kubectl -n "$NS" rollout status deployment/kmj-scaler --timeout=120s >&2
   local i ready=""
   for ((i = 0; i < 150; i++)); do

@@ -12,7 +12,7 @@
 # Host changes, all undone by `down`: the node address 10.250.0.1/32 on lo (the kubelet refuses a
 # loopback node IP; no traffic leaves the host), a route sending the service range 10.96.0.0/16 to
 # lo (kube-proxy's rules rewrite every service address to a pod's; without them nothing for that
-# range would take the default route), a line in /etc/hosts mapping the node name to 127.0.0.1 (so
+# range would take the default route), a line in /etc/hosts mapping the node name to the node address (so
 # `kubectl logs` reaches the kubelet), the CNI bridge kmj-cni0 and the iptables chains the kubelet,
 # kube-proxy and the CNI plugins add (KUBE-*, CNI-*), the kubelet's cgroups, and mounts under the
 # state directory. Everything else lives in the state directory, .run/cluster of the checkout.
@@ -130,7 +130,7 @@ make_pki() {
 host_changes() {
   ip addr show dev lo | grep -q "inet $NODE_IP/32" || as_root ip addr add "$NODE_IP/32" dev lo
   ip route show "$SERVICE_CIDR" | grep -q . || as_root ip route add "$SERVICE_CIDR" dev lo src "$NODE_IP"
-  grep -q "$HOSTS_MARK" /etc/hosts || echo "127.0.0.1 $NODE $HOSTS_MARK" | as_root tee -a /etc/hosts >/dev/null
+  grep -q "$HOSTS_MARK" /etc/hosts || echo "$NODE_IP $NODE $HOSTS_MARK" | as_root tee -a /etc/hosts >/dev/null
 }
 
 containerd_config() {
@@ -157,13 +157,16 @@ state = "$STATE/containerd/state"
     bin_dir = "/usr/lib/cni"
     conf_dir = "$STATE/cni/net.d"
 EOF
+  # Pods get routes to the node address and the service range only, through the bridge: there is
+  # no default route, so nothing a pod sends can leave the machine.
   cat >"$STATE/cni/net.d/10-kmj.conflist" <<EOF
 {
   "cniVersion": "0.4.0",
   "name": "kmj",
   "plugins": [
     { "type": "bridge", "bridge": "$BRIDGE", "isGateway": true, "ipMasq": false, "hairpinMode": true,
-      "ipam": { "type": "host-local", "ranges": [[{ "subnet": "$POD_CIDR" }]], "dataDir": "$STATE/cni/ipam" } },
+      "ipam": { "type": "host-local", "ranges": [[{ "subnet": "$POD_CIDR" }]], "dataDir": "$STATE/cni/ipam",
+        "routes": [{ "dst": "$NODE_IP/32" }, { "dst": "$SERVICE_CIDR" }] } },
     { "type": "portmap", "capabilities": { "portMappings": true } }
   ]
 }

@@ -31,6 +31,9 @@ copy_with_libs() {
 
 build() {
   local node_bin root
+  # The layer keeps the modes of the root directory: readable by the image's uid 1000 whatever
+  # the caller's umask.
+  umask 022
   node_bin=$(command -v node)
   [ "$(node -p 'process.versions.node.split(".")[0]')" = 24 ] || die "node on PATH is $(node --version), not Node 24 (make puts Node 24 first on PATH)"
   root="$images/rootfs"

@@ -30,6 +30,10 @@ find "$app.partial/dist" -name '*.map' -delete
   cd "$app.partial"
   ONNXRUNTIME_NODE_INSTALL=skip npm ci --omit=dev --ignore-scripts --no-audit --no-fund --loglevel=error >&2
 )
+# Type declarations and source maps are for compilers and debuggers, not for running: out (the
+# Kubernetes client alone ships ~45 MB of them).
+find "$app.partial/node_modules" \( -name '*.d.ts' -o -name '*.d.mts' -o -name '*.d.cts' -o -name '*.map' \) -type f -delete
+rm -rf "$app.partial/node_modules/@types"
 # onnxruntime-node ships CPU binaries for every platform; keep this one's only.
 platform=$(node -p 'process.platform')
 arch=$(node -p 'process.arch')

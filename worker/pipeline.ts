@@ -15,7 +15,7 @@
 import { randomUUID } from 'node:crypto';
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { abortReason, sleep } from '../common/abort.ts';
+import { abortReason, raceAbort, sleep } from '../common/abort.ts';
 import type { Logger } from '../common/log.ts';
 import type { WorkerConfig } from './config.ts';
 import type { DatasetBatch } from './dataset/batch.ts';
@@ -451,7 +451,19 @@ async function runOnce(
     log.info({ runId: recorded.runId, recordedIn: recorded.kind, rows, modelVersion: resolved.version, seconds: totalSeconds }, 'run finished');
     return { action: 'ack', ...ids(state) };
   } finally {
-    await model.release();
-    await rm(scratch, { recursive: true, force: true });
+    // The outcome is decided: clean-up must not hold the message. Each step is bounded, and one
+    // that does not end in time is logged and left behind (the process exits soon after).
+    await cleanUp('release the model session', model.release(), log);
+    await cleanUp('remove the scratch directory', rm(scratch, { recursive: true, force: true }), log);
+  }
+}
+
+const CLEANUP_MS = 5000;
+
+async function cleanUp(what: string, step: Promise<void>, log: Logger): Promise<void> {
+  try {
+    await raceAbort(step, AbortSignal.timeout(CLEANUP_MS));
+  } catch (err) {
+    log.warn({ err, step: what, boundMs: CLEANUP_MS }, 'clean-up step did not finish; going on');
   }
 }

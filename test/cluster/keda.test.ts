@@ -1,0 +1,358 @@
+// The real thing: a single-node Kubernetes with the real KEDA operator (scripts/cluster.sh), the
+// project's image and manifests deployed as a user deploys them (scripts/cluster-deploy.sh,
+// overlays/local/), KEDA polling our scaler over mutual TLS, and workers running as real pods that
+// write to the host's MLflow. `make test` brings the cluster up and deploys before the tests run.
+//
+// The tests share the one ScaledJob and its queue, so they run one after another.
+import { readFileSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
+import { join } from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import { connect } from 'amqplib';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { deadLetterQueueOf, declareRequestTopology } from '../../common/topology.ts';
+import { packageFile } from '../../common/paths.ts';
+import {
+  DEPLOY_DIR, KUBECONFIG, NAMESPACE, NODE_IP, QUEUE, SCALED_JOB, SCALER_ADDRESS,
+  deleteWorkerJobs, exitCodeOf, kubectl, patchScaledJob, scaledJobStatus, searchRunsWithPython, until, workerJobs, workerPods,
+  type Job,
+} from '../helpers/cluster.ts';
+import { RABBITMQ_URL } from '../helpers/env.ts';
+import { runKmj } from '../helpers/kmj.ts';
+import { ScalerClient } from '../helpers/scaler.ts';
+import { MLFLOW_URL, drain, fixtures, queueState, runsOf, tagsOf, uniqueId } from '../helpers/worker.ts';
+
+const POLL_S = 2;
+const DEAD = deadLetterQueueOf(QUEUE);
+
+/** A valid request that a pod can run: the registry's classifier on the iris CSV stored in MLflow. */
+function podRequest(experiment: string, overrides: Record<string, unknown> = {}): Record<string, unknown> & { requestId: string } {
+  const f = fixtures();
+  return {
+    version: 1,
+    requestId: uniqueId('req'),
+    model: `models:/${f.models['classifier']?.name}@${f.models['classifier']?.alias}`,
+    dataset: { uri: f.datasets.runsCsvUri },
+    experiment,
+    labelColumn: f.label,
+    ...overrides,
+  } as Record<string, unknown> & { requestId: string };
+}
+
+async function publishAll(bodies: readonly unknown[]): Promise<void> {
+  const conn = await connect(RABBITMQ_URL);
+  try {
+    const ch = await conn.createConfirmChannel();
+    for (const b of bodies) {
+      ch.sendToQueue(QUEUE, Buffer.from(typeof b === 'string' ? b : JSON.stringify(b)), { persistent: true, contentType: 'application/json' });
+    }
+    await ch.waitForConfirms();
+  } finally {
+    await conn.close();
+  }
+}
+
+async function purge(queue: string): Promise<void> {
+  const conn = await connect(RABBITMQ_URL);
+  try {
+    const ch = await conn.createChannel();
+    await ch.purgeQueue(queue);
+  } finally {
+    await conn.close();
+  }
+}
+
+function finished(job: Job): boolean {
+  return (job.status.succeeded ?? 0) + (job.status.failed ?? 0) > 0;
+}
+
+/** Samples the Jobs for `ms`: the largest number seen. */
+async function maxJobsDuring(ms: number): Promise<number> {
+  const end = Date.now() + ms;
+  let max = 0;
+  while (Date.now() < end) {
+    max = Math.max(max, (await workerJobs()).length);
+    await new Promise((r) => setTimeout(r, 400));
+  }
+  return max;
+}
+
+/**
+ * An HTTP server on the node address that serves the iris CSV: to the first `slowFor` requests a
+ * row every `rowMs`, to later ones at once. A pod reaches it like any http(s) dataset.
+ */
+async function datasetServer(slowFor: number, rowMs: number): Promise<{ url: string; requests: () => number; close: () => Promise<void> }> {
+  const csv = readFileSync(fixtures().datasets.csv, 'utf8');
+  const [header, ...rows] = csv.trimEnd().split('\n');
+  let count = 0;
+  const server: Server = createServer((_req, res) => {
+    count += 1;
+    res.writeHead(200, { 'content-type': 'text/csv' });
+    if (count > slowFor) {
+      res.end(csv);
+      return;
+    }
+    res.write(`${header}\n`);
+    let i = 0;
+    const timer = setInterval(() => {
+      if (i >= rows.length || res.destroyed) {
+        clearInterval(timer);
+        res.end();
+        return;
+      }
+      res.write(`${rows[i++]}\n`);
+    }, rowMs);
+    res.on('close', () => clearInterval(timer));
+  });
+  await new Promise<void>((resolve) => server.listen(0, NODE_IP, resolve));
+  const address = server.address();
+  const port = typeof address === 'object' && address ? address.port : 0;
+  return {
+    url: `http://${NODE_IP}:${port}/iris.csv`,
+    requests: () => count,
+    close: () => new Promise<void>((resolve) => {
+      server.closeAllConnections();
+      server.close(() => resolve());
+    }),
+  };
+}
+
+beforeAll(async () => {
+  // The worker declares the queue too; declaring it here first lets KEDA poll it before any worker.
+  const conn = await connect(RABBITMQ_URL);
+  try {
+    await declareRequestTopology(await conn.createChannel(), QUEUE, { deadLetterQueue: DEAD, maxDeliveries: 5 });
+  } finally {
+    await conn.close();
+  }
+  // Test settings on top of the overlay: a fast poll, and every Job kept so that all can be counted.
+  await patchScaledJob({ pollingInterval: POLL_S, successfulJobsHistoryLimit: 100, failedJobsHistoryLimit: 100, maxReplicaCount: 4 });
+}, 120_000);
+
+beforeEach(async () => {
+  await deleteWorkerJobs();
+  await purge(QUEUE);
+  await purge(DEAD);
+}, 180_000);
+
+afterAll(async () => {
+  await deleteWorkerJobs();
+  await purge(QUEUE);
+}, 180_000);
+
+describe('KEDA runs our ScaledJob against our scaler', () => {
+  it('from zero: no Jobs while the queue is empty, then 20 requests give exactly 20 Jobs, 20 FINISHED runs, no idle Job, and back to no pods', async () => {
+    const ready = await until('ScaledJob READY', scaledJobStatus, (s) => s.ready === 'True', 60_000);
+    expect(ready.ready).toBe('True');
+    // At least three polling intervals with an empty queue: no Job at all, and not active.
+    expect(await maxJobsDuring(3 * POLL_S * 1000 + 1500)).toBe(0);
+    expect((await scaledJobStatus()).active).not.toBe('True');
+
+    const experiment = uniqueId('cluster-zero');
+    const requests = Array.from({ length: 20 }, () => podRequest(experiment));
+    await publishAll(requests);
+    await until('ScaledJob ACTIVE', scaledJobStatus, (s) => s.active === 'True', 30_000, 250);
+
+    await until('20 FINISHED runs', () => runsOf(experiment), (runs) => runs.filter((r) => r.info.status === 'FINISHED').length === 20, 240_000, 1000);
+    await until('no Job still running', workerJobs, (jobs) => jobs.length > 0 && jobs.every(finished), 120_000, 1000);
+    await until('no worker pod running', workerPods, (pods) => pods.every((p) => p.status.phase !== 'Running' && p.status.phase !== 'Pending'), 60_000, 1000);
+    await until('ScaledJob not ACTIVE', scaledJobStatus, (s) => s.active === 'False', 30_000, 500);
+    expect(await queueState(QUEUE)).toEqual({ messages: 0, consumers: 0 });
+
+    // Read back with the Python client: 20 FINISHED runs, one per request.
+    const runs = await searchRunsWithPython(experiment);
+    expect(runs.filter((r) => r.status === 'FINISHED')).toHaveLength(20);
+    expect(new Set(runs.map((r) => r.tags['kmj.request_id']))).toEqual(new Set(requests.map((r) => r.requestId)));
+
+    // Exactly 20 Jobs, each succeeded, and each one's pod is the pod of one run: no idle Job.
+    const jobs = await workerJobs();
+    expect(jobs).toHaveLength(20);
+    expect(jobs.every((j) => j.status.succeeded === 1)).toBe(true);
+    const pods = await workerPods();
+    expect(pods).toHaveLength(20);
+    expect(pods.map(exitCodeOf)).toEqual(Array(20).fill(0));
+    expect(new Set(runs.map((r) => r.tags['kmj.pod']))).toEqual(new Set(pods.map((p) => p.metadata.name)));
+  }, 420_000);
+
+  it('a bad request: its Job ends with the dead-letter exit code, the message is dead-lettered with its reason, and no further Job comes', async () => {
+    const requestId = uniqueId('req-bad');
+    await publishAll([{ version: 1, requestId, model: 'models:/kmj-iris-classifier/1', experiment: uniqueId('cluster-bad') }]);
+    const pods = await until('the worker pod to exit', workerPods, (p) => p.length === 1 && exitCodeOf(p[0]!) !== undefined, 120_000, 500);
+    expect(exitCodeOf(pods[0]!)).toBe(10);
+    const dead = await until('the dead letter', () => queueState(DEAD), (s) => s.messages === 1, 30_000);
+    expect(dead.messages).toBe(1);
+    expect(await maxJobsDuring(3 * POLL_S * 1000 + 1500)).toBe(1);
+    const [letter] = await drain(DEAD);
+    expect(JSON.parse(letter!.content.toString()).requestId).toBe(requestId);
+    expect(String(letter!.properties.headers?.['x-kmj-dead-letter-field'])).toBe('dataset');
+    expect(String(letter!.properties.headers?.['x-kmj-dead-letter-reason'])).toMatch(/dataset/);
+    expect(await queueState(QUEUE)).toEqual({ messages: 0, consumers: 0 });
+  }, 240_000);
+
+  it('a worker pod deleted mid-run (SIGTERM, grace period): the request is requeued, a new Job finishes it, exactly one FINISHED run', async () => {
+    const data = await datasetServer(1, 100);
+    try {
+      const experiment = uniqueId('cluster-kill');
+      const req = podRequest(experiment, { dataset: { uri: data.url, format: 'csv' } });
+      await publishAll([req]);
+      await until('the worker to start reading the dataset', async () => data.requests(), (n) => n === 1, 120_000, 250);
+      const [pod] = await until('one running worker pod', workerPods, (p) => p.length === 1 && p[0]!.status.phase === 'Running', 30_000, 250);
+      await kubectl(['-n', NAMESPACE, 'delete', 'pod', pod!.metadata.name, '--wait=true', '--timeout=60s']);
+
+      const runs = await until('a FINISHED run', () => runsOf(experiment), (r) => r.some((x) => x.info.status === 'FINISHED'), 180_000, 1000);
+      expect(data.requests()).toBe(2);
+      const byStatus = runs.map((r) => r.info.status).sort();
+      // The killed delivery's run is the one the next delivery resumes (the worker keys runs by
+      // request id), so there is one run, FINISHED, that was once marked KILLED.
+      expect(byStatus.filter((s) => s === 'FINISHED')).toHaveLength(1);
+      const done = runs.find((r) => r.info.status === 'FINISHED')!;
+      expect(tagsOf(done)['kmj.request_id']).toBe(req.requestId);
+      expect(Number(tagsOf(done)['kmj.delivery_attempt'])).toBe(2);
+      const python = await searchRunsWithPython(experiment);
+      expect(python.filter((r) => r.status === 'FINISHED')).toHaveLength(1);
+      expect(await queueState(QUEUE)).toEqual({ messages: 0, consumers: 0 });
+      expect((await workerJobs()).length).toBe(2);
+    } finally {
+      await data.close();
+    }
+  }, 360_000);
+
+  it('the scaler pod killed: running Jobs are not removed, none are made while it is gone, and scaling resumes when it is back', async () => {
+    const data = await datasetServer(3, 40);
+    try {
+      const experiment = uniqueId('cluster-scaler');
+      await publishAll([1, 2, 3].map(() => podRequest(experiment, { dataset: { uri: data.url, format: 'csv' } })));
+      await until('3 workers reading', async () => data.requests(), (n) => n === 3, 120_000, 250);
+      const before = (await workerJobs()).map((j) => j.metadata.name).sort();
+      expect(before).toHaveLength(3);
+
+      await kubectl(['-n', NAMESPACE, 'delete', 'pod', '-l', 'app.kubernetes.io/name=kmj-scaler', '--grace-period=0', '--force', '--wait=true']);
+      // While the scaler is gone (and its replacement starts), KEDA gets no metric: it must neither
+      // make Jobs for the backlog it cannot see nor touch the ones running.
+      const more = podRequest(experiment);
+      await publishAll([more]);
+      // Until a scaler is Ready again, every look at the Jobs finds exactly the three from before.
+      let looks = 0;
+      for (;;) {
+        const [jobs, deployment] = await Promise.all([
+          workerJobs(),
+          kubectl(['-n', NAMESPACE, 'get', 'deployment', 'kmj-scaler', '-o', 'jsonpath={.status.readyReplicas}']),
+        ]);
+        if (deployment.trim() === '1') break;
+        expect(jobs.map((j) => j.metadata.name).sort()).toEqual(before);
+        looks += 1;
+        await new Promise((r) => setTimeout(r, 300));
+      }
+      expect(looks).toBeGreaterThan(0);
+      await until('4 FINISHED runs', () => runsOf(experiment), (r) => r.filter((x) => x.info.status === 'FINISHED').length === 4, 240_000, 1000);
+      const jobs = await workerJobs();
+      expect(jobs).toHaveLength(4);
+      expect(before.every((n) => jobs.some((j) => j.metadata.name === n && j.status.succeeded === 1))).toBe(true);
+    } finally {
+      await data.close();
+    }
+  }, 420_000);
+
+  it('mutual TLS: the scaler refuses a client without a certificate and answers KEDA\'s client certificate', async () => {
+    const tls = (f: string) => readFileSync(join(DEPLOY_DIR, 'tls', f));
+    const metadata = { scalerAddress: SCALER_ADDRESS, queueName: QUEUE, mode: 'backlog', targetSize: '1' };
+    const anonymous = new ScalerClient(SCALER_ADDRESS, grpc.credentials.createSsl(tls('ca.crt')));
+    const keda = new ScalerClient(SCALER_ADDRESS, grpc.credentials.createSsl(tls('ca.crt'), tls('keda.key'), tls('keda.crt')));
+    try {
+      const refused = await anonymous.isActive(metadata);
+      expect(refused.ok).toBe(false);
+      const answered = await keda.isActive(metadata);
+      expect(answered).toEqual({ ok: true, value: { result: false } });
+    } finally {
+      anonymous.close();
+      keda.close();
+    }
+  }, 60_000);
+
+  it('every manifest and overlay passes server-side validation with KEDA\'s CRDs installed', async () => {
+    for (const dir of ['manifests', 'keda', 'overlays/local']) {
+      const out = await kubectl(['apply', '--dry-run=server', '-k', packageFile(dir)]);
+      expect(out, dir).toMatch(/\(server dry run\)/);
+    }
+  }, 120_000);
+});
+
+describe('kmj status --scaledjob, against the real cluster', () => {
+  const statusEnv = (): Record<string, string> => ({
+    KUBECONFIG,
+    RABBITMQ_URL,
+    MLFLOW_TRACKING_URI: MLFLOW_URL,
+    KMJ_SCALER_METRICS_URL: `http://${SCALER_ADDRESS.split(':')[0]}:8080`,
+    KMJ_SCALER_TLS_CA_FILE: join(DEPLOY_DIR, 'tls', 'ca.crt'),
+    KMJ_SCALER_TLS_CLIENT_CERT_FILE: join(DEPLOY_DIR, 'tls', 'keda.crt'),
+    KMJ_SCALER_TLS_CLIENT_KEY_FILE: join(DEPLOY_DIR, 'tls', 'keda.key'),
+  });
+
+  async function scalerTargets(): Promise<number> {
+    const res = await fetch(`http://${SCALER_ADDRESS.split(':')[0]}:8080/debug/targets`);
+    return ((await res.json()) as { targets: unknown[] }).targets.length;
+  }
+
+  it('shows READY, ACTIVE, the strategy and the trigger, each Job with its outcome, and asks the scaler what KEDA asks without a new target', async () => {
+    const experiment = uniqueId('cluster-status');
+    await publishAll([podRequest(experiment), { version: 1, requestId: uniqueId('req-bad'), model: 'models:/kmj-iris-classifier/1', experiment }]);
+    await until('both Jobs finished', workerJobs, (jobs) => jobs.length === 2 && jobs.every(finished), 120_000, 500);
+    const targets = await scalerTargets();
+
+    const res = await runKmj(['status', '--scaledjob', SCALED_JOB, '-n', NAMESPACE, '-o', 'json'], { env: statusEnv() });
+    expect(res.code, res.stderr).toBe(0);
+    const report = JSON.parse(res.stdout) as {
+      queue: string;
+      kubernetes: { ok: true; value: { ready: string; active: string; paused: boolean; strategy: string; triggers: Array<{ type: string; metadata: Record<string, string>; authenticationRef?: string }>; jobs: Array<{ status: string; exitCode: number; outcome: string }> } };
+      scaler: { ok: true; value: { value: number; active: boolean } };
+    };
+    const k = report.kubernetes.value;
+    expect(report.queue).toBe(QUEUE);
+    expect({ ready: k.ready, paused: k.paused, strategy: k.strategy }).toEqual({ ready: 'True', paused: false, strategy: 'default' });
+    expect(k.triggers).toEqual([{ type: 'external', metadata: { scalerAddress: SCALER_ADDRESS, queueName: QUEUE, mode: 'backlog', targetSize: '1' }, authenticationRef: 'kmj-scaler-tls' }]);
+    expect(k.jobs.map((j) => `${j.status} ${j.exitCode} ${j.outcome}`).sort()).toEqual(['failed 10 dead-lettered', 'succeeded 0 finished']);
+    expect(report.scaler).toEqual({ ok: true, value: expect.objectContaining({ value: 0, active: false }) });
+    // The trigger's own metadata is a target the scaler already has.
+    expect(await scalerTargets()).toBe(targets);
+
+    const text = await runKmj(['status', '--scaledjob', SCALED_JOB, '-n', NAMESPACE], { env: statusEnv() });
+    expect(text.stdout).toMatch(new RegExp(`^scaledjob ${NAMESPACE}/${SCALED_JOB}   READY True   ACTIVE False   PAUSED false   strategy default`, 'm'));
+    expect(text.stdout).toMatch(/^ {4}NAME +STATUS +OUTCOME +AGE$/m);
+    expect(text.stdout).toMatch(/dead-lettered +\d+s$/m);
+  }, 240_000);
+
+  it('shows a stuck pod with its reason, and a missing ScaledJob as not found', async () => {
+    const job = {
+      apiVersion: 'batch/v1',
+      kind: 'Job',
+      metadata: { name: uniqueId('stuck'), namespace: NAMESPACE, labels: { 'scaledjob.keda.sh/name': SCALED_JOB } },
+      spec: {
+        backoffLimit: 0,
+        template: {
+          metadata: { labels: { 'app.kubernetes.io/name': 'kmj-worker' } },
+          spec: {
+            restartPolicy: 'Never',
+            automountServiceAccountToken: false,
+            securityContext: { runAsNonRoot: true, runAsUser: 1000, seccompProfile: { type: 'RuntimeDefault' } },
+            containers: [{
+              name: 'worker',
+              image: 'kmj.local/no-such-image:0.0.0',
+              imagePullPolicy: 'Never',
+              securityContext: { allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: { drop: ['ALL'] } },
+            }],
+          },
+        },
+      },
+    };
+    await kubectl(['apply', '-f', '-'], JSON.stringify(job));
+    const res = await until('the stuck pod in kmj status', () => runKmj(['status', '--scaledjob', SCALED_JOB, '-n', NAMESPACE, '-o', 'json'], { env: statusEnv() }), (r) => {
+      const stuck = (JSON.parse(r.stdout) as { kubernetes: { value?: { stuck: Array<{ reason: string }> } } }).kubernetes.value?.stuck ?? [];
+      return stuck.some((p) => p.reason === 'ErrImageNeverPull');
+    }, 60_000, 1000);
+    expect(res.code).toBe(0);
+
+    const missing = await runKmj(['status', '--scaledjob', 'no-such-scaledjob', '-n', NAMESPACE], { env: statusEnv() });
+    expect(missing.code).toBe(1);
+    expect(missing.stdout).toMatch(/Kubernetes unreachable: scaledjob kmj\/no-such-scaledjob: not found/);
+  }, 120_000);
+});

@@ -1,0 +1,119 @@
+/**
+ * The real single-node cluster of scripts/cluster.sh with the project deployed by
+ * scripts/cluster-deploy.sh (overlays/local/): kubectl as a user runs it, and what the cluster
+ * tests read back (Jobs, pods, the ScaledJob's conditions, runs through the Python client).
+ */
+import { execFile } from 'node:child_process';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { PACKAGE_ROOT } from '../../common/paths.ts';
+import { MLFLOW_URL } from './worker.ts';
+
+const run = promisify(execFile);
+
+export const NAMESPACE = 'kmj';
+export const SCALED_JOB = 'ml-requests';
+export const QUEUE = 'ml-requests';
+/** The node's address on lo: what pods reach the host's services at. */
+export const NODE_IP = '10.250.0.1';
+/** The scaler Service's fixed cluster IP (overlays/local/scaler.yaml). */
+export const SCALER_ADDRESS = '10.96.100.60:6000';
+export const KUBECONFIG = process.env['KMJ_TEST_KUBECONFIG'] ?? join(PACKAGE_ROOT, '.run', 'cluster', 'pki', 'admin.kubeconfig');
+export const DEPLOY_DIR = join(PACKAGE_ROOT, '.run', 'cluster-deploy');
+
+/** kubectl ARGS against the test cluster; its stdout. */
+export async function kubectl(args: readonly string[], input?: string): Promise<string> {
+  const child = run('kubectl', ['--kubeconfig', KUBECONFIG, ...args], { maxBuffer: 64 * 1024 * 1024, timeout: 60_000 });
+  if (input !== undefined) {
+    child.child.stdin?.end(input);
+  }
+  const { stdout } = await child;
+  return stdout;
+}
+
+export async function kubectlJson<T>(args: readonly string[]): Promise<T> {
+  return JSON.parse(await kubectl([...args, '-o', 'json'])) as T;
+}
+
+export interface Job {
+  metadata: { name: string; creationTimestamp: string; labels?: Record<string, string> };
+  status: { active?: number; succeeded?: number; failed?: number; conditions?: Array<{ type: string; status: string; reason?: string }> };
+}
+
+export interface Pod {
+  metadata: { name: string; labels?: Record<string, string>; deletionTimestamp?: string };
+  status: {
+    phase: string;
+    containerStatuses?: Array<{ name: string; state: { running?: object; terminated?: { exitCode: number; reason?: string }; waiting?: { reason?: string } } }>;
+  };
+}
+
+/** The worker Jobs of the ScaledJob (KEDA labels them scaledjob.keda.sh/name). */
+export async function workerJobs(): Promise<Job[]> {
+  const list = await kubectlJson<{ items: Job[] }>(['-n', NAMESPACE, 'get', 'jobs', '-l', `scaledjob.keda.sh/name=${SCALED_JOB}`]);
+  return list.items;
+}
+
+export async function workerPods(): Promise<Pod[]> {
+  const list = await kubectlJson<{ items: Pod[] }>(['-n', NAMESPACE, 'get', 'pods', '-l', 'app.kubernetes.io/name=kmj-worker']);
+  return list.items;
+}
+
+/** The worker container's exit code, or undefined while it has none. */
+export function exitCodeOf(pod: Pod): number | undefined {
+  return pod.status.containerStatuses?.find((c) => c.name === 'worker')?.state.terminated?.exitCode;
+}
+
+export interface ScaledJobStatus {
+  readonly ready: string | undefined;
+  readonly active: string | undefined;
+  readonly paused: string | undefined;
+}
+
+/** READY and ACTIVE as `kubectl get scaledjob` shows them (the Ready and Active conditions). */
+export async function scaledJobStatus(): Promise<ScaledJobStatus> {
+  const sj = await kubectlJson<{ status?: { conditions?: Array<{ type: string; status: string }> } }>(['-n', NAMESPACE, 'get', 'scaledjob', SCALED_JOB]);
+  const cond = (t: string): string | undefined => sj.status?.conditions?.find((c) => c.type === t)?.status;
+  return { ready: cond('Ready'), active: cond('Active'), paused: cond('Paused') };
+}
+
+/** Patches the ScaledJob's spec (a JSON merge patch). */
+export async function patchScaledJob(spec: Record<string, unknown>): Promise<void> {
+  await kubectl(['-n', NAMESPACE, 'patch', 'scaledjob', SCALED_JOB, '--type', 'merge', '-p', JSON.stringify({ spec })]);
+}
+
+/** Deletes every worker Job and its pods, and waits until they are gone. */
+export async function deleteWorkerJobs(): Promise<void> {
+  await kubectl(['-n', NAMESPACE, 'delete', 'jobs', '-l', `scaledjob.keda.sh/name=${SCALED_JOB}`, '--cascade=foreground', '--wait=true', '--timeout=120s']);
+  await kubectl(['-n', NAMESPACE, 'delete', 'pods', '-l', 'app.kubernetes.io/name=kmj-worker', '--wait=true', '--timeout=120s']);
+}
+
+/** Polls `fn` every `stepMs` until `ok` holds; fails with the last value after `timeoutMs`. */
+export async function until<T>(what: string, fn: () => Promise<T>, ok: (v: T) => boolean, timeoutMs: number, stepMs = 500): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: T | undefined;
+  let lastErr: unknown;
+  while (Date.now() < deadline) {
+    try {
+      last = await fn();
+      if (ok(last)) return last;
+    } catch (err) {
+      lastErr = err;
+    }
+    await new Promise((r) => setTimeout(r, stepMs));
+  }
+  throw new Error(`${what}: not reached in ${timeoutMs} ms; last: ${JSON.stringify(last)}${lastErr ? `; last error: ${(lastErr as Error).message}` : ''}`);
+}
+
+export interface PythonSearchedRun {
+  run_id: string;
+  status: string;
+  tags: Record<string, string>;
+}
+
+/** Every run of an experiment as the real Python client finds it (MlflowClient.search_runs). */
+export async function searchRunsWithPython(experiment: string, base = MLFLOW_URL): Promise<PythonSearchedRun[]> {
+  const env = { PATH: process.env['PATH'] ?? '', HOME: process.env['HOME'] ?? '/tmp', MLFLOW_TRACKING_URI: base };
+  const { stdout } = await run(join(PACKAGE_ROOT, '.venv', 'bin', 'python'), [join(PACKAGE_ROOT, 'test', 'python', 'search_runs.py'), experiment], { env, maxBuffer: 16 * 1024 * 1024 });
+  return JSON.parse(stdout) as PythonSearchedRun[];
+}
