@@ -21,7 +21,8 @@ RUN npx tsc -p tsconfig.json \
 
 FROM node:${NODE_VERSION}-bookworm-slim
 ENV NODE_ENV=production \
-    ONNXRUNTIME_NODE_INSTALL=skip
+    ONNXRUNTIME_NODE_INSTALL=skip \
+    ORT_DISABLE_TELEMETRY=1
 COPY --from=build /stage/app /app
 WORKDIR /app
 # The image's own "node" user (uid 1000); manifests run with a read-only root filesystem.

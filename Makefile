@@ -5,6 +5,8 @@ SHELL := bash
 
 # onnxruntime-node's install script downloads CUDA libraries on x64; the CPU binaries ship in the tarball.
 export ONNXRUNTIME_NODE_INSTALL := skip
+# onnxruntime (Node and Python) uploads telemetry unless told not to; nothing here sends any.
+export ORT_DISABLE_TELEMETRY := 1
 export npm_config_loglevel := error
 NODE_BIN := $(shell scripts/ensure-node.sh)
 export PATH := $(NODE_BIN):$(CURDIR)/node_modules/.bin:$(PATH)

@@ -18,6 +18,8 @@ import time
 
 import mlflow
 import numpy as np
+# onnxruntime uploads telemetry unless this is set before it loads; nothing here sends any.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 import onnxruntime as ort
 import pandas as pd
 import pika

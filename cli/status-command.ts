@@ -59,7 +59,7 @@ scalerAddress, else 127.0.0.1:6000), KMJ_SCALER_METRICS_URL (http://127.0.0.1:80
 KMJ_SCALER_TLS_CA_FILE with KMJ_SCALER_TLS_CLIENT_CERT_FILE and KMJ_SCALER_TLS_CLIENT_KEY_FILE
 (a scaler that serves mutual TLS), MLFLOW_TRACKING_URI and its auth variables.
 
-Exit codes: 0 everything answered, 1 something was unreachable, 64 bad usage, 78 bad configuration.
+Exit codes: 0 everything answered, 1 something was unreachable, 78 bad configuration or options.
 `;
 
 const STATUS_ENV = {
@@ -355,7 +355,7 @@ export async function runStatus(argv: readonly string[], ctx: CommandContext): P
     return 0;
   }
   const problems: string[] = [];
-  if (values.queue === undefined && values.scaledjob === undefined) problems.push('--queue: is required (or --scaledjob)');
+  if (values.queue === undefined && values.scaledjob === undefined) problems.push('--queue: is required');
   const limit = values.runs === undefined ? 10 : Number(values.runs);
   if (!Number.isInteger(limit) || limit < 1 || limit > 1000) problems.push(`--runs: ${JSON.stringify(values.runs)} must be an integer from 1 to 1000`);
   const output = values.output ?? (values.json ? 'json' : undefined);
@@ -363,10 +363,7 @@ export async function runStatus(argv: readonly string[], ctx: CommandContext): P
   for (const flag of ['namespace', 'context', 'kubeconfig'] as const) {
     if (values[flag] !== undefined && values.scaledjob === undefined) problems.push(`--${flag}: only with --scaledjob`);
   }
-  if (problems.length > 0) {
-    ctx.stderr.write(`kmj status: ${problems.join('; ')}\n\n${STATUS_HELP}`);
-    return 64;
-  }
+  if (problems.length > 0) throw new ConfigError('status', problems);
   const target: StatusTarget = {
     queue: values.queue,
     experiment: values.experiment,

@@ -51,7 +51,7 @@ build() {
   mkdir -p "$images"
   node "$KMJ_ROOT/scripts/image-archive.mjs" --rootfs "$root" --tag "$tag" --out "$archive" \
     --entrypoint /usr/local/bin/node,/app/bin/kmj.js --cmd=--help --user 1000:1000 --workdir /app \
-    --env PATH=/usr/local/bin:/usr/bin:/bin --env NODE_ENV=production --env ONNXRUNTIME_NODE_INSTALL=skip >&2
+    --env PATH=/usr/local/bin:/usr/bin:/bin --env NODE_ENV=production --env ONNXRUNTIME_NODE_INSTALL=skip --env ORT_DISABLE_TELEMETRY=1 >&2
   say "image $tag in $archive ($(du -h "$archive" | cut -f1))"
 }
 

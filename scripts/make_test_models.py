@@ -20,6 +20,8 @@ import os
 import sys
 
 import numpy as np
+# onnxruntime uploads telemetry unless this is set before it loads; nothing here sends any.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 import onnxruntime as ort
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LinearRegression, LogisticRegression

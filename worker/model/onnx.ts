@@ -69,6 +69,10 @@ let loading: Promise<typeof Ort> | undefined;
 
 /** Starts loading onnxruntime-node, once; call early to have it ready when the model is. */
 export function loadOnnxRuntime(): Promise<typeof Ort> {
+  // onnxruntime 1.29+ collects telemetry on Linux too, and tries to upload it (and writes a
+  // device id) unless this is set before it loads. A worker sends nothing anywhere but to its
+  // broker and MLflow; set ORT_DISABLE_TELEMETRY=0 explicitly to allow it.
+  process.env['ORT_DISABLE_TELEMETRY'] ??= '1';
   loading ??= import('onnxruntime-node').then((m) => (runtime = m));
   return loading;
 }
