@@ -13,7 +13,7 @@ export PATH := $(NODE_BIN):$(CURDIR)/node_modules/.bin:$(PATH)
 
 STAMP := .run/stamps
 
-.PHONY: help deps build typecheck services cluster cluster-down test demo bench-scaler bench-worker clean
+.PHONY: help deps build typecheck services cluster cluster-down test demo demo-cluster bench-scaler bench-worker clean
 
 help:
 	@echo "make demo          RabbitMQ, MLflow, the scaler and workers on this machine, one Job per request"
@@ -22,6 +22,7 @@ help:
 	@echo "make bench-worker  the worker beside a Python worker: cold start, throughput, memory"
 	@echo "make cluster       a real single-node Kubernetes + KEDA here, with the project deployed (docs/deploy.md)"
 	@echo "make cluster-down  stop it and undo its host changes"
+	@echo "make demo-cluster  the demo's requests through that cluster: real KEDA, real pods, runs in MLflow"
 	@echo "make build         compile TypeScript into dist/"
 
 # --ignore-scripts: the only install scripts (onnxruntime-node, protobufjs) are denied anyway, and
@@ -55,6 +56,9 @@ cluster: build services
 
 cluster-down:
 	scripts/cluster.sh down
+
+demo-cluster: cluster
+	scripts/demo-cluster.sh
 
 test: build services cluster
 	node scripts/run-tests.mjs

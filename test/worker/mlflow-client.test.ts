@@ -135,6 +135,16 @@ describe('experimentId', () => {
     // A later call finds it rather than creating another.
     expect(await tracking().experimentId(name, NEVER)).toBe(ids[0]);
   });
+
+  it('a create that lost the race is answered by a lookup, not retried: with the default retries, eight workers creating one experiment retry nothing', async () => {
+    // MLflow answers the loser of two concurrent creates with a 400 that carries the unique-key
+    // error. Retried, every attempt loses again: a worker in the cluster waited 3 minutes so.
+    const name = uniqueId('kmj-test-race-default');
+    const captured = captureLog();
+    const ids = await Promise.all(Array.from({ length: 8 }, () => tracking({ log: captured.log, maxRetries: 7 }).experimentId(name, NEVER)));
+    expect(new Set(ids).size).toBe(1);
+    expect(captured.lines().filter((l) => l['msg'] === 'mlflow request failed, retrying' && l['path'] === '/api/2.0/mlflow/experiments/create')).toEqual([]);
+  }, 30_000);
 });
 
 describe('log-batch', () => {

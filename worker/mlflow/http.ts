@@ -64,7 +64,12 @@ export class MlflowHttpError extends Error {
    * next attempt finds the row the other writer made.
    */
   get retryable(): boolean {
-    return isRetryableStatus(this.status) || (this.status === 400 && WRITE_RACE.test(this.message));
+    return isRetryableStatus(this.status) || this.writeRace;
+  }
+
+  /** The 400 of a lost race on a unique key (see retryable). */
+  get writeRace(): boolean {
+    return this.status === 400 && WRITE_RACE.test(this.message);
   }
 }
 
@@ -77,6 +82,11 @@ export interface CallOptions {
   readonly signal: AbortSignal;
   /** Overrides MLFLOW_HTTP_REQUEST_MAX_RETRIES for a call that is not safe to repeat. */
   readonly maxRetries?: number;
+  /**
+   * false: a lost race on a unique key is the answer, not a reason to try again (a create whose
+   * row another writer made: every repeat loses the same race). Default true.
+   */
+  readonly retryWriteRace?: boolean;
 }
 
 export class MlflowHttp {
@@ -135,7 +145,8 @@ export class MlflowHttp {
         return result;
       } catch (err) {
         const e = err instanceof MlflowHttpError ? err : new MlflowHttpError(`MLflow ${options.method} ${url.pathname} failed: ${(err as Error).message}`, 0, undefined, { cause: err });
-        if (options.signal.aborted || !e.retryable || attempt >= (options.maxRetries ?? this.#options.maxRetries)) throw e;
+        const retryable = e.retryable && !(options.retryWriteRace === false && e.writeRace);
+        if (options.signal.aborted || !retryable || attempt >= (options.maxRetries ?? this.#options.maxRetries)) throw e;
         const waitMs = this.#backoffMs(attempt + 1, e);
         this.#log.warn({ path: url.pathname, status: e.status, attempt: attempt + 1, waitMs }, 'mlflow request failed, retrying');
         await sleep(waitMs, options.signal).catch(() => undefined);

@@ -147,11 +147,12 @@ export class MlflowTracking {
     const found = await get();
     if (found !== undefined) return found;
     try {
-      const r = await this.http.api<{ experiment_id: string }>('experiments/create', { method: 'POST', json: { name }, signal });
+      const r = await this.http.api<{ experiment_id: string }>('experiments/create', { method: 'POST', json: { name }, signal, retryWriteRace: false });
       return r.experiment_id;
     } catch (err) {
-      // Another worker created it between our get and our create.
-      if (err instanceof MlflowHttpError && err.errorCode === 'RESOURCE_ALREADY_EXISTS') {
+      // Another worker created it between our get and our create: MLflow says so with
+      // RESOURCE_ALREADY_EXISTS, or, when both inserts raced, with a unique-key 400.
+      if (err instanceof MlflowHttpError && (err.errorCode === 'RESOURCE_ALREADY_EXISTS' || err.writeRace)) {
         const again = await get();
         if (again !== undefined) return again;
       }
