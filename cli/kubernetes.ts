@@ -6,6 +6,7 @@
  * service account; the namespace is -n, else the context's, else "default".
  */
 import { BatchV1Api, CoreV1Api, CustomObjectsApi, KubeConfig, type V1Job, type V1Pod } from '@kubernetes/client-node';
+import { deadline, raceAbort } from '../common/abort.ts';
 import { EXIT } from '../worker/consumer.ts';
 
 export interface KubeTarget {
@@ -115,12 +116,16 @@ function ageOf(timestamp: Date | string | undefined, now: number): number {
   return Math.max(0, Math.round((now - new Date(timestamp).getTime()) / 1000));
 }
 
-function bounded<T>(what: string, p: Promise<T>, ms: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what}: no answer from the Kubernetes API within ${ms} ms`)), ms);
-  });
-  return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
+/** One Kubernetes API call, bounded by `ms`, its failure as one line naming `what`. */
+async function ask<T>(what: string, call: Promise<T>, ms: number): Promise<T> {
+  const bound = deadline(ms, undefined, 'the Kubernetes API');
+  try {
+    return await raceAbort(call, bound.signal);
+  } catch (err) {
+    throw apiError(what, err);
+  } finally {
+    bound.dispose();
+  }
 }
 
 /** A Kubernetes API error as one line: the status code and the API's message. */
@@ -187,15 +192,9 @@ export async function readScaledJob(target: KubeTarget, name: string, timeoutMs 
   const what = `scaledjob ${namespace}/${name}`;
   const labelSelector = `scaledjob.keda.sh/name=${name}`;
   const [sj, jobs, pods] = await Promise.all([
-    bounded(what, custom.getNamespacedCustomObject({ group: 'keda.sh', version: 'v1alpha1', namespace, plural: 'scaledjobs', name }), timeoutMs).catch((err: unknown) => {
-      throw apiError(what, err);
-    }) as Promise<ScaledJobObject>,
-    bounded('jobs', batch.listNamespacedJob({ namespace, labelSelector }), timeoutMs).catch((err: unknown) => {
-      throw apiError(`jobs of ${what}`, err);
-    }),
-    bounded('pods', core.listNamespacedPod({ namespace }), timeoutMs).catch((err: unknown) => {
-      throw apiError(`pods in ${namespace}`, err);
-    }),
+    ask(what, custom.getNamespacedCustomObject({ group: 'keda.sh', version: 'v1alpha1', namespace, plural: 'scaledjobs', name }), timeoutMs) as Promise<ScaledJobObject>,
+    ask(`jobs of ${what}`, batch.listNamespacedJob({ namespace, labelSelector }), timeoutMs),
+    ask(`pods in ${namespace}`, core.listNamespacedPod({ namespace }), timeoutMs),
   ]);
   const now = Date.now();
   const jobNames = new Set(jobs.items.map((j) => j.metadata?.name));
