@@ -13,13 +13,14 @@ export PATH := $(NODE_BIN):$(CURDIR)/node_modules/.bin:$(PATH)
 
 STAMP := .run/stamps
 
-.PHONY: help deps build typecheck services cluster cluster-down test demo demo-cluster bench-scaler bench-worker clean
+.PHONY: help deps build typecheck services cluster cluster-down test demo demo-cluster bench-scaler bench-worker bench-keda clean
 
 help:
 	@echo "make demo          RabbitMQ, MLflow, the scaler and workers on this machine, one Job per request"
 	@echo "make test          start the services the tests need, run every test"
 	@echo "make bench-scaler  benchmark the scaler under KEDA-like polling of 200 queues"
 	@echo "make bench-worker  the worker beside a Python worker: cold start, throughput, memory"
+	@echo "make bench-keda    our trigger beside KEDA's built-in RabbitMQ trigger, in the real cluster (~30 min)"
 	@echo "make cluster       a real single-node Kubernetes + KEDA here, with the project deployed (docs/deploy.md)"
 	@echo "make cluster-down  stop it and undo its host changes"
 	@echo "make demo-cluster  the demo's requests through that cluster: real KEDA, real pods, runs in MLflow"
@@ -77,6 +78,11 @@ bench-scaler: build
 
 bench-worker: build services
 	node dist/bench/worker-bench.js
+
+# KEDA's ScaledJob strategies side by side in the real cluster: our trigger, the built-in RabbitMQ
+# trigger with accurate and with default (docs/benchmarks.md).
+bench-keda: cluster
+	eval "$$(scripts/cluster.sh env)" && node dist/bench/keda-bench.js
 
 clean:
 	rm -rf dist .run

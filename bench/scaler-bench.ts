@@ -21,6 +21,7 @@ import * as protoLoader from '@grpc/proto-loader';
 import { connect } from 'amqplib';
 import { packageFile, PACKAGE_ROOT } from '../common/paths.ts';
 import { loadExternalScalerPackage } from '../scaler/grpc-server.ts';
+import { out, percentile, sorted } from './stats.ts';
 
 const QUEUES = Number(process.env['BENCH_QUEUES'] ?? 200);
 const PHASE_SECONDS = Number(process.env['BENCH_PHASE_SECONDS'] ?? 30);
@@ -32,18 +33,8 @@ const CLK_TCK = 100;
 
 type Unary = (req: unknown, cb: (err: grpc.ServiceError | null, res: unknown) => void) => void;
 
-function out(line = ''): void {
-  process.stdout.write(`${line}\n`);
-}
-
-function percentile(sorted: number[], p: number): number {
-  if (sorted.length === 0) return Number.NaN;
-  const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
-  return sorted[i] ?? Number.NaN;
-}
-
 function stats(samples: number[]): { n: number; p50: number; p99: number } {
-  const s = [...samples].sort((a, b) => a - b);
+  const s = sorted(samples);
   return { n: s.length, p50: percentile(s, 50), p99: percentile(s, 99) };
 }
 

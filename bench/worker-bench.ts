@@ -19,6 +19,7 @@ import { promisify } from 'node:util';
 import { connect } from 'amqplib';
 import { PACKAGE_ROOT } from '../common/paths.ts';
 import { declareRequestTopology, deadLetterQueueOf } from '../common/topology.ts';
+import { fmt, median, out } from './stats.ts';
 
 const run = promisify(execFile);
 const COLD_RUNS = Number(process.env['BENCH_COLD_RUNS'] ?? 5);
@@ -42,19 +43,6 @@ interface Measured {
   maxRssMb: number;
 }
 
-function out(line = ''): void {
-  process.stdout.write(`${line}\n`);
-}
-
-function median(values: number[]): number {
-  const s = [...values].sort((a, b) => a - b);
-  const mid = Math.floor(s.length / 2);
-  return s.length % 2 ? (s[mid] as number) : ((s[mid - 1] as number) + (s[mid] as number)) / 2;
-}
-
-function fmt(values: number[], digits = 3): string {
-  return `median ${median(values).toFixed(digits)} (min ${Math.min(...values).toFixed(digits)}, max ${Math.max(...values).toFixed(digits)})`;
-}
 
 /** Runs a command under a small wrapper that reports its wall time and the child's peak RSS. */
 async function measure(cmd: string[], env: Record<string, string>): Promise<Measured> {

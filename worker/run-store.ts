@@ -19,6 +19,8 @@ export const REQUEST_ID_TAG = 'kmj.request_id';
 export const ERROR_TAG = 'kmj.error';
 /** On a run that did not finish: what became of its message (dead-lettered, requeued). */
 export const OUTCOME_TAG = 'kmj.outcome';
+/** The pod that ran the request (KUBERNETES_POD_NAME), when it ran in one. */
+export const POD_TAG = 'kmj.pod';
 
 export interface DeliveryInfo {
   /** 1 for the first delivery of this message. */
@@ -79,7 +81,7 @@ export function runTags(req: InferenceRequest, config: WorkerConfig, delivery: D
     { key: 'kmj.queue', value: delivery.queue },
     { key: 'kmj.worker_version', value: workerVersion },
   ];
-  if (config.podName !== undefined) tags.push({ key: 'kmj.pod', value: config.podName });
+  if (config.podName !== undefined) tags.push({ key: POD_TAG, value: config.podName });
   if (config.nodeName !== undefined) tags.push({ key: 'kmj.node', value: config.nodeName });
   for (const [key, value] of Object.entries(req.tags ?? {})) tags.push({ key, value });
   return tags;

@@ -4,9 +4,11 @@
 // write to the host's MLflow. `make test` brings the cluster up and deploys before the tests run.
 //
 // The tests share the one ScaledJob and its queue, so they run one after another.
+import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
 import { connect } from 'amqplib';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
@@ -14,7 +16,7 @@ import { deadLetterQueueOf, declareRequestTopology } from '../../common/topology
 import { packageFile } from '../../common/paths.ts';
 import {
   DEPLOY_DIR, KUBECONFIG, NAMESPACE, NODE_IP, QUEUE, SCALED_JOB, SCALER_ADDRESS,
-  deleteWorkerJobs, exitCodeOf, kubectl, patchScaledJob, scaledJobStatus, searchRunsWithPython, until, workerJobs, workerPods,
+  deleteWorkerJobs, exitCodeOf, kubectl, kubectlJson, patchScaledJob, scaledJobStatus, searchRunsWithPython, until, workerJobs, workerPods,
   type Job,
 } from '../helpers/cluster.ts';
 import { RABBITMQ_URL } from '../helpers/env.ts';
@@ -22,7 +24,11 @@ import { runKmj } from '../helpers/kmj.ts';
 import { ScalerClient } from '../helpers/scaler.ts';
 import { MLFLOW_URL, drain, fixtures, queueState, runsOf, tagsOf, uniqueId } from '../helpers/worker.ts';
 
+const run = promisify(execFile);
 const POLL_S = 2;
+/** The ScaledJob fields the tests change, and what the deployment had there. */
+const TEST_SETTINGS = ['pollingInterval', 'successfulJobsHistoryLimit', 'failedJobsHistoryLimit', 'maxReplicaCount'] as const;
+let deployedSettings: Record<string, unknown> | undefined;
 const DEAD = deadLetterQueueOf(QUEUE);
 
 /** A valid request that a pod can run: the registry's classifier on the iris CSV stored in MLflow. */
@@ -126,6 +132,9 @@ beforeAll(async () => {
     await conn.close();
   }
   // Test settings on top of the overlay: a fast poll, and every Job kept so that all can be counted.
+  // What was deployed is put back afterwards.
+  const deployed = await kubectlJson<{ spec: Record<string, unknown> }>(['-n', NAMESPACE, 'get', 'scaledjob', SCALED_JOB]);
+  deployedSettings = Object.fromEntries(TEST_SETTINGS.map((k) => [k, deployed.spec[k] ?? null]));
   await patchScaledJob({ pollingInterval: POLL_S, successfulJobsHistoryLimit: 100, failedJobsHistoryLimit: 100, maxReplicaCount: 4 });
 }, 120_000);
 
@@ -138,6 +147,7 @@ beforeEach(async () => {
 afterAll(async () => {
   await deleteWorkerJobs();
   await purge(QUEUE);
+  if (deployedSettings) await patchScaledJob(deployedSettings);
 }, 180_000);
 
 describe('KEDA runs our ScaledJob against our scaler', () => {
@@ -355,4 +365,18 @@ describe('kmj status --scaledjob, against the real cluster', () => {
     expect(missing.code).toBe(1);
     expect(missing.stdout).toMatch(/Kubernetes unreachable: scaledjob kmj\/no-such-scaledjob: not found/);
   }, 120_000);
+});
+
+describe('make demo-cluster', () => {
+  it('runs the demo\'s requests through the cluster: ten FINISHED, one dead-lettered, and shows the ScaledJob, its Jobs and kmj status', async () => {
+    await deleteWorkerJobs();
+    const res = await run('bash', [packageFile('scripts/demo-cluster.sh')], { env: { ...process.env, KUBECONFIG }, maxBuffer: 16 * 1024 * 1024, timeout: 300_000 });
+    const lines = res.stdout.split('\n');
+    expect(lines.some((l) => /^NAME\b.*\bREADY\b.*\bACTIVE\b/.test(l)), res.stdout).toBe(true);
+    expect(lines.filter((l) => l.startsWith(`job.batch/${SCALED_JOB}-`))).toHaveLength(11);
+    expect(res.stdout).toMatch(new RegExp(`^scaledjob ${NAMESPACE}/${SCALED_JOB}   READY True`, 'm'));
+    expect(res.stderr).toMatch(/10 of 11 FINISHED, one dead-lettered by design, in \d+ s from the first publish/);
+    const runs = await searchRunsWithPython('kmj-demo-cluster');
+    expect(runs.filter((r) => r.status === 'FINISHED').length).toBeGreaterThanOrEqual(10);
+  }, 360_000);
 });

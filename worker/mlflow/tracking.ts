@@ -44,6 +44,32 @@ export interface Run {
   readonly data: { readonly metrics?: Array<{ key: string; value: number }>; readonly params?: KeyValue[]; readonly tags?: KeyValue[] };
 }
 
+/** A run as `searchRuns` returns it: its info, with tags, params and latest metrics as maps. */
+export interface SearchedRun {
+  readonly info: RunInfo;
+  readonly tags: Readonly<Record<string, string>>;
+  readonly params: Readonly<Record<string, string>>;
+  readonly metrics: Readonly<Record<string, number>>;
+}
+
+export interface SearchRunsOptions {
+  /** MLflow's search filter, e.g. `attributes.status = 'FINISHED'`. */
+  readonly filter?: string;
+  readonly orderBy?: readonly string[];
+  /** Stop after this many runs (all pages are read up to it); 1000 by default. */
+  readonly maxResults?: number;
+  /** ACTIVE_ONLY (the default), DELETED_ONLY or ALL. */
+  readonly viewType?: 'ACTIVE_ONLY' | 'DELETED_ONLY' | 'ALL';
+}
+
+function toMap<V>(entries: ReadonlyArray<{ key: string; value: V }> | undefined): Record<string, V> {
+  return Object.fromEntries((entries ?? []).map((e) => [e.key, e.value]));
+}
+
+export function searchedRun(run: Run): SearchedRun {
+  return { info: run.info, tags: toMap(run.data.tags), params: toMap(run.data.params), metrics: toMap(run.data.metrics) };
+}
+
 export interface DatasetInput {
   readonly name: string;
   readonly digest: string;
@@ -158,6 +184,30 @@ export class MlflowTracking {
       }
       throw err;
     }
+  }
+
+  /** Runs of the experiments, page after page, up to `maxResults`. */
+  async searchRuns(experimentIds: readonly string[], options: SearchRunsOptions, signal: AbortSignal): Promise<SearchedRun[]> {
+    const limit = options.maxResults ?? 1000;
+    const runs: SearchedRun[] = [];
+    let pageToken: string | undefined;
+    do {
+      const r = await this.http.api<{ runs?: Run[]; next_page_token?: string }>('runs/search', {
+        method: 'POST',
+        json: {
+          experiment_ids: experimentIds,
+          run_view_type: options.viewType ?? 'ACTIVE_ONLY',
+          max_results: Math.min(1000, limit - runs.length),
+          ...(options.filter !== undefined ? { filter: options.filter } : {}),
+          ...(options.orderBy !== undefined ? { order_by: options.orderBy } : {}),
+          ...(pageToken !== undefined ? { page_token: pageToken } : {}),
+        },
+        signal,
+      });
+      runs.push(...(r.runs ?? []).map(searchedRun));
+      pageToken = r.next_page_token || undefined;
+    } while (pageToken !== undefined && runs.length < limit);
+    return runs;
   }
 
   /** Runs of an experiment carrying tag `key` = `value`, deleted ones excluded, newest first. */
