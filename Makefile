@@ -35,7 +35,9 @@ $(STAMP)/deps: package.json package-lock.json
 
 deps: $(STAMP)/deps
 
+# From clean: a module moved or deleted leaves nothing behind in dist/ (the image ships dist/).
 build: deps
+	rm -rf dist
 	tsc -p tsconfig.json
 	node scripts/build-validators.mjs
 

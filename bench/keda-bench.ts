@@ -41,11 +41,11 @@ import { connect, type ConfirmChannel } from 'amqplib';
 import { sleep } from '../common/abort.ts';
 import { createLogger } from '../common/log.ts';
 import { PACKAGE_ROOT } from '../common/paths.ts';
-import { deadLetterQueueOf, declareRequestTopology } from '../common/topology.ts';
-import { mlflowFromEnv } from '../cli/mlflow-client.ts';
-import { POD_TAG, REQUEST_ID_TAG } from '../worker/run-store.ts';
-import type { MlflowTracking, SearchedRun } from '../worker/mlflow/tracking.ts';
+import { deadLetterQueueOf, declareRequestTopology } from '../rabbitmq/topology.ts';
+import { mlflowFromEnv } from '../mlflow/client.ts';
+import type { MlflowTracking, SearchedRun } from '../mlflow/tracking.ts';
 import { median, out, percentile, sorted } from './stats.ts';
+import { RUN_TAG } from '../common/run-tags.ts';
 
 const execFileP = promisify(execFile);
 const env = process.env;
@@ -324,7 +324,7 @@ class Bench {
           break;
         }
         runs = await this.finishedRuns(experiment).catch(() => runs);
-        const done = new Set(runs.map((r) => r.tags[REQUEST_ID_TAG])).size >= messages && log.jobs.size > 0 && log.busy() === 0;
+        const done = new Set(runs.map((r) => r.tags[RUN_TAG.requestId])).size >= messages && log.jobs.size > 0 && log.busy() === 0;
         if (!done) quietSince = undefined;
         else if (quietSince === undefined) quietSince = Date.now();
         else if (Date.now() - quietSince >= 3000) break;
@@ -355,10 +355,10 @@ class Bench {
   figures(setup: Setup, cap: number, repeat: number, messages: number, published: Map<string, number>, runs: readonly SearchedRun[], log: ClusterLog, t0: number, timedOut: boolean): RunResult {
     const byRequest = new Map<string, SearchedRun[]>();
     for (const r of runs) {
-      const id = r.tags[REQUEST_ID_TAG];
+      const id = r.tags[RUN_TAG.requestId];
       if (id !== undefined && published.has(id)) byRequest.set(id, [...(byRequest.get(id) ?? []), r]);
     }
-    const podsWithRun = new Set(runs.map((r) => r.tags[POD_TAG]));
+    const podsWithRun = new Set(runs.map((r) => r.tags[RUN_TAG.pod]));
     const jobsWithRun = new Set([...log.pods].filter(([pod]) => podsWithRun.has(pod)).map(([, p]) => p.job));
     const publishTimes = sorted([...published.values()]);
     const jobTimes = sorted([...log.jobs.values()].map((j) => j.created));
@@ -370,7 +370,7 @@ class Bench {
       const at = published.get(id) as number;
       if (!first) continue;
       toFinished.push((first.info.end_time ?? Number.NaN) - at);
-      const pod = log.pods.get(first.tags[POD_TAG] ?? '');
+      const pod = log.pods.get(first.tags[RUN_TAG.pod] ?? '');
       if (pod?.running !== undefined) toRunning.push(pod.running - at);
     }
     const endTimes = runs.map((r) => r.info.end_time ?? 0);

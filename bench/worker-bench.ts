@@ -18,7 +18,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { connect } from 'amqplib';
 import { PACKAGE_ROOT } from '../common/paths.ts';
-import { declareRequestTopology, deadLetterQueueOf } from '../common/topology.ts';
+import { declareRequestTopology, deadLetterQueueOf } from '../rabbitmq/topology.ts';
 import { fmt, median, out } from './stats.ts';
 
 const run = promisify(execFile);

@@ -17,14 +17,15 @@ import { sleep } from '../common/abort.ts';
 import { ConfigError } from '../common/config.ts';
 import { createLogger } from '../common/log.ts';
 import { PACKAGE_ROOT } from '../common/paths.ts';
-import { deadLetterQueueOf, deadLetterReason } from '../common/topology.ts';
+import { deadLetterQueueOf, deadLetterReason } from '../rabbitmq/topology.ts';
 import { startScaler } from '../scaler/app.ts';
 import { ScalerClient, defaultStrategyJobs } from '../scaler/client.ts';
 import { loadScalerConfig } from '../scaler/config.ts';
-import { quoteFilterValue, type MlflowTracking } from '../worker/mlflow/tracking.ts';
+import { quoteFilterValue, type MlflowTracking } from '../mlflow/tracking.ts';
 import type { CommandContext } from './context.ts';
-import { mlflowFromEnv } from './mlflow-client.ts';
+import { mlflowFromEnv } from '../mlflow/client.ts';
 import { RequestPublisher } from './publisher.ts';
+import { RUN_TAG } from '../common/run-tags.ts';
 
 export const DEMO_HELP = `Usage: kmj demo [--max-jobs <n>]
 
@@ -122,18 +123,13 @@ interface RunRow {
 
 async function runTable(tracking: MlflowTracking, experiment: string, queue: string): Promise<{ rows: RunRow[]; experimentId: string }> {
   const experimentId = await tracking.experimentId(experiment, AbortSignal.timeout(10_000));
-  const r = await tracking.http.api<{ runs?: Array<{ info: { status: string; start_time?: number; end_time?: number }; data: { metrics?: Array<{ key: string; value: number }>; tags?: Array<{ key: string; value: string }> } }> }>('runs/search', {
-    method: 'POST',
-    json: { experiment_ids: [experimentId], filter: `tags.\`kmj.queue\` = ${quoteFilterValue(queue)}`, max_results: 100, order_by: ['attributes.start_time ASC'] },
-    signal: AbortSignal.timeout(10_000),
-  });
-  const rows = (r.runs ?? []).map((run) => {
-    const tags = Object.fromEntries((run.data.tags ?? []).map((t) => [t.key, t.value]));
-    const metrics = Object.fromEntries((run.data.metrics ?? []).map((m) => [m.key, m.value]));
+  const found = await tracking.searchRuns([experimentId], { filter: `tags.\`${RUN_TAG.queue}\` = ${quoteFilterValue(queue)}`, maxResults: 100, orderBy: ['attributes.start_time ASC'] }, AbortSignal.timeout(10_000));
+  const rows = found.map((run) => {
+    const { tags, metrics } = run;
     const score = metrics['accuracy_score'] !== undefined ? `accuracy ${metrics['accuracy_score'].toFixed(3)}` : metrics['r2_score'] !== undefined ? `r2 ${metrics['r2_score'].toFixed(3)}` : '';
     return {
-      requestId: tags['kmj.request_id'] ?? '?',
-      model: tags['kmj.model_name'] !== undefined ? `${tags['kmj.model_name']} v${tags['kmj.model_version'] ?? '?'}` : (tags['kmj.model_uri'] ?? '?'),
+      requestId: tags[RUN_TAG.requestId] ?? '?',
+      model: tags[RUN_TAG.modelName] !== undefined ? `${tags[RUN_TAG.modelName]} v${tags[RUN_TAG.modelVersion] ?? '?'}` : (tags[RUN_TAG.modelUri] ?? '?'),
       status: run.info.status,
       rows: metrics['rows'] !== undefined ? String(metrics['rows']) : '',
       score,

@@ -8,6 +8,7 @@
 import { BatchV1Api, CoreV1Api, CustomObjectsApi, KubeConfig, type V1Job, type V1Pod } from '@kubernetes/client-node';
 import { deadline, raceAbort } from '../common/abort.ts';
 import { EXIT } from '../worker/consumer.ts';
+import { NotFoundError } from '../common/errors.ts';
 
 export interface KubeTarget {
   readonly kubeconfig?: string | undefined;
@@ -139,7 +140,7 @@ function apiError(what: string, err: unknown): Error {
       // not JSON: keep the message
     }
   }
-  if (e.code === 404) return new Error(`${what}: not found`);
+  if (e.code === 404) return new NotFoundError(what);
   return new Error(`${what}: ${e.code !== undefined ? `HTTP ${e.code}: ` : ''}${detail.split('\n')[0]}`);
 }
 

@@ -7,7 +7,7 @@
 import { connect, type ChannelModel, type ConfirmChannel } from 'amqplib';
 import { raceAbort } from '../common/abort.ts';
 import { messageOf, scrubSecrets } from '../common/redact.ts';
-import { DIRECT_REPLY_TO, declareRequestTopology, deadLetterQueueOf, parseOutcomeNotice, type OutcomeNotice } from '../common/topology.ts';
+import { DIRECT_REPLY_TO, declareRequestTopology, deadLetterQueueOf, parseOutcomeNotice, type OutcomeNotice } from '../rabbitmq/topology.ts';
 
 export class PublishError extends Error {
   override readonly name = 'PublishError';

@@ -5,7 +5,7 @@ import { parseArgs } from 'node:util';
 import { createLogger } from '../common/log.ts';
 import { replaySpool } from '../worker/spool.ts';
 import type { CommandContext } from './context.ts';
-import { mlflowFromEnv } from './mlflow-client.ts';
+import { mlflowFromEnv } from '../mlflow/client.ts';
 
 export const REPLAY_HELP = `Usage: kmj replay --to <tracking uri> [--spool <dir>]
 

@@ -9,21 +9,22 @@ import { parseArgs } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
 import { connect } from 'amqplib';
 import { stringify as toYaml } from 'yaml';
-import { sleep } from '../common/abort.ts';
+import { raceAbort, sleep } from '../common/abort.ts';
 import { ConfigError, readConfig } from '../common/config.ts';
+import { BacklogNotFoundError, NotFoundError } from '../common/errors.ts';
 import type { FieldSpecs } from '../common/fields.ts';
 import { createLogger } from '../common/log.ts';
 import { messageOf } from '../common/redact.ts';
-import { deadLetterQueueOf } from '../common/topology.ts';
+import { RUN_TAG } from '../common/run-tags.ts';
+import { mlflowFromEnv, runUrl } from '../mlflow/client.ts';
+import type { MlflowTracking } from '../mlflow/tracking.ts';
+import { checkQueues } from '../rabbitmq/inspect.ts';
+import { ManagementQueueReader } from '../rabbitmq/management.ts';
+import { defaultManagementUrl, RABBITMQ_ENV, vhostOf } from '../rabbitmq/settings.ts';
+import { deadLetterQueueOf } from '../rabbitmq/topology.ts';
 import { ScalerClient } from '../scaler/client.ts';
-import { defaultManagementUrl } from '../scaler/config.ts';
-import { vhostOf } from '../scaler/sources/rabbitmq.ts';
-import { ManagementQueueReader } from '../scaler/sources/rabbitmq-management.ts';
-import type { MlflowTracking } from '../worker/mlflow/tracking.ts';
-import { ERROR_TAG, OUTCOME_TAG, REQUEST_ID_TAG } from '../worker/run-store.ts';
 import type { CommandContext } from './context.ts';
 import { formatAge, readScaledJob, type ScaledJobReport } from './kubernetes.ts';
-import { mlflowFromEnv, runUrl } from './mlflow-client.ts';
 
 export const STATUS_HELP = `Usage: kmj status --queue <q> [--experiment <e>] [-o json|yaml|wide]
        kmj status --scaledjob <name> [-n <namespace>] [--context <c>] [-o json|yaml|wide] [--watch]
@@ -63,8 +64,7 @@ Exit codes: 0 everything answered, 1 something was unreachable, 78 bad configura
 `;
 
 const STATUS_ENV = {
-  RABBITMQ_URL: { kind: 'url', protocols: ['amqp', 'amqps'], default: 'amqp://guest:guest@127.0.0.1:5672' },
-  RABBITMQ_MANAGEMENT_URL: { kind: 'url', protocols: ['http', 'https'] },
+  ...RABBITMQ_ENV,
   KMJ_SCALER_ADDRESS: { kind: 'string' },
   KMJ_SCALER_METRICS_URL: { kind: 'url', protocols: ['http', 'https'], default: 'http://127.0.0.1:8080' },
   KMJ_SCALER_TLS_CA_FILE: { kind: 'string' },
@@ -74,12 +74,28 @@ const STATUS_ENV = {
 
 const DEFAULT_SCALER_ADDRESS = '127.0.0.1:6000';
 
-type Part<T> = { ok: true; value: T } | { ok: false; error: string };
+/** What one source answered; `notFound` when the thing asked for does not exist (it was reachable). */
+type Part<T> = { ok: true; value: T } | { ok: false; error: string; notFound?: boolean };
+
+/**
+ * The queue as RabbitMQ reports it. `ready` and `consumers` come from AMQP (a passive declare:
+ * real time, what the scaler reads) unless AMQP failed; `unacked` only from the management API,
+ * whose statistics are sampled (every 5 s by default) and so lag the queue.
+ */
+export interface RabbitReading {
+  readonly source: 'amqp' | 'management';
+  readonly ready: number;
+  readonly consumers: number;
+  readonly unacked?: number;
+  readonly deadLettered?: number;
+  /** Why a figure is missing or came from the lagging source. */
+  readonly note?: string;
+}
 
 export interface StatusReport {
   readonly queue: string;
   readonly kubernetes?: Part<ScaledJobReport>;
-  readonly rabbitmq: Part<{ source: 'management' | 'amqp'; ready: number; unacked?: number; consumers: number; deadLettered?: number }>;
+  readonly rabbitmq: Part<RabbitReading>;
   readonly scaler: Part<{ address: string; metricName: string; value: number; active: boolean; snapshotAgeMs?: number }>;
   readonly mlflow: Part<{
     experiment: string;
@@ -92,40 +108,49 @@ async function part<T>(fn: () => Promise<T>): Promise<Part<T>> {
   try {
     return { ok: true, value: await fn() };
   } catch (err) {
-    return { ok: false, error: messageOf(err) };
+    return { ok: false, error: messageOf(err), ...(err instanceof NotFoundError ? { notFound: true } : {}) };
   }
 }
 
-async function readRabbit(env: { RABBITMQ_URL: string; RABBITMQ_MANAGEMENT_URL: string | undefined }, queue: string): Promise<StatusReport['rabbitmq'] extends Part<infer T> ? T : never> {
-  const mgmt = new ManagementQueueReader({ url: env.RABBITMQ_MANAGEMENT_URL ?? defaultManagementUrl(env.RABBITMQ_URL) });
-  const vhost = vhostOf(env.RABBITMQ_URL);
+async function readRabbit(env: { RABBITMQ_URL: string; RABBITMQ_MANAGEMENT_URL: string | undefined }, queue: string): Promise<RabbitReading> {
+  const dead = deadLetterQueueOf(queue);
   const signal = AbortSignal.timeout(5000);
-  try {
+  const sampled = (async () => {
+    const mgmt = new ManagementQueueReader({ url: env.RABBITMQ_MANAGEMENT_URL ?? defaultManagementUrl(env.RABBITMQ_URL) });
+    const vhost = vhostOf(env.RABBITMQ_URL);
     const q = await mgmt.read(vhost, queue, signal);
-    const dead = await mgmt.read(vhost, deadLetterQueueOf(queue), signal).catch(() => undefined);
-    return { source: 'management', ready: q.ready, unacked: q.unacked, consumers: q.consumers, ...(dead ? { deadLettered: dead.ready + dead.unacked } : {}) };
-  } catch {
-    // No management API: AMQP still says ready and consumers.
-    const conn = await connect(env.RABBITMQ_URL, { timeout: 5000, noDelay: true });
-    conn.on('error', () => undefined);
-    try {
-      const ch = await conn.createChannel();
-      ch.on('error', () => undefined);
-      const ok = await ch.checkQueue(queue).catch((err: unknown) => {
-        throw (err as { code?: unknown }).code === 404 ? new Error(`queue ${JSON.stringify(queue)} does not exist`) : err;
-      });
-      let dead: number | undefined;
-      try {
-        const ch2 = await conn.createChannel();
-        ch2.on('error', () => undefined);
-        dead = (await ch2.checkQueue(deadLetterQueueOf(queue))).messageCount;
-      } catch {
-        dead = undefined;
-      }
-      return { source: 'amqp', ready: ok.messageCount, consumers: ok.consumerCount, ...(dead !== undefined ? { deadLettered: dead } : {}) };
-    } finally {
-      await conn.close().catch(() => undefined);
-    }
+    const d = await mgmt.read(vhost, dead, signal).catch(() => undefined);
+    return { q, d };
+  })();
+  sampled.catch(() => undefined); // awaited below
+  let amqp: { ready: number; consumers: number; deadLettered?: number };
+  try {
+    amqp = await readAmqp(env.RABBITMQ_URL, queue, dead, signal);
+  } catch (err) {
+    if (err instanceof NotFoundError) throw err;
+    // No AMQP answer: the management API's sampled figures, said to be such, and why.
+    const m = await sampled.catch((mgmtErr: unknown) => {
+      throw new Error(`AMQP: ${messageOf(err)}; management API: ${messageOf(mgmtErr)}`);
+    });
+    return { source: 'management', ready: m.q.ready, consumers: m.q.consumers, unacked: m.q.unacked, ...(m.d ? { deadLettered: m.d.ready + m.d.unacked } : {}), note: `AMQP failed (${messageOf(err)}): management statistics, up to 5 s old` };
+  }
+  const m = await sampled.catch((mgmtErr: unknown) => messageOf(mgmtErr));
+  if (typeof m === 'string') return { source: 'amqp', ...amqp, note: `unacknowledged: n/a (management API: ${m})` };
+  return { source: 'amqp', ...amqp, unacked: m.q.unacked };
+}
+
+/** Ready messages and consumers of `queue`, and the dead-letter queue's depth, by passive declares. */
+async function readAmqp(url: string, queue: string, dead: string, signal: AbortSignal): Promise<{ ready: number; consumers: number; deadLettered?: number }> {
+  const conn = await raceAbort(connect(url, { timeout: 5000, noDelay: true }), signal);
+  conn.on('error', () => undefined);
+  try {
+    const found = await raceAbort(checkQueues(conn, [queue, dead]), signal);
+    const q = found.get(queue);
+    if (!q) throw new BacklogNotFoundError(`queue ${JSON.stringify(queue)}: not found in vhost ${JSON.stringify(vhostOf(url))}`);
+    const d = found.get(dead);
+    return { ready: q.messageCount, consumers: q.consumerCount, ...(d ? { deadLettered: d.messageCount } : {}) };
+  } finally {
+    await conn.close().catch(() => undefined);
   }
 }
 
@@ -143,7 +168,17 @@ async function readScaler(q: ScalerQuestion, metricsUrl: string, queue: string):
   const client = new ScalerClient(address, { timeoutMs: 4000, ...(q.credentials ? { credentials: q.credentials } : {}) });
   try {
     const poll = await client.poll(q.metadata, q.name, q.namespace);
-    if (!poll.ok) throw new Error(`${poll.code}: ${poll.details.replace(/\. Resolution note:.*$/s, '')}`);
+    if (!poll.ok) {
+      const details = poll.details.replace(/\. Resolution note:.*$/s, '');
+      if (poll.code === 'NOT_FOUND') throw new NotFoundError(details);
+      // grpc-js's own words for "nothing answered there", as opposed to the scaler's UNAVAILABLE.
+      const noAnswer = (poll.code === 'UNAVAILABLE' && /^(No connection established|failed to connect)/i.test(details)) || poll.code === 'DEADLINE_EXCEEDED';
+      if (noAnswer) {
+        const why = (/Last error: (.*)$/.exec(details)?.[1] ?? details).replace(/^Error: /, '');
+        throw new Error(`no scaler answers at ${address} (${why}): set KMJ_SCALER_ADDRESS, or reach the in-cluster scaler with \`kubectl -n ${q.namespace === 'default' ? '<namespace>' : q.namespace} port-forward svc/kmj-scaler 6000:6000\``);
+      }
+      throw new Error(`${poll.code}: ${details}`);
+    }
     let snapshotAgeMs: number | undefined;
     try {
       const res = await fetch(`${metricsUrl.replace(/\/$/, '')}/debug/targets`, { signal: AbortSignal.timeout(3000) });
@@ -164,25 +199,19 @@ async function readMlflow(tracking: MlflowTracking | undefined, experiment: stri
   const found = await tracking.findExperiment(experiment, signal, 0);
   if (!found) return { experiment, runs: [] };
   const experimentId = found.experimentId;
-  const r = await tracking.http.api<{ runs?: Array<{ info: { run_id: string; status: string; start_time?: number; end_time?: number }; data: { metrics?: Array<{ key: string; value: number }>; tags?: Array<{ key: string; value: string }> } }> }>('runs/search', {
-    method: 'POST',
-    json: { experiment_ids: [experimentId], max_results: limit, order_by: ['attributes.start_time DESC'] },
-    signal,
-    maxRetries: 0,
-  });
-  const runs = (r.runs ?? []).map((run) => {
-    const tags = Object.fromEntries((run.data.tags ?? []).map((t) => [t.key, t.value]));
-    const metrics = Object.fromEntries((run.data.metrics ?? []).map((m) => [m.key, m.value]));
-    const outcome = run.info.status === 'FINISHED' ? 'finished' : run.info.status === 'RUNNING' ? 'running' : (tags[OUTCOME_TAG] ?? run.info.status.toLowerCase());
+  const searched = await tracking.searchRuns([experimentId], { maxResults: limit, orderBy: ['attributes.start_time DESC'], maxRetries: 0 }, signal);
+  const runs = searched.map((run) => {
+    const { tags, metrics } = run;
+    const outcome = run.info.status === 'FINISHED' ? 'finished' : run.info.status === 'RUNNING' ? 'running' : (tags[RUN_TAG.outcome] ?? run.info.status.toLowerCase());
     return {
       runId: run.info.run_id,
-      ...(tags[REQUEST_ID_TAG] !== undefined ? { requestId: tags[REQUEST_ID_TAG] } : {}),
+      ...(tags[RUN_TAG.requestId] !== undefined ? { requestId: tags[RUN_TAG.requestId] } : {}),
       status: run.info.status,
       outcome,
       ...(run.info.start_time !== undefined && run.info.end_time !== undefined ? { seconds: (run.info.end_time - run.info.start_time) / 1000 } : {}),
       ...(metrics['rows'] !== undefined ? { rows: metrics['rows'] } : {}),
       ...(metrics['accuracy_score'] !== undefined ? { accuracy: metrics['accuracy_score'] } : {}),
-      ...(tags[ERROR_TAG] !== undefined ? { error: tags[ERROR_TAG] } : {}),
+      ...(tags[RUN_TAG.error] !== undefined ? { error: tags[RUN_TAG.error] } : {}),
       url: runUrl(tracking, experimentId, run.info.run_id),
     };
   });
@@ -275,8 +304,12 @@ export async function collectStatus(ctx: CommandContext, target: StatusTarget): 
   }
 }
 
+function failed(p: { error: string; notFound?: boolean }): string {
+  return `${p.notFound ? 'not found' : 'unreachable'}: ${p.error}`;
+}
+
 function renderKubernetes(k: Part<ScaledJobReport>, wide: boolean): string[] {
-  if (!k.ok) return [`  Kubernetes unreachable: ${k.error}`];
+  if (!k.ok) return [`  Kubernetes ${failed(k)}`];
   const r = k.value;
   const lines = [
     `scaledjob ${r.namespace}/${r.name}   READY ${r.ready ?? 'Unknown'}   ACTIVE ${r.active ?? 'Unknown'}   PAUSED ${r.paused}   strategy ${r.strategy}   max ${r.maxReplicaCount}   poll ${r.pollingInterval}s   AGE ${formatAge(r.ageSeconds)}   (context ${r.context})`,
@@ -303,15 +336,16 @@ function render(r: StatusReport, wide: boolean): string {
   const lines: string[] = [...(r.kubernetes ? renderKubernetes(r.kubernetes, wide) : []), `queue ${r.queue}`];
   if (r.rabbitmq.ok) {
     const q = r.rabbitmq.value;
+    const unacked = q.unacked !== undefined ? `   unacknowledged ${q.unacked}${q.source === 'amqp' ? ' (management statistics, up to 5 s old)' : ''}` : '';
     lines.push(
-      `  RabbitMQ   ready ${q.ready}   unacknowledged ${q.unacked ?? 'n/a (AMQP only)'}   consumers ${q.consumers}   dead-lettered ${q.deadLettered ?? 'n/a'}   (${q.source})`,
+      `  RabbitMQ   ready ${q.ready}   consumers ${q.consumers}   dead-lettered ${q.deadLettered ?? 'n/a'}   (${q.source === 'amqp' ? 'AMQP, real time' : 'management'})${unacked}${q.note ? `   [${q.note}]` : ''}`,
     );
-  } else lines.push(`  RabbitMQ   unreachable: ${r.rabbitmq.error}`);
+  } else lines.push(`  RabbitMQ   ${failed(r.rabbitmq)}`);
   if (r.scaler.ok) {
     const s = r.scaler.value;
     const age = s.snapshotAgeMs !== undefined ? `, reading ${s.snapshotAgeMs} ms old` : '';
     lines.push(`  scaler     KEDA sees ${s.metricName} = ${s.value}, ${s.active ? 'active' : 'inactive'}${age}   (${s.address})`);
-  } else lines.push(`  scaler     unreachable: ${r.scaler.error}`);
+  } else lines.push(`  scaler     ${failed(r.scaler)}`);
   if (r.mlflow.ok) {
     const m = r.mlflow.value;
     if (m.runs.length === 0) lines.push(`  MLflow     experiment ${JSON.stringify(m.experiment)}: no runs yet`);
@@ -326,7 +360,7 @@ function render(r: StatusReport, wide: boolean): string {
       const first = m.runs[0];
       if (first) lines.push(`    ${first.url.replace(/\/runs\/.*$/, '')}`);
     }
-  } else lines.push(`  MLflow     unreachable: ${r.mlflow.error}`);
+  } else lines.push(`  MLflow     ${failed(r.mlflow)}`);
   return `${lines.join('\n')}\n`;
 }
 

@@ -10,14 +10,15 @@ import { sleep } from '../common/abort.ts';
 import { ConfigError, readConfig } from '../common/config.ts';
 import type { FieldSpecs } from '../common/fields.ts';
 import { createLogger } from '../common/log.ts';
-import { deadLetterQueueOf, type OutcomeNotice } from '../common/topology.ts';
-import { PermanentError } from '../worker/errors.ts';
-import type { MlflowTracking, Run } from '../worker/mlflow/tracking.ts';
+import { deadLetterQueueOf, type OutcomeNotice } from '../rabbitmq/topology.ts';
+import { PermanentError } from '../common/errors.ts';
+import type { MlflowTracking, SearchedRun } from '../mlflow/tracking.ts';
 import { parseRequest, requestValidator, type RequestValidator } from '../worker/request.ts';
-import { ERROR_TAG, OUTCOME_TAG, REQUEST_ID_TAG } from '../worker/run-store.ts';
 import type { CommandContext } from './context.ts';
-import { mlflowFromEnv, runUrl } from './mlflow-client.ts';
+import { mlflowFromEnv, runUrl } from '../mlflow/client.ts';
 import { PublishError, RequestPublisher } from './publisher.ts';
+import { RUN_TAG } from '../common/run-tags.ts';
+import { RABBITMQ_ENV } from '../rabbitmq/settings.ts';
 
 export const SUBMIT_HELP = `Usage: kmj submit --queue <q> --model <uri> --dataset <uri|path> [options]
        kmj submit --queue <q> --file requests.jsonl [options]
@@ -55,7 +56,7 @@ timeout, 78 bad configuration, 130 interrupted (Ctrl-C).
 `;
 
 const SUBMIT_ENV = {
-  RABBITMQ_URL: { kind: 'url', protocols: ['amqp', 'amqps'], default: 'amqp://guest:guest@127.0.0.1:5672' },
+  RABBITMQ_URL: RABBITMQ_ENV.RABBITMQ_URL,
   KMJ_MAX_DELIVERIES: { kind: 'integer', min: 1, max: 1000, default: 5 },
 } as const satisfies FieldSpecs;
 
@@ -255,7 +256,7 @@ export function formatNumber(n: number): string {
   return s.includes('e') ? s : s.replace(/(\.\d*?)0+$/, '$1').replace(/\.$/, '');
 }
 
-type Followed = { kind: 'finished'; run: Run; experimentId: string } | { kind: 'dead-lettered'; reason: string; run?: Run } | { kind: 'timeout'; last: string };
+type Followed = { kind: 'finished'; run: SearchedRun; experimentId: string } | { kind: 'dead-lettered'; reason: string; run?: SearchedRun } | { kind: 'timeout'; last: string };
 
 /**
  * Follows a request through its MLflow run: the worker marks a run it dead-letters with the
@@ -269,7 +270,7 @@ async function waitForOutcome(ctx: CommandContext, tracking: MlflowTracking, not
   const out = (line: string): boolean => ctx.stderr.write(`${line}\n`);
   const result = await follow(tracking, notices, queue, experiment, requestId, timeoutMs, ctx.shutdownSignal, (state) => out(`${((Date.now() - started) / 1000).toFixed(0).padStart(4)}s  ${state}`));
   if (result.kind === 'finished') {
-    const metrics = Object.fromEntries((result.run.data.metrics ?? []).map((m) => [m.key, m.value]));
+    const metrics = result.run.metrics;
     const shown = ['rows', 'accuracy_score', 'f1_score', 'r2_score', 'root_mean_squared_error', 'total_seconds'].filter((k) => metrics[k] !== undefined);
     ctx.stdout.write(`FINISHED run ${result.run.info.run_id}\n`);
     for (const k of shown) ctx.stdout.write(`  ${k.padEnd(24)} ${formatNumber(Number(metrics[k]))}\n`);
@@ -313,12 +314,12 @@ async function follow(
         // The worker refuses a deleted experiment before it makes a run: nothing will show here.
         note(`experiment ${JSON.stringify(experiment)} is deleted in MLflow: a worker dead-letters this request to ${deadLetterQueueOf(queue)} without a run; restore the experiment to run it`);
       } else experimentId ??= found?.experimentId;
-      const run = experimentId === undefined ? undefined : (await tracking.runsWithTag(experimentId, REQUEST_ID_TAG, requestId, stop))[0];
+      const run = experimentId === undefined ? undefined : (await tracking.runsWithTag(experimentId, RUN_TAG.requestId, requestId, stop))[0];
       if (run && experimentId !== undefined) {
-        const tags = Object.fromEntries((run.data.tags ?? []).map((t) => [t.key, t.value]));
+        const tags = run.tags;
         if (run.info.status === 'FINISHED') return { kind: 'finished', run, experimentId };
-        if (tags[OUTCOME_TAG] === 'dead-lettered') return { kind: 'dead-lettered', reason: tags[ERROR_TAG] ?? 'unknown', run };
-        note(run.info.status === 'RUNNING' ? `running (run ${run.info.run_id})` : `${run.info.status.toLowerCase()}, ${tags[OUTCOME_TAG] ?? 'waiting'}: ${tags[ERROR_TAG] ?? ''}`);
+        if (tags[RUN_TAG.outcome] === 'dead-lettered') return { kind: 'dead-lettered', reason: tags[RUN_TAG.error] ?? 'unknown', run };
+        note(run.info.status === 'RUNNING' ? `running (run ${run.info.run_id})` : `${run.info.status.toLowerCase()}, ${tags[RUN_TAG.outcome] ?? 'waiting'}: ${tags[RUN_TAG.error] ?? ''}`);
       } else {
         // A request refused before it had a run is known only from the worker's notice.
         const notice = notices(requestId);

@@ -62,8 +62,8 @@ export async function runWorker(argv: readonly string[], ctx: CommandContext): P
   const pipeline = (async () => {
     const [{ handleDelivery }, { MlflowHttp }, { MlflowTracking }, { requestValidator }] = await Promise.all([
       import('../worker/pipeline.ts'),
-      import('../worker/mlflow/http.ts'),
-      import('../worker/mlflow/tracking.ts'),
+      import('../mlflow/http.ts'),
+      import('../mlflow/tracking.ts'),
       import('../worker/request.ts'),
     ]);
     await requestValidator();

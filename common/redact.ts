@@ -58,5 +58,8 @@ export function scrubError(err: unknown, depth = 0): Record<string, unknown> {
 
 /** Reads the message of an unknown thrown value without trusting its type, credentials removed. */
 export function messageOf(err: unknown): string {
-  return scrubSecrets(err instanceof Error ? err.message : String(err));
+  if (!(err instanceof Error)) return scrubSecrets(String(err));
+  // fetch() says only "fetch failed"; what failed (ECONNREFUSED, a TLS error) is its cause.
+  const cause = err.message === 'fetch failed' && err.cause instanceof Error ? `: ${err.cause.message}` : '';
+  return scrubSecrets(`${err.message}${cause}`);
 }

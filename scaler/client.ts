@@ -64,11 +64,13 @@ export class ScalerClient {
 }
 
 /**
- * How many Jobs KEDA's ScaledJob `default` scaling strategy creates on one poll:
- * min(ceil(metric / targetSize), maxReplicaCount) minus the unfinished Jobs, never below 0.
- * (KEDA also bounds it by maxReplicaCount minus the unfinished Jobs, which is never smaller.)
+ * How many Jobs KEDA's ScaledJob `default` scaling strategy creates on one poll (KEDA v2.20,
+ * pkg/scaling/scaledjob/metrics.go and executor/scale_jobs.go): maxScale = ceil(min(metric /
+ * targetSize, maxReplicaCount)), minus the unfinished Jobs, and never more than ceil(metric) at
+ * once (KEDA's scaleTo); never below 0. The last bound matters only for a targetSize below 1.
  */
 export function defaultStrategyJobs(view: KedaView, unfinishedJobs: number, maxReplicaCount: number): number {
   if (!view.active) return 0;
-  return Math.max(0, Math.min(Math.ceil(view.value / view.targetSize), maxReplicaCount) - unfinishedJobs);
+  const effective = Math.min(Math.ceil(view.value / view.targetSize), maxReplicaCount) - unfinishedJobs;
+  return Math.max(0, Math.min(Math.ceil(view.value), effective));
 }

@@ -6,11 +6,12 @@
 import { readConfig, readSettingFile, type FlagOverride } from '../common/config.ts';
 import { parseFields, type FieldSpecs, type RawInput } from '../common/fields.ts';
 import { LOG_LEVELS, type LogLevel } from '../common/log.ts';
-import { messageOf } from './errors.ts';
+import { messageOf } from '../common/redact.ts';
 import { CONNECTION_ALIAS, type RabbitConnection } from './sources/rabbitmq.ts';
 import type { TlsFiles } from './grpc-server.ts';
 import type { SnapshotOptions } from './snapshots.ts';
 import type { SourceSettings } from './sources/registry.ts';
+import { defaultManagementUrl, RABBITMQ_ENV } from '../rabbitmq/settings.ts';
 
 export const SCALER_ENV = {
   KMJ_SCALER_HOST: { kind: 'string', default: '0.0.0.0', help: 'address the gRPC and metrics servers listen on' },
@@ -28,8 +29,8 @@ export const SCALER_ENV = {
   KMJ_SCALER_TLS_KEY_FILE: { kind: 'string', help: 'PEM private key of the server certificate' },
   KMJ_SCALER_TLS_CLIENT_CA_FILE: { kind: 'string', help: 'PEM CA for client certificates: require mutual TLS' },
   KMJ_SCALER_CONNECTIONS_FILE: { kind: 'string', help: 'JSON file of named broker connections (a mounted Secret)' },
-  RABBITMQ_URL: { kind: 'url', protocols: ['amqp', 'amqps'], default: 'amqp://guest:guest@127.0.0.1:5672', help: 'broker of the connection alias "default"' },
-  RABBITMQ_MANAGEMENT_URL: { kind: 'url', protocols: ['http', 'https'], help: 'management API of "default" (default: RABBITMQ_URL host, port 15672, same credentials)' },
+  RABBITMQ_URL: { ...RABBITMQ_ENV.RABBITMQ_URL, help: 'broker of the connection alias "default"' },
+  RABBITMQ_MANAGEMENT_URL: { ...RABBITMQ_ENV.RABBITMQ_MANAGEMENT_URL, help: 'management API of "default" (default: RABBITMQ_URL host, port 15672, same credentials)' },
   LOG_LEVEL: { kind: 'enum', values: LOG_LEVELS, default: 'info', help: 'log level' },
 } as const satisfies FieldSpecs;
 
@@ -55,14 +56,6 @@ const CONNECTION_FIELDS = {
 } as const satisfies FieldSpecs;
 
 /** The management API URL implied by an AMQP URL: same host and credentials, port 15672 (15671 for amqps). */
-export function defaultManagementUrl(amqpUrl: string): string {
-  const a = new URL(amqpUrl);
-  const m = new URL(a.protocol === 'amqps:' ? 'https://localhost:15671/' : 'http://localhost:15672/');
-  m.hostname = a.hostname;
-  m.username = a.username;
-  m.password = a.password;
-  return m.toString();
-}
 
 function readConnectionsFile(path: string, problems: string[]): Map<string, RabbitConnection> {
   const out = new Map<string, RabbitConnection>();

@@ -11,7 +11,8 @@ import type { Logger } from '../common/log.ts';
 import { DeadlineError } from '../common/abort.ts';
 import { packageFile } from '../common/paths.ts';
 import { scrubSecrets } from '../common/redact.ts';
-import { BacklogNotFoundError, BacklogUnavailableError, InvalidMetadataError } from './errors.ts';
+import { InvalidMetadataError } from './errors.ts';
+import { BacklogNotFoundError, BacklogUnavailableError } from '../common/errors.ts';
 import type { ScalerMetrics } from './metrics.ts';
 import type { ExternalScalerService, Metadata } from './service.ts';
 

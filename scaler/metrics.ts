@@ -4,7 +4,7 @@
  * names; never a URL or a credential.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { BacklogNotFoundError } from './errors.ts';
+import { BacklogNotFoundError } from '../common/errors.ts';
 import type { TargetLabels } from './sources/source.ts';
 import type { SnapshotView } from './snapshots.ts';
 

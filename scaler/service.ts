@@ -2,7 +2,7 @@
  * What the external scaler answers, without any gRPC: the transport lives in grpc-server.ts.
  * Every method takes the trigger's scalerMetadata and answers from the snapshot store.
  */
-import { BacklogNotFoundError } from './errors.ts';
+import { BacklogNotFoundError } from '../common/errors.ts';
 import type { SnapshotEvent, SnapshotStore } from './snapshots.ts';
 import type { CompiledTrigger, TriggerCompiler } from './triggers.ts';
 

@@ -14,7 +14,7 @@
  *   read, so a fresh ScaledJob is not refused on its first poll. Later RPCs never wait.
  */
 import type { Logger } from '../common/log.ts';
-import { BacklogNotFoundError, BacklogUnavailableError, messageOf } from './errors.ts';
+import { BacklogNotFoundError, BacklogUnavailableError, messageOf } from '../common/errors.ts';
 import type { BacklogReading, BacklogTarget } from './sources/source.ts';
 import type { ScalerMetrics } from './metrics.ts';
 

@@ -36,12 +36,12 @@ function commonFields(sourceNames: readonly string[]) {
   } as const satisfies FieldSpecs;
 }
 
-/** Canonical text of a metadata map: same map, same text, whatever the key order. */
+/**
+ * Canonical text of a metadata map: same map, same text, whatever the key order; different maps,
+ * different texts (the entries are JSON-encoded, so no key or value can imitate a separator).
+ */
 export function canonicalMetadata(metadata: Readonly<Record<string, string>>): string {
-  const keys = Object.keys(metadata).sort();
-  let out = '';
-  for (const k of keys) out += `${k}\u0000${metadata[k] ?? ''}\u0001`;
-  return out;
+  return JSON.stringify(Object.keys(metadata).sort().map((k) => [k, metadata[k] ?? '']));
 }
 
 /** Bounds the cache against a client that sends endless distinct metadata. */

@@ -16,11 +16,12 @@ import { connect, type Channel, type ChannelModel, type ConsumeMessage } from 'a
 import { raceAbort } from '../common/abort.ts';
 import type { Logger } from '../common/log.ts';
 import { displayUrl } from '../common/redact.ts';
-import { DEAD_LETTER_HEADERS, declareDeadLetterQueue, declareRequestTopology, isDirectReplyAddress, type OutcomeNotice } from '../common/topology.ts';
+import { DEAD_LETTER_HEADERS, declareDeadLetterQueue, declareRequestTopology, isDirectReplyAddress, type OutcomeNotice } from '../rabbitmq/topology.ts';
 import type { WorkerConfig } from './config.ts';
-import { messageOf } from './errors.ts';
+import { messageOf } from '../common/errors.ts';
 import type { Outcome } from './pipeline.ts';
 import type { DeliveryInfo } from './run-store.ts';
+import { checkQueues } from '../rabbitmq/inspect.ts';
 
 export const EXIT = {
   /** Acknowledged (the run FINISHED, now or before), or no message within the idle timeout. */
@@ -54,37 +55,11 @@ export function attemptOf(msg: ConsumeMessage): number {
   return msg.fields.redelivered ? 2 : 1;
 }
 
-/** True when the queue exists; a passive declare of a missing one closes its probe channel only. */
-async function queueExists(conn: ChannelModel, queue: string): Promise<boolean> {
-  const probe = await conn.createChannel();
-  probe.on('error', () => undefined); // a 404 closes this channel; that is the answer
-  try {
-    await probe.checkQueue(queue);
-    await probe.close();
-    return true;
-  } catch (err) {
-    if ((err as { code?: unknown }).code !== 404) throw err;
-    return false;
-  }
-}
-
-/** Declares the request queue and its dead-letter queue where they are missing (common/topology.ts). */
+/** Declares the request queue and its dead-letter queue where they are missing (rabbitmq/topology.ts). */
 async function ensureQueues(conn: ChannelModel, config: WorkerConfig): Promise<void> {
-  // The usual case, both queues there, costs one channel: a 404 would close it, and only then
-  // is each queue looked at on a channel of its own.
-  const probe = await conn.createChannel();
-  probe.on('error', () => undefined);
-  try {
-    await probe.checkQueue(config.queue);
-    await probe.checkQueue(config.deadLetterQueue);
-    await probe.close();
-    return;
-  } catch (err) {
-    if ((err as { code?: unknown }).code !== 404) throw err;
-  }
-  const haveQueue = await queueExists(conn, config.queue);
-  const haveDead = await queueExists(conn, config.deadLetterQueue);
-  if (haveQueue && haveDead) return;
+  const found = await checkQueues(conn, [config.queue, config.deadLetterQueue]);
+  const haveQueue = found.get(config.queue) !== undefined;
+  if (haveQueue && found.get(config.deadLetterQueue) !== undefined) return;
   const ch = await conn.createChannel();
   try {
     if (!haveQueue) await declareRequestTopology(ch, config.queue, { deadLetterQueue: config.deadLetterQueue, maxDeliveries: config.maxDeliveries });

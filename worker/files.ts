@@ -1,7 +1,7 @@
 /** File-system helpers shared by the worker's modules. */
 import { access, realpath } from 'node:fs/promises';
 import { resolve, sep } from 'node:path';
-import { PermanentError, TransientError } from './errors.ts';
+import { PermanentError, TransientError } from '../common/errors.ts';
 
 export async function exists(path: string): Promise<boolean> {
   try {

@@ -20,9 +20,9 @@ import type { Logger } from '../common/log.ts';
 import type { WorkerConfig } from './config.ts';
 import type { DatasetBatch } from './dataset/batch.ts';
 import { openDataset } from './dataset/open.ts';
-import { PermanentError, TransientError, messageOf } from './errors.ts';
-import { MlflowHttpError } from './mlflow/http.ts';
-import { proxyPath, type KeyValue, type Metric, type MlflowTracking } from './mlflow/tracking.ts';
+import { PermanentError, TransientError, messageOf } from '../common/errors.ts';
+import { MlflowHttpError } from '../mlflow/http.ts';
+import { proxyPath, type KeyValue, type Metric, type MlflowTracking } from '../mlflow/tracking.ts';
 import { discardCached, ensureCached } from './model/cache.ts';
 import { readMlModel } from './model/mlmodel.ts';
 import { OnnxModel, loadOnnxRuntime } from './model/onnx.ts';
@@ -32,6 +32,7 @@ import { parseRequest, requestValidator, type InferenceRequest } from './request
 import { MlflowRunStore, type DeliveryInfo, type RunResults, type RunStore } from './run-store.ts';
 import { ClassificationScorer, RegressionScorer, type Scorer } from './scores.ts';
 import { SpoolRunStore } from './spool.ts';
+import { RUN_TAG } from '../common/run-tags.ts';
 
 /** What the consumer must do with the message. */
 export interface Outcome {
@@ -414,13 +415,13 @@ async function runOnce(
     };
     const metrics: Metric[] = Object.entries(values).map(([key, value]) => ({ key, value, timestamp: now, step: 0 }));
     const tags: KeyValue[] = [
-      { key: 'kmj.batch_rows', value: String(config.batchRows) },
-      { key: 'kmj.model_kind', value: model.kind },
-      { key: 'kmj.model_cache', value: cacheHit ? 'hit' : 'miss' },
-      { key: 'kmj.model_artifact_uri', value: resolved.artifactUri },
+      { key: RUN_TAG.batchRows, value: String(config.batchRows) },
+      { key: RUN_TAG.modelKind, value: model.kind },
+      { key: RUN_TAG.modelCache, value: cacheHit ? 'hit' : 'miss' },
+      { key: RUN_TAG.modelArtifactUri, value: resolved.artifactUri },
     ];
-    if (resolved.name !== undefined) tags.push({ key: 'kmj.model_name', value: resolved.name });
-    if (resolved.version !== undefined) tags.push({ key: 'kmj.model_version', value: resolved.version });
+    if (resolved.name !== undefined) tags.push({ key: RUN_TAG.modelName, value: resolved.name });
+    if (resolved.version !== undefined) tags.push({ key: RUN_TAG.modelVersion, value: resolved.version });
     const results: RunResults = {
         metrics,
         tags,

@@ -7,7 +7,7 @@ import { readFile } from 'node:fs/promises';
 import { pathToFileURL } from 'node:url';
 import type { ErrorObject } from 'ajv';
 import { packageFile } from '../common/paths.ts';
-import { PermanentError } from './errors.ts';
+import { PermanentError } from '../common/errors.ts';
 
 export type DataFormat = 'csv' | 'jsonl';
 

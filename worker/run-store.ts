@@ -11,16 +11,11 @@ import { raceAbort, sleep } from '../common/abort.ts';
 import type { Logger } from '../common/log.ts';
 import { displayUrl } from '../common/redact.ts';
 import type { WorkerConfig } from './config.ts';
-import { MlflowHttpError } from './mlflow/http.ts';
-import type { DatasetInput, KeyValue, Metric, MlflowTracking, Run, RunInfo } from './mlflow/tracking.ts';
+import { MlflowHttpError } from '../mlflow/http.ts';
+import type { DatasetInput, KeyValue, Metric, MlflowTracking, RunInfo, SearchedRun } from '../mlflow/tracking.ts';
 import type { InferenceRequest } from './request.ts';
+import { RUN_TAG } from '../common/run-tags.ts';
 
-export const REQUEST_ID_TAG = 'kmj.request_id';
-export const ERROR_TAG = 'kmj.error';
-/** On a run that did not finish: what became of its message (dead-lettered, requeued). */
-export const OUTCOME_TAG = 'kmj.outcome';
-/** The pod that ran the request (KUBERNETES_POD_NAME), when it ran in one. */
-export const POD_TAG = 'kmj.pod';
 
 export interface DeliveryInfo {
   /** 1 for the first delivery of this message. */
@@ -76,21 +71,21 @@ export function runTags(req: InferenceRequest, config: WorkerConfig, delivery: D
     { key: 'mlflow.source.name', value: `kmj worker --queue ${delivery.queue}` },
     { key: 'mlflow.source.type', value: 'JOB' },
     { key: 'mlflow.runName', value: req.runName ?? req.requestId },
-    { key: REQUEST_ID_TAG, value: req.requestId },
-    { key: 'kmj.model_uri', value: req.model },
-    { key: 'kmj.queue', value: delivery.queue },
-    { key: 'kmj.worker_version', value: workerVersion },
+    { key: RUN_TAG.requestId, value: req.requestId },
+    { key: RUN_TAG.modelUri, value: req.model },
+    { key: RUN_TAG.queue, value: delivery.queue },
+    { key: RUN_TAG.workerVersion, value: workerVersion },
   ];
-  if (config.podName !== undefined) tags.push({ key: POD_TAG, value: config.podName });
-  if (config.nodeName !== undefined) tags.push({ key: 'kmj.node', value: config.nodeName });
+  if (config.podName !== undefined) tags.push({ key: RUN_TAG.pod, value: config.podName });
+  if (config.nodeName !== undefined) tags.push({ key: RUN_TAG.node, value: config.nodeName });
   for (const [key, value] of Object.entries(req.tags ?? {})) tags.push({ key, value });
   return tags;
 }
 
 /** Deletes an earlier attempt's failure marks (error, outcome) from a run being resumed. */
-export async function clearFailureTags(t: MlflowTracking, run: Run, signal: AbortSignal): Promise<void> {
-  for (const key of [ERROR_TAG, OUTCOME_TAG]) {
-    if (run.data.tags?.some((tag) => tag.key === key)) {
+export async function clearFailureTags(t: MlflowTracking, run: SearchedRun, signal: AbortSignal): Promise<void> {
+  for (const key of [RUN_TAG.error, RUN_TAG.outcome]) {
+    if (run.tags[key] !== undefined) {
       await t.http.api('runs/delete-tag', { method: 'POST', json: { run_id: run.info.run_id, key }, signal });
     }
   }
@@ -116,7 +111,7 @@ export async function createRunSafely(
       return await t.createRun(experimentId, runName, tags, startTime, signal, { retries: 0 });
     } catch (err) {
       if (!(err instanceof MlflowHttpError) || !err.retryable || attempt >= 3 || signal.aborted) throw err;
-      const made = (await t.runsWithTag(experimentId, REQUEST_ID_TAG, requestId, signal))[0];
+      const made = (await t.runsWithTag(experimentId, RUN_TAG.requestId, requestId, signal))[0];
       if (made) {
         log.info({ runId: made.info.run_id }, 'runs/create failed but the run exists; using it');
         return made.info;
@@ -158,13 +153,13 @@ export class MlflowRunStore implements RunStore {
     const req = this.#req;
     const experimentId = await t.experimentId(req.experiment, signal);
     this.#log.debug({ experimentId }, 'experiment ready');
-    const existing = await t.runsWithTag(experimentId, REQUEST_ID_TAG, req.requestId, signal);
+    const existing = await t.runsWithTag(experimentId, RUN_TAG.requestId, req.requestId, signal);
     const finished = existing.find((r) => r.info.status === 'FINISHED');
     if (finished) {
       this.#log.info({ runId: finished.info.run_id }, 'request already has a finished run; acknowledging');
       return 'finished';
     }
-    const attemptTag = { key: 'kmj.delivery_attempt', value: String(this.#delivery.attempt) };
+    const attemptTag = { key: RUN_TAG.deliveryAttempt, value: String(this.#delivery.attempt) };
     const previous = existing[0];
     if (previous) {
       this.#run = previous.info;
@@ -221,8 +216,8 @@ export class MlflowRunStore implements RunStore {
     // from landing.
     const results = await Promise.allSettled([
       raceAbort(this.#startLogged ?? Promise.resolve(), signal),
-      this.#t.setTag(runId, ERROR_TAG, error.slice(0, 8000), signal),
-      this.#t.setTag(runId, OUTCOME_TAG, outcome, signal),
+      this.#t.setTag(runId, RUN_TAG.error, error.slice(0, 8000), signal),
+      this.#t.setTag(runId, RUN_TAG.outcome, outcome, signal),
       this.#t.updateRun(runId, status, Date.now(), signal),
     ]);
     for (const r of results) {

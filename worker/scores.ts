@@ -4,7 +4,7 @@
  * recall_score and f1_score), for regressors the error metrics (mean_absolute_error,
  * mean_squared_error, root_mean_squared_error, r2_score). Memory: three counters per class.
  */
-import { PermanentError } from './errors.ts';
+import { PermanentError } from '../common/errors.ts';
 
 export interface Scorer {
   add(truth: unknown, predicted: unknown, row: number): void;

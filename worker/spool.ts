@@ -18,13 +18,14 @@ import { randomUUID } from 'node:crypto';
 import { cp, mkdir, readFile, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { Logger } from '../common/log.ts';
-import { messageOf } from './errors.ts';
+import { messageOf } from '../common/errors.ts';
 import { exists } from './files.ts';
-import type { DatasetInput, KeyValue, Metric, MlflowTracking } from './mlflow/tracking.ts';
+import type { DatasetInput, KeyValue, Metric, MlflowTracking } from '../mlflow/tracking.ts';
 import { contentTypeOf } from './predictions.ts';
 import type { InferenceRequest } from './request.ts';
-import { REQUEST_ID_TAG, clearFailureTags, createRunSafely, runParams, runTags, type DeliveryInfo, type RunResults, type RunStore } from './run-store.ts';
+import { clearFailureTags, createRunSafely, runParams, runTags, type DeliveryInfo, type RunResults, type RunStore } from './run-store.ts';
 import type { WorkerConfig } from './config.ts';
+import { RUN_TAG } from '../common/run-tags.ts';
 
 export interface SpooledRun {
   readonly version: 1;
@@ -104,8 +105,8 @@ export class SpoolRunStore implements RunStore {
         endTime: results.endTime,
         tags: [
           ...runTags(req, this.#config, this.#delivery, this.#workerVersion),
-          { key: 'kmj.delivery_attempt', value: String(this.#delivery.attempt) },
-          { key: 'kmj.spooled', value: 'true' },
+          { key: RUN_TAG.deliveryAttempt, value: String(this.#delivery.attempt) },
+          { key: RUN_TAG.spooled, value: 'true' },
           ...results.tags,
         ],
         params: runParams(req),
@@ -182,7 +183,7 @@ async function replayEntry(entry: string, dir: string, t: MlflowTracking, log: L
   /** Known when the run is found or made here; read from MLflow when the journal had it. */
   let artifactUri: string | undefined;
   if (runId === undefined) {
-    const existing = await t.runsWithTag(experimentId, REQUEST_ID_TAG, run.requestId, signal);
+    const existing = await t.runsWithTag(experimentId, RUN_TAG.requestId, run.requestId, signal);
     const finished = existing.find((r) => r.info.status === 'FINISHED');
     if (finished) {
       // The request reached MLflow another way (a later online delivery): nothing to add.
@@ -200,7 +201,7 @@ async function replayEntry(entry: string, dir: string, t: MlflowTracking, log: L
     await writeJsonAtomic(journalPath, journal);
   }
   if (!journal.steps.includes('data')) {
-    await t.logBatch(runId, { params: run.params, tags: [...run.tags, { key: 'kmj.replayed_at', value: new Date().toISOString() }], metrics: run.metrics }, signal);
+    await t.logBatch(runId, { params: run.params, tags: [...run.tags, { key: RUN_TAG.replayedAt, value: new Date().toISOString() }], metrics: run.metrics }, signal);
     await done('data');
   }
   if (!journal.steps.includes('inputs')) {

@@ -37,8 +37,9 @@
 import type { Logger } from '../../common/log.ts';
 import { parseFields, quote, type RawInput } from '../../common/fields.ts';
 import type { BacklogReading, BacklogSource, BacklogTarget } from './source.ts';
-import { AmqpQueueInspector } from './rabbitmq-amqp.ts';
-import { ManagementQueueReader } from './rabbitmq-management.ts';
+import { AmqpQueueInspector } from '../../rabbitmq/inspect.ts';
+import { ManagementQueueReader } from '../../rabbitmq/management.ts';
+import { vhostOf } from '../../rabbitmq/settings.ts';
 
 /** A broker connection alias, as the scaler's configuration names them and triggers refer to them. */
 export const CONNECTION_ALIAS = /^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$/;
@@ -78,11 +79,6 @@ export const RABBITMQ_FIELDS = {
   },
 } as const;
 
-/** The vhost an AMQP URL selects: its path, URL-decoded; "/" when empty. */
-export function vhostOf(amqpUrl: string): string {
-  const path = new URL(amqpUrl).pathname;
-  return path === '' || path === '/' ? '/' : decodeURIComponent(path.slice(1));
-}
 
 function urlForVhost(amqpUrl: string, vhost: string): string {
   const u = new URL(amqpUrl);

@@ -109,7 +109,7 @@ describe('kmj status with everything reachable', () => {
     expect(text.code).toBe(0);
     const out = lines(text.stdout);
     expect(out).toHaveLength(8);
-    expect(out.slice(0, 2)).toEqual([`queue ${queue}`, '  RabbitMQ   ready 3   unacknowledged 0   consumers 0   dead-lettered 1   (management)']);
+    expect(out.slice(0, 2)).toEqual([`queue ${queue}`, '  RabbitMQ   ready 3   consumers 0   dead-lettered 1   (AMQP, real time)   unacknowledged 0 (management statistics, up to 5 s old)']);
     expect(out[2]).toMatch(new RegExp(`^  scaler     KEDA sees ${metricName} = 3, active, reading \\d+ ms old   \\(${scalerAddress()}\\)$`));
     expect(out.slice(3)).toEqual([
       `  MLflow     latest runs of experiment "${queue}":`,
@@ -124,7 +124,7 @@ describe('kmj status with everything reachable', () => {
     expect(json.code).toBe(0);
     expect(JSON.parse(json.stdout)).toEqual({
       queue,
-      rabbitmq: { ok: true, value: { source: 'management', ready: 3, unacked: 0, consumers: 0, deadLettered: 1 } },
+      rabbitmq: { ok: true, value: { source: 'amqp', ready: 3, unacked: 0, consumers: 0, deadLettered: 1 } },
       scaler: { ok: true, value: { address: scalerAddress(), metricName, value: 3, active: true, snapshotAgeMs: expect.any(Number) } },
       mlflow: {
         ok: true,
@@ -183,14 +183,14 @@ describe('kmj status with a part out of reach', () => {
     expect(text.code).toBe(1);
     const out = lines(text.stdout);
     expect(out).toHaveLength(4);
-    expect(out[1]).toBe('  RabbitMQ   ready 3   unacknowledged 0   consumers 0   dead-lettered 0   (management)');
+    expect(out[1]).toBe('  RabbitMQ   ready 3   consumers 0   dead-lettered 0   (AMQP, real time)   unacknowledged 0 (management statistics, up to 5 s old)');
     expect(out[2]).toMatch(new RegExp(`^  scaler     KEDA sees ${metricName} = 3, active, reading \\d+ ms old   \\(${scalerAddress()}\\)$`));
     expect(out[3]).toMatch(new RegExp(`^  MLflow     unreachable: .*ECONNREFUSED 127\\.0\\.0\\.1:${port}`));
 
     const json = JSON.parse((await status(['--queue', queue, '--json'], { MLFLOW_TRACKING_URI: `http://127.0.0.1:${port}` })).stdout) as Record<string, unknown>;
     expect(json).toEqual({
       queue,
-      rabbitmq: { ok: true, value: { source: 'management', ready: 3, unacked: 0, consumers: 0, deadLettered: 0 } },
+      rabbitmq: { ok: true, value: { source: 'amqp', ready: 3, unacked: 0, consumers: 0, deadLettered: 0 } },
       scaler: { ok: true, value: { address: scalerAddress(), metricName, value: 3, active: true, snapshotAgeMs: expect.any(Number) } },
       mlflow: { ok: false, error: expect.stringMatching(new RegExp(`ECONNREFUSED 127\\.0\\.0\\.1:${port}`)) },
     });
@@ -206,30 +206,30 @@ describe('kmj status with a part out of reach', () => {
     };
     const text = await runKmj(['status', '--queue', queue], { env }, cleanups);
     expect(text.code).toBe(1);
-    expect(lines(text.stdout)[1]).toBe('  RabbitMQ   ready 3   unacknowledged 0   consumers 0   dead-lettered 0   (management)');
+    expect(lines(text.stdout)[1]).toBe('  RabbitMQ   ready 3   consumers 0   dead-lettered 0   (AMQP, real time)   unacknowledged 0 (management statistics, up to 5 s old)');
     expect(lines(text.stdout)[3]).toBe('  MLflow     unreachable: MLFLOW_TRACKING_URI is not set');
   });
 
-  it('the scaler down: exit 1, the scaler line says unreachable with the reason, the rest still shown', async () => {
+  it('the scaler down: exit 1, the scaler line says nothing answers there, with the reason and what to set, the rest still shown', async () => {
     const queue = await queueWithThree();
     const port = await closedPort();
     const text = await status(['--queue', queue], { KMJ_SCALER_ADDRESS: `127.0.0.1:${port}`, KMJ_SCALER_METRICS_URL: `http://127.0.0.1:${port}` });
     expect(text.code).toBe(1);
     const out = lines(text.stdout);
-    expect(out[1]).toBe('  RabbitMQ   ready 3   unacknowledged 0   consumers 0   dead-lettered 0   (management)');
-    expect(out[2]).toMatch(new RegExp(`^  scaler     unreachable: UNAVAILABLE: .*ECONNREFUSED 127\\.0\\.0\\.1:${port}`));
+    expect(out[1]).toBe('  RabbitMQ   ready 3   consumers 0   dead-lettered 0   (AMQP, real time)   unacknowledged 0 (management statistics, up to 5 s old)');
+    expect(out[2]).toBe(`  scaler     unreachable: no scaler answers at 127.0.0.1:${port} (connect ECONNREFUSED 127.0.0.1:${port}): set KMJ_SCALER_ADDRESS, or reach the in-cluster scaler with \`kubectl -n <namespace> port-forward svc/kmj-scaler 6000:6000\``);
     expect(out[3]).toBe(`  MLflow     experiment "${queue}": no runs yet`);
 
     const json = JSON.parse((await status(['--queue', queue, '--json'], { KMJ_SCALER_ADDRESS: `127.0.0.1:${port}` })).stdout) as Record<string, unknown>;
     expect(json).toEqual({
       queue,
-      rabbitmq: { ok: true, value: { source: 'management', ready: 3, unacked: 0, consumers: 0, deadLettered: 0 } },
-      scaler: { ok: false, error: expect.stringMatching(new RegExp(`^UNAVAILABLE: .*ECONNREFUSED 127\\.0\\.0\\.1:${port}`)) },
+      rabbitmq: { ok: true, value: { source: 'amqp', ready: 3, unacked: 0, consumers: 0, deadLettered: 0 } },
+      scaler: { ok: false, error: expect.stringMatching(new RegExp(`^no scaler answers at 127\\.0\\.0\\.1:${port} \\(connect ECONNREFUSED`)) },
       mlflow: { ok: true, value: { experiment: queue, runs: [] } },
     });
   });
 
-  it('the management API unreachable: falls back to AMQP, with the ready count and the consumers right', async () => {
+  it('the management API unreachable: the AMQP figures, and why the unacknowledged count is missing', async () => {
     const queue = await cleanups.requestQueue();
     for (let i = 0; i < 3; i++) await publish(queue, request({ experiment: queue }));
     // A worker-like consumer holding one message: two ready, one consumer.
@@ -240,19 +240,21 @@ describe('kmj status with a part out of reach', () => {
     const text = await status(['--queue', queue], { RABBITMQ_MANAGEMENT_URL: `http://guest:guest@127.0.0.1:${port}` });
     expect(text.code).toBe(0);
     const out = lines(text.stdout);
-    expect(out[1]).toBe('  RabbitMQ   ready 2   unacknowledged n/a (AMQP only)   consumers 1   dead-lettered 0   (amqp)');
+    expect(out[1]).toMatch(new RegExp(`^  RabbitMQ   ready 2   consumers 1   dead-lettered 0   \\(AMQP, real time\\)   \\[unacknowledged: n/a \\(management API: management API did not answer for queue "${queue}": .*ECONNREFUSED.*\\)\\]$`));
     // backlog = ready + consumers
     expect(out[2]).toMatch(new RegExp(`^  scaler     KEDA sees ${metricName} = 3, active`));
     const json = JSON.parse((await status(['--queue', queue, '--json'], { RABBITMQ_MANAGEMENT_URL: `http://127.0.0.1:${port}` })).stdout) as { rabbitmq: unknown };
-    expect(json.rabbitmq).toEqual({ ok: true, value: { source: 'amqp', ready: 2, consumers: 1, deadLettered: 0 } });
+    expect(json.rabbitmq).toEqual({ ok: true, value: { source: 'amqp', ready: 2, consumers: 1, deadLettered: 0, note: expect.stringMatching(/^unacknowledged: n\/a \(management API: /) } });
   });
 
-  it('a queue that does not exist: exit 1, RabbitMQ says so, MLflow has no runs', async () => {
+  it('a queue that does not exist: exit 1, RabbitMQ says not found (not unreachable), MLflow has no runs', async () => {
     const queue = uniqueId('nowhere');
     const json = await status(['--queue', queue, '--json']);
     expect(json.code).toBe(1);
     const report = JSON.parse(json.stdout) as { rabbitmq: unknown; mlflow: unknown; scaler: { ok: boolean } };
-    expect(report.rabbitmq).toEqual({ ok: false, error: `queue "${queue}" does not exist` });
+    expect(report.rabbitmq).toEqual({ ok: false, error: `queue "${queue}": not found in vhost "/"`, notFound: true });
+    const text = await status(['--queue', queue]);
+    expect(lines(text.stdout)[1]).toBe(`  RabbitMQ   not found: queue "${queue}": not found in vhost "/"`);
     expect(report.mlflow).toEqual({ ok: true, value: { experiment: queue, runs: [] } });
     expect(report.scaler.ok).toBe(false);
   });

@@ -12,7 +12,7 @@ import { promisify } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
 import { connect } from 'amqplib';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { deadLetterQueueOf, declareRequestTopology } from '../../common/topology.ts';
+import { deadLetterQueueOf, declareRequestTopology } from '../../rabbitmq/topology.ts';
 import { packageFile } from '../../common/paths.ts';
 import {
   DEPLOY_DIR, KUBECONFIG, NAMESPACE, NODE_IP, QUEUE, SCALED_JOB, SCALER_ADDRESS,
@@ -363,7 +363,7 @@ describe('kmj status --scaledjob, against the real cluster', () => {
 
     const missing = await runKmj(['status', '--scaledjob', 'no-such-scaledjob', '-n', NAMESPACE], { env: statusEnv() });
     expect(missing.code).toBe(1);
-    expect(missing.stdout).toMatch(/Kubernetes unreachable: scaledjob kmj\/no-such-scaledjob: not found/);
+    expect(missing.stdout).toMatch(/^  Kubernetes not found: scaledjob kmj\/no-such-scaledjob$/m);
   }, 120_000);
 });
 

@@ -7,7 +7,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect } from 'amqplib';
-import { deadLetterQueueOf } from '../../common/topology.ts';
+import { deadLetterQueueOf } from '../../rabbitmq/topology.ts';
 import { RABBITMQ_URL } from './env.ts';
 import { requestQueue } from './worker.ts';
 

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { connect, type ConsumeMessage } from 'amqplib';
 import { PACKAGE_ROOT } from '../../common/paths.ts';
-import { declareRequestTopology, deadLetterQueueOf } from '../../common/topology.ts';
+import { declareRequestTopology, deadLetterQueueOf } from '../../rabbitmq/topology.ts';
 import { RABBITMQ_URL } from './env.ts';
 
 const run = promisify(execFile);

@@ -1,7 +1,7 @@
 // The snapshot cache with fake backlog targets (our own interface), to pin its timing rules.
 import { afterEach, describe, expect, it } from 'vitest';
 import { createLogger } from '../../common/log.ts';
-import { BacklogNotFoundError, BacklogUnavailableError } from '../../scaler/errors.ts';
+import { BacklogNotFoundError, BacklogUnavailableError } from '../../common/errors.ts';
 import { ScalerMetrics } from '../../scaler/metrics.ts';
 import { SnapshotStore, type SnapshotEvent, type SnapshotOptions } from '../../scaler/snapshots.ts';
 import type { BacklogReading, BacklogTarget } from '../../scaler/sources/source.ts';

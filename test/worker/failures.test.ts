@@ -8,9 +8,9 @@ import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import type { ConsumeMessage } from 'amqplib';
 import { afterEach, describe, expect, it } from 'vitest';
-import { DEAD_LETTER_HEADERS } from '../../common/topology.ts';
+import { DEAD_LETTER_HEADERS } from '../../rabbitmq/topology.ts';
 import { EXIT } from '../../worker/consumer.ts';
-import { ERROR_TAG } from '../../worker/run-store.ts';
+import { RUN_TAG } from '../../common/run-tags.ts';
 import { Cleanups } from '../helpers/cleanups.ts';
 import { FaultProxy, mlflowPath } from '../helpers/fault-proxy.ts';
 import {
@@ -149,7 +149,7 @@ async function expectOneFailedRun(experiment: string, error: string, base = MLFL
   const run = runs[0] as RestRun;
   expect(run.info.status).toBe('FAILED');
   expect(run.info.end_time).toBeGreaterThanOrEqual(run.info.start_time);
-  expect(tagsOf(run)[ERROR_TAG]).toBe(error);
+  expect(tagsOf(run)[RUN_TAG.error]).toBe(error);
   return run;
 }
 
@@ -559,7 +559,7 @@ describe('MLflow trouble', () => {
     expect(order).toEqual(['search', 'create', 'search', 'create', 'search', 'create']);
     const runs = await runsOf(req.experiment);
     expect(runs.map((r) => r.info.status)).toEqual(['FINISHED']);
-    expect(tagsOf(runs[0] as RestRun)[ERROR_TAG]).toBeUndefined();
+    expect(tagsOf(runs[0] as RestRun)[RUN_TAG.error]).toBeUndefined();
     expect(await queueState(queue)).toEqual({ messages: 0, consumers: 0 });
     expect(await drain(`${queue}.dead`)).toEqual([]);
   });
@@ -626,7 +626,7 @@ describe('MLflow trouble', () => {
     const runs = await runsOf(req.experiment);
     expect(runs.map((r) => [r.info.run_id, r.info.status])).toEqual([[failed.info.run_id, 'FINISHED']]);
     const tags = tagsOf(runs[0] as RestRun);
-    expect(tags[ERROR_TAG]).toBeUndefined();
+    expect(tags[RUN_TAG.error]).toBeUndefined();
     // The attempt the worker saw; that it is not 2 is the delivery-count bug shown above.
     expect(tags['kmj.delivery_attempt']).toBe(String(logsWith(again, 'message acknowledged')[0]?.['attempt']));
     expect(await queueState(queue)).toEqual({ messages: 0, consumers: 0 });
@@ -659,7 +659,7 @@ describe('MLflow trouble', () => {
     expect(again.code).toBe(EXIT.OK);
     const runs = await runsOf(req.experiment);
     expect(runs.map((r) => [r.info.run_id, r.info.status])).toEqual([[first?.info.run_id, 'FINISHED']]);
-    expect(tagsOf(runs[0] as RestRun)[ERROR_TAG]).toBeUndefined();
+    expect(tagsOf(runs[0] as RestRun)[RUN_TAG.error]).toBeUndefined();
     expect(await queueState(queue)).toEqual({ messages: 0, consumers: 0 });
   });
 
@@ -671,7 +671,7 @@ describe('MLflow trouble', () => {
     expect(result.code).toBe(EXIT.REQUEUED);
     const [run] = await runsOf(req.experiment);
     expect(run?.info.status).toBe('FAILED');
-    expect(tagsOf(run as RestRun)[ERROR_TAG]).toMatch(/\(requeued\)$/);
+    expect(tagsOf(run as RestRun)[RUN_TAG.error]).toMatch(/\(requeued\)$/);
   });
 
   it('the answer to runs/create lost on the way back: still exactly one run for the request', async () => {

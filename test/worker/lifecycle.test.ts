@@ -5,7 +5,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { EXIT } from '../../worker/consumer.ts';
-import { ERROR_TAG } from '../../worker/run-store.ts';
+import { RUN_TAG } from '../../common/run-tags.ts';
 import { Cleanups } from '../helpers/cleanups.ts';
 import { FaultProxy, mlflowPath } from '../helpers/fault-proxy.ts';
 import {
@@ -73,7 +73,7 @@ function waitForQueue(queue: string, want: QueueState): Promise<QueueState> {
 async function expectCompleteRun(runId: string): Promise<void> {
   const py = await readRunWithPython(runId);
   expect(py.info.status).toBe('FINISHED');
-  expect(py.tags[ERROR_TAG]).toBeUndefined();
+  expect(py.tags[RUN_TAG.error]).toBeUndefined();
   expect(py.metrics['rows']).toBe(150);
   expect(py.inputs).toHaveLength(1);
   expect(py.inputs[0]).toMatchObject({ name: 'iris.csv', source_type: 'local' });
@@ -102,7 +102,7 @@ describe('stopping a worker mid-run', () => {
 
     const runs = await runsOf(req.experiment);
     expect(runs.map((r) => [r.info.run_id, r.info.status])).toEqual([[started['runId'], 'KILLED']]);
-    expect(tagsOf(runs[0] as RestRun)[ERROR_TAG]).toBe('the worker was stopped (SIGTERM); the request was requeued');
+    expect(tagsOf(runs[0] as RestRun)[RUN_TAG.error]).toBe('the worker was stopped (SIGTERM); the request was requeued');
     expect(runs[0]?.info.end_time).toBeGreaterThanOrEqual(runs[0]?.info.start_time ?? Number.POSITIVE_INFINITY);
     expect(await queueState(queue)).toEqual({ messages: 1, consumers: 0 });
     expect(await drain(`${queue}.dead`)).toEqual([]);

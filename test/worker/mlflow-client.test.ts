@@ -11,9 +11,9 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError } from '../../common/config.ts';
 import { createLogger, type Logger } from '../../common/log.ts';
 import { loadWorkerConfig } from '../../worker/config.ts';
-import { PermanentError } from '../../worker/errors.ts';
-import { MlflowHttp, MlflowHttpError, type MlflowHttpOptions } from '../../worker/mlflow/http.ts';
-import { LOG_BATCH_LIMITS, MlflowTracking, proxyPath, splitLogBatch, type KeyValue, type Metric } from '../../worker/mlflow/tracking.ts';
+import { PermanentError } from '../../common/errors.ts';
+import { MlflowHttp, MlflowHttpError, type MlflowHttpOptions } from '../../mlflow/http.ts';
+import { LOG_BATCH_LIMITS, MlflowTracking, proxyPath, splitLogBatch, type KeyValue, type Metric } from '../../mlflow/tracking.ts';
 import { makePki, startMlflowProxy, type MlflowProxy, type Pki } from '../helpers/mlflow-proxy.ts';
 import { MLFLOW_AUTH_PASSWORD, MLFLOW_AUTH_URL, MLFLOW_AUTH_USER, MLFLOW_URL, uniqueId } from '../helpers/worker.ts';
 

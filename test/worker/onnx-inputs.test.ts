@@ -10,7 +10,7 @@ import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PACKAGE_ROOT } from '../../common/paths.ts';
 import { ColumnBatch } from '../../worker/dataset/batch.ts';
-import { PermanentError } from '../../worker/errors.ts';
+import { PermanentError } from '../../common/errors.ts';
 import { readMlModel } from '../../worker/model/mlmodel.ts';
 import { OnnxModel } from '../../worker/model/onnx.ts';
 

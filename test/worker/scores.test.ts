@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { PACKAGE_ROOT } from '../../common/paths.ts';
-import { PermanentError } from '../../worker/errors.ts';
+import { PermanentError } from '../../common/errors.ts';
 import { ClassificationScorer, RegressionScorer, type Scorer } from '../../worker/scores.ts';
 
 const run = promisify(execFile);

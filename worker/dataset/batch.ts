@@ -3,7 +3,7 @@
  * model's numeric inputs as numbers (one Float64Array a column, ready to copy into a tensor), and
  * the rest it needs (text inputs, the label) as values, as the dataset wrote them.
  */
-import { PermanentError } from '../errors.ts';
+import { PermanentError } from '../../common/errors.ts';
 
 /** Which dataset columns (by index) a batch must carry, and how. */
 export interface ColumnWants {

@@ -9,7 +9,7 @@
  * is taken literally, as is text after a closing quote; empty lines are skipped.
  */
 import { isUtf8 } from 'node:buffer';
-import { PermanentError } from '../errors.ts';
+import { PermanentError } from '../../common/errors.ts';
 import { ColumnBatch, toNumber, type ColumnWants } from './batch.ts';
 
 const LF = 10;

@@ -11,14 +11,15 @@ import { realpath, stat } from 'node:fs/promises';
 import { basename, isAbsolute } from 'node:path';
 import type { Readable } from 'node:stream';
 import { displayUrl } from '../../common/redact.ts';
-import { PermanentError, TransientError, messageOf } from '../errors.ts';
+import { PermanentError, TransientError, messageOf } from '../../common/errors.ts';
 import { isUnderRoots, missingOrUnreadable } from '../files.ts';
-import { discard, isRetryableStatus, send, type HttpResponse } from '../http-request.ts';
-import { MlflowHttpError } from '../mlflow/http.ts';
-import { proxyPath, type MlflowTracking } from '../mlflow/tracking.ts';
+import { discard, isRetryableStatus, send, type HttpResponse } from '../../common/http-request.ts';
+import { MlflowHttpError } from '../../mlflow/http.ts';
+import { proxyPath, type MlflowTracking } from '../../mlflow/tracking.ts';
 import type { DataFormat, InferenceRequest } from '../request.ts';
 import { batchOfRows, type ColumnBatch, type ColumnWants, type DatasetBatch } from './batch.ts';
 import { CsvColumns, CsvTokenizer, NOT_UTF8, SAMPLE_ROWS } from './csv.ts';
+import { RUN_TAG } from '../../common/run-tags.ts';
 
 export interface DatasetLimits {
   readonly maxBytes: number;
@@ -345,7 +346,7 @@ function inlineDataset(req: InferenceRequest): OpenedDataset {
       name: req.dataset.name ?? 'inline',
       digest: createHash('sha256').update(canonical).digest('hex').slice(0, 8),
       sourceType: 'code',
-      source: JSON.stringify({ tags: { 'kmj.request_id': req.requestId } }),
+      source: JSON.stringify({ tags: { [RUN_TAG.requestId]: req.requestId } }),
       rows: matrix.length,
       columns,
       columnTypes: guessTypes(columns, matrix.slice(0, SAMPLE_ROWS)),

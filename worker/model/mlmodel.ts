@@ -1,7 +1,7 @@
 /** The parts of an MLflow `MLmodel` file the worker needs: the ONNX flavor and the signature. */
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { PermanentError, TransientError } from '../errors.ts';
+import { PermanentError, TransientError } from '../../common/errors.ts';
 
 /** One column of a column-based MLflow signature. */
 export interface ColumnSpec {

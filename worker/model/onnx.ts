@@ -12,7 +12,7 @@
  */
 import { join } from 'node:path';
 import type * as Ort from 'onnxruntime-node';
-import { PermanentError, TransientError } from '../errors.ts';
+import { PermanentError, TransientError } from '../../common/errors.ts';
 import type { ColumnWants, DatasetBatch } from '../dataset/batch.ts';
 import type { MlModel } from './mlmodel.ts';
 

@@ -14,10 +14,10 @@
  */
 import { createHash } from 'node:crypto';
 import { realpath } from 'node:fs/promises';
-import { PermanentError } from '../errors.ts';
+import { PermanentError } from '../../common/errors.ts';
 import { isUnderRoots, missingOrUnreadable } from '../files.ts';
-import { MlflowHttpError } from '../mlflow/http.ts';
-import { quoteFilterValue, type MlflowTracking } from '../mlflow/tracking.ts';
+import { MlflowHttpError } from '../../mlflow/http.ts';
+import { quoteFilterValue, type MlflowTracking } from '../../mlflow/tracking.ts';
 
 export interface ResolvedModel {
   /** Where the model directory is: an mlflow-artifacts: URI (or file: for a local model). */

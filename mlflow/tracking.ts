@@ -8,8 +8,8 @@ import { mkdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import type { Readable } from 'node:stream';
-import { discard, readText } from '../http-request.ts';
-import { PermanentError, TransientError } from '../errors.ts';
+import { discard, readText } from '../common/http-request.ts';
+import { PermanentError, TransientError } from '../common/errors.ts';
 import { MlflowHttp, MlflowHttpError } from './http.ts';
 
 /** MLflow's documented limits for one runs/log-batch request. */
@@ -60,6 +60,8 @@ export interface SearchRunsOptions {
   readonly maxResults?: number;
   /** ACTIVE_ONLY (the default), DELETED_ONLY or ALL. */
   readonly viewType?: 'ACTIVE_ONLY' | 'DELETED_ONLY' | 'ALL';
+  /** Retries of each page's request, as for any call (MLFLOW_HTTP_REQUEST_MAX_RETRIES by default). */
+  readonly maxRetries?: number;
 }
 
 function toMap<V>(entries: ReadonlyArray<{ key: string; value: V }> | undefined): Record<string, V> {
@@ -203,6 +205,7 @@ export class MlflowTracking {
           ...(pageToken !== undefined ? { page_token: pageToken } : {}),
         },
         signal,
+        ...(options.maxRetries !== undefined ? { maxRetries: options.maxRetries } : {}),
       });
       runs.push(...(r.runs ?? []).map(searchedRun));
       pageToken = r.next_page_token || undefined;
@@ -211,19 +214,8 @@ export class MlflowTracking {
   }
 
   /** Runs of an experiment carrying tag `key` = `value`, deleted ones excluded, newest first. */
-  async runsWithTag(experimentId: string, key: string, value: string, signal: AbortSignal): Promise<Run[]> {
-    const r = await this.http.api<{ runs?: Run[] }>('runs/search', {
-      method: 'POST',
-      json: {
-        experiment_ids: [experimentId],
-        filter: `tags.\`${key}\` = ${quoteFilterValue(value)}`,
-        run_view_type: 'ACTIVE_ONLY',
-        max_results: 50,
-        order_by: ['attributes.start_time DESC'],
-      },
-      signal,
-    });
-    return r.runs ?? [];
+  async runsWithTag(experimentId: string, key: string, value: string, signal: AbortSignal): Promise<SearchedRun[]> {
+    return this.searchRuns([experimentId], { filter: `tags.\`${key}\` = ${quoteFilterValue(value)}`, maxResults: 50, orderBy: ['attributes.start_time DESC'] }, signal);
   }
 
   async createRun(experimentId: string, runName: string, tags: readonly KeyValue[], startTime: number, signal: AbortSignal, options: { retries?: number } = {}): Promise<RunInfo> {

@@ -4,8 +4,8 @@
  * default), so they lag the queue; in exchange they include unacknowledged messages and the
  * publish and deliver rates that AMQP cannot give.
  */
-import { raceAbort } from '../../common/abort.ts';
-import { BacklogNotFoundError, BacklogUnavailableError, messageOf } from '../errors.ts';
+import { raceAbort } from '../common/abort.ts';
+import { BacklogNotFoundError, BacklogUnavailableError, messageOf } from '../common/errors.ts';
 
 export interface ManagementQueueStats {
   readonly ready: number;

@@ -10,10 +10,10 @@ import { stat } from 'node:fs/promises';
 import type { Agent as HttpAgent } from 'node:http';
 import type { Agent as HttpsAgent } from 'node:https';
 import type { Readable } from 'node:stream';
-import { sleep } from '../../common/abort.ts';
-import { agentFor, isRetryableStatus, readText, send, type HttpResponse } from '../http-request.ts';
-import type { Logger } from '../../common/log.ts';
-import { displayUrl, scrubSecrets } from '../../common/redact.ts';
+import { sleep } from '../common/abort.ts';
+import { agentFor, isRetryableStatus, readText, send, type HttpResponse } from '../common/http-request.ts';
+import type { Logger } from '../common/log.ts';
+import { displayUrl, scrubSecrets } from '../common/redact.ts';
 
 export interface MlflowHttpOptions {
   readonly trackingUri: string;

@@ -1,10 +1,12 @@
 /**
- * The worker's two error classes, one meaning each. Every failure in the pipeline ends up as one of
+ * The error classes more than one component throws, one meaning each.
+ *
+ * The worker's two: every failure in the pipeline ends up as one of
  * them, and the consumer turns them into the settle: PermanentError dead-letters the message (never
  * retried), TransientError requeues it after in-process retries. Messages are safe to log and to put
  * in message headers and MLflow tags: they never carry credentials.
  */
-import { scrubSecrets } from '../common/redact.ts';
+import { scrubSecrets } from './redact.ts';
 
 /** The request cannot succeed as it is: bad request, unknown model, unreadable dataset, input mismatch. */
 export class PermanentError extends Error {
@@ -31,4 +33,25 @@ export class TransientError extends Error {
   }
 }
 
-export { messageOf } from '../common/redact.ts';
+/** Something asked for by name does not exist (a queue, a ScaledJob): "not found", not "unreachable". */
+export class NotFoundError extends Error {
+  override readonly name: string = 'NotFoundError';
+  constructor(message: string, options?: ErrorOptions) {
+    super(scrubSecrets(message), options);
+  }
+}
+
+/** The thing to measure or read does not exist (queue, topic, vhost): the scaler answers NOT_FOUND. */
+export class BacklogNotFoundError extends NotFoundError {
+  override readonly name = 'BacklogNotFoundError';
+}
+
+/** The broker cannot be read right now, or the scaler's snapshot is too old to trust: UNAVAILABLE. */
+export class BacklogUnavailableError extends Error {
+  override readonly name = 'BacklogUnavailableError';
+  constructor(message: string, options?: ErrorOptions) {
+    super(scrubSecrets(message), options);
+  }
+}
+
+export { messageOf } from './redact.ts';

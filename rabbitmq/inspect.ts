@@ -1,19 +1,21 @@
 /**
  * Reads queue depth and consumer count over AMQP 0-9-1 with a passive queue declare
  * (`queue.declare` with passive=true). The broker answers from the queue process itself, so the
- * figures are real time, unlike the management API's sampled statistics.
+ * figures are real time, unlike the management API's sampled statistics. A passive declare of a
+ * missing queue fails with 404 NOT_FOUND and closes the channel it ran on, never the connection.
  *
- * One connection per broker URL (connection alias + vhost), a bounded pool of channels, and a
+ * `checkQueues`: one look at a few queues on a connection the caller owns (the worker at start,
+ * `kmj status`). `AmqpQueueInspector`: the scaler's long-lived reader. One connection per broker URL (connection alias + vhost), a bounded pool of channels, and a
  * passive declare of a missing queue closing only the channel it ran on (404 NOT_FOUND): that
  * channel is thrown away and the next read opens a fresh one, so every other queue keeps being
  * served. When the connection drops, reads fail at once with UNAVAILABLE while reconnects run with
  * capped exponential backoff; the first read after the broker's return reconnects.
  */
 import { connect, type Channel, type ChannelModel } from 'amqplib';
-import type { Logger } from '../../common/log.ts';
-import { raceAbort } from '../../common/abort.ts';
-import { displayUrl } from '../../common/redact.ts';
-import { BacklogNotFoundError, BacklogUnavailableError, messageOf } from '../errors.ts';
+import type { Logger } from '../common/log.ts';
+import { raceAbort } from '../common/abort.ts';
+import { displayUrl } from '../common/redact.ts';
+import { BacklogNotFoundError, BacklogUnavailableError, messageOf } from '../common/errors.ts';
 
 export interface QueueDeclareOk {
   readonly messageCount: number;
@@ -34,6 +36,44 @@ export interface AmqpInspectorOptions {
   /** AMQP heartbeat; detects a broker that stopped answering without closing the socket. */
   readonly heartbeatSeconds: number;
   readonly log: Logger;
+}
+
+/** 404 NOT_FOUND: what the broker answers a passive declare of a queue that does not exist. */
+export function isNotFound(err: unknown): boolean {
+  return (err as { code?: unknown } | undefined)?.code === 404;
+}
+
+/**
+ * Each queue's counts, or undefined for a queue that does not exist. The usual case, every queue
+ * there, costs one channel; only after a 404 (which closes it) is each queue looked at on a
+ * channel of its own.
+ */
+export async function checkQueues(conn: ChannelModel, queues: readonly string[]): Promise<Map<string, QueueDeclareOk | undefined>> {
+  const found = new Map<string, QueueDeclareOk | undefined>();
+  const look = async (names: readonly string[]): Promise<void> => {
+    const ch = await conn.createChannel();
+    ch.on('error', () => undefined); // a 404 closes this channel; that is the answer
+    for (const q of names) {
+      const ok = await ch.checkQueue(q);
+      found.set(q, { messageCount: ok.messageCount, consumerCount: ok.consumerCount });
+    }
+    await ch.close();
+  };
+  try {
+    await look(queues);
+    return found;
+  } catch (err) {
+    if (!isNotFound(err)) throw err;
+  }
+  for (const q of queues) {
+    try {
+      await look([q]);
+    } catch (err) {
+      if (!isNotFound(err)) throw err;
+      found.set(q, undefined);
+    }
+  }
+  return found;
 }
 
 interface Waiter {
@@ -70,7 +110,7 @@ export class AmqpQueueInspector {
       reusable = true;
       return { messageCount: ok.messageCount, consumerCount: ok.consumerCount };
     } catch (err) {
-      if ((err as { code?: unknown }).code === 404) {
+      if (isNotFound(err)) {
         throw new BacklogNotFoundError(`queue ${JSON.stringify(queue)} does not exist in vhost ${JSON.stringify(this.#options.vhost)}`, { cause: err });
       }
       if (signal.aborted) {

@@ -1,0 +1,38 @@
+/**
+ * Every `kmj.*` tag a run in MLflow can carry: the worker writes them, `kmj submit --wait`,
+ * `kmj status`, `kmj demo`, `kmj replay` and the benchmarks read them. Users filter on them in
+ * the MLflow UI (`tags.\`kmj.request_id\` = '…'`), so a name here is part of the interface.
+ */
+export const RUN_TAG = {
+  /** The request's id: one run per request, found by this tag (idempotency). */
+  requestId: 'kmj.request_id',
+  /** The request's model URI, as written (`models:/name@alias`, `runs:/…`, `file://…`). */
+  modelUri: 'kmj.model_uri',
+  /** What the URI resolved to in the Model Registry, when it was a registry URI. */
+  modelName: 'kmj.model_name',
+  modelVersion: 'kmj.model_version',
+  /** Where the model's files came from (the registry version's source). */
+  modelArtifactUri: 'kmj.model_artifact_uri',
+  /** `onnx`, from the MLmodel flavor. */
+  modelKind: 'kmj.model_kind',
+  /** `hit` or `miss`: whether the model came from the pod's cache. */
+  modelCache: 'kmj.model_cache',
+  /** The queue the request came from. */
+  queue: 'kmj.queue',
+  /** Which delivery of the message made the run (1 for the first). */
+  deliveryAttempt: 'kmj.delivery_attempt',
+  batchRows: 'kmj.batch_rows',
+  workerVersion: 'kmj.worker_version',
+  /** The pod and node that ran it (KUBERNETES_POD_NAME, KUBERNETES_NODE_NAME). */
+  pod: 'kmj.pod',
+  node: 'kmj.node',
+  /** On a run that did not finish: why, and what became of its message (dead-lettered, requeued). */
+  error: 'kmj.error',
+  outcome: 'kmj.outcome',
+  /** The run was recorded in the worker's spool while MLflow was out of reach, then replayed. */
+  spooled: 'kmj.spooled',
+  replayedAt: 'kmj.replayed_at',
+} as const;
+
+/** What `kmj.outcome` says of a run that did not finish. */
+export type RunOutcome = 'dead-lettered' | 'requeued';
