@@ -151,11 +151,9 @@ export async function consumeOne(options: ConsumeOptions): Promise<ExitCode> {
     }
     const delivery: DeliveryInfo = { attempt: attemptOf(msg), queue: config.queue };
     log.debug({ attempt: delivery.attempt, bytes: msg.content.length }, 'message received');
-    let outcome = await options.handle(msg.content, delivery);
-    if (outcome.action === 'requeue' && delivery.attempt >= config.maxDeliveries) {
-      // Poison protection: this was the last delivery we allow; park it instead of looping.
-      outcome = { ...outcome, action: 'dead-letter', reason: `gave up after ${delivery.attempt} deliveries: ${outcome.reason ?? 'requeued'}` };
-    }
+    // The handler decides the settle, the delivery limit included (worker/pipeline.ts); a requeue
+    // stays a requeue here, so a run marked KILLED is never dead-lettered behind its back.
+    const outcome = await options.handle(msg.content, delivery);
     if (connectionLost) {
       log.warn({ outcome: outcome.action }, 'broker connection lost while working; the broker requeues the message');
       return EXIT.UNSETTLED;

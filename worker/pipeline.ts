@@ -132,8 +132,7 @@ export async function handleDelivery(body: Buffer, delivery: DeliveryInfo, deps:
         }
         const delay = RETRY_DELAYS_MS[attempt];
         if (!e.retryInProcess || delay === undefined || budget.signal.aborted) {
-          if (delivery.attempt >= config.maxDeliveries) {
-            // Poison protection: this was the last delivery allowed; park it instead of looping.
+          if (afterFailure(delivery.attempt, config.maxDeliveries) === 'dead-letter') {
             const reason = `gave up after ${delivery.attempt} deliveries: ${e.message}`;
             rlog.warn({ err: e, attempt: delivery.attempt }, 'request failed on its last allowed delivery; dead-lettering');
             await mark('FAILED', reason, 'dead-lettered');
@@ -163,6 +162,16 @@ interface AttemptState {
 function ids(state: AttemptState): { runId?: string } {
   const runId = state.store?.runId;
   return runId !== undefined ? { runId } : {};
+}
+
+/**
+ * The delivery limit, decided here and nowhere else: a request that failed for now on its last
+ * allowed delivery (KMJ_MAX_DELIVERIES) is dead-lettered instead of requeued, so a poison message
+ * cannot loop. A SIGTERM is not the request's failure: its requeue stands on any delivery (the
+ * queue's x-delivery-limit still bounds a message whose workers keep being stopped).
+ */
+export function afterFailure(attempt: number, maxDeliveries: number): 'requeue' | 'dead-letter' {
+  return attempt >= maxDeliveries ? 'dead-letter' : 'requeue';
 }
 
 /** Maps anything thrown to one of the two error classes. */

@@ -117,6 +117,25 @@ describe('stopping a worker mid-run', () => {
     expect(await drain(`${queue}.dead`)).toEqual([]);
   });
 
+  it('SIGTERM on the last allowed delivery: still a requeue; the run is KILLED with outcome requeued and the message is back, not dead-lettered', async () => {
+    const p = await slowMlflow();
+    const queue = await cleanups.requestQueue();
+    const req = request();
+    await publish(queue, req);
+    const w = worker(queue, { MLFLOW_TRACKING_URI: p.url, KMJ_MAX_DELIVERIES: '1', KMJ_WORKER_SHUTDOWN_GRACE_MS: '5000' });
+    const started = await waitForLog(w, 'run started');
+    await p.waitForRequest(LOG_INPUTS);
+    w.child.kill('SIGTERM');
+    const result = await w.done;
+    expect(result.code).toBe(EXIT.REQUEUED);
+    expect(logsWith(result, 'message requeued')[0]).toMatchObject({ requestId: req.requestId, attempt: 1 });
+    const runs = await runsOf(req.experiment);
+    expect(runs.map((r) => [r.info.run_id, r.info.status])).toEqual([[started['runId'], 'KILLED']]);
+    expect(tagsOf(runs[0] as RestRun)[RUN_TAG.outcome]).toBe('requeued');
+    expect(await queueState(queue)).toEqual({ messages: 1, consumers: 0 });
+    expect(await drain(`${queue}.dead`)).toEqual([]);
+  });
+
   it('SIGKILL, twice: the broker requeues each time, the next worker resumes the RUNNING run; one run, FINISHED, nothing lost', async () => {
     const p = await slowMlflow();
     const queue = await cleanups.requestQueue();
