@@ -12,6 +12,7 @@ import { randomUUID } from 'node:crypto';
 import { existsSync, mkdirSync, openSync, closeSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import * as grpc from '@grpc/grpc-js';
 import { connect } from 'amqplib';
 import { sleep } from '../common/abort.ts';
 import { ConfigError } from '../common/config.ts';
@@ -190,7 +191,7 @@ export async function runDemo(argv: readonly string[], ctx: CommandContext): Pro
       const failed = jobs.filter((j) => j.done && j.exitCode !== 0).length;
       const t = ((Date.now() - started) / 1000).toFixed(0).padStart(4);
       if (!poll.ok) {
-        out(`${t}s  scaler: ${poll.code}: ${poll.details}`);
+        out(`${t}s  scaler: ${grpc.status[poll.error.code]}: ${poll.error.details}`);
       } else {
         const create = defaultStrategyJobs(poll.view, unfinished, maxJobs);
         out(`${t}s  ${String(poll.view.value).padStart(7)}  ${String(poll.view.active).padStart(6)}  ${String(unfinished).padStart(15)}  ${String(create).padStart(8)}  ${String(ok).padStart(8)}  ${String(failed).padStart(6)}`);

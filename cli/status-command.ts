@@ -169,15 +169,16 @@ async function readScaler(q: ScalerQuestion, metricsUrl: string, queue: string):
   try {
     const poll = await client.poll(q.metadata, q.name, q.namespace);
     if (!poll.ok) {
-      const details = poll.details.replace(/\. Resolution note:.*$/s, '');
-      if (poll.code === 'NOT_FOUND') throw new NotFoundError(details);
+      const details = poll.error.details.replace(/\. Resolution note:.*$/s, '');
+      const code = grpc.status[poll.error.code];
+      if (code === 'NOT_FOUND') throw new NotFoundError(details);
       // grpc-js's own words for "nothing answered there", as opposed to the scaler's UNAVAILABLE.
-      const noAnswer = (poll.code === 'UNAVAILABLE' && /^(No connection established|failed to connect)/i.test(details)) || poll.code === 'DEADLINE_EXCEEDED';
+      const noAnswer = (code === 'UNAVAILABLE' && /^(No connection established|failed to connect)/i.test(details)) || code === 'DEADLINE_EXCEEDED';
       if (noAnswer) {
         const why = (/Last error: (.*)$/.exec(details)?.[1] ?? details).replace(/^Error: /, '');
         throw new Error(`no scaler answers at ${address} (${why}): set KMJ_SCALER_ADDRESS, or reach the in-cluster scaler with \`kubectl -n ${q.namespace === 'default' ? '<namespace>' : q.namespace} port-forward svc/kmj-scaler 6000:6000\``);
       }
-      throw new Error(`${poll.code}: ${details}`);
+      throw new Error(`${code}: ${details}`);
     }
     let snapshotAgeMs: number | undefined;
     try {

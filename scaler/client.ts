@@ -1,6 +1,7 @@
 /**
  * A client of the scaler that asks what KEDA asks: GetMetricSpec, GetMetrics, IsActive, in that
- * order, with the trigger's metadata. Used by `kmj demo` and `kmj status` to show what KEDA sees.
+ * order, with the trigger's metadata, and reads the answers by KEDA's rules (`kedaNumber`). Used by
+ * `kmj demo` and `kmj status` to show what KEDA sees, and by the tests.
  */
 import * as grpc from '@grpc/grpc-js';
 import { loadExternalScalerPackage } from './grpc-server.ts';
@@ -12,50 +13,107 @@ export interface KedaView {
   readonly active: boolean;
 }
 
-export type KedaPoll = { readonly ok: true; readonly view: KedaView } | { readonly ok: false; readonly code: string; readonly details: string };
+/** A failed call: the gRPC status code (its name is grpc.status[code]) and the details. */
+export interface RpcError {
+  readonly code: grpc.status;
+  readonly details: string;
+}
+
+export type RpcResult<T> = { readonly ok: true; readonly value: T } | { readonly ok: false; readonly error: RpcError };
+
+export type KedaPoll = { readonly ok: true; readonly view: KedaView } | { readonly ok: false; readonly error: RpcError };
+
+/** What KEDA sends with every call: the ScaledObject's (or ScaledJob's) name and the trigger's metadata. */
+export interface ScaledObjectRef {
+  readonly name: string;
+  readonly namespace: string;
+  readonly scalerMetadata: Readonly<Record<string, string>>;
+}
+
+export interface MetricSpec {
+  readonly metricName: string;
+  readonly targetSize: number;
+  readonly targetSizeFloat: number;
+}
+
+export interface MetricValue {
+  readonly metricName: string;
+  readonly metricValue: number;
+  readonly metricValueFloat: number;
+}
+
+/**
+ * KEDA's rule for a number the scaler sends twice, as int64 and as double (targetSize,
+ * metricValue): the double when it is above 0, else the integer.
+ */
+export function kedaNumber(integer: number, float: number): number {
+  return float > 0 ? float : integer;
+}
+
+export interface ScalerClientOptions {
+  readonly credentials?: grpc.ChannelCredentials;
+  /** Deadline of each call (3 s). KEDA sets none; a person waiting on `kmj status` should not wait forever. */
+  readonly timeoutMs?: number;
+  readonly channelOptions?: grpc.ClientOptions;
+}
 
 type Unary = (req: unknown, options: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res: unknown) => void) => void;
+
+function rpcError(err: unknown): RpcError {
+  const e = err as Partial<grpc.ServiceError>;
+  return { code: e.code ?? grpc.status.UNKNOWN, details: e.details ?? String(err) };
+}
 
 export class ScalerClient {
   readonly #client: grpc.Client & Record<string, unknown>;
   readonly #timeoutMs: number;
 
-  constructor(address: string, options: { credentials?: grpc.ChannelCredentials; timeoutMs?: number } = {}) {
+  constructor(address: string, options: ScalerClientOptions = {}) {
     const ctor = (grpc.loadPackageDefinition(loadExternalScalerPackage()) as unknown as {
       externalscaler: { ExternalScaler: grpc.ServiceClientConstructor };
     }).externalscaler.ExternalScaler;
-    this.#client = new ctor(address, options.credentials ?? grpc.credentials.createInsecure()) as grpc.Client & Record<string, unknown>;
+    this.#client = new ctor(address, options.credentials ?? grpc.credentials.createInsecure(), options.channelOptions) as grpc.Client & Record<string, unknown>;
     this.#timeoutMs = options.timeoutMs ?? 3000;
   }
 
-  #call<T>(method: string, req: unknown): Promise<T> {
+  #call<T>(method: string, req: unknown): Promise<RpcResult<T>> {
     const fn = this.#client[method] as Unary;
-    return new Promise((resolve, reject) => {
-      fn.call(this.#client, req, { deadline: Date.now() + this.#timeoutMs }, (err, res) => (err ? reject(err) : resolve(res as T)));
+    return new Promise((resolve) => {
+      fn.call(this.#client, req, { deadline: Date.now() + this.#timeoutMs }, (err, res) => resolve(err ? { ok: false, error: rpcError(err) } : { ok: true, value: res as T }));
     });
   }
 
-  /** One KEDA poll of a trigger. Errors come back as data, with the gRPC code name. */
+  getMetricSpec(ref: ScaledObjectRef): Promise<RpcResult<{ metricSpecs: MetricSpec[] }>> {
+    return this.#call('GetMetricSpec', ref);
+  }
+
+  getMetrics(ref: ScaledObjectRef, metricName: string): Promise<RpcResult<{ metricValues: MetricValue[] }>> {
+    return this.#call('GetMetrics', { scaledObjectRef: ref, metricName });
+  }
+
+  isActive(ref: ScaledObjectRef): Promise<RpcResult<{ result: boolean }>> {
+    return this.#call('IsActive', ref);
+  }
+
+  streamIsActive(ref: ScaledObjectRef): grpc.ClientReadableStream<{ result: boolean }> {
+    const fn = this.#client['StreamIsActive'] as (req: unknown) => grpc.ClientReadableStream<{ result: boolean }>;
+    return fn.call(this.#client, ref);
+  }
+
+  /** One KEDA poll of a ScaledJob's trigger: GetMetricSpec, GetMetrics, IsActive, read as KEDA reads them. */
   async poll(metadata: Readonly<Record<string, string>>, name = 'kmj', namespace = 'default'): Promise<KedaPoll> {
     const ref = { name, namespace, scalerMetadata: metadata };
-    try {
-      const spec = await this.#call<{ metricSpecs: Array<{ metricName: string; targetSize: number; targetSizeFloat: number }> }>('GetMetricSpec', ref);
-      const first = spec.metricSpecs[0];
-      if (!first) return { ok: false, code: 'INTERNAL', details: 'GetMetricSpec returned no metric spec' };
-      const metrics = await this.#call<{ metricValues: Array<{ metricValue: number; metricValueFloat: number }> }>('GetMetrics', {
-        scaledObjectRef: ref,
-        metricName: first.metricName,
-      });
-      const mv = metrics.metricValues[0];
-      const active = await this.#call<{ result: boolean }>('IsActive', ref);
-      // KEDA reads the float only when it is above 0, else the integer.
-      const value = mv ? (mv.metricValueFloat > 0 ? mv.metricValueFloat : mv.metricValue) : 0;
-      const targetSize = first.targetSizeFloat > 0 ? first.targetSizeFloat : first.targetSize;
-      return { ok: true, view: { metricName: first.metricName, targetSize, value, active: active.result } };
-    } catch (err) {
-      const e = err as Partial<grpc.ServiceError>;
-      return { ok: false, code: grpc.status[e.code ?? grpc.status.UNKNOWN] ?? 'UNKNOWN', details: e.details ?? String(err) };
-    }
+    const spec = await this.getMetricSpec(ref);
+    if (!spec.ok) return spec;
+    const first = spec.value.metricSpecs[0];
+    if (!first) return { ok: false, error: { code: grpc.status.INTERNAL, details: 'GetMetricSpec returned no metric spec' } };
+    const metrics = await this.getMetrics(ref, first.metricName);
+    if (!metrics.ok) return metrics;
+    const active = await this.isActive(ref);
+    if (!active.ok) return active;
+    const mv = metrics.value.metricValues[0];
+    const value = mv ? kedaNumber(mv.metricValue, mv.metricValueFloat) : 0;
+    return { ok: true, view: { metricName: first.metricName, targetSize: kedaNumber(first.targetSize, first.targetSizeFloat), value, active: active.value.result } };
   }
 
   close(): void {

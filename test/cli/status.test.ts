@@ -41,12 +41,9 @@ function status(args: readonly string[], env: Record<string, string> = {}): Prom
 
 /** The metric name the scaler gives KEDA for the trigger `kmj status` asks about (mode backlog). */
 async function metricNameOf(queue: string): Promise<string> {
-  const raw = fixture.scaler().client.raw;
-  const call = raw['GetMetricSpec'] as (req: unknown, cb: (err: Error | null, res: { metricSpecs: Array<{ metricName: string }> }) => void) => void;
-  const spec = await new Promise<{ metricSpecs: Array<{ metricName: string }> }>((resolve, reject) =>
-    call.call(raw, { name: 'kmj-status', namespace: 'default', scalerMetadata: { queueName: queue, mode: 'backlog' } }, (err, res) => (err ? reject(err) : resolve(res))),
-  );
-  return spec.metricSpecs[0]?.metricName ?? '';
+  const spec = await fixture.scaler().client.client.getMetricSpec({ name: 'kmj-status', namespace: 'default', scalerMetadata: { queueName: queue, mode: 'backlog' } });
+  if (!spec.ok) throw new Error(`GetMetricSpec: ${spec.error.details}`);
+  return spec.value.metricSpecs[0]?.metricName ?? '';
 }
 
 /** Waits until the management plugin's sampled figures for the queue are `want` (they lag). */

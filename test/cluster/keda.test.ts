@@ -21,7 +21,7 @@ import {
 } from '../helpers/cluster.ts';
 import { RABBITMQ_URL } from '../helpers/env.ts';
 import { runKmj } from '../helpers/kmj.ts';
-import { ScalerClient } from '../helpers/scaler.ts';
+import { KedaLikeClient } from '../helpers/scaler.ts';
 import { MLFLOW_URL, drain, fixtures, queueState, runsOf, tagsOf, uniqueId } from '../helpers/worker.ts';
 
 const run = promisify(execFile);
@@ -266,8 +266,8 @@ describe('KEDA runs our ScaledJob against our scaler', () => {
   it('mutual TLS: the scaler refuses a client without a certificate and answers KEDA\'s client certificate', async () => {
     const tls = (f: string) => readFileSync(join(DEPLOY_DIR, 'tls', f));
     const metadata = { scalerAddress: SCALER_ADDRESS, queueName: QUEUE, mode: 'backlog', targetSize: '1' };
-    const anonymous = new ScalerClient(SCALER_ADDRESS, grpc.credentials.createSsl(tls('ca.crt')));
-    const keda = new ScalerClient(SCALER_ADDRESS, grpc.credentials.createSsl(tls('ca.crt'), tls('keda.key'), tls('keda.crt')));
+    const anonymous = new KedaLikeClient(SCALER_ADDRESS, grpc.credentials.createSsl(tls('ca.crt')));
+    const keda = new KedaLikeClient(SCALER_ADDRESS, grpc.credentials.createSsl(tls('ca.crt'), tls('keda.key'), tls('keda.crt')));
     try {
       const refused = await anonymous.isActive(metadata);
       expect(refused.ok).toBe(false);

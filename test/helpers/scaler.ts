@@ -7,13 +7,13 @@ import { afterAll, beforeAll } from 'vitest';
 import { createLogger } from '../../common/log.ts';
 import { loadScalerConfig } from '../../scaler/config.ts';
 import { startScaler, type RunningScaler } from '../../scaler/app.ts';
-import { loadExternalScalerPackage } from '../../scaler/grpc-server.ts';
+import { ScalerClient, type KedaPoll, type MetricSpec, type MetricValue, type RpcResult, type ScaledObjectRef } from '../../scaler/client.ts';
 import { RABBITMQ_MANAGEMENT_URL, RABBITMQ_URL } from './env.ts';
 import { RabbitFixture } from './rabbit.ts';
 
 export interface ScalerHandle {
   readonly scaler: RunningScaler;
-  readonly client: ScalerClient;
+  readonly client: KedaLikeClient;
   /** Every log line the scaler wrote, as text. */
   readonly logs: () => string;
   close(): Promise<void>;
@@ -38,7 +38,7 @@ export async function startTestScaler(env: Record<string, string> = {}): Promise
   });
   const log = createLogger({ level: 'debug', name: 'test-scaler', destination: sink });
   const scaler = await startScaler(config, log);
-  const client = new ScalerClient(`127.0.0.1:${scaler.grpcPort}`);
+  const client = new KedaLikeClient(`127.0.0.1:${scaler.grpcPort}`);
   return {
     scaler,
     client,
@@ -50,77 +50,45 @@ export async function startTestScaler(env: Record<string, string> = {}): Promise
   };
 }
 
-export interface RpcError {
-  readonly code: grpc.status;
-  readonly details: string;
-}
-
-type Result<T> = { ok: true; value: T } | { ok: false; error: RpcError };
-
-interface RawClient extends grpc.Client {
-  [method: string]: unknown;
-}
-
-const Ctor = (grpc.loadPackageDefinition(loadExternalScalerPackage()) as unknown as {
-  externalscaler: { ExternalScaler: grpc.ServiceClientConstructor };
-}).externalscaler.ExternalScaler;
-
-/** A KEDA-like client of externalscaler.ExternalScaler. */
-export class ScalerClient {
-  readonly raw: RawClient;
+/**
+ * The production client (scaler/client.ts), called the way KEDA calls it for a ScaledJob "jobs" in
+ * namespace "ml", with KEDA's own scalerAddress key in the metadata; the tests give bare metadata.
+ */
+export class KedaLikeClient {
+  readonly client: ScalerClient;
 
   constructor(address: string, credentials: grpc.ChannelCredentials = grpc.credentials.createInsecure(), options: grpc.ClientOptions = {}) {
-    this.raw = new Ctor(address, credentials, options) as unknown as RawClient;
+    this.client = new ScalerClient(address, { credentials, channelOptions: options, timeoutMs: 20_000 });
   }
 
-  #call<T>(method: string, req: unknown): Promise<Result<T>> {
-    return new Promise((resolve) => {
-      const fn = this.raw[method] as (req: unknown, cb: (err: grpc.ServiceError | null, res: T) => void) => void;
-      fn.call(this.raw, req, (err, res) => {
-        if (err) resolve({ ok: false, error: { code: err.code, details: err.details } });
-        else resolve({ ok: true, value: res });
-      });
-    });
+  getMetricSpec(metadata: Record<string, string>): Promise<RpcResult<{ metricSpecs: MetricSpec[] }>> {
+    return this.client.getMetricSpec(ref(metadata));
   }
 
-  getMetricSpec(metadata: Record<string, string>) {
-    return this.#call<{ metricSpecs: Array<{ metricName: string; targetSize: number; targetSizeFloat: number }> }>('GetMetricSpec', ref(metadata));
+  getMetrics(metadata: Record<string, string>, metricName = ''): Promise<RpcResult<{ metricValues: MetricValue[] }>> {
+    return this.client.getMetrics(ref(metadata), metricName);
   }
 
-  getMetrics(metadata: Record<string, string>, metricName = '') {
-    return this.#call<{ metricValues: Array<{ metricName: string; metricValue: number; metricValueFloat: number }> }>('GetMetrics', {
-      scaledObjectRef: ref(metadata),
-      metricName,
-    });
+  isActive(metadata: Record<string, string>): Promise<RpcResult<{ result: boolean }>> {
+    return this.client.isActive(ref(metadata));
   }
 
-  isActive(metadata: Record<string, string>) {
-    return this.#call<{ result: boolean }>('IsActive', ref(metadata));
-  }
-
-  /** What KEDA does on each poll of a ScaledJob: spec, metrics, activity. Returns the metric value. */
-  async poll(metadata: Record<string, string>): Promise<Result<{ value: number; active: boolean; metricName: string }>> {
-    const spec = await this.getMetricSpec(metadata);
-    if (!spec.ok) return spec;
-    const name = spec.value.metricSpecs[0]?.metricName ?? '';
-    const m = await this.getMetrics(metadata, name);
-    if (!m.ok) return m;
-    const a = await this.isActive(metadata);
-    if (!a.ok) return a;
-    return { ok: true, value: { value: m.value.metricValues[0]?.metricValueFloat ?? Number.NaN, active: a.value.result, metricName: name } };
+  /** What KEDA does on each poll of a ScaledJob: spec, metrics, activity, read by KEDA's rules. */
+  poll(metadata: Record<string, string>): Promise<KedaPoll> {
+    const r = ref(metadata);
+    return this.client.poll(r.scalerMetadata, r.name, r.namespace);
   }
 
   streamIsActive(metadata: Record<string, string>): grpc.ClientReadableStream<{ result: boolean }> {
-    const fn = this.raw['StreamIsActive'] as (req: unknown) => grpc.ClientReadableStream<{ result: boolean }>;
-    return fn.call(this.raw, ref(metadata));
+    return this.client.streamIsActive(ref(metadata));
   }
 
   close(): void {
-    this.raw.close();
+    this.client.close();
   }
 }
 
-function ref(metadata: Record<string, string>) {
+export function ref(metadata: Record<string, string>): ScaledObjectRef {
   return { name: 'jobs', namespace: 'ml', scalerMetadata: { scalerAddress: 'kmj-scaler.ml:6000', ...metadata } };
 }
 

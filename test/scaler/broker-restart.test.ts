@@ -26,7 +26,7 @@ it('answers UNAVAILABLE while the broker is down and the right count soon after 
   const queue = await rabbit.queue('restart');
   await rabbit.publish(queue, 3);
   const meta = { queueName: queue };
-  expect(await eventually(() => s.client.poll(meta), (r) => r.ok && r.value.value === 3)).toMatchObject({ ok: true, value: { value: 3 } });
+  expect(await eventually(() => s.client.poll(meta), (r) => r.ok && r.view.value === 3)).toMatchObject({ ok: true, view: { value: 3 } });
 
   const seen: Array<number | string> = [];
   const watcher = setInterval(() => {
@@ -46,8 +46,8 @@ it('answers UNAVAILABLE while the broker is down and the right count soon after 
 
     await node.startApp();
     const backAt = Date.now();
-    const back = await eventually(() => s.client.poll(meta), (r) => r.ok && r.value.value === 3, 20_000, 100);
-    expect(back).toMatchObject({ ok: true, value: { value: 3 } });
+    const back = await eventually(() => s.client.poll(meta), (r) => r.ok && r.view.value === 3, 20_000, 100);
+    expect(back).toMatchObject({ ok: true, view: { value: 3 } });
     expect(Date.now() - backAt).toBeLessThan(6000);
   } finally {
     clearInterval(watcher);

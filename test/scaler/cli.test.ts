@@ -8,7 +8,7 @@ import { Cleanups } from '../helpers/cleanups.ts';
 import { RABBITMQ_URL } from '../helpers/env.ts';
 import { startKmj, type KmjExit, type KmjProcess } from '../helpers/kmj.ts';
 import { RabbitFixture } from '../helpers/rabbit.ts';
-import { eventually, ScalerClient } from '../helpers/scaler.ts';
+import { eventually, KedaLikeClient } from '../helpers/scaler.ts';
 
 type Exit = Pick<KmjExit, 'code' | 'signal'>;
 
@@ -47,7 +47,7 @@ async function waitForLog(p: KmjProcess, msg: string, timeoutMs = 10_000): Promi
 }
 
 /** Starts `kmj scaler` on free ports and returns them, read from its 'scaler listening' line. */
-async function startScalerProcess(env: Record<string, string> = {}): Promise<{ p: KmjProcess; grpcPort: number; metricsPort: number; client: ScalerClient }> {
+async function startScalerProcess(env: Record<string, string> = {}): Promise<{ p: KmjProcess; grpcPort: number; metricsPort: number; client: KedaLikeClient }> {
   const p = kmj(['scaler', '--port', '0', '--metrics-port', '0'], env);
   const listening = await waitForLog(p, 'scaler listening');
   expect(listening).toMatchObject({ level: 'info', name: 'kmj-scaler', tls: 'off', grpcPort: expect.any(Number), metricsPort: expect.any(Number) });
@@ -55,7 +55,7 @@ async function startScalerProcess(env: Record<string, string> = {}): Promise<{ p
   const metricsPort = listening['metricsPort'] as number;
   expect(grpcPort).toBeGreaterThan(0);
   expect(metricsPort).toBeGreaterThan(0);
-  return { p, grpcPort, metricsPort, client: new ScalerClient(`127.0.0.1:${grpcPort}`) };
+  return { p, grpcPort, metricsPort, client: new KedaLikeClient(`127.0.0.1:${grpcPort}`) };
 }
 
 /** Sends SIGTERM and returns the exit and how long it took. */

@@ -262,10 +262,10 @@ describe('trigger metadata errors (INVALID_ARGUMENT, via GetMetricSpec)', () => 
       ok: true,
       value: { metricSpecs: [{ metricName: expect.stringMatching(new RegExp(`^rabbitmq-${queue}-[0-9a-f]{10}$`)), targetSize: 1, targetSizeFloat: 1 }] },
     });
-    const fromEnv = await eventually(() => scaler().client.poll({ queueNameFromEnv: queue }), (r) => r.ok && r.value.value === 3);
+    const fromEnv = await eventually(() => scaler().client.poll({ queueNameFromEnv: queue }), (r) => r.ok && r.view.value === 3);
     const direct = await scaler().client.poll({ queueName: queue });
-    expect(fromEnv).toMatchObject({ ok: true, value: { value: 3, active: true } });
-    expect(direct).toMatchObject({ ok: true, value: { value: 3, active: true } });
+    expect(fromEnv).toMatchObject({ ok: true, view: { value: 3, active: true } });
+    expect(direct).toMatchObject({ ok: true, view: { value: 3, active: true } });
     expect(await invalid({ queueName: queue, queueNameFromEnv: queue })).toBe(
       'invalid trigger metadata: queueNameFromEnv: set either queueName or queueNameFromEnv, not both',
     );

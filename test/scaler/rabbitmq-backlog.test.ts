@@ -10,18 +10,18 @@ describe('backlog of a RabbitMQ queue', () => {
     const queue = await rabbit().queue('publish-n');
     await rabbit().publish(queue, 7);
     for (const mode of ['backlog', 'ready'] as const) {
-      const r = await eventually(() => scaler().client.poll({ queueName: queue, mode }), (r) => r.ok && r.value.value === 7);
-      expect(r).toMatchObject({ ok: true, value: { value: 7, active: true } });
+      const r = await eventually(() => scaler().client.poll({ queueName: queue, mode }), (r) => r.ok && r.view.value === 7);
+      expect(r).toMatchObject({ ok: true, view: { value: 7, active: true } });
     }
     // The management plugin samples statistics, so its figure arrives later.
-    const m = await eventually(() => scaler().client.poll({ queueName: queue, mode: 'management' }), (r) => r.ok && r.value.value === 7, 30_000, 500);
-    expect(m).toMatchObject({ ok: true, value: { value: 7, active: true } });
+    const m = await eventually(() => scaler().client.poll({ queueName: queue, mode: 'management' }), (r) => r.ok && r.view.value === 7, 30_000, 500);
+    expect(m).toMatchObject({ ok: true, view: { value: 7, active: true } });
   });
 
   it('reports 0 and inactive for an existing empty queue', async () => {
     const queue = await rabbit().queue('empty');
     const r = await scaler().client.poll({ queueName: queue });
-    expect(r).toEqual({ ok: true, value: expect.objectContaining({ value: 0, active: false }) });
+    expect(r).toEqual({ ok: true, view: expect.objectContaining({ value: 0, active: false }) });
   });
 
   it('fills both metricValue and metricValueFloat, and one spec with both target sizes', async () => {
@@ -71,14 +71,14 @@ describe('backlog of a RabbitMQ queue', () => {
     const held = await rabbit().holdingConsumers(queue, 3);
     try {
       // backlog: 7 ready + 3 consumers = 10, so `default` strategy with 3 running Jobs adds 7 Jobs.
-      const backlog = await eventually(() => scaler().client.poll({ queueName: queue }), (r) => r.ok && r.value.value === 10);
-      expect(backlog).toMatchObject({ ok: true, value: { value: 10 } });
+      const backlog = await eventually(() => scaler().client.poll({ queueName: queue }), (r) => r.ok && r.view.value === 10);
+      expect(backlog).toMatchObject({ ok: true, view: { value: 10 } });
       // ready: only the 7 nobody holds.
-      const ready = await eventually(() => scaler().client.poll({ queueName: queue, mode: 'ready' }), (r) => r.ok && r.value.value === 7);
-      expect(ready).toMatchObject({ ok: true, value: { value: 7 } });
+      const ready = await eventually(() => scaler().client.poll({ queueName: queue, mode: 'ready' }), (r) => r.ok && r.view.value === 7);
+      expect(ready).toMatchObject({ ok: true, view: { value: 7 } });
       // management: ready + unacknowledged = 10 once the plugin has sampled.
-      const mgmt = await eventually(() => scaler().client.poll({ queueName: queue, mode: 'management' }), (r) => r.ok && r.value.value === 10, 30_000, 500);
-      expect(mgmt).toMatchObject({ ok: true, value: { value: 10 } });
+      const mgmt = await eventually(() => scaler().client.poll({ queueName: queue, mode: 'management' }), (r) => r.ok && r.view.value === 10, 30_000, 500);
+      expect(mgmt).toMatchObject({ ok: true, view: { value: 10 } });
     } finally {
       await held.release();
     }
@@ -87,19 +87,19 @@ describe('backlog of a RabbitMQ queue', () => {
   it('counts an idle consumer in backlog mode and not in ready mode', async () => {
     const queue = await rabbit().queue('idle');
     await rabbit().idleConsumers(queue, 2);
-    const backlog = await eventually(() => scaler().client.poll({ queueName: queue }), (r) => r.ok && r.value.value === 2);
-    expect(backlog).toMatchObject({ ok: true, value: { value: 2, active: true } });
+    const backlog = await eventually(() => scaler().client.poll({ queueName: queue }), (r) => r.ok && r.view.value === 2);
+    expect(backlog).toMatchObject({ ok: true, view: { value: 2, active: true } });
     const ready = await scaler().client.poll({ queueName: queue, mode: 'ready' });
-    expect(ready).toMatchObject({ ok: true, value: { value: 0, active: false } });
+    expect(ready).toMatchObject({ ok: true, view: { value: 0, active: false } });
   });
 
   it('applies activationThreshold to IsActive only', async () => {
     const queue = await rabbit().queue('activation');
     await rabbit().publish(queue, 3);
-    const low = await eventually(() => scaler().client.poll({ queueName: queue, activationThreshold: '3' }), (r) => r.ok && r.value.value === 3);
-    expect(low).toMatchObject({ ok: true, value: { value: 3, active: false } });
+    const low = await eventually(() => scaler().client.poll({ queueName: queue, activationThreshold: '3' }), (r) => r.ok && r.view.value === 3);
+    expect(low).toMatchObject({ ok: true, view: { value: 3, active: false } });
     const high = await scaler().client.poll({ queueName: queue, activationThreshold: '2' });
-    expect(high).toMatchObject({ ok: true, value: { value: 3, active: true } });
+    expect(high).toMatchObject({ ok: true, view: { value: 3, active: true } });
   });
 
   it('reports management publish and deliver rates when asked', async () => {
@@ -110,12 +110,12 @@ describe('backlog of a RabbitMQ queue', () => {
     try {
       const r = await eventually(
         () => scaler().client.poll({ queueName: queue, mode: 'management', measure: 'publishRate' }),
-        (r) => r.ok && r.value.value > 5,
+        (r) => r.ok && r.view.value > 5,
         30_000,
         500,
       );
-      expect(r.ok && r.value.value).toBeGreaterThan(5);
-      expect(r.ok && r.value.value).toBeLessThan(200);
+      expect(r.ok && r.view.value).toBeGreaterThan(5);
+      expect(r.ok && r.view.value).toBeLessThan(200);
     } finally {
       clearInterval(publisher);
     }
@@ -138,8 +138,8 @@ describe('missing queues', () => {
     }
     // The failed passive declares closed their channels, not the connection: the good queue still reads.
     for (let i = 0; i < 3; i++) {
-      const ok = await eventually(() => scaler().client.poll({ queueName: good }), (r) => r.ok && r.value.value === 4);
-      expect(ok).toMatchObject({ ok: true, value: { value: 4 } });
+      const ok = await eventually(() => scaler().client.poll({ queueName: good }), (r) => r.ok && r.view.value === 4);
+      expect(ok).toMatchObject({ ok: true, view: { value: 4 } });
     }
     const mgmt = await scaler().client.poll({ queueName: missing, mode: 'management' });
     expect(mgmt).toEqual({ ok: false, error: { code: grpc.status.NOT_FOUND, details: `queue "${missing}" does not exist in vhost "/"` } });
@@ -153,8 +153,8 @@ describe('missing queues', () => {
     await ch.assertQueue(name, { durable: false, autoDelete: false });
     try {
       await rabbit().publish(name, 2);
-      const after = await eventually(() => scaler().client.poll({ queueName: name }), (r) => r.ok && r.value.value === 2);
-      expect(after).toMatchObject({ ok: true, value: { value: 2 } });
+      const after = await eventually(() => scaler().client.poll({ queueName: name }), (r) => r.ok && r.view.value === 2);
+      expect(after).toMatchObject({ ok: true, view: { value: 2 } });
     } finally {
       await ch.deleteQueue(name);
     }
@@ -175,7 +175,7 @@ describe('many queues', () => {
     await Promise.all(queues.map((q, i) => (i % 5 === 0 ? rabbit().publish(q, i % 7) : Promise.resolve())));
     const expected = queues.map((_, i) => (i % 5 === 0 ? i % 7 : 0));
     const results = await Promise.all(queues.map((q) => scaler().client.poll({ queueName: q })));
-    expect(results.map((r) => (r.ok ? r.value.value : r.error.details))).toEqual(expected);
+    expect(results.map((r) => (r.ok ? r.view.value : r.error.details))).toEqual(expected);
     const targets = await fetch(`http://127.0.0.1:${scaler().scaler.metricsPort}/debug/targets`).then((r) => r.json() as Promise<{ targets: unknown[] }>);
     expect(targets.targets.length).toBeGreaterThanOrEqual(200);
   });
@@ -222,7 +222,7 @@ describe('observability', () => {
   it('exports backlog, refresh, RPC and snapshot-age metrics', async () => {
     const queue = await rabbit().queue('metrics');
     await rabbit().publish(queue, 5);
-    await eventually(() => scaler().client.poll({ queueName: queue }), (r) => r.ok && r.value.value === 5);
+    await eventually(() => scaler().client.poll({ queueName: queue }), (r) => r.ok && r.view.value === 5);
     await scaler().client.poll({ queueName: 'absent-for-metrics' });
     const text = await fetch(`http://127.0.0.1:${scaler().scaler.metricsPort}/metrics`).then((r) => r.text());
     expect(text).toContain(`kmj_scaler_backlog{source="rabbitmq",connection="default",scope="/",name="${queue}",mode="backlog"} 5`);

@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError } from '../../common/config.ts';
 import { loadScalerConfig } from '../../scaler/config.ts';
 import { RabbitFixture } from '../helpers/rabbit.ts';
-import { eventually, healthCheck, ScalerClient, startTestScaler, type ScalerHandle } from '../helpers/scaler.ts';
+import { eventually, healthCheck, KedaLikeClient, startTestScaler, type ScalerHandle } from '../helpers/scaler.ts';
 
 const run = promisify(execFile);
 
@@ -79,11 +79,11 @@ async function answeredSpecs(s: ScalerHandle): Promise<number> {
 }
 
 /** A client on its own channel; closed by the caller. */
-function tlsClient(s: ScalerHandle, credentials: grpc.ChannelCredentials, options: grpc.ClientOptions = {}, host = '127.0.0.1'): ScalerClient {
-  return new ScalerClient(`${host}:${s.scaler.grpcPort}`, credentials, options);
+function tlsClient(s: ScalerHandle, credentials: grpc.ChannelCredentials, options: grpc.ClientOptions = {}, host = '127.0.0.1'): KedaLikeClient {
+  return new KedaLikeClient(`${host}:${s.scaler.grpcPort}`, credentials, options);
 }
 
-async function specOf(c: ScalerClient, queue: string) {
+async function specOf(c: KedaLikeClient, queue: string) {
   try {
     return await c.getMetricSpec({ queueName: queue });
   } finally {
