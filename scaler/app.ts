@@ -22,10 +22,11 @@ export interface RunningScaler {
 }
 
 export async function startScaler(config: ScalerConfig, log: Logger): Promise<RunningScaler> {
-  const metrics = new ScalerMetrics();
+  // The metrics read the store's views at scrape time; the store reports its reads to the metrics.
+  const metrics = new ScalerMetrics(() => store.views());
   const sources = createSources(config.sources, log);
   const triggers = new TriggerCompiler(sources);
-  const store = new SnapshotStore(config.snapshots, metrics, log.child({ component: 'snapshots' }));
+  const store = new SnapshotStore(config.snapshots, log.child({ component: 'snapshots' }), metrics);
   const service = new ExternalScalerService(triggers, store);
   store.start();
 

@@ -6,7 +6,7 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { BacklogNotFoundError } from '../common/errors.ts';
 import type { TargetLabels } from './sources/source.ts';
-import type { SnapshotView } from './snapshots.ts';
+import type { SnapshotObserver, SnapshotView } from './snapshots.ts';
 
 const TARGET_LABELS = ['source', 'connection', 'scope', 'name', 'mode'] as const;
 
@@ -14,19 +14,22 @@ function targetLabels(l: TargetLabels): Record<(typeof TARGET_LABELS)[number], s
   return { source: l.source, connection: l.connection, scope: l.scope, name: l.name, mode: l.mode };
 }
 
-export class ScalerMetrics {
+/**
+ * The scaler's metrics. The per-target gauges are read at scrape time from `views` (the snapshot
+ * store's), passed in; the store reports its reads through the SnapshotObserver side.
+ */
+export class ScalerMetrics implements SnapshotObserver {
   readonly registry = new Registry();
-  readonly targets: Gauge;
+  readonly #targets: Gauge;
   readonly #refreshSeconds: Histogram<'source'>;
   readonly #refreshErrors: Counter<'source' | 'reason'>;
   readonly #rpcTotal: Counter<'method' | 'code'>;
   readonly #rpcSeconds: Histogram<'method'>;
-  #views: () => SnapshotView[] = () => [];
 
-  constructor() {
+  constructor(views: () => readonly SnapshotView[]) {
     const registers = [this.registry];
     collectDefaultMetrics({ register: this.registry, prefix: 'kmj_scaler_' });
-    this.targets = new Gauge({ name: 'kmj_scaler_targets', help: 'Backlog targets the scaler keeps fresh', registers });
+    this.#targets = new Gauge({ name: 'kmj_scaler_targets', help: 'Backlog targets the scaler keeps fresh', registers });
     this.#refreshSeconds = new Histogram({
       name: 'kmj_scaler_refresh_duration_seconds',
       help: 'Time of one broker read of one target',
@@ -55,7 +58,6 @@ export class ScalerMetrics {
     });
     // Per-target gauges are filled at scrape time from the snapshot store, so the refresh loop
     // does no label work and a target that stops being readable stops being exported at once.
-    const views = (): SnapshotView[] => this.#views();
     new Gauge({
       name: 'kmj_scaler_backlog',
       help: 'Backlog value KEDA is told, for targets whose latest read succeeded',
@@ -91,16 +93,15 @@ export class ScalerMetrics {
     });
   }
 
-  /** The snapshot store registers itself so the age gauge is computed at scrape time. */
-  setSnapshotSource(views: () => SnapshotView[]): void {
-    this.#views = views;
+  targets(count: number): void {
+    this.#targets.set(count);
   }
 
-  observeRead(labels: TargetLabels, seconds: number): void {
+  read(labels: TargetLabels, seconds: number): void {
     this.#refreshSeconds.observe({ source: labels.source }, seconds);
   }
 
-  observeReadError(labels: TargetLabels, error: Error, seconds: number): void {
+  readFailed(labels: TargetLabels, error: Error, seconds: number): void {
     const reason = error instanceof BacklogNotFoundError ? 'not_found' : 'unavailable';
     this.#refreshErrors.inc({ source: labels.source, reason });
     this.#refreshSeconds.observe({ source: labels.source }, seconds);

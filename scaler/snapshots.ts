@@ -16,7 +16,6 @@
 import type { Logger } from '../common/log.ts';
 import { BacklogNotFoundError, BacklogUnavailableError, messageOf } from '../common/errors.ts';
 import type { BacklogReading, BacklogTarget } from './sources/source.ts';
-import type { ScalerMetrics } from './metrics.ts';
 
 export interface SnapshotOptions {
   /** How often each target is read. Default 1000 ms: KEDA polls every 30 s by default. */
@@ -47,6 +46,19 @@ interface Entry {
   readonly listeners: Set<Listener>;
 }
 
+/**
+ * What the store tells about its work, for metrics: nothing of the store's own state leaks, and
+ * a second store has its own observer (scaler/metrics.ts implements this).
+ */
+export interface SnapshotObserver {
+  /** How many targets the store keeps fresh, after each change. */
+  targets(count: number): void;
+  read(labels: BacklogTarget['labels'], seconds: number): void;
+  readFailed(labels: BacklogTarget['labels'], error: Error, seconds: number): void;
+}
+
+const NO_OBSERVER: SnapshotObserver = { targets: () => undefined, read: () => undefined, readFailed: () => undefined };
+
 /** What the debug and status views show of one target. */
 export interface SnapshotView {
   readonly labels: BacklogTarget['labels'];
@@ -59,17 +71,16 @@ export interface SnapshotView {
 
 export class SnapshotStore {
   readonly #options: SnapshotOptions;
-  readonly #metrics: ScalerMetrics;
+  readonly #observer: SnapshotObserver;
   readonly #log: Logger;
   readonly #entries = new Map<string, Entry>();
   readonly #stopping = new AbortController();
   #timer: NodeJS.Timeout | undefined;
 
-  constructor(options: SnapshotOptions, metrics: ScalerMetrics, log: Logger) {
+  constructor(options: SnapshotOptions, log: Logger, observer: SnapshotObserver = NO_OBSERVER) {
     this.#options = options;
-    this.#metrics = metrics;
+    this.#observer = observer;
     this.#log = log;
-    metrics.setSnapshotSource(() => this.views());
   }
 
   start(): void {
@@ -141,7 +152,7 @@ export class SnapshotStore {
         listeners: new Set(),
       };
       this.#entries.set(target.key, e);
-      this.#metrics.targets.set(this.#entries.size);
+      this.#observer.targets(this.#entries.size);
       this.#refresh(e);
     }
     e.lastWantedAt = now;
@@ -189,7 +200,7 @@ export class SnapshotStore {
       if (e.listeners.size === 0 && now - e.lastWantedAt > this.#options.idleTargetTtlMs) {
         if (!e.inFlight) {
           this.#entries.delete(key);
-          this.#metrics.targets.set(this.#entries.size);
+          this.#observer.targets(this.#entries.size);
           this.#log.info({ target: e.target.labels }, 'target dropped after idle ttl');
         }
         continue;
@@ -222,13 +233,13 @@ export class SnapshotStore {
           e.readAt = now;
           if (e.error) this.#log.info({ target: e.target.labels }, 'target readable again');
           e.error = undefined;
-          this.#metrics.observeRead(e.target.labels, (now - started) / 1000);
+          this.#observer.read(e.target.labels, (now - started) / 1000);
         },
         (err: unknown) => {
           const error = normalize(err, e.target);
           const wasError = e.error?.message;
           e.error = error;
-          this.#metrics.observeReadError(e.target.labels, error, (performance.now() - started) / 1000);
+          this.#observer.readFailed(e.target.labels, error, (performance.now() - started) / 1000);
           if (wasError !== error.message) this.#log.warn({ target: e.target.labels, err: error }, 'target read failed');
         },
       )

@@ -1,5 +1,6 @@
-// The snapshot cache with fake backlog targets (our own interface), to pin its timing rules.
-import { afterEach, describe, expect, it } from 'vitest';
+// The snapshot cache with fake backlog targets (our own interface), to pin its timing rules. Time
+// is vitest's fake clock (timers and performance.now): each test moves it, none sleeps.
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { createLogger } from '../../common/log.ts';
 import { BacklogNotFoundError, BacklogUnavailableError } from '../../common/errors.ts';
 import { ScalerMetrics } from '../../scaler/metrics.ts';
@@ -9,20 +10,37 @@ import type { BacklogReading, BacklogTarget } from '../../scaler/sources/source.
 const silent = createLogger({ level: 'silent', name: 'test' });
 const stores: SnapshotStore[] = [];
 
-function store(overrides: Partial<SnapshotOptions> = {}): SnapshotStore {
+function store(overrides: Partial<SnapshotOptions> = {}, observer?: ScalerMetrics): SnapshotStore {
   const s = new SnapshotStore(
     { refreshIntervalMs: 100, maxSnapshotAgeMs: 600, readTimeoutMs: 300, firstReadWaitMs: 500, idleTargetTtlMs: 60_000, ...overrides },
-    new ScalerMetrics(),
     silent,
+    observer,
   );
   s.start();
   stores.push(s);
   return s;
 }
 
-afterEach(async () => {
-  await Promise.all(stores.splice(0).map((s) => s.stop()));
+beforeEach(() => {
+  vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'setInterval', 'clearInterval', 'performance'] });
 });
+
+afterEach(async () => {
+  // A read still in flight (a fake delay) must be let finish for stop() to return.
+  await settled(Promise.all(stores.splice(0).map((s) => s.stop())));
+  vi.useRealTimers();
+});
+
+/** Moves the fake clock on. */
+const sleep = (ms: number): Promise<void> => vi.advanceTimersByTimeAsync(ms).then(() => undefined);
+
+/** Moves the fake clock in small steps until `p` settles, and returns (or throws) what it settled to. */
+async function settled<T>(p: Promise<T>, stepMs = 5): Promise<T> {
+  let done = false;
+  p.then(() => (done = true), () => (done = true));
+  while (!done) await vi.advanceTimersByTimeAsync(stepMs);
+  return p;
+}
 
 /** A target whose reads are scripted by the test. */
 class FakeTarget implements BacklogTarget {
@@ -51,15 +69,13 @@ class FakeTarget implements BacklogTarget {
   }
 }
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
 describe('SnapshotStore', () => {
   it('shares one broker read among concurrent first requests', async () => {
     const s = store();
     const t = new FakeTarget('coalesce');
     t.value = 4;
     t.delayMs = 50;
-    const all = await Promise.all(Array.from({ length: 50 }, () => s.read(t)));
+    const all = await settled(Promise.all(Array.from({ length: 50 }, () => s.read(t))));
     expect(all.map((r) => r.value)).toEqual(Array(50).fill(4));
     expect(t.reads).toBe(1);
   });
@@ -130,7 +146,7 @@ describe('SnapshotStore', () => {
     const s = store();
     const t = new FakeTarget('unknown');
     t.fail = new Error('socket hang up at amqp://user:pw@host');
-    await expect(s.read(t)).rejects.toThrow('reading fake queue "q" failed: socket hang up at amqp://***@host');
+    await expect(settled(s.read(t))).rejects.toThrow('reading fake queue "q" failed: socket hang up at amqp://***@host');
   });
 
   it('waits for a first read only up to firstReadWaitMs', async () => {
@@ -138,7 +154,7 @@ describe('SnapshotStore', () => {
     const t = new FakeTarget('first');
     t.delayMs = 400;
     const started = performance.now();
-    await expect(s.read(t)).rejects.toThrow('no reading of fake queue "q" yet: the first read is still running');
+    await expect(settled(s.read(t))).rejects.toThrow('no reading of fake queue "q" yet: the first read is still running');
     expect(performance.now() - started).toBeLessThan(300);
     await sleep(400);
     expect((await s.read(t)).value).toBe(0);
@@ -166,5 +182,25 @@ describe('SnapshotStore', () => {
     expect(events.length).toBeGreaterThanOrEqual(3);
     expect(events.every((e) => 'reading' in e && e.reading.value === 0)).toBe(true);
     stop();
+  });
+
+  it('two stores, each with its own metrics: each exports its own targets only', async () => {
+    let first: SnapshotStore | undefined;
+    let second: SnapshotStore | undefined;
+    const metricsOfFirst = new ScalerMetrics(() => first?.views() ?? []);
+    const metricsOfSecond = new ScalerMetrics(() => second?.views() ?? []);
+    first = store({}, metricsOfFirst);
+    second = store({}, metricsOfSecond);
+    const a = new FakeTarget('a');
+    a.value = 3;
+    const b = new FakeTarget('b');
+    (b as { labels: FakeTarget['labels'] }).labels = { ...b.labels, name: 'other' };
+    b.value = 5;
+    await settled(first.read(a));
+    await settled(second.read(b));
+    const backlog = async (m: ScalerMetrics) => (await m.registry.getSingleMetric('kmj_scaler_backlog')?.get())?.values.map((v) => [v.labels['name'], v.value]);
+    expect(await backlog(metricsOfFirst)).toEqual([['q', 3]]);
+    expect(await backlog(metricsOfSecond)).toEqual([['other', 5]]);
+    expect((await metricsOfFirst.registry.getSingleMetric('kmj_scaler_targets')?.get())?.values.map((v) => v.value)).toEqual([1]);
   });
 });
