@@ -41,9 +41,11 @@ build: deps
 	tsc -p tsconfig.json
 	node scripts/build-validators.mjs
 
+# The benchmarks and tests are type-checked, never compiled: Node 24 runs them from source.
 typecheck: deps
 	tsc -p tsconfig.json --noEmit
 	tsc -p test/tsconfig.json --noEmit
+	tsc -p bench/tsconfig.json --noEmit
 
 services:
 	scripts/rabbitmq.sh start
@@ -63,7 +65,7 @@ cluster-down:
 demo-cluster: cluster
 	scripts/demo-cluster.sh
 
-test: build services cluster
+test: build typecheck services cluster
 	node scripts/run-tests.mjs
 
 # The demo needs RabbitMQ, the main MLflow server and the sample models; not the auth server.
@@ -76,15 +78,15 @@ demo: build
 # The scaler benchmark needs RabbitMQ only.
 bench-scaler: build
 	scripts/rabbitmq.sh start
-	node dist/bench/scaler-bench.js
+	node bench/scaler-bench.ts
 
 bench-worker: build services
-	node dist/bench/worker-bench.js
+	node bench/worker-bench.ts
 
 # KEDA's ScaledJob strategies side by side in the real cluster: our trigger, the built-in RabbitMQ
 # trigger with accurate and with default (docs/benchmarks.md).
 bench-keda: cluster
-	eval "$$(scripts/cluster.sh env)" && node dist/bench/keda-bench.js
+	eval "$$(scripts/cluster.sh env)" && node bench/keda-bench.ts
 
 clean:
 	rm -rf dist .run

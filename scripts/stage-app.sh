@@ -5,7 +5,7 @@
 #
 #   scripts/stage-app.sh OUT_DIR     (dist/ must be built: make build)
 #
-# OUT_DIR/app then holds package.json, package-lock.json, bin/, dist/ without the benchmarks,
+# OUT_DIR/app then holds package.json, package-lock.json, bin/, dist/ (sources compiled; benchmarks and tests never are),
 # proto/, schemas/, and the production dependencies only (npm ci --omit=dev, install scripts
 # denied), with onnxruntime-node's binaries for this machine's platform and nothing else.
 set -euo pipefail
