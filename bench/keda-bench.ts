@@ -36,12 +36,13 @@ import { randomUUID } from 'node:crypto';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { KubeConfig, Watch } from '@kubernetes/client-node';
+import { Watch, type KubeConfig } from '@kubernetes/client-node';
 import { connect, type ConfirmChannel } from 'amqplib';
 import { sleep } from '../common/abort.ts';
 import { createLogger } from '../common/log.ts';
 import { PACKAGE_ROOT } from '../common/paths.ts';
 import { deadLetterQueueOf, declareRequestTopology } from '../rabbitmq/topology.ts';
+import { loadKubeConfig } from '../kubernetes/scaledjob.ts';
 import { mlflowFromEnv } from '../mlflow/client.ts';
 import type { MlflowTracking, SearchedRun } from '../mlflow/tracking.ts';
 import { median, out, percentile, sorted } from './stats.ts';
@@ -187,14 +188,14 @@ function latency(samplesMs: readonly number[]): Latency {
 }
 
 class Bench {
-  readonly kc = new KubeConfig();
+  /** The cluster, found as kubectl finds it (KUBECONFIG; make bench-keda sets it). */
+  readonly kc: KubeConfig = loadKubeConfig({ env }).kc;
   readonly tracking: MlflowTracking;
   readonly fx = fixtures();
   deployedSpec!: Json;
   #seq = 0;
 
   constructor() {
-    this.kc.loadFromDefault();
     const tracking = mlflowFromEnv('bench-keda', { MLFLOW_TRACKING_URI: 'http://127.0.0.1:5000', ...env }, createLogger({ name: 'bench-keda', level: 'warn' }));
     if (!tracking) throw new Error('MLFLOW_TRACKING_URI: not set');
     this.tracking = tracking;

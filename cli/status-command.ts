@@ -24,7 +24,7 @@ import { defaultManagementUrl, RABBITMQ_ENV, vhostOf } from '../rabbitmq/setting
 import { deadLetterQueueOf } from '../rabbitmq/topology.ts';
 import { ScalerClient } from '../scaler/client.ts';
 import type { CommandContext } from './context.ts';
-import { formatAge, readScaledJob, type ScaledJobReport } from './kubernetes.ts';
+import { formatAge, readScaledJob, type ScaledJobReport } from '../kubernetes/scaledjob.ts';
 
 export const STATUS_HELP = `Usage: kmj status --queue <q> [--experiment <e>] [-o json|yaml|wide]
        kmj status --scaledjob <name> [-n <namespace>] [--context <c>] [-o json|yaml|wide] [--watch]

@@ -13,7 +13,7 @@ import { createLogger } from '../common/log.ts';
 import { deadLetterQueueOf, type OutcomeNotice } from '../rabbitmq/topology.ts';
 import { PermanentError } from '../common/errors.ts';
 import type { MlflowTracking, SearchedRun } from '../mlflow/tracking.ts';
-import { parseRequest, requestValidator, type RequestValidator } from '../worker/request.ts';
+import { parseRequest, requestValidator, type RequestValidator } from '../common/request.ts';
 import type { CommandContext } from './context.ts';
 import { mlflowFromEnv, runUrl } from '../mlflow/client.ts';
 import { PublishError, RequestPublisher } from './publisher.ts';

@@ -5,7 +5,8 @@ import { describeFields } from '../common/fields.ts';
 import { createLogger } from '../common/log.ts';
 import { packageFile } from '../common/paths.ts';
 import { loadWorkerConfig, WORKER_ENV } from '../worker/config.ts';
-import { consumeOne, EXIT } from '../worker/consumer.ts';
+import { consumeOne } from '../worker/consumer.ts';
+import { EXIT } from '../common/worker-exit.ts';
 import type { CommandContext } from './context.ts';
 
 export const WORKER_HELP = `Usage: kmj worker --queue <name>
@@ -64,7 +65,7 @@ export async function runWorker(argv: readonly string[], ctx: CommandContext): P
       import('../worker/pipeline.ts'),
       import('../mlflow/http.ts'),
       import('../mlflow/tracking.ts'),
-      import('../worker/request.ts'),
+      import('../common/request.ts'),
     ]);
     await requestValidator();
     const http = mlflow ? new MlflowHttp({ ...mlflow, maxBackoffSeconds: 60, log }) : undefined;

@@ -28,7 +28,7 @@ import { readMlModel } from './model/mlmodel.ts';
 import { OnnxModel, loadOnnxRuntime } from './model/onnx.ts';
 import { resolveLocalModel, resolveModel, resolveModelOffline, type ResolvedModel } from './model/resolve.ts';
 import { PredictionsWriter, contentTypeOf } from './predictions.ts';
-import { parseRequest, requestValidator, type InferenceRequest } from './request.ts';
+import { parseRequest, requestValidator, type InferenceRequest } from '../common/request.ts';
 import { MlflowRunStore, type DeliveryInfo, type RunResults, type RunStore } from './run-store.ts';
 import { ClassificationScorer, RegressionScorer, type Scorer } from './scores.ts';
 import { SpoolRunStore } from './spool.ts';

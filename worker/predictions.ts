@@ -6,7 +6,7 @@
  */
 import { createWriteStream, type WriteStream } from 'node:fs';
 import { once } from 'node:events';
-import type { DataFormat } from './request.ts';
+import type { DataFormat } from '../common/request.ts';
 import type { Outputs } from './model/onnx.ts';
 
 /** The content type of a predictions file, from its name. */

@@ -13,7 +13,7 @@ import { displayUrl } from '../common/redact.ts';
 import type { WorkerConfig } from './config.ts';
 import { MlflowHttpError } from '../mlflow/http.ts';
 import type { DatasetInput, KeyValue, Metric, MlflowTracking, RunInfo, SearchedRun } from '../mlflow/tracking.ts';
-import type { InferenceRequest } from './request.ts';
+import type { InferenceRequest } from '../common/request.ts';
 import { RUN_TAG } from '../common/run-tags.ts';
 
 

@@ -22,7 +22,7 @@ import { messageOf } from '../common/errors.ts';
 import { exists } from './files.ts';
 import type { DatasetInput, KeyValue, Metric, MlflowTracking } from '../mlflow/tracking.ts';
 import { contentTypeOf } from './predictions.ts';
-import type { InferenceRequest } from './request.ts';
+import type { InferenceRequest } from '../common/request.ts';
 import { clearFailureTags, createRunSafely, runParams, runTags, type DeliveryInfo, type RunResults, type RunStore } from './run-store.ts';
 import type { WorkerConfig } from './config.ts';
 import { RUN_TAG } from '../common/run-tags.ts';

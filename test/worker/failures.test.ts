@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import type { ConsumeMessage } from 'amqplib';
 import { afterEach, describe, expect, it } from 'vitest';
 import { DEAD_LETTER_HEADERS } from '../../rabbitmq/topology.ts';
-import { EXIT } from '../../worker/consumer.ts';
+import { EXIT } from '../../common/worker-exit.ts';
 import { RUN_TAG } from '../../common/run-tags.ts';
 import { Cleanups } from '../helpers/cleanups.ts';
 import { FaultProxy, mlflowPath } from '../helpers/fault-proxy.ts';

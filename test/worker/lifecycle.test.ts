@@ -4,7 +4,7 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { EXIT } from '../../worker/consumer.ts';
+import { EXIT } from '../../common/worker-exit.ts';
 import { RUN_TAG } from '../../common/run-tags.ts';
 import { Cleanups } from '../helpers/cleanups.ts';
 import { FaultProxy, mlflowPath } from '../helpers/fault-proxy.ts';

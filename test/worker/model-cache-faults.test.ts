@@ -4,7 +4,7 @@
 import { readFileSync, readdirSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { EXIT } from '../../worker/consumer.ts';
+import { EXIT } from '../../common/worker-exit.ts';
 import { Cleanups } from '../helpers/cleanups.ts';
 import { drain, fixtures, logsWith, publish, queueState, request, runWorker, runsOf, tagsOf, type WorkerResult } from '../helpers/worker.ts';
 

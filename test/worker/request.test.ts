@@ -9,7 +9,7 @@ import { Ajv2020 } from 'ajv/dist/2020.js';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { PACKAGE_ROOT } from '../../common/paths.ts';
 import { PermanentError } from '../../common/errors.ts';
-import { parseRequest as parseWith, REQUEST_SCHEMA_PATH, requestValidator, type InferenceRequest, type RequestValidator } from '../../worker/request.ts';
+import { parseRequest as parseWith, REQUEST_SCHEMA_PATH, requestValidator, type InferenceRequest, type RequestValidator } from '../../common/request.ts';
 
 const MAX_BYTES = 1024 * 1024;
 

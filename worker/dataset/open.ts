@@ -16,7 +16,7 @@ import { isUnderRoots, missingOrUnreadable } from '../files.ts';
 import { discard, isRetryableStatus, send, type HttpResponse } from '../../common/http-request.ts';
 import { MlflowHttpError } from '../../mlflow/http.ts';
 import { proxyPath, type MlflowTracking } from '../../mlflow/tracking.ts';
-import type { DataFormat, InferenceRequest } from '../request.ts';
+import type { DataFormat, InferenceRequest } from '../../common/request.ts';
 import { batchOfRows, type ColumnBatch, type ColumnWants, type DatasetBatch } from './batch.ts';
 import { CsvColumns, CsvTokenizer, NOT_UTF8, SAMPLE_ROWS } from './csv.ts';
 import { RUN_TAG } from '../../common/run-tags.ts';

@@ -7,7 +7,7 @@
  */
 import { BatchV1Api, CoreV1Api, CustomObjectsApi, KubeConfig, type V1Job, type V1Pod } from '@kubernetes/client-node';
 import { deadline, raceAbort } from '../common/abort.ts';
-import { EXIT } from '../worker/consumer.ts';
+import { EXIT } from '../common/worker-exit.ts';
 import { NotFoundError } from '../common/errors.ts';
 
 export interface KubeTarget {

@@ -6,8 +6,8 @@ import { isUtf8 } from 'node:buffer';
 import { readFile } from 'node:fs/promises';
 import { pathToFileURL } from 'node:url';
 import type { ErrorObject } from 'ajv';
-import { packageFile } from '../common/paths.ts';
-import { PermanentError } from '../common/errors.ts';
+import { packageFile } from './paths.ts';
+import { PermanentError } from './errors.ts';
 
 export type DataFormat = 'csv' | 'jsonl';
 
