@@ -24,7 +24,8 @@
  * k-th message published (how soon after a publish a Job exists for it); "pod Running" and "run
  * FINISHED" follow each request to the pod that ran it (the run's kmj.pod tag). Times are this
  * process's clock (watch events as they arrive) and the run's end_time, written by the worker on
- * the same machine.
+ * the same machine; a pod whose Running phase was never reported (it ended between two kubelet
+ * status updates) counts from its container's startedAt, which has one-second resolution.
  *
  * Environment: BENCH_KEDA_REPEATS (3), BENCH_KEDA_CAPS (10,100), BENCH_KEDA_SETUPS (all three),
  * BENCH_KEDA_FIRST (30), BENCH_KEDA_SECOND (10), BENCH_KEDA_GAP_MS (5000), BENCH_KEDA_DELAY_S
@@ -63,6 +64,12 @@ const LATENCY_RUNS = Number(env['BENCH_KEDA_LATENCY_RUNS'] ?? 10);
 const RUN_TIMEOUT_MS = Number(env['BENCH_KEDA_RUN_TIMEOUT_S'] ?? 420) * 1000;
 /** The built-in trigger's TriggerAuthentication and its Secret. */
 const BUILTIN_AUTH = 'kmj-bench-rabbitmq';
+/**
+ * The bench's workers' broker user and Secret: like kmj-worker (docs/deploy.md), with access to
+ * the bench's queues (kmj-bench-*) only.
+ */
+const BENCH_USER = 'kmj-bench-worker';
+const BENCH_BROKER = 'kmj-bench-broker';
 const RUN_LABEL = 'kmj.bench/run';
 
 type Json = Record<string, unknown>;
@@ -98,6 +105,11 @@ async function kubectl(args: readonly string[], input?: string): Promise<string>
   return (await child).stdout;
 }
 
+/** rabbitmqctl against the host's broker (scripts/rabbitmq.sh started it). */
+async function rabbitmqctl(args: readonly string[]): Promise<void> {
+  await execFileP(join(PACKAGE_ROOT, 'scripts', 'rabbitmq.sh'), ['ctl', 'kmj', ...args], { timeout: 60_000 });
+}
+
 interface Fixtures {
   models: Record<string, { name: string; version: string; alias?: string }>;
   datasets: { runsCsvUri: string };
@@ -111,7 +123,7 @@ function fixtures(): Fixtures {
 /** What the watches saw of one run's Jobs and pods, with this process's clock. */
 class ClusterLog {
   readonly jobs = new Map<string, { created: number; ended?: number }>();
-  readonly pods = new Map<string, { job: string; created: number; running?: number; ended?: number; exitCode?: number }>();
+  readonly pods = new Map<string, { job: string; created: number; running?: number; startedAt?: number; ended?: number; exitCode?: number }>();
   peakPods = 0;
   readonly #watches: AbortController[] = [];
 
@@ -141,13 +153,19 @@ class ClusterLog {
 
   #onPod(type: string, pod: Json): void {
     const meta = pod['metadata'] as { name: string; labels?: Record<string, string> };
-    const status = (pod['status'] ?? {}) as { phase?: string; containerStatuses?: Array<{ name: string; state?: { terminated?: { exitCode: number } } }> };
+    const status = (pod['status'] ?? {}) as {
+      phase?: string;
+      containerStatuses?: Array<{ name: string; state?: { running?: { startedAt?: string }; terminated?: { exitCode: number; startedAt?: string } } }>;
+    };
     const now = Date.now();
     const seen = this.pods.get(meta.name) ?? { job: meta.labels?.['job-name'] ?? '', created: now };
     this.pods.set(meta.name, seen);
     if (seen.running === undefined && status.phase === 'Running') seen.running = now;
-    const code = status.containerStatuses?.find((c) => c.name === 'worker')?.state?.terminated?.exitCode;
+    const worker = status.containerStatuses?.find((c) => c.name === 'worker')?.state;
+    const code = worker?.terminated?.exitCode;
     if (code !== undefined) seen.exitCode = code;
+    const startedAt = worker?.running?.startedAt ?? worker?.terminated?.startedAt;
+    if (startedAt !== undefined) seen.startedAt ??= Date.parse(startedAt);
     if (seen.ended === undefined && (type === 'DELETED' || status.phase === 'Succeeded' || status.phase === 'Failed')) seen.ended = now;
     const live = [...this.pods.values()].filter((p) => p.ended === undefined).length;
     this.peakPods = Math.max(this.peakPods, live);
@@ -206,14 +224,22 @@ class Bench {
     const sj = JSON.parse(await kubectl(['-n', NS, 'get', 'scaledjob', DEPLOYED, '-o', 'json'])) as { spec: Json };
     this.deployedSpec = sj.spec;
     const secret = JSON.parse(await kubectl(['-n', NS, 'get', 'secret', 'kmj-broker', '-o', 'json'])) as { data: Record<string, string> };
-    const url = new URL(Buffer.from(secret.data['scaler-url'] ?? '', 'base64').toString('utf8'));
+    const scalerUrl = Buffer.from(secret.data['scaler-url'] ?? '', 'base64').toString('utf8');
+    const url = new URL(scalerUrl);
     // KEDA's AMQP client reads the vhost from the path; "/" must be written %2F.
     url.pathname = '/%2F';
+    const password = randomUUID();
+    await rabbitmqctl(['add_user', BENCH_USER, password]).catch(() => rabbitmqctl(['change_password', BENCH_USER, password]));
+    await rabbitmqctl(['set_permissions', '-p', '/', BENCH_USER, '^kmj-bench-.*$', '^(amq\\.default|kmj-bench-.*)$', '^kmj-bench-.*$']);
+    const workerUrl = new URL(scalerUrl);
+    workerUrl.username = BENCH_USER;
+    workerUrl.password = password;
     await kubectl(['-n', NS, 'apply', '-f', '-'], JSON.stringify({
       apiVersion: 'v1',
       kind: 'List',
       items: [
         { apiVersion: 'v1', kind: 'Secret', metadata: { name: BUILTIN_AUTH, namespace: NS }, type: 'Opaque', stringData: { host: url.toString() } },
+        { apiVersion: 'v1', kind: 'Secret', metadata: { name: BENCH_BROKER, namespace: NS }, type: 'Opaque', stringData: { 'worker-url': workerUrl.toString() } },
         { apiVersion: 'keda.sh/v1alpha1', kind: 'TriggerAuthentication', metadata: { name: BUILTIN_AUTH, namespace: NS }, spec: { secretTargetRef: [{ parameter: 'host', name: BUILTIN_AUTH, key: 'host' }] } },
       ],
     }));
@@ -222,7 +248,9 @@ class Bench {
   async cleanUp(): Promise<void> {
     await kubectl(['-n', NS, 'delete', 'scaledjob', '-l', RUN_LABEL, '--ignore-not-found', '--wait=true', '--timeout=120s']);
     await kubectl(['-n', NS, 'delete', 'jobs', '-l', RUN_LABEL, '--ignore-not-found', '--wait=true', '--timeout=180s']);
-    await kubectl(['-n', NS, 'delete', 'triggerauthentication,secret', BUILTIN_AUTH, '--ignore-not-found']);
+    await kubectl(['-n', NS, 'delete', 'triggerauthentication', BUILTIN_AUTH, '--ignore-not-found']);
+    await kubectl(['-n', NS, 'delete', 'secret', BUILTIN_AUTH, BENCH_BROKER, '--ignore-not-found']);
+    await rabbitmqctl(['delete_user', BENCH_USER]).catch(() => undefined);
   }
 
   scaledJob(setup: Setup, cap: number, queue: string, name: string, runLabel: string, delayed: boolean): Json {
@@ -232,6 +260,9 @@ class Bench {
     const worker = pod.containers.find((c) => c['name'] === 'worker');
     if (!worker) throw new Error(`ScaledJob ${DEPLOYED}: no container "worker"`);
     worker['args'] = ['worker', '--queue', queue];
+    const brokerUrl = (worker['env'] as Array<{ name: string; valueFrom?: { secretKeyRef?: { name: string; key: string } } }>).find((e) => e.name === 'RABBITMQ_URL');
+    if (!brokerUrl?.valueFrom?.secretKeyRef) throw new Error(`ScaledJob ${DEPLOYED}: the worker's RABBITMQ_URL is not from a Secret`);
+    brokerUrl.valueFrom.secretKeyRef = { name: BENCH_BROKER, key: 'worker-url' };
     const limits = (worker['resources'] as Json | undefined)?.['limits'];
     worker['resources'] = { requests: { cpu: '10m', memory: '64Mi' }, ...(limits ? { limits } : {}) };
     if (delayed) {
@@ -320,7 +351,8 @@ class Bench {
       let quietSince: number | undefined;
       let timedOut = false;
       for (;;) {
-        if (Date.now() - t0 > RUN_TIMEOUT_MS) {
+        // Out of time, or Jobs running away (workers failing and KEDA making more): stop.
+        if (Date.now() - t0 > RUN_TIMEOUT_MS || log.jobs.size > 4 * messages + 20) {
           timedOut = true;
           break;
         }
@@ -372,7 +404,10 @@ class Bench {
       if (!first) continue;
       toFinished.push((first.info.end_time ?? Number.NaN) - at);
       const pod = log.pods.get(first.tags[RUN_TAG.pod] ?? '');
-      if (pod?.running !== undefined) toRunning.push(pod.running - at);
+      // The watch's moment, or, for a pod whose Running phase the kubelet never reported (it
+      // ended between two status updates), the container's start, to the second.
+      const running = pod?.running ?? pod?.startedAt;
+      if (running !== undefined) toRunning.push(running - at);
     }
     const endTimes = runs.map((r) => r.info.end_time ?? 0);
     const podEnds = [...log.pods.values()].map((p) => p.ended ?? Date.now());

@@ -17,7 +17,8 @@ export const SCALER_ENV = {
   KMJ_SCALER_HOST: { kind: 'string', default: '0.0.0.0', help: 'address the gRPC and metrics servers listen on' },
   KMJ_SCALER_PORT: { kind: 'integer', min: 0, max: 65535, default: 6000, help: 'gRPC port (--port)' },
   KMJ_SCALER_METRICS_PORT: { kind: 'integer', min: 0, max: 65535, default: 8080, help: 'HTTP port for /metrics, /healthz, /readyz (--metrics-port)' },
-  KMJ_SCALER_REFRESH_INTERVAL_MS: { kind: 'integer', min: 100, max: 60_000, default: 1000, help: 'how often each queue is read' },
+  KMJ_SCALER_REFRESH_INTERVAL_MS: { kind: 'integer', min: 100, max: 60_000, default: 1000, help: 'each queue is read at least this often' },
+  KMJ_SCALER_MIN_REFRESH_INTERVAL_MS: { kind: 'integer', min: 50, max: 60_000, default: 200, help: 'and at most this often (a quarter of KEDA\'s polling interval in between)' },
   KMJ_SCALER_MAX_SNAPSHOT_AGE_MS: { kind: 'integer', min: 500, max: 600_000, default: 5000, help: 'older readings are refused with UNAVAILABLE' },
   KMJ_SCALER_READ_TIMEOUT_MS: { kind: 'integer', min: 100, max: 60_000, default: 3000, help: 'bound on one broker read' },
   KMJ_SCALER_FIRST_READ_WAIT_MS: { kind: 'integer', min: 0, max: 30_000, default: 2000, help: 'how long the first RPC of a new queue waits for its first read' },
@@ -109,6 +110,9 @@ export function loadScalerConfig(env: RawInput, flags: ScalerFlags = {}): Scaler
     if (c.KMJ_SCALER_READ_TIMEOUT_MS >= c.KMJ_SCALER_MAX_SNAPSHOT_AGE_MS) {
       problems.push(`KMJ_SCALER_READ_TIMEOUT_MS: ${c.KMJ_SCALER_READ_TIMEOUT_MS} must be below KMJ_SCALER_MAX_SNAPSHOT_AGE_MS (${c.KMJ_SCALER_MAX_SNAPSHOT_AGE_MS})`);
     }
+    if (c.KMJ_SCALER_MIN_REFRESH_INTERVAL_MS > c.KMJ_SCALER_REFRESH_INTERVAL_MS) {
+      problems.push(`KMJ_SCALER_MIN_REFRESH_INTERVAL_MS: ${c.KMJ_SCALER_MIN_REFRESH_INTERVAL_MS} must not be above KMJ_SCALER_REFRESH_INTERVAL_MS (${c.KMJ_SCALER_REFRESH_INTERVAL_MS})`);
+    }
     if (c.KMJ_SCALER_REFRESH_INTERVAL_MS >= c.KMJ_SCALER_MAX_SNAPSHOT_AGE_MS) {
       problems.push(`KMJ_SCALER_REFRESH_INTERVAL_MS: ${c.KMJ_SCALER_REFRESH_INTERVAL_MS} must be below KMJ_SCALER_MAX_SNAPSHOT_AGE_MS (${c.KMJ_SCALER_MAX_SNAPSHOT_AGE_MS})`);
     }
@@ -141,6 +145,7 @@ export function loadScalerConfig(env: RawInput, flags: ScalerFlags = {}): Scaler
     tls,
     snapshots: Object.freeze({
       refreshIntervalMs: v.KMJ_SCALER_REFRESH_INTERVAL_MS,
+      minRefreshIntervalMs: v.KMJ_SCALER_MIN_REFRESH_INTERVAL_MS,
       maxSnapshotAgeMs: v.KMJ_SCALER_MAX_SNAPSHOT_AGE_MS,
       readTimeoutMs: v.KMJ_SCALER_READ_TIMEOUT_MS,
       firstReadWaitMs: v.KMJ_SCALER_FIRST_READ_WAIT_MS,

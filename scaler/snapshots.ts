@@ -4,8 +4,12 @@
  *
  * - A target is registered the first time an RPC names it, and dropped after `idleTargetTtlMs`
  *   without any RPC or open stream asking for it.
- * - Every `refreshIntervalMs` each registered target is read again, at most one read per target at
- *   a time: concurrent wants of one target share that read (one broker round trip).
+ * - Each registered target is read again about four times per KEDA polling interval, learned
+ *   from the gaps between the polls that ask for it (KEDA's GetMetricSpec, GetMetrics and
+ *   IsActive come together, less than 100 ms apart), and never less often than every
+ *   `refreshIntervalMs` nor more often than every `minRefreshIntervalMs`. So a ScaledJob polled
+ *   every second sees a reading at most ~250 ms old, one polled every 30 s costs one read a
+ *   second. At most one read per target at a time: concurrent wants share it.
  * - An answer is given only from a successful reading that is at most `maxSnapshotAgeMs` old and
  *   not followed by a failed read. Otherwise the caller gets the read's error (NOT_FOUND,
  *   UNAVAILABLE) or an UNAVAILABLE that says how old the reading is. Never a made-up 0: 0 tells
@@ -18,8 +22,10 @@ import { BacklogNotFoundError, BacklogUnavailableError, messageOf } from '../com
 import type { BacklogReading, BacklogTarget } from './sources/source.ts';
 
 export interface SnapshotOptions {
-  /** How often each target is read. Default 1000 ms: KEDA polls every 30 s by default. */
+  /** Each target is read at least this often. Default 1000 ms (KEDA polls every 30 s by default). */
   readonly refreshIntervalMs: number;
+  /** ...and at most this often, however often KEDA polls it. Default 200 ms (at most refreshIntervalMs). */
+  readonly minRefreshIntervalMs?: number;
   /** Oldest reading still served. Default 5000 ms. */
   readonly maxSnapshotAgeMs: number;
   /** Bound on one broker read. Default 3000 ms, below maxSnapshotAgeMs. */
@@ -43,8 +49,14 @@ interface Entry {
   inFlight: Promise<void> | undefined;
   lastStartAt: number;
   lastWantedAt: number;
+  /** When the latest KEDA poll of this target began, and the smoothed time between polls. */
+  pollAt: number;
+  pollPeriodMs: number | undefined;
   readonly listeners: Set<Listener>;
 }
+
+/** RPCs for one target closer together than this belong to one KEDA poll. */
+const SAME_POLL_MS = 100;
 
 /**
  * What the store tells about its work, for metrics: nothing of the store's own state leaks, and
@@ -85,8 +97,18 @@ export class SnapshotStore {
 
   start(): void {
     if (this.#timer) return;
-    const tickMs = Math.max(50, Math.min(250, Math.floor(this.#options.refreshIntervalMs / 4)));
+    const tickMs = Math.max(25, Math.min(250, Math.floor(this.#minRefreshMs() / 4)));
     this.#timer = setInterval(() => this.#tick(), tickMs);
+  }
+
+  #minRefreshMs(): number {
+    return Math.min(this.#options.minRefreshIntervalMs ?? 200, this.#options.refreshIntervalMs);
+  }
+
+  /** How often this target is read: a quarter of KEDA's polling interval, within the bounds. */
+  #refreshMs(e: Entry): number {
+    if (e.pollPeriodMs === undefined) return this.#options.refreshIntervalMs;
+    return Math.max(this.#minRefreshMs(), Math.min(this.#options.refreshIntervalMs, e.pollPeriodMs / 4));
   }
 
   /** Stops the loop and aborts reads in flight; waits for them to settle. */
@@ -149,11 +171,18 @@ export class SnapshotStore {
         inFlight: undefined,
         lastStartAt: 0,
         lastWantedAt: now,
+        pollAt: now,
+        pollPeriodMs: undefined,
         listeners: new Set(),
       };
       this.#entries.set(target.key, e);
       this.#observer.targets(this.#entries.size);
       this.#refresh(e);
+    } else if (now - e.lastWantedAt > SAME_POLL_MS) {
+      // A new poll: learn KEDA's polling interval for this target.
+      const period = now - e.pollAt;
+      e.pollPeriodMs = e.pollPeriodMs === undefined ? period : (e.pollPeriodMs + period) / 2;
+      e.pollAt = now;
     }
     e.lastWantedAt = now;
     return e;
@@ -205,7 +234,7 @@ export class SnapshotStore {
         }
         continue;
       }
-      if (!e.inFlight && now - e.lastStartAt >= this.#options.refreshIntervalMs) this.#refresh(e);
+      if (!e.inFlight && now - e.lastStartAt >= this.#refreshMs(e)) this.#refresh(e);
       else if (e.listeners.size > 0 && e.reading && !e.error && now - e.readAt > this.#options.maxSnapshotAgeMs) {
         // A read is stuck past the age bound: streams must hear that the value is no longer known.
         this.#notify(e, now);

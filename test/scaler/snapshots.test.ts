@@ -184,6 +184,38 @@ describe('SnapshotStore', () => {
     stop();
   });
 
+  it('reads a target about four times per KEDA poll, between the two refresh bounds', async () => {
+    const s = store({ refreshIntervalMs: 1000, minRefreshIntervalMs: 100, maxSnapshotAgeMs: 5000, readTimeoutMs: 500 });
+    const everySecond = new FakeTarget('every-second');
+    const everyFifth = new FakeTarget('every-fifth');
+    const fast = new FakeTarget('fast-keda');
+    /** One KEDA poll: GetMetricSpec (want), GetMetrics and IsActive (reads), a few ms apart. */
+    const poll = async (t: FakeTarget): Promise<void> => {
+      s.want(t);
+      await settled(s.read(t));
+      await s.read(t);
+    };
+    // Six seconds in steps of 100 ms: KEDA polls one target every second, one every 5 s, one
+    // every 300 ms.
+    const step = async (tenth: number): Promise<void> => {
+      if (tenth % 10 === 0) await poll(everySecond);
+      if (tenth % 50 === 0) await poll(everyFifth);
+      if (tenth % 3 === 0) await poll(fast);
+      await sleep(100);
+    };
+    for (let tenth = 0; tenth < 60; tenth++) await step(tenth);
+    // Over the next 2 s (reads counted to within one, the loop's tick): polled every second, a
+    // read every 250 ms once the interval is learnt.
+    const readsBefore = [everySecond.reads, everyFifth.reads, fast.reads];
+    for (let tenth = 60; tenth < 80; tenth++) await step(tenth);
+    const within = (n: number, want: number): boolean => Math.abs(n - want) <= 1;
+    expect(within(everySecond.reads - (readsBefore[0] ?? 0), 8), `every second: ${everySecond.reads - (readsBefore[0] ?? 0)} reads`).toBe(true);
+    // Polled every 5 s: a quarter is 1.25 s, so the upper bound, a read every second.
+    expect(within(everyFifth.reads - (readsBefore[1] ?? 0), 2), `every 5 s: ${everyFifth.reads - (readsBefore[1] ?? 0)} reads`).toBe(true);
+    // Polled every 300 ms: a quarter is 75 ms, so the lower bound, a read every 100 ms.
+    expect(within(fast.reads - (readsBefore[2] ?? 0), 20), `every 300 ms: ${fast.reads - (readsBefore[2] ?? 0)} reads`).toBe(true);
+  });
+
   it('two stores, each with its own metrics: each exports its own targets only', async () => {
     let first: SnapshotStore | undefined;
     let second: SnapshotStore | undefined;
