@@ -3,7 +3,7 @@
 # to, with overlays/local/ for this machine:
 #   1. the project's image, made here and imported (scripts/image.sh import);
 #   2. the broker users kmj-scaler and kmj-worker with the permissions docs/deploy.md gives them,
-#      on the host's RabbitMQ (make services);
+#      on the host's RabbitMQ (make services), and the request queue ml-requests;
 #   3. the namespace, then the Secrets: broker URLs, the worker's MLflow user, and the certificates
 #      for mutual TLS between KEDA and the scaler (a CA made here, a server certificate for the
 #      scaler's Service name and cluster IP, a client certificate for KEDA);
@@ -70,6 +70,20 @@ apply_secret() {
   kubectl -n "$NS" create secret generic "$name" "$@" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 }
 
+# declare_queue NAME: the request queue and its dead-letter queue, declared as `kmj submit` and the
+# first worker declare them (rabbitmq/topology.ts), with the worker's own user. A ScaledJob whose
+# queue does not exist is not READY: the scaler answers NOT_FOUND until something declares it.
+declare_queue() {
+  (cd "$KMJ_ROOT" && KMJ_QUEUE_URL="amqp://kmj-worker:$(secret_of kmj-worker)@127.0.0.1:5672/" node --input-type=module -e '
+    import { connect } from "amqplib";
+    const { declareRequestTopology, deadLetterQueueOf } = await import(process.argv[1]);
+    const queue = process.argv[2];
+    const conn = await connect(process.env.KMJ_QUEUE_URL);
+    await declareRequestTopology(await conn.createChannel(), queue, { deadLetterQueue: deadLetterQueueOf(queue), maxDeliveries: 5 });
+    await conn.close();
+  ' "$KMJ_ROOT/dist/rabbitmq/topology.js" "$1")
+}
+
 deploy() {
   "$KMJ_ROOT/scripts/image.sh" import
   mkdir -p "$DIR"
@@ -78,6 +92,7 @@ deploy() {
 
   broker_user kmj-scaler '^$' '^$' '^$'
   broker_user kmj-worker '^ml-requests(\.dead)?$' '^(amq\.default|ml-requests(\.dead)?)$' '^ml-requests(\.dead)?$'
+  declare_queue ml-requests
   certs
 
   kubectl apply -f "$KMJ_ROOT/manifests/namespace.yaml" >/dev/null
