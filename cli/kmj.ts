@@ -4,19 +4,22 @@
  * into one clear line on stderr.
  */
 import { ConfigError } from '../common/config.ts';
+import { packageVersion } from '../common/paths.ts';
 import type { CommandContext } from './context.ts';
+import { didYouMean, flagsOf, UsageError } from './usage.ts';
 
 type Command = (argv: readonly string[], ctx: CommandContext) => Promise<number>;
+type Help = () => Promise<string>;
 
 // Each command's module is loaded only when it runs: a worker's cold start does not pay for the
 // scaler's gRPC stack, nor the scaler for onnxruntime.
-const COMMANDS: ReadonlyMap<string, { run: Command; summary: string }> = new Map([
-  ['scaler', { run: async (a, c) => (await import('./scaler-command.ts')).runScaler(a, c), summary: 'run the KEDA external scaler (gRPC)' }],
-  ['worker', { run: async (a, c) => (await import('./worker-command.ts')).runWorker(a, c), summary: 'take one request from a queue, run it, log it to MLflow' }],
-  ['submit', { run: async (a, c) => (await import('./submit-command.ts')).runSubmit(a, c), summary: 'publish requests, and follow one to its outcome' }],
-  ['status', { run: async (a, c) => (await import('./status-command.ts')).runStatus(a, c), summary: 'the queue, the scaler and the latest MLflow runs, on one screen' }],
-  ['replay', { run: async (a, c) => (await import('./replay-command.ts')).runReplay(a, c), summary: 'upload the runs spooled while MLflow was out of reach' }],
-  ['demo', { run: async (a, c) => (await import('./demo-command.ts')).runDemo(a, c), summary: 'show what KEDA sees and does with a local RabbitMQ' }],
+const COMMANDS: ReadonlyMap<string, { run: Command; help: Help; summary: string }> = new Map([
+  ['scaler', { run: async (a, c) => (await import('./scaler-command.ts')).runScaler(a, c), help: async () => (await import('./scaler-command.ts')).SCALER_HELP, summary: 'run the KEDA external scaler (gRPC)' }],
+  ['worker', { run: async (a, c) => (await import('./worker-command.ts')).runWorker(a, c), help: async () => (await import('./worker-command.ts')).WORKER_HELP, summary: 'take one request from a queue, run it, log it to MLflow' }],
+  ['submit', { run: async (a, c) => (await import('./submit-command.ts')).runSubmit(a, c), help: async () => (await import('./submit-command.ts')).SUBMIT_HELP, summary: 'publish requests, and follow one to its outcome' }],
+  ['status', { run: async (a, c) => (await import('./status-command.ts')).runStatus(a, c), help: async () => (await import('./status-command.ts')).STATUS_HELP, summary: 'the queue, the scaler, the ScaledJob and the latest MLflow runs, on one screen' }],
+  ['replay', { run: async (a, c) => (await import('./replay-command.ts')).runReplay(a, c), help: async () => (await import('./replay-command.ts')).REPLAY_HELP, summary: 'upload the runs spooled while MLflow was out of reach' }],
+  ['demo', { run: async (a, c) => (await import('./demo-command.ts')).runDemo(a, c), help: async () => (await import('./demo-command.ts')).DEMO_HELP, summary: 'show what KEDA sees and does with a local RabbitMQ' }],
 ]);
 
 function usage(): string {
@@ -26,7 +29,7 @@ function usage(): string {
 Commands:
 ${rows}
 
-Run "kmj <command> --help" for a command's options.
+Run "kmj <command> --help" for a command's options, "kmj --version" for the version.
 `;
 }
 
@@ -61,9 +64,14 @@ export async function main(argv: readonly string[]): Promise<number> {
     process.stdout.write(usage());
     return name === undefined ? EXIT_USAGE : 0;
   }
+  if (name === '--version' || name === '-V' || name === 'version') {
+    process.stdout.write(`kmj ${packageVersion()}\n`);
+    return 0;
+  }
   const command = COMMANDS.get(name);
   if (!command) {
-    process.stderr.write(`kmj: unknown command "${name}"\n\n${usage()}`);
+    const guess = didYouMean(name, [...COMMANDS.keys()]);
+    process.stderr.write(`kmj: unknown command "${name}"${guess ? `; did you mean "${guess}"?` : ''}\n\n${usage()}`);
     return EXIT_USAGE;
   }
   try {
@@ -73,8 +81,16 @@ export async function main(argv: readonly string[]): Promise<number> {
       process.stderr.write(`kmj ${name}: ${err.message}\n`);
       return EXIT_CONFIG;
     }
-    if (err instanceof TypeError && (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
+    if (err instanceof UsageError) {
       process.stderr.write(`kmj ${name}: ${err.message}\nRun "kmj ${name} --help" for usage.\n`);
+      return EXIT_USAGE;
+    }
+    if (err instanceof TypeError && (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
+      // "Unknown option '--qeue'": name the flag it is closest to.
+      const unknown = /Unknown option '(-{1,2}[^']+)'/.exec(err.message)?.[1];
+      const guess = unknown?.startsWith('--') ? didYouMean(unknown, flagsOf(await command.help())) : undefined;
+      const message = unknown ? `unknown flag ${unknown}${guess ? `; did you mean ${guess}?` : ''}` : err.message;
+      process.stderr.write(`kmj ${name}: ${message}\nRun "kmj ${name} --help" for usage.\n`);
       return EXIT_USAGE;
     }
     throw err;

@@ -24,6 +24,7 @@ import { defaultManagementUrl, RABBITMQ_ENV, vhostOf } from '../rabbitmq/setting
 import { deadLetterQueueOf } from '../rabbitmq/topology.ts';
 import { ScalerClient } from '../scaler/client.ts';
 import type { CommandContext } from './context.ts';
+import { UsageError } from './usage.ts';
 import { formatAge, readScaledJob, type ScaledJobReport } from '../kubernetes/scaledjob.ts';
 
 export const STATUS_HELP = `Usage: kmj status --queue <q> [--experiment <e>] [-o json|yaml|wide]
@@ -281,7 +282,7 @@ export async function collectStatus(ctx: CommandContext, target: StatusTarget): 
       const missing = { ok: false as const, error: 'no queue: the ScaledJob could not be read (give --queue)' };
       return { queue: '?', kubernetes, rabbitmq: missing, scaler: missing, mlflow: missing };
     }
-    throw new ConfigError('status', ['--queue: is required (or --scaledjob)']);
+    throw new UsageError(['--queue: is required (or --scaledjob)']);
   }
   const q = queue;
   question ??= {
@@ -398,7 +399,7 @@ export async function runStatus(argv: readonly string[], ctx: CommandContext): P
   for (const flag of ['namespace', 'context', 'kubeconfig'] as const) {
     if (values[flag] !== undefined && values.scaledjob === undefined) problems.push(`--${flag}: only with --scaledjob`);
   }
-  if (problems.length > 0) throw new ConfigError('status', problems);
+  if (problems.length > 0) throw new UsageError(problems);
   const target: StatusTarget = {
     queue: values.queue,
     experiment: values.experiment,

@@ -15,6 +15,7 @@ import { PermanentError } from '../common/errors.ts';
 import type { MlflowTracking, SearchedRun } from '../mlflow/tracking.ts';
 import { parseRequest, requestValidator, type RequestValidator } from '../common/request.ts';
 import type { CommandContext } from './context.ts';
+import { UsageError } from './usage.ts';
 import { mlflowFromEnv, runUrl } from '../mlflow/client.ts';
 import { PublishError, RequestPublisher } from './publisher.ts';
 import { RUN_TAG } from '../common/run-tags.ts';
@@ -150,7 +151,7 @@ export async function runSubmit(argv: readonly string[], ctx: CommandContext): P
   }
   const timeoutSeconds = values.timeout === undefined ? 600 : Number(values.timeout);
   if (!Number.isFinite(timeoutSeconds) || timeoutSeconds <= 0) problems.push(`--timeout: ${JSON.stringify(values.timeout)} must be a number of seconds above 0`);
-  if (problems.length > 0 || queue === undefined) throw new ConfigError('submit', problems);
+  if (problems.length > 0 || queue === undefined) throw new UsageError(problems);
 
   const tags = pairs('--tag', values.tag);
   const params = pairs('--param', values.param);

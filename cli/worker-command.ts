@@ -1,9 +1,8 @@
 /** `kmj worker --queue <name>`: takes one request from the queue, runs it, settles it, exits. */
-import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { describeFields } from '../common/fields.ts';
 import { createLogger } from '../common/log.ts';
-import { packageFile } from '../common/paths.ts';
+import { packageVersion } from '../common/paths.ts';
 import { loadWorkerConfig, WORKER_ENV } from '../worker/config.ts';
 import { consumeOne } from '../worker/consumer.ts';
 import { EXIT } from '../common/worker-exit.ts';
@@ -38,11 +37,6 @@ ${describeFields(WORKER_ENV)}
 
 The request format is schemas/request-v1.schema.json; see docs/requests.md.
 `;
-
-export function packageVersion(): string {
-  const pkg = JSON.parse(readFileSync(packageFile('package.json'), 'utf8')) as { version?: string };
-  return pkg.version ?? '0.0.0';
-}
 
 export async function runWorker(argv: readonly string[], ctx: CommandContext): Promise<number> {
   const { values } = parseArgs({

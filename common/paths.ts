@@ -1,5 +1,5 @@
 /** Locates files shipped with the package (proto, schemas) from source and from dist alike. */
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -18,4 +18,10 @@ export const PACKAGE_ROOT = findRoot();
 /** Absolute path of a file shipped with the package, given relative to the package root. */
 export function packageFile(...parts: string[]): string {
   return join(PACKAGE_ROOT, ...parts);
+}
+
+/** The package's version (package.json). */
+export function packageVersion(): string {
+  const pkg = JSON.parse(readFileSync(packageFile('package.json'), 'utf8')) as { version?: string };
+  return pkg.version ?? '0.0.0';
 }

@@ -126,7 +126,7 @@ export async function handleDelivery(body: Buffer, delivery: DeliveryInfo, deps:
         }
         const e = classify(err);
         if (e instanceof PermanentError) {
-          rlog.warn({ err: e, field: e.field }, 'request failed permanently');
+          rlog.warn({ ...failureFields(e), field: e.field }, 'request failed permanently');
           await mark('FAILED', e.message, 'dead-lettered');
           return { action: 'dead-letter', reason: e.message, requestId: req.requestId, ...(e.field !== undefined ? { field: e.field } : {}), ...ids(state) };
         }
@@ -134,15 +134,15 @@ export async function handleDelivery(body: Buffer, delivery: DeliveryInfo, deps:
         if (!e.retryInProcess || delay === undefined || budget.signal.aborted) {
           if (afterFailure(delivery.attempt, config.maxDeliveries) === 'dead-letter') {
             const reason = `gave up after ${delivery.attempt} deliveries: ${e.message}`;
-            rlog.warn({ err: e, attempt: delivery.attempt }, 'request failed on its last allowed delivery; dead-lettering');
+            rlog.warn({ ...failureFields(e), attempt: delivery.attempt }, 'request failed on its last allowed delivery; dead-lettering');
             await mark('FAILED', reason, 'dead-lettered');
             return { action: 'dead-letter', reason, requestId: req.requestId, ...ids(state) };
           }
-          rlog.warn({ err: e }, 'request failed for now; requeueing');
+          rlog.warn(failureFields(e), 'request failed for now; requeueing');
           await mark('FAILED', `${e.message} (requeued)`, 'requeued');
           return { action: 'requeue', reason: e.message, requestId: req.requestId, ...ids(state) };
         }
-        rlog.warn({ err: e, retryInMs: delay }, 'transient failure; retrying');
+        rlog.warn({ ...failureFields(e), retryInMs: delay }, 'transient failure; retrying');
         await sleep(delay, budget.signal).catch(() => undefined);
       }
     }
@@ -172,6 +172,18 @@ function ids(state: AttemptState): { runId?: string } {
  */
 export function afterFailure(attempt: number, maxDeliveries: number): 'requeue' | 'dead-letter' {
   return attempt >= maxDeliveries ? 'dead-letter' : 'requeue';
+}
+
+/**
+ * What a log line says of a failure: one line, its message. A user's mistake (a bad alias, a
+ * missing column) or an outage (MLflow down) needs no stack trace; the stack is kept for what
+ * looks like our own bug, a JavaScript TypeError, RangeError or ReferenceError underneath.
+ */
+export function failureFields(e: PermanentError | TransientError): Record<string, unknown> {
+  for (let c: unknown = e; c instanceof Error; c = c.cause) {
+    if (c instanceof TypeError || c instanceof RangeError || c instanceof ReferenceError) return { reason: e.message, err: c };
+  }
+  return { reason: e.message };
 }
 
 /** Maps anything thrown to one of the two error classes. */

@@ -263,22 +263,26 @@ describe('kmj status: help and configuration', () => {
     expect(result).toMatchObject({ code: 0, stdout: STATUS_HELP, stderr: '' });
   });
 
-  const cases = [
-    { name: 'no --queue', args: [], env: {}, problem: '--queue: is required' },
-    { name: '--runs 0', args: ['--queue', 'q', '--runs', '0'], env: {}, problem: '--runs: "0" must be an integer from 1 to 1000' },
-    { name: '--runs 2.5', args: ['--queue', 'q', '--runs', '2.5'], env: {}, problem: '--runs: "2.5" must be an integer from 1 to 1000' },
-    { name: 'RABBITMQ_MANAGEMENT_URL not http', args: ['--queue', 'q'], env: { RABBITMQ_MANAGEMENT_URL: 'ftp://127.0.0.1' }, problem: 'RABBITMQ_MANAGEMENT_URL: "ftp://127.0.0.1" must be a http or https URL' },
+  const usageCases = [
+    { name: 'no --queue', args: [], problem: '--queue: is required' },
+    { name: '--runs 0', args: ['--queue', 'q', '--runs', '0'], problem: '--runs: "0" must be an integer from 1 to 1000' },
+    { name: '--runs 2.5', args: ['--queue', 'q', '--runs', '2.5'], problem: '--runs: "2.5" must be an integer from 1 to 1000' },
   ];
 
-  it.each(cases)('$name: exit 78 naming the problem', async (c) => {
-    const result = await status(c.args, c.env);
-    expect(result).toMatchObject({ code: 78, stdout: '', stderr: `kmj status: invalid status configuration: ${c.problem}\n` });
+  it.each(usageCases)('$name: a usage error, exit 64, naming the flag and pointing at the help', async (c) => {
+    const result = await status(c.args);
+    expect(result).toMatchObject({ code: 64, stdout: '', stderr: `kmj status: ${c.problem}\nRun "kmj status --help" for usage.\n` });
   });
 
-  it('an unknown option: exit 64', async () => {
+  it('a bad setting (RABBITMQ_MANAGEMENT_URL not http): exit 78 naming it', async () => {
+    const result = await status(['--queue', 'q'], { RABBITMQ_MANAGEMENT_URL: 'ftp://127.0.0.1' });
+    expect(result).toMatchObject({ code: 78, stdout: '', stderr: 'kmj status: invalid status configuration: RABBITMQ_MANAGEMENT_URL: "ftp://127.0.0.1" must be a http or https URL\n' });
+  });
+
+  it('an unknown flag: exit 64; a mistyped one gets the flag it is closest to', async () => {
     const result = await status(['--queue', 'q', '--verbose']);
-    expect(result.code).toBe(64);
-    expect(result.stdout).toBe('');
-    expect(result.stderr).toBe(`kmj status: Unknown option '--verbose'\nRun "kmj status --help" for usage.\n`);
+    expect(result).toMatchObject({ code: 64, stdout: '', stderr: `kmj status: unknown flag --verbose\nRun "kmj status --help" for usage.\n` });
+    const typo = await status(['--qeue', 'q']);
+    expect(typo).toMatchObject({ code: 64, stdout: '', stderr: `kmj status: unknown flag --qeue; did you mean --queue?\nRun "kmj status --help" for usage.\n` });
   });
 });

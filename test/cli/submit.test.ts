@@ -206,10 +206,15 @@ describe('kmj submit: refusals', () => {
     { name: 'a bad RABBITMQ_URL', args: (q) => ['--queue', q, '--model', MODEL, '--dataset', f.datasets.csv], env: { RABBITMQ_URL: 'http://127.0.0.1:5672' }, problem: 'RABBITMQ_URL: "http://127.0.0.1:5672" must be a amqp or amqps URL' },
   ];
 
-  it.each(configCases)('bad configuration ($name): exit 78 naming it, nothing published', async (c) => {
+  it.each(configCases)('bad flags or settings ($name): exit 64 for a flag, 78 for a setting, naming it, nothing published', async (c) => {
     const queue = await cleanups.requestQueue();
     const result = await submit(c.args(queue), c.env ?? {});
-    expect(result).toMatchObject({ code: SUBMIT_EXIT.CONFIG, stdout: '', stderr: `kmj submit: invalid submit configuration: ${c.problem}\n` });
+    const setting = /^[A-Z_]+:/.test(c.problem);
+    expect(result).toMatchObject(
+      setting
+        ? { code: SUBMIT_EXIT.CONFIG, stdout: '', stderr: `kmj submit: invalid submit configuration: ${c.problem}\n` }
+        : { code: 64, stdout: '', stderr: `kmj submit: ${c.problem}\nRun "kmj submit --help" for usage.\n` },
+    );
     expect(await queueState(queue)).toEqual({ messages: 0, consumers: 0 });
   });
 

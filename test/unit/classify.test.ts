@@ -5,7 +5,7 @@ import { describe, expect, it } from 'vitest';
 import { DeadlineError } from '../../common/abort.ts';
 import { PermanentError, TransientError } from '../../common/errors.ts';
 import { MlflowHttpError } from '../../mlflow/http.ts';
-import { classify } from '../../worker/pipeline.ts';
+import { classify, failureFields } from '../../worker/pipeline.ts';
 
 interface Case {
   readonly name: string;
@@ -67,5 +67,25 @@ describe('classify', () => {
     else expect(e.cause).toBe(err);
     if (e instanceof TransientError) expect(e.retryInProcess).toBe(retryInProcess);
     if (e instanceof PermanentError) expect(e.field).toBe(field);
+  });
+});
+
+describe('failureFields: one line for a mistake or an outage, the stack for a bug', () => {
+  it.each([
+    ['a PermanentError', new PermanentError('model: registered model "m" has no alias "x"', { field: 'model' })],
+    ['a TransientError over a system error', new TransientError('connect ECONNREFUSED', { cause: Object.assign(new Error('connect ECONNREFUSED'), { code: 'ECONNREFUSED' }) })],
+    ['an MLflow error, classified', classify(new MlflowHttpError('MLflow answered HTTP 503', 503))],
+    ['a JSON syntax error in a dataset', new PermanentError('dataset: line 3 is not JSON', { cause: new SyntaxError('Unexpected token') })],
+  ])('%s: the reason only', (_name, e) => {
+    expect(failureFields(e)).toEqual({ reason: e.message });
+  });
+
+  it.each([
+    ['a TypeError', new TypeError("Cannot read properties of undefined (reading 'x')")],
+    ['a RangeError', new RangeError('Invalid array length')],
+    ['a ReferenceError', new ReferenceError('y is not defined')],
+  ])('%s underneath: the reason and the error, with its stack', (_name, bug) => {
+    const e = classify(bug);
+    expect(failureFields(e)).toEqual({ reason: e.message, err: bug });
   });
 });

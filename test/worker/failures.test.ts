@@ -272,6 +272,11 @@ describe('unknown models fail the run and dead-letter the request', () => {
     const error = `model: registered model "${classifier?.name}" has no alias "nope"`;
     const run = await expectOneFailedRun(req.experiment, error);
     await expectDeadLettered(queue, body, { reason: error, field: 'model', runId: run.info.run_id });
+    // A user's mistake is one line: the reason, no stack trace.
+    const [line] = logsWith(result, 'request failed permanently');
+    expect(line).toMatchObject({ reason: error, field: 'model' });
+    expect(line).not.toHaveProperty('err');
+    expect(JSON.stringify(line).length).toBeLessThan(600);
   });
 
 });
