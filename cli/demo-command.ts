@@ -214,8 +214,10 @@ export async function runDemo(argv: readonly string[], ctx: CommandContext): Pro
 
     const { rows, experimentId } = await runTable(tracking, experiment, queue);
     out('');
-    out(`${'request'.padEnd(14)} ${'model'.padEnd(26)} ${'status'.padEnd(9)} ${'rows'.padStart(5)}  ${'score'.padEnd(15)} ${'seconds'.padStart(7)}`);
-    for (const r of rows) out(`${r.requestId.padEnd(14)} ${r.model.padEnd(26)} ${r.status.padEnd(9)} ${r.rows.padStart(5)}  ${r.score.padEnd(15)} ${r.seconds.padStart(7)}`);
+    // The model column is as wide as its widest entry, up to 40; a longer one is cut in the middle.
+    const modelWidth = Math.min(40, Math.max(5, ...rows.map((r) => r.model.length)));
+    out(`${'request'.padEnd(14)} ${'model'.padEnd(modelWidth)} ${'status'.padEnd(9)} ${'rows'.padStart(5)}  ${'score'.padEnd(15)} ${'seconds'.padStart(7)}`);
+    for (const r of rows) out(`${r.requestId.padEnd(14)} ${fit(r.model, modelWidth)} ${r.status.padEnd(9)} ${r.rows.padStart(5)}  ${r.score.padEnd(15)} ${r.seconds.padStart(7)}`);
     const dead = await deadLetters(amqpUrl, queue);
     for (const d of dead) out(`dead-lettered: ${d}`);
     out('');
@@ -227,7 +229,14 @@ export async function runDemo(argv: readonly string[], ctx: CommandContext): Pro
     }
     out(`worker logs: ${logDir}`);
     const finished = rows.filter((r) => r.status === 'FINISHED').length;
-    return finished === requests.length - 1 && dead.length === 1 && stuck.length === 0 ? 0 : 1;
+    const failed = [
+      ...(finished !== requests.length - 1 ? [`${finished} of the ${requests.length - 1} good requests FINISHED`] : []),
+      ...(dead.length !== 1 ? [`${dead.length} dead-lettered, not the 1 bad request`] : []),
+      ...(stuck.length > 0 ? [`${stuck.length} workers still running at the end`] : []),
+    ];
+    // The last line says plainly whether the demo did what it shows.
+    out(failed.length === 0 ? `demo OK: ${finished} FINISHED, 1 dead-lettered, ${jobs.length} Jobs for ${requests.length} messages` : `demo FAILED: ${failed.join('; ')} (worker logs above)`);
+    return failed.length === 0 ? 0 : 1;
   } finally {
     for (const j of jobs) if (j.exitCode === null) j.child.kill('SIGTERM');
     client.close();
@@ -235,6 +244,13 @@ export async function runDemo(argv: readonly string[], ctx: CommandContext): Pro
     await deleteQueues(amqpUrl, queue);
     await tracking.http.close();
   }
+}
+
+/** `text` padded to `width`, or cut in the middle with "…" when longer. */
+export function fit(text: string, width: number): string {
+  if (text.length <= width) return text.padEnd(width);
+  const head = Math.ceil((width - 1) / 2);
+  return `${text.slice(0, head)}…${text.slice(text.length - (width - 1 - head))}`;
 }
 
 /** The last `n` lines of a worker's log. */

@@ -7,6 +7,7 @@
 import { connect, type ChannelModel, type ConfirmChannel } from 'amqplib';
 import { raceAbort } from '../common/abort.ts';
 import { messageOf, scrubSecrets } from '../common/redact.ts';
+import { checkQueues } from '../rabbitmq/inspect.ts';
 import { DIRECT_REPLY_TO, declareRequestTopology, deadLetterQueueOf, parseOutcomeNotice, type OutcomeNotice } from '../rabbitmq/topology.ts';
 
 export class PublishError extends Error {
@@ -43,6 +44,16 @@ export class RequestPublisher {
 
   constructor(options: PublisherOptions) {
     this.#options = options;
+  }
+
+  /** Consumers of the queue now (a passive declare on the open connection); undefined when unknown. */
+  async consumers(): Promise<number | undefined> {
+    if (!this.#conn) return undefined;
+    try {
+      return (await checkQueues(this.#conn, [this.#options.queue])).get(this.#options.queue)?.consumerCount;
+    } catch {
+      return undefined;
+    }
   }
 
   async open(): Promise<void> {

@@ -243,7 +243,7 @@ export async function runSubmit(argv: readonly string[], ctx: CommandContext): P
   if (!tracking) return SUBMIT_EXIT.OK;
   const first = batch[0] as { requestId: string };
   try {
-    return await waitForOutcome(ctx, tracking, (id) => publisher.outcome(id), queue, String(defaults['experiment']), first.requestId, timeoutSeconds * 1000);
+    return await waitForOutcome(ctx, tracking, (id) => publisher.outcome(id), () => publisher.consumers(), queue, String(defaults['experiment']), first.requestId, timeoutSeconds * 1000);
   } finally {
     await publisher.close();
     await tracking.http.close();
@@ -266,10 +266,10 @@ type Followed = { kind: 'finished'; run: SearchedRun; experimentId: string } | {
  * read: on a quorum queue every read and return counts as a delivery, and enough of them would
  * drop a dead letter nobody has looked at.
  */
-async function waitForOutcome(ctx: CommandContext, tracking: MlflowTracking, notices: Notices, queue: string, experiment: string, requestId: string, timeoutMs: number): Promise<number> {
+async function waitForOutcome(ctx: CommandContext, tracking: MlflowTracking, notices: Notices, consumers: () => Promise<number | undefined>, queue: string, experiment: string, requestId: string, timeoutMs: number): Promise<number> {
   const started = Date.now();
   const out = (line: string): boolean => ctx.stderr.write(`${line}\n`);
-  const result = await follow(tracking, notices, queue, experiment, requestId, timeoutMs, ctx.shutdownSignal, (state) => out(`${((Date.now() - started) / 1000).toFixed(0).padStart(4)}s  ${state}`));
+  const result = await follow(tracking, notices, consumers, queue, experiment, requestId, timeoutMs, ctx.shutdownSignal, (state) => out(`${((Date.now() - started) / 1000).toFixed(0).padStart(4)}s  ${state}`));
   if (result.kind === 'finished') {
     const metrics = result.run.metrics;
     const shown = ['rows', 'accuracy_score', 'f1_score', 'r2_score', 'root_mean_squared_error', 'total_seconds'].filter((k) => metrics[k] !== undefined);
@@ -289,9 +289,13 @@ async function waitForOutcome(ctx: CommandContext, tracking: MlflowTracking, not
 /** The outcome notice a worker sent for a request id, if one came (direct reply-to). */
 type Notices = (requestId: string) => OutcomeNotice | undefined;
 
+/** How long `--wait` waits on a queue without consumers before it says what to start. */
+const NO_CONSUMER_HINT_MS = 10_000;
+
 async function follow(
   tracking: MlflowTracking,
   notices: Notices,
+  consumers: () => Promise<number | undefined>,
   queue: string,
   experiment: string,
   requestId: string,
@@ -299,7 +303,8 @@ async function follow(
   stop: AbortSignal,
   onState: (state: string) => void,
 ): Promise<Followed> {
-  const end = Date.now() + timeoutMs;
+  const started = Date.now();
+  const end = started + timeoutMs;
   let last = '';
   const note = (state: string): void => {
     if (state !== last) {
@@ -325,7 +330,12 @@ async function follow(
         // A request refused before it had a run is known only from the worker's notice.
         const notice = notices(requestId);
         if (notice?.outcome === 'dead-lettered') return { kind: 'dead-lettered', reason: notice.reason ?? 'unknown' };
-        if (!found?.deleted) note('queued: no run yet');
+        if (!found?.deleted) {
+          // Nobody consuming for a while: say what would, instead of waiting silently. (A
+          // ScaledJob's pod takes a few seconds to start and connect.)
+          const idle = Date.now() - started > NO_CONSUMER_HINT_MS && (await consumers()) === 0;
+          note(idle ? `queued: nothing consumes queue ${JSON.stringify(queue)}: start a worker (kmj worker --queue ${queue}) or check its ScaledJob (kubectl get scaledjob; kmj status --scaledjob NAME)` : 'queued: no run yet');
+        }
       }
     } catch (err) {
       note(`MLflow unreachable: ${err instanceof Error ? err.message : String(err)}`);

@@ -24,10 +24,11 @@ describe('kmj demo', () => {
       expect(table.filter((l) => / FINISHED /.test(l))).toHaveLength(10);
       expect(table.filter((l) => / FAILED /.test(l))).toHaveLength(1);
       expect(out.filter((l) => l.startsWith('dead-lettered: '))).toEqual([expect.stringMatching(/^dead-lettered: demo-[0-9a-f]{8}: model: registered model "kmj-iris-classifier" has no alias "no-such-alias"$/)]);
-      expect(out.at(-2)).toMatch(/^11 worker Jobs for 11 messages; MLflow UI: /);
+      expect(out.at(-3)).toMatch(/^11 worker Jobs for 11 messages; MLflow UI: /);
       // Every worker had exited by the end; each one's log is kept, as kubectl logs would show it.
-      expect(out.at(-1)).toMatch(/^worker logs: .*\.run\/demo-logs\/kmj-demo-/);
-      const logDir = (out.at(-1) ?? '').replace(/^worker logs: /, '');
+      expect(out.at(-2)).toMatch(/^worker logs: .*\.run\/demo-logs\/kmj-demo-/);
+      expect(out.at(-1)).toBe('demo OK: 10 FINISHED, 1 dead-lettered, 11 Jobs for 11 messages');
+      const logDir = (out.at(-2) ?? '').replace(/^worker logs: /, '');
       expect(readdirSync(logDir)).toHaveLength(11);
       // The workers filled the empty cache: the three sample models.
       expect(readdirSync(join(cache, 'registry')).sort()).toEqual(['kmj-iris-classifier', 'kmj-iris-mlp', 'kmj-iris-regressor']);

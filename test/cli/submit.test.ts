@@ -499,6 +499,17 @@ describe('kmj submit --wait', () => {
     expect(await runsOf(queue)).toEqual([]);
   });
 
+  it('no worker for longer than 10 s: --wait says what would consume the queue', async () => {
+    const queue = await cleanups.requestQueue();
+    const result = await submit(['--queue', queue, '--model', MODEL, '--dataset', f.datasets.csv, '--wait', '--timeout', '13'], { MLFLOW_TRACKING_URI: MLFLOW_URL });
+    expect(result.code).toBe(SUBMIT_EXIT.TIMEOUT);
+    const states = lines(result.stderr).map((l) => l.replace(/^ *\d+s {2}/, ''));
+    expect(states).toEqual([
+      'queued: no run yet',
+      `queued: nothing consumes queue "${queue}": start a worker (kmj worker --queue ${queue}) or check its ScaledJob (kubectl get scaledjob; kmj status --scaledjob NAME)`,
+    ]);
+  }, 30_000);
+
   it('no worker: exit 75 after --timeout, the request still queued', async () => {
     const queue = await cleanups.requestQueue();
     const started = Date.now();
