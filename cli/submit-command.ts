@@ -20,6 +20,7 @@ import { mlflowFromEnv, runUrl } from '../mlflow/client.ts';
 import { PublishError, RequestPublisher } from './publisher.ts';
 import { RUN_TAG } from '../common/run-tags.ts';
 import { RABBITMQ_ENV } from '../rabbitmq/settings.ts';
+import { parseDuration } from '../common/fields.ts';
 
 export const SUBMIT_HELP = `Usage: kmj submit --queue <q> --model <uri> --dataset <uri|path> [options]
        kmj submit --queue <q> --file requests.jsonl [options]
@@ -149,8 +150,8 @@ export async function runSubmit(argv: readonly string[], ctx: CommandContext): P
   if (values.file !== undefined && (values.wait || values['request-id'] !== undefined)) {
     problems.push(`${values.wait ? '--wait' : '--request-id'}: is for a single request, not --file`);
   }
-  const timeoutSeconds = values.timeout === undefined ? 600 : Number(values.timeout);
-  if (!Number.isFinite(timeoutSeconds) || timeoutSeconds <= 0) problems.push(`--timeout: ${JSON.stringify(values.timeout)} must be a number of seconds above 0`);
+  const timeoutSeconds = values.timeout === undefined ? 600 : parseDuration(values.timeout, 's') / 1000;
+  if (!Number.isFinite(timeoutSeconds) || timeoutSeconds <= 0) problems.push(`--timeout: ${JSON.stringify(values.timeout)} must be a number of seconds above 0, or a duration such as 90s or 10m`);
   if (problems.length > 0 || queue === undefined) throw new UsageError(problems);
 
   const tags = pairs('--tag', values.tag);

@@ -33,6 +33,48 @@ export interface IntegerSpec extends BaseSpec {
   readonly default?: number;
   readonly min: number;
   readonly max: number;
+  /**
+   * A duration in milliseconds or a size in bytes: then "30s", "250ms", "5m" or "512Mi", "1Gi"
+   * are accepted beside the bare number, and help and errors show values that way.
+   */
+  readonly unit?: 'ms' | 'bytes';
+}
+
+const DURATION_UNITS: Readonly<Record<string, number>> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+const SIZE_UNITS: Readonly<Record<string, number>> = { '': 1, k: 1e3, M: 1e6, G: 1e9, T: 1e12, Ki: 1024, Mi: 1024 ** 2, Gi: 1024 ** 3, Ti: 1024 ** 4 };
+
+/** Milliseconds from "250ms", "30s", "1.5m", "2h", or a bare number of `bareUnit`s; NaN when it is none. */
+export function parseDuration(raw: string, bareUnit: 'ms' | 's' = 'ms'): number {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(raw.trim());
+  if (!m) return Number.NaN;
+  return Math.round(Number(m[1]) * (DURATION_UNITS[m[2] ?? bareUnit] as number));
+}
+
+/** Bytes from "512Mi", "1Gi", "10M", "64Ki", or a bare number; NaN when it is none. */
+export function parseSize(raw: string): number {
+  const m = /^(\d+(?:\.\d+)?)(k|M|G|T|Ki|Mi|Gi|Ti)?$/.exec(raw.trim());
+  if (!m) return Number.NaN;
+  return Math.round(Number(m[1]) * (SIZE_UNITS[m[2] ?? ''] as number));
+}
+
+/** A duration as people write it: "30s", "250ms", "10m", "1h". */
+export function formatDuration(ms: number): string {
+  for (const [unit, size] of [['h', 3_600_000], ['m', 60_000], ['s', 1000]] as const) {
+    if (ms >= size && ms % size === 0) return `${ms / size}${unit}`;
+  }
+  return `${ms}ms`;
+}
+
+/** A size as Kubernetes writes it: "512Mi", "1Gi", or bytes. */
+export function formatSize(bytes: number): string {
+  for (const [unit, size] of [['Ti', 1024 ** 4], ['Gi', 1024 ** 3], ['Mi', 1024 ** 2], ['Ki', 1024]] as const) {
+    if (bytes >= size && bytes % size === 0) return `${bytes / size}${unit}`;
+  }
+  return String(bytes);
+}
+
+function formatInteger(spec: IntegerSpec, n: number): string {
+  return spec.unit === 'ms' ? formatDuration(n) : spec.unit === 'bytes' ? formatSize(n) : String(n);
 }
 
 export interface NumberSpec extends BaseSpec {
@@ -113,9 +155,12 @@ function parseOne(spec: FieldSpec, raw: string, name: string, problems: string[]
       return raw;
     }
     case 'integer': {
-      const n = /^-?\d+$/.test(raw.trim()) ? Number(raw.trim()) : Number.NaN;
+      const trimmed = raw.trim();
+      const n = /^-?\d+$/.test(trimmed) ? Number(trimmed) : spec.unit === 'ms' ? parseDuration(trimmed) : spec.unit === 'bytes' ? parseSize(trimmed) : Number.NaN;
       if (!Number.isSafeInteger(n) || n < spec.min || n > spec.max) {
-        problems.push(`${name}: ${quote(raw)} must be an integer from ${spec.min} to ${spec.max}`);
+        const what = spec.unit === 'ms' ? 'a duration' : spec.unit === 'bytes' ? 'a size' : 'an integer';
+        const example = spec.unit === 'ms' ? ' (e.g. 30s, 250ms, 5m, or milliseconds)' : spec.unit === 'bytes' ? ' (e.g. 512Mi, 1Gi, or bytes)' : '';
+        problems.push(`${name}: ${quote(raw)} must be ${what} from ${formatInteger(spec, spec.min)} to ${formatInteger(spec, spec.max)}${example}`);
         return undefined;
       }
       return n;
@@ -187,7 +232,8 @@ export function parseFields<T extends FieldSpecs>(
 export function describeFields(specs: FieldSpecs, nameOf: (key: string) => string = (k) => k): string {
   const rows = Object.entries(specs).map(([key, spec]) => {
     const allowed = spec.kind === 'enum' ? ` [${spec.values.join('|')}]` : '';
-    const dflt = spec.default !== undefined ? ` (default: ${scrubSecrets(String(spec.default))})` : spec.required ? ' (required)' : '';
+    const shown = spec.kind === 'integer' && spec.default !== undefined ? formatInteger(spec, spec.default) : String(spec.default);
+    const dflt = spec.default !== undefined ? ` (default: ${scrubSecrets(shown)})` : spec.required ? ' (required)' : '';
     return [nameOf(key), `${spec.help ?? ''}${allowed}${dflt}`] as const;
   });
   const width = Math.max(0, ...rows.map(([n]) => n.length));

@@ -113,7 +113,7 @@ describe('kmj scaler', () => {
     expect(await exited(p)).toEqual({ code: 78, signal: null });
     expect(p.stderr()).toBe(
       'kmj scaler: invalid scaler configuration: --port: "99999" must be an integer from 0 to 65535; ' +
-        'KMJ_SCALER_REFRESH_INTERVAL_MS: "abc" must be an integer from 100 to 60000\n',
+        'KMJ_SCALER_REFRESH_INTERVAL_MS: "abc" must be a duration from 100ms to 1m (e.g. 30s, 250ms, 5m, or milliseconds)\n',
     );
     expect(p.stdout()).toBe('');
   });

@@ -1,7 +1,7 @@
 // Table-driven tests of the declarative field spec (common/fields.ts): each kind, required,
 // default, range and pattern, with the exact values and problem lines a user sees.
 import { describe, expect, it } from 'vitest';
-import { parseFields, type FieldSpec, type RawInput } from '../../common/fields.ts';
+import { describeFields, formatDuration, formatSize, parseDuration, parseFields, parseSize, type FieldSpec, type RawInput } from '../../common/fields.ts';
 
 interface Case {
   readonly name: string;
@@ -47,6 +47,17 @@ const CASES: readonly Case[] = [
   { name: 'integer: below min', spec: { kind: 'integer', min: 1, max: 3 }, raw: '0', problems: ['x: "0" must be an integer from 1 to 3'] },
   { name: 'integer: above max', spec: { kind: 'integer', min: 0, max: 65535 }, raw: '99999', problems: ['x: "99999" must be an integer from 0 to 65535'] },
   { name: 'integer: a fraction', spec: { kind: 'integer', min: 0, max: 10 }, raw: '1.5', problems: ['x: "1.5" must be an integer from 0 to 10'] },
+  { name: 'duration: milliseconds as a bare number', spec: { kind: 'integer', unit: 'ms', min: 100, max: 60_000 }, raw: '1500', value: 1500 },
+  { name: 'duration: seconds', spec: { kind: 'integer', unit: 'ms', min: 100, max: 60_000 }, raw: '30s', value: 30_000 },
+  { name: 'duration: a fraction of a minute', spec: { kind: 'integer', unit: 'ms', min: 100, max: 3_600_000 }, raw: '1.5m', value: 90_000 },
+  { name: 'duration: milliseconds with the unit', spec: { kind: 'integer', unit: 'ms', min: 100, max: 60_000 }, raw: '250ms', value: 250 },
+  { name: 'duration: hours', spec: { kind: 'integer', unit: 'ms', min: 100, max: 86_400_000 }, raw: '2h', value: 7_200_000 },
+  { name: 'duration: too long, shown as a duration', spec: { kind: 'integer', unit: 'ms', min: 100, max: 60_000 }, raw: '2m', problems: ['x: "2m" must be a duration from 100ms to 1m (e.g. 30s, 250ms, 5m, or milliseconds)'] },
+  { name: 'duration: an unknown unit', spec: { kind: 'integer', unit: 'ms', min: 100, max: 60_000 }, raw: '3 days', problems: ['x: "3 days" must be a duration from 100ms to 1m (e.g. 30s, 250ms, 5m, or milliseconds)'] },
+  { name: 'size: bytes as a bare number', spec: { kind: 'integer', unit: 'bytes', min: 1024, max: 1024 ** 3 }, raw: '4096', value: 4096 },
+  { name: 'size: mebibytes', spec: { kind: 'integer', unit: 'bytes', min: 1024, max: 1024 ** 3 }, raw: '512Mi', value: 512 * 1024 ** 2 },
+  { name: 'size: megabytes', spec: { kind: 'integer', unit: 'bytes', min: 1024, max: 1024 ** 3 }, raw: '10M', value: 10_000_000 },
+  { name: 'size: too big, shown as a size', spec: { kind: 'integer', unit: 'bytes', min: 1024, max: 1024 ** 3 }, raw: '2Gi', problems: ['x: "2Gi" must be a size from 1Ki to 1Gi (e.g. 512Mi, 1Gi, or bytes)'] },
   { name: 'integer: exponent notation', spec: { kind: 'integer', min: 0, max: 10_000 }, raw: '1e3', problems: ['x: "1e3" must be an integer from 0 to 10000'] },
   { name: 'integer: hexadecimal', spec: { kind: 'integer', min: 0, max: 100 }, raw: '0x10', problems: ['x: "0x10" must be an integer from 0 to 100'] },
   { name: 'integer: not a number', spec: { kind: 'integer', min: 100, max: 60000 }, raw: 'abc', problems: ['x: "abc" must be an integer from 100 to 60000'] },
@@ -152,5 +163,38 @@ describe('parseFields, a whole input', () => {
     const out = parseFields(SPECS, {});
     expect(out.problems).toEqual(['url: is required']);
     expect(out.values).toEqual({ host: '0.0.0.0', port: 6000, refreshMs: 1000, level: 'info' });
+  });
+});
+
+describe('durations and sizes as people write them', () => {
+  it.each([
+    [30_000, '30s'],
+    [250, '250ms'],
+    [600_000, '10m'],
+    [3_600_000, '1h'],
+    [1500, '1500ms'],
+  ])('formatDuration(%i) = %s', (ms, text) => {
+    expect(formatDuration(ms)).toBe(text);
+    expect(parseDuration(text)).toBe(ms);
+  });
+
+  it.each([
+    [512 * 1024 ** 2, '512Mi'],
+    [1024 ** 3, '1Gi'],
+    [1000, '1000'],
+  ])('formatSize(%i) = %s', (bytes, text) => {
+    expect(formatSize(bytes)).toBe(text);
+    expect(parseSize(text)).toBe(bytes);
+  });
+
+  it('a bare number is seconds where the caller says so (kmj submit --timeout)', () => {
+    expect(parseDuration('90', 's')).toBe(90_000);
+    expect(parseDuration('90')).toBe(90);
+    expect(parseDuration('-1', 's')).toBeNaN();
+  });
+
+  it('help shows defaults the same way', () => {
+    const help = describeFields({ A_MS: { kind: 'integer', unit: 'ms', min: 1, max: 1e9, default: 30_000, help: 'wait' }, B_BYTES: { kind: 'integer', unit: 'bytes', min: 1, max: 1e12, default: 512 * 1024 ** 2, help: 'cap' } });
+    expect(help).toBe('  A_MS     wait (default: 30s)\n  B_BYTES  cap (default: 512Mi)');
   });
 });
