@@ -326,7 +326,11 @@ async function follow(
         const tags = run.tags;
         if (run.info.status === 'FINISHED') return { kind: 'finished', run, experimentId };
         if (tags[RUN_TAG.outcome] === 'dead-lettered') return { kind: 'dead-lettered', reason: tags[RUN_TAG.error] ?? 'unknown', run };
-        note(run.info.status === 'RUNNING' ? `running (run ${run.info.run_id})` : `${run.info.status.toLowerCase()}, ${tags[RUN_TAG.outcome] ?? 'waiting'}: ${tags[RUN_TAG.error] ?? ''}`);
+        // A long run's progress steps (worker/progress.ts): rows done and the rate, as they come.
+        const rows = run.metrics['rows'];
+        const rate = run.metrics['rows_per_second'];
+        const done = rows !== undefined ? `: ${rows} rows${rate !== undefined ? `, ${Math.round(rate)} rows/s` : ''}` : '';
+        note(run.info.status === 'RUNNING' ? `running (run ${run.info.run_id})${done}` : `${run.info.status.toLowerCase()}, ${tags[RUN_TAG.outcome] ?? 'waiting'}: ${tags[RUN_TAG.error] ?? ''}`);
       } else {
         // A request refused before it had a run is known only from the worker's notice.
         const notice = notices(requestId);

@@ -29,6 +29,7 @@ export const WORKER_ENV = {
   KMJ_MAX_DATASET_BYTES: { kind: 'integer', unit: 'bytes', min: 1024, max: 64 * 1024 ** 3, default: 512 * 1024 * 1024, help: 'largest dataset' },
   KMJ_MAX_DATASET_ROWS: { kind: 'integer', min: 1, max: 1_000_000_000, default: 10_000_000, help: 'most dataset rows' },
   KMJ_MAX_MODEL_BYTES: { kind: 'integer', unit: 'bytes', min: 1024, max: 64 * 1024 ** 3, default: 1024 * 1024 * 1024, help: 'largest model directory' },
+  KMJ_WORKER_PROGRESS_INTERVAL_MS: { kind: 'integer', unit: 'ms', min: 100, max: 3_600_000, default: 10_000, help: 'log progress and record rows and rows_per_second steps this often' },
   KMJ_BATCH_ROWS: { kind: 'integer', min: 1, max: 1_000_000, default: 16384, help: 'rows per inference call' },
   KMJ_ONNX_THREADS: { kind: 'integer', min: 0, max: 256, default: 0, help: 'onnxruntime intra-op threads (0: onnxruntime decides)' },
   KMJ_MLFLOW_USER: { kind: 'string', help: 'mlflow.user tag (default: the OS user)' },
@@ -61,6 +62,7 @@ export interface WorkerConfig {
   readonly maxDatasetRows: number;
   readonly maxModelBytes: number;
   readonly batchRows: number;
+  readonly progressIntervalMs: number;
   readonly onnxThreads: number;
   readonly mlflowUser: string;
   readonly podName: string | undefined;
@@ -108,6 +110,7 @@ export function loadWorkerConfig(env: RawInput, flags: { queue?: string } = {}):
     maxDatasetRows: v.KMJ_MAX_DATASET_ROWS,
     maxModelBytes: v.KMJ_MAX_MODEL_BYTES,
     batchRows: v.KMJ_BATCH_ROWS,
+    progressIntervalMs: v.KMJ_WORKER_PROGRESS_INTERVAL_MS,
     onnxThreads: v.KMJ_ONNX_THREADS,
     mlflowUser: v.KMJ_MLFLOW_USER ?? osUser(),
     podName: v.KUBERNETES_POD_NAME,

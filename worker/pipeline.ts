@@ -33,6 +33,7 @@ import { MlflowRunStore, type DeliveryInfo, type RunResults, type RunStore } fro
 import { ClassificationScorer, RegressionScorer, type Scorer } from './scores.ts';
 import { SpoolRunStore } from './spool.ts';
 import { RUN_TAG } from '../common/run-tags.ts';
+import { Progress } from './progress.ts';
 
 /** What the consumer must do with the message. */
 export interface Outcome {
@@ -379,6 +380,7 @@ async function runOnce(
     const writer = new PredictionsWriter(file, format, model.outputNames, req.labelColumn);
     let inferenceMs = 0;
     let rows = 0;
+    const progress = new Progress({ log, intervalMs: config.progressIntervalMs, report: (metrics) => store.progress(metrics, signal) });
     const allowNonFinite = req.dataset.nonFinite === 'allow';
     let nonFinite = 0;
     try {
@@ -407,6 +409,7 @@ async function runOnce(
           }
           await writer.write(outputs, batch.firstRow, batch.length, labels);
           rows += batch.length;
+          progress.batch(rows, dataset.progress());
         }
       } finally {
         // On an early exit the read ahead is abandoned: observe it, then close the reader.
@@ -418,6 +421,7 @@ async function runOnce(
       writer.destroy();
       throw err;
     }
+    await progress.settle();
     const processingSeconds = (performance.now() - processingStart) / 1000;
     log.debug({ rows, seconds: processingSeconds }, 'predictions written');
     const summary = dataset.summary();
@@ -434,7 +438,9 @@ async function runOnce(
       ...(scorer ? scorer.metrics() : {}),
       ...(allowNonFinite ? { non_finite_values: nonFinite } : {}),
     };
-    const metrics: Metric[] = Object.entries(values).map(([key, value]) => ({ key, value, timestamp: now, step: 0 }));
+    // rows and rows_per_second end their series of progress steps; the rest have one value.
+    const last = progress.steps + 1;
+    const metrics: Metric[] = Object.entries(values).map(([key, value]) => ({ key, value, timestamp: now, step: key === 'rows' || key === 'rows_per_second' ? last : 0 }));
     const tags: KeyValue[] = [
       { key: RUN_TAG.batchRows, value: String(config.batchRows) },
       { key: RUN_TAG.modelKind, value: model.kind },

@@ -40,6 +40,8 @@ export interface RunStore {
   /** Finds or makes the request's run; 'finished' when it already has a FINISHED one. */
   begin(signal: AbortSignal): Promise<'finished' | 'started'>;
   complete(results: RunResults, signal: AbortSignal): Promise<void>;
+  /** Metric steps while the run runs (rows done, rows per second); best effort. */
+  progress(metrics: readonly Metric[], signal: AbortSignal): Promise<void>;
   /** Marks the run (if any) with a status and the error; best effort, done or given up when `signal` aborts. */
   fail(status: 'FAILED' | 'KILLED', error: string, outcome: 'dead-lettered' | 'requeued', log: Logger, signal: AbortSignal): Promise<void>;
 }
@@ -191,6 +193,11 @@ export class MlflowRunStore implements RunStore {
   #createOnce(experimentId: string, signal: AbortSignal): Promise<RunInfo> {
     const req = this.#req;
     return createRunSafely(this.#t, experimentId, req.requestId, req.runName ?? req.requestId, runTags(req, this.#config, this.#delivery, this.#workerVersion), Date.now(), signal, this.#log);
+  }
+
+  async progress(metrics: readonly Metric[], signal: AbortSignal): Promise<void> {
+    const runId = this.#run?.run_id;
+    if (runId !== undefined) await this.#t.logBatch(runId, { metrics }, signal);
   }
 
   async complete(results: RunResults, signal: AbortSignal): Promise<void> {

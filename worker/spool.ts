@@ -89,6 +89,11 @@ export class SpoolRunStore implements RunStore {
     return 'started';
   }
 
+  /** The spool keeps the final figures only: a replayed run has no steps to plot. */
+  async progress(): Promise<void> {
+    // nothing: see above
+  }
+
   async complete(results: RunResults): Promise<void> {
     const req = this.#req;
     const partial = join(this.#dir, `.partial-${req.requestId}-${randomUUID().slice(0, 8)}`);

@@ -50,6 +50,8 @@ export interface OpenedDataset {
   batches(batchRows: number, wants: ColumnWants): AsyncGenerator<DatasetBatch>;
   /** Valid after `batches` has been iterated to the end. */
   summary(): DatasetSummary;
+  /** How far reading has got: bytes so far, and the whole size when the source said it. */
+  progress(): { readonly bytes: number; readonly totalBytes: number | undefined };
 }
 
 function formatOf(uri: string, given: DataFormat | undefined): DataFormat {
@@ -77,6 +79,8 @@ interface ByteSource {
   readonly name: string;
   /** Releases the underlying response when iteration stops early. */
   readonly release: () => void;
+  /** The size, when the file system or the server said it. */
+  readonly totalBytes?: number;
 }
 
 async function openLocal(uri: string, limits: DatasetLimits): Promise<ByteSource> {
@@ -95,7 +99,7 @@ async function openLocal(uri: string, limits: DatasetLimits): Promise<ByteSource
   if (!st.isFile()) throw new PermanentError(`dataset.uri: ${raw} is not a file`, { field: 'dataset.uri' });
   if (st.size > limits.maxBytes) throw new PermanentError(`dataset: ${raw} is ${st.size} bytes, more than the limit of ${limits.maxBytes}`, { field: 'dataset' });
   const stream = createReadStream(real, { highWaterMark: 256 * 1024 });
-  return { stream, sourceType: 'local', source: JSON.stringify({ uri: raw }), name: basename(raw), release: () => stream.destroy() };
+  return { stream, sourceType: 'local', source: JSON.stringify({ uri: raw }), name: basename(raw), release: () => stream.destroy(), totalBytes: st.size };
 }
 
 async function openHttp(uri: string, limits: DatasetLimits, signal: AbortSignal): Promise<ByteSource> {
@@ -117,7 +121,14 @@ async function openHttp(uri: string, limits: DatasetLimits, signal: AbortSignal)
     throw new PermanentError(`dataset: ${uri} is ${len} bytes, more than the limit of ${limits.maxBytes}`, { field: 'dataset' });
   }
   const u = new URL(uri);
-  return { stream: res.body, sourceType: 'http', source: JSON.stringify({ url: displayUrl(uri) }), name: basename(u.pathname) || u.hostname, release: () => res.body.destroy() };
+  return {
+    stream: res.body,
+    sourceType: 'http',
+    source: JSON.stringify({ url: displayUrl(uri) }),
+    name: basename(u.pathname) || u.hostname,
+    release: () => res.body.destroy(),
+    ...(Number.isFinite(len) ? { totalBytes: len } : {}),
+  };
 }
 
 async function openArtifact(uri: string, tracking: MlflowTracking, limits: DatasetLimits, signal: AbortSignal): Promise<ByteSource> {
@@ -142,7 +153,14 @@ async function openArtifact(uri: string, tracking: MlflowTracking, limits: Datas
     opened.stream.destroy();
     throw new PermanentError(`dataset: ${uri} is ${opened.length} bytes, more than the limit of ${limits.maxBytes}`, { field: 'dataset' });
   }
-  return { stream: opened.stream, sourceType: 'mlflow-artifacts', source: JSON.stringify({ uri }), name: basename(artifactUri), release: () => opened.stream.destroy() };
+  return {
+    stream: opened.stream,
+    sourceType: 'mlflow-artifacts',
+    source: JSON.stringify({ uri }),
+    name: basename(artifactUri),
+    release: () => opened.stream.destroy(),
+    ...(opened.length !== undefined ? { totalBytes: opened.length } : {}),
+  };
 }
 
 function mlflowType(v: unknown): 'long' | 'double' | 'string' | 'boolean' {
@@ -327,6 +345,7 @@ function streamDataset(src: ByteSource, format: DataFormat, name: string, limits
       // From the first SAMPLE_ROWS rows, read by now.
       columnTypes: format === 'csv' ? guessTypes(csv.header ?? [], csv.sample) : guessTypes(jsonColumns ?? [], jsonSample),
     }),
+    progress: () => ({ bytes, totalBytes: src.totalBytes }),
   };
 }
 
@@ -351,5 +370,6 @@ function inlineDataset(req: InferenceRequest): OpenedDataset {
       columns,
       columnTypes: guessTypes(columns, matrix.slice(0, SAMPLE_ROWS)),
     }),
+    progress: () => ({ bytes: canonical.length, totalBytes: canonical.length }),
   };
 }
