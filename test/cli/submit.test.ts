@@ -440,15 +440,27 @@ describe('kmj submit --wait', () => {
     expect(await queueState(queue)).toEqual({ messages: 0, consumers: 0 });
   });
 
-  it('shows the row count of a 100000-row dataset as 100000', { timeout: 90_000 }, async () => {
+  it('a 100000-row dataset: the worker logs its progress and records it as metric steps; the row count is 100000', { timeout: 90_000 }, async () => {
     const queue = await cleanups.requestQueue();
-    const w = worker(queue);
+    const w = worker(queue, { KMJ_WORKER_PROGRESS_INTERVAL_MS: '50', KMJ_BATCH_ROWS: '2000' });
     const big = f.bigDataset['100000'] ?? '';
     expect(big).toMatch(/iris-100000\.csv$/);
     const result = await submit(['--queue', queue, '--model', MODEL, '--dataset', big, '--label-column', f.label, '--wait', '--timeout', '80'], { MLFLOW_TRACKING_URI: MLFLOW_URL });
-    expect((await w.done).code).toBe(0);
+    const done = await w.done;
+    expect(done.code).toBe(0);
     expect(result.code, result.stderr).toBe(SUBMIT_EXIT.OK);
     expect(lines(result.stdout)[2]).toBe(`  ${'rows'.padEnd(24)} 100000`);
+    // Progress lines: rows rising, a rate, percent and time left (a local file's size is known).
+    const progress = done.stderr.split('\n').filter((l) => l.includes('"msg":"progress"')).map((l) => JSON.parse(l) as { rows: number; rowsPerSecond: number; percent: number; etaSeconds: number });
+    expect(progress.length).toBeGreaterThan(0);
+    expect(progress.every((p) => p.rows > 0 && p.rows < 100_000 && p.rowsPerSecond > 0 && p.percent > 0 && p.percent < 100 && p.etaSeconds >= 0)).toBe(true);
+    // The same as metric steps in MLflow, the final figure last.
+    const [run] = await runsOf(queue);
+    const res = await fetch(`${MLFLOW_URL}/api/2.0/mlflow/metrics/get-history?run_id=${run?.info.run_id}&metric_key=rows`);
+    const history = ((await res.json()) as { metrics: Array<{ value: number; step: number }> }).metrics.sort((a, b) => a.step - b.step);
+    expect(history.length).toBeGreaterThan(1);
+    expect(history.at(-1)).toMatchObject({ value: 100_000, step: history.length });
+    expect(history.map((m) => m.value)).toEqual([...history.map((m) => m.value)].sort((a, b) => a - b));
   });
 
   it('a request the worker dead-letters after starting its run: exit 10 with the run and the reason', async () => {
