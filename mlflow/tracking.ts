@@ -20,6 +20,8 @@ export interface Metric {
   readonly value: number;
   readonly timestamp: number;
   readonly step: number;
+  /** MLflow 3: the logged model the metric is about; it then shows on that model's page. */
+  readonly model_id?: string;
 }
 export interface KeyValue {
   readonly key: string;
@@ -239,7 +241,8 @@ export class MlflowTracking {
     }
   }
 
-  async logInputs(runId: string, inputs: readonly DatasetInput[], signal: AbortSignal): Promise<void> {
+  /** The run's dataset inputs, and (MLflow 3) the logged models it used. */
+  async logInputs(runId: string, inputs: readonly DatasetInput[], signal: AbortSignal, modelIds: readonly string[] = []): Promise<void> {
     await this.http.api('runs/log-inputs', {
       method: 'POST',
       json: {
@@ -255,6 +258,7 @@ export class MlflowTracking {
             ...(d.profile !== undefined ? { profile: d.profile } : {}),
           },
         })),
+        ...(modelIds.length > 0 ? { models: modelIds.map((model_id) => ({ model_id })) } : {}),
       },
       signal,
     });

@@ -440,7 +440,10 @@ async function runOnce(
     };
     // rows and rows_per_second end their series of progress steps; the rest have one value.
     const last = progress.steps + 1;
-    const metrics: Metric[] = Object.entries(values).map(([key, value]) => ({ key, value, timestamp: now, step: key === 'rows' || key === 'rows_per_second' ? last : 0 }));
+    // The scores are about the model that ran: carried with its logged model's id, they show on
+    // that model's page in MLflow.
+    const modelMetric = resolved.modelId !== undefined ? { model_id: resolved.modelId } : {};
+    const metrics: Metric[] = Object.entries(values).map(([key, value]) => ({ key, value, timestamp: now, step: key === 'rows' || key === 'rows_per_second' ? last : 0, ...modelMetric }));
     const tags: KeyValue[] = [
       { key: RUN_TAG.batchRows, value: String(config.batchRows) },
       { key: RUN_TAG.modelKind, value: model.kind },
@@ -461,6 +464,7 @@ async function runOnce(
           profile: JSON.stringify({ num_rows: summary.rows, num_elements: summary.rows * summary.columns.length }),
           context: 'inference',
         },
+        ...(resolved.modelId !== undefined ? { modelId: resolved.modelId } : {}),
         artifact: { file, path: `predictions/predictions.${format}`, contentType: contentTypeOf(file) },
         endTime: Date.now(),
     };

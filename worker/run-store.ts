@@ -28,6 +28,8 @@ export interface RunResults {
   readonly metrics: readonly Metric[];
   readonly tags: readonly KeyValue[];
   readonly input: DatasetInput;
+  /** The logged model that ran (ResolvedModel.modelId), when there is one. */
+  readonly modelId?: string;
   /** The predictions file and where it goes under the run's artifacts. */
   readonly artifact: { readonly file: string; readonly path: string; readonly contentType: string };
   readonly endTime: number;
@@ -209,7 +211,7 @@ export class MlflowRunStore implements RunStore {
     // Metrics, the dataset input and the artifact are independent; FINISHED comes after all three.
     await Promise.all([
       t.logBatch(run.run_id, { metrics: results.metrics, tags: results.tags }, signal),
-      t.logInputs(run.run_id, [results.input], signal),
+      t.logInputs(run.run_id, [results.input], signal, results.modelId !== undefined ? [results.modelId] : []),
       t.uploadArtifact(run.artifact_uri, results.artifact.path, results.artifact.file, results.artifact.contentType, signal),
     ]);
     this.#log.debug('results logged');

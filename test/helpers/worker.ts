@@ -240,6 +240,8 @@ export interface PythonRun {
   metrics: Record<string, number>;
   tags: Record<string, string>;
   inputs: Array<{ name: string; digest: string; source_type: string; source: string; schema: string; profile: string; tags: Record<string, string> }>;
+  /** The logged models the run used, and the metrics this run logged about each. */
+  model_inputs: Array<{ model_id: string; name: string; source_run_id: string; run_metrics: string[] }>;
   metric_history: Record<string, number[]>;
   artifacts: Record<string, string>;
 }

@@ -1,5 +1,6 @@
 """Reads an MLflow run back through the real Python client, as a user would, and prints it as JSON:
-info, params, metrics, tags, dataset inputs, and the text of every artifact under the run.
+info, params, metrics, tags, dataset inputs, the logged models it used (with the metrics this run
+logged about each, as the model's page shows them), and the text of every artifact under the run.
 
     python test/python/read_run.py <run_id>
 Uses MLFLOW_TRACKING_URI (and MLFLOW_TRACKING_USERNAME/PASSWORD) from the environment.
@@ -13,6 +14,16 @@ import warnings
 warnings.filterwarnings("ignore")
 import mlflow  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
+
+
+def model_input(client, model_id, run_id):
+    lm = client.get_logged_model(model_id)
+    return {
+        "model_id": lm.model_id,
+        "name": lm.name,
+        "source_run_id": lm.source_run_id,
+        "run_metrics": sorted({m.key for m in (lm.metrics or []) if m.run_id == run_id}),
+    }
 
 
 def main():
@@ -52,6 +63,7 @@ def main():
             }
             for di in run.inputs.dataset_inputs
         ],
+        "model_inputs": [model_input(client, mi.model_id, run_id) for mi in run.inputs.model_inputs or []],
         "metric_history": {k: [m.value for m in client.get_metric_history(run_id, k)] for k in run.data.metrics},
         "artifacts": artifacts,
     }

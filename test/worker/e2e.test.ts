@@ -42,6 +42,12 @@ describe('a request end to end', () => {
     expect(runs).toHaveLength(1);
     const run = await readRunWithPython(runs[0]?.info.run_id ?? '');
     expect(run.info.status).toBe('FINISHED');
+    // The run names the logged model of the registry version it ran (MLflow 3), and its scores
+    // are on that model's page, as an evaluation run's would be.
+    expect(run.model_inputs).toHaveLength(1);
+    expect(run.model_inputs[0]).toMatchObject({ name: 'model', source_run_id: f.models['classifier']?.runId });
+    expect(run.model_inputs[0]?.model_id).toMatch(/^m-[0-9a-f]+$/);
+    expect(run.model_inputs[0]?.run_metrics).toEqual(expect.arrayContaining(['accuracy_score', 'rows']));
     expect(run.info.run_name).toBe('iris-check');
     expect(run.info.end_time).toBeGreaterThanOrEqual(run.info.start_time);
     expect(run.params).toEqual({

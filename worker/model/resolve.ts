@@ -28,6 +28,12 @@ export interface ResolvedModel {
   readonly cacheKey: string;
   readonly name?: string;
   readonly version?: string;
+  /**
+   * The MLflow 3 logged model these files are (a registry version made from one, a models:/m-…
+   * URI, a run's logged model): the run that used it names it as an input, so the run shows on
+   * the model's page as an evaluation run would.
+   */
+  readonly modelId?: string;
 }
 
 const REGISTRY = /^models:\/([^/@]+)(?:@([^/@]+)|\/([^/@]+))$/;
@@ -168,21 +174,27 @@ export async function resolveModel(uri: string, tracking: MlflowTracking, signal
       throw new PermanentError(`model: ${JSON.stringify(uri)} names stage or version ${JSON.stringify(version)}; use models:/<name>/<version>, models:/<name>@<alias> or models:/<name>/latest`, { field: 'model' });
     }
     let artifactUri: string;
+    let modelId: string | undefined;
     try {
-      const r = await tracking.http.api<{ artifact_uri: string }>('model-versions/get-download-uri', { method: 'GET', query: { name, version }, signal });
-      artifactUri = r.artifact_uri;
+      // The files, and the logged model the version was made from (MLflow 3; none before).
+      const [download, got] = await Promise.all([
+        tracking.http.api<{ artifact_uri: string }>('model-versions/get-download-uri', { method: 'GET', query: { name, version }, signal }),
+        tracking.http.api<{ model_version: { model_id?: string } }>('model-versions/get', { method: 'GET', query: { name, version }, signal }),
+      ]);
+      artifactUri = download.artifact_uri;
+      modelId = got.model_version.model_id || undefined;
     } catch (err) {
       if (notFound(err)) throw new PermanentError(`model: registered model ${JSON.stringify(name)} version ${version} does not exist`, { field: 'model', cause: err });
       throw err;
     }
-    return { artifactUri: requireProxy(artifactUri, `${name} version ${version}`), cacheKey: registryKey(name, version), name, version };
+    return { artifactUri: requireProxy(artifactUri, `${name} version ${version}`), cacheKey: registryKey(name, version), name, version, ...(modelId !== undefined ? { modelId } : {}) };
   }
   const logged = LOGGED_MODEL.exec(uri);
   if (logged) {
     const modelId = logged[1] ?? '';
     try {
       const r = await tracking.http.api<{ model: { info: LoggedModelInfo } }>(`logged-models/${modelId}`, { method: 'GET', signal });
-      return { artifactUri: requireProxy(r.model.info.artifact_uri, `logged model ${modelId}`), cacheKey: loggedKey(modelId) };
+      return { artifactUri: requireProxy(r.model.info.artifact_uri, `logged model ${modelId}`), cacheKey: loggedKey(modelId), modelId };
     } catch (err) {
       if (notFound(err)) throw new PermanentError(`model: logged model ${modelId} does not exist`, { field: 'model', cause: err });
       throw err;
@@ -204,7 +216,7 @@ export async function resolveModel(uri: string, tracking: MlflowTracking, signal
     const artifactUri = model
       ? [model.artifact_uri.replace(/\/+$/, ''), ...rest].join('/')
       : `${info.artifact_uri.replace(/\/+$/, '')}/${path}`;
-    return { artifactUri: requireProxy(artifactUri, `run ${runId}`), cacheKey: runsKey(runId, path) };
+    return { artifactUri: requireProxy(artifactUri, `run ${runId}`), cacheKey: runsKey(runId, path), ...(model ? { modelId: model.model_id } : {}) };
   }
   if (uri.startsWith('mlflow-artifacts:')) return artifactModel(uri);
   throw new PermanentError(`model: ${JSON.stringify(uri)} is not a models:/, runs:/ or mlflow-artifacts: URI of a form the worker knows`, { field: 'model' });
