@@ -68,7 +68,7 @@ function pairs(flag: string, values: readonly string[] | undefined): Record<stri
   const out: Record<string, string> = {};
   for (const v of values ?? []) {
     const eq = v.indexOf('=');
-    if (eq <= 0) throw new ConfigError('submit', [`${flag}: ${JSON.stringify(v)} must be key=value`]);
+    if (eq <= 0) throw new UsageError([`${flag}: ${JSON.stringify(v)} must be key=value`]);
     out[v.slice(0, eq)] = v.slice(eq + 1);
   }
   return out;

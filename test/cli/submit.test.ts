@@ -442,7 +442,7 @@ describe('kmj submit --wait', () => {
 
   it('a 100000-row dataset: the worker logs its progress and records it as metric steps; the row count is 100000', { timeout: 90_000 }, async () => {
     const queue = await cleanups.requestQueue();
-    const w = worker(queue, { KMJ_WORKER_PROGRESS_INTERVAL_MS: '50', KMJ_BATCH_ROWS: '2000' });
+    const w = worker(queue, { KMJ_WORKER_PROGRESS_INTERVAL_MS: '100', KMJ_BATCH_ROWS: '2000' });
     const big = f.bigDataset['100000'] ?? '';
     expect(big).toMatch(/iris-100000\.csv$/);
     const result = await submit(['--queue', queue, '--model', MODEL, '--dataset', big, '--label-column', f.label, '--wait', '--timeout', '80'], { MLFLOW_TRACKING_URI: MLFLOW_URL });

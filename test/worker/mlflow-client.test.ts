@@ -710,6 +710,7 @@ describe('loadWorkerConfig', () => {
       maxDatasetRows: 10_000_000,
       maxModelBytes: 1024 * 1024 * 1024,
       batchRows: 16384,
+      progressIntervalMs: 10_000,
       onnxThreads: 0,
       mlflowUser: expect.any(String),
       podName: undefined,

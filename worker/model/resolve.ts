@@ -179,10 +179,12 @@ export async function resolveModel(uri: string, tracking: MlflowTracking, signal
       // The files, and the logged model the version was made from (MLflow 3; none before).
       const [download, got] = await Promise.all([
         tracking.http.api<{ artifact_uri: string }>('model-versions/get-download-uri', { method: 'GET', query: { name, version }, signal }),
-        tracking.http.api<{ model_version: { model_id?: string } }>('model-versions/get', { method: 'GET', query: { name, version }, signal }),
+        tracking.http.api<{ model_version: { model_id?: string; source?: string } }>('model-versions/get', { method: 'GET', query: { name, version }, signal }),
       ]);
       artifactUri = download.artifact_uri;
-      modelId = got.model_version.model_id || undefined;
+      // MLflow 3 names it as model_id, or (3.x's REST answer) only as the version's source,
+      // models:/m-<id>.
+      modelId = got.model_version.model_id || LOGGED_MODEL.exec(got.model_version.source ?? '')?.[1] || undefined;
     } catch (err) {
       if (notFound(err)) throw new PermanentError(`model: registered model ${JSON.stringify(name)} version ${version} does not exist`, { field: 'model', cause: err });
       throw err;
