@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# Start, stop or check a Kafka broker on loopback for tests and benchmarks: Kafka 4 in KRaft mode
+# (one process, broker and controller), from the Maven Central jars, with the machine's Java 17.
+#
+#   scripts/kafka.sh start    idempotent: leaves a broker that already answers alone
+#   scripts/kafka.sh stop     stops the broker this checkout started (by PID)
+#   scripts/kafka.sh status
+#
+# Listeners, all on 127.0.0.1:
+#   19092  PLAINTEXT
+#   19093  CONTROLLER (KRaft)
+#   19094  SASL_PLAINTEXT with PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512
+# SASL users, made when the storage is formatted: kmj / kmj-secret (PLAIN and both SCRAMs).
+#
+# The jars are fetched once per machine into ${KMJ_KAFKA_CACHE:-/var/cache/keda-ml-jobs/kafka}/V/
+# with `mvn dependency:copy-dependencies` (Maven Central is reachable here), slf4j-api pinned to 2.x
+# (Maven picks 1.7 otherwise and the broker's log goes silent). State and log: .run/kafka/.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+version=${KMJ_KAFKA_VERSION:-4.4.0}
+cache="${KMJ_KAFKA_CACHE:-/var/cache/keda-ml-jobs/kafka}/$version"
+base="$KMJ_RUN/kafka"
+port=19092
+user=kmj
+password=kmj-secret
+
+fetch_jars() {
+  [ -f "$cache/stamp" ] && return 0
+  command -v mvn >/dev/null || die "mvn is needed to fetch the Kafka jars from Maven Central (apt-get install maven)"
+  say "fetching Kafka $version jars from Maven Central into $cache (once per machine, ~30 s)"
+  local work
+  work=$(mktemp -d)
+  cat >"$work/pom.xml" <<EOF
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>keda-ml-jobs</groupId><artifactId>kafka-runtime</artifactId><version>1</version>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId><version>$version</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-core</artifactId><version>2.24.3</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j2-impl</artifactId><version>2.24.3</version></dependency>
+    <dependency><groupId>org.slf4j</groupId><artifactId>slf4j-api</artifactId><version>2.0.17</version></dependency>
+  </dependencies>
+</project>
+EOF
+  mkdir -p "$cache"
+  (cd "$work" && mvn -q -B dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$cache/libs.partial") >&2
+  rm -rf "$cache/libs"
+  mv "$cache/libs.partial" "$cache/libs"
+  rm -rf "$work"
+  touch "$cache/stamp"
+}
+
+write_config() {
+  mkdir -p "$base/data"
+  cat >"$base/server.properties" <<EOF
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:19093
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:19093,SASL_PLAINTEXT://127.0.0.1:19094
+advertised.listeners=PLAINTEXT://127.0.0.1:$port,SASL_PLAINTEXT://127.0.0.1:19094
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512
+listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$user="$password";
+listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+log.dirs=$base/data
+num.partitions=1
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=false
+EOF
+}
+
+java_kafka() {
+  java -Xms256m -Xmx512m -Dlog4j2.configurationFile="$base/log4j2.properties" -cp "$cache/libs/*" "$@"
+}
+
+case "${1:-start}" in
+  start)
+    if port_open 127.0.0.1 "$port"; then
+      say "Kafka already answers on 127.0.0.1:$port"
+      exit 0
+    fi
+    command -v java >/dev/null || die "java (17 or later) is needed for the Kafka broker"
+    fetch_jars
+    write_config
+    printf 'rootLogger.level=INFO\nrootLogger.appenderRef.f.ref=F\nappender.f.type=File\nappender.f.name=F\nappender.f.fileName=%s\nappender.f.layout.type=PatternLayout\nappender.f.layout.pattern=[%%d] %%p %%m (%%c)%%n\n' "$base/server.log" >"$base/log4j2.properties"
+    if [ ! -f "$base/data/meta.properties" ]; then
+      cid=$(java_kafka kafka.tools.StorageTool random-uuid)
+      java_kafka kafka.tools.StorageTool format -t "$cid" -c "$base/server.properties" \
+        --add-scram "SCRAM-SHA-256=[name=$user,password=$password]" \
+        --add-scram "SCRAM-SHA-512=[name=$user,password=$password]" >"$base/format.log" 2>&1 ||
+        { tail -5 "$base/format.log" >&2; die "formatting the Kafka storage failed"; }
+    fi
+    say "starting Kafka $version (KRaft) on 127.0.0.1:$port, SASL on 19094"
+    nohup java -Xms256m -Xmx512m -Dlog4j2.configurationFile="$base/log4j2.properties" -cp "$cache/libs/*" kafka.Kafka "$base/server.properties" >"$base/stdout.log" 2>&1 &
+    echo $! >"$base/pid"
+    for ((i = 0; i < 120; i++)); do
+      if grep -q "Kafka Server started" "$base/server.log" 2>/dev/null && port_open 127.0.0.1 "$port"; then
+        say "Kafka is up"
+        exit 0
+      fi
+      kill -0 "$(cat "$base/pid")" 2>/dev/null || { tail -20 "$base/stdout.log" "$base/server.log" >&2 2>/dev/null; die "Kafka exited while starting"; }
+      sleep 0.5
+    done
+    tail -20 "$base/server.log" >&2 2>/dev/null || true
+    die "Kafka did not start within 60 s"
+    ;;
+  stop)
+    if [ -f "$base/pid" ]; then
+      pid=$(cat "$base/pid")
+      kill "$pid" 2>/dev/null || true
+      for ((i = 0; i < 60; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+      kill -9 "$pid" 2>/dev/null || true
+      rm -f "$base/pid"
+      say "Kafka stopped"
+    fi
+    ;;
+  status)
+    if port_open 127.0.0.1 "$port"; then echo "Kafka answers on 127.0.0.1:$port"; else echo "Kafka is not running"; exit 1; fi
+    ;;
+  *)
+    die "usage: scripts/kafka.sh start|stop|status"
+    ;;
+esac
