@@ -80,6 +80,11 @@ interface Setup {
   readonly trigger: (queue: string, deployed: Json) => Json;
 }
 
+/** KEDA's own RabbitMQ trigger over AMQP: QueueLength, one message per Job. */
+function builtinTrigger(queue: string): Json {
+  return { type: 'rabbitmq', metadata: { protocol: 'amqp', queueName: queue, mode: 'QueueLength', value: '1' }, authenticationRef: { name: BUILTIN_AUTH } };
+}
+
 const SETUPS: readonly Setup[] = [
   {
     name: 'ours',
@@ -90,12 +95,12 @@ const SETUPS: readonly Setup[] = [
   {
     name: 'builtin-accurate',
     strategy: 'accurate',
-    trigger: (queue) => ({ type: 'rabbitmq', metadata: { protocol: 'amqp', queueName: queue, mode: 'QueueLength', value: '1' }, authenticationRef: { name: BUILTIN_AUTH } }),
+    trigger: builtinTrigger,
   },
   {
     name: 'builtin-default',
     strategy: 'default',
-    trigger: (queue) => ({ type: 'rabbitmq', metadata: { protocol: 'amqp', queueName: queue, mode: 'QueueLength', value: '1' }, authenticationRef: { name: BUILTIN_AUTH } }),
+    trigger: builtinTrigger,
   },
 ];
 

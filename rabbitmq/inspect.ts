@@ -5,10 +5,11 @@
  * missing queue fails with 404 NOT_FOUND and closes the channel it ran on, never the connection.
  *
  * `checkQueues`: one look at a few queues on a connection the caller owns (the worker at start,
- * `kmj status`). `AmqpQueueInspector`: the scaler's long-lived reader. One connection per broker URL (connection alias + vhost), a bounded pool of channels, and a
- * passive declare of a missing queue closing only the channel it ran on (404 NOT_FOUND): that
- * channel is thrown away and the next read opens a fresh one, so every other queue keeps being
- * served. When the connection drops, reads fail at once with UNAVAILABLE while reconnects run with
+ * `kmj status`).
+ *
+ * `AmqpQueueInspector`: the scaler's long-lived reader. One connection per broker URL (connection
+ * alias + vhost), a bounded pool of channels; a channel a 404 closed is thrown away and the next
+ * read opens a fresh one, so every other queue keeps being served. When the connection drops, reads fail at once with UNAVAILABLE while reconnects run with
  * capped exponential backoff; the first read after the broker's return reconnects.
  */
 import { connect, type Channel, type ChannelModel } from 'amqplib';

@@ -78,9 +78,8 @@ auto.create.topics.enable=false
 EOF
 }
 
-java_kafka() {
-  java -Xms256m -Xmx512m -Dlog4j2.configurationFile="$base/log4j2.properties" -cp "$cache/libs/*" "$@"
-}
+# The broker's JVM, for the storage tool and the broker alike.
+java_kafka=(java -Xms256m -Xmx512m -Dlog4j2.configurationFile="$base/log4j2.properties" -cp "$cache/libs/*")
 
 case "${1:-start}" in
   start)
@@ -93,14 +92,14 @@ case "${1:-start}" in
     write_config
     printf 'rootLogger.level=INFO\nrootLogger.appenderRef.f.ref=F\nappender.f.type=File\nappender.f.name=F\nappender.f.fileName=%s\nappender.f.layout.type=PatternLayout\nappender.f.layout.pattern=[%%d] %%p %%m (%%c)%%n\n' "$base/server.log" >"$base/log4j2.properties"
     if [ ! -f "$base/data/meta.properties" ]; then
-      cid=$(java_kafka kafka.tools.StorageTool random-uuid)
-      java_kafka kafka.tools.StorageTool format -t "$cid" -c "$base/server.properties" \
+      cid=$("${java_kafka[@]}" kafka.tools.StorageTool random-uuid)
+      "${java_kafka[@]}" kafka.tools.StorageTool format -t "$cid" -c "$base/server.properties" \
         --add-scram "SCRAM-SHA-256=[name=$user,password=$password]" \
         --add-scram "SCRAM-SHA-512=[name=$user,password=$password]" >"$base/format.log" 2>&1 ||
         { tail -5 "$base/format.log" >&2; die "formatting the Kafka storage failed"; }
     fi
     say "starting Kafka $version (KRaft) on 127.0.0.1:$port, SASL on 19094"
-    nohup java -Xms256m -Xmx512m -Dlog4j2.configurationFile="$base/log4j2.properties" -cp "$cache/libs/*" kafka.Kafka "$base/server.properties" >"$base/stdout.log" 2>&1 &
+    nohup "${java_kafka[@]}" kafka.Kafka "$base/server.properties" >"$base/stdout.log" 2>&1 &
     echo $! >"$base/pid"
     for ((i = 0; i < 120; i++)); do
       if grep -q "Kafka Server started" "$base/server.log" 2>/dev/null && port_open 127.0.0.1 "$port"; then
