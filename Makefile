@@ -51,6 +51,7 @@ services:
 	scripts/rabbitmq.sh start
 	scripts/mlflow.sh start
 	scripts/mlflow.sh start kmj-auth 5001 basic
+	scripts/kafka.sh start
 	scripts/fixtures.sh --big-rows 100000
 
 # A real single-node Kubernetes with the real KEDA operator (binaries built once per machine, ~20 min

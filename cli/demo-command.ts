@@ -19,6 +19,7 @@ import { ConfigError } from '../common/config.ts';
 import { createLogger } from '../common/log.ts';
 import { PACKAGE_ROOT } from '../common/paths.ts';
 import { deadLetterQueueOf, deadLetterReason } from '../rabbitmq/topology.ts';
+import { DEFAULT_RABBITMQ_URL } from '../rabbitmq/settings.ts';
 import { startScaler } from '../scaler/app.ts';
 import { ScalerClient, defaultStrategyJobs } from '../scaler/client.ts';
 import { loadScalerConfig } from '../scaler/config.ts';
@@ -163,7 +164,7 @@ export async function runDemo(argv: readonly string[], ctx: CommandContext): Pro
   const out = (line: string): boolean => ctx.stdout.write(`${line}\n`);
 
   const config = loadScalerConfig({ ...ctx.env, KMJ_SCALER_HOST: '127.0.0.1', KMJ_SCALER_PORT: '0', KMJ_SCALER_METRICS_PORT: '0' });
-  const amqpUrl = config.sources.rabbitmq.connections.get('default')?.amqpUrl ?? '';
+  const amqpUrl = ctx.env['RABBITMQ_URL'] || DEFAULT_RABBITMQ_URL;
   const scaler = await startScaler(config, log);
   const client = new ScalerClient(`127.0.0.1:${scaler.grpcPort}`);
   const queue = `kmj-demo-${Date.now().toString(36)}`;

@@ -2,15 +2,15 @@
 import { parseArgs } from 'node:util';
 import { describeFields } from '../common/fields.ts';
 import { createLogger } from '../common/log.ts';
-import { loadScalerConfig, SCALER_ENV } from '../scaler/config.ts';
+import { describeSources, loadScalerConfig, SCALER_ENV } from '../scaler/config.ts';
 import { startScaler } from '../scaler/app.ts';
 import type { CommandContext } from './context.ts';
 
 export const SCALER_HELP = `Usage: kmj scaler [--host <addr>] [--port <grpc port>] [--metrics-port <http port>]
 
 Runs the KEDA external scaler: a gRPC server speaking KEDA's externalscaler.proto (v2.20),
-grpc.health.v1 and reflection, that reports RabbitMQ queue backlogs from a cache kept fresh in
-the background. Prometheus metrics, /healthz and /readyz are served on the metrics port.
+grpc.health.v1 and reflection, that reports RabbitMQ queue backlogs and Kafka consumer-group lag
+from a cache kept fresh in the background. Prometheus metrics, /healthz and /readyz are served on the metrics port.
 
 Options:
   --host <addr>             listen address (KMJ_SCALER_HOST)
@@ -21,11 +21,7 @@ Options:
 Environment:
 ${describeFields(SCALER_ENV)}
 
-Trigger metadata (ScaledJob trigger of type external):
-  queueName (required), mode [backlog|ready|management] (default backlog), measure (management
-  mode: messages|publishRate|deliverRate), targetSize (default 1), activationThreshold
-  (default 0), vhost, connection (default "default"). See docs/scaler.md.
-`;
+${describeSources()}`;
 
 export async function runScaler(argv: readonly string[], ctx: CommandContext): Promise<number> {
   const { values } = parseArgs({

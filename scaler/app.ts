@@ -24,7 +24,7 @@ export interface RunningScaler {
 export async function startScaler(config: ScalerConfig, log: Logger): Promise<RunningScaler> {
   // The metrics read the store's views at scrape time; the store reports its reads to the metrics.
   const metrics = new ScalerMetrics(() => store.views());
-  const sources = createSources(config.sources, log);
+  const sources = createSources(config.sources, config.tuning, log);
   const triggers = new TriggerCompiler(sources);
   const store = new SnapshotStore(config.snapshots, log.child({ component: 'snapshots' }), metrics);
   const service = new ExternalScalerService(triggers, store);

@@ -1,17 +1,22 @@
 /**
  * The scaler's configuration: environment variables, with `--host`, `--port` and
- * `--metrics-port` flags on top. Broker credentials come from RABBITMQ_URL (the connection alias
- * "default") and from a JSON file of named connections, typically a mounted Secret.
+ * `--metrics-port` flags on top. Each source reads its own variables (RabbitMQ's alias "default"
+ * from RABBITMQ_URL, Kafka's from KAFKA_BROKERS) and its entries of a JSON file of named
+ * connections, typically a mounted Secret:
+ *
+ *     { "prod": { "amqpUrl": "amqps://…" }, "events": { "source": "kafka", "brokers": "…" } }
+ *
+ * An entry without `source` is RabbitMQ's. Aliases are unique across sources.
  */
 import { readConfig, readSettingFile, type FlagOverride } from '../common/config.ts';
-import { parseFields, type FieldSpecs, type RawInput } from '../common/fields.ts';
+import { describeFields, type FieldSpecs, type RawInput } from '../common/fields.ts';
 import { LOG_LEVELS, type LogLevel } from '../common/log.ts';
 import { messageOf } from '../common/redact.ts';
-import { CONNECTION_ALIAS, type RabbitConnection } from './sources/rabbitmq.ts';
 import type { TlsFiles } from './grpc-server.ts';
 import type { SnapshotOptions } from './snapshots.ts';
-import type { SourceSettings } from './sources/registry.ts';
-import { defaultManagementUrl, RABBITMQ_ENV } from '../rabbitmq/settings.ts';
+import { CONNECTION_ALIAS } from './sources/shared.ts';
+import { DEFAULT_SOURCE, SOURCES } from './sources/registry.ts';
+import type { BrokerTuning, ConfiguredSource } from './sources/source.ts';
 
 export const SCALER_ENV = {
   KMJ_SCALER_HOST: { kind: 'string', default: '0.0.0.0', help: 'address the gRPC and metrics servers listen on' },
@@ -23,15 +28,12 @@ export const SCALER_ENV = {
   KMJ_SCALER_READ_TIMEOUT_MS: { kind: 'integer', unit: 'ms', min: 100, max: 60_000, default: 3000, help: 'bound on one broker read' },
   KMJ_SCALER_FIRST_READ_WAIT_MS: { kind: 'integer', unit: 'ms', min: 0, max: 30_000, default: 2000, help: 'how long the first RPC of a new queue waits for its first read' },
   KMJ_SCALER_IDLE_TARGET_TTL_MS: { kind: 'integer', unit: 'ms', min: 1000, max: 86_400_000, default: 600_000, help: 'queues nobody asked about for this long stop being read' },
-  KMJ_SCALER_CHANNELS_PER_CONNECTION: { kind: 'integer', min: 1, max: 256, default: 8, help: 'AMQP channels per broker connection (concurrent passive declares)' },
   KMJ_SCALER_CONNECT_TIMEOUT_MS: { kind: 'integer', unit: 'ms', min: 100, max: 60_000, default: 3000, help: 'bound on opening a broker connection' },
   KMJ_SCALER_RECONNECT_MAX_BACKOFF_MS: { kind: 'integer', unit: 'ms', min: 100, max: 60_000, default: 2000, help: 'cap of the reconnect backoff' },
   KMJ_SCALER_TLS_CERT_FILE: { kind: 'string', help: 'PEM server certificate: serve gRPC over TLS' },
   KMJ_SCALER_TLS_KEY_FILE: { kind: 'string', help: 'PEM private key of the server certificate' },
   KMJ_SCALER_TLS_CLIENT_CA_FILE: { kind: 'string', help: 'PEM CA for client certificates: require mutual TLS' },
   KMJ_SCALER_CONNECTIONS_FILE: { kind: 'string', help: 'JSON file of named broker connections (a mounted Secret)' },
-  RABBITMQ_URL: { ...RABBITMQ_ENV.RABBITMQ_URL, help: 'broker of the connection alias "default"' },
-  RABBITMQ_MANAGEMENT_URL: { ...RABBITMQ_ENV.RABBITMQ_MANAGEMENT_URL, help: 'management API of "default" (default: RABBITMQ_URL host, port 15672, same credentials)' },
   LOG_LEVEL: { kind: 'enum', values: LOG_LEVELS, default: 'info', help: 'log level' },
 } as const satisfies FieldSpecs;
 
@@ -41,7 +43,9 @@ export interface ScalerConfig {
   readonly metricsPort: number;
   readonly logLevel: LogLevel;
   readonly snapshots: SnapshotOptions;
-  readonly sources: SourceSettings;
+  /** Every source of the registry, configured; by source name. */
+  readonly sources: ReadonlyMap<string, ConfiguredSource>;
+  readonly tuning: BrokerTuning;
   readonly tls: TlsFiles | undefined;
 }
 
@@ -51,49 +55,53 @@ export interface ScalerFlags {
   readonly metricsPort?: string;
 }
 
-const CONNECTION_FIELDS = {
-  amqpUrl: { kind: 'url', protocols: ['amqp', 'amqps'], required: true },
-  managementUrl: { kind: 'url', protocols: ['http', 'https'] },
-} as const satisfies FieldSpecs;
+const SETTING = 'KMJ_SCALER_CONNECTIONS_FILE';
 
-/** The management API URL implied by an AMQP URL: same host and credentials, port 15672 (15671 for amqps). */
-
-function readConnectionsFile(path: string, problems: string[]): Map<string, RabbitConnection> {
-  const out = new Map<string, RabbitConnection>();
-  const setting = 'KMJ_SCALER_CONNECTIONS_FILE';
-  const text = readSettingFile(setting, path, problems);
+/** The connections file's entries, by source name and alias, each without its `source` key. */
+function readConnectionsFile(path: string, problems: string[]): Map<string, Map<string, RawInput>> {
+  const out = new Map<string, Map<string, RawInput>>(SOURCES.map((d) => [d.name, new Map()]));
+  const text = readSettingFile(SETTING, path, problems);
   if (!text) return out;
   let doc: unknown;
   try {
     doc = JSON.parse(text.toString('utf8'));
   } catch (err) {
-    problems.push(`${setting}: ${JSON.stringify(path)} is not valid JSON: ${messageOf(err)}`);
+    problems.push(`${SETTING}: ${JSON.stringify(path)} is not valid JSON: ${messageOf(err)}`);
     return out;
   }
   if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) {
-    problems.push(`${setting}: ${JSON.stringify(path)} must hold an object of connection aliases`);
+    problems.push(`${SETTING}: ${JSON.stringify(path)} must hold an object of connection aliases`);
     return out;
   }
   for (const [alias, value] of Object.entries(doc)) {
+    const where = `${SETTING}: connection ${JSON.stringify(alias)}`;
     if (!CONNECTION_ALIAS.test(alias)) {
-      problems.push(`${setting}: connection alias ${JSON.stringify(alias)} must be lowercase letters, digits, ".", "_" and "-"`);
+      problems.push(`${SETTING}: connection alias ${JSON.stringify(alias)} must be lowercase letters, digits, ".", "_" and "-"`);
       continue;
     }
-    if (typeof value !== 'object' || value === null) {
-      problems.push(`${setting}: connection ${JSON.stringify(alias)} must be an object with amqpUrl`);
+    if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+      problems.push(`${where} must be an object of string settings`);
       continue;
     }
-    const raw: Record<string, string | undefined> = {};
-    for (const [k, v] of Object.entries(value)) {
-      if (!(k in CONNECTION_FIELDS)) problems.push(`${setting}: connection ${JSON.stringify(alias)}: unknown key ${JSON.stringify(k)} (allowed: amqpUrl, managementUrl)`);
-      else raw[k] = typeof v === 'string' ? v : undefined;
+    const entry = value as Record<string, unknown>;
+    const source = entry['source'] ?? DEFAULT_SOURCE;
+    const definition = SOURCES.find((d) => d.name === source);
+    if (!definition) {
+      problems.push(`${where}: source: ${JSON.stringify(source)} is not a source (allowed: ${SOURCES.map((d) => d.name).join(', ')})`);
+      continue;
     }
-    const parsed = parseFields(CONNECTION_FIELDS, raw, { nameOf: (k) => `${setting}: connection ${JSON.stringify(alias)}: ${k}` });
-    problems.push(...parsed.problems);
-    if (parsed.problems.length === 0) {
-      const { amqpUrl, managementUrl } = parsed.values;
-      out.set(alias, { amqpUrl, managementUrl: managementUrl ?? defaultManagementUrl(amqpUrl) });
+    const raw: Record<string, string> = {};
+    for (const [k, v] of Object.entries(entry)) {
+      if (k === 'source') continue;
+      if (!(k in definition.connectionFields)) {
+        problems.push(`${where}: unknown key ${JSON.stringify(k)} (allowed for ${definition.name}: source, ${Object.keys(definition.connectionFields).join(', ')})`);
+      } else if (typeof v !== 'string') {
+        problems.push(`${where}: ${k} must be a string`);
+      } else {
+        raw[k] = v;
+      }
     }
+    out.get(definition.name)?.set(alias, raw);
   }
   return out;
 }
@@ -104,7 +112,7 @@ export function loadScalerConfig(env: RawInput, flags: ScalerFlags = {}): Scaler
     KMJ_SCALER_PORT: flags.port !== undefined ? { flag: '--port', value: flags.port } : undefined,
     KMJ_SCALER_METRICS_PORT: flags.metricsPort !== undefined ? { flag: '--metrics-port', value: flags.metricsPort } : undefined,
   };
-  let connections = new Map<string, RabbitConnection>();
+  let sources = new Map<string, ConfiguredSource>();
   let tls: TlsFiles | undefined;
   const v = readConfig('scaler', SCALER_ENV, env, overrides, (c, problems) => {
     if (c.KMJ_SCALER_READ_TIMEOUT_MS >= c.KMJ_SCALER_MAX_SNAPSHOT_AGE_MS) {
@@ -129,13 +137,15 @@ export function loadScalerConfig(env: RawInput, flags: ScalerFlags = {}): Scaler
       const clientCa = caFile !== undefined ? readSettingFile('KMJ_SCALER_TLS_CLIENT_CA_FILE', caFile, problems) : undefined;
       if (cert && key) tls = clientCa ? { cert, key, clientCa } : { cert, key };
     }
-    connections.set('default', {
-      amqpUrl: c.RABBITMQ_URL,
-      managementUrl: c.RABBITMQ_MANAGEMENT_URL ?? defaultManagementUrl(c.RABBITMQ_URL),
-    });
-    if (c.KMJ_SCALER_CONNECTIONS_FILE !== undefined) {
-      connections = new Map([...connections, ...readConnectionsFile(c.KMJ_SCALER_CONNECTIONS_FILE, problems)]);
-    }
+  }, (raw, problems) => {
+    const file = raw['KMJ_SCALER_CONNECTIONS_FILE'];
+    const entries = file !== undefined && file !== '' ? readConnectionsFile(file, problems) : undefined;
+    sources = new Map(
+      SOURCES.map((d) => [
+        d.name,
+        d.configure({ env, connections: entries?.get(d.name) ?? new Map(), nameOf: (alias, key) => `${SETTING}: connection ${JSON.stringify(alias)}: ${key}` }, problems),
+      ]),
+    );
   });
   return Object.freeze({
     host: v.KMJ_SCALER_HOST,
@@ -151,16 +161,29 @@ export function loadScalerConfig(env: RawInput, flags: ScalerFlags = {}): Scaler
       firstReadWaitMs: v.KMJ_SCALER_FIRST_READ_WAIT_MS,
       idleTargetTtlMs: v.KMJ_SCALER_IDLE_TARGET_TTL_MS,
     }),
-    sources: Object.freeze({
-      rabbitmq: Object.freeze({
-        connections,
-        maxChannelsPerConnection: v.KMJ_SCALER_CHANNELS_PER_CONNECTION,
-        connectTimeoutMs: v.KMJ_SCALER_CONNECT_TIMEOUT_MS,
-        minBackoffMs: 100,
-        maxBackoffMs: v.KMJ_SCALER_RECONNECT_MAX_BACKOFF_MS,
-        heartbeatSeconds: 10,
-      }),
+    sources,
+    tuning: Object.freeze({
+      connectTimeoutMs: v.KMJ_SCALER_CONNECT_TIMEOUT_MS,
+      minBackoffMs: 100,
+      maxBackoffMs: v.KMJ_SCALER_RECONNECT_MAX_BACKOFF_MS,
+      heartbeatSeconds: 10,
     }),
   });
 }
 
+
+/** --help text of every source: its variables, its connection-file keys and its trigger metadata. */
+export function describeSources(): string {
+  const head = `Trigger metadata (ScaledJob trigger of type external), for every source:
+  source [${SOURCES.map((d) => d.name).join('|')}] (default ${DEFAULT_SOURCE}), targetSize (default 1),
+  activationThreshold (default 0). See docs/scaler.md.`;
+  const parts = SOURCES.map(
+    (d) => `Source ${d.name}: environment
+${describeFields(d.env)}
+Source ${d.name}: keys of a KMJ_SCALER_CONNECTIONS_FILE entry${d.name === DEFAULT_SOURCE ? '' : ` (with "source": "${d.name}")`}
+${describeFields(d.connectionFields)}
+Source ${d.name}: trigger metadata
+${describeFields(d.fields)}`,
+  );
+  return [head, ...parts].join('\n\n');
+}

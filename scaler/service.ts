@@ -4,6 +4,7 @@
  */
 import { BacklogNotFoundError } from '../common/errors.ts';
 import type { SnapshotEvent, SnapshotStore } from './snapshots.ts';
+import type { BacklogReading } from './sources/source.ts';
 import type { CompiledTrigger, TriggerCompiler } from './triggers.ts';
 
 export interface MetricSpecAnswer {
@@ -48,7 +49,7 @@ export class ExternalScalerService {
   async isActive(metadata: Metadata): Promise<boolean> {
     const t = this.#triggers.compile(metadata);
     const reading = await this.#store.read(t.target);
-    return reading.value > t.activationThreshold;
+    return activityOf(reading) > t.activationThreshold;
   }
 
   /**
@@ -69,7 +70,7 @@ export class ExternalScalerService {
         onError(event.error);
         return;
       }
-      const active = event.reading.value > t.activationThreshold;
+      const active = activityOf(event.reading) > t.activationThreshold;
       if (active !== last) {
         last = active;
         onActive(active);
@@ -89,4 +90,9 @@ function checkMetricName(t: CompiledTrigger, metricName: string): void {
   if (metricName === '' || metricName === t.metricName) return;
   if (/^s\d+-/.test(metricName) && metricName.slice(metricName.indexOf('-') + 1) === t.metricName) return;
   throw new BacklogNotFoundError(`metric ${JSON.stringify(metricName)} is not served for this metadata; GetMetricSpec names it ${JSON.stringify(t.metricName)}`);
+}
+
+/** What the activation threshold is compared with: the reading's activity figure, or its value. */
+function activityOf(reading: BacklogReading): number {
+  return reading.activity ?? reading.value;
 }

@@ -73,13 +73,17 @@ export class TriggerCompiler {
   #compileFresh(metadata: Readonly<Record<string, string>>, canonical: string): CompiledTrigger | InvalidMetadataError {
     const problems: string[] = [];
     const refused = new Set<string>();
-    const raw = this.#resolveFromEnv(metadata, problems, refused);
-    const { values, problems: common } = parseFields(this.#common, raw);
+    const resolved = this.#resolveFromEnv(metadata, problems, refused);
+    const source = this.#sources.get(resolved['source'] ?? DEFAULT_SOURCE);
+    const renamed = new Map<string, string>();
+    const raw = source ? this.#thresholdsOf(resolved, source, renamed, problems) : resolved;
+    const { values, problems: common } = parseFields(this.#common, raw, { nameOf: (k) => renamed.get(k) ?? k });
     problems.push(...common);
-    const source = this.#sources.get(values.source);
-    if (source) this.#checkKeys(raw, source.fields, problems);
+    if (source) this.#checkKeys(raw, source, problems);
     const sourceProblems: string[] = [];
-    const target = source?.compile(raw, sourceProblems);
+    // With a bad threshold the source is still compiled, for its own problems.
+    const thresholds = { targetSize: values.targetSize || 1, activationThreshold: values.activationThreshold || 0 };
+    const target = source?.compile(raw, sourceProblems, thresholds);
     // A refused credential already has its problem; "is required" for the same key adds nothing.
     problems.push(...sourceProblems.filter((p) => ![...refused].some((k) => p === `${k}: is required`)));
     if (problems.length > 0 || !target) return new InvalidMetadataError(problems.length > 0 ? problems : ['no backlog target']);
@@ -111,8 +115,28 @@ export class TriggerCompiler {
     return out;
   }
 
-  #checkKeys(raw: RawInput, sourceFields: FieldSpecs, problems: string[]): void {
-    const allowed = new Set([...Object.keys(this.#common), ...Object.keys(sourceFields)]);
+  /**
+   * A source's own names for the thresholds (Kafka's lagThreshold) become the common keys; the
+   * problems name the key the user wrote.
+   */
+  #thresholdsOf(raw: RawInput, source: BacklogSource, renamed: Map<string, string>, problems: string[]): RawInput {
+    const names = source.thresholdKeys;
+    if (!names) return raw;
+    const out: Record<string, string | undefined> = { ...raw };
+    for (const [common, own] of [['targetSize', names.targetSize], ['activationThreshold', names.activationThreshold]] as const) {
+      const value = raw[own];
+      if (value === undefined) continue;
+      if (raw[common] !== undefined) problems.push(`${own}: set either ${own} or ${common}, not both`);
+      out[common] = value;
+      renamed.set(common, own);
+      delete out[own];
+    }
+    return out;
+  }
+
+  #checkKeys(raw: RawInput, source: BacklogSource, problems: string[]): void {
+    const own = source.thresholdKeys ? [source.thresholdKeys.targetSize, source.thresholdKeys.activationThreshold] : [];
+    const allowed = new Set([...Object.keys(this.#common), ...own, ...Object.keys(source.fields)]);
     for (const key of Object.keys(raw)) {
       if (allowed.has(key) || KEDA_KEYS.has(key)) continue;
       problems.push(`${key}: unknown key; allowed keys are ${[...allowed].sort().join(', ')}`);

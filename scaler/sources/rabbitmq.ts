@@ -35,14 +35,12 @@
  *   one message each; rates suit ScaledObjects rather than ScaledJobs.
  */
 import type { Logger } from '../../common/log.ts';
-import { parseFields, quote, type RawInput } from '../../common/fields.ts';
-import type { BacklogReading, BacklogSource, BacklogTarget } from './source.ts';
+import { parseFields, quote, type FieldSpecs, type RawInput } from '../../common/fields.ts';
+import type { BacklogReading, BacklogSource, BacklogTarget, BrokerTuning, SourceDefinition } from './source.ts';
 import { AmqpQueueInspector } from '../../rabbitmq/inspect.ts';
 import { ManagementQueueReader } from '../../rabbitmq/management.ts';
-import { vhostOf } from '../../rabbitmq/settings.ts';
-
-/** A broker connection alias, as the scaler's configuration names them and triggers refer to them. */
-export const CONNECTION_ALIAS = /^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$/;
+import { defaultManagementUrl, RABBITMQ_ENV, vhostOf } from '../../rabbitmq/settings.ts';
+import { CONNECTION_FIELD, metricStem, unknownConnection } from './shared.ts';
 
 export const RABBITMQ_MODES = ['backlog', 'ready', 'management'] as const;
 export type RabbitMode = (typeof RABBITMQ_MODES)[number];
@@ -55,40 +53,66 @@ export interface RabbitConnection {
   readonly managementUrl: string;
 }
 
-export interface RabbitSourceOptions {
+export interface RabbitSourceOptions extends BrokerTuning {
   readonly connections: ReadonlyMap<string, RabbitConnection>;
   readonly maxChannelsPerConnection: number;
-  readonly connectTimeoutMs: number;
-  readonly minBackoffMs: number;
-  readonly maxBackoffMs: number;
-  readonly heartbeatSeconds: number;
   readonly log: Logger;
 }
+
+const RABBITMQ_SCALER_ENV = {
+  RABBITMQ_URL: { ...RABBITMQ_ENV.RABBITMQ_URL, help: 'broker of the connection alias "default"' },
+  RABBITMQ_MANAGEMENT_URL: { ...RABBITMQ_ENV.RABBITMQ_MANAGEMENT_URL, help: 'management API of "default" (default: RABBITMQ_URL host, port 15672, same credentials)' },
+  KMJ_SCALER_CHANNELS_PER_CONNECTION: { kind: 'integer', min: 1, max: 256, default: 8, help: 'AMQP channels per broker connection (concurrent passive declares)' },
+} as const satisfies FieldSpecs;
+
+const RABBITMQ_CONNECTION_FIELDS = {
+  amqpUrl: { kind: 'url', protocols: ['amqp', 'amqps'], required: true, help: 'broker, credentials and vhost in the URL' },
+  managementUrl: { kind: 'url', protocols: ['http', 'https'], help: 'management API (default: amqpUrl host, port 15672, same credentials)' },
+} as const satisfies FieldSpecs;
 
 export const RABBITMQ_FIELDS = {
   queueName: { kind: 'string', required: true, maxLength: 255, help: 'queue to measure' },
   mode: { kind: 'enum', values: RABBITMQ_MODES, default: 'backlog', help: 'what to count' },
   measure: { kind: 'enum', values: MANAGEMENT_MEASURES, help: 'management mode only: messages, or a rate (default: messages)' },
   vhost: { kind: 'string', maxLength: 255, help: "virtual host (default: the connection URL's)" },
-  connection: {
-    kind: 'string',
-    default: 'default',
-    pattern: CONNECTION_ALIAS,
-    patternHint: 'a connection alias of lowercase letters, digits, ".", "_" and "-"',
-    help: "broker connection alias from the scaler's configuration",
-  },
+  connection: CONNECTION_FIELD,
 } as const;
+
+/**
+ * RabbitMQ's settings: the alias "default" from RABBITMQ_URL (always there, the URL has a
+ * default), others from the connections file.
+ */
+export const RABBITMQ_SOURCE: SourceDefinition = {
+  name: 'rabbitmq',
+  env: RABBITMQ_SCALER_ENV,
+  fields: RABBITMQ_FIELDS,
+  connectionFields: RABBITMQ_CONNECTION_FIELDS,
+  configure({ env, connections: entries, nameOf }, problems) {
+    const { values: v, problems: own } = parseFields(RABBITMQ_SCALER_ENV, env);
+    problems.push(...own);
+    const connections = new Map<string, RabbitConnection>();
+    if (own.length === 0) {
+      connections.set('default', { amqpUrl: v.RABBITMQ_URL, managementUrl: v.RABBITMQ_MANAGEMENT_URL ?? defaultManagementUrl(v.RABBITMQ_URL) });
+    }
+    for (const [alias, raw] of entries) {
+      const parsed = parseFields(RABBITMQ_CONNECTION_FIELDS, raw, { nameOf: (k) => nameOf(alias, k) });
+      problems.push(...parsed.problems);
+      if (parsed.problems.length > 0) continue;
+      const { amqpUrl, managementUrl } = parsed.values;
+      connections.set(alias, { amqpUrl, managementUrl: managementUrl ?? defaultManagementUrl(amqpUrl) });
+    }
+    return {
+      aliases: [...connections.keys()],
+      create: (tuning, log) => new RabbitMqSource({ ...tuning, connections, maxChannelsPerConnection: v.KMJ_SCALER_CHANNELS_PER_CONNECTION, log }),
+    };
+  },
+};
 
 
 function urlForVhost(amqpUrl: string, vhost: string): string {
   const u = new URL(amqpUrl);
   u.pathname = `/${encodeURIComponent(vhost)}`;
   return u.toString();
-}
-
-function sanitize(text: string, max: number): string {
-  const s = text.toLowerCase().replace(/[^a-z0-9]+/g, '-').replace(/^-+|-+$/g, '');
-  return s.slice(0, max).replace(/-+$/, '') || 'queue';
 }
 
 export class RabbitMqSource implements BacklogSource {
@@ -106,10 +130,7 @@ export class RabbitMqSource implements BacklogSource {
     const { values, problems: own } = parseFields(RABBITMQ_FIELDS, raw);
     problems.push(...own);
     const conn = this.#options.connections.get(values.connection);
-    if (own.length === 0 && !conn) {
-      const known = [...this.#options.connections.keys()].join(', ') || 'none';
-      problems.push(`connection: ${quote(values.connection)} is not a connection the scaler knows (configured: ${known})`);
-    }
+    if (own.length === 0 && !conn) problems.push(unknownConnection(values.connection, this.#options.connections));
     if (values.measure !== undefined && values.mode !== 'management') {
       problems.push(`measure: is only allowed with mode management, got mode ${quote(values.mode)}`);
     }
@@ -125,7 +146,7 @@ export class RabbitMqSource implements BacklogSource {
       key: `rabbitmq\u0000${alias}\u0000${vhost}\u0000${queue}\u0000${labels.mode}`,
       labels,
       description: `queue ${JSON.stringify(queue)} in vhost ${JSON.stringify(vhost)}`,
-      metricStem: `rabbitmq-${sanitize(queue, 40)}`,
+      metricStem: metricStem('rabbitmq', queue, 'queue'),
     };
 
     if (mode === 'management') {

@@ -3,24 +3,15 @@
  * source means its own file under scaler/sources/, one line here and its tests.
  */
 import type { Logger } from '../../common/log.ts';
-import type { BacklogSource } from './source.ts';
-import { RabbitMqSource, type RabbitConnection } from './rabbitmq.ts';
+import type { BacklogSource, BrokerTuning, ConfiguredSource, SourceDefinition } from './source.ts';
+import { KAFKA_SOURCE } from './kafka.ts';
+import { RABBITMQ_SOURCE } from './rabbitmq.ts';
 
-export interface SourceSettings {
-  readonly rabbitmq: {
-    readonly connections: ReadonlyMap<string, RabbitConnection>;
-    readonly maxChannelsPerConnection: number;
-    readonly connectTimeoutMs: number;
-    readonly minBackoffMs: number;
-    readonly maxBackoffMs: number;
-    readonly heartbeatSeconds: number;
-  };
-}
+export const SOURCES: readonly SourceDefinition[] = [RABBITMQ_SOURCE, KAFKA_SOURCE];
 
-/** The default `source` when trigger metadata names none. */
+/** The default `source` when trigger metadata names none, and of a connection entry without one. */
 export const DEFAULT_SOURCE = 'rabbitmq';
 
-export function createSources(settings: SourceSettings, log: Logger): Map<string, BacklogSource> {
-  const sources: BacklogSource[] = [new RabbitMqSource({ ...settings.rabbitmq, log: log.child({ source: 'rabbitmq' }) })];
-  return new Map(sources.map((s) => [s.name, s]));
+export function createSources(configured: ReadonlyMap<string, ConfiguredSource>, tuning: BrokerTuning, log: Logger): Map<string, BacklogSource> {
+  return new Map([...configured].map(([name, c]) => [name, c.create(tuning, log.child({ source: name }))]));
 }

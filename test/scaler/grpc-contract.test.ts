@@ -219,12 +219,12 @@ describe('trigger metadata errors (INVALID_ARGUMENT, via GetMetricSpec)', () => 
   });
 
   it('refuses a source the scaler does not have', async () => {
-    expect(await invalid({ queueName: 'jobs', source: 'kafka' })).toBe('invalid trigger metadata: source: "kafka" must be one of rabbitmq');
+    expect(await invalid({ queueName: 'jobs', source: 'nats' })).toBe('invalid trigger metadata: source: "nats" must be one of rabbitmq, kafka');
   });
 
   it('refuses a connection alias the scaler is not configured with', async () => {
     expect(await invalid({ queueName: 'jobs', connection: 'other' })).toBe(
-      'invalid trigger metadata: connection: "other" is not a connection the scaler knows (configured: default)',
+      'invalid trigger metadata: connection: "other" is not a connection the scaler knows for this source (configured: default)',
     );
     expect(await invalid({ queueName: 'jobs', connection: 'Other Broker' })).toBe(
       'invalid trigger metadata: connection: "Other Broker" must be a connection alias of lowercase letters, digits, ".", "_" and "-"',

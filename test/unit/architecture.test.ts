@@ -5,18 +5,19 @@ import { dirname, join, normalize, relative } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { PACKAGE_ROOT } from '../../common/paths.ts';
 
-const MODULES = ['cli', 'common', 'kubernetes', 'mlflow', 'rabbitmq', 'scaler', 'worker'] as const;
+const MODULES = ['cli', 'common', 'kafka', 'kubernetes', 'mlflow', 'rabbitmq', 'scaler', 'worker'] as const;
 type Module = (typeof MODULES)[number];
 
 /** What each module may import, besides itself. */
 const ALLOWED: Record<Module, readonly Module[]> = {
   common: [],
   rabbitmq: ['common'],
+  kafka: ['common'],
   mlflow: ['common'],
   kubernetes: ['common'],
-  scaler: ['common', 'rabbitmq'],
-  worker: ['common', 'rabbitmq', 'mlflow'],
-  cli: ['common', 'rabbitmq', 'mlflow', 'kubernetes', 'scaler', 'worker'],
+  scaler: ['common', 'rabbitmq', 'kafka'],
+  worker: ['common', 'rabbitmq', 'kafka', 'mlflow'],
+  cli: ['common', 'rabbitmq', 'kafka', 'mlflow', 'kubernetes', 'scaler', 'worker'],
 };
 
 /** The files of scaler/ and worker/ that cli/ may import: their public entry points. */

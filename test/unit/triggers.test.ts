@@ -3,6 +3,10 @@
 // RabbitMQ source is the real one; compiling opens no connection. A fake BacklogSource (our own
 // interface) counts compiles to pin the per-metadata cache.
 import { createHash } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { loadScalerConfig } from '../../scaler/config.ts';
 import { afterAll, describe, expect, it } from 'vitest';
 import type { RawInput } from '../../common/fields.ts';
 import { createLogger } from '../../common/log.ts';
@@ -12,23 +16,13 @@ import type { BacklogSource, BacklogTarget } from '../../scaler/sources/source.t
 import { TriggerCompiler, canonicalMetadata, type CompiledTrigger } from '../../scaler/triggers.ts';
 
 const log = createLogger({ level: 'silent', name: 'triggers-test' });
-const sources = createSources(
-  {
-    rabbitmq: {
-      connections: new Map([
-        ['default', { amqpUrl: 'amqp://guest:guest@127.0.0.1:5672', managementUrl: 'http://guest:guest@127.0.0.1:15672' }],
-        ['prod', { amqpUrl: 'amqps://scaler:pw@rabbit.prod:5671/jobs%2Fml', managementUrl: 'https://scaler:pw@rabbit.prod:15671' }],
-      ]),
-      maxChannelsPerConnection: 4,
-      connectTimeoutMs: 1000,
-      minBackoffMs: 100,
-      maxBackoffMs: 1000,
-      heartbeatSeconds: 10,
-    },
-  },
-  log,
-);
+const connectionsDir = mkdtempSync(join(tmpdir(), 'kmj-triggers-'));
+const connectionsFile = join(connectionsDir, 'connections.json');
+writeFileSync(connectionsFile, JSON.stringify({ prod: { amqpUrl: 'amqps://scaler:pw@rabbit.prod:5671/jobs%2Fml', managementUrl: 'https://scaler:pw@rabbit.prod:15671' } }));
+const config = loadScalerConfig({ RABBITMQ_URL: 'amqp://guest:guest@127.0.0.1:5672', KMJ_SCALER_CONNECTIONS_FILE: connectionsFile, KMJ_SCALER_CHANNELS_PER_CONNECTION: '4' });
+const sources = createSources(config.sources, config.tuning, log);
 afterAll(async () => {
+  rmSync(connectionsDir, { recursive: true, force: true });
   await Promise.all([...sources.values()].map((s) => s.close()));
 });
 
@@ -146,9 +140,9 @@ const INVALID: readonly Invalid[] = [
   { name: 'targetSize Infinity', metadata: { queueName: 'jobs', targetSize: 'Infinity' }, problems: ['targetSize: "Infinity" must be a number greater than 0'] },
   { name: 'activationThreshold negative', metadata: { queueName: 'jobs', activationThreshold: '-1' }, problems: ['activationThreshold: "-1" must be a number at least 0'] },
   { name: 'activationThreshold not a number', metadata: { queueName: 'jobs', activationThreshold: 'x' }, problems: ['activationThreshold: "x" must be a number at least 0'] },
-  { name: 'source unknown: nothing else is checked against a source', metadata: { source: 'kafka', topic: 'x' }, problems: ['source: "kafka" must be one of rabbitmq'] },
+  { name: 'source unknown: nothing else is checked against a source', metadata: { source: 'nats', subject: 'x' }, problems: ['source: "nats" must be one of rabbitmq, kafka'] },
   { name: 'connection not an alias', metadata: { queueName: 'jobs', connection: 'Prod' }, problems: ['connection: "Prod" must be a connection alias of lowercase letters, digits, ".", "_" and "-"'] },
-  { name: 'connection the scaler does not know', metadata: { queueName: 'jobs', connection: 'staging' }, problems: ['connection: "staging" is not a connection the scaler knows (configured: default, prod)'] },
+  { name: 'connection the scaler does not know', metadata: { queueName: 'jobs', connection: 'staging' }, problems: ['connection: "staging" is not a connection the scaler knows for this source (configured: default, prod)'] },
   { name: 'an unknown key (a typo)', metadata: { queueName: 'jobs', queueLength: '5' }, problems: [`queueLength: unknown key; ${ALLOWED}`] },
   { name: 'key names are case-sensitive', metadata: { queuename: 'jobs' }, problems: [`queuename: unknown key; ${ALLOWED}`, 'queueName: is required'] },
   { name: "KEDA's built-in RabbitMQ keys are not ours", metadata: { queueName: 'jobs', host: 'amqp://rabbit:5672', protocol: 'amqp' }, problems: [`host: unknown key; ${ALLOWED}`, `protocol: unknown key; ${ALLOWED}`] },

@@ -1,0 +1,189 @@
+/**
+ * Reads a consumer group's committed offsets and its topics' end offsets, the figures lag is made
+ * of, for the scaler (scaler/sources/kafka.ts) and `kmj status --kafka`. Offsets only: group
+ * state is never used, since Kafka 4's consumer-group protocol (KIP-848) makes classic
+ * DescribeGroups report an active group as Dead with no members.
+ *
+ * One read is a few requests in parallel: the group's offsets (OffsetFetch to its coordinator)
+ * and each topic's end and start offsets (ListOffsets to the partition leaders). The topic list is
+ * checked first against the cluster's (Metadata for all topics, kept for `topicsTtlMs`): kafkajs
+ * remembers every topic it was asked about and refreshes metadata for all of them, so one missing
+ * topic asked about by name would fail every later read on that client.
+ */
+import type { Admin, Kafka } from 'kafkajs';
+import { raceAbort } from '../common/abort.ts';
+import { BacklogNotFoundError, BacklogUnavailableError } from '../common/errors.ts';
+import type { Logger } from '../common/log.ts';
+import { messageOf } from '../common/redact.ts';
+
+/** One partition's offsets: `committed` is undefined when the group has committed none there. */
+export interface PartitionOffsets {
+  readonly topic: string;
+  readonly partition: number;
+  /** The log end offset (high watermark): the offset the next record will get. */
+  readonly end: number;
+  /** The log start offset: the oldest record still kept. */
+  readonly start: number;
+  readonly committed: number | undefined;
+}
+
+export interface GroupOffsets {
+  readonly group: string;
+  readonly topics: readonly string[];
+  readonly partitions: readonly PartitionOffsets[];
+}
+
+export interface OffsetsReaderOptions {
+  readonly kafka: Kafka;
+  /** Where the brokers are, for messages (never credentials). */
+  readonly brokers: string;
+  readonly log: Logger;
+  /** How long the cluster's topic list and group list are reused. Default 2000 ms. */
+  readonly listTtlMs?: number;
+}
+
+interface Listing {
+  readonly names: ReadonlySet<string>;
+  readonly at: number;
+}
+
+/** kafkajs error classes carry `type` (the protocol error name) and `name`; nothing else is trusted. */
+function kafkaErrorType(err: unknown): string | undefined {
+  for (let e: unknown = err, depth = 0; e instanceof Error && depth < 5; e = (e as { cause?: unknown; originalError?: unknown }).originalError ?? e.cause, depth++) {
+    const type = (e as { type?: unknown }).type;
+    if (typeof type === 'string') return type;
+    if (e.name === 'KafkaJSSASLAuthenticationError') return 'SASL_AUTHENTICATION_FAILED';
+  }
+  return undefined;
+}
+
+export class KafkaOffsetsReader {
+  readonly #options: OffsetsReaderOptions;
+  readonly #ttlMs: number;
+  #admin: Promise<Admin> | undefined;
+  #topics: Listing | undefined;
+  #groups: Listing | undefined;
+
+  constructor(options: OffsetsReaderOptions) {
+    this.#options = options;
+    this.#ttlMs = options.listTtlMs ?? 2000;
+  }
+
+  /**
+   * The group's offsets on `topics`, or on every topic it has committed offsets for when `topics`
+   * is empty. Throws BacklogNotFoundError for a missing topic or group, BacklogUnavailableError
+   * when the cluster cannot be read.
+   */
+  async read(group: string, topics: readonly string[], signal: AbortSignal): Promise<GroupOffsets> {
+    try {
+      return await raceAbort(this.#read(group, topics), signal);
+    } catch (err) {
+      throw this.#classify(err, group);
+    }
+  }
+
+  async #read(group: string, wanted: readonly string[]): Promise<GroupOffsets> {
+    const admin = await this.#connected();
+    let topics = wanted;
+    let committedByTopic: Map<string, Map<number, number>>;
+    if (topics.length === 0) {
+      committedByTopic = committedOf(await admin.fetchOffsets({ groupId: group }));
+      topics = [...committedByTopic.keys()].sort();
+      if (topics.length === 0) {
+        throw new BacklogNotFoundError(`consumer group ${JSON.stringify(group)} has committed no offsets, so it has no topics to measure: name the topic in the trigger`);
+      }
+    } else {
+      const existing = await this.#listing('topics', () => admin.listTopics());
+      const missing = topics.filter((t) => !existing.has(t));
+      if (missing.length > 0) {
+        // Listed a moment ago: look again before calling it missing (the topic may be new).
+        const fresh = await this.#listing('topics', () => admin.listTopics(), true);
+        const stillMissing = missing.filter((t) => !fresh.has(t));
+        if (stillMissing.length > 0) throw new BacklogNotFoundError(`topic ${stillMissing.map((t) => JSON.stringify(t)).join(', ')} does not exist on ${this.#options.brokers}`);
+      }
+      committedByTopic = committedOf(await admin.fetchOffsets({ groupId: group, topics: [...topics] }));
+    }
+    const ends = await Promise.all(topics.map((t) => admin.fetchTopicOffsets(t)));
+    const partitions: PartitionOffsets[] = [];
+    topics.forEach((topic, i) => {
+      const committed = committedByTopic.get(topic);
+      for (const p of ends[i] ?? []) {
+        partitions.push({ topic, partition: p.partition, end: Number(p.high), start: Number(p.low), committed: committed?.get(p.partition) });
+      }
+    });
+    if (partitions.every((p) => p.committed === undefined)) {
+      // No commit anywhere: an empty group that has never committed here, or no group at all.
+      const groups = await this.#listing('groups', async () => (await admin.listGroups()).groups.map((g) => g.groupId));
+      const known = groups.has(group) || (await this.#listing('groups', async () => (await admin.listGroups()).groups.map((g) => g.groupId), true)).has(group);
+      if (!known) {
+        throw new BacklogNotFoundError(`consumer group ${JSON.stringify(group)} does not exist on ${this.#options.brokers} (no member has joined it and it has no committed offsets)`);
+      }
+    }
+    partitions.sort((a, b) => (a.topic === b.topic ? a.partition - b.partition : a.topic < b.topic ? -1 : 1));
+    return { group, topics, partitions };
+  }
+
+  async #listing(kind: 'topics' | 'groups', list: () => Promise<string[]>, force = false): Promise<ReadonlySet<string>> {
+    const now = performance.now();
+    const cached = kind === 'topics' ? this.#topics : this.#groups;
+    if (cached && !force && now - cached.at < this.#ttlMs) return cached.names;
+    const listing = { names: new Set(await list()), at: performance.now() };
+    if (kind === 'topics') this.#topics = listing;
+    else this.#groups = listing;
+    return listing.names;
+  }
+
+  #connected(): Promise<Admin> {
+    if (!this.#admin) {
+      const admin = this.#options.kafka.admin();
+      const connecting = admin.connect().then(() => admin);
+      this.#admin = connecting;
+      connecting.catch(() => {
+        if (this.#admin === connecting) this.#admin = undefined;
+        admin.disconnect().catch(() => undefined);
+      });
+    }
+    return this.#admin;
+  }
+
+  /** Typed error for the caller; a connection-level failure drops the admin client so the next read reconnects. */
+  #classify(err: unknown, group: string): Error {
+    if (err instanceof BacklogNotFoundError || err instanceof BacklogUnavailableError) return err;
+    const type = kafkaErrorType(err);
+    const brokers = this.#options.brokers;
+    if (type === 'UNKNOWN_TOPIC_OR_PARTITION') return new BacklogNotFoundError(`a topic does not exist on ${brokers}: ${messageOf(err)}`, { cause: err });
+    if (type === 'GROUP_ID_NOT_FOUND') return new BacklogNotFoundError(`consumer group ${JSON.stringify(group)} does not exist on ${brokers}`, { cause: err });
+    this.#reset();
+    if (type === 'SASL_AUTHENTICATION_FAILED') return new BacklogUnavailableError(`Kafka at ${brokers} refused the SASL credentials: ${messageOf(err)}`, { cause: err });
+    if (type?.endsWith('_AUTHORIZATION_FAILED')) return new BacklogUnavailableError(`Kafka at ${brokers} refused access (${type}) for consumer group ${JSON.stringify(group)}: grant Describe on the group and its topics`, { cause: err });
+    return new BacklogUnavailableError(`cannot read consumer group ${JSON.stringify(group)} from Kafka at ${brokers}: ${messageOf(err)}`, { cause: err });
+  }
+
+  #reset(): void {
+    const admin = this.#admin;
+    this.#admin = undefined;
+    this.#topics = undefined;
+    this.#groups = undefined;
+    admin?.then((a) => a.disconnect()).catch(() => undefined);
+  }
+
+  async close(): Promise<void> {
+    const admin = this.#admin;
+    this.#admin = undefined;
+    if (admin) await admin.then((a) => a.disconnect()).catch(() => undefined);
+  }
+}
+
+/** fetchOffsets' answer as topic → partition → committed offset, without the "-1" of no commit. */
+function committedOf(answer: { topic: string; partitions: { partition: number; offset: string }[] }[]): Map<string, Map<number, number>> {
+  const out = new Map<string, Map<number, number>>();
+  for (const t of answer) {
+    const parts = new Map<number, number>();
+    for (const p of t.partitions) {
+      const n = Number(p.offset);
+      if (Number.isFinite(n) && n >= 0) parts.set(p.partition, n);
+    }
+    if (parts.size > 0 || t.partitions.length > 0) out.set(t.topic, parts);
+  }
+  return out;
+}
