@@ -136,7 +136,15 @@ export class KafkaOffsetsReader {
   #connected(): Promise<Admin> {
     if (!this.#admin) {
       const admin = this.#options.kafka.admin();
-      const connecting = admin.connect().then(() => admin);
+      // A listing right away: it loads the broker list (without it a first fetchOffsets finds
+      // "no brokers in the broker pool") and proves the credentials (a connect alone does not).
+      const connecting = admin
+        .connect()
+        .then(() => admin.listTopics())
+        .then((names) => {
+          this.#topics = { names: new Set(names), at: performance.now() };
+          return admin;
+        });
       this.#admin = connecting;
       connecting.catch(() => {
         if (this.#admin === connecting) this.#admin = undefined;
@@ -151,9 +159,12 @@ export class KafkaOffsetsReader {
     if (err instanceof BacklogNotFoundError || err instanceof BacklogUnavailableError) return err;
     const type = kafkaErrorType(err);
     const brokers = this.#options.brokers;
-    if (type === 'UNKNOWN_TOPIC_OR_PARTITION') return new BacklogNotFoundError(`a topic does not exist on ${brokers}: ${messageOf(err)}`, { cause: err });
     if (type === 'GROUP_ID_NOT_FOUND') return new BacklogNotFoundError(`consumer group ${JSON.stringify(group)} does not exist on ${brokers}`, { cause: err });
+    // Everything else drops the admin client. A topic deleted after this client read it makes
+    // kafkajs fail every later metadata refresh with UNKNOWN_TOPIC_OR_PARTITION, for any topic,
+    // until the client is replaced; after a broker restart, a new client is as quick as a retry.
     this.#reset();
+    if (type === 'UNKNOWN_TOPIC_OR_PARTITION') return new BacklogNotFoundError(`a topic of consumer group ${JSON.stringify(group)} does not exist on ${brokers}: ${messageOf(err)}`, { cause: err });
     if (type === 'SASL_AUTHENTICATION_FAILED') return new BacklogUnavailableError(`Kafka at ${brokers} refused the SASL credentials: ${messageOf(err)}`, { cause: err });
     if (type?.endsWith('_AUTHORIZATION_FAILED')) return new BacklogUnavailableError(`Kafka at ${brokers} refused access (${type}) for consumer group ${JSON.stringify(group)}: grant Describe on the group and its topics`, { cause: err });
     return new BacklogUnavailableError(`cannot read consumer group ${JSON.stringify(group)} from Kafka at ${brokers}: ${messageOf(err)}`, { cause: err });

@@ -2,26 +2,30 @@
 # Start, stop or check a Kafka broker on loopback for tests and benchmarks: Kafka 4 in KRaft mode
 # (one process, broker and controller), from the Maven Central jars, with the machine's Java 17.
 #
-#   scripts/kafka.sh start    idempotent: leaves a broker that already answers alone
-#   scripts/kafka.sh stop     stops the broker this checkout started (by PID)
-#   scripts/kafka.sh status
+#   scripts/kafka.sh start [NAME PORT]    idempotent: leaves a broker that already answers alone
+#   scripts/kafka.sh stop [NAME PORT]     stops the broker this checkout started (by PID)
+#   scripts/kafka.sh status [NAME PORT]
 #
-# Listeners, all on 127.0.0.1:
-#   19092  PLAINTEXT
-#   19093  CONTROLLER (KRaft)
-#   19094  SASL_PLAINTEXT with PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512
+# NAME (default kafka) and PORT (default 19092) let a test run a broker of its own, to stop and
+# start it. Listeners, all on 127.0.0.1:
+#   PORT    PLAINTEXT
+#   PORT+1  CONTROLLER (KRaft)
+#   PORT+2  SASL_PLAINTEXT with PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512
 # SASL users, made when the storage is formatted: kmj / kmj-secret (PLAIN and both SCRAMs).
 #
 # The jars are fetched once per machine into ${KMJ_KAFKA_CACHE:-/var/cache/keda-ml-jobs/kafka}/V/
 # with `mvn dependency:copy-dependencies` (Maven Central is reachable here), slf4j-api pinned to 2.x
-# (Maven picks 1.7 otherwise and the broker's log goes silent). State and log: .run/kafka/.
+# (Maven picks 1.7 otherwise and the broker's log goes silent). State and log: .run/NAME/.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
 version=${KMJ_KAFKA_VERSION:-4.4.0}
 cache="${KMJ_KAFKA_CACHE:-/var/cache/keda-ml-jobs/kafka}/$version"
-base="$KMJ_RUN/kafka"
-port=19092
+name=${2:-kafka}
+port=${3:-19092}
+controller_port=$((port + 1))
+sasl_port=$((port + 2))
+base="$KMJ_RUN/$name"
 user=kmj
 password=kmj-secret
 
@@ -56,9 +60,9 @@ write_config() {
   cat >"$base/server.properties" <<EOF
 process.roles=broker,controller
 node.id=1
-controller.quorum.voters=1@127.0.0.1:19093
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:19093,SASL_PLAINTEXT://127.0.0.1:19094
-advertised.listeners=PLAINTEXT://127.0.0.1:$port,SASL_PLAINTEXT://127.0.0.1:19094
+controller.quorum.voters=1@127.0.0.1:$controller_port
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port,SASL_PLAINTEXT://127.0.0.1:$sasl_port
+advertised.listeners=PLAINTEXT://127.0.0.1:$port,SASL_PLAINTEXT://127.0.0.1:$sasl_port
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
@@ -98,7 +102,8 @@ case "${1:-start}" in
         --add-scram "SCRAM-SHA-512=[name=$user,password=$password]" >"$base/format.log" 2>&1 ||
         { tail -5 "$base/format.log" >&2; die "formatting the Kafka storage failed"; }
     fi
-    say "starting Kafka $version (KRaft) on 127.0.0.1:$port, SASL on 19094"
+    say "starting Kafka $version (KRaft) \"$name\" on 127.0.0.1:$port, SASL on $sasl_port"
+    rm -f "$base/server.log" # its "Kafka Server started" line must be this start's
     nohup "${java_kafka[@]}" kafka.Kafka "$base/server.properties" >"$base/stdout.log" 2>&1 &
     echo $! >"$base/pid"
     for ((i = 0; i < 120; i++)); do
@@ -126,6 +131,6 @@ case "${1:-start}" in
     if port_open 127.0.0.1 "$port"; then echo "Kafka answers on 127.0.0.1:$port"; else echo "Kafka is not running"; exit 1; fi
     ;;
   *)
-    die "usage: scripts/kafka.sh start|stop|status"
+    die "usage: scripts/kafka.sh start|stop|status [NAME PORT]"
     ;;
 esac

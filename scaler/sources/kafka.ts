@@ -156,7 +156,7 @@ export class KafkaSource implements BacklogSource {
     if (v.limitToPartitionsWithLag && v.allowIdleConsumers) {
       problems.push('limitToPartitionsWithLag: cannot be true together with allowIdleConsumers true');
     }
-    if (v.limitToPartitionsWithLag && v.topic === undefined) {
+    if (v.limitToPartitionsWithLag && raw['topic'] === undefined) {
       problems.push('limitToPartitionsWithLag: needs topic (the partitions with lag are counted on the topics named)');
     }
     if (problems.length > 0 || !conn) return undefined;

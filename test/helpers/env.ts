@@ -1,3 +1,8 @@
 /** Where the test services listen. `make test` starts them on loopback; these are their defaults. */
 export const RABBITMQ_URL = process.env['KMJ_TEST_RABBITMQ_URL'] ?? 'amqp://guest:guest@127.0.0.1:5672';
 export const RABBITMQ_MANAGEMENT_URL = process.env['KMJ_TEST_RABBITMQ_MANAGEMENT_URL'] ?? 'http://guest:guest@127.0.0.1:15672';
+/** Kafka started by scripts/kafka.sh: plaintext, and SASL (PLAIN, SCRAM-SHA-256/512) for user kmj. */
+export const KAFKA_BROKERS = process.env['KMJ_TEST_KAFKA_BROKERS'] ?? '127.0.0.1:19092';
+export const KAFKA_SASL_BROKERS = process.env['KMJ_TEST_KAFKA_SASL_BROKERS'] ?? '127.0.0.1:19094';
+export const KAFKA_USER = 'kmj';
+export const KAFKA_PASSWORD = 'kmj-secret';

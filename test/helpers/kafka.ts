@@ -1,0 +1,102 @@
+/**
+ * Real-Kafka helpers: a topic and a group of its own per test, records produced to chosen
+ * partitions, offsets committed for a group the way a consumer leaves them. Everything made here
+ * is deleted in `close`.
+ */
+import { Kafka, logLevel, type Admin, type Producer } from 'kafkajs';
+import { dropTimeoutNegativeWarnings } from '../../kafka/client.ts';
+import { KAFKA_BROKERS } from './env.ts';
+import { uniqueName } from './rabbit.ts';
+
+export class KafkaFixture {
+  readonly brokers: string;
+  readonly kafka: Kafka;
+  #admin: Promise<Admin> | undefined;
+  #producer: Promise<Producer> | undefined;
+  readonly #topics = new Set<string>();
+  readonly #groups = new Set<string>();
+
+  constructor(brokers = KAFKA_BROKERS) {
+    dropTimeoutNegativeWarnings();
+    this.brokers = brokers;
+    this.kafka = new Kafka({ clientId: 'kmj-test', brokers: brokers.split(','), logLevel: logLevel.NOTHING, retry: { retries: 5 } });
+  }
+
+  admin(): Promise<Admin> {
+    this.#admin ??= (async () => {
+      const a = this.kafka.admin();
+      await a.connect();
+      return a;
+    })();
+    return this.#admin;
+  }
+
+  /** Creates a topic of `partitions` partitions, deleted in `close`. */
+  async topic(prefix = 't', partitions = 1): Promise<string> {
+    const name = uniqueName(prefix);
+    const admin = await this.admin();
+    await admin.createTopics({ topics: [{ topic: name, numPartitions: partitions, replicationFactor: 1 }], waitForLeaders: true });
+    this.#topics.add(name);
+    return name;
+  }
+
+  /** A group name deleted in `close` (the group itself appears when offsets are committed). */
+  group(prefix = 'g'): string {
+    const name = uniqueName(prefix);
+    this.#groups.add(name);
+    return name;
+  }
+
+  /** Produces `count` records to one partition, with acks from all in-sync replicas. */
+  async produce(topic: string, partition: number, count: number, value: (i: number) => string = (i) => `r${i}`): Promise<void> {
+    this.#producer ??= (async () => {
+      const p = this.kafka.producer({ allowAutoTopicCreation: false });
+      await p.connect();
+      return p;
+    })();
+    const producer = await this.#producer;
+    await producer.send({ topic, acks: -1, messages: Array.from({ length: count }, (_, i) => ({ partition, value: value(i) })) });
+  }
+
+  /**
+   * Commits `offsets` (partition → next offset to read) for `group` as a consumer does: it joins
+   * the group, commits, and leaves. (admin.setOffsets does the same but waits out a 5 s fetch.)
+   */
+  async commit(group: string, topic: string, offsets: Record<number, number>): Promise<void> {
+    this.#groups.add(group);
+    const consumer = this.kafka.consumer({ groupId: group, maxWaitTimeInMs: 100, sessionTimeout: 6000, heartbeatInterval: 1000 });
+    await consumer.connect();
+    try {
+      const joined = new Promise<void>((resolve) => consumer.on(consumer.events.GROUP_JOIN, () => resolve()));
+      await consumer.subscribe({ topic, fromBeginning: false });
+      await consumer.run({ autoCommit: false, eachMessage: async () => undefined });
+      consumer.pause([{ topic }]);
+      await joined;
+      await consumer.commitOffsets(Object.entries(offsets).map(([p, o]) => ({ topic, partition: Number(p), offset: String(o) })));
+    } finally {
+      await consumer.disconnect();
+    }
+  }
+
+  /** The group's committed offset per partition of `topic` (-1: none). */
+  async committed(group: string, topic: string): Promise<Record<number, number>> {
+    const admin = await this.admin();
+    const [t] = await admin.fetchOffsets({ groupId: group, topics: [topic] });
+    return Object.fromEntries((t?.partitions ?? []).map((p) => [p.partition, Number(p.offset)]));
+  }
+
+  async close(): Promise<void> {
+    const admin = await this.#admin?.catch(() => undefined);
+    if (admin) {
+      if (this.#groups.size > 0) {
+        const known = new Set((await admin.listGroups().catch(() => ({ groups: [] }))).groups.map((g) => g.groupId));
+        const groups = [...this.#groups].filter((g) => known.has(g));
+        if (groups.length > 0) await admin.deleteGroups(groups).catch(() => undefined);
+      }
+      if (this.#topics.size > 0) await admin.deleteTopics({ topics: [...this.#topics] }).catch(() => undefined);
+      await admin.disconnect().catch(() => undefined);
+    }
+    const producer = await this.#producer?.catch(() => undefined);
+    await producer?.disconnect().catch(() => undefined);
+  }
+}

@@ -1,0 +1,202 @@
+// The scaler's Kafka source against a real broker, through a real gRPC client polling the way
+// KEDA does: lag over partitions, topics and groups, the reset policies, the partition cap,
+// persistent lag, missing topics and groups, SASL/SCRAM. Each test has its own topics and groups.
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { KAFKA_BROKERS, KAFKA_PASSWORD, KAFKA_SASL_BROKERS, KAFKA_USER } from '../helpers/env.ts';
+import { KafkaFixture } from '../helpers/kafka.ts';
+import { eventually, startTestScaler, type ScalerHandle } from '../helpers/scaler.ts';
+
+let kafka: KafkaFixture;
+let handle: ScalerHandle;
+let dir: string;
+
+beforeAll(async () => {
+  kafka = new KafkaFixture();
+  dir = mkdtempSync(join(tmpdir(), 'kmj-kafka-scaler-'));
+  const connections = join(dir, 'connections.json');
+  writeFileSync(
+    connections,
+    JSON.stringify({
+      scram256: { source: 'kafka', brokers: KAFKA_SASL_BROKERS, saslMechanism: 'scram-sha-256', username: KAFKA_USER, password: KAFKA_PASSWORD },
+      scram512: { source: 'kafka', brokers: KAFKA_SASL_BROKERS, saslMechanism: 'scram-sha-512', username: KAFKA_USER, password: KAFKA_PASSWORD },
+      wrongpw: { source: 'kafka', brokers: KAFKA_SASL_BROKERS, saslMechanism: 'scram-sha-256', username: KAFKA_USER, password: 'not-the-Secret-42' },
+    }),
+  );
+  handle = await startTestScaler({ KAFKA_BROKERS, KMJ_SCALER_CONNECTIONS_FILE: connections });
+});
+
+afterAll(async () => {
+  await handle?.close();
+  await kafka?.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+const poll = (metadata: Record<string, string>) => handle.client.poll({ source: 'kafka', ...metadata });
+
+describe('lag of a consumer group', () => {
+  it('sums end − committed over partitions, per group, and is 0 and inactive when caught up', async () => {
+    const topic = await kafka.topic('lag', 3);
+    await kafka.produce(topic, 0, 5);
+    await kafka.produce(topic, 1, 3);
+    await kafka.produce(topic, 2, 4);
+    const behind = kafka.group('behind');
+    const caughtUp = kafka.group('caught-up');
+    const fromStart = kafka.group('from-start');
+    await kafka.commit(behind, topic, { 0: 2, 1: 3, 2: 1 });
+    await kafka.commit(caughtUp, topic, { 0: 5, 1: 3, 2: 4 });
+    await kafka.commit(fromStart, topic, { 0: 0, 1: 0, 2: 0 });
+    // lagThreshold 1 with 3 partitions caps at 3 (as KEDA does unless allowIdleConsumers).
+    const idle = { allowIdleConsumers: 'true' };
+    expect(await poll({ topic, consumerGroup: behind, ...idle })).toMatchObject({ ok: true, view: { value: 6, active: true } });
+    expect(await poll({ topic, consumerGroup: caughtUp, ...idle })).toMatchObject({ ok: true, view: { value: 0, active: false } });
+    expect(await poll({ topic, consumerGroup: fromStart, ...idle })).toMatchObject({ ok: true, view: { value: 12, active: true } });
+
+    // New records show on the next reads.
+    await kafka.produce(topic, 1, 2);
+    const after = await eventually(() => poll({ topic, consumerGroup: caughtUp, ...idle }), (r) => r.ok && r.view.value === 2);
+    expect(after).toMatchObject({ ok: true, view: { value: 2, active: true } });
+  });
+
+  it('sums over several topics, and over every committed topic when none is named', async () => {
+    const a = await kafka.topic('multi-a', 2);
+    const b = await kafka.topic('multi-b', 1);
+    await kafka.produce(a, 0, 4);
+    await kafka.produce(a, 1, 4);
+    await kafka.produce(b, 0, 10);
+    const group = kafka.group('multi');
+    await kafka.commit(group, a, { 0: 1, 1: 4 });
+    await kafka.commit(group, b, { 0: 7 });
+    const idle = { allowIdleConsumers: 'true' };
+    expect(await poll({ topic: `${a},${b}`, consumerGroup: group, ...idle })).toMatchObject({ ok: true, view: { value: 6 } });
+    expect(await poll({ topic: b, consumerGroup: group, ...idle })).toMatchObject({ ok: true, view: { value: 3 } });
+    expect(await poll({ consumerGroup: group, ...idle })).toMatchObject({ ok: true, view: { value: 6 } });
+  });
+
+  it('counts partitions without a commit by offsetResetPolicy, and 0 with scaleToZeroOnInvalidOffset', async () => {
+    const topic = await kafka.topic('reset', 2);
+    const other = await kafka.topic('reset-other', 1);
+    await kafka.produce(topic, 0, 7);
+    await kafka.produce(topic, 1, 2);
+    // The group exists (it has a commit elsewhere) but has never committed on `topic`.
+    const group = kafka.group('uncommitted');
+    await kafka.commit(group, other, { 0: 0 });
+    const base = { topic, consumerGroup: group, allowIdleConsumers: 'true' };
+    expect(await poll(base)).toMatchObject({ ok: true, view: { value: 2, active: true } });
+    expect(await poll({ ...base, offsetResetPolicy: 'latest' })).toMatchObject({ ok: true, view: { value: 2 } });
+    expect(await poll({ ...base, offsetResetPolicy: 'earliest' })).toMatchObject({ ok: true, view: { value: 9, active: true } });
+    for (const offsetResetPolicy of ['latest', 'earliest']) {
+      expect(await poll({ ...base, offsetResetPolicy, scaleToZeroOnInvalidOffset: 'true' })).toMatchObject({ ok: true, view: { value: 0, active: false } });
+    }
+    // One partition committed, one not: the committed one by its offsets, the other by the policy.
+    await kafka.commit(group, topic, { 0: 3 });
+    expect(await eventually(() => poll({ ...base, offsetResetPolicy: 'earliest' }), (r) => r.ok && r.view.value === 6)).toMatchObject({ ok: true, view: { value: 6 } });
+    expect(await eventually(() => poll({ ...base, offsetResetPolicy: 'latest' }), (r) => r.ok && r.view.value === 5)).toMatchObject({ ok: true, view: { value: 5 } });
+  });
+
+  it('caps at partitions × lagThreshold unless allowIdleConsumers, at partitions with lag with limitToPartitionsWithLag', async () => {
+    const topic = await kafka.topic('cap', 3);
+    await kafka.produce(topic, 0, 40);
+    await kafka.produce(topic, 1, 25);
+    const group = kafka.group('cap');
+    await kafka.commit(group, topic, { 0: 0, 1: 0, 2: 0 });
+    const base = { topic, consumerGroup: group, lagThreshold: '10' };
+    // Jobs asked for, ceil(value / lagThreshold): 3 (one per partition), 7, 2 (partitions with lag).
+    expect(await poll(base)).toMatchObject({ ok: true, view: { value: 30, targetSize: 10, active: true } });
+    expect(await poll({ ...base, allowIdleConsumers: 'true' })).toMatchObject({ ok: true, view: { value: 65 } });
+    expect(await poll({ ...base, limitToPartitionsWithLag: 'true' })).toMatchObject({ ok: true, view: { value: 20 } });
+    // Below the cap nothing changes.
+    expect(await poll({ ...base, lagThreshold: '50' })).toMatchObject({ ok: true, view: { value: 65, targetSize: 50 } });
+  });
+
+  it('activates above activationLagThreshold', async () => {
+    const topic = await kafka.topic('activation', 1);
+    await kafka.produce(topic, 0, 5);
+    const group = kafka.group('activation');
+    await kafka.commit(group, topic, { 0: 0 });
+    expect(await poll({ topic, consumerGroup: group, activationLagThreshold: '5', allowIdleConsumers: 'true' })).toMatchObject({ ok: true, view: { value: 5, active: false } });
+    expect(await poll({ topic, consumerGroup: group, activationLagThreshold: '4', allowIdleConsumers: 'true' })).toMatchObject({ ok: true, view: { value: 5, active: true } });
+  });
+
+  it('with excludePersistentLag leaves out lag whose commit does not move, but stays active', async () => {
+    const topic = await kafka.topic('persistent', 2);
+    await kafka.produce(topic, 0, 4);
+    await kafka.produce(topic, 1, 4);
+    const group = kafka.group('persistent');
+    await kafka.commit(group, topic, { 0: 1, 1: 2 });
+    const meta = { topic, consumerGroup: group, excludePersistentLag: 'true', allowIdleConsumers: 'true' };
+    // The first read counts everything; from the second on, commits that did not move count 0.
+    const stuck = await eventually(() => poll(meta), (r) => r.ok && r.view.value === 0);
+    expect(stuck).toMatchObject({ ok: true, view: { value: 0, active: true } });
+    await kafka.commit(group, topic, { 0: 2 });
+    const moved = await eventually(() => poll(meta), (r) => r.ok && r.view.value === 2, 5000, 50);
+    expect(moved).toMatchObject({ ok: true, view: { value: 2, active: true } });
+  });
+});
+
+describe('what the scaler never reports as 0', () => {
+  it('a missing topic is NOT_FOUND, and the source still reads other topics after it', async () => {
+    const group = kafka.group('missing-topic');
+    const r = await poll({ topic: 'kmj-no-such-topic', consumerGroup: group });
+    expect(r).toEqual({ ok: false, error: { code: grpc.status.NOT_FOUND, details: `topic "kmj-no-such-topic" does not exist on ${KAFKA_BROKERS}` } });
+    const topic = await kafka.topic('after-missing', 1);
+    await kafka.produce(topic, 0, 2);
+    await kafka.commit(group, topic, { 0: 0 });
+    expect(await poll({ topic, consumerGroup: group })).toMatchObject({ ok: true, view: { value: 1 } });
+  });
+
+  it('a group that does not exist is NOT_FOUND, not an uncommitted group', async () => {
+    const topic = await kafka.topic('no-group', 2);
+    await kafka.produce(topic, 0, 3);
+    const r = await poll({ topic, consumerGroup: 'kmj-no-such-group' });
+    expect(r).toEqual({
+      ok: false,
+      error: { code: grpc.status.NOT_FOUND, details: `consumer group "kmj-no-such-group" does not exist on ${KAFKA_BROKERS} (no member has joined it and it has no committed offsets)` },
+    });
+    const none = await poll({ consumerGroup: 'kmj-no-such-group' });
+    expect(none).toMatchObject({ ok: false, error: { code: grpc.status.NOT_FOUND, details: expect.stringContaining('has committed no offsets') } });
+  });
+
+  it('refuses bad metadata with every problem named', async () => {
+    const r = await handle.client.getMetricSpec({ source: 'kafka', topic: 'a b', lagThreshold: '0', limitToPartitionsWithLag: 'true', allowIdleConsumers: 'true', targetSize: '2' });
+    expect(r).toEqual({
+      ok: false,
+      error: {
+        code: grpc.status.INVALID_ARGUMENT,
+        details:
+          'invalid trigger metadata: lagThreshold: set either lagThreshold or targetSize, not both; lagThreshold: "0" must be a number greater than 0; consumerGroup: is required; topic: "a b" must be topic names (letters, digits, ".", "_", "-"), comma-separated; limitToPartitionsWithLag: cannot be true together with allowIdleConsumers true',
+      },
+    });
+    const conn = await handle.client.getMetricSpec({ source: 'kafka', consumerGroup: 'g', connection: 'nope' });
+    expect(conn).toMatchObject({ ok: false, error: { code: grpc.status.INVALID_ARGUMENT, details: 'invalid trigger metadata: connection: "nope" is not a connection the scaler knows for this source (configured: default, scram256, scram512, wrongpw)' } });
+  });
+});
+
+describe('SASL', () => {
+  it('reads lag over SCRAM-SHA-256 and SCRAM-SHA-512 connections', async () => {
+    const topic = await kafka.topic('scram', 1);
+    await kafka.produce(topic, 0, 3);
+    const group = kafka.group('scram');
+    await kafka.commit(group, topic, { 0: 1 });
+    for (const connection of ['scram256', 'scram512']) {
+      expect(await poll({ topic, consumerGroup: group, connection })).toMatchObject({ ok: true, view: { value: 1, active: true } });
+      expect(await poll({ topic, consumerGroup: group, connection, allowIdleConsumers: 'true' })).toMatchObject({ ok: true, view: { value: 2 } });
+    }
+  });
+
+  it('a wrong password is UNAVAILABLE with a clear error, never 0, and the password shows nowhere', async () => {
+    const topic = await kafka.topic('wrong-pw', 1);
+    const group = kafka.group('wrong-pw');
+    await kafka.commit(group, topic, { 0: 0 });
+    const r = await poll({ topic, consumerGroup: group, connection: 'wrongpw' });
+    expect(r).toMatchObject({ ok: false, error: { code: grpc.status.UNAVAILABLE, details: expect.stringContaining(`Kafka at ${KAFKA_SASL_BROKERS} refused the SASL credentials`) } });
+    expect(JSON.stringify(r)).not.toContain('not-the-Secret-42');
+    const active = await handle.client.isActive({ source: 'kafka', topic, consumerGroup: group, connection: 'wrongpw' });
+    expect(active).toMatchObject({ ok: false, error: { code: grpc.status.UNAVAILABLE } });
+    expect(handle.logs()).not.toContain('not-the-Secret-42');
+    expect(handle.logs()).not.toContain(KAFKA_PASSWORD);
+  });
+});
