@@ -5,15 +5,22 @@ import { createLogger } from '../common/log.ts';
 import { packageVersion } from '../common/paths.ts';
 import { loadWorkerConfig, WORKER_ENV } from '../worker/config.ts';
 import { consumeOne } from '../worker/consumer.ts';
+import { consumeKafka } from '../worker/kafka-consumer.ts';
 import { EXIT } from '../common/worker-exit.ts';
 import type { CommandContext } from './context.ts';
 
 export const WORKER_HELP = `Usage: kmj worker --queue <name>
+       kmj worker --topic <name> --group <name> [--max-messages <n>]
 
 Takes exactly one request from the queue (prefetch 1, consumer kept open while working), runs
 the model on the dataset with onnxruntime, logs params, metrics, inputs and a predictions
 artifact to MLflow, then cancels its consumer, settles the message and exits. One worker per
 request: run it as a KEDA ScaledJob (keda/scaledjob.yaml).
+
+With --topic, it joins the Kafka consumer group instead and takes up to --max-messages records
+(default 1) one at a time, committing each record's offset only after its run is FINISHED (or
+after it was written to the dead-letter topic, or back to its partition for a retry), then
+leaves the group (keda/scaledjob-kafka.yaml).
 
 Without MLFLOW_TRACKING_URI (local runs), or with KMJ_SPOOL_DIR set and MLflow out of reach, the
 run is written to a spool directory instead; "kmj replay --to <tracking uri>" uploads it later.
@@ -29,8 +36,11 @@ Exit codes:
   78  bad configuration
 
 Options:
-  --queue <name>   request queue (KMJ_WORKER_QUEUE)
-  -h, --help       show this help
+  --queue <name>         RabbitMQ request queue (KMJ_WORKER_QUEUE)
+  --topic <name>         Kafka request topic (KMJ_WORKER_TOPIC), instead of a queue
+  --group <name>         Kafka consumer group (KMJ_WORKER_GROUP)
+  --max-messages <n>     Kafka records per worker (KMJ_WORKER_MAX_MESSAGES, default 1)
+  -h, --help             show this help
 
 Environment:
 ${describeFields(WORKER_ENV)}
@@ -41,14 +51,19 @@ The request format is schemas/request-v1.schema.json; see docs/requests.md.
 export async function runWorker(argv: readonly string[], ctx: CommandContext): Promise<number> {
   const { values } = parseArgs({
     args: [...argv],
-    options: { queue: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+    options: { queue: { type: 'string' }, topic: { type: 'string' }, group: { type: 'string' }, 'max-messages': { type: 'string' }, help: { type: 'boolean', short: 'h' } },
     strict: true,
   });
   if (values.help) {
     ctx.stdout.write(WORKER_HELP);
     return 0;
   }
-  const config = loadWorkerConfig(ctx.env, values.queue !== undefined ? { queue: values.queue } : {});
+  const config = loadWorkerConfig(ctx.env, {
+    ...(values.queue !== undefined ? { queue: values.queue } : {}),
+    ...(values.topic !== undefined ? { topic: values.topic } : {}),
+    ...(values.group !== undefined ? { group: values.group } : {}),
+    ...(values['max-messages'] !== undefined ? { maxMessages: values['max-messages'] } : {}),
+  });
   const log = createLogger({ level: config.logLevel, name: 'kmj-worker', sync: true });
   const mlflow = config.mlflow;
   if (!mlflow) log.info({ spool: config.spoolDir }, 'MLFLOW_TRACKING_URI is not set; runs are recorded in the spool (kmj replay uploads them)');
@@ -67,7 +82,8 @@ export async function runWorker(argv: readonly string[], ctx: CommandContext): P
   })();
   pipeline.catch(() => undefined); // awaited below; this only keeps an early failure from being unhandled
   try {
-    return await consumeOne({
+    const consume = config.kafka ? consumeKafka : consumeOne;
+    return await consume({
       config,
       log,
       shutdown: ctx.shutdownSignal,

@@ -4,16 +4,24 @@
  */
 import { homedir, tmpdir, userInfo } from 'node:os';
 import { join } from 'node:path';
-import { readConfig } from '../common/config.ts';
+import { readConfig, type FlagOverride } from '../common/config.ts';
 import type { FieldSpecs, RawInput } from '../common/fields.ts';
 import { LOG_LEVELS, type LogLevel } from '../common/log.ts';
 import { deadLetterQueueOf } from '../rabbitmq/topology.ts';
 import { RABBITMQ_ENV } from '../rabbitmq/settings.ts';
+import { KAFKA_ENV, kafkaConnection, type KafkaConnection } from '../kafka/settings.ts';
+import { deadLetterTopicOf } from '../kafka/topics.ts';
 import { checkMlflow, MLFLOW_ENV, mlflowSettings, readMlflowFiles, type MlflowSettings } from '../mlflow/settings.ts';
 
 export const WORKER_ENV = {
-  KMJ_WORKER_QUEUE: { kind: 'string', required: true, maxLength: 255, help: 'request queue (--queue)' },
+  KMJ_WORKER_QUEUE: { kind: 'string', maxLength: 255, help: 'RabbitMQ request queue (--queue); or KMJ_WORKER_TOPIC' },
   RABBITMQ_URL: RABBITMQ_ENV.RABBITMQ_URL,
+  KMJ_WORKER_TOPIC: { kind: 'string', pattern: /^[a-zA-Z0-9._-]{1,249}$/, patternHint: 'a Kafka topic name', help: 'Kafka request topic (--topic), instead of a queue' },
+  KMJ_WORKER_GROUP: { kind: 'string', maxLength: 255, help: 'Kafka consumer group (--group; required with a topic)' },
+  KMJ_WORKER_MAX_MESSAGES: { kind: 'integer', min: 1, max: 10_000, default: 1, help: 'Kafka: records one worker takes before it exits (--max-messages)' },
+  KMJ_WORKER_KAFKA_SESSION_TIMEOUT_MS: { kind: 'integer', unit: 'ms', min: 6000, max: 300_000, default: 30_000, help: 'Kafka: a worker that stops heartbeating (killed) loses its partitions after this long' },
+  KMJ_DEAD_LETTER_TOPIC: { kind: 'string', pattern: /^[a-zA-Z0-9._-]{1,249}$/, patternHint: 'a Kafka topic name', help: 'Kafka dead-letter topic (default: <topic>.dead)' },
+  ...KAFKA_ENV,
   ...MLFLOW_ENV,
   KMJ_WORKER_IDLE_TIMEOUT_MS: { kind: 'integer', unit: 'ms', min: 100, max: 3_600_000, default: 30_000, help: 'exit 0 when no message arrives this long' },
   KMJ_WORKER_TIME_BUDGET_MS: { kind: 'integer', unit: 'ms', min: 1000, max: 86_400_000, default: 600_000, help: 'whole budget for one request, retries included' },
@@ -39,8 +47,20 @@ export const WORKER_ENV = {
 } as const satisfies FieldSpecs;
 
 
+/** The Kafka input, when the worker reads a topic instead of a queue. */
+export interface KafkaInput {
+  readonly topic: string;
+  readonly group: string;
+  readonly deadLetterTopic: string;
+  readonly maxMessages: number;
+  readonly sessionTimeoutMs: number;
+  readonly connection: KafkaConnection;
+}
+
 export interface WorkerConfig {
+  /** The RabbitMQ queue, or with Kafka the topic (the name runs are tagged with). */
   readonly queue: string;
+  readonly kafka: KafkaInput | undefined;
   readonly deadLetterQueue: string;
   readonly maxDeliveries: number;
   readonly rabbitmqUrl: string;
@@ -78,22 +98,52 @@ function osUser(): string {
   }
 }
 
-export function loadWorkerConfig(env: RawInput, flags: { queue?: string } = {}): WorkerConfig {
+export interface WorkerFlags {
+  readonly queue?: string;
+  readonly topic?: string;
+  readonly group?: string;
+  readonly maxMessages?: string;
+}
+
+export function loadWorkerConfig(env: RawInput, flags: WorkerFlags = {}): WorkerConfig {
   let files = { serverCa: undefined as Buffer | undefined, clientCert: undefined as Buffer | undefined };
+  let connection: KafkaConnection | undefined;
+  const flag = (name: string, value: string | undefined): FlagOverride | undefined => (value !== undefined ? { flag: name, value } : undefined);
+  const overrides = {
+    KMJ_WORKER_QUEUE: flag('--queue', flags.queue),
+    KMJ_WORKER_TOPIC: flag('--topic', flags.topic),
+    KMJ_WORKER_GROUP: flag('--group', flags.group),
+    KMJ_WORKER_MAX_MESSAGES: flag('--max-messages', flags.maxMessages),
+  };
+  const nameOf = (key: string): string => overrides[key as keyof typeof overrides]?.flag ?? key;
   const v = readConfig(
     'worker',
     WORKER_ENV,
     env,
-    { KMJ_WORKER_QUEUE: flags.queue !== undefined ? { flag: '--queue', value: flags.queue } : undefined },
-    checkMlflow,
+    overrides,
+    (c, problems) => {
+      checkMlflow(c, problems);
+      if ((c.KMJ_WORKER_QUEUE === undefined) === (c.KMJ_WORKER_TOPIC === undefined)) {
+        problems.push(`${nameOf('KMJ_WORKER_QUEUE')}: set a queue or ${nameOf('KMJ_WORKER_TOPIC')}, exactly one of them`);
+      } else if (c.KMJ_WORKER_TOPIC !== undefined) {
+        if (c.KMJ_WORKER_GROUP === undefined) problems.push(`${nameOf('KMJ_WORKER_GROUP')}: is required with a topic`);
+        connection = kafkaConnection(env, problems);
+        if (!connection && problems.length === 0) problems.push('KAFKA_BROKERS: is required with a topic');
+      }
+    },
     (raw, problems) => {
       files = readMlflowFiles(raw, problems);
     },
   );
+  const topic = v.KMJ_WORKER_TOPIC;
   const trackingUri = v.MLFLOW_TRACKING_URI;
   return Object.freeze({
-    queue: v.KMJ_WORKER_QUEUE,
-    deadLetterQueue: v.KMJ_DEAD_LETTER_QUEUE ?? deadLetterQueueOf(v.KMJ_WORKER_QUEUE),
+    queue: topic ?? v.KMJ_WORKER_QUEUE ?? '',
+    kafka:
+      topic !== undefined && connection && v.KMJ_WORKER_GROUP !== undefined
+        ? Object.freeze({ topic, group: v.KMJ_WORKER_GROUP, deadLetterTopic: v.KMJ_DEAD_LETTER_TOPIC ?? deadLetterTopicOf(topic), maxMessages: v.KMJ_WORKER_MAX_MESSAGES, sessionTimeoutMs: v.KMJ_WORKER_KAFKA_SESSION_TIMEOUT_MS, connection })
+        : undefined,
+    deadLetterQueue: v.KMJ_DEAD_LETTER_QUEUE ?? deadLetterQueueOf(v.KMJ_WORKER_QUEUE ?? ''),
     maxDeliveries: v.KMJ_MAX_DELIVERIES,
     rabbitmqUrl: v.RABBITMQ_URL,
     mlflow: mlflowSettings(v, files),

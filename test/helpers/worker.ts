@@ -12,7 +12,7 @@ import { promisify } from 'node:util';
 import { connect, type ConsumeMessage } from 'amqplib';
 import { PACKAGE_ROOT } from '../../common/paths.ts';
 import { declareRequestTopology, deadLetterQueueOf } from '../../rabbitmq/topology.ts';
-import { RABBITMQ_URL } from './env.ts';
+import { KAFKA_BROKERS, RABBITMQ_URL } from './env.ts';
 
 const run = promisify(execFile);
 
@@ -169,7 +169,16 @@ export function workerEnv(env: Record<string, string> = {}): Record<string, stri
 
 /** Spawns `kmj worker --queue <queue>` and collects its output. */
 export function startWorker(queue: string, env: Record<string, string> = {}): WorkerProcess {
-  const child = spawn(process.execPath, [join(PACKAGE_ROOT, 'bin', 'kmj.js'), 'worker', '--queue', queue], { env: workerEnv(env), stdio: ['ignore', 'pipe', 'pipe'] });
+  return spawnWorker(['--queue', queue], env);
+}
+
+/** Spawns `kmj worker --topic <topic> --group <group> ...args` against the test broker. */
+export function startKafkaWorker(topic: string, group: string, env: Record<string, string> = {}, args: readonly string[] = []): WorkerProcess {
+  return spawnWorker(['--topic', topic, '--group', group, ...args], { KAFKA_BROKERS, KMJ_WORKER_KAFKA_SESSION_TIMEOUT_MS: '6000', ...env });
+}
+
+function spawnWorker(args: readonly string[], env: Record<string, string>): WorkerProcess {
+  const child = spawn(process.execPath, [join(PACKAGE_ROOT, 'bin', 'kmj.js'), 'worker', ...args], { env: workerEnv(env), stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   let stdout = '';
   child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));

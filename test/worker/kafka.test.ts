@@ -1,0 +1,184 @@
+// The worker's Kafka input against a real broker and a real MLflow: records committed only after
+// their run is FINISHED, --max-messages, a worker killed between its run's FINISHED and its
+// commit, a poison record dead-lettered after the delivery limit with the group moving on. Each
+// test has its own topic, group and experiment.
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { EXIT } from '../../common/worker-exit.ts';
+import { KAFKA_HEADERS } from '../../kafka/topics.ts';
+import { Cleanups } from '../helpers/cleanups.ts';
+import { FaultProxy, mlflowPath } from '../helpers/fault-proxy.ts';
+import { KafkaFixture } from '../helpers/kafka.ts';
+import { closedPort } from '../helpers/kmj.ts';
+import { logsWith, request, runsOf, startKafkaWorker, waitForLog, type WorkerProcess } from '../helpers/worker.ts';
+
+const kafka = new KafkaFixture();
+const cleanups = new Cleanups();
+afterEach(() => cleanups.run());
+afterAll(() => kafka.close());
+
+function worker(topic: string, group: string, env: Record<string, string> = {}, args: readonly string[] = []): WorkerProcess {
+  const w = startKafkaWorker(topic, group, env, args);
+  cleanups.defer(async () => {
+    if (w.child.exitCode === null && w.child.signalCode === null) {
+      w.child.kill('SIGKILL');
+      await w.done;
+    }
+  });
+  return w;
+}
+
+async function produce(topic: string, body: unknown): Promise<void> {
+  const producer = kafka.kafka.producer();
+  await producer.connect();
+  try {
+    await producer.send({ topic, acks: -1, messages: [{ partition: 0, value: JSON.stringify(body) }] });
+  } finally {
+    await producer.disconnect();
+  }
+}
+
+/** Every record of a topic, with its headers as text. */
+async function records(topic: string): Promise<Array<{ value: string; headers: Record<string, string> }>> {
+  const admin = await kafka.admin();
+  const [p] = await admin.fetchTopicOffsets(topic);
+  const end = Number(p?.high ?? 0);
+  if (end === 0) return [];
+  const out: Array<{ value: string; headers: Record<string, string> }> = [];
+  const consumer = kafka.kafka.consumer({ groupId: `reader-${Date.now()}-${Math.random().toString(36).slice(2)}`, maxWaitTimeInMs: 100 });
+  await consumer.connect();
+  try {
+    await consumer.subscribe({ topic, fromBeginning: true });
+    await new Promise<void>((resolve) => {
+      void consumer.run({
+        eachMessage: async ({ message }) => {
+          const headers = Object.fromEntries(Object.entries(message.headers ?? {}).map(([k, v]) => [k, String(v)]));
+          out.push({ value: message.value?.toString() ?? '', headers });
+          if (Number(message.offset) + 1 >= end) resolve();
+        },
+      });
+    });
+  } finally {
+    await consumer.disconnect();
+  }
+  return out;
+}
+
+describe('kmj worker --topic', () => {
+  it('runs a record, commits it after the run is FINISHED, and leaves the group', async () => {
+    const topic = await kafka.topic('work', 1);
+    const group = kafka.group('workers');
+    const req = request();
+    await produce(topic, req);
+    const result = await worker(topic, group).done;
+    expect(result.code).toBe(EXIT.OK);
+    const runs = await runsOf(req.experiment);
+    expect(runs.map((r) => r.info.status)).toEqual(['FINISHED']);
+    expect(await kafka.committed(group, topic)).toEqual({ 0: 1 });
+    expect(logsWith(result, 'record committed')).toMatchObject([{ requestId: req.requestId, runId: runs[0]?.info.run_id, partition: 0, offset: '0', attempt: 1 }]);
+    // kafkajs' Node 24 timer warning never reaches the user's log.
+    expect(result.stderr).not.toContain('TimeoutNegativeWarning');
+    expect(result.stderr.split('\n').filter((l) => l !== '' && !l.startsWith('{'))).toEqual([]);
+  });
+
+  it('takes at most --max-messages records; the rest stay for the next worker, which starts at once', async () => {
+    const topic = await kafka.topic('batch', 1);
+    const group = kafka.group('batch');
+    const reqs = [request(), request(), request()];
+    for (const r of reqs) await produce(topic, r);
+    const first = await worker(topic, group, {}, ['--max-messages', '2']).done;
+    expect(first.code).toBe(EXIT.OK);
+    expect(logsWith(first, 'record committed').map((l) => l['requestId'])).toEqual([reqs[0]?.requestId, reqs[1]?.requestId]);
+    expect(await kafka.committed(group, topic)).toEqual({ 0: 2 });
+    // The first worker left the group: the second gets the partition without waiting out a session.
+    const startedAt = Date.now();
+    const second = await worker(topic, group, { KMJ_WORKER_IDLE_TIMEOUT_MS: '1000' }, ['--max-messages', '2']).done;
+    expect(second.code).toBe(EXIT.OK);
+    expect(logsWith(second, 'record committed').map((l) => l['requestId'])).toEqual([reqs[2]?.requestId]);
+    expect(Date.now() - startedAt).toBeLessThan(5500);
+    expect(await kafka.committed(group, topic)).toEqual({ 0: 3 });
+    for (const r of reqs) expect((await runsOf(r.experiment)).map((x) => x.info.status)).toEqual(['FINISHED']);
+  });
+
+  it('a bad request is dead-lettered with the reason in its headers and committed', async () => {
+    const topic = await kafka.topic('bad', 1);
+    const group = kafka.group('bad');
+    const req = request({ model: 'not a model uri' });
+    await produce(topic, req);
+    const result = await worker(topic, group).done;
+    expect(result.code).toBe(EXIT.DEAD_LETTERED);
+    expect(await kafka.committed(group, topic)).toEqual({ 0: 1 });
+    const dead = await records(`${topic}.dead`);
+    expect(dead).toHaveLength(1);
+    expect(JSON.parse(dead[0]?.value ?? '{}')).toEqual(req);
+    expect(dead[0]?.headers).toMatchObject({ [KAFKA_HEADERS.field]: 'model', [KAFKA_HEADERS.topic]: topic, [KAFKA_HEADERS.partition]: '0', [KAFKA_HEADERS.offset]: '0', [KAFKA_HEADERS.attempt]: '1' });
+    expect(dead[0]?.headers[KAFKA_HEADERS.reason]).toBe('invalid request: model: must start with models:/, runs:/, mlflow-artifacts: or file:///');
+  });
+
+  it('killed after its run is FINISHED but before its commit: the next worker commits it without a second run', async () => {
+    const topic = await kafka.topic('kill', 1);
+    const group = kafka.group('kill');
+    const req = request();
+    await produce(topic, req);
+    // MLflow marks the run FINISHED, and its answer is held 20 s: the worker waits for it there.
+    const p = await FaultProxy.start();
+    cleanups.defer(() => p.close());
+    p.inject({ path: mlflowPath('runs/update'), afterForward: true, delayMs: 20_000, times: 1 });
+    const w = worker(topic, group, { MLFLOW_TRACKING_URI: p.url });
+    const started = await waitForLog(w, 'run started', 30_000);
+    const deadline = Date.now() + 30_000;
+    while ((await runsOf(req.experiment)).map((r) => r.info.status).join() !== 'FINISHED') {
+      if (Date.now() > deadline) throw new Error('the run never became FINISHED');
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    w.child.kill('SIGKILL');
+    expect((await w.done).signal).toBe('SIGKILL');
+    expect(await kafka.committed(group, topic)).toEqual({ 0: -1 });
+
+    // The next worker gets the record once the killed member's session (6 s) is over: its idle
+    // timeout must outlast that.
+    const again = await worker(topic, group, { KMJ_WORKER_IDLE_TIMEOUT_MS: '20000' }).done;
+    expect(again.code).toBe(EXIT.OK);
+    expect(logsWith(again, 'request already has a finished run; acknowledging')).toHaveLength(1);
+    expect(logsWith(again, 'record committed')).toMatchObject([{ requestId: req.requestId, alreadyFinished: true }]);
+    const runs = await runsOf(req.experiment);
+    expect(runs.map((r) => [r.info.run_id, r.info.status])).toEqual([[started['runId'], 'FINISHED']]);
+    expect(await kafka.committed(group, topic)).toEqual({ 0: 1 });
+  }, 90_000);
+
+  it('a record that fails every time is dead-lettered at KMJ_MAX_DELIVERIES and the group moves on', async () => {
+    const topic = await kafka.topic('poison', 1);
+    const group = kafka.group('poison');
+    const unreachable = `http://127.0.0.1:${await closedPort()}`;
+    const poison = request();
+    await produce(topic, poison);
+    const env = { MLFLOW_TRACKING_URI: unreachable, KMJ_MAX_DELIVERIES: '2' };
+    const first = await worker(topic, group, env).done;
+    expect(first.code).toBe(EXIT.REQUEUED);
+    expect(logsWith(first, 'record requeued')).toMatchObject([{ requestId: poison.requestId, attempt: 1 }]);
+    const second = await worker(topic, group, env).done;
+    expect(second.code).toBe(EXIT.DEAD_LETTERED);
+    expect(logsWith(second, 'record dead-lettered')).toMatchObject([{ requestId: poison.requestId, attempt: 2 }]);
+    const dead = await records(`${topic}.dead`);
+    expect(dead).toHaveLength(1);
+    expect(JSON.parse(dead[0]?.value ?? '{}')).toEqual(poison);
+    expect(dead[0]?.headers[KAFKA_HEADERS.reason]).toMatch(/^gave up after 2 deliveries: MLflow .*ECONNREFUSED/);
+    expect(dead[0]?.headers[KAFKA_HEADERS.attempt]).toBe('2');
+
+    // The group is past the poison record and its retry: a good request runs next.
+    const good = request();
+    await produce(topic, good);
+    const third = await worker(topic, group).done;
+    expect(third.code).toBe(EXIT.OK);
+    expect(logsWith(third, 'record committed')).toMatchObject([{ requestId: good.requestId, attempt: 1 }]);
+    expect(await kafka.committed(group, topic)).toEqual({ 0: 3 });
+    expect(await runsOf(poison.experiment)).toEqual([]);
+  }, 90_000);
+
+  it('exits 0 without touching MLflow when no record arrives within the idle timeout', async () => {
+    const topic = await kafka.topic('idle', 1);
+    const group = kafka.group('idle');
+    const result = await worker(topic, group, { KMJ_WORKER_IDLE_TIMEOUT_MS: '1500', MLFLOW_TRACKING_URI: `http://127.0.0.1:${await closedPort()}` }).done;
+    expect(result.code).toBe(EXIT.OK);
+    expect(logsWith(result, 'no message; exiting')).toHaveLength(1);
+  });
+});
