@@ -13,12 +13,13 @@ export PATH := $(NODE_BIN):$(CURDIR)/node_modules/.bin:$(PATH)
 
 STAMP := .run/stamps
 
-.PHONY: help deps build typecheck services cluster cluster-down test demo demo-cluster bench-scaler bench-worker bench-keda clean
+.PHONY: help deps build typecheck services cluster cluster-down test demo demo-cluster bench-scaler bench-kafka bench-worker bench-keda clean
 
 help:
 	@echo "make demo          RabbitMQ, MLflow, the scaler and workers on this machine, one Job per request"
 	@echo "make test          start the services the tests need, run every test"
 	@echo "make bench-scaler  benchmark the scaler under KEDA-like polling of 200 queues"
+	@echo "make bench-kafka   the scaler's Kafka source under KEDA-like polling of 100 groups of 12 partitions, beside RabbitMQ"
 	@echo "make bench-worker  the worker beside a Python worker: cold start, throughput, memory"
 	@echo "make bench-keda    our trigger beside KEDA's built-in RabbitMQ trigger, in the real cluster (~30 min)"
 	@echo "make cluster       a real single-node Kubernetes + KEDA here, with the project deployed (docs/deploy.md)"
@@ -80,6 +81,10 @@ demo: build
 bench-scaler: build
 	scripts/rabbitmq.sh start
 	node bench/scaler-bench.ts
+
+# The Kafka scaler benchmark: 100 consumer groups (and 100 RabbitMQ queues) against one scaler process.
+bench-kafka: build services
+	node bench/kafka-bench.ts
 
 bench-worker: build services
 	node bench/worker-bench.ts

@@ -24,11 +24,14 @@ import { defaultManagementUrl, RABBITMQ_ENV, vhostOf } from '../rabbitmq/setting
 import { deadLetterQueueOf } from '../rabbitmq/topology.ts';
 import { ScalerClient } from '../scaler/client.ts';
 import type { CommandContext } from './context.ts';
+import { kafkaStatus } from './kafka-status.ts';
+import { kafkaConnection } from '../kafka/settings.ts';
 import { UsageError } from './usage.ts';
 import { formatAge, readScaledJob, type ScaledJobReport } from '../kubernetes/scaledjob.ts';
 
 export const STATUS_HELP = `Usage: kmj status --queue <q> [--experiment <e>] [-o json|yaml|wide]
        kmj status --scaledjob <name> [-n <namespace>] [--context <c>] [-o json|yaml|wide] [--watch]
+       kmj status --kafka --group <g> [--topic <t>[,<t>…]] [--json]
 
 Shows, for a request queue:
   the queue     ready, unacknowledged and consumers, and the dead-letter queue's messages
@@ -43,6 +46,8 @@ pods that are stuck (Unschedulable, image errors, long Pending) with the reason.
 the scaler's question are then the trigger's own metadata, so the scaler is asked exactly what
 KEDA asks and no new target is made in it.
 Whatever is unreachable is shown with the reason; the rest is still shown.
+With --kafka, a consumer group's lag per partition (committed offset, end offset, lag), on the
+topics named or on every topic the group has committed offsets for (KAFKA_BROKERS, KAFKA_*).
 
 Options:
   --queue <q>          request queue (with --scaledjob: the trigger's queueName)
@@ -373,6 +378,9 @@ export async function runStatus(argv: readonly string[], ctx: CommandContext): P
     args: [...argv],
     options: {
       queue: { type: 'string' },
+      kafka: { type: 'boolean' },
+      group: { type: 'string' },
+      topic: { type: 'string' },
       experiment: { type: 'string' },
       runs: { type: 'string' },
       scaledjob: { type: 'string' },
@@ -389,6 +397,18 @@ export async function runStatus(argv: readonly string[], ctx: CommandContext): P
   if (values.help) {
     ctx.stdout.write(STATUS_HELP);
     return 0;
+  }
+  if (values.kafka) {
+    const problems: string[] = [];
+    if (values.group === undefined) problems.push('--group: is required with --kafka');
+    for (const flag of ['queue', 'scaledjob', 'experiment', 'runs', 'watch'] as const) if (values[flag] !== undefined) problems.push(`--${flag}: not with --kafka`);
+    if (problems.length > 0 || values.group === undefined) throw new UsageError(problems);
+    const connectionProblems: string[] = [];
+    const connection = kafkaConnection(ctx.env, connectionProblems);
+    if (!connection) throw new ConfigError('status', connectionProblems.length > 0 ? connectionProblems : ['KAFKA_BROKERS: is required with --kafka']);
+    const topics = values.topic === undefined ? [] : values.topic.split(',').filter(Boolean);
+    const json = values.json === true || values.output === 'json';
+    return kafkaStatus(ctx, connection, values.group, topics, json, createLogger({ level: 'warn', name: 'kmj-status', sync: true }));
   }
   const problems: string[] = [];
   if (values.queue === undefined && values.scaledjob === undefined) problems.push('--queue: is required');

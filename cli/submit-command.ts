@@ -21,16 +21,30 @@ import { PublishError, RequestPublisher } from './publisher.ts';
 import { RUN_TAG } from '../common/run-tags.ts';
 import { RABBITMQ_ENV } from '../rabbitmq/settings.ts';
 import { parseDuration } from '../common/fields.ts';
+import { messageOf } from '../common/redact.ts';
+import { kafkaClient } from '../kafka/client.ts';
+import { ensureGroup, KafkaPublishError, publishRecords } from '../kafka/publish.ts';
+import { KAFKA_ENV, kafkaConnection } from '../kafka/settings.ts';
+import { ensureTopic } from '../kafka/topics.ts';
 
 export const SUBMIT_HELP = `Usage: kmj submit --queue <q> --model <uri> --dataset <uri|path> [options]
        kmj submit --queue <q> --file requests.jsonl [options]
+       kmj submit --kafka --topic <t> [--group <g>] (--model … --dataset … | --file …) [options]
 
 Builds a request (schemas/request-v1.schema.json), checks it, and publishes it persistently to
 the durable queue with publisher confirms; prints the request id. If the broker refuses the
 message or does not confirm it, kmj says so and exits non-zero.
 
+With --kafka the requests go to a Kafka topic instead, from an idempotent producer with acks from
+all in-sync replicas, keyed by request id; the ids printed are those the brokers acknowledged.
+
 Options:
   --queue <q>              request queue (declared if missing, with its dead-letter queue)
+  --kafka                  publish to Kafka (KAFKA_BROKERS and the KAFKA_* settings)
+  --topic <t>              Kafka request topic (created if missing, with --partitions)
+  --partitions <n>         partitions of a topic kmj creates (default 1); they cap the Jobs
+  --group <g>              the workers' consumer group: made, with a commit at the start of each
+                           partition, if it does not exist yet, so the scaler sees its lag
   --model <uri>            models:/<name>/<version>, models:/<name>@<alias>, runs:/…, …
   --dataset <uri|path>     mlflow-artifacts:/…, runs:/…, http(s)://…, or a file path (made absolute)
   --format <csv|jsonl>     dataset format, when the name does not say it
@@ -49,7 +63,8 @@ Options:
   -h, --help               show this help
 
 Environment: RABBITMQ_URL (default amqp://guest:guest@127.0.0.1:5672), MLFLOW_TRACKING_URI and
-the usual MLflow auth variables (for --wait), KMJ_MAX_DELIVERIES (queue delivery limit, 5).
+the usual MLflow auth variables (for --wait), KMJ_MAX_DELIVERIES (queue delivery limit, 5);
+with --kafka: KAFKA_BROKERS, KAFKA_SASL_MECHANISM, KAFKA_USERNAME, KAFKA_PASSWORD, KAFKA_TLS, …
 
 Exit codes: 0 published (with --wait: the run FINISHED), 10 (--wait) dead-lettered,
 64 bad usage, 65 a request is invalid (nothing published), 69 the broker refused or did not
@@ -60,6 +75,7 @@ timeout, 78 bad configuration, 130 interrupted (Ctrl-C).
 const SUBMIT_ENV = {
   RABBITMQ_URL: RABBITMQ_ENV.RABBITMQ_URL,
   KMJ_MAX_DELIVERIES: { kind: 'integer', min: 1, max: 1000, default: 5 },
+  ...KAFKA_ENV,
 } as const satisfies FieldSpecs;
 
 export const SUBMIT_EXIT = { OK: 0, DEAD_LETTERED: 10, INVALID: 65, BROKER: 69, TIMEOUT: 75, CONFIG: 78, INTERRUPTED: 130 } as const;
@@ -119,6 +135,10 @@ export async function runSubmit(argv: readonly string[], ctx: CommandContext): P
     args: [...argv],
     options: {
       queue: { type: 'string' },
+      kafka: { type: 'boolean' },
+      topic: { type: 'string' },
+      partitions: { type: 'string' },
+      group: { type: 'string' },
       model: { type: 'string' },
       dataset: { type: 'string' },
       format: { type: 'string' },
@@ -142,8 +162,17 @@ export async function runSubmit(argv: readonly string[], ctx: CommandContext): P
   }
   const env = readConfig('submit', SUBMIT_ENV, ctx.env);
   const problems: string[] = [];
-  const queue = values.queue;
-  if (queue === undefined) problems.push('--queue: is required');
+  const useKafka = values.kafka === true;
+  const queue = useKafka ? values.topic : values.queue;
+  if (useKafka) {
+    if (values.topic === undefined) problems.push('--topic: is required with --kafka');
+    if (values.queue !== undefined) problems.push('--queue: is for RabbitMQ; with --kafka give --topic');
+  } else {
+    if (queue === undefined) problems.push('--queue: is required');
+    for (const flag of ['topic', 'partitions', 'group'] as const) if (values[flag] !== undefined) problems.push(`--${flag}: needs --kafka`);
+  }
+  const partitions = values.partitions === undefined ? 1 : Number(values.partitions);
+  if (!Number.isSafeInteger(partitions) || partitions < 1 || partitions > 10_000) problems.push(`--partitions: ${JSON.stringify(values.partitions)} must be an integer from 1 to 10000`);
   if (values.file === undefined && (values.model === undefined || values.dataset === undefined)) {
     problems.push(`${values.model === undefined ? '--model' : '--dataset'}: is required (or give --file)`);
   }
@@ -217,6 +246,44 @@ export async function runSubmit(argv: readonly string[], ctx: CommandContext): P
   // --wait needs MLflow: find out before publishing that its settings are usable.
   const tracking = values.wait ? mlflowFromEnv('submit', ctx.env, log) : undefined;
   if (values.wait && !tracking) throw new ConfigError('submit', ['MLFLOW_TRACKING_URI: is required with --wait']);
+
+  if (useKafka) {
+    const connectionProblems: string[] = [];
+    const connection = kafkaConnection(ctx.env, connectionProblems);
+    if (!connection) throw new ConfigError('submit', connectionProblems.length > 0 ? connectionProblems : ['KAFKA_BROKERS: is required with --kafka']);
+    const kafka = kafkaClient(connection, { clientId: 'kmj-submit', log, connectTimeoutMs: 10_000, requestTimeoutMs: 30_000, retries: 5 });
+    try {
+      const admin = kafka.admin();
+      await admin.connect();
+      try {
+        if (await ensureTopic(admin, queue, partitions)) ctx.stderr.write(`kmj submit: created topic ${queue} with ${partitions} partition${partitions === 1 ? '' : 's'}\n`);
+      } finally {
+        await admin.disconnect().catch(() => undefined);
+      }
+      if (values.group !== undefined && (await ensureGroup(kafka, values.group, queue))) ctx.stderr.write(`kmj submit: created consumer group ${values.group} at the start of ${queue}\n`);
+      const show = batch.length > 1 ? progress(ctx, batch.length) : () => undefined;
+      let done = 0;
+      await publishRecords(kafka, queue, batch, ctx.shutdownSignal, (ids) => {
+        for (const id of ids) ctx.stdout.write(`${id}\n`);
+        done += ids.length;
+        show(done);
+      });
+    } catch (err) {
+      if (err instanceof KafkaPublishError) {
+        ctx.stderr.write(`kmj submit: ${messageOf(err)}\n`);
+        return ctx.shutdownSignal.aborted ? SUBMIT_EXIT.INTERRUPTED : SUBMIT_EXIT.BROKER;
+      }
+      ctx.stderr.write(`kmj submit: Kafka at ${connection.brokers.join(',')}: ${messageOf(err)}\n`);
+      return SUBMIT_EXIT.BROKER;
+    }
+    if (!tracking) return SUBMIT_EXIT.OK;
+    const first = batch[0] as { requestId: string };
+    try {
+      return await waitForOutcome(ctx, tracking, () => undefined, async () => undefined, queue, String(defaults['experiment']), first.requestId, timeoutSeconds * 1000);
+    } finally {
+      await tracking.http.close();
+    }
+  }
 
   const publisher = new RequestPublisher({ url: env.RABBITMQ_URL, queue, maxDeliveries: env.KMJ_MAX_DELIVERIES, confirmTimeoutMs: 30_000, replies: tracking !== undefined });
   try {

@@ -40,6 +40,11 @@ export class KafkaFixture {
     return name;
   }
 
+  /** Deletes in `close` a topic made by someone else (kmj submit). */
+  adopt(topic: string): void {
+    this.#topics.add(topic);
+  }
+
   /** A group name deleted in `close` (the group itself appears when offsets are committed). */
   group(prefix = 'g'): string {
     const name = uniqueName(prefix);

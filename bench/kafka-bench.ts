@@ -1,0 +1,861 @@
+/**
+ * `make bench-kafka`: the scaler's Kafka source under the load KEDA puts on it.
+ *
+ * Setup: 100 topics of 12 partitions and one consumer group per topic (a ScaledJob per group, as
+ * a deployment would have it), records produced to every partition and offsets committed so that
+ * every group has a known, different, non-zero lag (some partitions fully consumed, some with
+ * no commit at all). Every name starts with a prefix of this run; all of it is deleted at the end,
+ * also when the bench fails.
+ *
+ * Measured, in one run:
+ * 1. the baseline: one KafkaOffsetsReader.read of a 12-partition group, the read the scaler's
+ *    background loop makes (kafka/offsets.ts over kafka/client.ts), timed in this process, many
+ *    samples one after another; the samples also prove the setup (every end and committed offset
+ *    as planned);
+ * 2. a `kmj scaler` child process polled as KEDA polls: every ScaledJob once per polling interval,
+ *    GetMetricSpec, GetMetrics and IsActive back to back (ScalerClient.poll's sequence), one gRPC
+ *    channel for all of them. Three phases, each on a fresh scaler process so CPU and RSS are its
+ *    own: the Kafka groups only, 100 RabbitMQ queues only, and both at once. Every answer is
+ *    checked against the planned lag (or queue depth), threshold and activity: a wrong value fails
+ *    the bench. The scaler's own read-duration histogram (kmj_scaler_refresh_duration_seconds)
+ *    is scraped at both ends of the window: its reads under load.
+ *
+ * Printed: GetMetrics, IsActive and GetMetricSpec p50/p99 as the client sees them, the direct read's
+ * p50/p99 and the ratio of the two (how much answering from the cache saves), the scaler's reads
+ * per second and their duration, its CPU (% of one core) and RSS (max and end of the window).
+ *
+ * Options (env): BENCH_KAFKA_GROUPS (100), BENCH_KAFKA_QUEUES (100), BENCH_PHASE_SECONDS (30),
+ * BENCH_POLL_INTERVAL_MS (1000), BENCH_READ_SAMPLES (1000), BENCH_KAFKA_PHASES (kafka,rabbitmq,both),
+ * BENCH_SCALER_NODE_ARGS, KAFKA_BROKERS (127.0.0.1:19092), RABBITMQ_URL.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import { connect as amqpConnect } from 'amqplib';
+import type { Admin, Kafka, Producer } from 'kafkajs';
+import { createLogger, type Logger } from '../common/log.ts';
+import { PACKAGE_ROOT } from '../common/paths.ts';
+import { kafkaClient } from '../kafka/client.ts';
+import { KafkaOffsetsReader } from '../kafka/offsets.ts';
+import { kafkaConnection, type KafkaConnection } from '../kafka/settings.ts';
+import { kedaNumber, ScalerClient, type ScaledObjectRef } from '../scaler/client.ts';
+import { out, percentile, sorted } from './stats.ts';
+
+// ---------------------------------------------------------------------------------------------
+// Options
+
+const PHASE_NAMES = ['kafka', 'rabbitmq', 'both'] as const;
+type PhaseName = (typeof PHASE_NAMES)[number];
+
+interface BenchOptions {
+  readonly groups: number;
+  readonly partitions: number;
+  readonly queues: number;
+  readonly phaseSeconds: number;
+  readonly pollIntervalMs: number;
+  readonly readSamples: number;
+  readonly phases: readonly PhaseName[];
+  readonly brokers: string;
+  readonly rabbitmqUrl: string;
+  readonly scalerNodeArgs: readonly string[];
+}
+
+function intOption(env: NodeJS.ProcessEnv, name: string, fallback: number, min: number, max: number, problems: string[]): number {
+  const raw = env[name];
+  if (raw === undefined || raw === '') return fallback;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < min || n > max) {
+    problems.push(`${name}: ${JSON.stringify(raw)} must be an integer from ${min} to ${max}`);
+    return fallback;
+  }
+  return n;
+}
+
+/** The bench's settings, read once; every bad one is reported together. */
+function readOptions(env: NodeJS.ProcessEnv): BenchOptions {
+  const problems: string[] = [];
+  const phases = (env['BENCH_KAFKA_PHASES'] ?? PHASE_NAMES.join(',')).split(',').map((p) => p.trim()).filter(Boolean);
+  const unknown = phases.filter((p) => !(PHASE_NAMES as readonly string[]).includes(p));
+  if (unknown.length > 0 || phases.length === 0) problems.push(`BENCH_KAFKA_PHASES: ${JSON.stringify(env['BENCH_KAFKA_PHASES'])} must list some of ${PHASE_NAMES.join(', ')}`);
+  const options: BenchOptions = {
+    groups: intOption(env, 'BENCH_KAFKA_GROUPS', 100, 1, 500, problems),
+    // Fixed: the figure asked for is the read of a 12-partition group.
+    partitions: 12,
+    queues: intOption(env, 'BENCH_KAFKA_QUEUES', 100, 1, 1000, problems),
+    phaseSeconds: intOption(env, 'BENCH_PHASE_SECONDS', 30, 5, 120, problems),
+    pollIntervalMs: intOption(env, 'BENCH_POLL_INTERVAL_MS', 1000, 200, 30_000, problems),
+    readSamples: intOption(env, 'BENCH_READ_SAMPLES', 1000, 10, 20_000, problems),
+    phases: phases.filter((p): p is PhaseName => (PHASE_NAMES as readonly string[]).includes(p)),
+    brokers: env['KAFKA_BROKERS'] ?? '127.0.0.1:19092',
+    rabbitmqUrl: env['RABBITMQ_URL'] ?? 'amqp://guest:guest@127.0.0.1:5672',
+    // The Node flags of the scaler's container (manifests/scaler.yaml), as bench-scaler uses.
+    scalerNodeArgs: (env['BENCH_SCALER_NODE_ARGS'] ?? '--max-semi-space-size=2 --max-old-space-size=64').split(' ').filter(Boolean),
+  };
+  if (problems.length > 0) throw new Error(`invalid bench-kafka options: ${problems.join('; ')}`);
+  return Object.freeze(options);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers
+
+interface Stats {
+  readonly n: number;
+  readonly p50: number;
+  readonly p99: number;
+}
+
+function stats(samples: readonly number[]): Stats {
+  const s = sorted(samples);
+  return { n: s.length, p50: percentile(s, 50), p99: percentile(s, 99) };
+}
+
+const ms = (v: number): string => `${v.toFixed(3)} ms`;
+
+function sleep(delayMs: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) return resolve();
+    const onAbort = (): void => {
+      clearTimeout(timer);
+      resolve();
+    };
+    const timer = setTimeout(() => {
+      signal.removeEventListener('abort', onAbort);
+      resolve();
+    }, delayMs);
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+/** `fn` over `items`, at most `limit` at a time: setup on a 2-core machine shared with the brokers. */
+async function eachLimited<T>(items: readonly T[], limit: number, signal: AbortSignal, fn: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  const lanes = Array.from({ length: Math.min(limit, items.length) }, async () => {
+    while (next < items.length) {
+      signal.throwIfAborted();
+      const item = items[next++] as T;
+      await fn(item);
+    }
+  });
+  await Promise.all(lanes);
+}
+
+/** Rejects after `timeoutMs` with a message naming the step; the timer is cleared either way. */
+async function within<T>(promise: Promise<T>, timeoutMs: number, step: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${step} took longer than ${timeoutMs} ms`)), timeoutMs);
+  });
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+function messageOf(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+// ---------------------------------------------------------------------------------------------
+// What is set up, and what the scaler must answer for it
+
+/** A target the bench polls, with the answers KEDA must get for it. */
+interface PolledTarget {
+  readonly kind: 'kafka' | 'rabbitmq';
+  readonly name: string;
+  /** Trigger metadata without scalerAddress (added per phase, the port changes). */
+  readonly metadata: Readonly<Record<string, string>>;
+  readonly expectedValue: number;
+  readonly expectedTargetSize: number;
+  readonly expectedActive: boolean;
+}
+
+interface GroupPlan {
+  readonly topic: string;
+  readonly group: string;
+  /** Records produced to each partition, i.e. its end offset (the start offset stays 0). */
+  readonly produced: readonly number[];
+  /** Committed offset per partition; undefined: the group commits none there. */
+  readonly committed: readonly (number | undefined)[];
+  readonly lag: number;
+  readonly target: PolledTarget;
+}
+
+/**
+ * The lag plan of group `i`, and what the scaler must answer, worked out here from KEDA's rules as
+ * docs/scaler.md states them (not by calling the scaler's own lagReading): per partition end −
+ * committed, 1 for a partition without a commit (offsetResetPolicy latest); the metric capped at
+ * partitions × lagThreshold unless allowIdleConsumers; active when the lag is above
+ * activationLagThreshold. The mix varies by group so every rule is exercised: partitions with no
+ * lag, without a commit, groups whose cap binds, groups that are not active.
+ */
+function planGroup(prefix: string, i: number, partitions: number): GroupPlan {
+  const produced: number[] = [];
+  const committed: (number | undefined)[] = [];
+  let lag = 0;
+  for (let p = 0; p < partitions; p++) {
+    const end = 2 + ((i * 7 + p * 5) % 11);
+    const commit = i % 4 === 0 && p === partitions - 1 ? undefined : (i + p) % 3 === 0 ? end : (i * 3 + p) % end;
+    produced.push(end);
+    committed.push(commit);
+    lag += commit === undefined ? 1 : end - commit;
+  }
+  const allowIdleConsumers = i % 2 === 0;
+  const lagThreshold = 1 + (i % 3);
+  const activationLagThreshold = i % 10 === 5 ? lag : 0;
+  const topic = `${prefix}-t${i}`;
+  const group = `${prefix}-g${i}`;
+  const metadata: Record<string, string> = {
+    source: 'kafka',
+    topic,
+    consumerGroup: group,
+    lagThreshold: String(lagThreshold),
+    allowIdleConsumers: String(allowIdleConsumers),
+  };
+  if (activationLagThreshold > 0) metadata['activationLagThreshold'] = String(activationLagThreshold);
+  return {
+    topic,
+    group,
+    produced,
+    committed,
+    lag,
+    target: {
+      kind: 'kafka',
+      name: group,
+      metadata,
+      expectedValue: allowIdleConsumers ? lag : Math.min(lag, partitions * lagThreshold),
+      expectedTargetSize: lagThreshold,
+      expectedActive: lag > activationLagThreshold,
+    },
+  };
+}
+
+/** Queue `i`: a depth of 1–17 ready messages, no consumer, mode backlog (ready + consumers). */
+function planQueue(prefix: string, i: number): { queue: string; ready: number; target: PolledTarget } {
+  const queue = `${prefix}-q${i}`;
+  const ready = 1 + ((i * 3) % 17);
+  return { queue, ready, target: { kind: 'rabbitmq', name: queue, metadata: { source: 'rabbitmq', queueName: queue }, expectedValue: ready, expectedTargetSize: 1, expectedActive: true } };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kafka setup and teardown
+
+/**
+ * Owns the bench's Kafka clients and everything they create. `close` deletes every topic and group
+ * whose name starts with the run's prefix, so a setup that failed half-way leaves nothing behind.
+ */
+class KafkaSetup {
+  readonly #kafka: Kafka;
+  readonly #prefix: string;
+  #admin: Admin | undefined;
+  #producer: Producer | undefined;
+
+  constructor(conn: KafkaConnection, prefix: string, log: Logger) {
+    // Setup requests are large (createTopics of 120 partitions) and may be retried; the scaler's
+    // clients keep their own tighter bounds.
+    this.#kafka = kafkaClient(conn, { clientId: 'kmj-bench-setup', log, connectTimeoutMs: 5000, requestTimeoutMs: 30_000, retries: 5 });
+    this.#prefix = prefix;
+  }
+
+  async #connectedAdmin(): Promise<Admin> {
+    if (!this.#admin) {
+      const admin = this.#kafka.admin();
+      await admin.connect();
+      this.#admin = admin;
+    }
+    return this.#admin;
+  }
+
+  async createTopics(plans: readonly GroupPlan[], partitions: number, signal: AbortSignal): Promise<void> {
+    const admin = await this.#connectedAdmin();
+    // Ten topics (120 partitions) a request: one request for all would keep the controller busy
+    // for longer than a request timeout on this machine.
+    for (let i = 0; i < plans.length; i += 10) {
+      signal.throwIfAborted();
+      const topics = plans.slice(i, i + 10).map((p) => ({ topic: p.topic, numPartitions: partitions, replicationFactor: 1 }));
+      await admin.createTopics({ topics, waitForLeaders: true, timeout: 30_000 });
+    }
+  }
+
+  async produce(plans: readonly GroupPlan[], signal: AbortSignal): Promise<void> {
+    if (!this.#producer) {
+      const producer = this.#kafka.producer({ allowAutoTopicCreation: false });
+      await producer.connect();
+      this.#producer = producer;
+    }
+    const producer = this.#producer;
+    await eachLimited(plans, 4, signal, async (plan) => {
+      const messages = plan.produced.flatMap((count, partition) => Array.from({ length: count }, (_, k) => ({ partition, value: `r${k}` })));
+      await producer.send({ topic: plan.topic, acks: -1, messages });
+    });
+  }
+
+  /**
+   * Commits each group's planned offsets as a consumer does: it joins the group, commits, leaves.
+   * (admin.setOffsets runs a consumer too and waits out a 5 s fetch for each group.)
+   */
+  async commit(plans: readonly GroupPlan[], signal: AbortSignal): Promise<void> {
+    await eachLimited(plans, 4, signal, async (plan) => {
+      const consumer = this.#kafka.consumer({ groupId: plan.group, maxWaitTimeInMs: 100, sessionTimeout: 6000, heartbeatInterval: 1000 });
+      await consumer.connect();
+      try {
+        const joined = new Promise<void>((resolve) => consumer.on(consumer.events.GROUP_JOIN, () => resolve()));
+        await consumer.subscribe({ topic: plan.topic, fromBeginning: false });
+        await consumer.run({ autoCommit: false, eachMessage: async () => undefined });
+        consumer.pause([{ topic: plan.topic }]);
+        await within(joined, 30_000, `joining consumer group ${plan.group}`);
+        const offsets = plan.committed.flatMap((offset, partition) => (offset === undefined ? [] : [{ topic: plan.topic, partition, offset: String(offset) }]));
+        await consumer.commitOffsets(offsets);
+      } finally {
+        await consumer.disconnect();
+      }
+    });
+  }
+
+  /** Deletes the run's groups, then its topics; returns what could not be deleted (empty: all gone). */
+  async close(): Promise<string[]> {
+    const left: string[] = [];
+    try {
+      await this.#producer?.disconnect();
+      const admin = await this.#connectedAdmin();
+      const groups = (await admin.listGroups()).groups.map((g) => g.groupId).filter((g) => g.startsWith(this.#prefix));
+      if (groups.length > 0) {
+        const results = await admin.deleteGroups(groups).catch((err: unknown) => {
+          left.push(`groups: ${messageOf(err)}`);
+          return [];
+        });
+        for (const r of results) if (r.error) left.push(`group ${r.groupId}: ${messageOf(r.error)}`);
+      }
+      const topics = (await admin.listTopics()).filter((t) => t.startsWith(this.#prefix));
+      if (topics.length > 0) await admin.deleteTopics({ topics, timeout: 30_000 });
+      const remaining = (await admin.listTopics()).filter((t) => t.startsWith(this.#prefix));
+      if (remaining.length > 0) left.push(`topics ${remaining.join(', ')}`);
+    } catch (err) {
+      left.push(`Kafka cleanup failed: ${messageOf(err)}`);
+    } finally {
+      await this.#admin?.disconnect().catch((err: unknown) => left.push(`admin disconnect: ${messageOf(err)}`));
+    }
+    return left;
+  }
+}
+
+/**
+ * The baseline: one KafkaOffsetsReader.read of a 12-partition group, as the scaler's refresh loop
+ * makes it, `samples` times in a row over all groups. Each answer is checked against the plan, so
+ * this also proves the setup before the scaler is asked anything.
+ */
+async function directReads(conn: KafkaConnection, plans: readonly GroupPlan[], samples: number, log: Logger, signal: AbortSignal): Promise<Stats> {
+  // The scaler's client settings (scaler/sources/kafka.ts and the defaults of scaler/config.ts).
+  const kafka = kafkaClient(conn, { clientId: 'kmj-bench-reader', log, connectTimeoutMs: 3000, requestTimeoutMs: 2000, retries: 0 });
+  const reader = new KafkaOffsetsReader({ kafka, brokers: conn.brokers.join(','), log });
+  const times: number[] = [];
+  try {
+    const first = plans[0];
+    // The first read connects and lists the cluster's topics: start-up, not a steady-state read.
+    if (first) await reader.read(first.group, [first.topic], signal);
+    for (let i = 0; i < samples; i++) {
+      const plan = plans[i % plans.length] as GroupPlan;
+      const t0 = performance.now();
+      const got = await reader.read(plan.group, [plan.topic], signal);
+      times.push(performance.now() - t0);
+      const wrong = got.partitions.filter((p) => p.start !== 0 || p.end !== plan.produced[p.partition] || p.committed !== plan.committed[p.partition]);
+      if (got.partitions.length !== plan.produced.length || wrong.length > 0) {
+        throw new Error(`setup check: group ${plan.group} reads ${JSON.stringify(got.partitions)}, planned ends ${JSON.stringify(plan.produced)} and commits ${JSON.stringify(plan.committed)}`);
+      }
+    }
+  } finally {
+    await reader.close();
+  }
+  return stats(times);
+}
+
+// ---------------------------------------------------------------------------------------------
+// RabbitMQ setup and teardown
+
+interface RabbitSetup {
+  readonly targets: readonly PolledTarget[];
+  close(): Promise<string[]>;
+}
+
+async function setUpQueues(url: string, prefix: string, count: number, signal: AbortSignal): Promise<RabbitSetup> {
+  const conn = await amqpConnect(url);
+  const ch = await conn.createConfirmChannel();
+  const made: string[] = [];
+  const close = async (): Promise<string[]> => {
+    const left: string[] = [];
+    // A fresh channel: the setup channel may be the one an error closed.
+    try {
+      const del = await conn.createChannel();
+      for (const q of made) await del.deleteQueue(q).catch((err: unknown) => left.push(`queue ${q}: ${messageOf(err)}`));
+      await del.close();
+    } catch (err) {
+      left.push(`RabbitMQ cleanup failed: ${messageOf(err)}`);
+    }
+    await conn.close().catch(() => undefined);
+    return left;
+  };
+  try {
+    const plans = Array.from({ length: count }, (_, i) => planQueue(prefix, i));
+    for (const plan of plans) {
+      signal.throwIfAborted();
+      await ch.assertQueue(plan.queue, { durable: false, autoDelete: false });
+      made.push(plan.queue);
+      for (let m = 0; m < plan.ready; m++) ch.sendToQueue(plan.queue, Buffer.from('x'));
+    }
+    await ch.waitForConfirms();
+    for (const plan of plans) {
+      const ok = await ch.checkQueue(plan.queue);
+      if (ok.messageCount !== plan.ready) throw new Error(`setup check: queue ${plan.queue} holds ${ok.messageCount} messages, planned ${plan.ready}`);
+    }
+    return { targets: plans.map((p) => p.target), close };
+  } catch (err) {
+    const left = await close();
+    if (left.length > 0) process.stderr.write(`bench-kafka: cleanup left ${left.join('; ')}\n`);
+    throw err;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The scaler process
+
+interface ScalerProcess {
+  readonly pid: number;
+  readonly grpcPort: number;
+  readonly metricsPort: number;
+  /** Warn and error lines of its log, with the first few messages. */
+  readonly warnings: { count: number; first: string[] };
+  /** Aborts when the process exits on its own. */
+  readonly exited: AbortSignal;
+  stop(): Promise<void>;
+}
+
+function startScalerProcess(o: BenchOptions): Promise<ScalerProcess> {
+  const child: ChildProcess = spawn(process.execPath, [...o.scalerNodeArgs, join(PACKAGE_ROOT, 'bin', 'kmj.js'), 'scaler'], {
+    env: { ...process.env, KMJ_SCALER_HOST: '127.0.0.1', KMJ_SCALER_PORT: '0', KMJ_SCALER_METRICS_PORT: '0', KAFKA_BROKERS: o.brokers, RABBITMQ_URL: o.rabbitmqUrl, LOG_LEVEL: 'info' },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  // No pid: the spawn itself failed (its 'error' event says why).
+  const pid = child.pid;
+  if (pid === undefined) return new Promise((_, reject) => child.once('error', (err) => reject(new Error(`cannot start the scaler: ${err.message}`, { cause: err }))));
+  const exited = new AbortController();
+  let stopping = false;
+  // A last resort if this process dies without stopping it: no scaler outlives the bench.
+  const killOnExit = (): void => {
+    child.kill('SIGKILL');
+  };
+  process.once('exit', killOnExit);
+  const exitedPromise = new Promise<void>((resolve) => {
+    child.once('exit', (code, sig) => {
+      process.off('exit', killOnExit);
+      if (!stopping) exited.abort(new Error(`scaler exited on its own (code ${code}, signal ${sig})`));
+      resolve();
+    });
+  });
+  const warnings = { count: 0, first: [] as string[] };
+  const stop = async (): Promise<void> => {
+    stopping = true;
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+      await exitedPromise;
+      clearTimeout(timer);
+    }
+  };
+  return new Promise((resolve, reject) => {
+    let pending = '';
+    let listening = false;
+    const startTimer = setTimeout(() => {
+      const err = new Error(`scaler did not log "scaler listening" within 20 s: ${pending}`);
+      stop().then(() => reject(err), () => reject(err));
+    }, 20_000);
+    child.stderr?.setEncoding('utf8');
+    child.stderr?.on('data', (chunk: string) => {
+      pending += chunk;
+      const lines = pending.split('\n');
+      pending = lines.pop() ?? '';
+      for (const line of lines) {
+        let entry: { msg?: unknown; level?: unknown; grpcPort?: unknown; metricsPort?: unknown };
+        try {
+          entry = JSON.parse(line) as typeof entry;
+        } catch {
+          // Not a log line (a Node warning): count it, a clean run prints none.
+          warnings.count++;
+          if (warnings.first.length < 3) warnings.first.push(line.slice(0, 300));
+          continue;
+        }
+        if (!listening && entry.msg === 'scaler listening' && typeof entry.grpcPort === 'number' && typeof entry.metricsPort === 'number') {
+          listening = true;
+          clearTimeout(startTimer);
+          resolve({ pid, grpcPort: entry.grpcPort, metricsPort: entry.metricsPort, warnings, exited: exited.signal, stop });
+        } else if (entry.level === 'warn' || entry.level === 'error' || entry.level === 'fatal') {
+          warnings.count++;
+          if (warnings.first.length < 3) warnings.first.push(line.slice(0, 300));
+        }
+      }
+    });
+    child.once('exit', (code) => {
+      if (listening) return;
+      clearTimeout(startTimer);
+      reject(new Error(`scaler exited with ${code} before listening: ${pending}`));
+    });
+  });
+}
+
+function cpuSeconds(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? [];
+  // utime and stime, fields 14 and 15 of stat, in clock ticks (100 a second on Linux x86_64).
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+
+function memoryMb(pid: number): { rssMb: number; peakMb: number } {
+  const text = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const kb = (key: string): number => Number(new RegExp(`${key}:\\s+(\\d+)`).exec(text)?.[1] ?? Number.NaN);
+  return { rssMb: kb('VmRSS') / 1024, peakMb: kb('VmHWM') / 1024 };
+}
+
+// ---------------------------------------------------------------------------------------------
+// The scaler's own read histogram
+
+interface Histogram {
+  readonly count: number;
+  readonly sumSeconds: number;
+  /** Cumulative counts by upper bound (seconds, ascending; the last is +Inf). */
+  readonly buckets: readonly { readonly le: number; readonly count: number }[];
+  readonly errors: number;
+}
+
+/** kmj_scaler_refresh_duration_seconds and kmj_scaler_refresh_errors_total of one source, from /metrics text. */
+function readHistogram(text: string, source: string): Histogram {
+  const buckets: { le: number; count: number }[] = [];
+  let count = 0;
+  let sumSeconds = 0;
+  let errors = 0;
+  for (const line of text.split('\n')) {
+    const m = /^(kmj_scaler_refresh_duration_seconds_(?:bucket|sum|count)|kmj_scaler_refresh_errors_total)\{([^}]*)\}\s+(\S+)$/.exec(line);
+    if (!m) continue;
+    const labels = new Map([...(m[2] ?? '').matchAll(/(\w+)="([^"]*)"/g)].map((l) => [l[1] ?? '', l[2] ?? '']));
+    if (labels.get('source') !== source) continue;
+    const value = Number(m[3]);
+    if (m[1] === 'kmj_scaler_refresh_duration_seconds_bucket') buckets.push({ le: labels.get('le') === '+Inf' ? Infinity : Number(labels.get('le')), count: value });
+    else if (m[1] === 'kmj_scaler_refresh_duration_seconds_sum') sumSeconds = value;
+    else if (m[1] === 'kmj_scaler_refresh_duration_seconds_count') count = value;
+    else errors += value;
+  }
+  buckets.sort((a, b) => a.le - b.le);
+  return { count, sumSeconds, buckets, errors };
+}
+
+function histogramDelta(after: Histogram, before: Histogram): Histogram {
+  return {
+    count: after.count - before.count,
+    sumSeconds: after.sumSeconds - before.sumSeconds,
+    buckets: after.buckets.map((b) => ({ le: b.le, count: b.count - (before.buckets.find((x) => x.le === b.le)?.count ?? 0) })),
+    errors: after.errors - before.errors,
+  };
+}
+
+/** The bucket bound that percentile `p` falls under, in ms (a histogram knows no more than that). */
+function bucketBoundMs(h: Histogram, p: number): number {
+  const rank = Math.ceil((p / 100) * h.count);
+  return (h.buckets.find((b) => b.count >= rank)?.le ?? Number.NaN) * 1000;
+}
+
+async function scrape(metricsPort: number): Promise<string> {
+  const res = await fetch(`http://127.0.0.1:${metricsPort}/metrics`, { signal: AbortSignal.timeout(5000) });
+  if (!res.ok) throw new Error(`scaler /metrics answered ${res.status}`);
+  return res.text();
+}
+
+// ---------------------------------------------------------------------------------------------
+// KEDA-like polling
+
+const METHODS = ['GetMetricSpec', 'GetMetrics', 'IsActive'] as const;
+type Method = (typeof METHODS)[number];
+
+/** What the polls of one phase saw: latencies by source and method, errors, wrong answers. */
+class Tally {
+  readonly samples = new Map<string, number[]>();
+  readonly errors: Record<string, number> = {};
+  /** The first error of each kind, with its details. */
+  readonly errorExamples: string[] = [];
+  polls = 0;
+  checked = 0;
+  wrong = 0;
+  readonly wrongExamples: string[] = [];
+
+  time(kind: PolledTarget['kind'], method: Method, msTaken: number): void {
+    const key = `${kind}:${method}`;
+    let list = this.samples.get(key);
+    if (!list) this.samples.set(key, (list = []));
+    list.push(msTaken);
+  }
+
+  error(method: Method, code: grpc.status, details: string): void {
+    const key = `${method}:${grpc.status[code]}`;
+    const seen = this.errors[key] ?? 0;
+    this.errors[key] = seen + 1;
+    if (seen === 0) this.errorExamples.push(`${key}: ${details}`);
+  }
+
+  check(target: PolledTarget, what: string, got: number | boolean | undefined, expected: number | boolean): void {
+    this.checked++;
+    if (got === expected) return;
+    this.wrong++;
+    if (this.wrongExamples.length < 5) this.wrongExamples.push(`${target.name}: ${what} ${String(got)}, expected ${String(expected)}`);
+  }
+
+  stats(kind: PolledTarget['kind'], method: Method): Stats {
+    return stats(this.samples.get(`${kind}:${method}`) ?? []);
+  }
+}
+
+/**
+ * One KEDA poll of one ScaledJob: ScalerClient.poll's sequence (GetMetricSpec, GetMetrics with the
+ * spec's metric name, IsActive), call by call so each is timed on its own, read with KEDA's rule
+ * (kedaNumber) and checked against the plan.
+ */
+async function pollOnce(client: ScalerClient, target: PolledTarget, ref: ScaledObjectRef, tally: Tally): Promise<void> {
+  tally.polls++;
+  let t0 = performance.now();
+  const spec = await client.getMetricSpec(ref);
+  if (!spec.ok) return tally.error('GetMetricSpec', spec.error.code, spec.error.details);
+  tally.time(target.kind, 'GetMetricSpec', performance.now() - t0);
+  const first = spec.value.metricSpecs[0];
+  tally.check(target, 'GetMetricSpec targetSize', first ? kedaNumber(first.targetSize, first.targetSizeFloat) : undefined, target.expectedTargetSize);
+  if (!first) return;
+
+  t0 = performance.now();
+  const metrics = await client.getMetrics(ref, first.metricName);
+  if (!metrics.ok) return tally.error('GetMetrics', metrics.error.code, metrics.error.details);
+  tally.time(target.kind, 'GetMetrics', performance.now() - t0);
+  const mv = metrics.value.metricValues[0];
+  tally.check(target, 'GetMetrics value', mv ? kedaNumber(mv.metricValue, mv.metricValueFloat) : undefined, target.expectedValue);
+
+  t0 = performance.now();
+  const active = await client.isActive(ref);
+  if (!active.ok) return tally.error('IsActive', active.error.code, active.error.details);
+  tally.time(target.kind, 'IsActive', performance.now() - t0);
+  tally.check(target, 'IsActive', active.value.result, target.expectedActive);
+}
+
+/**
+ * Every target polled once per interval for `durationMs`, their start times spread over the
+ * interval as independent ScaledJobs' would be. Bounded by the deadline: each call has the
+ * client's 3 s deadline.
+ */
+async function pollAll(client: ScalerClient, targets: readonly PolledTarget[], address: string, o: BenchOptions, durationMs: number, tally: Tally, signal: AbortSignal): Promise<void> {
+  const end = performance.now() + durationMs;
+  await Promise.all(
+    targets.map(async (target, i) => {
+      const ref: ScaledObjectRef = { name: `job-${target.name}`, namespace: 'bench', scalerMetadata: { ...target.metadata, scalerAddress: address } };
+      await sleep((i * o.pollIntervalMs) / targets.length, signal);
+      while (performance.now() < end && !signal.aborted) {
+        const started = performance.now();
+        await pollOnce(client, target, ref, tally);
+        await sleep(o.pollIntervalMs - (performance.now() - started), signal);
+      }
+    }),
+  );
+}
+
+interface PhaseResult {
+  readonly label: string;
+  readonly kafkaTargets: number;
+  readonly rabbitmqTargets: number;
+  readonly wallSeconds: number;
+  readonly polls: number;
+  readonly checked: number;
+  readonly wrong: number;
+  readonly wrongExamples: readonly string[];
+  readonly errors: Readonly<Record<string, number>>;
+  readonly errorExamples: readonly string[];
+  readonly warmupErrors: Readonly<Record<string, number>>;
+  readonly rpc: Readonly<Record<string, Stats>>;
+  readonly kafkaReads: Histogram;
+  readonly rabbitmqReads: Histogram;
+  readonly cpuPercentOfOneCore: number;
+  readonly rssMaxMb: number;
+  readonly rssEndMb: number;
+  readonly peakRssMb: number;
+  readonly scalerWarnings: number;
+  readonly scalerWarningExamples: readonly string[];
+}
+
+async function runPhase(label: string, targets: readonly PolledTarget[], o: BenchOptions, signal: AbortSignal): Promise<PhaseResult> {
+  const scaler = await startScalerProcess(o);
+  const phase = AbortSignal.any([signal, scaler.exited]);
+  const address = `127.0.0.1:${scaler.grpcPort}`;
+  // KEDA keeps one gRPC connection per scaler address for all its ScaledJobs; so does the bench.
+  const client = new ScalerClient(address);
+  let rssTimer: NodeJS.Timeout | undefined;
+  try {
+    // Warm-up: every target registered and read, and the scaler has learnt the polling interval
+    // (it reads each target four times per interval), so the window measures steady state.
+    const warmup = new Tally();
+    await pollAll(client, targets, address, o, 3 * o.pollIntervalMs, warmup, phase);
+
+    const before = await scrape(scaler.metricsPort);
+    const cpu0 = cpuSeconds(scaler.pid);
+    let rssMaxMb = memoryMb(scaler.pid).rssMb;
+    rssTimer = setInterval(() => {
+      rssMaxMb = Math.max(rssMaxMb, memoryMb(scaler.pid).rssMb);
+    }, 500);
+    const t0 = performance.now();
+    const tally = new Tally();
+    await pollAll(client, targets, address, o, o.phaseSeconds * 1000, tally, phase);
+    const wallSeconds = (performance.now() - t0) / 1000;
+    const cpu = cpuSeconds(scaler.pid) - cpu0;
+    const mem = memoryMb(scaler.pid);
+    clearInterval(rssTimer);
+    const after = await scrape(scaler.metricsPort);
+    // The scaler exiting, or the bench being interrupted, ends the polls early: no figures then.
+    phase.throwIfAborted();
+
+    const rpc: Record<string, Stats> = {};
+    for (const kind of ['kafka', 'rabbitmq'] as const) for (const m of METHODS) rpc[`${kind}:${m}`] = tally.stats(kind, m);
+    return {
+      label,
+      kafkaTargets: targets.filter((t) => t.kind === 'kafka').length,
+      rabbitmqTargets: targets.filter((t) => t.kind === 'rabbitmq').length,
+      wallSeconds,
+      polls: tally.polls,
+      checked: tally.checked,
+      wrong: tally.wrong,
+      wrongExamples: tally.wrongExamples,
+      errors: tally.errors,
+      errorExamples: tally.errorExamples,
+      warmupErrors: { ...warmup.errors, ...(warmup.wrong > 0 ? { wrong: warmup.wrong } : {}) },
+      rpc,
+      kafkaReads: histogramDelta(readHistogram(after, 'kafka'), readHistogram(before, 'kafka')),
+      rabbitmqReads: histogramDelta(readHistogram(after, 'rabbitmq'), readHistogram(before, 'rabbitmq')),
+      cpuPercentOfOneCore: (cpu / wallSeconds) * 100,
+      rssMaxMb: Math.max(rssMaxMb, mem.rssMb),
+      rssEndMb: mem.rssMb,
+      peakRssMb: mem.peakMb,
+      scalerWarnings: scaler.warnings.count,
+      scalerWarningExamples: [...scaler.warnings.first],
+    };
+  } finally {
+    clearInterval(rssTimer);
+    client.close();
+    await scaler.stop();
+  }
+}
+
+function printPhase(r: PhaseResult): void {
+  out(`-- ${r.label} --`);
+  for (const kind of ['kafka', 'rabbitmq'] as const) {
+    if ((kind === 'kafka' ? r.kafkaTargets : r.rabbitmqTargets) === 0) continue;
+    for (const m of METHODS) {
+      const s = r.rpc[`${kind}:${m}`];
+      if (s) out(`  ${`${m} (${kind})`.padEnd(26)} n=${String(s.n).padEnd(6)} p50 ${ms(s.p50)}  p99 ${ms(s.p99)}`);
+    }
+  }
+  for (const [kind, h] of [['Kafka', r.kafkaReads], ['RabbitMQ', r.rabbitmqReads]] as const) {
+    if (h.count === 0 && h.errors === 0) continue;
+    out(`  scaler's ${kind} reads: ${h.count} (${(h.count / r.wallSeconds).toFixed(0)}/s), mean ${ms((h.sumSeconds / h.count) * 1000)}, p50 <= ${bucketBoundMs(h, 50)} ms, p99 <= ${bucketBoundMs(h, 99)} ms (histogram buckets), failed ${h.errors}`);
+  }
+  out(`  scaler CPU ${r.cpuPercentOfOneCore.toFixed(1)}% of one core   RSS max ${r.rssMaxMb.toFixed(1)} MB, end ${r.rssEndMb.toFixed(1)} MB (VmHWM ${r.peakRssMb.toFixed(1)} MB)`);
+  out(`  answers checked ${r.checked} in ${r.polls} polls: wrong ${r.wrong}; RPC errors ${Object.keys(r.errors).length === 0 ? 'none' : JSON.stringify(r.errors)}; warm-up errors ${Object.keys(r.warmupErrors).length === 0 ? 'none' : JSON.stringify(r.warmupErrors)}`);
+  for (const e of [...r.wrongExamples, ...r.errorExamples]) out(`    ${e}`);
+  if (r.scalerWarnings > 0) out(`  scaler logged ${r.scalerWarnings} warning/error lines, e.g. ${r.scalerWarningExamples.join(' | ')}`);
+}
+
+// ---------------------------------------------------------------------------------------------
+
+async function main(): Promise<void> {
+  const o = readOptions(process.env);
+  const stop = new AbortController();
+  const onSignal = (sig: NodeJS.Signals): void => stop.abort(new Error(`interrupted by ${sig}`));
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  const signal = stop.signal;
+
+  const log = createLogger({ level: 'silent', name: 'kmj-bench' });
+  const problems: string[] = [];
+  const conn = kafkaConnection({ KAFKA_BROKERS: o.brokers }, problems);
+  if (!conn) throw new Error(`KAFKA_BROKERS: ${problems.join('; ')}`);
+  // Unique per run: the cleanup deletes whatever starts with it, and only that.
+  const prefix = `kmj-bench-${Date.now().toString(36)}-${randomUUID().slice(0, 6)}`;
+  const plans = Array.from({ length: o.groups }, (_, i) => planGroup(prefix, i, o.partitions));
+  const kafkaSetup = new KafkaSetup(conn, prefix, log);
+  let rabbit: RabbitSetup | undefined;
+  let failed = false;
+  const t0 = performance.now();
+  try {
+    out(`kafka benchmark: ${o.groups} consumer groups, each on its own topic of ${o.partitions} partitions (${o.groups * o.partitions} partitions), ${o.queues} RabbitMQ queues; each ScaledJob polled every ${o.pollIntervalMs} ms (GetMetricSpec, GetMetrics, IsActive), ${o.phaseSeconds} s per phase; Node ${process.versions.node}; prefix ${prefix}`);
+    const lags = plans.map((p) => p.lag);
+    const capped = plans.filter((p) => p.target.expectedValue < p.lag).length;
+    const inactive = plans.filter((p) => !p.target.expectedActive).length;
+    out(`lag per group ${Math.min(...lags)}-${Math.max(...lags)} records; ${capped} groups capped at partitions x lagThreshold, ${inactive} below their activation threshold`);
+
+    let t = performance.now();
+    await kafkaSetup.createTopics(plans, o.partitions, signal);
+    const topicsS = (performance.now() - t) / 1000;
+    t = performance.now();
+    await kafkaSetup.produce(plans, signal);
+    const produceS = (performance.now() - t) / 1000;
+    t = performance.now();
+    await kafkaSetup.commit(plans, signal);
+    const commitS = (performance.now() - t) / 1000;
+    t = performance.now();
+    if (o.phases.some((p) => p !== 'kafka')) rabbit = await setUpQueues(o.rabbitmqUrl, prefix, o.queues, signal);
+    out(`setup: topics ${topicsS.toFixed(1)} s, produce ${produceS.toFixed(1)} s, commits ${commitS.toFixed(1)} s, RabbitMQ queues ${((performance.now() - t) / 1000).toFixed(1)} s`);
+
+    const direct = await directReads(conn, plans, o.readSamples, log, signal);
+    out(`direct KafkaOffsetsReader.read of one 12-partition group (this process, one at a time, ${direct.n} reads): p50 ${ms(direct.p50)}  p99 ${ms(direct.p99)}; every end and committed offset as planned`);
+
+    const kafkaTargets = plans.map((p) => p.target);
+    const rabbitTargets = rabbit?.targets ?? [];
+    const phases = new Map<PhaseName, PhaseResult>();
+    for (const name of o.phases) {
+      const [label, targets] =
+        name === 'kafka'
+          ? [`Kafka only: ${kafkaTargets.length} consumer groups`, kafkaTargets]
+          : name === 'rabbitmq'
+            ? [`RabbitMQ only: ${rabbitTargets.length} queues`, rabbitTargets]
+            : [`both: ${kafkaTargets.length} Kafka groups + ${rabbitTargets.length} RabbitMQ queues, one scaler`, [...kafkaTargets, ...rabbitTargets]];
+      const r = await runPhase(label, targets, o, signal);
+      printPhase(r);
+      phases.set(name, r);
+    }
+
+    out('-- summary --');
+    for (const [name, r] of phases) {
+      const gm = r.rpc['kafka:GetMetrics'];
+      if (name === 'rabbitmq' || !gm) continue;
+      out(`  ${name}: cached GetMetrics (Kafka) p50 ${ms(gm.p50)} vs direct lag read p50 ${ms(direct.p50)}: ${(direct.p50 / gm.p50).toFixed(1)}x faster; p99 ${ms(gm.p99)} vs ${ms(direct.p99)}: ${(direct.p99 / gm.p99).toFixed(1)}x`);
+    }
+    for (const [name, r] of phases) out(`  ${name.padEnd(8)} scaler CPU ${r.cpuPercentOfOneCore.toFixed(1)}% of one core, RSS max ${r.rssMaxMb.toFixed(1)} MB, end ${r.rssEndMb.toFixed(1)} MB`);
+    const wrong = [...phases.values()].reduce((n, r) => n + r.wrong, 0);
+    const checked = [...phases.values()].reduce((n, r) => n + r.checked, 0);
+    const errors = [...phases.values()].reduce((n, r) => n + Object.values(r.errors).reduce((a, b) => a + b, 0), 0);
+    out(`  correctness: ${checked} answers checked, ${wrong} wrong, ${errors} RPC errors`);
+    if (wrong > 0 || checked === 0) {
+      failed = true;
+      process.stderr.write(`bench-kafka failed: ${wrong} wrong answers out of ${checked}\n`);
+    }
+
+    const dir = join(PACKAGE_ROOT, '.run');
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(join(dir, 'bench-kafka.json'), `${JSON.stringify({ options: o, prefix, direct, phases: Object.fromEntries(phases) }, null, 2)}\n`);
+  } finally {
+    const left = [...(await kafkaSetup.close()), ...((await rabbit?.close()) ?? [])];
+    if (left.length > 0) {
+      failed = true;
+      process.stderr.write(`bench-kafka: cleanup left ${left.join('; ')}\n`);
+    } else {
+      out(`cleanup: every topic, group and queue of ${prefix} deleted; whole run ${((performance.now() - t0) / 1000).toFixed(0)} s`);
+    }
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
+  if (failed) process.exitCode = 1;
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`bench-kafka failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+  process.exitCode = 1;
+});
