@@ -281,7 +281,10 @@ class KafkaSetup {
 
   async produce(plans: readonly GroupPlan[], signal: AbortSignal): Promise<void> {
     if (!this.#producer) {
-      const producer = this.#kafka.producer({ allowAutoTopicCreation: false });
+      // Idempotent: right after createTopics a produce may get NOT_LEADER_OR_FOLLOWER for some
+      // partitions, and a plain kafkajs producer then resends the whole request, duplicating the
+      // records of the partitions that succeeded; the lag would no longer be the planned one.
+      const producer = this.#kafka.producer({ allowAutoTopicCreation: false, idempotent: true, maxInFlightRequests: 1 });
       await producer.connect();
       this.#producer = producer;
     }

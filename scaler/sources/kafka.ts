@@ -1,10 +1,13 @@
 /**
  * Kafka backlog source: a consumer group's lag, the sum over partitions of end offset − committed
- * offset, with KEDA's kafka-scaler knobs. Pair it with `scalingStrategy.strategy: accurate`:
- * lag counts records nobody has committed, including the ones running Jobs hold (a worker commits
- * only after its record's run is FINISHED), so it is a queue length, not "waiting only"; `accurate`
- * subtracts running Jobs from it once. With `lagThreshold` = the workers' `maxMessages`, one Job
- * per batch of that many records.
+ * offset, with KEDA's kafka-scaler knobs. Pair it with `scalingStrategy.strategy: default`: lag
+ * counts every record not committed, the ones running Jobs hold included (a worker commits only
+ * after its record's run is FINISHED), so it is waiting + held, and `default` subtracts the
+ * unfinished Jobs from ceil(lag / lagThreshold): a Job for each batch no Job will take. A Job
+ * whose pod has not started holds nothing yet; its records count as waiting and it is subtracted
+ * as unfinished, so it is not given a twin. (`accurate` subtracts only pending Jobs and would
+ * start a second Job for each running one.) With `lagThreshold` = the workers' `maxMessages`,
+ * one Job per batch of that many records.
  *
  * Per partition (as KEDA, except where noted):
  * - committed offset c, end e, start s: lag = e − max(c, s) (KEDA: e − c; records removed by
