@@ -49,9 +49,11 @@ import { out, percentile, sorted } from './stats.ts';
 const PHASE_NAMES = ['kafka', 'rabbitmq', 'both'] as const;
 type PhaseName = (typeof PHASE_NAMES)[number];
 
+/** Partitions of every topic: the figure asked for is the read of a 12-partition group. */
+const PARTITIONS = 12;
+
 interface BenchOptions {
   readonly groups: number;
-  readonly partitions: number;
   readonly queues: number;
   readonly phaseSeconds: number;
   readonly pollIntervalMs: number;
@@ -81,8 +83,6 @@ function readOptions(env: NodeJS.ProcessEnv): BenchOptions {
   if (unknown.length > 0 || phases.length === 0) problems.push(`BENCH_KAFKA_PHASES: ${JSON.stringify(env['BENCH_KAFKA_PHASES'])} must list some of ${PHASE_NAMES.join(', ')}`);
   const options: BenchOptions = {
     groups: intOption(env, 'BENCH_KAFKA_GROUPS', 100, 1, 500, problems),
-    // Fixed: the figure asked for is the read of a 12-partition group.
-    partitions: 12,
     queues: intOption(env, 'BENCH_KAFKA_QUEUES', 100, 1, 1000, problems),
     phaseSeconds: intOption(env, 'BENCH_PHASE_SECONDS', 30, 5, 120, problems),
     pollIntervalMs: intOption(env, 'BENCH_POLL_INTERVAL_MS', 1000, 200, 30_000, problems),
@@ -113,8 +113,15 @@ function stats(samples: readonly number[]): Stats {
 
 const ms = (v: number): string => `${v.toFixed(3)} ms`;
 
-function sleep(delayMs: number, signal: AbortSignal): Promise<void> {
+/** Waits `delayMs` (none when not positive), or less when `signal` aborts; resolves either way, callers check the signal. */
+function sleep(delayMs: number, signal?: AbortSignal): Promise<void> {
+  // Node warns about a negative delay (TimeoutNegativeWarning); a poll that overran waits 0.
+  delayMs = Math.max(0, delayMs);
   return new Promise((resolve) => {
+    if (!signal) {
+      setTimeout(resolve, delayMs);
+      return;
+    }
     if (signal.aborted) return resolve();
     const onAbort = (): void => {
       clearTimeout(timer);
@@ -184,20 +191,20 @@ interface GroupPlan {
 }
 
 /**
- * The lag plan of group `i`, and what the scaler must answer, worked out here from KEDA's rules as
- * docs/scaler.md states them (not by calling the scaler's own lagReading): per partition end −
+ * The lag plan of group `i`, and what the scaler must answer, worked out here from the rules the
+ * Kafka source states (scaler/sources/kafka.ts), not by calling its lagReading: per partition end −
  * committed, 1 for a partition without a commit (offsetResetPolicy latest); the metric capped at
  * partitions × lagThreshold unless allowIdleConsumers; active when the lag is above
  * activationLagThreshold. The mix varies by group so every rule is exercised: partitions with no
  * lag, without a commit, groups whose cap binds, groups that are not active.
  */
-function planGroup(prefix: string, i: number, partitions: number): GroupPlan {
+function planGroup(prefix: string, i: number): GroupPlan {
   const produced: number[] = [];
   const committed: (number | undefined)[] = [];
   let lag = 0;
-  for (let p = 0; p < partitions; p++) {
+  for (let p = 0; p < PARTITIONS; p++) {
     const end = 2 + ((i * 7 + p * 5) % 11);
-    const commit = i % 4 === 0 && p === partitions - 1 ? undefined : (i + p) % 3 === 0 ? end : (i * 3 + p) % end;
+    const commit = i % 4 === 0 && p === PARTITIONS - 1 ? undefined : (i + p) % 3 === 0 ? end : (i * 3 + p) % end;
     produced.push(end);
     committed.push(commit);
     lag += commit === undefined ? 1 : end - commit;
@@ -225,7 +232,7 @@ function planGroup(prefix: string, i: number, partitions: number): GroupPlan {
       kind: 'kafka',
       name: group,
       metadata,
-      expectedValue: allowIdleConsumers ? lag : Math.min(lag, partitions * lagThreshold),
+      expectedValue: allowIdleConsumers ? lag : Math.min(lag, PARTITIONS * lagThreshold),
       expectedTargetSize: lagThreshold,
       expectedActive: lag > activationLagThreshold,
     },
@@ -268,14 +275,34 @@ class KafkaSetup {
     return this.#admin;
   }
 
-  async createTopics(plans: readonly GroupPlan[], partitions: number, signal: AbortSignal): Promise<void> {
+  async createTopics(plans: readonly GroupPlan[], signal: AbortSignal): Promise<void> {
     const admin = await this.#connectedAdmin();
     // Ten topics (120 partitions) a request: one request for all would keep the controller busy
     // for longer than a request timeout on this machine.
     for (let i = 0; i < plans.length; i += 10) {
       signal.throwIfAborted();
-      const topics = plans.slice(i, i + 10).map((p) => ({ topic: p.topic, numPartitions: partitions, replicationFactor: 1 }));
-      await admin.createTopics({ topics, waitForLeaders: true, timeout: 30_000 });
+      const topics = plans.slice(i, i + 10).map((p) => p.topic);
+      // Not kafkajs' waitForLeaders: it asks for the new topics by name and fails at once with
+      // UNKNOWN_TOPIC_OR_PARTITION when the broker's metadata has not caught up with the controller.
+      await admin.createTopics({ topics: topics.map((topic) => ({ topic, numPartitions: PARTITIONS, replicationFactor: 1 })), waitForLeaders: false, timeout: 30_000 });
+      await this.#waitForLeaders(admin, topics, signal);
+    }
+  }
+
+  /** Until every partition of `topics` has a leader, from the metadata of all topics (asking by name would add them to kafkajs' target topics). */
+  async #waitForLeaders(admin: Admin, topics: readonly string[], signal: AbortSignal): Promise<void> {
+    const deadline = performance.now() + 30_000;
+    for (;;) {
+      const { topics: all } = await admin.fetchTopicMetadata();
+      const byName = new Map(all.map((t) => [t.name, t.partitions]));
+      const waiting = topics.filter((t) => {
+        const parts = byName.get(t);
+        return !parts || parts.length !== PARTITIONS || parts.some((p) => p.leader < 0 || p.partitionErrorCode !== 0);
+      });
+      if (waiting.length === 0) return;
+      if (performance.now() > deadline) throw new Error(`topics ${waiting.join(', ')} have no leader for every partition after 30 s`);
+      await sleep(100, signal);
+      signal.throwIfAborted();
     }
   }
 
@@ -331,16 +358,40 @@ class KafkaSetup {
         });
         for (const r of results) if (r.error) left.push(`group ${r.groupId}: ${messageOf(r.error)}`);
       }
-      const topics = (await admin.listTopics()).filter((t) => t.startsWith(this.#prefix));
-      if (topics.length > 0) await admin.deleteTopics({ topics, timeout: 30_000 });
-      const remaining = (await admin.listTopics()).filter((t) => t.startsWith(this.#prefix));
-      if (remaining.length > 0) left.push(`topics ${remaining.join(', ')}`);
+      left.push(...(await this.#deleteTopics(admin)));
     } catch (err) {
       left.push(`Kafka cleanup failed: ${messageOf(err)}`);
     } finally {
       await this.#admin?.disconnect().catch((err: unknown) => left.push(`admin disconnect: ${messageOf(err)}`));
     }
     return left;
+  }
+
+  /**
+   * Deletes the run's topics until the cluster lists none twice in a row, a second apart. The
+   * listing comes from a broker's metadata, which trails the controller: a topic created just
+   * before a failure may show up only later, and a deleted one stays listed for a moment.
+   */
+  async #deleteTopics(admin: Admin): Promise<string[]> {
+    const deadline = performance.now() + 30_000;
+    let lastError = '';
+    let quiet = 0;
+    while (performance.now() < deadline) {
+      const listed = (await admin.listTopics()).filter((t) => t.startsWith(this.#prefix));
+      if (listed.length === 0) {
+        if (++quiet >= 2) return [];
+        await sleep(1000);
+        continue;
+      }
+      quiet = 0;
+      // A topic already being deleted answers UNKNOWN_TOPIC_OR_PARTITION; the next listing tells.
+      await admin.deleteTopics({ topics: listed, timeout: 30_000 }).catch((err: unknown) => {
+        lastError = messageOf(err);
+      });
+      await sleep(500);
+    }
+    const remaining = (await admin.listTopics()).filter((t) => t.startsWith(this.#prefix));
+    return remaining.length === 0 ? [] : [`topics ${remaining.join(', ')}${lastError ? ` (last error: ${lastError})` : ''}`];
   }
 }
 
@@ -349,15 +400,19 @@ class KafkaSetup {
  * makes it, `samples` times in a row over all groups. Each answer is checked against the plan, so
  * this also proves the setup before the scaler is asked anything.
  */
-async function directReads(conn: KafkaConnection, plans: readonly GroupPlan[], samples: number, log: Logger, signal: AbortSignal): Promise<Stats> {
+async function directReads(conn: KafkaConnection, plans: readonly GroupPlan[], samples: number, log: Logger, signal: AbortSignal): Promise<Stats & { cpuMsPerRead: number }> {
   // The scaler's client settings (scaler/sources/kafka.ts and the defaults of scaler/config.ts).
   const kafka = kafkaClient(conn, { clientId: 'kmj-bench-reader', log, connectTimeoutMs: 3000, requestTimeoutMs: 2000, retries: 0 });
   const reader = new KafkaOffsetsReader({ kafka, brokers: conn.brokers.join(','), log });
   const times: number[] = [];
+  let cpuMicros = 0;
   try {
     const first = plans[0];
     // The first read connects and lists the cluster's topics: start-up, not a steady-state read.
     if (first) await reader.read(first.group, [first.topic], signal);
+    // This process does nothing else meanwhile: its CPU time is the reads' (kafkajs encoding and
+    // decoding, the checks below are a few comparisons).
+    const cpu0 = process.cpuUsage();
     for (let i = 0; i < samples; i++) {
       const plan = plans[i % plans.length] as GroupPlan;
       const t0 = performance.now();
@@ -368,10 +423,12 @@ async function directReads(conn: KafkaConnection, plans: readonly GroupPlan[], s
         throw new Error(`setup check: group ${plan.group} reads ${JSON.stringify(got.partitions)}, planned ends ${JSON.stringify(plan.produced)} and commits ${JSON.stringify(plan.committed)}`);
       }
     }
+    const cpu = process.cpuUsage(cpu0);
+    cpuMicros = cpu.user + cpu.system;
   } finally {
     await reader.close();
   }
-  return stats(times);
+  return { ...stats(times), cpuMsPerRead: cpuMicros / 1000 / samples };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -396,7 +453,7 @@ async function setUpQueues(url: string, prefix: string, count: number, signal: A
     } catch (err) {
       left.push(`RabbitMQ cleanup failed: ${messageOf(err)}`);
     }
-    await conn.close().catch(() => undefined);
+    await conn.close().catch((err: unknown) => left.push(`RabbitMQ connection close: ${messageOf(err)}`));
     return left;
   };
   try {
@@ -443,6 +500,8 @@ function startScalerProcess(o: BenchOptions): Promise<ScalerProcess> {
   const pid = child.pid;
   if (pid === undefined) return new Promise((_, reject) => child.once('error', (err) => reject(new Error(`cannot start the scaler: ${err.message}`, { cause: err }))));
   const exited = new AbortController();
+  // After a successful spawn, 'error' means a signal could not be sent: the process is out of reach.
+  child.on('error', (err) => exited.abort(new Error(`scaler process: ${err.message}`, { cause: err })));
   let stopping = false;
   // A last resort if this process dies without stopping it: no scaler outlives the bench.
   const killOnExit = (): void => {
@@ -519,35 +578,45 @@ function memoryMb(pid: number): { rssMb: number; peakMb: number } {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The scaler's own read histogram
+// The scaler's own metrics (scaler/metrics.ts)
 
 interface Histogram {
   readonly count: number;
   readonly sumSeconds: number;
   /** Cumulative counts by upper bound (seconds, ascending; the last is +Inf). */
   readonly buckets: readonly { readonly le: number; readonly count: number }[];
-  readonly errors: number;
 }
 
-/** kmj_scaler_refresh_duration_seconds and kmj_scaler_refresh_errors_total of one source, from /metrics text. */
-function readHistogram(text: string, source: string): Histogram {
-  const buckets: { le: number; count: number }[] = [];
-  let count = 0;
-  let sumSeconds = 0;
-  let errors = 0;
+interface PromSample {
+  readonly name: string;
+  readonly labels: ReadonlyMap<string, string>;
+  readonly value: number;
+}
+
+/** The samples of a /metrics text (label values here never hold quotes or braces). */
+function parseMetrics(text: string): PromSample[] {
+  const samples: PromSample[] = [];
   for (const line of text.split('\n')) {
-    const m = /^(kmj_scaler_refresh_duration_seconds_(?:bucket|sum|count)|kmj_scaler_refresh_errors_total)\{([^}]*)\}\s+(\S+)$/.exec(line);
+    const m = /^([a-zA-Z_:][\w:]*)(?:\{([^}]*)\})?\s+(\S+)$/.exec(line);
     if (!m) continue;
     const labels = new Map([...(m[2] ?? '').matchAll(/(\w+)="([^"]*)"/g)].map((l) => [l[1] ?? '', l[2] ?? '']));
-    if (labels.get('source') !== source) continue;
-    const value = Number(m[3]);
-    if (m[1] === 'kmj_scaler_refresh_duration_seconds_bucket') buckets.push({ le: labels.get('le') === '+Inf' ? Infinity : Number(labels.get('le')), count: value });
-    else if (m[1] === 'kmj_scaler_refresh_duration_seconds_sum') sumSeconds = value;
-    else if (m[1] === 'kmj_scaler_refresh_duration_seconds_count') count = value;
-    else errors += value;
+    samples.push({ name: m[1] ?? '', labels, value: Number(m[3]) });
   }
-  buckets.sort((a, b) => a.le - b.le);
-  return { count, sumSeconds, buckets, errors };
+  return samples;
+}
+
+/** Histogram `name` restricted to samples whose label `key` is `value`. */
+function histogramOf(samples: readonly PromSample[], name: string, key: string, value: string): Histogram {
+  const mine = samples.filter((s) => s.labels.get(key) === value);
+  const buckets = mine
+    .filter((s) => s.name === `${name}_bucket`)
+    .map((s) => ({ le: s.labels.get('le') === '+Inf' ? Infinity : Number(s.labels.get('le')), count: s.value }))
+    .sort((a, b) => a.le - b.le);
+  return {
+    count: mine.find((s) => s.name === `${name}_count`)?.value ?? 0,
+    sumSeconds: mine.find((s) => s.name === `${name}_sum`)?.value ?? 0,
+    buckets,
+  };
 }
 
 function histogramDelta(after: Histogram, before: Histogram): Histogram {
@@ -555,7 +624,6 @@ function histogramDelta(after: Histogram, before: Histogram): Histogram {
     count: after.count - before.count,
     sumSeconds: after.sumSeconds - before.sumSeconds,
     buckets: after.buckets.map((b) => ({ le: b.le, count: b.count - (before.buckets.find((x) => x.le === b.le)?.count ?? 0) })),
-    errors: after.errors - before.errors,
   };
 }
 
@@ -563,6 +631,40 @@ function histogramDelta(after: Histogram, before: Histogram): Histogram {
 function bucketBoundMs(h: Histogram, p: number): number {
   const rank = Math.ceil((p / 100) * h.count);
   return (h.buckets.find((b) => b.count >= rank)?.le ?? Number.NaN) * 1000;
+}
+
+/** The scaler's figures over a window: two scrapes, at its start and at its end. */
+interface ScalerFigures {
+  /** kmj_scaler_refresh_duration_seconds by source: its broker reads. */
+  readonly reads: Readonly<Record<PolledTarget['kind'], Histogram>>;
+  /** kmj_scaler_refresh_errors_total by source. */
+  readonly readErrors: Readonly<Record<PolledTarget['kind'], number>>;
+  /** kmj_scaler_grpc_request_duration_seconds of GetMetrics: time inside the handler. */
+  readonly getMetricsHandler: Histogram;
+  /**
+   * Event-loop delay over the window, ms. prom-client resets its monitor at every scrape, so the
+   * end scrape's figures cover exactly the time since the start scrape.
+   */
+  readonly eventLoopLagMs: { readonly p50: number; readonly p99: number; readonly max: number };
+}
+
+function scalerFigures(beforeText: string, afterText: string): ScalerFigures {
+  const before = parseMetrics(beforeText);
+  const after = parseMetrics(afterText);
+  const reads = (source: string): Histogram =>
+    histogramDelta(histogramOf(after, 'kmj_scaler_refresh_duration_seconds', 'source', source), histogramOf(before, 'kmj_scaler_refresh_duration_seconds', 'source', source));
+  const errors = (samples: readonly PromSample[], source: string): number =>
+    samples.filter((s) => s.name === 'kmj_scaler_refresh_errors_total' && s.labels.get('source') === source).reduce((n, s) => n + s.value, 0);
+  const gauge = (name: string): number => (after.find((s) => s.name === name)?.value ?? Number.NaN) * 1000;
+  return {
+    reads: { kafka: reads('kafka'), rabbitmq: reads('rabbitmq') },
+    readErrors: { kafka: errors(after, 'kafka') - errors(before, 'kafka'), rabbitmq: errors(after, 'rabbitmq') - errors(before, 'rabbitmq') },
+    getMetricsHandler: histogramDelta(
+      histogramOf(after, 'kmj_scaler_grpc_request_duration_seconds', 'method', 'GetMetrics'),
+      histogramOf(before, 'kmj_scaler_grpc_request_duration_seconds', 'method', 'GetMetrics'),
+    ),
+    eventLoopLagMs: { p50: gauge('kmj_scaler_nodejs_eventloop_lag_p50_seconds'), p99: gauge('kmj_scaler_nodejs_eventloop_lag_p99_seconds'), max: gauge('kmj_scaler_nodejs_eventloop_lag_max_seconds') },
+  };
 }
 
 async function scrape(metricsPort: number): Promise<string> {
@@ -676,8 +778,7 @@ interface PhaseResult {
   readonly errorExamples: readonly string[];
   readonly warmupErrors: Readonly<Record<string, number>>;
   readonly rpc: Readonly<Record<string, Stats>>;
-  readonly kafkaReads: Histogram;
-  readonly rabbitmqReads: Histogram;
+  readonly scaler: ScalerFigures;
   readonly cpuPercentOfOneCore: number;
   readonly rssMaxMb: number;
   readonly rssEndMb: number;
@@ -731,8 +832,7 @@ async function runPhase(label: string, targets: readonly PolledTarget[], o: Benc
       errorExamples: tally.errorExamples,
       warmupErrors: { ...warmup.errors, ...(warmup.wrong > 0 ? { wrong: warmup.wrong } : {}) },
       rpc,
-      kafkaReads: histogramDelta(readHistogram(after, 'kafka'), readHistogram(before, 'kafka')),
-      rabbitmqReads: histogramDelta(readHistogram(after, 'rabbitmq'), readHistogram(before, 'rabbitmq')),
+      scaler: scalerFigures(before, after),
       cpuPercentOfOneCore: (cpu / wallSeconds) * 100,
       rssMaxMb: Math.max(rssMaxMb, mem.rssMb),
       rssEndMb: mem.rssMb,
@@ -756,10 +856,15 @@ function printPhase(r: PhaseResult): void {
       if (s) out(`  ${`${m} (${kind})`.padEnd(26)} n=${String(s.n).padEnd(6)} p50 ${ms(s.p50)}  p99 ${ms(s.p99)}`);
     }
   }
-  for (const [kind, h] of [['Kafka', r.kafkaReads], ['RabbitMQ', r.rabbitmqReads]] as const) {
-    if (h.count === 0 && h.errors === 0) continue;
-    out(`  scaler's ${kind} reads: ${h.count} (${(h.count / r.wallSeconds).toFixed(0)}/s), mean ${ms((h.sumSeconds / h.count) * 1000)}, p50 <= ${bucketBoundMs(h, 50)} ms, p99 <= ${bucketBoundMs(h, 99)} ms (histogram buckets), failed ${h.errors}`);
+  for (const kind of ['kafka', 'rabbitmq'] as const) {
+    const h = r.scaler.reads[kind];
+    if (h.count === 0 && r.scaler.readErrors[kind] === 0) continue;
+    out(`  scaler's ${kind} reads: ${h.count} (${(h.count / r.wallSeconds).toFixed(0)}/s), mean ${ms((h.sumSeconds / h.count) * 1000)}, p50 <= ${bucketBoundMs(h, 50)} ms, p99 <= ${bucketBoundMs(h, 99)} ms (its histogram), failed ${r.scaler.readErrors[kind]}`);
   }
+  const handler = r.scaler.getMetricsHandler;
+  const lag = r.scaler.eventLoopLagMs;
+  // prom-client samples the loop every 10 ms and records the whole gap: 10 ms is an idle loop.
+  out(`  inside the scaler: GetMetrics handler p50 <= ${bucketBoundMs(handler, 50)} ms, p99 <= ${bucketBoundMs(handler, 99)} ms; event-loop gaps (10 ms = idle) p50 ${lag.p50.toFixed(1)} ms, p99 ${lag.p99.toFixed(1)} ms, max ${lag.max.toFixed(1)} ms`);
   out(`  scaler CPU ${r.cpuPercentOfOneCore.toFixed(1)}% of one core   RSS max ${r.rssMaxMb.toFixed(1)} MB, end ${r.rssEndMb.toFixed(1)} MB (VmHWM ${r.peakRssMb.toFixed(1)} MB)`);
   out(`  answers checked ${r.checked} in ${r.polls} polls: wrong ${r.wrong}; RPC errors ${Object.keys(r.errors).length === 0 ? 'none' : JSON.stringify(r.errors)}; warm-up errors ${Object.keys(r.warmupErrors).length === 0 ? 'none' : JSON.stringify(r.warmupErrors)}`);
   for (const e of [...r.wrongExamples, ...r.errorExamples]) out(`    ${e}`);
@@ -782,20 +887,20 @@ async function main(): Promise<void> {
   if (!conn) throw new Error(`KAFKA_BROKERS: ${problems.join('; ')}`);
   // Unique per run: the cleanup deletes whatever starts with it, and only that.
   const prefix = `kmj-bench-${Date.now().toString(36)}-${randomUUID().slice(0, 6)}`;
-  const plans = Array.from({ length: o.groups }, (_, i) => planGroup(prefix, i, o.partitions));
+  const plans = Array.from({ length: o.groups }, (_, i) => planGroup(prefix, i));
   const kafkaSetup = new KafkaSetup(conn, prefix, log);
   let rabbit: RabbitSetup | undefined;
   let failed = false;
   const t0 = performance.now();
   try {
-    out(`kafka benchmark: ${o.groups} consumer groups, each on its own topic of ${o.partitions} partitions (${o.groups * o.partitions} partitions), ${o.queues} RabbitMQ queues; each ScaledJob polled every ${o.pollIntervalMs} ms (GetMetricSpec, GetMetrics, IsActive), ${o.phaseSeconds} s per phase; Node ${process.versions.node}; prefix ${prefix}`);
+    out(`kafka benchmark: ${o.groups} consumer groups, each on its own topic of ${PARTITIONS} partitions (${o.groups * PARTITIONS} partitions), ${o.queues} RabbitMQ queues; each ScaledJob polled every ${o.pollIntervalMs} ms (GetMetricSpec, GetMetrics, IsActive), ${o.phaseSeconds} s per phase; Node ${process.versions.node}; prefix ${prefix}`);
     const lags = plans.map((p) => p.lag);
     const capped = plans.filter((p) => p.target.expectedValue < p.lag).length;
     const inactive = plans.filter((p) => !p.target.expectedActive).length;
     out(`lag per group ${Math.min(...lags)}-${Math.max(...lags)} records; ${capped} groups capped at partitions x lagThreshold, ${inactive} below their activation threshold`);
 
     let t = performance.now();
-    await kafkaSetup.createTopics(plans, o.partitions, signal);
+    await kafkaSetup.createTopics(plans, signal);
     const topicsS = (performance.now() - t) / 1000;
     t = performance.now();
     await kafkaSetup.produce(plans, signal);
@@ -808,7 +913,7 @@ async function main(): Promise<void> {
     out(`setup: topics ${topicsS.toFixed(1)} s, produce ${produceS.toFixed(1)} s, commits ${commitS.toFixed(1)} s, RabbitMQ queues ${((performance.now() - t) / 1000).toFixed(1)} s`);
 
     const direct = await directReads(conn, plans, o.readSamples, log, signal);
-    out(`direct KafkaOffsetsReader.read of one 12-partition group (this process, one at a time, ${direct.n} reads): p50 ${ms(direct.p50)}  p99 ${ms(direct.p99)}; every end and committed offset as planned`);
+    out(`direct KafkaOffsetsReader.read of one 12-partition group (this process, one at a time, ${direct.n} reads): p50 ${ms(direct.p50)}  p99 ${ms(direct.p99)}, CPU ${ms(direct.cpuMsPerRead)} a read; every end and committed offset as planned`);
 
     const kafkaTargets = plans.map((p) => p.target);
     const rabbitTargets = rabbit?.targets ?? [];

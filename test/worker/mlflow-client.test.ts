@@ -683,7 +683,7 @@ describe('loadWorkerConfig', () => {
       }
       throw new Error('the configuration was accepted');
     };
-    expect(messageOf(() => loadWorkerConfig({}))).toBe('invalid worker configuration: KMJ_WORKER_QUEUE: is required');
+    expect(messageOf(() => loadWorkerConfig({}))).toBe('invalid worker configuration: KMJ_WORKER_QUEUE: set a queue or KMJ_WORKER_TOPIC, exactly one of them');
     expect(messageOf(() => loadWorkerConfig({}, { queue: 'x'.repeat(256) }))).toBe('invalid worker configuration: --queue: must be at most 255 characters, got 256');
     expect(loadWorkerConfig({ KMJ_WORKER_QUEUE: 'from-env' }, { queue: 'from-flag' }).queue).toBe('from-flag');
   });
