@@ -22,7 +22,8 @@ mkdir -p "$app.partial"
 cp "$KMJ_ROOT/package.json" "$KMJ_ROOT/package-lock.json" "$app.partial/"
 cp -R "$KMJ_ROOT/bin" "$KMJ_ROOT/proto" "$KMJ_ROOT/schemas" "$app.partial/"
 mkdir -p "$app.partial/dist"
-for d in cli common generated kubernetes mlflow rabbitmq scaler worker; do cp -R "$KMJ_ROOT/dist/$d" "$app.partial/dist/"; done
+# Every compiled module: dist/ holds only program code (bench/ and test/ run from source).
+cp -R "$KMJ_ROOT/dist/." "$app.partial/dist/"
 # Source maps stay out: they hold the TypeScript sources, which the image does not need.
 find "$app.partial/dist" -name '*.map' -delete
 
