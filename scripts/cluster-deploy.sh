@@ -7,7 +7,10 @@
 #   3. the namespace, then the Secrets: broker URLs, the worker's MLflow user, and the certificates
 #      for mutual TLS between KEDA and the scaler (a CA made here, a server certificate for the
 #      scaler's Service name and cluster IP, a client certificate for KEDA);
-#   4. `kubectl apply -k overlays/local/`, then waits until the scaler's pod is Ready and the
+#   4. a Kafka broker for pods (scripts/kafka.sh kafka-cluster 19292 on the node address: Kafka
+#      hands clients the address it advertises, so a forwarder from 127.0.0.1 cannot serve pods);
+#      the scaler's overlay names it as KAFKA_BROKERS;
+#   5. `kubectl apply -k overlays/local/`, then waits until the scaler's pod is Ready and the
 #      ScaledJob reports READY.
 #
 #   scripts/cluster-deploy.sh            idempotent; prints nothing but progress
@@ -21,6 +24,8 @@ eval "$("$KMJ_ROOT/scripts/cluster.sh" env)"
 NS=kmj
 NODE_IP=10.250.0.1
 SCALER_IP=10.96.100.60
+# The pods' Kafka broker: name, port, address (overlays/local/scaler.yaml names it too).
+KAFKA_CLUSTER=(kafka-cluster 19292 "$NODE_IP")
 DIR="$KMJ_RUN/cluster-deploy"
 ctl() { "$KMJ_ROOT/scripts/rabbitmq.sh" ctl kmj "$@"; }
 
@@ -93,6 +98,7 @@ deploy() {
   broker_user kmj-scaler '^$' '^$' '^$'
   broker_user kmj-worker '^ml-requests(\.dead)?$' '^(amq\.default|ml-requests(\.dead)?)$' '^ml-requests(\.dead)?$'
   declare_queue ml-requests
+  "$KMJ_ROOT/scripts/kafka.sh" start "${KAFKA_CLUSTER[@]}" >&2
   certs
 
   kubectl apply -f "$KMJ_ROOT/manifests/namespace.yaml" >/dev/null
@@ -124,6 +130,7 @@ deploy() {
 
 delete() {
   kubectl delete namespace "$NS" --ignore-not-found --wait=true >/dev/null
+  "$KMJ_ROOT/scripts/kafka.sh" stop "${KAFKA_CLUSTER[@]}" >&2
   ctl delete_user kmj-scaler >/dev/null 2>&1 || true
   ctl delete_user kmj-worker >/dev/null 2>&1 || true
   rm -rf "$DIR"

@@ -308,6 +308,8 @@ stop() {
 down() {
   local ctr=(ctr -a "$SOCK" -n k8s.io) t
   stop keda-operator
+  # The pods' Kafka broker (scripts/cluster-deploy.sh) listens on the node address removed below.
+  "$KMJ_ROOT/scripts/kafka.sh" stop kafka-cluster 19292 10.250.0.1 >&2 || true
   stop kubelet
   # The pods' containers outlive the kubelet: kill their tasks while containerd still answers.
   if alive containerd; then

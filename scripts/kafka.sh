@@ -2,12 +2,13 @@
 # Start, stop or check a Kafka broker on loopback for tests and benchmarks: Kafka 4 in KRaft mode
 # (one process, broker and controller), from the Maven Central jars, with the machine's Java 17.
 #
-#   scripts/kafka.sh start [NAME PORT]    idempotent: leaves a broker that already answers alone
-#   scripts/kafka.sh stop [NAME PORT]     stops the broker this checkout started (by PID)
-#   scripts/kafka.sh status [NAME PORT]
+#   scripts/kafka.sh start [NAME PORT [HOST]]    idempotent: leaves a broker that already answers alone
+#   scripts/kafka.sh stop [NAME PORT [HOST]]     stops the broker this checkout started (by PID)
+#   scripts/kafka.sh status [NAME PORT [HOST]]
 #
 # NAME (default kafka) and PORT (default 19092) let a test run a broker of its own, to stop and
-# start it. Listeners, all on 127.0.0.1:
+# start it; HOST (default 127.0.0.1) is where it listens and what it advertises: the cluster's
+# node address 10.250.0.1 for pods (scripts/cluster-deploy.sh). Listeners, all on HOST:
 #   PORT    PLAINTEXT
 #   PORT+1  CONTROLLER (KRaft)
 #   PORT+2  SASL_PLAINTEXT with PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512
@@ -23,6 +24,7 @@ version=${KMJ_KAFKA_VERSION:-4.4.0}
 cache="${KMJ_KAFKA_CACHE:-/var/cache/keda-ml-jobs/kafka}/$version"
 name=${2:-kafka}
 port=${3:-19092}
+host=${4:-127.0.0.1}
 controller_port=$((port + 1))
 sasl_port=$((port + 2))
 base="$KMJ_RUN/$name"
@@ -60,9 +62,9 @@ write_config() {
   cat >"$base/server.properties" <<EOF
 process.roles=broker,controller
 node.id=1
-controller.quorum.voters=1@127.0.0.1:$controller_port
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port,SASL_PLAINTEXT://127.0.0.1:$sasl_port
-advertised.listeners=PLAINTEXT://127.0.0.1:$port,SASL_PLAINTEXT://127.0.0.1:$sasl_port
+controller.quorum.voters=1@$host:$controller_port
+listeners=PLAINTEXT://$host:$port,CONTROLLER://$host:$controller_port,SASL_PLAINTEXT://$host:$sasl_port
+advertised.listeners=PLAINTEXT://$host:$port,SASL_PLAINTEXT://$host:$sasl_port
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
@@ -87,8 +89,8 @@ java_kafka=(java -Xms256m -Xmx512m -Dlog4j2.configurationFile="$base/log4j2.prop
 
 case "${1:-start}" in
   start)
-    if port_open 127.0.0.1 "$port"; then
-      say "Kafka already answers on 127.0.0.1:$port"
+    if port_open "$host" "$port"; then
+      say "Kafka already answers on $host:$port"
       exit 0
     fi
     command -v java >/dev/null || die "java (17 or later) is needed for the Kafka broker"
@@ -102,12 +104,12 @@ case "${1:-start}" in
         --add-scram "SCRAM-SHA-512=[name=$user,password=$password]" >"$base/format.log" 2>&1 ||
         { tail -5 "$base/format.log" >&2; die "formatting the Kafka storage failed"; }
     fi
-    say "starting Kafka $version (KRaft) \"$name\" on 127.0.0.1:$port, SASL on $sasl_port"
+    say "starting Kafka $version (KRaft) \"$name\" on $host:$port, SASL on $sasl_port"
     rm -f "$base/server.log" # its "Kafka Server started" line must be this start's
     nohup "${java_kafka[@]}" kafka.Kafka "$base/server.properties" >"$base/stdout.log" 2>&1 &
     echo $! >"$base/pid"
     for ((i = 0; i < 120; i++)); do
-      if grep -q "Kafka Server started" "$base/server.log" 2>/dev/null && port_open 127.0.0.1 "$port"; then
+      if grep -q "Kafka Server started" "$base/server.log" 2>/dev/null && port_open "$host" "$port"; then
         say "Kafka is up"
         exit 0
       fi
@@ -128,9 +130,9 @@ case "${1:-start}" in
     fi
     ;;
   status)
-    if port_open 127.0.0.1 "$port"; then echo "Kafka answers on 127.0.0.1:$port"; else echo "Kafka is not running"; exit 1; fi
+    if port_open "$host" "$port"; then echo "Kafka answers on $host:$port"; else echo "Kafka is not running"; exit 1; fi
     ;;
   *)
-    die "usage: scripts/kafka.sh start|stop|status [NAME PORT]"
+    die "usage: scripts/kafka.sh start|stop|status [NAME PORT [HOST]]"
     ;;
 esac

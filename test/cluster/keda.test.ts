@@ -19,7 +19,9 @@ import {
   deleteWorkerJobs, exitCodeOf, kubectl, kubectlJson, patchScaledJob, scaledJobStatus, searchRunsWithPython, until, workerJobs, workerPods,
   type Job,
 } from '../helpers/cluster.ts';
+import { parse as parseYaml } from 'yaml';
 import { RABBITMQ_URL } from '../helpers/env.ts';
+import { KafkaFixture } from '../helpers/kafka.ts';
 import { runKmj } from '../helpers/kmj.ts';
 import { KedaLikeClient } from '../helpers/scaler.ts';
 import { MLFLOW_URL, drain, fixtures, queueState, runsOf, tagsOf, uniqueId } from '../helpers/worker.ts';
@@ -379,4 +381,107 @@ describe('make demo-cluster', () => {
     const runs = await searchRunsWithPython('kmj-demo-cluster');
     expect(runs.filter((r) => r.status === 'FINISHED').length).toBeGreaterThanOrEqual(10);
   }, 360_000);
+});
+
+describe('KEDA runs the Kafka ScaledJob (keda/scaledjob-kafka.yaml) against our scaler', () => {
+  /** The broker scripts/cluster-deploy.sh starts on the node address for pods. */
+  const KAFKA = `${NODE_IP}:19292`;
+  const NAME = 'ml-requests-kafka';
+  let kafka: KafkaFixture;
+  let topic = '';
+  let group = '';
+
+  const status = async (): Promise<{ ready: string | undefined; active: string | undefined }> => {
+    const sj = await kubectlJson<{ status?: { conditions?: Array<{ type: string; status: string }> } }>(['-n', NAMESPACE, 'get', 'scaledjob', NAME]);
+    const cond = (t: string): string | undefined => sj.status?.conditions?.find((c) => c.type === t)?.status;
+    return { ready: cond('Ready'), active: cond('Active') };
+  };
+  const jobs = async (): Promise<Job[]> => (await kubectlJson<{ items: Job[] }>(['-n', NAMESPACE, 'get', 'jobs', '-l', `scaledjob.keda.sh/name=${NAME}`])).items;
+
+  beforeAll(async () => {
+    kafka = new KafkaFixture(KAFKA);
+    topic = await kafka.topic('cluster-kafka', 3);
+    group = kafka.group('cluster-workers');
+    // The group exists before any worker, committed at the start of each partition (as
+    // `kmj submit --kafka --group` makes it): the scaler answers NOT_FOUND for a missing group.
+    await kafka.commit(group, topic, { 0: 0, 1: 0, 2: 0 });
+
+    // keda/scaledjob-kafka.yaml as a user applies it, with what overlays/local changes for this
+    // machine taken from the deployed RabbitMQ ScaledJob (image, node selector, scaler address,
+    // mutual TLS, MLflow), and the test's topic, group and timings.
+    type Env = { name: string; value?: string };
+    type Container = { image: string; imagePullPolicy?: string; args: string[]; env: Env[] };
+    type Doc = {
+      metadata: { namespace: string };
+      spec: {
+        pollingInterval: number;
+        successfulJobsHistoryLimit: number;
+        failedJobsHistoryLimit: number;
+        triggers: Array<{ metadata: Record<string, string>; authenticationRef?: unknown }>;
+        jobTargetRef: { template: { spec: { nodeSelector: Record<string, string>; containers: Container[] } } };
+      };
+    };
+    const live = await kubectlJson<Doc>(['-n', NAMESPACE, 'get', 'scaledjob', SCALED_JOB]);
+    const doc = parseYaml(readFileSync(packageFile('keda', 'scaledjob-kafka.yaml'), 'utf8')) as Doc;
+    const liveTrigger = live.spec.triggers[0];
+    const liveContainer = live.spec.jobTargetRef.template.spec.containers[0];
+    const trigger = doc.spec.triggers[0];
+    const container = doc.spec.jobTargetRef.template.spec.containers[0];
+    if (!liveTrigger || !liveContainer || !trigger || !container) throw new Error('a ScaledJob without a trigger or a container');
+    doc.metadata.namespace = NAMESPACE;
+    Object.assign(doc.spec, { pollingInterval: POLL_S, successfulJobsHistoryLimit: 100, failedJobsHistoryLimit: 100 });
+    Object.assign(trigger.metadata, { scalerAddress: liveTrigger.metadata['scalerAddress'], topic, consumerGroup: group });
+    if (liveTrigger.authenticationRef !== undefined) trigger.authenticationRef = liveTrigger.authenticationRef;
+    doc.spec.jobTargetRef.template.spec.nodeSelector = live.spec.jobTargetRef.template.spec.nodeSelector;
+    container.image = liveContainer.image;
+    if (liveContainer.imagePullPolicy !== undefined) container.imagePullPolicy = liveContainer.imagePullPolicy;
+    container.args = container.args.map((a, i, all) => (all[i - 1] === '--topic' ? topic : all[i - 1] === '--group' ? group : a));
+    const set = (name: string, value: string): void => {
+      const e = container.env.find((x) => x.name === name);
+      if (e) e.value = value;
+      else container.env.push({ name, value });
+    };
+    set('KAFKA_BROKERS', KAFKA);
+    set('MLFLOW_TRACKING_URI', liveContainer.env.find((e) => e.name === 'MLFLOW_TRACKING_URI')?.value ?? '');
+    set('KMJ_WORKER_KAFKA_SESSION_TIMEOUT_MS', '6s');
+    set('KMJ_WORKER_IDLE_TIMEOUT_MS', '10s');
+    await kubectl(['apply', '-f', '-'], JSON.stringify(doc));
+  }, 120_000);
+
+  afterAll(async () => {
+    await kubectl(['-n', NAMESPACE, 'delete', 'scaledjob', NAME, '--ignore-not-found', '--wait=true', '--timeout=120s']).catch(() => undefined);
+    await kubectl(['-n', NAMESPACE, 'delete', 'jobs', '-l', `scaledjob.keda.sh/name=${NAME}`, '--wait=true', '--timeout=120s']).catch(() => undefined);
+    await kafka?.close();
+  }, 180_000);
+
+  it('from zero: no Jobs without lag, then six records over three partitions give six FINISHED runs, every offset committed, and back to no Jobs running', async () => {
+    await until('Kafka ScaledJob READY', status, (s) => s.ready === 'True', 60_000);
+    const sample = async (ms: number): Promise<number> => {
+      let max = 0;
+      for (const end = Date.now() + ms; Date.now() < end; await new Promise((r) => setTimeout(r, 400))) max = Math.max(max, (await jobs()).length);
+      return max;
+    };
+    expect(await sample(3 * POLL_S * 1000 + 1500)).toBe(0);
+
+    const experiment = uniqueId('cluster-kafka');
+    const requests = Array.from({ length: 6 }, () => podRequest(experiment));
+    await Promise.all([0, 1, 2].map((p) => kafka.produce(topic, p, 2, (i) => JSON.stringify(requests[p * 2 + i]))));
+    await until('Kafka ScaledJob ACTIVE', status, (s) => s.active === 'True', 30_000, 250);
+    await until('6 FINISHED runs', () => runsOf(experiment), (runs) => runs.filter((r) => r.info.status === 'FINISHED').length === 6, 300_000, 1000);
+    await until('every offset committed', () => kafka.committed(group, topic), (c) => c[0] === 2 && c[1] === 2 && c[2] === 2, 60_000, 500);
+    await until('no Kafka Job still running', jobs, (js) => js.length > 0 && js.every(finished), 180_000, 1000);
+    await until('Kafka ScaledJob not ACTIVE', status, (s) => s.active === 'False', 30_000, 500);
+
+    // One FINISHED run per record, read back with the Python client, each from a pod of one of
+    // the ScaledJob's Jobs; every Job succeeded (a Job that found no partition free exits 0 too).
+    const runs = await searchRunsWithPython(experiment);
+    expect(runs.map((r) => r.status)).toEqual(Array(6).fill('FINISHED'));
+    expect(new Set(runs.map((r) => r.tags['kmj.request_id']))).toEqual(new Set(requests.map((r) => r.requestId)));
+    const all = await jobs();
+    expect(all.every((j) => j.status.succeeded === 1)).toBe(true);
+    const podNames = new Set((await workerPods()).map((p) => p.metadata.name));
+    for (const r of runs) expect(podNames.has(r.tags['kmj.pod'] ?? '')).toBe(true);
+    // At most one busy worker per partition: the metric is capped at 3 × lagThreshold.
+    expect(all.length).toBeGreaterThanOrEqual(2);
+  }, 480_000);
 });
