@@ -648,6 +648,10 @@ interface ScalerFigures {
    * end scrape's figures cover exactly the time since the start scrape.
    */
   readonly eventLoopLagMs: { readonly p50: number; readonly p99: number; readonly max: number };
+  /** Time in V8's garbage collector over the window (nodejs_gc_duration_seconds, all kinds), ms. */
+  readonly gcMs: number;
+  /** V8 heap in use at the end of the window (nodejs_heap_size_used_bytes), MB. */
+  readonly heapUsedMb: number;
 }
 
 function scalerFigures(beforeText: string, afterText: string): ScalerFigures {
@@ -657,7 +661,8 @@ function scalerFigures(beforeText: string, afterText: string): ScalerFigures {
     histogramDelta(histogramOf(after, 'kmj_scaler_refresh_duration_seconds', 'source', source), histogramOf(before, 'kmj_scaler_refresh_duration_seconds', 'source', source));
   const errors = (samples: readonly PromSample[], source: string): number =>
     samples.filter((s) => s.name === 'kmj_scaler_refresh_errors_total' && s.labels.get('source') === source).reduce((n, s) => n + s.value, 0);
-  const gauge = (name: string): number => (after.find((s) => s.name === name)?.value ?? Number.NaN) * 1000;
+  const gauge = (name: string): number => after.find((s) => s.name === name)?.value ?? Number.NaN;
+  const gcSeconds = (samples: readonly PromSample[]): number => samples.filter((s) => s.name === 'kmj_scaler_nodejs_gc_duration_seconds_sum').reduce((n, s) => n + s.value, 0);
   return {
     reads: { kafka: reads('kafka'), rabbitmq: reads('rabbitmq') },
     readErrors: { kafka: errors(after, 'kafka') - errors(before, 'kafka'), rabbitmq: errors(after, 'rabbitmq') - errors(before, 'rabbitmq') },
@@ -665,7 +670,13 @@ function scalerFigures(beforeText: string, afterText: string): ScalerFigures {
       histogramOf(after, 'kmj_scaler_grpc_request_duration_seconds', 'method', 'GetMetrics'),
       histogramOf(before, 'kmj_scaler_grpc_request_duration_seconds', 'method', 'GetMetrics'),
     ),
-    eventLoopLagMs: { p50: gauge('kmj_scaler_nodejs_eventloop_lag_p50_seconds'), p99: gauge('kmj_scaler_nodejs_eventloop_lag_p99_seconds'), max: gauge('kmj_scaler_nodejs_eventloop_lag_max_seconds') },
+    eventLoopLagMs: {
+      p50: gauge('kmj_scaler_nodejs_eventloop_lag_p50_seconds') * 1000,
+      p99: gauge('kmj_scaler_nodejs_eventloop_lag_p99_seconds') * 1000,
+      max: gauge('kmj_scaler_nodejs_eventloop_lag_max_seconds') * 1000,
+    },
+    gcMs: (gcSeconds(after) - gcSeconds(before)) * 1000,
+    heapUsedMb: gauge('kmj_scaler_nodejs_heap_size_used_bytes') / 1024 / 1024,
   };
 }
 
@@ -867,7 +878,7 @@ function printPhase(r: PhaseResult): void {
   const lag = r.scaler.eventLoopLagMs;
   // prom-client samples the loop every 10 ms and records the whole gap: 10 ms is an idle loop.
   out(`  inside the scaler: GetMetrics handler p50 <= ${bucketBoundMs(handler, 50)} ms, p99 <= ${bucketBoundMs(handler, 99)} ms; event-loop gaps (10 ms = idle) p50 ${lag.p50.toFixed(1)} ms, p99 ${lag.p99.toFixed(1)} ms, max ${lag.max.toFixed(1)} ms`);
-  out(`  scaler CPU ${r.cpuPercentOfOneCore.toFixed(1)}% of one core   RSS max ${r.rssMaxMb.toFixed(1)} MB, end ${r.rssEndMb.toFixed(1)} MB (VmHWM ${r.peakRssMb.toFixed(1)} MB)`);
+  out(`  scaler CPU ${r.cpuPercentOfOneCore.toFixed(1)}% of one core (GC ${((r.scaler.gcMs / 1000 / r.wallSeconds) * 100).toFixed(1)}%)   RSS max ${r.rssMaxMb.toFixed(1)} MB, end ${r.rssEndMb.toFixed(1)} MB (VmHWM ${r.peakRssMb.toFixed(1)} MB), V8 heap used ${r.scaler.heapUsedMb.toFixed(1)} MB`);
   out(`  answers checked ${r.checked} in ${r.polls} polls: wrong ${r.wrong}; RPC errors ${Object.keys(r.errors).length === 0 ? 'none' : JSON.stringify(r.errors)}; warm-up errors ${Object.keys(r.warmupErrors).length === 0 ? 'none' : JSON.stringify(r.warmupErrors)}`);
   for (const e of [...r.wrongExamples, ...r.errorExamples]) out(`    ${e}`);
   if (r.scalerWarnings > 0) out(`  scaler logged ${r.scalerWarnings} warning/error lines, e.g. ${r.scalerWarningExamples.join(' | ')}`);
@@ -941,8 +952,12 @@ async function main(): Promise<void> {
     for (const [name, r] of phases) {
       const gm = r.rpc['kafka:GetMetrics'];
       if (name === 'rabbitmq' || !gm) continue;
-      out(`  ${name}: cached GetMetrics (Kafka) p50 ${ms(gm.p50)} vs direct lag read p50 ${ms(direct.p50)}: ${(direct.p50 / gm.p50).toFixed(1)}x faster; p99 ${ms(gm.p99)} vs ${ms(direct.p99)}: ${(direct.p99 / gm.p99).toFixed(1)}x`);
+      out(`  ${name}: direct lag read / cached GetMetrics (Kafka): p50 ${ms(direct.p50)} / ${ms(gm.p50)} = ${(direct.p50 / gm.p50).toFixed(2)}x, p99 ${ms(direct.p99)} / ${ms(gm.p99)} = ${(direct.p99 / gm.p99).toFixed(2)}x (above 1: the cache answers faster than one read)`);
     }
+    // What serving Kafka groups costs the RabbitMQ triggers of the same scaler.
+    const alone = phases.get('rabbitmq')?.rpc['rabbitmq:GetMetrics'];
+    const beside = phases.get('both')?.rpc['rabbitmq:GetMetrics'];
+    if (alone && beside) out(`  RabbitMQ GetMetrics beside Kafka / alone: p50 ${ms(beside.p50)} / ${ms(alone.p50)} = ${(beside.p50 / alone.p50).toFixed(2)}x, p99 ${ms(beside.p99)} / ${ms(alone.p99)} = ${(beside.p99 / alone.p99).toFixed(2)}x`);
     for (const [name, r] of phases) out(`  ${name.padEnd(8)} scaler CPU ${r.cpuPercentOfOneCore.toFixed(1)}% of one core, RSS max ${r.rssMaxMb.toFixed(1)} MB, end ${r.rssEndMb.toFixed(1)} MB`);
     const wrong = [...phases.values()].reduce((n, r) => n + r.wrong, 0);
     const checked = [...phases.values()].reduce((n, r) => n + r.checked, 0);

@@ -12,6 +12,8 @@
 #   PORT    PLAINTEXT
 #   PORT+1  CONTROLLER (KRaft)
 #   PORT+2  SASL_PLAINTEXT with PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512
+#   PORT+3  SASL_SSL, the same mechanisms over TLS: a certificate for HOST signed by a CA made
+#           here, .run/NAME/tls/ca.crt (clients trust it with KAFKA_TLS_CA_FILE)
 # SASL users, made when the storage is formatted: kmj / kmj-secret (PLAIN and both SCRAMs).
 #
 # The jars are fetched once per machine into ${KMJ_KAFKA_CACHE:-/var/cache/keda-ml-jobs/kafka}/V/
@@ -27,6 +29,7 @@ port=${3:-19092}
 host=${4:-127.0.0.1}
 controller_port=$((port + 1))
 sasl_port=$((port + 2))
+ssl_port=$((port + 3))
 base="$KMJ_RUN/$name"
 user=kmj
 password=kmj-secret
@@ -57,21 +60,42 @@ EOF
   touch "$cache/stamp"
 }
 
+# The broker's TLS certificate for HOST and the CA that signs it, made once per state directory.
+make_tls() {
+  local d="$base/tls"
+  [ -f "$d/server.pem" ] && return 0
+  mkdir -p "$d"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj /CN=kmj-kafka-test-ca \
+    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
+    -keyout "$d/ca.key" -out "$d/ca.crt" 2>/dev/null
+  printf 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:%s,DNS:localhost\n' "$host" >"$d/server.ext"
+  openssl req -new -newkey rsa:2048 -nodes -subj "/CN=$host" -keyout "$d/server.key" -out "$d/server.csr" 2>/dev/null
+  openssl x509 -req -in "$d/server.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial -days 30 \
+    -extfile "$d/server.ext" -out "$d/server.crt" 2>/dev/null
+  # A PEM key store: the (unencrypted PKCS#8) key, then the certificate.
+  cat "$d/server.key" "$d/server.crt" >"$d/server.pem"
+}
+
 write_config() {
   mkdir -p "$base/data"
   cat >"$base/server.properties" <<EOF
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@$host:$controller_port
-listeners=PLAINTEXT://$host:$port,CONTROLLER://$host:$controller_port,SASL_PLAINTEXT://$host:$sasl_port
-advertised.listeners=PLAINTEXT://$host:$port,SASL_PLAINTEXT://$host:$sasl_port
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
+listeners=PLAINTEXT://$host:$port,CONTROLLER://$host:$controller_port,SASL_PLAINTEXT://$host:$sasl_port,SASL_SSL://$host:$ssl_port
+advertised.listeners=PLAINTEXT://$host:$port,SASL_PLAINTEXT://$host:$sasl_port,SASL_SSL://$host:$ssl_port
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,SASL_SSL:SASL_SSL
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512
 listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$user="$password";
 listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$user="$password";
+listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+ssl.keystore.type=PEM
+ssl.keystore.location=$base/tls/server.pem
 log.dirs=$base/data
 num.partitions=1
 offsets.topic.replication.factor=1
@@ -95,6 +119,7 @@ case "${1:-start}" in
     fi
     command -v java >/dev/null || die "java (17 or later) is needed for the Kafka broker"
     fetch_jars
+    make_tls
     write_config
     printf 'rootLogger.level=INFO\nrootLogger.appenderRef.f.ref=F\nappender.f.type=File\nappender.f.name=F\nappender.f.fileName=%s\nappender.f.layout.type=PatternLayout\nappender.f.layout.pattern=[%%d] %%p %%m (%%c)%%n\n' "$base/server.log" >"$base/log4j2.properties"
     if [ ! -f "$base/data/meta.properties" ]; then

@@ -4,7 +4,7 @@ import { existsSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { PACKAGE_ROOT } from '../common/paths.ts';
-import { RABBITMQ_URL } from './helpers/env.ts';
+import { KAFKA_BROKERS, KAFKA_SASL_BROKERS, KAFKA_SSL_BROKERS, RABBITMQ_URL } from './helpers/env.ts';
 import { MLFLOW_AUTH_URL, MLFLOW_URL } from './helpers/worker.ts';
 
 function reachable(host: string, port: number): Promise<boolean> {
@@ -42,6 +42,12 @@ export default async function setup(): Promise<() => Promise<void>> {
   }
   for (const base of [MLFLOW_URL, MLFLOW_AUTH_URL]) {
     if (!(await mlflowHealthy(base))) throw new Error(`MLflow does not answer ${base}/health; run the tests with "make test", which starts it`);
+  }
+  for (const address of [KAFKA_BROKERS, KAFKA_SASL_BROKERS, KAFKA_SSL_BROKERS]) {
+    const [host = '', port = ''] = address.split(':');
+    if (!(await reachable(host, Number(port)))) {
+      throw new Error(`Kafka is not reachable at ${address}; run the tests with "make test", which starts it (a broker started before the TLS listener existed: scripts/kafka.sh stop, then make test)`);
+    }
   }
   for (const dir of ['fixtures', 'fixtures-auth']) {
     if (!existsSync(join(PACKAGE_ROOT, '.run', dir, 'fixtures.json'))) {

@@ -6,8 +6,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { KAFKA_BROKERS, KAFKA_PASSWORD, KAFKA_SASL_BROKERS, KAFKA_USER } from '../helpers/env.ts';
+import { KAFKA_BROKERS, KAFKA_PASSWORD, KAFKA_SASL_BROKERS, KAFKA_SSL_BROKERS, KAFKA_TLS_CA_FILE, KAFKA_USER } from '../helpers/env.ts';
 import { KafkaFixture } from '../helpers/kafka.ts';
+import { loadScalerConfig } from '../../scaler/config.ts';
 import { eventually, startTestScaler, type ScalerHandle } from '../helpers/scaler.ts';
 
 let kafka: KafkaFixture;
@@ -24,6 +25,8 @@ beforeAll(async () => {
       scram256: { source: 'kafka', brokers: KAFKA_SASL_BROKERS, saslMechanism: 'scram-sha-256', username: KAFKA_USER, password: KAFKA_PASSWORD },
       scram512: { source: 'kafka', brokers: KAFKA_SASL_BROKERS, saslMechanism: 'scram-sha-512', username: KAFKA_USER, password: KAFKA_PASSWORD },
       wrongpw: { source: 'kafka', brokers: KAFKA_SASL_BROKERS, saslMechanism: 'scram-sha-256', username: KAFKA_USER, password: 'not-the-Secret-42' },
+      tls: { source: 'kafka', brokers: KAFKA_SSL_BROKERS, saslMechanism: 'scram-sha-512', username: KAFKA_USER, password: KAFKA_PASSWORD, tls: 'true', caFile: KAFKA_TLS_CA_FILE },
+      untrusted: { source: 'kafka', brokers: KAFKA_SSL_BROKERS, saslMechanism: 'scram-sha-512', username: KAFKA_USER, password: KAFKA_PASSWORD, tls: 'true' },
     }),
   );
   handle = await startTestScaler({ KAFKA_BROKERS, KMJ_SCALER_CONNECTIONS_FILE: connections });
@@ -171,7 +174,7 @@ describe('what the scaler never reports as 0', () => {
       },
     });
     const conn = await handle.client.getMetricSpec({ source: 'kafka', consumerGroup: 'g', connection: 'nope' });
-    expect(conn).toMatchObject({ ok: false, error: { code: grpc.status.INVALID_ARGUMENT, details: 'invalid trigger metadata: connection: "nope" is not a connection the scaler knows for this source (configured: default, scram256, scram512, wrongpw)' } });
+    expect(conn).toMatchObject({ ok: false, error: { code: grpc.status.INVALID_ARGUMENT, details: 'invalid trigger metadata: connection: "nope" is not a connection the scaler knows for this source (configured: default, scram256, scram512, wrongpw, tls, untrusted)' } });
   });
 });
 
@@ -198,5 +201,24 @@ describe('SASL', () => {
     expect(active).toMatchObject({ ok: false, error: { code: grpc.status.UNAVAILABLE } });
     expect(handle.logs()).not.toContain('not-the-Secret-42');
     expect(handle.logs()).not.toContain(KAFKA_PASSWORD);
+  });
+});
+
+describe('TLS', () => {
+  it('reads lag over SASL_SSL with the CA that signs the broker, and refuses a broker it cannot verify with UNAVAILABLE', async () => {
+    const topic = await kafka.topic('tls', 2);
+    await kafka.produce(topic, 1, 4);
+    const group = kafka.group('tls');
+    await kafka.commit(group, topic, { 0: 0, 1: 1 });
+    expect(await poll({ topic, consumerGroup: group, connection: 'tls', allowIdleConsumers: 'true' })).toMatchObject({ ok: true, view: { value: 3, active: true } });
+    const r = await poll({ topic, consumerGroup: group, connection: 'untrusted' });
+    expect(r).toMatchObject({ ok: false, error: { code: grpc.status.UNAVAILABLE, details: expect.stringContaining('unable to verify the first certificate') } });
+  });
+
+  it('a CA file that cannot be read stops start-up naming the setting', () => {
+    expect(() => loadScalerConfig({ KAFKA_BROKERS: KAFKA_SSL_BROKERS, KAFKA_TLS: 'true', KAFKA_TLS_CA_FILE: '/nonexistent/ca.crt' })).toThrow(
+      /^invalid scaler configuration: KAFKA_TLS_CA_FILE: cannot read "\/nonexistent\/ca\.crt": ENOENT/,
+    );
+    expect(() => loadScalerConfig({ KAFKA_BROKERS: KAFKA_SSL_BROKERS, KAFKA_TLS_CA_FILE: KAFKA_TLS_CA_FILE })).toThrow('invalid scaler configuration: KAFKA_TLS_CA_FILE: needs KAFKA_TLS true');
   });
 });

@@ -174,6 +174,42 @@ describe('kmj worker --topic', () => {
     expect(await runsOf(poison.experiment)).toEqual([]);
   }, 90_000);
 
+  it('SIGTERM mid-run: exit 11 within the grace, run KILLED, the record written back with attempt 2 and committed; the next worker finishes the same run', async () => {
+    const topic = await kafka.topic('sigterm', 1);
+    const group = kafka.group('sigterm');
+    const req = request();
+    await produce(topic, req);
+    const p = await FaultProxy.start();
+    cleanups.defer(() => p.close());
+    p.inject({ path: mlflowPath('runs/log-inputs'), delayMs: 30_000 });
+    const graceMs = 5000;
+    const w = worker(topic, group, { MLFLOW_TRACKING_URI: p.url, KMJ_WORKER_SHUTDOWN_GRACE_MS: String(graceMs) });
+    const started = await waitForLog(w, 'run started', 30_000);
+    await p.waitForRequest(mlflowPath('runs/log-inputs'));
+    const killedAt = Date.now();
+    w.child.kill('SIGTERM');
+    const result = await w.done;
+    expect(Date.now() - killedAt).toBeLessThan(graceMs);
+    expect(result.code).toBe(EXIT.REQUEUED);
+    expect(logsWith(result, 'record requeued')).toMatchObject([{ requestId: req.requestId, runId: started['runId'], attempt: 1, reason: 'the worker was stopped (SIGTERM)' }]);
+    expect((await runsOf(req.experiment)).map((r) => [r.info.run_id, r.info.status])).toEqual([[started['runId'], 'KILLED']]);
+    // The original is committed; its copy, attempt 2, waits behind it.
+    expect(await kafka.committed(group, topic)).toEqual({ 0: 1 });
+    const copies = await records(topic);
+    expect(copies.map((c) => [JSON.parse(c.value).requestId, c.headers[KAFKA_HEADERS.attempt]])).toEqual([
+      [req.requestId, undefined],
+      [req.requestId, '2'],
+    ]);
+
+    const again = await worker(topic, group).done;
+    expect(again.code).toBe(EXIT.OK);
+    expect(logsWith(again, 'resuming the unfinished run of this request')).toMatchObject([{ runId: started['runId'], status: 'KILLED' }]);
+    expect(logsWith(again, 'record committed')).toMatchObject([{ requestId: req.requestId, attempt: 2 }]);
+    expect((await runsOf(req.experiment)).map((r) => [r.info.run_id, r.info.status])).toEqual([[started['runId'], 'FINISHED']]);
+    expect(await kafka.committed(group, topic)).toEqual({ 0: 2 });
+    expect(await records(`${topic}.dead`)).toEqual([]);
+  }, 90_000);
+
   it('exits 0 without touching MLflow when no record arrives within the idle timeout', async () => {
     const topic = await kafka.topic('idle', 1);
     const group = kafka.group('idle');
