@@ -12,3 +12,5 @@ export const KAFKA_SSL_BROKERS = process.env['KMJ_TEST_KAFKA_SSL_BROKERS'] ?? '1
 export const KAFKA_TLS_CA_FILE = process.env['KMJ_TEST_KAFKA_TLS_CA_FILE'] ?? join(PACKAGE_ROOT, '.run', 'kafka', 'tls', 'ca.crt');
 export const KAFKA_USER = 'kmj';
 export const KAFKA_PASSWORD = 'kmj-secret';
+/** The Kafka jars scripts/kafka.sh fetched, for the tests' Java clients. */
+export const KAFKA_LIBS = join(process.env['KMJ_KAFKA_CACHE'] ?? '/var/cache/keda-ml-jobs/kafka', process.env['KMJ_KAFKA_VERSION'] ?? '4.4.0', 'libs');
