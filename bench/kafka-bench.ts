@@ -30,6 +30,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
+import { availableParallelism } from 'node:os';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
@@ -573,6 +574,11 @@ function cpuSeconds(pid: number): number {
   return (Number(fields[11]) + Number(fields[12])) / 100;
 }
 
+/** The 1-minute load average (2 means both cores of this VM busy). */
+function loadAverage(): number {
+  return Number(readFileSync('/proc/loadavg', 'utf8').split(' ')[0]);
+}
+
 function memoryMb(pid: number): { rssMb: number; peakMb: number } {
   const text = readFileSync(`/proc/${pid}/status`, 'utf8');
   const kb = (key: string): number => Number(new RegExp(`${key}:\\s+(\\d+)`).exec(text)?.[1] ?? Number.NaN);
@@ -798,6 +804,8 @@ interface PhaseResult {
   readonly peakRssMb: number;
   readonly scalerWarnings: number;
   readonly scalerWarningExamples: readonly string[];
+  /** The machine's 1-minute load average at the end of the window: this VM is shared. */
+  readonly loadAverage: number;
 }
 
 async function runPhase(label: string, targets: readonly PolledTarget[], o: BenchOptions, signal: AbortSignal): Promise<PhaseResult> {
@@ -852,6 +860,7 @@ async function runPhase(label: string, targets: readonly PolledTarget[], o: Benc
       peakRssMb: mem.peakMb,
       scalerWarnings: scaler.warnings.count,
       scalerWarningExamples: [...scaler.warnings.first],
+      loadAverage: loadAverage(),
     };
   } finally {
     clearInterval(rssTimer);
@@ -879,6 +888,7 @@ function printPhase(r: PhaseResult): void {
   // prom-client samples the loop every 10 ms and records the whole gap: 10 ms is an idle loop.
   out(`  inside the scaler: GetMetrics handler p50 <= ${bucketBoundMs(handler, 50)} ms, p99 <= ${bucketBoundMs(handler, 99)} ms; event-loop gaps (10 ms = idle) p50 ${lag.p50.toFixed(1)} ms, p99 ${lag.p99.toFixed(1)} ms, max ${lag.max.toFixed(1)} ms`);
   out(`  scaler CPU ${r.cpuPercentOfOneCore.toFixed(1)}% of one core (GC ${((r.scaler.gcMs / 1000 / r.wallSeconds) * 100).toFixed(1)}%)   RSS max ${r.rssMaxMb.toFixed(1)} MB, end ${r.rssEndMb.toFixed(1)} MB (VmHWM ${r.peakRssMb.toFixed(1)} MB), V8 heap used ${r.scaler.heapUsedMb.toFixed(1)} MB`);
+  out(`  machine load average (1 min) at the end: ${r.loadAverage.toFixed(2)} on ${availableParallelism()} cores`);
   out(`  answers checked ${r.checked} in ${r.polls} polls: wrong ${r.wrong}; RPC errors ${Object.keys(r.errors).length === 0 ? 'none' : JSON.stringify(r.errors)}; warm-up errors ${Object.keys(r.warmupErrors).length === 0 ? 'none' : JSON.stringify(r.warmupErrors)}`);
   for (const e of [...r.wrongExamples, ...r.errorExamples]) out(`    ${e}`);
   if (r.scalerWarnings > 0) out(`  scaler logged ${r.scalerWarnings} warning/error lines, e.g. ${r.scalerWarningExamples.join(' | ')}`);

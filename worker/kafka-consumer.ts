@@ -86,7 +86,12 @@ export async function consumeKafka(options: ConsumeOptions): Promise<ExitCode> {
     if (stopping) return;
     stopping = true;
     clearTimeout(idleTimer);
-    consumer.pause([{ topic: input.topic }]);
+    try {
+      consumer.pause([{ topic: input.topic }]);
+    } catch (err) {
+      // Not subscribed yet (stopped while joining): there is nothing to pause.
+      log.debug({ err }, 'pause before subscribe');
+    }
     finish();
   };
   const armIdle = (): void => {
