@@ -160,13 +160,15 @@ export class KafkaOffsetsReader {
     const type = kafkaErrorType(err);
     const brokers = this.#options.brokers;
     if (type === 'GROUP_ID_NOT_FOUND') return new BacklogNotFoundError(`consumer group ${JSON.stringify(group)} does not exist on ${brokers}`, { cause: err });
+    // Refused access is this trigger's own business: the client, shared by every trigger on the
+    // connection, stays.
+    if (type?.endsWith('_AUTHORIZATION_FAILED')) return new BacklogUnavailableError(`Kafka at ${brokers} refused access (${type}) for consumer group ${JSON.stringify(group)}: grant Describe on the group and its topics`, { cause: err });
     // Everything else drops the admin client. A topic deleted after this client read it makes
     // kafkajs fail every later metadata refresh with UNKNOWN_TOPIC_OR_PARTITION, for any topic,
     // until the client is replaced; after a broker restart, a new client is as quick as a retry.
     this.#reset();
     if (type === 'UNKNOWN_TOPIC_OR_PARTITION') return new BacklogNotFoundError(`a topic of consumer group ${JSON.stringify(group)} does not exist on ${brokers}: ${messageOf(err)}`, { cause: err });
     if (type === 'SASL_AUTHENTICATION_FAILED') return new BacklogUnavailableError(`Kafka at ${brokers} refused the SASL credentials: ${messageOf(err)}`, { cause: err });
-    if (type?.endsWith('_AUTHORIZATION_FAILED')) return new BacklogUnavailableError(`Kafka at ${brokers} refused access (${type}) for consumer group ${JSON.stringify(group)}: grant Describe on the group and its topics`, { cause: err });
     return new BacklogUnavailableError(`cannot read consumer group ${JSON.stringify(group)} from Kafka at ${brokers}: ${messageOf(err)}`, { cause: err });
   }
 

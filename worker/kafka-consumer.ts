@@ -51,8 +51,19 @@ export async function consumeKafka(options: ConsumeOptions): Promise<ExitCode> {
     requestTimeoutMs: 30_000,
     retries: 5,
   });
-  // A fetch waits at most 500 ms, so leaving the group is quick.
-  const consumer = kafka.consumer({ groupId: input.group, sessionTimeout: input.sessionTimeoutMs, heartbeatInterval: Math.min(HEARTBEAT_MS, Math.floor(input.sessionTimeoutMs / 3)), maxWaitTimeInMs: 500, allowAutoTopicCreation: false });
+  // A fetch waits at most 500 ms, so leaving the group is quick. kafkajs rejoins a rebalance only
+  // between records, so the rebalance timeout outlasts a whole record: a member busy with one is
+  // waited for, never evicted (eviction would hand its uncommitted record to a second worker
+  // while the first still runs it). A member joining meanwhile waits in the join.
+  const rebalanceTimeoutMs = config.timeBudgetMs + config.shutdownGraceMs + 10_000;
+  const consumer = kafka.consumer({
+    groupId: input.group,
+    sessionTimeout: input.sessionTimeoutMs,
+    rebalanceTimeout: rebalanceTimeoutMs,
+    heartbeatInterval: Math.min(HEARTBEAT_MS, Math.floor(input.sessionTimeoutMs / 3)),
+    maxWaitTimeInMs: 500,
+    allowAutoTopicCreation: false,
+  });
   const producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1, allowAutoTopicCreation: false });
   try {
     const admin = kafka.admin();
@@ -101,6 +112,20 @@ export async function consumeKafka(options: ConsumeOptions): Promise<ExitCode> {
       stop();
     }, config.idleTimeoutMs);
   };
+  // The idle timeout counts from the join: a worker waiting in a rebalance for a busy member is
+  // not idle. The join itself is bounded by the rebalance timeout.
+  let joined = false;
+  let joinTimedOut = false;
+  const joinTimer = setTimeout(() => {
+    joinTimedOut = true;
+    log.error({ rebalanceTimeoutMs }, 'could not join the consumer group');
+    stop();
+  }, config.idleTimeoutMs + rebalanceTimeoutMs);
+  consumer.on(consumer.events.GROUP_JOIN, () => {
+    joined = true;
+    clearTimeout(joinTimer);
+    if (!stopping && codes.length === taken) armIdle();
+  });
   const onShutdown = (): void => {
     if (taken === 0 || codes.length === taken) {
       log.info({ taken }, 'stopped between records');
@@ -118,14 +143,16 @@ export async function consumeKafka(options: ConsumeOptions): Promise<ExitCode> {
 
   try {
     await consumer.subscribe({ topic: input.topic, fromBeginning: true });
-    armIdle();
     await consumer.run({
       autoCommit: false,
       eachMessage: async ({ topic, partition, message, heartbeat }) => {
         if (stopping) return; // fetched ahead: never handled, never committed
         taken++;
         clearTimeout(idleTimer);
-        const beat = setInterval(() => heartbeat().catch(() => undefined), HEARTBEAT_MS);
+        const beat = setInterval(() => {
+          // A rebalance under way answers REBALANCE_IN_PROGRESS: this member rejoins after the record.
+          heartbeat().catch((err: unknown) => log.debug({ err: messageOf(err) }, 'heartbeat during a record'));
+        }, HEARTBEAT_MS);
         let code: ExitCode;
         try {
           code = await settleRecord(topic, partition, message, options, producer, consumer, log);
@@ -144,20 +171,25 @@ export async function consumeKafka(options: ConsumeOptions): Promise<ExitCode> {
     codes.push(EXIT.INTERNAL);
   } finally {
     clearTimeout(idleTimer);
+    clearTimeout(joinTimer);
     shutdown.removeEventListener('abort', onShutdown);
     // disconnect waits for a record in hand; it sends LeaveGroup, so the next worker gets the
     // partitions at once instead of after the session timeout.
     await Promise.allSettled([consumer.disconnect(), producer.disconnect()]);
   }
   if (crashed && codes.length < taken) return EXIT.UNSETTLED;
-  return codes.find((c) => c !== EXIT.OK) ?? EXIT.OK;
+  const worst = codes.find((c) => c !== EXIT.OK);
+  if (worst !== undefined) return worst;
+  // Nothing went wrong with a record, but the group could not be used: not a success.
+  if ((crashed || joinTimedOut) && !shutdown.aborted) return taken === 0 || !joined ? EXIT.BROKER_UNAVAILABLE : EXIT.UNSETTLED;
+  return EXIT.OK;
 }
 
 async function settleRecord(topic: string, partition: number, message: KafkaMessage, options: ConsumeOptions, producer: Producer, consumer: Consumer, parent: Logger): Promise<ExitCode> {
   const { config } = options;
   const input = config.kafka;
   if (!input) throw new Error('no Kafka input');
-  const delivery: DeliveryInfo = { attempt: attemptOfRecord(message), queue: topic };
+  const delivery: DeliveryInfo = { attempt: attemptOfRecord(message), queue: topic, attemptsFromRun: true };
   const log = parent.child({ partition, offset: message.offset, attempt: delivery.attempt });
   log.debug({ bytes: message.value?.length ?? 0 }, 'record received');
   const outcome: Outcome = await options.handle(message.value ?? Buffer.alloc(0), delivery);
@@ -183,7 +215,9 @@ async function settleRecord(topic: string, partition: number, message: KafkaMess
   try {
     await consumer.commitOffsets([{ topic, partition, offset: next }]);
   } catch (err) {
-    // Redelivered to the next worker, which finds the run FINISHED (or the copy written) and commits.
+    // Delivered again to the next worker: after an ack it finds the run FINISHED and commits;
+    // after a requeue or dead-letter it handles the original again (resuming the same run, or
+    // writing a second dead letter) besides the copy. Never a second FINISHED run.
     log.warn({ err: messageOf(err), ...fields }, 'commit failed; the record will be delivered again');
     return EXIT.UNSETTLED;
   }

@@ -133,9 +133,10 @@ export async function handleDelivery(body: Buffer, delivery: DeliveryInfo, deps:
         }
         const delay = RETRY_DELAYS_MS[attempt];
         if (!e.retryInProcess || delay === undefined || budget.signal.aborted) {
-          if (afterFailure(delivery.attempt, config.maxDeliveries) === 'dead-letter') {
-            const reason = `gave up after ${delivery.attempt} deliveries: ${e.message}`;
-            rlog.warn({ ...failureFields(e), attempt: delivery.attempt }, 'request failed on its last allowed delivery; dead-lettering');
+          const attemptNo = state.store?.attempt ?? delivery.attempt;
+          if (afterFailure(attemptNo, config.maxDeliveries) === 'dead-letter') {
+            const reason = `gave up after ${attemptNo} deliveries: ${e.message}`;
+            rlog.warn({ ...failureFields(e), attempt: attemptNo }, 'request failed on its last allowed delivery; dead-lettering');
             await mark('FAILED', reason, 'dead-lettered');
             return { action: 'dead-letter', reason, requestId: req.requestId, ...ids(state) };
           }
@@ -353,8 +354,13 @@ async function runOnce(
     await loaded?.model.release();
     return { action: 'ack', alreadyFinished: true, ...ids(state) };
   }
-  if (!loaded) throw failure;
   const store = state.store as RunStore;
+  if (store.attempt > config.maxDeliveries) {
+    // Only where the broker does not count (Kafka): earlier attempts died without a word.
+    await loaded?.model.release();
+    throw new PermanentError(`gave up after ${store.attempt - 1} deliveries that did not finish (the worker was killed each time; KMJ_MAX_DELIVERIES ${config.maxDeliveries})`);
+  }
+  if (!loaded) throw failure;
   // The dataset may live in MLflow even when the run goes to the spool: reading it then fails
   // as MLflow's other calls did (transient: requeued), not as "no MLflow configured".
   const tracking = deps.tracking;

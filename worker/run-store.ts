@@ -21,6 +21,13 @@ export interface DeliveryInfo {
   /** 1 for the first delivery of this message. */
   readonly attempt: number;
   readonly queue: string;
+  /**
+   * The broker does not count deliveries that died (Kafka: the attempt is a header the worker
+   * writes when it requeues). Then a run left RUNNING by a killed attempt counts too: the attempt
+   * is at least that run's attempt + 1, so a record that keeps killing its worker reaches the
+   * delivery limit. (A quorum queue counts every delivery itself.)
+   */
+  readonly attemptsFromRun?: boolean;
 }
 
 /** Everything a finished run records besides what `begin` already did. */
@@ -39,6 +46,8 @@ export interface RunStore {
   readonly kind: 'mlflow' | 'spool';
   /** The run, once `begin` found or made it. */
   readonly runId: string | undefined;
+  /** The delivery attempt, once `begin` knows it (DeliveryInfo.attemptsFromRun). */
+  readonly attempt: number;
   /** Finds or makes the request's run; 'finished' when it already has a FINISHED one. */
   begin(signal: AbortSignal): Promise<'finished' | 'started'>;
   complete(results: RunResults, signal: AbortSignal): Promise<void>;
@@ -136,6 +145,7 @@ export class MlflowRunStore implements RunStore {
   readonly #workerVersion: string;
   readonly #log: Logger;
   #run: RunInfo | undefined;
+  #attempt: number;
   /** The start log-batch (params, attempt), in flight while the work goes on. */
   #startLogged: Promise<void> | undefined;
 
@@ -146,10 +156,15 @@ export class MlflowRunStore implements RunStore {
     this.#config = config;
     this.#workerVersion = workerVersion;
     this.#log = log;
+    this.#attempt = delivery.attempt;
   }
 
   get runId(): string | undefined {
     return this.#run?.run_id;
+  }
+
+  get attempt(): number {
+    return this.#attempt;
   }
 
   async begin(signal: AbortSignal): Promise<'finished' | 'started'> {
@@ -163,8 +178,15 @@ export class MlflowRunStore implements RunStore {
       this.#log.info({ runId: finished.info.run_id }, 'request already has a finished run; acknowledging');
       return 'finished';
     }
-    const attemptTag = { key: RUN_TAG.deliveryAttempt, value: String(this.#delivery.attempt) };
     const previous = existing[0];
+    if (previous && this.#delivery.attemptsFromRun && previous.info.status === 'RUNNING') {
+      const died = Number(previous.tags[RUN_TAG.deliveryAttempt]);
+      if (Number.isSafeInteger(died) && died >= this.#attempt) {
+        this.#attempt = died + 1;
+        this.#log.warn({ runId: previous.info.run_id, attempt: this.#attempt }, 'the last attempt of this request died without a word; counting it');
+      }
+    }
+    const attemptTag = { key: RUN_TAG.deliveryAttempt, value: String(this.#attempt) };
     if (previous) {
       this.#run = previous.info;
       this.#log.info({ runId: previous.info.run_id, status: previous.info.status }, 'resuming the unfinished run of this request');

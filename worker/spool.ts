@@ -76,6 +76,11 @@ export class SpoolRunStore implements RunStore {
     return this.#started ? `spool:${this.#req.requestId}` : undefined;
   }
 
+  /** The delivery's own: a spooled run of an earlier attempt is not kept unless it finished. */
+  get attempt(): number {
+    return this.#delivery.attempt;
+  }
+
   async begin(): Promise<'finished' | 'started'> {
     const id = this.#req.requestId;
     if ((await exists(join(this.#dir, id, 'run.json'))) || (await exists(join(this.#dir, REPLAYED, id, 'run.json')))) {

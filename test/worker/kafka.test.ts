@@ -210,6 +210,61 @@ describe('kmj worker --topic', () => {
     expect(await records(`${topic}.dead`)).toEqual([]);
   }, 90_000);
 
+  it('a record whose worker is killed every time is dead-lettered at KMJ_MAX_DELIVERIES: the RUNNING run counts the attempts', async () => {
+    const topic = await kafka.topic('crash-loop', 1);
+    const group = kafka.group('crash-loop');
+    const req = request();
+    await produce(topic, req);
+    const p = await FaultProxy.start();
+    cleanups.defer(() => p.close());
+    p.inject({ path: mlflowPath('runs/log-inputs'), delayMs: 30_000 });
+    const env = { MLFLOW_TRACKING_URI: p.url, KMJ_MAX_DELIVERIES: '2', KMJ_WORKER_IDLE_TIMEOUT_MS: '20000' };
+    for (let kill = 1; kill <= 2; kill++) {
+      const w = worker(topic, group, env);
+      // Each attempt gets as far as logging the dataset input (held by the proxy), then dies.
+      const end = Date.now() + 40_000;
+      while (p.requests({ path: mlflowPath('runs/log-inputs') }).length < kill) {
+        if (Date.now() > end) throw new Error(`attempt ${kill} never reached runs/log-inputs`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      w.child.kill('SIGKILL');
+      await w.done;
+    }
+    const last = await worker(topic, group, env).done;
+    expect(last.code).toBe(EXIT.DEAD_LETTERED);
+    expect(logsWith(last, 'the last attempt of this request died without a word; counting it')).toMatchObject([{ attempt: 3 }]);
+    const dead = await records(`${topic}.dead`);
+    expect(dead.map((d) => d.headers[KAFKA_HEADERS.reason])).toEqual(['gave up after 2 deliveries that did not finish (the worker was killed each time; KMJ_MAX_DELIVERIES 2)']);
+    expect((await runsOf(req.experiment)).map((r) => r.info.status)).toEqual(['FAILED']);
+    expect(await kafka.committed(group, topic)).toEqual({ 0: 1 });
+  }, 120_000);
+
+  it('a worker joining while another runs a record waits for it: the record runs once, the new one takes the next', async () => {
+    const topic = await kafka.topic('rebalance', 2);
+    const group = kafka.group('rebalance');
+    const first = request();
+    const second = request();
+    const producer = kafka.kafka.producer();
+    await producer.connect();
+    cleanups.defer(() => producer.disconnect());
+    await producer.send({ topic, acks: -1, messages: [{ partition: 0, value: JSON.stringify(first) }] });
+    const p = await FaultProxy.start();
+    cleanups.defer(() => p.close());
+    p.inject({ path: mlflowPath('runs/log-inputs'), delayMs: 6000, times: 1 });
+    const a = worker(topic, group, { MLFLOW_TRACKING_URI: p.url });
+    await p.waitForRequest(mlflowPath('runs/log-inputs'));
+    const b = worker(topic, group, { KMJ_WORKER_IDLE_TIMEOUT_MS: '5000' });
+    await producer.send({ topic, acks: -1, messages: [{ partition: 1, value: JSON.stringify(second) }] });
+    const [ra, rb] = await Promise.all([a.done, b.done]);
+    expect([ra.code, rb.code]).toEqual([EXIT.OK, EXIT.OK]);
+    const started = [...logsWith(ra, 'run started'), ...logsWith(rb, 'run started')].map((l) => l['requestId']);
+    expect(started.sort()).toEqual([first.requestId, second.requestId].sort());
+    expect(logsWith(ra, 'record committed').map((l) => l['requestId'])).toEqual([first.requestId]);
+    expect(logsWith(rb, 'record committed').map((l) => l['requestId'])).toEqual([second.requestId]);
+    for (const r of [first, second]) expect((await runsOf(r.experiment)).map((x) => x.info.status)).toEqual(['FINISHED']);
+    expect(await kafka.committed(group, topic)).toEqual({ 0: 1, 1: 1 });
+  }, 90_000);
+
   it('exits 0 without touching MLflow when no record arrives within the idle timeout', async () => {
     const topic = await kafka.topic('idle', 1);
     const group = kafka.group('idle');
