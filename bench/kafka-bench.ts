@@ -10,19 +10,22 @@
  * Measured, in one run:
  * 1. the baseline: one KafkaOffsetsReader.read of a 12-partition group, the read the scaler's
  *    background loop makes (kafka/offsets.ts over kafka/client.ts), timed in this process, many
- *    samples one after another; the samples also prove the setup (every end and committed offset
- *    as planned);
+ *    samples one after another, on a reader that has read every group (as the scaler's has) and
+ *    on one that only ever read one; the samples also prove the setup (every end and committed
+ *    offset as planned);
  * 2. a `kmj scaler` child process polled as KEDA polls: every ScaledJob once per polling interval,
  *    GetMetricSpec, GetMetrics and IsActive back to back (ScalerClient.poll's sequence), one gRPC
  *    channel for all of them. Three phases, each on a fresh scaler process so CPU and RSS are its
  *    own: the Kafka groups only, 100 RabbitMQ queues only, and both at once. Every answer is
  *    checked against the planned lag (or queue depth), threshold and activity: a wrong value fails
- *    the bench. The scaler's own read-duration histogram (kmj_scaler_refresh_duration_seconds)
- *    is scraped at both ends of the window: its reads under load.
+ *    the bench. The scaler's /metrics is scraped at both ends of the window: its own read
+ *    durations (kmj_scaler_refresh_duration_seconds), the time inside the GetMetrics handler,
+ *    event-loop delay and GC time.
  *
  * Printed: GetMetrics, IsActive and GetMetricSpec p50/p99 as the client sees them, the direct read's
- * p50/p99 and the ratio of the two (how much answering from the cache saves), the scaler's reads
- * per second and their duration, its CPU (% of one core) and RSS (max and end of the window).
+ * p50/p99 and CPU, the ratio of the two (how much answering from the cache saves), the scaler's
+ * reads per second and their duration, its CPU (% of one core) and RSS (max and end of the window),
+ * and the machine's load average (the VM is shared). Also written to .run/bench-kafka.json.
  *
  * Options (env): BENCH_KAFKA_GROUPS (100), BENCH_KAFKA_QUEUES (100), BENCH_PHASE_SECONDS (30),
  * BENCH_POLL_INTERVAL_MS (1000), BENCH_READ_SAMPLES (1000), BENCH_KAFKA_PHASES (kafka,rabbitmq,both),
@@ -902,6 +905,11 @@ async function main(): Promise<void> {
   const onSignal = (sig: NodeJS.Signals): void => stop.abort(new Error(`interrupted by ${sig}`));
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
+  process.once('SIGHUP', onSignal);
+  // Whoever read the output has gone (`| head`): without a listener the EPIPE would kill this
+  // process before its cleanup ran. Stop the run instead; the cleanup still deletes everything.
+  const onStdoutError = (err: Error): void => stop.abort(new Error(`stdout: ${err.message}`, { cause: err }));
+  process.stdout.on('error', onStdoutError);
   const signal = stop.signal;
 
   const log = createLogger({ level: 'silent', name: 'kmj-bench' });
@@ -991,6 +999,7 @@ async function main(): Promise<void> {
     }
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
+    process.off('SIGHUP', onSignal);
   }
   if (failed) process.exitCode = 1;
 }
