@@ -35,8 +35,19 @@ export class KafkaFixture {
   async topic(prefix = 't', partitions = 1): Promise<string> {
     const name = uniqueName(prefix);
     const admin = await this.admin();
-    await admin.createTopics({ topics: [{ topic: name, numPartitions: partitions, replicationFactor: 1 }], waitForLeaders: true });
     this.#topics.add(name);
+    try {
+      await admin.createTopics({ topics: [{ topic: name, numPartitions: partitions, replicationFactor: 1 }], waitForLeaders: true });
+    } catch (err) {
+      // waitForLeaders asks a broker whose metadata may trail the controller: the topic is made,
+      // its leaders are not known yet. Wait for them here instead.
+      if (!(await admin.listTopics()).includes(name)) throw err;
+    }
+    for (const end = Date.now() + 15_000; ; await new Promise((r) => setTimeout(r, 100))) {
+      const offsets = await admin.fetchTopicOffsets(name).catch(() => []);
+      if (offsets.length === partitions) break;
+      if (Date.now() > end) throw new Error(`topic ${name}: the leaders of its ${partitions} partitions are not known after 15 s`);
+    }
     return name;
   }
 
@@ -55,7 +66,8 @@ export class KafkaFixture {
   /** Produces `count` records to one partition, with acks from all in-sync replicas. */
   async produce(topic: string, partition: number, count: number, value: (i: number) => string = (i) => `r${i}`): Promise<void> {
     this.#producer ??= (async () => {
-      const p = this.kafka.producer({ allowAutoTopicCreation: false });
+      // Idempotent: a send retried after NOT_LEADER_OR_FOLLOWER on a new topic is not written twice.
+      const p = this.kafka.producer({ idempotent: true, maxInFlightRequests: 1, allowAutoTopicCreation: false });
       await p.connect();
       return p;
     })();

@@ -28,7 +28,7 @@ function worker(topic: string, group: string, env: Record<string, string> = {}, 
 }
 
 async function produce(topic: string, body: unknown): Promise<void> {
-  const producer = kafka.kafka.producer();
+  const producer = kafka.kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
   await producer.connect();
   try {
     await producer.send({ topic, acks: -1, messages: [{ partition: 0, value: JSON.stringify(body) }] });
@@ -244,7 +244,7 @@ describe('kmj worker --topic', () => {
     const group = kafka.group('rebalance');
     const first = request();
     const second = request();
-    const producer = kafka.kafka.producer();
+    const producer = kafka.kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
     await producer.connect();
     cleanups.defer(() => producer.disconnect());
     await producer.send({ topic, acks: -1, messages: [{ partition: 0, value: JSON.stringify(first) }] });
