@@ -1,6 +1,7 @@
 /**
- * `kmj status --kafka --group <g> [--topic <t>]`: a consumer group's lag per partition, read the
- * way the scaler reads it (kafka/offsets.ts: committed and end offsets, never group state).
+ * `kmj status --kafka --group <g> [--topic <t>]`: a consumer group's committed and end offsets and
+ * lag per partition, from the same reads as the scaler's (kafka/offsets.ts, never group state).
+ * The raw figures: no reset policy for partitions without a commit (shown as such), no cap.
  */
 import { BacklogNotFoundError } from '../common/errors.ts';
 import type { Logger } from '../common/log.ts';

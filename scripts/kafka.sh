@@ -63,7 +63,9 @@ EOF
 # The broker's TLS certificate for HOST and the CA that signs it, made once per state directory.
 make_tls() {
   local d="$base/tls"
-  [ -f "$d/server.pem" ] && return 0
+  # Kept while it is good for another day; made again (CA included) otherwise.
+  [ -f "$d/server.pem" ] && openssl x509 -checkend 86400 -noout -in "$d/server.crt" >/dev/null 2>&1 && return 0
+  rm -rf "$d"
   mkdir -p "$d"
   openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj /CN=kmj-kafka-test-ca \
     -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
