@@ -45,6 +45,9 @@ export async function ensureTopic(admin: Admin, topic: string, partitions: numbe
     if ((err as { type?: unknown }).type === 'TOPIC_ALREADY_EXISTS') return false;
     const inner = (err as { errors?: { type?: unknown }[] }).errors;
     if (inner?.every((e) => e.type === 'TOPIC_ALREADY_EXISTS')) return false;
+    // Made, but waiting for its leaders asked a broker whose metadata trails the controller
+    // (UNKNOWN_TOPIC_OR_PARTITION): producers retry until the leaders are known.
+    if ((await admin.listTopics()).includes(topic)) return true;
     throw err;
   }
 }

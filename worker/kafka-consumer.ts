@@ -136,6 +136,12 @@ export async function consumeKafka(options: ConsumeOptions): Promise<ExitCode> {
   shutdown.addEventListener('abort', onShutdown, { once: true });
   let crashed: Error | undefined;
   consumer.on(consumer.events.CRASH, (event) => {
+    // A retriable error (no group coordinator yet on a fresh broker, say): kafkajs restarts the
+    // consumer by itself and the worker carries on. Otherwise the consumer is gone.
+    if (event.payload.restart) {
+      log.warn({ err: messageOf(event.payload.error) }, 'consumer restarting after an error');
+      return;
+    }
     crashed = event.payload.error;
     log.error({ err: event.payload.error }, 'consumer crashed');
     stop();
