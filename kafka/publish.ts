@@ -68,9 +68,9 @@ export async function ensureGroup(kafka: Kafka, group: string, topic: string): P
   try {
     const joined = new Promise<void>((resolve) => consumer.on(consumer.events.GROUP_JOIN, () => resolve()));
     await consumer.subscribe({ topic, fromBeginning: true });
-    // autoCommit off and a handler that does nothing: the only commit is the one below.
+    // autoCommit off and a handler that does nothing: the only commit is the one below. (No
+    // pause: right after run() the group may not be set up yet, and pause() then throws.)
     await consumer.run({ autoCommit: false, eachMessage: async () => undefined });
-    consumer.pause([{ topic }]);
     await joined;
     await consumer.commitOffsets(starts.map((s) => ({ topic, partition: s.partition, offset: s.offset })));
   } finally {

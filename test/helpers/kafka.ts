@@ -86,8 +86,9 @@ export class KafkaFixture {
     try {
       const joined = new Promise<void>((resolve) => consumer.on(consumer.events.GROUP_JOIN, () => resolve()));
       await consumer.subscribe({ topic, fromBeginning: false });
+      // No pause: right after run() the group may not be set up yet, and pause() then throws.
+      // Nothing is committed but what is committed below (autoCommit off, a handler that does nothing).
       await consumer.run({ autoCommit: false, eachMessage: async () => undefined });
-      consumer.pause([{ topic }]);
       await joined;
       await consumer.commitOffsets(Object.entries(offsets).map(([p, o]) => ({ topic, partition: Number(p), offset: String(o) })));
     } finally {
