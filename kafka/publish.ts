@@ -63,6 +63,16 @@ export async function ensureGroup(kafka: Kafka, group: string, topic: string): P
   } finally {
     await admin.disconnect().catch(() => undefined);
   }
+  await commitAsMember(kafka, group, topic, starts);
+  return true;
+}
+
+/**
+ * Commits `offsets` (partition → next offset to read) for `group` as a consumer does: joins the
+ * group, commits, leaves. (admin.setOffsets does the same but waits out a 5 s fetch.) The group
+ * must have no other member.
+ */
+export async function commitAsMember(kafka: Kafka, group: string, topic: string, offsets: readonly { partition: number; offset: string }[]): Promise<void> {
   const consumer = kafka.consumer({ groupId: group, maxWaitTimeInMs: 100, sessionTimeout: 10_000, heartbeatInterval: 3000 });
   await consumer.connect();
   try {
@@ -72,9 +82,8 @@ export async function ensureGroup(kafka: Kafka, group: string, topic: string): P
     // pause: right after run() the group may not be set up yet, and pause() then throws.)
     await consumer.run({ autoCommit: false, eachMessage: async () => undefined });
     await joined;
-    await consumer.commitOffsets(starts.map((s) => ({ topic, partition: s.partition, offset: s.offset })));
+    await consumer.commitOffsets(offsets.map((o) => ({ topic, partition: o.partition, offset: o.offset })));
   } finally {
     await consumer.disconnect();
   }
-  return true;
 }

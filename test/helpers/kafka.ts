@@ -5,6 +5,7 @@
  */
 import { Kafka, logLevel, type Admin, type Producer } from 'kafkajs';
 import { dropTimeoutNegativeWarnings } from '../../kafka/client.ts';
+import { commitAsMember } from '../../kafka/publish.ts';
 import { KAFKA_BROKERS } from './env.ts';
 import { uniqueName } from './rabbit.ts';
 
@@ -75,25 +76,10 @@ export class KafkaFixture {
     await producer.send({ topic, acks: -1, messages: Array.from({ length: count }, (_, i) => ({ partition, value: value(i) })) });
   }
 
-  /**
-   * Commits `offsets` (partition → next offset to read) for `group` as a consumer does: it joins
-   * the group, commits, and leaves. (admin.setOffsets does the same but waits out a 5 s fetch.)
-   */
+  /** Commits `offsets` (partition → next offset to read) for `group`, as a consumer's commit leaves them. */
   async commit(group: string, topic: string, offsets: Record<number, number>): Promise<void> {
     this.#groups.add(group);
-    const consumer = this.kafka.consumer({ groupId: group, maxWaitTimeInMs: 100, sessionTimeout: 6000, heartbeatInterval: 1000 });
-    await consumer.connect();
-    try {
-      const joined = new Promise<void>((resolve) => consumer.on(consumer.events.GROUP_JOIN, () => resolve()));
-      await consumer.subscribe({ topic, fromBeginning: false });
-      // No pause: right after run() the group may not be set up yet, and pause() then throws.
-      // Nothing is committed but what is committed below (autoCommit off, a handler that does nothing).
-      await consumer.run({ autoCommit: false, eachMessage: async () => undefined });
-      await joined;
-      await consumer.commitOffsets(Object.entries(offsets).map(([p, o]) => ({ topic, partition: Number(p), offset: String(o) })));
-    } finally {
-      await consumer.disconnect();
-    }
+    await commitAsMember(this.kafka, group, topic, Object.entries(offsets).map(([p, o]) => ({ partition: Number(p), offset: String(o) })));
   }
 
   /** The group's committed offset per partition of `topic` (-1: none). */
