@@ -7,7 +7,7 @@ import { BacklogNotFoundError } from '../common/errors.ts';
 import type { Logger } from '../common/log.ts';
 import { messageOf } from '../common/redact.ts';
 import { kafkaClient } from '../kafka/client.ts';
-import { KafkaOffsetsReader, type GroupOffsets } from '../kafka/offsets.ts';
+import { committedLag, KafkaOffsetsReader, type GroupOffsets } from '../kafka/offsets.ts';
 import type { KafkaConnection } from '../kafka/settings.ts';
 import type { CommandContext } from './context.ts';
 
@@ -28,7 +28,7 @@ export function lagRows(offsets: GroupOffsets): PartitionLagRow[] {
     committed: p.committed ?? null,
     end: p.end,
     start: p.start,
-    lag: p.committed === undefined ? null : Math.max(0, p.end - Math.max(p.committed, p.start)),
+    lag: committedLag(p) ?? null,
   }));
 }
 

@@ -27,6 +27,15 @@ export interface PartitionOffsets {
   readonly committed: number | undefined;
 }
 
+/**
+ * A committed partition's lag: end − committed, records removed by retention (before the log
+ * start) not counted, never negative. Undefined without a commit: what that counts as is the
+ * caller's rule (the scaler's offsetResetPolicy).
+ */
+export function committedLag(p: PartitionOffsets): number | undefined {
+  return p.committed === undefined ? undefined : Math.max(0, p.end - Math.max(p.committed, p.start));
+}
+
 export interface GroupOffsets {
   readonly group: string;
   readonly topics: readonly string[];
@@ -41,6 +50,8 @@ export interface OffsetsReaderOptions {
   /** How long the cluster's topic list and group list are reused. Default 2000 ms. */
   readonly listTtlMs?: number;
 }
+
+type ListingKind = 'topics' | 'groups';
 
 interface Listing {
   readonly names: ReadonlySet<string>;
@@ -61,8 +72,7 @@ export class KafkaOffsetsReader {
   readonly #options: OffsetsReaderOptions;
   readonly #ttlMs: number;
   #admin: Promise<Admin> | undefined;
-  #topics: Listing | undefined;
-  #groups: Listing | undefined;
+  readonly #listings = new Map<ListingKind, Listing>();
 
   constructor(options: OffsetsReaderOptions) {
     this.#options = options;
@@ -93,14 +103,8 @@ export class KafkaOffsetsReader {
         throw new BacklogNotFoundError(`consumer group ${JSON.stringify(group)} has committed no offsets, so it has no topics to measure: name the topic in the trigger`);
       }
     } else {
-      const existing = await this.#listing('topics', () => admin.listTopics());
-      const missing = topics.filter((t) => !existing.has(t));
-      if (missing.length > 0) {
-        // Listed a moment ago: look again before calling it missing (the topic may be new).
-        const fresh = await this.#listing('topics', () => admin.listTopics(), true);
-        const stillMissing = missing.filter((t) => !fresh.has(t));
-        if (stillMissing.length > 0) throw new BacklogNotFoundError(`topic ${stillMissing.map((t) => JSON.stringify(t)).join(', ')} does not exist on ${this.#options.brokers}`);
-      }
+      const missing = await this.#absent('topics', topics, () => admin.listTopics());
+      if (missing.length > 0) throw new BacklogNotFoundError(`topic ${missing.map((t) => JSON.stringify(t)).join(', ')} does not exist on ${this.#options.brokers}`);
       committedByTopic = committedOf(await admin.fetchOffsets({ groupId: group, topics: [...topics] }));
     }
     const ends = await Promise.all(topics.map((t) => admin.fetchTopicOffsets(t)));
@@ -113,9 +117,8 @@ export class KafkaOffsetsReader {
     });
     if (partitions.every((p) => p.committed === undefined)) {
       // No commit anywhere: an empty group that has never committed here, or no group at all.
-      const groups = await this.#listing('groups', async () => (await admin.listGroups()).groups.map((g) => g.groupId));
-      const known = groups.has(group) || (await this.#listing('groups', async () => (await admin.listGroups()).groups.map((g) => g.groupId), true)).has(group);
-      if (!known) {
+      const unknown = await this.#absent('groups', [group], async () => (await admin.listGroups()).groups.map((g) => g.groupId));
+      if (unknown.length > 0) {
         throw new BacklogNotFoundError(`consumer group ${JSON.stringify(group)} does not exist on ${this.#options.brokers} (no member has joined it and it has no committed offsets)`);
       }
     }
@@ -123,14 +126,19 @@ export class KafkaOffsetsReader {
     return { group, topics, partitions };
   }
 
-  async #listing(kind: 'topics' | 'groups', list: () => Promise<string[]>, force = false): Promise<ReadonlySet<string>> {
-    const now = performance.now();
-    const cached = kind === 'topics' ? this.#topics : this.#groups;
-    if (cached && !force && now - cached.at < this.#ttlMs) return cached.names;
-    const listing = { names: new Set(await list()), at: performance.now() };
-    if (kind === 'topics') this.#topics = listing;
-    else this.#groups = listing;
-    return listing.names;
+  /**
+   * Those of `names` the cluster does not list, from a listing at most `listTtlMs` old; a name
+   * not in it is looked up once more in a fresh one before it is called missing (it may be new).
+   */
+  async #absent(kind: ListingKind, names: readonly string[], list: () => Promise<string[]>): Promise<string[]> {
+    const cached = this.#listings.get(kind);
+    let absent = cached && performance.now() - cached.at < this.#ttlMs ? names.filter((n) => !cached.names.has(n)) : [...names];
+    if (absent.length > 0) {
+      const fresh = { names: new Set(await list()), at: performance.now() };
+      this.#listings.set(kind, fresh);
+      absent = absent.filter((n) => !fresh.names.has(n));
+    }
+    return absent;
   }
 
   #connected(): Promise<Admin> {
@@ -142,7 +150,7 @@ export class KafkaOffsetsReader {
         .connect()
         .then(() => admin.listTopics())
         .then((names) => {
-          this.#topics = { names: new Set(names), at: performance.now() };
+          this.#listings.set('topics', { names: new Set(names), at: performance.now() });
           return admin;
         });
       this.#admin = connecting;
@@ -175,8 +183,7 @@ export class KafkaOffsetsReader {
   #reset(): void {
     const admin = this.#admin;
     this.#admin = undefined;
-    this.#topics = undefined;
-    this.#groups = undefined;
+    this.#listings.clear();
     admin?.then((a) => a.disconnect()).catch(() => undefined);
   }
 

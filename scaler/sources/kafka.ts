@@ -34,7 +34,7 @@
 import { parseFields, quote, type FieldSpecs, type RawInput } from '../../common/fields.ts';
 import type { Logger } from '../../common/log.ts';
 import { kafkaClient } from '../../kafka/client.ts';
-import { KafkaOffsetsReader, type PartitionOffsets } from '../../kafka/offsets.ts';
+import { committedLag, KafkaOffsetsReader, type PartitionOffsets } from '../../kafka/offsets.ts';
 import { KAFKA_CONNECTION_FIELDS, KAFKA_ENV, kafkaConnection, kafkaConnectionOfEntry, type KafkaConnection } from '../../kafka/settings.ts';
 import { CONNECTION_FIELD, metricStem, unknownConnection } from './shared.ts';
 import type { BacklogReading, BacklogSource, BacklogTarget, BrokerTuning, SourceDefinition, Thresholds } from './source.ts';
@@ -115,7 +115,7 @@ export function lagReading(partitions: readonly PartitionOffsets[], o: KafkaLagO
       uncommitted++;
       partitionLag = o.scaleToZeroOnInvalidOffset ? 0 : o.offsetResetPolicy === 'latest' ? 1 : Math.max(0, p.end - p.start);
     } else {
-      partitionLag = Math.max(0, p.end - Math.max(p.committed, p.start));
+      partitionLag = committedLag(p) ?? 0;
       if (o.excludePersistentLag) {
         const key = `${p.topic}\u0000${p.partition}`;
         persistent = partitionLag > 0 && previous.get(key) === p.committed;
