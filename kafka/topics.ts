@@ -35,8 +35,9 @@ export function headerText(headers: Record<string, unknown> | undefined, name: s
  * Creates `topic` with `partitions` partitions unless it exists; true when it was created. The
  * replication factor is the broker's default (-1), so a three-broker cluster gets three copies.
  */
-export async function ensureTopic(admin: Admin, topic: string, partitions: number): Promise<boolean> {
-  const existing = await admin.listTopics();
+export async function ensureTopic(admin: Admin, topic: string, partitions: number, listed?: readonly string[]): Promise<boolean> {
+  // `listed`: the cluster's topics, when the caller has just listed them.
+  const existing = listed ?? (await admin.listTopics());
   if (existing.includes(topic)) return false;
   try {
     return await admin.createTopics({ topics: [{ topic, numPartitions: partitions, replicationFactor: -1 }], waitForLeaders: true });

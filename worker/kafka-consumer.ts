@@ -74,7 +74,7 @@ export async function consumeKafka(options: ConsumeOptions): Promise<ExitCode> {
         log.error('the request topic does not exist');
         return EXIT.BROKER_UNAVAILABLE;
       }
-      await ensureTopic(admin, input.deadLetterTopic, 1);
+      await ensureTopic(admin, input.deadLetterTopic, 1, topics);
     } finally {
       await admin.disconnect().catch(() => undefined);
     }
