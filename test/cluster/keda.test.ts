@@ -74,12 +74,12 @@ function finished(job: Job): boolean {
   return (job.status.succeeded ?? 0) + (job.status.failed ?? 0) > 0;
 }
 
-/** Samples the Jobs for `ms`: the largest number seen. */
-async function maxJobsDuring(ms: number): Promise<number> {
+/** Samples the Jobs (of the RabbitMQ ScaledJob, or what `jobs` lists) for `ms`: the largest number seen. */
+async function maxJobsDuring(ms: number, jobs: () => Promise<Job[]> = workerJobs): Promise<number> {
   const end = Date.now() + ms;
   let max = 0;
   while (Date.now() < end) {
-    max = Math.max(max, (await workerJobs()).length);
+    max = Math.max(max, (await jobs()).length);
     await new Promise((r) => setTimeout(r, 400));
   }
   return max;
@@ -456,12 +456,7 @@ describe('KEDA runs the Kafka ScaledJob (keda/scaledjob-kafka.yaml) against our 
 
   it('from zero: no Jobs without lag, then six records over three partitions give six FINISHED runs, every offset committed, and back to no Jobs running', async () => {
     await until('Kafka ScaledJob READY', status, (s) => s.ready === 'True', 60_000);
-    const sample = async (ms: number): Promise<number> => {
-      let max = 0;
-      for (const end = Date.now() + ms; Date.now() < end; await new Promise((r) => setTimeout(r, 400))) max = Math.max(max, (await jobs()).length);
-      return max;
-    };
-    expect(await sample(3 * POLL_S * 1000 + 1500)).toBe(0);
+    expect(await maxJobsDuring(3 * POLL_S * 1000 + 1500, jobs)).toBe(0);
 
     const experiment = uniqueId('cluster-kafka');
     const requests = Array.from({ length: 6 }, () => podRequest(experiment));

@@ -8,6 +8,7 @@ import { KAFKA_HEADERS } from '../../kafka/topics.ts';
 import { Cleanups } from '../helpers/cleanups.ts';
 import { FaultProxy, mlflowPath } from '../helpers/fault-proxy.ts';
 import { KafkaFixture } from '../helpers/kafka.ts';
+import { until } from '../helpers/cluster.ts';
 import { closedPort } from '../helpers/kmj.ts';
 import { logsWith, request, runsOf, startKafkaWorker, waitForLog, type WorkerProcess } from '../helpers/worker.ts';
 
@@ -125,11 +126,7 @@ describe('kmj worker --topic', () => {
     p.inject({ path: mlflowPath('runs/update'), afterForward: true, delayMs: 20_000, times: 1 });
     const w = worker(topic, group, { MLFLOW_TRACKING_URI: p.url });
     const started = await waitForLog(w, 'run started', 30_000);
-    const deadline = Date.now() + 30_000;
-    while ((await runsOf(req.experiment)).map((r) => r.info.status).join() !== 'FINISHED') {
-      if (Date.now() > deadline) throw new Error('the run never became FINISHED');
-      await new Promise((r) => setTimeout(r, 100));
-    }
+    await until('the run FINISHED', () => runsOf(req.experiment), (runs) => runs.map((r) => r.info.status).join() === 'FINISHED', 30_000, 100);
     w.child.kill('SIGKILL');
     expect((await w.done).signal).toBe('SIGKILL');
     expect(await kafka.committed(group, topic)).toEqual({ 0: -1 });
@@ -222,11 +219,7 @@ describe('kmj worker --topic', () => {
     for (let kill = 1; kill <= 2; kill++) {
       const w = worker(topic, group, env);
       // Each attempt gets as far as logging the dataset input (held by the proxy), then dies.
-      const end = Date.now() + 40_000;
-      while (p.requests({ path: mlflowPath('runs/log-inputs') }).length < kill) {
-        if (Date.now() > end) throw new Error(`attempt ${kill} never reached runs/log-inputs`);
-        await new Promise((r) => setTimeout(r, 50));
-      }
+      await until(`attempt ${kill} at runs/log-inputs`, async () => p.requests({ path: mlflowPath('runs/log-inputs') }).length, (n) => n >= kill, 40_000, 50);
       w.child.kill('SIGKILL');
       await w.done;
     }
