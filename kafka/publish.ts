@@ -4,6 +4,7 @@
  */
 import type { Kafka } from 'kafkajs';
 import { raceAbort } from '../common/abort.ts';
+import { commitAsMember } from './group.ts';
 
 export interface KafkaRecord {
   readonly requestId: string;
@@ -65,25 +66,4 @@ export async function ensureGroup(kafka: Kafka, group: string, topic: string): P
   }
   await commitAsMember(kafka, group, topic, starts);
   return true;
-}
-
-/**
- * Commits `offsets` (partition → next offset to read) for `group` as a consumer does: joins the
- * group, commits, leaves. (admin.setOffsets does the same but waits out a 5 s fetch.) The group
- * must have no other member.
- */
-export async function commitAsMember(kafka: Kafka, group: string, topic: string, offsets: readonly { partition: number; offset: string }[]): Promise<void> {
-  const consumer = kafka.consumer({ groupId: group, maxWaitTimeInMs: 100, sessionTimeout: 10_000, heartbeatInterval: 3000 });
-  await consumer.connect();
-  try {
-    const joined = new Promise<void>((resolve) => consumer.on(consumer.events.GROUP_JOIN, () => resolve()));
-    await consumer.subscribe({ topic, fromBeginning: true });
-    // autoCommit off and a handler that does nothing: the only commit is the one below. (No
-    // pause: right after run() the group may not be set up yet, and pause() then throws.)
-    await consumer.run({ autoCommit: false, eachMessage: async () => undefined });
-    await joined;
-    await consumer.commitOffsets(offsets.map((o) => ({ topic, partition: o.partition, offset: o.offset })));
-  } finally {
-    await consumer.disconnect();
-  }
 }

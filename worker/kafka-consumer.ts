@@ -14,8 +14,13 @@
  * Nothing is lost: a record's offset is committed only after the record is FINISHED or safely
  * written elsewhere. A worker killed before its commit leaves the record to the next member of
  * the group, which finds the FINISHED run (the request id tag) and only commits: no second run.
- * After the last record the worker pauses, so records kafkajs fetched ahead are never handled or
- * committed; they go to the next worker.
+ *
+ * The group (kafka/group.ts, kafka/assigner.ts): a record runs beside kafkajs' fetch loop, not
+ * inside it, so the worker heartbeats and rejoins a rebalance at once while it works, and another
+ * Job's join never waits for this worker's record. While a record runs the worker reads nothing
+ * else (the topic is paused) and says so when it joins: the record's partition stays with it,
+ * and every other partition goes to members that can take a record. After its last record (or
+ * when it stops) it takes no partition at all, and leaves.
  *
  * Exit code: the one record's, as with RabbitMQ; with several, the first that is not OK.
  */
@@ -23,7 +28,10 @@ import type { Consumer, KafkaMessage, Producer } from 'kafkajs';
 import type { Logger } from '../common/log.ts';
 import { messageOf } from '../common/errors.ts';
 import { EXIT, type ExitCode } from '../common/worker-exit.ts';
+import type { MemberState } from '../kafka/assigner.ts';
 import { kafkaClient } from '../kafka/client.ts';
+import { groupMember, type GroupMember } from '../kafka/group.ts';
+import { committedLag, KafkaOffsetsReader, type GroupOffsets } from '../kafka/offsets.ts';
 import { describeConnection } from '../kafka/settings.ts';
 import { ensureTopic, headerText, KAFKA_HEADERS } from '../kafka/topics.ts';
 import type { ConsumeOptions } from './consumer.ts';
@@ -36,8 +44,16 @@ export function attemptOfRecord(message: KafkaMessage): number {
   return Number.isSafeInteger(n) && n >= 1 ? n : 1;
 }
 
-/** How often the group hears from a worker busy with one record (kafkajs heartbeats only between records). */
+/** How often the group hears from a worker at most (a third of the session timeout when that is shorter). */
 const HEARTBEAT_MS = 3000;
+/**
+ * How long the group waits for its members to rejoin a rebalance. Members rejoin within a
+ * heartbeat and a fetch wait (3.5 s), busy or not; this only bounds a member whose process has
+ * stalled, which its session timeout removes anyway.
+ */
+const REBALANCE_TIMEOUT_MS = 60_000;
+/** The leader's read of the group's lag while the group waits for its assignment. */
+const LAG_READ_TIMEOUT_MS = 2000;
 
 export async function consumeKafka(options: ConsumeOptions): Promise<ExitCode> {
   const { config, shutdown } = options;
@@ -51,21 +67,30 @@ export async function consumeKafka(options: ConsumeOptions): Promise<ExitCode> {
     requestTimeoutMs: 30_000,
     retries: 5,
   });
-  // A fetch waits at most 500 ms, so leaving the group is quick. kafkajs rejoins a rebalance only
-  // between records. The rebalance timeout is how long the whole group waits for a member that
-  // does not rejoin: one that outlasted every record (630 s by default) froze the group for that
-  // long whenever a worker went away in the middle of a rebalance (seen in the cluster test). So
-  // it is kafkajs' 60 s: a member busy longer than that during a rebalance loses its partitions,
-  // the next worker resumes the same run (never a second one), and the first one's commit fails.
-  const rebalanceTimeoutMs = 60_000;
-  const consumer = kafka.consumer({
-    groupId: input.group,
-    sessionTimeout: input.sessionTimeoutMs,
-    rebalanceTimeout: rebalanceTimeoutMs,
-    heartbeatInterval: Math.min(HEARTBEAT_MS, Math.floor(input.sessionTimeoutMs / 3)),
-    maxWaitTimeInMs: 500,
-    allowAutoTopicCreation: false,
+
+  let taken = 0;
+  let inFlight: { readonly partition: number; readonly offset: string } | undefined;
+  let stopping = false;
+  const state = (): MemberState => ({
+    // Busy: no partition besides the record's own. Stopping or done: none at all.
+    capacity: stopping || inFlight !== undefined ? 0 : input.maxMessages - taken,
+    busy: inFlight ? { [input.topic]: [inFlight.partition] } : {},
   });
+  const offsets = new KafkaOffsetsReader({ kafka, brokers: input.connection.brokers.join(','), log });
+  const member: GroupMember = groupMember(kafka, {
+    groupId: input.group,
+    state,
+    lagOf: async (topic) => waitingOf(await offsets.read(input.group, [topic], AbortSignal.timeout(LAG_READ_TIMEOUT_MS))),
+    consumer: {
+      sessionTimeout: input.sessionTimeoutMs,
+      rebalanceTimeout: REBALANCE_TIMEOUT_MS,
+      heartbeatInterval: Math.min(HEARTBEAT_MS, Math.floor(input.sessionTimeoutMs / 3)),
+      // A fetch waits at most 500 ms: a paused or idle member heartbeats and notices a rebalance that soon.
+      maxWaitTimeInMs: 500,
+      allowAutoTopicCreation: false,
+    },
+  });
+  const { consumer } = member;
   const producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1, allowAutoTopicCreation: false });
   try {
     const admin = kafka.admin();
@@ -83,28 +108,30 @@ export async function consumeKafka(options: ConsumeOptions): Promise<ExitCode> {
     await Promise.all([consumer.connect(), producer.connect()]);
   } catch (err) {
     log.error({ err }, 'cannot reach the broker');
-    await Promise.allSettled([consumer.disconnect(), producer.disconnect()]);
+    await Promise.allSettled([member.close(), producer.disconnect(), offsets.close()]);
     return EXIT.BROKER_UNAVAILABLE;
   }
 
   const codes: ExitCode[] = [];
-  let taken = 0;
-  let stopping = false;
+  let settling: Promise<void> = Promise.resolve();
   let idleTimer: NodeJS.Timeout | undefined;
   let finish: () => void = () => undefined;
   const finished = new Promise<void>((resolve) => {
     finish = resolve;
   });
-  const stop = (): void => {
-    if (stopping) return;
-    stopping = true;
-    clearTimeout(idleTimer);
+  const pauseAll = (): void => {
     try {
       consumer.pause([{ topic: input.topic }]);
     } catch (err) {
       // Not subscribed yet (stopped while joining): there is nothing to pause.
       log.debug({ err }, 'pause before subscribe');
     }
+  };
+  const stop = (): void => {
+    if (stopping) return;
+    stopping = true;
+    clearTimeout(idleTimer);
+    pauseAll();
     finish();
   };
   const armIdle = (): void => {
@@ -114,22 +141,57 @@ export async function consumeKafka(options: ConsumeOptions): Promise<ExitCode> {
       stop();
     }, config.idleTimeoutMs);
   };
-  // The idle timeout counts from the join: a worker waiting in a rebalance for a busy member is
-  // not idle. The join itself is bounded by the rebalance timeout.
+  // The idle timeout counts from the latest assignment: a worker waiting for the group to
+  // rebalance is not idle, and a new assignment (a member left) may bring it work. The join
+  // itself is bounded.
   let joined = false;
   let joinTimedOut = false;
   const joinTimer = setTimeout(() => {
     joinTimedOut = true;
-    log.error({ rebalanceTimeoutMs }, 'could not join the consumer group');
+    log.error({ rebalanceTimeoutMs: REBALANCE_TIMEOUT_MS }, 'could not join the consumer group');
     stop();
-  }, config.idleTimeoutMs + rebalanceTimeoutMs);
-  consumer.on(consumer.events.GROUP_JOIN, () => {
+  }, config.idleTimeoutMs + REBALANCE_TIMEOUT_MS);
+  // Longest queue first: of the partitions it holds, a worker reads the one with the most waiting
+  // records. Their records run one after another whatever the number of Jobs, so the worker that
+  // can start on the longest queue shortens the drain (with records on every partition and as many
+  // Jobs as partitions, each first record starts at once).
+  let owned: readonly number[] = [];
+  let choosing = 0;
+  const readLongestQueue = (): void => {
+    if (stopping || inFlight !== undefined || owned.length < 2) return;
+    const choice = ++choosing;
+    pauseAll();
+    offsets
+      .read(input.group, [input.topic], AbortSignal.timeout(LAG_READ_TIMEOUT_MS))
+      .then(
+        (read) => {
+          const waiting = [...waitingOf(read)].filter(([partition, lag]) => owned.includes(partition) && lag > 0);
+          return waiting.sort(([pa, la], [pb, lb]) => lb - la || pa - pb)[0]?.[0];
+        },
+        (err: unknown) => {
+          log.debug({ err: messageOf(err) }, 'lag not read; reading every partition');
+          return undefined;
+        },
+      )
+      .then((best) => {
+        // A record taken meanwhile, a new assignment or a stop: that one decides.
+        if (choice !== choosing || stopping || inFlight !== undefined) return;
+        consumer.resume([{ topic: input.topic, ...(best === undefined ? {} : { partitions: [best] }) }]);
+      })
+      .catch((err: unknown) => log.warn({ err }, 'choosing a partition failed'));
+  };
+  consumer.on(consumer.events.GROUP_JOIN, (event) => {
     joined = true;
     clearTimeout(joinTimer);
-    if (!stopping && codes.length === taken) armIdle();
+    owned = event.payload.memberAssignment[input.topic] ?? [];
+    log.debug({ assignment: owned, leader: event.payload.isLeader }, 'assigned');
+    if (!stopping && inFlight === undefined) {
+      armIdle();
+      readLongestQueue();
+    }
   });
   const onShutdown = (): void => {
-    if (taken === 0 || codes.length === taken) {
+    if (inFlight === undefined) {
       log.info({ taken }, 'stopped between records');
       stop();
     }
@@ -139,11 +201,12 @@ export async function consumeKafka(options: ConsumeOptions): Promise<ExitCode> {
   let crashed: Error | undefined;
   consumer.on(consumer.events.CRASH, (event) => {
     // A retriable error (no group coordinator yet on a fresh broker, say): kafkajs restarts the
-    // consumer by itself and the worker carries on. Otherwise the consumer is gone.
+    // consumer by itself and the worker carries on (kafka/group.ts refuses that once stopping).
     if (event.payload.restart) {
       log.warn({ err: messageOf(event.payload.error) }, 'consumer restarting after an error');
       return;
     }
+    if (member.closing) return;
     crashed = event.payload.error;
     log.error({ err: event.payload.error }, 'consumer crashed');
     stop();
@@ -153,27 +216,43 @@ export async function consumeKafka(options: ConsumeOptions): Promise<ExitCode> {
     await consumer.subscribe({ topic: input.topic, fromBeginning: true });
     await consumer.run({
       autoCommit: false,
-      eachMessage: async ({ topic, partition, message, heartbeat }) => {
-        if (stopping) return; // fetched ahead: never handled, never committed
-        taken++;
-        clearTimeout(idleTimer);
-        const beat = setInterval(() => {
-          // A rebalance under way answers REBALANCE_IN_PROGRESS: this member rejoins after the record.
-          heartbeat().catch((err: unknown) => log.debug({ err: messageOf(err) }, 'heartbeat during a record'));
-        }, HEARTBEAT_MS);
-        let code: ExitCode;
-        try {
-          code = await settleRecord(topic, partition, message, options, producer, consumer, log);
-        } finally {
-          clearInterval(beat);
+      // Hands the record over and returns: the fetch loop goes on heartbeating while it runs.
+      eachMessage: async ({ topic, partition, message }) => {
+        if (stopping || inFlight !== undefined || taken >= input.maxMessages) {
+          // Fetched ahead: not this worker's now. Back to it, so it is read again when the topic
+          // resumes (this worker, after its record) or by the member that gets the partition.
+          consumer.seek({ topic, partition, offset: message.offset });
+          pauseAll();
+          return;
         }
-        codes.push(code);
-        if (taken >= input.maxMessages || code !== EXIT.OK || shutdown.aborted) stop();
-        else armIdle();
+        taken++;
+        inFlight = { partition, offset: message.offset };
+        clearTimeout(idleTimer);
+        pauseAll();
+        settling = settleRecord(topic, partition, message, options, producer, member, log).then(
+          (code) => {
+            codes.push(code);
+            inFlight = undefined;
+            if (taken >= input.maxMessages || code !== EXIT.OK || shutdown.aborted || stopping) {
+              stop();
+              return;
+            }
+            consumer.resume([{ topic: input.topic }]);
+            armIdle();
+            readLongestQueue();
+          },
+          (err: unknown) => {
+            log.error({ err }, 'settling a record failed');
+            codes.push(EXIT.INTERNAL);
+            inFlight = undefined;
+            stop();
+          },
+        );
       },
     });
     if (shutdown.aborted && taken === 0) stop();
     await finished;
+    await settling;
   } catch (err) {
     log.error({ err }, 'worker failed');
     codes.push(EXIT.INTERNAL);
@@ -181,9 +260,10 @@ export async function consumeKafka(options: ConsumeOptions): Promise<ExitCode> {
     clearTimeout(idleTimer);
     clearTimeout(joinTimer);
     shutdown.removeEventListener('abort', onShutdown);
-    // disconnect waits for a record in hand; it sends LeaveGroup, so the next worker gets the
-    // partitions at once instead of after the session timeout.
-    await Promise.allSettled([consumer.disconnect(), producer.disconnect()]);
+    // A record still settling is waited for (its commit needs the group); then LeaveGroup, so
+    // the partitions move at once instead of after the session timeout.
+    await settling;
+    await Promise.allSettled([member.close(), producer.disconnect(), offsets.close()]);
   }
   if (crashed && codes.length < taken) return EXIT.UNSETTLED;
   const worst = codes.find((c) => c !== EXIT.OK);
@@ -193,7 +273,7 @@ export async function consumeKafka(options: ConsumeOptions): Promise<ExitCode> {
   return EXIT.OK;
 }
 
-async function settleRecord(topic: string, partition: number, message: KafkaMessage, options: ConsumeOptions, producer: Producer, consumer: Consumer, parent: Logger): Promise<ExitCode> {
+async function settleRecord(topic: string, partition: number, message: KafkaMessage, options: ConsumeOptions, producer: Producer, member: GroupMember, parent: Logger): Promise<ExitCode> {
   const { config } = options;
   const input = config.kafka;
   if (!input) throw new Error('no Kafka input');
@@ -221,7 +301,7 @@ async function settleRecord(topic: string, partition: number, message: KafkaMess
     return EXIT.UNSETTLED;
   }
   try {
-    await consumer.commitOffsets([{ topic, partition, offset: next }]);
+    await commitOffset(member.consumer, topic, partition, next);
   } catch (err) {
     // Delivered again to the next worker: after an ack it finds the run FINISHED and commits;
     // after a requeue or dead-letter it handles the original again (resuming the same run, or
@@ -232,6 +312,30 @@ async function settleRecord(topic: string, partition: number, message: KafkaMess
   const text = code === EXIT.OK ? 'record committed' : code === EXIT.REQUEUED ? 'record requeued' : 'record dead-lettered';
   log.info({ ...fields, exitCode: code, alreadyFinished: outcome.alreadyFinished === true }, text);
   return code;
+}
+
+/** Records waiting per partition; a partition without a commit is read from its first record. */
+function waitingOf(read: GroupOffsets): Map<number, number> {
+  return new Map(read.partitions.map((p) => [p.partition, committedLag(p) ?? p.end - p.start]));
+}
+
+/**
+ * Commits one offset, and proves it: kafkajs' commitOffsets resolves without sending anything once
+ * its consumer has begun to stop, so the commit counts only when kafkajs reports it committed.
+ */
+async function commitOffset(consumer: Consumer, topic: string, partition: number, offset: string): Promise<void> {
+  let committed = false;
+  const stopListening = consumer.on(consumer.events.COMMIT_OFFSETS, (event) => {
+    for (const t of event.payload.topics) {
+      if (t.topic === topic && t.partitions.some((p) => Number(p.partition) === partition && String(p.offset) === offset)) committed = true;
+    }
+  });
+  try {
+    await consumer.commitOffsets([{ topic, partition, offset }]);
+  } finally {
+    stopListening();
+  }
+  if (!committed) throw new Error('the consumer stopped before the offset was committed');
 }
 
 function deadLetter(message: KafkaMessage, outcome: Outcome, delivery: DeliveryInfo, topic: string, partition: number): { key: Buffer | null; value: Buffer | null; headers: Record<string, string | Buffer> } {

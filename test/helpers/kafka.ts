@@ -5,7 +5,7 @@
  */
 import { Kafka, logLevel, type Admin, type Producer } from 'kafkajs';
 import { dropTimeoutNegativeWarnings } from '../../kafka/client.ts';
-import { commitAsMember } from '../../kafka/publish.ts';
+import { commitAsMember } from '../../kafka/group.ts';
 import { KAFKA_BROKERS } from './env.ts';
 import { uniqueName } from './rabbit.ts';
 

@@ -39,6 +39,11 @@ describe('keda/scaledjob-kafka.yaml', () => {
     expect(text).toMatch(/ceil\(lag \/ lagThreshold\) - unfinishedJobs/);
   });
 
+  it('asks for one Job per partition with lag: a partition\'s records run in order, so more would idle', () => {
+    expect(job.spec.triggers[0]?.metadata['limitToPartitionsWithLag']).toBe('true');
+    expect(text).toMatch(/limitToPartitionsWithLag caps the metric at \(partitions with lag\) x lagThreshold/);
+  });
+
   it('has a trigger the scaler compiles, with lagThreshold equal to the workers\' --max-messages', async () => {
     const [trigger] = job.spec.triggers;
     expect(trigger?.type).toBe('external');
