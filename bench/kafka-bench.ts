@@ -42,6 +42,7 @@ import type { Admin, Kafka, Producer } from 'kafkajs';
 import { createLogger, type Logger } from '../common/log.ts';
 import { PACKAGE_ROOT } from '../common/paths.ts';
 import { kafkaClient } from '../kafka/client.ts';
+import { commitAsMember } from '../kafka/group.ts';
 import { KafkaOffsetsReader } from '../kafka/offsets.ts';
 import { kafkaConnection, type KafkaConnection } from '../kafka/settings.ts';
 import { kedaNumber, ScalerClient, type ScaledObjectRef } from '../scaler/client.ts';
@@ -326,25 +327,11 @@ class KafkaSetup {
     });
   }
 
-  /**
-   * Commits each group's planned offsets as a consumer does: it joins the group, commits, leaves.
-   * (admin.setOffsets runs a consumer too and waits out a 5 s fetch for each group.)
-   */
+  /** Commits each group's planned offsets as a consumer does (kafka/group.ts commitAsMember). */
   async commit(plans: readonly GroupPlan[], signal: AbortSignal): Promise<void> {
     await eachLimited(plans, 4, signal, async (plan) => {
-      const consumer = this.#kafka.consumer({ groupId: plan.group, maxWaitTimeInMs: 100, sessionTimeout: 6000, heartbeatInterval: 1000 });
-      await consumer.connect();
-      try {
-        const joined = new Promise<void>((resolve) => consumer.on(consumer.events.GROUP_JOIN, () => resolve()));
-        await consumer.subscribe({ topic: plan.topic, fromBeginning: false });
-        await consumer.run({ autoCommit: false, eachMessage: async () => undefined });
-        consumer.pause([{ topic: plan.topic }]);
-        await within(joined, 30_000, `joining consumer group ${plan.group}`);
-        const offsets = plan.committed.flatMap((offset, partition) => (offset === undefined ? [] : [{ topic: plan.topic, partition, offset: String(offset) }]));
-        await consumer.commitOffsets(offsets);
-      } finally {
-        await consumer.disconnect();
-      }
+      const offsets = plan.committed.flatMap((offset, partition) => (offset === undefined ? [] : [{ partition, offset: String(offset) }]));
+      await within(commitAsMember(this.#kafka, plan.group, plan.topic, offsets), 30_000, `committing for consumer group ${plan.group}`);
     });
   }
 
