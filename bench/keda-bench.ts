@@ -339,7 +339,7 @@ class Bench {
     const log = new ClusterLog();
     try {
       const ch = await conn.createConfirmChannel();
-      await declareRequestTopology(ch, queue, { deadLetterQueue: deadLetterQueueOf(queue), maxDeliveries: 5 });
+      await declareRequestTopology(conn, queue, { deadLetterQueue: deadLetterQueueOf(queue), maxDeliveries: 5 });
       await kubectl(['apply', '-f', '-'], JSON.stringify(this.scaledJob(setup, cap, queue, name, id, delayed)));
       await this.untilReady(name);
       await log.start(this.kc, name, id);

@@ -63,7 +63,7 @@ async function queueWith(body: object): Promise<string> {
   const conn = await connect(RABBITMQ_URL);
   try {
     const ch = await conn.createConfirmChannel();
-    await declareRequestTopology(ch, queue, { deadLetterQueue: deadLetterQueueOf(queue), maxDeliveries: 5 });
+    await declareRequestTopology(conn, queue, { deadLetterQueue: deadLetterQueueOf(queue), maxDeliveries: 5 });
     ch.sendToQueue(queue, Buffer.from(JSON.stringify(body)), { persistent: true });
     await ch.waitForConfirms();
   } finally {

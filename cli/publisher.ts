@@ -84,7 +84,7 @@ export class RequestPublisher {
       }, { noAck: true });
     }
     try {
-      await declareRequestTopology(ch, o.queue, { deadLetterQueue: deadLetterQueueOf(o.queue), maxDeliveries: o.maxDeliveries });
+      await declareRequestTopology(this.#conn, o.queue, { deadLetterQueue: deadLetterQueueOf(o.queue), maxDeliveries: o.maxDeliveries });
     } catch (err) {
       const detail = messageOf(err);
       const hint = /PRECONDITION_FAILED/.test(detail) ? ` (queue ${JSON.stringify(o.queue)} exists with other arguments; kmj expects a quorum queue with x-delivery-limit and a dead-letter queue)` : '';

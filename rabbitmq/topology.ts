@@ -5,12 +5,19 @@
  *   has delivered too often (a worker killed mid-run, again and again) to `<queue>.dead`, so a
  *   poison message cannot loop forever.
  * - `<queue>.dead`: a durable quorum queue where dead-lettered requests wait, with the reason in
- *   their headers (the worker's own dead-letters) or in `x-death` (the broker's).
+ *   their headers (the worker's own dead-letters) or in `x-death` (the broker's). No delivery
+ *   limit (`x-delivery-limit: -1`): RabbitMQ 4 gives every quorum queue a limit of 20 by default,
+ *   and a dead letter looked at with a requeue (the management UI's "Get messages") more often
+ *   than that would be dropped.
  *
- * Declaring is idempotent for the same arguments; a queue declared before with other arguments
- * makes the broker refuse (PRECONDITION_FAILED), which the caller reports.
+ * Only what is missing is declared: a dead-letter queue made before that (under RabbitMQ 3, or by
+ * an older kmj) has other arguments, and declaring it again with these would be refused. Such a
+ * queue keeps RabbitMQ 4's limit; `rabbitmqctl set_policy` with `delivery-limit: -1` lifts it
+ * (docs/deploy.md). A request queue declared before with other arguments makes the broker refuse
+ * (PRECONDITION_FAILED), which the caller reports.
  */
-import type { Channel } from 'amqplib';
+import type { ChannelModel } from 'amqplib';
+import { checkQueues } from './inspect.ts';
 
 export interface TopologyOptions {
   readonly deadLetterQueue: string;
@@ -32,14 +39,33 @@ export function requestQueueArguments(options: TopologyOptions): Record<string, 
   };
 }
 
-/** Declares a dead-letter queue (a durable quorum queue). */
-export async function declareDeadLetterQueue(ch: Channel, queue: string): Promise<void> {
-  await ch.assertQueue(queue, { durable: true, arguments: { 'x-queue-type': 'quorum' } });
+export const DEAD_LETTER_QUEUE_ARGUMENTS = { 'x-queue-type': 'quorum', 'x-delivery-limit': -1 } as const;
+
+/**
+ * Declares the request queue and its dead-letter queue where they are missing, on a channel of its
+ * own. The request queue is declared whether it exists or not, so a queue with other arguments is
+ * refused (PRECONDITION_FAILED) rather than used as if it were ours.
+ */
+export async function declareRequestTopology(conn: ChannelModel, queue: string, options: TopologyOptions): Promise<void> {
+  const found = await checkQueues(conn, [options.deadLetterQueue]);
+  const ch = await conn.createChannel();
+  try {
+    if (found.get(options.deadLetterQueue) === undefined) await ch.assertQueue(options.deadLetterQueue, { durable: true, arguments: DEAD_LETTER_QUEUE_ARGUMENTS });
+    await ch.assertQueue(queue, { durable: true, arguments: requestQueueArguments(options) });
+  } finally {
+    await ch.close().catch(() => undefined);
+  }
 }
 
-export async function declareRequestTopology(ch: Channel, queue: string, options: TopologyOptions): Promise<void> {
-  await declareDeadLetterQueue(ch, options.deadLetterQueue);
-  await ch.assertQueue(queue, { durable: true, arguments: requestQueueArguments(options) });
+/** Declares a dead-letter queue where it is missing. */
+export async function declareDeadLetterQueue(conn: ChannelModel, queue: string): Promise<void> {
+  if ((await checkQueues(conn, [queue])).get(queue) !== undefined) return;
+  const ch = await conn.createChannel();
+  try {
+    await ch.assertQueue(queue, { durable: true, arguments: DEAD_LETTER_QUEUE_ARGUMENTS });
+  } finally {
+    await ch.close().catch(() => undefined);
+  }
 }
 
 /** Header names of the worker's dead-letters. */

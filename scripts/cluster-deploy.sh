@@ -84,7 +84,7 @@ declare_queue() {
     const { declareRequestTopology, deadLetterQueueOf } = await import(process.argv[1]);
     const queue = process.argv[2];
     const conn = await connect(process.env.KMJ_QUEUE_URL);
-    await declareRequestTopology(await conn.createChannel(), queue, { deadLetterQueue: deadLetterQueueOf(queue), maxDeliveries: 5 });
+    await declareRequestTopology(conn, queue, { deadLetterQueue: deadLetterQueueOf(queue), maxDeliveries: 5 });
     await conn.close();
   ' "$KMJ_ROOT/dist/rabbitmq/topology.js" "$1")
 }

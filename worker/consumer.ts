@@ -45,13 +45,8 @@ async function ensureQueues(conn: ChannelModel, config: WorkerConfig): Promise<v
   const found = await checkQueues(conn, [config.queue, config.deadLetterQueue]);
   const haveQueue = found.get(config.queue) !== undefined;
   if (haveQueue && found.get(config.deadLetterQueue) !== undefined) return;
-  const ch = await conn.createChannel();
-  try {
-    if (!haveQueue) await declareRequestTopology(ch, config.queue, { deadLetterQueue: config.deadLetterQueue, maxDeliveries: config.maxDeliveries });
-    else await declareDeadLetterQueue(ch, config.deadLetterQueue);
-  } finally {
-    await ch.close().catch(() => undefined);
-  }
+  if (!haveQueue) await declareRequestTopology(conn, config.queue, { deadLetterQueue: config.deadLetterQueue, maxDeliveries: config.maxDeliveries });
+  else await declareDeadLetterQueue(conn, config.deadLetterQueue);
 }
 
 /**

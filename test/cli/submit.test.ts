@@ -143,8 +143,10 @@ describe('kmj submit: one request', () => {
       durable: true,
       arguments: { 'x-queue-type': 'quorum', 'x-delivery-limit': 3, 'x-dead-letter-exchange': '', 'x-dead-letter-routing-key': `${queue}.dead` },
     });
+    // The dead-letter queue has no delivery limit: RabbitMQ 4 would give it 20, and drop a dead
+    // letter looked at with a requeue more often than that.
     const dead = await managementQueue(`${queue}.dead`);
-    expect({ type: dead.type, durable: dead.durable, arguments: dead.arguments }).toEqual({ type: 'quorum', durable: true, arguments: { 'x-queue-type': 'quorum' } });
+    expect({ type: dead.type, durable: dead.durable, arguments: dead.arguments }).toEqual({ type: 'quorum', durable: true, arguments: { 'x-queue-type': 'quorum', 'x-delivery-limit': -1 } });
     expect(await drain(`${queue}.dead`)).toEqual([]);
   });
 
@@ -511,8 +513,9 @@ describe('kmj submit --wait', () => {
     }
     const dead = await drain(`${queue}.dead`);
     expect(dead.map((m) => m.properties.messageId)).toEqual(ids);
-    // Never returned to the queue by a look: no delivery was counted against any of them.
-    expect(dead.map((m) => m.properties.headers?.['x-delivery-count'])).toEqual([0, 0, 0, 0]);
+    // Never returned to the queue by a look: no delivery was counted against any of them
+    // (RabbitMQ 4 leaves the header out until a message has been returned once).
+    expect(dead.map((m) => m.properties.headers?.['x-delivery-count'] ?? 0)).toEqual([0, 0, 0, 0]);
     expect(await runsOf(queue)).toEqual([]);
   });
 

@@ -129,7 +129,7 @@ beforeAll(async () => {
   // The worker declares the queue too; declaring it here first lets KEDA poll it before any worker.
   const conn = await connect(RABBITMQ_URL);
   try {
-    await declareRequestTopology(await conn.createChannel(), QUEUE, { deadLetterQueue: DEAD, maxDeliveries: 5 });
+    await declareRequestTopology(conn, QUEUE, { deadLetterQueue: DEAD, maxDeliveries: 5 });
   } finally {
     await conn.close();
   }

@@ -180,6 +180,25 @@ export async function queuePolicy(queue: string, definition: Record<string, unkn
   });
 }
 
+/**
+ * A broker user with these permissions on vhost "/" (configure, write, read patterns), deleted
+ * after the test; its AMQP URL.
+ */
+export async function brokerUser(name: string, permissions: { configure: string; write: string; read: string }, cleanups: Cleanups, tags = ''): Promise<string> {
+  const password = `pw-${name}`;
+  const user = await management(`users/${encodeURIComponent(name)}`, { method: 'PUT', body: { password, tags } });
+  if (!user.ok) throw new Error(`management API: HTTP ${user.status} making user ${name}: ${await user.text()}`);
+  cleanups.defer(async () => {
+    await management(`users/${encodeURIComponent(name)}`, { method: 'DELETE' });
+  });
+  const perms = await management(`permissions/%2F/${encodeURIComponent(name)}`, { method: 'PUT', body: permissions });
+  if (!perms.ok) throw new Error(`management API: HTTP ${perms.status} setting permissions of ${name}: ${await perms.text()}`);
+  const u = new URL(RABBITMQ_URL);
+  u.username = name;
+  u.password = password;
+  return u.toString();
+}
+
 /** The non-empty lines of a command's output. */
 export function lines(text: string): string[] {
   return text.split('\n').filter((l) => l !== '');

@@ -70,8 +70,7 @@ export async function requestQueue(maxDeliveries = 5): Promise<string> {
   const queue = uniqueId('work');
   const conn = await connect(RABBITMQ_URL);
   try {
-    const ch = await conn.createChannel();
-    await declareRequestTopology(ch, queue, { deadLetterQueue: deadLetterQueueOf(queue), maxDeliveries });
+    await declareRequestTopology(conn, queue, { deadLetterQueue: deadLetterQueueOf(queue), maxDeliveries });
   } finally {
     await conn.close();
   }
