@@ -64,7 +64,9 @@ Options:
 Environment: RABBITMQ_URL, RABBITMQ_MANAGEMENT_URL, KMJ_SCALER_ADDRESS (default: the trigger's
 scalerAddress, else 127.0.0.1:6000), KMJ_SCALER_METRICS_URL (http://127.0.0.1:8080),
 KMJ_SCALER_TLS_CA_FILE with KMJ_SCALER_TLS_CLIENT_CERT_FILE and KMJ_SCALER_TLS_CLIENT_KEY_FILE
-(a scaler that serves mutual TLS), MLFLOW_TRACKING_URI and its auth variables.
+(a scaler that serves mutual TLS), KMJ_SCALER_TLS_SERVER_NAME (the name its certificate is checked
+against when the address is another: kubectl port-forward, a cluster IP), MLFLOW_TRACKING_URI and
+its auth variables.
 
 Exit codes: 0 everything answered, 1 something was unreachable, 78 bad configuration or options.
 `;
@@ -76,6 +78,7 @@ const STATUS_ENV = {
   KMJ_SCALER_TLS_CA_FILE: { kind: 'string' },
   KMJ_SCALER_TLS_CLIENT_CERT_FILE: { kind: 'string' },
   KMJ_SCALER_TLS_CLIENT_KEY_FILE: { kind: 'string' },
+  KMJ_SCALER_TLS_SERVER_NAME: { kind: 'string', pattern: /^[A-Za-z0-9.-]{1,253}$/, patternHint: 'a DNS name' },
 } as const satisfies FieldSpecs;
 
 const DEFAULT_SCALER_ADDRESS = '127.0.0.1:6000';
@@ -164,6 +167,8 @@ interface ScalerQuestion {
   readonly address: string;
   readonly metadata: Record<string, string>;
   readonly credentials?: grpc.ChannelCredentials;
+  /** The name the scaler's certificate is checked against, when not the address's host. */
+  readonly serverName?: string;
   /** The ScaledJob's name and namespace, as KEDA names its ScaledObjectRef. */
   readonly name: string;
   readonly namespace: string;
@@ -171,7 +176,8 @@ interface ScalerQuestion {
 
 async function readScaler(q: ScalerQuestion, metricsUrl: string, queue: string): Promise<StatusReport['scaler'] extends Part<infer T> ? T : never> {
   const address = q.address;
-  const client = new ScalerClient(address, { timeoutMs: 4000, ...(q.credentials ? { credentials: q.credentials } : {}) });
+  const channelOptions = q.serverName !== undefined ? { 'grpc.ssl_target_name_override': q.serverName, 'grpc.default_authority': q.serverName } : undefined;
+  const client = new ScalerClient(address, { timeoutMs: 4000, ...(q.credentials ? { credentials: q.credentials } : {}), ...(channelOptions ? { channelOptions } : {}) });
   try {
     const poll = await client.poll(q.metadata, q.name, q.namespace);
     if (!poll.ok) {
@@ -276,6 +282,7 @@ export async function collectStatus(ctx: CommandContext, target: StatusTarget): 
           name: report.name,
           namespace: report.namespace,
           ...(credentials ? { credentials } : {}),
+          ...(env.KMJ_SCALER_TLS_SERVER_NAME !== undefined ? { serverName: env.KMJ_SCALER_TLS_SERVER_NAME } : {}),
         };
       }
     }
@@ -296,6 +303,7 @@ export async function collectStatus(ctx: CommandContext, target: StatusTarget): 
     name: 'kmj-status',
     namespace: 'default',
     ...(credentials ? { credentials } : {}),
+    ...(env.KMJ_SCALER_TLS_SERVER_NAME !== undefined ? { serverName: env.KMJ_SCALER_TLS_SERVER_NAME } : {}),
   };
   const asked = question;
   const tracking = mlflowFromEnv('status', ctx.env, log);

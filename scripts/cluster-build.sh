@@ -4,17 +4,22 @@
 # the clone, so a fresh clone (CI's) finds them built:
 #
 #   ${KMJ_CLUSTER_CACHE:-/var/cache/keda-ml-jobs/cluster}/k8s-V_etcd-V_keda-V/
-#     bin/        etcd kube-apiserver kubelet kube-controller-manager kube-scheduler kube-proxy keda-operator
-#                 pause
-#     keda-crds/  KEDA's config/crd/bases/*.yaml, from the module the operator is built from
-#     stamp       written last: everything above is complete
-#     work/       wrapper modules, KEDA's source copy and one build log per binary
+#     bin/         etcd kube-apiserver kubelet kube-controller-manager kube-scheduler kube-proxy
+#                  keda-operator keda-admission-webhooks pause, and what k3s adds to a cluster:
+#                  coredns, local-path-provisioner (bin/.versions: the version each was built at)
+#     keda-config/ KEDA's config/ (its release manifests' kustomizations), from the module the
+#                  operator is built from
+#     stamp        written last: everything above is complete
+#     work/        wrapper modules, KEDA's source copy and one build log per binary
 #
 #   scripts/cluster-build.sh              build what is missing (~20 min cold on 2 cores, <1 s after)
 #   scripts/cluster-build.sh --print-dir  print the cache dir; exit 1 while its stamp is missing
 #
 # Versions (env): KMJ_K8S_VERSION (staging modules follow: v1.34.4 -> v0.34.4), KMJ_ETCD_VERSION,
 # KMJ_KEDA_VERSION. proto/externalscaler.proto is pinned to KEDA v2.20: keep KEDA a v2.20 release.
+# KMJ_COREDNS_VERSION and KMJ_LOCAL_PATH_VERSION: what k3s v1.34 ships (CoreDNS v1.14.4,
+# local-path-provisioner v0.0.36, which the Go module proxy does not serve: v0.0.37, the next one).
+# A changed add-on version rebuilds that binary only.
 #
 # Kubernetes' go.mod points its staging modules at ./staging, so `go install k8s.io/kubernetes/cmd/X`
 # is refused; a wrapper module with that go.mod, the staging replaces turned into module versions,
@@ -30,6 +35,8 @@ source "$(dirname "$0")/lib.sh"
 k8s_version=${KMJ_K8S_VERSION:-v1.34.4}
 etcd_version=${KMJ_ETCD_VERSION:-v3.6.16}
 keda_version=${KMJ_KEDA_VERSION:-v2.20.2}
+coredns_version=${KMJ_COREDNS_VERSION:-v1.14.4}
+local_path_version=${KMJ_LOCAL_PATH_VERSION:-v0.0.37}
 
 problems=()
 [[ $k8s_version =~ ^v1\.([0-9]+)\.[0-9]+(-[0-9A-Za-z.]+)?$ ]] ||
@@ -47,16 +54,32 @@ staging_version="v0.${k8s_version#v1.}"
 
 cache_dir="${KMJ_CLUSTER_CACHE:-/var/cache/keda-ml-jobs/cluster}/k8s-${k8s_version}_etcd-${etcd_version}_keda-${keda_version}"
 bin="$cache_dir/bin"
-crds="$cache_dir/keda-crds"
+keda_config="$cache_dir/keda-config"
 stamp="$cache_dir/stamp"
 work="$cache_dir/work"
-binaries=(etcd kube-apiserver kubelet kube-controller-manager kube-scheduler kube-proxy keda-operator pause)
+binaries=(etcd kube-apiserver kubelet kube-controller-manager kube-scheduler kube-proxy keda-operator keda-admission-webhooks pause coredns local-path-provisioner)
+
+# version_of NAME: the version bin/NAME must have been built at.
+version_of() {
+  case $1 in
+    etcd) echo "$etcd_version" ;;
+    keda-*) echo "$keda_version" ;;
+    coredns) echo "$coredns_version" ;;
+    local-path-provisioner) echo "$local_path_version" ;;
+    *) echo "$k8s_version" ;;
+  esac
+}
+
+# built NAME: bin/NAME is there, built at the version asked for.
+built() {
+  [ -x "$bin/$1" ] && grep -qxF "$1 $(version_of "$1")" "$bin/.versions" 2>/dev/null
+}
 
 # complete: true when the stamp and everything it vouches for are there.
 complete() {
   local b
-  [ -f "$stamp" ] && [ -d "$crds" ] || return 1
-  for b in "${binaries[@]}"; do [ -x "$bin/$b" ] || return 1; done
+  [ -f "$stamp" ] && [ -d "$keda_config" ] || return 1
+  for b in "${binaries[@]}"; do built "$b" || return 1; done
 }
 
 case "${1:-}" in
@@ -195,11 +218,35 @@ keda_step() {
   fi
   cd "$src"
   local ldflags="-X github.com/kedacore/keda/v2/version.Version=${keda_version#v}"
-  go_build 0 "$ldflags" -o "$1" ./cmd/operator
+  local cmd=operator
+  [ "$2" = keda-admission-webhooks ] && cmd=webhooks
+  go_build 0 "$ldflags" -o "$1" "./cmd/$cmd"
   # The operator has no --version (and -trimpath keeps -ldflags out of its build info): the
   # version linked in must be in the binary, and it must run.
   grep -aqF "${keda_version#v}" "$1" || { echo "no ${keda_version#v} in $1" >&2; return 1; }
   "$1" --help 2>&1 | grep -e --metrics-bind-address
+}
+
+# go_install_step MODULE VERSION OUT [LDFLAGS]: `go install MODULE@VERSION` (their go.mod have no
+# replaces) into a directory of its own, then to OUT.
+go_install_step() {
+  local module=$1 version=$2 out=$3 ldflags=${4:-} gobin
+  gobin="$work/gobin-$(basename "$module")"
+  rm -rf "$gobin"
+  mkdir -p "$gobin"
+  (cd "$work" && GOBIN="$gobin" CGO_ENABLED=0 go_cmd install -trimpath -ldflags "-s -w $ldflags" "$module@$version")
+  mv "$gobin/$(basename "$module")" "$out"
+  rm -rf "$gobin"
+}
+
+coredns_step() {
+  go_install_step github.com/coredns/coredns "$coredns_version" "$1"
+  reports "CoreDNS-${coredns_version#v}" "$1" -version
+}
+
+local_path_step() {
+  go_install_step github.com/rancher/local-path-provisioner "$local_path_version" "$1" "-X main.VERSION=$local_path_version"
+  "$1" --version 2>&1 | grep -F "$local_path_version"
 }
 
 pause_step() {
@@ -217,7 +264,7 @@ timings=()
 build() {
   local name=$1 version=$2 estimate=$3 step=$4
   local out="$bin/.$name.partial" log="$work/logs/$name.log" start=$SECONDS rc
-  [ -x "$bin/$name" ] && return 0
+  built "$name" && return 0
   say "building $name ($version), ~$estimate cold"
   rm -f "$out"
   set +e
@@ -231,20 +278,27 @@ build() {
     exit 1
   fi
   mv -f "$out" "$bin/$name"
+  { grep -v "^$name " "$bin/.versions" 2>/dev/null || true; echo "$name $version"; } >"$bin/.versions.tmp"
+  mv -f "$bin/.versions.tmp" "$bin/.versions"
   timings+=("$name $((SECONDS - start))s")
   say "built $name in $((SECONDS - start)) s ($(du -m "$bin/$name" | cut -f1) MB)"
 }
 
 started=$SECONDS
-if [ ! -d "$crds" ]; then
+# Binaries of a cache made before bin/.versions existed were built at the versions in its name.
+if [ ! -f "$bin/.versions" ]; then
+  for b in "${binaries[@]}"; do if [ -x "$bin/$b" ]; then echo "$b $(version_of "$b")"; fi; done >"$bin/.versions"
+fi
+if [ ! -d "$keda_config" ]; then
   keda_mod=$(module_dir "github.com/kedacore/keda/v2@$keda_version") ||
     die "the Go module proxy did not serve github.com/kedacore/keda/v2@$keda_version"
-  rm -rf "$crds.partial"
-  mkdir -p "$crds.partial"
-  cp "$keda_mod"/config/crd/bases/*.yaml "$crds.partial/"
-  chmod u+w "$crds.partial"/*.yaml
-  mv "$crds.partial" "$crds"
+  rm -rf "$keda_config.partial"
+  cp -r "$keda_mod/config" "$keda_config.partial"
+  chmod -R u+w "$keda_config.partial"
+  mv "$keda_config.partial" "$keda_config"
 fi
+rm -rf "$cache_dir/keda-crds"
+
 # Cold times on 2 busy cores, in this order (later binaries reuse what earlier ones compiled).
 build etcd "$etcd_version" "1 min" etcd_step
 build kube-apiserver "$k8s_version" "8 min" kube_step
@@ -253,12 +307,17 @@ build kube-controller-manager "$k8s_version" "2 min" kube_step
 build kube-scheduler "$k8s_version" "30 s" kube_step
 build kube-proxy "$k8s_version" "30 s" kube_step
 build keda-operator "$keda_version" "8 min" keda_step
+build keda-admission-webhooks "$keda_version" "1 min" keda_step
 build pause "$k8s_version" "1 s" pause_step
+build coredns "$coredns_version" "5 min" coredns_step
+build local-path-provisioner "$local_path_version" "4 min" local_path_step
 
 {
   echo "kubernetes $k8s_version (staging $staging_version)"
   echo "etcd $etcd_version"
   echo "keda $keda_version"
+  echo "coredns $coredns_version"
+  echo "local-path-provisioner $local_path_version"
   go version
   echo "built $(date -u +%Y-%m-%dT%H:%M:%SZ)${timings[*]:+ (${timings[*]})}"
 } >"$stamp.partial"

@@ -6,7 +6,7 @@
 #      on the host's RabbitMQ (make services), and the request queue ml-requests;
 #   3. the namespace, then the Secrets: broker URLs, the worker's MLflow user, and the certificates
 #      for mutual TLS between KEDA and the scaler (a CA made here, a server certificate for the
-#      scaler's Service name and cluster IP, a client certificate for KEDA);
+#      scaler's Service names, a client certificate for KEDA);
 #   4. a Kafka broker for pods (scripts/kafka.sh kafka-cluster 19292 on the node address: Kafka
 #      hands clients the address it advertises, so a forwarder from 127.0.0.1 cannot serve pods);
 #      the scaler's overlay names it as KAFKA_BROKERS;
@@ -23,7 +23,6 @@ source "$(dirname "$0")/lib.sh"
 eval "$("$KMJ_ROOT/scripts/cluster.sh" env)"
 NS=kmj
 NODE_IP=10.250.0.1
-SCALER_IP=10.96.100.60
 # The pods' Kafka broker: name, port, address (overlays/local/scaler.yaml names it too).
 KAFKA_CLUSTER=(kafka-cluster 19292 "$NODE_IP")
 DIR="$KMJ_RUN/cluster-deploy"
@@ -51,7 +50,9 @@ broker_user() {
 # certs: the CA, the scaler's server certificate and KEDA's client certificate, made once.
 certs() {
   local d="$DIR/tls"
-  [ -f "$d/keda.crt" ] && return 0
+  # Made once; a scaler certificate that names an IP is from before cluster DNS: made again.
+  [ -f "$d/keda.crt" ] && ! openssl x509 -in "$d/scaler.crt" -noout -ext subjectAltName 2>/dev/null | grep -q 'IP Address' && return 0
+  rm -rf "$d"
   mkdir -p "$d"
   openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj /CN=kmj-scaler-ca \
     -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
@@ -64,7 +65,7 @@ certs() {
     openssl x509 -req -in "$d/$1.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial -days 30 \
       -extfile "$d/$1.ext" -out "$d/$1.crt" 2>/dev/null
   }
-  issue scaler kmj-scaler serverAuth "DNS:kmj-scaler.$NS.svc,DNS:kmj-scaler.$NS.svc.cluster.local,DNS:kmj-scaler,IP:$SCALER_IP"
+  issue scaler kmj-scaler serverAuth "DNS:kmj-scaler.$NS.svc,DNS:kmj-scaler.$NS.svc.cluster.local,DNS:kmj-scaler"
   issue keda keda-operator clientAuth
 }
 

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# A real single-node Kubernetes with the real KEDA operator on this machine, on loopback only:
-# etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kube-proxy, containerd + runc
-# (Debian's) and a kubelet, then KEDA's CRDs and operator. The binaries come from scripts/cluster-build.sh (built
-# once per machine, cached outside the clone).
+# A real single-node Kubernetes with the real KEDA on this machine, on loopback only: etcd,
+# kube-apiserver, kube-controller-manager, kube-scheduler, kube-proxy, containerd + runc (Debian's)
+# and a kubelet; then what k3s adds to every cluster, cluster DNS (CoreDNS) and storage
+# (local-path-provisioner, the default StorageClass), from scripts/cluster-addons/; then KEDA as its
+# release manifest installs it, rendered from KEDA's own config/ (scripts/cluster-addons/), its
+# operator and admission webhooks running as pods under their own ServiceAccount. The binaries come
+# from scripts/cluster-build.sh (built once per machine, cached outside the clone); their images
+# are made here and imported.
 #
 #   scripts/cluster.sh up       start what is not running (idempotent); prints the kubeconfig
 #   scripts/cluster.sh down     stop what `up` started, by PID, and undo every host change it made
@@ -10,8 +14,9 @@
 #   scripts/cluster.sh env      `export KUBECONFIG=…`, for eval
 #
 # Host changes, all undone by `down`: the node address 10.250.0.1/32 on lo (the kubelet refuses a
-# loopback node IP; no traffic leaves the host), a route sending the service range 10.96.0.0/16 to
-# lo (kube-proxy's rules rewrite every service address to a pod's; without them nothing for that
+# loopback node IP; no traffic leaves the host; the apiserver listens on 127.0.0.1, and a forwarder
+# on the node address lets pods reach it there, as the `kubernetes` Service says), a route sending
+# the service range 10.96.0.0/16 to lo (kube-proxy's rules rewrite every service address to a pod's; without them nothing for that
 # range would take the default route), a line in /etc/hosts mapping the node name to the node address (so
 # `kubectl logs` reaches the kubelet), the CNI bridge kmj-cni0 and the iptables chains the kubelet,
 # kube-proxy and the CNI plugins add (KUBE-*, CNI-*), the kubelet's cgroups, and mounts under the
@@ -35,7 +40,10 @@ LOGS="$STATE/logs"
 PIDS="$STATE/pids"
 HOSTS_MARK="# kmj-cluster"
 FORWARD_PORTS=(${KMJ_CLUSTER_FORWARD:-5672 5000})
-COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kube-proxy containerd kubelet keda-operator)
+COMPONENTS=(etcd kube-apiserver forward-6443 kube-controller-manager kube-scheduler kube-proxy containerd kubelet)
+# Pods' volumes of the StorageClass local-path (k3s: /var/lib/rancher/k3s/storage).
+LOCAL_STORAGE="$STATE/storage"
+ADDONS="$KMJ_ROOT/scripts/cluster-addons"
 
 bin_dir() { "$KMJ_ROOT/scripts/cluster-build.sh" --print-dir 2>/dev/null | sed 's#$#/bin#'; }
 
@@ -111,7 +119,6 @@ make_pki() {
   cert controller-manager system:kube-controller-manager
   cert scheduler system:kube-scheduler
   cert kube-proxy system:kube-proxy
-  cert keda keda-operator system:masters "DNS:keda-operator,DNS:keda-operator.keda,DNS:keda-operator.keda.svc,DNS:localhost,IP:127.0.0.1"
   [ -f "$PKI/sa.key" ] || openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null
   [ -f "$PKI/sa.pub" ] || openssl rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
   kubeconfig admin kubernetes-admin
@@ -119,12 +126,6 @@ make_pki() {
   kubeconfig controller-manager system:kube-controller-manager
   kubeconfig scheduler system:kube-scheduler
   kubeconfig kube-proxy system:kube-proxy
-  kubeconfig keda keda-operator
-  # KEDA's --cert-dir wants tls.crt, tls.key and ca.crt.
-  mkdir -p "$STATE/keda/certs" "$STATE/keda/ca"
-  cp "$PKI/keda.crt" "$STATE/keda/certs/tls.crt"
-  cp "$PKI/keda.key" "$STATE/keda/certs/tls.key"
-  cp "$PKI/ca.crt" "$STATE/keda/certs/ca.crt"
 }
 
 host_changes() {
@@ -195,7 +196,8 @@ cgroupDriver: cgroupfs
 failCgroupV1: false
 failSwapOn: false
 containerRuntimeEndpoint: "unix://$SOCK"
-clusterDNS: []
+clusterDNS: [10.96.0.10]
+clusterDomain: cluster.local
 staticPodPath: ""
 evictionHard: { memory.available: "100Mi", nodefs.available: "1%", imagefs.available: "1%" }
 imageGCHighThresholdPercent: 100
@@ -218,9 +220,80 @@ pause_image() {
   say "imported the pause image"
 }
 
+# binary_image TAG BINARY PATH USER ENTRYPOINT: a one-layer image of one static binary at PATH, run
+# as USER, imported unless an image of this binary is there already.
+binary_image() {
+  local tag=$1 src=$2 path=$3 user=$4 entrypoint=$5 ctr=(ctr -a "$SOCK" -n k8s.io)
+  local name root id
+  name=$(basename "${tag%%:*}")
+  root="$STATE/images/$name"
+  id="$(stat -c '%s %Y' "$src") $tag"
+  if [ "$(cat "$root.id" 2>/dev/null)" = "$id" ] && "${ctr[@]}" images ls -q 2>/dev/null | grep -qxF "$tag"; then return 0; fi
+  rm -rf "$root" && mkdir -p "$root/rootfs$(dirname "$path")" "$root/rootfs/etc" "$root/rootfs/tmp"
+  cp "$src" "$root/rootfs$path"
+  chmod 1777 "$root/rootfs/tmp"
+  printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' >"$root/rootfs/etc/passwd"
+  printf 'root:x:0:\nnonroot:x:65532:\n' >"$root/rootfs/etc/group"
+  node "$KMJ_ROOT/scripts/image-archive.mjs" --rootfs "$root/rootfs" --tag "$tag" --entrypoint "$entrypoint" \
+    --user "$user" --env PATH=/usr/local/bin:/usr/bin:/bin --out "$root.tar"
+  "${ctr[@]}" images import "$root.tar" >/dev/null
+  rm -rf "$root" "$root.tar"
+  echo "$id" >"$root.id"
+  say "imported $tag"
+}
+
+# busybox_image TAG: Debian's static busybox, for local-path-provisioner's helper pods (sh, mkdir,
+# chmod, rm).
+busybox_image() {
+  local tag=$1 ctr=(ctr -a "$SOCK" -n k8s.io) root="$STATE/images/busybox" a
+  "${ctr[@]}" images ls -q 2>/dev/null | grep -qxF "$tag" && return 0
+  rm -rf "$root" && mkdir -p "$root/rootfs/bin" "$root/rootfs/tmp"
+  cp /bin/busybox "$root/rootfs/bin/busybox"
+  for a in sh mkdir chmod rm ls cat; do ln -s busybox "$root/rootfs/bin/$a"; done
+  chmod 1777 "$root/rootfs/tmp"
+  node "$KMJ_ROOT/scripts/image-archive.mjs" --rootfs "$root/rootfs" --tag "$tag" --entrypoint /bin/sh \
+    --env PATH=/bin --out "$root.tar"
+  "${ctr[@]}" images import "$root.tar" >/dev/null
+  rm -rf "$root" "$root.tar"
+  say "imported $tag"
+}
+
+# addons BIN: cluster DNS, storage and KEDA, applied (idempotent) and ready.
+addons() {
+  local bin=$1 keda_v coredns_v lpp_v busybox_v cache
+  cache=$(dirname "$bin")
+  keda_v=$(awk '$1 == "keda-operator" { sub(/^v/, "", $2); print $2 }' "$bin/.versions")
+  coredns_v=$(awk '$1 == "coredns" { sub(/^v/, "", $2); print $2 }' "$bin/.versions")
+  lpp_v=$(awk '$1 == "local-path-provisioner" { print $2 }' "$bin/.versions")
+  busybox_v=$(dpkg-query -W -f '${Version}' busybox-static | sed -E 's/^[0-9]+://; s/-.*//')
+  binary_image "kmj.local/coredns:$coredns_v" "$bin/coredns" /coredns 65532:65532 /coredns
+  binary_image "kmj.local/local-path-provisioner:$lpp_v" "$bin/local-path-provisioner" /usr/bin/local-path-provisioner 0:0 /usr/bin/local-path-provisioner
+  busybox_image "kmj.local/busybox:$busybox_v"
+  binary_image "kmj.local/keda:$keda_v" "$bin/keda-operator" /keda 65532:65532 /keda
+  binary_image "kmj.local/keda-admission-webhooks:$keda_v" "$bin/keda-admission-webhooks" /keda-admission-webhooks 65532:65532 /keda-admission-webhooks
+
+  sed -e "s|kmj.local/coredns:[0-9.]*|kmj.local/coredns:$coredns_v|" "$ADDONS/coredns.yaml" | kc apply -f - >/dev/null
+  mkdir -p "$LOCAL_STORAGE"
+  sed -e "s|KMJ_LOCAL_STORAGE_PATH|$LOCAL_STORAGE|" -e "s|kmj.local/local-path-provisioner:v[0-9.]*|kmj.local/local-path-provisioner:$lpp_v|" \
+    -e "s|kmj.local/busybox:[0-9.]*|kmj.local/busybox:$busybox_v|" "$ADDONS/local-storage.yaml" | kc apply -f - >/dev/null
+
+  local release="$STATE/keda-release" rel
+  mkdir -p "$release"
+  rel=$(realpath --relative-to="$release" "$cache/keda-config")
+  sed -e "s|KEDA_CONFIG|$rel|" -e "s|KEDA_VERSION|$keda_v|" "$ADDONS/keda-kustomization.yaml" >"$release/kustomization.yaml"
+  sed -e "s|KEDA_VERSION|$keda_v|" "$ADDONS/keda-labels.yaml" >"$release/labels.yaml"
+  # Server-side: the ScaledJob CRD is too large for client-side apply's annotation.
+  kc kustomize "$release" | kc apply --server-side --force-conflicts -f - >/dev/null
+  kc -n kube-system rollout status deployment/coredns --timeout=120s >&2
+  kc -n kube-system rollout status deployment/local-path-provisioner --timeout=120s >&2
+  kc -n keda rollout status deployment/keda-operator --timeout=180s >&2
+  kc -n keda rollout status deployment/keda-admission --timeout=180s >&2
+  say "cluster DNS, local-path storage and KEDA $keda_v are ready"
+}
+
 up() {
   [ "$(id -u)" = 0 ] || command -v sudo >/dev/null || die "the cluster needs root (or sudo)"
-  apt_install containerd runc containernetworking-plugins iptables conntrack ebtables ethtool openssl socat
+  apt_install containerd runc containernetworking-plugins iptables conntrack ebtables ethtool openssl socat busybox-static
   command -v kubectl >/dev/null || die "kubectl is not on PATH"
   "$KMJ_ROOT/scripts/cluster-build.sh"
   local bin
@@ -246,6 +319,9 @@ up() {
     --kubelet-certificate-authority="$PKI/ca.crt" --kubelet-preferred-address-types=Hostname,InternalIP \
     --allow-privileged=false --profiling=false
   wait_for kube-apiserver 60 kc get --raw /readyz
+  # Pods reach the apiserver at the `kubernetes` Service, whose endpoint is the advertised node
+  # address; the apiserver itself listens on 127.0.0.1 only.
+  start forward-6443 socat "TCP-LISTEN:6443,bind=$NODE_IP,reuseaddr,fork" TCP:127.0.0.1:6443
 
   start kube-controller-manager "$bin/kube-controller-manager" --bind-address=127.0.0.1 --leader-elect=false \
     --kubeconfig="$PKI/controller-manager.kubeconfig" --authentication-kubeconfig="$PKI/controller-manager.kubeconfig" \
@@ -277,16 +353,8 @@ up() {
   wait_for kubelet 90 bash -c "kubectl --kubeconfig '$PKI/admin.kubeconfig' get node '$NODE' -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}' | grep -qx True"
   say "node $NODE is Ready"
 
-  kc get namespace keda >/dev/null 2>&1 || kc create namespace keda >/dev/null
-  kc apply --server-side --force-conflicts -f "$(dirname "$bin")/keda-crds/" >/dev/null
-  wait_for keda-crds 30 kc get crd scaledjobs.keda.sh
-  start keda-operator env KUBECONFIG="$PKI/keda.kubeconfig" POD_NAMESPACE=keda KEDA_CLUSTER_OBJECT_NAMESPACE=keda WATCH_NAMESPACE="" \
-    "$bin/keda-operator" --leader-elect=false \
-    --metrics-bind-address=127.0.0.1:18080 --health-probe-bind-address=127.0.0.1:18081 \
-    --metrics-service-bind-address=127.0.0.1:19666 \
-    --cert-dir="$STATE/keda/certs" --ca-dir="$STATE/keda/ca" --enable-webhook-patching=false --enable-apiservice-patching=false
-  wait_for keda-operator 60 curl -fsS http://127.0.0.1:18081/readyz
-  say "KEDA operator is ready; export KUBECONFIG=$PKI/admin.kubeconfig"
+  addons "$bin"
+  say "export KUBECONFIG=$PKI/admin.kubeconfig"
   echo "$PKI/admin.kubeconfig"
 }
 
@@ -307,7 +375,6 @@ stop() {
 
 down() {
   local ctr=(ctr -a "$SOCK" -n k8s.io) t
-  stop keda-operator
   # The pods' Kafka broker (scripts/cluster-deploy.sh) listens on the node address removed below.
   "$KMJ_ROOT/scripts/kafka.sh" stop kafka-cluster 19292 10.250.0.1 >&2 || true
   stop kubelet
@@ -325,6 +392,7 @@ down() {
   stop kube-proxy
   stop kube-scheduler
   stop kube-controller-manager
+  stop forward-6443
   stop kube-apiserver
   stop etcd
   # Mounts under the state directory (pod volumes, container root filesystems), deepest first.

@@ -38,8 +38,12 @@ started=$SECONDS
 say "publishing $(wc -l <"$requests") requests to queue ml-requests; KEDA makes one Job per request"
 node "$KMJ_ROOT/bin/kmj.js" submit --queue ml-requests --file "$requests" >/dev/null
 deploy="$KMJ_RUN/cluster-deploy/tls"
+# This host has no cluster DNS: kmj status reaches the scaler at its Service's cluster IP and checks
+# its certificate against the Service name, as through `kubectl port-forward`.
+scaler_ip=$(kubectl -n kmj get service kmj-scaler -o jsonpath='{.spec.clusterIP}')
 status() {
-  KMJ_SCALER_METRICS_URL=http://10.96.100.60:8080 KMJ_SCALER_TLS_CA_FILE="$deploy/ca.crt" \
+  KMJ_SCALER_ADDRESS="$scaler_ip:6000" KMJ_SCALER_TLS_SERVER_NAME=kmj-scaler.kmj.svc \
+    KMJ_SCALER_METRICS_URL="http://$scaler_ip:8080" KMJ_SCALER_TLS_CA_FILE="$deploy/ca.crt" \
     KMJ_SCALER_TLS_CLIENT_CERT_FILE="$deploy/keda.crt" KMJ_SCALER_TLS_CLIENT_KEY_FILE="$deploy/keda.key" \
     node --no-deprecation "$KMJ_ROOT/bin/kmj.js" status --scaledjob ml-requests -n kmj --experiment "$experiment" --runs 100 "$@"
 }

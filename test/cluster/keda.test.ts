@@ -15,8 +15,8 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { deadLetterQueueOf, declareRequestTopology } from '../../rabbitmq/topology.ts';
 import { packageFile } from '../../common/paths.ts';
 import {
-  DEPLOY_DIR, KUBECONFIG, NAMESPACE, NODE_IP, QUEUE, SCALED_JOB, SCALER_ADDRESS,
-  deleteWorkerJobs, exitCodeOf, kubectl, kubectlJson, patchScaledJob, scaledJobStatus, searchRunsWithPython, until, workerJobs, workerPods,
+  DEPLOY_DIR, KUBECONFIG, NAMESPACE, NODE_IP, QUEUE, SCALED_JOB, SCALER_ADDRESS, SCALER_NAME, SCALER_TLS_NAME_OPTIONS,
+  deleteWorkerJobs, scalerIp, exitCodeOf, kubectl, kubectlJson, patchScaledJob, scaledJobStatus, searchRunsWithPython, until, workerJobs, workerPods,
   type Job, type Pod,
 } from '../helpers/cluster.ts';
 import { parse as parseYaml } from 'yaml';
@@ -268,8 +268,10 @@ describe('KEDA runs our ScaledJob against our scaler', () => {
   it('mutual TLS: the scaler refuses a client without a certificate and answers KEDA\'s client certificate', async () => {
     const tls = (f: string) => readFileSync(join(DEPLOY_DIR, 'tls', f));
     const metadata = { scalerAddress: SCALER_ADDRESS, queueName: QUEUE, mode: 'backlog', targetSize: '1' };
-    const anonymous = new KedaLikeClient(SCALER_ADDRESS, grpc.credentials.createSsl(tls('ca.crt')));
-    const keda = new KedaLikeClient(SCALER_ADDRESS, grpc.credentials.createSsl(tls('ca.crt'), tls('keda.key'), tls('keda.crt')));
+    // By the Service's cluster IP (the host has no cluster DNS), the certificate checked against its name.
+    const address = `${await scalerIp()}:6000`;
+    const anonymous = new KedaLikeClient(address, grpc.credentials.createSsl(tls('ca.crt')), SCALER_TLS_NAME_OPTIONS);
+    const keda = new KedaLikeClient(address, grpc.credentials.createSsl(tls('ca.crt'), tls('keda.key'), tls('keda.crt')), SCALER_TLS_NAME_OPTIONS);
     try {
       const refused = await anonymous.isActive(metadata);
       expect(refused.ok).toBe(false);
@@ -290,18 +292,26 @@ describe('KEDA runs our ScaledJob against our scaler', () => {
 });
 
 describe('kmj status --scaledjob, against the real cluster', () => {
+  // The trigger names the scaler by its Service name, which the host cannot resolve: kmj status is
+  // pointed at the cluster IP, and checks the certificate against the name (as with a port-forward).
+  let ip = '';
+  beforeAll(async () => {
+    ip = await scalerIp();
+  });
   const statusEnv = (): Record<string, string> => ({
     KUBECONFIG,
     RABBITMQ_URL,
     MLFLOW_TRACKING_URI: MLFLOW_URL,
-    KMJ_SCALER_METRICS_URL: `http://${SCALER_ADDRESS.split(':')[0]}:8080`,
+    KMJ_SCALER_ADDRESS: `${ip}:6000`,
+    KMJ_SCALER_TLS_SERVER_NAME: SCALER_NAME,
+    KMJ_SCALER_METRICS_URL: `http://${ip}:8080`,
     KMJ_SCALER_TLS_CA_FILE: join(DEPLOY_DIR, 'tls', 'ca.crt'),
     KMJ_SCALER_TLS_CLIENT_CERT_FILE: join(DEPLOY_DIR, 'tls', 'keda.crt'),
     KMJ_SCALER_TLS_CLIENT_KEY_FILE: join(DEPLOY_DIR, 'tls', 'keda.key'),
   });
 
   async function scalerTargets(): Promise<number> {
-    const res = await fetch(`http://${SCALER_ADDRESS.split(':')[0]}:8080/debug/targets`);
+    const res = await fetch(`http://${ip}:8080/debug/targets`);
     return ((await res.json()) as { targets: unknown[] }).targets.length;
   }
 

@@ -16,8 +16,9 @@ export const SCALED_JOB = 'ml-requests';
 export const QUEUE = 'ml-requests';
 /** The node's address on lo: what pods reach the host's services at. */
 export const NODE_IP = '10.250.0.1';
-/** The scaler Service's fixed cluster IP (overlays/local/scaler.yaml). */
-export const SCALER_ADDRESS = '10.96.100.60:6000';
+/** The scaler's Service, by the name the trigger gives (keda/scaledjob.yaml) and its certificate names. */
+export const SCALER_NAME = 'kmj-scaler.kmj.svc';
+export const SCALER_ADDRESS = `${SCALER_NAME}:6000`;
 export const KUBECONFIG = process.env['KMJ_TEST_KUBECONFIG'] ?? join(PACKAGE_ROOT, '.run', 'cluster', 'pki', 'admin.kubeconfig');
 export const DEPLOY_DIR = join(PACKAGE_ROOT, '.run', 'cluster-deploy');
 
@@ -81,6 +82,17 @@ export async function scaledJobStatus(): Promise<ScaledJobStatus> {
 export async function patchScaledJob(spec: Record<string, unknown>): Promise<void> {
   await kubectl(['-n', NAMESPACE, 'patch', 'scaledjob', SCALED_JOB, '--type', 'merge', '-p', JSON.stringify({ spec })]);
 }
+
+/**
+ * The scaler Service's cluster IP. The host has no cluster DNS, but kube-proxy's rules reach a
+ * cluster IP from it; a TLS client checks the certificate against SCALER_NAME.
+ */
+export async function scalerIp(): Promise<string> {
+  return (await kubectl(['-n', NAMESPACE, 'get', 'service', 'kmj-scaler', '-o', 'jsonpath={.spec.clusterIP}'])).trim();
+}
+
+/** gRPC channel options that check the scaler's certificate against its Service name. */
+export const SCALER_TLS_NAME_OPTIONS = { 'grpc.ssl_target_name_override': SCALER_NAME, 'grpc.default_authority': SCALER_NAME } as const;
 
 /** Deletes every worker Job and its pods, and waits until they are gone. */
 export async function deleteWorkerJobs(): Promise<void> {
