@@ -19,6 +19,7 @@ const COMMANDS: ReadonlyMap<string, { run: Command; help: Help; summary: string 
   ['submit', { run: async (a, c) => (await import('./submit-command.ts')).runSubmit(a, c), help: async () => (await import('./submit-command.ts')).SUBMIT_HELP, summary: 'publish requests, and follow one to its outcome' }],
   ['status', { run: async (a, c) => (await import('./status-command.ts')).runStatus(a, c), help: async () => (await import('./status-command.ts')).STATUS_HELP, summary: 'the queue, the scaler, the ScaledJob and the latest MLflow runs, on one screen' }],
   ['replay', { run: async (a, c) => (await import('./replay-command.ts')).runReplay(a, c), help: async () => (await import('./replay-command.ts')).REPLAY_HELP, summary: 'upload the runs spooled while MLflow was out of reach' }],
+  ['setup', { run: async (a, c) => (await import('./setup-command.ts')).runSetup(a, c), help: async () => (await import('./setup-command.ts')).SETUP_HELP, summary: 'make the broker users, the queue and the worker\'s MLflow user of a deployment' }],
   ['demo', { run: async (a, c) => (await import('./demo-command.ts')).runDemo(a, c), help: async () => (await import('./demo-command.ts')).DEMO_HELP, summary: 'show what KEDA sees and does with a local RabbitMQ' }],
 ]);
 

@@ -17,6 +17,7 @@ export interface StringSpec extends BaseSpec {
   readonly pattern?: RegExp;
   /** Says in words what `pattern` allows; used in the error message. */
   readonly patternHint?: string;
+  readonly minLength?: number;
   readonly maxLength?: number;
 }
 
@@ -139,6 +140,10 @@ function parseOne(spec: FieldSpec, raw: string, name: string, problems: string[]
     case 'string': {
       if (spec.maxLength !== undefined && raw.length > spec.maxLength) {
         problems.push(`${name}: must be at most ${spec.maxLength} characters, got ${raw.length}`);
+        return undefined;
+      }
+      if (spec.minLength !== undefined && raw.length < spec.minLength) {
+        problems.push(`${name}: must be at least ${spec.minLength} characters, got ${raw.length}`);
         return undefined;
       }
       if (spec.pattern && !spec.pattern.test(raw)) {
