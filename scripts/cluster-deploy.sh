@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
 # Deploys keda-ml-jobs into the cluster of scripts/cluster.sh the way docs/deploy.md tells a user
-# to, with overlays/local/ for this machine:
-#   1. the project's image, made here and imported (scripts/image.sh import);
-#   2. the broker users kmj-scaler and kmj-worker with the permissions docs/deploy.md gives them,
-#      on the host's RabbitMQ (make services), and the request queue ml-requests;
-#   3. the namespace, then the Secrets: broker URLs, the worker's MLflow user, and the certificates
-#      for mutual TLS between KEDA and the scaler (a CA made here, a server certificate for the
-#      scaler's Service names, a client certificate for KEDA);
-#   4. a Kafka broker for pods (scripts/kafka.sh kafka-cluster 19292 on the node address: Kafka
-#      hands clients the address it advertises, so a forwarder from 127.0.0.1 cannot serve pods);
-#      the scaler's overlay names it as KAFKA_BROKERS;
-#   5. `kubectl apply -k overlays/local/`, then waits until the scaler's pod is Ready and the
-#      ScaledJob reports READY.
+# to, and nothing more: no step on the host's RabbitMQ or MLflow, no manual step.
+#   1. the images, made here and imported (a user pulls them): the project's (scripts/image.sh)
+#      and the stand-ins of RabbitMQ, Postgres and MLflow (scripts/stand-in-images.sh);
+#   2. the namespace, then the Secrets of manifests/secrets.example.yaml with random passwords,
+#      and those for mutual TLS between KEDA and the scaler (a CA made here, a server certificate
+#      for the scaler's Service names, a client certificate for KEDA); the optional kmj-kafka
+#      names a Kafka broker for pods (scripts/kafka.sh kafka-cluster 19292 on the node address:
+#      there is no Kafka in manifests/, and Kafka hands clients the address it advertises);
+#   3. `kubectl apply -k overlays/local/`: RabbitMQ, Postgres and MLflow in the cluster, the
+#      scaler, the ScaledJob, and the setup Job (manifests/setup.yaml: the broker users, the queue,
+#      the worker's MLflow user); waits until the Job is done and the ScaledJob is READY;
+#   4. the sample models, registered in the cluster's MLflow with the real Python client as a user
+#      registers them (scripts/make_test_models.py), described in .run/fixtures-cluster/.
 #
-#   scripts/cluster-deploy.sh            idempotent; prints nothing but progress
-#   scripts/cluster-deploy.sh --delete   deletes the namespace and the broker users
+#   scripts/cluster-deploy.sh            idempotent; prints progress only
+#   scripts/cluster-deploy.sh --delete   deletes the namespace (its volumes go with it) and the
+#                                        pods' Kafka broker
+#   scripts/cluster-deploy.sh --env      prints the host's way to the cluster's services, for eval:
+#                                        KMJ_CLUSTER_RABBITMQ_URL, ..._MANAGEMENT_URL, ..._MLFLOW_URL
+#                                        (Services' cluster IPs, which kube-proxy routes on this host)
 #
 # Passwords and certificates are made once and kept in .run/cluster-deploy/ (mode 0700).
 set -euo pipefail
@@ -23,28 +28,15 @@ source "$(dirname "$0")/lib.sh"
 eval "$("$KMJ_ROOT/scripts/cluster.sh" env)"
 NS=kmj
 NODE_IP=10.250.0.1
-# The pods' Kafka broker: name, port, address (overlays/local/scaler.yaml names it too).
+# The pods' Kafka broker: name, port, address.
 KAFKA_CLUSTER=(kafka-cluster 19292 "$NODE_IP")
 DIR="$KMJ_RUN/cluster-deploy"
-ctl() { "$KMJ_ROOT/scripts/rabbitmq.sh" ctl kmj "$@"; }
 
-# secret_of NAME: a random password made once and kept under $DIR.
+# secret_of NAME: a random password made once and kept under $DIR (hex: nothing to escape in a URL).
 secret_of() {
   local f="$DIR/$1.password"
   [ -s "$f" ] || (umask 077 && openssl rand -hex 16 >"$f")
   cat "$f"
-}
-
-# broker_user NAME CONFIGURE WRITE READ: the user exists with this password and these permissions.
-broker_user() {
-  local user=$1 pw
-  pw=$(secret_of "$user")
-  if ctl list_users --silent 2>/dev/null | awk '{print $1}' | grep -qx "$user"; then
-    ctl change_password "$user" "$pw" >/dev/null
-  else
-    ctl add_user "$user" "$pw" >/dev/null
-  fi
-  ctl set_permissions -p / "$user" "$2" "$3" "$4" >/dev/null
 }
 
 # certs: the CA, the scaler's server certificate and KEDA's client certificate, made once.
@@ -76,49 +68,74 @@ apply_secret() {
   kubectl -n "$NS" create secret generic "$name" "$@" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 }
 
-# declare_queue NAME: the request queue and its dead-letter queue, declared as `kmj submit` and the
-# first worker declare them (rabbitmq/topology.ts), with the worker's own user. A ScaledJob whose
-# queue does not exist is not READY: the scaler answers NOT_FOUND until something declares it.
-declare_queue() {
-  (cd "$KMJ_ROOT" && KMJ_QUEUE_URL="amqp://kmj-worker:$(secret_of kmj-worker)@127.0.0.1:5672/" node --input-type=module -e '
-    import { connect } from "amqplib";
-    const { declareRequestTopology, deadLetterQueueOf } = await import(process.argv[1]);
-    const queue = process.argv[2];
-    const conn = await connect(process.env.KMJ_QUEUE_URL);
-    await declareRequestTopology(conn, queue, { deadLetterQueue: deadLetterQueueOf(queue), maxDeliveries: 5 });
-    await conn.close();
-  ' "$KMJ_ROOT/dist/rabbitmq/topology.js" "$1")
-}
-
-deploy() {
-  "$KMJ_ROOT/scripts/image.sh" import
-  mkdir -p "$DIR"
-  chmod 700 "$DIR"
-  umask 077
-
-  broker_user kmj-scaler '^$' '^$' '^$'
-  broker_user kmj-worker '^ml-requests(\.dead)?$' '^(amq\.default|ml-requests(\.dead)?)$' '^ml-requests(\.dead)?$'
-  declare_queue ml-requests
-  "$KMJ_ROOT/scripts/kafka.sh" start "${KAFKA_CLUSTER[@]}" >&2
-  certs
-
-  kubectl apply -f "$KMJ_ROOT/manifests/namespace.yaml" >/dev/null
+# secrets: those of manifests/secrets.example.yaml, in its shapes, with this deployment's passwords.
+secrets() {
+  local pg
+  pg=$(secret_of kmj-postgres)
+  apply_secret rabbitmq-admin --from-literal=username=admin --from-literal=password="$(secret_of rabbitmq-admin)"
   apply_secret kmj-broker \
-    --from-literal=scaler-url="amqp://kmj-scaler:$(secret_of kmj-scaler)@$NODE_IP:5672/" \
-    --from-literal=worker-url="amqp://kmj-worker:$(secret_of kmj-worker)@$NODE_IP:5672/"
-  # The host's MLflow on port 5000 runs without authentication; the worker still sends these.
+    --from-literal=scaler-url="amqp://kmj-scaler:$(secret_of kmj-scaler)@rabbitmq.$NS.svc:5672/" \
+    --from-literal=worker-url="amqp://kmj-worker:$(secret_of kmj-worker)@rabbitmq.$NS.svc:5672/"
+  apply_secret kmj-postgres --from-literal=password="$pg"
+  apply_secret kmj-mlflow-auth --from-literal=flask-secret-key="$(secret_of mlflow-flask)" --from-literal=basic_auth.ini="[mlflow]
+default_permission = READ
+database_uri = postgresql+psycopg2://mlflow:$pg@postgres.$NS.svc:5432/mlflow_auth
+admin_username = admin
+admin_password = $(secret_of mlflow-admin)
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+"
   apply_secret kmj-mlflow-worker --from-literal=username=kmj-worker --from-literal=password="$(secret_of kmj-mlflow-worker)"
   apply_secret kmj-scaler-tls --from-file=tls.crt="$DIR/tls/scaler.crt" --from-file=tls.key="$DIR/tls/scaler.key" \
     --from-file=ca.crt="$DIR/tls/ca.crt"
   apply_secret kmj-scaler-client-tls --from-file=ca.crt="$DIR/tls/ca.crt" --from-file=tls.crt="$DIR/tls/keda.crt" \
     --from-file=tls.key="$DIR/tls/keda.key"
+  apply_secret kmj-kafka --from-literal=brokers="$NODE_IP:${KAFKA_CLUSTER[1]}"
+}
 
+# service_ip NAME: a Service's cluster IP.
+service_ip() {
+  kubectl -n "$NS" get service "$1" -o jsonpath='{.spec.clusterIP}'
+}
+
+# env_lines: the host's way to the cluster's services, with the administrators' credentials.
+env_lines() {
+  echo "export KMJ_CLUSTER_RABBITMQ_URL=amqp://admin:$(secret_of rabbitmq-admin)@$(service_ip rabbitmq):5672/"
+  echo "export KMJ_CLUSTER_RABBITMQ_MANAGEMENT_URL=http://admin:$(secret_of rabbitmq-admin)@$(service_ip rabbitmq):15672"
+  echo "export KMJ_CLUSTER_MLFLOW_URL=http://$(service_ip mlflow):5000"
+  echo "export KMJ_CLUSTER_MLFLOW_USERNAME=admin"
+  echo "export KMJ_CLUSTER_MLFLOW_PASSWORD=$(secret_of mlflow-admin)"
+}
+
+# wait_rollout KIND/NAME SECONDS
+wait_rollout() {
+  kubectl -n "$NS" rollout status "$1" --timeout="${2}s" >&2 || { kubectl -n "$NS" describe "$1" >&2; die "$1 is not ready"; }
+}
+
+deploy() {
+  "$KMJ_ROOT/scripts/image.sh" import
+  "$KMJ_ROOT/scripts/stand-in-images.sh" import
+  mkdir -p "$DIR"
+  chmod 700 "$DIR"
+  umask 077
+  "$KMJ_ROOT/scripts/kafka.sh" start "${KAFKA_CLUSTER[@]}" >&2
+  certs
+
+  kubectl apply -f "$KMJ_ROOT/manifests/namespace.yaml" >/dev/null
+  secrets
   local existed=""
   kubectl -n "$NS" get deployment kmj-scaler >/dev/null 2>&1 && existed=1
+  # A setup Job that finished is left by kubectl apply as it is: one made again runs again.
+  kubectl -n "$NS" delete job kmj-setup --ignore-not-found >/dev/null
   kubectl apply -k "$KMJ_ROOT/overlays/local" >/dev/null
   # The image was made again under the same tag: a scaler deployed before is restarted to run it.
   [ -z "$existed" ] || kubectl -n "$NS" rollout restart deployment/kmj-scaler >/dev/null
-  kubectl -n "$NS" rollout status deployment/kmj-scaler --timeout=120s >&2
+  wait_rollout statefulset/rabbitmq 300
+  wait_rollout statefulset/postgres 300
+  wait_rollout deployment/mlflow 300
+  wait_rollout deployment/kmj-scaler 120
+  kubectl -n "$NS" wait --for=condition=complete job/kmj-setup --timeout=300s >/dev/null ||
+    { kubectl -n "$NS" logs job/kmj-setup >&2 || true; die "the setup Job did not complete"; }
+  kubectl -n "$NS" logs job/kmj-setup | sed 's/^/[kmj setup] /' >&2
   local i ready=""
   for ((i = 0; i < 150; i++)); do
     ready=$(kubectl -n "$NS" get scaledjob ml-requests -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null || true)
@@ -126,20 +143,38 @@ deploy() {
     sleep 0.2
   done
   [ "$ready" = True ] || { kubectl -n "$NS" describe scaledjob ml-requests >&2; die "ScaledJob ml-requests is not READY"; }
+  models
   say "deployed: kubectl -n $NS get scaledjobs,jobs,pods"
 }
 
+# models: the sample models and datasets in the cluster's MLflow, as a user registers them.
+models() {
+  local log="$KMJ_RUN/fixtures-cluster.log"
+  eval "$(env_lines)"
+  # Registered once per deployment: kept while the cluster's MLflow still has them.
+  if [ -f "$KMJ_RUN/fixtures-cluster/fixtures.json" ] &&
+    curl -fsS -o /dev/null -u "admin:$KMJ_CLUSTER_MLFLOW_PASSWORD" \
+      "$KMJ_CLUSTER_MLFLOW_URL/api/2.0/mlflow/registered-models/get?name=kmj-iris-classifier"; then
+    return 0
+  fi
+  if ! MLFLOW_TRACKING_URI="$KMJ_CLUSTER_MLFLOW_URL" MLFLOW_TRACKING_USERNAME=admin MLFLOW_TRACKING_PASSWORD="$KMJ_CLUSTER_MLFLOW_PASSWORD" \
+    "$KMJ_ROOT/.venv/bin/python" "$KMJ_ROOT/scripts/make_test_models.py" --out "$KMJ_RUN/fixtures-cluster" >"$log" 2>&1; then
+    tail -30 "$log" >&2
+    die "registering the sample models in the cluster's MLflow failed (log: $log)"
+  fi
+  grep -E '^fixtures' "$log" >&2 || true
+}
+
 delete() {
-  kubectl delete namespace "$NS" --ignore-not-found --wait=true >/dev/null
+  kubectl delete namespace "$NS" --ignore-not-found --wait=true --timeout=300s >/dev/null
   "$KMJ_ROOT/scripts/kafka.sh" stop "${KAFKA_CLUSTER[@]}" >&2
-  ctl delete_user kmj-scaler >/dev/null 2>&1 || true
-  ctl delete_user kmj-worker >/dev/null 2>&1 || true
-  rm -rf "$DIR"
-  say "deleted namespace $NS and the broker users"
+  rm -rf "$DIR" "$KMJ_RUN/fixtures-cluster"
+  say "deleted namespace $NS"
 }
 
 case "${1:-}" in
   "") deploy ;;
   --delete) delete ;;
-  *) die "usage: scripts/cluster-deploy.sh [--delete]" ;;
+  --env) env_lines ;;
+  *) die "usage: scripts/cluster-deploy.sh [--delete|--env]" ;;
 esac

@@ -23,8 +23,8 @@
 # state directory. Everything else lives in the state directory, .run/cluster of the checkout.
 #
 # Pods run on the pod network (the namespace kmj enforces Pod Security "restricted", which forbids
-# hostNetwork). RabbitMQ and MLflow stay on the host's 127.0.0.1; forwarders on the node address
-# (KMJ_CLUSTER_FORWARD, default "5672 5000") let pods reach them there.
+# hostNetwork). RabbitMQ, Postgres and MLflow run in the cluster (scripts/cluster-deploy.sh); the
+# host reaches Services at their cluster IPs (kube-proxy's rules, the route above).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -39,7 +39,6 @@ PKI="$STATE/pki"
 LOGS="$STATE/logs"
 PIDS="$STATE/pids"
 HOSTS_MARK="# kmj-cluster"
-FORWARD_PORTS=(${KMJ_CLUSTER_FORWARD:-5672 5000})
 COMPONENTS=(etcd kube-apiserver forward-6443 kube-controller-manager kube-scheduler kube-proxy containerd kubelet)
 # Pods' volumes of the StorageClass local-path (k3s: /var/lib/rancher/k3s/storage).
 LOCAL_STORAGE="$STATE/storage"
@@ -337,10 +336,6 @@ up() {
     --proxy-mode=iptables --cluster-cidr="$POD_CIDR" --bind-address=127.0.0.1 \
     --healthz-bind-address=127.0.0.1:10256 --metrics-bind-address=127.0.0.1:10249 \
     --nodeport-addresses="$NODE_IP/32" --conntrack-max-per-core=0 --profiling=false
-  local port
-  for port in "${FORWARD_PORTS[@]}"; do
-    start "forward-$port" socat "TCP-LISTEN:$port,bind=$NODE_IP,reuseaddr,fork" "TCP:127.0.0.1:$port"
-  done
 
   containerd_config "$bin"
   start containerd containerd --config "$STATE/containerd/config.toml"
@@ -387,8 +382,9 @@ down() {
   stop containerd
   # Shims of our containerd (their -address names our socket) and whatever runs under them.
   pkill -KILL -f "containerd-shim-runc-v2 .*-address $SOCK" 2>/dev/null || true
-  local port
-  for port in "${FORWARD_PORTS[@]}"; do stop "forward-$port"; done
+  # Forwarders an older version started for the host's RabbitMQ and MLflow.
+  stop forward-5672
+  stop forward-5000
   stop kube-proxy
   stop kube-scheduler
   stop kube-controller-manager

@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # The demo through the real cluster (make demo-cluster, after make cluster): the same mix of
-# requests as `kmj demo` (ten that finish, one that cannot), with their datasets in MLflow so that
-# pods can read them, published to the ScaledJob's queue. Real KEDA makes the Jobs and real pods
+# requests as `kmj demo` (ten that finish, one that cannot), with their datasets in the cluster's
+# MLflow so that pods can read them, published to the ScaledJob's queue in the cluster's RabbitMQ
+# (both reached from here by their Services' cluster IPs, as their administrators). Real KEDA makes the Jobs and real pods
 # run them. Each request is followed to its outcome (`kmj submit --wait`), then it shows what a
 # user looks at: `kubectl get scaledjobs,jobs` and `kmj status --scaledjob`.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
 eval "$("$KMJ_ROOT/scripts/cluster.sh" env)"
-fixtures="$KMJ_RUN/fixtures/fixtures.json"
-[ -f "$fixtures" ] || die "no $fixtures: run make cluster (it registers the sample models)"
+fixtures="$KMJ_RUN/fixtures-cluster/fixtures.json"
+[ -f "$fixtures" ] || die "no $fixtures: run make cluster (it registers the sample models in the cluster's MLflow)"
 requests="$KMJ_RUN/demo-cluster-requests.jsonl"
 experiment="kmj-demo-cluster"
 
@@ -32,8 +33,10 @@ node --input-type=module -e '
   process.stdout.write(out.map((o) => JSON.stringify(o)).join("\n") + "\n");
 ' "$fixtures" "$experiment" >"$requests"
 
-export RABBITMQ_URL=${RABBITMQ_URL:-amqp://guest:guest@127.0.0.1:5672}
-export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-http://127.0.0.1:5000}
+eval "$("$KMJ_ROOT/scripts/cluster-deploy.sh" --env)"
+export RABBITMQ_URL=$KMJ_CLUSTER_RABBITMQ_URL RABBITMQ_MANAGEMENT_URL=$KMJ_CLUSTER_RABBITMQ_MANAGEMENT_URL
+export MLFLOW_TRACKING_URI=$KMJ_CLUSTER_MLFLOW_URL MLFLOW_TRACKING_USERNAME=$KMJ_CLUSTER_MLFLOW_USERNAME
+export MLFLOW_TRACKING_PASSWORD=$KMJ_CLUSTER_MLFLOW_PASSWORD
 started=$SECONDS
 say "publishing $(wc -l <"$requests") requests to queue ml-requests; KEDA makes one Job per request"
 node "$KMJ_ROOT/bin/kmj.js" submit --queue ml-requests --file "$requests" >/dev/null

@@ -1,7 +1,12 @@
-// The real thing: a single-node Kubernetes with the real KEDA operator (scripts/cluster.sh), the
-// project's image and manifests deployed as a user deploys them (scripts/cluster-deploy.sh,
-// overlays/local/), KEDA polling our scaler over mutual TLS, and workers running as real pods that
-// write to the host's MLflow. `make test` brings the cluster up and deploys before the tests run.
+// The real thing: a single-node Kubernetes with KEDA installed from its release manifests
+// (scripts/cluster.sh), the project deployed as a user deploys it (scripts/cluster-deploy.sh:
+// overlays/local/, RabbitMQ, Postgres and MLflow from manifests/ in the cluster), KEDA polling our
+// scaler over mutual TLS, and workers running as real pods that take requests from the cluster's
+// RabbitMQ and write to the cluster's MLflow (basic auth on). The test publishes and reads back
+// through the Services' cluster IPs as the administrators. Only the Kafka case uses a service on
+// the host: manifests/ has no Kafka (scripts/cluster-deploy.sh starts a broker on the node
+// address, named to pods by the Secret kmj-kafka). `make test` brings the cluster up and deploys
+// before the tests run.
 //
 // The tests share the one ScaledJob and its queue, so they run one after another.
 import { execFile } from 'node:child_process';
@@ -10,21 +15,19 @@ import { createServer, type Server } from 'node:http';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
-import { connect } from 'amqplib';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { deadLetterQueueOf, declareRequestTopology } from '../../rabbitmq/topology.ts';
+import { deadLetterQueueOf } from '../../rabbitmq/topology.ts';
 import { packageFile } from '../../common/paths.ts';
 import {
   DEPLOY_DIR, KUBECONFIG, NAMESPACE, NODE_IP, QUEUE, SCALED_JOB, SCALER_ADDRESS, SCALER_NAME, SCALER_TLS_NAME_OPTIONS,
-  deleteWorkerJobs, scalerIp, exitCodeOf, kubectl, kubectlJson, patchScaledJob, scaledJobStatus, searchRunsWithPython, until, workerJobs, workerPods,
+  clusterRunsOf as runsOf, clusterServices, deleteWorkerJobs, finished, podRequest, publishAll, purge, rabbit, scalerIp, exitCodeOf, kubectl, kubectlJson, patchScaledJob, scaledJobStatus, searchRunsWithPython, until, workerJobs, workerPods,
   type Job, type Pod,
 } from '../helpers/cluster.ts';
 import { parse as parseYaml } from 'yaml';
-import { RABBITMQ_URL } from '../helpers/env.ts';
 import { KafkaFixture } from '../helpers/kafka.ts';
 import { runKmj } from '../helpers/kmj.ts';
 import { KedaLikeClient } from '../helpers/scaler.ts';
-import { MLFLOW_URL, drain, fixtures, queueState, runsOf, tagsOf, uniqueId } from '../helpers/worker.ts';
+import { drain, fixtures, queueState, tagsOf, uniqueId } from '../helpers/worker.ts';
 
 const run = promisify(execFile);
 const POLL_S = 2;
@@ -32,47 +35,6 @@ const POLL_S = 2;
 const TEST_SETTINGS = ['pollingInterval', 'successfulJobsHistoryLimit', 'failedJobsHistoryLimit', 'maxReplicaCount'] as const;
 let deployedSettings: Record<string, unknown> | undefined;
 const DEAD = deadLetterQueueOf(QUEUE);
-
-/** A valid request that a pod can run: the registry's classifier on the iris CSV stored in MLflow. */
-function podRequest(experiment: string, overrides: Record<string, unknown> = {}): Record<string, unknown> & { requestId: string } {
-  const f = fixtures();
-  return {
-    version: 1,
-    requestId: uniqueId('req'),
-    model: `models:/${f.models['classifier']?.name}@${f.models['classifier']?.alias}`,
-    dataset: { uri: f.datasets.runsCsvUri },
-    experiment,
-    labelColumn: f.label,
-    ...overrides,
-  } as Record<string, unknown> & { requestId: string };
-}
-
-async function publishAll(bodies: readonly unknown[]): Promise<void> {
-  const conn = await connect(RABBITMQ_URL);
-  try {
-    const ch = await conn.createConfirmChannel();
-    for (const b of bodies) {
-      ch.sendToQueue(QUEUE, Buffer.from(typeof b === 'string' ? b : JSON.stringify(b)), { persistent: true, contentType: 'application/json' });
-    }
-    await ch.waitForConfirms();
-  } finally {
-    await conn.close();
-  }
-}
-
-async function purge(queue: string): Promise<void> {
-  const conn = await connect(RABBITMQ_URL);
-  try {
-    const ch = await conn.createChannel();
-    await ch.purgeQueue(queue);
-  } finally {
-    await conn.close();
-  }
-}
-
-function finished(job: Job): boolean {
-  return (job.status.succeeded ?? 0) + (job.status.failed ?? 0) > 0;
-}
 
 /** Samples the Jobs (of the RabbitMQ ScaledJob, or what `jobs` lists) for `ms`: the largest number seen. */
 async function maxJobsDuring(ms: number, jobs: () => Promise<Job[]> = workerJobs): Promise<number> {
@@ -90,7 +52,7 @@ async function maxJobsDuring(ms: number, jobs: () => Promise<Job[]> = workerJobs
  * row every `rowMs`, to later ones at once. A pod reaches it like any http(s) dataset.
  */
 async function datasetServer(slowFor: number, rowMs: number): Promise<{ url: string; requests: () => number; close: () => Promise<void> }> {
-  const csv = readFileSync(fixtures().datasets.csv, 'utf8');
+  const csv = readFileSync(fixtures('fixtures-cluster').datasets.csv, 'utf8');
   const [header, ...rows] = csv.trimEnd().split('\n');
   let count = 0;
   const server: Server = createServer((_req, res) => {
@@ -126,13 +88,7 @@ async function datasetServer(slowFor: number, rowMs: number): Promise<{ url: str
 }
 
 beforeAll(async () => {
-  // The worker declares the queue too; declaring it here first lets KEDA poll it before any worker.
-  const conn = await connect(RABBITMQ_URL);
-  try {
-    await declareRequestTopology(conn, QUEUE, { deadLetterQueue: DEAD, maxDeliveries: 5 });
-  } finally {
-    await conn.close();
-  }
+  // The queue and its dead-letter queue are the setup Job's (manifests/setup.yaml).
   // Test settings on top of the overlay: a fast poll, and every Job kept so that all can be counted.
   // What was deployed is put back afterwards.
   const deployed = await kubectlJson<{ spec: Record<string, unknown> }>(['-n', NAMESPACE, 'get', 'scaledjob', SCALED_JOB]);
@@ -169,7 +125,7 @@ describe('KEDA runs our ScaledJob against our scaler', () => {
     await until('no Job still running', workerJobs, (jobs) => jobs.length > 0 && jobs.every(finished), 120_000, 1000);
     await until('no worker pod running', workerPods, (pods) => pods.every((p) => p.status.phase !== 'Running' && p.status.phase !== 'Pending'), 60_000, 1000);
     await until('ScaledJob not ACTIVE', scaledJobStatus, (s) => s.active === 'False', 30_000, 500);
-    expect(await queueState(QUEUE)).toEqual({ messages: 0, consumers: 0 });
+    expect(await queueState(QUEUE, rabbit())).toEqual({ messages: 0, consumers: 0 });
 
     // Read back with the Python client: 20 FINISHED runs, one per request.
     const runs = await searchRunsWithPython(experiment);
@@ -191,14 +147,14 @@ describe('KEDA runs our ScaledJob against our scaler', () => {
     await publishAll([{ version: 1, requestId, model: 'models:/kmj-iris-classifier/1', experiment: uniqueId('cluster-bad') }]);
     const pods = await until('the worker pod to exit', workerPods, (p) => p.length === 1 && exitCodeOf(p[0]!) !== undefined, 120_000, 500);
     expect(exitCodeOf(pods[0]!)).toBe(10);
-    const dead = await until('the dead letter', () => queueState(DEAD), (s) => s.messages === 1, 30_000);
+    const dead = await until('the dead letter', () => queueState(DEAD, rabbit()), (s) => s.messages === 1, 30_000);
     expect(dead.messages).toBe(1);
     expect(await maxJobsDuring(3 * POLL_S * 1000 + 1500)).toBe(1);
-    const [letter] = await drain(DEAD);
+    const [letter] = await drain(DEAD, rabbit());
     expect(JSON.parse(letter!.content.toString()).requestId).toBe(requestId);
     expect(String(letter!.properties.headers?.['x-kmj-dead-letter-field'])).toBe('dataset');
     expect(String(letter!.properties.headers?.['x-kmj-dead-letter-reason'])).toMatch(/dataset/);
-    expect(await queueState(QUEUE)).toEqual({ messages: 0, consumers: 0 });
+    expect(await queueState(QUEUE, rabbit())).toEqual({ messages: 0, consumers: 0 });
   }, 240_000);
 
   it('a worker pod deleted mid-run (SIGTERM, grace period): the request is requeued, a new Job finishes it, exactly one FINISHED run', async () => {
@@ -222,7 +178,7 @@ describe('KEDA runs our ScaledJob against our scaler', () => {
       expect(Number(tagsOf(done)['kmj.delivery_attempt'])).toBe(2);
       const python = await searchRunsWithPython(experiment);
       expect(python.filter((r) => r.status === 'FINISHED')).toHaveLength(1);
-      expect(await queueState(QUEUE)).toEqual({ messages: 0, consumers: 0 });
+      expect(await queueState(QUEUE, rabbit())).toEqual({ messages: 0, consumers: 0 });
       expect((await workerJobs()).length).toBe(2);
     } finally {
       await data.close();
@@ -300,8 +256,11 @@ describe('kmj status --scaledjob, against the real cluster', () => {
   });
   const statusEnv = (): Record<string, string> => ({
     KUBECONFIG,
-    RABBITMQ_URL,
-    MLFLOW_TRACKING_URI: MLFLOW_URL,
+    RABBITMQ_URL: clusterServices().rabbitmqUrl,
+    RABBITMQ_MANAGEMENT_URL: clusterServices().managementUrl,
+    MLFLOW_TRACKING_URI: clusterServices().mlflowUrl,
+    MLFLOW_TRACKING_USERNAME: clusterServices().mlflowAdmin.username,
+    MLFLOW_TRACKING_PASSWORD: clusterServices().mlflowAdmin.password,
     KMJ_SCALER_ADDRESS: `${ip}:6000`,
     KMJ_SCALER_TLS_SERVER_NAME: SCALER_NAME,
     KMJ_SCALER_METRICS_URL: `http://${ip}:8080`,
@@ -432,8 +391,8 @@ describe('KEDA runs the Kafka ScaledJob (keda/scaledjob-kafka.yaml) against our 
   beforeAll(async () => {
     kafka = new KafkaFixture(KAFKA);
     // keda/scaledjob-kafka.yaml as a user applies it, with what overlays/local changes for this
-    // machine taken from the deployed RabbitMQ ScaledJob (image, node selector, scaler address,
-    // mutual TLS, MLflow), and the test's timings; each trial sets its topic and group.
+    // machine taken from the deployed RabbitMQ ScaledJob (image, pull policy, node selector,
+    // mutual TLS), and the test's timings; each trial sets its topic and group.
     const live = await kubectlJson<Doc>(['-n', NAMESPACE, 'get', 'scaledjob', SCALED_JOB]);
     doc = parseYaml(readFileSync(packageFile('keda', 'scaledjob-kafka.yaml'), 'utf8')) as Doc;
     const liveTrigger = live.spec.triggers[0];
@@ -454,7 +413,6 @@ describe('KEDA runs the Kafka ScaledJob (keda/scaledjob-kafka.yaml) against our 
       else container.env.push({ name, value });
     };
     set('KAFKA_BROKERS', KAFKA);
-    set('MLFLOW_TRACKING_URI', liveContainer.env.find((e) => e.name === 'MLFLOW_TRACKING_URI')?.value ?? '');
     set('KMJ_WORKER_KAFKA_SESSION_TIMEOUT_MS', '6s');
     set('KMJ_WORKER_IDLE_TIMEOUT_MS', '10s');
     // A group that exists before any worker, committed at the start of each partition (as

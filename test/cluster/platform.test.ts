@@ -49,12 +49,13 @@ async function runPod(pod: Record<string, unknown>): Promise<string> {
 }
 
 describe('the cluster as k3s gives it', () => {
-  it('cluster DNS: a pod resolves the scaler\'s Service, the apiserver\'s and the node\'s name', async () => {
-    const names = [SCALER_NAME, 'kubernetes.default.svc.cluster.local', 'kmj-node'];
+  it('cluster DNS: a pod resolves the Services of manifests/ (the scaler, RabbitMQ, MLflow), the apiserver\'s and the node\'s name', async () => {
+    const services = ['kmj-scaler', 'rabbitmq', 'mlflow'];
+    const names = [SCALER_NAME, 'rabbitmq.kmj.svc', 'mlflow.kmj.svc', 'kubernetes.default.svc.cluster.local', 'kmj-node'];
     const script = `const dns = require('node:dns').promises; Promise.all(${JSON.stringify(names)}.map((n) => dns.lookup(n).then((a) => n + ' ' + a.address))).then((l) => console.log(l.join('\\n')))`;
     const log = await runPod(nodePod(`dns-${randomUUID().slice(0, 8)}`, script));
-    const scalerIp = (await kubectl(['-n', NAMESPACE, 'get', 'service', 'kmj-scaler', '-o', 'jsonpath={.spec.clusterIP}'])).trim();
-    expect(log.trim().split('\n')).toEqual([`${SCALER_NAME} ${scalerIp}`, 'kubernetes.default.svc.cluster.local 10.96.0.1', 'kmj-node 10.250.0.1']);
+    const ips = await Promise.all(services.map(async (s) => (await kubectl(['-n', NAMESPACE, 'get', 'service', s, '-o', 'jsonpath={.spec.clusterIP}'])).trim()));
+    expect(log.trim().split('\n')).toEqual([...names.slice(0, 3).map((n, i) => `${n} ${ips[i]}`), 'kubernetes.default.svc.cluster.local 10.96.0.1', 'kmj-node 10.250.0.1']);
   }, 180_000);
 
   it('storage: a claim of the default class binds when a pod uses it, as a local volume the pod\'s fsGroup owns', async () => {

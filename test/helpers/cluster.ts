@@ -3,11 +3,12 @@
  * scripts/cluster-deploy.sh (overlays/local/): kubectl as a user runs it, and what the cluster
  * tests read back (Jobs, pods, the ScaledJob's conditions, runs through the Python client).
  */
-import { execFile } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { PACKAGE_ROOT } from '../../common/paths.ts';
-import { MLFLOW_URL } from './worker.ts';
+import { PACKAGE_ROOT, packageFile } from '../../common/paths.ts';
+import { connect } from 'amqplib';
+import { fixtures, pythonMlflowEnv, runsOf, uniqueId, type MlflowAuth, type MlflowCredentials, type RestRun } from './worker.ts';
 
 const run = promisify(execFile);
 
@@ -47,6 +48,11 @@ export interface Pod {
     phase: string;
     containerStatuses?: Array<{ name: string; state: { running?: object; terminated?: { exitCode: number; reason?: string }; waiting?: { reason?: string } } }>;
   };
+}
+
+/** A Job that has ended, either way. */
+export function finished(job: Job): boolean {
+  return (job.status.succeeded ?? 0) + (job.status.failed ?? 0) > 0;
 }
 
 /** The worker Jobs of the ScaledJob (KEDA labels them scaledjob.keda.sh/name). */
@@ -117,15 +123,98 @@ export async function until<T>(what: string, fn: () => Promise<T>, ok: (v: T) =>
   throw new Error(`${what}: not reached in ${timeoutMs} ms; last: ${JSON.stringify(last)}${lastErr ? `; last error: ${(lastErr as Error).message}` : ''}`);
 }
 
+/**
+ * The cluster's RabbitMQ and MLflow (manifests/, deployed by scripts/cluster-deploy.sh) as the host
+ * reaches them: by their Services' cluster IPs, which kube-proxy routes here (the host has no
+ * cluster DNS), signed in as their administrators.
+ */
+export interface ClusterServices {
+  readonly rabbitmqUrl: string;
+  readonly managementUrl: string;
+  readonly mlflowUrl: string;
+  readonly mlflowAdmin: MlflowCredentials;
+}
+
+let services: ClusterServices | undefined;
+
+/** What `scripts/cluster-deploy.sh --env` prints; read once, or again with `fresh` (after a new deployment). */
+export function clusterServices(fresh = false): ClusterServices {
+  if (services && !fresh) return services;
+  const out = execFileSync('bash', [packageFile('scripts', 'cluster-deploy.sh'), '--env'], { encoding: 'utf8', env: { ...process.env, KUBECONFIG }, timeout: 60_000 });
+  const vars = new Map<string, string>();
+  for (const m of out.matchAll(/^export (\w+)=(.*)$/gm)) vars.set(m[1] ?? '', m[2] ?? '');
+  const need = (k: string): string => {
+    const v = vars.get(k);
+    if (!v) throw new Error(`scripts/cluster-deploy.sh --env printed no ${k}`);
+    return v;
+  };
+  services = {
+    rabbitmqUrl: need('KMJ_CLUSTER_RABBITMQ_URL'),
+    managementUrl: need('KMJ_CLUSTER_RABBITMQ_MANAGEMENT_URL'),
+    mlflowUrl: need('KMJ_CLUSTER_MLFLOW_URL'),
+    mlflowAdmin: { username: need('KMJ_CLUSTER_MLFLOW_USERNAME'), password: need('KMJ_CLUSTER_MLFLOW_PASSWORD') },
+  };
+  return services;
+}
+
+/** The runs of an experiment in the cluster's MLflow, read over REST as its administrator. */
+export async function clusterRunsOf(experiment: string): Promise<RestRun[]> {
+  const s = clusterServices();
+  return runsOf(experiment, s.mlflowUrl, s.mlflowAdmin);
+}
+
+/** The cluster's RabbitMQ, as its administrator. */
+export const rabbit = (): string => clusterServices().rabbitmqUrl;
+
+/** A valid request that a pod can run: the registry's classifier on the iris CSV stored in the cluster's MLflow. */
+export function podRequest(experiment: string, overrides: Record<string, unknown> = {}): Record<string, unknown> & { requestId: string } {
+  const f = fixtures('fixtures-cluster');
+  return {
+    version: 1,
+    requestId: uniqueId('req'),
+    model: `models:/${f.models['classifier']?.name}@${f.models['classifier']?.alias}`,
+    dataset: { uri: f.datasets.runsCsvUri },
+    experiment,
+    labelColumn: f.label,
+    ...overrides,
+  } as Record<string, unknown> & { requestId: string };
+}
+
+export async function publishAll(bodies: readonly unknown[]): Promise<void> {
+  const conn = await connect(rabbit());
+  try {
+    const ch = await conn.createConfirmChannel();
+    for (const b of bodies) {
+      ch.sendToQueue(QUEUE, Buffer.from(typeof b === 'string' ? b : JSON.stringify(b)), { persistent: true, contentType: 'application/json' });
+    }
+    await ch.waitForConfirms();
+  } finally {
+    await conn.close();
+  }
+}
+
+export async function purge(queue: string): Promise<void> {
+  const conn = await connect(rabbit());
+  try {
+    const ch = await conn.createChannel();
+    await ch.purgeQueue(queue);
+  } finally {
+    await conn.close();
+  }
+}
+
 export interface PythonSearchedRun {
   run_id: string;
   status: string;
   tags: Record<string, string>;
 }
 
-/** Every run of an experiment as the real Python client finds it (MlflowClient.search_runs). */
-export async function searchRunsWithPython(experiment: string, base = MLFLOW_URL): Promise<PythonSearchedRun[]> {
-  const env = { PATH: process.env['PATH'] ?? '', HOME: process.env['HOME'] ?? '/tmp', MLFLOW_TRACKING_URI: base };
+/**
+ * Every run of an experiment as the real Python client finds it (MlflowClient.search_runs): by
+ * default in the cluster's MLflow, through its Service, as its administrator.
+ */
+export async function searchRunsWithPython(experiment: string, base?: string, auth?: MlflowAuth): Promise<PythonSearchedRun[]> {
+  const env = base === undefined ? pythonMlflowEnv(clusterServices().mlflowUrl, clusterServices().mlflowAdmin) : pythonMlflowEnv(base, auth);
   const { stdout } = await run(join(PACKAGE_ROOT, '.venv', 'bin', 'python'), [join(PACKAGE_ROOT, 'test', 'python', 'search_runs.py'), experiment], { env, maxBuffer: 16 * 1024 * 1024 });
   return JSON.parse(stdout) as PythonSearchedRun[];
 }

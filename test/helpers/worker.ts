@@ -21,6 +21,20 @@ export const MLFLOW_AUTH_URL = process.env['KMJ_TEST_MLFLOW_AUTH_URL'] ?? 'http:
 export const MLFLOW_AUTH_USER = 'admin';
 export const MLFLOW_AUTH_PASSWORD = process.env['KMJ_MLFLOW_ADMIN_PASSWORD'] ?? 'kmj-test-admin-pw';
 
+/** A basic-auth user of an MLflow server. */
+export interface MlflowCredentials {
+  readonly username: string;
+  readonly password: string;
+}
+
+/** How a helper signs in to MLflow: not at all, as the auth server's administrator (true), or as a given user. */
+export type MlflowAuth = boolean | MlflowCredentials;
+
+function credentialsOf(auth: MlflowAuth): MlflowCredentials | undefined {
+  if (auth === false) return undefined;
+  return auth === true ? { username: MLFLOW_AUTH_USER, password: MLFLOW_AUTH_PASSWORD } : auth;
+}
+
 export interface Fixtures {
   readonly features: string[];
   readonly label: string;
@@ -41,7 +55,8 @@ export interface Fixtures {
   readonly dir: string;
 }
 
-export function fixtures(which: 'fixtures' | 'fixtures-auth' = 'fixtures'): Fixtures {
+/** The sample models: of the main MLflow server, of the auth server, or of the cluster's MLflow (scripts/cluster-deploy.sh). */
+export function fixtures(which: 'fixtures' | 'fixtures-auth' | 'fixtures-cluster' = 'fixtures'): Fixtures {
   const dir = join(PACKAGE_ROOT, '.run', which);
   const f = JSON.parse(readFileSync(join(dir, 'fixtures.json'), 'utf8')) as Omit<Fixtures, 'dir'>;
   return { ...f, dir, bigDataset: f.bigDataset ?? {} };
@@ -94,8 +109,8 @@ export interface QueueState {
   readonly consumers: number;
 }
 
-export async function queueState(queue: string): Promise<QueueState> {
-  const conn = await connect(RABBITMQ_URL);
+export async function queueState(queue: string, url = RABBITMQ_URL): Promise<QueueState> {
+  const conn = await connect(url);
   try {
     const ch = await conn.createChannel();
     const ok = await ch.checkQueue(queue);
@@ -106,8 +121,8 @@ export async function queueState(queue: string): Promise<QueueState> {
 }
 
 /** Takes every message off a queue (acknowledging them) and returns them. */
-export async function drain(queue: string): Promise<ConsumeMessage[]> {
-  const conn = await connect(RABBITMQ_URL);
+export async function drain(queue: string, url = RABBITMQ_URL): Promise<ConsumeMessage[]> {
+  const conn = await connect(url);
   const out: ConsumeMessage[] = [];
   try {
     const ch = await conn.createChannel();
@@ -211,9 +226,10 @@ export async function waitForLog(w: WorkerProcess, msg: string, timeoutMs = 20_0
   }
 }
 
-async function mlflowApi<T>(base: string, path: string, init: { method: string; body?: unknown; auth?: boolean }): Promise<T> {
+async function mlflowApi<T>(base: string, path: string, init: { method: string; body?: unknown; auth?: MlflowAuth }): Promise<T> {
   const headers: Record<string, string> = { 'content-type': 'application/json' };
-  if (init.auth) headers['authorization'] = `Basic ${Buffer.from(`${MLFLOW_AUTH_USER}:${MLFLOW_AUTH_PASSWORD}`).toString('base64')}`;
+  const user = credentialsOf(init.auth ?? false);
+  if (user) headers['authorization'] = `Basic ${Buffer.from(`${user.username}:${user.password}`).toString('base64')}`;
   const res = await fetch(`${base}/api/2.0/mlflow/${path}`, { method: init.method, headers, ...(init.body !== undefined ? { body: JSON.stringify(init.body) } : {}) });
   const text = await res.text();
   if (!res.ok) throw new Error(`MLflow ${path}: HTTP ${res.status} ${text.slice(0, 300)}`);
@@ -226,7 +242,7 @@ export interface RestRun {
 }
 
 /** Every run (deleted ones excluded) of an experiment, by name; [] when the experiment does not exist. */
-export async function runsOf(experiment: string, base = MLFLOW_URL, auth = false): Promise<RestRun[]> {
+export async function runsOf(experiment: string, base = MLFLOW_URL, auth: MlflowAuth = false): Promise<RestRun[]> {
   let id: string;
   try {
     id = (await mlflowApi<{ experiment: { experiment_id: string } }>(base, `experiments/get-by-name?experiment_name=${encodeURIComponent(experiment)}`, { method: 'GET', auth })).experiment.experiment_id;
@@ -255,11 +271,18 @@ export interface PythonRun {
 }
 
 /** The run as the real Python client reads it (mlflow.get_run, mlflow.artifacts.download_artifacts). */
-export async function readRunWithPython(runId: string, base = MLFLOW_URL, auth = false): Promise<PythonRun> {
-  const env: Record<string, string> = { PATH: process.env['PATH'] ?? '', HOME: process.env['HOME'] ?? '/tmp', MLFLOW_TRACKING_URI: base };
-  if (auth) Object.assign(env, { MLFLOW_TRACKING_USERNAME: MLFLOW_AUTH_USER, MLFLOW_TRACKING_PASSWORD: MLFLOW_AUTH_PASSWORD });
+export async function readRunWithPython(runId: string, base = MLFLOW_URL, auth: MlflowAuth = false): Promise<PythonRun> {
+  const env = pythonMlflowEnv(base, auth);
   const { stdout } = await run(join(PACKAGE_ROOT, '.venv', 'bin', 'python'), [join(PACKAGE_ROOT, 'test', 'python', 'read_run.py'), runId], { env, maxBuffer: 64 * 1024 * 1024 });
   return JSON.parse(stdout) as PythonRun;
+}
+
+/** The environment of the Python MLflow client for `base`, signed in as `auth` says. */
+export function pythonMlflowEnv(base: string, auth: MlflowAuth = false): Record<string, string> {
+  const env: Record<string, string> = { PATH: process.env['PATH'] ?? '', HOME: process.env['HOME'] ?? '/tmp', MLFLOW_TRACKING_URI: base };
+  const user = credentialsOf(auth);
+  if (user) Object.assign(env, { MLFLOW_TRACKING_USERNAME: user.username, MLFLOW_TRACKING_PASSWORD: user.password });
+  return env;
 }
 
 /** Parses a predictions CSV artifact into rows of strings keyed by header. */

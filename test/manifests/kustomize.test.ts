@@ -1,6 +1,9 @@
 // What `kubectl apply -k manifests/` applies, rendered by the real kubectl's kustomize, as
 // docs/deploy.md tells users to run it: every object, and the hardening each workload promises.
 import { execFile } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
@@ -85,36 +88,59 @@ describe('kubectl apply -k manifests/', () => {
 });
 
 describe('kubectl apply -k overlays/local/ (this machine)', () => {
-  it('keeps the scaler, the ScaledJob and the TriggerAuthentication of manifests/ and keda/, and leaves out the in-cluster RabbitMQ, Postgres and MLflow', async () => {
-    const objects = await kustomize('overlays/local');
-    expect(objects.map((o) => `${o.kind}/${o.metadata.name}`).sort()).toEqual([
-      'Deployment/kmj-scaler', 'Namespace/kmj', 'ScaledJob/ml-requests', 'Service/kmj-scaler', 'ServiceAccount/kmj-scaler',
-      'TriggerAuthentication/kmj-scaler-tls',
-    ]);
+  /** manifests/ with the mutual-TLS component, as a user on a Pi would apply it: what the overlay starts from. */
+  async function baseWithMtls(): Promise<K8sObject[]> {
+    const dir = mkdtempSync(join(tmpdir(), 'kmj-kustomize-'));
+    try {
+      writeFileSync(join(dir, 'kustomization.yaml'), `apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [${JSON.stringify(packageFile('manifests'))}]\ncomponents: [${JSON.stringify(packageFile('overlays', 'mtls'))}]\n`);
+      const { stdout } = await run('kubectl', ['kustomize', dir], { maxBuffer: 16 * 1024 * 1024 });
+      return parseAllDocuments(stdout).map((d) => d.toJSON() as K8sObject);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }
+
+  /** The images of a rendering, by where they are: [object, container, image]. */
+  function containersOf(objects: K8sObject[]): Array<[string, Container & { imagePullPolicy?: string }]> {
+    return objects.flatMap((o) => {
+      const pod = podSpecOf(o);
+      return pod ? [...pod.containers, ...(pod.initContainers ?? [])].map((c) => [`${o.kind}/${o.metadata.name} ${c.name}`, c] as [string, Container]) : [];
+    });
+  }
+
+  it('is manifests/ with mutual TLS, RabbitMQ, Postgres and MLflow included, changing only image names, pull policy and the arch selector', async () => {
+    const [base, local] = await Promise.all([baseWithMtls(), kustomize('overlays/local')]);
+    expect(local.map((o) => `${o.kind}/${o.metadata.name}`)).toEqual(base.map((o) => `${o.kind}/${o.metadata.name}`));
+    // Every image is the same image, renamed to kmj.local/<its last path element>, never pulled.
+    const baseImages = new Map(containersOf(base).map(([at, c]) => [at, c.image]));
+    for (const [at, c] of containersOf(local)) {
+      const was = baseImages.get(at) ?? '';
+      expect(c.image, at).toBe(`kmj.local/${was.split('/').pop()}`);
+      expect(c.imagePullPolicy, at).toBe('Never');
+    }
+    // Put those three back, and nothing else differs.
+    const undone = structuredClone(local);
+    for (const o of undone) {
+      const pod = podSpecOf(o) as (PodSpec & { nodeSelector?: Record<string, string> }) | undefined;
+      if (!pod) continue;
+      expect(pod.nodeSelector, `${o.kind}/${o.metadata.name}`).toEqual({ 'kubernetes.io/arch': 'amd64' });
+      pod.nodeSelector = { 'kubernetes.io/arch': 'arm64' };
+      for (const c of [...pod.containers, ...(pod.initContainers ?? [])] as Array<Container & { imagePullPolicy?: string }>) {
+        c.image = baseImages.get(`${o.kind}/${o.metadata.name} ${c.name}`) ?? c.image;
+        delete c.imagePullPolicy;
+      }
+    }
+    expect(undone).toEqual(base);
   });
 
-  it('changes only the image, its pull policy, the arch selector and the addresses; the hardening stays; mutual TLS is on', async () => {
-    const [base, local] = await Promise.all([kustomize('manifests'), kustomize('overlays/local')]);
-    const find = (list: K8sObject[], kind: string, name: string) => list.find((o) => o.kind === kind && o.metadata.name === name) as K8sObject;
-    for (const [kind, name] of [['Deployment', 'kmj-scaler'], ['ScaledJob', 'ml-requests']] as const) {
-      const pod = podSpecOf(find(local, kind, name)) as PodSpec & { nodeSelector?: Record<string, string> };
-      const basePod = podSpecOf(find(base, kind, name)) as PodSpec;
-      const c = pod.containers[0] as Container & { imagePullPolicy?: string };
-      expect(c.image).toBe(`kmj.local/keda-ml-jobs:${basePod.containers[0]?.image.split(':').pop()}`);
-      expect(c.imagePullPolicy).toBe('Never');
-      expect(pod.nodeSelector).toEqual({ 'kubernetes.io/arch': 'amd64' });
-      expect(c.securityContext).toEqual(basePod.containers[0]?.securityContext);
-      expect(c.resources).toEqual(basePod.containers[0]?.resources);
-      expect(pod.securityContext).toMatchObject(basePod.securityContext ?? {});
-    }
-    const sj = find(local, 'ScaledJob', 'ml-requests').spec as { triggers: Array<{ metadata: Record<string, string>; authenticationRef?: { name: string } }> };
-    // Cluster DNS: the trigger reaches the scaler by the Service name keda/scaledjob.yaml gives.
-    const baseSj = find(base, 'ScaledJob', 'ml-requests').spec as typeof sj;
-    expect(sj.triggers[0]?.metadata['scalerAddress']).toBe(baseSj.triggers[0]?.metadata['scalerAddress']);
+  it('reaches the scaler by the Service name keda/scaledjob.yaml gives, over mutual TLS', async () => {
+    const local = await kustomize('overlays/local');
+    const find = (kind: string, name: string) => local.find((o) => o.kind === kind && o.metadata.name === name) as K8sObject;
+    const sj = find('ScaledJob', 'ml-requests').spec as { triggers: Array<{ metadata: Record<string, string>; authenticationRef?: { name: string } }> };
     expect(sj.triggers[0]?.metadata['scalerAddress']).toBe('kmj-scaler.kmj.svc:6000');
     expect(sj.triggers[0]?.authenticationRef).toEqual({ name: 'kmj-scaler-tls' });
-    expect((find(local, 'Service', 'kmj-scaler').spec as { clusterIP?: string }).clusterIP).toBeUndefined();
-    const scaler = podSpecOf(find(local, 'Deployment', 'kmj-scaler')) as PodSpec & { containers: Array<Container & { env?: Array<{ name: string }> }> };
+    expect((find('Service', 'kmj-scaler').spec as { clusterIP?: string }).clusterIP).toBeUndefined();
+    const scaler = podSpecOf(find('Deployment', 'kmj-scaler')) as PodSpec & { containers: Array<Container & { env?: Array<{ name: string }> }> };
     expect(scaler.containers[0]?.env?.map((e) => e.name)).toEqual(expect.arrayContaining(['KMJ_SCALER_TLS_CERT_FILE', 'KMJ_SCALER_TLS_KEY_FILE', 'KMJ_SCALER_TLS_CLIENT_CA_FILE']));
   });
 });
