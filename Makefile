@@ -92,7 +92,10 @@ bench-worker: build services
 # KEDA's ScaledJob strategies side by side in the real cluster: our trigger, the built-in RabbitMQ
 # trigger with accurate and with default (docs/benchmarks.md).
 bench-keda: cluster
-	eval "$$(scripts/cluster.sh env)" && node bench/keda-bench.ts
+	eval "$$(scripts/cluster.sh env)" && eval "$$(scripts/cluster-deploy.sh --env)" && \
+	  RABBITMQ_URL=$$KMJ_CLUSTER_RABBITMQ_URL MLFLOW_TRACKING_URI=$$KMJ_CLUSTER_MLFLOW_URL \
+	  MLFLOW_TRACKING_USERNAME=$$KMJ_CLUSTER_MLFLOW_USERNAME MLFLOW_TRACKING_PASSWORD=$$KMJ_CLUSTER_MLFLOW_PASSWORD \
+	  node bench/keda-bench.ts
 
 clean:
 	rm -rf dist .run

@@ -30,7 +30,9 @@
  * Environment: BENCH_KEDA_REPEATS (3), BENCH_KEDA_CAPS (10,100), BENCH_KEDA_SETUPS (all three),
  * BENCH_KEDA_FIRST (30), BENCH_KEDA_SECOND (10), BENCH_KEDA_GAP_MS (5000), BENCH_KEDA_DELAY_S
  * (1-8), BENCH_KEDA_LATENCY_RUNS (10), BENCH_KEDA_RUN_TIMEOUT_S (420). KUBECONFIG names the
- * cluster (make bench-keda sets it). Figures also go to .run/bench-keda.json.
+ * cluster, RABBITMQ_URL and MLFLOW_TRACKING_URI/_USERNAME/_PASSWORD the cluster's RabbitMQ and
+ * MLflow as their administrators (make bench-keda sets them all from scripts/cluster-deploy.sh
+ * --env). Figures also go to .run/bench-keda.json.
  */
 import { execFile } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
@@ -53,7 +55,8 @@ const execFileP = promisify(execFile);
 const env = process.env;
 const NS = 'kmj';
 const DEPLOYED = 'ml-requests';
-const RABBITMQ_URL = env['RABBITMQ_URL'] ?? 'amqp://guest:guest@127.0.0.1:5672';
+/** The cluster's RabbitMQ as its administrator (make bench-keda: scripts/cluster-deploy.sh --env). */
+const RABBITMQ_URL = env['RABBITMQ_URL'] ?? '';
 const REPEATS = Number(env['BENCH_KEDA_REPEATS'] ?? 3);
 const CAPS = (env['BENCH_KEDA_CAPS'] ?? '10,100').split(',').map(Number);
 const FIRST = Number(env['BENCH_KEDA_FIRST'] ?? 30);
@@ -111,8 +114,9 @@ async function kubectl(args: readonly string[], input?: string): Promise<string>
 }
 
 /** rabbitmqctl against the host's broker (scripts/rabbitmq.sh started it). */
+/** rabbitmqctl in the cluster's RabbitMQ pod. */
 async function rabbitmqctl(args: readonly string[]): Promise<void> {
-  await execFileP(join(PACKAGE_ROOT, 'scripts', 'rabbitmq.sh'), ['ctl', 'kmj', ...args], { timeout: 60_000 });
+  await kubectl(['-n', NS, 'exec', 'rabbitmq-0', '--', 'rabbitmqctl', ...args]);
 }
 
 interface Fixtures {
@@ -122,7 +126,7 @@ interface Fixtures {
 }
 
 function fixtures(): Fixtures {
-  return JSON.parse(readFileSync(join(PACKAGE_ROOT, '.run', 'fixtures', 'fixtures.json'), 'utf8')) as Fixtures;
+  return JSON.parse(readFileSync(join(PACKAGE_ROOT, '.run', 'fixtures-cluster', 'fixtures.json'), 'utf8')) as Fixtures;
 }
 
 /** What the watches saw of one run's Jobs and pods, with this process's clock. */
@@ -219,8 +223,10 @@ class Bench {
   #seq = 0;
 
   constructor() {
-    const tracking = mlflowFromEnv('bench-keda', { MLFLOW_TRACKING_URI: 'http://127.0.0.1:5000', ...env }, createLogger({ name: 'bench-keda', level: 'warn' }));
+    // The cluster's MLflow, as its administrator (make bench-keda sets MLFLOW_TRACKING_*).
+    const tracking = mlflowFromEnv('bench-keda', env, createLogger({ name: 'bench-keda', level: 'warn' }));
     if (!tracking) throw new Error('MLFLOW_TRACKING_URI: not set');
+    if (!RABBITMQ_URL) throw new Error('RABBITMQ_URL: not set');
     this.tracking = tracking;
   }
 

@@ -3,7 +3,7 @@
 import { execFile } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, relative } from 'node:path';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
@@ -46,6 +46,7 @@ describe('kubectl apply -k manifests/', () => {
     expect(names).toEqual([
       'ConfigMap/postgres-init', 'ConfigMap/rabbitmq-config',
       'Deployment/kmj-scaler', 'Deployment/mlflow',
+      'Job/kmj-setup',
       'Namespace/kmj',
       'PersistentVolumeClaim/mlflow-artifacts',
       'ScaledJob/ml-requests',
@@ -92,7 +93,7 @@ describe('kubectl apply -k overlays/local/ (this machine)', () => {
   async function baseWithMtls(): Promise<K8sObject[]> {
     const dir = mkdtempSync(join(tmpdir(), 'kmj-kustomize-'));
     try {
-      writeFileSync(join(dir, 'kustomization.yaml'), `apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [${JSON.stringify(packageFile('manifests'))}]\ncomponents: [${JSON.stringify(packageFile('overlays', 'mtls'))}]\n`);
+      writeFileSync(join(dir, 'kustomization.yaml'), `apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [${JSON.stringify(relative(dir, packageFile('manifests')))}]\ncomponents: [${JSON.stringify(relative(dir, packageFile('overlays', 'mtls')))}]\n`);
       const { stdout } = await run('kubectl', ['kustomize', dir], { maxBuffer: 16 * 1024 * 1024 });
       return parseAllDocuments(stdout).map((d) => d.toJSON() as K8sObject);
     } finally {
