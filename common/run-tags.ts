@@ -17,6 +17,12 @@ export const RUN_TAG = {
   modelKind: 'kmj.model_kind',
   /** `hit` or `miss`: whether the model came from the pod's cache. */
   modelCache: 'kmj.model_cache',
+  /**
+   * `refused` when MLflow would not let the run's metrics and inputs name the logged model that
+   * ran (its auth wants EDIT on the experiment the model was logged in): they were logged
+   * without that link. Absent when linked, or when the model is no logged model.
+   */
+  modelLink: 'kmj.model_link',
   /** The queue the request came from. */
   queue: 'kmj.queue',
   /** Which delivery of the message made the run (1 for the first). */

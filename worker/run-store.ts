@@ -231,13 +231,33 @@ export class MlflowRunStore implements RunStore {
     // The start's log-batch has long landed by now, as a rule; a failure of it stops here.
     await this.#startLogged;
     // Metrics, the dataset input and the artifact are independent; FINISHED comes after all three.
+    const modelId = results.modelId;
+    const refused: KeyValue = { key: RUN_TAG.modelLink, value: 'refused' };
     await Promise.all([
-      t.logBatch(run.run_id, { metrics: results.metrics, tags: results.tags }, signal),
-      t.logInputs(run.run_id, [results.input], signal, results.modelId !== undefined ? [results.modelId] : []),
+      this.#linkedIfAllowed(modelId, (linked) =>
+        t.logBatch(run.run_id, linked ? { metrics: results.metrics, tags: results.tags } : { metrics: results.metrics.map(unlinked), tags: [...results.tags, ...(modelId !== undefined ? [refused] : [])] }, signal)),
+      this.#linkedIfAllowed(modelId, (linked) => t.logInputs(run.run_id, [results.input], signal, linked && modelId !== undefined ? [modelId] : [])),
       t.uploadArtifact(run.artifact_uri, results.artifact.path, results.artifact.file, results.artifact.contentType, signal),
     ]);
     this.#log.debug('results logged');
     await t.updateRun(run.run_id, 'FINISHED', results.endTime, signal);
+  }
+
+  /**
+   * A call that names the logged model that ran (`linked`), made again without it when MLflow
+   * refuses it: MLflow 3.17's auth lets a run name a logged model only with EDIT on the
+   * experiment the model was logged in, which a worker that may read the registry need not have.
+   * The results land either way; the run says `kmj.model_link=refused` (docs/deploy.md).
+   */
+  async #linkedIfAllowed(modelId: string | undefined, call: (linked: boolean) => Promise<void>): Promise<void> {
+    if (modelId === undefined) return call(false);
+    try {
+      await call(true);
+    } catch (err) {
+      if (!(err instanceof MlflowHttpError) || err.status !== 403) throw err;
+      this.#log.warn({ modelId }, "MLflow refused to link the run to the logged model that ran (the worker's user needs EDIT on the model's experiment); logging without the link");
+      await call(false);
+    }
   }
 
   async fail(status: 'FAILED' | 'KILLED', error: string, outcome: 'dead-lettered' | 'requeued', log: Logger, signal: AbortSignal): Promise<void> {
@@ -255,4 +275,10 @@ export class MlflowRunStore implements RunStore {
       if (r.status === 'rejected') log.warn({ err: r.reason as unknown, runId, status }, 'could not mark the run');
     }
   }
+}
+
+/** A metric without the logged model it was about. */
+function unlinked(metric: Metric): Metric {
+  const { model_id: _model, ...rest } = metric;
+  return rest;
 }

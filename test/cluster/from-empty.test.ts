@@ -101,6 +101,10 @@ describe('from an empty namespace: the Secrets and kubectl apply -k overlays/loc
     const jobs = await workerJobs();
     expect(jobs.map((j) => j.status.succeeded)).toEqual([1, 1, 1, 1]);
     expect(new Set(runs.map((r) => r.tags['kmj.pod']))).toEqual(new Set((await workerPods()).map((p) => p.metadata.name)));
+    // The worker's MLflow user reads the registry with MLflow's default READ: MLflow refuses it
+    // the link from the run to the logged model (EDIT on the model's experiment), and the run
+    // says so.
+    expect(runs.map((r) => r.tags['kmj.model_link'])).toEqual(Array(4).fill('refused'));
     // The artifacts went through MLflow's proxy onto its volume, and come back from there.
     const s = clusterServices();
     const py = await readRunWithPython(runs[0]?.run_id ?? '', s.mlflowUrl, s.mlflowAdmin);

@@ -42,7 +42,7 @@ async function open(archive: string): Promise<Image> {
   const files = new Set(listing.stdout.split('\n').map((f) => f.replace(/^\.?\//, '').replace(/\/$/, '')).filter((f) => f !== ''));
   const env = new Map((config.Env ?? []).map((e) => [e.slice(0, e.indexOf('=')), e.slice(e.indexOf('=') + 1)] as [string, string]));
   const text = async (path: string): Promise<string> =>
-    (await run('bash', ['-c', 'tar -xOf "$1" "$2" | tar -xOf - "./$3"', 'read', archive, layer, path], { maxBuffer: 64 * 1024 * 1024 })).stdout;
+    (await run('bash', ['-c', 'tar -xOf "$1" "$2" | tar -xOf - "$3"', 'read', archive, layer, path], { maxBuffer: 64 * 1024 * 1024 })).stdout;
   return { tag: manifest.RepoTags[0] ?? '', config, env, files, text };
 }
 
@@ -120,7 +120,7 @@ describe('the stand-in images honour the contracts their manifests write down', 
     expect(m.config.Entrypoint?.map((p) => p.split('/').pop())).toEqual(JSON.parse(/^ENTRYPOINT (.+)$/m.exec(dockerfile)?.[1] ?? '[]'));
     expect(onPath(m, 'mlflow')).toBe(m.config.Entrypoint?.[0]?.replace(/\/mlflow$/, ''));
     expect((await passwdOf(m, '1000'))?.slice(0, 3)).toEqual(['mlflow', '1000', '1000']);
-    const pins = [...dockerfile.matchAll(/"([A-Za-z0-9_.-]+)(?:\[[a-z,]+\])?==([^"]+)"/g)].map((x) => [x[1] ?? '', x[2] ?? '']);
+    const pins = [...dockerfile.matchAll(/"([A-Za-z0-9_.-]+)(?:\[[a-z,]+\])?==([^"]+)"/g)].map((x): [string, string] => [x[1] ?? '', x[2] ?? '']);
     expect(pins.map(([n]) => n)).toEqual(['mlflow', 'psycopg2-binary']);
     for (const [name, version] of pins) {
       const dist = `${name.replace(/-/g, '_')}-${version}.dist-info`;

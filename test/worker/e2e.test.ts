@@ -17,6 +17,7 @@ import {
   runWorker,
   runsOf,
   tagsOf,
+  uniqueId,
 } from '../helpers/worker.ts';
 
 const f = fixtures();
@@ -264,5 +265,38 @@ describe('MLflow with basic auth', () => {
     const py = await readRunWithPython(run?.info.run_id ?? '', MLFLOW_AUTH_URL, true);
     expect(py.metrics['rows']).toBe(150);
     expect(parseCsv(py.artifacts['predictions/predictions.csv'] ?? '').map((p) => Number(p['output_label']))).toEqual((model?.expected['output_label'] ?? []) as number[]);
+  });
+
+  /** A request run by a worker user of its own (not the admin), as manifests/setup.yaml makes it. */
+  async function asWorkerUser(onModelExperiment: 'READ' | 'EDIT'): Promise<{ tags: Record<string, string>; py: Awaited<ReturnType<typeof readRunWithPython>> }> {
+    const auth = fixtures('fixtures-auth');
+    const model = auth.models['classifier'];
+    const admin = { 'content-type': 'application/json', authorization: `Basic ${Buffer.from(`${MLFLOW_AUTH_USER}:${MLFLOW_AUTH_PASSWORD}`).toString('base64')}` };
+    const api = async (path: string, body: unknown, version = '2.0'): Promise<void> => {
+      const res = await fetch(`${MLFLOW_AUTH_URL}/api/${version}/mlflow/${path}`, { method: 'POST', headers: admin, body: JSON.stringify(body) });
+      expect(res.status, `${path}: ${await res.text()}`).toBe(200);
+    };
+    const user = { username: uniqueId('kmj-worker'), password: 'a-worker-password-of-24' };
+    await api('users/create', user);
+    // A grant on the model's experiment. (READ there, manifests/' default, cannot be shown on this
+    // server, whose default permission is EDIT: the cluster's runs show it, test/cluster/from-empty.test.ts.)
+    const source = await fetch(`${MLFLOW_AUTH_URL}/api/2.0/mlflow/runs/get?run_id=${model?.runId}`, { headers: admin });
+    const experimentId = ((await source.json()) as { run: { info: { experiment_id: string } } }).run.info.experiment_id;
+    await api('users/permissions/grant', { username: user.username, resource_type: 'experiment', resource_id: experimentId, permission: onModelExperiment }, '3.0');
+    const queue = await requestQueue();
+    const req = request({ model: `models:/${model?.name}@${model?.alias ?? 'champion'}`, dataset: { uri: auth.datasets.csv } });
+    await publish(queue, req);
+    const result = await runWorker(queue, { MLFLOW_TRACKING_URI: MLFLOW_AUTH_URL, MLFLOW_TRACKING_USERNAME: user.username, MLFLOW_TRACKING_PASSWORD: user.password, KMJ_DATASET_ROOTS: auth.dir });
+    expect(result.code, result.stderr).toBe(0);
+    const [run] = await runsOf(req.experiment, MLFLOW_AUTH_URL, true);
+    expect(run?.info.status).toBe('FINISHED');
+    return { tags: tagsOf(run!), py: await readRunWithPython(run?.info.run_id ?? '', MLFLOW_AUTH_URL, true) };
+  }
+
+  it('a worker user with EDIT on the model\'s experiment links the run to the logged model that ran', async () => {
+    const { tags, py } = await asWorkerUser('EDIT');
+    expect(tags['kmj.model_link']).toBeUndefined();
+    expect(py.metrics['rows']).toBe(150);
+    expect(py.model_inputs.map((m) => m.model_id)).toHaveLength(1);
   });
 });
