@@ -13,7 +13,7 @@ export PATH := $(NODE_BIN):$(CURDIR)/node_modules/.bin:$(PATH)
 
 STAMP := .run/stamps
 
-.PHONY: help deps build typecheck services cluster cluster-down test demo demo-cluster bench-scaler bench-kafka bench-worker bench-keda clean
+.PHONY: help deps build typecheck services cluster-up cluster cluster-down test demo demo-cluster bench-scaler bench-kafka bench-worker bench-keda clean
 
 help:
 	@echo "make demo          RabbitMQ, MLflow, the scaler and workers on this machine, one Job per request"
@@ -23,6 +23,7 @@ help:
 	@echo "make bench-worker  the worker beside a Python worker: cold start, throughput, memory"
 	@echo "make bench-keda    our trigger beside KEDA's built-in RabbitMQ trigger, in the real cluster (~30 min)"
 	@echo "make cluster       a real single-node Kubernetes + KEDA here, with the project deployed (docs/deploy.md)"
+	@echo "make cluster-up    the same cluster with the images imported, nothing deployed"
 	@echo "make cluster-down  stop it and undo its host changes"
 	@echo "make demo-cluster  the demo's requests through that cluster: real KEDA, real pods, runs in MLflow"
 	@echo "make build         compile TypeScript into dist/"
@@ -57,8 +58,14 @@ services:
 
 # A real single-node Kubernetes with the real KEDA operator (binaries built once per machine, ~20 min
 # cold), the project's image imported and its manifests applied through overlays/local/.
-cluster: build services
+# The cluster with the images imported, nothing deployed: make test's cluster suite deploys from
+# empty itself (test/cluster/from-empty.test.ts).
+cluster-up: build services
 	scripts/cluster.sh up
+	scripts/image.sh import
+	scripts/stand-in-images.sh import
+
+cluster: cluster-up
 	scripts/cluster-deploy.sh
 
 cluster-down:
@@ -67,7 +74,7 @@ cluster-down:
 demo-cluster: cluster
 	scripts/demo-cluster.sh
 
-test: build typecheck services cluster
+test: build typecheck services cluster-up
 	node scripts/run-tests.mjs
 
 # The demo needs RabbitMQ, the main MLflow server and the sample models; not the auth server.
