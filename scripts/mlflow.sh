@@ -65,7 +65,9 @@ INI
       auth_env=(MLFLOW_AUTH_CONFIG_PATH="$base/basic_auth.ini" MLFLOW_FLASK_SERVER_SECRET_KEY="$(cat "$base/secret_key")")
     fi
     say "starting MLflow \"$name\" on 127.0.0.1:$port (auth: $auth, backend $base/mlflow.db)"
-    env "${auth_env[@]}" \
+    # MLflow 3's job execution (GenAI scorers, trace rollups), unused here, starts seven huey
+    # consumers of about 230 MB each beside the server: off, as in manifests/mlflow.yaml.
+    env "${auth_env[@]}" MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false \
       nohup "$venv/bin/mlflow" server \
         "${app_args[@]}" \
         --backend-store-uri "sqlite:///$base/mlflow.db" \
