@@ -69,7 +69,15 @@ export async function commitAsMember(kafka: Kafka, group: string, topic: string,
     // autoCommit off and a handler that does nothing: the only commit is the one below.
     await consumer.run({ autoCommit: false, eachMessage: async () => undefined });
     await joined;
+    // kafkajs returns without an error, and without committing, when its consumer stopped running
+    // in between (a rebalance as the group forms): the commit counts only when it was sent.
+    let sent = false;
+    const off = consumer.on(consumer.events.COMMIT_OFFSETS, (e) => {
+      if (e.payload.topics.some((t) => t.topic === topic)) sent = true;
+    });
     await consumer.commitOffsets(offsets.map((o) => ({ topic, partition: o.partition, offset: o.offset })));
+    off();
+    if (!sent) throw new Error(`the offsets of group ${group} on topic ${topic} were not committed: the member left the group first; try again`);
   } finally {
     await member.close();
   }

@@ -213,8 +213,9 @@ describe('KEDA runs our ScaledJob against our scaler', () => {
       }
       expect(looks).toBeGreaterThan(0);
       await until('4 FINISHED runs', () => runsOf(experiment), (r) => r.filter((x) => x.info.status === 'FINISHED').length === 4, 240_000, 1000);
-      const jobs = await workerJobs();
-      expect(jobs).toHaveLength(4);
+      // A Job is marked succeeded a moment after its run FINISHED (the worker acks, exits, the
+      // kubelet and the Job controller report it).
+      const jobs = await until('the 4 Jobs ended', workerJobs, (js) => js.length === 4 && js.every(finished), 120_000, 500);
       expect(before.every((n) => jobs.some((j) => j.metadata.name === n && j.status.succeeded === 1))).toBe(true);
     } finally {
       await data.close();

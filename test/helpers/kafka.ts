@@ -77,9 +77,25 @@ export class KafkaFixture {
   }
 
   /** Commits `offsets` (partition → next offset to read) for `group`, as a consumer's commit leaves them. */
+  /**
+   * Commits as a member of the group, then reads the offsets back: a commit that did not land
+   * (commitAsMember says so, or the group shows other offsets) is made again, up to three times.
+   */
   async commit(group: string, topic: string, offsets: Record<number, number>): Promise<void> {
     this.#groups.add(group);
-    await commitAsMember(this.kafka, group, topic, Object.entries(offsets).map(([p, o]) => ({ partition: Number(p), offset: String(o) })));
+    const wanted = Object.entries(offsets).map(([p, o]) => ({ partition: Number(p), offset: String(o) }));
+    let seen: Record<number, number> = {};
+    for (let attempt = 1; attempt <= 3; attempt++) {
+      try {
+        await commitAsMember(this.kafka, group, topic, wanted);
+      } catch (err) {
+        if (attempt === 3) throw err;
+        continue;
+      }
+      seen = await this.committed(group, topic);
+      if (wanted.every((w) => seen[w.partition] === Number(w.offset))) return;
+    }
+    throw new Error(`group ${group} on ${topic}: committed ${JSON.stringify(seen)} after three commits of ${JSON.stringify(offsets)}`);
   }
 
   /** The group's committed offset per partition of `topic` (-1: none). */
