@@ -150,7 +150,7 @@ describe('RabbitMQ, Postgres and MLflow deleted one at a time while requests are
     };
     const firstRuns: string[] = [];
     for (const target of targets) {
-      await send(6);
+      await send(4);
       // In flight: taken by worker pods that are running.
       await until(`workers running before ${target.name} goes`, workerPods, (pods) => pods.filter((p) => p.status.phase === 'Running').length >= 2, 120_000, 250);
       const [before] = await readyPods(target.selector);
@@ -170,7 +170,7 @@ describe('RabbitMQ, Postgres and MLflow deleted one at a time while requests are
     }
     await until('no Job still running', workerJobs, (jobs) => jobs.every(finished), 180_000, 1000);
     const counts = await finishedByRequest(experiment);
-    expect(published).toHaveLength(22);
+    expect(published).toHaveLength(16);
     expect(published.filter((id) => counts.get(id) !== 1)).toEqual([]);
     expect([...counts.keys()].filter((id) => !published.includes(id))).toEqual([]);
     expect(await queueState(QUEUE, rabbit())).toEqual({ messages: 0, consumers: 0 });

@@ -362,15 +362,17 @@ describe('KEDA runs the Kafka ScaledJob (keda/scaledjob-kafka.yaml) against our 
   const KAFKA = `${NODE_IP}:19292`;
   const NAME = 'ml-requests-kafka';
   /** Trials in one run: the livelock this case once hit showed in one run of several. */
-  const TRIALS = Number(process.env['KMJ_TEST_KAFKA_TRIALS'] ?? 10);
+  const TRIALS = Number(process.env['KMJ_TEST_KAFKA_TRIALS'] ?? 4);
   /**
    * A trial not drained in this long has a stranded record. The bound (docs/kafka.md): a record
    * first in its partition starts within P + R + J + h + 2w of its arrival (KEDA's polling, the
    * scaler's refresh, Job to joined worker, the heartbeat, the fetch wait); here the second record
-   * of a partition waits for the first: 2 × (2 + 0.5 + 10 + 2 + 1 s) plus two runs of at most 10 s
-   * each on this machine, rounded up to 60 s.
+   * of a partition waits for the first: 2 × (2 + 0.5 + 10 + 2 + 1 s) plus two runs, which take up
+   * to 20 s each on this machine now that the cluster's own MLflow, Postgres and RabbitMQ share
+   * its two cores (docs/kafka.md: 44.5 s worst of ten trials), rounded up to 90 s. A stranded
+   * record waits minutes.
    */
-  const STRANDED_MS = 60_000;
+  const STRANDED_MS = 90_000;
   type Env = { name: string; value?: string };
   type Container = { image: string; imagePullPolicy?: string; args: string[]; env: Env[] };
   type Doc = {
