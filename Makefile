@@ -59,7 +59,7 @@ services:
 # A real single-node Kubernetes with the real KEDA operator (binaries built once per machine, ~20 min
 # cold), the project's image imported and its manifests applied through overlays/local/.
 # The cluster with the images imported, nothing deployed: make test's cluster suite deploys from
-# empty itself (test/cluster/from-empty.test.ts).
+# empty itself (test/cluster/from-empty.cases.ts).
 cluster-up: build services
 	scripts/cluster.sh up
 	scripts/image.sh import

@@ -2,14 +2,14 @@ import { BaseSequencer, type TestSpecification } from 'vitest/node';
 import { defineConfig } from 'vitest/config';
 
 /**
- * The order vitest picks (slowest or largest first), except that the cluster's deployment from
- * empty (test/cluster/from-empty.test.ts) runs before every other cluster file: it deploys the
- * stack they use (make test brings the cluster up without deploying).
+ * The order vitest picks (slowest or largest first), except that the cluster suite
+ * (test/cluster/cluster.test.ts, the longest file by far) starts first: it then takes one worker
+ * while the host's files share the other.
  */
-class FromEmptyFirst extends BaseSequencer {
+class ClusterFirst extends BaseSequencer {
   override async sort(files: TestSpecification[]): Promise<TestSpecification[]> {
     const sorted = await super.sort(files);
-    const first = (s: TestSpecification): number => (s.moduleId.endsWith('/test/cluster/from-empty.test.ts') ? 0 : 1);
+    const first = (s: TestSpecification): number => (s.project.name === 'cluster' ? 0 : 1);
     return [...sorted].sort((a, b) => first(a) - first(b));
   }
 }
@@ -22,17 +22,17 @@ export default defineConfig({
     pool: 'forks',
     // Tests talk to real services; two cores, so two files at a time.
     maxWorkers: 2,
-    sequence: { sequencer: FromEmptyFirst },
+    sequence: { sequencer: ClusterFirst },
     projects: [
       {
         extends: true,
         test: { name: 'host', include: ['test/**/*.test.ts'], exclude: ['test/cluster/**'] },
       },
       {
-        // The cluster's files share one deployment, which test/cluster/from-empty.test.ts deletes
-        // and makes again: one file at a time, that one first.
+        // One file whose parts share one deployment and run in order (test/cluster/cluster.test.ts).
+        // No fileParallelism: false here: vitest would run such a project only after all others.
         extends: true,
-        test: { name: 'cluster', include: ['test/cluster/**/*.test.ts'], fileParallelism: false },
+        test: { name: 'cluster', include: ['test/cluster/**/*.test.ts'] },
       },
     ],
   },

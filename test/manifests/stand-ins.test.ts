@@ -3,7 +3,7 @@
 // environment, the version and the commands the manifests' probes run. Read from the very archives
 // the cluster imports (the config and the layer's file list), not from the script. What the
 // entrypoints do on a first start is shown by the cluster suite, which deploys from empty
-// (test/cluster/from-empty.test.ts).
+// (test/cluster/from-empty.cases.ts).
 import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { promisify } from 'node:util';

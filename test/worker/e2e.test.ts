@@ -279,7 +279,7 @@ describe('MLflow with basic auth', () => {
     const user = { username: uniqueId('kmj-worker'), password: 'a-worker-password-of-24' };
     await api('users/create', user);
     // A grant on the model's experiment. (READ there, manifests/' default, cannot be shown on this
-    // server, whose default permission is EDIT: the cluster's runs show it, test/cluster/from-empty.test.ts.)
+    // server, whose default permission is EDIT: the cluster's runs show it, test/cluster/from-empty.cases.ts.)
     const source = await fetch(`${MLFLOW_AUTH_URL}/api/2.0/mlflow/runs/get?run_id=${model?.runId}`, { headers: admin });
     const experimentId = ((await source.json()) as { run: { info: { experiment_id: string } } }).run.info.experiment_id;
     await api('users/permissions/grant', { username: user.username, resource_type: 'experiment', resource_id: experimentId, permission: onModelExperiment }, '3.0');

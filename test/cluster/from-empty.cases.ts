@@ -8,8 +8,8 @@
 // through its Service. Then RabbitMQ, Postgres and MLflow are deleted one at a time while requests
 // are in flight.
 //
-// The cluster's files run one at a time (vitest.config.ts), and this one leaves the deployment as
-// it made it, so the others find it deployed whichever runs first.
+// test/cluster/cluster.test.ts runs this part first, and it leaves the deployment as it made it
+// for the parts after it.
 import { execFile } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
