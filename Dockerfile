@@ -5,7 +5,10 @@
 # Pin the base image by digest in your registry mirror once you have pulled it.
 ARG NODE_VERSION=24.21.0
 
-FROM node:${NODE_VERSION}-bookworm-slim AS build
+# The build stage runs on the build machine's own platform and stages the target's binaries
+# (scripts/stage-app.sh takes TARGETARCH), so nothing is emulated while building.
+FROM --platform=$BUILDPLATFORM node:${NODE_VERSION}-bookworm-slim AS build
+ARG TARGETARCH
 # onnxruntime-node's install script downloads CUDA libraries on x64; the CPU binaries for linux
 # x64 and arm64 are in the npm tarball, so its script is skipped (package.json denies it too).
 ENV ONNXRUNTIME_NODE_INSTALL=skip
@@ -17,7 +20,7 @@ COPY . .
 # image without Docker, stages it the same way.
 RUN npx tsc -p tsconfig.json \
  && node scripts/build-validators.mjs \
- && scripts/stage-app.sh /stage
+ && scripts/stage-app.sh /stage "$TARGETARCH"
 
 FROM node:${NODE_VERSION}-bookworm-slim
 ENV NODE_ENV=production \

@@ -29,6 +29,11 @@ export const RUN_TAG = {
   deliveryAttempt: 'kmj.delivery_attempt',
   batchRows: 'kmj.batch_rows',
   workerVersion: 'kmj.worker_version',
+  /**
+   * The machine the worker ran on, as the kernel names it (`os.machine()`: `aarch64` on a
+   * Raspberry Pi 5, `x86_64`): on a mixed cluster, which kind of node made the run.
+   */
+  machine: 'kmj.machine',
   /** The pod and node that ran it (KUBERNETES_POD_NAME, KUBERNETES_NODE_NAME). */
   pod: 'kmj.pod',
   node: 'kmj.node',

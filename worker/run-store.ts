@@ -7,6 +7,7 @@
  * whose run is FINISHED is acknowledged without running again; an unfinished one (RUNNING after a
  * crash, FAILED after a requeue, KILLED after SIGTERM) is resumed, never duplicated.
  */
+import { machine } from 'node:os';
 import { raceAbort, sleep } from '../common/abort.ts';
 import type { Logger } from '../common/log.ts';
 import { displayUrl } from '../common/redact.ts';
@@ -88,6 +89,7 @@ export function runTags(req: InferenceRequest, config: WorkerConfig, delivery: D
     { key: RUN_TAG.modelUri, value: req.model },
     { key: RUN_TAG.queue, value: delivery.queue },
     { key: RUN_TAG.workerVersion, value: workerVersion },
+    { key: RUN_TAG.machine, value: machine() },
   ];
   if (config.podName !== undefined) tags.push({ key: RUN_TAG.pod, value: config.podName });
   if (config.nodeName !== undefined) tags.push({ key: RUN_TAG.node, value: config.nodeName });

@@ -36,6 +36,11 @@ export interface KmjOptions {
   /** The whole environment besides PATH (and HOME, unless given). */
   readonly env?: Record<string, string>;
   readonly cwd?: string;
+  /**
+   * The command that runs `kmj`, the arguments following it: this checkout's bin/kmj.js under the
+   * test's Node by default (test/helpers/image.ts runs an image's own Node and kmj under emulation).
+   */
+  readonly command?: readonly string[];
 }
 
 /**
@@ -43,7 +48,8 @@ export interface KmjOptions {
  * environment is PATH, HOME and `options.env` only.
  */
 export function startKmj(args: readonly string[], options: KmjOptions = {}, cleanups?: Cleanups): KmjProcess {
-  const child = spawn(process.execPath, [KMJ, ...args], {
+  const [file = process.execPath, ...prefix] = options.command ?? [process.execPath, KMJ];
+  const child = spawn(file, [...prefix, ...args], {
     env: { PATH: process.env['PATH'] ?? '', HOME: process.env['HOME'] ?? '/tmp', ...options.env },
     stdio: ['ignore', 'pipe', 'pipe'],
     ...(options.cwd !== undefined ? { cwd: options.cwd } : {}),

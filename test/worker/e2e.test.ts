@@ -1,6 +1,7 @@
 // The real `kmj worker` process against a real RabbitMQ and a real MLflow server, with models made
 // and registered by the real Python client. Runs are read back through the Python client too.
 import { readFileSync } from 'node:fs';
+import { machine } from 'node:os';
 import { describe, expect, it } from 'vitest';
 import {
   drain,
@@ -72,6 +73,9 @@ describe('a request end to end', () => {
       'kmj.batch_rows': '16384',
       'kmj.queue': queue,
       'kmj.delivery_attempt': '1',
+      // The machine the worker ran on, as the kernel names it (x86_64 here; aarch64 on a Pi 5:
+      // test/image/arm64-worker.test.ts).
+      'kmj.machine': machine(),
       team: 'vision',
     });
     expect(run.tags['mlflow.user']).toMatch(/.+/);
