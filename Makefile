@@ -13,7 +13,7 @@ export PATH := $(NODE_BIN):$(CURDIR)/node_modules/.bin:$(PATH)
 
 STAMP := .run/stamps
 
-.PHONY: help deps build typecheck services cluster-up cluster cluster-down test demo demo-cluster bench-scaler bench-kafka bench-worker bench-keda clean
+.PHONY: help deps build typecheck services image cluster-up cluster cluster-down test demo demo-cluster bench-scaler bench-kafka bench-worker bench-keda clean
 
 help:
 	@echo "make demo          RabbitMQ, MLflow, the scaler and workers on this machine, one Job per request"
@@ -27,6 +27,7 @@ help:
 	@echo "make cluster-down  stop it and undo its host changes"
 	@echo "make demo-cluster  the demo's requests through that cluster: real KEDA, real pods, runs in MLflow"
 	@echo "make build         compile TypeScript into dist/"
+	@echo "make image         the project image for linux/amd64 and linux/arm64, an OCI archive, with its sizes"
 
 # --ignore-scripts: the only install scripts (onnxruntime-node, protobufjs) are denied anyway, and
 # `prepare` would compile what `build` compiles next.
@@ -74,8 +75,16 @@ cluster-down:
 demo-cluster: cluster
 	scripts/demo-cluster.sh
 
+# The image's tests (test/image/) run the arm64 image under Debian's qemu-aarch64-static,
+# fetched once per machine (not installed).
 test: build typecheck services cluster-up
+	scripts/arch-deps.sh qemu >/dev/null
 	node scripts/run-tests.mjs
+
+# The project image for linux/amd64 and linux/arm64 as an OCI archive
+# (.run/images/keda-ml-jobs.oci.tar, docs/deploy.md), with each architecture's size.
+image: build
+	scripts/image.sh sizes
 
 # The demo needs RabbitMQ, the main MLflow server and the sample models; not the auth server.
 demo: build
