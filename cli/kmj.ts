@@ -20,6 +20,7 @@ const COMMANDS: ReadonlyMap<string, { run: Command; help: Help; summary: string 
   ['status', { run: async (a, c) => (await import('./status-command.ts')).runStatus(a, c), help: async () => (await import('./status-command.ts')).STATUS_HELP, summary: 'the queue, the scaler, the ScaledJob and the latest MLflow runs, on one screen' }],
   ['replay', { run: async (a, c) => (await import('./replay-command.ts')).runReplay(a, c), help: async () => (await import('./replay-command.ts')).REPLAY_HELP, summary: 'upload the runs spooled while MLflow was out of reach' }],
   ['setup', { run: async (a, c) => (await import('./setup-command.ts')).runSetup(a, c), help: async () => (await import('./setup-command.ts')).SETUP_HELP, summary: 'make the broker users, the queue and the worker\'s MLflow user of a deployment' }],
+  ['doctor', { run: async (a, c) => (await import('./doctor-command.ts')).runDoctor(a, c), help: async () => (await import('./doctor-command.ts')).DOCTOR_HELP, summary: 'check a node before the first request: arch, page size, memory cgroup, onnxruntime, broker, MLflow, KEDA' }],
   ['demo', { run: async (a, c) => (await import('./demo-command.ts')).runDemo(a, c), help: async () => (await import('./demo-command.ts')).DEMO_HELP, summary: 'show what KEDA sees and does with a local RabbitMQ' }],
 ]);
 

@@ -259,3 +259,15 @@ export function formatAge(seconds: number): string {
   if (seconds < 48 * 3600) return `${Math.floor(seconds / 3600)}h${Math.floor((seconds % 3600) / 60)}m`;
   return `${Math.floor(seconds / 86400)}d`;
 }
+
+/**
+ * The resources KEDA's API group serves (keda.sh/v1alpha1: scaledjobs, triggerauthentications…),
+ * read through API discovery, which every authenticated user may read (`kmj doctor` runs it with
+ * a worker pod's own service account). NotFoundError when KEDA's CRDs are not installed.
+ */
+export async function kedaResources(target: KubeTarget, timeoutMs = 8000): Promise<{ resources: string[]; server: string }> {
+  const { kc } = loadKubeConfig(target);
+  const custom = kc.makeApiClient(CustomObjectsApi);
+  const list = await ask('the keda.sh/v1alpha1 API', custom.getAPIResources({ group: 'keda.sh', version: 'v1alpha1' }), timeoutMs);
+  return { resources: list.resources.map((r) => r.name).filter((n) => !n.includes('/')).sort(), server: kc.getCurrentCluster()?.server ?? '?' };
+}

@@ -215,36 +215,37 @@ function mlflowUnreachable(err: unknown): boolean {
 }
 
 /**
- * Resolves, fetches (or finds in the cache) and loads the model. `online` false: MLflow is out of
- * reach, so only a model already in the local cache, or a local directory, will do.
+ * Resolves, fetches (or finds in the cache) and loads the model a request names (its URI).
+ * `online` false: MLflow is out of reach, so only a model already in the local cache, or a local
+ * directory, will do. `kmj doctor --model` runs it too (worker/doctor.ts).
  */
-async function loadModel(req: InferenceRequest, deps: PipelineDeps, online: boolean, signal: AbortSignal): Promise<{ model: OnnxModel; resolved: ResolvedModel; cacheHit: boolean; seconds: number }> {
+export async function loadModel(modelUri: string, deps: Pick<PipelineDeps, 'config' | 'tracking' | 'log'>, online: boolean, signal: AbortSignal): Promise<{ model: OnnxModel; resolved: ResolvedModel; cacheHit: boolean; seconds: number }> {
   const started = performance.now();
   // onnxruntime loads while the model's files are found and fetched.
   loadOnnxRuntime().catch(() => undefined);
   const { config } = deps;
   const t = online ? deps.tracking : undefined;
   let resolved: ResolvedModel;
-  if (req.model.startsWith('file:///')) {
-    resolved = await resolveLocalModel(req.model, config.modelRoots);
+  if (modelUri.startsWith('file:///')) {
+    resolved = await resolveLocalModel(modelUri, config.modelRoots);
     const dir = resolved.localDir ?? '';
     const model = await openModel(dir, config, { missingIsPermanent: true });
     return { model, resolved, cacheHit: false, seconds: (performance.now() - started) / 1000 };
   }
-  if (t) resolved = await resolveModel(req.model, t, signal);
+  if (t) resolved = await resolveModel(modelUri, t, signal);
   else {
-    const offline = resolveModelOffline(req.model);
-    if (!offline) throw new TransientError(`model: ${req.model} needs the Model Registry to resolve, and MLflow cannot be used now`);
+    const offline = resolveModelOffline(modelUri);
+    if (!offline) throw new TransientError(`model: ${modelUri} needs the Model Registry to resolve, and MLflow cannot be used now`);
     resolved = offline;
   }
   const key = resolved.cacheKey;
   const fill = async (into: string): Promise<void> => {
-    if (!t) throw new TransientError(`model: ${req.model} is not in the local model cache, and MLflow cannot be used now`);
+    if (!t) throw new TransientError(`model: ${modelUri} is not in the local model cache, and MLflow cannot be used now`);
     try {
       const files = await t.downloadDirectory(proxyPath(resolved.artifactUri), into, signal, config.maxModelBytes);
-      if (files.length === 0) throw new PermanentError(`model: ${req.model} resolves to ${resolved.artifactUri}, which holds no files`, { field: 'model' });
+      if (files.length === 0) throw new PermanentError(`model: ${modelUri} resolves to ${resolved.artifactUri}, which holds no files`, { field: 'model' });
     } catch (err) {
-      if (err instanceof MlflowHttpError && err.status === 404) throw new PermanentError(`model: the files of ${req.model} are missing from the artifact store`, { field: 'model', cause: err });
+      if (err instanceof MlflowHttpError && err.status === 404) throw new PermanentError(`model: the files of ${modelUri} are missing from the artifact store`, { field: 'model', cause: err });
       // Too large, or a listing that cannot be trusted: retrying will not help.
       if (err instanceof PermanentError && err.field === undefined) throw new PermanentError(`model: ${err.message}`, { field: 'model', cause: err });
       throw err;
@@ -270,7 +271,7 @@ async function loadModel(req: InferenceRequest, deps: PipelineDeps, online: bool
       model = await openModel(again.dir, config);
     } catch (err2) {
       if (!(err2 instanceof TransientError)) throw err2;
-      throw new TransientError(`model: ${req.model} could not be read from the model cache, even after fetching it again: ${err2.message}`, { cause: err2, retryInProcess: false });
+      throw new TransientError(`model: ${modelUri} could not be read from the model cache, even after fetching it again: ${err2.message}`, { cause: err2, retryInProcess: false });
     }
   }
   return { model, resolved, cacheHit, seconds: (performance.now() - started) / 1000 };
@@ -320,14 +321,14 @@ async function openRunAndModel(req: InferenceRequest, delivery: DeliveryInfo, de
   const online = deps.tracking !== undefined && !state.offline;
   let store: RunStore = deps.tracking && online ? new MlflowRunStore(deps.tracking, req, delivery, config, deps.workerVersion, log) : spool();
   state.store = store;
-  let [begun, model] = await Promise.allSettled([store.begin(signal), loadModel(req, deps, online, signal)]);
+  let [begun, model] = await Promise.allSettled([store.begin(signal), loadModel(req.model, deps, online, signal)]);
   if (begun.status === 'rejected' && store.kind === 'mlflow' && config.spoolDir !== undefined && mlflowUnreachable(begun.reason)) {
     log.warn({ err: begun.reason as unknown, spool: config.spoolDir }, 'MLflow is out of reach; recording the run in the spool');
     store = spool();
     state.store = store;
     begun = await Promise.allSettled([store.begin(signal)]).then(([r]) => r as PromiseSettledResult<'finished' | 'started'>);
     if (model.status === 'rejected' && mlflowUnreachable(model.reason)) {
-      model = await Promise.allSettled([loadModel(req, deps, false, signal)]).then(([r]) => r as PromiseSettledResult<Loaded>);
+      model = await Promise.allSettled([loadModel(req.model, deps, false, signal)]).then(([r]) => r as PromiseSettledResult<Loaded>);
     }
   }
   const loaded = model.status === 'fulfilled' ? model.value : undefined;

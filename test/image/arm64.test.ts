@@ -75,6 +75,20 @@ describe('the linux/arm64 image under emulation', () => {
     expect(run.metrics['rows']).toBe(f.datasets.rows);
   }, 300_000);
 
+  it('runs kmj doctor: a 64-bit arm64 userland, onnxruntime running a model, native files fit for 16 KB pages', async () => {
+    const queue = await cleanups.requestQueue();
+    const exit = await startKmj(['doctor', '--queue', queue, '-o', 'json'], { env: kmjWorkerEnv(cleanups, { MLFLOW_TRACKING_URI: MLFLOW_URL }), command }, cleanups).done;
+    const report = JSON.parse(exit.stdout) as { ok: boolean; platform: string; machine: string; checks: Array<{ name: string; status: string; detail: string }> };
+    expect(report.checks.filter((c) => c.status === 'fail')).toEqual([]);
+    expect(exit.code).toBe(0);
+    expect(report).toMatchObject({ ok: true, platform: 'linux/arm64', machine: 'aarch64' });
+    const detail = (name: string): string | undefined => report.checks.find((c) => c.name === name)?.detail;
+    expect(detail('userland')).toBe('64-bit arm64 userland on a aarch64 kernel');
+    expect(detail('onnxruntime')).toMatch(/^onnxruntime 1\.\d+\.\d+ ran a model in \d+ ms$/);
+    // Emulation gives 4 KB pages; what the check reads of the files is what a Pi's 16 KB kernel needs.
+    expect(detail('page-size')).toMatch(/^page size 4 KB; the \d+ native files loaded align their segments to \d+ KB or more: all of them would load on a 16 KB-page kernel too$/);
+  }, 300_000);
+
   it('runs the scaler: a real GetMetrics gives the queue’s backlog', async () => {
     const queue = await rabbit.queue('arm64');
     await rabbit.publish(queue, 3);

@@ -21,7 +21,7 @@ const ALLOWED: Record<Module, readonly Module[]> = {
 };
 
 /** The files of scaler/ and worker/ that cli/ may import: their public entry points. */
-const PUBLIC = new Set(['scaler/app.ts', 'scaler/config.ts', 'scaler/client.ts', 'worker/config.ts', 'worker/consumer.ts', 'worker/kafka-consumer.ts', 'worker/pipeline.ts', 'worker/spool.ts']);
+const PUBLIC = new Set(['scaler/app.ts', 'scaler/config.ts', 'scaler/client.ts', 'worker/config.ts', 'worker/consumer.ts', 'worker/kafka-consumer.ts', 'worker/pipeline.ts', 'worker/spool.ts', 'worker/doctor.ts']);
 
 function tsFiles(dir: string): string[] {
   return readdirSync(dir).flatMap((name) => {
