@@ -2,8 +2,12 @@
 // CoreDNS, k3s' local-path StorageClass, and KEDA as its release manifest installs it, with its
 // operator under its own ServiceAccount and its admission webhooks answering.
 import { randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { afterAll, describe, expect, it } from 'vitest';
+import { parse } from 'yaml';
+import { packageFile } from '../../common/paths.ts';
 import { NAMESPACE, SCALER_NAME, kubectl, kubectlJson, until } from '../helpers/cluster.ts';
+import { fixtures } from '../helpers/worker.ts';
 
 const IMAGE = 'kmj.local/keda-ml-jobs:0.1.0';
 const made: Array<[kind: string, name: string]> = [];
@@ -100,4 +104,38 @@ describe('the cluster as k3s gives it', () => {
     );
     expect(err).toMatch(/admission webhook "vscaledjob\.kb\.io" denied the request: triggerName "twice" is defined multiple times in the ScaledObject\/ScaledJob, but it must be unique/);
   });
+
+  it('kmj doctor as a one-off Job (manifests/doctor.yaml): every check passes in a worker\'s pod, KEDA and the scaler included', async () => {
+    // manifests/doctor.yaml with what overlays/local changes for every pod here (the image made
+    // here, never pulled; this machine's arch), and the model to load.
+    const job = parse(readFileSync(packageFile('manifests', 'doctor.yaml'), 'utf8')) as { metadata: { name: string }; spec: { template: { spec: { nodeSelector: Record<string, string>; containers: Array<Record<string, unknown> & { args: string[] }> } } } };
+    const pod = job.spec.template.spec;
+    const container = pod.containers[0];
+    if (!container) throw new Error('manifests/doctor.yaml has no container');
+    container['image'] = IMAGE;
+    container['imagePullPolicy'] = 'Never';
+    pod.nodeSelector = { 'kubernetes.io/arch': 'amd64' };
+    const model = fixtures('fixtures-cluster').models['classifier'];
+    container.args = [...container.args, '--model', `models:/${model?.name}@${model?.alias}`, '-o', 'json'];
+    made.push(['job', job.metadata.name]);
+    await kubectl(['-n', NAMESPACE, 'delete', 'job', job.metadata.name, '--ignore-not-found', '--wait=true']);
+    await kubectl(['apply', '-f', '-'], JSON.stringify(job));
+    const state = await until(
+      'the doctor Job ended',
+      async () => (await kubectlJson<{ status: { succeeded?: number; failed?: number } }>(['-n', NAMESPACE, 'get', 'job', job.metadata.name])).status,
+      (st) => (st.succeeded ?? 0) + (st.failed ?? 0) > 0,
+      180_000,
+      1000,
+    );
+    const log = await kubectl(['-n', NAMESPACE, 'logs', `job/${job.metadata.name}`]);
+    const report = JSON.parse(log.trim().split('\n').filter((l) => l.startsWith('{"ok"')).at(-1) ?? '{}') as { ok: boolean; checks: Array<{ name: string; status: string; detail: string }> };
+    expect(report.checks?.filter((c) => c.status !== 'ok'), log).toEqual([]);
+    expect(state.succeeded).toBe(1);
+    expect(report.checks.map((c) => c.name)).toEqual(['userland', 'onnxruntime', 'page-size', 'memory-cgroup', 'configuration', 'rabbitmq', 'mlflow', 'model', 'keda', 'scaler']);
+    const detail = (name: string): string => report.checks.find((c) => c.name === name)?.detail ?? '';
+    expect(detail('memory-cgroup')).toBe("the memory cgroup is enabled; this process's limit is 512 MiB");
+    expect(detail('keda')).toMatch(/^KEDA's CRDs are installed on https:\/\/.+ \(.*scaledjobs.*triggerauthentications.*\)$/);
+    expect(detail('scaler')).toBe(`${SCALER_NAME}:6000 accepts connections`);
+    expect(detail('rabbitmq')).toMatch(/^queue ml-requests on amqp:\/\/rabbitmq\.kmj\.svc:5672/);
+  }, 300_000);
 });
