@@ -106,13 +106,31 @@ root_for() {
   echo "$root"
 }
 
+# inputs_key: a hash of everything the archive is made from (the staged files' sources, the
+# scripts that make it, Node's version, the tag and the architectures). The same key, the same
+# archive: build does nothing (make test builds it, then the cluster suite's deployment asks again).
+inputs_key() {
+  (
+    cd "$KMJ_ROOT"
+    echo "$tag $arches $(node --version)"
+    find dist bin proto schemas package.json package-lock.json scripts/stage-app.sh scripts/image.sh \
+      scripts/image-archive.mjs scripts/tar-writer.mjs scripts/arch-deps.sh -type f -print0 | sort -z | xargs -0 sha256sum
+  ) | sha256sum | cut -c1-16
+}
+
 build() {
-  local arch platforms=()
+  local arch platforms=() key
   # The layers keep the modes of the root directories: readable by the image's uid 1000 whatever
   # the caller's umask.
   umask 022
   [ "$(node -p 'process.versions.node.split(".")[0]')" = 24 ] || die "node on PATH is $(node --version), not Node 24 (make puts Node 24 first on PATH)"
   mkdir -p "$images"
+  key=$(inputs_key)
+  if [ -f "$archive" ] && [ "$(cat "$images/keda-ml-jobs.oci.key" 2>/dev/null)" = "$key" ]; then
+    say "image $tag ($arches) in $archive is up to date"
+    return 0
+  fi
+  rm -f "$images/keda-ml-jobs.oci.key"
   for arch in $arches; do
     platforms+=(--platform "linux/$arch=$(root_for "$arch")")
   done
@@ -120,6 +138,7 @@ build() {
     --entrypoint /usr/local/bin/node,/app/bin/kmj.js --cmd=--help --user 1000:1000 --workdir /app \
     --env PATH=/usr/local/bin:/usr/bin:/bin --env NODE_ENV=production --env ONNXRUNTIME_NODE_INSTALL=skip --env ORT_DISABLE_TELEMETRY=1 \
     >"$images/keda-ml-jobs.oci.json"
+  echo "$key" >"$images/keda-ml-jobs.oci.key"
   say "image $tag ($arches) in $archive ($(du -h "$archive" | cut -f1))"
 }
 
