@@ -146,6 +146,7 @@ case "${1:-}" in
   build) build ;;
   sizes)
     build
+    echo "commit $(git -C "$KMJ_ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$KMJ_ROOT" diff --quiet HEAD -- 2>/dev/null || echo ' (with uncommitted changes)'): $tag"
     node -e '
       const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
       const mb = (n) => (n / 1e6).toFixed(1);
