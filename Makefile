@@ -27,7 +27,7 @@ help:
 	@echo "make cluster-down  stop it and undo its host changes"
 	@echo "make demo-cluster  the demo's requests through that cluster: real KEDA, real pods, runs in MLflow"
 	@echo "make build         compile TypeScript into dist/"
-	@echo "make image         the project image for linux/amd64 and linux/arm64, an OCI archive, with its sizes"
+	@echo "make image         the project and MLflow images for linux/amd64 and linux/arm64, OCI archives, with their sizes"
 
 # --ignore-scripts: the only install scripts (onnxruntime-node, protobufjs) are denied anyway, and
 # `prepare` would compile what `build` compiles next.
@@ -75,16 +75,19 @@ cluster-down:
 demo-cluster: cluster
 	scripts/demo-cluster.sh
 
-# The image's tests (test/image/) run the arm64 image under Debian's qemu-aarch64-static,
-# fetched once per machine (not installed).
+# The images' tests (test/image/) read the project's and the MLflow image index, and run their
+# arm64 images under Debian's qemu-aarch64-static (fetched once per machine, not installed).
 test: build typecheck services cluster-up
 	scripts/arch-deps.sh qemu >/dev/null
+	scripts/mlflow-image.sh build >/dev/null
 	node scripts/run-tests.mjs
 
-# The project image for linux/amd64 and linux/arm64 as an OCI archive
-# (.run/images/keda-ml-jobs.oci.tar, docs/deploy.md), with each architecture's size.
+# The project image and the MLflow image for linux/amd64 and linux/arm64, as OCI archives
+# (.run/images/keda-ml-jobs.oci.tar; the MLflow one's path is printed), with each one's sizes.
 image: build
 	scripts/image.sh sizes
+	scripts/mlflow-image.sh build
+	scripts/mlflow-image.sh sizes
 
 # The demo needs RabbitMQ, the main MLflow server and the sample models; not the auth server.
 demo: build

