@@ -13,14 +13,14 @@ import { Cleanups } from '../helpers/cleanups.ts';
 import { FaultProxy, mlflowPath } from '../helpers/fault-proxy.ts';
 import { closedPort, kmjWorkerEnv, runKmj, startKmj, type KmjExit, type KmjProcess } from '../helpers/kmj.ts';
 import {
+  drain,
+  fixtures,
   MLFLOW_AUTH_URL,
   MLFLOW_AUTH_USER,
   MLFLOW_URL,
-  drain,
-  fixtures,
   parseCsv,
   publish,
-  queueState,
+  queueStateAfterExit,
   readRunWithPython,
   request,
   runsOf,
@@ -85,7 +85,7 @@ async function spoolAll(spool: string, reqs: ReadonlyArray<Record<string, unknow
   const env = spoolEnv(spool);
   const results = await Promise.all(reqs.map(() => worker(queue, env).done));
   for (const r of results) expect(r.code, r.stderr.slice(-2000)).toBe(EXIT.OK);
-  expect(await queueState(queue)).toEqual({ messages: 0, consumers: 0 });
+  expect(await queueStateAfterExit(queue)).toEqual({ messages: 0, consumers: 0 });
 }
 
 function spooled(dir: string): SpooledRun {
@@ -117,7 +117,7 @@ describe('kmj worker records runs in the spool', () => {
     const first = await worker(queue, env).done;
     expect(first.code, first.stderr.slice(-2000)).toBe(EXIT.OK);
     expect(msgs(first)).toEqual(expect.arrayContaining(['MLFLOW_TRACKING_URI is not set; runs are recorded in the spool (kmj replay uploads them)', 'recording the run in the spool', 'run written to the spool', 'message acknowledged']));
-    expect(await queueState(queue)).toEqual({ messages: 0, consumers: 0 });
+    expect(await queueStateAfterExit(queue)).toEqual({ messages: 0, consumers: 0 });
     expect(await drain(`${queue}.dead`)).toEqual([]);
 
     // One whole entry, nothing half-written beside it.
@@ -166,7 +166,7 @@ describe('kmj worker records runs in the spool', () => {
     expect(msgs(again)).not.toContain('run written to the spool');
     expect(readdirSync(spool)).toEqual([req.requestId]);
     expect(readFileSync(join(entry, 'run.json'), 'utf8')).toBe(before);
-    expect(await queueState(queue)).toEqual({ messages: 0, consumers: 0 });
+    expect(await queueStateAfterExit(queue)).toEqual({ messages: 0, consumers: 0 });
     expect(await runsOf(req.experiment)).toEqual([]);
   });
 
@@ -189,7 +189,7 @@ describe('kmj worker records runs in the spool', () => {
     expect(offline.code, offline.stderr.slice(-2000)).toBe(EXIT.OK);
     expect(logLine(offline, 'MLflow is out of reach; recording the run in the spool')).toMatchObject({ level: 'warn', spool });
     expect(logLine(offline, 'message acknowledged')).toMatchObject({ requestId: req.requestId });
-    expect(await queueState(queue)).toEqual({ messages: 0, consumers: 0 });
+    expect(await queueStateAfterExit(queue)).toEqual({ messages: 0, consumers: 0 });
     expect(await drain(`${queue}.dead`)).toEqual([]);
     expect(readdirSync(spool)).toEqual([req.requestId]);
     const run = spooled(join(spool, req.requestId));
@@ -235,7 +235,7 @@ describe('kmj worker: MLflow cut after the run started, with KMJ_SPOOL_DIR set',
     expect(logLine(cutOff, 'run started')).toBeDefined();
     expect(logLine(cutOff, 'MLflow is out of reach; recording the run in the spool')).toMatchObject({ level: 'warn', spool });
     expect(logLine(cutOff, 'message acknowledged')).toMatchObject({ requestId: req.requestId, runId: `spool:${req.requestId}` });
-    expect(await queueState(queue)).toEqual({ messages: 0, consumers: 0 });
+    expect(await queueStateAfterExit(queue)).toEqual({ messages: 0, consumers: 0 });
     expect(await drain(`${queue}.dead`)).toEqual([]);
     expect(readdirSync(spool)).toEqual([req.requestId]);
     const entry = spooled(join(spool, req.requestId));
@@ -268,7 +268,7 @@ describe('kmj worker with the spool and a dataset in MLflow', () => {
     expect(logLine(result, 'MLflow is out of reach; recording the run in the spool')).toBeDefined();
     expect((await drain(`${queue}.dead`)).map((m) => m.properties.headers?.['x-kmj-dead-letter-reason'])).toEqual([]);
     expect(result.code).toBe(EXIT.REQUEUED);
-    expect(await queueState(queue)).toEqual({ messages: 1, consumers: 0 });
+    expect(await queueStateAfterExit(queue)).toEqual({ messages: 1, consumers: 0 });
     expect(readdirSync(spool)).toEqual([]);
   });
 });

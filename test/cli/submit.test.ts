@@ -11,7 +11,7 @@ import { AmqpFaultProxy } from '../helpers/amqp-fault-proxy.ts';
 import { Cleanups, deleteQueues } from '../helpers/cleanups.ts';
 import { RABBITMQ_URL } from '../helpers/env.ts';
 import { closedPort, kmjWorkerEnv, lines, managementQueue, queuePolicy, runKmj, startKmj, type KmjExit, type KmjProcess } from '../helpers/kmj.ts';
-import { MLFLOW_URL, drain, fixtures, queueState, runsOf, uniqueId, type RestRun } from '../helpers/worker.ts';
+import { drain, fixtures, MLFLOW_URL, queueState, queueStateAfterExit, runsOf, type RestRun, uniqueId } from '../helpers/worker.ts';
 
 const f = fixtures();
 const classifier = f.models['classifier'];
@@ -59,7 +59,7 @@ async function takeAll(queue: string, count: number): Promise<ConsumeMessage[]> 
     const end = Date.now() + 10_000;
     while ((await queueState(queue)).messages > 0 && Date.now() < end) await new Promise((r) => setTimeout(r, 100));
     await ch.close();
-    expect(await queueState(queue)).toEqual({ messages: 0, consumers: 0 });
+    expect(await queueStateAfterExit(queue)).toEqual({ messages: 0, consumers: 0 });
     return got;
   } finally {
     await conn.close().catch(() => undefined);
@@ -175,7 +175,7 @@ describe('kmj submit: refusals', () => {
       stdout: '',
       stderr: 'kmj submit: nothing published: invalid request: output.format: must be one of csv, jsonl\n',
     });
-    expect(await queueState(queue)).toEqual({ messages: 0, consumers: 0 });
+    expect(await queueStateAfterExit(queue)).toEqual({ messages: 0, consumers: 0 });
   });
 
   it('a --file with one bad line among good ones publishes none of them and names the line', async () => {
@@ -193,7 +193,7 @@ describe('kmj submit: refusals', () => {
       stdout: '',
       stderr: 'kmj submit: nothing published: line 4: invalid request: requestId: must be 1 to 128 letters, digits, ".", "_", ":" or "-", starting with a letter or digit\n',
     });
-    expect(await queueState(queue)).toEqual({ messages: 0, consumers: 0 });
+    expect(await queueStateAfterExit(queue)).toEqual({ messages: 0, consumers: 0 });
   });
 
   const configCases: Array<{ name: string; args: (queue: string) => string[]; env?: Record<string, string>; problem: string }> = [
@@ -217,7 +217,7 @@ describe('kmj submit: refusals', () => {
         ? { code: SUBMIT_EXIT.CONFIG, stdout: '', stderr: `kmj submit: invalid submit configuration: ${c.problem}\n` }
         : { code: 64, stdout: '', stderr: `kmj submit: ${c.problem}\nRun "kmj submit --help" for usage.\n` },
     );
-    expect(await queueState(queue)).toEqual({ messages: 0, consumers: 0 });
+    expect(await queueStateAfterExit(queue)).toEqual({ messages: 0, consumers: 0 });
   });
 
   it('--timeout -1 (a value that looks like an option) is a usage error naming --timeout, exit 64', async () => {
@@ -227,7 +227,7 @@ describe('kmj submit: refusals', () => {
     expect(result.stdout).toBe('');
     expect(result.stderr).toMatch(/^kmj submit: Option '--timeout' argument is ambiguous\./);
     expect(result.stderr).toMatch(/Run "kmj submit --help" for usage\.\n$/);
-    expect(await queueState(queue)).toEqual({ messages: 0, consumers: 0 });
+    expect(await queueStateAfterExit(queue)).toEqual({ messages: 0, consumers: 0 });
   });
 });
 
@@ -248,7 +248,7 @@ describe('kmj submit: the broker refuses or does not confirm', () => {
         `"PRECONDITION_FAILED - inequivalent arg 'x-dead-letter-exchange' for queue '${queue}' in vhost '/': received the value '' of type 'longstr' but current is none"` +
         ` (queue "${queue}" exists with other arguments; kmj expects a quorum queue with x-delivery-limit and a dead-letter queue)\n`,
     );
-    expect(await queueState(queue)).toEqual({ messages: 0, consumers: 0 });
+    expect(await queueStateAfterExit(queue)).toEqual({ messages: 0, consumers: 0 });
     expect((await managementQueue(queue)).type).toBe('classic');
   });
 
@@ -439,7 +439,7 @@ describe('kmj submit --wait', () => {
     );
     // Progress goes to stderr, one line per state change.
     for (const l of lines(result.stderr)) expect(l).toMatch(/^ {0,3}\d+s {2}(queued: no run yet|running \(run [0-9a-f]{32}\))$/);
-    expect(await queueState(queue)).toEqual({ messages: 0, consumers: 0 });
+    expect(await queueStateAfterExit(queue)).toEqual({ messages: 0, consumers: 0 });
   });
 
   it('a 100000-row dataset: the worker logs its progress and records it as metric steps; the row count is 100000', { timeout: 90_000 }, async () => {

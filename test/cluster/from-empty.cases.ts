@@ -22,7 +22,7 @@ import {
   clusterRunsOf, clusterServices, finished, kubectl, kubectlJson, patchScaledJob, podRequest, publishAll, rabbit, scaledJobStatus,
   searchRunsWithPython, until, workerJobs, workerPods,
 } from '../helpers/cluster.ts';
-import { queueState, readRunWithPython, uniqueId } from '../helpers/worker.ts';
+import { queueState, queueStateAfterExit, readRunWithPython, uniqueId } from '../helpers/worker.ts';
 
 const run = promisify(execFile);
 
@@ -78,7 +78,7 @@ describe('from an empty namespace: the Secrets and kubectl apply -k overlays/loc
     expect(setup.status.succeeded).toBe(1);
     expect((await scaledJobStatus()).ready).toBe('True');
     // The setup Job's queue, as the worker's arguments declare it, and its dead-letter queue.
-    expect(await queueState(QUEUE, rabbit())).toEqual({ messages: 0, consumers: 0 });
+    expect(await queueStateAfterExit(QUEUE, rabbit())).toEqual({ messages: 0, consumers: 0 });
     expect(await queueState(deadLetterQueueOf(QUEUE), rabbit())).toEqual({ messages: 0, consumers: 0 });
 
     // Applying again changes no spec: no rollout, no new setup Job. (kubectl reports the
@@ -115,7 +115,7 @@ describe('from an empty namespace: the Secrets and kubectl apply -k overlays/loc
     const s = clusterServices();
     const py = await readRunWithPython(runs[0]?.run_id ?? '', s.mlflowUrl, s.mlflowAdmin);
     expect(Object.keys(py.artifacts)).toContain('predictions/predictions.csv');
-    expect(await queueState(QUEUE, rabbit())).toEqual({ messages: 0, consumers: 0 });
+    expect(await queueStateAfterExit(QUEUE, rabbit())).toEqual({ messages: 0, consumers: 0 });
   }, 420_000);
 });
 
@@ -173,7 +173,7 @@ describe('RabbitMQ, Postgres and MLflow deleted one at a time while requests are
     expect(published).toHaveLength(16);
     expect(published.filter((id) => counts.get(id) !== 1)).toEqual([]);
     expect([...counts.keys()].filter((id) => !published.includes(id))).toEqual([]);
-    expect(await queueState(QUEUE, rabbit())).toEqual({ messages: 0, consumers: 0 });
+    expect(await queueStateAfterExit(QUEUE, rabbit())).toEqual({ messages: 0, consumers: 0 });
     expect(await queueState(deadLetterQueueOf(QUEUE), rabbit())).toEqual({ messages: 0, consumers: 0 });
   }, 1_800_000);
 });

@@ -27,7 +27,7 @@ import { parse as parseYaml } from 'yaml';
 import { KafkaFixture } from '../helpers/kafka.ts';
 import { runKmj } from '../helpers/kmj.ts';
 import { KedaLikeClient } from '../helpers/scaler.ts';
-import { drain, fixtures, queueState, tagsOf, uniqueId } from '../helpers/worker.ts';
+import { drain, fixtures, queueState, queueStateAfterExit, tagsOf, uniqueId } from '../helpers/worker.ts';
 
 const run = promisify(execFile);
 const POLL_S = 2;
@@ -125,7 +125,7 @@ describe('KEDA runs our ScaledJob against our scaler', () => {
     await until('no Job still running', workerJobs, (jobs) => jobs.length > 0 && jobs.every(finished), 120_000, 1000);
     await until('no worker pod running', workerPods, (pods) => pods.every((p) => p.status.phase !== 'Running' && p.status.phase !== 'Pending'), 60_000, 1000);
     await until('ScaledJob not ACTIVE', scaledJobStatus, (s) => s.active === 'False', 30_000, 500);
-    expect(await queueState(QUEUE, rabbit())).toEqual({ messages: 0, consumers: 0 });
+    expect(await queueStateAfterExit(QUEUE, rabbit())).toEqual({ messages: 0, consumers: 0 });
 
     // Read back with the Python client: 20 FINISHED runs, one per request.
     const runs = await searchRunsWithPython(experiment);
@@ -154,7 +154,7 @@ describe('KEDA runs our ScaledJob against our scaler', () => {
     expect(JSON.parse(letter!.content.toString()).requestId).toBe(requestId);
     expect(String(letter!.properties.headers?.['x-kmj-dead-letter-field'])).toBe('dataset');
     expect(String(letter!.properties.headers?.['x-kmj-dead-letter-reason'])).toMatch(/dataset/);
-    expect(await queueState(QUEUE, rabbit())).toEqual({ messages: 0, consumers: 0 });
+    expect(await queueStateAfterExit(QUEUE, rabbit())).toEqual({ messages: 0, consumers: 0 });
   }, 240_000);
 
   it('a worker pod deleted mid-run (SIGTERM, grace period): the request is requeued, a new Job finishes it, exactly one FINISHED run', async () => {
@@ -178,7 +178,7 @@ describe('KEDA runs our ScaledJob against our scaler', () => {
       expect(Number(tagsOf(done)['kmj.delivery_attempt'])).toBe(2);
       const python = await searchRunsWithPython(experiment);
       expect(python.filter((r) => r.status === 'FINISHED')).toHaveLength(1);
-      expect(await queueState(QUEUE, rabbit())).toEqual({ messages: 0, consumers: 0 });
+      expect(await queueStateAfterExit(QUEUE, rabbit())).toEqual({ messages: 0, consumers: 0 });
       expect((await workerJobs()).length).toBe(2);
     } finally {
       await data.close();

@@ -120,6 +120,22 @@ export async function queueState(queue: string, url = RABBITMQ_URL): Promise<Que
   }
 }
 
+/**
+ * The queue's state once the broker has dropped the consumers of workers that have exited: a
+ * quorum queue applies a consumer's cancel (and a closed connection's) through its log, so its
+ * declare-ok can still count a consumer for a moment after the worker's cancel-ok and exit (seen
+ * in a fresh-clone run on a loaded machine). Waits up to 10 s for no consumer, then returns the
+ * state whatever it is, for the test to assert.
+ */
+export async function queueStateAfterExit(queue: string, url = RABBITMQ_URL): Promise<QueueState> {
+  const end = Date.now() + 10_000;
+  for (;;) {
+    const state = await queueState(queue, url);
+    if (state.consumers === 0 || Date.now() > end) return state;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
 /** Takes every message off a queue (acknowledging them) and returns them. */
 export async function drain(queue: string, url = RABBITMQ_URL): Promise<ConsumeMessage[]> {
   const conn = await connect(url);

@@ -20,7 +20,7 @@ import { arm64KmjCommand, imageFor, qemuAarch64, readImage, unpackLayer } from '
 import { kmjWorkerEnv, startKmj, type KmjProcess } from '../helpers/kmj.ts';
 import { RabbitFixture } from '../helpers/rabbit.ts';
 import { eventually, KedaLikeClient } from '../helpers/scaler.ts';
-import { drain, fixtures, MLFLOW_URL, parseCsv, publish, queueState, readRunWithPython, request, runsOf } from '../helpers/worker.ts';
+import { drain, fixtures, MLFLOW_URL, parseCsv, publish, queueStateAfterExit, readRunWithPython, request, runsOf } from '../helpers/worker.ts';
 
 const cleanups = new Cleanups();
 let root: string;
@@ -61,7 +61,7 @@ describe('the linux/arm64 image under emulation', () => {
     const worker = startKmj(['worker', '--queue', queue], { env: kmjWorkerEnv(cleanups, { MLFLOW_TRACKING_URI: MLFLOW_URL, KMJ_WORKER_IDLE_TIMEOUT_MS: '60000' }), command }, cleanups);
     const exit = await worker.done;
     expect(exit.code, exit.stderr.slice(-4000)).toBe(0);
-    expect(await queueState(queue)).toEqual({ messages: 0, consumers: 0 });
+    expect(await queueStateAfterExit(queue)).toEqual({ messages: 0, consumers: 0 });
     expect(await drain(`${queue}.dead`)).toEqual([]);
 
     const runs = await runsOf(req.experiment);

@@ -7,7 +7,7 @@
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { PACKAGE_ROOT } from '../../common/paths.ts';
-import { drain, fixtures, publish, queueState, request, requestQueue, runsOf, startWorker, tagsOf, uniqueId } from '../helpers/worker.ts';
+import { drain, fixtures, publish, queueStateAfterExit, request, requestQueue, runsOf, startWorker, tagsOf, uniqueId } from '../helpers/worker.ts';
 
 const f = fixtures();
 const WORKERS = 8;
@@ -29,7 +29,7 @@ describe('eight workers on one empty model cache', () => {
       for (const d of dead) outcomes.push(`round ${round} (${key}): dead-lettered: ${String(d.properties.headers?.['x-kmj-dead-letter-reason'])}`);
       for (const r of results) if (r.code !== 0) outcomes.push(`round ${round} (${key}): exit ${r.code}: ${r.stderr.slice(0, 300)}`);
       expect(outcomes).toEqual([]);
-      expect(await queueState(queue)).toEqual({ messages: 0, consumers: 0 });
+      expect(await queueStateAfterExit(queue)).toEqual({ messages: 0, consumers: 0 });
       const runs = await runsOf(experiment);
       expect(runs.map((r) => r.info.status).sort()).toEqual(Array<string>(WORKERS).fill('FINISHED'));
       expect(new Set(runs.map((r) => tagsOf(r)['kmj.request_id']))).toEqual(new Set(reqs.map((r) => r.requestId)));

@@ -11,12 +11,12 @@ import {
   MLFLOW_AUTH_USER,
   parseCsv,
   publish,
-  queueState,
+  queueStateAfterExit,
   readRunWithPython,
   request,
   requestQueue,
-  runWorker,
   runsOf,
+  runWorker,
   tagsOf,
   uniqueId,
 } from '../helpers/worker.ts';
@@ -37,7 +37,7 @@ describe('a request end to end', () => {
     await publish(queue, req);
     const result = await runWorker(queue);
     expect(result.code).toBe(0);
-    expect(await queueState(queue)).toEqual({ messages: 0, consumers: 0 });
+    expect(await queueStateAfterExit(queue)).toEqual({ messages: 0, consumers: 0 });
     expect(await drain(`${queue}.dead`)).toEqual([]);
 
     const runs = await runsOf(req.experiment);
@@ -245,7 +245,7 @@ describe('consumer protocol', () => {
     expect(again.logs.map((l) => l['msg'])).toContain('request already has a finished run; acknowledging');
     const runs = await runsOf(req.experiment);
     expect(runs.map((r) => r.info.run_id)).toEqual([first?.info.run_id]);
-    expect(await queueState(queue)).toEqual({ messages: 0, consumers: 0 });
+    expect(await queueStateAfterExit(queue)).toEqual({ messages: 0, consumers: 0 });
   });
 });
 

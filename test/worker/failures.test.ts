@@ -14,24 +14,24 @@ import { RUN_TAG } from '../../common/run-tags.ts';
 import { Cleanups } from '../helpers/cleanups.ts';
 import { FaultProxy, mlflowPath } from '../helpers/fault-proxy.ts';
 import {
+  drain,
+  fixtures,
+  logsWith,
   MLFLOW_AUTH_PASSWORD,
   MLFLOW_AUTH_URL,
   MLFLOW_AUTH_USER,
   MLFLOW_URL,
-  drain,
-  fixtures,
-  logsWith,
   publish,
-  queueState,
+  queueStateAfterExit,
   readRunWithPython,
   request,
-  runWorker,
   runsOf,
+  runWorker,
   startWorker,
   tagsOf,
-  waitForLog,
   type RestRun,
   type WorkerResult,
+  waitForLog,
 } from '../helpers/worker.ts';
 
 const f = fixtures();
@@ -113,7 +113,7 @@ interface DeadLetterExpectation {
 
 /** The queue is empty and `<queue>.dead` holds exactly one dead-letter with these headers. */
 async function expectDeadLettered(queue: string, body: Buffer, want: DeadLetterExpectation): Promise<ConsumeMessage> {
-  expect(await queueState(queue)).toEqual({ messages: 0, consumers: 0 });
+  expect(await queueStateAfterExit(queue)).toEqual({ messages: 0, consumers: 0 });
   const dead = await drain(`${queue}.dead`);
   expect(dead).toHaveLength(1);
   const msg = dead[0] as ConsumeMessage;
@@ -131,7 +131,7 @@ async function expectDeadLettered(queue: string, body: Buffer, want: DeadLetterE
 
 /** The message is back in the queue, not dead-lettered, and nobody holds it. */
 async function expectRequeued(queue: string): Promise<void> {
-  expect(await queueState(queue)).toEqual({ messages: 1, consumers: 0 });
+  expect(await queueStateAfterExit(queue)).toEqual({ messages: 1, consumers: 0 });
   expect(await drain(`${queue}.dead`)).toEqual([]);
 }
 
@@ -242,7 +242,7 @@ describe('requests refused before MLflow is touched', () => {
     const text = JSON.stringify({ ...r, tags: { note: 'x'.repeat(2000 - Buffer.byteLength(bare)) } });
     const { queue, result } = await runOne(text, { KMJ_MAX_MESSAGE_BYTES: '2000' });
     expect(result.code).toBe(EXIT.OK);
-    expect(await queueState(queue)).toEqual({ messages: 0, consumers: 0 });
+    expect(await queueStateAfterExit(queue)).toEqual({ messages: 0, consumers: 0 });
     const [run] = await runsOf(r.experiment);
     expect(run?.info.status).toBe('FINISHED');
   });
@@ -438,7 +438,7 @@ describe('dataset.nonFinite "allow"', () => {
     const req = request({ dataset: { uri: path, nonFinite: 'allow' } });
     const { queue, result } = await runOne(req);
     expect(result.code, result.stderr.slice(-2000)).toBe(EXIT.OK);
-    expect(await queueState(queue)).toEqual({ messages: 0, consumers: 0 });
+    expect(await queueStateAfterExit(queue)).toEqual({ messages: 0, consumers: 0 });
     const runs = await runsOf(req.experiment);
     expect(runs.map((r) => r.info.status)).toEqual(['FINISHED']);
     const metrics = Object.fromEntries((runs[0]?.data.metrics ?? []).map((m) => [m.key, m.value]));
@@ -472,7 +472,7 @@ describe('request text encoding', () => {
     const req = request();
     const { queue, result } = await runOne(Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from(JSON.stringify(req))]));
     expect(result.code, result.stderr.slice(-2000)).toBe(EXIT.OK);
-    expect(await queueState(queue)).toEqual({ messages: 0, consumers: 0 });
+    expect(await queueStateAfterExit(queue)).toEqual({ messages: 0, consumers: 0 });
     expect((await runsOf(req.experiment)).map((run) => run.info.status)).toEqual(['FINISHED']);
   });
 });
@@ -565,7 +565,7 @@ describe('MLflow trouble', () => {
     const runs = await runsOf(req.experiment);
     expect(runs.map((r) => r.info.status)).toEqual(['FINISHED']);
     expect(tagsOf(runs[0] as RestRun)[RUN_TAG.error]).toBeUndefined();
-    expect(await queueState(queue)).toEqual({ messages: 0, consumers: 0 });
+    expect(await queueStateAfterExit(queue)).toEqual({ messages: 0, consumers: 0 });
     expect(await drain(`${queue}.dead`)).toEqual([]);
   });
 
@@ -622,7 +622,7 @@ describe('MLflow trouble', () => {
     expect(result.code).toBe(EXIT.REQUEUED);
     const error = `MLflow POST ${mlflowPath('runs/log-batch')} answered HTTP 503 TEMPORARILY_UNAVAILABLE: injected HTTP 503 by the test's fault proxy (requeued)`;
     const failed = await expectOneFailedRun(req.experiment, error);
-    expect(await queueState(queue)).toEqual({ messages: 1, consumers: 0 });
+    expect(await queueStateAfterExit(queue)).toEqual({ messages: 1, consumers: 0 });
     expect(await drain(`${queue}.dead`)).toEqual([]);
 
     const again = await runWorker(queue);
@@ -634,7 +634,7 @@ describe('MLflow trouble', () => {
     expect(tags[RUN_TAG.error]).toBeUndefined();
     // The attempt the worker saw; that it is not 2 is the delivery-count bug shown above.
     expect(tags['kmj.delivery_attempt']).toBe(String(logsWith(again, 'message acknowledged')[0]?.['attempt']));
-    expect(await queueState(queue)).toEqual({ messages: 0, consumers: 0 });
+    expect(await queueStateAfterExit(queue)).toEqual({ messages: 0, consumers: 0 });
     expect(await drain(`${queue}.dead`)).toEqual([]);
   });
 
@@ -665,7 +665,7 @@ describe('MLflow trouble', () => {
     const runs = await runsOf(req.experiment);
     expect(runs.map((r) => [r.info.run_id, r.info.status])).toEqual([[first?.info.run_id, 'FINISHED']]);
     expect(tagsOf(runs[0] as RestRun)[RUN_TAG.error]).toBeUndefined();
-    expect(await queueState(queue)).toEqual({ messages: 0, consumers: 0 });
+    expect(await queueStateAfterExit(queue)).toEqual({ messages: 0, consumers: 0 });
   });
 
   it('MLflow log-batch always 503: the run is still marked FAILED with kmj.error "(requeued)"', async () => {
@@ -700,7 +700,7 @@ describe('MLflow trouble', () => {
       const r = await runWorker(queue, env);
       results.push(r);
       if (r.code !== EXIT.REQUEUED) break;
-      expect(await queueState(queue)).toEqual({ messages: 1, consumers: 0 });
+      expect(await queueStateAfterExit(queue)).toEqual({ messages: 1, consumers: 0 });
     }
     return results;
   }

@@ -15,17 +15,18 @@ import {
   parseCsv,
   publish,
   queueState,
+  queueStateAfterExit,
   readRunWithPython,
   request,
-  runWorker,
   runsOf,
+  runWorker,
   startWorker,
   tagsOf,
-  waitForLog,
   type QueueState,
   type RestRun,
   type WorkerProcess,
   type WorkerResult,
+  waitForLog,
 } from '../helpers/worker.ts';
 
 const f = fixtures();
@@ -104,7 +105,7 @@ describe('stopping a worker mid-run', () => {
     expect(runs.map((r) => [r.info.run_id, r.info.status])).toEqual([[started['runId'], 'KILLED']]);
     expect(tagsOf(runs[0] as RestRun)[RUN_TAG.error]).toBe('the worker was stopped (SIGTERM); the request was requeued');
     expect(runs[0]?.info.end_time).toBeGreaterThanOrEqual(runs[0]?.info.start_time ?? Number.POSITIVE_INFINITY);
-    expect(await queueState(queue)).toEqual({ messages: 1, consumers: 0 });
+    expect(await queueStateAfterExit(queue)).toEqual({ messages: 1, consumers: 0 });
     expect(await drain(`${queue}.dead`)).toEqual([]);
 
     const again = await runWorker(queue);
@@ -113,7 +114,7 @@ describe('stopping a worker mid-run', () => {
     const after = await runsOf(req.experiment);
     expect(after.map((r) => [r.info.run_id, r.info.status])).toEqual([[started['runId'], 'FINISHED']]);
     await expectCompleteRun(String(started['runId']));
-    expect(await queueState(queue)).toEqual({ messages: 0, consumers: 0 });
+    expect(await queueStateAfterExit(queue)).toEqual({ messages: 0, consumers: 0 });
     expect(await drain(`${queue}.dead`)).toEqual([]);
   });
 
@@ -132,7 +133,7 @@ describe('stopping a worker mid-run', () => {
     const runs = await runsOf(req.experiment);
     expect(runs.map((r) => [r.info.run_id, r.info.status])).toEqual([[started['runId'], 'KILLED']]);
     expect(tagsOf(runs[0] as RestRun)[RUN_TAG.outcome]).toBe('requeued');
-    expect(await queueState(queue)).toEqual({ messages: 1, consumers: 0 });
+    expect(await queueStateAfterExit(queue)).toEqual({ messages: 1, consumers: 0 });
     expect(await drain(`${queue}.dead`)).toEqual([]);
   });
 
@@ -164,7 +165,7 @@ describe('stopping a worker mid-run', () => {
     expect(runs.map((r) => [r.info.run_id, r.info.status])).toEqual([[runId, 'FINISHED']]);
     expect(tagsOf(runs[0] as RestRun)['kmj.delivery_attempt']).toBe(String(logsWith(last, 'message acknowledged')[0]?.['attempt']));
     await expectCompleteRun(String(runId));
-    expect(await queueState(queue)).toEqual({ messages: 0, consumers: 0 });
+    expect(await queueStateAfterExit(queue)).toEqual({ messages: 0, consumers: 0 });
     expect(await drain(`${queue}.dead`)).toEqual([]);
   });
 });
@@ -183,10 +184,10 @@ describe('the consumer', () => {
     expect(result.code).toBe(EXIT.OK);
     expect(logsWith(result, 'stopped before a message arrived')).toHaveLength(1);
     expect(logsWith(result, 'stopped before a message arrived')[0]).toMatchObject({ stopped: true });
-    expect(await queueState(queue)).toEqual({ messages: 0, consumers: 0 });
+    expect(await queueStateAfterExit(queue)).toEqual({ messages: 0, consumers: 0 });
     const req = request();
     await publish(queue, req);
-    expect(await queueState(queue)).toEqual({ messages: 1, consumers: 0 });
+    expect(await queueStateAfterExit(queue)).toEqual({ messages: 1, consumers: 0 });
     expect(p.requests()).toEqual([]);
   });
 
@@ -206,7 +207,7 @@ describe('the consumer', () => {
     expect(idle.logs.some((l) => l['requestId'] !== undefined)).toBe(false);
     const runs = await runsOf(req.experiment);
     expect(runs.map((r) => r.info.status)).toEqual(['FINISHED']);
-    expect(await queueState(queue)).toEqual({ messages: 0, consumers: 0 });
+    expect(await queueStateAfterExit(queue)).toEqual({ messages: 0, consumers: 0 });
   });
 
   it('a worker takes exactly one message: the next one in the queue is left untouched', async () => {
@@ -216,7 +217,7 @@ describe('the consumer', () => {
     await publish(queue, first);
     await publish(queue, second);
     expect((await runWorker(queue)).code).toBe(EXIT.OK);
-    expect(await queueState(queue)).toEqual({ messages: 1, consumers: 0 });
+    expect(await queueStateAfterExit(queue)).toEqual({ messages: 1, consumers: 0 });
     const next = await runWorker(queue);
     expect(next.code).toBe(EXIT.OK);
     expect(logsWith(next, 'message acknowledged')[0]).toMatchObject({ requestId: second.requestId, attempt: 1 });

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { EXIT } from '../../common/worker-exit.ts';
 import { Cleanups } from '../helpers/cleanups.ts';
-import { drain, fixtures, logsWith, publish, queueState, request, runWorker, runsOf, tagsOf, type WorkerResult } from '../helpers/worker.ts';
+import { drain, fixtures, logsWith, publish, queueStateAfterExit, request, runsOf, runWorker, tagsOf, type WorkerResult } from '../helpers/worker.ts';
 
 const f = fixtures();
 const mlp = f.models['mlp'];
@@ -33,7 +33,7 @@ async function expectFinished(queue: string, cache: string): Promise<{ result: W
   await publish(queue, req);
   const result = await runWorker(queue, { KMJ_MODEL_CACHE_DIR: cache });
   expect(result.code, result.stderr.slice(-2000)).toBe(EXIT.OK);
-  expect(await queueState(queue)).toEqual({ messages: 0, consumers: 0 });
+  expect(await queueStateAfterExit(queue)).toEqual({ messages: 0, consumers: 0 });
   expect(await drain(`${queue}.dead`)).toEqual([]);
   const runs = await runsOf(req.experiment);
   expect(runs.map((r) => r.info.status)).toEqual(['FINISHED']);
