@@ -100,6 +100,8 @@ CONF
     [ -d "$base" ] || exit 0
     cli_env
     in_root "$bin/rabbitmqctl" -n "$name@localhost" stop >/dev/null 2>&1 || true
+    # The node started Erlang's port mapper (epmd), which outlives it: stopped with the last node.
+    if ! in_root epmd -names 2>/dev/null | grep -q '^name '; then in_root epmd -kill >/dev/null 2>&1 || true; fi
     ;;
   ctl)
     shift 2
