@@ -502,7 +502,11 @@ describe('KEDA runs the Kafka ScaledJob (keda/scaledjob-kafka.yaml) against our 
     expect(new Set(runs.map((r) => r.tags['kmj.request_id']))).toEqual(new Set(requests.map((r) => r.requestId)));
     const pods = await kafkaPods();
     for (const r of runs) expect(pods.some((p) => p.metadata.name === r.tags['kmj.pod'])).toBe(true);
-    expect(pods.map((p) => exitCodeOf(p))).toEqual(Array(all.length).fill(0));
+    // A worker that did not exit 0: its log, here and in .run/cluster-deploy/, says why.
+    const failed = pods.filter((p) => exitCodeOf(p) !== 0);
+    if (failed.length > 0) await keepLogs(n, topic, group);
+    const logs = await Promise.all(failed.map(async (p) => `${p.metadata.name}:\n${(await kubectl(['-n', NAMESPACE, 'logs', p.metadata.name]).catch((err: unknown) => String(err))).slice(-6000)}`));
+    expect(pods.map((p) => exitCodeOf(p)), logs.join('\n')).toEqual(Array(all.length).fill(0));
     const startMs = (await runsOf(experiment)).map((r) => Number(r.info.start_time) - publishedAt);
     return { jobs: all.length, maxConcurrent, drainMs, startMs };
   }
