@@ -6,7 +6,7 @@
  * machine under user-mode emulation.
  */
 import { execFile } from 'node:child_process';
-import { existsSync, mkdtempSync, openSync, readSync, closeSync, readdirSync, lstatSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, openSync, readSync, closeSync, readdirSync, lstatSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -72,6 +72,33 @@ export async function unpackLayer(image: PlatformImage, archive = IMAGE_ARCHIVE)
   const dir = mkdtempSync(join(tmpdir(), `kmj-image-${image.config.architecture}-`));
   await run('bash', ['-c', 'set -o pipefail; tar -xOf "$1" "$2" | tar -xzf - -C "$3"', 'unpack', archive, blobName(layer.digest), dir], { maxBuffer: 1024 * 1024 });
   return dir;
+}
+
+/** Each platform's layer unpacked (roots by architecture) with its ELF files; remove() deletes the roots. */
+export interface UnpackedImages {
+  readonly roots: ReadonlyMap<string, string>;
+  readonly elves: ReadonlyMap<string, ElfFile[]>;
+  remove(): void;
+}
+
+/** Unpacks the amd64 and arm64 images of an index and lists the ELF files of each. */
+export async function unpackImages(images: readonly PlatformImage[], archive = IMAGE_ARCHIVE): Promise<UnpackedImages> {
+  const roots = new Map<string, string>();
+  const elves = new Map<string, ElfFile[]>();
+  const remove = (): void => {
+    for (const root of roots.values()) rmSync(root, { recursive: true, force: true });
+  };
+  try {
+    for (const arch of ['amd64', 'arm64']) {
+      const root = await unpackLayer(imageFor(images, arch), archive);
+      roots.set(arch, root);
+      elves.set(arch, elfFiles(root));
+    }
+  } catch (err) {
+    remove();
+    throw err;
+  }
+  return { roots, elves, remove };
 }
 
 /** ELF e_machine values. */

@@ -3,10 +3,10 @@
 // image per architecture, and inside each only that architecture's native code, every library it
 // links present, and (for arm64) every segment aligned for a 16 KB-page kernel, the default on a
 // Pi 5's Raspberry Pi OS.
-import { existsSync, rmSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ELF_MACHINE, elfFiles, elfLinking, imageFor, readImage, unpackLayer, type ElfFile, type PlatformImage } from '../helpers/image.ts';
+import { ELF_MACHINE, elfLinking, imageFor, readImage, unpackImages, type PlatformImage, type UnpackedImages } from '../helpers/image.ts';
 
 const TRIPLET = { amd64: 'x86_64-linux-gnu', arm64: 'aarch64-linux-gnu' } as const;
 /** The goal for what a Pi pulls per architecture (the compressed layer). */
@@ -15,24 +15,17 @@ const MAX_COMPRESSED_BYTES = 80 * 1000 * 1000;
 let images: PlatformImage[];
 let layout: Awaited<ReturnType<typeof readImage>>['layout'];
 let indexMediaType: string;
-const roots = new Map<string, string>();
-const elves = new Map<string, ElfFile[]>();
+let unpacked: UnpackedImages;
 
 beforeAll(async () => {
   const read = await readImage();
   images = read.images;
   layout = read.layout;
   indexMediaType = read.index.mediaType;
-  for (const arch of ['amd64', 'arm64'] as const) {
-    const root = await unpackLayer(imageFor(images, arch));
-    roots.set(arch, root);
-    elves.set(arch, elfFiles(root));
-  }
+  unpacked = await unpackImages(images);
 }, 180_000);
 
-afterAll(() => {
-  for (const root of roots.values()) rmSync(root, { recursive: true, force: true });
-});
+afterAll(() => unpacked?.remove());
 
 describe('the OCI archive of the project image', () => {
   it('is one image index, named with the tag, with a linux/amd64 and a linux/arm64 (v8) image', () => {
@@ -60,7 +53,7 @@ describe('the OCI archive of the project image', () => {
       });
 
       it(`holds native code for ${arch} only: every ELF file is 64-bit with machine ${ELF_MACHINE[arch]}`, () => {
-        const files = elves.get(arch) ?? [];
+        const files = unpacked.elves.get(arch) ?? [];
         const paths = files.map((f) => f.path);
         // What must be there: Node, onnxruntime's binding and library, the C and C++ runtime, the loader.
         expect(paths).toContain('/usr/local/bin/node');
@@ -72,14 +65,14 @@ describe('the OCI archive of the project image', () => {
       });
 
       it('links nothing it does not carry: every NEEDED library and the loader are in the image', async () => {
-        const root = roots.get(arch) ?? '';
+        const root = unpacked.roots.get(arch) ?? '';
         const missing: string[] = [];
-        for (const f of elves.get(arch) ?? []) {
+        for (const f of unpacked.elves.get(arch) ?? []) {
           const linking = await elfLinking(join(root, f.path));
           const dir = f.path.slice(0, f.path.lastIndexOf('/'));
           const beside = linking.runpath?.split(':').some((p) => p.replace(/\/$/, '') === '$ORIGIN') ?? false;
           for (const lib of linking.needed) {
-            const found = [`/lib/${TRIPLET[arch]}/${lib}`, ...(beside ? [`${dir}/${lib}`] : [])].some((p) => (elves.get(arch) ?? []).some((e) => e.path === p));
+            const found = [`/lib/${TRIPLET[arch]}/${lib}`, ...(beside ? [`${dir}/${lib}`] : [])].some((p) => (unpacked.elves.get(arch) ?? []).some((e) => e.path === p));
             if (!found) missing.push(`${f.path} needs ${lib}`);
           }
           if (linking.interpreter !== undefined && !existsSync(join(root, linking.interpreter))) missing.push(`${f.path} names the loader ${linking.interpreter}`);
@@ -99,9 +92,9 @@ describe('the OCI archive of the project image', () => {
     // A 4 KB-aligned segment cannot be mapped at a 16 KB page boundary, and the loader refuses the
     // file ("ELF load command address/offset not page-aligned"). Checked on the files themselves,
     // since emulation here runs with 4 KB pages.
-    const root = roots.get('arm64') ?? '';
+    const root = unpacked.roots.get('arm64') ?? '';
     const small: string[] = [];
-    for (const f of elves.get('arm64') ?? []) {
+    for (const f of unpacked.elves.get('arm64') ?? []) {
       const { loadAlign } = await elfLinking(join(root, f.path));
       expect(loadAlign.length, `${f.path} has loadable segments`).toBeGreaterThan(0);
       for (const a of loadAlign) if (a < 16384) small.push(`${f.path}: ${a}`);

@@ -5,33 +5,25 @@
 // loading MLflow's server and its Postgres driver: the amd64 one natively in a chroot, the arm64
 // one under qemu-aarch64-static (test/image/arm64.test.ts says what emulation can and cannot show).
 import { execFile } from 'node:child_process';
-import { rmSync } from 'node:fs';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { packageFile } from '../../common/paths.ts';
-import { ELF_MACHINE, elfFiles, imageFor, qemuAarch64, readImage, unpackLayer, type ElfFile, type PlatformImage } from '../helpers/image.ts';
+import { ELF_MACHINE, qemuAarch64, readImage, unpackImages, type PlatformImage, type UnpackedImages } from '../helpers/image.ts';
 
 const run = promisify(execFile);
 const IMPORTS = "import platform, mlflow, mlflow.server, psycopg2, sqlalchemy, numpy; print(platform.machine(), mlflow.__version__, psycopg2.__version__.split()[0])";
 
 let archive: string;
 let images: PlatformImage[];
-const roots = new Map<string, string>();
-const elves = new Map<string, ElfFile[]>();
+let unpacked: UnpackedImages;
 
 beforeAll(async () => {
   archive = (await run('bash', [packageFile('scripts', 'mlflow-image.sh'), 'build'], { maxBuffer: 1024 * 1024 })).stdout.trim();
   images = (await readImage(archive)).images;
-  for (const arch of ['amd64', 'arm64'] as const) {
-    const root = await unpackLayer(imageFor(images, arch), archive);
-    roots.set(arch, root);
-    elves.set(arch, elfFiles(root));
-  }
+  unpacked = await unpackImages(images, archive);
 }, 600_000);
 
-afterAll(() => {
-  for (const root of roots.values()) rmSync(root, { recursive: true, force: true });
-});
+afterAll(() => unpacked?.remove());
 
 describe('the MLflow image index', () => {
   it('names a linux/amd64 and a linux/arm64 (v8) image that run mlflow as uid 1000', () => {
@@ -44,7 +36,7 @@ describe('the MLflow image index', () => {
 
   for (const arch of ['amd64', 'arm64'] as const) {
     it(`linux/${arch} holds native code for ${arch} only: Python, the extension modules and their libraries`, () => {
-      const files = elves.get(arch) ?? [];
+      const files = unpacked.elves.get(arch) ?? [];
       const paths = files.map((f) => f.path);
       expect(paths).toContain('/usr/bin/python3.11');
       expect(paths.some((p) => /^\/opt\/mlflow\/site\/psycopg2\/_psycopg\..*\.so$/.test(p))).toBe(true);
@@ -55,14 +47,14 @@ describe('the MLflow image index', () => {
   }
 
   it('linux/amd64: its own Python loads MLflow’s server and psycopg2 (in a chroot of the image)', async () => {
-    const { stdout } = await run('/usr/sbin/chroot', [roots.get('amd64') ?? '', '/usr/bin/python3', '-c', IMPORTS], { env: { PATH: '/usr/bin:/bin', PYTHONPATH: '/opt/mlflow/site', HOME: '/tmp' } });
+    const { stdout } = await run('/usr/sbin/chroot', [unpacked.roots.get('amd64') ?? '', '/usr/bin/python3', '-c', IMPORTS], { env: { PATH: '/usr/bin:/bin', PYTHONPATH: '/opt/mlflow/site', HOME: '/tmp' } });
     expect(stdout.trim()).toBe('x86_64 3.17.2 2.9.10');
-    const version = await run('/usr/sbin/chroot', [roots.get('amd64') ?? '', '/opt/mlflow/bin/mlflow', '--version'], { env: { PATH: '/opt/mlflow/bin:/usr/bin:/bin', PYTHONPATH: '/opt/mlflow/site', HOME: '/tmp' } });
+    const version = await run('/usr/sbin/chroot', [unpacked.roots.get('amd64') ?? '', '/opt/mlflow/bin/mlflow', '--version'], { env: { PATH: '/opt/mlflow/bin:/usr/bin:/bin', PYTHONPATH: '/opt/mlflow/site', HOME: '/tmp' } });
     expect(version.stdout.trim()).toBe('mlflow, version 3.17.2');
   }, 120_000);
 
   it('linux/arm64: its own Python loads MLflow’s server and psycopg2 under emulation', async () => {
-    const root = roots.get('arm64') ?? '';
+    const root = unpacked.roots.get('arm64') ?? '';
     const qemu = await qemuAarch64();
     const { stdout } = await run(qemu, ['-L', root, `${root}/usr/bin/python3.11`, '-c', IMPORTS], { env: { PATH: '/usr/bin:/bin', PYTHONPATH: '/opt/mlflow/site', HOME: '/tmp' }, timeout: 240_000 });
     expect(stdout.trim()).toBe('aarch64 3.17.2 2.9.10');
