@@ -66,3 +66,13 @@ export function kafkaClient(conn: KafkaConnection, options: KafkaClientOptions):
   }
   return new Kafka(config);
 }
+
+/** kafkajs error classes carry `type` (the protocol error name) and `name`; nothing else is trusted. */
+export function kafkaErrorType(err: unknown): string | undefined {
+  for (let e: unknown = err, depth = 0; e instanceof Error && depth < 5; e = (e as { cause?: unknown; originalError?: unknown }).originalError ?? e.cause, depth++) {
+    const type = (e as { type?: unknown }).type;
+    if (typeof type === 'string') return type;
+    if (e.name === 'KafkaJSSASLAuthenticationError') return 'SASL_AUTHENTICATION_FAILED';
+  }
+  return undefined;
+}

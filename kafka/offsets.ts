@@ -15,6 +15,7 @@ import { raceAbort } from '../common/abort.ts';
 import { BacklogNotFoundError, BacklogUnavailableError } from '../common/errors.ts';
 import type { Logger } from '../common/log.ts';
 import { messageOf } from '../common/redact.ts';
+import { kafkaErrorType } from './client.ts';
 
 /** One partition's offsets: `committed` is undefined when the group has committed none there. */
 export interface PartitionOffsets {
@@ -56,16 +57,6 @@ type ListingKind = 'topics' | 'groups';
 interface Listing {
   readonly names: ReadonlySet<string>;
   readonly at: number;
-}
-
-/** kafkajs error classes carry `type` (the protocol error name) and `name`; nothing else is trusted. */
-function kafkaErrorType(err: unknown): string | undefined {
-  for (let e: unknown = err, depth = 0; e instanceof Error && depth < 5; e = (e as { cause?: unknown; originalError?: unknown }).originalError ?? e.cause, depth++) {
-    const type = (e as { type?: unknown }).type;
-    if (typeof type === 'string') return type;
-    if (e.name === 'KafkaJSSASLAuthenticationError') return 'SASL_AUTHENTICATION_FAILED';
-  }
-  return undefined;
 }
 
 export class KafkaOffsetsReader {

@@ -24,7 +24,7 @@
  *
  * Exit code: the one record's, as with RabbitMQ; with several, the first that is not OK.
  */
-import type { Consumer, KafkaMessage, Producer } from 'kafkajs';
+import type { KafkaMessage, Producer } from 'kafkajs';
 import type { Logger } from '../common/log.ts';
 import { messageOf } from '../common/errors.ts';
 import { EXIT, type ExitCode } from '../common/worker-exit.ts';
@@ -81,6 +81,7 @@ export async function consumeKafka(options: ConsumeOptions): Promise<ExitCode> {
     groupId: input.group,
     state,
     lagOf: async (topic) => waitingOf(await offsets.read(input.group, [topic], AbortSignal.timeout(LAG_READ_TIMEOUT_MS))),
+    log,
     consumer: {
       sessionTimeout: input.sessionTimeoutMs,
       rebalanceTimeout: REBALANCE_TIMEOUT_MS,
@@ -155,9 +156,9 @@ export async function consumeKafka(options: ConsumeOptions): Promise<ExitCode> {
   // records. Their records run one after another whatever the number of Jobs, so the worker that
   // can start on the longest queue shortens the drain (with records on every partition and as many
   // Jobs as partitions, each first record starts at once).
-  let owned: readonly number[] = [];
   let choosing = 0;
   const readLongestQueue = (): void => {
+    const owned = member.assigned(input.topic);
     if (stopping || inFlight !== undefined || owned.length < 2) return;
     const choice = ++choosing;
     pauseAll();
@@ -183,8 +184,7 @@ export async function consumeKafka(options: ConsumeOptions): Promise<ExitCode> {
   consumer.on(consumer.events.GROUP_JOIN, (event) => {
     joined = true;
     clearTimeout(joinTimer);
-    owned = event.payload.memberAssignment[input.topic] ?? [];
-    log.debug({ assignment: owned, leader: event.payload.isLeader }, 'assigned');
+    log.debug({ assignment: member.assigned(input.topic), leader: event.payload.isLeader }, 'assigned');
     if (!stopping && inFlight === undefined) {
       armIdle();
       readLongestQueue();
@@ -301,7 +301,7 @@ async function settleRecord(topic: string, partition: number, message: KafkaMess
     return EXIT.UNSETTLED;
   }
   try {
-    await commitOffset(member.consumer, topic, partition, next);
+    await member.commit(topic, partition, next);
   } catch (err) {
     // Delivered again to the next worker: after an ack it finds the run FINISHED and commits;
     // after a requeue or dead-letter it handles the original again (resuming the same run, or
@@ -317,25 +317,6 @@ async function settleRecord(topic: string, partition: number, message: KafkaMess
 /** Records waiting per partition; a partition without a commit is read from its first record. */
 function waitingOf(read: GroupOffsets): Map<number, number> {
   return new Map(read.partitions.map((p) => [p.partition, committedLag(p) ?? p.end - p.start]));
-}
-
-/**
- * Commits one offset, and proves it: kafkajs' commitOffsets resolves without sending anything once
- * its consumer has begun to stop, so the commit counts only when kafkajs reports it committed.
- */
-async function commitOffset(consumer: Consumer, topic: string, partition: number, offset: string): Promise<void> {
-  let committed = false;
-  const stopListening = consumer.on(consumer.events.COMMIT_OFFSETS, (event) => {
-    for (const t of event.payload.topics) {
-      if (t.topic === topic && t.partitions.some((p) => Number(p.partition) === partition && String(p.offset) === offset)) committed = true;
-    }
-  });
-  try {
-    await consumer.commitOffsets([{ topic, partition, offset }]);
-  } finally {
-    stopListening();
-  }
-  if (!committed) throw new Error('the consumer stopped before the offset was committed');
 }
 
 function deadLetter(message: KafkaMessage, outcome: Outcome, delivery: DeliveryInfo, topic: string, partition: number): { key: Buffer | null; value: Buffer | null; headers: Record<string, string | Buffer> } {

@@ -6,7 +6,9 @@ import { readFileSync } from 'node:fs';
 import { Kafka, logLevel } from 'kafkajs';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { EXIT } from '../../common/worker-exit.ts';
-import { groupMember } from '../../kafka/group.ts';
+import type { MemberState } from '../../kafka/assigner.ts';
+import { kafkaErrorType } from '../../kafka/client.ts';
+import { groupMember, type GroupMember } from '../../kafka/group.ts';
 import { Cleanups } from '../helpers/cleanups.ts';
 import { until } from '../helpers/cluster.ts';
 import { KAFKA_BROKERS } from '../helpers/env.ts';
@@ -84,6 +86,112 @@ describe('a group member that is closed', () => {
     expect(events.filter((e) => e !== 'closed')).toEqual(['joined', 'crash, restart false']);
     expect(membersAfterClose).toEqual(Array(6).fill([]));
   });
+});
+
+/** What the leader's assigner waits on while it is shut: the group then sits between generations. */
+class Gate {
+  #shut = false;
+  readonly #waiting: Array<() => void> = [];
+  /** Times the assigner reached the gate while it was shut. */
+  held = 0;
+  shut(): void {
+    this.#shut = true;
+  }
+  open(): void {
+    this.#shut = false;
+    for (const go of this.#waiting.splice(0)) go();
+  }
+  pass(): Promise<void> {
+    if (!this.#shut) return Promise.resolve();
+    this.held++;
+    return new Promise((resolve) => this.#waiting.push(resolve));
+  }
+}
+
+describe('a commit made while another member joins the group', () => {
+  const REJOIN_ERRORS = ['ILLEGAL_GENERATION', 'REBALANCE_IN_PROGRESS', 'UNKNOWN_MEMBER_ID'];
+
+  /**
+   * A member of `group` on `topic` whose state is `state()`; as the group's leader, its assigner
+   * waits at `gate`. Its handler takes nothing (it pauses): the test's commits are the only ones.
+   * `joined` resolves at its first join, which a held leader delays.
+   */
+  function startMember(group: string, topic: string, state: () => MemberState, gate: Gate): { member: GroupMember; joined: Promise<void> } {
+    const client = new Kafka({ clientId: 'kmj-commit-rejoin', brokers: KAFKA_BROKERS.split(','), logLevel: logLevel.NOTHING, retry: { retries: 2, initialRetryTime: 100 } });
+    const member = groupMember(client, {
+      groupId: group,
+      state,
+      lagOf: async () => {
+        await gate.pass();
+        return undefined;
+      },
+      consumer: { maxWaitTimeInMs: 100, sessionTimeout: 10_000, rebalanceTimeout: 30_000, heartbeatInterval: 300 },
+    });
+    cleanups.defer(() => member.close());
+    const { consumer } = member;
+    const firstJoin = new Promise<void>((resolve) => consumer.on(consumer.events.GROUP_JOIN, () => resolve()));
+    const joined = (async () => {
+      await consumer.connect();
+      await consumer.subscribe({ topic, fromBeginning: true });
+      await consumer.run({ autoCommit: false, eachMessage: async ({ partition }) => consumer.pause([{ topic, partitions: [partition] }]) });
+      await firstJoin;
+    })();
+    return { member, joined };
+  }
+
+  it('is refused to kafkajs alone, made by GroupMember.commit after the rejoin while the partition stays its own, and refused naming why once the rebalance moves the partition', async () => {
+    const topic = await kafka.topic('commit-rejoin', 1);
+    const group = kafka.group('commit-rejoin');
+    await kafka.produce(topic, 0, 3);
+    const gate = new Gate();
+    let leaderState: MemberState = { capacity: 1, busy: { [topic]: [0] } };
+    const first = startMember(group, topic, () => leaderState, gate);
+    await first.joined;
+    const leader = first.member;
+    cleanups.defer(() => gate.open());
+    expect(leader.assigned(topic)).toEqual([0]);
+
+    // A second Job joins while the leader works on partition 0's record: the leader's rejoin stops
+    // in its assigner, and the group is between generations.
+    gate.shut();
+    const second = startMember(group, topic, () => ({ capacity: 1, busy: {} }), gate);
+    await until('the leader held in its assignment', async () => gate.held, (n) => n >= 1, 20_000, 50);
+    const own = await leader.consumer.commitOffsets([{ topic, partition: 0, offset: '1' }]).then(
+      () => undefined,
+      (err: unknown) => err,
+    );
+    expect(REJOIN_ERRORS).toContain(kafkaErrorType(own));
+    let settled = false;
+    const committing = leader.commit(topic, 0, '1').finally(() => {
+      settled = true;
+    });
+    await new Promise((r) => setTimeout(r, 1000));
+    expect(settled).toBe(false);
+    gate.open();
+    await committing;
+    expect(await kafka.committed(group, topic)).toEqual({ 0: 1 });
+    await second.joined;
+    expect(leader.assigned(topic)).toEqual([0]);
+    expect(second.member.assigned(topic)).toEqual([]);
+
+    // The record is done and the leader takes no more: the next rebalance gives partition 0 away,
+    // and a commit refused meanwhile is not made with the new generation.
+    leaderState = { capacity: 0, busy: {} };
+    gate.shut();
+    const third = startMember(group, topic, () => ({ capacity: 1, busy: {} }), gate);
+    await until('the leader held in its second assignment', async () => gate.held, (n) => n >= 2, 20_000, 50);
+    const refused = leader.commit(topic, 0, '2').then(
+      () => undefined,
+      (err: unknown) => err,
+    );
+    await new Promise((r) => setTimeout(r, 500));
+    gate.open();
+    expect(String((await refused) as Error)).toMatch(new RegExp(`the rebalance gave partition 0 of ${topic} to another member`));
+    await third.joined;
+    expect(leader.assigned(topic)).toEqual([]);
+    expect([...second.member.assigned(topic), ...third.member.assigned(topic)]).toEqual([0]);
+    expect(await kafka.committed(group, topic)).toEqual({ 0: 1 });
+  }, 90_000);
 });
 
 /** Serves the iris CSV; paths under /slow/ answer after `slowMs`, so a record can be made to run long. */
