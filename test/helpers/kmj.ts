@@ -4,7 +4,7 @@
  * and its exit. Plus the RabbitMQ and port helpers the CLI tests share.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createServer } from 'node:net';
+import { connect as connectTcp } from 'node:net';
 import { connect } from 'amqplib';
 import { packageFile } from '../../common/paths.ts';
 import { RABBITMQ_MANAGEMENT_URL, RABBITMQ_URL } from './env.ts';
@@ -112,14 +112,27 @@ export function runKmj(args: readonly string[], options: KmjOptions = {}, cleanu
   return startKmj(args, options, cleanups).done;
 }
 
-/** A loopback port nothing listens on (bound, then released). */
+/**
+ * A loopback port nothing listens on, from 21000-29999: below the kernel's ephemeral range
+ * (net.ipv4.ip_local_port_range, 32768-60999 by default), so no other test's listen(0) can be
+ * given it meanwhile and no outgoing connection can have it as its own source port (connecting
+ * to a free ephemeral port on loopback can meet itself), and clear of every fixed port the
+ * services and the cluster use. Checked: a connection to it is refused.
+ */
 export async function closedPort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const address = server.address();
-  const port = typeof address === 'object' && address ? address.port : 0;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
+  for (let tries = 0; tries < 50; tries++) {
+    const port = 21000 + Math.floor(Math.random() * 9000);
+    const refused = await new Promise<boolean>((resolve) => {
+      const socket = connectTcp({ host: '127.0.0.1', port });
+      socket.once('connect', () => {
+        socket.destroy();
+        resolve(false);
+      });
+      socket.once('error', (err: NodeJS.ErrnoException) => resolve(err.code === 'ECONNREFUSED'));
+    });
+    if (refused) return port;
+  }
+  throw new Error('no closed loopback port found in 21000-29999 after 50 tries');
 }
 
 
