@@ -7,6 +7,7 @@ import type { Logger } from '../common/log.ts';
 import type { ScalerConfig } from './config.ts';
 import { startGrpcServer, type RunningGrpcServer } from './grpc-server.ts';
 import { ScalerMetrics } from './metrics.ts';
+import { receiveReport, REPORT_PATH } from './reports.ts';
 import { ExternalScalerService } from './service.ts';
 import { SnapshotStore } from './snapshots.ts';
 import { createSources } from './sources/registry.ts';
@@ -75,6 +76,17 @@ export async function startScaler(config: ScalerConfig, log: Logger): Promise<Ru
 function startHttp(host: string, port: number, metrics: ScalerMetrics, store: SnapshotStore): Promise<Server> {
   const server = createServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0];
+    if (path === REPORT_PATH) {
+      if (req.method !== 'POST') {
+        res.writeHead(405, { allow: 'POST' }).end();
+        return;
+      }
+      receiveReport(req, res, metrics, store).catch(() => {
+        if (!res.headersSent) res.writeHead(500).end();
+        else res.destroy();
+      });
+      return;
+    }
     if (req.method !== 'GET') {
       res.writeHead(405, { allow: 'GET' }).end();
       return;

@@ -79,6 +79,10 @@ function metadataOf(ref: ScaledObjectRef | null | undefined): Metadata {
   return ref?.scalerMetadata ?? {};
 }
 
+function ownerOf(ref: ScaledObjectRef | null | undefined): { name: string; namespace: string } | undefined {
+  return ref && ref.name !== '' ? { name: ref.name, namespace: ref.namespace } : undefined;
+}
+
 export async function startGrpcServer(options: GrpcServerOptions): Promise<RunningGrpcServer> {
   const { service, metrics, log } = options;
   // grpc-js reports its own trouble through a console-like logger: keep stderr JSON lines.
@@ -125,13 +129,13 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
 
   const handlers: grpc.UntypedServiceImplementation = {
     GetMetricSpec: unary<ScaledObjectRef, { metricSpecs: unknown[] }>('GetMetricSpec', (r) => r, (req) => ({
-      metricSpecs: service.getMetricSpec(metadataOf(req)),
+      metricSpecs: service.getMetricSpec(metadataOf(req), ownerOf(req)),
     })),
     GetMetrics: unary<GetMetricsRequest, { metricValues: unknown[] }>('GetMetrics', (r) => r.scaledObjectRef, async (req) => ({
-      metricValues: await service.getMetrics(metadataOf(req.scaledObjectRef), req.metricName),
+      metricValues: await service.getMetrics(metadataOf(req.scaledObjectRef), req.metricName, ownerOf(req.scaledObjectRef)),
     })),
     IsActive: unary<ScaledObjectRef, { result: boolean }>('IsActive', (r) => r, async (req) => ({
-      result: await service.isActive(metadataOf(req)),
+      result: await service.isActive(metadataOf(req), ownerOf(req)),
     })),
     StreamIsActive: (call: grpc.ServerWritableStream<ScaledObjectRef, { result: boolean }>) => {
       const started = performance.now();

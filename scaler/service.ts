@@ -1,9 +1,10 @@
 /**
  * What the external scaler answers, without any gRPC: the transport lives in grpc-server.ts.
- * Every method takes the trigger's scalerMetadata and answers from the snapshot store.
+ * Every method takes the trigger's scalerMetadata and answers from the snapshot store; `owner`
+ * is the ScaledJob (or ScaledObject) KEDA names in the call, for kmj_scaler_target_info.
  */
 import { BacklogNotFoundError } from '../common/errors.ts';
-import type { SnapshotEvent, SnapshotStore } from './snapshots.ts';
+import type { SnapshotEvent, SnapshotStore, TargetOwner } from './snapshots.ts';
 import type { BacklogReading } from './sources/source.ts';
 import type { CompiledTrigger, TriggerCompiler } from './triggers.ts';
 
@@ -31,24 +32,24 @@ export class ExternalScalerService {
   }
 
   /** Exactly one metric spec per trigger. Needs no broker; registers the target for refresh. */
-  getMetricSpec(metadata: Metadata): MetricSpecAnswer[] {
+  getMetricSpec(metadata: Metadata, owner?: TargetOwner): MetricSpecAnswer[] {
     const t = this.#triggers.compile(metadata);
-    this.#store.want(t.target);
+    this.#store.want(t.target, owner);
     // The deprecated integer is what KEDA uses when the float is 0; a fractional size rounds up.
     return [{ metricName: t.metricName, targetSize: Math.max(1, Math.ceil(t.targetSize)), targetSizeFloat: t.targetSize }];
   }
 
-  async getMetrics(metadata: Metadata, metricName: string): Promise<MetricValueAnswer[]> {
+  async getMetrics(metadata: Metadata, metricName: string, owner?: TargetOwner): Promise<MetricValueAnswer[]> {
     const t = this.#triggers.compile(metadata);
     checkMetricName(t, metricName);
-    const reading = await this.#store.read(t.target);
+    const reading = await this.#store.read(t.target, owner);
     // Both fields carry the value: KEDA reads the float only when it is above 0.
     return [{ metricName: t.metricName, metricValue: Math.ceil(reading.value), metricValueFloat: reading.value }];
   }
 
-  async isActive(metadata: Metadata): Promise<boolean> {
+  async isActive(metadata: Metadata, owner?: TargetOwner): Promise<boolean> {
     const t = this.#triggers.compile(metadata);
-    const reading = await this.#store.read(t.target);
+    const reading = await this.#store.read(t.target, owner);
     return activityOf(reading) > t.activationThreshold;
   }
 

@@ -53,7 +53,28 @@ interface Entry {
   pollAt: number;
   pollPeriodMs: number | undefined;
   readonly listeners: Set<Listener>;
+  /** The ScaledJobs (or ScaledObjects) whose polls name this target, by "namespace/name". */
+  readonly owners: Map<string, OwnerSeen>;
+  /** When a read last found nothing waiting (performance.now()); undefined before that. */
+  lastEmptyAt: number | undefined;
 }
+
+/** Who polls a target, as KEDA's ScaledObjectRef names it. */
+export interface TargetOwner {
+  readonly name: string;
+  readonly namespace: string;
+}
+
+interface OwnerSeen {
+  readonly owner: TargetOwner;
+  polls: number;
+  lastAt: number;
+}
+
+/** An owner is shown from its second poll (a one-off call is not a ScaledJob) ... */
+const OWNER_MIN_POLLS = 2;
+/** ... until it misses three of its polls, and at least this long. */
+const OWNER_MIN_KEEP_MS = 60_000;
 
 /** RPCs for one target closer together than this belong to one KEDA poll. */
 const SAME_POLL_MS = 100;
@@ -79,6 +100,19 @@ export interface SnapshotView {
   readonly details: Readonly<Record<string, number>> | undefined;
   readonly ageMs: number | undefined;
   readonly error: string | undefined;
+  /** The ScaledJobs polling it (see OWNER_MIN_POLLS). */
+  readonly owners: readonly TargetOwner[];
+  /**
+   * An upper bound of how long the oldest waiting message has waited: the time since a read last
+   * found nothing waiting (every message waiting now came after that read). 0 when nothing waits;
+   * undefined while no read has found the queue empty yet, or the latest read failed.
+   */
+  readonly oldestWaitingMaxMs: number | undefined;
+}
+
+/** What a reading says is waiting: ready messages (RabbitMQ), the lag (Kafka), else its value. */
+function waitingOf(reading: BacklogReading): number {
+  return reading.details['ready'] ?? reading.details['lag'] ?? reading.value;
 }
 
 export class SnapshotStore {
@@ -86,6 +120,8 @@ export class SnapshotStore {
   readonly #observer: SnapshotObserver;
   readonly #log: Logger;
   readonly #entries = new Map<string, Entry>();
+  /** Entries per (source, scope, name), for `serves`. */
+  readonly #served = new Map<string, number>();
   readonly #stopping = new AbortController();
   #timer: NodeJS.Timeout | undefined;
 
@@ -120,16 +156,21 @@ export class SnapshotStore {
   }
 
   /** Registers interest in a target without waiting (GetMetricSpec does this). */
-  want(target: BacklogTarget): void {
-    this.#entry(target);
+  want(target: BacklogTarget, owner?: TargetOwner): void {
+    this.#entry(target, owner);
+  }
+
+  /** True when a target with this source, scope and name is kept fresh (the worker reports' check). */
+  serves(source: string, scope: string, name: string): boolean {
+    return this.#served.has(servedKey(source, scope, name));
   }
 
   /**
    * The current reading of a target, or the typed error explaining why there is none. Waits only
    * when the target is new (see the module comment).
    */
-  async read(target: BacklogTarget): Promise<BacklogReading> {
-    const e = this.#entry(target);
+  async read(target: BacklogTarget, owner?: TargetOwner): Promise<BacklogReading> {
+    const e = this.#entry(target, owner);
     if (e.reading === undefined && e.error === undefined) await this.#waitFirst(e);
     return this.#answer(e, performance.now());
   }
@@ -156,10 +197,22 @@ export class SnapshotStore {
       details: e.reading?.details,
       ageMs: e.reading ? Math.round(now - e.readAt) : undefined,
       error: e.error?.message,
+      owners: this.#ownersOf(e, now),
+      oldestWaitingMaxMs: oldestWaitingMax(e, now),
     }));
   }
 
-  #entry(target: BacklogTarget): Entry {
+  #ownersOf(e: Entry, now: number): TargetOwner[] {
+    const keepMs = Math.max(OWNER_MIN_KEEP_MS, 3 * (e.pollPeriodMs ?? 0));
+    const out: TargetOwner[] = [];
+    for (const [key, seen] of e.owners) {
+      if (now - seen.lastAt > keepMs) e.owners.delete(key);
+      else if (seen.polls >= OWNER_MIN_POLLS) out.push(seen.owner);
+    }
+    return out;
+  }
+
+  #entry(target: BacklogTarget, owner?: TargetOwner): Entry {
     const now = performance.now();
     let e = this.#entries.get(target.key);
     if (!e) {
@@ -174,8 +227,12 @@ export class SnapshotStore {
         pollAt: now,
         pollPeriodMs: undefined,
         listeners: new Set(),
+        owners: new Map(),
+        lastEmptyAt: undefined,
       };
       this.#entries.set(target.key, e);
+      const served = servedKey(target.labels.source, target.labels.scope, target.labels.name);
+      this.#served.set(served, (this.#served.get(served) ?? 0) + 1);
       this.#observer.targets(this.#entries.size);
       this.#refresh(e);
     } else if (now - e.lastWantedAt > SAME_POLL_MS) {
@@ -183,6 +240,16 @@ export class SnapshotStore {
       const period = now - e.pollAt;
       e.pollPeriodMs = e.pollPeriodMs === undefined ? period : (e.pollPeriodMs + period) / 2;
       e.pollAt = now;
+    }
+    if (owner !== undefined && owner.name !== '') {
+      const key = `${owner.namespace}/${owner.name}`;
+      const seen = e.owners.get(key);
+      if (!seen) e.owners.set(key, { owner: { name: owner.name, namespace: owner.namespace }, polls: 1, lastAt: now });
+      else {
+        // RPCs of one poll come together: count polls, not calls.
+        if (now - seen.lastAt > SAME_POLL_MS) seen.polls++;
+        seen.lastAt = now;
+      }
     }
     e.lastWantedAt = now;
     return e;
@@ -229,6 +296,10 @@ export class SnapshotStore {
       if (e.listeners.size === 0 && now - e.lastWantedAt > this.#options.idleTargetTtlMs) {
         if (!e.inFlight) {
           this.#entries.delete(key);
+          const served = servedKey(e.target.labels.source, e.target.labels.scope, e.target.labels.name);
+          const left = (this.#served.get(served) ?? 1) - 1;
+          if (left > 0) this.#served.set(served, left);
+          else this.#served.delete(served);
           this.#observer.targets(this.#entries.size);
           this.#log.info({ target: e.target.labels }, 'target dropped after idle ttl');
         }
@@ -260,6 +331,7 @@ export class SnapshotStore {
           const now = performance.now();
           e.reading = reading;
           e.readAt = now;
+          if (waitingOf(reading) <= 0) e.lastEmptyAt = now;
           if (e.error) this.#log.info({ target: e.target.labels }, 'target readable again');
           e.error = undefined;
           this.#observer.read(e.target.labels, (now - started) / 1000);
@@ -291,6 +363,16 @@ export class SnapshotStore {
       }
     }
   }
+}
+
+function servedKey(source: string, scope: string, name: string): string {
+  return `${source}\u0000${scope}\u0000${name}`;
+}
+
+function oldestWaitingMax(e: Entry, now: number): number | undefined {
+  if (!e.reading || e.error) return undefined;
+  if (waitingOf(e.reading) <= 0) return 0;
+  return e.lastEmptyAt === undefined ? undefined : Math.round(now - e.lastEmptyAt);
 }
 
 function normalize(err: unknown, target: BacklogTarget): Error {

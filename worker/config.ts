@@ -41,6 +41,7 @@ export const WORKER_ENV = {
   KMJ_BATCH_ROWS: { kind: 'integer', min: 1, max: 1_000_000, default: 16384, help: 'rows per inference call' },
   KMJ_ONNX_THREADS: { kind: 'integer', min: 0, max: 256, default: 0, help: 'onnxruntime intra-op threads (0: onnxruntime decides)' },
   KMJ_MLFLOW_USER: { kind: 'string', help: 'mlflow.user tag (default: the OS user)' },
+  KMJ_REPORT_URL: { kind: 'string', pattern: /^https?:\/\/[^/?#\s]+\/\S*$/, patternHint: 'an http(s) URL such as http://kmj-scaler.kmj.svc:8080/v1/reports', help: 'where the worker reports each request\'s outcome and timings to the scaler, for its metrics (unset: no report)' },
   KUBERNETES_POD_NAME: { kind: 'string', help: 'tagged on runs (set from the downward API)' },
   KUBERNETES_NODE_NAME: { kind: 'string', help: 'tagged on runs (set from the downward API)' },
   LOG_LEVEL: { kind: 'enum', values: LOG_LEVELS, default: 'info', help: 'log level' },
@@ -85,6 +86,8 @@ export interface WorkerConfig {
   readonly progressIntervalMs: number;
   readonly onnxThreads: number;
   readonly mlflowUser: string;
+  /** The scaler's report intake (common/report.ts), or undefined: no report is sent. */
+  readonly reportUrl: string | undefined;
   readonly podName: string | undefined;
   readonly nodeName: string | undefined;
   readonly logLevel: LogLevel;
@@ -163,6 +166,7 @@ export function loadWorkerConfig(env: RawInput, flags: WorkerFlags = {}): Worker
     progressIntervalMs: v.KMJ_WORKER_PROGRESS_INTERVAL_MS,
     onnxThreads: v.KMJ_ONNX_THREADS,
     mlflowUser: v.KMJ_MLFLOW_USER ?? osUser(),
+    reportUrl: v.KMJ_REPORT_URL,
     podName: v.KUBERNETES_POD_NAME,
     nodeName: v.KUBERNETES_NODE_NAME,
     logLevel: v.LOG_LEVEL,

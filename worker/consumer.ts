@@ -23,6 +23,8 @@ import type { Outcome } from './pipeline.ts';
 import type { DeliveryInfo } from './run-store.ts';
 import { checkQueues } from '../rabbitmq/inspect.ts';
 import { EXIT, type ExitCode } from '../common/worker-exit.ts';
+import { vhostOf } from '../rabbitmq/settings.ts';
+import { reportOf, sendReport } from './report.ts';
 
 
 export type Handler = (body: Buffer, delivery: DeliveryInfo) => Promise<Outcome>;
@@ -112,6 +114,16 @@ export async function consumeOne(options: ConsumeOptions): Promise<ExitCode> {
     return EXIT.BROKER_UNAVAILABLE;
   }
   log.debug('broker connected');
+  // Once a message is in hand, its report goes to the scaler after the settle (worker/report.ts).
+  let received: { readonly receivedAtMs: number; readonly publishedAtMs: number | undefined } | undefined;
+  let modelLoadSeconds: number | undefined;
+  const reported = async (code: ExitCode): Promise<ExitCode> => {
+    if (received) {
+      const times = { ...received, settledAtMs: Date.now(), modelLoadSeconds };
+      await sendReport(config.reportUrl, reportOf({ source: 'rabbitmq', scope: vhostOf(config.rabbitmqUrl), name: config.queue }, code, times), log);
+    }
+    return code;
+  };
   let connectionLost = false;
   conn.on('error', (err: unknown) => log.warn({ err }, 'broker connection error'));
   conn.on('close', () => {
@@ -129,23 +141,28 @@ export async function consumeOne(options: ConsumeOptions): Promise<ExitCode> {
       log.info({ idleTimeoutMs: config.idleTimeoutMs, stopped: shutdown.aborted }, shutdown.aborted ? 'stopped before a message arrived' : 'no message; exiting');
       return EXIT.OK;
     }
+    const receivedAtMs = Date.now();
+    // The AMQP timestamp is in seconds (kmj submit sets it; other publishers may not).
+    const stamp: unknown = msg.properties.timestamp;
+    received = { receivedAtMs, publishedAtMs: typeof stamp === 'number' && stamp > 0 ? stamp * 1000 : undefined };
     const delivery: DeliveryInfo = { attempt: attemptOf(msg), queue: config.queue };
     log.debug({ attempt: delivery.attempt, bytes: msg.content.length }, 'message received');
     // The handler decides the settle, the delivery limit included (worker/pipeline.ts); a requeue
     // stays a requeue here, so a run marked KILLED is never dead-lettered behind its back.
     const outcome = await options.handle(msg.content, delivery);
+    modelLoadSeconds = outcome.modelLoadSeconds;
     if (connectionLost) {
       log.warn({ outcome: outcome.action }, 'broker connection lost while working; the broker requeues the message');
-      return EXIT.UNSETTLED;
+      return await reported(EXIT.UNSETTLED);
     }
-    return await settle(conn, ch, tag, msg, outcome, delivery, config, log);
+    return await reported(await settle(conn, ch, tag, msg, outcome, delivery, config, log));
   } catch (err) {
     if (connectionLost) {
       log.warn({ err }, 'broker connection lost; the broker requeues any message held');
-      return EXIT.UNSETTLED;
+      return await reported(EXIT.UNSETTLED);
     }
     log.error({ err }, 'worker failed');
-    return EXIT.INTERNAL;
+    return await reported(EXIT.INTERNAL);
   } finally {
     await conn.close().catch(() => undefined); // already closed after settle in the normal case
   }

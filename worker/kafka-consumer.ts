@@ -36,6 +36,7 @@ import { describeConnection } from '../kafka/settings.ts';
 import { ensureTopic, headerText, KAFKA_HEADERS } from '../kafka/topics.ts';
 import type { ConsumeOptions } from './consumer.ts';
 import type { Outcome } from './pipeline.ts';
+import { reportOf, sendReport } from './report.ts';
 import type { DeliveryInfo } from './run-store.ts';
 
 /** The attempt a record is on: its header's, 1 when it has none. */
@@ -280,7 +281,15 @@ async function settleRecord(topic: string, partition: number, message: KafkaMess
   const delivery: DeliveryInfo = { attempt: attemptOfRecord(message), queue: topic, attemptsFromRun: true };
   const log = parent.child({ partition, offset: message.offset, attempt: delivery.attempt });
   log.debug({ bytes: message.value?.length ?? 0 }, 'record received');
+  const receivedAtMs = Date.now();
   const outcome: Outcome = await options.handle(message.value ?? Buffer.alloc(0), delivery);
+  // After the commit (or its failure), the request's report goes to the scaler (worker/report.ts).
+  const reported = async (code: ExitCode): Promise<ExitCode> => {
+    const publishedAtMs = Number(message.timestamp);
+    const times = { receivedAtMs, publishedAtMs: Number.isFinite(publishedAtMs) && publishedAtMs > 0 ? publishedAtMs : undefined, settledAtMs: Date.now(), modelLoadSeconds: outcome.modelLoadSeconds };
+    await sendReport(config.reportUrl, reportOf({ source: 'kafka', scope: input.group, name: topic }, code, times), log);
+    return code;
+  };
   const fields = { requestId: outcome.requestId, runId: outcome.runId, reason: outcome.reason };
   const next = String(Number(message.offset) + 1);
   let code: ExitCode;
@@ -298,7 +307,7 @@ async function settleRecord(topic: string, partition: number, message: KafkaMess
   } catch (err) {
     // Not written elsewhere: not committed either, so the next worker gets it again.
     log.error({ err, ...fields }, outcome.action === 'dead-letter' ? 'dead-lettering failed; the record stays uncommitted' : 'requeueing failed; the record stays uncommitted');
-    return EXIT.UNSETTLED;
+    return reported(EXIT.UNSETTLED);
   }
   try {
     await member.commit(topic, partition, next);
@@ -307,11 +316,11 @@ async function settleRecord(topic: string, partition: number, message: KafkaMess
     // after a requeue or dead-letter it handles the original again (resuming the same run, or
     // writing a second dead letter) besides the copy. Never a second FINISHED run.
     log.warn({ err: messageOf(err), ...fields }, 'commit failed; the record will be delivered again');
-    return EXIT.UNSETTLED;
+    return reported(EXIT.UNSETTLED);
   }
   const text = code === EXIT.OK ? 'record committed' : code === EXIT.REQUEUED ? 'record requeued' : 'record dead-lettered';
   log.info({ ...fields, exitCode: code, alreadyFinished: outcome.alreadyFinished === true }, text);
-  return code;
+  return reported(code);
 }
 
 /** Records waiting per partition; a partition without a commit is read from its first record. */

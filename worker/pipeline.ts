@@ -45,6 +45,8 @@ export interface Outcome {
   readonly runId?: string;
   /** True when a FINISHED run already existed and nothing was run. */
   readonly alreadyFinished?: boolean;
+  /** How long loading the model took, when it was loaded (the worker's report, worker/report.ts). */
+  readonly modelLoadSeconds?: number;
 }
 
 export interface PipelineDeps {
@@ -159,11 +161,13 @@ interface AttemptState {
   store: RunStore | undefined;
   /** MLflow went out of reach during this request: from now on the run goes to the spool. */
   offline: boolean;
+  /** The latest attempt's model load, once the model is loaded. */
+  modelLoadSeconds?: number;
 }
 
-function ids(state: AttemptState): { runId?: string } {
+function ids(state: AttemptState): { runId?: string; modelLoadSeconds?: number } {
   const runId = state.store?.runId;
-  return runId !== undefined ? { runId } : {};
+  return { ...(runId !== undefined ? { runId } : {}), ...(state.modelLoadSeconds !== undefined ? { modelLoadSeconds: state.modelLoadSeconds } : {}) };
 }
 
 /**
@@ -367,6 +371,7 @@ async function runOnce(
   const tracking = deps.tracking;
   const { model, resolved, cacheHit } = loaded;
   const loadSeconds = loaded.seconds;
+  state.modelLoadSeconds = loadSeconds;
   log.debug({ seconds: (performance.now() - loadStart) / 1000 }, 'run and model ready');
   const scratch = join(config.workDir, `${req.requestId}-${randomUUID().slice(0, 8)}`);
   try {

@@ -9,7 +9,7 @@ import { readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { connect, type ConsumeMessage } from 'amqplib';
+import { connect, type ConsumeMessage, type Options } from 'amqplib';
 import { PACKAGE_ROOT } from '../../common/paths.ts';
 import { declareRequestTopology, deadLetterQueueOf } from '../../rabbitmq/topology.ts';
 import { KAFKA_BROKERS, RABBITMQ_URL } from './env.ts';
@@ -92,12 +92,13 @@ export async function requestQueue(maxDeliveries = 5): Promise<string> {
   return queue;
 }
 
-export async function publish(queue: string, body: unknown, headers: Record<string, unknown> = {}): Promise<void> {
+/** Publishes one message as a client would; `properties` adds AMQP properties (a timestamp, say). */
+export async function publish(queue: string, body: unknown, headers: Record<string, unknown> = {}, properties: Options.Publish = {}): Promise<void> {
   const conn = await connect(RABBITMQ_URL);
   try {
     const ch = await conn.createConfirmChannel();
     const payload = Buffer.isBuffer(body) ? body : Buffer.from(typeof body === 'string' ? body : JSON.stringify(body));
-    ch.sendToQueue(queue, payload, { persistent: true, contentType: 'application/json', headers });
+    ch.sendToQueue(queue, payload, { persistent: true, contentType: 'application/json', ...properties, headers });
     await ch.waitForConfirms();
   } finally {
     await conn.close();

@@ -1,0 +1,74 @@
+/**
+ * The worker's report of each request to the scaler (common/report.ts says why and what it holds).
+ * Sent after the message is settled, so it never delays or changes the settle; bounded to one
+ * second, never retried, and a failure is logged and otherwise ignored: the run in MLflow and the
+ * exit code remain the record of the request, the report only feeds the dashboards.
+ */
+import { agentFor, discard, readText, send } from '../common/http-request.ts';
+import type { Logger } from '../common/log.ts';
+import { messageOf } from '../common/redact.ts';
+import { outcomeOfExit, type ReportSource, type ReportStep, type WorkerReport } from '../common/report.ts';
+import type { ExitCode } from '../common/worker-exit.ts';
+
+/** The longest a report may hold up the worker's exit. */
+export const REPORT_TIMEOUT_MS = 1000;
+
+/** When things happened to one request, in ms since the epoch (Date.now()). */
+export interface RequestTimes {
+  /** Its publication, when the message carries it (AMQP timestamp, Kafka record timestamp). */
+  readonly publishedAtMs: number | undefined;
+  readonly receivedAtMs: number;
+  readonly settledAtMs: number;
+  /** The model load, when the model was loaded (Outcome.modelLoadSeconds). */
+  readonly modelLoadSeconds: number | undefined;
+}
+
+export interface ReportTarget {
+  readonly source: ReportSource;
+  /** The vhost, or the consumer group. */
+  readonly scope: string;
+  /** The queue, or the topic. */
+  readonly name: string;
+}
+
+/** The report of one settled request; the process's start (performance.timeOrigin) begins "receiving". */
+export function reportOf(target: ReportTarget, code: ExitCode, times: RequestTimes, processStartMs = performance.timeOrigin): WorkerReport {
+  const seconds: Partial<Record<ReportStep, number>> = {};
+  const since = (from: number, to: number): number => Math.max(0, to - from) / 1000;
+  // A clock skewed between publisher and worker can put the publication in the future: no figure then.
+  if (times.publishedAtMs !== undefined && times.publishedAtMs > 0 && times.publishedAtMs <= times.receivedAtMs + 1000) seconds.waiting = since(times.publishedAtMs, times.receivedAtMs);
+  seconds.receiving = since(processStartMs, times.receivedAtMs);
+  const total = since(times.receivedAtMs, times.settledAtMs);
+  if (times.modelLoadSeconds !== undefined) {
+    seconds.model_load = times.modelLoadSeconds;
+    seconds.run = Math.max(0, total - times.modelLoadSeconds);
+  }
+  seconds.total = total;
+  return { version: 1, source: target.source, scope: target.scope, name: target.name, outcome: outcomeOfExit(code), seconds };
+}
+
+/** POSTs the report to `url`; resolves within REPORT_TIMEOUT_MS whatever happens. */
+export async function sendReport(url: string | undefined, report: WorkerReport, log: Logger): Promise<void> {
+  if (url === undefined) return;
+  const target = new URL(url);
+  const started = performance.now();
+  try {
+    const res = await send(target, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify(report),
+      agent: agentFor(target, { rejectUnauthorized: true }),
+      signal: AbortSignal.timeout(REPORT_TIMEOUT_MS),
+      timeoutMs: REPORT_TIMEOUT_MS,
+    });
+    if (res.statusCode === 204) {
+      await discard(res);
+      log.debug({ ms: Math.round(performance.now() - started), outcome: report.outcome }, 'reported to the scaler');
+      return;
+    }
+    const text = (await readText(res)).slice(0, 300);
+    log.warn({ status: res.statusCode, answer: text }, 'the scaler refused the report');
+  } catch (err) {
+    log.warn({ err: messageOf(err) }, 'report to the scaler not sent');
+  }
+}
