@@ -76,10 +76,12 @@ demo-cluster: cluster
 	scripts/demo-cluster.sh
 
 # The images' tests (test/image/) read the project's and the MLflow image index, and run their
-# arm64 images under Debian's qemu-aarch64-static (fetched once per machine, not installed).
+# arm64 images under Debian's qemu-aarch64-static (fetched once per machine, not installed). The
+# alert rules' tests (test/monitoring/) use promtool from a Debian 13 root of the prometheus package.
 test: build typecheck services cluster-up
 	scripts/arch-deps.sh qemu >/dev/null
 	scripts/mlflow-image.sh build >/dev/null
+	scripts/debian-root.sh prometheus prometheus >/dev/null
 	node scripts/run-tests.mjs
 
 # The project image and the MLflow image for linux/amd64 and linux/arm64, as OCI archives

@@ -1,0 +1,101 @@
+/**
+ * A real Prometheus (Debian 13's package, 2.53, from the root `make test` builds) for the tests of
+ * the dashboard and the alerts: started with a configuration of the test's, on loopback, with its
+ * data in a directory of its own; stopped and removed by `close`.
+ */
+import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { stringify } from 'yaml';
+import { PACKAGE_ROOT } from '../../common/paths.ts';
+
+/** The Debian root holding prometheus and promtool (built once per machine). */
+export function prometheusRoot(): string {
+  return execFileSync(join(PACKAGE_ROOT, 'scripts', 'debian-root.sh'), ['prometheus', 'prometheus'], { encoding: 'utf8' }).trim().split('\n').pop() ?? '';
+}
+
+export interface PromSeries {
+  readonly metric: Record<string, string>;
+  /** [seconds, value] pairs; one for an instant query. */
+  readonly values: ReadonlyArray<readonly [number, string]>;
+}
+
+export interface RunningPrometheus {
+  readonly url: string;
+  /** Instant query at `time` (seconds), or now. Throws with Prometheus' error text. */
+  instant(query: string, time?: number): Promise<PromSeries[]>;
+  /** Range query. */
+  range(query: string, start: number, end: number, stepSeconds: number): Promise<PromSeries[]>;
+  /** The alerts Prometheus has now, firing and pending. */
+  alerts(): Promise<Array<{ labels: Record<string, string>; state: string; value: string }>>;
+  logs(): string;
+  close(): Promise<void>;
+}
+
+export interface PrometheusOptions {
+  readonly port: number;
+  readonly scrapeConfigs?: readonly Record<string, unknown>[];
+  readonly ruleFiles?: readonly string[];
+  readonly scrapeIntervalSeconds?: number;
+  readonly evaluationIntervalSeconds?: number;
+}
+
+async function api<T>(url: string): Promise<T> {
+  const res = await fetch(url, { signal: AbortSignal.timeout(30_000) });
+  const body = (await res.json()) as { status: string; data: T; error?: string; errorType?: string };
+  if (body.status !== 'success') throw new Error(`Prometheus: ${body.errorType ?? 'error'}: ${body.error ?? JSON.stringify(body)}`);
+  return body.data;
+}
+
+export async function startPrometheus(options: PrometheusOptions): Promise<RunningPrometheus> {
+  const root = prometheusRoot();
+  const dir = mkdtempSync(join(tmpdir(), 'kmj-prometheus-'));
+  const scrape = `${options.scrapeIntervalSeconds ?? 5}s`;
+  const config = {
+    global: { scrape_interval: scrape, scrape_timeout: scrape, evaluation_interval: `${options.evaluationIntervalSeconds ?? 5}s` },
+    rule_files: [...(options.ruleFiles ?? [])],
+    scrape_configs: [...(options.scrapeConfigs ?? [])],
+  };
+  writeFileSync(join(dir, 'prometheus.yml'), stringify(config));
+  const url = `http://127.0.0.1:${options.port}`;
+  let logs = '';
+  const child: ChildProcess = spawn(
+    join(root, 'usr', 'bin', 'prometheus'),
+    [`--config.file=${join(dir, 'prometheus.yml')}`, `--storage.tsdb.path=${join(dir, 'data')}`, `--web.listen-address=127.0.0.1:${options.port}`, '--storage.tsdb.retention.time=1d', '--log.level=warn'],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  child.stdout?.on('data', (d: Buffer) => (logs += d.toString()));
+  child.stderr?.on('data', (d: Buffer) => (logs += d.toString()));
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  const close = async (): Promise<void> => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+    await Promise.race([exited, new Promise((r) => setTimeout(r, 10_000))]);
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  };
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    if (child.exitCode !== null) {
+      await close();
+      throw new Error(`prometheus exited (${child.exitCode}): ${logs}`);
+    }
+    const ready = await fetch(`${url}/-/ready`).then((r) => r.ok, () => false);
+    if (ready) break;
+    if (Date.now() > deadline) {
+      await close();
+      throw new Error(`prometheus not ready on ${url} after 30 s: ${logs}`);
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  const series = (data: { result: Array<{ metric: Record<string, string>; value?: [number, string]; values?: Array<[number, string]> }> }): PromSeries[] =>
+    data.result.map((r) => ({ metric: r.metric, values: r.values ?? (r.value ? [r.value] : []) }));
+  return {
+    url,
+    instant: async (query, time) => series(await api(`${url}/api/v1/query?${new URLSearchParams({ query, ...(time !== undefined ? { time: String(time) } : {}) })}`)),
+    range: async (query, start, end, step) => series(await api(`${url}/api/v1/query_range?${new URLSearchParams({ query, start: String(start), end: String(end), step: String(step) })}`)),
+    alerts: async () => (await api<{ alerts: Array<{ labels: Record<string, string>; state: string; value: string }> }>(`${url}/api/v1/alerts`)).alerts,
+    logs: () => logs,
+    close,
+  };
+}
