@@ -10,10 +10,18 @@
  * CPU and RSS, beside the CPU and RSS of the same server answering only health Checks at the same
  * RPC rate (the transport's own floor).
  *
- * Options (env): BENCH_QUEUES (200), BENCH_PHASE_SECONDS (30), BENCH_DELAY_MS (40, one way).
+ * As Prometheus does, /metrics is scraped every 15 s in every phase; and workers' reports
+ * (POST /v1/reports) arrive at BENCH_REPORTS_PER_SECOND. A last phase runs the scaler of
+ * BENCH_BASELINE_REF (default 129071d, the commit before the dashboards' metrics and the reports)
+ * under the same load (no reports: it has no intake), built in a worktree under .run/: the cost of
+ * those metrics is the ratio of the two, measured in the same run.
+ *
+ * Options (env): BENCH_QUEUES (200), BENCH_PHASE_SECONDS (30), BENCH_DELAY_MS (40, one way),
+ * BENCH_REPORTS_PER_SECOND (5: a Pi cluster's four pods finish a request a second at most),
+ * BENCH_BASELINE_REF (129071d; empty: no baseline phase).
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync, mkdirSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, readFileSync, mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { createServer, connect as netConnect, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
@@ -30,6 +38,9 @@ const RABBITMQ_URL = process.env['RABBITMQ_URL'] ?? 'amqp://guest:guest@127.0.0.
 /** Node flags of the scaler process: the ones its container sets (manifests/scaler.yaml). */
 const SCALER_NODE_ARGS = (process.env['BENCH_SCALER_NODE_ARGS'] ?? '--max-semi-space-size=2 --max-old-space-size=64').split(' ').filter(Boolean);
 const CLK_TCK = 100;
+const REPORTS_PER_SECOND = Number(process.env['BENCH_REPORTS_PER_SECOND'] ?? 5);
+const BASELINE_REF = process.env['BENCH_BASELINE_REF'] ?? '129071d';
+const SCRAPE_EVERY_MS = 15_000;
 
 type Unary = (req: unknown, cb: (err: grpc.ServiceError | null, res: unknown) => void) => void;
 
@@ -75,8 +86,24 @@ interface ScalerProc {
   metricsPort: number;
 }
 
-function startScalerProcess(amqpUrl: string): Promise<ScalerProc> {
-  const child = spawn(process.execPath, [...SCALER_NODE_ARGS, join(PACKAGE_ROOT, 'bin', 'kmj.js'), 'scaler', '--port', '0', '--metrics-port', '0', '--host', '127.0.0.1'], {
+/**
+ * The checkout of `ref`, built (dist/) in a worktree under .run/ with this checkout's node_modules;
+ * made once per ref. Returns its root.
+ */
+function baselineCheckout(ref: string): string {
+  const commit = execFileSync('git', ['-C', PACKAGE_ROOT, 'rev-parse', '--short', `${ref}^{commit}`], { encoding: 'utf8' }).trim();
+  const dir = join(PACKAGE_ROOT, '.run', `bench-baseline-${commit}`);
+  if (!existsSync(join(dir, 'dist', 'cli', 'kmj.js'))) {
+    if (!existsSync(dir)) execFileSync('git', ['-C', PACKAGE_ROOT, 'worktree', 'add', '--detach', dir, commit], { stdio: 'ignore' });
+    if (!existsSync(join(dir, 'node_modules'))) symlinkSync(join(PACKAGE_ROOT, 'node_modules'), join(dir, 'node_modules'));
+    execFileSync(join(PACKAGE_ROOT, 'node_modules', '.bin', 'tsc'), ['-p', join(dir, 'tsconfig.json')], { stdio: 'inherit' });
+    execFileSync(process.execPath, [join(dir, 'scripts', 'build-validators.mjs')], { stdio: 'inherit', cwd: dir });
+  }
+  return dir;
+}
+
+function startScalerProcess(amqpUrl: string, root = PACKAGE_ROOT): Promise<ScalerProc> {
+  const child = spawn(process.execPath, [...SCALER_NODE_ARGS, join(root, 'bin', 'kmj.js'), 'scaler', '--port', '0', '--metrics-port', '0', '--host', '127.0.0.1'], {
     env: { ...process.env, RABBITMQ_URL: amqpUrl, LOG_LEVEL: 'info' },
     stdio: ['ignore', 'ignore', 'pipe'],
   });
@@ -134,8 +161,18 @@ interface PhaseResult {
   peakRssMb: number;
 }
 
-async function runPhase(label: string, amqpUrl: string, queues: string[], floorOnly = false): Promise<PhaseResult> {
-  const scaler = await startScalerProcess(amqpUrl);
+interface PhaseOptions {
+  /** The same RPC rate, all of it health Checks. */
+  readonly floorOnly?: boolean;
+  /** Worker reports a second, spread over the queues. */
+  readonly reportsPerSecond?: number;
+  /** The checkout whose scaler runs (a baseline's). */
+  readonly root?: string;
+}
+
+async function runPhase(label: string, amqpUrl: string, queues: string[], options: PhaseOptions = {}): Promise<PhaseResult> {
+  const floorOnly = options.floorOnly === true;
+  const scaler = await startScalerProcess(amqpUrl, options.root);
   const pid = scaler.child.pid as number;
   const address = `127.0.0.1:${scaler.grpcPort}`;
   const scalerCtor = (grpc.loadPackageDefinition(loadExternalScalerPackage()) as unknown as {
@@ -174,6 +211,29 @@ async function runPhase(label: string, amqpUrl: string, queues: string[], floorO
   const cpu0 = cpuSeconds(pid);
   const t0 = performance.now();
   const end = t0 + PHASE_SECONDS * 1000;
+  // Prometheus' scrapes, and the workers' reports, beside KEDA's polls.
+  const metricsUrl = `http://127.0.0.1:${scaler.metricsPort}`;
+  let scrapes = 0;
+  const scraper = setInterval(() => {
+    fetch(`${metricsUrl}/metrics`).then(async (r) => {
+      await r.text();
+      scrapes++;
+    }, () => undefined);
+  }, SCRAPE_EVERY_MS);
+  const reports = { sent: 0, refused: 0 };
+  const steps = ['waiting', 'receiving', 'model_load', 'run', 'total'];
+  const reporter =
+    (options.reportsPerSecond ?? 0) > 0
+      ? setInterval(() => {
+          const queue = queues[reports.sent % queues.length] as string;
+          const body = JSON.stringify({ version: 1, source: 'rabbitmq', scope: '/', name: queue, outcome: reports.sent % 10 === 0 ? 'dead_lettered' : 'finished', seconds: Object.fromEntries(steps.map((st, k) => [st, (k + 1) * 0.37])) });
+          reports.sent++;
+          fetch(`${metricsUrl}/v1/reports`, { method: 'POST', body, headers: { 'content-type': 'application/json' } }).then(async (r) => {
+            await r.text();
+            if (r.status !== 204) reports.refused++;
+          }, () => reports.refused++);
+        }, 1000 / (options.reportsPerSecond ?? 1))
+      : undefined;
   // Each queue is one ScaledJob polled every second, start times spread over the second.
   await Promise.all(
     refs.map(async (ref, i) => {
@@ -203,6 +263,8 @@ async function runPhase(label: string, amqpUrl: string, queues: string[], floorO
       }
     }),
   );
+  clearInterval(scraper);
+  clearInterval(reporter);
   const wall = (performance.now() - t0) / 1000;
   const cpu = cpuSeconds(pid) - cpu0;
   const mem = memory(pid);
@@ -231,7 +293,8 @@ async function runPhase(label: string, amqpUrl: string, queues: string[], floorO
   out(`  health Check    n=${result.check.n}  p50 ${ms(result.check.p50)}  p99 ${ms(result.check.p99)}   (floor)`);
   if (!floorOnly) out(`  GetMetrics / Check: p50 ${(result.getMetrics.p50 / result.check.p50).toFixed(2)}x  p99 ${(result.getMetrics.p99 / result.check.p99).toFixed(2)}x`);
   out(`  scaler CPU ${result.cpuPercentOfOneCore.toFixed(1)}% of one core   RSS ${result.rssMb.toFixed(1)} MB (peak ${result.peakRssMb.toFixed(1)} MB)`);
-  out(`  errors ${Object.keys(errors).length === 0 ? 'none' : JSON.stringify(errors)}`);
+  out(`  errors ${Object.keys(errors).length === 0 ? 'none' : JSON.stringify(errors)}; /metrics scraped ${scrapes} times; worker reports ${reports.sent} sent, ${reports.refused} refused`);
+  if (reports.refused > 0) throw new Error(`${label}: the scaler refused ${reports.refused} of ${reports.sent} worker reports`);
   if (process.env['BENCH_VERBOSE']) for (const l of heapLines) out(`  ${l}`);
   return result;
 }
@@ -259,9 +322,14 @@ async function main(): Promise<void> {
   const directDeclare = await declareRtt(RABBITMQ_URL, queues, 2000);
   const slowDeclare = await declareRtt(slowUrl, queues, 50);
   out(`bare amqplib passive declare: direct p50 ${ms(directDeclare.p50)} p99 ${ms(directDeclare.p99)}; slowed (+${DELAY_MS} ms each way) p50 ${ms(slowDeclare.p50)} p99 ${ms(slowDeclare.p99)}`);
-  const normal = await runPhase('broker as is', RABBITMQ_URL, queues);
-  const slow = await runPhase(`broker slowed by ${DELAY_MS} ms each way`, slowUrl, queues);
-  const floor = await runPhase('transport floor: same RPC rate, health Checks only', RABBITMQ_URL, queues, true);
+  const commit = execFileSync('git', ['-C', PACKAGE_ROOT, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).trim();
+  const dirty = execFileSync('git', ['-C', PACKAGE_ROOT, 'status', '--porcelain', '--untracked-files=no'], { encoding: 'utf8' }).trim() !== '';
+  out(`commit ${commit}${dirty ? ' (with uncommitted changes)' : ''}; worker reports ${REPORTS_PER_SECOND}/s; /metrics scraped every ${SCRAPE_EVERY_MS / 1000} s`);
+  const normal = await runPhase('broker as is', RABBITMQ_URL, queues, { reportsPerSecond: REPORTS_PER_SECOND });
+  const slow = await runPhase(`broker slowed by ${DELAY_MS} ms each way`, slowUrl, queues, { reportsPerSecond: REPORTS_PER_SECOND });
+  const floor = await runPhase('transport floor: same RPC rate, health Checks only', RABBITMQ_URL, queues, { floorOnly: true });
+  const baselineRoot = BASELINE_REF === '' ? undefined : baselineCheckout(BASELINE_REF);
+  const baseline = baselineRoot === undefined ? undefined : await runPhase(`baseline ${BASELINE_REF}: broker as is, no reports`, RABBITMQ_URL, queues, { root: baselineRoot });
 
   out('-- summary --');
   out(`  GetMetrics p50/p99 vs health Check: ${(normal.getMetrics.p50 / normal.check.p50).toFixed(2)}x / ${(normal.getMetrics.p99 / normal.check.p99).toFixed(2)}x (goal <= 1.2x)`);
@@ -269,10 +337,13 @@ async function main(): Promise<void> {
   out(`  the same against each phase's own health Check (machine drift removed): p50 ${(slow.getMetrics.p50 / slow.check.p50 / (normal.getMetrics.p50 / normal.check.p50)).toFixed(2)}x, p99 ${(slow.getMetrics.p99 / slow.check.p99 / (normal.getMetrics.p99 / normal.check.p99)).toFixed(2)}x`);
   out(`  scaler RSS peak ${Math.max(normal.peakRssMb, slow.peakRssMb).toFixed(1)} MB (goal < 100 MB); the same server answering only health Checks: ${floor.peakRssMb.toFixed(1)} MB`);
   out(`  scaler CPU ${normal.cpuPercentOfOneCore.toFixed(1)}% of one core (goal < 10%); the same server answering only health Checks at the same rate: ${floor.cpuPercentOfOneCore.toFixed(1)}% (ratio ${(normal.cpuPercentOfOneCore / floor.cpuPercentOfOneCore).toFixed(2)}x)`);
+  if (baseline) {
+    out(`  against ${BASELINE_REF} (before the dashboards' metrics and the reports), same load: CPU ${normal.cpuPercentOfOneCore.toFixed(1)}% vs ${baseline.cpuPercentOfOneCore.toFixed(1)}% (${(normal.cpuPercentOfOneCore / baseline.cpuPercentOfOneCore).toFixed(2)}x), RSS peak ${normal.peakRssMb.toFixed(1)} vs ${baseline.peakRssMb.toFixed(1)} MB (${(normal.peakRssMb / baseline.peakRssMb).toFixed(2)}x), RSS at the end ${normal.rssMb.toFixed(1)} vs ${baseline.rssMb.toFixed(1)} MB (${(normal.rssMb / baseline.rssMb).toFixed(2)}x) (goal <= 1.10x)`);
+  }
 
   const dir = join(PACKAGE_ROOT, '.run');
   mkdirSync(dir, { recursive: true });
-  writeFileSync(join(dir, 'bench-scaler.json'), `${JSON.stringify({ queues: QUEUES, phaseSeconds: PHASE_SECONDS, delayMs: DELAY_MS, nodeArgs: SCALER_NODE_ARGS, directDeclare, slowDeclare, normal, slow, floor }, null, 2)}\n`);
+  writeFileSync(join(dir, 'bench-scaler.json'), `${JSON.stringify({ commit, queues: QUEUES, phaseSeconds: PHASE_SECONDS, delayMs: DELAY_MS, nodeArgs: SCALER_NODE_ARGS, reportsPerSecond: REPORTS_PER_SECOND, baselineRef: BASELINE_REF, directDeclare, slowDeclare, normal, slow, floor, baseline }, null, 2)}\n`);
 
   for (const s of proxy.sockets) s.destroy();
   proxy.server.close();
