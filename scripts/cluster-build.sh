@@ -6,7 +6,8 @@
 #   ${KMJ_CLUSTER_CACHE:-/var/cache/keda-ml-jobs/cluster}/k8s-V_etcd-V_keda-V/
 #     bin/         etcd kube-apiserver kubelet kube-controller-manager kube-scheduler kube-proxy
 #                  keda-operator keda-admission-webhooks pause, and what k3s adds to a cluster:
-#                  coredns, local-path-provisioner (bin/.versions: the version each was built at)
+#                  coredns, local-path-provisioner; and kube-state-metrics, for the monitoring
+#                  case (bin/.versions: the version each was built at)
 #     keda-config/ KEDA's config/ (its release manifests' kustomizations), from the module the
 #                  operator is built from
 #     stamp        written last: everything above is complete
@@ -19,6 +20,7 @@
 # KMJ_KEDA_VERSION. proto/externalscaler.proto is pinned to KEDA v2.20: keep KEDA a v2.20 release.
 # KMJ_COREDNS_VERSION and KMJ_LOCAL_PATH_VERSION: what k3s v1.34 ships (CoreDNS v1.14.4,
 # local-path-provisioner v0.0.36, which the Go module proxy does not serve: v0.0.37, the next one).
+# KMJ_KSM_VERSION: kube-state-metrics (v2.20.0, what kube-prometheus-stack ships in late 2026).
 # A changed add-on version rebuilds that binary only.
 #
 # Kubernetes' go.mod points its staging modules at ./staging, so `go install k8s.io/kubernetes/cmd/X`
@@ -37,6 +39,7 @@ etcd_version=${KMJ_ETCD_VERSION:-v3.6.16}
 keda_version=${KMJ_KEDA_VERSION:-v2.20.2}
 coredns_version=${KMJ_COREDNS_VERSION:-v1.14.4}
 local_path_version=${KMJ_LOCAL_PATH_VERSION:-v0.0.37}
+ksm_version=${KMJ_KSM_VERSION:-v2.20.0}
 
 problems=()
 [[ $k8s_version =~ ^v1\.([0-9]+)\.[0-9]+(-[0-9A-Za-z.]+)?$ ]] ||
@@ -57,7 +60,7 @@ bin="$cache_dir/bin"
 keda_config="$cache_dir/keda-config"
 stamp="$cache_dir/stamp"
 work="$cache_dir/work"
-binaries=(etcd kube-apiserver kubelet kube-controller-manager kube-scheduler kube-proxy keda-operator keda-admission-webhooks pause coredns local-path-provisioner)
+binaries=(etcd kube-apiserver kubelet kube-controller-manager kube-scheduler kube-proxy keda-operator keda-admission-webhooks pause coredns local-path-provisioner kube-state-metrics)
 
 # version_of NAME: the version bin/NAME must have been built at.
 version_of() {
@@ -66,6 +69,7 @@ version_of() {
     keda-*) echo "$keda_version" ;;
     coredns) echo "$coredns_version" ;;
     local-path-provisioner) echo "$local_path_version" ;;
+    kube-state-metrics) echo "$ksm_version" ;;
     *) echo "$k8s_version" ;;
   esac
 }
@@ -249,6 +253,18 @@ local_path_step() {
   "$1" --version 2>&1 | grep -F "$local_path_version"
 }
 
+# kube-state-metrics' module path ends in /v2, so go install names its binary kube-state-metrics.
+ksm_step() {
+  local gobin="$work/gobin-kube-state-metrics"
+  rm -rf "$gobin"
+  mkdir -p "$gobin"
+  (cd "$work" && GOBIN="$gobin" CGO_ENABLED=0 go_cmd install -trimpath \
+    -ldflags "-s -w -X github.com/prometheus/common/version.Version=${ksm_version#v}" "k8s.io/kube-state-metrics/v2@$ksm_version")
+  mv "$gobin/kube-state-metrics" "$1"
+  rm -rf "$gobin"
+  "$1" version 2>&1 | grep -F "${ksm_version#v}"
+}
+
 pause_step() {
   local src tag
   src=$(module_dir "k8s.io/kubernetes@$k8s_version")
@@ -311,6 +327,7 @@ build keda-admission-webhooks "$keda_version" "1 min" keda_step
 build pause "$k8s_version" "1 s" pause_step
 build coredns "$coredns_version" "5 min" coredns_step
 build local-path-provisioner "$local_path_version" "4 min" local_path_step
+build kube-state-metrics "$ksm_version" "3 min" ksm_step
 
 {
   echo "kubernetes $k8s_version (staging $staging_version)"
@@ -318,6 +335,7 @@ build local-path-provisioner "$local_path_version" "4 min" local_path_step
   echo "keda $keda_version"
   echo "coredns $coredns_version"
   echo "local-path-provisioner $local_path_version"
+  echo "kube-state-metrics $ksm_version"
   go version
   echo "built $(date -u +%Y-%m-%dT%H:%M:%SZ)${timings[*]:+ (${timings[*]})}"
 } >"$stamp.partial"

@@ -4,7 +4,8 @@
 # and a kubelet; then what k3s adds to every cluster, cluster DNS (CoreDNS) and storage
 # (local-path-provisioner, the default StorageClass), from scripts/cluster-addons/; then KEDA as its
 # release manifest installs it, rendered from KEDA's own config/ (scripts/cluster-addons/), its
-# operator and admission webhooks running as pods under their own ServiceAccount. The binaries come
+# operator and admission webhooks running as pods under their own ServiceAccount; and
+# kube-state-metrics, for the monitoring case (test/cluster/monitoring.cases.ts). The binaries come
 # from scripts/cluster-build.sh (built once per machine, cached outside the clone); their images
 # are made here and imported.
 #
@@ -257,19 +258,21 @@ busybox_image() {
   say "imported $tag"
 }
 
-# addons BIN: cluster DNS, storage and KEDA, applied (idempotent) and ready.
+# addons BIN: cluster DNS, storage, KEDA and kube-state-metrics, applied (idempotent) and ready.
 addons() {
-  local bin=$1 keda_v coredns_v lpp_v busybox_v cache
+  local bin=$1 keda_v coredns_v lpp_v busybox_v ksm_v cache
   cache=$(dirname "$bin")
   keda_v=$(awk '$1 == "keda-operator" { sub(/^v/, "", $2); print $2 }' "$bin/.versions")
   coredns_v=$(awk '$1 == "coredns" { sub(/^v/, "", $2); print $2 }' "$bin/.versions")
   lpp_v=$(awk '$1 == "local-path-provisioner" { print $2 }' "$bin/.versions")
+  ksm_v=$(awk '$1 == "kube-state-metrics" { print $2 }' "$bin/.versions")
   busybox_v=$(dpkg-query -W -f '${Version}' busybox-static | sed -E 's/^[0-9]+://; s/-.*//')
   binary_image "kmj.local/coredns:$coredns_v" "$bin/coredns" /coredns 65532:65532 /coredns
   binary_image "kmj.local/local-path-provisioner:$lpp_v" "$bin/local-path-provisioner" /usr/bin/local-path-provisioner 0:0 /usr/bin/local-path-provisioner
   busybox_image "kmj.local/busybox:$busybox_v"
   binary_image "kmj.local/keda:$keda_v" "$bin/keda-operator" /keda 65532:65532 /keda
   binary_image "kmj.local/keda-admission-webhooks:$keda_v" "$bin/keda-admission-webhooks" /keda-admission-webhooks 65532:65532 /keda-admission-webhooks
+  binary_image "kmj.local/kube-state-metrics:$ksm_v" "$bin/kube-state-metrics" /kube-state-metrics 65534:65534 /kube-state-metrics
 
   sed -e "s|kmj.local/coredns:[0-9.]*|kmj.local/coredns:$coredns_v|" "$ADDONS/coredns.yaml" | kc apply -f - >/dev/null
   mkdir -p "$LOCAL_STORAGE"
@@ -287,7 +290,12 @@ addons() {
   kc -n kube-system rollout status deployment/local-path-provisioner --timeout=120s >&2
   kc -n keda rollout status deployment/keda-operator --timeout=180s >&2
   kc -n keda rollout status deployment/keda-admission --timeout=180s >&2
-  say "cluster DNS, local-path storage and KEDA $keda_v are ready"
+  # kube-state-metrics with the project's ScaledJob configuration (monitoring/), for the monitoring case.
+  sed -e "s|kmj.local/kube-state-metrics:v[0-9.]*|kmj.local/kube-state-metrics:$ksm_v|" "$ADDONS/kube-state-metrics.yaml" | kc apply -f - >/dev/null
+  kc -n monitoring create configmap kube-state-metrics-crs --from-file=scaledjob.yaml="$KMJ_ROOT/monitoring/kube-state-metrics-scaledjob.yaml" \
+    --dry-run=client -o yaml | kc apply -f - >/dev/null
+  kc -n monitoring rollout status deployment/kube-state-metrics --timeout=120s >&2
+  say "cluster DNS, local-path storage, KEDA $keda_v and kube-state-metrics $ksm_v are ready"
 }
 
 up() {

@@ -12,6 +12,9 @@ describe('from-empty.cases.ts', async () => {
 describe('keda.cases.ts', async () => {
   await import('./keda.cases.ts');
 });
+describe('monitoring.cases.ts', async () => {
+  await import('./monitoring.cases.ts');
+});
 describe('platform.cases.ts', async () => {
   await import('./platform.cases.ts');
 });

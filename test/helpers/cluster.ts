@@ -185,7 +185,8 @@ export async function publishAll(bodies: readonly unknown[]): Promise<void> {
   try {
     const ch = await conn.createConfirmChannel();
     for (const b of bodies) {
-      ch.sendToQueue(QUEUE, Buffer.from(typeof b === 'string' ? b : JSON.stringify(b)), { persistent: true, contentType: 'application/json' });
+      // Stamped as kmj submit stamps it: the worker reports the wait from it.
+      ch.sendToQueue(QUEUE, Buffer.from(typeof b === 'string' ? b : JSON.stringify(b)), { persistent: true, contentType: 'application/json', timestamp: Math.floor(Date.now() / 1000) });
     }
     await ch.waitForConfirms();
   } finally {

@@ -99,3 +99,61 @@ export async function startPrometheus(options: PrometheusOptions): Promise<Runni
     close,
   };
 }
+
+/** A ServiceMonitor or PodMonitor as monitoring/ writes them (the fields the project uses). */
+export interface MonitorManifest {
+  readonly kind: string;
+  readonly metadata: { readonly name: string; readonly namespace: string };
+  readonly spec: {
+    readonly selector: { readonly matchLabels: Readonly<Record<string, string>> };
+    readonly namespaceSelector?: { readonly matchNames?: readonly string[] };
+    readonly endpoints?: ReadonlyArray<{ readonly port: string; readonly path?: string; readonly honorLabels?: boolean }>;
+    readonly podMetricsEndpoints?: ReadonlyArray<{ readonly port: string; readonly path?: string; readonly honorLabels?: boolean }>;
+  };
+}
+
+/** A label name as Prometheus' Kubernetes discovery writes it in __meta_* names. */
+const sanitize = (name: string): string => name.replace(/[^a-zA-Z0-9_]/g, '_');
+
+/**
+ * The scrape configurations Prometheus Operator generates for these ServiceMonitors and PodMonitors
+ * (the parts that decide what is scraped and which labels it gets): Kubernetes discovery through
+ * `kubeconfig`, the selector's labels and the port kept, and the target labels namespace, service
+ * (ServiceMonitor), pod, container, endpoint and job (the Service's name; for a PodMonitor
+ * "<namespace>/<name>"). Without honorLabels, a scraped series' own namespace label becomes
+ * exported_namespace, as in the Operator's setups.
+ */
+export function scrapeConfigsOf(monitors: readonly MonitorManifest[], kubeconfig: string): Record<string, unknown>[] {
+  const out: Record<string, unknown>[] = [];
+  for (const m of monitors) {
+    const pod = m.kind === 'PodMonitor';
+    const endpoints = (pod ? m.spec.podMetricsEndpoints : m.spec.endpoints) ?? [];
+    const namespaces = m.spec.namespaceSelector?.matchNames ?? [m.metadata.namespace];
+    endpoints.forEach((e, i) => {
+      const object = pod ? 'pod' : 'service';
+      const keep = Object.entries(m.spec.selector.matchLabels).map(([k, v]) => ({ source_labels: [`__meta_kubernetes_${object}_label_${sanitize(k)}`], regex: v, action: 'keep' }));
+      const relabel = [
+        ...keep,
+        pod
+          ? { source_labels: ['__meta_kubernetes_pod_container_port_name'], regex: e.port, action: 'keep' }
+          : { source_labels: ['__meta_kubernetes_endpoint_port_name'], regex: e.port, action: 'keep' },
+        // Running pods only, as the Operator keeps them.
+        ...(pod ? [{ source_labels: ['__meta_kubernetes_pod_phase'], regex: '(Failed|Succeeded)', action: 'drop' }] : []),
+        { source_labels: ['__meta_kubernetes_namespace'], target_label: 'namespace' },
+        ...(pod ? [] : [{ source_labels: ['__meta_kubernetes_service_name'], target_label: 'service' }]),
+        { source_labels: ['__meta_kubernetes_pod_name'], target_label: 'pod' },
+        { source_labels: ['__meta_kubernetes_pod_container_name'], target_label: 'container' },
+        pod ? { target_label: 'job', replacement: `${m.metadata.namespace}/${m.metadata.name}` } : { source_labels: ['__meta_kubernetes_service_name'], target_label: 'job' },
+        { target_label: 'endpoint', replacement: e.port },
+      ];
+      out.push({
+        job_name: `${pod ? 'podMonitor' : 'serviceMonitor'}/${m.metadata.namespace}/${m.metadata.name}/${i}`,
+        honor_labels: e.honorLabels ?? false,
+        metrics_path: e.path ?? '/metrics',
+        kubernetes_sd_configs: [{ role: pod ? 'pod' : 'endpoints', kubeconfig_file: kubeconfig, namespaces: { names: [...namespaces] } }],
+        relabel_configs: relabel,
+      });
+    });
+  }
+  return out;
+}
