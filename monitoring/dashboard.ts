@@ -4,7 +4,7 @@
  *
  * One ScaledJob (and its queue) at a time, chosen by the variables. Every query reads what
  * docs/observability.md lists: the scaler (kmj_*), the workers' reports through the scaler,
- * RabbitMQ's plugin (rabbitmq_*), kube-state-metrics (kube_*, kmj_scaledjob_condition) and KEDA's
+ * RabbitMQ's plugin (rabbitmq_*), kube-state-metrics (kube_*, kmj_scaledjob_condition_info) and KEDA's
  * operator (keda_*, whose namespace label arrives as exported_namespace). The cluster suite
  * evaluates every query here against a real Prometheus after a burst of requests
  * (test/cluster/monitoring.cases.ts).
@@ -192,7 +192,7 @@ export const ROWS: readonly RowSpec[] = [
         description: 'The ScaledJob\'s Ready condition, as kubectl get scaledjob shows it (kube-state-metrics, monitoring/kube-state-metrics-scaledjob.yaml).',
         type: 'stat',
         unit: 'short',
-        queries: [{ expr: 'max by (status) (kmj_scaledjob_condition{condition="Ready", scaledjob="$scaledjob", scaledjob_namespace="$namespace"})', legend: '{{status}}' }],
+        queries: [{ expr: 'max by (status) (kmj_scaledjob_condition_info{condition="Ready", scaledjob="$scaledjob", scaledjob_namespace="$namespace"})', legend: '{{status}}' }],
       },
     ],
   },

@@ -79,7 +79,7 @@ export class ScalerMetrics implements SnapshotObserver {
       name: 'kmj_request_step_seconds',
       help: 'Time of each step of a request (waiting, receiving, model_load, run, total), from the workers\' reports',
       labelNames: ['source', 'scope', 'name', 'step'],
-      buckets: [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 1800],
+      buckets: [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 20, 30, 60, 120, 300, 900, 1800],
       registers,
     });
     this.#refused = new Counter({
