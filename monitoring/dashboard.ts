@@ -107,10 +107,10 @@ export const ROWS: readonly RowSpec[] = [
       },
       {
         title: 'Outcomes in the range',
-        description: 'What became of the requests, from each worker\'s report: finished, dead_lettered, requeued, unsettled (the connection was lost while held), failed.',
+        description: 'What became of the requests, from each worker\'s report: finished, dead_lettered, requeued, unsettled (the connection was lost while held), failed. Exact counts (first to last sample of each series in the range; increase() would extrapolate to the range\'s ends); a scaler process restarted in place within the range is counted from its restart only.',
         type: 'stat',
         unit: 'short',
-        queries: [{ expr: 'round(sum by (outcome) (increase(kmj_requests_total{name="$queue"}[$__range])))', legend: '{{outcome}}' }],
+        queries: [{ expr: 'sum by (outcome) (max_over_time(kmj_requests_total{name="$queue"}[$__range]) - min_over_time(kmj_requests_total{name="$queue"}[$__range]))', legend: '{{outcome}}' }],
       },
       {
         title: 'Outcomes a minute',
