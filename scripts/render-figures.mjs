@@ -46,7 +46,8 @@ function svgOf(title, unit, series) {
     out.push(`<line x1="${M.left}" x2="${W - M.right}" y1="${y(v)}" y2="${y(v)}" stroke="#dddddd"/>`);
     out.push(`<text x="${M.left - 6}" y="${y(v) + 4}" text-anchor="end">${esc(Number(v.toFixed(2)))}</text>`);
   }
-  for (let s = 0; s <= t1 - t0; s += 30) out.push(`<text x="${x(t0 + s)}" y="${H - M.bottom + 16}" text-anchor="middle">${s} s</text>`);
+  const tick = t1 - t0 <= 90 ? 10 : 30;
+  for (let s = 0; s <= t1 - t0; s += tick) out.push(`<text x="${x(t0 + s)}" y="${H - M.bottom + 16}" text-anchor="middle">${s} s</text>`);
   out.push(`<text x="14" y="${(H - M.bottom + M.top) / 2}" transform="rotate(-90 14 ${(H - M.bottom + M.top) / 2})" text-anchor="middle">${esc(unit)}</text>`);
   Object.entries(series).forEach(([name, pts], i) => {
     const colour = COLOURS[i % COLOURS.length];
