@@ -5,7 +5,8 @@
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { BacklogNotFoundError } from '../common/errors.ts';
-import { REPORT_OUTCOMES, REPORT_STEPS, type WorkerReport } from '../common/report.ts';
+import type { WorkerReport } from '../common/report.ts';
+import { RequestSeries } from './request-metrics.ts';
 import type { TargetLabels } from './sources/source.ts';
 import type { SnapshotObserver, SnapshotView } from './snapshots.ts';
 
@@ -14,10 +15,6 @@ const TARGET_LABELS = ['source', 'connection', 'scope', 'name', 'mode'] as const
 function targetLabels(l: TargetLabels): Record<(typeof TARGET_LABELS)[number], string> {
   return { source: l.source, connection: l.connection, scope: l.scope, name: l.name, mode: l.mode };
 }
-
-/** The labels of the worker-report series: the queue (or topic), never a request or a pod. */
-const REQUEST_LABELS = ['source', 'scope', 'name'] as const;
-type RequestLabels = Record<(typeof REQUEST_LABELS)[number], string>;
 
 /** Why a worker report was refused, for kmj_scaler_reports_refused_total. */
 export type ReportRefusal = 'bad_request' | 'unknown_target' | 'too_large';
@@ -33,11 +30,9 @@ export class ScalerMetrics implements SnapshotObserver {
   readonly #refreshErrors: Counter<'source' | 'reason'>;
   readonly #rpcTotal: Counter<'method' | 'code'>;
   readonly #rpcSeconds: Histogram<'method'>;
-  readonly #requests: Counter<'source' | 'scope' | 'name' | 'outcome'>;
-  readonly #steps: Histogram<'source' | 'scope' | 'name' | 'step'>;
+  /** The workers' reports, by queue (labels: the queue, never a request or a pod). */
+  readonly #requests = new RequestSeries();
   readonly #refused: Counter<'reason'>;
-  /** Queues whose request series exist (at 0 from the first read, so a first request counts as an increase). */
-  readonly #zeroed = new Set<string>();
 
   constructor(views: () => readonly SnapshotView[]) {
     const registers = [this.registry];
@@ -69,19 +64,7 @@ export class ScalerMetrics implements SnapshotObserver {
       buckets: [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1, 2.5],
       registers,
     });
-    this.#requests = new Counter({
-      name: 'kmj_requests_total',
-      help: 'Requests settled by workers, by outcome (finished, dead_lettered, requeued, unsettled, failed), from the workers\' reports',
-      labelNames: ['source', 'scope', 'name', 'outcome'],
-      registers,
-    });
-    this.#steps = new Histogram({
-      name: 'kmj_request_step_seconds',
-      help: 'Time of each step of a request (waiting, receiving, model_load, run, total), from the workers\' reports',
-      labelNames: ['source', 'scope', 'name', 'step'],
-      buckets: [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 20, 30, 60, 120, 300, 900, 1800],
-      registers,
-    });
+    this.#requests.register(this.registry);
     this.#refused = new Counter({
       name: 'kmj_scaler_reports_refused_total',
       help: 'Worker reports refused, by reason (bad_request, unknown_target, too_large)',
@@ -158,26 +141,11 @@ export class ScalerMetrics implements SnapshotObserver {
 
   /** A worker's report of one request (scaler/reports.ts has checked that the scaler serves its queue). */
   report(r: WorkerReport): void {
-    const labels: RequestLabels = { source: r.source, scope: r.scope, name: r.name };
-    this.#zero(labels);
-    this.#requests.inc({ ...labels, outcome: r.outcome });
-    for (const step of REPORT_STEPS) {
-      const seconds = r.seconds[step];
-      if (seconds !== undefined) this.#steps.observe({ ...labels, step }, seconds);
-    }
+    this.#requests.report(r);
   }
 
   reportRefused(reason: ReportRefusal): void {
     this.#refused.inc({ reason });
-  }
-
-  /** Every outcome and step of a queue, at 0, once. */
-  #zero(labels: RequestLabels): void {
-    const key = `${labels.source}\u0000${labels.scope}\u0000${labels.name}`;
-    if (this.#zeroed.has(key)) return;
-    this.#zeroed.add(key);
-    for (const outcome of REPORT_OUTCOMES) this.#requests.inc({ ...labels, outcome }, 0);
-    for (const step of REPORT_STEPS) this.#steps.zero({ ...labels, step });
   }
 
   targets(count: number): void {
@@ -186,7 +154,8 @@ export class ScalerMetrics implements SnapshotObserver {
 
   read(labels: TargetLabels, seconds: number): void {
     this.#refreshSeconds.observe({ source: labels.source }, seconds);
-    this.#zero({ source: labels.source, scope: labels.scope, name: labels.name });
+    // The queue's outcomes exist at 0 from its first read: its first request is an increase.
+    this.#requests.ensure(labels);
   }
 
   readFailed(labels: TargetLabels, error: Error, seconds: number): void {

@@ -27,10 +27,11 @@ describe('worker reports', () => {
     expect(samplesOf(await scrape(), 'kmj_requests_total', { name: queue })).toEqual([]);
 
     await eventually(() => scaler().client.poll({ queueName: queue }), (r) => r.ok);
-    // From the first read, every outcome is there at 0: the first request is an increase.
+    // From the first read, every outcome is there at 0: the first request is an increase. A step's
+    // histogram appears with its first observation.
     const zero = await scrape();
     expect(Object.fromEntries(samplesOf(zero, 'kmj_requests_total', { name: queue }).map((s) => [s.labels['outcome'], s.value]))).toEqual(Object.fromEntries(REPORT_OUTCOMES.map((o) => [o, 0])));
-    for (const step of REPORT_STEPS) expect(sampleValue(zero, 'kmj_request_step_seconds_count', { name: queue, step })).toBe(0);
+    expect(samplesOf(zero, 'kmj_request_step_seconds_count', { name: queue })).toEqual([]);
 
     expect((await post(JSON.stringify(report(queue)))).status).toBe(204);
     expect((await post(JSON.stringify(report(queue, { outcome: 'dead_lettered', seconds: { receiving: 0.5, total: 0.1 } })))).status).toBe(204);
@@ -44,6 +45,10 @@ describe('worker reports', () => {
     expect(sampleValue(text, 'kmj_request_step_seconds_count', { ...labels, step: 'total' })).toBe(2);
     expect(sampleValue(text, 'kmj_request_step_seconds_bucket', { ...labels, step: 'total', le: '0.5' })).toBe(1);
     expect(sampleValue(text, 'kmj_request_step_seconds_bucket', { ...labels, step: 'total', le: '1' })).toBe(2);
+    expect(sampleValue(text, 'kmj_request_step_seconds_bucket', { ...labels, step: 'total', le: '+Inf' })).toBe(2);
+    // Every step reported has its 17 buckets, a sum and a count; the others nothing yet.
+    for (const step of REPORT_STEPS) expect(samplesOf(text, 'kmj_request_step_seconds_bucket', { ...labels, step })).toHaveLength(17);
+    expect(samplesOf(text, 'kmj_request_step_seconds_count', labels).map((x) => x.labels['step']).sort()).toEqual([...REPORT_STEPS].sort());
     // No per-request or per-pod label on any series.
     for (const s of [...samplesOf(text, 'kmj_requests_total'), ...samplesOf(text, 'kmj_request_step_seconds_bucket')]) {
       expect(Object.keys(s.labels).sort()).toEqual(s.name === 'kmj_requests_total' ? ['name', 'outcome', 'scope', 'source'] : ['le', 'name', 'scope', 'source', 'step']);
