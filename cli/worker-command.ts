@@ -5,7 +5,6 @@ import { createLogger } from '../common/log.ts';
 import { packageVersion } from '../common/paths.ts';
 import { loadWorkerConfig, WORKER_ENV } from '../worker/config.ts';
 import { consumeOne } from '../worker/consumer.ts';
-import { consumeKafka } from '../worker/kafka-consumer.ts';
 import { EXIT } from '../common/worker-exit.ts';
 import type { CommandContext } from './context.ts';
 
@@ -82,7 +81,9 @@ export async function runWorker(argv: readonly string[], ctx: CommandContext): P
   })();
   pipeline.catch(() => undefined); // awaited below; this only keeps an early failure from being unhandled
   try {
-    const consume = config.kafka ? consumeKafka : consumeOne;
+    // kafkajs and the Kafka input are loaded only for a Kafka worker: about 80 ms of a RabbitMQ
+    // worker's cold start otherwise (make bench-worker).
+    const consume = config.kafka ? (await import('../worker/kafka-consumer.ts')).consumeKafka : consumeOne;
     return await consume({
       config,
       log,
