@@ -1,19 +1,17 @@
 // The alert rules (monitoring/alerts.rules.yaml) checked and unit-tested by Debian 13's promtool
 // (Prometheus 2.53), and the PrometheusRule made from them (scripts/monitoring.mjs).
-import { execFileSync, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
 import { PACKAGE_ROOT } from '../../common/paths.ts';
+import { prometheusRoot } from '../helpers/prometheus.ts';
 
 const MONITORING = join(PACKAGE_ROOT, 'monitoring');
 
 /** promtool from the Debian 13 root `make test` builds (scripts/debian-root.sh prometheus prometheus). */
-function promtool(): string {
-  const root = execFileSync(join(PACKAGE_ROOT, 'scripts', 'debian-root.sh'), ['prometheus', 'prometheus'], { encoding: 'utf8' }).trim().split('\n').pop() ?? '';
-  return join(root, 'usr', 'bin', 'promtool');
-}
+const promtool = (): string => join(prometheusRoot(), 'usr', 'bin', 'promtool');
 
 interface Rule {
   alert?: string;
