@@ -29,6 +29,7 @@ import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { connect } from 'amqplib';
 import { packageFile, PACKAGE_ROOT } from '../common/paths.ts';
+import { REPORT_STEPS } from '../common/report.ts';
 import { loadExternalScalerPackage } from '../scaler/grpc-server.ts';
 import { out, percentile, sorted } from './stats.ts';
 
@@ -222,7 +223,7 @@ async function runPhase(label: string, amqpUrl: string, queues: string[], option
     }, () => undefined);
   }, SCRAPE_EVERY_MS);
   const reports = { sent: 0, refused: 0 };
-  const steps = ['waiting', 'receiving', 'model_load', 'run', 'total'];
+  const steps = REPORT_STEPS;
   const reporter =
     (options.reportsPerSecond ?? 0) > 0
       ? setInterval(() => {

@@ -24,11 +24,12 @@ export type ReportOutcome = (typeof REPORT_OUTCOMES)[number];
  * - waiting: from its publication (the AMQP timestamp, the Kafka record's timestamp) to the worker
  *   receiving it: the queue, KEDA's poll, the Job, the pod's start;
  * - receiving: from the worker process's start to the message in hand (connecting, consuming);
- * - model_load: resolving, fetching and opening the model;
+ * - model_load: resolving, fetching and opening the model; of that, model_fetch (resolving it in
+ *   the registry, checking the cached copy, downloading it) and model_open (onnxruntime's session);
  * - run: reading the dataset, predicting and recording, after the model is loaded;
  * - total: from the message in hand to the message settled.
  */
-export const REPORT_STEPS = ['waiting', 'receiving', 'model_load', 'run', 'total'] as const;
+export const REPORT_STEPS = ['waiting', 'receiving', 'model_load', 'model_fetch', 'model_open', 'run', 'total'] as const;
 export type ReportStep = (typeof REPORT_STEPS)[number];
 
 export const REPORT_SOURCES = ['rabbitmq', 'kafka'] as const;

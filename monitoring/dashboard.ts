@@ -126,7 +126,7 @@ export const ROWS: readonly RowSpec[] = [
     panels: [
       {
         title: 'Steps of a request, p50',
-        description: 'Published → received (waiting: the queue, KEDA\'s poll, the Job, the pod\'s start), the worker\'s start → received, the model load, the run to the settle, and received → settled (total).',
+        description: 'Published → received (waiting: the queue, KEDA\'s poll, the Job, the pod\'s start), the worker\'s start → received, the model load (and its parts: getting the files, opening them), the run to the settle, and received → settled (total).',
         type: 'timeseries',
         unit: 's',
         queries: [{ expr: steps(0.5), legend: '{{step}}' }],

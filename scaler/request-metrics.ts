@@ -5,8 +5,8 @@
  * Kept in plain number arrays, one small record per queue, and turned into samples only when
  * /metrics is scraped. prom-client keeps each label set of a Counter or Histogram as objects of
  * its own, about 1.1 KB a series: with the 5 outcomes at 0 from a queue's first read (so that a
- * queue's first request counts as an increase) and 5 steps of 17 buckets, a sum and a count, that
- * was 112 KB of heap per queue, 22 MB for `make bench-scaler`'s 200 queues. Here a queue costs
+ * queue's first request counts as an increase) and 5 steps (as there were then) of 17 buckets, a
+ * sum and a count, that was 112 KB of heap per queue, 22 MB for `make bench-scaler`'s 200 queues. Here a queue costs
  * about a kilobyte, and a step's histogram is exported once it has an observation (a histogram
  * needs no zero: its quantiles are estimates anyway).
  */

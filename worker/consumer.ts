@@ -24,7 +24,7 @@ import type { DeliveryInfo } from './run-store.ts';
 import { checkQueues } from '../rabbitmq/inspect.ts';
 import { EXIT, type ExitCode } from '../common/worker-exit.ts';
 import { vhostOf } from '../rabbitmq/settings.ts';
-import { reportOf, sendReport } from './report.ts';
+import { reportOf, sendReport, type ModelTimes } from './report.ts';
 
 
 export type Handler = (body: Buffer, delivery: DeliveryInfo) => Promise<Outcome>;
@@ -116,10 +116,10 @@ export async function consumeOne(options: ConsumeOptions): Promise<ExitCode> {
   log.debug('broker connected');
   // Once a message is in hand, its report goes to the scaler after the settle (worker/report.ts).
   let received: { readonly receivedAtMs: number; readonly publishedAtMs: number | undefined } | undefined;
-  let modelLoadSeconds: number | undefined;
+  let model: ModelTimes | undefined;
   const reported = async (code: ExitCode): Promise<ExitCode> => {
     if (received) {
-      const times = { ...received, settledAtMs: Date.now(), modelLoadSeconds };
+      const times = { ...received, settledAtMs: Date.now(), model };
       await sendReport(config.reportUrl, reportOf({ source: 'rabbitmq', scope: vhostOf(config.rabbitmqUrl), name: config.queue }, code, times), log);
     }
     return code;
@@ -150,7 +150,7 @@ export async function consumeOne(options: ConsumeOptions): Promise<ExitCode> {
     // The handler decides the settle, the delivery limit included (worker/pipeline.ts); a requeue
     // stays a requeue here, so a run marked KILLED is never dead-lettered behind its back.
     const outcome = await options.handle(msg.content, delivery);
-    modelLoadSeconds = outcome.modelLoadSeconds;
+    model = outcome;
     if (connectionLost) {
       log.warn({ outcome: outcome.action }, 'broker connection lost while working; the broker requeues the message');
       return await reported(EXIT.UNSETTLED);

@@ -14,7 +14,7 @@ import { MlflowHttp, MlflowHttpError } from '../mlflow/http.ts';
 import { MlflowTracking } from '../mlflow/tracking.ts';
 import type { WorkerConfig } from './config.ts';
 import { loadOnnxRuntime } from './model/onnx.ts';
-import { loadModel } from './pipeline.ts';
+import { loadModel } from './model/load.ts';
 
 export type CheckStatus = 'ok' | 'fail' | 'skip';
 
@@ -158,7 +158,7 @@ export async function checkOnnxRuntime(): Promise<Check> {
 export async function checkModel(uri: string, config: WorkerConfig, log: Logger): Promise<Check> {
   const http = config.mlflow ? new MlflowHttp({ ...config.mlflow, maxRetries: 0, maxBackoffSeconds: 1, log }) : undefined;
   try {
-    const loaded = await loadModel(uri, { config, tracking: http ? new MlflowTracking(http) : undefined, log }, http !== undefined, AbortSignal.timeout(config.timeBudgetMs));
+    const loaded = await loadModel(uri, { config, tracking: http ? new MlflowTracking(http) : undefined, log }, AbortSignal.timeout(config.timeBudgetMs));
     const version = loaded.resolved.version !== undefined ? ` (version ${loaded.resolved.version})` : '';
     return ok('model', `${uri}${version} loads: a ${loaded.model.kind} with output(s) ${loaded.model.outputNames.join(', ')}, in ${loaded.seconds.toFixed(2)} s (cache ${loaded.cacheHit ? 'hit' : 'miss'})`);
   } catch (err) {

@@ -286,7 +286,7 @@ async function settleRecord(topic: string, partition: number, message: KafkaMess
   // After the commit (or its failure), the request's report goes to the scaler (worker/report.ts).
   const reported = async (code: ExitCode): Promise<ExitCode> => {
     const publishedAtMs = Number(message.timestamp);
-    const times = { receivedAtMs, publishedAtMs: Number.isFinite(publishedAtMs) && publishedAtMs > 0 ? publishedAtMs : undefined, settledAtMs: Date.now(), modelLoadSeconds: outcome.modelLoadSeconds };
+    const times = { receivedAtMs, publishedAtMs: Number.isFinite(publishedAtMs) && publishedAtMs > 0 ? publishedAtMs : undefined, settledAtMs: Date.now(), model: outcome };
     await sendReport(config.reportUrl, reportOf({ source: 'kafka', scope: input.group, name: topic }, code, times), log);
     return code;
   };

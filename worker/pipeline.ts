@@ -22,11 +22,8 @@ import type { DatasetBatch } from './dataset/batch.ts';
 import { openDataset } from './dataset/open.ts';
 import { PermanentError, TransientError, messageOf } from '../common/errors.ts';
 import { MlflowHttpError } from '../mlflow/http.ts';
-import { proxyPath, type KeyValue, type Metric, type MlflowTracking } from '../mlflow/tracking.ts';
-import { discardCached, ensureCached } from './model/cache.ts';
-import { readMlModel } from './model/mlmodel.ts';
-import { OnnxModel, loadOnnxRuntime } from './model/onnx.ts';
-import { resolveLocalModel, resolveModel, resolveModelOffline, type ResolvedModel } from './model/resolve.ts';
+import type { KeyValue, Metric, MlflowTracking } from '../mlflow/tracking.ts';
+import { loadModel, stepMetrics, type LoadedModel } from './model/load.ts';
 import { PredictionsWriter, contentTypeOf } from './predictions.ts';
 import { parseRequest, requestValidator, type InferenceRequest } from '../common/request.ts';
 import { MlflowRunStore, type DeliveryInfo, type RunResults, type RunStore } from './run-store.ts';
@@ -47,6 +44,9 @@ export interface Outcome {
   readonly alreadyFinished?: boolean;
   /** How long loading the model took, when it was loaded (the worker's report, worker/report.ts). */
   readonly modelLoadSeconds?: number;
+  /** Of that: getting its files (resolving, checking, fetching), then opening them. */
+  readonly modelFetchSeconds?: number;
+  readonly modelOpenSeconds?: number;
 }
 
 export interface PipelineDeps {
@@ -162,12 +162,23 @@ interface AttemptState {
   /** MLflow went out of reach during this request: from now on the run goes to the spool. */
   offline: boolean;
   /** The latest attempt's model load, once the model is loaded. */
-  modelLoadSeconds?: number;
+  modelLoad?: LoadedModel;
 }
 
-function ids(state: AttemptState): { runId?: string; modelLoadSeconds?: number } {
+function ids(state: AttemptState): Pick<Outcome, 'runId' | 'modelLoadSeconds' | 'modelFetchSeconds' | 'modelOpenSeconds'> {
   const runId = state.store?.runId;
-  return { ...(runId !== undefined ? { runId } : {}), ...(state.modelLoadSeconds !== undefined ? { modelLoadSeconds: state.modelLoadSeconds } : {}) };
+  const load = state.modelLoad;
+  const s = load?.steps;
+  return {
+    ...(runId !== undefined ? { runId } : {}),
+    ...(load && s
+      ? {
+          modelLoadSeconds: load.seconds,
+          modelFetchSeconds: s.resolveSeconds + s.verifySeconds + s.fetchSeconds,
+          modelOpenSeconds: s.mlmodelSeconds + s.runtimeSeconds + s.sessionSeconds + s.warmUpSeconds,
+        }
+      : {}),
+  };
 }
 
 /**
@@ -219,76 +230,6 @@ function mlflowUnreachable(err: unknown): boolean {
 }
 
 /**
- * Resolves, fetches (or finds in the cache) and loads the model a request names (its URI).
- * `online` false: MLflow is out of reach, so only a model already in the local cache, or a local
- * directory, will do. `kmj doctor --model` runs it too (worker/doctor.ts).
- */
-export async function loadModel(modelUri: string, deps: Pick<PipelineDeps, 'config' | 'tracking' | 'log'>, online: boolean, signal: AbortSignal): Promise<{ model: OnnxModel; resolved: ResolvedModel; cacheHit: boolean; seconds: number }> {
-  const started = performance.now();
-  // onnxruntime loads while the model's files are found and fetched.
-  loadOnnxRuntime().catch(() => undefined);
-  const { config } = deps;
-  const t = online ? deps.tracking : undefined;
-  let resolved: ResolvedModel;
-  if (modelUri.startsWith('file:///')) {
-    resolved = await resolveLocalModel(modelUri, config.modelRoots);
-    const dir = resolved.localDir ?? '';
-    const model = await openModel(dir, config, { missingIsPermanent: true });
-    return { model, resolved, cacheHit: false, seconds: (performance.now() - started) / 1000 };
-  }
-  if (t) resolved = await resolveModel(modelUri, t, signal);
-  else {
-    const offline = resolveModelOffline(modelUri);
-    if (!offline) throw new TransientError(`model: ${modelUri} needs the Model Registry to resolve, and MLflow cannot be used now`);
-    resolved = offline;
-  }
-  const key = resolved.cacheKey;
-  const fill = async (into: string): Promise<void> => {
-    if (!t) throw new TransientError(`model: ${modelUri} is not in the local model cache, and MLflow cannot be used now`);
-    try {
-      const files = await t.downloadDirectory(proxyPath(resolved.artifactUri), into, signal, config.maxModelBytes);
-      if (files.length === 0) throw new PermanentError(`model: ${modelUri} resolves to ${resolved.artifactUri}, which holds no files`, { field: 'model' });
-    } catch (err) {
-      if (err instanceof MlflowHttpError && err.status === 404) throw new PermanentError(`model: the files of ${modelUri} are missing from the artifact store`, { field: 'model', cause: err });
-      // Too large, or a listing that cannot be trusted: retrying will not help.
-      if (err instanceof PermanentError && err.field === undefined) throw new PermanentError(`model: ${err.message}`, { field: 'model', cause: err });
-      throw err;
-    }
-  };
-  const cached = await ensureCached(config.modelCacheDir, key, fill);
-  deps.log.debug({ hit: cached.hit }, 'model files ready');
-  let model: OnnxModel;
-  let cacheHit = cached.hit;
-  try {
-    model = await openModel(cached.dir, config);
-  } catch (err) {
-    // A copy that was on disk may have been damaged since (or by a bug of an older worker); a
-    // fresh copy whose files could not be read points at the disk. Either way: once more, from
-    // MLflow. A fresh copy refused for its content is the request's fault, and so is a copy
-    // refused for its content when MLflow is out of reach: it is the only copy there is.
-    if (!(err instanceof TransientError) && (!cached.hit || !t)) throw err;
-    deps.log.warn({ err, dir: cached.dir, hit: cached.hit }, 'the cached model could not be loaded; fetching it again');
-    await discardCached(cached.dir, cached.id);
-    const again = await ensureCached(config.modelCacheDir, key, fill);
-    cacheHit = again.hit;
-    try {
-      model = await openModel(again.dir, config);
-    } catch (err2) {
-      if (!(err2 instanceof TransientError)) throw err2;
-      throw new TransientError(`model: ${modelUri} could not be read from the model cache, even after fetching it again: ${err2.message}`, { cause: err2, retryInProcess: false });
-    }
-  }
-  return { model, resolved, cacheHit, seconds: (performance.now() - started) / 1000 };
-}
-
-/** Reads the MLmodel file and loads the ONNX model of a model directory. */
-async function openModel(dir: string, config: WorkerConfig, options: { missingIsPermanent?: boolean } = {}): Promise<OnnxModel> {
-  const mlmodel = await readMlModel(dir, options);
-  // A warm-up batch up to 4096 rows: enough to size onnxruntime's buffers, cheap for big models.
-  return OnnxModel.load(dir, mlmodel, { intraOpThreads: config.onnxThreads, warmUpRows: Math.min(config.batchRows, 4096) });
-}
-
-/**
  * The NaN and infinite cells of the batch's numeric model inputs. Refused, with the row and the
  * column named, unless the request allows them (dataset.nonFinite "allow"); then counted.
  */
@@ -311,7 +252,7 @@ function countNonFinite(batch: DatasetBatch, numberColumns: readonly number[], c
   return n;
 }
 
-type Loaded = Awaited<ReturnType<typeof loadModel>>;
+type Loaded = LoadedModel;
 
 /**
  * Opens the run and loads the model, side by side: they do not depend on each other. When MLflow
@@ -325,14 +266,14 @@ async function openRunAndModel(req: InferenceRequest, delivery: DeliveryInfo, de
   const online = deps.tracking !== undefined && !state.offline;
   let store: RunStore = deps.tracking && online ? new MlflowRunStore(deps.tracking, req, delivery, config, deps.workerVersion, log) : spool();
   state.store = store;
-  let [begun, model] = await Promise.allSettled([store.begin(signal), loadModel(req.model, deps, online, signal)]);
+  let [begun, model] = await Promise.allSettled([store.begin(signal), loadModel(req.model, { ...deps, tracking: online ? deps.tracking : undefined }, signal)]);
   if (begun.status === 'rejected' && store.kind === 'mlflow' && config.spoolDir !== undefined && mlflowUnreachable(begun.reason)) {
     log.warn({ err: begun.reason as unknown, spool: config.spoolDir }, 'MLflow is out of reach; recording the run in the spool');
     store = spool();
     state.store = store;
     begun = await Promise.allSettled([store.begin(signal)]).then(([r]) => r as PromiseSettledResult<'finished' | 'started'>);
     if (model.status === 'rejected' && mlflowUnreachable(model.reason)) {
-      model = await Promise.allSettled([loadModel(req.model, deps, false, signal)]).then(([r]) => r as PromiseSettledResult<Loaded>);
+      model = await Promise.allSettled([loadModel(req.model, { ...deps, tracking: undefined }, signal)]).then(([r]) => r as PromiseSettledResult<Loaded>);
     }
   }
   const loaded = model.status === 'fulfilled' ? model.value : undefined;
@@ -371,7 +312,7 @@ async function runOnce(
   const tracking = deps.tracking;
   const { model, resolved, cacheHit } = loaded;
   const loadSeconds = loaded.seconds;
-  state.modelLoadSeconds = loadSeconds;
+  state.modelLoad = loaded;
   log.debug({ seconds: (performance.now() - loadStart) / 1000 }, 'run and model ready');
   const scratch = join(config.workDir, `${req.requestId}-${randomUUID().slice(0, 8)}`);
   try {
@@ -442,6 +383,7 @@ async function runOnce(
     const values: Record<string, number> = {
       rows,
       model_load_seconds: loadSeconds,
+      ...stepMetrics(loaded.steps),
       inference_seconds: inferenceMs / 1000,
       processing_seconds: processingSeconds,
       total_seconds: totalSeconds,

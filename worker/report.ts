@@ -19,8 +19,14 @@ export interface RequestTimes {
   readonly publishedAtMs: number | undefined;
   readonly receivedAtMs: number;
   readonly settledAtMs: number;
-  /** The model load, when the model was loaded (Outcome.modelLoadSeconds). */
-  readonly modelLoadSeconds: number | undefined;
+  /** The model load and its two parts, when the model was loaded (the pipeline's Outcome). */
+  readonly model: ModelTimes | undefined;
+}
+
+export interface ModelTimes {
+  readonly modelLoadSeconds?: number;
+  readonly modelFetchSeconds?: number;
+  readonly modelOpenSeconds?: number;
 }
 
 export interface ReportTarget {
@@ -39,9 +45,12 @@ export function reportOf(target: ReportTarget, code: ExitCode, times: RequestTim
   if (times.publishedAtMs !== undefined && times.publishedAtMs > 0 && times.publishedAtMs <= times.receivedAtMs + 1000) seconds.waiting = since(times.publishedAtMs, times.receivedAtMs);
   seconds.receiving = since(processStartMs, times.receivedAtMs);
   const total = since(times.receivedAtMs, times.settledAtMs);
-  if (times.modelLoadSeconds !== undefined) {
-    seconds.model_load = times.modelLoadSeconds;
-    seconds.run = Math.max(0, total - times.modelLoadSeconds);
+  const load = times.model?.modelLoadSeconds;
+  if (load !== undefined) {
+    seconds.model_load = load;
+    seconds.run = Math.max(0, total - load);
+    if (times.model?.modelFetchSeconds !== undefined) seconds.model_fetch = times.model.modelFetchSeconds;
+    if (times.model?.modelOpenSeconds !== undefined) seconds.model_open = times.model.modelOpenSeconds;
   }
   seconds.total = total;
   return { version: 1, source: target.source, scope: target.scope, name: target.name, outcome: outcomeOfExit(code), seconds };

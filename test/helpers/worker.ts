@@ -243,7 +243,8 @@ export async function waitForLog(w: WorkerProcess, msg: string, timeoutMs = 20_0
   }
 }
 
-async function mlflowApi<T>(base: string, path: string, init: { method: string; body?: unknown; auth?: MlflowAuth }): Promise<T> {
+/** One MLflow REST call (`path` under /api/2.0/mlflow/); throws on an error answer. */
+export async function mlflowApi<T>(base: string, path: string, init: { method: string; body?: unknown; auth?: MlflowAuth }): Promise<T> {
   const headers: Record<string, string> = { 'content-type': 'application/json' };
   const user = credentialsOf(init.auth ?? false);
   if (user) headers['authorization'] = `Basic ${Buffer.from(`${user.username}:${user.password}`).toString('base64')}`;
@@ -269,6 +270,11 @@ export async function runsOf(experiment: string, base = MLFLOW_URL, auth: Mlflow
   }
   const r = await mlflowApi<{ runs?: RestRun[] }>(base, 'runs/search', { method: 'POST', body: { experiment_ids: [id], max_results: 100 }, auth });
   return r.runs ?? [];
+}
+
+/** A run's latest metric values by key, as runs/search answers them. */
+export function metricsOf(run: RestRun | undefined): Record<string, number> {
+  return Object.fromEntries((run?.data.metrics ?? []).map((m) => [m.key, m.value]));
 }
 
 export function tagsOf(run: RestRun): Record<string, string> {

@@ -66,7 +66,7 @@ describe('worker reports', () => {
       [JSON.stringify({ ...report(queue), name: '' }), 'name: must be a string of 1 to 255 characters'],
       [JSON.stringify({ ...report(queue), outcome: 'ok' }), 'outcome: must be one of finished, dead_lettered, requeued, unsettled, failed'],
       [JSON.stringify({ ...report(queue), seconds: { total: -1 } }), 'seconds.total: must be a number of seconds from 0 to 86400'],
-      [JSON.stringify({ ...report(queue), seconds: { queued: 1 } }), 'seconds.queued: is not a step (waiting, receiving, model_load, run, total)'],
+      [JSON.stringify({ ...report(queue), seconds: { queued: 1 } }), 'seconds.queued: is not a step (waiting, receiving, model_load, model_fetch, model_open, run, total)'],
     ];
     const before = sampleValue(await scrape(), 'kmj_scaler_reports_refused_total', { reason: 'bad_request' });
     for (const [body, message] of cases) expect(await post(body)).toEqual({ status: 400, text: `${message}\n` });

@@ -214,3 +214,50 @@ describe('ensureCached', () => {
     expect(mtimes).toEqual([NOW]);
   });
 });
+
+describe('ensureCached: what a copy says of itself', () => {
+  it('keeps what the filler returns in the manifest, and gives it back on every hit', async () => {
+    const meta = { artifactUri: 'mlflow-artifacts:/1/models/m-1/artifacts', origin: '1700000000000 models:/m-1' };
+    const first = await ensureCached(cache, 'm', async (dir) => {
+      await filler(MODEL).fill(dir);
+      return meta;
+    });
+    expect(first).toEqual({ dir: join(cache, 'm'), hit: false, id: expect.any(String), meta });
+    expect(await ensureCached(cache, 'm', filler({}).fill)).toEqual({ dir: join(cache, 'm'), hit: true, id: first.id, meta });
+  });
+
+  it('a complete copy that `accept` refuses is discarded and filled again; the fresh one is accepted', async () => {
+    await ensureCached(cache, 'm', async (dir) => {
+      await filler({ 'model.onnx': 'old registration' }).fill(dir);
+      return { origin: 'old' };
+    });
+    const accept = (m: Readonly<Record<string, string>>): string | undefined => (m['origin'] === 'new' ? undefined : `origin ${m['origin'] ?? 'none'}`);
+    const again = await ensureCached(
+      cache,
+      'm',
+      async (dir) => {
+        await filler({ 'model.onnx': 'new registration' }).fill(dir);
+        return { origin: 'new' };
+      },
+      { accept },
+    );
+    expect(again).toMatchObject({ hit: false, meta: { origin: 'new' } });
+    expect(await tree(join(cache, 'm'))).toMatchObject({ 'model.onnx': 'new registration' });
+    // Nothing of the refused copy is left beside it.
+    expect((await readdir(cache)).sort()).toEqual(['m']);
+    const hit = await ensureCached(cache, 'm', filler({}).fill, { accept });
+    expect(hit).toEqual({ dir: join(cache, 'm'), hit: true, id: again.id, meta: { origin: 'new' } });
+  });
+
+  it('with `hash`, the manifest lists each file with its SHA-256', async () => {
+    const got = await ensureCached(cache, 'm', filler(MODEL).fill, { hash: true });
+    const manifest = JSON.parse(await readFile(join(got.dir, MANIFEST), 'utf8')) as { files: Array<{ path: string; size: number; sha256: string }> };
+    const { createHash } = await import('node:crypto');
+    const sha = (s: string): string => createHash('sha256').update(s).digest('hex');
+    expect([...manifest.files].sort((a, b) => (a.path < b.path ? -1 : 1))).toEqual([
+      { path: 'MLmodel', size: MODEL.MLmodel.length, sha256: sha(MODEL.MLmodel) },
+      { path: 'data/weights.bin', size: 100, sha256: sha(MODEL['data/weights.bin']) },
+      { path: 'model.onnx', size: MODEL['model.onnx'].length, sha256: sha(MODEL['model.onnx']) },
+    ]);
+  });
+});

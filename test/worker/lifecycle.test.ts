@@ -1,7 +1,7 @@
 // The worker's life around one request, with the real `kmj worker` process, a real RabbitMQ and a
 // real MLflow server: stopped by SIGTERM or killed mid-run (made slow by a fault proxy delaying
 // runs/log-inputs), stopped while idle, racing another worker for one message, and its model cache.
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { EXIT } from '../../common/worker-exit.ts';
@@ -12,6 +12,9 @@ import {
   drain,
   fixtures,
   logsWith,
+  MLFLOW_URL,
+  metricsOf,
+  mlflowApi,
   parseCsv,
   publish,
   queueState,
@@ -26,6 +29,7 @@ import {
   type RestRun,
   type WorkerProcess,
   type WorkerResult,
+  uniqueId,
   waitForLog,
 } from '../helpers/worker.ts';
 
@@ -227,6 +231,41 @@ describe('the consumer', () => {
 });
 
 describe('the model cache', () => {
+  it('a registry version made again under the same name and number is fetched again, not taken from the cache', async () => {
+    // A registered model deleted and registered again starts at version 1 again: the cache key
+    // (name and version) is the same, the files need not be. The copy keeps which registration it
+    // came from (the version's creation time and source), and a hit must match it.
+    const name = uniqueId('kmj-remade');
+    const { artifact_uri: source } = await mlflowApi<{ artifact_uri: string }>(MLFLOW_URL, `model-versions/get-download-uri?name=${encodeURIComponent(classifier?.name ?? '')}&version=${classifier?.version}`, { method: 'GET' });
+    const register = async (): Promise<void> => {
+      await mlflowApi(MLFLOW_URL, 'registered-models/create', { method: 'POST', body: { name } });
+      await mlflowApi(MLFLOW_URL, 'model-versions/create', { method: 'POST', body: { name, source } });
+    };
+    cleanups.defer(() => mlflowApi(MLFLOW_URL, 'registered-models/delete', { method: 'DELETE', body: { name } }).then(() => undefined, () => undefined));
+    await register();
+    const cacheDir = cleanups.tempDir('kmj-remade-cache-');
+    const p = await FaultProxy.start();
+    cleanups.defer(() => p.close());
+    const modelFiles = (): number => p.requests({ method: 'GET', path: /^\/api\/2\.0\/mlflow-artifacts\/artifacts\/.*\/model\.onnx$/ }).length;
+    const runOne = async (): Promise<RestRun | undefined> => {
+      const q = await cleanups.requestQueue();
+      const r = request({ model: `models:/${name}/1` });
+      await publish(q, r);
+      expect((await runWorker(q, { KMJ_MODEL_CACHE_DIR: cacheDir, MLFLOW_TRACKING_URI: p.url })).code).toBe(EXIT.OK);
+      return (await runsOf(r.experiment))[0];
+    };
+    const first = await runOne();
+    expect(modelFiles()).toBe(1);
+    const second = await runOne();
+    expect(modelFiles()).toBe(1);
+    await mlflowApi(MLFLOW_URL, 'registered-models/delete', { method: 'DELETE', body: { name } });
+    await register();
+    const third = await runOne();
+    expect(modelFiles()).toBe(2);
+    expect([first, second, third].map((r) => (r ? tagsOf(r)['kmj.model_cache'] : 'no run'))).toEqual(['miss', 'hit', 'miss']);
+    expect(third ? tagsOf(third)['kmj.model_version'] : 'no run').toBe('1');
+  });
+
   it('the second request with the same KMJ_MODEL_CACHE_DIR is a hit and downloads nothing', async () => {
     const cacheDir = cleanups.tempDir('kmj-shared-cache-');
     const q1 = await cleanups.requestQueue();
@@ -245,10 +284,39 @@ describe('the model cache', () => {
     expect(p.requests({ method: 'GET', path: /^\/api\/2\.0\/mlflow-artifacts\// })).toEqual([]);
     expect(p.requests({ method: 'PUT', path: /^\/api\/2\.0\/mlflow-artifacts\/artifacts\/.*\/predictions\/predictions\.csv$/ })).toHaveLength(1);
 
+    // The hit asks the registry only what resolving the version needs: one call, and not where
+    // the files are (the copy says it).
+    const registry = p.requests({ path: /^\/api\/2\.0\/mlflow\/(model-versions|registered-models|logged-models)\// }).map((r) => `${r.method} ${r.path.replace('/api/2.0/mlflow/', '')}`);
+    expect(registry).toEqual(['GET model-versions/get']);
+
     const [run1] = await runsOf(r1.experiment);
     const [run2] = await runsOf(r2.experiment);
     expect(run1 ? tagsOf(run1)['kmj.model_cache'] : 'no run').toBe('miss');
     expect(run2 ? tagsOf(run2)['kmj.model_cache'] : 'no run').toBe('hit');
+    // Both name where the files came from: the miss asked, the hit read it from the copy.
+    expect(run2 ? tagsOf(run2)['kmj.model_artifact_uri'] : 'no run').toBe(run1 ? tagsOf(run1)['kmj.model_artifact_uri'] : 'no run 1');
+    expect(run2 ? tagsOf(run2)['kmj.model_artifact_uri'] : 'no run').toMatch(/^mlflow-artifacts:\//);
     await expectCompleteRun(run2?.info.run_id ?? '');
+
+    // Where model_load_seconds went, on the run: the miss fetched the files (their bytes, as the
+    // copy's manifest lists them), the hit fetched nothing.
+    const m1 = metricsOf(run1);
+    const m2 = metricsOf(run2);
+    const manifest = JSON.parse(readFileSync(join(cacheDir, 'registry', encodeURIComponent(classifier?.name ?? ''), String(classifier?.version), '.kmj-manifest.json'), 'utf8')) as { files: Array<{ size: number }> };
+    expect(m1['model_load/fetched_bytes']).toBe(manifest.files.reduce((n, x) => n + x.size, 0));
+    expect(m1['model_load/mlflow_calls']).toBe(2);
+    expect(m1['model_load/fetch_seconds']).toBeGreaterThan(0);
+    expect(Object.keys(m1).filter((k) => k.startsWith('model_load/call/')).sort()).toEqual(['model_load/call/model-versions.get-download-uri_seconds', 'model_load/call/model-versions.get_seconds']);
+    expect(m2['model_load/fetched_bytes']).toBe(0);
+    expect(m2['model_load/fetch_seconds']).toBe(0);
+    expect(m2['model_load/mlflow_calls']).toBe(1);
+    expect(Object.keys(m2).filter((k) => k.startsWith('model_load/call/'))).toEqual(['model_load/call/model-versions.get_seconds']);
+    for (const m of [m1, m2]) {
+      expect(m['model_load/session_seconds']).toBeGreaterThan(0);
+      // The steps fit in the whole.
+      const parts = ['resolve', 'verify', 'fetch', 'mlmodel', 'runtime', 'session', 'warmup'].reduce((n, k) => n + (m[`model_load/${k}_seconds`] ?? Number.NaN), 0);
+      expect(parts).toBeLessThanOrEqual((m['model_load_seconds'] ?? 0) + 1e-6);
+      expect(parts).toBeGreaterThan((m['model_load_seconds'] ?? 0) * 0.5);
+    }
   });
 });

@@ -14,17 +14,29 @@
  *   `staleMs` was left by a killed worker and is removed by the next fill of that key; a live one
  *   is never older than a few heartbeats.
  */
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
+import { createReadStream } from 'node:fs';
 import { mkdir, readFile, readdir, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 
 const MANIFEST = '.kmj-manifest.json';
 
+/** What the filler says of a copy (where it came from), kept in its manifest. */
+export type CopyMeta = Readonly<Record<string, string>>;
+
+/** One file of a copy; `sha256` (hex) when the copy was filled with `hash`. */
+export interface CopyFile {
+  readonly path: string;
+  readonly size: number;
+  readonly sha256?: string;
+}
+
 interface Manifest {
   readonly version: 1;
   /** Names this copy: a discard removes only the copy it found damaged. */
   readonly id: string;
-  readonly files: ReadonlyArray<{ readonly path: string; readonly size: number }>;
+  readonly files: readonly CopyFile[];
+  readonly meta?: CopyMeta;
 }
 
 export interface CachedModel {
@@ -33,6 +45,8 @@ export interface CachedModel {
   readonly hit: boolean;
   /** The copy's manifest id, for `discardCached`. */
   readonly id: string;
+  /** What its filler said of it, when it said anything. */
+  readonly meta?: CopyMeta;
 }
 
 export interface CacheOptions {
@@ -45,6 +59,15 @@ export interface CacheOptions {
   readonly heartbeatMs?: number;
   /** The clock the staleness is judged by (default Date.now). */
   readonly now?: () => number;
+  /**
+   * Whether a complete copy found on disk is the one wanted, by what its filler said of it: a
+   * problem (a string) when it is not, and then it is discarded and filled again. A model
+   * registry version can be deleted and made again under the same name and number; the copy's
+   * origin tells the two apart.
+   */
+  readonly accept?: (meta: CopyMeta) => string | undefined;
+  /** Record each file's SHA-256 in the manifest, for readers that must check the bytes. */
+  readonly hash?: boolean;
 }
 
 const DEFAULT_STALE_MS = 120_000;
@@ -56,8 +79,8 @@ function errno(err: unknown): string | undefined {
 }
 
 /** Every regular file under `dir`, relative paths, with sizes; the manifest itself excluded. */
-async function listFiles(dir: string, rel = ''): Promise<Array<{ path: string; size: number }>> {
-  const out: Array<{ path: string; size: number }> = [];
+async function listFiles(dir: string, rel = ''): Promise<CopyFile[]> {
+  const out: CopyFile[] = [];
   for (const entry of await readdir(join(dir, rel), { withFileTypes: true })) {
     const path = rel ? `${rel}/${entry.name}` : entry.name;
     if (entry.isDirectory()) out.push(...(await listFiles(dir, path)));
@@ -83,8 +106,16 @@ async function readManifest(dir: string): Promise<Manifest | undefined> {
   return undefined;
 }
 
+async function sha256Of(file: string): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const chunk of createReadStream(file)) hash.update(chunk as Buffer);
+  return hash.digest('hex');
+}
+
 /** What a look at a cached copy found. */
-export type CopyState = { readonly ok: true; readonly id: string } | { readonly ok: false; readonly problem: string; readonly id?: string };
+export type CopyState =
+  | { readonly ok: true; readonly id: string; readonly meta?: CopyMeta }
+  | { readonly ok: false; readonly problem: string; readonly id?: string };
 
 /**
  * Whether the copy at `dir` can be trusted: its manifest is there and every file it lists has
@@ -102,7 +133,25 @@ export async function checkCopy(dir: string): Promise<CopyState> {
     }
     if (size !== f.size) return { ok: false, problem: `${f.path} has ${size} of its ${f.size} bytes`, id: m.id };
   }
-  return { ok: true, id: m.id };
+  return { ok: true, id: m.id, ...(m.meta !== undefined ? { meta: m.meta } : {}) };
+}
+
+/** The files a copy's manifest lists (with their SHA-256 when it was filled with `hash`). */
+export async function filesOfCopy(dir: string, id: string): Promise<readonly CopyFile[] | undefined> {
+  const m = await readManifest(dir);
+  return m?.id === id ? m.files : undefined;
+}
+
+/** A copy's state, with a complete copy refused when `accept` says it is not the one wanted. */
+async function judgeCopy(dir: string, accept: CacheOptions['accept']): Promise<CopyState> {
+  const found = await checkCopy(dir);
+  if (!found.ok || !accept) return found;
+  const problem = accept(found.meta ?? {});
+  return problem === undefined ? found : { ok: false, problem, id: found.id };
+}
+
+function cachedOf(dir: string, hit: boolean, copy: { id: string; meta?: CopyMeta }): CachedModel {
+  return { dir, hit, id: copy.id, ...(copy.meta !== undefined ? { meta: copy.meta } : {}) };
 }
 
 /** Removes a directory nobody may read any more, moving it out of the way first. */
@@ -148,13 +197,14 @@ async function sweep(dir: string, staleMs: number, now: number): Promise<void> {
 
 /**
  * The cached copy of `key`, filling it with `fill` (into an empty directory) when there is no
- * trustworthy one. A damaged copy (files missing or cut short) is discarded and filled again.
+ * trustworthy one. A damaged copy (files missing or cut short) is discarded and filled again. What
+ * `fill` returns is kept in the manifest as the copy's meta.
  */
-export async function ensureCached(cacheDir: string, key: string, fill: (dir: string) => Promise<void>, options: CacheOptions = {}): Promise<CachedModel> {
+export async function ensureCached(cacheDir: string, key: string, fill: (dir: string) => Promise<CopyMeta | void>, options: CacheOptions = {}): Promise<CachedModel> {
   const dir = join(cacheDir, key);
   const now = options.now ?? Date.now;
-  const found = await checkCopy(dir);
-  if (found.ok) return { dir, hit: true, id: found.id };
+  const found = await judgeCopy(dir, options.accept);
+  if (found.ok) return cachedOf(dir, true, found);
   if (found.id !== undefined) await discardCached(dir, found.id);
   await mkdir(dirname(dir), { recursive: true });
   await sweep(dir, options.staleMs ?? DEFAULT_STALE_MS, now());
@@ -166,19 +216,21 @@ export async function ensureCached(cacheDir: string, key: string, fill: (dir: st
   }, options.heartbeatMs ?? DEFAULT_HEARTBEAT_MS);
   heartbeat.unref();
   try {
-    await fill(tmp);
-    const manifest: Manifest = { version: 1, id: randomUUID(), files: await listFiles(tmp) };
+    const meta = (await fill(tmp)) ?? undefined;
+    let files = await listFiles(tmp);
+    if (options.hash === true) files = await Promise.all(files.map(async (f) => ({ ...f, sha256: await sha256Of(join(tmp, f.path)) })));
+    const manifest: Manifest = { version: 1, id: randomUUID(), files, ...(meta !== undefined ? { meta } : {}) };
     await writeFile(join(tmp, MANIFEST), JSON.stringify(manifest));
     for (let attempt = 0; ; attempt++) {
       try {
         await rename(tmp, dir);
-        return { dir, hit: false, id: manifest.id };
+        return cachedOf(dir, false, manifest);
       } catch (err) {
         if (errno(err) !== 'ENOTEMPTY' && errno(err) !== 'EEXIST') throw err;
       }
       // A peer finished the same model first: use theirs.
-      const theirs = await checkCopy(dir);
-      if (theirs.ok) return { dir, hit: false, id: theirs.id };
+      const theirs = await judgeCopy(dir, options.accept);
+      if (theirs.ok) return cachedOf(dir, false, theirs);
       if (attempt > 0) throw new Error(`model cache: ${dir} is taken by a copy that is not complete (${theirs.problem})`);
       // Damaged, or no manifest at all: not a complete copy (none is published without one).
       if (theirs.id !== undefined) await discardCached(dir, theirs.id);

@@ -19,11 +19,14 @@ import { isUnderRoots, missingOrUnreadable } from '../files.ts';
 import { MlflowHttpError } from '../../mlflow/http.ts';
 import { quoteFilterValue, type MlflowTracking } from '../../mlflow/tracking.ts';
 
-export interface ResolvedModel {
-  /** Where the model directory is: an mlflow-artifacts: URI (or file: for a local model). */
-  readonly artifactUri: string;
-  /** A local model directory (file:// URIs): read in place, no download, no cache. */
-  readonly localDir?: string;
+/**
+ * What a model URI names, as far as the cache needs to know: which files (the cache key) and,
+ * for a registry version, which registration of it. Resolving it asks MLflow only what a moving
+ * name (an alias, `latest`) or a re-creatable one (a registry version) needs; where the files
+ * are is asked (`locateModel`) only when they must be fetched.
+ */
+export interface ModelRef {
+  readonly uri: string;
   /** Cache directory key: the same key always means the same files. */
   readonly cacheKey: string;
   readonly name?: string;
@@ -31,9 +34,41 @@ export interface ResolvedModel {
   /**
    * The MLflow 3 logged model these files are (a registry version made from one, a models:/m-…
    * URI, a run's logged model): the run that used it names it as an input, so the run shows on
-   * the model's page as an evaluation run would.
+   * the model's page as an evaluation run would. For a runs:/ URI it is known once located.
    */
   readonly modelId?: string;
+  /**
+   * For a registry version, what tells this registration from another of the same name and
+   * number (a registered model deleted and made again starts at version 1 again): its creation
+   * time and source. A cached copy of another origin is not this model.
+   */
+  readonly origin?: string;
+}
+
+/** Where a model's files are: an mlflow-artifacts: URI, served by the tracking server's proxy. */
+export interface ModelLocation {
+  readonly artifactUri: string;
+  readonly modelId?: string;
+}
+
+/** A model ready to be read: its reference and where its files are (or, local, the directory). */
+export interface ResolvedModel extends ModelRef {
+  /** Where the model directory is: an mlflow-artifacts: URI (or file: for a local model). */
+  readonly artifactUri: string;
+  /** A local model directory (file:// URIs): read in place, no download, no cache. */
+  readonly localDir?: string;
+}
+
+/** Each MLflow call made for a model, with how long it took (the run's model_load breakdown). */
+export type ModelCalls = Array<{ readonly call: string; readonly seconds: number }>;
+
+async function timed<T>(calls: ModelCalls | undefined, call: string, fn: () => Promise<T>): Promise<T> {
+  const started = performance.now();
+  try {
+    return await fn();
+  } finally {
+    calls?.push({ call, seconds: (performance.now() - started) / 1000 });
+  }
 }
 
 const REGISTRY = /^models:\/([^/@]+)(?:@([^/@]+)|\/([^/@]+))$/;
@@ -47,16 +82,19 @@ interface LoggedModelInfo {
 }
 
 /** The run's logged model called `name`, if the server knows logged models and has one. */
-async function loggedModelOfRun(tracking: MlflowTracking, experimentId: string, runId: string, name: string, signal: AbortSignal): Promise<LoggedModelInfo | undefined> {
+async function loggedModelOfRun(tracking: MlflowTracking, experimentId: string, runId: string, name: string, signal: AbortSignal, calls: ModelCalls | undefined): Promise<LoggedModelInfo | undefined> {
   let pageToken: string | undefined;
   for (let page = 0; page < 20; page++) {
     let r: { models?: Array<{ info: LoggedModelInfo }>; next_page_token?: string };
     try {
-      r = await tracking.http.api('logged-models/search', {
-        method: 'POST',
-        json: { experiment_ids: [experimentId], filter: `name = ${quoteFilterValue(name)}`, max_results: 100, ...(pageToken ? { page_token: pageToken } : {}) },
-        signal,
-      });
+      const token = pageToken;
+      r = await timed(calls, 'logged-models/search', () =>
+        tracking.http.api('logged-models/search', {
+          method: 'POST',
+          json: { experiment_ids: [experimentId], filter: `name = ${quoteFilterValue(name)}`, max_results: 100, ...(token ? { page_token: token } : {}) },
+          signal,
+        }),
+      );
     } catch (err) {
       // An MLflow 2 server has no logged models: the path is a plain run artifact.
       if (err instanceof MlflowHttpError && (err.status === 404 || err.errorCode === 'ENDPOINT_NOT_FOUND')) return undefined;
@@ -91,23 +129,24 @@ function requireProxy(artifactUri: string, what: string): string {
 }
 
 /**
- * The cache key a URI resolves to without asking MLflow, when there is one: a registry version,
+ * The reference a URI resolves to without asking MLflow, when there is one: a registry version,
  * a logged model id, a run path, an artifact path always name the same files. Aliases and
- * `latest` move, so they need the registry. Used when MLflow is unreachable (the spool).
+ * `latest` move, so they need the registry. Used when MLflow is unreachable (the spool), and for
+ * every URI but the registry's: their ids are never reused, so their files need no check.
  */
-export function resolveModelOffline(uri: string): ResolvedModel | undefined {
+export function resolveModelOffline(uri: string): ModelRef | undefined {
   const reg = REGISTRY.exec(uri);
   if (reg) {
     const name = decodeURIComponent(reg[1] ?? '');
     const version = reg[3];
     if (version === undefined || !/^\d+$/.test(version)) return undefined;
-    return { artifactUri: '', cacheKey: registryKey(name, version), name, version };
+    return { uri, cacheKey: registryKey(name, version), name, version };
   }
   const logged = LOGGED_MODEL.exec(uri);
-  if (logged) return { artifactUri: '', cacheKey: loggedKey(logged[1] ?? '') };
+  if (logged) return { uri, cacheKey: loggedKey(logged[1] ?? ''), modelId: logged[1] ?? '' };
   const runs = RUNS.exec(uri);
-  if (runs) return { artifactUri: '', cacheKey: runsKey(runs[1] ?? '', runPath(runs)) };
-  if (uri.startsWith('mlflow-artifacts:')) return artifactModel(uri);
+  if (runs) return { uri, cacheKey: runsKey(runs[1] ?? '', runPath(runs)) };
+  if (uri.startsWith('mlflow-artifacts:')) return { uri, cacheKey: artifactKey(uri) };
   return undefined;
 }
 
@@ -122,9 +161,7 @@ function runPath(runs: RegExpExecArray): string {
 }
 
 /** An mlflow-artifacts: URI names its files itself. */
-function artifactModel(uri: string): ResolvedModel {
-  return { artifactUri: uri.replace(/\/+$/, ''), cacheKey: `artifacts/${createHash('sha256').update(uri).digest('hex').slice(0, 24)}` };
-}
+const artifactKey = (uri: string): string => `artifacts/${createHash('sha256').update(uri).digest('hex').slice(0, 24)}`;
 
 /** A `file://` model directory, checked to be under one of the worker's model roots. */
 export async function resolveLocalModel(uri: string, roots: readonly string[]): Promise<ResolvedModel> {
@@ -143,60 +180,94 @@ export async function resolveLocalModel(uri: string, roots: readonly string[]): 
   if (!(await isUnderRoots(real, roots))) {
     throw new PermanentError(`model: ${path} is outside the worker's model roots (${roots.join(', ')})`, { field: 'model' });
   }
-  return { artifactUri: uri, cacheKey: '', localDir: real };
+  return { uri, artifactUri: uri, cacheKey: '', localDir: real };
 }
 
-export async function resolveModel(uri: string, tracking: MlflowTracking, signal: AbortSignal): Promise<ResolvedModel> {
+interface RegistryVersion {
+  readonly version: string;
+  readonly source?: string;
+  readonly model_id?: string;
+  readonly creation_timestamp?: string | number;
+}
+
+/** What tells one registration of a version from another made under the same name and number. */
+function originOf(v: RegistryVersion): string {
+  return `${v.creation_timestamp ?? ''} ${v.source ?? ''}`;
+}
+
+/**
+ * Resolves a model URI to the files it names, asking MLflow only what cannot be known without
+ * it: one call for a registry URI (the version, the alias or the latest version, each answer
+ * carrying the version's origin and logged model), none for the others. `locateModel` then says
+ * where the files are, when they must be fetched.
+ */
+export async function resolveModel(uri: string, tracking: MlflowTracking, signal: AbortSignal, calls?: ModelCalls): Promise<ModelRef> {
   const reg = REGISTRY.exec(uri);
-  if (reg) {
-    const name = decodeURIComponent(reg[1] ?? '');
-    const alias = reg[2];
-    let version = reg[3] ?? '';
-    if (alias !== undefined) {
-      try {
-        const r = await tracking.http.api<{ model_version: { version: string } }>('registered-models/alias', { method: 'GET', query: { name, alias }, signal });
-        version = r.model_version.version;
-      } catch (err) {
-        if (aliasNotFound(err)) throw new PermanentError(`model: registered model ${JSON.stringify(name)} has no alias ${JSON.stringify(alias)}`, { field: 'model', cause: err });
-        throw err;
-      }
-    } else if (version === 'latest') {
-      try {
-        const r = await tracking.http.api<{ model_versions?: Array<{ version: string }> }>('registered-models/get-latest-versions', { method: 'POST', json: { name }, signal });
-        const versions = (r.model_versions ?? []).map((v) => Number(v.version)).filter(Number.isFinite);
-        if (versions.length === 0) throw new PermanentError(`model: registered model ${JSON.stringify(name)} has no versions`, { field: 'model' });
-        version = String(Math.max(...versions));
-      } catch (err) {
-        if (notFound(err)) throw new PermanentError(`model: registered model ${JSON.stringify(name)} does not exist`, { field: 'model', cause: err });
-        throw err;
-      }
-    } else if (!/^\d+$/.test(version)) {
-      throw new PermanentError(`model: ${JSON.stringify(uri)} names stage or version ${JSON.stringify(version)}; use models:/<name>/<version>, models:/<name>@<alias> or models:/<name>/latest`, { field: 'model' });
-    }
-    let artifactUri: string;
-    let modelId: string | undefined;
+  if (!reg) {
+    const ref = resolveModelOffline(uri);
+    if (ref) return ref;
+    throw new PermanentError(`model: ${JSON.stringify(uri)} is not a models:/, runs:/ or mlflow-artifacts: URI of a form the worker knows`, { field: 'model' });
+  }
+  const name = decodeURIComponent(reg[1] ?? '');
+  const alias = reg[2];
+  const asked = reg[3] ?? '';
+  let v: RegistryVersion;
+  if (alias !== undefined) {
     try {
-      // The files, and the logged model the version was made from (MLflow 3; none before).
-      const [download, got] = await Promise.all([
-        tracking.http.api<{ artifact_uri: string }>('model-versions/get-download-uri', { method: 'GET', query: { name, version }, signal }),
-        tracking.http.api<{ model_version: { model_id?: string; source?: string } }>('model-versions/get', { method: 'GET', query: { name, version }, signal }),
-      ]);
-      artifactUri = download.artifact_uri;
-      // MLflow 3 names it as model_id, or (3.x's REST answer) only as the version's source,
-      // models:/m-<id>.
-      modelId = got.model_version.model_id || LOGGED_MODEL.exec(got.model_version.source ?? '')?.[1] || undefined;
+      v = (await timed(calls, 'registered-models/alias', () => tracking.http.api<{ model_version: RegistryVersion }>('registered-models/alias', { method: 'GET', query: { name, alias }, signal }))).model_version;
+    } catch (err) {
+      if (aliasNotFound(err)) throw new PermanentError(`model: registered model ${JSON.stringify(name)} has no alias ${JSON.stringify(alias)}`, { field: 'model', cause: err });
+      throw err;
+    }
+  } else if (asked === 'latest') {
+    let versions: RegistryVersion[];
+    try {
+      const r = await timed(calls, 'registered-models/get-latest-versions', () => tracking.http.api<{ model_versions?: RegistryVersion[] }>('registered-models/get-latest-versions', { method: 'POST', json: { name }, signal }));
+      versions = (r.model_versions ?? []).filter((x) => Number.isFinite(Number(x.version)));
+    } catch (err) {
+      if (notFound(err)) throw new PermanentError(`model: registered model ${JSON.stringify(name)} does not exist`, { field: 'model', cause: err });
+      throw err;
+    }
+    const highest = versions.reduce<RegistryVersion | undefined>((best, x) => (best === undefined || Number(x.version) > Number(best.version) ? x : best), undefined);
+    if (!highest) throw new PermanentError(`model: registered model ${JSON.stringify(name)} has no versions`, { field: 'model' });
+    v = highest;
+  } else if (/^\d+$/.test(asked)) {
+    try {
+      v = (await timed(calls, 'model-versions/get', () => tracking.http.api<{ model_version: RegistryVersion }>('model-versions/get', { method: 'GET', query: { name, version: asked }, signal }))).model_version;
+    } catch (err) {
+      if (notFound(err)) throw new PermanentError(`model: registered model ${JSON.stringify(name)} version ${asked} does not exist`, { field: 'model', cause: err });
+      throw err;
+    }
+  } else {
+    throw new PermanentError(`model: ${JSON.stringify(uri)} names stage or version ${JSON.stringify(asked)}; use models:/<name>/<version>, models:/<name>@<alias> or models:/<name>/latest`, { field: 'model' });
+  }
+  const version = String(v.version);
+  // MLflow 3 names the logged model as model_id, or (3.x's REST answer) only as the version's
+  // source, models:/m-<id>.
+  const modelId = v.model_id || LOGGED_MODEL.exec(v.source ?? '')?.[1] || undefined;
+  return { uri, cacheKey: registryKey(name, version), name, version, origin: originOf(v), ...(modelId !== undefined ? { modelId } : {}) };
+}
+
+/** Where the files of a resolved model are: asked of MLflow only when they must be fetched. */
+export async function locateModel(ref: ModelRef, tracking: MlflowTracking, signal: AbortSignal, calls?: ModelCalls): Promise<ModelLocation> {
+  const { uri } = ref;
+  if (ref.name !== undefined && ref.version !== undefined) {
+    const { name, version } = ref;
+    let artifactUri: string;
+    try {
+      artifactUri = (await timed(calls, 'model-versions/get-download-uri', () => tracking.http.api<{ artifact_uri: string }>('model-versions/get-download-uri', { method: 'GET', query: { name, version }, signal }))).artifact_uri;
     } catch (err) {
       if (notFound(err)) throw new PermanentError(`model: registered model ${JSON.stringify(name)} version ${version} does not exist`, { field: 'model', cause: err });
       throw err;
     }
-    return { artifactUri: requireProxy(artifactUri, `${name} version ${version}`), cacheKey: registryKey(name, version), name, version, ...(modelId !== undefined ? { modelId } : {}) };
+    return { artifactUri: requireProxy(artifactUri, `${name} version ${version}`), ...(ref.modelId !== undefined ? { modelId: ref.modelId } : {}) };
   }
   const logged = LOGGED_MODEL.exec(uri);
   if (logged) {
     const modelId = logged[1] ?? '';
     try {
-      const r = await tracking.http.api<{ model: { info: LoggedModelInfo } }>(`logged-models/${modelId}`, { method: 'GET', signal });
-      return { artifactUri: requireProxy(r.model.info.artifact_uri, `logged model ${modelId}`), cacheKey: loggedKey(modelId), modelId };
+      const r = await timed(calls, 'logged-models/get', () => tracking.http.api<{ model: { info: LoggedModelInfo } }>(`logged-models/${modelId}`, { method: 'GET', signal }));
+      return { artifactUri: requireProxy(r.model.info.artifact_uri, `logged model ${modelId}`), modelId };
     } catch (err) {
       if (notFound(err)) throw new PermanentError(`model: logged model ${modelId} does not exist`, { field: 'model', cause: err });
       throw err;
@@ -208,18 +279,18 @@ export async function resolveModel(uri: string, tracking: MlflowTracking, signal
     const path = runPath(runs);
     let info: { artifact_uri: string; experiment_id: string };
     try {
-      info = (await tracking.getRun(runId, signal)).info;
+      info = (await timed(calls, 'runs/get', () => tracking.getRun(runId, signal))).info;
     } catch (err) {
       if (notFound(err)) throw new PermanentError(`model: run ${runId} does not exist`, { field: 'model', cause: err });
       throw err;
     }
     const [first = '', ...rest] = path.split('/');
-    const model = await loggedModelOfRun(tracking, info.experiment_id, runId, first, signal);
+    const model = await loggedModelOfRun(tracking, info.experiment_id, runId, first, signal, calls);
     const artifactUri = model
       ? [model.artifact_uri.replace(/\/+$/, ''), ...rest].join('/')
       : `${info.artifact_uri.replace(/\/+$/, '')}/${path}`;
-    return { artifactUri: requireProxy(artifactUri, `run ${runId}`), cacheKey: runsKey(runId, path), ...(model ? { modelId: model.model_id } : {}) };
+    return { artifactUri: requireProxy(artifactUri, `run ${runId}`), ...(model ? { modelId: model.model_id } : {}) };
   }
-  if (uri.startsWith('mlflow-artifacts:')) return artifactModel(uri);
+  if (uri.startsWith('mlflow-artifacts:')) return { artifactUri: uri.replace(/\/+$/, '') };
   throw new PermanentError(`model: ${JSON.stringify(uri)} is not a models:/, runs:/ or mlflow-artifacts: URI of a form the worker knows`, { field: 'model' });
 }
