@@ -16,6 +16,7 @@ type Help = () => Promise<string>;
 const COMMANDS: ReadonlyMap<string, { run: Command; help: Help; summary: string }> = new Map([
   ['scaler', { run: async (a, c) => (await import('./scaler-command.ts')).runScaler(a, c), help: async () => (await import('./scaler-command.ts')).SCALER_HELP, summary: 'run the KEDA external scaler (gRPC)' }],
   ['worker', { run: async (a, c) => (await import('./worker-command.ts')).runWorker(a, c), help: async () => (await import('./worker-command.ts')).WORKER_HELP, summary: 'take one request from a queue, run it, log it to MLflow' }],
+  ['model-cache', { run: async (a, c) => (await import('./model-cache-command.ts')).runModelCache(a, c), help: async () => (await import('./model-cache-command.ts')).MODEL_CACHE_HELP, summary: 'serve a node\'s workers each model version fetched once from MLflow' }],
   ['submit', { run: async (a, c) => (await import('./submit-command.ts')).runSubmit(a, c), help: async () => (await import('./submit-command.ts')).SUBMIT_HELP, summary: 'publish requests, and follow one to its outcome' }],
   ['status', { run: async (a, c) => (await import('./status-command.ts')).runStatus(a, c), help: async () => (await import('./status-command.ts')).STATUS_HELP, summary: 'the queue, the scaler, the ScaledJob and the latest MLflow runs, on one screen' }],
   ['replay', { run: async (a, c) => (await import('./replay-command.ts')).runReplay(a, c), help: async () => (await import('./replay-command.ts')).REPLAY_HELP, summary: 'upload the runs spooled while MLflow was out of reach' }],
@@ -25,7 +26,7 @@ const COMMANDS: ReadonlyMap<string, { run: Command; help: Help; summary: string 
 ]);
 
 function usage(): string {
-  const rows = [...COMMANDS].map(([name, c]) => `  ${name.padEnd(10)} ${c.summary}`).join('\n');
+  const rows = [...COMMANDS].map(([name, c]) => `  ${name.padEnd(12)} ${c.summary}`).join('\n');
   return `Usage: kmj <command> [options]
 
 Commands:

@@ -54,6 +54,12 @@ export interface SendOptions {
   readonly agent?: HttpAgent | HttpsAgent;
   readonly signal: AbortSignal;
   readonly timeoutMs: number;
+  /**
+   * Bound on the TCP connection alone, when it must be shorter than the whole answer's: a
+   * Service with no ready endpoint on the node (internalTrafficPolicy: Local) drops the SYN, and
+   * a connect would otherwise wait for `timeoutMs`.
+   */
+  readonly connectTimeoutMs?: number;
 }
 
 /** Sends a request; resolves with the response once its headers arrive. */
@@ -73,10 +79,20 @@ export function send(url: URL, options: SendOptions): Promise<HttpResponse> {
       else req.destroy(err);
     };
     const timer = setTimeout(() => fail(new Error(`no complete answer within ${options.timeoutMs} ms`)), options.timeoutMs);
+    let connectTimer: NodeJS.Timeout | undefined;
+    const connectMs = options.connectTimeoutMs;
+    if (connectMs !== undefined) {
+      req.once('socket', (socket) => {
+        if (!socket.connecting) return;
+        connectTimer = setTimeout(() => fail(new Error(`no connection within ${connectMs} ms`)), connectMs);
+        socket.once('connect', () => clearTimeout(connectTimer));
+      });
+    }
     const onAbort = (): void => fail(options.signal.reason instanceof Error ? options.signal.reason : new Error('aborted'));
     options.signal.addEventListener('abort', onAbort, { once: true });
     const cleanup = (): void => {
       clearTimeout(timer);
+      clearTimeout(connectTimer);
       options.signal.removeEventListener('abort', onAbort);
     };
     req.once('response', (res) => {

@@ -18,6 +18,13 @@ export const RUN_TAG = {
   /** `hit` or `miss`: whether the model came from the pod's cache. */
   modelCache: 'kmj.model_cache',
   /**
+   * Where the model's files came from: `cache` (the pod's), `node-cache` (the node's, kmj
+   * model-cache), `mlflow`, or `local` (a file:// directory).
+   */
+  modelSource: 'kmj.model_source',
+  /** Why the node's cache was passed over for MLflow, when it was (absent, full, damaged). */
+  nodeCacheProblem: 'kmj.node_cache_problem',
+  /**
    * `refused` when MLflow would not let the run's metrics and inputs name the logged model that
    * ran (its auth wants EDIT on the experiment the model was logged in): they were logged
    * without that link. Absent when linked, or when the model is no logged model.

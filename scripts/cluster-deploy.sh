@@ -85,6 +85,7 @@ admin_password = $(secret_of mlflow-admin)
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
 "
   apply_secret kmj-mlflow-worker --from-literal=username=kmj-worker --from-literal=password="$(secret_of kmj-mlflow-worker)"
+  apply_secret kmj-model-cache --from-literal=token="$(secret_of kmj-model-cache)"
   apply_secret kmj-scaler-tls --from-file=tls.crt="$DIR/tls/scaler.crt" --from-file=tls.key="$DIR/tls/scaler.key" \
     --from-file=ca.crt="$DIR/tls/ca.crt"
   apply_secret kmj-scaler-client-tls --from-file=ca.crt="$DIR/tls/ca.crt" --from-file=tls.crt="$DIR/tls/keda.crt" \
@@ -128,11 +129,12 @@ deploy() {
   kubectl -n "$NS" delete job kmj-setup --ignore-not-found >/dev/null
   kubectl apply -k "$KMJ_ROOT/overlays/local" >/dev/null
   # The image was made again under the same tag: a scaler deployed before is restarted to run it.
-  [ -z "$existed" ] || kubectl -n "$NS" rollout restart deployment/kmj-scaler >/dev/null
+  [ -z "$existed" ] || kubectl -n "$NS" rollout restart deployment/kmj-scaler daemonset/kmj-model-cache >/dev/null
   wait_rollout statefulset/rabbitmq 300
   wait_rollout statefulset/postgres 300
   wait_rollout deployment/mlflow 300
   wait_rollout deployment/kmj-scaler 120
+  wait_rollout daemonset/kmj-model-cache 120
   kubectl -n "$NS" wait --for=condition=complete job/kmj-setup --timeout=300s >/dev/null ||
     { kubectl -n "$NS" logs job/kmj-setup >&2 || true; die "the setup Job did not complete"; }
   kubectl -n "$NS" logs job/kmj-setup | sed 's/^/[kmj setup] /' >&2

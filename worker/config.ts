@@ -11,6 +11,7 @@ import { deadLetterQueueOf } from '../rabbitmq/topology.ts';
 import { RABBITMQ_ENV } from '../rabbitmq/settings.ts';
 import { KAFKA_ENV, kafkaConnection, type KafkaConnection } from '../kafka/settings.ts';
 import { deadLetterTopicOf } from '../kafka/topics.ts';
+import type { NodeCacheSettings } from './model/node-cache.ts';
 import { checkMlflow, MLFLOW_ENV, mlflowSettings, readMlflowFiles, type MlflowSettings } from '../mlflow/settings.ts';
 
 export const WORKER_ENV = {
@@ -29,6 +30,8 @@ export const WORKER_ENV = {
   KMJ_MAX_DELIVERIES: { kind: 'integer', min: 1, max: 1000, default: 5, help: 'dead-letter instead of requeueing at this delivery' },
   KMJ_DEAD_LETTER_QUEUE: { kind: 'string', maxLength: 255, help: 'dead-letter queue (default: <queue>.dead)' },
   KMJ_MODEL_CACHE_DIR: { kind: 'string', help: 'model cache (default: ~/.cache/kmj/models)' },
+  KMJ_NODE_CACHE_URL: { kind: 'string', pattern: /^https?:\/\/[^/?#\s]+\/?$/, patternHint: 'an http(s) base URL such as http://kmj-model-cache.kmj.svc:8090', help: 'the node\'s model cache (kmj model-cache): models missing from KMJ_MODEL_CACHE_DIR are fetched from it, else from MLflow (unset: from MLflow)' },
+  KMJ_NODE_CACHE_TOKEN: { kind: 'string', minLength: 16, help: 'the node cache\'s bearer token (required with KMJ_NODE_CACHE_URL)' },
   KMJ_WORK_DIR: { kind: 'string', help: 'scratch space for predictions (default: the temp dir)' },
   KMJ_DATASET_ROOTS: { kind: 'string', default: '/data', help: 'colon-separated directories local dataset paths must be in' },
   KMJ_MODEL_ROOTS: { kind: 'string', default: '/models', help: 'colon-separated directories file:// model URIs must be in' },
@@ -70,6 +73,8 @@ export interface WorkerConfig {
   readonly timeBudgetMs: number;
   readonly shutdownGraceMs: number;
   readonly modelCacheDir: string;
+  /** The node's model cache, asked before MLflow for a model not in `modelCacheDir`. */
+  readonly nodeCache: NodeCacheSettings | undefined;
   readonly workDir: string;
   readonly datasetRoots: readonly string[];
   readonly modelRoots: readonly string[];
@@ -126,6 +131,7 @@ export function loadWorkerConfig(env: RawInput, flags: WorkerFlags = {}): Worker
     overrides,
     (c, problems) => {
       checkMlflow(c, problems);
+      if (c.KMJ_NODE_CACHE_URL !== undefined && c.KMJ_NODE_CACHE_TOKEN === undefined) problems.push('KMJ_NODE_CACHE_TOKEN: is required with KMJ_NODE_CACHE_URL');
       if ((c.KMJ_WORKER_QUEUE === undefined) === (c.KMJ_WORKER_TOPIC === undefined)) {
         problems.push(`${nameOf('KMJ_WORKER_QUEUE')}: set a queue or ${nameOf('KMJ_WORKER_TOPIC')}, exactly one of them`);
       } else if (c.KMJ_WORKER_TOPIC !== undefined) {
@@ -154,6 +160,7 @@ export function loadWorkerConfig(env: RawInput, flags: WorkerFlags = {}): Worker
     timeBudgetMs: v.KMJ_WORKER_TIME_BUDGET_MS,
     shutdownGraceMs: v.KMJ_WORKER_SHUTDOWN_GRACE_MS,
     modelCacheDir: v.KMJ_MODEL_CACHE_DIR ?? join(homedir(), '.cache', 'kmj', 'models'),
+    nodeCache: v.KMJ_NODE_CACHE_URL !== undefined && v.KMJ_NODE_CACHE_TOKEN !== undefined ? Object.freeze({ url: v.KMJ_NODE_CACHE_URL, token: v.KMJ_NODE_CACHE_TOKEN }) : undefined,
     workDir: v.KMJ_WORK_DIR ?? join(tmpdir(), 'kmj'),
     datasetRoots: Object.freeze(v.KMJ_DATASET_ROOTS.split(':').filter(Boolean)),
     modelRoots: Object.freeze(v.KMJ_MODEL_ROOTS.split(':').filter(Boolean)),

@@ -402,8 +402,10 @@ async function runOnce(
       { key: RUN_TAG.batchRows, value: String(config.batchRows) },
       { key: RUN_TAG.modelKind, value: model.kind },
       { key: RUN_TAG.modelCache, value: cacheHit ? 'hit' : 'miss' },
+      { key: RUN_TAG.modelSource, value: loaded.source },
       { key: RUN_TAG.modelArtifactUri, value: resolved.artifactUri },
     ];
+    if (loaded.nodeCacheProblem !== undefined) tags.push({ key: RUN_TAG.nodeCacheProblem, value: loaded.nodeCacheProblem.slice(0, 5000) });
     if (resolved.name !== undefined) tags.push({ key: RUN_TAG.modelName, value: resolved.name });
     if (resolved.version !== undefined) tags.push({ key: RUN_TAG.modelVersion, value: resolved.version });
     const results: RunResults = {

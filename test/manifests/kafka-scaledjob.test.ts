@@ -60,7 +60,10 @@ describe('keda/scaledjob-kafka.yaml', () => {
   });
 
   it('runs a worker the worker accepts, on the trigger\'s topic and group', () => {
-    const env = Object.fromEntries(container.env.filter((e) => e.value !== undefined).map((e) => [e.name, e.value]));
+    const env: Record<string, string | undefined> = Object.fromEntries(container.env.filter((e) => e.value !== undefined).map((e) => [e.name, e.value]));
+    // The node cache's token comes from a Secret: a stand-in of the shape the worker wants.
+    expect(container.env.find((e) => e.name === 'KMJ_NODE_CACHE_TOKEN')).toEqual({ name: 'KMJ_NODE_CACHE_TOKEN', valueFrom: { secretKeyRef: { name: 'kmj-model-cache', key: 'token' } } });
+    env['KMJ_NODE_CACHE_TOKEN'] = 'stand-in-of-the-secret-token';
     const args = container.args;
     expect(args[0]).toBe('worker');
     const flag = (name: string): string | undefined => args[args.indexOf(name) + 1];

@@ -45,13 +45,14 @@ describe('kubectl apply -k manifests/', () => {
     const names = objects.map((o) => `${o.kind}/${o.metadata.name}`).sort();
     expect(names).toEqual([
       'ConfigMap/postgres-init', 'ConfigMap/rabbitmq-config',
+      'DaemonSet/kmj-model-cache',
       'Deployment/kmj-scaler', 'Deployment/mlflow',
       'Job/kmj-setup',
       'Namespace/kmj',
       'PersistentVolumeClaim/mlflow-artifacts',
       'ScaledJob/ml-requests',
-      'Service/kmj-scaler', 'Service/mlflow', 'Service/postgres', 'Service/rabbitmq',
-      'ServiceAccount/kmj-scaler', 'ServiceAccount/mlflow', 'ServiceAccount/postgres', 'ServiceAccount/rabbitmq',
+      'Service/kmj-model-cache', 'Service/kmj-scaler', 'Service/mlflow', 'Service/postgres', 'Service/rabbitmq',
+      'ServiceAccount/kmj-model-cache', 'ServiceAccount/kmj-scaler', 'ServiceAccount/mlflow', 'ServiceAccount/postgres', 'ServiceAccount/rabbitmq',
       'StatefulSet/postgres', 'StatefulSet/rabbitmq',
       'TriggerAuthentication/kmj-scaler-tls',
     ]);

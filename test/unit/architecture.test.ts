@@ -5,7 +5,7 @@ import { dirname, join, normalize, relative } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { PACKAGE_ROOT } from '../../common/paths.ts';
 
-const MODULES = ['cli', 'common', 'kafka', 'kubernetes', 'mlflow', 'rabbitmq', 'scaler', 'worker'] as const;
+const MODULES = ['cli', 'common', 'kafka', 'kubernetes', 'mlflow', 'modelstore', 'nodecache', 'rabbitmq', 'scaler', 'worker'] as const;
 type Module = (typeof MODULES)[number];
 
 /** What each module may import, besides itself. */
@@ -15,13 +15,15 @@ const ALLOWED: Record<Module, readonly Module[]> = {
   kafka: ['common'],
   mlflow: ['common'],
   kubernetes: ['common'],
+  modelstore: ['common'],
   scaler: ['common', 'rabbitmq', 'kafka'],
-  worker: ['common', 'rabbitmq', 'kafka', 'mlflow'],
-  cli: ['common', 'rabbitmq', 'kafka', 'mlflow', 'kubernetes', 'scaler', 'worker'],
+  worker: ['common', 'rabbitmq', 'kafka', 'mlflow', 'modelstore'],
+  nodecache: ['common', 'mlflow', 'modelstore'],
+  cli: ['common', 'rabbitmq', 'kafka', 'mlflow', 'kubernetes', 'scaler', 'worker', 'nodecache'],
 };
 
 /** The files of scaler/ and worker/ that cli/ may import: their public entry points. */
-const PUBLIC = new Set(['scaler/app.ts', 'scaler/config.ts', 'scaler/client.ts', 'worker/config.ts', 'worker/consumer.ts', 'worker/kafka-consumer.ts', 'worker/pipeline.ts', 'worker/spool.ts', 'worker/doctor.ts']);
+const PUBLIC = new Set(['nodecache/app.ts', 'nodecache/config.ts', 'scaler/app.ts', 'scaler/config.ts', 'scaler/client.ts', 'worker/config.ts', 'worker/consumer.ts', 'worker/kafka-consumer.ts', 'worker/pipeline.ts', 'worker/spool.ts', 'worker/doctor.ts']);
 
 function tsFiles(dir: string): string[] {
   return readdirSync(dir).flatMap((name) => {
@@ -65,8 +67,8 @@ describe('the import rules of docs/architecture.md', () => {
     expect(wrong).toEqual([]);
   });
 
-  it('cli/ reaches scaler/ and worker/ through their public files only', () => {
-    const wrong = all.filter((i) => moduleOf(i.from) === 'cli' && ['scaler', 'worker'].includes(moduleOf(i.to)) && !PUBLIC.has(i.to)).map((i) => `${i.from} -> ${i.to}`);
+  it('cli/ reaches scaler/, worker/ and nodecache/ through their public files only', () => {
+    const wrong = all.filter((i) => moduleOf(i.from) === 'cli' && ['scaler', 'worker', 'nodecache'].includes(moduleOf(i.to)) && !PUBLIC.has(i.to)).map((i) => `${i.from} -> ${i.to}`);
     expect(wrong).toEqual([]);
   });
 

@@ -1,4 +1,4 @@
-// The promises of the local model cache (worker/model/cache.ts ensureCached), in one process on
+// The promises of the local model cache (modelstore/store.ts ensureCached), in one process on
 // a fresh temporary directory per test: filled once then a hit, whole or not at all, the loser of
 // a race uses the winner's copy, damaged copies are filled again, and leftovers of killed workers
 // are swept. The "peer" of a race is a second call in this process; the cross-process race is
@@ -7,7 +7,7 @@ import { mkdir, mkdtemp, readFile, readdir, rm, stat, truncate, unlink, utimes, 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { ensureCached } from '../../worker/model/cache.ts';
+import { ensureCached } from '../../modelstore/store.ts';
 
 const MANIFEST = '.kmj-manifest.json';
 

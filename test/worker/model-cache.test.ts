@@ -4,7 +4,7 @@
 import { mkdirSync, readFileSync, readdirSync, rmSync, statSync, truncateSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { checkCopy, discardCached, ensureCached } from '../../worker/model/cache.ts';
+import { checkCopy, discardCached, ensureCached } from '../../modelstore/store.ts';
 import { Cleanups } from '../helpers/cleanups.ts';
 
 const cleanups = new Cleanups();

@@ -11,20 +11,21 @@
  * TransientError for the file, then one fetch again), so hashing the files on every hit (0.2 s
  * for 67 MB here) would buy nothing the session does not check.
  */
-import { stat } from 'node:fs/promises';
+import { readdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { PermanentError, TransientError } from '../../common/errors.ts';
 import type { Logger } from '../../common/log.ts';
 import { MlflowHttpError } from '../../mlflow/http.ts';
 import { proxyPath, type MlflowTracking } from '../../mlflow/tracking.ts';
 import type { WorkerConfig } from '../config.ts';
-import { discardCached, ensureCached, type CachedModel, type CopyMeta } from './cache.ts';
+import { discardCached, ensureCached, type CachedModel, type CopyMeta } from '../../modelstore/store.ts';
 import { readMlModel } from './mlmodel.ts';
+import { fetchFromNodeCache, NodeCacheError } from './node-cache.ts';
 import { OnnxModel, loadOnnxRuntime } from './onnx.ts';
 import { locateModel, resolveLocalModel, resolveModel, resolveModelOffline, type ModelCalls, type ModelLocation, type ModelRef, type ResolvedModel } from './resolve.ts';
 
-/** Where a model's files came from. */
-export type ModelSource = 'cache' | 'mlflow' | 'local';
+/** Where a model's files came from: the pod's cache, the node's cache, MLflow, a local directory. */
+export type ModelSource = 'cache' | 'node-cache' | 'mlflow' | 'local';
 
 /** Where one model load's time went, in seconds (and what it cost). */
 export interface ModelLoadSteps {
@@ -51,6 +52,8 @@ export interface LoadedModel {
   readonly resolved: ResolvedModel;
   readonly cacheHit: boolean;
   readonly source: ModelSource;
+  /** Why the node cache was passed over for MLflow, when it was. */
+  readonly nodeCacheProblem?: string;
   /** The whole load, spawn of the first step to the session ready. */
   readonly seconds: number;
   readonly steps: ModelLoadSteps;
@@ -117,6 +120,8 @@ export async function loadModel(modelUri: string, deps: LoadDeps, signal: AbortS
   let locateSeconds = 0;
   let fetchSeconds = 0;
   let fetchedBytes = 0;
+  let fetchedFrom: 'node-cache' | 'mlflow' = 'mlflow';
+  let nodeCacheProblem: string | undefined;
   const fill = async (into: string): Promise<CopyMeta> => {
     if (!t) throw new TransientError(`model: ${modelUri} is not in the local model cache, and MLflow cannot be used now`);
     const locating = performance.now();
@@ -124,6 +129,21 @@ export async function loadModel(modelUri: string, deps: LoadDeps, signal: AbortS
     const fetching = performance.now();
     locateSeconds += (fetching - locating) / 1000;
     try {
+      if (config.nodeCache && nodeCacheProblem === undefined) {
+        try {
+          fetchedBytes += await fetchFromNodeCache(config.nodeCache, ref, where, into, signal, config.maxModelBytes);
+          fetchedFrom = 'node-cache';
+          return metaOf(ref, where);
+        } catch (err) {
+          if (!(err instanceof NodeCacheError)) throw err;
+          nodeCacheProblem = err.message;
+          deps.log.warn({ reason: err.message }, 'the node cache could not give the model; fetching it from MLflow');
+          // What arrived of it is not kept: MLflow fills the same directory from empty.
+          for (const name of await readdir(into)) await rm(join(into, name), { recursive: true, force: true });
+          fetchedBytes = 0;
+        }
+      }
+      fetchedFrom = 'mlflow';
       const files = await t.downloadDirectory(proxyPath(where.artifactUri), into, signal, config.maxModelBytes);
       if (files.length === 0) throw new PermanentError(`model: ${modelUri} resolves to ${where.artifactUri}, which holds no files`, { field: 'model' });
       for (const f of files) fetchedBytes += (await stat(join(into, f))).size;
@@ -182,7 +202,15 @@ export async function loadModel(modelUri: string, deps: LoadDeps, signal: AbortS
     ...opened.times,
     calls,
   };
-  return { model: opened.model, resolved, cacheHit: cached.hit, source: cached.hit ? 'cache' : 'mlflow', seconds: (performance.now() - started) / 1000, steps };
+  return {
+    model: opened.model,
+    resolved,
+    cacheHit: cached.hit,
+    source: cached.hit ? 'cache' : fetchedFrom,
+    ...(nodeCacheProblem !== undefined ? { nodeCacheProblem } : {}),
+    seconds: (performance.now() - started) / 1000,
+    steps,
+  };
 }
 
 function metaOf(ref: ModelRef, where: ModelLocation): CopyMeta {

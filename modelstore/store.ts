@@ -1,7 +1,8 @@
 /**
- * The local model cache: one directory per cache key (a registry version, a run path), filled
- * once and then read-only. Any number of workers may share it (a ReadWriteMany volume on a node),
- * and the rules that make that safe are:
+ * The model store: one directory per cache key (a registry version, a run path), filled
+ * once and then read-only. The worker's model cache and the node cache (nodecache/) are both
+ * one. Any number of processes may share it (a ReadWriteMany volume on a node), and the rules that
+ * make that safe are:
  *
  * - A directory appears at its key only whole: it is filled under `<key>.partial-<uuid>`, its
  *   manifest (every file with its size) written last, and then renamed into place. rename(2)

@@ -1,0 +1,44 @@
+/** `kmj model-cache`: runs a node's model cache until SIGTERM or SIGINT. */
+import { parseArgs } from 'node:util';
+import { describeFields } from '../common/fields.ts';
+import { createLogger } from '../common/log.ts';
+import { startNodeCache } from '../nodecache/app.ts';
+import { loadNodeCacheConfig, NODE_CACHE_ENV } from '../nodecache/config.ts';
+import type { CommandContext } from './context.ts';
+
+export const MODEL_CACHE_HELP = `Usage: kmj model-cache [--port <port>]
+
+Runs a node's model cache: workers on the node (KMJ_NODE_CACHE_URL) ask it for a model version
+instead of MLflow, and it fetches each version from MLflow once, keeps it within a size bound
+(least recently used first out) and serves it with each file's SHA-256, which the worker checks.
+Run one per node (a DaemonSet behind a Service with internalTrafficPolicy: Local; docs/models.md).
+Prometheus metrics, /healthz and /readyz are served on the same port.
+
+Options:
+  --port <port>             HTTP port (KMJ_NODE_CACHE_PORT)
+  -h, --help                show this help
+
+Environment:
+${describeFields(NODE_CACHE_ENV)}
+`;
+
+export async function runModelCache(argv: readonly string[], ctx: CommandContext): Promise<number> {
+  const { values } = parseArgs({
+    args: [...argv],
+    options: { port: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+    strict: true,
+    allowPositionals: false,
+  });
+  if (values.help) {
+    ctx.stdout.write(MODEL_CACHE_HELP);
+    return 0;
+  }
+  const config = loadNodeCacheConfig(ctx.env, values.port !== undefined ? { port: values.port } : {});
+  const log = createLogger({ level: config.logLevel, name: 'kmj-model-cache' });
+  const cache = await startNodeCache(config, log);
+  const signal = await ctx.waitForShutdown();
+  log.info({ signal }, 'shutting down');
+  await cache.close();
+  log.flush();
+  return 0;
+}
