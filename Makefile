@@ -13,7 +13,7 @@ export PATH := $(NODE_BIN):$(CURDIR)/node_modules/.bin:$(PATH)
 
 STAMP := .run/stamps
 
-.PHONY: help deps build typecheck services image cluster-up cluster cluster-down test demo demo-cluster bench-scaler bench-kafka bench-worker bench-keda clean
+.PHONY: help deps build typecheck services image cluster-up cluster cluster-down test demo demo-cluster bench-scaler bench-kafka bench-worker bench-keda bench-models clean
 
 help:
 	@echo "make demo          RabbitMQ, MLflow, the scaler and workers on this machine, one Job per request"
@@ -22,6 +22,7 @@ help:
 	@echo "make bench-kafka   the scaler's Kafka source under KEDA-like polling of 100 groups of 12 partitions, beside RabbitMQ"
 	@echo "make bench-worker  the worker beside a Python worker: cold start, throughput, memory"
 	@echo "make bench-keda    our trigger beside KEDA's built-in RabbitMQ trigger, in the real cluster (~30 min)"
+	@echo "make bench-models  models of 15, 70 and 150 MB: the worker's load beside onnxruntime's, and bursts in the real cluster"
 	@echo "make cluster       a real single-node Kubernetes + KEDA here, with the project deployed (docs/deploy.md)"
 	@echo "make cluster-up    the same cluster with the images imported, nothing deployed"
 	@echo "make cluster-down  stop it and undo its host changes"
@@ -117,6 +118,15 @@ bench-keda: cluster
 	  RABBITMQ_URL=$$KMJ_CLUSTER_RABBITMQ_URL MLFLOW_TRACKING_URI=$$KMJ_CLUSTER_MLFLOW_URL \
 	  MLFLOW_TRACKING_USERNAME=$$KMJ_CLUSTER_MLFLOW_USERNAME MLFLOW_TRACKING_PASSWORD=$$KMJ_CLUSTER_MLFLOW_PASSWORD \
 	  node bench/keda-bench.ts
+
+# Models of realistic sizes (docs/models.md): on this machine, a cache hit's load beside onnxruntime's
+# bare session start; then in the real cluster, bursts per model through the node cache.
+bench-models: cluster
+	node bench/models-bench.ts host
+	eval "$$(scripts/cluster.sh env)" && eval "$$(scripts/cluster-deploy.sh --env)" && \
+	  RABBITMQ_URL=$$KMJ_CLUSTER_RABBITMQ_URL MLFLOW_TRACKING_URI=$$KMJ_CLUSTER_MLFLOW_URL \
+	  MLFLOW_TRACKING_USERNAME=$$KMJ_CLUSTER_MLFLOW_USERNAME MLFLOW_TRACKING_PASSWORD=$$KMJ_CLUSTER_MLFLOW_PASSWORD \
+	  node bench/models-bench.ts cluster
 
 clean:
 	rm -rf dist .run

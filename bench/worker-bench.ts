@@ -11,17 +11,13 @@
  *
  * Options (env): BENCH_COLD_RUNS (5), BENCH_BIG_RUNS (3), BENCH_BIG_ROWS (100000).
  */
-import { execFile } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, mkdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
-import { connect } from 'amqplib';
 import { PACKAGE_ROOT } from '../common/paths.ts';
-import { declareRequestTopology, deadLetterQueueOf } from '../rabbitmq/topology.ts';
+import { leftover, measure, queueWith, runMetrics, type Measured } from './harness.ts';
 import { fmt, median, out } from './stats.ts';
 
-const run = promisify(execFile);
 const COLD_RUNS = Number(process.env['BENCH_COLD_RUNS'] ?? 5);
 const BIG_RUNS = Number(process.env['BENCH_BIG_RUNS'] ?? 3);
 const BIG_ROWS = Number(process.env['BENCH_BIG_ROWS'] ?? 100_000);
@@ -37,71 +33,11 @@ interface Fixtures {
   bigDataset: Record<string, string>;
 }
 
-interface Measured {
-  code: number;
-  seconds: number;
-  maxRssMb: number;
-}
-
-
-/** Runs a command under a small wrapper that reports its wall time and the child's peak RSS. */
-async function measure(cmd: string[], env: Record<string, string>): Promise<Measured> {
-  const wrapper = [
-    'import json, resource, subprocess, sys, time',
-    't = time.perf_counter()',
-    'r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)',
-    'd = time.perf_counter() - t',
-    "print(json.dumps({'code': r.returncode, 'seconds': d, 'maxrss_kb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))",
-  ].join('\n');
-  const { stdout } = await run('python3', ['-c', wrapper, ...cmd], { env, maxBuffer: 1 << 20 });
-  const r = JSON.parse(stdout) as { code: number; seconds: number; maxrss_kb: number };
-  return { code: r.code, seconds: r.seconds, maxRssMb: r.maxrss_kb / 1024 };
-}
-
-async function queueWith(body: object): Promise<string> {
-  const queue = `bench-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 8)}`;
-  const conn = await connect(RABBITMQ_URL);
-  try {
-    const ch = await conn.createConfirmChannel();
-    await declareRequestTopology(conn, queue, { deadLetterQueue: deadLetterQueueOf(queue), maxDeliveries: 5 });
-    ch.sendToQueue(queue, Buffer.from(JSON.stringify(body)), { persistent: true });
-    await ch.waitForConfirms();
-  } finally {
-    await conn.close();
-  }
-  return queue;
-}
-
-async function leftover(queue: string): Promise<number> {
-  const conn = await connect(RABBITMQ_URL);
-  try {
-    const ch = await conn.createChannel();
-    const n = (await ch.checkQueue(queue)).messageCount;
-    await ch.deleteQueue(queue);
-    await ch.deleteQueue(deadLetterQueueOf(queue));
-    return n;
-  } finally {
-    await conn.close();
-  }
-}
-
-async function runMetrics(experiment: string): Promise<Record<string, number>> {
-  const exp = (await (await fetch(`${MLFLOW}/api/2.0/mlflow/experiments/get-by-name?experiment_name=${encodeURIComponent(experiment)}`)).json()) as {
-    experiment: { experiment_id: string };
-  };
-  const r = (await (
-    await fetch(`${MLFLOW}/api/2.0/mlflow/runs/search`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ experiment_ids: [exp.experiment.experiment_id] }) })
-  ).json()) as { runs: Array<{ info: { status: string }; data: { metrics: Array<{ key: string; value: number }> } }> };
-  const first = r.runs[0];
-  if (!first || first.info.status !== 'FINISHED') throw new Error(`experiment ${experiment} has no FINISHED run`);
-  return Object.fromEntries(first.data.metrics.map((m) => [m.key, m.value]));
-}
-
 type Impl = 'node' | 'python';
 
 async function once(impl: Impl, model: string, dataset: string, tag: string): Promise<Measured & { metrics: Record<string, number> }> {
   const experiment = `bench-${tag}-${impl}-${Date.now().toString(36)}`;
-  const queue = await queueWith({ version: 1, requestId: `${tag}-${impl}-${Date.now().toString(36)}`, model, dataset: { uri: dataset }, experiment });
+  const queue = await queueWith(RABBITMQ_URL, { version: 1, requestId: `${tag}-${impl}-${Date.now().toString(36)}`, model, dataset: { uri: dataset }, experiment });
   const cache = mkdtempSync(join(tmpdir(), 'kmj-bench-cache-'));
   const env: Record<string, string> = {
     PATH: process.env['PATH'] ?? '',
@@ -116,9 +52,9 @@ async function once(impl: Impl, model: string, dataset: string, tag: string): Pr
   const cmd = impl === 'node' ? [process.execPath, join(PACKAGE_ROOT, 'bin', 'kmj.js'), 'worker', '--queue', queue] : [PYTHON, join(PACKAGE_ROOT, 'bench', 'python_worker.py'), '--queue', queue];
   try {
     const m = await measure(cmd, env);
-    const left = await leftover(queue);
+    const left = await leftover(RABBITMQ_URL, queue);
     if (m.code !== 0 || left !== 0) throw new Error(`${impl} worker exited ${m.code} with ${left} message(s) left on ${queue}`);
-    return { ...m, metrics: await runMetrics(experiment) };
+    return { ...m, metrics: await runMetrics(MLFLOW, experiment) };
   } finally {
     rmSync(cache, { recursive: true, force: true });
   }

@@ -104,10 +104,9 @@ export async function startNodeCache(config: NodeCacheConfig, log: Logger): Prom
       answer(res, 400, { error: 'uri: must be an mlflow-artifacts: URI' });
       return;
     }
-    const fillsBefore = store.counters.fills;
     try {
-      const listing = await store.get(key, uri, origin);
-      counters.count(store.counters.fills > fillsBefore ? 'fill' : 'hit');
+      const { listing, fetched } = await store.get(key, uri, origin);
+      counters.count(fetched ? 'fill' : 'hit');
       answer(res, 200, listing);
     } catch (err) {
       if (err instanceof ModelTooLargeError) {

@@ -108,7 +108,7 @@ export class NodeStore {
    * The copy of `key` fetched from `artifactUri` (of `origin`, for a registry version): the one
    * kept, or fetched from MLflow now. A kept copy of another origin or location is replaced.
    */
-  async get(key: string, artifactUri: string, origin: string | undefined): Promise<ModelListing> {
+  async get(key: string, artifactUri: string, origin: string | undefined): Promise<{ readonly listing: ModelListing; readonly fetched: boolean }> {
     const before = this.#turns.get(key) ?? Promise.resolve();
     const work = before.then(() => this.#get(key, artifactUri, origin, this.#closing.signal));
     const turn = work.then(
@@ -128,7 +128,7 @@ export class NodeStore {
     this.#closing.abort(new Error('the node cache is shutting down'));
   }
 
-  async #get(key: string, artifactUri: string, origin: string | undefined, signal: AbortSignal): Promise<ModelListing> {
+  async #get(key: string, artifactUri: string, origin: string | undefined, signal: AbortSignal): Promise<{ readonly listing: ModelListing; readonly fetched: boolean }> {
     const accept = (meta: CopyMeta): string | undefined => {
       if (meta['artifactUri'] !== artifactUri) return `the copy was fetched from ${meta['artifactUri'] ?? 'nowhere known'}, not ${artifactUri}`;
       if (origin !== undefined && meta['origin'] !== origin) return 'the copy came from another registration of the version';
@@ -163,7 +163,8 @@ export class NodeStore {
       this.#o.log.info({ key, bytes, fetchedBytes: fetched }, 'model fetched from MLflow');
       await this.#evict(key);
     }
-    return { version: 1, key, artifactUri, id: copy.id, files: files as ListedFile[], ...(origin !== undefined ? { origin } : {}) };
+    const listing: ModelListing = { version: 1, key, artifactUri, id: copy.id, files: files as ListedFile[], ...(origin !== undefined ? { origin } : {}) };
+    return { listing, fetched: !copy.hit };
   }
 
   /** Where a file of a copy is, while that copy is the one kept; undefined once it is gone. */

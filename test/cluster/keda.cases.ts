@@ -20,14 +20,15 @@ import { deadLetterQueueOf } from '../../rabbitmq/topology.ts';
 import { packageFile } from '../../common/paths.ts';
 import {
   DEPLOY_DIR, KUBECONFIG, NAMESPACE, NODE_IP, QUEUE, SCALED_JOB, SCALER_ADDRESS, SCALER_NAME, SCALER_TLS_NAME_OPTIONS,
-  clusterRunsOf as runsOf, clusterServices, deleteWorkerJobs, finished, podRequest, publishAll, purge, rabbit, scalerIp, exitCodeOf, kubectl, kubectlJson, patchScaledJob, scaledJobStatus, searchRunsWithPython, until, workerJobs, workerPods,
+  clusterRunsOf as runsOf, clusterServices, nodeCacheMetrics, deleteWorkerJobs, finished, podRequest, publishAll, purge, rabbit, scalerIp, exitCodeOf, kubectl, kubectlJson, patchScaledJob, scaledJobStatus, searchRunsWithPython, until, workerJobs, workerPods,
   type Job, type Pod,
 } from '../helpers/cluster.ts';
 import { parse as parseYaml } from 'yaml';
 import { KafkaFixture } from '../helpers/kafka.ts';
 import { runKmj } from '../helpers/kmj.ts';
+import { sampleValue } from '../helpers/metrics-text.ts';
 import { KedaLikeClient } from '../helpers/scaler.ts';
-import { drain, fixtures, queueState, queueStateAfterExit, tagsOf, uniqueId } from '../helpers/worker.ts';
+import { drain, fixtures, metricsOf, queueState, queueStateAfterExit, tagsOf, uniqueId } from '../helpers/worker.ts';
 
 const run = promisify(execFile);
 const POLL_S = 2;
@@ -120,6 +121,7 @@ describe('KEDA runs our ScaledJob against our scaler', () => {
 
     const experiment = uniqueId('cluster-zero');
     const requests = Array.from({ length: BURST }, () => podRequest(experiment));
+    const cacheBefore = await nodeCacheMetrics();
     await publishAll(requests);
     await until('ScaledJob ACTIVE', scaledJobStatus, (s) => s.active === 'True', 30_000, 250);
 
@@ -142,6 +144,19 @@ describe('KEDA runs our ScaledJob against our scaler', () => {
     expect(pods).toHaveLength(BURST);
     expect(pods.map(exitCodeOf)).toEqual(Array(BURST).fill(0));
     expect(new Set(runs.map((r) => r.tags['kmj.pod']))).toEqual(new Set(pods.map((p) => p.metadata.name)));
+
+    // Every pod took the model from the node's cache (manifests/model-cache.yaml), which fetched it
+    // from MLflow at most once (not at all when an earlier part had it fetched already).
+    expect(runs.map((r) => r.tags['kmj.model_source'])).toEqual(Array(BURST).fill('node-cache'));
+    const cacheAfter = await nodeCacheMetrics();
+    const grew = (name: string, labels: Record<string, string> = {}): number => sampleValue(cacheAfter, name, labels) - sampleValue(cacheBefore, name, labels);
+    expect(grew('kmj_node_cache_requests_total', { result: 'fill' }) + grew('kmj_node_cache_requests_total', { result: 'hit' })).toBe(BURST);
+    expect(grew('kmj_node_cache_requests_total', { result: 'fill' })).toBeLessThanOrEqual(1);
+    const sizes = new Set((await runsOf(experiment)).map((r) => metricsOf(r)['model_load/fetched_bytes']));
+    expect(sizes.size).toBe(1);
+    const size = [...sizes][0] ?? 0;
+    expect(size).toBeGreaterThan(0);
+    expect([0, size]).toContain(grew('kmj_node_cache_fetched_bytes_total'));
   }, 420_000);
 
   it('a bad request: its Job ends with the dead-letter exit code, the message is dead-lettered with its reason, and no further Job comes', async () => {

@@ -97,6 +97,15 @@ export async function scalerIp(): Promise<string> {
   return (await kubectl(['-n', NAMESPACE, 'get', 'service', 'kmj-scaler', '-o', 'jsonpath={.spec.clusterIP}'])).trim();
 }
 
+/** The node cache's /metrics (manifests/model-cache.yaml), read from its pod on this node. */
+export async function nodeCacheMetrics(): Promise<string> {
+  const list = await kubectlJson<{ items: Array<{ status: { podIP?: string; phase?: string } }> }>(['-n', NAMESPACE, 'get', 'pods', '-l', 'app.kubernetes.io/name=kmj-model-cache']);
+  const ip = list.items.find((p) => p.status.phase === 'Running')?.status.podIP;
+  if (!ip) throw new Error('no running node cache pod');
+  const res = await fetch(`http://${ip}:8090/metrics`, { signal: AbortSignal.timeout(5000) });
+  return res.text();
+}
+
 /** gRPC channel options that check the scaler's certificate against its Service name. */
 export const SCALER_TLS_NAME_OPTIONS = { 'grpc.ssl_target_name_override': SCALER_NAME, 'grpc.default_authority': SCALER_NAME } as const;
 

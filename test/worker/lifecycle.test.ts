@@ -236,10 +236,11 @@ describe('the model cache', () => {
     // (name and version) is the same, the files need not be. The copy keeps which registration it
     // came from (the version's creation time and source), and a hit must match it.
     const name = uniqueId('kmj-remade');
-    const { artifact_uri: source } = await mlflowApi<{ artifact_uri: string }>(MLFLOW_URL, `model-versions/get-download-uri?name=${encodeURIComponent(classifier?.name ?? '')}&version=${classifier?.version}`, { method: 'GET' });
+    // The new registration is made from the fixture's own logged model, as mlflow.register_model does.
+    const { model_version: of } = await mlflowApi<{ model_version: { source: string; run_id: string } }>(MLFLOW_URL, `model-versions/get?name=${encodeURIComponent(classifier?.name ?? '')}&version=${classifier?.version}`, { method: 'GET' });
     const register = async (): Promise<void> => {
       await mlflowApi(MLFLOW_URL, 'registered-models/create', { method: 'POST', body: { name } });
-      await mlflowApi(MLFLOW_URL, 'model-versions/create', { method: 'POST', body: { name, source } });
+      await mlflowApi(MLFLOW_URL, 'model-versions/create', { method: 'POST', body: { name, source: of.source, run_id: of.run_id, model_id: of.source.replace('models:/', '') } });
     };
     cleanups.defer(() => mlflowApi(MLFLOW_URL, 'registered-models/delete', { method: 'DELETE', body: { name } }).then(() => undefined, () => undefined));
     await register();

@@ -87,6 +87,19 @@ export function loadOnnxRuntime(): Promise<typeof Ort> {
   return loading;
 }
 
+/** The options every session is created with (`make bench-models` creates bare sessions with them too). */
+export function sessionOptions(intraOpThreads: number): Ort.InferenceSession.SessionOptions {
+  return {
+    executionProviders: ['cpu'],
+    intraOpNumThreads: intraOpThreads,
+    interOpNumThreads: 1,
+    graphOptimizationLevel: 'all',
+    // No spin-waiting between runs: the JavaScript thread parses the next batch meanwhile, and
+    // spinning pool threads would take the cores it needs (measured: 10% faster, 1/3 less CPU).
+    extra: { session: { intra_op: { allow_spinning: '0' }, inter_op: { allow_spinning: '0' } } },
+  };
+}
+
 export class OnnxModel {
   readonly #session: Ort.InferenceSession;
   readonly #inputs: readonly InputInfo[];
@@ -125,15 +138,7 @@ export class OnnxModel {
     const started = performance.now();
     try {
       // Loading by path lets onnxruntime find external data files next to the model.
-      session = await rt.InferenceSession.create(join(dir, mlmodel.onnxFile), {
-        executionProviders: ['cpu'],
-        intraOpNumThreads: options.intraOpThreads,
-        interOpNumThreads: 1,
-        graphOptimizationLevel: 'all',
-        // No spin-waiting between runs: the JavaScript thread parses the next batch meanwhile, and
-        // spinning pool threads would take the cores it needs (measured: 10% faster, 1/3 less CPU).
-        extra: { session: { intra_op: { allow_spinning: '0' }, inter_op: { allow_spinning: '0' } } },
-      });
+      session = await rt.InferenceSession.create(join(dir, mlmodel.onnxFile), sessionOptions(options.intraOpThreads));
     } catch (err) {
       const message = `model: onnxruntime cannot load ${mlmodel.onnxFile}: ${(err as Error).message}`;
       // A file that is not there or cannot be read is the machine's fault; only a model read

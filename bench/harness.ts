@@ -1,0 +1,74 @@
+/**
+ * What the worker benchmarks share: a request queue holding one request, a child process measured
+ * (wall time and peak RSS), and the metrics of the run it made.
+ */
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { connect } from 'amqplib';
+import { declareRequestTopology, deadLetterQueueOf } from '../rabbitmq/topology.ts';
+
+const run = promisify(execFile);
+
+export interface Measured {
+  code: number;
+  seconds: number;
+  maxRssMb: number;
+}
+
+
+/** Runs a command under a small wrapper that reports its wall time and the child's peak RSS. */
+export async function measure(cmd: string[], env: Record<string, string>): Promise<Measured> {
+  const wrapper = [
+    'import json, resource, subprocess, sys, time',
+    't = time.perf_counter()',
+    'r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)',
+    'd = time.perf_counter() - t',
+    "print(json.dumps({'code': r.returncode, 'seconds': d, 'maxrss_kb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))",
+  ].join('\n');
+  const { stdout } = await run('python3', ['-c', wrapper, ...cmd], { env, maxBuffer: 1 << 20 });
+  const r = JSON.parse(stdout) as { code: number; seconds: number; maxrss_kb: number };
+  return { code: r.code, seconds: r.seconds, maxRssMb: r.maxrss_kb / 1024 };
+}
+
+/** A new request queue (with its dead-letter queue) holding `body`. */
+export async function queueWith(rabbitmqUrl: string, body: object): Promise<string> {
+  const queue = `bench-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 8)}`;
+  const conn = await connect(rabbitmqUrl);
+  try {
+    const ch = await conn.createConfirmChannel();
+    await declareRequestTopology(conn, queue, { deadLetterQueue: deadLetterQueueOf(queue), maxDeliveries: 5 });
+    ch.sendToQueue(queue, Buffer.from(JSON.stringify(body)), { persistent: true });
+    await ch.waitForConfirms();
+  } finally {
+    await conn.close();
+  }
+  return queue;
+}
+
+/** Deletes the queue and its dead-letter queue; resolves with the messages it still held. */
+export async function leftover(rabbitmqUrl: string, queue: string): Promise<number> {
+  const conn = await connect(rabbitmqUrl);
+  try {
+    const ch = await conn.createChannel();
+    const n = (await ch.checkQueue(queue)).messageCount;
+    await ch.deleteQueue(queue);
+    await ch.deleteQueue(deadLetterQueueOf(queue));
+    return n;
+  } finally {
+    await conn.close();
+  }
+}
+
+/** The metrics of the one FINISHED run of `experiment` (MLflow without auth, on loopback). */
+export async function runMetrics(mlflow: string, experiment: string): Promise<Record<string, number>> {
+  const exp = (await (await fetch(`${mlflow}/api/2.0/mlflow/experiments/get-by-name?experiment_name=${encodeURIComponent(experiment)}`)).json()) as {
+    experiment: { experiment_id: string };
+  };
+  const r = (await (
+    await fetch(`${mlflow}/api/2.0/mlflow/runs/search`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ experiment_ids: [exp.experiment.experiment_id] }) })
+  ).json()) as { runs: Array<{ info: { status: string }; data: { metrics: Array<{ key: string; value: number }> } }> };
+  const first = r.runs[0];
+  if (!first || first.info.status !== 'FINISHED') throw new Error(`experiment ${experiment} has no FINISHED run`);
+  return Object.fromEntries(first.data.metrics.map((m) => [m.key, m.value]));
+}
+
