@@ -13,7 +13,7 @@ const post = (body: string, headers: Record<string, string> = { 'content-type': 
   fetch(`${base()}${REPORT_PATH}`, { method: 'POST', body, headers }).then(async (r) => ({ status: r.status, text: await r.text() }));
 
 function report(queue: string, overrides: Partial<WorkerReport> = {}): WorkerReport {
-  return { version: 1, source: 'rabbitmq', scope: '/', name: queue, outcome: 'finished', seconds: { waiting: 3.2, receiving: 0.4, model_load: 0.3, run: 0.6, total: 0.9 }, ...overrides };
+  return { version: 1, source: 'rabbitmq', scope: '/', name: queue, outcome: 'finished', seconds: { waiting: 3.2, receiving: 0.4, model_load: 0.3, model_fetch: 0.1, model_open: 0.2, run: 0.6, total: 0.9 }, ...overrides };
 }
 
 describe('worker reports', () => {

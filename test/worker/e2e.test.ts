@@ -70,6 +70,7 @@ describe('a request end to end', () => {
       'kmj.model_version': String(classifier?.version),
       'kmj.model_kind': 'classifier',
       'kmj.model_cache': 'miss',
+      'kmj.model_source': 'mlflow',
       'kmj.batch_rows': '16384',
       'kmj.queue': queue,
       'kmj.delivery_attempt': '1',
