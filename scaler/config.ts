@@ -23,7 +23,7 @@ export const SCALER_ENV = {
   KMJ_SCALER_PORT: { kind: 'integer', min: 0, max: 65535, default: 6000, help: 'gRPC port (--port)' },
   KMJ_SCALER_METRICS_PORT: { kind: 'integer', min: 0, max: 65535, default: 8080, help: 'HTTP port for /metrics, /healthz, /readyz (--metrics-port)' },
   KMJ_SCALER_REFRESH_INTERVAL_MS: { kind: 'integer', unit: 'ms', min: 100, max: 60_000, default: 1000, help: 'each queue is read at least this often' },
-  KMJ_SCALER_MIN_REFRESH_INTERVAL_MS: { kind: 'integer', unit: 'ms', min: 50, max: 60_000, default: 200, help: 'and at most this often (a quarter of KEDA\'s polling interval in between)' },
+  KMJ_SCALER_MIN_REFRESH_INTERVAL_MS: { kind: 'integer', unit: 'ms', min: 50, max: 60_000, default: 200, help: 'and at most this often (in between, once per KEDA poll, just before it)' },
   KMJ_SCALER_MAX_SNAPSHOT_AGE_MS: { kind: 'integer', unit: 'ms', min: 500, max: 600_000, default: 5000, help: 'older readings are refused with UNAVAILABLE' },
   KMJ_SCALER_READ_TIMEOUT_MS: { kind: 'integer', unit: 'ms', min: 100, max: 60_000, default: 3000, help: 'bound on one broker read' },
   KMJ_SCALER_FIRST_READ_WAIT_MS: { kind: 'integer', unit: 'ms', min: 0, max: 30_000, default: 2000, help: 'how long the first RPC of a new queue waits for its first read' },

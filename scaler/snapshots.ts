@@ -4,12 +4,16 @@
  *
  * - A target is registered the first time an RPC names it, and dropped after `idleTargetTtlMs`
  *   without any RPC or open stream asking for it.
- * - Each registered target is read again about four times per KEDA polling interval, learned
- *   from the gaps between the polls that ask for it (KEDA's GetMetricSpec, GetMetrics and
- *   IsActive come together, less than 100 ms apart), and never less often than every
- *   `refreshIntervalMs` nor more often than every `minRefreshIntervalMs`. So a ScaledJob polled
- *   every second sees a reading at most ~250 ms old, one polled every 30 s costs one read a
- *   second. At most one read per target at a time: concurrent wants share it.
+ * - Each registered target is read once per KEDA poll, just before it: KEDA's polling interval
+ *   and phase are learned from the polls that ask for it (KEDA's GetMetricSpec, GetMetrics and
+ *   IsActive come together, less than 100 ms apart), and the read starts a lead (READ_LEAD_MS
+ *   plus twice the target's usual read time) before the next poll is due, so the poll finds a
+ *   reading about that old. Besides, a target is read at least every `refreshIntervalMs` (for
+ *   slow polls, streams and /metrics) and never more often than every `minRefreshIntervalMs`. A
+ *   ScaledJob polled every second costs one read a second, with a reading ~0.1 s old at each
+ *   poll (a read every quarter interval, as before, cost four and gave readings up to 0.25 s
+ *   old); one polled every 30 s costs one read a second. At most one read per target at a
+ *   time: concurrent wants share it.
  * - An answer is given only from a successful reading that is at most `maxSnapshotAgeMs` old and
  *   not followed by a failed read. Otherwise the caller gets the read's error (NOT_FOUND,
  *   UNAVAILABLE) or an UNAVAILABLE that says how old the reading is. Never a made-up 0: 0 tells
@@ -20,6 +24,12 @@
 import type { Logger } from '../common/log.ts';
 import { BacklogNotFoundError, BacklogUnavailableError, messageOf } from '../common/errors.ts';
 import type { BacklogReading, BacklogTarget } from './sources/source.ts';
+
+/**
+ * How long before KEDA's next poll of a target its read starts (plus twice its usual read time):
+ * two ticks of the loop, and room for the poll to come a little early.
+ */
+const READ_LEAD_MS = 100;
 
 export interface SnapshotOptions {
   /** Each target is read at least this often. Default 1000 ms (KEDA polls every 30 s by default). */
@@ -52,6 +62,8 @@ interface Entry {
   /** When the latest KEDA poll of this target began, and the smoothed time between polls. */
   pollAt: number;
   pollPeriodMs: number | undefined;
+  /** The smoothed time a read of this target takes, once one has ended. */
+  readMs: number | undefined;
   readonly listeners: Set<Listener>;
   /** The ScaledJobs (or ScaledObjects) whose polls name this target, by "namespace/name". */
   readonly owners: Map<string, OwnerSeen>;
@@ -141,10 +153,18 @@ export class SnapshotStore {
     return Math.min(this.#options.minRefreshIntervalMs ?? 200, this.#options.refreshIntervalMs);
   }
 
-  /** How often this target is read: a quarter of KEDA's polling interval, within the bounds. */
-  #refreshMs(e: Entry): number {
-    if (e.pollPeriodMs === undefined) return this.#options.refreshIntervalMs;
-    return Math.max(this.#minRefreshMs(), Math.min(this.#options.refreshIntervalMs, e.pollPeriodMs / 4));
+  /**
+   * Whether the target is due for a read at `now`: its floor (`refreshIntervalMs`) has passed, or
+   * the next KEDA poll is less than a lead away and no read has started since the lead began.
+   */
+  #due(e: Entry, now: number): boolean {
+    const since = now - e.lastStartAt;
+    if (since < this.#minRefreshMs()) return false;
+    if (since >= this.#options.refreshIntervalMs) return true;
+    if (e.pollPeriodMs === undefined) return false;
+    const lead = Math.min(e.pollPeriodMs / 2, READ_LEAD_MS + 2 * (e.readMs ?? 0));
+    const leadStart = e.pollAt + e.pollPeriodMs - lead;
+    return now >= leadStart && e.lastStartAt < leadStart;
   }
 
   /** Stops the loop and aborts reads in flight; waits for them to settle. */
@@ -226,6 +246,7 @@ export class SnapshotStore {
         lastWantedAt: now,
         pollAt: now,
         pollPeriodMs: undefined,
+        readMs: undefined,
         listeners: new Set(),
         owners: new Map(),
         lastEmptyAt: undefined,
@@ -305,7 +326,7 @@ export class SnapshotStore {
         }
         continue;
       }
-      if (!e.inFlight && now - e.lastStartAt >= this.#refreshMs(e)) this.#refresh(e);
+      if (!e.inFlight && this.#due(e, now)) this.#refresh(e);
       else if (e.listeners.size > 0 && e.reading && !e.error && now - e.readAt > this.#options.maxSnapshotAgeMs) {
         // A read is stuck past the age bound: streams must hear that the value is no longer known.
         this.#notify(e, now);
@@ -331,6 +352,7 @@ export class SnapshotStore {
           const now = performance.now();
           e.reading = reading;
           e.readAt = now;
+          e.readMs = e.readMs === undefined ? now - started : 0.8 * e.readMs + 0.2 * (now - started);
           if (waitingOf(reading) <= 0) e.lastEmptyAt = now;
           if (e.error) this.#log.info({ target: e.target.labels }, 'target readable again');
           e.error = undefined;

@@ -184,36 +184,45 @@ describe('SnapshotStore', () => {
     stop();
   });
 
-  it('reads a target about four times per KEDA poll, between the two refresh bounds', async () => {
+  it('reads a target once per KEDA poll, just before it, and at least every refreshIntervalMs', async () => {
     const s = store({ refreshIntervalMs: 1000, minRefreshIntervalMs: 100, maxSnapshotAgeMs: 5000, readTimeoutMs: 500 });
     const everySecond = new FakeTarget('every-second');
     const everyFifth = new FakeTarget('every-fifth');
     const fast = new FakeTarget('fast-keda');
+    (everySecond as { labels: FakeTarget['labels'] }).labels = { ...everySecond.labels, name: 'every-second' };
+    const ageOf = (t: FakeTarget): number => s.views().find((v) => v.labels.name === t.labels.name)?.ageMs ?? Number.NaN;
+    /** The reading's age each poll of `everySecond` found, once the interval is learnt. */
+    const agesAtPoll: number[] = [];
     /** One KEDA poll: GetMetricSpec (want), GetMetrics and IsActive (reads), a few ms apart. */
     const poll = async (t: FakeTarget): Promise<void> => {
+      if (t === everySecond) agesAtPoll.push(ageOf(t));
       s.want(t);
       await settled(s.read(t));
       await s.read(t);
     };
-    // Six seconds in steps of 100 ms: KEDA polls one target every second, one every 5 s, one
+    // Eight seconds in steps of 50 ms: KEDA polls one target every second, one every 5 s, one
     // every 300 ms.
-    const step = async (tenth: number): Promise<void> => {
-      if (tenth % 10 === 0) await poll(everySecond);
-      if (tenth % 50 === 0) await poll(everyFifth);
-      if (tenth % 3 === 0) await poll(fast);
-      await sleep(100);
+    const step = async (tick: number): Promise<void> => {
+      if (tick % 20 === 0) await poll(everySecond);
+      if (tick % 100 === 0) await poll(everyFifth);
+      if (tick % 6 === 0) await poll(fast);
+      await sleep(50);
     };
-    for (let tenth = 0; tenth < 60; tenth++) await step(tenth);
-    // Over the next 2 s (reads counted to within one, the loop's tick): polled every second, a
-    // read every 250 ms once the interval is learnt.
+    for (let tick = 0; tick < 120; tick++) await step(tick);
     const readsBefore = [everySecond.reads, everyFifth.reads, fast.reads];
-    for (let tenth = 60; tenth < 80; tenth++) await step(tenth);
-    const within = (n: number, want: number): boolean => Math.abs(n - want) <= 1;
-    expect(within(everySecond.reads - (readsBefore[0] ?? 0), 8), `every second: ${everySecond.reads - (readsBefore[0] ?? 0)} reads`).toBe(true);
-    // Polled every 5 s: a quarter is 1.25 s, so the upper bound, a read every second.
-    expect(within(everyFifth.reads - (readsBefore[1] ?? 0), 2), `every 5 s: ${everyFifth.reads - (readsBefore[1] ?? 0)} reads`).toBe(true);
-    // Polled every 300 ms: a quarter is 75 ms, so the lower bound, a read every 100 ms.
-    expect(within(fast.reads - (readsBefore[2] ?? 0), 20), `every 300 ms: ${fast.reads - (readsBefore[2] ?? 0)} reads`).toBe(true);
+    agesAtPoll.length = 0;
+    for (let tick = 120; tick < 160; tick++) await step(tick);
+    const reads = [everySecond.reads - (readsBefore[0] ?? 0), everyFifth.reads - (readsBefore[1] ?? 0), fast.reads - (readsBefore[2] ?? 0)];
+    // Over 2 s (to within one read, the loop's tick): polled every second, one read a poll.
+    expect(Math.abs((reads[0] ?? 0) - 2), `every second: ${reads[0]} reads`).toBeLessThanOrEqual(1);
+    // ...each found by its poll at most the lead and a tick old (a read every 250 ms, before,
+    // left readings up to 250 ms old).
+    expect(agesAtPoll).toHaveLength(2);
+    for (const age of agesAtPoll) expect(age).toBeLessThanOrEqual(150);
+    // Polled every 5 s: the floor, a read every second.
+    expect(Math.abs((reads[1] ?? 0) - 2), `every 5 s: ${reads[1]} reads`).toBeLessThanOrEqual(1);
+    // Polled every 300 ms: one read a poll, 2000 / 300 of them.
+    expect(Math.abs((reads[2] ?? 0) - 7), `every 300 ms: ${reads[2]} reads`).toBeLessThanOrEqual(1);
   });
 
   it('two stores, each with its own metrics: each exports its own targets only', async () => {
