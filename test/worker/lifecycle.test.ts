@@ -303,7 +303,13 @@ describe('the model cache', () => {
     // copy's manifest lists them), the hit fetched nothing.
     const m1 = metricsOf(run1);
     const m2 = metricsOf(run2);
-    const manifest = JSON.parse(readFileSync(join(cacheDir, 'registry', encodeURIComponent(classifier?.name ?? ''), String(classifier?.version), '.kmj-manifest.json'), 'utf8')) as { files: Array<{ size: number }> };
+    const manifest = JSON.parse(readFileSync(join(cacheDir, 'registry', encodeURIComponent(classifier?.name ?? ''), String(classifier?.version), '.kmj-manifest.json'), 'utf8')) as {
+      files: Array<{ size: number }>;
+      meta: Record<string, string>;
+    };
+    // The copy keeps where it came from and what its MLmodel says: the hit asks and parses nothing.
+    expect(manifest.meta['artifactUri']).toBe(run1 ? tagsOf(run1)['kmj.model_artifact_uri'] : 'no run');
+    expect(JSON.parse(manifest.meta['mlmodel'] ?? '{}')).toMatchObject({ onnxFile: 'model.onnx', inputColumns: f.features.map((name) => ({ name, type: 'double', required: true })) });
     expect(m1['model_load/fetched_bytes']).toBe(manifest.files.reduce((n, x) => n + x.size, 0));
     expect(m1['model_load/mlflow_calls']).toBe(2);
     expect(m1['model_load/fetch_seconds']).toBeGreaterThan(0);

@@ -19,7 +19,7 @@ import { MlflowHttpError } from '../../mlflow/http.ts';
 import { proxyPath, type MlflowTracking } from '../../mlflow/tracking.ts';
 import type { WorkerConfig } from '../config.ts';
 import { discardCached, ensureCached, type CachedModel, type CopyMeta } from '../../modelstore/store.ts';
-import { readMlModel } from './mlmodel.ts';
+import { loadYaml, mlModelOf, mlModelText, readMlModel, type MlModel } from './mlmodel.ts';
 import { fetchFromNodeCache, NodeCacheError } from './node-cache.ts';
 import { OnnxModel, loadOnnxRuntime } from './onnx.ts';
 import { locateModel, resolveLocalModel, resolveModel, resolveModelOffline, type ModelCalls, type ModelLocation, type ModelRef, type ResolvedModel } from './resolve.ts';
@@ -63,6 +63,8 @@ export interface LoadedModel {
 const META_ARTIFACT_URI = 'artifactUri';
 const META_MODEL_ID = 'modelId';
 const META_ORIGIN = 'origin';
+/** What the copy's MLmodel says (mlModelText): a hit opens the model without parsing YAML. */
+const META_MLMODEL = 'mlmodel';
 
 export interface LoadDeps {
   readonly config: WorkerConfig;
@@ -119,10 +121,22 @@ export async function loadModel(modelUri: string, deps: LoadDeps, signal: AbortS
   const resolveEnd = performance.now();
   let locateSeconds = 0;
   let fetchSeconds = 0;
+  let mlmodelSeconds = 0;
   let fetchedBytes = 0;
   let fetchedFrom: 'node-cache' | 'mlflow' = 'mlflow';
   let nodeCacheProblem: string | undefined;
   const fill = async (into: string): Promise<CopyMeta> => {
+    if (!t) throw new TransientError(`model: ${modelUri} is not in the local model cache, and MLflow cannot be used now`);
+    // Read once the files are in: loading it meanwhile costs nothing but the wait.
+    loadYaml().catch(() => undefined);
+    const where = await fetchInto(into);
+    // A model whose MLmodel says nothing usable is refused before it is cached.
+    const started = performance.now();
+    const mlmodel = await readMlModel(into);
+    mlmodelSeconds += (performance.now() - started) / 1000;
+    return { ...metaOf(ref, where), [META_MLMODEL]: mlModelText(mlmodel) };
+  };
+  const fetchInto = async (into: string): Promise<ModelLocation> => {
     if (!t) throw new TransientError(`model: ${modelUri} is not in the local model cache, and MLflow cannot be used now`);
     const locating = performance.now();
     const where = await locateModel(ref, t, signal, calls);
@@ -133,7 +147,7 @@ export async function loadModel(modelUri: string, deps: LoadDeps, signal: AbortS
         try {
           fetchedBytes += await fetchFromNodeCache(config.nodeCache, ref, where, into, signal, config.maxModelBytes);
           fetchedFrom = 'node-cache';
-          return metaOf(ref, where);
+          return where;
         } catch (err) {
           if (!(err instanceof NodeCacheError)) throw err;
           nodeCacheProblem = err.message;
@@ -155,7 +169,7 @@ export async function loadModel(modelUri: string, deps: LoadDeps, signal: AbortS
     } finally {
       fetchSeconds += (performance.now() - fetching) / 1000;
     }
-    return metaOf(ref, where);
+    return where;
   };
   // Offline, the copy on disk is the only one there is: it is taken without its origin checked.
   const accept = t ? acceptFor(ref) : undefined;
@@ -163,18 +177,18 @@ export async function loadModel(modelUri: string, deps: LoadDeps, signal: AbortS
   let verifySeconds = 0;
   const cache = async (): Promise<CachedModel> => {
     const before = performance.now();
-    const inFill = locateSeconds + fetchSeconds;
+    const inFill = locateSeconds + fetchSeconds + mlmodelSeconds;
     try {
       return await ensureCached(config.modelCacheDir, ref.cacheKey, fill, cacheOptions);
     } finally {
-      verifySeconds += (performance.now() - before) / 1000 - (locateSeconds + fetchSeconds - inFill);
+      verifySeconds += (performance.now() - before) / 1000 - (locateSeconds + fetchSeconds + mlmodelSeconds - inFill);
     }
   };
   let cached = await cache();
   deps.log.debug({ hit: cached.hit }, 'model files ready');
   let opened: Opened;
   try {
-    opened = await openModel(cached.dir, config);
+    opened = await openModel(cached.dir, config, { known: mlModelOf(cached.meta?.[META_MLMODEL]) });
   } catch (err) {
     // A copy that was on disk may have been damaged since (or by a bug of an older worker); a
     // fresh copy whose files could not be read points at the disk. Either way: once more, from
@@ -185,7 +199,7 @@ export async function loadModel(modelUri: string, deps: LoadDeps, signal: AbortS
     await discardCached(cached.dir, cached.id);
     cached = await cache();
     try {
-      opened = await openModel(cached.dir, config);
+      opened = await openModel(cached.dir, config, { known: mlModelOf(cached.meta?.[META_MLMODEL]) });
     } catch (err2) {
       if (!(err2 instanceof TransientError)) throw err2;
       throw new TransientError(`model: ${modelUri} could not be read from the model cache, even after fetching it again: ${err2.message}`, { cause: err2, retryInProcess: false });
@@ -200,6 +214,7 @@ export async function loadModel(modelUri: string, deps: LoadDeps, signal: AbortS
     fetchSeconds,
     fetchedBytes,
     ...opened.times,
+    mlmodelSeconds: opened.times.mlmodelSeconds + mlmodelSeconds,
     calls,
   };
   return {
@@ -254,10 +269,10 @@ interface Opened {
   readonly times: { readonly mlmodelSeconds: number; readonly runtimeSeconds: number; readonly sessionSeconds: number; readonly warmUpSeconds: number };
 }
 
-/** Reads the MLmodel file and opens the ONNX model of a model directory. */
-async function openModel(dir: string, config: WorkerConfig, options: { missingIsPermanent?: boolean } = {}): Promise<Opened> {
+/** Reads the MLmodel file (unless the copy kept what it says) and opens the ONNX model of a model directory. */
+async function openModel(dir: string, config: WorkerConfig, options: { missingIsPermanent?: boolean; known?: MlModel | undefined } = {}): Promise<Opened> {
   const started = performance.now();
-  const mlmodel = await readMlModel(dir, options);
+  const mlmodel = options.known ?? (await readMlModel(dir, options));
   const mlmodelSeconds = (performance.now() - started) / 1000;
   const model = await OnnxModel.load(dir, mlmodel, { intraOpThreads: config.onnxThreads });
   return { model, times: { mlmodelSeconds, ...model.times } };

@@ -18,6 +18,37 @@ export interface MlModel {
   readonly inputColumns: readonly ColumnSpec[] | undefined;
 }
 
+let yaml: Promise<typeof import('yaml')> | undefined;
+
+/**
+ * The yaml module, loaded once on first use (about 40 ms here): only a model fetched anew needs it,
+ * a cached copy keeps what its MLmodel says (`mlModelOf`). Call early to have it ready.
+ */
+export function loadYaml(): Promise<typeof import('yaml')> {
+  yaml ??= import('yaml');
+  return yaml;
+}
+
+/** What a cached copy keeps of its MLmodel file, as text (a copy's meta holds strings). */
+export function mlModelText(m: MlModel): string {
+  return JSON.stringify({ onnxFile: m.onnxFile, inputColumns: m.inputColumns ?? null });
+}
+
+/** The MlModel a copy's meta kept (mlModelText), or undefined when it kept none or it is unreadable. */
+export function mlModelOf(text: string | undefined): MlModel | undefined {
+  if (text === undefined) return undefined;
+  try {
+    const v = JSON.parse(text) as { onnxFile?: unknown; inputColumns?: unknown };
+    if (typeof v.onnxFile !== 'string' || v.onnxFile === '' || v.onnxFile.includes('..')) return undefined;
+    if (v.inputColumns !== null && !Array.isArray(v.inputColumns)) return undefined;
+    const cols = v.inputColumns as ColumnSpec[] | null;
+    if (cols && !cols.every((c) => typeof c.name === 'string' && typeof c.type === 'string' && typeof c.required === 'boolean')) return undefined;
+    return { onnxFile: v.onnxFile, inputColumns: cols ?? undefined };
+  } catch {
+    return undefined;
+  }
+}
+
 /**
  * Reads `<dir>/MLmodel`. A file that cannot be read is the machine's fault (a cache entry gone,
  * a volume failing): TransientError. Only a file read whole that says the wrong thing is the
@@ -25,8 +56,7 @@ export interface MlModel {
  * missing MLmodel means the URI names something that is not a model.
  */
 export async function readMlModel(dir: string, options: { missingIsPermanent?: boolean } = {}): Promise<MlModel> {
-  // yaml is loaded here, not at start-up: only a model load needs it.
-  const { parse } = await import('yaml');
+  const { parse } = await loadYaml();
   let text: string;
   try {
     text = await readFile(join(dir, 'MLmodel'), 'utf8');
