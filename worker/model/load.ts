@@ -18,7 +18,7 @@ import type { Logger } from '../../common/log.ts';
 import { MlflowHttpError } from '../../mlflow/http.ts';
 import { proxyPath, type MlflowTracking } from '../../mlflow/tracking.ts';
 import type { WorkerConfig } from '../config.ts';
-import { discardCached, ensureCached, type CachedModel, type CopyMeta } from '../../modelstore/store.ts';
+import { checkCopy, discardCached, ensureCached, type CachedModel, type CopyMeta } from '../../modelstore/store.ts';
 import { loadYaml, mlModelOf, mlModelText, readMlModel, type MlModel } from './mlmodel.ts';
 import { fetchFromNodeCache, NodeCacheError } from './node-cache.ts';
 import { OnnxModel, loadOnnxRuntime } from './onnx.ts';
@@ -111,14 +111,33 @@ export async function loadModel(modelUri: string, deps: LoadDeps, signal: AbortS
     const steps = { resolveSeconds: 0, verifySeconds: 0, fetchSeconds: 0, fetchedBytes: 0, ...opened.times, calls };
     return { model: opened.model, resolved, cacheHit: false, source: 'local', seconds: (performance.now() - started) / 1000, steps };
   }
+  // A URI whose cache key is known without MLflow (a registry version): its cached copy, if any,
+  // is opened while the registry answers, and kept if the registry says it is this registration.
+  const guess = t ? resolveModelOffline(modelUri) : undefined;
+  const early = guess ? openEarly(join(config.modelCacheDir, guess.cacheKey), config) : undefined;
   let ref: ModelRef;
-  if (t) ref = await resolveModel(modelUri, t, signal, calls);
-  else {
-    const offline = resolveModelOffline(modelUri);
-    if (!offline) throw new TransientError(`model: ${modelUri} needs the Model Registry to resolve, and MLflow cannot be used now`);
-    ref = offline;
+  try {
+    if (t) ref = await resolveModel(modelUri, t, signal, calls);
+    else {
+      const offline = resolveModelOffline(modelUri);
+      if (!offline) throw new TransientError(`model: ${modelUri} needs the Model Registry to resolve, and MLflow cannot be used now`);
+      ref = offline;
+    }
+  } catch (err) {
+    await (await early)?.opened.model.release();
+    throw err;
   }
   const resolveEnd = performance.now();
+  const accept = t ? acceptFor(ref) : undefined;
+  const opening = await early;
+  if (opening && guess?.cacheKey === ref.cacheKey && (accept === undefined || accept(opening.copy.meta ?? {}) === undefined)) {
+    const cached: CachedModel = { dir: join(config.modelCacheDir, ref.cacheKey), hit: true, id: opening.copy.id, ...(opening.copy.meta !== undefined ? { meta: opening.copy.meta } : {}) };
+    const resolved = await resolvedOf(ref, cached, t, signal, calls);
+    // The registry call and the opening overlapped: their times add up to more than the whole.
+    const steps: ModelLoadSteps = { resolveSeconds: (resolveEnd - started) / 1000, verifySeconds: opening.verifySeconds, fetchSeconds: 0, fetchedBytes: 0, ...opening.opened.times, calls };
+    return { model: opening.opened.model, resolved, cacheHit: true, source: 'cache', seconds: (performance.now() - started) / 1000, steps };
+  }
+  await opening?.opened.model.release();
   let locateSeconds = 0;
   let fetchSeconds = 0;
   let mlmodelSeconds = 0;
@@ -172,7 +191,6 @@ export async function loadModel(modelUri: string, deps: LoadDeps, signal: AbortS
     return where;
   };
   // Offline, the copy on disk is the only one there is: it is taken without its origin checked.
-  const accept = t ? acceptFor(ref) : undefined;
   const cacheOptions = accept ? { accept } : {};
   let verifySeconds = 0;
   const cache = async (): Promise<CachedModel> => {
@@ -262,6 +280,24 @@ async function resolvedOf(ref: ModelRef, cached: CachedModel, t: MlflowTracking 
     modelId ??= where.modelId;
   }
   return { ...ref, artifactUri: artifactUri ?? '', ...(modelId !== undefined ? { modelId } : {}) };
+}
+
+/**
+ * The copy at `dir` opened, if it is complete and kept what its MLmodel says; undefined
+ * otherwise, or when it does not open (then the usual path looks again, and fetches it anew).
+ */
+async function openEarly(dir: string, config: WorkerConfig): Promise<{ readonly copy: { readonly id: string; readonly meta?: CopyMeta }; readonly opened: Opened; readonly verifySeconds: number } | undefined> {
+  try {
+    const started = performance.now();
+    const copy = await checkCopy(dir);
+    if (!copy.ok) return undefined;
+    const known = mlModelOf(copy.meta?.[META_MLMODEL]);
+    if (!known) return undefined;
+    const verifySeconds = (performance.now() - started) / 1000;
+    return { copy, opened: await openModel(dir, config, { known }), verifySeconds };
+  } catch {
+    return undefined;
+  }
 }
 
 interface Opened {
