@@ -175,26 +175,42 @@ async function kubectl(args: readonly string[]): Promise<string> {
   return stdout;
 }
 
-/** The cgroup directory of a pod on this node (the kubelet's systemd or cgroupfs layout). */
-function podCgroup(uid: string): string {
+/**
+ * How to read a pod's CPU time on this node: its cgroup directory and the file that counts it,
+ * cgroup v2 (`cpu.stat` usage_usec) or v1 (`cpuacct.usage`, ns), systemd or cgroupfs layout.
+ */
+interface PodCgroup {
+  readonly dir: string;
+  readonly cpuSeconds: () => number;
+}
+
+function podCgroup(uid: string): PodCgroup {
   const names = [uid, uid.replace(/-/g, '_')];
-  const found: string[] = [];
-  const walk = (dir: string, depth: number): void => {
-    if (depth > 4 || found.length > 0) return;
-    for (const e of readdirSync(dir, { withFileTypes: true })) {
-      if (!e.isDirectory()) continue;
-      const p = join(dir, e.name);
-      if (names.some((n) => e.name.includes(n))) {
-        found.push(p);
-        return;
+  const find = (root: string): string | undefined => {
+    const walk = (dir: string, depth: number): string | undefined => {
+      if (depth > 4) return undefined;
+      let entries;
+      try {
+        entries = readdirSync(dir, { withFileTypes: true });
+      } catch {
+        return undefined;
       }
-      walk(p, depth + 1);
-    }
+      for (const e of entries) {
+        if (!e.isDirectory()) continue;
+        const p = join(dir, e.name);
+        if (names.some((n) => e.name.includes(n))) return p;
+        const deeper = walk(p, depth + 1);
+        if (deeper) return deeper;
+      }
+      return undefined;
+    };
+    return walk(root, 0);
   };
-  walk('/sys/fs/cgroup', 0);
-  const dir = found[0];
-  if (!dir) throw new Error(`no cgroup of pod ${uid} on this node`);
-  return dir;
+  const v1 = find('/sys/fs/cgroup/cpuacct');
+  if (v1) return { dir: v1, cpuSeconds: () => Number(readFileSync(join(v1, 'cpuacct.usage'), 'utf8')) / 1e9 };
+  const v2 = find('/sys/fs/cgroup');
+  if (v2) return { dir: v2, cpuSeconds: () => Number(/usage_usec (\d+)/.exec(readFileSync(join(v2, 'cpu.stat'), 'utf8'))?.[1] ?? Number.NaN) / 1e6 };
+  throw new Error(`no cgroup of pod ${uid} on this node`);
 }
 
 interface PodCounters {
@@ -203,13 +219,12 @@ interface PodCounters {
 }
 
 /** CPU the pod has used and bytes its network interface has sent, read on the node. */
-function podCounters(cgroup: string): PodCounters {
-  const usec = Number(/usage_usec (\d+)/.exec(readFileSync(join(cgroup, 'cpu.stat'), 'utf8'))?.[1] ?? Number.NaN);
+function podCounters(cgroup: PodCgroup): PodCounters {
   const procs = (function all(dir: string): string[] {
     const own = readFileSync(join(dir, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean);
     const kids = readdirSync(dir, { withFileTypes: true }).filter((e) => e.isDirectory()).flatMap((e) => all(join(dir, e.name)));
     return [...own, ...kids];
-  })(cgroup);
+  })(cgroup.dir);
   let tx = Number.NaN;
   for (const pid of procs) {
     try {
@@ -223,7 +238,7 @@ function podCounters(cgroup: string): PodCounters {
       // the process ended meanwhile: another one of the pod's will do
     }
   }
-  return { cpuSeconds: usec / 1e6, txBytes: tx };
+  return { cpuSeconds: cgroup.cpuSeconds(), txBytes: tx };
 }
 
 async function nodeCacheFetched(): Promise<number> {
