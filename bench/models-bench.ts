@@ -40,6 +40,9 @@ const SIZES = env['BENCH_MODELS_SIZES'] ?? '15,70,150';
 const HITS = Number(env['BENCH_MODELS_HITS'] ?? 3);
 const PROBES = Number(env['BENCH_MODELS_PROBES'] ?? 3);
 const REQUESTS = Number(env['BENCH_MODELS_REQUESTS'] ?? 20);
+const SINGLES = Number(env['BENCH_MODELS_SINGLES'] ?? 5);
+type Phase = 'cold' | 'warm' | 'single';
+const PHASES = (env['BENCH_MODELS_PHASES'] ?? 'cold,warm,single').split(',') as Phase[];
 const BURST_TIMEOUT_MS = Number(env['BENCH_MODELS_BURST_TIMEOUT_S'] ?? 900) * 1000;
 const PYTHON = join(PACKAGE_ROOT, '.venv', 'bin', 'python');
 const NS = 'kmj';
@@ -291,67 +294,92 @@ async function cluster(): Promise<void> {
   const deployed = JSON.parse(await kubectl(['get', 'scaledjob', QUEUE, '-o', 'json'])) as { spec: { pollingInterval?: number } };
   await kubectl(['patch', 'scaledjob', QUEUE, '--type', 'merge', '-p', JSON.stringify({ spec: { pollingInterval: 2 } })]);
   const bursts: Array<Record<string, unknown>> = [];
-  try {
-    out(`bursts of ${REQUESTS} requests on the ScaledJob ml-requests (maxReplicaCount as deployed), per request p50 / p95:`);
-    out('model          burst  fetch          session        inference      total          publish→FINISHED   | from MLflow: pod sent, node cache fetched | MLflow CPU');
-    for (const m of models) {
-      for (const phase of ['cold', 'warm'] as const) {
-        const experiment = `bench-models-${phase}-${randomUUID().slice(0, 8)}`;
-        const requests = Array.from({ length: REQUESTS }, () => ({ version: 1, requestId: `bench-${randomUUID()}`, model: `models:/${m.name}/${m.version}`, dataset: { uri: fixtures.datasets.runsCsvUri }, experiment }));
-        const before = podCounters(mlflowCgroup);
-        const cacheBefore = await nodeCacheFetched();
-        const publishedMs = Date.now();
-        const conn = await connect(RABBITMQ_URL);
-        try {
-          const ch = await conn.createConfirmChannel();
-          for (const r of requests) ch.sendToQueue(QUEUE, Buffer.from(JSON.stringify(r)), { persistent: true, contentType: 'application/json', timestamp: Math.floor(publishedMs / 1000) });
-          await ch.waitForConfirms();
-        } finally {
-          await conn.close();
+  /**
+   * One phase of one model: `count` requests published at once (a burst), or one after the other
+   * (single: each published when the previous one has FINISHED).
+   */
+  const requestsOf = async (m: BenchModel, phase: Phase): Promise<Record<string, unknown>> => {
+    const count = phase === 'single' ? SINGLES : REQUESTS;
+    const experiment = `bench-models-${phase}-${randomUUID().slice(0, 8)}`;
+    const requests = Array.from({ length: count }, () => ({ version: 1, requestId: `bench-${randomUUID()}`, model: `models:/${m.name}/${m.version}`, dataset: { uri: fixtures.datasets.runsCsvUri }, experiment }));
+    const before = podCounters(mlflowCgroup);
+    const cacheBefore = await nodeCacheFetched();
+    const firstPublishMs = Date.now();
+    const publishedAt = new Map<string, number>();
+    const publish = async (batch: ReadonlyArray<(typeof requests)[number]>): Promise<void> => {
+      const conn = await connect(RABBITMQ_URL);
+      try {
+        const ch = await conn.createConfirmChannel();
+        const now = Date.now();
+        for (const r of batch) {
+          publishedAt.set(r.requestId, now);
+          ch.sendToQueue(QUEUE, Buffer.from(JSON.stringify(r)), { persistent: true, contentType: 'application/json', timestamp: Math.floor(now / 1000) });
         }
-        const deadline = Date.now() + BURST_TIMEOUT_MS;
-        let runs: RunRow[] = [];
-        for (;;) {
-          runs = await clusterRuns(MLFLOW, `${auth}`, experiment);
-          if (runs.filter((r) => r.status === 'FINISHED').length >= REQUESTS) break;
-          if (Date.now() > deadline) {
-            const failed = runs.filter((r) => r.status !== 'FINISHED' && r.status !== 'RUNNING').map((r) => `${r.requestId}: ${r.status} ${r.tags['kmj.error'] ?? ''}`);
-            throw new Error(`${m.label} ${phase}: ${runs.filter((r) => r.status === 'FINISHED').length} of ${REQUESTS} FINISHED within ${BURST_TIMEOUT_MS / 1000} s; ${failed.join('; ') || 'none failed in MLflow'}`);
-          }
-          await new Promise((r) => setTimeout(r, 1000));
-        }
-        const lastEnd = Math.max(...runs.map((r) => r.endMs));
-        // The workers' pods have ended by now, or are about to: a few seconds for their last calls.
-        await new Promise((r) => setTimeout(r, 3000));
-        const after = podCounters(mlflowCgroup);
-        const cacheAfter = await nodeCacheFetched();
-        const ids = new Set(requests.map((r) => r.requestId));
-        if (runs.length !== REQUESTS || runs.some((r) => !ids.has(r.requestId))) throw new Error(`${m.label} ${phase}: ${runs.length} runs for ${REQUESTS} requests`);
-        const col = (key: string): number[] => sorted(runs.map((r) => r.metrics[key] ?? Number.NaN));
-        const e2e = sorted(runs.map((r) => (r.endMs - publishedMs) / 1000));
-        const pp = (xs: number[]): string => `${f2(percentile(xs, 50))} / ${f2(percentile(xs, 95))}`.padEnd(14);
-        const cpu = after.cpuSeconds - before.cpuSeconds;
-        const window = (lastEnd - publishedMs) / 1000 + 3;
-        const row = {
-          model: m.label,
-          phase,
-          fetch: col('model_load/fetch_seconds'),
-          session: col('model_load/session_seconds'),
-          inference: col('inference_seconds'),
-          total: col('total_seconds'),
-          publishToFinished: e2e,
-          sources: [...new Set(runs.map((r) => r.tags['kmj.model_source']))],
-          mlflowSentBytes: after.txBytes - before.txBytes,
-          nodeCacheFetchedBytes: cacheAfter - cacheBefore,
-          modelBytes: runs[0]?.metrics['model_load/fetched_bytes'] ?? Number.NaN,
-          mlflowCpuSeconds: cpu,
-          mlflowCpuShare: cpu / window,
-        };
-        bursts.push(row);
-        out(
-          `${m.label.padEnd(14)} ${phase.padEnd(6)} ${pp(row.fetch)} ${pp(row.session)} ${pp(row.inference)} ${pp(row.total)} ${pp(e2e)}     | ${mb(row.mlflowSentBytes)}, ${mb(row.nodeCacheFetchedBytes)} (model ${mb(row.modelBytes)}) | ${cpu.toFixed(1)} s, ${(100 * row.mlflowCpuShare).toFixed(0)} % of a core`,
-        );
+        await ch.waitForConfirms();
+      } finally {
+        await conn.close();
       }
+    };
+    const waitFor = async (n: number): Promise<RunRow[]> => {
+      const deadline = Date.now() + BURST_TIMEOUT_MS;
+      for (;;) {
+        const runs = await clusterRuns(MLFLOW, auth, experiment);
+        if (runs.filter((r) => r.status === 'FINISHED').length >= n) return runs;
+        if (Date.now() > deadline) {
+          const failed = runs.filter((r) => r.status !== 'FINISHED' && r.status !== 'RUNNING').map((r) => `${r.requestId}: ${r.status} ${r.tags['kmj.error'] ?? ''}`);
+          throw new Error(`${m.label} ${phase}: ${runs.filter((r) => r.status === 'FINISHED').length} of ${n} FINISHED within ${BURST_TIMEOUT_MS / 1000} s; ${failed.join('; ') || 'none failed in MLflow'}`);
+        }
+        await new Promise((r) => setTimeout(r, 500));
+      }
+    };
+    let runs: RunRow[] = [];
+    if (phase === 'single') {
+      for (let i = 0; i < count; i++) {
+        await publish([requests[i] as (typeof requests)[number]]);
+        runs = await waitFor(i + 1);
+      }
+    } else {
+      await publish(requests);
+      runs = await waitFor(count);
+    }
+    const lastEnd = Math.max(...runs.map((r) => r.endMs));
+    // The workers' pods have ended by now, or are about to: a few seconds for their last calls.
+    await new Promise((r) => setTimeout(r, 3000));
+    const after = podCounters(mlflowCgroup);
+    const cacheAfter = await nodeCacheFetched();
+    const ids = new Set(requests.map((r) => r.requestId));
+    if (runs.length !== count || runs.some((r) => !ids.has(r.requestId))) throw new Error(`${m.label} ${phase}: ${runs.length} runs for ${count} requests`);
+    const col = (key: string): number[] => sorted(runs.map((r) => r.metrics[key] ?? Number.NaN));
+    const e2e = sorted(runs.map((r) => (r.endMs - (publishedAt.get(r.requestId) ?? Number.NaN)) / 1000));
+    const pp = (xs: number[]): string => `${f2(percentile(xs, 50))} / ${f2(percentile(xs, 95))}`.padEnd(14);
+    const cpu = after.cpuSeconds - before.cpuSeconds;
+    const window = (lastEnd - firstPublishMs) / 1000 + 3;
+    const row = {
+      model: m.label,
+      phase,
+      requests: count,
+      fetch: col('model_load/fetch_seconds'),
+      session: col('model_load/session_seconds'),
+      inference: col('inference_seconds'),
+      total: col('total_seconds'),
+      publishToFinished: e2e,
+      sources: [...new Set(runs.map((r) => r.tags['kmj.model_source']))],
+      mlflowSentBytes: after.txBytes - before.txBytes,
+      nodeCacheFetchedBytes: cacheAfter - cacheBefore,
+      modelBytes: runs[0]?.metrics['model_load/fetched_bytes'] ?? Number.NaN,
+      mlflowCpuSeconds: cpu,
+      mlflowCpuShare: cpu / window,
+    };
+    out(
+      `${m.label.padEnd(14)} ${`${phase} ${count}`.padEnd(9)} ${pp(row.fetch)} ${pp(row.session)} ${pp(row.inference)} ${pp(row.total)} ${pp(e2e)}     | ${mb(row.mlflowSentBytes)}, ${mb(row.nodeCacheFetchedBytes)} (model ${mb(row.modelBytes)}) | ${cpu.toFixed(1)} s, ${(100 * row.mlflowCpuShare).toFixed(0)} % of a core`,
+    );
+    return row;
+  };
+  try {
+    out(`per model: ${PHASES.join(', ')} (bursts of ${REQUESTS} requests, ${SINGLES} single requests one after the other) on the ScaledJob ml-requests (maxReplicaCount as deployed), per request p50 / p95:`);
+    out('model          phase     fetch          session        inference      total          publish→FINISHED   | from MLflow: pod sent, node cache fetched | MLflow CPU');
+    for (const m of models) {
+      for (const phase of PHASES) bursts.push(await requestsOf(m, phase));
     }
   } finally {
     await kubectl(['patch', 'scaledjob', QUEUE, '--type', 'merge', '-p', JSON.stringify({ spec: { pollingInterval: deployed.spec.pollingInterval ?? 10 } })]);
@@ -359,11 +387,13 @@ async function cluster(): Promise<void> {
   out('-- goals --');
   for (const b of bursts) {
     const copies = (b['nodeCacheFetchedBytes'] as number) / (b['modelBytes'] as number);
-    out(`  ${String(b['model']).padEnd(14)} ${String(b['phase']).padEnd(5)} model copies fetched from MLflow by the node cache: ${f2(copies)} (goal: at most 1); sources ${(b['sources'] as string[]).join(', ')}`);
+    out(`  ${String(b['model']).padEnd(14)} ${String(b['phase']).padEnd(6)} model copies fetched from MLflow by the node cache: ${f2(copies)} (goal: at most 1); sources ${(b['sources'] as string[]).join(', ')}`);
   }
-  const p50 = (label: string): number => percentile((bursts.find((b) => b['model'] === label && b['phase'] === 'warm')?.['publishToFinished'] as number[] | undefined) ?? [], 50);
+  const p50 = (label: string, phase: Phase): number => percentile((bursts.find((b) => b['model'] === label && b['phase'] === phase)?.['publishToFinished'] as number[] | undefined) ?? [], 50);
   const big = models.find((m) => m.label.includes(' 70 '))?.label;
-  if (big) out(`  publish → FINISHED p50, warm: ${big} ${f2(p50(big))} s, iris ${f2(p50('iris'))} s, difference ${f2(p50(big) - p50('iris'))} s (goal: at most 1 s)`);
+  for (const phase of PHASES.filter((p) => p !== 'cold')) {
+    if (big) out(`  publish → FINISHED p50, cache warm, ${phase}: ${big} ${f2(p50(big, phase))} s, iris ${f2(p50('iris', phase))} s, difference ${f2(p50(big, phase) - p50('iris', phase))} s (goal: at most 1 s)`);
+  }
   mkdirSync(join(PACKAGE_ROOT, '.run'), { recursive: true });
   writeFileSync(join(PACKAGE_ROOT, '.run', 'bench-models-cluster.json'), `${JSON.stringify(bursts, null, 2)}\n`);
 }
