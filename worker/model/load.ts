@@ -115,6 +115,15 @@ export async function loadModel(modelUri: string, deps: LoadDeps, signal: AbortS
   // is opened while the registry answers, and kept if the registry says it is this registration.
   const guess = t ? resolveModelOffline(modelUri) : undefined;
   const early = guess ? openEarly(join(config.modelCacheDir, guess.cacheKey), config) : undefined;
+  // ...and when there is no such copy, where its files are is asked beside the registry too (a
+  // registry version's location needs only its name and number).
+  let located: Promise<ModelLocation | undefined> | undefined;
+  if (t && early && guess?.name !== undefined && guess.version !== undefined) {
+    const g = guess;
+    located = early.then((e) => (e ? undefined : locateModel(g, t, signal, calls)));
+    // Awaited by the fill when it is the model's; a failure then is the fill's.
+    located.catch(() => undefined);
+  }
   let ref: ModelRef;
   try {
     if (t) ref = await resolveModel(modelUri, t, signal, calls);
@@ -158,7 +167,8 @@ export async function loadModel(modelUri: string, deps: LoadDeps, signal: AbortS
   const fetchInto = async (into: string): Promise<ModelLocation> => {
     if (!t) throw new TransientError(`model: ${modelUri} is not in the local model cache, and MLflow cannot be used now`);
     const locating = performance.now();
-    const where = await locateModel(ref, t, signal, calls);
+    const asked = located && ref.cacheKey === guess?.cacheKey ? await located : undefined;
+    const where = asked ?? (await locateModel(ref, t, signal, calls));
     const fetching = performance.now();
     locateSeconds += (fetching - locating) / 1000;
     try {
