@@ -55,3 +55,30 @@ export class BacklogUnavailableError extends Error {
 }
 
 export { messageOf } from './redact.ts';
+
+/**
+ * A document from another process (a worker's report, the node cache's listing) that is not what
+ * it should be; `field` names what is wrong, and the message starts with it.
+ */
+export class FieldError extends Error {
+  readonly field: string;
+  constructor(field: string, message: string) {
+    super(`${field}: ${message}`);
+    this.field = field;
+  }
+}
+
+/**
+ * The JSON object `text` holds; otherwise the error `fail` makes for the field `body` (the
+ * document's own FieldError class).
+ */
+export function jsonObject(text: string, fail: (field: string, message: string) => FieldError): Record<string, unknown> {
+  let v: unknown;
+  try {
+    v = JSON.parse(text);
+  } catch {
+    throw fail('body', 'is not JSON');
+  }
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw fail('body', 'must be a JSON object');
+  return v as Record<string, unknown>;
+}

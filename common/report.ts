@@ -9,6 +9,7 @@
  * The worker writes it (worker/report.ts), the scaler reads it (scaler/reports.ts): this file is
  * the one contract between them.
  */
+import { FieldError, jsonObject } from './errors.ts';
 import { EXIT, type ExitCode } from './worker-exit.ts';
 
 /** Where the scaler takes reports, on its HTTP port (beside /metrics). */
@@ -47,13 +48,8 @@ export interface WorkerReport {
 }
 
 /** A report that is not one; `field` names what is wrong, as the 400 answer does. */
-export class ReportError extends Error {
-  readonly field: string;
-  constructor(field: string, message: string) {
-    super(`${field}: ${message}`);
-    this.name = 'ReportError';
-    this.field = field;
-  }
+export class ReportError extends FieldError {
+  override readonly name = 'ReportError';
 }
 
 /** What a worker's exit code says became of its request. */
@@ -91,14 +87,7 @@ function oneOf<T extends string>(v: Record<string, unknown>, field: string, allo
 
 /** Reads a report from its JSON text; throws ReportError naming the first wrong field. */
 export function parseWorkerReport(json: string): WorkerReport {
-  let v: unknown;
-  try {
-    v = JSON.parse(json);
-  } catch {
-    throw new ReportError('body', 'is not JSON');
-  }
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new ReportError('body', 'must be a JSON object');
-  const o = v as Record<string, unknown>;
+  const o = jsonObject(json, (field, message) => new ReportError(field, message));
   if (o['version'] !== 1) throw new ReportError('version', 'must be 1');
   const source = oneOf(o, 'source', REPORT_SOURCES);
   const scope = text(o, 'scope');

@@ -15,6 +15,8 @@
  * credentials, and must serve only the workers (who hold the same token as a Secret).
  */
 
+import { FieldError, jsonObject } from '../common/errors.ts';
+
 export const NODE_CACHE_MODEL_PATH = '/v1/model';
 export const NODE_CACHE_FILE_PATH = '/v1/file';
 
@@ -49,25 +51,13 @@ export function isModelFilePath(path: string): boolean {
 }
 
 /** A listing that is not one; `field` names what is wrong. */
-export class ListingError extends Error {
-  readonly field: string;
-  constructor(field: string, message: string) {
-    super(`${field}: ${message}`);
-    this.name = 'ListingError';
-    this.field = field;
-  }
+export class ListingError extends FieldError {
+  override readonly name = 'ListingError';
 }
 
 /** Parses the node cache's answer to a model request. */
 export function parseModelListing(text: string): ModelListing {
-  let v: unknown;
-  try {
-    v = JSON.parse(text);
-  } catch {
-    throw new ListingError('(body)', 'is not JSON');
-  }
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new ListingError('(body)', 'is not an object');
-  const o = v as Record<string, unknown>;
+  const o = jsonObject(text, (field, message) => new ListingError(field, message));
   if (o['version'] !== 1) throw new ListingError('version', 'must be 1');
   const str = (field: string): string => {
     const x = o[field];
