@@ -20,7 +20,13 @@ import { createReadStream } from 'node:fs';
 import { mkdir, readFile, readdir, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 
-const MANIFEST = '.kmj-manifest.json';
+/** The file that makes a directory a copy: written last, so only a complete copy has one. */
+export const MANIFEST = '.kmj-manifest.json';
+
+/** A partial fill or a copy moved aside, as ensureCached and discardCached name them. */
+export function isLeftover(name: string): boolean {
+  return /\.(partial|trash)-[0-9a-f-]{36}$/.test(name);
+}
 
 /** What the filler says of a copy (where it came from), kept in its manifest. */
 export type CopyMeta = Readonly<Record<string, string>>;
@@ -32,7 +38,7 @@ export interface CopyFile {
   readonly sha256?: string;
 }
 
-interface Manifest {
+export interface Manifest {
   readonly version: 1;
   /** Names this copy: a discard removes only the copy it found damaged. */
   readonly id: string;
@@ -137,10 +143,12 @@ export async function checkCopy(dir: string): Promise<CopyState> {
   return { ok: true, id: m.id, ...(m.meta !== undefined ? { meta: m.meta } : {}) };
 }
 
-/** The files a copy's manifest lists (with their SHA-256 when it was filled with `hash`). */
-export async function filesOfCopy(dir: string, id: string): Promise<readonly CopyFile[] | undefined> {
-  const m = await readManifest(dir);
-  return m?.id === id ? m.files : undefined;
+/**
+ * The manifest of the copy at `dir` (its id, its files with their SHA-256 when it was filled with
+ * `hash`, its meta); undefined when there is none or it does not parse.
+ */
+export function readCopy(dir: string): Promise<Manifest | undefined> {
+  return readManifest(dir);
 }
 
 /** A copy's state, with a complete copy refused when `accept` says it is not the one wanted. */

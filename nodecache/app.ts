@@ -61,31 +61,22 @@ export async function startNodeCache(config: NodeCacheConfig, log: Logger): Prom
   const counters = new Counters();
 
   const metrics = (): string => {
+    const family = (name: string, type: 'gauge' | 'counter', help: string, samples: readonly string[]): string[] => [`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`, ...samples];
+    const one = (name: string, type: 'gauge' | 'counter', help: string, value: number): string[] => family(name, type, help, [`${name} ${value}`]);
     const lines = [
-      '# HELP kmj_node_cache_bytes Bytes of the models kept.',
-      '# TYPE kmj_node_cache_bytes gauge',
-      `kmj_node_cache_bytes ${store.bytes}`,
-      '# HELP kmj_node_cache_max_bytes The bound on the bytes kept (KMJ_NODE_CACHE_MAX_BYTES).',
-      '# TYPE kmj_node_cache_max_bytes gauge',
-      `kmj_node_cache_max_bytes ${config.maxBytes}`,
-      '# HELP kmj_node_cache_models Model copies kept.',
-      '# TYPE kmj_node_cache_models gauge',
-      `kmj_node_cache_models ${store.models}`,
-      '# HELP kmj_node_cache_fetched_bytes_total Bytes fetched from MLflow.',
-      '# TYPE kmj_node_cache_fetched_bytes_total counter',
-      `kmj_node_cache_fetched_bytes_total ${store.counters.fetchedBytes}`,
-      '# HELP kmj_node_cache_served_bytes_total Bytes served to workers.',
-      '# TYPE kmj_node_cache_served_bytes_total counter',
-      `kmj_node_cache_served_bytes_total ${counters.servedBytes}`,
-      '# HELP kmj_node_cache_requests_total Model requests by result: hit, fill (fetched from MLflow), refused (bad request or token), too_large, error.',
-      '# TYPE kmj_node_cache_requests_total counter',
-      ...RESULTS.map((r) => `kmj_node_cache_requests_total{result="${r}"} ${counters.requests.get(r) ?? 0}`),
-      '# HELP kmj_node_cache_evictions_total Copies discarded to keep within the bound.',
-      '# TYPE kmj_node_cache_evictions_total counter',
-      `kmj_node_cache_evictions_total ${store.counters.evictions}`,
-      '# HELP kmj_node_cache_damaged_total Copies discarded because a file no longer matched its hash.',
-      '# TYPE kmj_node_cache_damaged_total counter',
-      `kmj_node_cache_damaged_total ${counters.damaged}`,
+      ...one('kmj_node_cache_bytes', 'gauge', 'Bytes of the models kept.', store.bytes),
+      ...one('kmj_node_cache_max_bytes', 'gauge', 'The bound on the bytes kept (KMJ_NODE_CACHE_MAX_BYTES).', config.maxBytes),
+      ...one('kmj_node_cache_models', 'gauge', 'Model copies kept.', store.models),
+      ...one('kmj_node_cache_fetched_bytes_total', 'counter', 'Bytes fetched from MLflow.', store.counters.fetchedBytes),
+      ...one('kmj_node_cache_served_bytes_total', 'counter', 'Bytes served to workers.', counters.servedBytes),
+      ...family(
+        'kmj_node_cache_requests_total',
+        'counter',
+        'Model requests by result: hit, fill (fetched from MLflow), refused (bad request or token), too_large, error.',
+        RESULTS.map((r) => `kmj_node_cache_requests_total{result="${r}"} ${counters.requests.get(r) ?? 0}`),
+      ),
+      ...one('kmj_node_cache_evictions_total', 'counter', 'Copies discarded to keep within the bound.', store.counters.evictions),
+      ...one('kmj_node_cache_damaged_total', 'counter', 'Copies discarded because a file no longer matched its hash.', counters.damaged),
     ];
     return `${lines.join('\n')}\n`;
   };
@@ -128,7 +119,7 @@ export async function startNodeCache(config: NodeCacheConfig, log: Logger): Prom
       answer(res, 400, { error: `${!isCacheKey(key) ? 'key' : id === '' ? 'id' : 'path'}: is not valid` });
       return;
     }
-    const f = await store.file(key, id, path);
+    const f = store.file(key, id, path);
     if (!f) {
       answer(res, 404, { error: 'that copy is not kept any more; ask for the model again' });
       return;

@@ -5,15 +5,13 @@
  * than the bound is refused before it is kept (ModelTooLargeError), and so is a fill that runs out
  * of disk.
  */
-import { readdir, readFile, rm, stat } from 'node:fs/promises';
+import { readdir, rm, stat } from 'node:fs/promises';
 import { join, relative } from 'node:path';
 import { PermanentError } from '../common/errors.ts';
 import type { Logger } from '../common/log.ts';
 import { proxyPath, type MlflowTracking } from '../mlflow/tracking.ts';
-import { discardCached, ensureCached, filesOfCopy, type CopyMeta } from '../modelstore/store.ts';
+import { discardCached, ensureCached, isLeftover, MANIFEST, readCopy, type CopyMeta } from '../modelstore/store.ts';
 import type { ListedFile, ModelListing } from '../modelstore/protocol.ts';
-
-const MANIFEST = '.kmj-manifest.json';
 
 /** The model does not fit the cache's bound, or its disk: the worker fetches it from MLflow itself. */
 export class ModelTooLargeError extends Error {
@@ -22,6 +20,8 @@ export class ModelTooLargeError extends Error {
 
 interface Entry {
   readonly id: string;
+  /** As the copy's manifest lists them, each with its SHA-256. */
+  readonly files: readonly ListedFile[];
   readonly bytes: number;
   lastUsedMs: number;
 }
@@ -86,17 +86,17 @@ export class NodeStore {
       }
       if (names.includes(MANIFEST)) {
         const key = relative(this.#o.dir, dir);
-        try {
-          const m = JSON.parse(await readFile(join(dir, MANIFEST), 'utf8')) as { id: string; files: ListedFile[] };
-          this.#entries.set(key, { id: m.id, bytes: m.files.reduce((n, f) => n + f.size, 0), lastUsedMs: (await stat(join(dir, MANIFEST))).mtimeMs });
-        } catch (err) {
-          this.#o.log.warn({ err, key }, 'a copy with an unreadable manifest; removing it');
+        const m = await readCopy(dir);
+        const files = hashedFiles(m?.files);
+        if (m && files) this.#entries.set(key, { id: m.id, files, bytes: bytesOf(files), lastUsedMs: (await stat(join(dir, MANIFEST))).mtimeMs });
+        else {
+          this.#o.log.warn({ key }, 'a copy without a readable manifest with file hashes; removing it');
           await rm(dir, { recursive: true, force: true });
         }
         return;
       }
       for (const name of names) {
-        if (/\.(partial|trash)-[0-9a-f-]{36}$/.test(name)) await rm(join(dir, name), { recursive: true, force: true });
+        if (isLeftover(name)) await rm(join(dir, name), { recursive: true, force: true });
         else if ((await stat(join(dir, name))).isDirectory()) await walk(join(dir, name));
       }
     };
@@ -148,14 +148,15 @@ export class NodeStore {
       return { artifactUri, ...(origin !== undefined ? { origin } : {}) };
     };
     const copy = await ensureCached(this.#o.dir, key, fill, { accept, hash: true });
-    const files = await filesOfCopy(copy.dir, copy.id);
-    if (!files || files.some((f) => f.sha256 === undefined)) {
+    const m = await readCopy(copy.dir);
+    const files = m?.id === copy.id ? hashedFiles(m.files) : undefined;
+    if (!files) {
       // A copy kept by a worker's cache (no hashes) or replaced since: not one to serve.
       await discardCached(copy.dir, copy.id);
       throw new Error(`the copy of ${key} has no file hashes; it was discarded, ask again`);
     }
-    const bytes = files.reduce((n, f) => n + f.size, 0);
-    this.#entries.set(key, { id: copy.id, bytes, lastUsedMs: this.#now() });
+    const bytes = bytesOf(files);
+    this.#entries.set(key, { id: copy.id, files, bytes, lastUsedMs: this.#now() });
     if (copy.hit) this.counters.hits++;
     else {
       this.counters.fills++;
@@ -163,17 +164,16 @@ export class NodeStore {
       this.#o.log.info({ key, bytes, fetchedBytes: fetched }, 'model fetched from MLflow');
       await this.#evict(key);
     }
-    const listing: ModelListing = { version: 1, key, artifactUri, id: copy.id, files: files as ListedFile[], ...(origin !== undefined ? { origin } : {}) };
+    const listing: ModelListing = { version: 1, key, artifactUri, id: copy.id, files, ...(origin !== undefined ? { origin } : {}) };
     return { listing, fetched: !copy.hit };
   }
 
   /** Where a file of a copy is, while that copy is the one kept; undefined once it is gone. */
-  async file(key: string, id: string, path: string): Promise<{ readonly file: string; readonly size: number; readonly sha256: string } | undefined> {
+  file(key: string, id: string, path: string): { readonly file: string; readonly size: number; readonly sha256: string } | undefined {
     const entry = this.#entries.get(key);
     if (!entry || entry.id !== id) return undefined;
-    const files = await filesOfCopy(join(this.#o.dir, key), id);
-    const f = files?.find((x) => x.path === path);
-    if (!f || f.sha256 === undefined) return undefined;
+    const f = entry.files.find((x) => x.path === path);
+    if (!f) return undefined;
     entry.lastUsedMs = this.#now();
     return { file: join(this.#o.dir, key, f.path), size: f.size, sha256: f.sha256 };
   }
@@ -202,4 +202,14 @@ export class NodeStore {
       await discardCached(join(this.#o.dir, k), e.id);
     }
   }
+}
+
+/** The files of a manifest when every one has its hash (a copy the node cache filled); else undefined. */
+function hashedFiles(files: ReadonlyArray<{ readonly path: string; readonly size: number; readonly sha256?: string }> | undefined): ListedFile[] | undefined {
+  if (!files || files.some((f) => f.sha256 === undefined)) return undefined;
+  return files.map((f) => ({ path: f.path, size: f.size, sha256: f.sha256 ?? '' }));
+}
+
+function bytesOf(files: readonly ListedFile[]): number {
+  return files.reduce((n, f) => n + f.size, 0);
 }

@@ -157,18 +157,17 @@ export async function loadModel(modelUri: string, deps: LoadDeps, signal: AbortS
     if (!t) throw new TransientError(`model: ${modelUri} is not in the local model cache, and MLflow cannot be used now`);
     // Read once the files are in: loading it meanwhile costs nothing but the wait.
     loadYaml().catch(() => undefined);
-    const where = await fetchInto(into);
+    const where = await fetchInto(into, t);
     // A model whose MLmodel says nothing usable is refused before it is cached.
     const started = performance.now();
     const mlmodel = await readMlModel(into);
     mlmodelSeconds += (performance.now() - started) / 1000;
     return { ...metaOf(ref, where), [META_MLMODEL]: mlModelText(mlmodel) };
   };
-  const fetchInto = async (into: string): Promise<ModelLocation> => {
-    if (!t) throw new TransientError(`model: ${modelUri} is not in the local model cache, and MLflow cannot be used now`);
+  const fetchInto = async (into: string, tracking: MlflowTracking): Promise<ModelLocation> => {
     const locating = performance.now();
     const asked = located && ref.cacheKey === guess?.cacheKey ? await located : undefined;
-    const where = asked ?? (await locateModel(ref, t, signal, calls));
+    const where = asked ?? (await locateModel(ref, tracking, signal, calls));
     const fetching = performance.now();
     locateSeconds += (fetching - locating) / 1000;
     try {
@@ -187,7 +186,7 @@ export async function loadModel(modelUri: string, deps: LoadDeps, signal: AbortS
         }
       }
       fetchedFrom = 'mlflow';
-      const files = await t.downloadDirectory(proxyPath(where.artifactUri), into, signal, config.maxModelBytes);
+      const files = await tracking.downloadDirectory(proxyPath(where.artifactUri), into, signal, config.maxModelBytes);
       if (files.length === 0) throw new PermanentError(`model: ${modelUri} resolves to ${where.artifactUri}, which holds no files`, { field: 'model' });
       for (const f of files) fetchedBytes += (await stat(join(into, f))).size;
     } catch (err) {
