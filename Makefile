@@ -13,7 +13,7 @@ export PATH := $(NODE_BIN):$(CURDIR)/node_modules/.bin:$(PATH)
 
 STAMP := .run/stamps
 
-.PHONY: help deps build typecheck services image cluster-up cluster cluster-down test demo demo-cluster bench-scaler bench-kafka bench-worker bench-keda bench-models clean
+.PHONY: help deps build typecheck lint format services image cluster-up cluster cluster-down test demo demo-cluster bench-scaler bench-kafka bench-worker bench-keda bench-models clean
 
 help:
 	@echo "make demo          RabbitMQ, MLflow, the scaler and workers on this machine, one Job per request"
@@ -28,6 +28,8 @@ help:
 	@echo "make cluster-down  stop it and undo its host changes"
 	@echo "make demo-cluster  the demo's requests through that cluster: real KEDA, real pods, runs in MLflow"
 	@echo "make build         compile TypeScript into dist/"
+	@echo "make lint          eslint (type-aware) and prettier --check over code, tests, benches and scripts"
+	@echo "make format        rewrite every file the way prettier --check wants it"
 	@echo "make image         the project and MLflow images for linux/amd64 and linux/arm64, OCI archives, with their sizes"
 
 # --ignore-scripts: the only install scripts (onnxruntime-node, protobufjs) are denied anyway, and
@@ -50,6 +52,17 @@ typecheck: deps
 	tsc -p tsconfig.json --noEmit
 	tsc -p test/tsconfig.json --noEmit
 	tsc -p bench/tsconfig.json --noEmit
+
+# Type-aware lint (eslint.config.js) and the formatter's check (.prettierrc.json) over every file
+# the project runs. The first thing `make test` does: a finding fails it before anything starts.
+FORMATTED := '**/*.{ts,mjs,js}'
+
+lint: deps
+	eslint --max-warnings 0 .
+	prettier --check --log-level warn $(FORMATTED)
+
+format: deps
+	prettier --write --log-level warn $(FORMATTED)
 
 services:
 	scripts/rabbitmq.sh start
@@ -79,7 +92,7 @@ demo-cluster: cluster
 # The images' tests (test/image/) read the project's and the MLflow image index, and run their
 # arm64 images under Debian's qemu-aarch64-static (fetched once per machine, not installed). The
 # alert rules' tests (test/monitoring/) use promtool from a Debian 13 root of the prometheus package.
-test: build typecheck services cluster-up
+test: lint build typecheck services cluster-up
 	scripts/arch-deps.sh qemu >/dev/null
 	scripts/mlflow-image.sh build >/dev/null
 	scripts/debian-root.sh prometheus prometheus >/dev/null

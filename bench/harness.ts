@@ -15,7 +15,6 @@ export interface Measured {
   maxRssMb: number;
 }
 
-
 /** Runs a command under a small wrapper that reports its wall time and the child's peak RSS. */
 export async function measure(cmd: string[], env: Record<string, string>): Promise<Measured> {
   const wrapper = [
@@ -61,14 +60,19 @@ export async function leftover(rabbitmqUrl: string, queue: string): Promise<numb
 
 /** The metrics of the one FINISHED run of `experiment` (MLflow without auth, on loopback). */
 export async function runMetrics(mlflow: string, experiment: string): Promise<Record<string, number>> {
-  const exp = (await (await fetch(`${mlflow}/api/2.0/mlflow/experiments/get-by-name?experiment_name=${encodeURIComponent(experiment)}`)).json()) as {
+  const exp = (await (
+    await fetch(`${mlflow}/api/2.0/mlflow/experiments/get-by-name?experiment_name=${encodeURIComponent(experiment)}`)
+  ).json()) as {
     experiment: { experiment_id: string };
   };
   const r = (await (
-    await fetch(`${mlflow}/api/2.0/mlflow/runs/search`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ experiment_ids: [exp.experiment.experiment_id] }) })
+    await fetch(`${mlflow}/api/2.0/mlflow/runs/search`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ experiment_ids: [exp.experiment.experiment_id] }),
+    })
   ).json()) as { runs: Array<{ info: { status: string }; data: { metrics: Array<{ key: string; value: number }> } }> };
   const first = r.runs[0];
   if (!first || first.info.status !== 'FINISHED') throw new Error(`experiment ${experiment} has no FINISHED run`);
   return Object.fromEntries(first.data.metrics.map((m) => [m.key, m.value]));
 }
-

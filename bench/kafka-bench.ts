@@ -83,9 +83,13 @@ function intOption(env: NodeJS.ProcessEnv, name: string, fallback: number, min: 
 /** The bench's settings, read once; every bad one is reported together. */
 function readOptions(env: NodeJS.ProcessEnv): BenchOptions {
   const problems: string[] = [];
-  const phases = (env['BENCH_KAFKA_PHASES'] ?? PHASE_NAMES.join(',')).split(',').map((p) => p.trim()).filter(Boolean);
+  const phases = (env['BENCH_KAFKA_PHASES'] ?? PHASE_NAMES.join(','))
+    .split(',')
+    .map((p) => p.trim())
+    .filter(Boolean);
   const unknown = phases.filter((p) => !(PHASE_NAMES as readonly string[]).includes(p));
-  if (unknown.length > 0 || phases.length === 0) problems.push(`BENCH_KAFKA_PHASES: ${JSON.stringify(env['BENCH_KAFKA_PHASES'])} must list some of ${PHASE_NAMES.join(', ')}`);
+  if (unknown.length > 0 || phases.length === 0)
+    problems.push(`BENCH_KAFKA_PHASES: ${JSON.stringify(env['BENCH_KAFKA_PHASES'])} must list some of ${PHASE_NAMES.join(', ')}`);
   const options: BenchOptions = {
     groups: intOption(env, 'BENCH_KAFKA_GROUPS', 100, 1, 500, problems),
     queues: intOption(env, 'BENCH_KAFKA_QUEUES', 100, 1, 1000, problems),
@@ -248,7 +252,18 @@ function planGroup(prefix: string, i: number): GroupPlan {
 function planQueue(prefix: string, i: number): { queue: string; ready: number; target: PolledTarget } {
   const queue = `${prefix}-q${i}`;
   const ready = 1 + ((i * 3) % 17);
-  return { queue, ready, target: { kind: 'rabbitmq', name: queue, metadata: { source: 'rabbitmq', queueName: queue }, expectedValue: ready, expectedTargetSize: 1, expectedActive: true } };
+  return {
+    queue,
+    ready,
+    target: {
+      kind: 'rabbitmq',
+      name: queue,
+      metadata: { source: 'rabbitmq', queueName: queue },
+      expectedValue: ready,
+      expectedTargetSize: 1,
+      expectedActive: true,
+    },
+  };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -289,7 +304,11 @@ class KafkaSetup {
       const topics = plans.slice(i, i + 10).map((p) => p.topic);
       // Not kafkajs' waitForLeaders: it asks for the new topics by name and fails at once with
       // UNKNOWN_TOPIC_OR_PARTITION when the broker's metadata has not caught up with the controller.
-      await admin.createTopics({ topics: topics.map((topic) => ({ topic, numPartitions: PARTITIONS, replicationFactor: 1 })), waitForLeaders: false, timeout: 30_000 });
+      await admin.createTopics({
+        topics: topics.map((topic) => ({ topic, numPartitions: PARTITIONS, replicationFactor: 1 })),
+        waitForLeaders: false,
+        timeout: 30_000,
+      });
       await this.#waitForLeaders(admin, topics, signal);
     }
   }
@@ -322,7 +341,9 @@ class KafkaSetup {
     }
     const producer = this.#producer;
     await eachLimited(plans, 4, signal, async (plan) => {
-      const messages = plan.produced.flatMap((count, partition) => Array.from({ length: count }, (_, k) => ({ partition, value: `r${k}` })));
+      const messages = plan.produced.flatMap((count, partition) =>
+        Array.from({ length: count }, (_, k) => ({ partition, value: `r${k}` })),
+      );
       await producer.send({ topic: plan.topic, acks: -1, messages });
     });
   }
@@ -393,19 +414,29 @@ class KafkaSetup {
  * each topic), not a steady-state read. Each answer is checked against the plan, so this also
  * proves the setup before the scaler is asked anything.
  */
-async function directReads(conn: KafkaConnection, plans: readonly GroupPlan[], samples: number, log: Logger, signal: AbortSignal): Promise<Stats & { cpuMsPerRead: number }> {
+async function directReads(
+  conn: KafkaConnection,
+  plans: readonly GroupPlan[],
+  samples: number,
+  log: Logger,
+  signal: AbortSignal,
+): Promise<Stats & { cpuMsPerRead: number }> {
   // The scaler's client settings (scaler/sources/kafka.ts and the defaults of scaler/config.ts).
   const kafka = kafkaClient(conn, { clientId: 'kmj-bench-reader', log, connectTimeoutMs: 3000, requestTimeoutMs: 2000, retries: 0 });
   const reader = new KafkaOffsetsReader({ kafka, brokers: conn.brokers.join(','), log });
   const readChecked = async (plan: GroupPlan): Promise<void> => {
     const got = await reader.read(plan.group, [plan.topic], signal);
-    const wrong = got.partitions.filter((p) => p.start !== 0 || p.end !== plan.produced[p.partition] || p.committed !== plan.committed[p.partition]);
+    const wrong = got.partitions.filter(
+      (p) => p.start !== 0 || p.end !== plan.produced[p.partition] || p.committed !== plan.committed[p.partition],
+    );
     if (got.partitions.length !== plan.produced.length || wrong.length > 0) {
-      throw new Error(`setup check: group ${plan.group} reads ${JSON.stringify(got.partitions)}, planned ends ${JSON.stringify(plan.produced)} and commits ${JSON.stringify(plan.committed)}`);
+      throw new Error(
+        `setup check: group ${plan.group} reads ${JSON.stringify(got.partitions)}, planned ends ${JSON.stringify(plan.produced)} and commits ${JSON.stringify(plan.committed)}`,
+      );
     }
   };
   const times: number[] = [];
-  let cpuMicros = 0;
+  let cpuMicros: number;
   try {
     for (const plan of plans) await readChecked(plan);
     // This process does nothing else meanwhile: its CPU time is the reads' (kafkajs encoding and
@@ -460,7 +491,8 @@ async function setUpQueues(url: string, prefix: string, count: number, signal: A
     await ch.waitForConfirms();
     for (const plan of plans) {
       const ok = await ch.checkQueue(plan.queue);
-      if (ok.messageCount !== plan.ready) throw new Error(`setup check: queue ${plan.queue} holds ${ok.messageCount} messages, planned ${plan.ready}`);
+      if (ok.messageCount !== plan.ready)
+        throw new Error(`setup check: queue ${plan.queue} holds ${ok.messageCount} messages, planned ${plan.ready}`);
     }
     return { targets: plans.map((p) => p.target), close };
   } catch (err) {
@@ -486,12 +518,23 @@ interface ScalerProcess {
 
 function startScalerProcess(o: BenchOptions): Promise<ScalerProcess> {
   const child: ChildProcess = spawn(process.execPath, [...o.scalerNodeArgs, join(PACKAGE_ROOT, 'bin', 'kmj.js'), 'scaler'], {
-    env: { ...process.env, KMJ_SCALER_HOST: '127.0.0.1', KMJ_SCALER_PORT: '0', KMJ_SCALER_METRICS_PORT: '0', KAFKA_BROKERS: o.brokers, RABBITMQ_URL: o.rabbitmqUrl, LOG_LEVEL: 'info' },
+    env: {
+      ...process.env,
+      KMJ_SCALER_HOST: '127.0.0.1',
+      KMJ_SCALER_PORT: '0',
+      KMJ_SCALER_METRICS_PORT: '0',
+      KAFKA_BROKERS: o.brokers,
+      RABBITMQ_URL: o.rabbitmqUrl,
+      LOG_LEVEL: 'info',
+    },
     stdio: ['ignore', 'ignore', 'pipe'],
   });
   // No pid: the spawn itself failed (its 'error' event says why).
   const pid = child.pid;
-  if (pid === undefined) return new Promise((_, reject) => child.once('error', (err) => reject(new Error(`cannot start the scaler: ${err.message}`, { cause: err }))));
+  if (pid === undefined)
+    return new Promise((_, reject) =>
+      child.once('error', (err) => reject(new Error(`cannot start the scaler: ${err.message}`, { cause: err }))),
+    );
   const exited = new AbortController();
   // After a successful spawn, 'error' means a signal could not be sent: the process is out of reach.
   child.on('error', (err) => exited.abort(new Error(`scaler process: ${err.message}`, { cause: err })));
@@ -523,7 +566,10 @@ function startScalerProcess(o: BenchOptions): Promise<ScalerProcess> {
     let listening = false;
     const startTimer = setTimeout(() => {
       const err = new Error(`scaler did not log "scaler listening" within 20 s: ${pending}`);
-      stop().then(() => reject(err), () => reject(err));
+      stop().then(
+        () => reject(err),
+        () => reject(err),
+      );
     }, 20_000);
     child.stderr?.setEncoding('utf8');
     child.stderr?.on('data', (chunk: string) => {
@@ -654,14 +700,23 @@ function scalerFigures(beforeText: string, afterText: string): ScalerFigures {
   const before = parseMetrics(beforeText);
   const after = parseMetrics(afterText);
   const reads = (source: string): Histogram =>
-    histogramDelta(histogramOf(after, 'kmj_scaler_refresh_duration_seconds', 'source', source), histogramOf(before, 'kmj_scaler_refresh_duration_seconds', 'source', source));
+    histogramDelta(
+      histogramOf(after, 'kmj_scaler_refresh_duration_seconds', 'source', source),
+      histogramOf(before, 'kmj_scaler_refresh_duration_seconds', 'source', source),
+    );
   const errors = (samples: readonly PromSample[], source: string): number =>
-    samples.filter((s) => s.name === 'kmj_scaler_refresh_errors_total' && s.labels.get('source') === source).reduce((n, s) => n + s.value, 0);
+    samples
+      .filter((s) => s.name === 'kmj_scaler_refresh_errors_total' && s.labels.get('source') === source)
+      .reduce((n, s) => n + s.value, 0);
   const gauge = (name: string): number => after.find((s) => s.name === name)?.value ?? Number.NaN;
-  const gcSeconds = (samples: readonly PromSample[]): number => samples.filter((s) => s.name === 'kmj_scaler_nodejs_gc_duration_seconds_sum').reduce((n, s) => n + s.value, 0);
+  const gcSeconds = (samples: readonly PromSample[]): number =>
+    samples.filter((s) => s.name === 'kmj_scaler_nodejs_gc_duration_seconds_sum').reduce((n, s) => n + s.value, 0);
   return {
     reads: { kafka: reads('kafka'), rabbitmq: reads('rabbitmq') },
-    readErrors: { kafka: errors(after, 'kafka') - errors(before, 'kafka'), rabbitmq: errors(after, 'rabbitmq') - errors(before, 'rabbitmq') },
+    readErrors: {
+      kafka: errors(after, 'kafka') - errors(before, 'kafka'),
+      rabbitmq: errors(after, 'rabbitmq') - errors(before, 'rabbitmq'),
+    },
     getMetricsHandler: histogramDelta(
       histogramOf(after, 'kmj_scaler_grpc_request_duration_seconds', 'method', 'GetMetrics'),
       histogramOf(before, 'kmj_scaler_grpc_request_duration_seconds', 'method', 'GetMetrics'),
@@ -737,7 +792,12 @@ async function pollOnce(client: ScalerClient, target: PolledTarget, ref: ScaledO
   if (!spec.ok) return tally.error('GetMetricSpec', spec.error.code, spec.error.details);
   tally.time(target.kind, 'GetMetricSpec', performance.now() - t0);
   const first = spec.value.metricSpecs[0];
-  tally.check(target, 'GetMetricSpec targetSize', first ? kedaNumber(first.targetSize, first.targetSizeFloat) : undefined, target.expectedTargetSize);
+  tally.check(
+    target,
+    'GetMetricSpec targetSize',
+    first ? kedaNumber(first.targetSize, first.targetSizeFloat) : undefined,
+    target.expectedTargetSize,
+  );
   if (!first) return;
 
   t0 = performance.now();
@@ -759,11 +819,23 @@ async function pollOnce(client: ScalerClient, target: PolledTarget, ref: ScaledO
  * interval as independent ScaledJobs' would be. Bounded by the deadline: each call has the
  * client's 3 s deadline.
  */
-async function pollAll(client: ScalerClient, targets: readonly PolledTarget[], address: string, o: BenchOptions, durationMs: number, tally: Tally, signal: AbortSignal): Promise<void> {
+async function pollAll(
+  client: ScalerClient,
+  targets: readonly PolledTarget[],
+  address: string,
+  o: BenchOptions,
+  durationMs: number,
+  tally: Tally,
+  signal: AbortSignal,
+): Promise<void> {
   const end = performance.now() + durationMs;
   await Promise.all(
     targets.map(async (target, i) => {
-      const ref: ScaledObjectRef = { name: `job-${target.name}`, namespace: 'bench', scalerMetadata: { ...target.metadata, scalerAddress: address } };
+      const ref: ScaledObjectRef = {
+        name: `job-${target.name}`,
+        namespace: 'bench',
+        scalerMetadata: { ...target.metadata, scalerAddress: address },
+      };
       await sleep((i * o.pollIntervalMs) / targets.length, signal);
       while (performance.now() < end && !signal.aborted) {
         const started = performance.now();
@@ -871,15 +943,23 @@ function printPhase(r: PhaseResult): void {
   for (const kind of ['kafka', 'rabbitmq'] as const) {
     const h = r.scaler.reads[kind];
     if (h.count === 0 && r.scaler.readErrors[kind] === 0) continue;
-    out(`  scaler's ${kind} reads: ${h.count} (${(h.count / r.wallSeconds).toFixed(0)}/s), mean ${ms((h.sumSeconds / h.count) * 1000)}, p50 <= ${bucketBoundMs(h, 50)} ms, p99 <= ${bucketBoundMs(h, 99)} ms (its histogram), failed ${r.scaler.readErrors[kind]}`);
+    out(
+      `  scaler's ${kind} reads: ${h.count} (${(h.count / r.wallSeconds).toFixed(0)}/s), mean ${ms((h.sumSeconds / h.count) * 1000)}, p50 <= ${bucketBoundMs(h, 50)} ms, p99 <= ${bucketBoundMs(h, 99)} ms (its histogram), failed ${r.scaler.readErrors[kind]}`,
+    );
   }
   const handler = r.scaler.getMetricsHandler;
   const lag = r.scaler.eventLoopLagMs;
   // prom-client samples the loop every 10 ms and records the whole gap: 10 ms is an idle loop.
-  out(`  inside the scaler: GetMetrics handler p50 <= ${bucketBoundMs(handler, 50)} ms, p99 <= ${bucketBoundMs(handler, 99)} ms; event-loop gaps (10 ms = idle) p50 ${lag.p50.toFixed(1)} ms, p99 ${lag.p99.toFixed(1)} ms, max ${lag.max.toFixed(1)} ms`);
-  out(`  scaler CPU ${r.cpuPercentOfOneCore.toFixed(1)}% of one core (GC ${((r.scaler.gcMs / 1000 / r.wallSeconds) * 100).toFixed(1)}%)   RSS max ${r.rssMaxMb.toFixed(1)} MB, end ${r.rssEndMb.toFixed(1)} MB (VmHWM ${r.peakRssMb.toFixed(1)} MB), V8 heap used ${r.scaler.heapUsedMb.toFixed(1)} MB`);
+  out(
+    `  inside the scaler: GetMetrics handler p50 <= ${bucketBoundMs(handler, 50)} ms, p99 <= ${bucketBoundMs(handler, 99)} ms; event-loop gaps (10 ms = idle) p50 ${lag.p50.toFixed(1)} ms, p99 ${lag.p99.toFixed(1)} ms, max ${lag.max.toFixed(1)} ms`,
+  );
+  out(
+    `  scaler CPU ${r.cpuPercentOfOneCore.toFixed(1)}% of one core (GC ${((r.scaler.gcMs / 1000 / r.wallSeconds) * 100).toFixed(1)}%)   RSS max ${r.rssMaxMb.toFixed(1)} MB, end ${r.rssEndMb.toFixed(1)} MB (VmHWM ${r.peakRssMb.toFixed(1)} MB), V8 heap used ${r.scaler.heapUsedMb.toFixed(1)} MB`,
+  );
   out(`  machine load average (1 min) at the end: ${r.loadAverage.toFixed(2)} on ${availableParallelism()} cores`);
-  out(`  answers checked ${r.checked} in ${r.polls} polls: wrong ${r.wrong}; RPC errors ${Object.keys(r.errors).length === 0 ? 'none' : JSON.stringify(r.errors)}; warm-up errors ${Object.keys(r.warmupErrors).length === 0 ? 'none' : JSON.stringify(r.warmupErrors)}`);
+  out(
+    `  answers checked ${r.checked} in ${r.polls} polls: wrong ${r.wrong}; RPC errors ${Object.keys(r.errors).length === 0 ? 'none' : JSON.stringify(r.errors)}; warm-up errors ${Object.keys(r.warmupErrors).length === 0 ? 'none' : JSON.stringify(r.warmupErrors)}`,
+  );
   for (const e of [...r.wrongExamples, ...r.errorExamples]) out(`    ${e}`);
   if (r.scalerWarnings > 0) out(`  scaler logged ${r.scalerWarnings} warning/error lines, e.g. ${r.scalerWarningExamples.join(' | ')}`);
 }
@@ -911,11 +991,15 @@ async function main(): Promise<void> {
   let failed = false;
   const t0 = performance.now();
   try {
-    out(`kafka benchmark: ${o.groups} consumer groups, each on its own topic of ${PARTITIONS} partitions (${o.groups * PARTITIONS} partitions), ${o.queues} RabbitMQ queues; each ScaledJob polled every ${o.pollIntervalMs} ms (GetMetricSpec, GetMetrics, IsActive), ${o.phaseSeconds} s per phase; Node ${process.versions.node}; prefix ${prefix}`);
+    out(
+      `kafka benchmark: ${o.groups} consumer groups, each on its own topic of ${PARTITIONS} partitions (${o.groups * PARTITIONS} partitions), ${o.queues} RabbitMQ queues; each ScaledJob polled every ${o.pollIntervalMs} ms (GetMetricSpec, GetMetrics, IsActive), ${o.phaseSeconds} s per phase; Node ${process.versions.node}; prefix ${prefix}`,
+    );
     const lags = plans.map((p) => p.lag);
     const capped = plans.filter((p) => p.target.expectedValue < p.lag).length;
     const inactive = plans.filter((p) => !p.target.expectedActive).length;
-    out(`lag per group ${Math.min(...lags)}-${Math.max(...lags)} records; ${capped} groups capped at partitions x lagThreshold, ${inactive} below their activation threshold`);
+    out(
+      `lag per group ${Math.min(...lags)}-${Math.max(...lags)} records; ${capped} groups capped at partitions x lagThreshold, ${inactive} below their activation threshold`,
+    );
 
     let t = performance.now();
     await kafkaSetup.createTopics(plans, signal);
@@ -928,15 +1012,21 @@ async function main(): Promise<void> {
     const commitS = (performance.now() - t) / 1000;
     t = performance.now();
     if (o.phases.some((p) => p !== 'kafka')) rabbit = await setUpQueues(o.rabbitmqUrl, prefix, o.queues, signal);
-    out(`setup: topics ${topicsS.toFixed(1)} s, produce ${produceS.toFixed(1)} s, commits ${commitS.toFixed(1)} s, RabbitMQ queues ${((performance.now() - t) / 1000).toFixed(1)} s`);
+    out(
+      `setup: topics ${topicsS.toFixed(1)} s, produce ${produceS.toFixed(1)} s, commits ${commitS.toFixed(1)} s, RabbitMQ queues ${((performance.now() - t) / 1000).toFixed(1)} s`,
+    );
 
     // Two readers: one that has read every group, as the scaler's is (the baseline), and one that
     // only ever read one group: kafkajs refreshes the metadata of every topic an admin client has
     // asked about, on almost every read, so a read costs more the more topics its client knows.
     const direct = await directReads(conn, plans, o.readSamples, log, signal);
-    out(`direct KafkaOffsetsReader.read of one 12-partition group, reader that knows all ${plans.length} topics (this process, one at a time, ${direct.n} reads): p50 ${ms(direct.p50)}  p99 ${ms(direct.p99)}, CPU ${ms(direct.cpuMsPerRead)} a read; every end and committed offset as planned`);
+    out(
+      `direct KafkaOffsetsReader.read of one 12-partition group, reader that knows all ${plans.length} topics (this process, one at a time, ${direct.n} reads): p50 ${ms(direct.p50)}  p99 ${ms(direct.p99)}, CPU ${ms(direct.cpuMsPerRead)} a read; every end and committed offset as planned`,
+    );
     const single = await directReads(conn, plans.slice(0, 1), Math.min(o.readSamples, 500), log, signal);
-    out(`  the same, reader that knows one topic (${single.n} reads): p50 ${ms(single.p50)}  p99 ${ms(single.p99)}, CPU ${ms(single.cpuMsPerRead)} a read`);
+    out(
+      `  the same, reader that knows one topic (${single.n} reads): p50 ${ms(single.p50)}  p99 ${ms(single.p99)}, CPU ${ms(single.cpuMsPerRead)} a read`,
+    );
 
     const kafkaTargets = plans.map((p) => p.target);
     const rabbitTargets = rabbit?.targets ?? [];
@@ -947,7 +1037,10 @@ async function main(): Promise<void> {
           ? [`Kafka only: ${kafkaTargets.length} consumer groups`, kafkaTargets]
           : name === 'rabbitmq'
             ? [`RabbitMQ only: ${rabbitTargets.length} queues`, rabbitTargets]
-            : [`both: ${kafkaTargets.length} Kafka groups + ${rabbitTargets.length} RabbitMQ queues, one scaler`, [...kafkaTargets, ...rabbitTargets]];
+            : [
+                `both: ${kafkaTargets.length} Kafka groups + ${rabbitTargets.length} RabbitMQ queues, one scaler`,
+                [...kafkaTargets, ...rabbitTargets],
+              ];
       const r = await runPhase(label, targets, o, signal);
       printPhase(r);
       phases.set(name, r);
@@ -957,13 +1050,21 @@ async function main(): Promise<void> {
     for (const [name, r] of phases) {
       const gm = r.rpc['kafka:GetMetrics'];
       if (name === 'rabbitmq' || !gm) continue;
-      out(`  ${name}: direct lag read / cached GetMetrics (Kafka): p50 ${ms(direct.p50)} / ${ms(gm.p50)} = ${(direct.p50 / gm.p50).toFixed(2)}x, p99 ${ms(direct.p99)} / ${ms(gm.p99)} = ${(direct.p99 / gm.p99).toFixed(2)}x (above 1: the cache answers faster than one read)`);
+      out(
+        `  ${name}: direct lag read / cached GetMetrics (Kafka): p50 ${ms(direct.p50)} / ${ms(gm.p50)} = ${(direct.p50 / gm.p50).toFixed(2)}x, p99 ${ms(direct.p99)} / ${ms(gm.p99)} = ${(direct.p99 / gm.p99).toFixed(2)}x (above 1: the cache answers faster than one read)`,
+      );
     }
     // What serving Kafka groups costs the RabbitMQ triggers of the same scaler.
     const alone = phases.get('rabbitmq')?.rpc['rabbitmq:GetMetrics'];
     const beside = phases.get('both')?.rpc['rabbitmq:GetMetrics'];
-    if (alone && beside) out(`  RabbitMQ GetMetrics beside Kafka / alone: p50 ${ms(beside.p50)} / ${ms(alone.p50)} = ${(beside.p50 / alone.p50).toFixed(2)}x, p99 ${ms(beside.p99)} / ${ms(alone.p99)} = ${(beside.p99 / alone.p99).toFixed(2)}x`);
-    for (const [name, r] of phases) out(`  ${name.padEnd(8)} scaler CPU ${r.cpuPercentOfOneCore.toFixed(1)}% of one core, RSS max ${r.rssMaxMb.toFixed(1)} MB, end ${r.rssEndMb.toFixed(1)} MB`);
+    if (alone && beside)
+      out(
+        `  RabbitMQ GetMetrics beside Kafka / alone: p50 ${ms(beside.p50)} / ${ms(alone.p50)} = ${(beside.p50 / alone.p50).toFixed(2)}x, p99 ${ms(beside.p99)} / ${ms(alone.p99)} = ${(beside.p99 / alone.p99).toFixed(2)}x`,
+      );
+    for (const [name, r] of phases)
+      out(
+        `  ${name.padEnd(8)} scaler CPU ${r.cpuPercentOfOneCore.toFixed(1)}% of one core, RSS max ${r.rssMaxMb.toFixed(1)} MB, end ${r.rssEndMb.toFixed(1)} MB`,
+      );
     const wrong = [...phases.values()].reduce((n, r) => n + r.wrong, 0);
     const checked = [...phases.values()].reduce((n, r) => n + r.checked, 0);
     const errors = [...phases.values()].reduce((n, r) => n + Object.values(r.errors).reduce((a, b) => a + b, 0), 0);
@@ -975,7 +1076,10 @@ async function main(): Promise<void> {
 
     const dir = join(PACKAGE_ROOT, '.run');
     mkdirSync(dir, { recursive: true });
-    writeFileSync(join(dir, 'bench-kafka.json'), `${JSON.stringify({ options: o, prefix, direct, directOneTopic: single, phases: Object.fromEntries(phases) }, null, 2)}\n`);
+    writeFileSync(
+      join(dir, 'bench-kafka.json'),
+      `${JSON.stringify({ options: o, prefix, direct, directOneTopic: single, phases: Object.fromEntries(phases) }, null, 2)}\n`,
+    );
   } finally {
     const left = [...(await kafkaSetup.close()), ...((await rabbit?.close()) ?? [])];
     if (left.length > 0) {

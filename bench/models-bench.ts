@@ -57,8 +57,14 @@ interface BenchModel {
 
 async function header(what: string): Promise<void> {
   const { stdout } = await run('git', ['-C', PACKAGE_ROOT, 'rev-parse', '--short', 'HEAD']).catch(() => ({ stdout: 'unknown' }));
-  const dirty = (await run('git', ['-C', PACKAGE_ROOT, 'status', '--porcelain', '--untracked-files=no']).catch(() => ({ stdout: '' }))).stdout.trim() ? ' (with uncommitted changes)' : '';
-  out(`bench-models ${what}: commit ${stdout.trim()}${dirty}, ${new Date().toISOString()}, ${cpus().length} cores, ${(totalmem() / 1024 ** 3).toFixed(1)} GiB, Node ${process.versions.node}`);
+  const dirty = (
+    await run('git', ['-C', PACKAGE_ROOT, 'status', '--porcelain', '--untracked-files=no']).catch(() => ({ stdout: '' }))
+  ).stdout.trim()
+    ? ' (with uncommitted changes)'
+    : '';
+  out(
+    `bench-models ${what}: commit ${stdout.trim()}${dirty}, ${new Date().toISOString()}, ${cpus().length} cores, ${(totalmem() / 1024 ** 3).toFixed(1)} GiB, Node ${process.versions.node}`,
+  );
 }
 
 /** The bench's models in the MLflow the environment names, made and registered when missing. */
@@ -68,7 +74,12 @@ async function benchModels(mlflowEnv: Record<string, string>): Promise<BenchMode
     maxBuffer: 1 << 20,
     timeout: 1_800_000,
   });
-  const made = JSON.parse(stdout.trim().split('\n').at(-1) ?? '[]') as Array<{ name: string; version: number; mb: number; onnx_bytes: number }>;
+  const made = JSON.parse(stdout.trim().split('\n').at(-1) ?? '[]') as Array<{
+    name: string;
+    version: number;
+    mb: number;
+    onnx_bytes: number;
+  }>;
   return made.map((m) => ({ label: `mlp ${m.mb} MB`, name: m.name, version: m.version, onnxBytes: m.onnx_bytes }));
 }
 
@@ -90,7 +101,10 @@ function onnxFileIn(dir: string): string {
 async function bareSessions(file: string): Promise<number[]> {
   const seconds: number[] = [];
   for (let i = 0; i < PROBES; i++) {
-    const { stdout } = await run(process.execPath, [join(PACKAGE_ROOT, 'bench', 'session-probe.ts'), file], { env: { ...env, ORT_DISABLE_TELEMETRY: '1' }, maxBuffer: 1 << 20 });
+    const { stdout } = await run(process.execPath, [join(PACKAGE_ROOT, 'bench', 'session-probe.ts'), file], {
+      env: { ...env, ORT_DISABLE_TELEMETRY: '1' },
+      maxBuffer: 1 << 20,
+    });
     seconds.push((JSON.parse(stdout) as { seconds: number }).seconds);
   }
   return seconds;
@@ -107,18 +121,32 @@ async function host(): Promise<void> {
   const RABBITMQ_URL = env['RABBITMQ_URL'] ?? 'amqp://guest:guest@127.0.0.1:5672';
   const MLFLOW = env['MLFLOW_TRACKING_URI'] ?? 'http://127.0.0.1:5000';
   await header('host (local MLflow and RabbitMQ)');
-  const fixtures = JSON.parse(readFileSync(join(PACKAGE_ROOT, '.run', 'fixtures', 'fixtures.json'), 'utf8')) as { models: Record<string, { name: string; version: number }>; datasets: { csv: string } };
+  const fixtures = JSON.parse(readFileSync(join(PACKAGE_ROOT, '.run', 'fixtures', 'fixtures.json'), 'utf8')) as {
+    models: Record<string, { name: string; version: number }>;
+    datasets: { csv: string };
+  };
   const iris = fixtures.models['classifier'];
   if (!iris) throw new Error('fixtures.json has no classifier');
-  const models: BenchModel[] = [{ label: 'iris', name: iris.name, version: iris.version, onnxBytes: 0 }, ...(await benchModels({ MLFLOW_TRACKING_URI: MLFLOW }))];
+  const models: BenchModel[] = [
+    { label: 'iris', name: iris.name, version: iris.version, onnxBytes: 0 },
+    ...(await benchModels({ MLFLOW_TRACKING_URI: MLFLOW })),
+  ];
   const results: Array<Record<string, unknown>> = [];
-  out('model          bytes     miss load  fetch   session  | hit load (median of N)  session  | bare session (median)  hit/bare  | worker peak RSS');
+  out(
+    'model          bytes     miss load  fetch   session  | hit load (median of N)  session  | bare session (median)  hit/bare  | worker peak RSS',
+  );
   for (const m of models) {
     const cache = mkdtempSync(join(tmpdir(), 'kmj-bench-models-'));
     try {
       const once = async (): Promise<{ metrics: Record<string, number>; maxRssMb: number }> => {
         const experiment = `bench-models-${randomUUID().slice(0, 8)}`;
-        const queue = await queueWith(RABBITMQ_URL, { version: 1, requestId: `bench-${randomUUID()}`, model: `models:/${m.name}/${m.version}`, dataset: { uri: fixtures.datasets.csv }, experiment });
+        const queue = await queueWith(RABBITMQ_URL, {
+          version: 1,
+          requestId: `bench-${randomUUID()}`,
+          model: `models:/${m.name}/${m.version}`,
+          dataset: { uri: fixtures.datasets.csv },
+          experiment,
+        });
         const r = await measure([process.execPath, join(PACKAGE_ROOT, 'bin', 'kmj.js'), 'worker', '--queue', queue], {
           PATH: env['PATH'] ?? '',
           HOME: env['HOME'] ?? '/tmp',
@@ -162,7 +190,7 @@ async function host(): Promise<void> {
       rmSync(cache, { recursive: true, force: true });
     }
   }
-  out('-- goal: a hit\'s model_load_seconds at most 1.2x the bare session start --');
+  out("-- goal: a hit's model_load_seconds at most 1.2x the bare session start --");
   for (const r of results) out(`  ${String(r['model']).padEnd(14)} ${f2(r['hitOverBare'] as number)}x`);
   mkdirSync(join(PACKAGE_ROOT, '.run'), { recursive: true });
   writeFileSync(join(PACKAGE_ROOT, '.run', 'bench-models-host.json'), `${JSON.stringify(results, null, 2)}\n`);
@@ -212,7 +240,11 @@ function podCgroup(uid: string): PodCgroup {
   const v1 = find('/sys/fs/cgroup/cpuacct');
   if (v1) return { dir: v1, cpuSeconds: () => Number(readFileSync(join(v1, 'cpuacct.usage'), 'utf8')) / 1e9 };
   const v2 = find('/sys/fs/cgroup');
-  if (v2) return { dir: v2, cpuSeconds: () => Number(/usage_usec (\d+)/.exec(readFileSync(join(v2, 'cpu.stat'), 'utf8'))?.[1] ?? Number.NaN) / 1e6 };
+  if (v2)
+    return {
+      dir: v2,
+      cpuSeconds: () => Number(/usage_usec (\d+)/.exec(readFileSync(join(v2, 'cpu.stat'), 'utf8'))?.[1] ?? Number.NaN) / 1e6,
+    };
   throw new Error(`no cgroup of pod ${uid} on this node`);
 }
 
@@ -225,7 +257,9 @@ interface PodCounters {
 function podCounters(cgroup: PodCgroup): PodCounters {
   const procs = (function all(dir: string): string[] {
     const own = readFileSync(join(dir, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean);
-    const kids = readdirSync(dir, { withFileTypes: true }).filter((e) => e.isDirectory()).flatMap((e) => all(join(dir, e.name)));
+    const kids = readdirSync(dir, { withFileTypes: true })
+      .filter((e) => e.isDirectory())
+      .flatMap((e) => all(join(dir, e.name)));
     return [...own, ...kids];
   })(cgroup.dir);
   let tx = Number.NaN;
@@ -245,7 +279,9 @@ function podCounters(cgroup: PodCgroup): PodCounters {
 }
 
 async function nodeCacheFetched(): Promise<number> {
-  const pods = JSON.parse(await kubectl(['get', 'pods', '-l', 'app.kubernetes.io/name=kmj-model-cache', '-o', 'json'])) as { items: Array<{ status: { podIP?: string; phase?: string } }> };
+  const pods = JSON.parse(await kubectl(['get', 'pods', '-l', 'app.kubernetes.io/name=kmj-model-cache', '-o', 'json'])) as {
+    items: Array<{ status: { podIP?: string; phase?: string } }>;
+  };
   const ip = pods.items.find((p) => p.status.phase === 'Running')?.status.podIP;
   if (!ip) throw new Error('no running node cache pod');
   const text = await (await fetch(`http://${ip}:8090/metrics`, { signal: AbortSignal.timeout(5000) })).text();
@@ -262,16 +298,33 @@ interface RunRow {
 
 async function clusterRuns(mlflow: string, auth: string, experiment: string): Promise<RunRow[]> {
   const headers = { authorization: auth, 'content-type': 'application/json' };
-  const got = await fetch(`${mlflow}/api/2.0/mlflow/experiments/get-by-name?experiment_name=${encodeURIComponent(experiment)}`, { headers });
+  const got = await fetch(`${mlflow}/api/2.0/mlflow/experiments/get-by-name?experiment_name=${encodeURIComponent(experiment)}`, {
+    headers,
+  });
   if (got.status === 404) return [];
   const exp = (await got.json()) as { experiment?: { experiment_id: string } };
   if (!exp.experiment) return [];
-  const r = (await (await fetch(`${mlflow}/api/2.0/mlflow/runs/search`, { method: 'POST', headers, body: JSON.stringify({ experiment_ids: [exp.experiment.experiment_id], max_results: 1000 }) })).json()) as {
-    runs?: Array<{ info: { status: string; end_time?: number }; data: { metrics?: Array<{ key: string; value: number }>; tags?: Array<{ key: string; value: string }> } }>;
+  const r = (await (
+    await fetch(`${mlflow}/api/2.0/mlflow/runs/search`, {
+      method: 'POST',
+      headers,
+      body: JSON.stringify({ experiment_ids: [exp.experiment.experiment_id], max_results: 1000 }),
+    })
+  ).json()) as {
+    runs?: Array<{
+      info: { status: string; end_time?: number };
+      data: { metrics?: Array<{ key: string; value: number }>; tags?: Array<{ key: string; value: string }> };
+    }>;
   };
   return (r.runs ?? []).map((x) => {
     const tags = Object.fromEntries((x.data.tags ?? []).map((t) => [t.key, t.value]));
-    return { status: x.info.status, endMs: x.info.end_time ?? 0, requestId: tags['kmj.request_id'] ?? '', tags, metrics: Object.fromEntries((x.data.metrics ?? []).map((m) => [m.key, m.value])) };
+    return {
+      status: x.info.status,
+      endMs: x.info.end_time ?? 0,
+      requestId: tags['kmj.request_id'] ?? '',
+      tags,
+      metrics: Object.fromEntries((x.data.metrics ?? []).map((m) => [m.key, m.value])),
+    };
   });
 }
 
@@ -280,14 +333,23 @@ async function cluster(): Promise<void> {
   const MLFLOW = env['MLFLOW_TRACKING_URI'] ?? '';
   const user = env['MLFLOW_TRACKING_USERNAME'] ?? '';
   const password = env['MLFLOW_TRACKING_PASSWORD'] ?? '';
-  if (!RABBITMQ_URL || !MLFLOW || !KUBECONFIG) throw new Error('RABBITMQ_URL, MLFLOW_TRACKING_URI and KUBECONFIG must name the cluster (make bench-models sets them)');
+  if (!RABBITMQ_URL || !MLFLOW || !KUBECONFIG)
+    throw new Error('RABBITMQ_URL, MLFLOW_TRACKING_URI and KUBECONFIG must name the cluster (make bench-models sets them)');
   const auth = `Basic ${Buffer.from(`${user}:${password}`).toString('base64')}`;
   await header('cluster (make cluster: KEDA, the ScaledJob ml-requests, a node cache, MLflow with basic auth)');
-  const fixtures = JSON.parse(readFileSync(join(PACKAGE_ROOT, '.run', 'fixtures-cluster', 'fixtures.json'), 'utf8')) as { models: Record<string, { name: string; version: number }>; datasets: { runsCsvUri: string } };
+  const fixtures = JSON.parse(readFileSync(join(PACKAGE_ROOT, '.run', 'fixtures-cluster', 'fixtures.json'), 'utf8')) as {
+    models: Record<string, { name: string; version: number }>;
+    datasets: { runsCsvUri: string };
+  };
   const iris = fixtures.models['classifier'];
   if (!iris) throw new Error('fixtures-cluster has no classifier');
-  const models: BenchModel[] = [{ label: 'iris', name: iris.name, version: iris.version, onnxBytes: 0 }, ...(await benchModels({ MLFLOW_TRACKING_URI: MLFLOW, MLFLOW_TRACKING_USERNAME: user, MLFLOW_TRACKING_PASSWORD: password }))];
-  const mlflowPod = JSON.parse(await kubectl(['get', 'pods', '-l', 'app.kubernetes.io/name=mlflow', '-o', 'json'])) as { items: Array<{ metadata: { uid: string } }> };
+  const models: BenchModel[] = [
+    { label: 'iris', name: iris.name, version: iris.version, onnxBytes: 0 },
+    ...(await benchModels({ MLFLOW_TRACKING_URI: MLFLOW, MLFLOW_TRACKING_USERNAME: user, MLFLOW_TRACKING_PASSWORD: password })),
+  ];
+  const mlflowPod = JSON.parse(await kubectl(['get', 'pods', '-l', 'app.kubernetes.io/name=mlflow', '-o', 'json'])) as {
+    items: Array<{ metadata: { uid: string } }>;
+  };
   const uid = mlflowPod.items[0]?.metadata.uid;
   if (!uid) throw new Error('no MLflow pod');
   const mlflowCgroup = podCgroup(uid);
@@ -301,7 +363,13 @@ async function cluster(): Promise<void> {
   const requestsOf = async (m: BenchModel, phase: Phase): Promise<Record<string, unknown>> => {
     const count = phase === 'single' ? SINGLES : REQUESTS;
     const experiment = `bench-models-${phase}-${randomUUID().slice(0, 8)}`;
-    const requests = Array.from({ length: count }, () => ({ version: 1, requestId: `bench-${randomUUID()}`, model: `models:/${m.name}/${m.version}`, dataset: { uri: fixtures.datasets.runsCsvUri }, experiment }));
+    const requests = Array.from({ length: count }, () => ({
+      version: 1,
+      requestId: `bench-${randomUUID()}`,
+      model: `models:/${m.name}/${m.version}`,
+      dataset: { uri: fixtures.datasets.runsCsvUri },
+      experiment,
+    }));
     const before = podCounters(mlflowCgroup);
     const cacheBefore = await nodeCacheFetched();
     const firstPublishMs = Date.now();
@@ -313,7 +381,11 @@ async function cluster(): Promise<void> {
         const now = Date.now();
         for (const r of batch) {
           publishedAt.set(r.requestId, now);
-          ch.sendToQueue(QUEUE, Buffer.from(JSON.stringify(r)), { persistent: true, contentType: 'application/json', timestamp: Math.floor(now / 1000) });
+          ch.sendToQueue(QUEUE, Buffer.from(JSON.stringify(r)), {
+            persistent: true,
+            contentType: 'application/json',
+            timestamp: Math.floor(now / 1000),
+          });
         }
         await ch.waitForConfirms();
       } finally {
@@ -326,8 +398,12 @@ async function cluster(): Promise<void> {
         const runs = await clusterRuns(MLFLOW, auth, experiment);
         if (runs.filter((r) => r.status === 'FINISHED').length >= n) return runs;
         if (Date.now() > deadline) {
-          const failed = runs.filter((r) => r.status !== 'FINISHED' && r.status !== 'RUNNING').map((r) => `${r.requestId}: ${r.status} ${r.tags['kmj.error'] ?? ''}`);
-          throw new Error(`${m.label} ${phase}: ${runs.filter((r) => r.status === 'FINISHED').length} of ${n} FINISHED within ${BURST_TIMEOUT_MS / 1000} s; ${failed.join('; ') || 'none failed in MLflow'}`);
+          const failed = runs
+            .filter((r) => r.status !== 'FINISHED' && r.status !== 'RUNNING')
+            .map((r) => `${r.requestId}: ${r.status} ${r.tags['kmj.error'] ?? ''}`);
+          throw new Error(
+            `${m.label} ${phase}: ${runs.filter((r) => r.status === 'FINISHED').length} of ${n} FINISHED within ${BURST_TIMEOUT_MS / 1000} s; ${failed.join('; ') || 'none failed in MLflow'}`,
+          );
         }
         await new Promise((r) => setTimeout(r, 500));
       }
@@ -348,7 +424,8 @@ async function cluster(): Promise<void> {
     const after = podCounters(mlflowCgroup);
     const cacheAfter = await nodeCacheFetched();
     const ids = new Set(requests.map((r) => r.requestId));
-    if (runs.length !== count || runs.some((r) => !ids.has(r.requestId))) throw new Error(`${m.label} ${phase}: ${runs.length} runs for ${count} requests`);
+    if (runs.length !== count || runs.some((r) => !ids.has(r.requestId)))
+      throw new Error(`${m.label} ${phase}: ${runs.length} runs for ${count} requests`);
     const col = (key: string): number[] => sorted(runs.map((r) => r.metrics[key] ?? Number.NaN));
     const e2e = sorted(runs.map((r) => (r.endMs - (publishedAt.get(r.requestId) ?? Number.NaN)) / 1000));
     const pp = (xs: number[]): string => `${f2(percentile(xs, 50))} / ${f2(percentile(xs, 95))}`.padEnd(14);
@@ -376,23 +453,41 @@ async function cluster(): Promise<void> {
     return row;
   };
   try {
-    out(`per model: ${PHASES.join(', ')} (bursts of ${REQUESTS} requests, ${SINGLES} single requests one after the other) on the ScaledJob ml-requests (maxReplicaCount as deployed), per request p50 / p95:`);
-    out('model          phase     fetch          session        inference      total          publish→FINISHED   | from MLflow: pod sent, node cache fetched | MLflow CPU');
+    out(
+      `per model: ${PHASES.join(', ')} (bursts of ${REQUESTS} requests, ${SINGLES} single requests one after the other) on the ScaledJob ml-requests (maxReplicaCount as deployed), per request p50 / p95:`,
+    );
+    out(
+      'model          phase     fetch          session        inference      total          publish→FINISHED   | from MLflow: pod sent, node cache fetched | MLflow CPU',
+    );
     for (const m of models) {
       for (const phase of PHASES) bursts.push(await requestsOf(m, phase));
     }
   } finally {
-    await kubectl(['patch', 'scaledjob', QUEUE, '--type', 'merge', '-p', JSON.stringify({ spec: { pollingInterval: deployed.spec.pollingInterval ?? 10 } })]);
+    await kubectl([
+      'patch',
+      'scaledjob',
+      QUEUE,
+      '--type',
+      'merge',
+      '-p',
+      JSON.stringify({ spec: { pollingInterval: deployed.spec.pollingInterval ?? 10 } }),
+    ]);
   }
   out('-- goals --');
   for (const b of bursts) {
     const copies = (b['nodeCacheFetchedBytes'] as number) / (b['modelBytes'] as number);
-    out(`  ${String(b['model']).padEnd(14)} ${String(b['phase']).padEnd(6)} model copies fetched from MLflow by the node cache: ${f2(copies)} (goal: at most 1); sources ${(b['sources'] as string[]).join(', ')}`);
+    out(
+      `  ${String(b['model']).padEnd(14)} ${String(b['phase']).padEnd(6)} model copies fetched from MLflow by the node cache: ${f2(copies)} (goal: at most 1); sources ${(b['sources'] as string[]).join(', ')}`,
+    );
   }
-  const p50 = (label: string, phase: Phase): number => percentile((bursts.find((b) => b['model'] === label && b['phase'] === phase)?.['publishToFinished'] as number[] | undefined) ?? [], 50);
+  const p50 = (label: string, phase: Phase): number =>
+    percentile((bursts.find((b) => b['model'] === label && b['phase'] === phase)?.['publishToFinished'] as number[] | undefined) ?? [], 50);
   const big = models.find((m) => m.label.includes(' 70 '))?.label;
   for (const phase of PHASES.filter((p) => p !== 'cold')) {
-    if (big) out(`  publish → FINISHED p50, cache warm, ${phase}: ${big} ${f2(p50(big, phase))} s, iris ${f2(p50('iris', phase))} s, difference ${f2(p50(big, phase) - p50('iris', phase))} s (goal: at most 1 s)`);
+    if (big)
+      out(
+        `  publish → FINISHED p50, cache warm, ${phase}: ${big} ${f2(p50(big, phase))} s, iris ${f2(p50('iris', phase))} s, difference ${f2(p50(big, phase) - p50('iris', phase))} s (goal: at most 1 s)`,
+      );
   }
   mkdirSync(join(PACKAGE_ROOT, '.run'), { recursive: true });
   writeFileSync(join(PACKAGE_ROOT, '.run', 'bench-models-cluster.json'), `${JSON.stringify(bursts, null, 2)}\n`);

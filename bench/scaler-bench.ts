@@ -38,7 +38,9 @@ const PHASE_SECONDS = Number(process.env['BENCH_PHASE_SECONDS'] ?? 30);
 const DELAY_MS = Number(process.env['BENCH_DELAY_MS'] ?? 40);
 const RABBITMQ_URL = process.env['RABBITMQ_URL'] ?? 'amqp://guest:guest@127.0.0.1:5672';
 /** Node flags of the scaler process: the ones its container sets (manifests/scaler.yaml). */
-const SCALER_NODE_ARGS = (process.env['BENCH_SCALER_NODE_ARGS'] ?? '--max-semi-space-size=2 --max-old-space-size=64').split(' ').filter(Boolean);
+const SCALER_NODE_ARGS = (process.env['BENCH_SCALER_NODE_ARGS'] ?? '--max-semi-space-size=2 --max-old-space-size=64')
+  .split(' ')
+  .filter(Boolean);
 const CLK_TCK = 100;
 const REPORTS_PER_SECOND = Number(process.env['BENCH_REPORTS_PER_SECOND'] ?? 5);
 const BASELINE_REF = process.env['BENCH_BASELINE_REF'] ?? '129071d';
@@ -105,10 +107,14 @@ function baselineCheckout(ref: string): string {
 }
 
 function startScalerProcess(amqpUrl: string, root = PACKAGE_ROOT): Promise<ScalerProc> {
-  const child = spawn(process.execPath, [...SCALER_NODE_ARGS, join(root, 'bin', 'kmj.js'), 'scaler', '--port', '0', '--metrics-port', '0', '--host', '127.0.0.1'], {
-    env: { ...process.env, RABBITMQ_URL: amqpUrl, LOG_LEVEL: 'info' },
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
+  const child = spawn(
+    process.execPath,
+    [...SCALER_NODE_ARGS, join(root, 'bin', 'kmj.js'), 'scaler', '--port', '0', '--metrics-port', '0', '--host', '127.0.0.1'],
+    {
+      env: { ...process.env, RABBITMQ_URL: amqpUrl, LOG_LEVEL: 'info' },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    },
+  );
   return new Promise((resolve, reject) => {
     let buf = '';
     const onData = (d: Buffer): void => {
@@ -177,15 +183,27 @@ async function runPhase(label: string, amqpUrl: string, queues: string[], option
   const scaler = await startScalerProcess(amqpUrl, options.root);
   const pid = scaler.child.pid as number;
   const address = `127.0.0.1:${scaler.grpcPort}`;
-  const scalerCtor = (grpc.loadPackageDefinition(loadExternalScalerPackage()) as unknown as {
-    externalscaler: { ExternalScaler: grpc.ServiceClientConstructor };
-  }).externalscaler.ExternalScaler;
-  const healthDef = protoLoader.loadSync(packageFile('node_modules', 'grpc-health-check', 'proto', 'health', 'v1', 'health.proto'), { keepCase: true });
-  const healthCtor = (grpc.loadPackageDefinition(healthDef) as unknown as { grpc: { health: { v1: { Health: grpc.ServiceClientConstructor } } } }).grpc.health.v1.Health;
+  const scalerCtor = (
+    grpc.loadPackageDefinition(loadExternalScalerPackage()) as unknown as {
+      externalscaler: { ExternalScaler: grpc.ServiceClientConstructor };
+    }
+  ).externalscaler.ExternalScaler;
+  const healthDef = protoLoader.loadSync(packageFile('node_modules', 'grpc-health-check', 'proto', 'health', 'v1', 'health.proto'), {
+    keepCase: true,
+  });
+  const healthCtor = (
+    grpc.loadPackageDefinition(healthDef) as unknown as { grpc: { health: { v1: { Health: grpc.ServiceClientConstructor } } } }
+  ).grpc.health.v1.Health;
   // KEDA shares one gRPC connection per scaler address; so do we, for both services.
   const channel = new grpc.Channel(address, grpc.credentials.createInsecure(), {});
-  const client = new scalerCtor(address, grpc.credentials.createInsecure(), { channelOverride: channel }) as unknown as Record<string, Unary>;
-  const health = new healthCtor(address, grpc.credentials.createInsecure(), { channelOverride: channel }) as unknown as Record<string, Unary>;
+  const client = new scalerCtor(address, grpc.credentials.createInsecure(), { channelOverride: channel }) as unknown as Record<
+    string,
+    Unary
+  >;
+  const health = new healthCtor(address, grpc.credentials.createInsecure(), { channelOverride: channel }) as unknown as Record<
+    string,
+    Unary
+  >;
 
   const call = (c: Record<string, Unary>, method: string, req: unknown): Promise<{ ms: number; err?: string }> =>
     new Promise((resolve) => {
@@ -199,7 +217,11 @@ async function runPhase(label: string, amqpUrl: string, queues: string[], option
   const refs = queues.map((q, i) => ({ name: `job-${i}`, namespace: 'bench', scalerMetadata: { queueName: q, scalerAddress: address } }));
   // Warm-up: every queue registered and read once, so the phase measures steady state.
   for (let round = 0; round < 3; round++) {
-    await Promise.all(refs.map((ref) => call(client, 'GetMetricSpec', ref).then(() => call(client, 'GetMetrics', { scaledObjectRef: ref, metricName: '' }))));
+    await Promise.all(
+      refs.map((ref) =>
+        call(client, 'GetMetricSpec', ref).then(() => call(client, 'GetMetrics', { scaledObjectRef: ref, metricName: '' })),
+      ),
+    );
     await new Promise((r) => setTimeout(r, 1000));
   }
 
@@ -217,24 +239,40 @@ async function runPhase(label: string, amqpUrl: string, queues: string[], option
   const metricsUrl = `http://127.0.0.1:${scaler.metricsPort}`;
   let scrapes = 0;
   const scraper = setInterval(() => {
-    fetch(`${metricsUrl}/metrics`).then(async (r) => {
-      await r.text();
-      scrapes++;
-    }, () => undefined);
+    fetch(`${metricsUrl}/metrics`).then(
+      async (r) => {
+        await r.text();
+        scrapes++;
+      },
+      () => undefined,
+    );
   }, SCRAPE_EVERY_MS);
   const reports = { sent: 0, refused: 0 };
   const steps = REPORT_STEPS;
   const reporter =
     (options.reportsPerSecond ?? 0) > 0
-      ? setInterval(() => {
-          const queue = queues[reports.sent % queues.length] as string;
-          const body = JSON.stringify({ version: 1, source: 'rabbitmq', scope: '/', name: queue, outcome: reports.sent % 10 === 0 ? 'dead_lettered' : 'finished', seconds: Object.fromEntries(steps.map((st, k) => [st, (k + 1) * 0.37])) });
-          reports.sent++;
-          fetch(`${metricsUrl}/v1/reports`, { method: 'POST', body, headers: { 'content-type': 'application/json' } }).then(async (r) => {
-            await r.text();
-            if (r.status !== 204) reports.refused++;
-          }, () => reports.refused++);
-        }, 1000 / (options.reportsPerSecond ?? 1))
+      ? setInterval(
+          () => {
+            const queue = queues[reports.sent % queues.length] as string;
+            const body = JSON.stringify({
+              version: 1,
+              source: 'rabbitmq',
+              scope: '/',
+              name: queue,
+              outcome: reports.sent % 10 === 0 ? 'dead_lettered' : 'finished',
+              seconds: Object.fromEntries(steps.map((st, k) => [st, (k + 1) * 0.37])),
+            });
+            reports.sent++;
+            fetch(`${metricsUrl}/v1/reports`, { method: 'POST', body, headers: { 'content-type': 'application/json' } }).then(
+              async (r) => {
+                await r.text();
+                if (r.status !== 204) reports.refused++;
+              },
+              () => reports.refused++,
+            );
+          },
+          1000 / (options.reportsPerSecond ?? 1),
+        )
       : undefined;
   // Each queue is one ScaledJob polled every second, start times spread over the second.
   await Promise.all(
@@ -271,7 +309,9 @@ async function runPhase(label: string, amqpUrl: string, queues: string[], option
   const cpu = cpuSeconds(pid) - cpu0;
   const mem = memory(pid);
   const scraped = await fetch(`http://127.0.0.1:${scaler.metricsPort}/metrics`).then((r) => r.text());
-  const heapLines = scraped.split('\n').filter((l) => /^kmj_scaler_nodejs_(heap_size_(used|total)_bytes|external_memory_bytes|heap_space_size_used_bytes)/.test(l));
+  const heapLines = scraped
+    .split('\n')
+    .filter((l) => /^kmj_scaler_nodejs_(heap_size_(used|total)_bytes|external_memory_bytes|heap_space_size_used_bytes)/.test(l));
   channel.close();
   scaler.child.kill('SIGTERM');
   await new Promise((r) => scaler.child.once('exit', r));
@@ -293,9 +333,16 @@ async function runPhase(label: string, amqpUrl: string, queues: string[], option
     out(`  GetMetricSpec   n=${result.getMetricSpec.n}  p50 ${ms(result.getMetricSpec.p50)}  p99 ${ms(result.getMetricSpec.p99)}`);
   }
   out(`  health Check    n=${result.check.n}  p50 ${ms(result.check.p50)}  p99 ${ms(result.check.p99)}   (floor)`);
-  if (!floorOnly) out(`  GetMetrics / Check: p50 ${(result.getMetrics.p50 / result.check.p50).toFixed(2)}x  p99 ${(result.getMetrics.p99 / result.check.p99).toFixed(2)}x`);
-  out(`  scaler CPU ${result.cpuPercentOfOneCore.toFixed(1)}% of one core   RSS ${result.rssMb.toFixed(1)} MB (peak ${result.peakRssMb.toFixed(1)} MB)`);
-  out(`  errors ${Object.keys(errors).length === 0 ? 'none' : JSON.stringify(errors)}; /metrics scraped ${scrapes} times; worker reports ${reports.sent} sent, ${reports.refused} refused`);
+  if (!floorOnly)
+    out(
+      `  GetMetrics / Check: p50 ${(result.getMetrics.p50 / result.check.p50).toFixed(2)}x  p99 ${(result.getMetrics.p99 / result.check.p99).toFixed(2)}x`,
+    );
+  out(
+    `  scaler CPU ${result.cpuPercentOfOneCore.toFixed(1)}% of one core   RSS ${result.rssMb.toFixed(1)} MB (peak ${result.peakRssMb.toFixed(1)} MB)`,
+  );
+  out(
+    `  errors ${Object.keys(errors).length === 0 ? 'none' : JSON.stringify(errors)}; /metrics scraped ${scrapes} times; worker reports ${reports.sent} sent, ${reports.refused} refused`,
+  );
   if (reports.refused > 0) throw new Error(`${label}: the scaler refused ${reports.refused} of ${reports.sent} worker reports`);
   if (process.env['BENCH_VERBOSE']) for (const l of heapLines) out(`  ${l}`);
   return result;
@@ -320,18 +367,28 @@ async function main(): Promise<void> {
     return u.toString();
   })();
 
-  out(`scaler benchmark: ${QUEUES} queues, 3 KEDA RPCs per queue per second + a health Check every 2nd poll, ${PHASE_SECONDS} s per phase, Node ${process.versions.node}`);
+  out(
+    `scaler benchmark: ${QUEUES} queues, 3 KEDA RPCs per queue per second + a health Check every 2nd poll, ${PHASE_SECONDS} s per phase, Node ${process.versions.node}`,
+  );
   const directDeclare = await declareRtt(RABBITMQ_URL, queues, 2000);
   const slowDeclare = await declareRtt(slowUrl, queues, 50);
-  out(`bare amqplib passive declare: direct p50 ${ms(directDeclare.p50)} p99 ${ms(directDeclare.p99)}; slowed (+${DELAY_MS} ms each way) p50 ${ms(slowDeclare.p50)} p99 ${ms(slowDeclare.p99)}`);
+  out(
+    `bare amqplib passive declare: direct p50 ${ms(directDeclare.p50)} p99 ${ms(directDeclare.p99)}; slowed (+${DELAY_MS} ms each way) p50 ${ms(slowDeclare.p50)} p99 ${ms(slowDeclare.p99)}`,
+  );
   const commit = execFileSync('git', ['-C', PACKAGE_ROOT, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).trim();
-  const dirty = execFileSync('git', ['-C', PACKAGE_ROOT, 'status', '--porcelain', '--untracked-files=no'], { encoding: 'utf8' }).trim() !== '';
-  out(`commit ${commit}${dirty ? ' (with uncommitted changes)' : ''}; worker reports ${REPORTS_PER_SECOND}/s; /metrics scraped every ${SCRAPE_EVERY_MS / 1000} s`);
+  const dirty =
+    execFileSync('git', ['-C', PACKAGE_ROOT, 'status', '--porcelain', '--untracked-files=no'], { encoding: 'utf8' }).trim() !== '';
+  out(
+    `commit ${commit}${dirty ? ' (with uncommitted changes)' : ''}; worker reports ${REPORTS_PER_SECOND}/s; /metrics scraped every ${SCRAPE_EVERY_MS / 1000} s`,
+  );
   // The baseline's phases alternate with this commit's (a process's CPU and RSS drift from one
   // phase to the next by more than the 10% asked of the comparison): this commit, the baseline,
   // the slowed broker and the floor, then this commit and the baseline again.
   const baselineRoot = BASELINE_REF === '' ? undefined : baselineCheckout(BASELINE_REF);
-  const baselinePhase = async (n: number): Promise<PhaseResult | undefined> => (baselineRoot === undefined ? undefined : runPhase(`baseline ${BASELINE_REF} (${n}): broker as is, no reports`, RABBITMQ_URL, queues, { root: baselineRoot }));
+  const baselinePhase = async (n: number): Promise<PhaseResult | undefined> =>
+    baselineRoot === undefined
+      ? undefined
+      : runPhase(`baseline ${BASELINE_REF} (${n}): broker as is, no reports`, RABBITMQ_URL, queues, { root: baselineRoot });
   // The comparison with the baseline is made under KEDA's load alone (the baseline has no report
   // intake); the intake's own cost is the phase with reports beside this commit's.
   const normal = await runPhase('broker as is', RABBITMQ_URL, queues);
@@ -340,25 +397,51 @@ async function main(): Promise<void> {
   const floor = await runPhase('transport floor: same RPC rate, health Checks only', RABBITMQ_URL, queues, { floorOnly: true });
   const normal2 = baselineRoot === undefined ? undefined : await runPhase('broker as is (2)', RABBITMQ_URL, queues);
   const baseline2 = await baselinePhase(2);
-  const reported = REPORTS_PER_SECOND > 0 ? await runPhase(`broker as is, worker reports ${REPORTS_PER_SECOND}/s over all the queues`, RABBITMQ_URL, queues, { reportsPerSecond: REPORTS_PER_SECOND }) : undefined;
+  const reported =
+    REPORTS_PER_SECOND > 0
+      ? await runPhase(`broker as is, worker reports ${REPORTS_PER_SECOND}/s over all the queues`, RABBITMQ_URL, queues, {
+          reportsPerSecond: REPORTS_PER_SECOND,
+        })
+      : undefined;
 
   out('-- summary --');
-  out(`  GetMetrics p50/p99 vs health Check: ${(normal.getMetrics.p50 / normal.check.p50).toFixed(2)}x / ${(normal.getMetrics.p99 / normal.check.p99).toFixed(2)}x (goal <= 1.2x)`);
-  out(`  GetMetrics p50 slowed/normal: ${(slow.getMetrics.p50 / normal.getMetrics.p50).toFixed(2)}x, p99 ${(slow.getMetrics.p99 / normal.getMetrics.p99).toFixed(2)}x (goal: no change), while a declare takes ${(slowDeclare.p50 / directDeclare.p50).toFixed(0)}x longer`);
-  out(`  the same against each phase's own health Check (machine drift removed): p50 ${(slow.getMetrics.p50 / slow.check.p50 / (normal.getMetrics.p50 / normal.check.p50)).toFixed(2)}x, p99 ${(slow.getMetrics.p99 / slow.check.p99 / (normal.getMetrics.p99 / normal.check.p99)).toFixed(2)}x`);
-  out(`  scaler RSS peak ${Math.max(normal.peakRssMb, slow.peakRssMb).toFixed(1)} MB (goal < 100 MB); the same server answering only health Checks: ${floor.peakRssMb.toFixed(1)} MB`);
-  out(`  scaler CPU ${normal.cpuPercentOfOneCore.toFixed(1)}% of one core (goal < 10%); the same server answering only health Checks at the same rate: ${floor.cpuPercentOfOneCore.toFixed(1)}% (ratio ${(normal.cpuPercentOfOneCore / floor.cpuPercentOfOneCore).toFixed(2)}x)`);
+  out(
+    `  GetMetrics p50/p99 vs health Check: ${(normal.getMetrics.p50 / normal.check.p50).toFixed(2)}x / ${(normal.getMetrics.p99 / normal.check.p99).toFixed(2)}x (goal <= 1.2x)`,
+  );
+  out(
+    `  GetMetrics p50 slowed/normal: ${(slow.getMetrics.p50 / normal.getMetrics.p50).toFixed(2)}x, p99 ${(slow.getMetrics.p99 / normal.getMetrics.p99).toFixed(2)}x (goal: no change), while a declare takes ${(slowDeclare.p50 / directDeclare.p50).toFixed(0)}x longer`,
+  );
+  out(
+    `  the same against each phase's own health Check (machine drift removed): p50 ${(slow.getMetrics.p50 / slow.check.p50 / (normal.getMetrics.p50 / normal.check.p50)).toFixed(2)}x, p99 ${(slow.getMetrics.p99 / slow.check.p99 / (normal.getMetrics.p99 / normal.check.p99)).toFixed(2)}x`,
+  );
+  out(
+    `  scaler RSS peak ${Math.max(normal.peakRssMb, slow.peakRssMb).toFixed(1)} MB (goal < 100 MB); the same server answering only health Checks: ${floor.peakRssMb.toFixed(1)} MB`,
+  );
+  out(
+    `  scaler CPU ${normal.cpuPercentOfOneCore.toFixed(1)}% of one core (goal < 10%); the same server answering only health Checks at the same rate: ${floor.cpuPercentOfOneCore.toFixed(1)}% (ratio ${(normal.cpuPercentOfOneCore / floor.cpuPercentOfOneCore).toFixed(2)}x)`,
+  );
   if (baseline1 && baseline2 && normal2) {
     const mean = (a: number, b: number): number => (a + b) / 2;
-    const cpu = [mean(normal.cpuPercentOfOneCore, normal2.cpuPercentOfOneCore), mean(baseline1.cpuPercentOfOneCore, baseline2.cpuPercentOfOneCore)] as const;
+    const cpu = [
+      mean(normal.cpuPercentOfOneCore, normal2.cpuPercentOfOneCore),
+      mean(baseline1.cpuPercentOfOneCore, baseline2.cpuPercentOfOneCore),
+    ] as const;
     const peak = [mean(normal.peakRssMb, normal2.peakRssMb), mean(baseline1.peakRssMb, baseline2.peakRssMb)] as const;
-    out(`  against ${BASELINE_REF}, KEDA's load, mean of two alternating phases each: CPU ${cpu[0].toFixed(1)}% vs ${cpu[1].toFixed(1)}% (${(cpu[0] / cpu[1]).toFixed(2)}x), RSS peak ${peak[0].toFixed(1)} vs ${peak[1].toFixed(1)} MB (${(peak[0] / peak[1]).toFixed(2)}x) (goal <= 1.10x); phases: CPU ${[normal, baseline1, normal2, baseline2].map((x) => x.cpuPercentOfOneCore.toFixed(1)).join(' / ')} %, RSS peak ${[normal, baseline1, normal2, baseline2].map((x) => x.peakRssMb.toFixed(1)).join(' / ')} MB (this, baseline, this, baseline)`);
-    if (reported) out(`  the report intake at ${REPORTS_PER_SECOND}/s, every queue's step histograms exported by the end (${QUEUES} queues x ${REPORT_STEPS.length} steps): CPU ${reported.cpuPercentOfOneCore.toFixed(1)}% (${(reported.cpuPercentOfOneCore / cpu[0]).toFixed(2)}x this commit without reports), RSS peak ${reported.peakRssMb.toFixed(1)} MB (${(reported.peakRssMb / peak[0]).toFixed(2)}x)`);
+    out(
+      `  against ${BASELINE_REF}, KEDA's load, mean of two alternating phases each: CPU ${cpu[0].toFixed(1)}% vs ${cpu[1].toFixed(1)}% (${(cpu[0] / cpu[1]).toFixed(2)}x), RSS peak ${peak[0].toFixed(1)} vs ${peak[1].toFixed(1)} MB (${(peak[0] / peak[1]).toFixed(2)}x) (goal <= 1.10x); phases: CPU ${[normal, baseline1, normal2, baseline2].map((x) => x.cpuPercentOfOneCore.toFixed(1)).join(' / ')} %, RSS peak ${[normal, baseline1, normal2, baseline2].map((x) => x.peakRssMb.toFixed(1)).join(' / ')} MB (this, baseline, this, baseline)`,
+    );
+    if (reported)
+      out(
+        `  the report intake at ${REPORTS_PER_SECOND}/s, every queue's step histograms exported by the end (${QUEUES} queues x ${REPORT_STEPS.length} steps): CPU ${reported.cpuPercentOfOneCore.toFixed(1)}% (${(reported.cpuPercentOfOneCore / cpu[0]).toFixed(2)}x this commit without reports), RSS peak ${reported.peakRssMb.toFixed(1)} MB (${(reported.peakRssMb / peak[0]).toFixed(2)}x)`,
+      );
   }
 
   const dir = join(PACKAGE_ROOT, '.run');
   mkdirSync(dir, { recursive: true });
-  writeFileSync(join(dir, 'bench-scaler.json'), `${JSON.stringify({ commit, queues: QUEUES, phaseSeconds: PHASE_SECONDS, delayMs: DELAY_MS, nodeArgs: SCALER_NODE_ARGS, reportsPerSecond: REPORTS_PER_SECOND, baselineRef: BASELINE_REF, directDeclare, slowDeclare, normal, normal2, slow, floor, baseline1, baseline2, reported }, null, 2)}\n`);
+  writeFileSync(
+    join(dir, 'bench-scaler.json'),
+    `${JSON.stringify({ commit, queues: QUEUES, phaseSeconds: PHASE_SECONDS, delayMs: DELAY_MS, nodeArgs: SCALER_NODE_ARGS, reportsPerSecond: REPORTS_PER_SECOND, baselineRef: BASELINE_REF, directDeclare, slowDeclare, normal, normal2, slow, floor, baseline1, baseline2, reported }, null, 2)}\n`,
+  );
 
   for (const s of proxy.sockets) s.destroy();
   proxy.server.close();

@@ -37,7 +37,13 @@ type Impl = 'node' | 'python';
 
 async function once(impl: Impl, model: string, dataset: string, tag: string): Promise<Measured & { metrics: Record<string, number> }> {
   const experiment = `bench-${tag}-${impl}-${Date.now().toString(36)}`;
-  const queue = await queueWith(RABBITMQ_URL, { version: 1, requestId: `${tag}-${impl}-${Date.now().toString(36)}`, model, dataset: { uri: dataset }, experiment });
+  const queue = await queueWith(RABBITMQ_URL, {
+    version: 1,
+    requestId: `${tag}-${impl}-${Date.now().toString(36)}`,
+    model,
+    dataset: { uri: dataset },
+    experiment,
+  });
   const cache = mkdtempSync(join(tmpdir(), 'kmj-bench-cache-'));
   const env: Record<string, string> = {
     PATH: process.env['PATH'] ?? '',
@@ -49,7 +55,10 @@ async function once(impl: Impl, model: string, dataset: string, tag: string): Pr
     ONNXRUNTIME_NODE_INSTALL: 'skip',
     ...(impl === 'node' ? { NODE_OPTIONS: WORKER_NODE_OPTIONS } : {}),
   };
-  const cmd = impl === 'node' ? [process.execPath, join(PACKAGE_ROOT, 'bin', 'kmj.js'), 'worker', '--queue', queue] : [PYTHON, join(PACKAGE_ROOT, 'bench', 'python_worker.py'), '--queue', queue];
+  const cmd =
+    impl === 'node'
+      ? [process.execPath, join(PACKAGE_ROOT, 'bin', 'kmj.js'), 'worker', '--queue', queue]
+      : [PYTHON, join(PACKAGE_ROOT, 'bench', 'python_worker.py'), '--queue', queue];
   try {
     const m = await measure(cmd, env);
     const left = await leftover(RABBITMQ_URL, queue);
@@ -69,7 +78,9 @@ async function main(): Promise<void> {
   const big = f.bigDataset[String(BIG_ROWS)];
   if (!big) throw new Error(`no ${BIG_ROWS}-row dataset: run scripts/fixtures.sh --big-rows ${BIG_ROWS}`);
 
-  out(`worker benchmark: Node ${process.versions.node} worker vs Python worker (pika, mlflow, pandas, onnxruntime), MLflow ${MLFLOW}, RabbitMQ on loopback`);
+  out(
+    `worker benchmark: Node ${process.versions.node} worker vs Python worker (pika, mlflow, pandas, onnxruntime), MLflow ${MLFLOW}, RabbitMQ on loopback`,
+  );
   const cold: Record<Impl, Measured[]> = { node: [], python: [] };
   await once('node', model, small, 'warm');
   await once('python', model, small, 'warm');
@@ -85,15 +96,40 @@ async function main(): Promise<void> {
   const coldPy = cold.python.map((m) => m.seconds);
   const ratios = coldNode.map((n, i) => (coldPy[i] as number) / n);
   out(`-- cold start: spawn to exit after the ack, iris (150 rows), empty model cache, ${COLD_RUNS} runs each --`);
-  out(`  node    ${fmt(coldNode)} s   peak RSS ${fmt(cold.node.map((m) => m.maxRssMb), 1)} MB`);
-  out(`  python  ${fmt(coldPy)} s   peak RSS ${fmt(cold.python.map((m) => m.maxRssMb), 1)} MB`);
+  out(
+    `  node    ${fmt(coldNode)} s   peak RSS ${fmt(
+      cold.node.map((m) => m.maxRssMb),
+      1,
+    )} MB`,
+  );
+  out(
+    `  python  ${fmt(coldPy)} s   peak RSS ${fmt(
+      cold.python.map((m) => m.maxRssMb),
+      1,
+    )} MB`,
+  );
   out(`  python/node, pair by pair: ${fmt(ratios, 2)}x`);
   const rpsNode = thr.node.map((m) => m.metrics['rows_per_second'] ?? Number.NaN);
   const rpsPy = thr.python.map((m) => m.metrics['rows_per_second'] ?? Number.NaN);
   out(`-- throughput: ${BIG_ROWS} rows, read + infer + write predictions, ${BIG_RUNS} runs each --`);
-  out(`  node    ${fmt(rpsNode, 0)} rows/s   whole job ${fmt(thr.node.map((m) => m.seconds))} s   peak RSS ${fmt(thr.node.map((m) => m.maxRssMb), 1)} MB`);
-  out(`  python  ${fmt(rpsPy, 0)} rows/s   whole job ${fmt(thr.python.map((m) => m.seconds))} s   peak RSS ${fmt(thr.python.map((m) => m.maxRssMb), 1)} MB`);
-  out(`  node/python rows per second, pair by pair: ${fmt(rpsNode.map((n, i) => n / (rpsPy[i] as number)), 2)}x`);
+  out(
+    `  node    ${fmt(rpsNode, 0)} rows/s   whole job ${fmt(thr.node.map((m) => m.seconds))} s   peak RSS ${fmt(
+      thr.node.map((m) => m.maxRssMb),
+      1,
+    )} MB`,
+  );
+  out(
+    `  python  ${fmt(rpsPy, 0)} rows/s   whole job ${fmt(thr.python.map((m) => m.seconds))} s   peak RSS ${fmt(
+      thr.python.map((m) => m.maxRssMb),
+      1,
+    )} MB`,
+  );
+  out(
+    `  node/python rows per second, pair by pair: ${fmt(
+      rpsNode.map((n, i) => n / (rpsPy[i] as number)),
+      2,
+    )}x`,
+  );
   const peak = Math.max(...cold.node.map((m) => m.maxRssMb), ...thr.node.map((m) => m.maxRssMb));
   out('-- goals --');
   out(`  cold start >= 5x faster than Python: ${median(ratios).toFixed(2)}x; under 1 s: ${median(coldNode).toFixed(3)} s`);

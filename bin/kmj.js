@@ -20,7 +20,7 @@ main(process.argv.slice(2)).then(
     else process.stdout.once('drain', exit);
   },
   (err) => {
-    process.stderr.write(`kmj: ${err instanceof Error ? err.stack ?? err.message : String(err)}\n`);
+    process.stderr.write(`kmj: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
     process.exitCode = 70;
   },
 );

@@ -78,18 +78,33 @@ function sampleRequests(f: Fixtures, experiment: string): Array<Record<string, u
     ...extra,
   });
   const out: Array<Record<string, unknown>> = [];
-  for (let i = 0; i < 4; i++) out.push(base(`models:/${c?.name}@${c?.alias ?? 'champion'}`, { uri: f.datasets.csv }, { labelColumn: f.label }));
+  for (let i = 0; i < 4; i++)
+    out.push(base(`models:/${c?.name}@${c?.alias ?? 'champion'}`, { uri: f.datasets.csv }, { labelColumn: f.label }));
   for (let i = 0; i < 2; i++) out.push(base(`models:/${c?.name}/latest`, { uri: f.datasets.jsonl }, { labelColumn: f.label }));
-  for (let i = 0; i < 2; i++) out.push(base(`models:/${r?.name}/${r?.version}`, { uri: f.datasets.csv }, { labelColumn: f.regressorLabel }));
+  for (let i = 0; i < 2; i++)
+    out.push(base(`models:/${r?.name}/${r?.version}`, { uri: f.datasets.csv }, { labelColumn: f.regressorLabel }));
   out.push(base(`models:/${m?.name}/${m?.version}`, { uri: f.datasets.artifactCsvUri }, { labelColumn: f.label }));
-  const row = (values: number[], species: number): Record<string, unknown> => Object.fromEntries([...f.features.map((name, i) => [name, values[i]]), [f.label, species]]);
-  out.push(base(`models:/${c?.name}/${c?.version}`, { rows: [row([5.1, 3.5, 1.4, 0.2], 0), row([6.7, 3.0, 5.2, 2.3], 2)], name: 'two-flowers' }, { labelColumn: f.label }));
+  const row = (values: number[], species: number): Record<string, unknown> =>
+    Object.fromEntries<unknown>([...f.features.map((name, i): [string, unknown] => [name, values[i]]), [f.label, species]]);
+  out.push(
+    base(
+      `models:/${c?.name}/${c?.version}`,
+      { rows: [row([5.1, 3.5, 1.4, 0.2], 0), row([6.7, 3.0, 5.2, 2.3], 2)], name: 'two-flowers' },
+      { labelColumn: f.label },
+    ),
+  );
   // One that cannot succeed: it is dead-lettered with the reason, and its run marked FAILED.
   out.push(base(`models:/${c?.name}@no-such-alias`, { uri: f.datasets.csv }));
   return out;
 }
 
-function startWorker(queue: string, env: Readonly<Record<string, string | undefined>>, fixturesDir: string, mlflowUri: string, logFile: string): ChildProcess {
+function startWorker(
+  queue: string,
+  env: Readonly<Record<string, string | undefined>>,
+  fixturesDir: string,
+  mlflowUri: string,
+  logFile: string,
+): ChildProcess {
   const log = openSync(logFile, 'a');
   try {
     return spawnWorker(queue, env, fixturesDir, mlflowUri, log);
@@ -98,7 +113,13 @@ function startWorker(queue: string, env: Readonly<Record<string, string | undefi
   }
 }
 
-function spawnWorker(queue: string, env: Readonly<Record<string, string | undefined>>, fixturesDir: string, mlflowUri: string, log: number): ChildProcess {
+function spawnWorker(
+  queue: string,
+  env: Readonly<Record<string, string | undefined>>,
+  fixturesDir: string,
+  mlflowUri: string,
+  log: number,
+): ChildProcess {
   return spawn(process.execPath, [join(PACKAGE_ROOT, 'bin', 'kmj.js'), 'worker', '--queue', queue], {
     env: {
       ...env,
@@ -125,34 +146,56 @@ interface RunRow {
 
 async function runTable(tracking: MlflowTracking, experiment: string, queue: string): Promise<{ rows: RunRow[]; experimentId: string }> {
   const experimentId = await tracking.experimentId(experiment, AbortSignal.timeout(10_000));
-  const found = await tracking.searchRuns([experimentId], { filter: `tags.\`${RUN_TAG.queue}\` = ${quoteFilterValue(queue)}`, maxResults: 100, orderBy: ['attributes.start_time ASC'] }, AbortSignal.timeout(10_000));
+  const found = await tracking.searchRuns(
+    [experimentId],
+    { filter: `tags.\`${RUN_TAG.queue}\` = ${quoteFilterValue(queue)}`, maxResults: 100, orderBy: ['attributes.start_time ASC'] },
+    AbortSignal.timeout(10_000),
+  );
   const rows = found.map((run) => {
     const { tags, metrics } = run;
-    const score = metrics['accuracy_score'] !== undefined ? `accuracy ${metrics['accuracy_score'].toFixed(3)}` : metrics['r2_score'] !== undefined ? `r2 ${metrics['r2_score'].toFixed(3)}` : '';
+    const score =
+      metrics['accuracy_score'] !== undefined
+        ? `accuracy ${metrics['accuracy_score'].toFixed(3)}`
+        : metrics['r2_score'] !== undefined
+          ? `r2 ${metrics['r2_score'].toFixed(3)}`
+          : '';
     return {
       requestId: tags[RUN_TAG.requestId] ?? '?',
-      model: tags[RUN_TAG.modelName] !== undefined ? `${tags[RUN_TAG.modelName]} v${tags[RUN_TAG.modelVersion] ?? '?'}` : (tags[RUN_TAG.modelUri] ?? '?'),
+      model:
+        tags[RUN_TAG.modelName] !== undefined
+          ? `${tags[RUN_TAG.modelName]} v${tags[RUN_TAG.modelVersion] ?? '?'}`
+          : (tags[RUN_TAG.modelUri] ?? '?'),
       status: run.info.status,
       rows: metrics['rows'] !== undefined ? String(metrics['rows']) : '',
       score,
-      seconds: run.info.start_time !== undefined && run.info.end_time !== undefined ? ((run.info.end_time - run.info.start_time) / 1000).toFixed(2) : '',
+      seconds:
+        run.info.start_time !== undefined && run.info.end_time !== undefined
+          ? ((run.info.end_time - run.info.start_time) / 1000).toFixed(2)
+          : '',
     };
   });
   return { rows, experimentId };
 }
 
 export async function runDemo(argv: readonly string[], ctx: CommandContext): Promise<number> {
-  const { values } = parseArgs({ args: [...argv], options: { 'max-jobs': { type: 'string' }, help: { type: 'boolean', short: 'h' } }, strict: true });
+  const { values } = parseArgs({
+    args: [...argv],
+    options: { 'max-jobs': { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+    strict: true,
+  });
   if (values.help) {
     ctx.stdout.write(DEMO_HELP);
     return 0;
   }
   const maxJobs = values['max-jobs'] === undefined ? 3 : Number(values['max-jobs']);
-  if (!Number.isInteger(maxJobs) || maxJobs < 1 || maxJobs > 50) throw new ConfigError('demo', [`--max-jobs: ${JSON.stringify(values['max-jobs'])} must be an integer from 1 to 50`]);
+  if (!Number.isInteger(maxJobs) || maxJobs < 1 || maxJobs > 50)
+    throw new ConfigError('demo', [`--max-jobs: ${JSON.stringify(values['max-jobs'])} must be an integer from 1 to 50`]);
   const fixturesDir = join(PACKAGE_ROOT, '.run', 'fixtures');
   const fixturesFile = join(fixturesDir, 'fixtures.json');
   if (!existsSync(fixturesFile)) {
-    ctx.stderr.write('kmj demo: the sample models are not registered (no .run/fixtures/fixtures.json); run "make demo", which starts the services and registers them\n');
+    ctx.stderr.write(
+      'kmj demo: the sample models are not registered (no .run/fixtures/fixtures.json); run "make demo", which starts the services and registers them\n',
+    );
     return 69;
   }
   const f = JSON.parse(readFileSync(fixturesFile, 'utf8')) as Fixtures;
@@ -177,11 +220,16 @@ export async function runDemo(argv: readonly string[], ctx: CommandContext): Pro
     const publisher = new RequestPublisher({ url: amqpUrl, queue, maxDeliveries: 5, confirmTimeoutMs: 30_000 });
     try {
       await publisher.open();
-      await publisher.publish(requests.map((r) => ({ requestId: String(r['requestId']), body: Buffer.from(JSON.stringify(r)) })), ctx.shutdownSignal);
+      await publisher.publish(
+        requests.map((r) => ({ requestId: String(r['requestId']), body: Buffer.from(JSON.stringify(r)) })),
+        ctx.shutdownSignal,
+      );
     } finally {
       await publisher.close();
     }
-    out(`published ${requests.length} requests to queue ${queue} (experiment "${experiment}"); scaler on 127.0.0.1:${scaler.grpcPort}; ScaledJob maxReplicaCount ${maxJobs}`);
+    out(
+      `published ${requests.length} requests to queue ${queue} (experiment "${experiment}"); scaler on 127.0.0.1:${scaler.grpcPort}; ScaledJob maxReplicaCount ${maxJobs}`,
+    );
     out(' time  backlog  active  unfinished Jobs  new Jobs  finished  failed   (backlog = ready + consumers: what the scaler tells KEDA)');
     const metadata = { queueName: queue, mode: 'backlog', targetSize: '1' };
     const started = Date.now();
@@ -195,7 +243,9 @@ export async function runDemo(argv: readonly string[], ctx: CommandContext): Pro
         out(`${t}s  scaler: ${grpc.status[poll.error.code]}: ${poll.error.details}`);
       } else {
         const create = defaultStrategyJobs(poll.view, unfinished, maxJobs);
-        out(`${t}s  ${String(poll.view.value).padStart(7)}  ${String(poll.view.active).padStart(6)}  ${String(unfinished).padStart(15)}  ${String(create).padStart(8)}  ${String(ok).padStart(8)}  ${String(failed).padStart(6)}`);
+        out(
+          `${t}s  ${String(poll.view.value).padStart(7)}  ${String(poll.view.active).padStart(6)}  ${String(unfinished).padStart(15)}  ${String(create).padStart(8)}  ${String(ok).padStart(8)}  ${String(failed).padStart(6)}`,
+        );
         for (let i = 0; i < create; i++) {
           const child = startWorker(queue, ctx.env, fixturesDir, mlflowUri, join(logDir, `job-${jobs.length + 1}.log`));
           const job: DemoJob = { child, done: false, exitCode: null };
@@ -217,8 +267,13 @@ export async function runDemo(argv: readonly string[], ctx: CommandContext): Pro
     out('');
     // The model column is as wide as its widest entry, up to 40; a longer one is cut in the middle.
     const modelWidth = Math.min(40, Math.max(5, ...rows.map((r) => r.model.length)));
-    out(`${'request'.padEnd(14)} ${'model'.padEnd(modelWidth)} ${'status'.padEnd(9)} ${'rows'.padStart(5)}  ${'score'.padEnd(15)} ${'seconds'.padStart(7)}`);
-    for (const r of rows) out(`${r.requestId.padEnd(14)} ${fit(r.model, modelWidth)} ${r.status.padEnd(9)} ${r.rows.padStart(5)}  ${r.score.padEnd(15)} ${r.seconds.padStart(7)}`);
+    out(
+      `${'request'.padEnd(14)} ${'model'.padEnd(modelWidth)} ${'status'.padEnd(9)} ${'rows'.padStart(5)}  ${'score'.padEnd(15)} ${'seconds'.padStart(7)}`,
+    );
+    for (const r of rows)
+      out(
+        `${r.requestId.padEnd(14)} ${fit(r.model, modelWidth)} ${r.status.padEnd(9)} ${r.rows.padStart(5)}  ${r.score.padEnd(15)} ${r.seconds.padStart(7)}`,
+      );
     const dead = await deadLetters(amqpUrl, queue);
     for (const d of dead) out(`dead-lettered: ${d}`);
     out('');
@@ -236,7 +291,11 @@ export async function runDemo(argv: readonly string[], ctx: CommandContext): Pro
       ...(stuck.length > 0 ? [`${stuck.length} workers still running at the end`] : []),
     ];
     // The last line says plainly whether the demo did what it shows.
-    out(failed.length === 0 ? `demo OK: ${finished} FINISHED, 1 dead-lettered, ${jobs.length} Jobs for ${requests.length} messages` : `demo FAILED: ${failed.join('; ')} (worker logs above)`);
+    out(
+      failed.length === 0
+        ? `demo OK: ${finished} FINISHED, 1 dead-lettered, ${jobs.length} Jobs for ${requests.length} messages`
+        : `demo FAILED: ${failed.join('; ')} (worker logs above)`,
+    );
     return failed.length === 0 ? 0 : 1;
   } finally {
     for (const j of jobs) if (j.exitCode === null) j.child.kill('SIGTERM');
@@ -257,7 +316,12 @@ export function fit(text: string, width: number): string {
 /** The last `n` lines of a worker's log. */
 function tailOf(file: string, n: number): string {
   try {
-    return readFileSync(file, 'utf8').trimEnd().split('\n').slice(-n).map((l) => `  ${l}`).join('\n');
+    return readFileSync(file, 'utf8')
+      .trimEnd()
+      .split('\n')
+      .slice(-n)
+      .map((l) => `  ${l}`)
+      .join('\n');
   } catch (err) {
     return `  (cannot read ${file}: ${(err as Error).message})`;
   }
@@ -272,7 +336,7 @@ async function deadLetters(amqpUrl: string, queue: string): Promise<string[]> {
     for (;;) {
       const m = await ch.get(deadLetterQueueOf(queue), { noAck: true });
       if (m === false) break;
-      reasons.push(`${m.properties.messageId ?? '?'}: ${deadLetterReason(m.properties.headers as Record<string, unknown> | undefined)}`);
+      reasons.push(`${m.properties.messageId ?? '?'}: ${deadLetterReason(m.properties.headers)}`);
     }
     await ch.close();
     return reasons;

@@ -44,7 +44,13 @@ const SERVICE_ACCOUNT_NAMESPACE = '/var/run/secrets/kubernetes.io/serviceaccount
 /** The scaler's address accepts a TCP connection (with mutual TLS on, a handshake needs the client's certificate: reaching it is what is checked). */
 function checkScaler(address: string): Promise<Check> {
   const m = /^(.+):(\d{1,5})$/.exec(address);
-  if (!m) return Promise.resolve({ name: 'scaler', status: 'fail', detail: `--scaler: ${JSON.stringify(address)} must be host:port`, fix: 'give the scaler\'s address as the trigger\'s scalerAddress has it, e.g. kmj-scaler.kmj.svc:6000' });
+  if (!m)
+    return Promise.resolve({
+      name: 'scaler',
+      status: 'fail',
+      detail: `--scaler: ${JSON.stringify(address)} must be host:port`,
+      fix: "give the scaler's address as the trigger's scalerAddress has it, e.g. kmj-scaler.kmj.svc:6000",
+    });
   const [, host = '', port = ''] = m;
   return new Promise((resolve) => {
     const socket = tcpConnect({ host, port: Number(port), timeout: CHECK_TIMEOUT_MS });
@@ -53,8 +59,22 @@ function checkScaler(address: string): Promise<Check> {
       resolve(check);
     };
     socket.once('connect', () => done({ name: 'scaler', status: 'ok', detail: `${address} accepts connections` }));
-    socket.once('timeout', () => done({ name: 'scaler', status: 'fail', detail: `${address} did not answer within ${CHECK_TIMEOUT_MS / 1000} s`, fix: 'check that the kmj-scaler Deployment is running and a NetworkPolicy lets this pod reach it' }));
-    socket.once('error', (err) => done({ name: 'scaler', status: 'fail', detail: `cannot reach ${address}: ${err.message}`, fix: 'check the scaler\'s Service name and namespace (kubectl -n kmj get svc kmj-scaler) and that its pod is Ready' }));
+    socket.once('timeout', () =>
+      done({
+        name: 'scaler',
+        status: 'fail',
+        detail: `${address} did not answer within ${CHECK_TIMEOUT_MS / 1000} s`,
+        fix: 'check that the kmj-scaler Deployment is running and a NetworkPolicy lets this pod reach it',
+      }),
+    );
+    socket.once('error', (err) =>
+      done({
+        name: 'scaler',
+        status: 'fail',
+        detail: `cannot reach ${address}: ${err.message}`,
+        fix: "check the scaler's Service name and namespace (kubectl -n kmj get svc kmj-scaler) and that its pod is Ready",
+      }),
+    );
   });
 }
 
@@ -62,12 +82,29 @@ async function checkKeda(kubeconfig: string | undefined, env: CommandContext['en
   try {
     const { resources, server } = await kedaResources({ kubeconfig, env });
     const missing = ['scaledjobs', 'triggerauthentications'].filter((r) => !resources.includes(r));
-    if (missing.length > 0) return { name: 'keda', status: 'fail', detail: `keda.sh/v1alpha1 on ${server} serves no ${missing.join(', ')}`, fix: 'install KEDA from its release manifests (docs/deploy.md), the version keda/ names' };
+    if (missing.length > 0)
+      return {
+        name: 'keda',
+        status: 'fail',
+        detail: `keda.sh/v1alpha1 on ${server} serves no ${missing.join(', ')}`,
+        fix: 'install KEDA from its release manifests (docs/deploy.md), the version keda/ names',
+      };
     return { name: 'keda', status: 'ok', detail: `KEDA's CRDs are installed on ${server} (${resources.join(', ')})` };
   } catch (err) {
     const text = err instanceof Error ? err.message : String(err);
-    if (/not found|404/i.test(text)) return { name: 'keda', status: 'fail', detail: 'the cluster serves no keda.sh/v1alpha1 API: KEDA is not installed', fix: 'install KEDA from its release manifests (docs/deploy.md)' };
-    return { name: 'keda', status: 'fail', detail: `cannot read the cluster's API: ${text}`, fix: 'check the kubeconfig (or the pod\'s service account) and that the API server is reachable' };
+    if (/not found|404/i.test(text))
+      return {
+        name: 'keda',
+        status: 'fail',
+        detail: 'the cluster serves no keda.sh/v1alpha1 API: KEDA is not installed',
+        fix: 'install KEDA from its release manifests (docs/deploy.md)',
+      };
+    return {
+      name: 'keda',
+      status: 'fail',
+      detail: `cannot read the cluster's API: ${text}`,
+      fix: "check the kubeconfig (or the pod's service account) and that the API server is reachable",
+    };
   }
 }
 
@@ -107,27 +144,42 @@ export async function runDoctor(argv: readonly string[], ctx: CommandContext): P
       ...(values.topic !== undefined ? { topic: values.topic } : {}),
       ...(values.group !== undefined ? { group: values.group } : {}),
     });
-    checks.push({ name: 'configuration', status: 'ok', detail: config.kafka ? `topic ${config.kafka.topic}, group ${config.kafka.group}` : `queue ${config.queue}` });
+    checks.push({
+      name: 'configuration',
+      status: 'ok',
+      detail: config.kafka ? `topic ${config.kafka.topic}, group ${config.kafka.group}` : `queue ${config.queue}`,
+    });
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
-    checks.push({ name: 'configuration', status: 'fail', detail: err.message, fix: 'set what the message names, as for "kmj worker" (kmj worker --help lists the settings)' });
+    checks.push({
+      name: 'configuration',
+      status: 'fail',
+      detail: err.message,
+      fix: 'set what the message names, as for "kmj worker" (kmj worker --help lists the settings)',
+    });
   }
   if (config) {
     const [broker, mlflow] = await Promise.all([checkBroker(config, log), checkMlflow(config, log)]);
     checks.push(broker, mlflow);
     checks.push(values.model !== undefined ? await checkModel(values.model, config, log) : skip('model', 'no --model given'));
   } else {
-    for (const name of ['broker', 'mlflow', 'model']) checks.push(skip(name, 'the worker\'s configuration is invalid (above)'));
+    for (const name of ['broker', 'mlflow', 'model']) checks.push(skip(name, "the worker's configuration is invalid (above)"));
   }
 
   const namespace = readHostFile(SERVICE_ACCOUNT_NAMESPACE)?.toString('utf8').trim() || 'kmj';
   const scaler = values.scaler ?? (inCluster ? `kmj-scaler.${namespace}.svc:6000` : undefined);
-  checks.push(inCluster || values.kubeconfig !== undefined ? await checkKeda(values.kubeconfig, ctx.env) : skip('keda', 'not in a pod; give --kubeconfig to check a cluster'));
+  checks.push(
+    inCluster || values.kubeconfig !== undefined
+      ? await checkKeda(values.kubeconfig, ctx.env)
+      : skip('keda', 'not in a pod; give --kubeconfig to check a cluster'),
+  );
   checks.push(scaler !== undefined ? await checkScaler(scaler) : skip('scaler', 'not in a pod; give --scaler to check an address'));
 
   const failed = checks.filter((c) => c.status === 'fail');
   if (values.output === 'json') {
-    ctx.stdout.write(`${JSON.stringify({ ok: failed.length === 0, host: hostname(), platform: `${process.platform}/${process.arch}`, machine: machine(), checks })}\n`);
+    ctx.stdout.write(
+      `${JSON.stringify({ ok: failed.length === 0, host: hostname(), platform: `${process.platform}/${process.arch}`, machine: machine(), checks })}\n`,
+    );
   } else {
     const width = Math.max(...checks.map((c) => c.name.length));
     const lines = [`kmj doctor on ${hostname()} (${process.platform}/${process.arch}, ${machine()})`];

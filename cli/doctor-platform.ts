@@ -30,7 +30,8 @@ const KB = 1024;
 
 /** 64-bit userland: onnxruntime and this image exist for arm64 and x64 only. */
 export function checkUserland(arch: string = process.arch, kernelMachine: string = machine()): Check {
-  if (arch === 'arm64' || arch === 'x64') return { name: 'userland', status: 'ok', detail: `64-bit ${arch} userland on a ${kernelMachine} kernel` };
+  if (arch === 'arm64' || arch === 'x64')
+    return { name: 'userland', status: 'ok', detail: `64-bit ${arch} userland on a ${kernelMachine} kernel` };
   const fix =
     arch === 'arm'
       ? 'install Raspberry Pi OS (64-bit): a 32-bit userland makes Node "arm", for which onnxruntime has no build (a 64-bit kernel under a 32-bit userland is not enough)'
@@ -85,7 +86,13 @@ export function mappedFiles(maps: string): string[] {
  */
 export function checkPageSize(read: ReadFile = readHostFile): Check {
   const page = pageSizeOf(read('/proc/self/auxv'));
-  if (page === undefined) return { name: 'page-size', status: 'fail', detail: 'the page size cannot be read (/proc/self/auxv)', fix: 'run kmj doctor on Linux with /proc mounted' };
+  if (page === undefined)
+    return {
+      name: 'page-size',
+      status: 'fail',
+      detail: 'the page size cannot be read (/proc/self/auxv)',
+      fix: 'run kmj doctor on Linux with /proc mounted',
+    };
   const maps = read('/proc/self/maps')?.toString('utf8') ?? '';
   const checked: Array<{ file: string; align: number }> = [];
   for (const file of mappedFiles(maps)) {
@@ -94,21 +101,38 @@ export function checkPageSize(read: ReadFile = readHostFile): Check {
     const align = head ? loadAlignment(head) : undefined;
     if (align !== undefined) checked.push({ file, align });
   }
-  if (checked.length === 0) return { name: 'page-size', status: 'fail', detail: `page size ${page / KB} KB; no loaded ELF file could be read (/proc/self/maps)`, fix: 'run kmj doctor on Linux with /proc mounted' };
+  if (checked.length === 0)
+    return {
+      name: 'page-size',
+      status: 'fail',
+      detail: `page size ${page / KB} KB; no loaded ELF file could be read (/proc/self/maps)`,
+      fix: 'run kmj doctor on Linux with /proc mounted',
+    };
   const short = checked.filter((c) => c.align < page);
   const smallest = Math.min(...checked.map((c) => c.align));
-  const names = (list: typeof checked): string => list.map((c) => `${c.file.slice(c.file.lastIndexOf('/') + 1)} (${c.align / KB} KB)`).join(', ');
+  const names = (list: typeof checked): string =>
+    list.map((c) => `${c.file.slice(c.file.lastIndexOf('/') + 1)} (${c.align / KB} KB)`).join(', ');
   if (short.length > 0) {
     return {
       name: 'page-size',
       status: 'fail',
       detail: `page size ${page / KB} KB, but ${names(short)} align their segments to less`,
-      fix: page > 4 * KB ? 'boot the 4 KB-page kernel: add "kernel=kernel8.img" to /boot/firmware/config.txt and reboot, or use an image whose native files are built for larger pages' : 'use the image built for this architecture',
+      fix:
+        page > 4 * KB
+          ? 'boot the 4 KB-page kernel: add "kernel=kernel8.img" to /boot/firmware/config.txt and reboot, or use an image whose native files are built for larger pages'
+          : 'use the image built for this architecture',
     };
   }
   const under16 = checked.filter((c) => c.align < 16 * KB);
-  const sixteen = under16.length === 0 ? 'all of them would load on a 16 KB-page kernel too' : `on a 16 KB-page kernel ${under16.length} would not: ${names(under16.slice(0, 4))}${under16.length > 4 ? ', …' : ''}`;
-  return { name: 'page-size', status: 'ok', detail: `page size ${page / KB} KB; the ${checked.length} native files loaded align their segments to ${smallest / KB} KB or more: ${sixteen}` };
+  const sixteen =
+    under16.length === 0
+      ? 'all of them would load on a 16 KB-page kernel too'
+      : `on a 16 KB-page kernel ${under16.length} would not: ${names(under16.slice(0, 4))}${under16.length > 4 ? ', …' : ''}`;
+  return {
+    name: 'page-size',
+    status: 'ok',
+    detail: `page size ${page / KB} KB; the ${checked.length} native files loaded align their segments to ${smallest / KB} KB or more: ${sixteen}`,
+  };
 }
 
 /**
@@ -124,19 +148,43 @@ export function checkMemoryCgroup(inCluster: boolean, read: ReadFile = readHostF
   const enabled = row?.trim().split(/\s+/)[3] === '1';
   const disabledOnBootLine = /(^|\s)cgroup_disable=memory(\s|$)/.test(cmdline) && !/(^|\s)cgroup_enable=memory(\s|$)/.test(cmdline);
   if (!enabled || disabledOnBootLine) {
-    return { name: 'memory-cgroup', status: 'fail', detail: row ? 'the kernel has the memory cgroup disabled (/proc/cgroups)' : 'the kernel has no memory cgroup (/proc/cgroups)', fix };
+    return {
+      name: 'memory-cgroup',
+      status: 'fail',
+      detail: row ? 'the kernel has the memory cgroup disabled (/proc/cgroups)' : 'the kernel has no memory cgroup (/proc/cgroups)',
+      fix,
+    };
   }
   const own = (read('/proc/self/cgroup')?.toString('utf8') ?? '').split('\n');
   const v2Path = own.find((l) => l.startsWith('0::'))?.slice(3) ?? '/';
   const v1Path = own.map((l) => l.split(':')).find((p) => p[1]?.split(',').includes('memory'))?.[2];
   const text = (path: string): string | undefined => read(path)?.toString('utf8').trim();
   let limit: string | undefined;
-  if (v1Path !== undefined) limit = text(`/sys/fs/cgroup/memory${v1Path}/memory.limit_in_bytes`) ?? text('/sys/fs/cgroup/memory/memory.limit_in_bytes');
+  if (v1Path !== undefined)
+    limit = text(`/sys/fs/cgroup/memory${v1Path}/memory.limit_in_bytes`) ?? text('/sys/fs/cgroup/memory/memory.limit_in_bytes');
   else limit = text(`/sys/fs/cgroup${v2Path === '/' ? '' : v2Path}/memory.max`) ?? text('/sys/fs/cgroup/memory.max');
-  if (limit === undefined) return { name: 'memory-cgroup', status: 'fail', detail: 'the memory cgroup is enabled, but this process has no memory controller (no memory.max)', fix: 'on cgroup v2, the memory controller must be enabled for the pod\'s cgroup: check the kubelet\'s cgroup driver and k3s\'s log' };
+  if (limit === undefined)
+    return {
+      name: 'memory-cgroup',
+      status: 'fail',
+      detail: 'the memory cgroup is enabled, but this process has no memory controller (no memory.max)',
+      fix: "on cgroup v2, the memory controller must be enabled for the pod's cgroup: check the kubelet's cgroup driver and k3s's log",
+    };
   const bytes = limit === 'max' ? Number.POSITIVE_INFINITY : Number(limit);
   // cgroup v1 writes "no limit" as the largest page-aligned 64-bit value.
   const unlimited = !Number.isFinite(bytes) || bytes >= 2 ** 62;
-  if (unlimited && inCluster) return { name: 'memory-cgroup', status: 'fail', detail: 'the memory cgroup is enabled, but this pod runs without a memory limit', fix: 'give the pod resources.limits.memory (keda/scaledjob.yaml gives the worker one)' };
-  return { name: 'memory-cgroup', status: 'ok', detail: unlimited ? 'the memory cgroup is enabled; this process runs without a limit' : `the memory cgroup is enabled; this process's limit is ${Math.round(bytes / (KB * KB))} MiB` };
+  if (unlimited && inCluster)
+    return {
+      name: 'memory-cgroup',
+      status: 'fail',
+      detail: 'the memory cgroup is enabled, but this pod runs without a memory limit',
+      fix: 'give the pod resources.limits.memory (keda/scaledjob.yaml gives the worker one)',
+    };
+  return {
+    name: 'memory-cgroup',
+    status: 'ok',
+    detail: unlimited
+      ? 'the memory cgroup is enabled; this process runs without a limit'
+      : `the memory cgroup is enabled; this process's limit is ${Math.round(bytes / (KB * KB))} MiB`,
+  };
 }

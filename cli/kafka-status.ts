@@ -33,7 +33,14 @@ export function lagRows(offsets: GroupOffsets): PartitionLagRow[] {
 }
 
 /** Prints the table (or JSON); 0 when read, 1 when the group or topic does not exist, 69 when Kafka cannot be read. */
-export async function kafkaStatus(ctx: CommandContext, connection: KafkaConnection, group: string, topics: readonly string[], json: boolean, log: Logger): Promise<number> {
+export async function kafkaStatus(
+  ctx: CommandContext,
+  connection: KafkaConnection,
+  group: string,
+  topics: readonly string[],
+  json: boolean,
+  log: Logger,
+): Promise<number> {
   const kafka = kafkaClient(connection, { clientId: 'kmj-status', log, connectTimeoutMs: 5000, requestTimeoutMs: 5000, retries: 1 });
   const reader = new KafkaOffsetsReader({ kafka, brokers: connection.brokers.join(','), log });
   try {
@@ -44,10 +51,25 @@ export async function kafkaStatus(ctx: CommandContext, connection: KafkaConnecti
       ctx.stdout.write(`${JSON.stringify({ group, topics: offsets.topics, lag: total, partitions: rows }, null, 2)}\n`);
       return 0;
     }
-    const table = [['TOPIC', 'PARTITION', 'COMMITTED', 'END', 'LAG'], ...rows.map((r) => [r.topic, String(r.partition), r.committed === null ? '-' : String(r.committed), String(r.end), r.lag === null ? '- (no commit)' : String(r.lag)])];
+    const table = [
+      ['TOPIC', 'PARTITION', 'COMMITTED', 'END', 'LAG'],
+      ...rows.map((r) => [
+        r.topic,
+        String(r.partition),
+        r.committed === null ? '-' : String(r.committed),
+        String(r.end),
+        r.lag === null ? '- (no commit)' : String(r.lag),
+      ]),
+    ];
     const widths = table[0]?.map((_, i) => Math.max(...table.map((row) => (row[i] ?? '').length))) ?? [];
     ctx.stdout.write(`consumer group ${group}: lag ${total} over ${rows.length} partition${rows.length === 1 ? '' : 's'}\n`);
-    for (const row of table) ctx.stdout.write(`${row.map((c, i) => c.padEnd(widths[i] ?? 0)).join('  ').trimEnd()}\n`);
+    for (const row of table)
+      ctx.stdout.write(
+        `${row
+          .map((c, i) => c.padEnd(widths[i] ?? 0))
+          .join('  ')
+          .trimEnd()}\n`,
+      );
     return 0;
   } catch (err) {
     ctx.stderr.write(`kmj status: ${messageOf(err)}\n`);

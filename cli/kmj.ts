@@ -14,15 +14,78 @@ type Help = () => Promise<string>;
 // Each command's module is loaded only when it runs: a worker's cold start does not pay for the
 // scaler's gRPC stack, nor the scaler for onnxruntime.
 const COMMANDS: ReadonlyMap<string, { run: Command; help: Help; summary: string }> = new Map([
-  ['scaler', { run: async (a, c) => (await import('./scaler-command.ts')).runScaler(a, c), help: async () => (await import('./scaler-command.ts')).SCALER_HELP, summary: 'run the KEDA external scaler (gRPC)' }],
-  ['worker', { run: async (a, c) => (await import('./worker-command.ts')).runWorker(a, c), help: async () => (await import('./worker-command.ts')).WORKER_HELP, summary: 'take one request from a queue, run it, log it to MLflow' }],
-  ['model-cache', { run: async (a, c) => (await import('./model-cache-command.ts')).runModelCache(a, c), help: async () => (await import('./model-cache-command.ts')).MODEL_CACHE_HELP, summary: 'serve a node\'s workers each model version fetched once from MLflow' }],
-  ['submit', { run: async (a, c) => (await import('./submit-command.ts')).runSubmit(a, c), help: async () => (await import('./submit-command.ts')).SUBMIT_HELP, summary: 'publish requests, and follow one to its outcome' }],
-  ['status', { run: async (a, c) => (await import('./status-command.ts')).runStatus(a, c), help: async () => (await import('./status-command.ts')).STATUS_HELP, summary: 'the queue, the scaler, the ScaledJob and the latest MLflow runs, on one screen' }],
-  ['replay', { run: async (a, c) => (await import('./replay-command.ts')).runReplay(a, c), help: async () => (await import('./replay-command.ts')).REPLAY_HELP, summary: 'upload the runs spooled while MLflow was out of reach' }],
-  ['setup', { run: async (a, c) => (await import('./setup-command.ts')).runSetup(a, c), help: async () => (await import('./setup-command.ts')).SETUP_HELP, summary: 'make the broker users, the queue and the worker\'s MLflow user of a deployment' }],
-  ['doctor', { run: async (a, c) => (await import('./doctor-command.ts')).runDoctor(a, c), help: async () => (await import('./doctor-command.ts')).DOCTOR_HELP, summary: 'check a node before the first request: arch, page size, memory cgroup, onnxruntime, broker, MLflow, KEDA' }],
-  ['demo', { run: async (a, c) => (await import('./demo-command.ts')).runDemo(a, c), help: async () => (await import('./demo-command.ts')).DEMO_HELP, summary: 'show what KEDA sees and does with a local RabbitMQ' }],
+  [
+    'scaler',
+    {
+      run: async (a, c) => (await import('./scaler-command.ts')).runScaler(a, c),
+      help: async () => (await import('./scaler-command.ts')).SCALER_HELP,
+      summary: 'run the KEDA external scaler (gRPC)',
+    },
+  ],
+  [
+    'worker',
+    {
+      run: async (a, c) => (await import('./worker-command.ts')).runWorker(a, c),
+      help: async () => (await import('./worker-command.ts')).WORKER_HELP,
+      summary: 'take one request from a queue, run it, log it to MLflow',
+    },
+  ],
+  [
+    'model-cache',
+    {
+      run: async (a, c) => (await import('./model-cache-command.ts')).runModelCache(a, c),
+      help: async () => (await import('./model-cache-command.ts')).MODEL_CACHE_HELP,
+      summary: "serve a node's workers each model version fetched once from MLflow",
+    },
+  ],
+  [
+    'submit',
+    {
+      run: async (a, c) => (await import('./submit-command.ts')).runSubmit(a, c),
+      help: async () => (await import('./submit-command.ts')).SUBMIT_HELP,
+      summary: 'publish requests, and follow one to its outcome',
+    },
+  ],
+  [
+    'status',
+    {
+      run: async (a, c) => (await import('./status-command.ts')).runStatus(a, c),
+      help: async () => (await import('./status-command.ts')).STATUS_HELP,
+      summary: 'the queue, the scaler, the ScaledJob and the latest MLflow runs, on one screen',
+    },
+  ],
+  [
+    'replay',
+    {
+      run: async (a, c) => (await import('./replay-command.ts')).runReplay(a, c),
+      help: async () => (await import('./replay-command.ts')).REPLAY_HELP,
+      summary: 'upload the runs spooled while MLflow was out of reach',
+    },
+  ],
+  [
+    'setup',
+    {
+      run: async (a, c) => (await import('./setup-command.ts')).runSetup(a, c),
+      help: async () => (await import('./setup-command.ts')).SETUP_HELP,
+      summary: "make the broker users, the queue and the worker's MLflow user of a deployment",
+    },
+  ],
+  [
+    'doctor',
+    {
+      run: async (a, c) => (await import('./doctor-command.ts')).runDoctor(a, c),
+      help: async () => (await import('./doctor-command.ts')).DOCTOR_HELP,
+      summary: 'check a node before the first request: arch, page size, memory cgroup, onnxruntime, broker, MLflow, KEDA',
+    },
+  ],
+  [
+    'demo',
+    {
+      run: async (a, c) => (await import('./demo-command.ts')).runDemo(a, c),
+      help: async () => (await import('./demo-command.ts')).DEMO_HELP,
+      summary: 'show what KEDA sees and does with a local RabbitMQ',
+    },
+  ],
 ]);
 
 function usage(): string {

@@ -8,7 +8,13 @@ import { connect, type ChannelModel, type ConfirmChannel } from 'amqplib';
 import { raceAbort } from '../common/abort.ts';
 import { messageOf, scrubSecrets } from '../common/redact.ts';
 import { checkQueues } from '../rabbitmq/inspect.ts';
-import { DIRECT_REPLY_TO, declareRequestTopology, deadLetterQueueOf, parseOutcomeNotice, type OutcomeNotice } from '../rabbitmq/topology.ts';
+import {
+  DIRECT_REPLY_TO,
+  declareRequestTopology,
+  deadLetterQueueOf,
+  parseOutcomeNotice,
+  type OutcomeNotice,
+} from '../rabbitmq/topology.ts';
 
 export class PublishError extends Error {
   override readonly name = 'PublishError';
@@ -32,7 +38,6 @@ export interface PublisherOptions {
    */
   readonly replies?: boolean;
 }
-
 
 export class RequestPublisher {
   readonly #options: PublisherOptions;
@@ -78,16 +83,22 @@ export class RequestPublisher {
     });
     if (o.replies) {
       // Direct reply-to: the consumer must exist, on this channel, before the first publish.
-      await ch.consume(DIRECT_REPLY_TO, (m) => {
-        const notice = m ? parseOutcomeNotice(m.content) : undefined;
-        if (m && notice) this.#notices.set(String(m.properties.correlationId ?? notice.requestId), notice);
-      }, { noAck: true });
+      await ch.consume(
+        DIRECT_REPLY_TO,
+        (m) => {
+          const notice = m ? parseOutcomeNotice(m.content) : undefined;
+          if (m && notice) this.#notices.set(String(m.properties.correlationId ?? notice.requestId), notice);
+        },
+        { noAck: true },
+      );
     }
     try {
       await declareRequestTopology(this.#conn, o.queue, { deadLetterQueue: deadLetterQueueOf(o.queue), maxDeliveries: o.maxDeliveries });
     } catch (err) {
       const detail = messageOf(err);
-      const hint = /PRECONDITION_FAILED/.test(detail) ? ` (queue ${JSON.stringify(o.queue)} exists with other arguments; kmj expects a quorum queue with x-delivery-limit and a dead-letter queue)` : '';
+      const hint = /PRECONDITION_FAILED/.test(detail)
+        ? ` (queue ${JSON.stringify(o.queue)} exists with other arguments; kmj expects a quorum queue with x-delivery-limit and a dead-letter queue)`
+        : '';
       throw new PublishError(`cannot declare queue ${JSON.stringify(o.queue)}: ${detail}${hint}`, { cause: err });
     }
     this.#ch = ch;
@@ -110,11 +121,24 @@ export class RequestPublisher {
       if (this.#failure) break;
       pending.push(
         new Promise<void>((resolve) => {
-          ch.sendToQueue(o.queue, item.body, { persistent: true, mandatory: true, contentType: 'application/json', messageId: item.requestId, timestamp: Math.floor(Date.now() / 1000), appId: 'kmj', ...(o.replies ? { replyTo: DIRECT_REPLY_TO } : {}) }, (err) => {
-            if (err) nacked.push(item.requestId);
-            else acked.add(item.requestId);
-            resolve();
-          });
+          ch.sendToQueue(
+            o.queue,
+            item.body,
+            {
+              persistent: true,
+              mandatory: true,
+              contentType: 'application/json',
+              messageId: item.requestId,
+              timestamp: Math.floor(Date.now() / 1000),
+              appId: 'kmj',
+              ...(o.replies ? { replyTo: DIRECT_REPLY_TO } : {}),
+            },
+            (err) => {
+              if (err) nacked.push(item.requestId);
+              else acked.add(item.requestId);
+              resolve();
+            },
+          );
         }),
       );
     }
@@ -123,16 +147,24 @@ export class RequestPublisher {
     try {
       await raceAbort(Promise.all(pending), AbortSignal.any([signal, AbortSignal.timeout(o.confirmTimeoutMs)]));
     } catch (err) {
-      const why = signal.aborted ? 'interrupted while waiting for the broker to confirm' : `the broker did not confirm ${batch.length - acked.size} message(s) within ${o.confirmTimeoutMs} ms`;
+      const why = signal.aborted
+        ? 'interrupted while waiting for the broker to confirm'
+        : `the broker did not confirm ${batch.length - acked.size} message(s) within ${o.confirmTimeoutMs} ms`;
       throw new PublishError(`${why}: ${messageOf(this.#failure ?? err)}`, { cause: err, confirmed: confirmed() });
     }
     if (this.#failure) {
-      throw new PublishError(`publishing to queue ${JSON.stringify(o.queue)} failed: ${messageOf(this.#failure)}`, { cause: this.#failure, confirmed: confirmed() });
+      throw new PublishError(`publishing to queue ${JSON.stringify(o.queue)} failed: ${messageOf(this.#failure)}`, {
+        cause: this.#failure,
+        confirmed: confirmed(),
+      });
     }
     // Both can happen in one batch: a queue deleted mid-publish refuses what it had routed and
     // returns what came after.
     const problems: string[] = [];
-    if (this.#returned.length > 0) problems.push(`the broker could not route ${this.#returned.length} message(s) to queue ${JSON.stringify(o.queue)} (does it still exist?): ${this.#returned.join(', ')}`);
+    if (this.#returned.length > 0)
+      problems.push(
+        `the broker could not route ${this.#returned.length} message(s) to queue ${JSON.stringify(o.queue)} (does it still exist?): ${this.#returned.join(', ')}`,
+      );
     if (nacked.length > 0) problems.push(`the broker refused ${nacked.length} message(s): ${nacked.join(', ')}`);
     if (problems.length > 0) throw new PublishError(problems.join('; '), { confirmed: confirmed() });
     return confirmed();

@@ -50,7 +50,9 @@ export async function runReplay(argv: readonly string[], ctx: CommandContext): P
       ctx.stdout.write(`${r.outcome.padEnd(17)} ${r.requestId}${where}${r.error !== undefined ? `: ${r.error}` : ''}\n`);
     });
     const failed = results.filter((r) => r.outcome === 'failed').length;
-    ctx.stdout.write(`${results.length - failed} of ${results.length} spooled runs are in MLflow${failed > 0 ? `; ${failed} failed and stay in ${spool}` : ''}\n`);
+    ctx.stdout.write(
+      `${results.length - failed} of ${results.length} spooled runs are in MLflow${failed > 0 ? `; ${failed} failed and stay in ${spool}` : ''}\n`,
+    );
     return failed > 0 ? 1 : 0;
   } finally {
     await tracking.http.close();

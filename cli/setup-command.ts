@@ -65,7 +65,12 @@ const SETUP_ENV = {
   KMJ_SETUP_MLFLOW_USERNAME: { kind: 'string', pattern: /^[^\s:]{1,255}$/, patternHint: 'a user name without spaces or colons' },
   // MLflow's own rule for passwords (mlflow/utils/validation.py), checked before the server sees it.
   KMJ_SETUP_MLFLOW_PASSWORD: { kind: 'string', minLength: 12 },
-  KMJ_SETUP_QUEUE: { kind: 'string', pattern: /^[A-Za-z0-9._:-]{1,250}$/, patternHint: 'a queue name (letters, digits, ".", "_", ":", "-")', default: 'ml-requests' },
+  KMJ_SETUP_QUEUE: {
+    kind: 'string',
+    pattern: /^[A-Za-z0-9._:-]{1,250}$/,
+    patternHint: 'a queue name (letters, digits, ".", "_", ":", "-")',
+    default: 'ml-requests',
+  },
   KMJ_SETUP_MAX_DELIVERIES: { kind: 'integer', min: 1, max: 1000, default: 5 },
   KMJ_SETUP_TIMEOUT_MS: { kind: 'integer', unit: 'ms', min: 1000, max: 3_600_000, default: 300_000 },
 } as const satisfies FieldSpecs;
@@ -83,18 +88,30 @@ function adminOf(iniPath: string): { username: string; password: string } {
   try {
     text = readFileSync(iniPath, 'utf8');
   } catch (err) {
-    throw new ConfigError('setup', [`--mlflow-auth-config: cannot read ${JSON.stringify(iniPath)}: ${(err as NodeJS.ErrnoException).code ?? messageOf(err)}`]);
+    throw new ConfigError('setup', [
+      `--mlflow-auth-config: cannot read ${JSON.stringify(iniPath)}: ${(err as NodeJS.ErrnoException).code ?? messageOf(err)}`,
+    ]);
   }
   const value = (key: string): string | undefined => text.match(new RegExp(`^\\s*${key}\\s*=\\s*(.*?)\\s*$`, 'm'))?.[1];
   const username = value('admin_username');
   const password = value('admin_password');
-  const missing = [username === undefined ? 'admin_username' : undefined, password === undefined ? 'admin_password' : undefined].filter((k) => k !== undefined);
-  if (username === undefined || password === undefined) throw new ConfigError('setup', [`--mlflow-auth-config: ${iniPath} has no ${missing.join(' or ')}`]);
+  const missing = [username === undefined ? 'admin_username' : undefined, password === undefined ? 'admin_password' : undefined].filter(
+    (k) => k !== undefined,
+  );
+  if (username === undefined || password === undefined)
+    throw new ConfigError('setup', [`--mlflow-auth-config: ${iniPath} has no ${missing.join(' or ')}`]);
   return { username, password };
 }
 
 /** Calls `step` until it succeeds, it fails for good (`retryable` false), or the deadline passes. */
-async function untilDone<T>(what: string, step: () => Promise<T>, retryable: (err: unknown) => boolean, deadline: number, signal: AbortSignal, say: (text: string) => void): Promise<T> {
+async function untilDone<T>(
+  what: string,
+  step: () => Promise<T>,
+  retryable: (err: unknown) => boolean,
+  deadline: number,
+  signal: AbortSignal,
+  say: (text: string) => void,
+): Promise<T> {
   let lastSaid = 0;
   for (;;) {
     try {
@@ -142,11 +159,16 @@ export async function runSetup(argv: readonly string[], ctx: CommandContext): Pr
     'setup',
     SETUP_ENV,
     ctx.env,
-    { KMJ_SETUP_QUEUE: flag('queue', values.queue), KMJ_SETUP_MAX_DELIVERIES: flag('max-deliveries', values['max-deliveries']), KMJ_SETUP_TIMEOUT_MS: flag('timeout', values.timeout) },
+    {
+      KMJ_SETUP_QUEUE: flag('queue', values.queue),
+      KMJ_SETUP_MAX_DELIVERIES: flag('max-deliveries', values['max-deliveries']),
+      KMJ_SETUP_TIMEOUT_MS: flag('timeout', values.timeout),
+    },
     (v, problems) => {
       for (const key of ['KMJ_SETUP_SCALER_BROKER_URL', 'KMJ_SETUP_WORKER_BROKER_URL'] as const) {
         const url = v[key];
-        if (doRabbit && url !== undefined && (new URL(url).username === '' || new URL(url).password === '')) problems.push(`${key}: must carry the user and the password`);
+        if (doRabbit && url !== undefined && (new URL(url).username === '' || new URL(url).password === ''))
+          problems.push(`${key}: must carry the user and the password`);
       }
     },
     // What each part needs, told together with any malformed setting.
@@ -174,8 +196,11 @@ export async function runSetup(argv: readonly string[], ctx: CommandContext): Pr
   let mlflow: MlflowHttp | undefined;
   if (doMlflow) {
     const admin = values['mlflow-auth-config'] !== undefined ? adminOf(values['mlflow-auth-config']) : undefined;
-    const settings = loadMlflowSettings('setup', { ...ctx.env, ...(admin ? { MLFLOW_TRACKING_USERNAME: admin.username, MLFLOW_TRACKING_PASSWORD: admin.password } : {}) });
-    if (!settings) throw new ConfigError('setup', ['MLFLOW_TRACKING_URI: is required for the worker\'s MLflow user']);
+    const settings = loadMlflowSettings('setup', {
+      ...ctx.env,
+      ...(admin ? { MLFLOW_TRACKING_USERNAME: admin.username, MLFLOW_TRACKING_PASSWORD: admin.password } : {}),
+    });
+    if (!settings) throw new ConfigError('setup', ["MLFLOW_TRACKING_URI: is required for the worker's MLflow user"]);
     if (settings.username === undefined && settings.token === undefined) {
       throw new ConfigError('setup', ['MLFLOW_TRACKING_USERNAME: the administrator is required (or --mlflow-auth-config)']);
     }
@@ -192,9 +217,23 @@ export async function runSetup(argv: readonly string[], ctx: CommandContext): Pr
       const scaler = credentialsOf(env.KMJ_SETUP_SCALER_BROKER_URL as string);
       const worker = credentialsOf(env.KMJ_SETUP_WORKER_BROKER_URL as string);
       const retry = (err: unknown): boolean => err instanceof ManagementError && err.retryable;
-      await untilDone(`RabbitMQ's management API at ${displayUrl(managementUrl)}`, () => management.ensureUser(scaler.user, scaler.password, scaler.vhost, SCALER_PERMISSIONS, signal), retry, deadline, signal, say);
+      await untilDone(
+        `RabbitMQ's management API at ${displayUrl(managementUrl)}`,
+        () => management.ensureUser(scaler.user, scaler.password, scaler.vhost, SCALER_PERMISSIONS, signal),
+        retry,
+        deadline,
+        signal,
+        say,
+      );
       say(`rabbitmq: user ${scaler.user} on vhost ${scaler.vhost}: access to the vhost, no queue permissions (the scaler's)`);
-      await untilDone('RabbitMQ', () => management.ensureUser(worker.user, worker.password, worker.vhost, workerPermissions(queue), signal), retry, deadline, signal, say);
+      await untilDone(
+        'RabbitMQ',
+        () => management.ensureUser(worker.user, worker.password, worker.vhost, workerPermissions(queue), signal),
+        retry,
+        deadline,
+        signal,
+        say,
+      );
       say(`rabbitmq: user ${worker.user} on vhost ${worker.vhost}: queues ${queue} and ${deadLetterQueueOf(queue)} (the worker's)`);
       await untilDone(
         `RabbitMQ at ${displayUrl(env.KMJ_SETUP_WORKER_BROKER_URL as string)}`,
@@ -202,7 +241,10 @@ export async function runSetup(argv: readonly string[], ctx: CommandContext): Pr
           const conn = await raceAbort(connect(env.KMJ_SETUP_WORKER_BROKER_URL as string, { timeout: 10_000 }), signal);
           conn.on('error', () => undefined);
           try {
-            await declareRequestTopology(conn, queue, { deadLetterQueue: deadLetterQueueOf(queue), maxDeliveries: env.KMJ_SETUP_MAX_DELIVERIES });
+            await declareRequestTopology(conn, queue, {
+              deadLetterQueue: deadLetterQueueOf(queue),
+              maxDeliveries: env.KMJ_SETUP_MAX_DELIVERIES,
+            });
           } finally {
             await conn.close().catch(() => undefined);
           }

@@ -109,7 +109,17 @@ export interface StatusReport {
   readonly mlflow: Part<{
     experiment: string;
     experimentId?: string;
-    runs: Array<{ runId: string; requestId?: string; status: string; outcome: string; seconds?: number; rows?: number; accuracy?: number; error?: string; url: string }>;
+    runs: Array<{
+      runId: string;
+      requestId?: string;
+      status: string;
+      outcome: string;
+      seconds?: number;
+      rows?: number;
+      accuracy?: number;
+      error?: string;
+      url: string;
+    }>;
   }>;
 }
 
@@ -121,7 +131,10 @@ async function part<T>(fn: () => Promise<T>): Promise<Part<T>> {
   }
 }
 
-async function readRabbit(env: { RABBITMQ_URL: string; RABBITMQ_MANAGEMENT_URL: string | undefined }, queue: string): Promise<RabbitReading> {
+async function readRabbit(
+  env: { RABBITMQ_URL: string; RABBITMQ_MANAGEMENT_URL: string | undefined },
+  queue: string,
+): Promise<RabbitReading> {
   const dead = deadLetterQueueOf(queue);
   const signal = AbortSignal.timeout(5000);
   const sampled = (async () => {
@@ -141,7 +154,14 @@ async function readRabbit(env: { RABBITMQ_URL: string; RABBITMQ_MANAGEMENT_URL: 
     const m = await sampled.catch((mgmtErr: unknown) => {
       throw new Error(`AMQP: ${messageOf(err)}; management API: ${messageOf(mgmtErr)}`);
     });
-    return { source: 'management', ready: m.q.ready, consumers: m.q.consumers, unacked: m.q.unacked, ...(m.d ? { deadLettered: m.d.ready + m.d.unacked } : {}), note: `AMQP failed (${messageOf(err)}): management statistics, up to 5 s old` };
+    return {
+      source: 'management',
+      ready: m.q.ready,
+      consumers: m.q.consumers,
+      unacked: m.q.unacked,
+      ...(m.d ? { deadLettered: m.d.ready + m.d.unacked } : {}),
+      note: `AMQP failed (${messageOf(err)}): management statistics, up to 5 s old`,
+    };
   }
   const m = await sampled.catch((mgmtErr: unknown) => messageOf(mgmtErr));
   if (typeof m === 'string') return { source: 'amqp', ...amqp, note: `unacknowledged: n/a (management API: ${m})` };
@@ -149,7 +169,12 @@ async function readRabbit(env: { RABBITMQ_URL: string; RABBITMQ_MANAGEMENT_URL: 
 }
 
 /** Ready messages and consumers of `queue`, and the dead-letter queue's depth, by passive declares. */
-async function readAmqp(url: string, queue: string, dead: string, signal: AbortSignal): Promise<{ ready: number; consumers: number; deadLettered?: number }> {
+async function readAmqp(
+  url: string,
+  queue: string,
+  dead: string,
+  signal: AbortSignal,
+): Promise<{ ready: number; consumers: number; deadLettered?: number }> {
   const conn = await raceAbort(connect(url, { timeout: 5000, noDelay: true }), signal);
   conn.on('error', () => undefined);
   try {
@@ -174,10 +199,19 @@ interface ScalerQuestion {
   readonly namespace: string;
 }
 
-async function readScaler(q: ScalerQuestion, metricsUrl: string, queue: string): Promise<StatusReport['scaler'] extends Part<infer T> ? T : never> {
+async function readScaler(
+  q: ScalerQuestion,
+  metricsUrl: string,
+  queue: string,
+): Promise<StatusReport['scaler'] extends Part<infer T> ? T : never> {
   const address = q.address;
-  const channelOptions = q.serverName !== undefined ? { 'grpc.ssl_target_name_override': q.serverName, 'grpc.default_authority': q.serverName } : undefined;
-  const client = new ScalerClient(address, { timeoutMs: 4000, ...(q.credentials ? { credentials: q.credentials } : {}), ...(channelOptions ? { channelOptions } : {}) });
+  const channelOptions =
+    q.serverName !== undefined ? { 'grpc.ssl_target_name_override': q.serverName, 'grpc.default_authority': q.serverName } : undefined;
+  const client = new ScalerClient(address, {
+    timeoutMs: 4000,
+    ...(q.credentials ? { credentials: q.credentials } : {}),
+    ...(channelOptions ? { channelOptions } : {}),
+  });
   try {
     const poll = await client.poll(q.metadata, q.name, q.namespace);
     if (!poll.ok) {
@@ -185,10 +219,13 @@ async function readScaler(q: ScalerQuestion, metricsUrl: string, queue: string):
       const code = grpc.status[poll.error.code];
       if (code === 'NOT_FOUND') throw new NotFoundError(details);
       // grpc-js's own words for "nothing answered there", as opposed to the scaler's UNAVAILABLE.
-      const noAnswer = (code === 'UNAVAILABLE' && /^(No connection established|failed to connect)/i.test(details)) || code === 'DEADLINE_EXCEEDED';
+      const noAnswer =
+        (code === 'UNAVAILABLE' && /^(No connection established|failed to connect)/i.test(details)) || code === 'DEADLINE_EXCEEDED';
       if (noAnswer) {
         const why = (/Last error: (.*)$/.exec(details)?.[1] ?? details).replace(/^Error: /, '');
-        throw new Error(`no scaler answers at ${address} (${why}): set KMJ_SCALER_ADDRESS, or reach the in-cluster scaler with \`kubectl -n ${q.namespace === 'default' ? '<namespace>' : q.namespace} port-forward svc/kmj-scaler 6000:6000\``);
+        throw new Error(
+          `no scaler answers at ${address} (${why}): set KMJ_SCALER_ADDRESS, or reach the in-cluster scaler with \`kubectl -n ${q.namespace === 'default' ? '<namespace>' : q.namespace} port-forward svc/kmj-scaler 6000:6000\``,
+        );
       }
       throw new Error(`${code}: ${details}`);
     }
@@ -200,28 +237,49 @@ async function readScaler(q: ScalerQuestion, metricsUrl: string, queue: string):
     } catch {
       snapshotAgeMs = undefined; // the age is extra; the value above is what KEDA sees
     }
-    return { address, metricName: poll.view.metricName, value: poll.view.value, active: poll.view.active, ...(snapshotAgeMs !== undefined ? { snapshotAgeMs } : {}) };
+    return {
+      address,
+      metricName: poll.view.metricName,
+      value: poll.view.value,
+      active: poll.view.active,
+      ...(snapshotAgeMs !== undefined ? { snapshotAgeMs } : {}),
+    };
   } finally {
     client.close();
   }
 }
 
-async function readMlflow(tracking: MlflowTracking | undefined, experiment: string, limit: number): Promise<StatusReport['mlflow'] extends Part<infer T> ? T : never> {
+async function readMlflow(
+  tracking: MlflowTracking | undefined,
+  experiment: string,
+  limit: number,
+): Promise<StatusReport['mlflow'] extends Part<infer T> ? T : never> {
   if (!tracking) throw new Error('MLFLOW_TRACKING_URI is not set');
   const signal = AbortSignal.timeout(8000);
   const found = await tracking.findExperiment(experiment, signal, 0);
   if (!found) return { experiment, runs: [] };
   const experimentId = found.experimentId;
-  const searched = await tracking.searchRuns([experimentId], { maxResults: limit, orderBy: ['attributes.start_time DESC'], maxRetries: 0 }, signal);
+  const searched = await tracking.searchRuns(
+    [experimentId],
+    { maxResults: limit, orderBy: ['attributes.start_time DESC'], maxRetries: 0 },
+    signal,
+  );
   const runs = searched.map((run) => {
     const { tags, metrics } = run;
-    const outcome = run.info.status === 'FINISHED' ? 'finished' : run.info.status === 'RUNNING' ? 'running' : (tags[RUN_TAG.outcome] ?? run.info.status.toLowerCase());
+    const outcome =
+      run.info.status === 'FINISHED'
+        ? 'finished'
+        : run.info.status === 'RUNNING'
+          ? 'running'
+          : (tags[RUN_TAG.outcome] ?? run.info.status.toLowerCase());
     return {
       runId: run.info.run_id,
       ...(tags[RUN_TAG.requestId] !== undefined ? { requestId: tags[RUN_TAG.requestId] } : {}),
       status: run.info.status,
       outcome,
-      ...(run.info.start_time !== undefined && run.info.end_time !== undefined ? { seconds: (run.info.end_time - run.info.start_time) / 1000 } : {}),
+      ...(run.info.start_time !== undefined && run.info.end_time !== undefined
+        ? { seconds: (run.info.end_time - run.info.start_time) / 1000 }
+        : {}),
       ...(metrics['rows'] !== undefined ? { rows: metrics['rows'] } : {}),
       ...(metrics['accuracy_score'] !== undefined ? { accuracy: metrics['accuracy_score'] } : {}),
       ...(tags[RUN_TAG.error] !== undefined ? { error: tags[RUN_TAG.error] } : {}),
@@ -235,7 +293,12 @@ export interface StatusTarget {
   readonly queue?: string | undefined;
   readonly experiment?: string | undefined;
   readonly limit: number;
-  readonly scaledJob?: { readonly name: string; readonly namespace?: string | undefined; readonly context?: string | undefined; readonly kubeconfig?: string | undefined };
+  readonly scaledJob?: {
+    readonly name: string;
+    readonly namespace?: string | undefined;
+    readonly context?: string | undefined;
+    readonly kubeconfig?: string | undefined;
+  };
 }
 
 function scalerCredentials(env: ReturnType<typeof readStatusEnv>): grpc.ChannelCredentials | undefined {
@@ -251,10 +314,16 @@ function scalerCredentials(env: ReturnType<typeof readStatusEnv>): grpc.ChannelC
     try {
       return readFileSync(file);
     } catch (err) {
-      throw new ConfigError('status', [`${name}: cannot read ${JSON.stringify(file)}: ${(err as NodeJS.ErrnoException).code ?? messageOf(err)}`]);
+      throw new ConfigError('status', [
+        `${name}: cannot read ${JSON.stringify(file)}: ${(err as NodeJS.ErrnoException).code ?? messageOf(err)}`,
+      ]);
     }
   };
-  return grpc.credentials.createSsl(read('KMJ_SCALER_TLS_CA_FILE', ca), read('KMJ_SCALER_TLS_CLIENT_KEY_FILE', key), read('KMJ_SCALER_TLS_CLIENT_CERT_FILE', cert));
+  return grpc.credentials.createSsl(
+    read('KMJ_SCALER_TLS_CA_FILE', ca),
+    read('KMJ_SCALER_TLS_CLIENT_KEY_FILE', key),
+    read('KMJ_SCALER_TLS_CLIENT_CERT_FILE', cert),
+  );
 }
 
 function readStatusEnv(ctx: CommandContext) {
@@ -270,7 +339,9 @@ export async function collectStatus(ctx: CommandContext, target: StatusTarget): 
   let queue = target.queue;
   if (target.scaledJob) {
     const sj = target.scaledJob;
-    kubernetes = await part(() => readScaledJob({ env: ctx.env, kubeconfig: sj.kubeconfig, context: sj.context, namespace: sj.namespace }, sj.name));
+    kubernetes = await part(() =>
+      readScaledJob({ env: ctx.env, kubeconfig: sj.kubeconfig, context: sj.context, namespace: sj.namespace }, sj.name),
+    );
     if (kubernetes.ok) {
       const report = kubernetes.value;
       const trigger = report.triggers.find((t) => t.type === 'external' && t.metadata['queueName'] !== undefined);
@@ -288,7 +359,8 @@ export async function collectStatus(ctx: CommandContext, target: StatusTarget): 
     }
   }
   if (queue === undefined) {
-    if (kubernetes?.ok) throw new ConfigError('status', [`--scaledjob: ${target.scaledJob?.name} has no external trigger with a queueName; give --queue`]);
+    if (kubernetes?.ok)
+      throw new ConfigError('status', [`--scaledjob: ${target.scaledJob?.name} has no external trigger with a queueName; give --queue`]);
     // The ScaledJob could not be read: show that, and nothing else can be asked.
     if (kubernetes && !kubernetes.ok) {
       const missing = { ok: false as const, error: 'no queue: the ScaledJob could not be read (give --queue)' };
@@ -330,20 +402,31 @@ function renderKubernetes(k: Part<ScaledJobReport>, wide: boolean): string[] {
     `scaledjob ${r.namespace}/${r.name}   READY ${r.ready ?? 'Unknown'}   ACTIVE ${r.active ?? 'Unknown'}   PAUSED ${r.paused}   strategy ${r.strategy}   max ${r.maxReplicaCount}   poll ${r.pollingInterval}s   AGE ${formatAge(r.ageSeconds)}   (context ${r.context})`,
   ];
   for (const t of r.triggers) {
-    const meta = Object.entries(t.metadata).map(([key, v]) => `${key}=${v}`).join(' ');
+    const meta = Object.entries(t.metadata)
+      .map(([key, v]) => `${key}=${v}`)
+      .join(' ');
     lines.push(`  trigger    ${t.type} ${meta}${t.authenticationRef ? `   auth ${t.authenticationRef}` : ''}`);
   }
   const count = (s: string) => r.jobs.filter((j) => j.status === s).length;
-  lines.push(`  Jobs       ${r.jobs.length}: ${count('pending')} pending, ${count('running')} running, ${count('succeeded')} succeeded, ${count('failed')} failed`);
+  lines.push(
+    `  Jobs       ${r.jobs.length}: ${count('pending')} pending, ${count('running')} running, ${count('succeeded')} succeeded, ${count('failed')} failed`,
+  );
   const shown = wide ? r.jobs : r.jobs.slice(-10);
   if (shown.length > 0) {
-    lines.push(`    ${'NAME'.padEnd(34)} ${'STATUS'.padEnd(10)} ${'OUTCOME'.padEnd(16)} ${'AGE'.padStart(7)}${wide ? `  ${'EXIT'.padStart(4)}  POD` : ''}`);
+    lines.push(
+      `    ${'NAME'.padEnd(34)} ${'STATUS'.padEnd(10)} ${'OUTCOME'.padEnd(16)} ${'AGE'.padStart(7)}${wide ? `  ${'EXIT'.padStart(4)}  POD` : ''}`,
+    );
     for (const j of shown) {
-      lines.push(`    ${j.name.padEnd(34)} ${j.status.padEnd(10)} ${(j.outcome ?? '').padEnd(16)} ${formatAge(j.ageSeconds).padStart(7)}${wide ? `  ${String(j.exitCode ?? '').padStart(4)}  ${j.pod ?? ''}` : ''}`);
+      lines.push(
+        `    ${j.name.padEnd(34)} ${j.status.padEnd(10)} ${(j.outcome ?? '').padEnd(16)} ${formatAge(j.ageSeconds).padStart(7)}${wide ? `  ${String(j.exitCode ?? '').padStart(4)}  ${j.pod ?? ''}` : ''}`,
+      );
     }
     if (shown.length < r.jobs.length) lines.push(`    … ${r.jobs.length - shown.length} older (-o wide shows all)`);
   }
-  for (const p of r.stuck) lines.push(`  stuck      pod ${p.pod}: ${p.phase}, ${p.reason}${p.message ? `: ${p.message.split('\n')[0]?.slice(0, 160)}` : ''} (${formatAge(p.ageSeconds)})`);
+  for (const p of r.stuck)
+    lines.push(
+      `  stuck      pod ${p.pod}: ${p.phase}, ${p.reason}${p.message ? `: ${p.message.split('\n')[0]?.slice(0, 160)}` : ''} (${formatAge(p.ageSeconds)})`,
+    );
   return lines;
 }
 
@@ -351,7 +434,10 @@ function render(r: StatusReport, wide: boolean): string {
   const lines: string[] = [...(r.kubernetes ? renderKubernetes(r.kubernetes, wide) : []), `queue ${r.queue}`];
   if (r.rabbitmq.ok) {
     const q = r.rabbitmq.value;
-    const unacked = q.unacked !== undefined ? `   unacknowledged ${q.unacked}${q.source === 'amqp' ? ' (management statistics, up to 5 s old)' : ''}` : '';
+    const unacked =
+      q.unacked !== undefined
+        ? `   unacknowledged ${q.unacked}${q.source === 'amqp' ? ' (management statistics, up to 5 s old)' : ''}`
+        : '';
     lines.push(
       `  RabbitMQ   ready ${q.ready}   consumers ${q.consumers}   dead-lettered ${q.deadLettered ?? 'n/a'}   (${q.source === 'amqp' ? 'AMQP, real time' : 'management'})${unacked}${q.note ? `   [${q.note}]` : ''}`,
     );
@@ -366,7 +452,9 @@ function render(r: StatusReport, wide: boolean): string {
     if (m.runs.length === 0) lines.push(`  MLflow     experiment ${JSON.stringify(m.experiment)}: no runs yet`);
     else {
       lines.push(`  MLflow     latest runs of experiment ${JSON.stringify(m.experiment)}:`);
-      lines.push(`    ${'request'.padEnd(38)} ${'outcome'.padEnd(14)} ${'seconds'.padStart(8)} ${'rows'.padStart(8)} ${'accuracy'.padStart(9)}`);
+      lines.push(
+        `    ${'request'.padEnd(38)} ${'outcome'.padEnd(14)} ${'seconds'.padStart(8)} ${'rows'.padStart(8)} ${'accuracy'.padStart(9)}`,
+      );
       for (const run of m.runs) {
         lines.push(
           `    ${(run.requestId ?? run.runId).slice(0, 38).padEnd(38)} ${run.outcome.padEnd(14)} ${(run.seconds?.toFixed(2) ?? '').padStart(8)} ${String(run.rows ?? '').padStart(8)} ${(run.accuracy?.toFixed(4) ?? '').padStart(9)}${run.error ? `  ${run.error.slice(0, 100)}` : ''}`,
@@ -409,11 +497,13 @@ export async function runStatus(argv: readonly string[], ctx: CommandContext): P
   if (values.kafka) {
     const problems: string[] = [];
     if (values.group === undefined) problems.push('--group: is required with --kafka');
-    for (const flag of ['queue', 'scaledjob', 'experiment', 'runs', 'watch'] as const) if (values[flag] !== undefined) problems.push(`--${flag}: not with --kafka`);
+    for (const flag of ['queue', 'scaledjob', 'experiment', 'runs', 'watch'] as const)
+      if (values[flag] !== undefined) problems.push(`--${flag}: not with --kafka`);
     if (problems.length > 0 || values.group === undefined) throw new UsageError(problems);
     const connectionProblems: string[] = [];
     const connection = kafkaConnection(ctx.env, connectionProblems);
-    if (!connection) throw new ConfigError('status', connectionProblems.length > 0 ? connectionProblems : ['KAFKA_BROKERS: is required with --kafka']);
+    if (!connection)
+      throw new ConfigError('status', connectionProblems.length > 0 ? connectionProblems : ['KAFKA_BROKERS: is required with --kafka']);
     const topics = values.topic === undefined ? [] : values.topic.split(',').filter(Boolean);
     const json = values.json === true || values.output === 'json';
     return kafkaStatus(ctx, connection, values.group, topics, json, createLogger({ level: 'warn', name: 'kmj-status', sync: true }));
@@ -421,9 +511,11 @@ export async function runStatus(argv: readonly string[], ctx: CommandContext): P
   const problems: string[] = [];
   if (values.queue === undefined && values.scaledjob === undefined) problems.push('--queue: is required');
   const limit = values.runs === undefined ? 10 : Number(values.runs);
-  if (!Number.isInteger(limit) || limit < 1 || limit > 1000) problems.push(`--runs: ${JSON.stringify(values.runs)} must be an integer from 1 to 1000`);
+  if (!Number.isInteger(limit) || limit < 1 || limit > 1000)
+    problems.push(`--runs: ${JSON.stringify(values.runs)} must be an integer from 1 to 1000`);
   const output = values.output ?? (values.json ? 'json' : undefined);
-  if (output !== undefined && !(OUTPUTS as readonly string[]).includes(output)) problems.push(`--output: ${JSON.stringify(output)} must be one of ${OUTPUTS.join(', ')}`);
+  if (output !== undefined && !(OUTPUTS as readonly string[]).includes(output))
+    problems.push(`--output: ${JSON.stringify(output)} must be one of ${OUTPUTS.join(', ')}`);
   for (const flag of ['namespace', 'context', 'kubeconfig'] as const) {
     if (values[flag] !== undefined && values.scaledjob === undefined) problems.push(`--${flag}: only with --scaledjob`);
   }
@@ -432,7 +524,9 @@ export async function runStatus(argv: readonly string[], ctx: CommandContext): P
     queue: values.queue,
     experiment: values.experiment,
     limit,
-    ...(values.scaledjob !== undefined ? { scaledJob: { name: values.scaledjob, namespace: values.namespace, context: values.context, kubeconfig: values.kubeconfig } } : {}),
+    ...(values.scaledjob !== undefined
+      ? { scaledJob: { name: values.scaledjob, namespace: values.namespace, context: values.context, kubeconfig: values.kubeconfig } }
+      : {}),
   };
   const show = (report: StatusReport): void => {
     if (output === 'json') ctx.stdout.write(`${JSON.stringify(report, null, 2)}\n`);

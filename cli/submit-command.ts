@@ -172,7 +172,8 @@ export async function runSubmit(argv: readonly string[], ctx: CommandContext): P
     for (const flag of ['topic', 'partitions', 'group'] as const) if (values[flag] !== undefined) problems.push(`--${flag}: needs --kafka`);
   }
   const partitions = values.partitions === undefined ? 1 : Number(values.partitions);
-  if (!Number.isSafeInteger(partitions) || partitions < 1 || partitions > 10_000) problems.push(`--partitions: ${JSON.stringify(values.partitions)} must be an integer from 1 to 10000`);
+  if (!Number.isSafeInteger(partitions) || partitions < 1 || partitions > 10_000)
+    problems.push(`--partitions: ${JSON.stringify(values.partitions)} must be an integer from 1 to 10000`);
   if (values.file === undefined && (values.model === undefined || values.dataset === undefined)) {
     problems.push(`${values.model === undefined ? '--model' : '--dataset'}: is required (or give --file)`);
   }
@@ -180,12 +181,16 @@ export async function runSubmit(argv: readonly string[], ctx: CommandContext): P
     problems.push(`${values.wait ? '--wait' : '--request-id'}: is for a single request, not --file`);
   }
   const timeoutSeconds = values.timeout === undefined ? 600 : parseDuration(values.timeout, 's') / 1000;
-  if (!Number.isFinite(timeoutSeconds) || timeoutSeconds <= 0) problems.push(`--timeout: ${JSON.stringify(values.timeout)} must be a number of seconds above 0, or a duration such as 90s or 10m`);
+  if (!Number.isFinite(timeoutSeconds) || timeoutSeconds <= 0)
+    problems.push(`--timeout: ${JSON.stringify(values.timeout)} must be a number of seconds above 0, or a duration such as 90s or 10m`);
   if (problems.length > 0 || queue === undefined) throw new UsageError(problems);
 
   const tags = pairs('--tag', values.tag);
   const params = pairs('--param', values.param);
-  const dataset: Record<string, unknown> | undefined = values.dataset !== undefined ? { uri: datasetUri(values.dataset), ...(values.format !== undefined ? { format: values.format } : {}) } : undefined;
+  const dataset: Record<string, unknown> | undefined =
+    values.dataset !== undefined
+      ? { uri: datasetUri(values.dataset), ...(values.format !== undefined ? { format: values.format } : {}) }
+      : undefined;
   const defaults: Defaults = {
     experiment: values.experiment ?? queue,
     ...(values.model !== undefined ? { model: values.model } : {}),
@@ -250,17 +255,20 @@ export async function runSubmit(argv: readonly string[], ctx: CommandContext): P
   if (useKafka) {
     const connectionProblems: string[] = [];
     const connection = kafkaConnection(ctx.env, connectionProblems);
-    if (!connection) throw new ConfigError('submit', connectionProblems.length > 0 ? connectionProblems : ['KAFKA_BROKERS: is required with --kafka']);
+    if (!connection)
+      throw new ConfigError('submit', connectionProblems.length > 0 ? connectionProblems : ['KAFKA_BROKERS: is required with --kafka']);
     const kafka = kafkaClient(connection, { clientId: 'kmj-submit', log, connectTimeoutMs: 10_000, requestTimeoutMs: 30_000, retries: 5 });
     try {
       const admin = kafka.admin();
       await admin.connect();
       try {
-        if (await ensureTopic(admin, queue, partitions)) ctx.stderr.write(`kmj submit: created topic ${queue} with ${partitions} partition${partitions === 1 ? '' : 's'}\n`);
+        if (await ensureTopic(admin, queue, partitions))
+          ctx.stderr.write(`kmj submit: created topic ${queue} with ${partitions} partition${partitions === 1 ? '' : 's'}\n`);
       } finally {
         await admin.disconnect().catch(() => undefined);
       }
-      if (values.group !== undefined && (await ensureGroup(kafka, values.group, queue))) ctx.stderr.write(`kmj submit: created consumer group ${values.group} at the start of ${queue}\n`);
+      if (values.group !== undefined && (await ensureGroup(kafka, values.group, queue)))
+        ctx.stderr.write(`kmj submit: created consumer group ${values.group} at the start of ${queue}\n`);
       const show = batch.length > 1 ? progress(ctx, batch.length) : () => undefined;
       let done = 0;
       await publishRecords(kafka, queue, batch, ctx.shutdownSignal, (ids) => {
@@ -279,13 +287,28 @@ export async function runSubmit(argv: readonly string[], ctx: CommandContext): P
     if (!tracking) return SUBMIT_EXIT.OK;
     const first = batch[0] as { requestId: string };
     try {
-      return await waitForOutcome(ctx, tracking, () => undefined, async () => undefined, queue, String(defaults['experiment']), first.requestId, timeoutSeconds * 1000);
+      return await waitForOutcome(
+        ctx,
+        tracking,
+        () => undefined,
+        () => Promise.resolve(undefined),
+        queue,
+        String(defaults['experiment']),
+        first.requestId,
+        timeoutSeconds * 1000,
+      );
     } finally {
       await tracking.http.close();
     }
   }
 
-  const publisher = new RequestPublisher({ url: env.RABBITMQ_URL, queue, maxDeliveries: env.KMJ_MAX_DELIVERIES, confirmTimeoutMs: 30_000, replies: tracking !== undefined });
+  const publisher = new RequestPublisher({
+    url: env.RABBITMQ_URL,
+    queue,
+    maxDeliveries: env.KMJ_MAX_DELIVERIES,
+    confirmTimeoutMs: 30_000,
+    replies: tracking !== undefined,
+  });
   try {
     await publisher.open();
     const show = batch.length > 1 ? progress(ctx, batch.length) : () => undefined;
@@ -311,7 +334,16 @@ export async function runSubmit(argv: readonly string[], ctx: CommandContext): P
   if (!tracking) return SUBMIT_EXIT.OK;
   const first = batch[0] as { requestId: string };
   try {
-    return await waitForOutcome(ctx, tracking, (id) => publisher.outcome(id), () => publisher.consumers(), queue, String(defaults['experiment']), first.requestId, timeoutSeconds * 1000);
+    return await waitForOutcome(
+      ctx,
+      tracking,
+      (id) => publisher.outcome(id),
+      () => publisher.consumers(),
+      queue,
+      String(defaults['experiment']),
+      first.requestId,
+      timeoutSeconds * 1000,
+    );
   } finally {
     await publisher.close();
     await tracking.http.close();
@@ -325,7 +357,10 @@ export function formatNumber(n: number): string {
   return s.includes('e') ? s : s.replace(/(\.\d*?)0+$/, '$1').replace(/\.$/, '');
 }
 
-type Followed = { kind: 'finished'; run: SearchedRun; experimentId: string } | { kind: 'dead-lettered'; reason: string; run?: SearchedRun } | { kind: 'timeout'; last: string };
+type Followed =
+  | { kind: 'finished'; run: SearchedRun; experimentId: string }
+  | { kind: 'dead-lettered'; reason: string; run?: SearchedRun }
+  | { kind: 'timeout'; last: string };
 
 /**
  * Follows a request through its MLflow run: the worker marks a run it dead-letters with the
@@ -334,13 +369,26 @@ type Followed = { kind: 'finished'; run: SearchedRun; experimentId: string } | {
  * read: on a quorum queue every read and return counts as a delivery, and enough of them would
  * drop a dead letter nobody has looked at.
  */
-async function waitForOutcome(ctx: CommandContext, tracking: MlflowTracking, notices: Notices, consumers: () => Promise<number | undefined>, queue: string, experiment: string, requestId: string, timeoutMs: number): Promise<number> {
+async function waitForOutcome(
+  ctx: CommandContext,
+  tracking: MlflowTracking,
+  notices: Notices,
+  consumers: () => Promise<number | undefined>,
+  queue: string,
+  experiment: string,
+  requestId: string,
+  timeoutMs: number,
+): Promise<number> {
   const started = Date.now();
   const out = (line: string): boolean => ctx.stderr.write(`${line}\n`);
-  const result = await follow(tracking, notices, consumers, queue, experiment, requestId, timeoutMs, ctx.shutdownSignal, (state) => out(`${((Date.now() - started) / 1000).toFixed(0).padStart(4)}s  ${state}`));
+  const result = await follow(tracking, notices, consumers, queue, experiment, requestId, timeoutMs, ctx.shutdownSignal, (state) =>
+    out(`${((Date.now() - started) / 1000).toFixed(0).padStart(4)}s  ${state}`),
+  );
   if (result.kind === 'finished') {
     const metrics = result.run.metrics;
-    const shown = ['rows', 'accuracy_score', 'f1_score', 'r2_score', 'root_mean_squared_error', 'total_seconds'].filter((k) => metrics[k] !== undefined);
+    const shown = ['rows', 'accuracy_score', 'f1_score', 'r2_score', 'root_mean_squared_error', 'total_seconds'].filter(
+      (k) => metrics[k] !== undefined,
+    );
     ctx.stdout.write(`FINISHED run ${result.run.info.run_id}\n`);
     for (const k of shown) ctx.stdout.write(`  ${k.padEnd(24)} ${formatNumber(Number(metrics[k]))}\n`);
     ctx.stdout.write(`  ${runUrl(tracking, result.experimentId, result.run.info.run_id)}\n`);
@@ -386,9 +434,12 @@ async function follow(
       const found = experimentId === undefined ? await tracking.findExperiment(experiment, stop, 0) : undefined;
       if (found?.deleted) {
         // The worker refuses a deleted experiment before it makes a run: nothing will show here.
-        note(`experiment ${JSON.stringify(experiment)} is deleted in MLflow: a worker dead-letters this request to ${deadLetterQueueOf(queue)} without a run; restore the experiment to run it`);
+        note(
+          `experiment ${JSON.stringify(experiment)} is deleted in MLflow: a worker dead-letters this request to ${deadLetterQueueOf(queue)} without a run; restore the experiment to run it`,
+        );
       } else experimentId ??= found?.experimentId;
-      const run = experimentId === undefined ? undefined : (await tracking.runsWithTag(experimentId, RUN_TAG.requestId, requestId, stop))[0];
+      const run =
+        experimentId === undefined ? undefined : (await tracking.runsWithTag(experimentId, RUN_TAG.requestId, requestId, stop))[0];
       if (run && experimentId !== undefined) {
         const tags = run.tags;
         if (run.info.status === 'FINISHED') return { kind: 'finished', run, experimentId };
@@ -397,7 +448,11 @@ async function follow(
         const rows = run.metrics['rows'];
         const rate = run.metrics['rows_per_second'];
         const done = rows !== undefined ? `: ${rows} rows${rate !== undefined ? `, ${Math.round(rate)} rows/s` : ''}` : '';
-        note(run.info.status === 'RUNNING' ? `running (run ${run.info.run_id})${done}` : `${run.info.status.toLowerCase()}, ${tags[RUN_TAG.outcome] ?? 'waiting'}: ${tags[RUN_TAG.error] ?? ''}`);
+        note(
+          run.info.status === 'RUNNING'
+            ? `running (run ${run.info.run_id})${done}`
+            : `${run.info.status.toLowerCase()}, ${tags[RUN_TAG.outcome] ?? 'waiting'}: ${tags[RUN_TAG.error] ?? ''}`,
+        );
       } else {
         // A request refused before it had a run is known only from the worker's notice.
         const notice = notices(requestId);
@@ -406,7 +461,11 @@ async function follow(
           // Nobody consuming for a while: say what would, instead of waiting silently. (A
           // ScaledJob's pod takes a few seconds to start and connect.)
           const idle = Date.now() - started > NO_CONSUMER_HINT_MS && (await consumers()) === 0;
-          note(idle ? `queued: nothing consumes queue ${JSON.stringify(queue)}: start a worker (kmj worker --queue ${queue}) or check its ScaledJob (kubectl get scaledjob; kmj status --scaledjob NAME)` : 'queued: no run yet');
+          note(
+            idle
+              ? `queued: nothing consumes queue ${JSON.stringify(queue)}: start a worker (kmj worker --queue ${queue}) or check its ScaledJob (kubectl get scaledjob; kmj status --scaledjob NAME)`
+              : 'queued: no run yet',
+          );
         }
       }
     } catch (err) {

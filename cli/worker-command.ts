@@ -50,7 +50,13 @@ The request format is schemas/request-v1.schema.json; see docs/requests.md.
 export async function runWorker(argv: readonly string[], ctx: CommandContext): Promise<number> {
   const { values } = parseArgs({
     args: [...argv],
-    options: { queue: { type: 'string' }, topic: { type: 'string' }, group: { type: 'string' }, 'max-messages': { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+    options: {
+      queue: { type: 'string' },
+      topic: { type: 'string' },
+      group: { type: 'string' },
+      'max-messages': { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
     strict: true,
   });
   if (values.help) {
@@ -65,7 +71,8 @@ export async function runWorker(argv: readonly string[], ctx: CommandContext): P
   });
   const log = createLogger({ level: config.logLevel, name: 'kmj-worker', sync: true });
   const mlflow = config.mlflow;
-  if (!mlflow) log.info({ spool: config.spoolDir }, 'MLFLOW_TRACKING_URI is not set; runs are recorded in the spool (kmj replay uploads them)');
+  if (!mlflow)
+    log.info({ spool: config.spoolDir }, 'MLFLOW_TRACKING_URI is not set; runs are recorded in the spool (kmj replay uploads them)');
   // Load the pipeline (onnxruntime, the request validator, MLflow client) while the broker
   // connection opens and the worker waits for its message: cold start pays for it only once.
   const pipeline = (async () => {
@@ -90,7 +97,13 @@ export async function runWorker(argv: readonly string[], ctx: CommandContext): P
       shutdown: ctx.shutdownSignal,
       handle: async (body, delivery) => {
         const p = await pipeline;
-        return p.handleDelivery(body, delivery, { config, tracking: p.tracking, log, shutdown: ctx.shutdownSignal, workerVersion: packageVersion() });
+        return p.handleDelivery(body, delivery, {
+          config,
+          tracking: p.tracking,
+          log,
+          shutdown: ctx.shutdownSignal,
+          workerVersion: packageVersion(),
+        });
       },
     });
   } catch (err) {

@@ -3,7 +3,7 @@
 /** The reason of an aborted signal as an Error. */
 export function abortReason(signal: AbortSignal): Error {
   const r: unknown = signal.reason;
-  return r instanceof Error ? r : new Error(String(r ?? 'aborted'));
+  return r instanceof Error ? r : new Error(r === undefined || r === null ? 'aborted' : typeof r === 'string' ? r : JSON.stringify(r));
 }
 
 /**

@@ -42,7 +42,17 @@ export interface IntegerSpec extends BaseSpec {
 }
 
 const DURATION_UNITS: Readonly<Record<string, number>> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
-const SIZE_UNITS: Readonly<Record<string, number>> = { '': 1, k: 1e3, M: 1e6, G: 1e9, T: 1e12, Ki: 1024, Mi: 1024 ** 2, Gi: 1024 ** 3, Ti: 1024 ** 4 };
+const SIZE_UNITS: Readonly<Record<string, number>> = {
+  '': 1,
+  k: 1e3,
+  M: 1e6,
+  G: 1e9,
+  T: 1e12,
+  Ki: 1024,
+  Mi: 1024 ** 2,
+  Gi: 1024 ** 3,
+  Ti: 1024 ** 4,
+};
 
 /** Milliseconds from "250ms", "30s", "1.5m", "2h", or a bare number of `bareUnit`s; NaN when it is none. */
 export function parseDuration(raw: string, bareUnit: 'ms' | 's' = 'ms'): number {
@@ -60,7 +70,11 @@ export function parseSize(raw: string): number {
 
 /** A duration as people write it: "30s", "250ms", "10m", "1h". */
 export function formatDuration(ms: number): string {
-  for (const [unit, size] of [['h', 3_600_000], ['m', 60_000], ['s', 1000]] as const) {
+  for (const [unit, size] of [
+    ['h', 3_600_000],
+    ['m', 60_000],
+    ['s', 1000],
+  ] as const) {
     if (ms >= size && ms % size === 0) return `${ms / size}${unit}`;
   }
   return `${ms}ms`;
@@ -68,7 +82,12 @@ export function formatDuration(ms: number): string {
 
 /** A size as Kubernetes writes it: "512Mi", "1Gi", or bytes. */
 export function formatSize(bytes: number): string {
-  for (const [unit, size] of [['Ti', 1024 ** 4], ['Gi', 1024 ** 3], ['Mi', 1024 ** 2], ['Ki', 1024]] as const) {
+  for (const [unit, size] of [
+    ['Ti', 1024 ** 4],
+    ['Gi', 1024 ** 3],
+    ['Mi', 1024 ** 2],
+    ['Ki', 1024],
+  ] as const) {
     if (bytes >= size && bytes % size === 0) return `${bytes / size}${unit}`;
   }
   return String(bytes);
@@ -161,11 +180,20 @@ function parseOne(spec: FieldSpec, raw: string, name: string, problems: string[]
     }
     case 'integer': {
       const trimmed = raw.trim();
-      const n = /^-?\d+$/.test(trimmed) ? Number(trimmed) : spec.unit === 'ms' ? parseDuration(trimmed) : spec.unit === 'bytes' ? parseSize(trimmed) : Number.NaN;
+      const n = /^-?\d+$/.test(trimmed)
+        ? Number(trimmed)
+        : spec.unit === 'ms'
+          ? parseDuration(trimmed)
+          : spec.unit === 'bytes'
+            ? parseSize(trimmed)
+            : Number.NaN;
       if (!Number.isSafeInteger(n) || n < spec.min || n > spec.max) {
         const what = spec.unit === 'ms' ? 'a duration' : spec.unit === 'bytes' ? 'a size' : 'an integer';
-        const example = spec.unit === 'ms' ? ' (e.g. 30s, 250ms, 5m, or milliseconds)' : spec.unit === 'bytes' ? ' (e.g. 512Mi, 1Gi, or bytes)' : '';
-        problems.push(`${name}: ${quote(raw)} must be ${what} from ${formatInteger(spec, spec.min)} to ${formatInteger(spec, spec.max)}${example}`);
+        const example =
+          spec.unit === 'ms' ? ' (e.g. 30s, 250ms, 5m, or milliseconds)' : spec.unit === 'bytes' ? ' (e.g. 512Mi, 1Gi, or bytes)' : '';
+        problems.push(
+          `${name}: ${quote(raw)} must be ${what} from ${formatInteger(spec, spec.min)} to ${formatInteger(spec, spec.max)}${example}`,
+        );
         return undefined;
       }
       return n;

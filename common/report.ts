@@ -75,13 +75,15 @@ const STEP_MAX_SECONDS = 86_400;
 
 function text(v: Record<string, unknown>, field: string): string {
   const value = v[field];
-  if (typeof value !== 'string' || value.length === 0 || value.length > NAME_MAX) throw new ReportError(field, `must be a string of 1 to ${NAME_MAX} characters`);
+  if (typeof value !== 'string' || value.length === 0 || value.length > NAME_MAX)
+    throw new ReportError(field, `must be a string of 1 to ${NAME_MAX} characters`);
   return value;
 }
 
 function oneOf<T extends string>(v: Record<string, unknown>, field: string, allowed: readonly T[]): T {
   const value = v[field];
-  if (typeof value !== 'string' || !(allowed as readonly string[]).includes(value)) throw new ReportError(field, `must be one of ${allowed.join(', ')}`);
+  if (typeof value !== 'string' || !(allowed as readonly string[]).includes(value))
+    throw new ReportError(field, `must be one of ${allowed.join(', ')}`);
   return value as T;
 }
 
@@ -94,11 +96,14 @@ export function parseWorkerReport(json: string): WorkerReport {
   const name = text(o, 'name');
   const outcome = oneOf(o, 'outcome', REPORT_OUTCOMES);
   const raw = o['seconds'];
-  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new ReportError('seconds', 'must be an object of step names to seconds');
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw))
+    throw new ReportError('seconds', 'must be an object of step names to seconds');
   const seconds: Partial<Record<ReportStep, number>> = {};
   for (const [step, value] of Object.entries(raw as Record<string, unknown>)) {
-    if (!(REPORT_STEPS as readonly string[]).includes(step)) throw new ReportError(`seconds.${step}`, `is not a step (${REPORT_STEPS.join(', ')})`);
-    if (typeof value !== 'number' || !Number.isFinite(value) || value < 0 || value > STEP_MAX_SECONDS) throw new ReportError(`seconds.${step}`, `must be a number of seconds from 0 to ${STEP_MAX_SECONDS}`);
+    if (!(REPORT_STEPS as readonly string[]).includes(step))
+      throw new ReportError(`seconds.${step}`, `is not a step (${REPORT_STEPS.join(', ')})`);
+    if (typeof value !== 'number' || !Number.isFinite(value) || value < 0 || value > STEP_MAX_SECONDS)
+      throw new ReportError(`seconds.${step}`, `must be a number of seconds from 0 to ${STEP_MAX_SECONDS}`);
     seconds[step as ReportStep] = value;
   }
   return { version: 1, source, scope, name, outcome, seconds };

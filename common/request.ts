@@ -45,7 +45,9 @@ let loading: Promise<RequestValidator> | undefined;
 export function requestValidator(): Promise<RequestValidator> {
   loading ??= (async () => {
     try {
-      const mod = (await import(pathToFileURL(packageFile('dist', 'generated', 'request-validator.js')).href)) as { default: RequestValidator };
+      const mod = (await import(pathToFileURL(packageFile('dist', 'generated', 'request-validator.js')).href)) as {
+        default: RequestValidator;
+      };
       return mod.default;
     } catch {
       const { Ajv2020 } = await import('ajv/dist/2020.js');
@@ -117,25 +119,32 @@ export function parseRequest(body: Buffer, maxBytes: number, validate: RequestVa
     // the walk below can name the field they were in.
     data = JSON.parse(firstBad < 0 ? bytes.toString('utf8') : markInvalidUtf8(bytes));
   } catch (err) {
-    if (firstBad >= 0) throw new PermanentError(`message: is not valid UTF-8 (byte ${firstBad + (bytes === body ? 0 : 3)})`, { field: 'message' });
+    if (firstBad >= 0)
+      throw new PermanentError(`message: is not valid UTF-8 (byte ${firstBad + (bytes === body ? 0 : 3)})`, { field: 'message' });
     throw new PermanentError(`message: is not valid JSON (${(err as Error).message})`, { field: 'message' });
   }
   const badText = notWellFormed(data, '');
   if (badText.length > 0) {
-    throw new PermanentError(`invalid request: ${badText.map((f) => `${f || 'message'}: is not valid UTF-8 text`).join('; ')}`, { field: badText[0] || 'message' });
+    throw new PermanentError(`invalid request: ${badText.map((f) => `${f || 'message'}: is not valid UTF-8 text`).join('; ')}`, {
+      field: badText[0] || 'message',
+    });
   }
-  if (firstBad >= 0) throw new PermanentError(`message: is not valid UTF-8 (byte ${firstBad + (bytes === body ? 0 : 3)})`, { field: 'message' });
+  if (firstBad >= 0)
+    throw new PermanentError(`message: is not valid UTF-8 (byte ${firstBad + (bytes === body ? 0 : 3)})`, { field: 'message' });
   const problems: string[] = [];
   if (!validate(data)) {
     const errs = validate.errors ?? [];
     // A param value fails anyOf as a whole; a too-long string is the one case worth its own words.
-    const tooLongParams = new Set(errs.filter((e) => e.keyword === 'maxLength' && /^\/params\//.test(e.instancePath)).map((e) => e.instancePath));
+    const tooLongParams = new Set(
+      errs.filter((e) => e.keyword === 'maxLength' && /^\/params\//.test(e.instancePath)).map((e) => e.instancePath),
+    );
     for (const e of errs) {
       // propertyNames reports its sub-errors (minLength, maxLength, pattern) about the key name,
       // with the object's path: the propertyNames line itself says it.
       if (e.propertyName !== undefined) continue;
       // The branches of a param's anyOf: the anyOf line (or the too-long line) says it.
-      if (/^\/params\//.test(e.instancePath) && e.keyword !== 'anyOf' && !(e.keyword === 'maxLength' && tooLongParams.has(e.instancePath))) continue;
+      if (/^\/params\//.test(e.instancePath) && e.keyword !== 'anyOf' && !(e.keyword === 'maxLength' && tooLongParams.has(e.instancePath)))
+        continue;
       if (e.keyword === 'anyOf' && tooLongParams.has(e.instancePath)) continue;
       const line = describe(e);
       if (!problems.includes(line)) problems.push(line);
@@ -177,7 +186,7 @@ function utf8SequenceAt(b: Buffer, i: number): number {
 }
 
 function firstInvalidUtf8(b: Buffer): number {
-  for (let i = 0; i < b.length; ) {
+  for (let i = 0; i < b.length;) {
     const n = utf8SequenceAt(b, i);
     if (n === 0) return i;
     i += n;
@@ -189,7 +198,7 @@ function firstInvalidUtf8(b: Buffer): number {
 function markInvalidUtf8(b: Buffer): string {
   const parts: string[] = [];
   let start = 0;
-  for (let i = 0; i < b.length; ) {
+  for (let i = 0; i < b.length;) {
     const n = utf8SequenceAt(b, i);
     if (n > 0) {
       i += n;
@@ -207,7 +216,9 @@ function notWellFormed(v: unknown, at: string): string[] {
   if (typeof v === 'string') return v.isWellFormed() ? [] : [at];
   if (Array.isArray(v)) return v.flatMap((x, i) => notWellFormed(x, `${at}[${i}]`));
   if (v !== null && typeof v === 'object') {
-    return Object.entries(v).flatMap(([k, x]) => (k.isWellFormed() ? notWellFormed(x, at ? `${at}.${k}` : k) : [at ? `${at} (a key)` : 'message (a key)']));
+    return Object.entries(v).flatMap(([k, x]) =>
+      k.isWellFormed() ? notWellFormed(x, at ? `${at}.${k}` : k) : [at ? `${at} (a key)` : 'message (a key)'],
+    );
   }
   return [];
 }

@@ -55,7 +55,7 @@ export function assignPartitions(members: readonly MemberView[], partitions: rea
   const out: Assignment = new Map();
   const give = (memberId: string, topic: string, partition: number): void => {
     let topics = out.get(memberId);
-    if (!topics) out.set(memberId, (topics = new Map()));
+    if (!topics) out.set(memberId, (topics = new Map<string, number[]>()));
     let list = topics.get(topic);
     if (!list) topics.set(topic, (list = []));
     list.push(partition);
@@ -138,7 +138,10 @@ export function kmjAssigner(options: KmjAssignerOptions): PartitionAssigner {
       metadata: AssignerProtocol.MemberMetadata.encode({ version: VERSION, topics, userData: encodeMemberState(options.state()) }),
     }),
     assign: async ({ members, topics }: { members: GroupMember[]; topics: string[] }): Promise<GroupMemberAssignment[]> => {
-      const views: MemberView[] = members.map((m) => ({ memberId: m.memberId, state: decodeMemberState(AssignerProtocol.MemberMetadata.decode(m.memberMetadata)?.userData) }));
+      const views: MemberView[] = members.map((m) => ({
+        memberId: m.memberId,
+        state: decodeMemberState(AssignerProtocol.MemberMetadata.decode(m.memberMetadata)?.userData),
+      }));
       const partitions: PartitionView[] = [];
       for (const topic of topics) {
         const lag = options.lagOf ? await options.lagOf(topic).catch(() => undefined) : undefined;

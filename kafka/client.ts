@@ -30,12 +30,13 @@ export function dropTimeoutNegativeWarnings(): void {
   if (warningFilterInstalled) return;
   warningFilterInstalled = true;
   const emit = process.emitWarning.bind(process) as (...args: unknown[]) => void;
-  process.emitWarning = ((warning: string | Error, ...rest: unknown[]): void => {
+  process.emitWarning = (warning: string | Error, ...rest: unknown[]): void => {
     const first = rest[0];
-    const type = warning instanceof Error ? warning.name : typeof first === 'string' ? first : (first as { type?: unknown } | undefined)?.type;
+    const type =
+      warning instanceof Error ? warning.name : typeof first === 'string' ? first : (first as { type?: unknown } | undefined)?.type;
     if (type === 'TimeoutNegativeWarning') return;
     emit(warning, ...rest);
-  }) as typeof process.emitWarning;
+  };
 }
 
 function logCreatorFor(log: Logger): logCreator {
@@ -62,14 +63,23 @@ export function kafkaClient(conn: KafkaConnection, options: KafkaClientOptions):
   if (conn.tls) config.ssl = { ...conn.tls };
   if (conn.sasl) {
     const { mechanism, username, password } = conn.sasl;
-    config.sasl = mechanism === 'plain' ? { mechanism, username, password } : mechanism === 'scram-sha-256' ? { mechanism, username, password } : { mechanism, username, password };
+    config.sasl =
+      mechanism === 'plain'
+        ? { mechanism, username, password }
+        : mechanism === 'scram-sha-256'
+          ? { mechanism, username, password }
+          : { mechanism, username, password };
   }
   return new Kafka(config);
 }
 
 /** kafkajs error classes carry `type` (the protocol error name) and `name`; nothing else is trusted. */
 export function kafkaErrorType(err: unknown): string | undefined {
-  for (let e: unknown = err, depth = 0; e instanceof Error && depth < 5; e = (e as { cause?: unknown; originalError?: unknown }).originalError ?? e.cause, depth++) {
+  for (
+    let e: unknown = err, depth = 0;
+    e instanceof Error && depth < 5;
+    e = (e as { cause?: unknown; originalError?: unknown }).originalError ?? e.cause, depth++
+  ) {
     const type = (e as { type?: unknown }).type;
     if (typeof type === 'string') return type;
     if (e.name === 'KafkaJSSASLAuthenticationError') return 'SASL_AUTHENTICATION_FAILED';

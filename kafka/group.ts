@@ -67,7 +67,7 @@ export function groupMember(kafka: Kafka, options: GroupMemberOptions): GroupMem
     groupId: options.groupId,
     partitionAssigners: [kmjAssigner(options), PartitionAssigners.roundRobin],
     // kafkajs asks this after it has disconnected a crashed consumer, before it schedules the restart.
-    retry: { restartOnFailure: async () => !closing },
+    retry: { restartOnFailure: () => Promise.resolve(!closing) },
   });
   const rebalanceTimeoutMs = options.consumer?.rebalanceTimeout ?? DEFAULT_REBALANCE_TIMEOUT_MS;
   let joins = 0;
@@ -105,8 +105,14 @@ export function groupMember(kafka: Kafka, options: GroupMemberOptions): GroupMem
         const type = kafkaErrorType(err);
         if (type === undefined || !REJOIN_ERRORS.has(type) || closing || rejoins >= MAX_COMMIT_REJOINS) throw err;
         options.log?.info({ topic, partition, offset, refused: type }, 'commit refused by a rebalance; committing again after the rejoin');
-        if (!(await joinedSince(before, rebalanceTimeoutMs))) throw new Error(`the commit was refused (${type}) and the member did not rejoin the group within ${rebalanceTimeoutMs} ms`, { cause: err });
-        if (!assigned(topic).includes(partition)) throw new Error(`the commit was refused (${type}): the rebalance gave partition ${partition} of ${topic} to another member`, { cause: err });
+        if (!(await joinedSince(before, rebalanceTimeoutMs)))
+          throw new Error(`the commit was refused (${type}) and the member did not rejoin the group within ${rebalanceTimeoutMs} ms`, {
+            cause: err,
+          });
+        if (!assigned(topic).includes(partition))
+          throw new Error(`the commit was refused (${type}): the rebalance gave partition ${partition} of ${topic} to another member`, {
+            cause: err,
+          });
       }
     }
   };
@@ -151,15 +157,24 @@ async function commitOnce(consumer: Consumer, topic: string, partition: number, 
  * group, commits, leaves. (admin.setOffsets does the same but waits out a 5 s fetch.) It joins
  * with no capacity, so it is given no partition, and never reads a record.
  */
-export async function commitAsMember(kafka: Kafka, group: string, topic: string, offsets: readonly { partition: number; offset: string }[]): Promise<void> {
-  const member = groupMember(kafka, { groupId: group, state: () => ({ capacity: 0, busy: {} }), consumer: { maxWaitTimeInMs: 100, sessionTimeout: 10_000, heartbeatInterval: 3000 } });
+export async function commitAsMember(
+  kafka: Kafka,
+  group: string,
+  topic: string,
+  offsets: readonly { partition: number; offset: string }[],
+): Promise<void> {
+  const member = groupMember(kafka, {
+    groupId: group,
+    state: () => ({ capacity: 0, busy: {} }),
+    consumer: { maxWaitTimeInMs: 100, sessionTimeout: 10_000, heartbeatInterval: 3000 },
+  });
   const { consumer } = member;
   await consumer.connect();
   try {
     const joined = new Promise<void>((resolve) => consumer.on(consumer.events.GROUP_JOIN, () => resolve()));
     await consumer.subscribe({ topic, fromBeginning: true });
     // autoCommit off and a handler that does nothing: the only commit is the one below.
-    await consumer.run({ autoCommit: false, eachMessage: async () => undefined });
+    await consumer.run({ autoCommit: false, eachMessage: () => Promise.resolve() });
     await joined;
     // kafkajs returns without an error, and without committing, when its consumer stopped running
     // in between (a rebalance as the group forms): the commit counts only when it was sent.
@@ -169,7 +184,8 @@ export async function commitAsMember(kafka: Kafka, group: string, topic: string,
     });
     await consumer.commitOffsets(offsets.map((o) => ({ topic, partition: o.partition, offset: o.offset })));
     off();
-    if (!sent) throw new Error(`the offsets of group ${group} on topic ${topic} were not committed: the member left the group first; try again`);
+    if (!sent)
+      throw new Error(`the offsets of group ${group} on topic ${topic} were not committed: the member left the group first; try again`);
   } finally {
     await member.close();
   }

@@ -91,11 +91,16 @@ export class KafkaOffsetsReader {
       committedByTopic = committedOf(await admin.fetchOffsets({ groupId: group }));
       topics = [...committedByTopic.keys()].sort();
       if (topics.length === 0) {
-        throw new BacklogNotFoundError(`consumer group ${JSON.stringify(group)} has committed no offsets, so it has no topics to measure: name the topic in the trigger`);
+        throw new BacklogNotFoundError(
+          `consumer group ${JSON.stringify(group)} has committed no offsets, so it has no topics to measure: name the topic in the trigger`,
+        );
       }
     } else {
       const missing = await this.#absent('topics', topics, () => admin.listTopics());
-      if (missing.length > 0) throw new BacklogNotFoundError(`topic ${missing.map((t) => JSON.stringify(t)).join(', ')} does not exist on ${this.#options.brokers}`);
+      if (missing.length > 0)
+        throw new BacklogNotFoundError(
+          `topic ${missing.map((t) => JSON.stringify(t)).join(', ')} does not exist on ${this.#options.brokers}`,
+        );
       committedByTopic = committedOf(await admin.fetchOffsets({ groupId: group, topics: [...topics] }));
     }
     const ends = await Promise.all(topics.map((t) => admin.fetchTopicOffsets(t)));
@@ -103,14 +108,22 @@ export class KafkaOffsetsReader {
     topics.forEach((topic, i) => {
       const committed = committedByTopic.get(topic);
       for (const p of ends[i] ?? []) {
-        partitions.push({ topic, partition: p.partition, end: Number(p.high), start: Number(p.low), committed: committed?.get(p.partition) });
+        partitions.push({
+          topic,
+          partition: p.partition,
+          end: Number(p.high),
+          start: Number(p.low),
+          committed: committed?.get(p.partition),
+        });
       }
     });
     if (partitions.every((p) => p.committed === undefined)) {
       // No commit anywhere: an empty group that has never committed here, or no group at all.
       const unknown = await this.#absent('groups', [group], async () => (await admin.listGroups()).groups.map((g) => g.groupId));
       if (unknown.length > 0) {
-        throw new BacklogNotFoundError(`consumer group ${JSON.stringify(group)} does not exist on ${this.#options.brokers} (no member has joined it and it has no committed offsets)`);
+        throw new BacklogNotFoundError(
+          `consumer group ${JSON.stringify(group)} does not exist on ${this.#options.brokers} (no member has joined it and it has no committed offsets)`,
+        );
       }
     }
     partitions.sort((a, b) => (a.topic === b.topic ? a.partition - b.partition : a.topic < b.topic ? -1 : 1));
@@ -158,17 +171,29 @@ export class KafkaOffsetsReader {
     if (err instanceof BacklogNotFoundError || err instanceof BacklogUnavailableError) return err;
     const type = kafkaErrorType(err);
     const brokers = this.#options.brokers;
-    if (type === 'GROUP_ID_NOT_FOUND') return new BacklogNotFoundError(`consumer group ${JSON.stringify(group)} does not exist on ${brokers}`, { cause: err });
+    if (type === 'GROUP_ID_NOT_FOUND')
+      return new BacklogNotFoundError(`consumer group ${JSON.stringify(group)} does not exist on ${brokers}`, { cause: err });
     // Refused access is this trigger's own business: the client, shared by every trigger on the
     // connection, stays.
-    if (type?.endsWith('_AUTHORIZATION_FAILED')) return new BacklogUnavailableError(`Kafka at ${brokers} refused access (${type}) for consumer group ${JSON.stringify(group)}: grant Describe on the group and its topics`, { cause: err });
+    if (type?.endsWith('_AUTHORIZATION_FAILED'))
+      return new BacklogUnavailableError(
+        `Kafka at ${brokers} refused access (${type}) for consumer group ${JSON.stringify(group)}: grant Describe on the group and its topics`,
+        { cause: err },
+      );
     // Everything else drops the admin client. A topic deleted after this client read it makes
     // kafkajs fail every later metadata refresh with UNKNOWN_TOPIC_OR_PARTITION, for any topic,
     // until the client is replaced; after a broker restart, a new client is as quick as a retry.
     this.#reset();
-    if (type === 'UNKNOWN_TOPIC_OR_PARTITION') return new BacklogNotFoundError(`a topic of consumer group ${JSON.stringify(group)} does not exist on ${brokers}: ${messageOf(err)}`, { cause: err });
-    if (type === 'SASL_AUTHENTICATION_FAILED') return new BacklogUnavailableError(`Kafka at ${brokers} refused the SASL credentials: ${messageOf(err)}`, { cause: err });
-    return new BacklogUnavailableError(`cannot read consumer group ${JSON.stringify(group)} from Kafka at ${brokers}: ${messageOf(err)}`, { cause: err });
+    if (type === 'UNKNOWN_TOPIC_OR_PARTITION')
+      return new BacklogNotFoundError(
+        `a topic of consumer group ${JSON.stringify(group)} does not exist on ${brokers}: ${messageOf(err)}`,
+        { cause: err },
+      );
+    if (type === 'SASL_AUTHENTICATION_FAILED')
+      return new BacklogUnavailableError(`Kafka at ${brokers} refused the SASL credentials: ${messageOf(err)}`, { cause: err });
+    return new BacklogUnavailableError(`cannot read consumer group ${JSON.stringify(group)} from Kafka at ${brokers}: ${messageOf(err)}`, {
+      cause: err,
+    });
   }
 
   #reset(): void {

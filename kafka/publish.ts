@@ -17,7 +17,13 @@ export interface KafkaRecord {
  * behind the first). Resolves with the ids the brokers acknowledged, in order; throws
  * KafkaPublishError carrying those acknowledged before a failure.
  */
-export async function publishRecords(kafka: Kafka, topic: string, records: readonly KafkaRecord[], signal: AbortSignal, onAcked: (ids: readonly string[]) => void): Promise<void> {
+export async function publishRecords(
+  kafka: Kafka,
+  topic: string,
+  records: readonly KafkaRecord[],
+  signal: AbortSignal,
+  onAcked: (ids: readonly string[]) => void,
+): Promise<void> {
   const producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1, allowAutoTopicCreation: false });
   const acked: string[] = [];
   try {
@@ -25,7 +31,11 @@ export async function publishRecords(kafka: Kafka, topic: string, records: reado
     for (let i = 0; i < records.length; i += 200) {
       const part = records.slice(i, i + 200);
       await raceAbort(
-        producer.send({ topic, acks: -1, messages: part.map((r) => ({ key: r.requestId, value: r.body, headers: { 'content-type': 'application/json' } })) }),
+        producer.send({
+          topic,
+          acks: -1,
+          messages: part.map((r) => ({ key: r.requestId, value: r.body, headers: { 'content-type': 'application/json' } })),
+        }),
         signal,
       );
       const ids = part.map((r) => r.requestId);
@@ -33,7 +43,11 @@ export async function publishRecords(kafka: Kafka, topic: string, records: reado
       onAcked(ids);
     }
   } catch (err) {
-    throw new KafkaPublishError(`publishing to topic ${JSON.stringify(topic)} failed after ${acked.length} of ${records.length} records: ${(err as Error).message}`, acked, { cause: err });
+    throw new KafkaPublishError(
+      `publishing to topic ${JSON.stringify(topic)} failed after ${acked.length} of ${records.length} records: ${(err as Error).message}`,
+      acked,
+      { cause: err },
+    );
   } finally {
     await producer.disconnect().catch(() => undefined);
   }

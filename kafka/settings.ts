@@ -14,7 +14,12 @@ export type SaslMechanism = (typeof SASL_MECHANISMS)[number];
 const BROKER_LIST = /^\s*(?:[a-zA-Z0-9.-]+|\[[0-9a-fA-F:.]+\]):\d{1,5}\s*(?:,\s*(?:[a-zA-Z0-9.-]+|\[[0-9a-fA-F:.]+\]):\d{1,5}\s*)*$/;
 
 export const KAFKA_ENV = {
-  KAFKA_BROKERS: { kind: 'string', pattern: BROKER_LIST, patternHint: 'a comma-separated list of host:port', help: 'bootstrap brokers, host:port,host:port' },
+  KAFKA_BROKERS: {
+    kind: 'string',
+    pattern: BROKER_LIST,
+    patternHint: 'a comma-separated list of host:port',
+    help: 'bootstrap brokers, host:port,host:port',
+  },
   KAFKA_SASL_MECHANISM: { kind: 'enum', values: SASL_MECHANISMS, help: 'SASL mechanism (default: no SASL)' },
   KAFKA_USERNAME: { kind: 'string', maxLength: 1024, help: 'SASL user name' },
   KAFKA_PASSWORD: { kind: 'string', maxLength: 4096, help: 'SASL password (from a Secret; never logged)' },
@@ -22,7 +27,7 @@ export const KAFKA_ENV = {
   KAFKA_TLS_CA_FILE: { kind: 'string', help: 'PEM CA bundle that signs the brokers (default: the system CAs)' },
   KAFKA_TLS_CERT_FILE: { kind: 'string', help: 'PEM client certificate, for brokers that require one' },
   KAFKA_TLS_KEY_FILE: { kind: 'string', help: 'PEM private key of the client certificate' },
-  KAFKA_TLS_SERVER_NAME: { kind: 'string', maxLength: 253, help: 'name the brokers\' certificates must carry (default: the broker host)' },
+  KAFKA_TLS_SERVER_NAME: { kind: 'string', maxLength: 253, help: "name the brokers' certificates must carry (default: the broker host)" },
 } as const satisfies FieldSpecs;
 
 /** A connections-file entry's keys, and the variable each stands for. */
@@ -54,27 +59,39 @@ export interface KafkaConnection {
  * problems). Undefined when KAFKA_BROKERS is unset, or when something is wrong (then `problems`
  * says what).
  */
-export function kafkaConnection(input: RawInput, problems: string[], nameOf: (envKey: string) => string = (k) => k): KafkaConnection | undefined {
+export function kafkaConnection(
+  input: RawInput,
+  problems: string[],
+  nameOf: (envKey: string) => string = (k) => k,
+): KafkaConnection | undefined {
   const before = problems.length;
   const { values: v, problems: own } = parseFields(KAFKA_ENV, input, { nameOf });
   problems.push(...own);
   if (own.length > 0) return undefined;
   if (v.KAFKA_BROKERS === undefined) {
     for (const key of Object.keys(KAFKA_ENV) as (keyof typeof KAFKA_ENV)[]) {
-      if (key !== 'KAFKA_BROKERS' && key !== 'KAFKA_TLS' && v[key] !== undefined) problems.push(`${nameOf(key)}: is set but ${nameOf('KAFKA_BROKERS')} is not`);
+      if (key !== 'KAFKA_BROKERS' && key !== 'KAFKA_TLS' && v[key] !== undefined)
+        problems.push(`${nameOf(key)}: is set but ${nameOf('KAFKA_BROKERS')} is not`);
     }
     return undefined;
   }
   let sasl: KafkaConnection['sasl'];
   if (v.KAFKA_SASL_MECHANISM !== undefined) {
-    if (v.KAFKA_USERNAME === undefined) problems.push(`${nameOf('KAFKA_USERNAME')}: is required with ${nameOf('KAFKA_SASL_MECHANISM')} ${v.KAFKA_SASL_MECHANISM}`);
-    if (v.KAFKA_PASSWORD === undefined) problems.push(`${nameOf('KAFKA_PASSWORD')}: is required with ${nameOf('KAFKA_SASL_MECHANISM')} ${v.KAFKA_SASL_MECHANISM}`);
-    if (v.KAFKA_USERNAME !== undefined && v.KAFKA_PASSWORD !== undefined) sasl = { mechanism: v.KAFKA_SASL_MECHANISM, username: v.KAFKA_USERNAME, password: v.KAFKA_PASSWORD };
+    if (v.KAFKA_USERNAME === undefined)
+      problems.push(`${nameOf('KAFKA_USERNAME')}: is required with ${nameOf('KAFKA_SASL_MECHANISM')} ${v.KAFKA_SASL_MECHANISM}`);
+    if (v.KAFKA_PASSWORD === undefined)
+      problems.push(`${nameOf('KAFKA_PASSWORD')}: is required with ${nameOf('KAFKA_SASL_MECHANISM')} ${v.KAFKA_SASL_MECHANISM}`);
+    if (v.KAFKA_USERNAME !== undefined && v.KAFKA_PASSWORD !== undefined)
+      sasl = { mechanism: v.KAFKA_SASL_MECHANISM, username: v.KAFKA_USERNAME, password: v.KAFKA_PASSWORD };
   } else if (v.KAFKA_USERNAME !== undefined || v.KAFKA_PASSWORD !== undefined) {
-    problems.push(`${nameOf(v.KAFKA_USERNAME !== undefined ? 'KAFKA_USERNAME' : 'KAFKA_PASSWORD')}: needs ${nameOf('KAFKA_SASL_MECHANISM')} (one of ${SASL_MECHANISMS.join(', ')})`);
+    problems.push(
+      `${nameOf(v.KAFKA_USERNAME !== undefined ? 'KAFKA_USERNAME' : 'KAFKA_PASSWORD')}: needs ${nameOf('KAFKA_SASL_MECHANISM')} (one of ${SASL_MECHANISMS.join(', ')})`,
+    );
   }
   let tls: KafkaConnection['tls'];
-  const files = (['KAFKA_TLS_CA_FILE', 'KAFKA_TLS_CERT_FILE', 'KAFKA_TLS_KEY_FILE', 'KAFKA_TLS_SERVER_NAME'] as const).filter((k) => v[k] !== undefined);
+  const files = (['KAFKA_TLS_CA_FILE', 'KAFKA_TLS_CERT_FILE', 'KAFKA_TLS_KEY_FILE', 'KAFKA_TLS_SERVER_NAME'] as const).filter(
+    (k) => v[k] !== undefined,
+  );
   if (!v.KAFKA_TLS) {
     for (const k of files) problems.push(`${nameOf(k)}: needs ${nameOf('KAFKA_TLS')} true`);
   } else if ((v.KAFKA_TLS_CERT_FILE === undefined) !== (v.KAFKA_TLS_KEY_FILE === undefined)) {

@@ -4,6 +4,7 @@
  * here run with auto.create.topics.enable=false, as production brokers should).
  */
 import type { Admin } from 'kafkajs';
+import { textOf } from '../common/text.ts';
 
 /** `<topic>.dead`, as `<queue>.dead` for RabbitMQ. */
 export function deadLetterTopicOf(topic: string): string {
@@ -26,9 +27,9 @@ export const KAFKA_HEADERS = {
 /** A header's value as text (kafkajs gives Buffers, or arrays of them for repeated headers). */
 export function headerText(headers: Record<string, unknown> | undefined, name: string): string | undefined {
   const v = headers?.[name];
-  const one = Array.isArray(v) ? v[v.length - 1] : v;
+  const one: unknown = Array.isArray(v) ? v[v.length - 1] : v;
   if (one === undefined || one === null) return undefined;
-  return Buffer.isBuffer(one) ? one.toString('utf8') : String(one);
+  return Buffer.isBuffer(one) ? one.toString('utf8') : textOf(one);
 }
 
 /**

@@ -78,7 +78,8 @@ export function outcomeOfExit(code: number): string {
 }
 
 /** Waiting reasons that mean a pod will not start by itself. */
-const STUCK_WAITING = /^(ErrImagePull|ImagePullBackOff|ErrImageNeverPull|InvalidImageName|CreateContainerConfigError|CreateContainerError|RunContainerError|CrashLoopBackOff)$/;
+const STUCK_WAITING =
+  /^(ErrImagePull|ImagePullBackOff|ErrImageNeverPull|InvalidImageName|CreateContainerConfigError|CreateContainerError|RunContainerError|CrashLoopBackOff)$/;
 /** A pod Pending longer than this without a reason is shown as stuck too. */
 const PENDING_STUCK_S = 60;
 
@@ -98,11 +99,20 @@ export function loadKubeConfig(target: KubeTarget): { kc: KubeConfig; context: s
     }
   }
   if (target.context !== undefined) {
-    if (!kc.getContextObject(target.context)) throw new Error(`--context: no context ${JSON.stringify(target.context)} in the kubeconfig (${kc.getContexts().map((c) => c.name).join(', ') || 'none'})`);
+    if (!kc.getContextObject(target.context))
+      throw new Error(
+        `--context: no context ${JSON.stringify(target.context)} in the kubeconfig (${
+          kc
+            .getContexts()
+            .map((c) => c.name)
+            .join(', ') || 'none'
+        })`,
+      );
     kc.setCurrentContext(target.context);
   }
   const context = kc.getCurrentContext();
-  if (!context || !kc.getCurrentCluster()) throw new Error('no Kubernetes cluster configured: set KUBECONFIG or --kubeconfig, as for kubectl');
+  if (!context || !kc.getCurrentCluster())
+    throw new Error('no Kubernetes cluster configured: set KUBECONFIG or --kubeconfig, as for kubectl');
   const namespace = target.namespace ?? kc.getContextObject(context)?.namespace ?? 'default';
   return { kc, context, namespace };
 }
@@ -176,10 +186,18 @@ function stuckReason(pod: V1Pod, now: number): StuckPod | undefined {
   if (phase !== 'Pending') return undefined;
   for (const s of [...(pod.status?.initContainerStatuses ?? []), ...(pod.status?.containerStatuses ?? [])]) {
     const w = s.state?.waiting;
-    if (w?.reason && STUCK_WAITING.test(w.reason)) return { pod: name, phase, reason: w.reason, ...(w.message ? { message: w.message } : {}), ageSeconds };
+    if (w?.reason && STUCK_WAITING.test(w.reason))
+      return { pod: name, phase, reason: w.reason, ...(w.message ? { message: w.message } : {}), ageSeconds };
   }
   const scheduled = (pod.status?.conditions ?? []).find((c) => c.type === 'PodScheduled');
-  if (scheduled?.status === 'False') return { pod: name, phase, reason: scheduled.reason ?? 'Unschedulable', ...(scheduled.message ? { message: scheduled.message } : {}), ageSeconds };
+  if (scheduled?.status === 'False')
+    return {
+      pod: name,
+      phase,
+      reason: scheduled.reason ?? 'Unschedulable',
+      ...(scheduled.message ? { message: scheduled.message } : {}),
+      ageSeconds,
+    };
   if (ageSeconds > PENDING_STUCK_S) return { pod: name, phase, reason: 'Pending', message: `pending for ${ageSeconds} s`, ageSeconds };
   return undefined;
 }
@@ -193,7 +211,11 @@ export async function readScaledJob(target: KubeTarget, name: string, timeoutMs 
   const what = `scaledjob ${namespace}/${name}`;
   const labelSelector = `scaledjob.keda.sh/name=${name}`;
   const [sj, jobs, pods] = await Promise.all([
-    ask(what, custom.getNamespacedCustomObject({ group: 'keda.sh', version: 'v1alpha1', namespace, plural: 'scaledjobs', name }), timeoutMs) as Promise<ScaledJobObject>,
+    ask(
+      what,
+      custom.getNamespacedCustomObject({ group: 'keda.sh', version: 'v1alpha1', namespace, plural: 'scaledjobs', name }),
+      timeoutMs,
+    ) as Promise<ScaledJobObject>,
     ask(`jobs of ${what}`, batch.listNamespacedJob({ namespace, labelSelector }), timeoutMs),
     ask(`pods in ${namespace}`, core.listNamespacedPod({ namespace }), timeoutMs),
   ]);
@@ -208,7 +230,9 @@ export async function readScaledJob(target: KubeTarget, name: string, timeoutMs 
   const workerJobs: WorkerJob[] = jobs.items
     .map((j) => {
       const jobName = j.metadata?.name ?? '?';
-      const jobPods = (podsOfJob.get(jobName) ?? []).sort((a, b) => ageOf(a.metadata?.creationTimestamp, now) - ageOf(b.metadata?.creationTimestamp, now));
+      const jobPods = (podsOfJob.get(jobName) ?? []).sort(
+        (a, b) => ageOf(a.metadata?.creationTimestamp, now) - ageOf(b.metadata?.creationTimestamp, now),
+      );
       const pod = jobPods[0];
       const exitCode = workerContainerExit(pod);
       let status = jobStatus(j);
@@ -269,5 +293,11 @@ export async function kedaResources(target: KubeTarget, timeoutMs = 8000): Promi
   const { kc } = loadKubeConfig(target);
   const custom = kc.makeApiClient(CustomObjectsApi);
   const list = await ask('the keda.sh/v1alpha1 API', custom.getAPIResources({ group: 'keda.sh', version: 'v1alpha1' }), timeoutMs);
-  return { resources: list.resources.map((r) => r.name).filter((n) => !n.includes('/')).sort(), server: kc.getCurrentCluster()?.server ?? '?' };
+  return {
+    resources: list.resources
+      .map((r) => r.name)
+      .filter((n) => !n.includes('/'))
+      .sort(),
+    server: kc.getCurrentCluster()?.server ?? '?',
+  };
 }

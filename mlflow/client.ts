@@ -6,7 +6,12 @@ import { MlflowHttp } from './http.ts';
 import { MlflowTracking } from './tracking.ts';
 
 /** An MLflow client, or undefined when no tracking URI is set (neither the flag nor MLFLOW_TRACKING_URI). */
-export function mlflowFromEnv(component: string, env: Readonly<Record<string, string | undefined>>, log: Logger, trackingUri?: FlagOverride): MlflowTracking | undefined {
+export function mlflowFromEnv(
+  component: string,
+  env: Readonly<Record<string, string | undefined>>,
+  log: Logger,
+  trackingUri?: FlagOverride,
+): MlflowTracking | undefined {
   const settings = loadMlflowSettings(component, env, trackingUri);
   if (!settings) return undefined;
   return new MlflowTracking(new MlflowHttp({ ...settings, maxBackoffSeconds: 30, log }));

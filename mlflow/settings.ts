@@ -55,7 +55,10 @@ export function readMlflowFiles(raw: RawInput, problems: string[]): { serverCa: 
   return { serverCa: read('MLFLOW_TRACKING_SERVER_CERT_PATH'), clientCert: read('MLFLOW_TRACKING_CLIENT_CERT_PATH') };
 }
 
-export function mlflowSettings(v: MlflowValues, files: { serverCa: Buffer | undefined; clientCert: Buffer | undefined }): MlflowSettings | undefined {
+export function mlflowSettings(
+  v: MlflowValues,
+  files: { serverCa: Buffer | undefined; clientCert: Buffer | undefined },
+): MlflowSettings | undefined {
   if (v.MLFLOW_TRACKING_URI === undefined) return undefined;
   return Object.freeze({
     trackingUri: v.MLFLOW_TRACKING_URI,

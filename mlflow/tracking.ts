@@ -10,7 +10,7 @@ import { pipeline } from 'node:stream/promises';
 import type { Readable } from 'node:stream';
 import { discard, readText } from '../common/http-request.ts';
 import { PermanentError, TransientError } from '../common/errors.ts';
-import { MlflowHttp, MlflowHttpError } from './http.ts';
+import { type MlflowHttp, MlflowHttpError } from './http.ts';
 
 /** MLflow's documented limits for one runs/log-batch request. */
 export const LOG_BATCH_LIMITS = { metrics: 1000, paramsAndTags: 100, entities: 1000 } as const;
@@ -91,7 +91,11 @@ export interface ArtifactFile {
 }
 
 /** Splits a batch into requests that each respect MLflow's limits. */
-export function splitLogBatch(metrics: readonly Metric[], params: readonly KeyValue[], tags: readonly KeyValue[]): Array<{ metrics: Metric[]; params: KeyValue[]; tags: KeyValue[] }> {
+export function splitLogBatch(
+  metrics: readonly Metric[],
+  params: readonly KeyValue[],
+  tags: readonly KeyValue[],
+): Array<{ metrics: Metric[]; params: KeyValue[]; tags: KeyValue[] }> {
   const out: Array<{ metrics: Metric[]; params: KeyValue[]; tags: KeyValue[] }> = [];
   let cur = { metrics: [] as Metric[], params: [] as KeyValue[], tags: [] as KeyValue[] };
   const size = (): number => cur.metrics.length + cur.params.length + cur.tags.length;
@@ -150,7 +154,11 @@ export class MlflowTracking {
   }
 
   /** The experiment called `name`, or undefined when there is none. `maxRetries` as for any call. */
-  async findExperiment(name: string, signal: AbortSignal, maxRetries?: number): Promise<{ experimentId: string; deleted: boolean } | undefined> {
+  async findExperiment(
+    name: string,
+    signal: AbortSignal,
+    maxRetries?: number,
+  ): Promise<{ experimentId: string; deleted: boolean } | undefined> {
     try {
       const r = await this.http.api<{ experiment: { experiment_id: string; lifecycle_stage: string } }>('experiments/get-by-name', {
         method: 'GET',
@@ -170,14 +178,21 @@ export class MlflowTracking {
     const get = async (): Promise<string | undefined> => {
       const found = await this.findExperiment(name, signal);
       if (found?.deleted) {
-        throw new PermanentError(`experiment: ${JSON.stringify(name)} is deleted in MLflow; restore it or use another name`, { field: 'experiment' });
+        throw new PermanentError(`experiment: ${JSON.stringify(name)} is deleted in MLflow; restore it or use another name`, {
+          field: 'experiment',
+        });
       }
       return found?.experimentId;
     };
     const found = await get();
     if (found !== undefined) return found;
     try {
-      const r = await this.http.api<{ experiment_id: string }>('experiments/create', { method: 'POST', json: { name }, signal, retryWriteRace: false });
+      const r = await this.http.api<{ experiment_id: string }>('experiments/create', {
+        method: 'POST',
+        json: { name },
+        signal,
+        retryWriteRace: false,
+      });
       return r.experiment_id;
     } catch (err) {
       // Another worker created it between our get and our create: MLflow says so with
@@ -217,10 +232,21 @@ export class MlflowTracking {
 
   /** Runs of an experiment carrying tag `key` = `value`, deleted ones excluded, newest first. */
   async runsWithTag(experimentId: string, key: string, value: string, signal: AbortSignal): Promise<SearchedRun[]> {
-    return this.searchRuns([experimentId], { filter: `tags.\`${key}\` = ${quoteFilterValue(value)}`, maxResults: 50, orderBy: ['attributes.start_time DESC'] }, signal);
+    return this.searchRuns(
+      [experimentId],
+      { filter: `tags.\`${key}\` = ${quoteFilterValue(value)}`, maxResults: 50, orderBy: ['attributes.start_time DESC'] },
+      signal,
+    );
   }
 
-  async createRun(experimentId: string, runName: string, tags: readonly KeyValue[], startTime: number, signal: AbortSignal, options: { retries?: number } = {}): Promise<RunInfo> {
+  async createRun(
+    experimentId: string,
+    runName: string,
+    tags: readonly KeyValue[],
+    startTime: number,
+    signal: AbortSignal,
+    options: { retries?: number } = {},
+  ): Promise<RunInfo> {
     const r = await this.http.api<{ run: Run }>('runs/create', {
       method: 'POST',
       json: { experiment_id: experimentId, run_name: runName, start_time: startTime, tags },
@@ -235,7 +261,11 @@ export class MlflowTracking {
     return r.run;
   }
 
-  async logBatch(runId: string, batch: { metrics?: readonly Metric[]; params?: readonly KeyValue[]; tags?: readonly KeyValue[] }, signal: AbortSignal): Promise<void> {
+  async logBatch(
+    runId: string,
+    batch: { metrics?: readonly Metric[]; params?: readonly KeyValue[]; tags?: readonly KeyValue[] },
+    signal: AbortSignal,
+  ): Promise<void> {
     for (const part of splitLogBatch(batch.metrics ?? [], batch.params ?? [], batch.tags ?? [])) {
       await this.http.api('runs/log-batch', { method: 'POST', json: { run_id: runId, ...part }, signal });
     }
@@ -284,12 +314,20 @@ export class MlflowTracking {
 
   /** Lists one directory of the artifact proxy. */
   async listArtifacts(proxyDir: string, signal: AbortSignal): Promise<ArtifactFile[]> {
-    const r = await this.http.raw('api/2.0/mlflow-artifacts/artifacts', { method: 'GET', query: { path: proxyDir }, signal }, async (res) => JSON.parse(await readText(res)) as { files?: ArtifactFile[] });
+    const r = await this.http.raw(
+      'api/2.0/mlflow-artifacts/artifacts',
+      { method: 'GET', query: { path: proxyDir }, signal },
+      async (res) => JSON.parse(await readText(res)) as { files?: ArtifactFile[] },
+    );
     return r.files ?? [];
   }
 
   /** Streams one artifact-proxy file into `onStream`. */
-  async openArtifact<T>(proxyFile: string, signal: AbortSignal, onStream: (body: Readable, length: number | undefined) => Promise<T>): Promise<T> {
+  async openArtifact<T>(
+    proxyFile: string,
+    signal: AbortSignal,
+    onStream: (body: Readable, length: number | undefined) => Promise<T>,
+  ): Promise<T> {
     return this.http.raw(`api/2.0/mlflow-artifacts/artifacts/${encodePath(proxyFile)}`, { method: 'GET', signal }, async (res) => {
       const len = Number(res.headers['content-length']);
       return onStream(res.body, Number.isFinite(len) ? len : undefined);
@@ -310,7 +348,8 @@ export class MlflowTracking {
         // The proxy names entries relative to the directory listed (older servers: relative to the root).
         const name = f.path.startsWith(`${listed}/`) ? f.path.slice(listed.length + 1) : f.path;
         const rel = relDir && !name.startsWith(`${relDir}/`) ? `${relDir}/${name}` : name;
-        if (rel.split('/').some((part) => part === '..' || part === '')) throw new PermanentError(`the artifact listing names an unsafe path: ${JSON.stringify(f.path)}`);
+        if (rel.split('/').some((part) => part === '..' || part === ''))
+          throw new PermanentError(`the artifact listing names an unsafe path: ${JSON.stringify(f.path)}`);
         if (f.is_dir) {
           await walk(rel);
           continue;

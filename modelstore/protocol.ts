@@ -47,7 +47,9 @@ export function isCacheKey(key: string): boolean {
 
 /** A file path inside a model directory: relative, no `.` or `..` segment, no empty segment. */
 export function isModelFilePath(path: string): boolean {
-  return path.length > 0 && path.length <= 1024 && !path.startsWith('/') && path.split('/').every((p) => p !== '' && p !== '.' && p !== '..');
+  return (
+    path.length > 0 && path.length <= 1024 && !path.startsWith('/') && path.split('/').every((p) => p !== '' && p !== '.' && p !== '..')
+  );
 }
 
 /** A listing that is not one; `field` names what is wrong. */
@@ -76,8 +78,10 @@ export function parseModelListing(text: string): ModelListing {
     const path = e['path'];
     const size = e['size'];
     const sha256 = e['sha256'];
-    if (typeof path !== 'string' || !isModelFilePath(path)) throw new ListingError(`files[${i}].path`, 'must be a relative path without . or .. parts');
-    if (typeof size !== 'number' || !Number.isSafeInteger(size) || size < 0) throw new ListingError(`files[${i}].size`, 'must be a whole number of bytes');
+    if (typeof path !== 'string' || !isModelFilePath(path))
+      throw new ListingError(`files[${i}].path`, 'must be a relative path without . or .. parts');
+    if (typeof size !== 'number' || !Number.isSafeInteger(size) || size < 0)
+      throw new ListingError(`files[${i}].size`, 'must be a whole number of bytes');
     if (typeof sha256 !== 'string' || !SHA256.test(sha256)) throw new ListingError(`files[${i}].sha256`, 'must be 64 lowercase hex digits');
     return { path, size, sha256 };
   });

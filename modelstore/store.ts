@@ -209,7 +209,12 @@ async function sweep(dir: string, staleMs: number, now: number): Promise<void> {
  * trustworthy one. A damaged copy (files missing or cut short) is discarded and filled again. What
  * `fill` returns is kept in the manifest as the copy's meta.
  */
-export async function ensureCached(cacheDir: string, key: string, fill: (dir: string) => Promise<CopyMeta | void>, options: CacheOptions = {}): Promise<CachedModel> {
+export async function ensureCached(
+  cacheDir: string,
+  key: string,
+  fill: (dir: string) => Promise<CopyMeta | void>,
+  options: CacheOptions = {},
+): Promise<CachedModel> {
   const dir = join(cacheDir, key);
   const now = options.now ?? Date.now;
   const found = await judgeCopy(dir, options.accept);

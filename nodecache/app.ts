@@ -42,7 +42,9 @@ function tokenMatches(header: string | undefined, token: string): boolean {
   const m = /^Bearer (.+)$/.exec(header ?? '');
   if (!m) return false;
   // Compared as digests: equal lengths, and no early exit on the first differing byte.
-  const a = createHash('sha256').update(m[1] ?? '').digest();
+  const a = createHash('sha256')
+    .update(m[1] ?? '')
+    .digest();
   const b = createHash('sha256').update(token).digest();
   return timingSafeEqual(a, b);
 }
@@ -61,8 +63,13 @@ export async function startNodeCache(config: NodeCacheConfig, log: Logger): Prom
   const counters = new Counters();
 
   const metrics = (): string => {
-    const family = (name: string, type: 'gauge' | 'counter', help: string, samples: readonly string[]): string[] => [`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`, ...samples];
-    const one = (name: string, type: 'gauge' | 'counter', help: string, value: number): string[] => family(name, type, help, [`${name} ${value}`]);
+    const family = (name: string, type: 'gauge' | 'counter', help: string, samples: readonly string[]): string[] => [
+      `# HELP ${name} ${help}`,
+      `# TYPE ${name} ${type}`,
+      ...samples,
+    ];
+    const one = (name: string, type: 'gauge' | 'counter', help: string, value: number): string[] =>
+      family(name, type, help, [`${name} ${value}`]);
     const lines = [
       ...one('kmj_node_cache_bytes', 'gauge', 'Bytes of the models kept.', store.bytes),
       ...one('kmj_node_cache_max_bytes', 'gauge', 'The bound on the bytes kept (KMJ_NODE_CACHE_MAX_BYTES).', config.maxBytes),
@@ -111,7 +118,7 @@ export async function startNodeCache(config: NodeCacheConfig, log: Logger): Prom
     }
   };
 
-  const file = async (url: URL, res: ServerResponse): Promise<void> => {
+  const file = (url: URL, res: ServerResponse): void => {
     const key = url.searchParams.get('key') ?? '';
     const id = url.searchParams.get('id') ?? '';
     const path = url.searchParams.get('path') ?? '';
@@ -141,7 +148,9 @@ export async function startNodeCache(config: NodeCacheConfig, log: Logger): Prom
       counters.servedBytes += sent;
       if (sent !== f.size || hash.digest('hex') !== f.sha256) {
         counters.damaged++;
-        store.discard(key, id, `${path} no longer matches the hash taken when it arrived`).catch((err: unknown) => log.warn({ err: messageOf(err) }, 'discarding a damaged copy failed'));
+        store
+          .discard(key, id, `${path} no longer matches the hash taken when it arrived`)
+          .catch((err: unknown) => log.warn({ err: messageOf(err) }, 'discarding a damaged copy failed'));
       }
     });
     stream.pipe(res);
@@ -172,12 +181,20 @@ export async function startNodeCache(config: NodeCacheConfig, log: Logger): Prom
       answer(res, 401, { error: 'a valid bearer token is required' });
       return;
     }
-    const work = url.pathname === NODE_CACHE_MODEL_PATH ? model(url, res) : file(url, res);
-    work.catch((err: unknown) => {
+    const failed = (err: unknown): void => {
       log.error({ err: messageOf(err) }, 'request failed');
       if (!res.headersSent) answer(res, 500, { error: 'internal error' });
       else res.destroy();
-    });
+    };
+    if (url.pathname === NODE_CACHE_MODEL_PATH) {
+      model(url, res).catch(failed);
+      return;
+    }
+    try {
+      file(url, res);
+    } catch (err) {
+      failed(err);
+    }
   });
   // A fill of a big model from a Pi's MLflow can take minutes: no request timeout here, the
   // worker bounds its own wait.

@@ -11,7 +11,13 @@ import { checkMlflow, MLFLOW_ENV, mlflowSettings, readMlflowFiles, type MlflowSe
 
 export const NODE_CACHE_ENV = {
   KMJ_NODE_CACHE_HOST: { kind: 'string', default: '0.0.0.0', help: 'address the node cache listens on' },
-  KMJ_NODE_CACHE_PORT: { kind: 'integer', min: 0, max: 65535, default: 8090, help: 'HTTP port of the cache, /metrics, /healthz and /readyz (--port)' },
+  KMJ_NODE_CACHE_PORT: {
+    kind: 'integer',
+    min: 0,
+    max: 65535,
+    default: 8090,
+    help: 'HTTP port of the cache, /metrics, /healthz and /readyz (--port)',
+  },
   KMJ_NODE_CACHE_DIR: { kind: 'string', help: 'where the models are kept (default: ~/.cache/kmj/node-models)' },
   KMJ_NODE_CACHE_MAX_BYTES: {
     kind: 'integer',
@@ -21,7 +27,12 @@ export const NODE_CACHE_ENV = {
     default: 4 * 1024 ** 3,
     help: 'the models kept add up to at most this; the least recently used go first (a fill may pass it by one model until it ends)',
   },
-  KMJ_NODE_CACHE_TOKEN: { kind: 'string', required: true, minLength: 16, help: 'the bearer token workers must present (a Secret shared with them)' },
+  KMJ_NODE_CACHE_TOKEN: {
+    kind: 'string',
+    required: true,
+    minLength: 16,
+    help: 'the bearer token workers must present (a Secret shared with them)',
+  },
   ...MLFLOW_ENV,
   LOG_LEVEL: { kind: 'enum', values: LOG_LEVELS, default: 'info', help: 'log level' },
 } as const satisfies FieldSpecs;
@@ -42,7 +53,9 @@ export interface NodeCacheFlags {
 
 export function loadNodeCacheConfig(env: RawInput, flags: NodeCacheFlags = {}): NodeCacheConfig {
   let files = { serverCa: undefined as Buffer | undefined, clientCert: undefined as Buffer | undefined };
-  const overrides: Record<string, FlagOverride | undefined> = { KMJ_NODE_CACHE_PORT: flags.port !== undefined ? { flag: '--port', value: flags.port } : undefined };
+  const overrides: Record<string, FlagOverride | undefined> = {
+    KMJ_NODE_CACHE_PORT: flags.port !== undefined ? { flag: '--port', value: flags.port } : undefined,
+  };
   const v = readConfig(
     'node cache',
     NODE_CACHE_ENV,

@@ -88,7 +88,8 @@ export class NodeStore {
         const key = relative(this.#o.dir, dir);
         const m = await readCopy(dir);
         const files = hashedFiles(m?.files);
-        if (m && files) this.#entries.set(key, { id: m.id, files, bytes: bytesOf(files), lastUsedMs: (await stat(join(dir, MANIFEST))).mtimeMs });
+        if (m && files)
+          this.#entries.set(key, { id: m.id, files, bytes: bytesOf(files), lastUsedMs: (await stat(join(dir, MANIFEST))).mtimeMs });
         else {
           this.#o.log.warn({ key }, 'a copy without a readable manifest with file hashes; removing it');
           await rm(dir, { recursive: true, force: true });
@@ -108,7 +109,11 @@ export class NodeStore {
    * The copy of `key` fetched from `artifactUri` (of `origin`, for a registry version): the one
    * kept, or fetched from MLflow now. A kept copy of another origin or location is replaced.
    */
-  async get(key: string, artifactUri: string, origin: string | undefined): Promise<{ readonly listing: ModelListing; readonly fetched: boolean }> {
+  async get(
+    key: string,
+    artifactUri: string,
+    origin: string | undefined,
+  ): Promise<{ readonly listing: ModelListing; readonly fetched: boolean }> {
     const before = this.#turns.get(key) ?? Promise.resolve();
     const work = before.then(() => this.#get(key, artifactUri, origin, this.#closing.signal));
     const turn = work.then(
@@ -128,9 +133,15 @@ export class NodeStore {
     this.#closing.abort(new Error('the node cache is shutting down'));
   }
 
-  async #get(key: string, artifactUri: string, origin: string | undefined, signal: AbortSignal): Promise<{ readonly listing: ModelListing; readonly fetched: boolean }> {
+  async #get(
+    key: string,
+    artifactUri: string,
+    origin: string | undefined,
+    signal: AbortSignal,
+  ): Promise<{ readonly listing: ModelListing; readonly fetched: boolean }> {
     const accept = (meta: CopyMeta): string | undefined => {
-      if (meta['artifactUri'] !== artifactUri) return `the copy was fetched from ${meta['artifactUri'] ?? 'nowhere known'}, not ${artifactUri}`;
+      if (meta['artifactUri'] !== artifactUri)
+        return `the copy was fetched from ${meta['artifactUri'] ?? 'nowhere known'}, not ${artifactUri}`;
       if (origin !== undefined && meta['origin'] !== origin) return 'the copy came from another registration of the version';
       return undefined;
     };
@@ -141,8 +152,12 @@ export class NodeStore {
         if (files.length === 0) throw new PermanentError(`${artifactUri} holds no files`);
         for (const f of files) fetched += (await stat(join(into, f))).size;
       } catch (err) {
-        if (err instanceof PermanentError && /larger than the limit/.test(err.message)) throw new ModelTooLargeError(`the model at ${artifactUri} is larger than the cache's bound of ${this.#o.maxBytes} bytes`, { cause: err });
-        if ((err as { code?: unknown }).code === 'ENOSPC') throw new ModelTooLargeError(`no room on the cache's disk for the model at ${artifactUri}`, { cause: err });
+        if (err instanceof PermanentError && /larger than the limit/.test(err.message))
+          throw new ModelTooLargeError(`the model at ${artifactUri} is larger than the cache's bound of ${this.#o.maxBytes} bytes`, {
+            cause: err,
+          });
+        if ((err as { code?: unknown }).code === 'ENOSPC')
+          throw new ModelTooLargeError(`no room on the cache's disk for the model at ${artifactUri}`, { cause: err });
         throw err;
       }
       return { artifactUri, ...(origin !== undefined ? { origin } : {}) };
@@ -205,7 +220,9 @@ export class NodeStore {
 }
 
 /** The files of a manifest when every one has its hash (a copy the node cache filled); else undefined. */
-function hashedFiles(files: ReadonlyArray<{ readonly path: string; readonly size: number; readonly sha256?: string }> | undefined): ListedFile[] | undefined {
+function hashedFiles(
+  files: ReadonlyArray<{ readonly path: string; readonly size: number; readonly sha256?: string }> | undefined,
+): ListedFile[] | undefined {
   if (!files || files.some((f) => f.sha256 === undefined)) return undefined;
   return files.map((f) => ({ path: f.path, size: f.size, sha256: f.sha256 ?? '' }));
 }

@@ -112,10 +112,14 @@ export class AmqpQueueInspector {
       return { messageCount: ok.messageCount, consumerCount: ok.consumerCount };
     } catch (err) {
       if (isNotFound(err)) {
-        throw new BacklogNotFoundError(`queue ${JSON.stringify(queue)} does not exist in vhost ${JSON.stringify(this.#options.vhost)}`, { cause: err });
+        throw new BacklogNotFoundError(`queue ${JSON.stringify(queue)} does not exist in vhost ${JSON.stringify(this.#options.vhost)}`, {
+          cause: err,
+        });
       }
       if (signal.aborted) {
-        throw new BacklogUnavailableError(`broker did not answer the passive declare of queue ${JSON.stringify(queue)} in time`, { cause: err });
+        throw new BacklogUnavailableError(`broker did not answer the passive declare of queue ${JSON.stringify(queue)} in time`, {
+          cause: err,
+        });
       }
       throw new BacklogUnavailableError(`passive declare of queue ${JSON.stringify(queue)} failed: ${messageOf(err)}`, { cause: err });
     } finally {
@@ -140,7 +144,9 @@ export class AmqpQueueInspector {
       const wait = this.#nextAttemptAt - Date.now();
       if (wait > 0) {
         if (this.#lastFailure instanceof BacklogNotFoundError) throw this.#lastFailure;
-        throw new BacklogUnavailableError(`cannot reach the broker (${this.#lastFailure?.message ?? 'connection lost'}); next attempt in ${wait} ms`);
+        throw new BacklogUnavailableError(
+          `cannot reach the broker (${this.#lastFailure?.message ?? 'connection lost'}); next attempt in ${wait} ms`,
+        );
       }
       this.#connecting = this.#connect().finally(() => {
         this.#connecting = undefined;
@@ -155,7 +161,11 @@ export class AmqpQueueInspector {
   async #connect(): Promise<ChannelModel> {
     const url = withHeartbeat(this.#options.url, this.#options.heartbeatSeconds);
     try {
-      const conn = await connect(url, { timeout: this.#options.connectTimeoutMs, noDelay: true, clientProperties: { connection_name: 'kmj-scaler' } });
+      const conn = await connect(url, {
+        timeout: this.#options.connectTimeoutMs,
+        noDelay: true,
+        clientProperties: { connection_name: 'kmj-scaler' },
+      });
       if (this.#closed) {
         await conn.close().catch(() => undefined); // closed while connecting: nobody owns this connection
         throw new BacklogUnavailableError('scaler is shutting down');
@@ -172,7 +182,9 @@ export class AmqpQueueInspector {
       // The broker answers connection.open for a vhost that does not exist, or that the user may not
       // use, with connection.close (530 NOT_ALLOWED); amqplib reports it without the reply text.
       const failure = /Expected ConnectionOpenOk; got <ConnectionClose/.test(messageOf(err))
-        ? new BacklogNotFoundError(`vhost ${JSON.stringify(this.#options.vhost)} does not exist or the connection's user may not use it`, { cause: err })
+        ? new BacklogNotFoundError(`vhost ${JSON.stringify(this.#options.vhost)} does not exist or the connection's user may not use it`, {
+            cause: err,
+          })
         : new BacklogUnavailableError(`cannot reach the broker: ${messageOf(err)}`, { cause: err });
       this.#lastFailure = failure;
       this.#nextAttemptAt = Date.now() + this.#backoffMs;

@@ -45,7 +45,9 @@ export class ManagementQueueReader {
     try {
       res = await raceAbort(fetch(url, { headers, signal }), signal);
     } catch (err) {
-      throw new BacklogUnavailableError(`management API did not answer for queue ${JSON.stringify(queue)}: ${messageOf(err)}`, { cause: err });
+      throw new BacklogUnavailableError(`management API did not answer for queue ${JSON.stringify(queue)}: ${messageOf(err)}`, {
+        cause: err,
+      });
     }
     if (res.status === 404) {
       await res.body?.cancel();
@@ -53,14 +55,16 @@ export class ManagementQueueReader {
     }
     if (!res.ok) {
       await res.body?.cancel();
-      const hint = res.status === 401 || res.status === 403 ? ' (check the connection credentials and the user\'s monitoring tag)' : '';
+      const hint = res.status === 401 || res.status === 403 ? " (check the connection credentials and the user's monitoring tag)" : '';
       throw new BacklogUnavailableError(`management API answered HTTP ${res.status} for queue ${JSON.stringify(queue)}${hint}`);
     }
     let body: unknown;
     try {
       body = await raceAbort(res.json(), signal);
     } catch (err) {
-      throw new BacklogUnavailableError(`management API sent an unreadable answer for queue ${JSON.stringify(queue)}: ${messageOf(err)}`, { cause: err });
+      throw new BacklogUnavailableError(`management API sent an unreadable answer for queue ${JSON.stringify(queue)}: ${messageOf(err)}`, {
+        cause: err,
+      });
     }
     return parseQueueStats(body, queue);
   }

@@ -8,8 +8,17 @@ export const DEFAULT_RABBITMQ_URL = 'amqp://guest:guest@127.0.0.1:5672';
 
 /** RABBITMQ_URL and RABBITMQ_MANAGEMENT_URL, for a component's own settings to spread in. */
 export const RABBITMQ_ENV = {
-  RABBITMQ_URL: { kind: 'url', protocols: ['amqp', 'amqps'], default: DEFAULT_RABBITMQ_URL, help: 'broker (amqp:// or amqps://, credentials and vhost in the URL)' },
-  RABBITMQ_MANAGEMENT_URL: { kind: 'url', protocols: ['http', 'https'], help: 'management API (default: RABBITMQ_URL host, port 15672, same credentials)' },
+  RABBITMQ_URL: {
+    kind: 'url',
+    protocols: ['amqp', 'amqps'],
+    default: DEFAULT_RABBITMQ_URL,
+    help: 'broker (amqp:// or amqps://, credentials and vhost in the URL)',
+  },
+  RABBITMQ_MANAGEMENT_URL: {
+    kind: 'url',
+    protocols: ['http', 'https'],
+    help: 'management API (default: RABBITMQ_URL host, port 15672, same credentials)',
+  },
 } as const satisfies FieldSpecs;
 
 /** The vhost an AMQP URL names: its path, "/" when there is none. */

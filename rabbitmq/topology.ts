@@ -50,7 +50,8 @@ export async function declareRequestTopology(conn: ChannelModel, queue: string, 
   const found = await checkQueues(conn, [options.deadLetterQueue]);
   const ch = await conn.createChannel();
   try {
-    if (found.get(options.deadLetterQueue) === undefined) await ch.assertQueue(options.deadLetterQueue, { durable: true, arguments: DEAD_LETTER_QUEUE_ARGUMENTS });
+    if (found.get(options.deadLetterQueue) === undefined)
+      await ch.assertQueue(options.deadLetterQueue, { durable: true, arguments: DEAD_LETTER_QUEUE_ARGUMENTS });
     await ch.assertQueue(queue, { durable: true, arguments: requestQueueArguments(options) });
   } finally {
     await ch.close().catch(() => undefined);
@@ -80,7 +81,11 @@ export const DEAD_LETTER_HEADERS = {
 
 /** Why a message in a dead-letter queue is there: the worker's reason, or the broker's doing. */
 export function deadLetterReason(headers: Record<string, unknown> | undefined): string {
-  return String(headers?.[DEAD_LETTER_HEADERS.reason] ?? 'dead-lettered by the broker');
+  const reason = headers?.[DEAD_LETTER_HEADERS.reason];
+  // amqplib gives a string header as a string, or as a Buffer when it came as bytes.
+  if (typeof reason === 'string') return reason;
+  if (Buffer.isBuffer(reason)) return reason.toString('utf8');
+  return 'dead-lettered by the broker';
 }
 
 /**

@@ -68,7 +68,12 @@ export class ManagementClient {
   /** The user exists, with this password, no tags, and these permissions on `vhost`. */
   async ensureUser(name: string, password: string, vhost: string, permissions: Permissions, signal: AbortSignal): Promise<void> {
     await this.#put(`users/${encodeURIComponent(name)}`, { password, tags: '' }, `user ${JSON.stringify(name)}`, signal);
-    await this.#put(`permissions/${encodeURIComponent(vhost)}/${encodeURIComponent(name)}`, permissions, `permissions of ${JSON.stringify(name)}`, signal);
+    await this.#put(
+      `permissions/${encodeURIComponent(vhost)}/${encodeURIComponent(name)}`,
+      permissions,
+      `permissions of ${JSON.stringify(name)}`,
+      signal,
+    );
   }
 
   async #put(path: string, body: unknown, what: string, signal: AbortSignal): Promise<void> {
@@ -83,9 +88,15 @@ export class ManagementClient {
     const text = await res.text();
     if (res.ok) return;
     if (res.status === 401 || res.status === 403) {
-      throw new ManagementError(`RabbitMQ's management API refused the administrator's credentials (HTTP ${res.status}) setting ${what}`, false);
+      throw new ManagementError(
+        `RabbitMQ's management API refused the administrator's credentials (HTTP ${res.status}) setting ${what}`,
+        false,
+      );
     }
     // 5xx while the node starts (or a 503 from a proxy in front of it): worth another try.
-    throw new ManagementError(`RabbitMQ's management API answered HTTP ${res.status} setting ${what}: ${text.slice(0, 300)}`, res.status >= 500);
+    throw new ManagementError(
+      `RabbitMQ's management API answered HTTP ${res.status} setting ${what}: ${text.slice(0, 300)}`,
+      res.status >= 500,
+    );
   }
 }

@@ -27,7 +27,7 @@ export async function startScaler(config: ScalerConfig, log: Logger): Promise<Ru
   const metrics = new ScalerMetrics(() => store.views());
   const sources = createSources(config.sources, config.tuning, log);
   const triggers = new TriggerCompiler(sources);
-  const store = new SnapshotStore(config.snapshots, log.child({ component: 'snapshots' }), metrics);
+  const store: SnapshotStore = new SnapshotStore(config.snapshots, log.child({ component: 'snapshots' }), metrics);
   const service = new ExternalScalerService(triggers, store);
   store.start();
 
@@ -52,7 +52,10 @@ export async function startScaler(config: ScalerConfig, log: Logger): Promise<Ru
   const running = grpc;
   const address = http.address();
   const metricsPort = typeof address === 'object' && address ? address.port : config.metricsPort;
-  log.info({ grpcPort: running.port, metricsPort, tls: config.tls ? (config.tls.clientCa ? 'mutual' : 'server') : 'off' }, 'scaler listening');
+  log.info(
+    { grpcPort: running.port, metricsPort, tls: config.tls ? (config.tls.clientCa ? 'mutual' : 'server') : 'off' },
+    'scaler listening',
+  );
 
   return {
     grpcPort: running.port,

@@ -69,17 +69,21 @@ export class ScalerClient {
   readonly #timeoutMs: number;
 
   constructor(address: string, options: ScalerClientOptions = {}) {
-    const ctor = (grpc.loadPackageDefinition(loadExternalScalerPackage()) as unknown as {
-      externalscaler: { ExternalScaler: grpc.ServiceClientConstructor };
-    }).externalscaler.ExternalScaler;
-    this.#client = new ctor(address, options.credentials ?? grpc.credentials.createInsecure(), options.channelOptions) as grpc.Client & Record<string, unknown>;
+    const ctor = (
+      grpc.loadPackageDefinition(loadExternalScalerPackage()) as unknown as {
+        externalscaler: { ExternalScaler: grpc.ServiceClientConstructor };
+      }
+    ).externalscaler.ExternalScaler;
+    this.#client = new ctor(address, options.credentials ?? grpc.credentials.createInsecure(), options.channelOptions);
     this.#timeoutMs = options.timeoutMs ?? 3000;
   }
 
   #call<T>(method: string, req: unknown): Promise<RpcResult<T>> {
     const fn = this.#client[method] as Unary;
     return new Promise((resolve) => {
-      fn.call(this.#client, req, { deadline: Date.now() + this.#timeoutMs }, (err, res) => resolve(err ? { ok: false, error: rpcError(err) } : { ok: true, value: res as T }));
+      fn.call(this.#client, req, { deadline: Date.now() + this.#timeoutMs }, (err, res) =>
+        resolve(err ? { ok: false, error: rpcError(err) } : { ok: true, value: res as T }),
+      );
     });
   }
 
@@ -113,7 +117,15 @@ export class ScalerClient {
     if (!active.ok) return active;
     const mv = metrics.value.metricValues[0];
     const value = mv ? kedaNumber(mv.metricValue, mv.metricValueFloat) : 0;
-    return { ok: true, view: { metricName: first.metricName, targetSize: kedaNumber(first.targetSize, first.targetSizeFloat), value, active: active.value.result } };
+    return {
+      ok: true,
+      view: {
+        metricName: first.metricName,
+        targetSize: kedaNumber(first.targetSize, first.targetSizeFloat),
+        value,
+        active: active.value.result,
+      },
+    };
   }
 
   close(): void {

@@ -21,15 +21,70 @@ import type { BrokerTuning, ConfiguredSource } from './sources/source.ts';
 export const SCALER_ENV = {
   KMJ_SCALER_HOST: { kind: 'string', default: '0.0.0.0', help: 'address the gRPC and metrics servers listen on' },
   KMJ_SCALER_PORT: { kind: 'integer', min: 0, max: 65535, default: 6000, help: 'gRPC port (--port)' },
-  KMJ_SCALER_METRICS_PORT: { kind: 'integer', min: 0, max: 65535, default: 8080, help: 'HTTP port for /metrics, /healthz, /readyz (--metrics-port)' },
-  KMJ_SCALER_REFRESH_INTERVAL_MS: { kind: 'integer', unit: 'ms', min: 100, max: 60_000, default: 1000, help: 'each queue is read at least this often' },
-  KMJ_SCALER_MIN_REFRESH_INTERVAL_MS: { kind: 'integer', unit: 'ms', min: 50, max: 60_000, default: 200, help: 'and at most this often (in between, once per KEDA poll, just before it)' },
-  KMJ_SCALER_MAX_SNAPSHOT_AGE_MS: { kind: 'integer', unit: 'ms', min: 500, max: 600_000, default: 5000, help: 'older readings are refused with UNAVAILABLE' },
+  KMJ_SCALER_METRICS_PORT: {
+    kind: 'integer',
+    min: 0,
+    max: 65535,
+    default: 8080,
+    help: 'HTTP port for /metrics, /healthz, /readyz (--metrics-port)',
+  },
+  KMJ_SCALER_REFRESH_INTERVAL_MS: {
+    kind: 'integer',
+    unit: 'ms',
+    min: 100,
+    max: 60_000,
+    default: 1000,
+    help: 'each queue is read at least this often',
+  },
+  KMJ_SCALER_MIN_REFRESH_INTERVAL_MS: {
+    kind: 'integer',
+    unit: 'ms',
+    min: 50,
+    max: 60_000,
+    default: 200,
+    help: 'and at most this often (in between, once per KEDA poll, just before it)',
+  },
+  KMJ_SCALER_MAX_SNAPSHOT_AGE_MS: {
+    kind: 'integer',
+    unit: 'ms',
+    min: 500,
+    max: 600_000,
+    default: 5000,
+    help: 'older readings are refused with UNAVAILABLE',
+  },
   KMJ_SCALER_READ_TIMEOUT_MS: { kind: 'integer', unit: 'ms', min: 100, max: 60_000, default: 3000, help: 'bound on one broker read' },
-  KMJ_SCALER_FIRST_READ_WAIT_MS: { kind: 'integer', unit: 'ms', min: 0, max: 30_000, default: 2000, help: 'how long the first RPC of a new queue waits for its first read' },
-  KMJ_SCALER_IDLE_TARGET_TTL_MS: { kind: 'integer', unit: 'ms', min: 1000, max: 86_400_000, default: 600_000, help: 'queues nobody asked about for this long stop being read' },
-  KMJ_SCALER_CONNECT_TIMEOUT_MS: { kind: 'integer', unit: 'ms', min: 100, max: 60_000, default: 3000, help: 'bound on opening a broker connection' },
-  KMJ_SCALER_RECONNECT_MAX_BACKOFF_MS: { kind: 'integer', unit: 'ms', min: 100, max: 60_000, default: 2000, help: 'cap of the reconnect backoff' },
+  KMJ_SCALER_FIRST_READ_WAIT_MS: {
+    kind: 'integer',
+    unit: 'ms',
+    min: 0,
+    max: 30_000,
+    default: 2000,
+    help: 'how long the first RPC of a new queue waits for its first read',
+  },
+  KMJ_SCALER_IDLE_TARGET_TTL_MS: {
+    kind: 'integer',
+    unit: 'ms',
+    min: 1000,
+    max: 86_400_000,
+    default: 600_000,
+    help: 'queues nobody asked about for this long stop being read',
+  },
+  KMJ_SCALER_CONNECT_TIMEOUT_MS: {
+    kind: 'integer',
+    unit: 'ms',
+    min: 100,
+    max: 60_000,
+    default: 3000,
+    help: 'bound on opening a broker connection',
+  },
+  KMJ_SCALER_RECONNECT_MAX_BACKOFF_MS: {
+    kind: 'integer',
+    unit: 'ms',
+    min: 100,
+    max: 60_000,
+    default: 2000,
+    help: 'cap of the reconnect backoff',
+  },
   KMJ_SCALER_TLS_CERT_FILE: { kind: 'string', help: 'PEM server certificate: serve gRPC over TLS' },
   KMJ_SCALER_TLS_KEY_FILE: { kind: 'string', help: 'PEM private key of the server certificate' },
   KMJ_SCALER_TLS_CLIENT_CA_FILE: { kind: 'string', help: 'PEM CA for client certificates: require mutual TLS' },
@@ -94,7 +149,9 @@ function readConnectionsFile(path: string, problems: string[]): Map<string, Map<
     for (const [k, v] of Object.entries(entry)) {
       if (k === 'source') continue;
       if (!(k in definition.connectionFields)) {
-        problems.push(`${where}: unknown key ${JSON.stringify(k)} (allowed for ${definition.name}: source, ${Object.keys(definition.connectionFields).join(', ')})`);
+        problems.push(
+          `${where}: unknown key ${JSON.stringify(k)} (allowed for ${definition.name}: source, ${Object.keys(definition.connectionFields).join(', ')})`,
+        );
       } else if (typeof v !== 'string') {
         problems.push(`${where}: ${k} must be a string`);
       } else {
@@ -114,39 +171,59 @@ export function loadScalerConfig(env: RawInput, flags: ScalerFlags = {}): Scaler
   };
   let sources = new Map<string, ConfiguredSource>();
   let tls: TlsFiles | undefined;
-  const v = readConfig('scaler', SCALER_ENV, env, overrides, (c, problems) => {
-    if (c.KMJ_SCALER_READ_TIMEOUT_MS >= c.KMJ_SCALER_MAX_SNAPSHOT_AGE_MS) {
-      problems.push(`KMJ_SCALER_READ_TIMEOUT_MS: ${c.KMJ_SCALER_READ_TIMEOUT_MS} must be below KMJ_SCALER_MAX_SNAPSHOT_AGE_MS (${c.KMJ_SCALER_MAX_SNAPSHOT_AGE_MS})`);
-    }
-    if (c.KMJ_SCALER_MIN_REFRESH_INTERVAL_MS > c.KMJ_SCALER_REFRESH_INTERVAL_MS) {
-      problems.push(`KMJ_SCALER_MIN_REFRESH_INTERVAL_MS: ${c.KMJ_SCALER_MIN_REFRESH_INTERVAL_MS} must not be above KMJ_SCALER_REFRESH_INTERVAL_MS (${c.KMJ_SCALER_REFRESH_INTERVAL_MS})`);
-    }
-    if (c.KMJ_SCALER_REFRESH_INTERVAL_MS >= c.KMJ_SCALER_MAX_SNAPSHOT_AGE_MS) {
-      problems.push(`KMJ_SCALER_REFRESH_INTERVAL_MS: ${c.KMJ_SCALER_REFRESH_INTERVAL_MS} must be below KMJ_SCALER_MAX_SNAPSHOT_AGE_MS (${c.KMJ_SCALER_MAX_SNAPSHOT_AGE_MS})`);
-    }
-    const certFile = c.KMJ_SCALER_TLS_CERT_FILE;
-    const keyFile = c.KMJ_SCALER_TLS_KEY_FILE;
-    const caFile = c.KMJ_SCALER_TLS_CLIENT_CA_FILE;
-    if ((certFile === undefined) !== (keyFile === undefined)) {
-      problems.push('KMJ_SCALER_TLS_CERT_FILE: and KMJ_SCALER_TLS_KEY_FILE must be set together');
-    } else if (caFile !== undefined && certFile === undefined) {
-      problems.push('KMJ_SCALER_TLS_CLIENT_CA_FILE: mutual TLS needs KMJ_SCALER_TLS_CERT_FILE and KMJ_SCALER_TLS_KEY_FILE too');
-    } else if (certFile !== undefined && keyFile !== undefined) {
-      const cert = readSettingFile('KMJ_SCALER_TLS_CERT_FILE', certFile, problems);
-      const key = readSettingFile('KMJ_SCALER_TLS_KEY_FILE', keyFile, problems);
-      const clientCa = caFile !== undefined ? readSettingFile('KMJ_SCALER_TLS_CLIENT_CA_FILE', caFile, problems) : undefined;
-      if (cert && key) tls = clientCa ? { cert, key, clientCa } : { cert, key };
-    }
-  }, (raw, problems) => {
-    const file = raw['KMJ_SCALER_CONNECTIONS_FILE'];
-    const entries = file !== undefined && file !== '' ? readConnectionsFile(file, problems) : undefined;
-    sources = new Map(
-      SOURCES.map((d) => [
-        d.name,
-        d.configure({ env, connections: entries?.get(d.name) ?? new Map(), nameOf: (alias, key) => `${SETTING}: connection ${JSON.stringify(alias)}: ${key}` }, problems),
-      ]),
-    );
-  });
+  const v = readConfig(
+    'scaler',
+    SCALER_ENV,
+    env,
+    overrides,
+    (c, problems) => {
+      if (c.KMJ_SCALER_READ_TIMEOUT_MS >= c.KMJ_SCALER_MAX_SNAPSHOT_AGE_MS) {
+        problems.push(
+          `KMJ_SCALER_READ_TIMEOUT_MS: ${c.KMJ_SCALER_READ_TIMEOUT_MS} must be below KMJ_SCALER_MAX_SNAPSHOT_AGE_MS (${c.KMJ_SCALER_MAX_SNAPSHOT_AGE_MS})`,
+        );
+      }
+      if (c.KMJ_SCALER_MIN_REFRESH_INTERVAL_MS > c.KMJ_SCALER_REFRESH_INTERVAL_MS) {
+        problems.push(
+          `KMJ_SCALER_MIN_REFRESH_INTERVAL_MS: ${c.KMJ_SCALER_MIN_REFRESH_INTERVAL_MS} must not be above KMJ_SCALER_REFRESH_INTERVAL_MS (${c.KMJ_SCALER_REFRESH_INTERVAL_MS})`,
+        );
+      }
+      if (c.KMJ_SCALER_REFRESH_INTERVAL_MS >= c.KMJ_SCALER_MAX_SNAPSHOT_AGE_MS) {
+        problems.push(
+          `KMJ_SCALER_REFRESH_INTERVAL_MS: ${c.KMJ_SCALER_REFRESH_INTERVAL_MS} must be below KMJ_SCALER_MAX_SNAPSHOT_AGE_MS (${c.KMJ_SCALER_MAX_SNAPSHOT_AGE_MS})`,
+        );
+      }
+      const certFile = c.KMJ_SCALER_TLS_CERT_FILE;
+      const keyFile = c.KMJ_SCALER_TLS_KEY_FILE;
+      const caFile = c.KMJ_SCALER_TLS_CLIENT_CA_FILE;
+      if ((certFile === undefined) !== (keyFile === undefined)) {
+        problems.push('KMJ_SCALER_TLS_CERT_FILE: and KMJ_SCALER_TLS_KEY_FILE must be set together');
+      } else if (caFile !== undefined && certFile === undefined) {
+        problems.push('KMJ_SCALER_TLS_CLIENT_CA_FILE: mutual TLS needs KMJ_SCALER_TLS_CERT_FILE and KMJ_SCALER_TLS_KEY_FILE too');
+      } else if (certFile !== undefined && keyFile !== undefined) {
+        const cert = readSettingFile('KMJ_SCALER_TLS_CERT_FILE', certFile, problems);
+        const key = readSettingFile('KMJ_SCALER_TLS_KEY_FILE', keyFile, problems);
+        const clientCa = caFile !== undefined ? readSettingFile('KMJ_SCALER_TLS_CLIENT_CA_FILE', caFile, problems) : undefined;
+        if (cert && key) tls = clientCa ? { cert, key, clientCa } : { cert, key };
+      }
+    },
+    (raw, problems) => {
+      const file = raw['KMJ_SCALER_CONNECTIONS_FILE'];
+      const entries = file !== undefined && file !== '' ? readConnectionsFile(file, problems) : undefined;
+      sources = new Map(
+        SOURCES.map((d) => [
+          d.name,
+          d.configure(
+            {
+              env,
+              connections: entries?.get(d.name) ?? new Map(),
+              nameOf: (alias, key) => `${SETTING}: connection ${JSON.stringify(alias)}: ${key}`,
+            },
+            problems,
+          ),
+        ]),
+      );
+    },
+  );
   return Object.freeze({
     host: v.KMJ_SCALER_HOST,
     port: v.KMJ_SCALER_PORT,
@@ -170,7 +247,6 @@ export function loadScalerConfig(env: RawInput, flags: ScalerFlags = {}): Scaler
     }),
   });
 }
-
 
 /** --help text of every source: its variables, its connection-file keys and its trigger metadata. */
 export function describeSources(): string {

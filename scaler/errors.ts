@@ -14,4 +14,3 @@ export class InvalidMetadataError extends Error {
     this.problems = problems;
   }
 }
-

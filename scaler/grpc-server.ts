@@ -88,7 +88,7 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
   // grpc-js reports its own trouble through a console-like logger: keep stderr JSON lines.
   grpc.setLogger({
     error: (...args: unknown[]) => log.warn({ grpc: args.map(String).join(' ') }, 'grpc-js message'),
-  } as unknown as Partial<Console>);
+  });
   grpc.setLogVerbosity(grpc.logVerbosity.ERROR);
   const pkgDef = loadExternalScalerPackage();
   const loaded = grpc.loadPackageDefinition(pkgDef) as unknown as {
@@ -106,7 +106,11 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
   };
 
   /** grpc-js does not catch rejections of async handlers: every handler goes through here. */
-  function unary<Req, Res>(method: string, refOf: (req: Req) => ScaledObjectRef | null | undefined, fn: (req: Req) => Res | Promise<Res>): grpc.handleUnaryCall<Req, Res> {
+  function unary<Req, Res>(
+    method: string,
+    refOf: (req: Req) => ScaledObjectRef | null | undefined,
+    fn: (req: Req) => Res | Promise<Res>,
+  ): grpc.handleUnaryCall<Req, Res> {
     return (call, callback) => {
       const started = performance.now();
       const onOk = (res: Res): void => {
@@ -128,15 +132,27 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
   const streams = new Set<() => void>();
 
   const handlers: grpc.UntypedServiceImplementation = {
-    GetMetricSpec: unary<ScaledObjectRef, { metricSpecs: unknown[] }>('GetMetricSpec', (r) => r, (req) => ({
-      metricSpecs: service.getMetricSpec(metadataOf(req), ownerOf(req)),
-    })),
-    GetMetrics: unary<GetMetricsRequest, { metricValues: unknown[] }>('GetMetrics', (r) => r.scaledObjectRef, async (req) => ({
-      metricValues: await service.getMetrics(metadataOf(req.scaledObjectRef), req.metricName, ownerOf(req.scaledObjectRef)),
-    })),
-    IsActive: unary<ScaledObjectRef, { result: boolean }>('IsActive', (r) => r, async (req) => ({
-      result: await service.isActive(metadataOf(req), ownerOf(req)),
-    })),
+    GetMetricSpec: unary<ScaledObjectRef, { metricSpecs: unknown[] }>(
+      'GetMetricSpec',
+      (r) => r,
+      (req) => ({
+        metricSpecs: service.getMetricSpec(metadataOf(req), ownerOf(req)),
+      }),
+    ),
+    GetMetrics: unary<GetMetricsRequest, { metricValues: unknown[] }>(
+      'GetMetrics',
+      (r) => r.scaledObjectRef,
+      async (req) => ({
+        metricValues: await service.getMetrics(metadataOf(req.scaledObjectRef), req.metricName, ownerOf(req.scaledObjectRef)),
+      }),
+    ),
+    IsActive: unary<ScaledObjectRef, { result: boolean }>(
+      'IsActive',
+      (r) => r,
+      async (req) => ({
+        result: await service.isActive(metadataOf(req), ownerOf(req)),
+      }),
+    ),
     StreamIsActive: (call: grpc.ServerWritableStream<ScaledObjectRef, { result: boolean }>) => {
       const started = performance.now();
       let finished = false;
@@ -181,7 +197,11 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
   new ReflectionService({ ...pkgDef, ...protoLoader.loadSync(healthProtoPath, PROTO_LOADER_OPTIONS) }).addToServer(server);
 
   const credentials = options.tls
-    ? grpc.ServerCredentials.createSsl(options.tls.clientCa ?? null, [{ cert_chain: options.tls.cert, private_key: options.tls.key }], options.tls.clientCa !== undefined)
+    ? grpc.ServerCredentials.createSsl(
+        options.tls.clientCa ?? null,
+        [{ cert_chain: options.tls.cert, private_key: options.tls.key }],
+        options.tls.clientCa !== undefined,
+      )
     : grpc.ServerCredentials.createInsecure();
 
   const port = await new Promise<number>((resolve, reject) => {

@@ -114,7 +114,8 @@ export class ScalerMetrics implements SnapshotObserver {
       registers,
       collect() {
         this.reset();
-        for (const v of views()) if (v.value !== undefined || v.error !== undefined) this.set(targetLabels(v.labels), v.error === undefined ? 1 : 0);
+        for (const v of views())
+          if (v.value !== undefined || v.error !== undefined) this.set(targetLabels(v.labels), v.error === undefined ? 1 : 0);
       },
     });
     new Gauge({
@@ -124,7 +125,8 @@ export class ScalerMetrics implements SnapshotObserver {
       registers,
       collect() {
         this.reset();
-        for (const v of views()) for (const o of v.owners) this.set({ ...targetLabels(v.labels), scaledjob: o.name, scaledjob_namespace: o.namespace }, 1);
+        for (const v of views())
+          for (const o of v.owners) this.set({ ...targetLabels(v.labels), scaledjob: o.name, scaledjob_namespace: o.namespace }, 1);
       },
     });
     new Gauge({

@@ -39,7 +39,12 @@ async function bodyOf(req: IncomingMessage, max: number): Promise<string | undef
   return Buffer.concat(chunks).toString('utf8');
 }
 
-export async function receiveReport(req: IncomingMessage, res: ServerResponse, metrics: ScalerMetrics, store: SnapshotStore): Promise<void> {
+export async function receiveReport(
+  req: IncomingMessage,
+  res: ServerResponse,
+  metrics: ScalerMetrics,
+  store: SnapshotStore,
+): Promise<void> {
   const body = await bodyOf(req, MAX_REPORT_BYTES);
   if (body === undefined) {
     metrics.reportRefused('too_large');
@@ -59,7 +64,11 @@ export async function receiveReport(req: IncomingMessage, res: ServerResponse, m
   }
   if (!store.serves(report.source, report.scope, report.name)) {
     metrics.reportRefused('unknown_target');
-    answer(res, 404, `this scaler serves no ${report.source} target ${JSON.stringify(report.name)} in ${JSON.stringify(report.scope)}: no trigger has asked about it`);
+    answer(
+      res,
+      404,
+      `this scaler serves no ${report.source} target ${JSON.stringify(report.name)} in ${JSON.stringify(report.scope)}: no trigger has asked about it`,
+    );
     return;
   }
   metrics.report(report);

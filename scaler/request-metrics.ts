@@ -95,7 +95,11 @@ export class RequestSeries {
         let cumulative = 0;
         for (let b = 0; b < PER_STEP; b++) {
           cumulative += q.buckets[s * PER_STEP + b] ?? 0;
-          out.push({ metricName: `${name}_bucket`, labels: { ...labels, le: b < STEP_BUCKETS.length ? String(STEP_BUCKETS[b]) : '+Inf' }, value: cumulative });
+          out.push({
+            metricName: `${name}_bucket`,
+            labels: { ...labels, le: b < STEP_BUCKETS.length ? String(STEP_BUCKETS[b]) : '+Inf' },
+            value: cumulative,
+          });
         }
         out.push({ metricName: `${name}_sum`, labels, value: q.sums[s] ?? 0 });
         out.push({ metricName: `${name}_count`, labels, value: count });
@@ -107,11 +111,27 @@ export class RequestSeries {
   /** Registers both metrics with `registry`; their samples are made at each scrape. */
   register(registry: Registry): void {
     const metric = (name: string, help: string, type: 'counter' | 'histogram', values: () => Sample[]): void => {
-      const get = (): { name: string; help: string; type: string; aggregator: string; values: Sample[] } => ({ name, help, type, aggregator: 'sum', values: values() });
+      const get = (): { name: string; help: string; type: string; aggregator: string; values: Sample[] } => ({
+        name,
+        help,
+        type,
+        aggregator: 'sum',
+        values: values(),
+      });
       // What a Registry reads of a metric: its name, type and help, and get() at each scrape.
       registry.registerMetric({ name, help, type, aggregator: 'sum', get, reset: () => undefined } as unknown as Metric);
     };
-    metric('kmj_requests_total', 'Requests settled by workers, by outcome (finished, dead_lettered, requeued, unsettled, failed), from the workers\' reports', 'counter', () => this.#outcomeSamples());
-    metric('kmj_request_step_seconds', 'Time of each step of a request (waiting, receiving, model_load, run, total), from the workers\' reports', 'histogram', () => this.#stepSamples('kmj_request_step_seconds'));
+    metric(
+      'kmj_requests_total',
+      "Requests settled by workers, by outcome (finished, dead_lettered, requeued, unsettled, failed), from the workers' reports",
+      'counter',
+      () => this.#outcomeSamples(),
+    );
+    metric(
+      'kmj_request_step_seconds',
+      "Time of each step of a request (waiting, receiving, model_load, run, total), from the workers' reports",
+      'histogram',
+      () => this.#stepSamples('kmj_request_step_seconds'),
+    );
   }
 }

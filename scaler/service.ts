@@ -90,7 +90,9 @@ export class ExternalScalerService {
 function checkMetricName(t: CompiledTrigger, metricName: string): void {
   if (metricName === '' || metricName === t.metricName) return;
   if (/^s\d+-/.test(metricName) && metricName.slice(metricName.indexOf('-') + 1) === t.metricName) return;
-  throw new BacklogNotFoundError(`metric ${JSON.stringify(metricName)} is not served for this metadata; GetMetricSpec names it ${JSON.stringify(t.metricName)}`);
+  throw new BacklogNotFoundError(
+    `metric ${JSON.stringify(metricName)} is not served for this metadata; GetMetricSpec names it ${JSON.stringify(t.metricName)}`,
+  );
 }
 
 /** What the activation threshold is compared with: the reading's activity figure, or its value. */

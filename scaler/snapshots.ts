@@ -172,7 +172,7 @@ export class SnapshotStore {
     if (this.#timer) clearInterval(this.#timer);
     this.#timer = undefined;
     this.#stopping.abort(new BacklogUnavailableError('scaler is shutting down'));
-    await Promise.allSettled([...this.#entries.values()].map((e) => e.inFlight));
+    await Promise.allSettled([...this.#entries.values()].flatMap((e) => (e.inFlight ? [e.inFlight] : [])));
   }
 
   /** Registers interest in a target without waiting (GetMetricSpec does this). */
@@ -342,7 +342,8 @@ export class SnapshotStore {
     const onStop = (): void => controller.abort(this.#stopping.signal.reason);
     this.#stopping.signal.addEventListener('abort', onStop, { once: true });
     const timer = setTimeout(
-      () => controller.abort(new BacklogUnavailableError(`reading ${e.target.description} took longer than ${this.#options.readTimeoutMs} ms`)),
+      () =>
+        controller.abort(new BacklogUnavailableError(`reading ${e.target.description} took longer than ${this.#options.readTimeoutMs} ms`)),
       this.#options.readTimeoutMs,
     );
     e.inFlight = e.target

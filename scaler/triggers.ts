@@ -41,7 +41,11 @@ function commonFields(sourceNames: readonly string[]) {
  * different texts (the entries are JSON-encoded, so no key or value can imitate a separator).
  */
 export function canonicalMetadata(metadata: Readonly<Record<string, string>>): string {
-  return JSON.stringify(Object.keys(metadata).sort().map((k) => [k, metadata[k] ?? '']));
+  return JSON.stringify(
+    Object.keys(metadata)
+      .sort()
+      .map((k) => [k, metadata[k] ?? '']),
+  );
 }
 
 /** Bounds the cache against a client that sends endless distinct metadata. */
@@ -102,7 +106,9 @@ export class TriggerCompiler {
     for (const [key, value] of Object.entries(metadata)) {
       const base = key.endsWith('FromEnv') ? key.slice(0, -'FromEnv'.length) : key;
       if (looksSecret(value)) {
-        problems.push(`${key}: credentials are not accepted in trigger metadata; configure them in the scaler and select them with "connection"`);
+        problems.push(
+          `${key}: credentials are not accepted in trigger metadata; configure them in the scaler and select them with "connection"`,
+        );
         refused.add(base);
         continue;
       }
@@ -123,7 +129,10 @@ export class TriggerCompiler {
     const names = source.thresholdKeys;
     if (!names) return raw;
     const out: Record<string, string | undefined> = { ...raw };
-    for (const [common, own] of [['targetSize', names.targetSize], ['activationThreshold', names.activationThreshold]] as const) {
+    for (const [common, own] of [
+      ['targetSize', names.targetSize],
+      ['activationThreshold', names.activationThreshold],
+    ] as const) {
       const value = raw[own];
       if (value === undefined) continue;
       if (raw[common] !== undefined) problems.push(`${own}: set either ${own} or ${common}, not both`);

@@ -50,7 +50,8 @@ function parsePlatform(text) {
 
 const problems = [];
 for (const k of ['tag', 'out']) if (!values[k]) problems.push(`--${k}: is required`);
-if (values.tag && !/^[a-z0-9][a-z0-9._\/-]*:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$/.test(values.tag)) problems.push(`--tag: ${JSON.stringify(values.tag)} must be name:tag`);
+if (values.tag && !/^[a-z0-9][a-z0-9._/-]*:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$/.test(values.tag))
+  problems.push(`--tag: ${JSON.stringify(values.tag)} must be name:tag`);
 const platforms = [];
 if (values.rootfs && values.platform) problems.push('--rootfs and --platform: give one or the other');
 else if (!values.rootfs && !values.platform) problems.push('--rootfs or --platform: one is required');
@@ -107,7 +108,9 @@ if (values.rootfs) {
   renameSync(partial, out);
   // The layer is inside the archive now.
   rmSync(layerPath, { force: true });
-  process.stdout.write(`${JSON.stringify({ tag: values.tag, image: configName.replace(/\.json$/, ''), layer: diffId, bytes: statSync(out).size })}\n`);
+  process.stdout.write(
+    `${JSON.stringify({ tag: values.tag, image: configName.replace(/\.json$/, ''), layer: diffId, bytes: statSync(out).size })}\n`,
+  );
 } else {
   const MEDIA = {
     index: 'application/vnd.oci.image.index.v1+json',
@@ -147,14 +150,26 @@ if (values.rootfs) {
       const manifest = jsonBlob({ schemaVersion: 2, mediaType: MEDIA.manifest, config, layers: [layer] });
       const { os, architecture, variant } = platform;
       manifests.push({ mediaType: MEDIA.manifest, ...manifest, platform: { architecture, os, ...(variant ? { variant } : {}) } });
-      report.push({ platform: platform.name, manifest: manifest.digest, layer: layer.digest, compressedBytes: layer.size, uncompressedBytes: uncompressed });
+      report.push({
+        platform: platform.name,
+        manifest: manifest.digest,
+        layer: layer.digest,
+        compressedBytes: layer.size,
+        uncompressedBytes: uncompressed,
+      });
     }
     const index = jsonBlob({ schemaVersion: 2, mediaType: MEDIA.index, manifests });
     const ref = values.tag.slice(values.tag.lastIndexOf(':') + 1);
     const layout = {
       schemaVersion: 2,
       mediaType: MEDIA.index,
-      manifests: [{ mediaType: MEDIA.index, ...index, annotations: { 'io.containerd.image.name': values.tag, 'org.opencontainers.image.ref.name': ref } }],
+      manifests: [
+        {
+          mediaType: MEDIA.index,
+          ...index,
+          annotations: { 'io.containerd.image.name': values.tag, 'org.opencontainers.image.ref.name': ref },
+        },
+      ],
     };
     const tar = TarWriter.toFile(partial);
     tar.bytes('oci-layout', Buffer.from(JSON.stringify({ imageLayoutVersion: '1.0.0' })));

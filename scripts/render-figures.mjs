@@ -16,7 +16,7 @@ const input = process.argv[2] ?? join(root, '.run', 'monitoring-burst.json');
 const burst = JSON.parse(readFileSync(input, 'utf8'));
 
 const FIGURES = [
-  { file: 'burst-backlog.png', title: 'Backlog: the scaler\'s, and KEDA\'s last read', unit: 'requests' },
+  { file: 'burst-backlog.png', title: "Backlog: the scaler's, and KEDA's last read", unit: 'requests' },
   { file: 'burst-jobs.png', title: 'Jobs by state', unit: 'Jobs' },
   { file: 'burst-steps-p95.png', title: 'Steps of a request, p95', unit: 'seconds' },
 ];
@@ -39,7 +39,10 @@ function svgOf(title, unit, series) {
   const yMax = niceMax(Math.max(...Object.values(series).flatMap((pts) => pts.map(([, v]) => v))));
   const x = (t) => M.left + ((t - t0) / (t1 - t0)) * (W - M.left - M.right);
   const y = (v) => H - M.bottom - (v / yMax) * (H - M.top - M.bottom);
-  const out = [`<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" font-family="DejaVu Sans" font-size="12">`, `<rect width="${W}" height="${H}" fill="#ffffff"/>`];
+  const out = [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" font-family="DejaVu Sans" font-size="12">`,
+    `<rect width="${W}" height="${H}" fill="#ffffff"/>`,
+  ];
   out.push(`<text x="${M.left}" y="20" font-size="14" font-weight="bold">${esc(title)}</text>`);
   for (let i = 0; i <= 4; i++) {
     const v = (yMax * i) / 4;
@@ -48,10 +51,15 @@ function svgOf(title, unit, series) {
   }
   const tick = t1 - t0 <= 90 ? 10 : 30;
   for (let s = 0; s <= t1 - t0; s += tick) out.push(`<text x="${x(t0 + s)}" y="${H - M.bottom + 16}" text-anchor="middle">${s} s</text>`);
-  out.push(`<text x="14" y="${(H - M.bottom + M.top) / 2}" transform="rotate(-90 14 ${(H - M.bottom + M.top) / 2})" text-anchor="middle">${esc(unit)}</text>`);
+  out.push(
+    `<text x="14" y="${(H - M.bottom + M.top) / 2}" transform="rotate(-90 14 ${(H - M.bottom + M.top) / 2})" text-anchor="middle">${esc(unit)}</text>`,
+  );
   Object.entries(series).forEach(([name, pts], i) => {
     const colour = COLOURS[i % COLOURS.length];
-    if (pts.length > 0) out.push(`<polyline fill="none" stroke="${colour}" stroke-width="2" points="${pts.map(([t, v]) => `${x(t).toFixed(1)},${y(v).toFixed(1)}`).join(' ')}"/>`);
+    if (pts.length > 0)
+      out.push(
+        `<polyline fill="none" stroke="${colour}" stroke-width="2" points="${pts.map(([t, v]) => `${x(t).toFixed(1)},${y(v).toFixed(1)}`).join(' ')}"/>`,
+      );
     out.push(`<rect x="${W - M.right + 12}" y="${M.top + i * 18}" width="12" height="3" fill="${colour}"/>`);
     out.push(`<text x="${W - M.right + 30}" y="${M.top + i * 18 + 5}">${esc(name)}</text>`);
   });
@@ -59,7 +67,10 @@ function svgOf(title, unit, series) {
   return out.join('\n');
 }
 
-const rsvgRoot = execFileSync(join(root, 'scripts', 'debian-root.sh'), ['rsvg', 'librsvg2-bin', 'fonts-dejavu-core'], { encoding: 'utf8' }).trim().split('\n').pop();
+const rsvgRoot = execFileSync(join(root, 'scripts', 'debian-root.sh'), ['rsvg', 'librsvg2-bin', 'fonts-dejavu-core'], { encoding: 'utf8' })
+  .trim()
+  .split('\n')
+  .pop();
 const images = join(root, 'docs', 'images');
 mkdirSync(images, { recursive: true });
 const work = join(rsvgRoot, 'tmp', `kmj-figures-${process.pid}`);

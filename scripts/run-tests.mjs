@@ -25,7 +25,8 @@ try {
 }
 
 function filesFailedWithoutFailedTests(json) {
-  return (json.testResults ?? []).filter((f) => f.status === 'failed' && !(f.assertionResults ?? []).some((a) => a.status === 'failed')).length;
+  return (json.testResults ?? []).filter((f) => f.status === 'failed' && !(f.assertionResults ?? []).some((a) => a.status === 'failed'))
+    .length;
 }
 
 if (run.status !== 0 && failed === 0) failed = 1;

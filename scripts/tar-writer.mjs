@@ -82,7 +82,7 @@ export class TarWriter {
     const fd = openSync(path, 'r');
     try {
       const buf = Buffer.alloc(1024 * 1024);
-      for (let left = size; left > 0; ) {
+      for (let left = size; left > 0;) {
         const n = readSync(fd, buf, 0, Math.min(buf.length, left), null);
         if (n <= 0) throw new Error(`${path} shrank while it was packed`);
         this.#write(n === buf.length ? buf : buf.subarray(0, n));

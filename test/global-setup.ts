@@ -35,18 +35,21 @@ async function teardown(): Promise<void> {
   await rm(join(PACKAGE_ROOT, '.run', 'test-model-caches'), { recursive: true, force: true });
 }
 
-export default async function setup(): Promise<() => Promise<void>> {
+export async function setup(): Promise<() => Promise<void>> {
   const u = new URL(RABBITMQ_URL);
   if (!(await reachable(u.hostname, Number(u.port || 5672)))) {
     throw new Error(`RabbitMQ is not reachable at ${u.hostname}:${u.port}; run the tests with "make test", which starts it`);
   }
   for (const base of [MLFLOW_URL, MLFLOW_AUTH_URL]) {
-    if (!(await mlflowHealthy(base))) throw new Error(`MLflow does not answer ${base}/health; run the tests with "make test", which starts it`);
+    if (!(await mlflowHealthy(base)))
+      throw new Error(`MLflow does not answer ${base}/health; run the tests with "make test", which starts it`);
   }
   for (const address of [KAFKA_BROKERS, KAFKA_SASL_BROKERS, KAFKA_SSL_BROKERS]) {
     const [host = '', port = ''] = address.split(':');
     if (!(await reachable(host, Number(port)))) {
-      throw new Error(`Kafka is not reachable at ${address}; run the tests with "make test", which starts it (a broker started before the TLS listener existed: scripts/kafka.sh stop, then make test)`);
+      throw new Error(
+        `Kafka is not reachable at ${address}; run the tests with "make test", which starts it (a broker started before the TLS listener existed: scripts/kafka.sh stop, then make test)`,
+      );
     }
   }
   for (const dir of ['fixtures', 'fixtures-auth']) {

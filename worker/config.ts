@@ -17,39 +17,123 @@ import { checkMlflow, MLFLOW_ENV, mlflowSettings, readMlflowFiles, type MlflowSe
 export const WORKER_ENV = {
   KMJ_WORKER_QUEUE: { kind: 'string', maxLength: 255, help: 'RabbitMQ request queue (--queue); or KMJ_WORKER_TOPIC' },
   RABBITMQ_URL: RABBITMQ_ENV.RABBITMQ_URL,
-  KMJ_WORKER_TOPIC: { kind: 'string', pattern: /^[a-zA-Z0-9._-]{1,249}$/, patternHint: 'a Kafka topic name', help: 'Kafka request topic (--topic), instead of a queue' },
+  KMJ_WORKER_TOPIC: {
+    kind: 'string',
+    pattern: /^[a-zA-Z0-9._-]{1,249}$/,
+    patternHint: 'a Kafka topic name',
+    help: 'Kafka request topic (--topic), instead of a queue',
+  },
   KMJ_WORKER_GROUP: { kind: 'string', maxLength: 255, help: 'Kafka consumer group (--group; required with a topic)' },
-  KMJ_WORKER_MAX_MESSAGES: { kind: 'integer', min: 1, max: 10_000, default: 1, help: 'Kafka: records one worker takes before it exits (--max-messages)' },
-  KMJ_WORKER_KAFKA_SESSION_TIMEOUT_MS: { kind: 'integer', unit: 'ms', min: 6000, max: 300_000, default: 30_000, help: 'Kafka: a worker that stops heartbeating (killed) loses its partitions after this long' },
-  KMJ_DEAD_LETTER_TOPIC: { kind: 'string', pattern: /^[a-zA-Z0-9._-]{1,249}$/, patternHint: 'a Kafka topic name', help: 'Kafka dead-letter topic (default: <topic>.dead)' },
+  KMJ_WORKER_MAX_MESSAGES: {
+    kind: 'integer',
+    min: 1,
+    max: 10_000,
+    default: 1,
+    help: 'Kafka: records one worker takes before it exits (--max-messages)',
+  },
+  KMJ_WORKER_KAFKA_SESSION_TIMEOUT_MS: {
+    kind: 'integer',
+    unit: 'ms',
+    min: 6000,
+    max: 300_000,
+    default: 30_000,
+    help: 'Kafka: a worker that stops heartbeating (killed) loses its partitions after this long',
+  },
+  KMJ_DEAD_LETTER_TOPIC: {
+    kind: 'string',
+    pattern: /^[a-zA-Z0-9._-]{1,249}$/,
+    patternHint: 'a Kafka topic name',
+    help: 'Kafka dead-letter topic (default: <topic>.dead)',
+  },
   ...KAFKA_ENV,
   ...MLFLOW_ENV,
-  KMJ_WORKER_IDLE_TIMEOUT_MS: { kind: 'integer', unit: 'ms', min: 100, max: 3_600_000, default: 30_000, help: 'exit 0 when no message arrives this long' },
-  KMJ_WORKER_TIME_BUDGET_MS: { kind: 'integer', unit: 'ms', min: 1000, max: 86_400_000, default: 600_000, help: 'whole budget for one request, retries included' },
-  KMJ_WORKER_SHUTDOWN_GRACE_MS: { kind: 'integer', unit: 'ms', min: 100, max: 600_000, default: 20_000, help: 'after SIGTERM, time to mark the run KILLED and requeue' },
+  KMJ_WORKER_IDLE_TIMEOUT_MS: {
+    kind: 'integer',
+    unit: 'ms',
+    min: 100,
+    max: 3_600_000,
+    default: 30_000,
+    help: 'exit 0 when no message arrives this long',
+  },
+  KMJ_WORKER_TIME_BUDGET_MS: {
+    kind: 'integer',
+    unit: 'ms',
+    min: 1000,
+    max: 86_400_000,
+    default: 600_000,
+    help: 'whole budget for one request, retries included',
+  },
+  KMJ_WORKER_SHUTDOWN_GRACE_MS: {
+    kind: 'integer',
+    unit: 'ms',
+    min: 100,
+    max: 600_000,
+    default: 20_000,
+    help: 'after SIGTERM, time to mark the run KILLED and requeue',
+  },
   KMJ_MAX_DELIVERIES: { kind: 'integer', min: 1, max: 1000, default: 5, help: 'dead-letter instead of requeueing at this delivery' },
   KMJ_DEAD_LETTER_QUEUE: { kind: 'string', maxLength: 255, help: 'dead-letter queue (default: <queue>.dead)' },
   KMJ_MODEL_CACHE_DIR: { kind: 'string', help: 'model cache (default: ~/.cache/kmj/models)' },
-  KMJ_NODE_CACHE_URL: { kind: 'string', pattern: /^https?:\/\/[^/?#\s]+\/?$/, patternHint: 'an http(s) base URL such as http://kmj-model-cache.kmj.svc:8090', help: 'the node\'s model cache (kmj model-cache): models missing from KMJ_MODEL_CACHE_DIR are fetched from it, else from MLflow (unset: from MLflow)' },
-  KMJ_NODE_CACHE_TOKEN: { kind: 'string', minLength: 16, help: 'the node cache\'s bearer token (required with KMJ_NODE_CACHE_URL)' },
+  KMJ_NODE_CACHE_URL: {
+    kind: 'string',
+    pattern: /^https?:\/\/[^/?#\s]+\/?$/,
+    patternHint: 'an http(s) base URL such as http://kmj-model-cache.kmj.svc:8090',
+    help: "the node's model cache (kmj model-cache): models missing from KMJ_MODEL_CACHE_DIR are fetched from it, else from MLflow (unset: from MLflow)",
+  },
+  KMJ_NODE_CACHE_TOKEN: { kind: 'string', minLength: 16, help: "the node cache's bearer token (required with KMJ_NODE_CACHE_URL)" },
   KMJ_WORK_DIR: { kind: 'string', help: 'scratch space for predictions (default: the temp dir)' },
   KMJ_DATASET_ROOTS: { kind: 'string', default: '/data', help: 'colon-separated directories local dataset paths must be in' },
   KMJ_MODEL_ROOTS: { kind: 'string', default: '/models', help: 'colon-separated directories file:// model URIs must be in' },
-  KMJ_SPOOL_DIR: { kind: 'string', help: 'record runs here when MLflow cannot be used (default without MLFLOW_TRACKING_URI: ~/.local/share/kmj/spool)' },
-  KMJ_MAX_MESSAGE_BYTES: { kind: 'integer', unit: 'bytes', min: 1024, max: 128 * 1024 * 1024, default: 1024 * 1024, help: 'largest request message' },
-  KMJ_MAX_DATASET_BYTES: { kind: 'integer', unit: 'bytes', min: 1024, max: 64 * 1024 ** 3, default: 512 * 1024 * 1024, help: 'largest dataset' },
+  KMJ_SPOOL_DIR: {
+    kind: 'string',
+    help: 'record runs here when MLflow cannot be used (default without MLFLOW_TRACKING_URI: ~/.local/share/kmj/spool)',
+  },
+  KMJ_MAX_MESSAGE_BYTES: {
+    kind: 'integer',
+    unit: 'bytes',
+    min: 1024,
+    max: 128 * 1024 * 1024,
+    default: 1024 * 1024,
+    help: 'largest request message',
+  },
+  KMJ_MAX_DATASET_BYTES: {
+    kind: 'integer',
+    unit: 'bytes',
+    min: 1024,
+    max: 64 * 1024 ** 3,
+    default: 512 * 1024 * 1024,
+    help: 'largest dataset',
+  },
   KMJ_MAX_DATASET_ROWS: { kind: 'integer', min: 1, max: 1_000_000_000, default: 10_000_000, help: 'most dataset rows' },
-  KMJ_MAX_MODEL_BYTES: { kind: 'integer', unit: 'bytes', min: 1024, max: 64 * 1024 ** 3, default: 1024 * 1024 * 1024, help: 'largest model directory' },
-  KMJ_WORKER_PROGRESS_INTERVAL_MS: { kind: 'integer', unit: 'ms', min: 100, max: 3_600_000, default: 10_000, help: 'log progress and record rows and rows_per_second steps this often' },
+  KMJ_MAX_MODEL_BYTES: {
+    kind: 'integer',
+    unit: 'bytes',
+    min: 1024,
+    max: 64 * 1024 ** 3,
+    default: 1024 * 1024 * 1024,
+    help: 'largest model directory',
+  },
+  KMJ_WORKER_PROGRESS_INTERVAL_MS: {
+    kind: 'integer',
+    unit: 'ms',
+    min: 100,
+    max: 3_600_000,
+    default: 10_000,
+    help: 'log progress and record rows and rows_per_second steps this often',
+  },
   KMJ_BATCH_ROWS: { kind: 'integer', min: 1, max: 1_000_000, default: 16384, help: 'rows per inference call' },
   KMJ_ONNX_THREADS: { kind: 'integer', min: 0, max: 256, default: 0, help: 'onnxruntime intra-op threads (0: onnxruntime decides)' },
   KMJ_MLFLOW_USER: { kind: 'string', help: 'mlflow.user tag (default: the OS user)' },
-  KMJ_REPORT_URL: { kind: 'string', pattern: /^https?:\/\/[^/?#\s]+\/\S*$/, patternHint: 'an http(s) URL such as http://kmj-scaler.kmj.svc:8080/v1/reports', help: 'where the worker reports each request\'s outcome and timings to the scaler, for its metrics (unset: no report)' },
+  KMJ_REPORT_URL: {
+    kind: 'string',
+    pattern: /^https?:\/\/[^/?#\s]+\/\S*$/,
+    patternHint: 'an http(s) URL such as http://kmj-scaler.kmj.svc:8080/v1/reports',
+    help: "where the worker reports each request's outcome and timings to the scaler, for its metrics (unset: no report)",
+  },
   KUBERNETES_POD_NAME: { kind: 'string', help: 'tagged on runs (set from the downward API)' },
   KUBERNETES_NODE_NAME: { kind: 'string', help: 'tagged on runs (set from the downward API)' },
   LOG_LEVEL: { kind: 'enum', values: LOG_LEVELS, default: 'info', help: 'log level' },
 } as const satisfies FieldSpecs;
-
 
 /** The Kafka input, when the worker reads a topic instead of a queue. */
 export interface KafkaInput {
@@ -116,7 +200,8 @@ export interface WorkerFlags {
 export function loadWorkerConfig(env: RawInput, flags: WorkerFlags = {}): WorkerConfig {
   let files = { serverCa: undefined as Buffer | undefined, clientCert: undefined as Buffer | undefined };
   let connection: KafkaConnection | undefined;
-  const flag = (name: string, value: string | undefined): FlagOverride | undefined => (value !== undefined ? { flag: name, value } : undefined);
+  const flag = (name: string, value: string | undefined): FlagOverride | undefined =>
+    value !== undefined ? { flag: name, value } : undefined;
   const overrides = {
     KMJ_WORKER_QUEUE: flag('--queue', flags.queue),
     KMJ_WORKER_TOPIC: flag('--topic', flags.topic),
@@ -131,7 +216,8 @@ export function loadWorkerConfig(env: RawInput, flags: WorkerFlags = {}): Worker
     overrides,
     (c, problems) => {
       checkMlflow(c, problems);
-      if (c.KMJ_NODE_CACHE_URL !== undefined && c.KMJ_NODE_CACHE_TOKEN === undefined) problems.push('KMJ_NODE_CACHE_TOKEN: is required with KMJ_NODE_CACHE_URL');
+      if (c.KMJ_NODE_CACHE_URL !== undefined && c.KMJ_NODE_CACHE_TOKEN === undefined)
+        problems.push('KMJ_NODE_CACHE_TOKEN: is required with KMJ_NODE_CACHE_URL');
       if ((c.KMJ_WORKER_QUEUE === undefined) === (c.KMJ_WORKER_TOPIC === undefined)) {
         problems.push(`${nameOf('KMJ_WORKER_QUEUE')}: set a queue or ${nameOf('KMJ_WORKER_TOPIC')}, exactly one of them`);
       } else if (c.KMJ_WORKER_TOPIC !== undefined) {
@@ -150,7 +236,14 @@ export function loadWorkerConfig(env: RawInput, flags: WorkerFlags = {}): Worker
     queue: topic ?? v.KMJ_WORKER_QUEUE ?? '',
     kafka:
       topic !== undefined && connection && v.KMJ_WORKER_GROUP !== undefined
-        ? Object.freeze({ topic, group: v.KMJ_WORKER_GROUP, deadLetterTopic: v.KMJ_DEAD_LETTER_TOPIC ?? deadLetterTopicOf(topic), maxMessages: v.KMJ_WORKER_MAX_MESSAGES, sessionTimeoutMs: v.KMJ_WORKER_KAFKA_SESSION_TIMEOUT_MS, connection })
+        ? Object.freeze({
+            topic,
+            group: v.KMJ_WORKER_GROUP,
+            deadLetterTopic: v.KMJ_DEAD_LETTER_TOPIC ?? deadLetterTopicOf(topic),
+            maxMessages: v.KMJ_WORKER_MAX_MESSAGES,
+            sessionTimeoutMs: v.KMJ_WORKER_KAFKA_SESSION_TIMEOUT_MS,
+            connection,
+          })
         : undefined,
     deadLetterQueue: v.KMJ_DEAD_LETTER_QUEUE ?? deadLetterQueueOf(v.KMJ_WORKER_QUEUE ?? ''),
     maxDeliveries: v.KMJ_MAX_DELIVERIES,
@@ -160,7 +253,10 @@ export function loadWorkerConfig(env: RawInput, flags: WorkerFlags = {}): Worker
     timeBudgetMs: v.KMJ_WORKER_TIME_BUDGET_MS,
     shutdownGraceMs: v.KMJ_WORKER_SHUTDOWN_GRACE_MS,
     modelCacheDir: v.KMJ_MODEL_CACHE_DIR ?? join(homedir(), '.cache', 'kmj', 'models'),
-    nodeCache: v.KMJ_NODE_CACHE_URL !== undefined && v.KMJ_NODE_CACHE_TOKEN !== undefined ? Object.freeze({ url: v.KMJ_NODE_CACHE_URL, token: v.KMJ_NODE_CACHE_TOKEN }) : undefined,
+    nodeCache:
+      v.KMJ_NODE_CACHE_URL !== undefined && v.KMJ_NODE_CACHE_TOKEN !== undefined
+        ? Object.freeze({ url: v.KMJ_NODE_CACHE_URL, token: v.KMJ_NODE_CACHE_TOKEN })
+        : undefined,
     workDir: v.KMJ_WORK_DIR ?? join(tmpdir(), 'kmj'),
     datasetRoots: Object.freeze(v.KMJ_DATASET_ROOTS.split(':').filter(Boolean)),
     modelRoots: Object.freeze(v.KMJ_MODEL_ROOTS.split(':').filter(Boolean)),

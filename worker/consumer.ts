@@ -16,7 +16,13 @@ import { connect, type Channel, type ChannelModel, type ConsumeMessage } from 'a
 import { raceAbort } from '../common/abort.ts';
 import type { Logger } from '../common/log.ts';
 import { displayUrl } from '../common/redact.ts';
-import { DEAD_LETTER_HEADERS, declareDeadLetterQueue, declareRequestTopology, isDirectReplyAddress, type OutcomeNotice } from '../rabbitmq/topology.ts';
+import {
+  DEAD_LETTER_HEADERS,
+  declareDeadLetterQueue,
+  declareRequestTopology,
+  isDirectReplyAddress,
+  type OutcomeNotice,
+} from '../rabbitmq/topology.ts';
 import type { WorkerConfig } from './config.ts';
 import { messageOf } from '../common/errors.ts';
 import type { Outcome } from './pipeline.ts';
@@ -25,7 +31,6 @@ import { checkQueues } from '../rabbitmq/inspect.ts';
 import { EXIT, type ExitCode } from '../common/worker-exit.ts';
 import { vhostOf } from '../rabbitmq/settings.ts';
 import { reportOf, sendReport, type ModelTimes } from './report.ts';
-
 
 export type Handler = (body: Buffer, delivery: DeliveryInfo) => Promise<Outcome>;
 
@@ -47,7 +52,8 @@ async function ensureQueues(conn: ChannelModel, config: WorkerConfig): Promise<v
   const found = await checkQueues(conn, [config.queue, config.deadLetterQueue]);
   const haveQueue = found.get(config.queue) !== undefined;
   if (haveQueue && found.get(config.deadLetterQueue) !== undefined) return;
-  if (!haveQueue) await declareRequestTopology(conn, config.queue, { deadLetterQueue: config.deadLetterQueue, maxDeliveries: config.maxDeliveries });
+  if (!haveQueue)
+    await declareRequestTopology(conn, config.queue, { deadLetterQueue: config.deadLetterQueue, maxDeliveries: config.maxDeliveries });
   else await declareDeadLetterQueue(conn, config.deadLetterQueue);
 }
 
@@ -56,7 +62,12 @@ async function ensureQueues(conn: ChannelModel, config: WorkerConfig): Promise<v
  * learned from basic.consume-ok: a message already waiting in the queue is delivered before that
  * reply is handled, and the consumer must be cancellable from the first delivery on.
  */
-function firstMessage(ch: Channel, queue: string, idleMs: number, shutdown: AbortSignal): Promise<{ msg: ConsumeMessage | undefined; tag: string }> {
+function firstMessage(
+  ch: Channel,
+  queue: string,
+  idleMs: number,
+  shutdown: AbortSignal,
+): Promise<{ msg: ConsumeMessage | undefined; tag: string }> {
   const tag = `kmj-worker-${process.pid}-${randomUUID().slice(0, 8)}`;
   return new Promise((resolve, reject) => {
     let settled = false;
@@ -108,7 +119,11 @@ export async function consumeOne(options: ConsumeOptions): Promise<ExitCode> {
   try {
     // noDelay: with Nagle's algorithm on, the handshake, the first delivery and the close each
     // wait about 40 ms for the broker's delayed ACK (measured on loopback: 120 ms in all).
-    conn = await connect(config.rabbitmqUrl, { timeout: 10_000, noDelay: true, clientProperties: { connection_name: `kmj-worker ${config.podName ?? process.pid}` } });
+    conn = await connect(config.rabbitmqUrl, {
+      timeout: 10_000,
+      noDelay: true,
+      clientProperties: { connection_name: `kmj-worker ${config.podName ?? process.pid}` },
+    });
   } catch (err) {
     log.error({ err }, 'cannot reach the broker');
     return EXIT.BROKER_UNAVAILABLE;
@@ -120,7 +135,11 @@ export async function consumeOne(options: ConsumeOptions): Promise<ExitCode> {
   const reported = async (code: ExitCode): Promise<ExitCode> => {
     if (received) {
       const times = { ...received, settledAtMs: Date.now(), model };
-      await sendReport(config.reportUrl, reportOf({ source: 'rabbitmq', scope: vhostOf(config.rabbitmqUrl), name: config.queue }, code, times), log);
+      await sendReport(
+        config.reportUrl,
+        reportOf({ source: 'rabbitmq', scope: vhostOf(config.rabbitmqUrl), name: config.queue }, code, times),
+        log,
+      );
     }
     return code;
   };
@@ -138,7 +157,10 @@ export async function consumeOne(options: ConsumeOptions): Promise<ExitCode> {
     if (!msg) {
       await ch.cancel(tag).catch(() => undefined);
       await ch.close().catch(() => undefined);
-      log.info({ idleTimeoutMs: config.idleTimeoutMs, stopped: shutdown.aborted }, shutdown.aborted ? 'stopped before a message arrived' : 'no message; exiting');
+      log.info(
+        { idleTimeoutMs: config.idleTimeoutMs, stopped: shutdown.aborted },
+        shutdown.aborted ? 'stopped before a message arrived' : 'no message; exiting',
+      );
       return EXIT.OK;
     }
     const receivedAtMs = Date.now();
@@ -168,7 +190,16 @@ export async function consumeOne(options: ConsumeOptions): Promise<ExitCode> {
   }
 }
 
-async function settle(conn: ChannelModel, ch: Channel, tag: string, msg: ConsumeMessage, outcome: Outcome, delivery: DeliveryInfo, config: WorkerConfig, log: Logger): Promise<ExitCode> {
+async function settle(
+  conn: ChannelModel,
+  ch: Channel,
+  tag: string,
+  msg: ConsumeMessage,
+  outcome: Outcome,
+  delivery: DeliveryInfo,
+  config: WorkerConfig,
+  log: Logger,
+): Promise<ExitCode> {
   const bound = AbortSignal.timeout(15_000);
   // basic.cancel goes out first; the settle follows on the same channel without waiting for
   // cancel-ok: the broker handles a channel's frames in order, so the consumer is gone before the
@@ -233,7 +264,13 @@ async function sendOutcomeNotice(conn: ChannelModel, msg: ConsumeMessage, outcom
   }
 }
 
-async function publishDeadLetter(conn: ChannelModel, msg: ConsumeMessage, outcome: Outcome, delivery: DeliveryInfo, config: WorkerConfig): Promise<void> {
+async function publishDeadLetter(
+  conn: ChannelModel,
+  msg: ConsumeMessage,
+  outcome: Outcome,
+  delivery: DeliveryInfo,
+  config: WorkerConfig,
+): Promise<void> {
   const ch = await conn.createConfirmChannel();
   let returned = false;
   ch.on('return', () => {
@@ -249,7 +286,15 @@ async function publishDeadLetter(conn: ChannelModel, msg: ConsumeMessage, outcom
     };
     if (outcome.field !== undefined) headers[DEAD_LETTER_HEADERS.field] = outcome.field;
     if (outcome.runId !== undefined) headers[DEAD_LETTER_HEADERS.runId] = outcome.runId;
-    const p = msg.properties;
+    // amqplib types these properties `any`; they are what RabbitMQ delivered.
+    const p = msg.properties as {
+      contentType?: string;
+      messageId?: string;
+      correlationId?: string;
+      timestamp?: number;
+      type?: string;
+      appId?: string;
+    };
     ch.sendToQueue(config.deadLetterQueue, msg.content, {
       persistent: true,
       // Unroutable (the queue was deleted) comes back as basic.return before the confirm.

@@ -39,19 +39,39 @@ const errorText = (err: unknown): string => (err instanceof Error ? err.message 
 export async function checkBroker(config: WorkerConfig, log: Logger): Promise<Check> {
   if (config.kafka) {
     const input = config.kafka;
-    const kafka = kafkaClient(input.connection, { clientId: 'kmj-doctor', log, connectTimeoutMs: CHECK_TIMEOUT_MS, requestTimeoutMs: CHECK_TIMEOUT_MS, retries: 0 });
+    const kafka = kafkaClient(input.connection, {
+      clientId: 'kmj-doctor',
+      log,
+      connectTimeoutMs: CHECK_TIMEOUT_MS,
+      requestTimeoutMs: CHECK_TIMEOUT_MS,
+      retries: 0,
+    });
     const admin = kafka.admin();
     const brokers = input.connection.brokers.join(',');
     try {
       await admin.connect();
       const topics = await admin.listTopics();
-      if (!topics.includes(input.topic)) return fail('kafka', `topic ${JSON.stringify(input.topic)} does not exist on ${brokers}`, 'create the topic, or give the worker the right one (--topic, KMJ_WORKER_TOPIC)');
+      if (!topics.includes(input.topic))
+        return fail(
+          'kafka',
+          `topic ${JSON.stringify(input.topic)} does not exist on ${brokers}`,
+          'create the topic, or give the worker the right one (--topic, KMJ_WORKER_TOPIC)',
+        );
       const ends = await admin.fetchTopicOffsets(input.topic);
       return ok('kafka', `topic ${input.topic} on ${brokers}: ${ends.length} partition(s)`);
     } catch (err) {
       const text = errorText(err);
-      if (/SASL|authenticat/i.test(text)) return fail('kafka', `${brokers} refused the worker's credentials: ${text}`, 'check KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD (the Secret the worker reads)');
-      return fail('kafka', `cannot read ${brokers}: ${text}`, 'check KAFKA_BROKERS, and that the brokers are up and reachable from this node');
+      if (/SASL|authenticat/i.test(text))
+        return fail(
+          'kafka',
+          `${brokers} refused the worker's credentials: ${text}`,
+          'check KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD (the Secret the worker reads)',
+        );
+      return fail(
+        'kafka',
+        `cannot read ${brokers}: ${text}`,
+        'check KAFKA_BROKERS, and that the brokers are up and reachable from this node',
+      );
     } finally {
       await admin.disconnect().catch(() => undefined);
     }
@@ -67,15 +87,39 @@ export async function checkBroker(config: WorkerConfig, log: Logger): Promise<Ch
       const q = await ch.checkQueue(config.queue);
       return ok('rabbitmq', `queue ${config.queue} on ${where}: ${q.messageCount} waiting, ${q.consumerCount} consumer(s)`);
     } catch (err) {
-      if ((err as { code?: unknown }).code === 404) return fail('rabbitmq', `queue ${JSON.stringify(config.queue)} does not exist on ${where}`, 'run the setup Job (manifests/setup.yaml) or `kmj setup`, which declares it; or give the worker the right queue (--queue, KMJ_WORKER_QUEUE)');
-      if ((err as { code?: unknown }).code === 403) return fail('rabbitmq', `the user in RABBITMQ_URL may not read queue ${config.queue} on ${where}`, 'grant the worker user configure/read on the queue (kmj setup does)');
+      if ((err as { code?: unknown }).code === 404)
+        return fail(
+          'rabbitmq',
+          `queue ${JSON.stringify(config.queue)} does not exist on ${where}`,
+          'run the setup Job (manifests/setup.yaml) or `kmj setup`, which declares it; or give the worker the right queue (--queue, KMJ_WORKER_QUEUE)',
+        );
+      if ((err as { code?: unknown }).code === 403)
+        return fail(
+          'rabbitmq',
+          `the user in RABBITMQ_URL may not read queue ${config.queue} on ${where}`,
+          'grant the worker user configure/read on the queue (kmj setup does)',
+        );
       throw err;
     }
   } catch (err) {
     const text = errorText(err);
-    if (/ACCESS.REFUSED|403/i.test(text)) return fail('rabbitmq', `${where} refused the credentials in RABBITMQ_URL`, 'check the user and password in RABBITMQ_URL (the Secret kmj-rabbitmq) against the broker users kmj setup made');
-    if (/NOT.ALLOWED|vhost/i.test(text)) return fail('rabbitmq', `${where}: the user may not use the virtual host: ${text}`, 'check the vhost in RABBITMQ_URL and the user\'s permissions on it');
-    return fail('rabbitmq', `cannot reach ${where}: ${text}`, 'check RABBITMQ_URL (host and port), and that RabbitMQ is up and reachable from this node');
+    if (/ACCESS.REFUSED|403/i.test(text))
+      return fail(
+        'rabbitmq',
+        `${where} refused the credentials in RABBITMQ_URL`,
+        'check the user and password in RABBITMQ_URL (the Secret kmj-rabbitmq) against the broker users kmj setup made',
+      );
+    if (/NOT.ALLOWED|vhost/i.test(text))
+      return fail(
+        'rabbitmq',
+        `${where}: the user may not use the virtual host: ${text}`,
+        "check the vhost in RABBITMQ_URL and the user's permissions on it",
+      );
+    return fail(
+      'rabbitmq',
+      `cannot reach ${where}: ${text}`,
+      'check RABBITMQ_URL (host and port), and that RabbitMQ is up and reachable from this node',
+    );
   } finally {
     await conn?.close().catch(() => undefined);
   }
@@ -84,7 +128,12 @@ export async function checkBroker(config: WorkerConfig, log: Logger): Promise<Ch
 /** The MLflow tracking server, called as the worker calls it (its credentials, its TLS settings). */
 export async function checkMlflow(config: WorkerConfig, log: Logger): Promise<Check> {
   const settings = config.mlflow;
-  if (!settings) return { name: 'mlflow', status: 'skip', detail: 'MLFLOW_TRACKING_URI is not set: the worker records runs in its spool (kmj replay uploads them)' };
+  if (!settings)
+    return {
+      name: 'mlflow',
+      status: 'skip',
+      detail: 'MLFLOW_TRACKING_URI is not set: the worker records runs in its spool (kmj replay uploads them)',
+    };
   const http = new MlflowHttp({ ...settings, maxRetries: 0, maxBackoffSeconds: 1, requestTimeoutMs: CHECK_TIMEOUT_MS, log });
   const where = http.baseUrl;
   try {
@@ -92,10 +141,19 @@ export async function checkMlflow(config: WorkerConfig, log: Logger): Promise<Ch
     return ok('mlflow', `${where} answers${settings.username !== undefined ? ` as ${settings.username}` : ''}`);
   } catch (err) {
     if (err instanceof MlflowHttpError && err.status === 401) {
-      return fail('mlflow', `${where} refused the worker's credentials (HTTP 401)`, 'check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (the Secret kmj-mlflow) against the MLflow user kmj setup made');
+      return fail(
+        'mlflow',
+        `${where} refused the worker's credentials (HTTP 401)`,
+        'check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (the Secret kmj-mlflow) against the MLflow user kmj setup made',
+      );
     }
-    if (err instanceof MlflowHttpError && err.status === 403) return fail('mlflow', `${where} denies the worker's user (HTTP 403)`, 'grant the worker user its permissions (kmj setup does)');
-    return fail('mlflow', `cannot call ${where}: ${errorText(err)}`, 'check MLFLOW_TRACKING_URI, and that MLflow is up and reachable from this node (its /health answers OK)');
+    if (err instanceof MlflowHttpError && err.status === 403)
+      return fail('mlflow', `${where} denies the worker's user (HTTP 403)`, 'grant the worker user its permissions (kmj setup does)');
+    return fail(
+      'mlflow',
+      `cannot call ${where}: ${errorText(err)}`,
+      'check MLFLOW_TRACKING_URI, and that MLflow is up and reachable from this node (its /health answers OK)',
+    );
   } finally {
     await http.close();
   }
@@ -137,19 +195,34 @@ export async function checkOnnxRuntime(): Promise<Check> {
     ort = await loadOnnxRuntime();
   } catch (err) {
     const arch = `${process.platform}/${process.arch}`;
-    return fail('onnxruntime', `onnxruntime-node does not load on ${arch}: ${errorText(err)}`, process.arch === 'arm' ? 'use a 64-bit OS (Raspberry Pi OS 64-bit): onnxruntime has no 32-bit ARM build' : 'use the image built for this architecture (linux/arm64 on a Raspberry Pi)');
+    return fail(
+      'onnxruntime',
+      `onnxruntime-node does not load on ${arch}: ${errorText(err)}`,
+      process.arch === 'arm'
+        ? 'use a 64-bit OS (Raspberry Pi OS 64-bit): onnxruntime has no 32-bit ARM build'
+        : 'use the image built for this architecture (linux/arm64 on a Raspberry Pi)',
+    );
   }
   try {
     const session = await ort.InferenceSession.create(tinyOnnxModel(), { intraOpNumThreads: 1 });
     try {
       const out = await session.run({ x: new ort.Tensor('float32', Float32Array.from([1, 2, 3]), [1, 3]) });
       const y = Array.from((out['y']?.data ?? []) as Float32Array);
-      if (y.join(',') !== '2,4,6') return fail('onnxruntime', `a model of one Add gave [${y.join(', ')}] for [1, 2, 3] + [1, 2, 3]`, 'this onnxruntime build computes wrongly on this CPU: report it with `kmj doctor -o json`');
+      if (y.join(',') !== '2,4,6')
+        return fail(
+          'onnxruntime',
+          `a model of one Add gave [${y.join(', ')}] for [1, 2, 3] + [1, 2, 3]`,
+          'this onnxruntime build computes wrongly on this CPU: report it with `kmj doctor -o json`',
+        );
     } finally {
       await session.release();
     }
   } catch (err) {
-    return fail('onnxruntime', `onnxruntime-node loads but cannot run a model: ${errorText(err)}`, 'check the node\'s CPU and memory limits; report it with `kmj doctor -o json`');
+    return fail(
+      'onnxruntime',
+      `onnxruntime-node loads but cannot run a model: ${errorText(err)}`,
+      "check the node's CPU and memory limits; report it with `kmj doctor -o json`",
+    );
   }
   return ok('onnxruntime', `onnxruntime ${ort.env.versions.common} ran a model in ${Math.round(performance.now() - started)} ms`);
 }
@@ -158,11 +231,22 @@ export async function checkOnnxRuntime(): Promise<Check> {
 export async function checkModel(uri: string, config: WorkerConfig, log: Logger): Promise<Check> {
   const http = config.mlflow ? new MlflowHttp({ ...config.mlflow, maxRetries: 0, maxBackoffSeconds: 1, log }) : undefined;
   try {
-    const loaded = await loadModel(uri, { config, tracking: http ? new MlflowTracking(http) : undefined, log }, AbortSignal.timeout(config.timeBudgetMs));
+    const loaded = await loadModel(
+      uri,
+      { config, tracking: http ? new MlflowTracking(http) : undefined, log },
+      AbortSignal.timeout(config.timeBudgetMs),
+    );
     const version = loaded.resolved.version !== undefined ? ` (version ${loaded.resolved.version})` : '';
-    return ok('model', `${uri}${version} loads: a ${loaded.model.kind} with output(s) ${loaded.model.outputNames.join(', ')}, in ${loaded.seconds.toFixed(2)} s (cache ${loaded.cacheHit ? 'hit' : 'miss'})`);
+    return ok(
+      'model',
+      `${uri}${version} loads: a ${loaded.model.kind} with output(s) ${loaded.model.outputNames.join(', ')}, in ${loaded.seconds.toFixed(2)} s (cache ${loaded.cacheHit ? 'hit' : 'miss'})`,
+    );
   } catch (err) {
-    return fail('model', `${uri} does not load: ${errorText(err)}`, 'check the model URI, that its registry version or alias exists, and that it was logged with mlflow.onnx.log_model');
+    return fail(
+      'model',
+      `${uri} does not load: ${errorText(err)}`,
+      'check the model URI, that its registry version or alias exists, and that it was logged with mlflow.onnx.log_model',
+    );
   } finally {
     await http?.close();
   }

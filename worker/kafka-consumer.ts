@@ -41,7 +41,7 @@ import type { DeliveryInfo } from './run-store.ts';
 
 /** The attempt a record is on: its header's, 1 when it has none. */
 export function attemptOfRecord(message: KafkaMessage): number {
-  const n = Number(headerText(message.headers as Record<string, unknown> | undefined, KAFKA_HEADERS.attempt));
+  const n = Number(headerText(message.headers, KAFKA_HEADERS.attempt));
   return Number.isSafeInteger(n) && n >= 1 ? n : 1;
 }
 
@@ -218,13 +218,13 @@ export async function consumeKafka(options: ConsumeOptions): Promise<ExitCode> {
     await consumer.run({
       autoCommit: false,
       // Hands the record over and returns: the fetch loop goes on heartbeating while it runs.
-      eachMessage: async ({ topic, partition, message }) => {
+      eachMessage: ({ topic, partition, message }) => {
         if (stopping || inFlight !== undefined || taken >= input.maxMessages) {
           // Fetched ahead: not this worker's now. Back to it, so it is read again when the topic
           // resumes (this worker, after its record) or by the member that gets the partition.
           consumer.seek({ topic, partition, offset: message.offset });
           pauseAll();
-          return;
+          return Promise.resolve();
         }
         taken++;
         inFlight = { partition, offset: message.offset };
@@ -249,6 +249,7 @@ export async function consumeKafka(options: ConsumeOptions): Promise<ExitCode> {
             stop();
           },
         );
+        return Promise.resolve();
       },
     });
     if (shutdown.aborted && taken === 0) stop();
@@ -274,7 +275,15 @@ export async function consumeKafka(options: ConsumeOptions): Promise<ExitCode> {
   return EXIT.OK;
 }
 
-async function settleRecord(topic: string, partition: number, message: KafkaMessage, options: ConsumeOptions, producer: Producer, member: GroupMember, parent: Logger): Promise<ExitCode> {
+async function settleRecord(
+  topic: string,
+  partition: number,
+  message: KafkaMessage,
+  options: ConsumeOptions,
+  producer: Producer,
+  member: GroupMember,
+  parent: Logger,
+): Promise<ExitCode> {
   const { config } = options;
   const input = config.kafka;
   if (!input) throw new Error('no Kafka input');
@@ -286,7 +295,12 @@ async function settleRecord(topic: string, partition: number, message: KafkaMess
   // After the commit (or its failure), the request's report goes to the scaler (worker/report.ts).
   const reported = async (code: ExitCode): Promise<ExitCode> => {
     const publishedAtMs = Number(message.timestamp);
-    const times = { receivedAtMs, publishedAtMs: Number.isFinite(publishedAtMs) && publishedAtMs > 0 ? publishedAtMs : undefined, settledAtMs: Date.now(), model: outcome };
+    const times = {
+      receivedAtMs,
+      publishedAtMs: Number.isFinite(publishedAtMs) && publishedAtMs > 0 ? publishedAtMs : undefined,
+      settledAtMs: Date.now(),
+      model: outcome,
+    };
     await sendReport(config.reportUrl, reportOf({ source: 'kafka', scope: input.group, name: topic }, code, times), log);
     return code;
   };
@@ -306,7 +320,12 @@ async function settleRecord(topic: string, partition: number, message: KafkaMess
     }
   } catch (err) {
     // Not written elsewhere: not committed either, so the next worker gets it again.
-    log.error({ err, ...fields }, outcome.action === 'dead-letter' ? 'dead-lettering failed; the record stays uncommitted' : 'requeueing failed; the record stays uncommitted');
+    log.error(
+      { err, ...fields },
+      outcome.action === 'dead-letter'
+        ? 'dead-lettering failed; the record stays uncommitted'
+        : 'requeueing failed; the record stays uncommitted',
+    );
     return reported(EXIT.UNSETTLED);
   }
   try {
@@ -328,7 +347,13 @@ function waitingOf(read: GroupOffsets): Map<number, number> {
   return new Map(read.partitions.map((p) => [p.partition, committedLag(p) ?? p.end - p.start]));
 }
 
-function deadLetter(message: KafkaMessage, outcome: Outcome, delivery: DeliveryInfo, topic: string, partition: number): { key: Buffer | null; value: Buffer | null; headers: Record<string, string | Buffer> } {
+function deadLetter(
+  message: KafkaMessage,
+  outcome: Outcome,
+  delivery: DeliveryInfo,
+  topic: string,
+  partition: number,
+): { key: Buffer | null; value: Buffer | null; headers: Record<string, string | Buffer> } {
   const headers: Record<string, string | Buffer> = {};
   for (const [k, v] of Object.entries(message.headers ?? {})) {
     if (Buffer.isBuffer(v) || typeof v === 'string') headers[k] = v;

@@ -120,7 +120,13 @@ export async function handleDelivery(body: Buffer, delivery: DeliveryInfo, deps:
           await mark('KILLED', 'the worker was stopped (SIGTERM); the request was requeued', 'requeued');
           return { action: 'requeue', reason: 'the worker was stopped (SIGTERM)', requestId: req.requestId, ...ids(state) };
         }
-        if (!budget.signal.aborted && !state.offline && state.store?.kind === 'mlflow' && config.spoolDir !== undefined && mlflowUnreachable(err)) {
+        if (
+          !budget.signal.aborted &&
+          !state.offline &&
+          state.store?.kind === 'mlflow' &&
+          config.spoolDir !== undefined &&
+          mlflowUnreachable(err)
+        ) {
           // MLflow went away after the run started: the run, so far and from here on, goes to
           // the spool (kmj replay finds the MLflow run by its request id and finishes it).
           rlog.warn({ err, spool: config.spoolDir }, 'MLflow is out of reach; recording the run in the spool');
@@ -131,7 +137,13 @@ export async function handleDelivery(body: Buffer, delivery: DeliveryInfo, deps:
         if (e instanceof PermanentError) {
           rlog.warn({ ...failureFields(e), field: e.field }, 'request failed permanently');
           await mark('FAILED', e.message, 'dead-lettered');
-          return { action: 'dead-letter', reason: e.message, requestId: req.requestId, ...(e.field !== undefined ? { field: e.field } : {}), ...ids(state) };
+          return {
+            action: 'dead-letter',
+            reason: e.message,
+            requestId: req.requestId,
+            ...(e.field !== undefined ? { field: e.field } : {}),
+            ...ids(state),
+          };
         }
         const delay = RETRY_DELAYS_MS[attempt];
         if (!e.retryInProcess || delay === undefined || budget.signal.aborted) {
@@ -208,13 +220,17 @@ export function classify(err: unknown): PermanentError | TransientError {
   if (err instanceof PermanentError || err instanceof TransientError) return err;
   if (err instanceof MlflowHttpError) {
     if (err.status === 401 || err.status === 403) {
-      return new TransientError(`MLflow refused the worker's credentials (HTTP ${err.status}); fix the worker's MLflow settings`, { cause: err, retryInProcess: false });
+      return new TransientError(`MLflow refused the worker's credentials (HTTP ${err.status}); fix the worker's MLflow settings`, {
+        cause: err,
+        retryInProcess: false,
+      });
     }
     // The HTTP client has already retried it with MLflow's own backoff schedule.
     if (err.retryable) return new TransientError(err.message, { cause: err, retryInProcess: false });
     return new PermanentError(err.message, { cause: err });
   }
-  if (err instanceof Error && err.name === 'AbortError') return new TransientError(`an operation was aborted: ${err.message}`, { cause: err });
+  if (err instanceof Error && err.name === 'AbortError')
+    return new TransientError(`an operation was aborted: ${err.message}`, { cause: err });
   return new TransientError(messageOf(err), { cause: err });
 }
 
@@ -260,20 +276,31 @@ type Loaded = LoadedModel;
  * the model must come from the local cache. A model failure is acted on only once the run is
  * known, so the run it belongs to can be marked FAILED.
  */
-async function openRunAndModel(req: InferenceRequest, delivery: DeliveryInfo, deps: PipelineDeps, signal: AbortSignal, state: AttemptState, log: Logger): Promise<{ begun: 'finished' | 'started'; loaded: Loaded | undefined; failure: unknown }> {
+async function openRunAndModel(
+  req: InferenceRequest,
+  delivery: DeliveryInfo,
+  deps: PipelineDeps,
+  signal: AbortSignal,
+  state: AttemptState,
+  log: Logger,
+): Promise<{ begun: 'finished' | 'started'; loaded: Loaded | undefined; failure: unknown }> {
   const { config } = deps;
   const spool = (): RunStore => new SpoolRunStore(config.spoolDir ?? '', req, delivery, config, deps.workerVersion, log);
   const online = deps.tracking !== undefined && !state.offline;
-  let store: RunStore = deps.tracking && online ? new MlflowRunStore(deps.tracking, req, delivery, config, deps.workerVersion, log) : spool();
+  let store: RunStore =
+    deps.tracking && online ? new MlflowRunStore(deps.tracking, req, delivery, config, deps.workerVersion, log) : spool();
   state.store = store;
-  let [begun, model] = await Promise.allSettled([store.begin(signal), loadModel(req.model, { ...deps, tracking: online ? deps.tracking : undefined }, signal)]);
+  let [begun, model] = await Promise.allSettled([
+    store.begin(signal),
+    loadModel(req.model, { ...deps, tracking: online ? deps.tracking : undefined }, signal),
+  ]);
   if (begun.status === 'rejected' && store.kind === 'mlflow' && config.spoolDir !== undefined && mlflowUnreachable(begun.reason)) {
     log.warn({ err: begun.reason as unknown, spool: config.spoolDir }, 'MLflow is out of reach; recording the run in the spool');
     store = spool();
     state.store = store;
-    begun = await Promise.allSettled([store.begin(signal)]).then(([r]) => r as PromiseSettledResult<'finished' | 'started'>);
+    begun = await Promise.allSettled([store.begin(signal)]).then(([r]) => r);
     if (model.status === 'rejected' && mlflowUnreachable(model.reason)) {
-      model = await Promise.allSettled([loadModel(req.model, { ...deps, tracking: undefined }, signal)]).then(([r]) => r as PromiseSettledResult<Loaded>);
+      model = await Promise.allSettled([loadModel(req.model, { ...deps, tracking: undefined }, signal)]).then(([r]) => r);
     }
   }
   const loaded = model.status === 'fulfilled' ? model.value : undefined;
@@ -304,7 +331,9 @@ async function runOnce(
   if (store.attempt > config.maxDeliveries) {
     // Only where the broker does not count (Kafka): earlier attempts died without a word.
     await loaded?.model.release();
-    throw new PermanentError(`gave up after ${store.attempt - 1} deliveries that did not finish (the worker was killed each time; KMJ_MAX_DELIVERIES ${config.maxDeliveries})`);
+    throw new PermanentError(
+      `gave up after ${store.attempt - 1} deliveries that did not finish (the worker was killed each time; KMJ_MAX_DELIVERIES ${config.maxDeliveries})`,
+    );
   }
   if (!loaded) throw failure;
   // The dataset may live in MLflow even when the run goes to the spool: reading it then fails
@@ -318,14 +347,23 @@ async function runOnce(
   try {
     await mkdir(scratch, { recursive: true });
     const processingStart = performance.now();
-    const dataset = await openDataset(req, tracking, { maxBytes: config.maxDatasetBytes, maxRows: config.maxDatasetRows, localRoots: config.datasetRoots, httpTimeoutMs: 60_000 }, signal);
+    const dataset = await openDataset(
+      req,
+      tracking,
+      { maxBytes: config.maxDatasetBytes, maxRows: config.maxDatasetRows, localRoots: config.datasetRoots, httpTimeoutMs: 60_000 },
+      signal,
+    );
     const columns = await dataset.columns();
     const plan = model.plan(columns, req.labelColumn);
     let labelIndex = -1;
     let scorer: Scorer | undefined;
     if (req.labelColumn !== undefined) {
       labelIndex = columns.indexOf(req.labelColumn);
-      if (labelIndex < 0) throw new PermanentError(`labelColumn: column ${JSON.stringify(req.labelColumn)} is not in the dataset (columns: ${columns.join(', ')})`, { field: 'labelColumn' });
+      if (labelIndex < 0)
+        throw new PermanentError(
+          `labelColumn: column ${JSON.stringify(req.labelColumn)} is not in the dataset (columns: ${columns.join(', ')})`,
+          { field: 'labelColumn' },
+        );
       scorer = model.kind === 'classifier' ? new ClassificationScorer(req.labelColumn) : new RegressionScorer(req.labelColumn);
     }
     const format = req.output?.format ?? 'csv';
@@ -339,7 +377,10 @@ async function runOnce(
     try {
       // Batches are pipelined: while onnxruntime works on one batch (on its own threads), the
       // main thread reads and parses the next one.
-      const batches = dataset.batches(config.batchRows, { numbers: plan.wants.numbers, values: labelIndex >= 0 ? [...plan.wants.values, labelIndex] : plan.wants.values });
+      const batches = dataset.batches(config.batchRows, {
+        numbers: plan.wants.numbers,
+        values: labelIndex >= 0 ? [...plan.wants.values, labelIndex] : plan.wants.values,
+      });
       let next = batches.next();
       try {
         for (;;) {
@@ -397,7 +438,13 @@ async function runOnce(
     // The scores are about the model that ran: carried with its logged model's id, they show on
     // that model's page in MLflow.
     const modelMetric = resolved.modelId !== undefined ? { model_id: resolved.modelId } : {};
-    const metrics: Metric[] = Object.entries(values).map(([key, value]) => ({ key, value, timestamp: now, step: key === 'rows' || key === 'rows_per_second' ? last : 0, ...modelMetric }));
+    const metrics: Metric[] = Object.entries(values).map(([key, value]) => ({
+      key,
+      value,
+      timestamp: now,
+      step: key === 'rows' || key === 'rows_per_second' ? last : 0,
+      ...modelMetric,
+    }));
     const tags: KeyValue[] = [
       { key: RUN_TAG.batchRows, value: String(config.batchRows) },
       { key: RUN_TAG.modelKind, value: model.kind },
@@ -409,20 +456,22 @@ async function runOnce(
     if (resolved.name !== undefined) tags.push({ key: RUN_TAG.modelName, value: resolved.name });
     if (resolved.version !== undefined) tags.push({ key: RUN_TAG.modelVersion, value: resolved.version });
     const results: RunResults = {
-        metrics,
-        tags,
-        input: {
-          name: summary.name,
-          digest: summary.digest,
-          sourceType: summary.sourceType,
-          source: summary.source,
-          schema: JSON.stringify({ mlflow_colspec: summary.columns.map((name, i) => ({ type: summary.columnTypes[i] ?? 'string', name, required: true })) }),
-          profile: JSON.stringify({ num_rows: summary.rows, num_elements: summary.rows * summary.columns.length }),
-          context: 'inference',
-        },
-        ...(resolved.modelId !== undefined ? { modelId: resolved.modelId } : {}),
-        artifact: { file, path: `predictions/predictions.${format}`, contentType: contentTypeOf(file) },
-        endTime: Date.now(),
+      metrics,
+      tags,
+      input: {
+        name: summary.name,
+        digest: summary.digest,
+        sourceType: summary.sourceType,
+        source: summary.source,
+        schema: JSON.stringify({
+          mlflow_colspec: summary.columns.map((name, i) => ({ type: summary.columnTypes[i] ?? 'string', name, required: true })),
+        }),
+        profile: JSON.stringify({ num_rows: summary.rows, num_elements: summary.rows * summary.columns.length }),
+        context: 'inference',
+      },
+      ...(resolved.modelId !== undefined ? { modelId: resolved.modelId } : {}),
+      artifact: { file, path: `predictions/predictions.${format}`, contentType: contentTypeOf(file) },
+      endTime: Date.now(),
     };
     try {
       await store.complete(results, signal);
@@ -436,7 +485,10 @@ async function runOnce(
       await state.store.complete(results, signal);
     }
     const recorded = state.store as RunStore;
-    log.info({ runId: recorded.runId, recordedIn: recorded.kind, rows, modelVersion: resolved.version, seconds: totalSeconds }, 'run finished');
+    log.info(
+      { runId: recorded.runId, recordedIn: recorded.kind, rows, modelVersion: resolved.version, seconds: totalSeconds },
+      'run finished',
+    );
     return { action: 'ack', ...ids(state) };
   } finally {
     // The outcome is decided: clean-up must not hold the message. Each step is bounded, and one

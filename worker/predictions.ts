@@ -7,6 +7,7 @@
 import { createWriteStream, type WriteStream } from 'node:fs';
 import { once } from 'node:events';
 import type { DataFormat } from '../common/request.ts';
+import { textOf } from '../common/text.ts';
 import type { Outputs } from './model/onnx.ts';
 
 /** The content type of a predictions file, from its name. */
@@ -15,8 +16,7 @@ export function contentTypeOf(path: string): string {
 }
 
 function csvField(v: unknown): string {
-  if (v === undefined || v === null) return '';
-  const s = typeof v === 'string' ? v : String(v);
+  const s = textOf(v);
   return /[",\n\r]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
 }
 

@@ -45,7 +45,10 @@ export class Progress {
     const seconds = (now - this.#started) / 1000;
     const rowsPerSecond = seconds > 0 ? rows / seconds : 0;
     const fraction = read.totalBytes !== undefined && read.totalBytes > 0 ? Math.min(1, read.bytes / read.totalBytes) : undefined;
-    const eta = fraction !== undefined && fraction > 0 && fraction < 1 ? { percent: Math.floor(fraction * 100), etaSeconds: Math.round((seconds * (1 - fraction)) / fraction) } : {};
+    const eta =
+      fraction !== undefined && fraction > 0 && fraction < 1
+        ? { percent: Math.floor(fraction * 100), etaSeconds: Math.round((seconds * (1 - fraction)) / fraction) }
+        : {};
     this.#options.log.info({ rows, rowsPerSecond: Math.round(rowsPerSecond), ...eta }, 'progress');
     // One send at a time: a slow MLflow skips steps instead of piling them up.
     if (this.#sending) return;

@@ -42,7 +42,8 @@ export function reportOf(target: ReportTarget, code: ExitCode, times: RequestTim
   const seconds: Partial<Record<ReportStep, number>> = {};
   const since = (from: number, to: number): number => Math.max(0, to - from) / 1000;
   // A clock skewed between publisher and worker can put the publication in the future: no figure then.
-  if (times.publishedAtMs !== undefined && times.publishedAtMs > 0 && times.publishedAtMs <= times.receivedAtMs + 1000) seconds.waiting = since(times.publishedAtMs, times.receivedAtMs);
+  if (times.publishedAtMs !== undefined && times.publishedAtMs > 0 && times.publishedAtMs <= times.receivedAtMs + 1000)
+    seconds.waiting = since(times.publishedAtMs, times.receivedAtMs);
   seconds.receiving = since(processStartMs, times.receivedAtMs);
   const total = since(times.receivedAtMs, times.settledAtMs);
   const load = times.model?.modelLoadSeconds;

@@ -17,7 +17,6 @@ import type { DatasetInput, KeyValue, Metric, MlflowTracking, RunInfo, SearchedR
 import type { InferenceRequest } from '../common/request.ts';
 import { RUN_TAG } from '../common/run-tags.ts';
 
-
 export interface DeliveryInfo {
   /** 1 for the first delivery of this message. */
   readonly attempt: number;
@@ -70,7 +69,10 @@ export function runParams(req: InferenceRequest): KeyValue[] {
   const params: KeyValue[] = [
     { key: 'model_uri', value: req.model },
     // A dataset URL may carry credentials in its user-info: they never reach MLflow.
-    { key: 'dataset', value: req.dataset.uri !== undefined ? datasetForDisplay(req.dataset.uri) : `inline (${req.dataset.rows?.length ?? 0} rows)` },
+    {
+      key: 'dataset',
+      value: req.dataset.uri !== undefined ? datasetForDisplay(req.dataset.uri) : `inline (${req.dataset.rows?.length ?? 0} rows)`,
+    },
     { key: 'output_format', value: req.output?.format ?? 'csv' },
   ];
   if (req.labelColumn !== undefined) params.push({ key: 'label_column', value: req.labelColumn });
@@ -151,7 +153,14 @@ export class MlflowRunStore implements RunStore {
   /** The start log-batch (params, attempt), in flight while the work goes on. */
   #startLogged: Promise<void> | undefined;
 
-  constructor(tracking: MlflowTracking, req: InferenceRequest, delivery: DeliveryInfo, config: WorkerConfig, workerVersion: string, log: Logger) {
+  constructor(
+    tracking: MlflowTracking,
+    req: InferenceRequest,
+    delivery: DeliveryInfo,
+    config: WorkerConfig,
+    workerVersion: string,
+    log: Logger,
+  ) {
     this.#t = tracking;
     this.#req = req;
     this.#delivery = delivery;
@@ -185,7 +194,10 @@ export class MlflowRunStore implements RunStore {
       const died = Number(previous.tags[RUN_TAG.deliveryAttempt]);
       if (Number.isSafeInteger(died) && died >= this.#attempt) {
         this.#attempt = died + 1;
-        this.#log.warn({ runId: previous.info.run_id, attempt: this.#attempt }, 'the last attempt of this request died without a word; counting it');
+        this.#log.warn(
+          { runId: previous.info.run_id, attempt: this.#attempt },
+          'the last attempt of this request died without a word; counting it',
+        );
       }
     }
     const attemptTag = { key: RUN_TAG.deliveryAttempt, value: String(this.#attempt) };
@@ -218,7 +230,16 @@ export class MlflowRunStore implements RunStore {
 
   #createOnce(experimentId: string, signal: AbortSignal): Promise<RunInfo> {
     const req = this.#req;
-    return createRunSafely(this.#t, experimentId, req.requestId, req.runName ?? req.requestId, runTags(req, this.#config, this.#delivery, this.#workerVersion), Date.now(), signal, this.#log);
+    return createRunSafely(
+      this.#t,
+      experimentId,
+      req.requestId,
+      req.runName ?? req.requestId,
+      runTags(req, this.#config, this.#delivery, this.#workerVersion),
+      Date.now(),
+      signal,
+      this.#log,
+    );
   }
 
   async progress(metrics: readonly Metric[], signal: AbortSignal): Promise<void> {
@@ -237,8 +258,17 @@ export class MlflowRunStore implements RunStore {
     const refused: KeyValue = { key: RUN_TAG.modelLink, value: 'refused' };
     await Promise.all([
       this.#linkedIfAllowed(modelId, (linked) =>
-        t.logBatch(run.run_id, linked ? { metrics: results.metrics, tags: results.tags } : { metrics: results.metrics.map(unlinked), tags: [...results.tags, ...(modelId !== undefined ? [refused] : [])] }, signal)),
-      this.#linkedIfAllowed(modelId, (linked) => t.logInputs(run.run_id, [results.input], signal, linked && modelId !== undefined ? [modelId] : [])),
+        t.logBatch(
+          run.run_id,
+          linked
+            ? { metrics: results.metrics, tags: results.tags }
+            : { metrics: results.metrics.map(unlinked), tags: [...results.tags, ...(modelId !== undefined ? [refused] : [])] },
+          signal,
+        ),
+      ),
+      this.#linkedIfAllowed(modelId, (linked) =>
+        t.logInputs(run.run_id, [results.input], signal, linked && modelId !== undefined ? [modelId] : []),
+      ),
       t.uploadArtifact(run.artifact_uri, results.artifact.path, results.artifact.file, results.artifact.contentType, signal),
     ]);
     this.#log.debug('results logged');
@@ -257,12 +287,21 @@ export class MlflowRunStore implements RunStore {
       await call(true);
     } catch (err) {
       if (!(err instanceof MlflowHttpError) || err.status !== 403) throw err;
-      this.#log.warn({ modelId }, "MLflow refused to link the run to the logged model that ran (the worker's user needs EDIT on the model's experiment); logging without the link");
+      this.#log.warn(
+        { modelId },
+        "MLflow refused to link the run to the logged model that ran (the worker's user needs EDIT on the model's experiment); logging without the link",
+      );
       await call(false);
     }
   }
 
-  async fail(status: 'FAILED' | 'KILLED', error: string, outcome: 'dead-lettered' | 'requeued', log: Logger, signal: AbortSignal): Promise<void> {
+  async fail(
+    status: 'FAILED' | 'KILLED',
+    error: string,
+    outcome: 'dead-lettered' | 'requeued',
+    log: Logger,
+    signal: AbortSignal,
+  ): Promise<void> {
     const runId = this.#run?.run_id;
     if (runId === undefined) return;
     // Separate calls: one failing (it may be the endpoint that broke) must not keep the others

@@ -97,7 +97,10 @@ export class RegressionScorer implements Scorer {
   add(truth: unknown, predicted: unknown, row: number): void {
     const y = typeof truth === 'number' ? truth : typeof truth === 'string' && truth.trim() !== '' ? Number(truth) : Number.NaN;
     if (!Number.isFinite(y)) {
-      throw new PermanentError(`dataset: row ${row}, label column ${JSON.stringify(this.#labelColumn)}: ${JSON.stringify(truth ?? null)} is not a number`, { field: 'labelColumn' });
+      throw new PermanentError(
+        `dataset: row ${row}, label column ${JSON.stringify(this.#labelColumn)}: ${JSON.stringify(truth ?? null)} is not a number`,
+        { field: 'labelColumn' },
+      );
     }
     const p = Array.isArray(predicted) ? Number(predicted[0]) : Number(predicted);
     const e = p - y;

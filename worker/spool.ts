@@ -45,7 +45,6 @@ export interface SpooledRun {
 
 const REPLAYED = '.replayed';
 
-
 async function writeJsonAtomic(path: string, value: unknown): Promise<void> {
   const tmp = `${path}.${randomUUID().slice(0, 8)}.tmp`;
   await writeFile(tmp, `${JSON.stringify(value, null, 2)}\n`);
@@ -155,11 +154,20 @@ export interface ReplayResult {
 }
 
 /** Uploads every entry of the spool to MLflow, once and only once. */
-export async function replaySpool(dir: string, tracking: MlflowTracking, log: Logger, signal: AbortSignal, onEntry: (r: ReplayResult) => void = () => undefined): Promise<ReplayResult[]> {
+export async function replaySpool(
+  dir: string,
+  tracking: MlflowTracking,
+  log: Logger,
+  signal: AbortSignal,
+  onEntry: (r: ReplayResult) => void = () => undefined,
+): Promise<ReplayResult[]> {
   const results: ReplayResult[] = [];
   let names: string[];
   try {
-    names = (await readdir(dir, { withFileTypes: true })).filter((d) => d.isDirectory() && !d.name.startsWith('.')).map((d) => d.name).sort();
+    names = (await readdir(dir, { withFileTypes: true }))
+      .filter((d) => d.isDirectory() && !d.name.startsWith('.'))
+      .map((d) => d.name)
+      .sort();
   } catch (err) {
     if ((err as { code?: unknown }).code === 'ENOENT') return results;
     throw err;
@@ -204,14 +212,20 @@ async function replayEntry(entry: string, dir: string, t: MlflowTracking, log: L
     const unfinished = existing[0];
     // An earlier online attempt's failure marks are not true of the finished run.
     if (unfinished) await clearFailureTags(t, unfinished, signal);
-    const info = unfinished ? unfinished.info : await createRunSafely(t, experimentId, run.requestId, run.runName, run.tags, run.startTime, signal, log);
+    const info = unfinished
+      ? unfinished.info
+      : await createRunSafely(t, experimentId, run.requestId, run.runName, run.tags, run.startTime, signal, log);
     runId = info.run_id;
     artifactUri = info.artifact_uri;
     journal.runId = runId;
     await writeJsonAtomic(journalPath, journal);
   }
   if (!journal.steps.includes('data')) {
-    await t.logBatch(runId, { params: run.params, tags: [...run.tags, { key: RUN_TAG.replayedAt, value: new Date().toISOString() }], metrics: run.metrics }, signal);
+    await t.logBatch(
+      runId,
+      { params: run.params, tags: [...run.tags, { key: RUN_TAG.replayedAt, value: new Date().toISOString() }], metrics: run.metrics },
+      signal,
+    );
     await done('data');
   }
   if (!journal.steps.includes('inputs')) {

@@ -47,18 +47,39 @@ const TOPIC_LIST = /^[a-zA-Z0-9._-]{1,249}(,[a-zA-Z0-9._-]{1,249})*$/;
 
 export const KAFKA_FIELDS = {
   consumerGroup: { kind: 'string', required: true, maxLength: 255, help: 'consumer group whose lag is measured' },
-  topic: { kind: 'string', pattern: TOPIC_LIST, patternHint: 'topic names (letters, digits, ".", "_", "-"), comma-separated', help: 'topic, or topics comma-separated (default: every topic the group has committed offsets for)' },
-  offsetResetPolicy: { kind: 'enum', values: OFFSET_RESET_POLICIES, default: 'latest', help: 'what a partition without a commit counts as' },
+  topic: {
+    kind: 'string',
+    pattern: TOPIC_LIST,
+    patternHint: 'topic names (letters, digits, ".", "_", "-"), comma-separated',
+    help: 'topic, or topics comma-separated (default: every topic the group has committed offsets for)',
+  },
+  offsetResetPolicy: {
+    kind: 'enum',
+    values: OFFSET_RESET_POLICIES,
+    default: 'latest',
+    help: 'what a partition without a commit counts as',
+  },
   allowIdleConsumers: { kind: 'boolean', default: false, help: 'let the metric ask for more Jobs than partitions' },
   limitToPartitionsWithLag: { kind: 'boolean', default: false, help: 'ask for at most one Job per partition with lag' },
-  excludePersistentLag: { kind: 'boolean', default: false, help: 'leave out lag of partitions whose commit has not moved since the last read' },
+  excludePersistentLag: {
+    kind: 'boolean',
+    default: false,
+    help: 'leave out lag of partitions whose commit has not moved since the last read',
+  },
   scaleToZeroOnInvalidOffset: { kind: 'boolean', default: false, help: 'a partition without a commit counts 0' },
   connection: CONNECTION_FIELD,
 } as const satisfies FieldSpecs;
 
 const KAFKA_SCALER_ENV = {
   ...Object.fromEntries(Object.entries(KAFKA_ENV).map(([k, spec]) => [k, { ...spec, help: `${spec.help} (connection alias "default")` }])),
-  KMJ_SCALER_KAFKA_REQUEST_TIMEOUT_MS: { kind: 'integer', unit: 'ms', min: 100, max: 60_000, default: 2000, help: 'bound on one Kafka request' },
+  KMJ_SCALER_KAFKA_REQUEST_TIMEOUT_MS: {
+    kind: 'integer',
+    unit: 'ms',
+    min: 100,
+    max: 60_000,
+    default: 2000,
+    help: 'bound on one Kafka request',
+  },
 } as const satisfies FieldSpecs;
 
 interface KafkaSourceOptions extends BrokerTuning {
@@ -81,11 +102,15 @@ export const KAFKA_SOURCE: SourceDefinition = {
       const c = kafkaConnectionOfEntry(entry, problems, (k) => nameOf(alias, k));
       if (c) connections.set(alias, c);
     }
-    const { values, problems: own } = parseFields({ KMJ_SCALER_KAFKA_REQUEST_TIMEOUT_MS: KAFKA_SCALER_ENV.KMJ_SCALER_KAFKA_REQUEST_TIMEOUT_MS }, env);
+    const { values, problems: own } = parseFields(
+      { KMJ_SCALER_KAFKA_REQUEST_TIMEOUT_MS: KAFKA_SCALER_ENV.KMJ_SCALER_KAFKA_REQUEST_TIMEOUT_MS },
+      env,
+    );
     problems.push(...own);
     return {
       aliases: [...connections.keys()],
-      create: (tuning, log) => new KafkaSource({ ...tuning, connections, requestTimeoutMs: values.KMJ_SCALER_KAFKA_REQUEST_TIMEOUT_MS, log }),
+      create: (tuning, log) =>
+        new KafkaSource({ ...tuning, connections, requestTimeoutMs: values.KMJ_SCALER_KAFKA_REQUEST_TIMEOUT_MS, log }),
     };
   },
 };
@@ -136,7 +161,13 @@ export function lagReading(partitions: readonly PartitionOffsets[], o: KafkaLagO
   return {
     value,
     activity: lag,
-    details: { lag, persistentLag: lag - counted, partitions: partitions.length, partitionsWithLag: withLag, uncommittedPartitions: uncommitted },
+    details: {
+      lag,
+      persistentLag: lag - counted,
+      partitions: partitions.length,
+      partitionsWithLag: withLag,
+      uncommittedPartitions: uncommitted,
+    },
   };
 }
 
@@ -173,17 +204,30 @@ export class KafkaSource implements BacklogSource {
       limitToPartitionsWithLag: v.limitToPartitionsWithLag,
       lagThreshold: thresholds.targetSize,
     };
-    const mode = [v.offsetResetPolicy, v.scaleToZeroOnInvalidOffset ? 'zero-invalid' : '', v.excludePersistentLag ? 'exclude-persistent' : '', v.allowIdleConsumers ? 'idle' : v.limitToPartitionsWithLag ? 'with-lag' : 'capped'].filter(Boolean).join('-');
+    const mode = [
+      v.offsetResetPolicy,
+      v.scaleToZeroOnInvalidOffset ? 'zero-invalid' : '',
+      v.excludePersistentLag ? 'exclude-persistent' : '',
+      v.allowIdleConsumers ? 'idle' : v.limitToPartitionsWithLag ? 'with-lag' : 'capped',
+    ]
+      .filter(Boolean)
+      .join('-');
     const reader = this.#reader(v.connection, conn);
     const previous = new Map<string, number>();
-    const topicText = topics.length === 0 ? 'its committed topics' : topics.length === 1 ? `topic ${quote(topics[0] ?? '')}` : `topics ${topics.map((t) => quote(t)).join(', ')}`;
+    const topicText =
+      topics.length === 0
+        ? 'its committed topics'
+        : topics.length === 1
+          ? `topic ${quote(topics[0] ?? '')}`
+          : `topics ${topics.map((t) => quote(t)).join(', ')}`;
     return {
       // The cap depends on the threshold: triggers with different ones read separately.
       key: `kafka\u0000${v.connection}\u0000${v.consumerGroup}\u0000${topics.join(',')}\u0000${mode}\u0000${thresholds.targetSize}`,
       labels: { source: this.name, connection: v.connection, scope: v.consumerGroup, name: topics.join(',') || '*', mode },
       description: `consumer group ${quote(v.consumerGroup)} on ${topicText}`,
       metricStem: metricStem('kafka', v.consumerGroup, 'group'),
-      read: async (signal): Promise<BacklogReading> => lagReading((await reader.read(v.consumerGroup, topics, signal)).partitions, options, previous),
+      read: async (signal): Promise<BacklogReading> =>
+        lagReading((await reader.read(v.consumerGroup, topics, signal)).partitions, options, previous),
     };
   }
 
@@ -198,7 +242,13 @@ export class KafkaSource implements BacklogSource {
     if (!reader) {
       const o = this.#options;
       const log = o.log.child({ connection: alias });
-      const kafka = kafkaClient(conn, { clientId: `kmj-scaler-${alias}`, log, connectTimeoutMs: o.connectTimeoutMs, requestTimeoutMs: o.requestTimeoutMs, retries: 0 });
+      const kafka = kafkaClient(conn, {
+        clientId: `kmj-scaler-${alias}`,
+        log,
+        connectTimeoutMs: o.connectTimeoutMs,
+        requestTimeoutMs: o.requestTimeoutMs,
+        retries: 0,
+      });
       reader = new KafkaOffsetsReader({ kafka, brokers: conn.brokers.join(','), log });
       this.#readers.set(alias, reader);
     }

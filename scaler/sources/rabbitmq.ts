@@ -61,13 +61,26 @@ export interface RabbitSourceOptions extends BrokerTuning {
 
 const RABBITMQ_SCALER_ENV = {
   RABBITMQ_URL: { ...RABBITMQ_ENV.RABBITMQ_URL, help: 'broker of the connection alias "default"' },
-  RABBITMQ_MANAGEMENT_URL: { ...RABBITMQ_ENV.RABBITMQ_MANAGEMENT_URL, help: 'management API of "default" (default: RABBITMQ_URL host, port 15672, same credentials)' },
-  KMJ_SCALER_CHANNELS_PER_CONNECTION: { kind: 'integer', min: 1, max: 256, default: 8, help: 'AMQP channels per broker connection (concurrent passive declares)' },
+  RABBITMQ_MANAGEMENT_URL: {
+    ...RABBITMQ_ENV.RABBITMQ_MANAGEMENT_URL,
+    help: 'management API of "default" (default: RABBITMQ_URL host, port 15672, same credentials)',
+  },
+  KMJ_SCALER_CHANNELS_PER_CONNECTION: {
+    kind: 'integer',
+    min: 1,
+    max: 256,
+    default: 8,
+    help: 'AMQP channels per broker connection (concurrent passive declares)',
+  },
 } as const satisfies FieldSpecs;
 
 const RABBITMQ_CONNECTION_FIELDS = {
   amqpUrl: { kind: 'url', protocols: ['amqp', 'amqps'], required: true, help: 'broker, credentials and vhost in the URL' },
-  managementUrl: { kind: 'url', protocols: ['http', 'https'], help: 'management API (default: amqpUrl host, port 15672, same credentials)' },
+  managementUrl: {
+    kind: 'url',
+    protocols: ['http', 'https'],
+    help: 'management API (default: amqpUrl host, port 15672, same credentials)',
+  },
 } as const satisfies FieldSpecs;
 
 export const RABBITMQ_FIELDS = {
@@ -92,7 +105,10 @@ export const RABBITMQ_SOURCE: SourceDefinition = {
     problems.push(...own);
     const connections = new Map<string, RabbitConnection>();
     if (own.length === 0) {
-      connections.set('default', { amqpUrl: v.RABBITMQ_URL, managementUrl: v.RABBITMQ_MANAGEMENT_URL ?? defaultManagementUrl(v.RABBITMQ_URL) });
+      connections.set('default', {
+        amqpUrl: v.RABBITMQ_URL,
+        managementUrl: v.RABBITMQ_MANAGEMENT_URL ?? defaultManagementUrl(v.RABBITMQ_URL),
+      });
     }
     for (const [alias, raw] of entries) {
       const parsed = parseFields(RABBITMQ_CONNECTION_FIELDS, raw, { nameOf: (k) => nameOf(alias, k) });
@@ -103,11 +119,11 @@ export const RABBITMQ_SOURCE: SourceDefinition = {
     }
     return {
       aliases: [...connections.keys()],
-      create: (tuning, log) => new RabbitMqSource({ ...tuning, connections, maxChannelsPerConnection: v.KMJ_SCALER_CHANNELS_PER_CONNECTION, log }),
+      create: (tuning, log) =>
+        new RabbitMqSource({ ...tuning, connections, maxChannelsPerConnection: v.KMJ_SCALER_CHANNELS_PER_CONNECTION, log }),
     };
   },
 };
-
 
 function urlForVhost(amqpUrl: string, vhost: string): string {
   const u = new URL(amqpUrl);
@@ -141,7 +157,13 @@ export class RabbitMqSource implements BacklogSource {
     const mode = values.mode;
     const measure: ManagementMeasure = values.measure ?? 'messages';
     const vhost = values.vhost ?? vhostOf(conn.amqpUrl);
-    const labels = { source: this.name, connection: alias, scope: vhost, name: queue, mode: mode === 'management' ? `management-${measure}` : mode };
+    const labels = {
+      source: this.name,
+      connection: alias,
+      scope: vhost,
+      name: queue,
+      mode: mode === 'management' ? `management-${measure}` : mode,
+    };
     const base = {
       key: `rabbitmq\u0000${alias}\u0000${vhost}\u0000${queue}\u0000${labels.mode}`,
       labels,
@@ -156,7 +178,10 @@ export class RabbitMqSource implements BacklogSource {
         read: async (signal): Promise<BacklogReading> => {
           const s = await reader.read(vhost, queue, signal);
           const value = measure === 'messages' ? s.ready + s.unacked : measure === 'publishRate' ? s.publishRate : s.deliverRate;
-          return { value, details: { ready: s.ready, unacked: s.unacked, consumers: s.consumers, publishRate: s.publishRate, deliverRate: s.deliverRate } };
+          return {
+            value,
+            details: { ready: s.ready, unacked: s.unacked, consumers: s.consumers, publishRate: s.publishRate, deliverRate: s.deliverRate },
+          };
         },
       };
     }

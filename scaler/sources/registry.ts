@@ -12,6 +12,10 @@ export const SOURCES: readonly SourceDefinition[] = [RABBITMQ_SOURCE, KAFKA_SOUR
 /** The default `source` when trigger metadata names none, and of a connection entry without one. */
 export const DEFAULT_SOURCE = 'rabbitmq';
 
-export function createSources(configured: ReadonlyMap<string, ConfiguredSource>, tuning: BrokerTuning, log: Logger): Map<string, BacklogSource> {
+export function createSources(
+  configured: ReadonlyMap<string, ConfiguredSource>,
+  tuning: BrokerTuning,
+  log: Logger,
+): Map<string, BacklogSource> {
   return new Map([...configured].map(([name, c]) => [name, c.create(tuning, log.child({ source: name }))]));
 }

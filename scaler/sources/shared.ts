@@ -29,6 +29,9 @@ export function unknownConnection(alias: string, known: ReadonlyMap<string, unkn
  * of it is left (the stem of a metric name).
  */
 export function metricStem(prefix: string, text: string, fallback: string): string {
-  const s = text.toLowerCase().replace(/[^a-z0-9]+/g, '-').replace(/^-+|-+$/g, '');
+  const s = text
+    .toLowerCase()
+    .replace(/[^a-z0-9]+/g, '-')
+    .replace(/^-+|-+$/g, '');
   return `${prefix}-${s.slice(0, 40).replace(/-+$/, '') || fallback}`;
 }

@@ -6,7 +6,15 @@
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { checkMemoryCgroup, checkPageSize, checkUserland, loadAlignment, mappedFiles, pageSizeOf, type ReadFile } from '../../cli/doctor-platform.ts';
+import {
+  checkMemoryCgroup,
+  checkPageSize,
+  checkUserland,
+  loadAlignment,
+  mappedFiles,
+  pageSizeOf,
+  type ReadFile,
+} from '../../cli/doctor-platform.ts';
 import { displayUrl } from '../../common/redact.ts';
 import { tinyOnnxModel } from '../../worker/doctor.ts';
 import { Cleanups } from '../helpers/cleanups.ts';
@@ -74,7 +82,9 @@ describe('kmj doctor against the real services', () => {
       ['scaler', 'skip'],
     ]);
     expect(check(report, 'rabbitmq')?.detail).toBe(`queue ${queue} on ${displayUrl(RABBITMQ_URL)}: 0 waiting, 0 consumer(s)`);
-    expect(check(report, 'model')?.detail).toContain(`${model} (version ${f.models['classifier']?.version}) loads: a classifier with output(s) output_label`);
+    expect(check(report, 'model')?.detail).toContain(
+      `${model} (version ${f.models['classifier']?.version}) loads: a classifier with output(s) output_label`,
+    );
     expect(check(report, 'onnxruntime')?.detail).toMatch(/^onnxruntime 1\.\d+\.\d+ ran a model in \d+ ms$/);
   });
 
@@ -95,7 +105,10 @@ describe('kmj doctor against the real services', () => {
       detail: `${displayUrl(wrongAmqp)} refused the credentials in RABBITMQ_URL`,
       fix: 'check the user and password in RABBITMQ_URL (the Secret kmj-rabbitmq) against the broker users kmj setup made',
     });
-    expect(check(report, 'mlflow')).toMatchObject({ status: 'fail', detail: `${MLFLOW_AUTH_URL} refused the worker's credentials (HTTP 401)` });
+    expect(check(report, 'mlflow')).toMatchObject({
+      status: 'fail',
+      detail: `${MLFLOW_AUTH_URL} refused the worker's credentials (HTTP 401)`,
+    });
     expect(check(report, 'mlflow')?.fix).toContain('MLFLOW_TRACKING_PASSWORD');
     const printed = JSON.stringify(report) + stderr;
     expect(printed).not.toContain('not-the-password');
@@ -105,23 +118,41 @@ describe('kmj doctor against the real services', () => {
 
   it('passes the MLflow check with the right credentials on the auth server', async () => {
     const queue = await cleanups.requestQueue();
-    const { report } = await doctor(['--queue', queue], { MLFLOW_TRACKING_URI: MLFLOW_AUTH_URL, MLFLOW_TRACKING_USERNAME: MLFLOW_AUTH_USER, MLFLOW_TRACKING_PASSWORD: MLFLOW_AUTH_PASSWORD });
+    const { report } = await doctor(['--queue', queue], {
+      MLFLOW_TRACKING_URI: MLFLOW_AUTH_URL,
+      MLFLOW_TRACKING_USERNAME: MLFLOW_AUTH_USER,
+      MLFLOW_TRACKING_PASSWORD: MLFLOW_AUTH_PASSWORD,
+    });
     expect(check(report, 'mlflow')).toEqual({ name: 'mlflow', status: 'ok', detail: `${MLFLOW_AUTH_URL} answers as ${MLFLOW_AUTH_USER}` });
   });
 
   it('fails on an unreachable broker, a missing queue, a scaler nobody listens for, and a missing configuration', async () => {
     const port = await closedPort();
-    const down = await doctor(['--queue', 'any', '--scaler', `127.0.0.1:${port}`], { RABBITMQ_URL: `amqp://guest:guest@127.0.0.1:${port}` });
+    const down = await doctor(['--queue', 'any', '--scaler', `127.0.0.1:${port}`], {
+      RABBITMQ_URL: `amqp://guest:guest@127.0.0.1:${port}`,
+    });
     expect(down.code).toBe(1);
-    expect(check(down.report, 'rabbitmq')).toMatchObject({ status: 'fail', detail: expect.stringMatching(new RegExp(`^cannot reach amqp://127\\.0\\.0\\.1:${port}: .*ECONNREFUSED`)) });
-    expect(check(down.report, 'scaler')).toMatchObject({ status: 'fail', detail: expect.stringMatching(new RegExp(`^cannot reach 127\\.0\\.0\\.1:${port}: .*ECONNREFUSED`)) });
+    expect(check(down.report, 'rabbitmq')).toMatchObject({
+      status: 'fail',
+      detail: expect.stringMatching(new RegExp(`^cannot reach amqp://127\\.0\\.0\\.1:${port}: .*ECONNREFUSED`)),
+    });
+    expect(check(down.report, 'scaler')).toMatchObject({
+      status: 'fail',
+      detail: expect.stringMatching(new RegExp(`^cannot reach 127\\.0\\.0\\.1:${port}: .*ECONNREFUSED`)),
+    });
 
     const missing = await doctor(['--queue', 'kmj-doctor-no-such-queue'], {});
-    expect(check(missing.report, 'rabbitmq')).toMatchObject({ status: 'fail', detail: `queue "kmj-doctor-no-such-queue" does not exist on ${displayUrl(RABBITMQ_URL)}` });
+    expect(check(missing.report, 'rabbitmq')).toMatchObject({
+      status: 'fail',
+      detail: `queue "kmj-doctor-no-such-queue" does not exist on ${displayUrl(RABBITMQ_URL)}`,
+    });
 
     const unset = await doctor([], {});
     expect(unset.code).toBe(1);
-    expect(check(unset.report, 'configuration')).toMatchObject({ status: 'fail', detail: expect.stringContaining('KMJ_WORKER_QUEUE: set a queue or KMJ_WORKER_TOPIC, exactly one of them') });
+    expect(check(unset.report, 'configuration')).toMatchObject({
+      status: 'fail',
+      detail: expect.stringContaining('KMJ_WORKER_QUEUE: set a queue or KMJ_WORKER_TOPIC, exactly one of them'),
+    });
     expect(check(unset.report, 'rabbitmq')).toBeUndefined();
     expect(check(unset.report, 'broker')).toMatchObject({ status: 'skip' });
   });
@@ -129,9 +160,14 @@ describe('kmj doctor against the real services', () => {
   it('fails on a model that does not load: a registry version that does not exist, and a file that is not ONNX', async () => {
     const queue = await cleanups.requestQueue();
     const f = fixtures();
-    const absent = await doctor(['--queue', queue, '--model', `models:/${f.models['classifier']?.name}/999`], { MLFLOW_TRACKING_URI: MLFLOW_URL });
+    const absent = await doctor(['--queue', queue, '--model', `models:/${f.models['classifier']?.name}/999`], {
+      MLFLOW_TRACKING_URI: MLFLOW_URL,
+    });
     expect(absent.code).toBe(1);
-    expect(check(absent.report, 'model')).toMatchObject({ status: 'fail', detail: `models:/${f.models['classifier']?.name}/999 does not load: model: registered model "${f.models['classifier']?.name}" version 999 does not exist` });
+    expect(check(absent.report, 'model')).toMatchObject({
+      status: 'fail',
+      detail: `models:/${f.models['classifier']?.name}/999 does not load: model: registered model "${f.models['classifier']?.name}" version 999 does not exist`,
+    });
 
     const dir = join(cleanups.tempDir('kmj-doctor-model-'), 'broken');
     mkdirSync(dir);
@@ -139,7 +175,10 @@ describe('kmj doctor against the real services', () => {
     writeFileSync(join(dir, 'model.onnx'), 'this is not an ONNX model');
     const broken = await doctor(['--queue', queue, '--model', `file://${dir}`], { KMJ_MODEL_ROOTS: dir.slice(0, dir.lastIndexOf('/')) });
     expect(broken.code).toBe(1);
-    expect(check(broken.report, 'model')).toMatchObject({ status: 'fail', detail: expect.stringMatching(new RegExp(`^file://${dir.replace(/[/.]/g, '\\$&')} does not load: model: `)) });
+    expect(check(broken.report, 'model')).toMatchObject({
+      status: 'fail',
+      detail: expect.stringMatching(new RegExp(`^file://${dir.replace(/[/.]/g, '\\$&')} does not load: model: `)),
+    });
   });
 });
 
@@ -150,8 +189,14 @@ describe('the node checks, given another machine’s files', () => {
     expect(pageSizeOf(undefined)).toBeUndefined();
     // The host's own Node binary: its segments are aligned to at least 4 KB.
     expect(loadAlignment(readFileSync(process.execPath).subarray(0, 65536))).toBeGreaterThanOrEqual(4096);
-    expect(loadAlignment(Buffer.from('#!/bin/sh\necho not an ELF file, long enough to be read as a header of sixty-four bytes\n'))).toBeUndefined();
-    expect(mappedFiles('7f00-7f01 r-xp 00000000 08:01 42 /usr/lib/libc.so.6\n7f02-7f03 rw-p 00000000 00:00 0 [heap]\n7f04-7f05 r--p 0 08:01 43 /usr/lib/libc.so.6\n7f06-7f07 r-xp 0 00:01 44 /memfd:x (deleted)\n')).toEqual(['/usr/lib/libc.so.6']);
+    expect(
+      loadAlignment(Buffer.from('#!/bin/sh\necho not an ELF file, long enough to be read as a header of sixty-four bytes\n')),
+    ).toBeUndefined();
+    expect(
+      mappedFiles(
+        '7f00-7f01 r-xp 00000000 08:01 42 /usr/lib/libc.so.6\n7f02-7f03 rw-p 00000000 00:00 0 [heap]\n7f04-7f05 r--p 0 08:01 43 /usr/lib/libc.so.6\n7f06-7f07 r-xp 0 00:01 44 /memfd:x (deleted)\n',
+      ),
+    ).toEqual(['/usr/lib/libc.so.6']);
   });
 
   it('fails on a 16 KB-page kernel when a loaded file aligns its segments to 4 KB, and says how to boot 4 KB pages', () => {
@@ -170,12 +215,23 @@ describe('the node checks, given another machine’s files', () => {
       expect(pi.status).toBe('ok');
     }
     const small = checkPageSize(filesOf({ '/proc/self/auxv': auxv(4096), '/proc/self/maps': maps, '/usr/local/bin/node': elf4k }));
-    expect(small).toMatchObject({ status: 'ok', detail: expect.stringMatching(/^page size 4 KB; the 1 native files loaded align their segments to \d+ KB or more/) });
+    expect(small).toMatchObject({
+      status: 'ok',
+      detail: expect.stringMatching(/^page size 4 KB; the 1 native files loaded align their segments to \d+ KB or more/),
+    });
   });
 
   it('fails when the boot line leaves the memory cgroup off, as Raspberry Pi OS does, and names the boot line to fix', () => {
-    const cgroups = (enabled: 0 | 1): string => `#subsys_name\thierarchy\tnum_cgroups\tenabled\ncpuset\t0\t1\t1\ncpu\t0\t1\t1\nmemory\t0\t1\t${enabled}\n`;
-    const off = checkMemoryCgroup(false, filesOf({ '/proc/cmdline': 'console=serial0,115200 root=PARTUUID=1-02 rootwait cgroup_disable=memory', '/proc/cgroups': cgroups(0), '/proc/self/cgroup': '0::/\n' }));
+    const cgroups = (enabled: 0 | 1): string =>
+      `#subsys_name\thierarchy\tnum_cgroups\tenabled\ncpuset\t0\t1\t1\ncpu\t0\t1\t1\nmemory\t0\t1\t${enabled}\n`;
+    const off = checkMemoryCgroup(
+      false,
+      filesOf({
+        '/proc/cmdline': 'console=serial0,115200 root=PARTUUID=1-02 rootwait cgroup_disable=memory',
+        '/proc/cgroups': cgroups(0),
+        '/proc/self/cgroup': '0::/\n',
+      }),
+    );
     expect(off).toEqual({
       name: 'memory-cgroup',
       status: 'fail',
@@ -183,15 +239,37 @@ describe('the node checks, given another machine’s files', () => {
       fix: 'add "cgroup_memory=1 cgroup_enable=memory" to the one line of /boot/firmware/cmdline.txt and reboot',
     });
     // Enabled on the boot line, in a pod with a 512 MiB limit (cgroup v2, its own namespace).
-    const pod = { '/proc/cmdline': 'root=PARTUUID=1-02 cgroup_memory=1 cgroup_enable=memory', '/proc/cgroups': cgroups(1), '/proc/self/cgroup': '0::/\n' };
-    expect(checkMemoryCgroup(true, filesOf({ ...pod, '/sys/fs/cgroup/memory.max': '536870912\n' }))).toEqual({ name: 'memory-cgroup', status: 'ok', detail: "the memory cgroup is enabled; this process's limit is 512 MiB" });
-    expect(checkMemoryCgroup(true, filesOf({ ...pod, '/sys/fs/cgroup/memory.max': 'max\n' }))).toMatchObject({ status: 'fail', detail: 'the memory cgroup is enabled, but this pod runs without a memory limit' });
-    expect(checkMemoryCgroup(false, filesOf(pod))).toMatchObject({ status: 'fail', detail: 'the memory cgroup is enabled, but this process has no memory controller (no memory.max)' });
+    const pod = {
+      '/proc/cmdline': 'root=PARTUUID=1-02 cgroup_memory=1 cgroup_enable=memory',
+      '/proc/cgroups': cgroups(1),
+      '/proc/self/cgroup': '0::/\n',
+    };
+    expect(checkMemoryCgroup(true, filesOf({ ...pod, '/sys/fs/cgroup/memory.max': '536870912\n' }))).toEqual({
+      name: 'memory-cgroup',
+      status: 'ok',
+      detail: "the memory cgroup is enabled; this process's limit is 512 MiB",
+    });
+    expect(checkMemoryCgroup(true, filesOf({ ...pod, '/sys/fs/cgroup/memory.max': 'max\n' }))).toMatchObject({
+      status: 'fail',
+      detail: 'the memory cgroup is enabled, but this pod runs without a memory limit',
+    });
+    expect(checkMemoryCgroup(false, filesOf(pod))).toMatchObject({
+      status: 'fail',
+      detail: 'the memory cgroup is enabled, but this process has no memory controller (no memory.max)',
+    });
   });
 
   it('fails on a 32-bit userland, for which onnxruntime has no build', () => {
-    expect(checkUserland('arm64', 'aarch64')).toEqual({ name: 'userland', status: 'ok', detail: '64-bit arm64 userland on a aarch64 kernel' });
-    expect(checkUserland('arm', 'aarch64')).toMatchObject({ status: 'fail', detail: 'arm userland on a aarch64 kernel', fix: expect.stringContaining('Raspberry Pi OS (64-bit)') });
+    expect(checkUserland('arm64', 'aarch64')).toEqual({
+      name: 'userland',
+      status: 'ok',
+      detail: '64-bit arm64 userland on a aarch64 kernel',
+    });
+    expect(checkUserland('arm', 'aarch64')).toMatchObject({
+      status: 'fail',
+      detail: 'arm userland on a aarch64 kernel',
+      fix: expect.stringContaining('Raspberry Pi OS (64-bit)'),
+    });
   });
 
   it('writes a valid ONNX model by hand: onnxruntime runs it to x + x', async () => {

@@ -23,10 +23,32 @@ describe('kmj submit --kafka, kmj status --kafka', () => {
     // The fixture deletes what it made; this topic is made by kmj, so it is registered by name.
     kafka.adopt(topic);
     const experiment = uniqueId('exp');
-    const r = await runKmj(['submit', '--kafka', '--topic', topic, '--partitions', '3', '--group', group, '--model', classifier(), '--dataset', fixtures().datasets.csv, '--experiment', experiment, '--request-id', 'kafka-req-1'], { env: { KAFKA_BROKERS } });
+    const r = await runKmj(
+      [
+        'submit',
+        '--kafka',
+        '--topic',
+        topic,
+        '--partitions',
+        '3',
+        '--group',
+        group,
+        '--model',
+        classifier(),
+        '--dataset',
+        fixtures().datasets.csv,
+        '--experiment',
+        experiment,
+        '--request-id',
+        'kafka-req-1',
+      ],
+      { env: { KAFKA_BROKERS } },
+    );
     expect(r.code, r.stderr.slice(-3000)).toBe(SUBMIT_EXIT.OK);
     expect(lines(r.stdout)).toEqual(['kafka-req-1']);
-    expect(r.stderr).toBe(`kmj submit: created topic ${topic} with 3 partitions\nkmj submit: created consumer group ${group} at the start of ${topic}\n`);
+    expect(r.stderr).toBe(
+      `kmj submit: created topic ${topic} with 3 partitions\nkmj submit: created consumer group ${group} at the start of ${topic}\n`,
+    );
     const admin = await kafka.admin();
     const ends = await admin.fetchTopicOffsets(topic);
     expect(ends.map((p) => Number(p.high)).reduce((a, b) => a + b, 0)).toBe(1);
@@ -34,9 +56,14 @@ describe('kmj submit --kafka, kmj status --kafka', () => {
 
     const status = await runKmj(['status', '--kafka', '--group', group, '--topic', topic, '--json'], { env: { KAFKA_BROKERS } });
     expect(status.code, status.stderr.slice(-3000)).toBe(0);
-    const doc = JSON.parse(status.stdout) as { lag: number; partitions: Array<{ partition: number; committed: number | null; end: number; lag: number | null }> };
+    const doc = JSON.parse(status.stdout) as {
+      lag: number;
+      partitions: Array<{ partition: number; committed: number | null; end: number; lag: number | null }>;
+    };
     expect(doc.lag).toBe(1);
-    expect(doc.partitions.map((p) => [p.partition, p.committed, p.end, p.lag])).toEqual([0, 1, 2].map((p) => [p, 0, p === withRecord ? 1 : 0, p === withRecord ? 1 : 0]));
+    expect(doc.partitions.map((p) => [p.partition, p.committed, p.end, p.lag])).toEqual(
+      [0, 1, 2].map((p) => [p, 0, p === withRecord ? 1 : 0, p === withRecord ? 1 : 0]),
+    );
     const table = await runKmj(['status', '--kafka', '--group', group, '--topic', topic], { env: { KAFKA_BROKERS } });
     expect(lines(table.stdout)[0]).toBe(`consumer group ${group}: lag 1 over 3 partitions`);
     expect(lines(table.stdout)[1]).toMatch(/^TOPIC\s+PARTITION\s+COMMITTED\s+END\s+LAG$/);
@@ -44,7 +71,9 @@ describe('kmj submit --kafka, kmj status --kafka', () => {
     const w = await startKafkaWorker(topic, group).done;
     expect(w.code, w.stderr.slice(-3000)).toBe(0);
     expect((await runsOf(experiment)).map((x) => x.info.status)).toEqual(['FINISHED']);
-    const after = JSON.parse((await runKmj(['status', '--kafka', '--group', group, '--json'], { env: { KAFKA_BROKERS } })).stdout) as { lag: number };
+    const after = JSON.parse((await runKmj(['status', '--kafka', '--group', group, '--json'], { env: { KAFKA_BROKERS } })).stdout) as {
+      lag: number;
+    };
     expect(after.lag).toBe(0);
   }, 60_000);
 
@@ -52,8 +81,12 @@ describe('kmj submit --kafka, kmj status --kafka', () => {
     const topic = await kafka.topic('status-missing', 1);
     const r = await runKmj(['status', '--kafka', '--group', 'kmj-no-such-group', '--topic', topic], { env: { KAFKA_BROKERS } });
     expect(r.code, r.stderr.slice(-3000)).toBe(1);
-    expect(r.stderr).toBe(`kmj status: consumer group "kmj-no-such-group" does not exist on ${KAFKA_BROKERS} (no member has joined it and it has no committed offsets)\n`);
-    const down = await runKmj(['status', '--kafka', '--group', 'g', '--topic', topic], { env: { KAFKA_BROKERS: `127.0.0.1:${await closedPort()}` } });
+    expect(r.stderr).toBe(
+      `kmj status: consumer group "kmj-no-such-group" does not exist on ${KAFKA_BROKERS} (no member has joined it and it has no committed offsets)\n`,
+    );
+    const down = await runKmj(['status', '--kafka', '--group', 'g', '--topic', topic], {
+      env: { KAFKA_BROKERS: `127.0.0.1:${await closedPort()}` },
+    });
     expect(down.code, down.stderr.slice(-3000)).toBe(69);
     expect(down.stderr).toMatch(/^kmj status: cannot read consumer group "g" from Kafka at 127\.0\.0\.1:\d+: .*ECONNREFUSED/);
   });

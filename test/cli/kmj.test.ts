@@ -50,7 +50,10 @@ describe('did you mean', () => {
   });
 
   it('flagsOf reads the long flags a help text documents', () => {
-    expect(flagsOf('Usage: kmj demo [--max-jobs <n>]\n  -h, --help   this help\n  uses KMJ_--X and a--b')).toEqual(['--max-jobs', '--help']);
+    expect(flagsOf('Usage: kmj demo [--max-jobs <n>]\n  -h, --help   this help\n  uses KMJ_--X and a--b')).toEqual([
+      '--max-jobs',
+      '--help',
+    ]);
   });
 });
 

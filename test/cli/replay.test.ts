@@ -116,7 +116,14 @@ describe('kmj worker records runs in the spool', () => {
     const env = spoolEnv(spool);
     const first = await worker(queue, env).done;
     expect(first.code, first.stderr.slice(-2000)).toBe(EXIT.OK);
-    expect(msgs(first)).toEqual(expect.arrayContaining(['MLFLOW_TRACKING_URI is not set; runs are recorded in the spool (kmj replay uploads them)', 'recording the run in the spool', 'run written to the spool', 'message acknowledged']));
+    expect(msgs(first)).toEqual(
+      expect.arrayContaining([
+        'MLFLOW_TRACKING_URI is not set; runs are recorded in the spool (kmj replay uploads them)',
+        'recording the run in the spool',
+        'run written to the spool',
+        'message acknowledged',
+      ]),
+    );
     expect(await queueStateAfterExit(queue)).toEqual({ messages: 0, consumers: 0 });
     expect(await drain(`${queue}.dead`)).toEqual([]);
 
@@ -125,7 +132,14 @@ describe('kmj worker records runs in the spool', () => {
     const entry = join(spool, req.requestId);
     expect(readdirSync(entry).sort()).toEqual(['artifacts', 'run.json']);
     const run = spooled(entry);
-    expect(run).toMatchObject({ version: 1, requestId: req.requestId, experiment: req.experiment, runName: 'offline-check', status: 'FINISHED', artifacts: ['predictions/predictions.csv'] });
+    expect(run).toMatchObject({
+      version: 1,
+      requestId: req.requestId,
+      experiment: req.experiment,
+      runName: 'offline-check',
+      status: 'FINISHED',
+      artifacts: ['predictions/predictions.csv'],
+    });
     expect(run.endTime).toBeGreaterThanOrEqual(run.startTime);
     expect(run.params).toEqual([
       { key: 'model_uri', value: modelUri },
@@ -152,7 +166,13 @@ describe('kmj worker records runs in the spool', () => {
     expect(metrics['rows']).toBe(150);
     expect(metrics['accuracy_score']).toBeCloseTo(truth.filter((t, i) => t === expectedLabels[i]).length / 150, 10);
     expect(run.inputs).toHaveLength(1);
-    expect(run.inputs[0]).toMatchObject({ name: 'iris.csv', digest: f.datasets.csvSha256.slice(0, 8), sourceType: 'local', source: JSON.stringify({ uri: f.datasets.csv }), context: 'inference' });
+    expect(run.inputs[0]).toMatchObject({
+      name: 'iris.csv',
+      digest: f.datasets.csvSha256.slice(0, 8),
+      sourceType: 'local',
+      source: JSON.stringify({ uri: f.datasets.csv }),
+      context: 'inference',
+    });
     const predictions = parseCsv(readFileSync(join(entry, 'artifacts', 'predictions', 'predictions.csv'), 'utf8'));
     expect(predictions.map((p) => Number(p['output_label']))).toEqual(expectedLabels);
 
@@ -185,7 +205,8 @@ describe('kmj worker records runs in the spool', () => {
     const port = await closedPort();
     const req = request({ model });
     await publish(queue, req);
-    const offline = await worker(queue, spoolEnv(spool, { MLFLOW_TRACKING_URI: `http://127.0.0.1:${port}`, KMJ_MODEL_CACHE_DIR: cache })).done;
+    const offline = await worker(queue, spoolEnv(spool, { MLFLOW_TRACKING_URI: `http://127.0.0.1:${port}`, KMJ_MODEL_CACHE_DIR: cache }))
+      .done;
     expect(offline.code, offline.stderr.slice(-2000)).toBe(EXIT.OK);
     expect(logLine(offline, 'MLflow is out of reach; recording the run in the spool')).toMatchObject({ level: 'warn', spool });
     expect(logLine(offline, 'message acknowledged')).toMatchObject({ requestId: req.requestId });
@@ -194,7 +215,12 @@ describe('kmj worker records runs in the spool', () => {
     expect(readdirSync(spool)).toEqual([req.requestId]);
     const run = spooled(join(spool, req.requestId));
     const tags = Object.fromEntries(run.tags.map((t) => [t.key, t.value]));
-    expect(tags).toMatchObject({ 'kmj.spooled': 'true', 'kmj.model_cache': 'hit', 'kmj.model_name': classifier?.name, 'kmj.model_version': String(classifier?.version) });
+    expect(tags).toMatchObject({
+      'kmj.spooled': 'true',
+      'kmj.model_cache': 'hit',
+      'kmj.model_name': classifier?.name,
+      'kmj.model_version': String(classifier?.version),
+    });
     expect(run.metrics.find((m) => m.key === 'rows')?.value).toBe(150);
     expect(await runsOf(req.experiment)).toEqual([]);
   });
@@ -213,7 +239,10 @@ describe('kmj worker: MLflow cut after the run started, with KMJ_SPOOL_DIR set',
         p.inject({ path: ARTIFACT_PUT, method: 'PUT', drop: true });
       },
     },
-    { name: 'every call after runs/create dropped, the registry too (the request runs again offline)', cut: (p) => p.inject({ path: AFTER_BEGIN, drop: true }) },
+    {
+      name: 'every call after runs/create dropped, the registry too (the request runs again offline)',
+      cut: (p) => p.inject({ path: AFTER_BEGIN, drop: true }),
+    },
   ];
 
   it.each(cuts)('$name: acked, spooled, and replayed once into the run MLflow already had', async ({ cut }) => {
@@ -266,7 +295,7 @@ describe('kmj worker with the spool and a dataset in MLflow', () => {
     const port = await closedPort();
     const result = await worker(queue, spoolEnv(spool, { MLFLOW_TRACKING_URI: `http://127.0.0.1:${port}` })).done;
     expect(logLine(result, 'MLflow is out of reach; recording the run in the spool')).toBeDefined();
-    expect((await drain(`${queue}.dead`)).map((m) => m.properties.headers?.['x-kmj-dead-letter-reason'])).toEqual([]);
+    expect((await drain(`${queue}.dead`)).map((m): unknown => m.properties.headers?.['x-kmj-dead-letter-reason'])).toEqual([]);
     expect(result.code).toBe(EXIT.REQUEUED);
     expect(await queueStateAfterExit(queue)).toEqual({ messages: 1, consumers: 0 });
     expect(readdirSync(spool)).toEqual([]);
@@ -278,7 +307,11 @@ describe('kmj replay', () => {
     const spool = cleanups.tempDir('kmj-spool-');
     const expA = request().experiment;
     const expB = request().experiment;
-    const reqs = [offlineRequest({ experiment: expA }), offlineRequest({ experiment: expA, output: { format: 'jsonl' } }), offlineRequest({ experiment: expB, params: { owner: 'ml-team' } })];
+    const reqs = [
+      offlineRequest({ experiment: expA }),
+      offlineRequest({ experiment: expA, output: { format: 'jsonl' } }),
+      offlineRequest({ experiment: expB, params: { owner: 'ml-team' } }),
+    ];
     await spoolAll(spool, reqs);
     const ids = reqs.map((r) => r.requestId).sort();
     expect(readdirSync(spool).sort()).toEqual(ids);
@@ -313,7 +346,15 @@ describe('kmj replay', () => {
       expect(py.tags['kmj.error']).toBeUndefined();
       const input = entry.inputs[0];
       expect(py.inputs).toEqual([
-        { name: input?.name, digest: input?.digest, source_type: input?.sourceType, source: input?.source, schema: input?.schema, profile: input?.profile, tags: { 'mlflow.data.context': 'inference' } },
+        {
+          name: input?.name,
+          digest: input?.digest,
+          source_type: input?.sourceType,
+          source: input?.source,
+          schema: input?.schema,
+          profile: input?.profile,
+          tags: { 'mlflow.data.context': 'inference' },
+        },
       ]);
       const rel = entry.artifacts[0] ?? '';
       expect(Object.keys(py.artifacts)).toEqual([rel]);
@@ -337,89 +378,100 @@ describe('kmj replay', () => {
 
     // A late redelivery of a replayed request is acknowledged without a new entry.
     const queue = await cleanups.requestQueue();
-    await publish(queue, reqs[0] as Record<string, unknown>);
+    await publish(queue, reqs[0]);
     const late = await worker(queue, spoolEnv(spool)).done;
     expect(late.code).toBe(EXIT.OK);
     expect(msgs(late)).toContain('request is already in the spool; acknowledging');
     expect(readdirSync(spool)).toEqual(['.replayed']);
   });
 
-  it('killed halfway (several times, at different steps) and run again: one FINISHED run per request, no metric logged twice', { timeout: 120_000 }, async () => {
-    const spool = cleanups.tempDir('kmj-spool-');
-    const experiment = request().experiment;
-    const reqs = Array.from({ length: 6 }, () => offlineRequest({ experiment }));
-    await spoolAll(spool, reqs);
-    const ids = reqs.map((r) => r.requestId).sort();
-    const entries = new Map(ids.map((id) => [id, spooled(join(spool, id))]));
+  it(
+    'killed halfway (several times, at different steps) and run again: one FINISHED run per request, no metric logged twice',
+    { timeout: 120_000 },
+    async () => {
+      const spool = cleanups.tempDir('kmj-spool-');
+      const experiment = request().experiment;
+      const reqs = Array.from({ length: 6 }, () => offlineRequest({ experiment }));
+      await spoolAll(spool, reqs);
+      const ids = reqs.map((r) => r.requestId).sort();
+      const entries = new Map(ids.map((id) => [id, spooled(join(spool, id))]));
 
-    /** Runs `kmj replay` through a fresh fault proxy and SIGKILLs it once `ready` holds. */
-    async function replayKilled(faults: (p: FaultProxy) => void, ready: (p: FaultProxy, stdout: string) => boolean): Promise<string[]> {
-      const proxy = await FaultProxy.start(MLFLOW_URL);
-      cleanups.defer(() => proxy.close());
-      faults(proxy);
-      const p = startKmj(['replay', '--to', proxy.url, '--spool', spool], { env: { HOME: cleanups.tempDir('kmj-home-') } }, cleanups);
-      await p.waitForStdout((out) => ready(proxy, out), 60_000);
-      p.child.kill('SIGKILL');
-      const r = await p.done;
-      expect(r.signal).toBe('SIGKILL');
-      return r.stdout.split('\n').filter(Boolean);
-    }
-
-    // 1. The fourth artifact upload hangs (the first three go through): killed during it.
-    const first = await replayKilled(
-      (p) => {
-        p.inject({ path: ARTIFACT_PUT, method: 'PUT', times: 3 });
-        p.inject({ path: ARTIFACT_PUT, method: 'PUT', delayMs: 120_000 });
-      },
-      (p, out) => out.split('\n').filter((l) => l.startsWith('replayed')).length === 3 && p.requests({ path: ARTIFACT_PUT, method: 'PUT' }).length === 4,
-    );
-    expect(first.map((l) => l.split(' ')[0])).toEqual(['replayed', 'replayed', 'replayed']);
-    const fourth = ids[3] as string;
-    expect(JSON.parse(readFileSync(join(spool, fourth, 'replay.json'), 'utf8'))).toMatchObject({ steps: ['data', 'inputs'] });
-
-    // 2. MLflow logs the next fresh entry's params and metrics but its answer never arrives.
-    const second = await replayKilled(
-      (p) => p.inject({ path: mlflowPath('runs/log-batch'), afterForward: true, delayMs: 120_000, times: 1 }),
-      (p) => p.requests({ path: mlflowPath('runs/log-batch') })[0]?.upstreamStatus === 200,
-    );
-    const fifth = ids[4] as string;
-    expect(second.map((l) => l.split(' → ')[0])).toEqual([`${'replayed'.padEnd(17)} ${fourth}`]);
-    expect(JSON.parse(readFileSync(join(spool, fifth, 'replay.json'), 'utf8'))).toEqual({ runId: expect.any(String), steps: [] });
-
-    // 3. MLflow creates the last entry's run but the answer never arrives: no journal yet.
-    const third = await replayKilled(
-      (p) => p.inject({ path: mlflowPath('runs/create'), afterForward: true, delayMs: 120_000, times: 1 }),
-      (p) => p.requests({ path: mlflowPath('runs/create') })[0]?.upstreamStatus === 200,
-    );
-    const sixth = ids[5] as string;
-    expect(third.map((l) => l.split(' → ')[0])).toEqual([`${'replayed'.padEnd(17)} ${fifth}`]);
-    expect(existsSync(join(spool, sixth, 'replay.json'))).toBe(false);
-    expect(await runsOfRequest(experiment, sixth)).toHaveLength(1);
-
-    // Then a replay against the real server finishes everything.
-    const last = await replay(['--to', MLFLOW_URL, '--spool', spool]);
-    expect(last.code, last.stderr).toBe(0);
-    expect(last.stdout.split('\n').filter(Boolean).map((l) => l.split(' → ')[0])).toEqual([`${'replayed'.padEnd(17)} ${sixth}`, '1 of 1 spooled runs are in MLflow']);
-    expect(readdirSync(spool)).toEqual(['.replayed']);
-    expect(readdirSync(join(spool, '.replayed')).sort()).toEqual(ids);
-
-    const runs = await runsOf(experiment);
-    expect(runs).toHaveLength(ids.length);
-    for (const id of ids) {
-      const mine = runs.filter((r) => tagsOf(r)['kmj.request_id'] === id);
-      expect(mine, id).toHaveLength(1);
-      const run = mine[0] as RestRun;
-      expect(run.info.status).toBe('FINISHED');
-      const entry = entries.get(id) as SpooledRun;
-      for (const m of entry.metrics) {
-        const history = await metricHistory(run.info.run_id, m.key);
-        expect(history, `${id} ${m.key}`).toEqual([{ key: m.key, value: m.value, timestamp: m.timestamp, step: m.step }]);
+      /** Runs `kmj replay` through a fresh fault proxy and SIGKILLs it once `ready` holds. */
+      async function replayKilled(faults: (p: FaultProxy) => void, ready: (p: FaultProxy, stdout: string) => boolean): Promise<string[]> {
+        const proxy = await FaultProxy.start(MLFLOW_URL);
+        cleanups.defer(() => proxy.close());
+        faults(proxy);
+        const p = startKmj(['replay', '--to', proxy.url, '--spool', spool], { env: { HOME: cleanups.tempDir('kmj-home-') } }, cleanups);
+        await p.waitForStdout((out) => ready(proxy, out), 60_000);
+        p.child.kill('SIGKILL');
+        const r = await p.done;
+        expect(r.signal).toBe('SIGKILL');
+        return r.stdout.split('\n').filter(Boolean);
       }
-      const py = await readRunWithPython(run.info.run_id);
-      expect(py.inputs, id).toHaveLength(1);
-      expect(Object.keys(py.artifacts), id).toEqual(['predictions/predictions.csv']);
-    }
-  });
+
+      // 1. The fourth artifact upload hangs (the first three go through): killed during it.
+      const first = await replayKilled(
+        (p) => {
+          p.inject({ path: ARTIFACT_PUT, method: 'PUT', times: 3 });
+          p.inject({ path: ARTIFACT_PUT, method: 'PUT', delayMs: 120_000 });
+        },
+        (p, out) =>
+          out.split('\n').filter((l) => l.startsWith('replayed')).length === 3 &&
+          p.requests({ path: ARTIFACT_PUT, method: 'PUT' }).length === 4,
+      );
+      expect(first.map((l) => l.split(' ')[0])).toEqual(['replayed', 'replayed', 'replayed']);
+      const fourth = ids[3] as string;
+      expect(JSON.parse(readFileSync(join(spool, fourth, 'replay.json'), 'utf8'))).toMatchObject({ steps: ['data', 'inputs'] });
+
+      // 2. MLflow logs the next fresh entry's params and metrics but its answer never arrives.
+      const second = await replayKilled(
+        (p) => p.inject({ path: mlflowPath('runs/log-batch'), afterForward: true, delayMs: 120_000, times: 1 }),
+        (p) => p.requests({ path: mlflowPath('runs/log-batch') })[0]?.upstreamStatus === 200,
+      );
+      const fifth = ids[4] as string;
+      expect(second.map((l) => l.split(' → ')[0])).toEqual([`${'replayed'.padEnd(17)} ${fourth}`]);
+      expect(JSON.parse(readFileSync(join(spool, fifth, 'replay.json'), 'utf8'))).toEqual({ runId: expect.any(String), steps: [] });
+
+      // 3. MLflow creates the last entry's run but the answer never arrives: no journal yet.
+      const third = await replayKilled(
+        (p) => p.inject({ path: mlflowPath('runs/create'), afterForward: true, delayMs: 120_000, times: 1 }),
+        (p) => p.requests({ path: mlflowPath('runs/create') })[0]?.upstreamStatus === 200,
+      );
+      const sixth = ids[5] as string;
+      expect(third.map((l) => l.split(' → ')[0])).toEqual([`${'replayed'.padEnd(17)} ${fifth}`]);
+      expect(existsSync(join(spool, sixth, 'replay.json'))).toBe(false);
+      expect(await runsOfRequest(experiment, sixth)).toHaveLength(1);
+
+      // Then a replay against the real server finishes everything.
+      const last = await replay(['--to', MLFLOW_URL, '--spool', spool]);
+      expect(last.code, last.stderr).toBe(0);
+      expect(
+        last.stdout
+          .split('\n')
+          .filter(Boolean)
+          .map((l) => l.split(' → ')[0]),
+      ).toEqual([`${'replayed'.padEnd(17)} ${sixth}`, '1 of 1 spooled runs are in MLflow']);
+      expect(readdirSync(spool)).toEqual(['.replayed']);
+      expect(readdirSync(join(spool, '.replayed')).sort()).toEqual(ids);
+
+      const runs = await runsOf(experiment);
+      expect(runs).toHaveLength(ids.length);
+      for (const id of ids) {
+        const mine = runs.filter((r) => tagsOf(r)['kmj.request_id'] === id);
+        expect(mine, id).toHaveLength(1);
+        const run = mine[0] as RestRun;
+        expect(run.info.status).toBe('FINISHED');
+        const entry = entries.get(id) as SpooledRun;
+        for (const m of entry.metrics) {
+          const history = await metricHistory(run.info.run_id, m.key);
+          expect(history, `${id} ${m.key}`).toEqual([{ key: m.key, value: m.value, timestamp: m.timestamp, step: m.step }]);
+        }
+        const py = await readRunWithPython(run.info.run_id);
+        expect(py.inputs, id).toHaveLength(1);
+        expect(Object.keys(py.artifacts), id).toEqual(['predictions/predictions.csv']);
+      }
+    },
+  );
 
   it('a spooled request that reached MLflow another way (a later online delivery): "already in MLflow", no second run', async () => {
     const spool = cleanups.tempDir('kmj-spool-');
@@ -433,7 +485,10 @@ describe('kmj replay', () => {
     expect(run?.info.status).toBe('FINISHED');
 
     const result = await replay(['--to', MLFLOW_URL, '--spool', spool]);
-    expect(result).toMatchObject({ code: 0, stdout: `${'already in MLflow'.padEnd(17)} ${req.requestId} → run ${run?.info.run_id}\n1 of 1 spooled runs are in MLflow\n` });
+    expect(result).toMatchObject({
+      code: 0,
+      stdout: `${'already in MLflow'.padEnd(17)} ${req.requestId} → run ${run?.info.run_id}\n1 of 1 spooled runs are in MLflow\n`,
+    });
     expect((await runsOf(req.experiment)).map((r) => r.info.run_id)).toEqual([run?.info.run_id]);
     expect(tagsOf((await runsOf(req.experiment))[0] as RestRun)['kmj.spooled']).toBeUndefined();
     expect(readdirSync(spool)).toEqual(['.replayed']);
@@ -445,7 +500,10 @@ describe('kmj replay', () => {
     const req = offlineRequest();
     await spoolAll(spool, [req]);
     const before = readFileSync(join(spool, req.requestId, 'run.json'), 'utf8');
-    const result = await replay(['--to', MLFLOW_AUTH_URL, '--spool', spool], { MLFLOW_TRACKING_USERNAME: MLFLOW_AUTH_USER, MLFLOW_TRACKING_PASSWORD: 'not-the-password-x9' });
+    const result = await replay(['--to', MLFLOW_AUTH_URL, '--spool', spool], {
+      MLFLOW_TRACKING_USERNAME: MLFLOW_AUTH_USER,
+      MLFLOW_TRACKING_PASSWORD: 'not-the-password-x9',
+    });
     expect(result.code).toBe(1);
     const out = result.stdout.split('\n').filter(Boolean);
     expect(out).toHaveLength(2);
@@ -492,12 +550,20 @@ describe('kmj replay', () => {
   describe('configuration', () => {
     it('no --to and no MLFLOW_TRACKING_URI: exit 78', async () => {
       const result = await replay(['--spool', cleanups.tempDir('kmj-spool-')]);
-      expect(result).toMatchObject({ code: 78, stdout: '', stderr: 'kmj replay: invalid replay configuration: --to: is required (or set MLFLOW_TRACKING_URI)\n' });
+      expect(result).toMatchObject({
+        code: 78,
+        stdout: '',
+        stderr: 'kmj replay: invalid replay configuration: --to: is required (or set MLFLOW_TRACKING_URI)\n',
+      });
     });
 
     it('--to that is not an http(s) URL: exit 78 naming --to', async () => {
       const result = await replay(['--to', 'ftp://127.0.0.1/mlflow', '--spool', cleanups.tempDir('kmj-spool-')]);
-      expect(result).toMatchObject({ code: 78, stdout: '', stderr: 'kmj replay: invalid replay configuration: --to: "ftp://127.0.0.1/mlflow" must be a http or https URL\n' });
+      expect(result).toMatchObject({
+        code: 78,
+        stdout: '',
+        stderr: 'kmj replay: invalid replay configuration: --to: "ftp://127.0.0.1/mlflow" must be a http or https URL\n',
+      });
     });
 
     it('--help prints the help, exit 0', async () => {

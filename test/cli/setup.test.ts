@@ -22,7 +22,10 @@ const basic = (user: string, password: string): string => `Basic ${Buffer.from(`
 /** The management API as the test's administrator. */
 async function management(path: string, init: { method?: string } = {}): Promise<Response> {
   const u = new URL(RABBITMQ_MANAGEMENT_URL);
-  return fetch(`${u.origin}/api/${path}`, { method: init.method ?? 'GET', headers: { authorization: basic(decodeURIComponent(u.username), decodeURIComponent(u.password)) } });
+  return fetch(`${u.origin}/api/${path}`, {
+    method: init.method ?? 'GET',
+    headers: { authorization: basic(decodeURIComponent(u.username), decodeURIComponent(u.password)) },
+  });
 }
 
 /** An MLflow auth API call as the administrator. */
@@ -35,7 +38,10 @@ async function mlflowAdmin(path: string, init: { method: string; body?: unknown 
 }
 
 /** A deployment's names and passwords, and the environment `kmj setup` gets from its Secrets. */
-function deployment(passwordSuffix = 'one'): { names: { scaler: string; worker: string; mlflow: string; queue: string }; env: Record<string, string> } {
+function deployment(passwordSuffix = 'one'): {
+  names: { scaler: string; worker: string; mlflow: string; queue: string };
+  env: Record<string, string>;
+} {
   const id = uniqueName('setup').slice(6);
   const names = { scaler: `kmj-scaler-${id}`, worker: `kmj-worker-${id}`, mlflow: `kmj-worker-${id}`, queue: `requests-${id}` };
   return { names, env: envFor(names, passwordSuffix) };
@@ -66,7 +72,7 @@ function forget(names: { scaler: string; worker: string; mlflow: string; queue: 
 }
 
 describe('kmj setup', () => {
-  it('makes the broker users with exactly their permissions, the queue, and the worker\'s MLflow user; run again with new passwords, it converges', async () => {
+  it("makes the broker users with exactly their permissions, the queue, and the worker's MLflow user; run again with new passwords, it converges", async () => {
     const { names, env } = deployment('one');
     forget(names);
     const first = await runKmj(['setup', '--queue', names.queue, '--max-deliveries', '7'], { env });
@@ -84,10 +90,21 @@ describe('kmj setup', () => {
     };
     const q = names.queue;
     expect(await perms(names.scaler)).toEqual({ configure: '^$', write: '^$', read: '^$' });
-    expect(await perms(names.worker)).toEqual({ configure: `^${q}(\\.dead)?$`, write: `^(amq\\.default|${q}(\\.dead)?)$`, read: `^${q}(\\.dead)?$` });
-    expect((await managementQueue(q)).arguments).toMatchObject({ 'x-queue-type': 'quorum', 'x-delivery-limit': 7, 'x-dead-letter-routing-key': `${q}.dead` });
+    expect(await perms(names.worker)).toEqual({
+      configure: `^${q}(\\.dead)?$`,
+      write: `^(amq\\.default|${q}(\\.dead)?)$`,
+      read: `^${q}(\\.dead)?$`,
+    });
+    expect((await managementQueue(q)).arguments).toMatchObject({
+      'x-queue-type': 'quorum',
+      'x-delivery-limit': 7,
+      'x-dead-letter-routing-key': `${q}.dead`,
+    });
     expect((await managementQueue(`${q}.dead`)).arguments).toEqual({ 'x-queue-type': 'quorum', 'x-delivery-limit': -1 });
-    const asWorker = (password: string) => fetch(`${MLFLOW_AUTH_URL}/api/2.0/mlflow/experiments/search?max_results=1`, { headers: { authorization: basic(names.mlflow, password) } });
+    const asWorker = (password: string) =>
+      fetch(`${MLFLOW_AUTH_URL}/api/2.0/mlflow/experiments/search?max_results=1`, {
+        headers: { authorization: basic(names.mlflow, password) },
+      });
     expect((await asWorker('mlflow-password-one')).status).toBe(200);
 
     // New passwords in the Secrets: the same command sets them; the queue is left as it is.
@@ -101,11 +118,14 @@ describe('kmj setup', () => {
     await expect(connect(envFor(names, 'one')['KMJ_SETUP_WORKER_BROKER_URL'] as string)).rejects.toThrow(/ACCESS_REFUSED|403/);
   }, 60_000);
 
-  it('reads MLflow\'s administrator from basic_auth.ini with --mlflow-auth-config', async () => {
+  it("reads MLflow's administrator from basic_auth.ini with --mlflow-auth-config", async () => {
     const { names, env } = deployment();
     forget(names);
     const ini = join(dir, 'basic_auth.ini');
-    writeFileSync(ini, `[mlflow]\ndefault_permission = READ\nadmin_username = ${MLFLOW_AUTH_USER}\nadmin_password = ${MLFLOW_AUTH_PASSWORD}\n`);
+    writeFileSync(
+      ini,
+      `[mlflow]\ndefault_permission = READ\nadmin_username = ${MLFLOW_AUTH_USER}\nadmin_password = ${MLFLOW_AUTH_PASSWORD}\n`,
+    );
     const { MLFLOW_TRACKING_USERNAME: _u, MLFLOW_TRACKING_PASSWORD: _p, ...rest } = env;
     const res = await runKmj(['setup', '--mlflow', '--mlflow-auth-config', ini], { env: rest });
     expect(res.code, res.stderr).toBe(0);
@@ -116,7 +136,9 @@ describe('kmj setup', () => {
     const { names, env } = deployment();
     const port = await closedPort();
     const started = Date.now();
-    const res = await runKmj(['setup', '--rabbitmq', '--queue', names.queue, '--timeout', '3s'], { env: { ...env, RABBITMQ_MANAGEMENT_URL: `http://admin:secret-admin@127.0.0.1:${port}` } });
+    const res = await runKmj(['setup', '--rabbitmq', '--queue', names.queue, '--timeout', '3s'], {
+      env: { ...env, RABBITMQ_MANAGEMENT_URL: `http://admin:secret-admin@127.0.0.1:${port}` },
+    });
     expect(res.code).toBe(1);
     expect(Date.now() - started).toBeLessThan(15_000);
     expect(res.stderr).toMatch(new RegExp(`^kmj setup: RabbitMQ's management API at http://127\\.0\\.0\\.1:${port} did not answer: `));
@@ -137,12 +159,20 @@ describe('kmj setup', () => {
     expect(res.code).toBe(78);
     expect(res.stderr).toContain('RABBITMQ_MANAGEMENT_URL: is required for the broker users');
     expect(res.stderr).toContain('KMJ_SETUP_SCALER_BROKER_URL: is required for the broker users');
-    expect(res.stderr).toContain('KMJ_SETUP_MLFLOW_USERNAME: is required for the worker\'s MLflow user');
+    expect(res.stderr).toContain("KMJ_SETUP_MLFLOW_USERNAME: is required for the worker's MLflow user");
     expect(res.stderr).toContain('KMJ_SETUP_MLFLOW_PASSWORD: must be at least 12 characters, got 5');
     expect(res.stderr).toMatch(/--timeout: "0" must be a duration/);
     // A broker URL without its user's password, on its own.
-    const noPassword = await runKmj(['setup', '--rabbitmq'], { env: { RABBITMQ_MANAGEMENT_URL, KMJ_SETUP_SCALER_BROKER_URL: 'amqp://a:b@127.0.0.1/', KMJ_SETUP_WORKER_BROKER_URL: 'amqp://127.0.0.1/' } });
+    const noPassword = await runKmj(['setup', '--rabbitmq'], {
+      env: {
+        RABBITMQ_MANAGEMENT_URL,
+        KMJ_SETUP_SCALER_BROKER_URL: 'amqp://a:b@127.0.0.1/',
+        KMJ_SETUP_WORKER_BROKER_URL: 'amqp://127.0.0.1/',
+      },
+    });
     expect(noPassword.code).toBe(78);
-    expect(noPassword.stderr).toBe('kmj setup: invalid setup configuration: KMJ_SETUP_WORKER_BROKER_URL: must carry the user and the password\n');
+    expect(noPassword.stderr).toBe(
+      'kmj setup: invalid setup configuration: KMJ_SETUP_WORKER_BROKER_URL: must carry the user and the password\n',
+    );
   });
 });

@@ -41,7 +41,9 @@ function status(args: readonly string[], env: Record<string, string> = {}): Prom
 
 /** The metric name the scaler gives KEDA for the trigger `kmj status` asks about (mode backlog). */
 async function metricNameOf(queue: string): Promise<string> {
-  const spec = await fixture.scaler().client.client.getMetricSpec({ name: 'kmj-status', namespace: 'default', scalerMetadata: { queueName: queue, mode: 'backlog' } });
+  const spec = await fixture
+    .scaler()
+    .client.client.getMetricSpec({ name: 'kmj-status', namespace: 'default', scalerMetadata: { queueName: queue, mode: 'backlog' } });
   if (!spec.ok) throw new Error(`GetMetricSpec: ${spec.error.details}`);
   return spec.value.metricSpecs[0]?.metricName ?? '';
 }
@@ -85,10 +87,14 @@ describe('kmj status with everything reachable', () => {
     // experiment named after the queue (kmj submit's default), then three waiting.
     const good = request({ experiment: queue });
     await publish(queue, good);
-    expect((await runKmj(['worker', '--queue', queue], { env: kmjWorkerEnv(cleanups, { MLFLOW_TRACKING_URI: MLFLOW_URL }) }, cleanups)).code).toBe(0);
+    expect(
+      (await runKmj(['worker', '--queue', queue], { env: kmjWorkerEnv(cleanups, { MLFLOW_TRACKING_URI: MLFLOW_URL }) }, cleanups)).code,
+    ).toBe(0);
     const bad = request({ experiment: queue, model: `models:/${classifier?.name}@nope` });
     await publish(queue, bad);
-    expect((await runKmj(['worker', '--queue', queue], { env: kmjWorkerEnv(cleanups, { MLFLOW_TRACKING_URI: MLFLOW_URL }) }, cleanups)).code).toBe(10);
+    expect(
+      (await runKmj(['worker', '--queue', queue], { env: kmjWorkerEnv(cleanups, { MLFLOW_TRACKING_URI: MLFLOW_URL }) }, cleanups)).code,
+    ).toBe(10);
     for (let i = 0; i < 3; i++) await publish(queue, request({ experiment: queue }));
     await managementShows(queue, { ready: 3, unacked: 0, consumers: 0 });
     await managementShows(`${queue}.dead`, { ready: 1, unacked: 0, consumers: 0 });
@@ -106,8 +112,13 @@ describe('kmj status with everything reachable', () => {
     expect(text.code).toBe(0);
     const out = lines(text.stdout);
     expect(out).toHaveLength(8);
-    expect(out.slice(0, 2)).toEqual([`queue ${queue}`, '  RabbitMQ   ready 3   consumers 0   dead-lettered 1   (AMQP, real time)   unacknowledged 0 (management statistics, up to 5 s old)']);
-    expect(out[2]).toMatch(new RegExp(`^  scaler     KEDA sees ${metricName} = 3, active, reading \\d+ ms old   \\(${scalerAddress()}\\)$`));
+    expect(out.slice(0, 2)).toEqual([
+      `queue ${queue}`,
+      '  RabbitMQ   ready 3   consumers 0   dead-lettered 1   (AMQP, real time)   unacknowledged 0 (management statistics, up to 5 s old)',
+    ]);
+    expect(out[2]).toMatch(
+      new RegExp(`^  scaler     KEDA sees ${metricName} = 3, active, reading \\d+ ms old   \\(${scalerAddress()}\\)$`),
+    );
     expect(out.slice(3)).toEqual([
       `  MLflow     latest runs of experiment "${queue}":`,
       `    ${'request'.padEnd(38)} ${'outcome'.padEnd(14)} ${'seconds'.padStart(8)} ${'rows'.padStart(8)} ${'accuracy'.padStart(9)}`,
@@ -154,7 +165,9 @@ describe('kmj status with everything reachable', () => {
     });
 
     // --runs limits the list to the latest; --experiment reads another experiment.
-    const one = JSON.parse((await status(['--queue', queue, '--json', '--runs', '1'])).stdout) as { mlflow: { value: { runs: Array<{ runId: string }> } } };
+    const one = JSON.parse((await status(['--queue', queue, '--json', '--runs', '1'])).stdout) as {
+      mlflow: { value: { runs: Array<{ runId: string }> } };
+    };
     expect(one.mlflow.value.runs.map((r) => r.runId)).toEqual([badRun.info.run_id]);
     const other = uniqueId('exp');
     const empty = await status(['--queue', queue, '--experiment', other]);
@@ -180,11 +193,17 @@ describe('kmj status with a part out of reach', () => {
     expect(text.code).toBe(1);
     const out = lines(text.stdout);
     expect(out).toHaveLength(4);
-    expect(out[1]).toBe('  RabbitMQ   ready 3   consumers 0   dead-lettered 0   (AMQP, real time)   unacknowledged 0 (management statistics, up to 5 s old)');
-    expect(out[2]).toMatch(new RegExp(`^  scaler     KEDA sees ${metricName} = 3, active, reading \\d+ ms old   \\(${scalerAddress()}\\)$`));
+    expect(out[1]).toBe(
+      '  RabbitMQ   ready 3   consumers 0   dead-lettered 0   (AMQP, real time)   unacknowledged 0 (management statistics, up to 5 s old)',
+    );
+    expect(out[2]).toMatch(
+      new RegExp(`^  scaler     KEDA sees ${metricName} = 3, active, reading \\d+ ms old   \\(${scalerAddress()}\\)$`),
+    );
     expect(out[3]).toMatch(new RegExp(`^  MLflow     unreachable: .*ECONNREFUSED 127\\.0\\.0\\.1:${port}`));
 
-    const json = JSON.parse((await status(['--queue', queue, '--json'], { MLFLOW_TRACKING_URI: `http://127.0.0.1:${port}` })).stdout) as Record<string, unknown>;
+    const json = JSON.parse(
+      (await status(['--queue', queue, '--json'], { MLFLOW_TRACKING_URI: `http://127.0.0.1:${port}` })).stdout,
+    ) as Record<string, unknown>;
     expect(json).toEqual({
       queue,
       rabbitmq: { ok: true, value: { source: 'amqp', ready: 3, unacked: 0, consumers: 0, deadLettered: 0 } },
@@ -203,25 +222,40 @@ describe('kmj status with a part out of reach', () => {
     };
     const text = await runKmj(['status', '--queue', queue], { env }, cleanups);
     expect(text.code).toBe(1);
-    expect(lines(text.stdout)[1]).toBe('  RabbitMQ   ready 3   consumers 0   dead-lettered 0   (AMQP, real time)   unacknowledged 0 (management statistics, up to 5 s old)');
+    expect(lines(text.stdout)[1]).toBe(
+      '  RabbitMQ   ready 3   consumers 0   dead-lettered 0   (AMQP, real time)   unacknowledged 0 (management statistics, up to 5 s old)',
+    );
     expect(lines(text.stdout)[3]).toBe('  MLflow     unreachable: MLFLOW_TRACKING_URI is not set');
   });
 
   it('the scaler down: exit 1, the scaler line says nothing answers there, with the reason and what to set, the rest still shown', async () => {
     const queue = await queueWithThree();
     const port = await closedPort();
-    const text = await status(['--queue', queue], { KMJ_SCALER_ADDRESS: `127.0.0.1:${port}`, KMJ_SCALER_METRICS_URL: `http://127.0.0.1:${port}` });
+    const text = await status(['--queue', queue], {
+      KMJ_SCALER_ADDRESS: `127.0.0.1:${port}`,
+      KMJ_SCALER_METRICS_URL: `http://127.0.0.1:${port}`,
+    });
     expect(text.code).toBe(1);
     const out = lines(text.stdout);
-    expect(out[1]).toBe('  RabbitMQ   ready 3   consumers 0   dead-lettered 0   (AMQP, real time)   unacknowledged 0 (management statistics, up to 5 s old)');
-    expect(out[2]).toBe(`  scaler     unreachable: no scaler answers at 127.0.0.1:${port} (connect ECONNREFUSED 127.0.0.1:${port}): set KMJ_SCALER_ADDRESS, or reach the in-cluster scaler with \`kubectl -n <namespace> port-forward svc/kmj-scaler 6000:6000\``);
+    expect(out[1]).toBe(
+      '  RabbitMQ   ready 3   consumers 0   dead-lettered 0   (AMQP, real time)   unacknowledged 0 (management statistics, up to 5 s old)',
+    );
+    expect(out[2]).toBe(
+      `  scaler     unreachable: no scaler answers at 127.0.0.1:${port} (connect ECONNREFUSED 127.0.0.1:${port}): set KMJ_SCALER_ADDRESS, or reach the in-cluster scaler with \`kubectl -n <namespace> port-forward svc/kmj-scaler 6000:6000\``,
+    );
     expect(out[3]).toBe(`  MLflow     experiment "${queue}": no runs yet`);
 
-    const json = JSON.parse((await status(['--queue', queue, '--json'], { KMJ_SCALER_ADDRESS: `127.0.0.1:${port}` })).stdout) as Record<string, unknown>;
+    const json = JSON.parse((await status(['--queue', queue, '--json'], { KMJ_SCALER_ADDRESS: `127.0.0.1:${port}` })).stdout) as Record<
+      string,
+      unknown
+    >;
     expect(json).toEqual({
       queue,
       rabbitmq: { ok: true, value: { source: 'amqp', ready: 3, unacked: 0, consumers: 0, deadLettered: 0 } },
-      scaler: { ok: false, error: expect.stringMatching(new RegExp(`^no scaler answers at 127\\.0\\.0\\.1:${port} \\(connect ECONNREFUSED`)) },
+      scaler: {
+        ok: false,
+        error: expect.stringMatching(new RegExp(`^no scaler answers at 127\\.0\\.0\\.1:${port} \\(connect ECONNREFUSED`)),
+      },
       mlflow: { ok: true, value: { experiment: queue, runs: [] } },
     });
   });
@@ -237,11 +271,26 @@ describe('kmj status with a part out of reach', () => {
     const text = await status(['--queue', queue], { RABBITMQ_MANAGEMENT_URL: `http://guest:guest@127.0.0.1:${port}` });
     expect(text.code).toBe(0);
     const out = lines(text.stdout);
-    expect(out[1]).toMatch(new RegExp(`^  RabbitMQ   ready 2   consumers 1   dead-lettered 0   \\(AMQP, real time\\)   \\[unacknowledged: n/a \\(management API: management API did not answer for queue "${queue}": .*ECONNREFUSED.*\\)\\]$`));
+    expect(out[1]).toMatch(
+      new RegExp(
+        `^  RabbitMQ   ready 2   consumers 1   dead-lettered 0   \\(AMQP, real time\\)   \\[unacknowledged: n/a \\(management API: management API did not answer for queue "${queue}": .*ECONNREFUSED.*\\)\\]$`,
+      ),
+    );
     // backlog = ready + consumers
     expect(out[2]).toMatch(new RegExp(`^  scaler     KEDA sees ${metricName} = 3, active`));
-    const json = JSON.parse((await status(['--queue', queue, '--json'], { RABBITMQ_MANAGEMENT_URL: `http://127.0.0.1:${port}` })).stdout) as { rabbitmq: unknown };
-    expect(json.rabbitmq).toEqual({ ok: true, value: { source: 'amqp', ready: 2, consumers: 1, deadLettered: 0, note: expect.stringMatching(/^unacknowledged: n\/a \(management API: /) } });
+    const json = JSON.parse(
+      (await status(['--queue', queue, '--json'], { RABBITMQ_MANAGEMENT_URL: `http://127.0.0.1:${port}` })).stdout,
+    ) as { rabbitmq: unknown };
+    expect(json.rabbitmq).toEqual({
+      ok: true,
+      value: {
+        source: 'amqp',
+        ready: 2,
+        consumers: 1,
+        deadLettered: 0,
+        note: expect.stringMatching(/^unacknowledged: n\/a \(management API: /),
+      },
+    });
   });
 
   it('a queue that does not exist: exit 1, RabbitMQ says not found (not unreachable), MLflow has no runs', async () => {
@@ -276,13 +325,25 @@ describe('kmj status: help and configuration', () => {
 
   it('a bad setting (RABBITMQ_MANAGEMENT_URL not http): exit 78 naming it', async () => {
     const result = await status(['--queue', 'q'], { RABBITMQ_MANAGEMENT_URL: 'ftp://127.0.0.1' });
-    expect(result).toMatchObject({ code: 78, stdout: '', stderr: 'kmj status: invalid status configuration: RABBITMQ_MANAGEMENT_URL: "ftp://127.0.0.1" must be a http or https URL\n' });
+    expect(result).toMatchObject({
+      code: 78,
+      stdout: '',
+      stderr: 'kmj status: invalid status configuration: RABBITMQ_MANAGEMENT_URL: "ftp://127.0.0.1" must be a http or https URL\n',
+    });
   });
 
   it('an unknown flag: exit 64; a mistyped one gets the flag it is closest to', async () => {
     const result = await status(['--queue', 'q', '--verbose']);
-    expect(result).toMatchObject({ code: 64, stdout: '', stderr: `kmj status: unknown flag --verbose\nRun "kmj status --help" for usage.\n` });
+    expect(result).toMatchObject({
+      code: 64,
+      stdout: '',
+      stderr: `kmj status: unknown flag --verbose\nRun "kmj status --help" for usage.\n`,
+    });
     const typo = await status(['--qeue', 'q']);
-    expect(typo).toMatchObject({ code: 64, stdout: '', stderr: `kmj status: unknown flag --qeue; did you mean --queue?\nRun "kmj status --help" for usage.\n` });
+    expect(typo).toMatchObject({
+      code: 64,
+      stdout: '',
+      stderr: `kmj status: unknown flag --qeue; did you mean --queue?\nRun "kmj status --help" for usage.\n`,
+    });
   });
 });

@@ -10,14 +10,26 @@ import { packageFile } from '../../common/paths.ts';
 import { AmqpFaultProxy } from '../helpers/amqp-fault-proxy.ts';
 import { Cleanups, deleteQueues } from '../helpers/cleanups.ts';
 import { RABBITMQ_URL } from '../helpers/env.ts';
-import { closedPort, kmjWorkerEnv, lines, managementQueue, queuePolicy, runKmj, startKmj, type KmjExit, type KmjProcess } from '../helpers/kmj.ts';
+import {
+  closedPort,
+  kmjWorkerEnv,
+  lines,
+  managementQueue,
+  queuePolicy,
+  runKmj,
+  startKmj,
+  type KmjExit,
+  type KmjProcess,
+} from '../helpers/kmj.ts';
 import { drain, fixtures, MLFLOW_URL, queueState, queueStateAfterExit, runsOf, type RestRun, uniqueId } from '../helpers/worker.ts';
 
 const f = fixtures();
 const classifier = f.models['classifier'];
 const MODEL = `models:/${classifier?.name}/${classifier?.version}`;
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
-const validRequest = new Ajv2020({ allErrors: true, strict: true }).compile(JSON.parse(readFileSync(packageFile('schemas', 'request-v1.schema.json'), 'utf8')) as object);
+const validRequest = new Ajv2020({ allErrors: true, strict: true }).compile(
+  JSON.parse(readFileSync(packageFile('schemas', 'request-v1.schema.json'), 'utf8')) as object,
+);
 
 const cleanups = new Cleanups();
 afterEach(() => cleanups.run());
@@ -44,15 +56,17 @@ async function takeAll(queue: string, count: number): Promise<ConsumeMessage[]> 
     const got: ConsumeMessage[] = [];
     await new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`only ${got.length} of ${count} messages in ${queue}`)), 20_000);
-      void ch.consume(queue, (m) => {
-        if (!m) return;
-        got.push(m);
-        ch.ack(m);
-        if (got.length === count) {
-          clearTimeout(timer);
-          resolve();
-        }
-      }).catch(reject);
+      void ch
+        .consume(queue, (m) => {
+          if (!m) return;
+          got.push(m);
+          ch.ack(m);
+          if (got.length === count) {
+            clearTimeout(timer);
+            resolve();
+          }
+        })
+        .catch(reject);
     });
     // The quorum queue counts a message until it has applied its ack: wait for that before
     // closing (this broker can drop settles still in flight when the channel closes).
@@ -86,7 +100,11 @@ async function experimentId(name: string): Promise<string> {
 
 /** A `kmj worker` on the queue, against the real MLflow; killed after the test if still running. */
 function worker(queue: string, env: Record<string, string> = {}): KmjProcess {
-  return startKmj(['worker', '--queue', queue], { env: kmjWorkerEnv(cleanups, { MLFLOW_TRACKING_URI: MLFLOW_URL, KMJ_WORKER_IDLE_TIMEOUT_MS: '30000', ...env }) }, cleanups);
+  return startKmj(
+    ['worker', '--queue', queue],
+    { env: kmjWorkerEnv(cleanups, { MLFLOW_TRACKING_URI: MLFLOW_URL, KMJ_WORKER_IDLE_TIMEOUT_MS: '30000', ...env }) },
+    cleanups,
+  );
 }
 
 describe('kmj submit: one request', () => {
@@ -95,17 +113,28 @@ describe('kmj submit: one request', () => {
     // A relative --dataset path: the worker gets it made absolute against the working directory.
     const result = await submit(
       [
-        '--queue', queue,
-        '--model', MODEL,
-        '--dataset', 'iris.csv',
-        '--format', 'csv',
-        '--label-column', f.label,
-        '--run-name', 'nightly-check',
-        '--tag', 'team=vision',
-        '--tag', 'note=a=b',
-        '--param', 'owner=ml-team',
-        '--param', 'batch=7',
-        '--output-format', 'jsonl',
+        '--queue',
+        queue,
+        '--model',
+        MODEL,
+        '--dataset',
+        'iris.csv',
+        '--format',
+        'csv',
+        '--label-column',
+        f.label,
+        '--run-name',
+        'nightly-check',
+        '--tag',
+        'team=vision',
+        '--tag',
+        'note=a=b',
+        '--param',
+        'owner=ml-team',
+        '--param',
+        'batch=7',
+        '--output-format',
+        'jsonl',
       ],
       { KMJ_MAX_DELIVERIES: '3' },
       f.dir,
@@ -141,18 +170,38 @@ describe('kmj submit: one request', () => {
     expect({ type: q.type, durable: q.durable, arguments: q.arguments }).toEqual({
       type: 'quorum',
       durable: true,
-      arguments: { 'x-queue-type': 'quorum', 'x-delivery-limit': 3, 'x-dead-letter-exchange': '', 'x-dead-letter-routing-key': `${queue}.dead` },
+      arguments: {
+        'x-queue-type': 'quorum',
+        'x-delivery-limit': 3,
+        'x-dead-letter-exchange': '',
+        'x-dead-letter-routing-key': `${queue}.dead`,
+      },
     });
     // The dead-letter queue has no delivery limit: RabbitMQ 4 would give it 20, and drop a dead
     // letter looked at with a requeue more often than that.
     const dead = await managementQueue(`${queue}.dead`);
-    expect({ type: dead.type, durable: dead.durable, arguments: dead.arguments }).toEqual({ type: 'quorum', durable: true, arguments: { 'x-queue-type': 'quorum', 'x-delivery-limit': -1 } });
+    expect({ type: dead.type, durable: dead.durable, arguments: dead.arguments }).toEqual({
+      type: 'quorum',
+      durable: true,
+      arguments: { 'x-queue-type': 'quorum', 'x-delivery-limit': -1 },
+    });
     expect(await drain(`${queue}.dead`)).toEqual([]);
   });
 
   it('uses --request-id and --experiment as given, and a URI --dataset as it is', async () => {
     const queue = freshQueue();
-    const result = await submit(['--queue', queue, '--model', MODEL, '--dataset', f.datasets.artifactCsvUri, '--experiment', 'team-exp', '--request-id', 'order-42.v1']);
+    const result = await submit([
+      '--queue',
+      queue,
+      '--model',
+      MODEL,
+      '--dataset',
+      f.datasets.artifactCsvUri,
+      '--experiment',
+      'team-exp',
+      '--request-id',
+      'order-42.v1',
+    ]);
     expect(result).toMatchObject({ code: 0, stdout: 'order-42.v1\n', stderr: '' });
     const [msg] = await drain(queue);
     expect(msg?.properties.messageId).toBe('order-42.v1');
@@ -191,21 +240,51 @@ describe('kmj submit: refusals', () => {
     expect(result).toMatchObject({
       code: SUBMIT_EXIT.INVALID,
       stdout: '',
-      stderr: 'kmj submit: nothing published: line 4: invalid request: requestId: must be 1 to 128 letters, digits, ".", "_", ":" or "-", starting with a letter or digit\n',
+      stderr:
+        'kmj submit: nothing published: line 4: invalid request: requestId: must be 1 to 128 letters, digits, ".", "_", ":" or "-", starting with a letter or digit\n',
     });
     expect(await queueStateAfterExit(queue)).toEqual({ messages: 0, consumers: 0 });
   });
 
   const configCases: Array<{ name: string; args: (queue: string) => string[]; env?: Record<string, string>; problem: string }> = [
     { name: '--queue missing', args: () => ['--model', MODEL, '--dataset', f.datasets.csv], problem: '--queue: is required' },
-    { name: '--tag without =', args: (q) => ['--queue', q, '--model', MODEL, '--dataset', f.datasets.csv, '--tag', 'team'], problem: '--tag: "team" must be key=value' },
-    { name: '--param with an empty key', args: (q) => ['--queue', q, '--model', MODEL, '--dataset', f.datasets.csv, '--param', '=7'], problem: '--param: "=7" must be key=value' },
-    { name: '--timeout=-1', args: (q) => ['--queue', q, '--model', MODEL, '--dataset', f.datasets.csv, '--timeout=-1'], problem: '--timeout: "-1" must be a number of seconds above 0, or a duration such as 90s or 10m' },
-    { name: '--timeout 0', args: (q) => ['--queue', q, '--model', MODEL, '--dataset', f.datasets.csv, '--timeout', '0'], problem: '--timeout: "0" must be a number of seconds above 0, or a duration such as 90s or 10m' },
-    { name: '--wait with --file', args: (q) => ['--queue', q, '--file', '/nonexistent/requests.jsonl', '--wait'], problem: '--wait: is for a single request, not --file' },
+    {
+      name: '--tag without =',
+      args: (q) => ['--queue', q, '--model', MODEL, '--dataset', f.datasets.csv, '--tag', 'team'],
+      problem: '--tag: "team" must be key=value',
+    },
+    {
+      name: '--param with an empty key',
+      args: (q) => ['--queue', q, '--model', MODEL, '--dataset', f.datasets.csv, '--param', '=7'],
+      problem: '--param: "=7" must be key=value',
+    },
+    {
+      name: '--timeout=-1',
+      args: (q) => ['--queue', q, '--model', MODEL, '--dataset', f.datasets.csv, '--timeout=-1'],
+      problem: '--timeout: "-1" must be a number of seconds above 0, or a duration such as 90s or 10m',
+    },
+    {
+      name: '--timeout 0',
+      args: (q) => ['--queue', q, '--model', MODEL, '--dataset', f.datasets.csv, '--timeout', '0'],
+      problem: '--timeout: "0" must be a number of seconds above 0, or a duration such as 90s or 10m',
+    },
+    {
+      name: '--wait with --file',
+      args: (q) => ['--queue', q, '--file', '/nonexistent/requests.jsonl', '--wait'],
+      problem: '--wait: is for a single request, not --file',
+    },
     { name: '--model missing', args: (q) => ['--queue', q, '--dataset', f.datasets.csv], problem: '--model: is required (or give --file)' },
-    { name: '--wait without MLFLOW_TRACKING_URI', args: (q) => ['--queue', q, '--model', MODEL, '--dataset', f.datasets.csv, '--wait'], problem: 'MLFLOW_TRACKING_URI: is required with --wait' },
-    { name: 'a bad RABBITMQ_URL', args: (q) => ['--queue', q, '--model', MODEL, '--dataset', f.datasets.csv], env: { RABBITMQ_URL: 'http://127.0.0.1:5672' }, problem: 'RABBITMQ_URL: "http://127.0.0.1:5672" must be a amqp or amqps URL' },
+    {
+      name: '--wait without MLFLOW_TRACKING_URI',
+      args: (q) => ['--queue', q, '--model', MODEL, '--dataset', f.datasets.csv, '--wait'],
+      problem: 'MLFLOW_TRACKING_URI: is required with --wait',
+    },
+    {
+      name: 'a bad RABBITMQ_URL',
+      args: (q) => ['--queue', q, '--model', MODEL, '--dataset', f.datasets.csv],
+      env: { RABBITMQ_URL: 'http://127.0.0.1:5672' },
+      problem: 'RABBITMQ_URL: "http://127.0.0.1:5672" must be a amqp or amqps URL',
+    },
   ];
 
   it.each(configCases)('bad flags or settings ($name): exit 64 for a flag, 78 for a setting, naming it, nothing published', async (c) => {
@@ -266,9 +345,13 @@ describe('kmj submit: the broker refuses or does not confirm', () => {
     const admin = await conn.createChannel();
     const consumer = await conn.createChannel();
     const received: string[] = [];
-    await consumer.consume(queue, (m) => {
-      if (m) received.push(String(m.properties.messageId));
-    }, { noAck: true });
+    await consumer.consume(
+      queue,
+      (m) => {
+        if (m) received.push(String(m.properties.messageId));
+      },
+      { noAck: true },
+    );
 
     const p = startKmj(['submit', '--queue', queue, '--model', MODEL, '--file', file], { env: { RABBITMQ_URL } }, cleanups);
     let printedAtDelete = -1;
@@ -281,7 +364,8 @@ describe('kmj submit: the broker refuses or does not confirm', () => {
     // pins down). Such a run is judged on its output, and killed.
     const failed = (): boolean => /\nkmj submit: .+\n$/.test(`\n${p.stderr()}`);
     const end = Date.now() + 40_000;
-    while (p.child.exitCode === null && p.child.signalCode === null && !failed() && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
+    while (p.child.exitCode === null && p.child.signalCode === null && !failed() && Date.now() < end)
+      await new Promise((r) => setTimeout(r, 50));
     const exited = await Promise.race([p.done, new Promise<undefined>((resolve) => setTimeout(() => resolve(undefined), 10_000).unref())]);
     if (!exited) p.child.kill('SIGKILL');
     const { stdout, stderr } = await p.done;
@@ -295,7 +379,12 @@ describe('kmj submit: the broker refuses or does not confirm', () => {
     expect(printed.length).toBeLessThan(total);
     expect(printed).toEqual(ids.slice(0, printed.length));
     const failure = lines(stderr).at(-1) ?? '';
-    expect(lines(stderr).slice(0, -1).every((l) => /^published \d+\/4000$/.test(l)), stderr.slice(0, 500)).toBe(true);
+    expect(
+      lines(stderr)
+        .slice(0, -1)
+        .every((l) => /^published \d+\/4000$/.test(l)),
+      stderr.slice(0, 500),
+    ).toBe(true);
     expect(failure).toMatch(
       new RegExp(
         `^kmj submit: (the broker could not route \\d+ message\\(s\\) to queue "${queue}" \\(does it still exist\\?\\): .+|the broker refused \\d+ message\\(s\\): .+|the broker did not confirm \\d+ message\\(s\\) within 30000 ms: .+|publishing to queue "${queue}" failed: .+)$`,
@@ -334,14 +423,24 @@ describe('kmj submit: the broker refuses or does not confirm', () => {
     expect(result, 'kmj submit did not exit').toBeDefined();
     const { code, stdout, stderr } = result as KmjExit;
     expect(code).toBe(SUBMIT_EXIT.BROKER);
-    expect(lines(stderr).at(-1)).toMatch(new RegExp(`^kmj submit: (the broker could not route 150 message\\(s\\) to queue "${queue}" \\(does it still exist\\?\\): ${ids.slice(250).join(', ')}|publishing to queue "${queue}" failed: .+)$`));
+    expect(lines(stderr).at(-1)).toMatch(
+      new RegExp(
+        `^kmj submit: (the broker could not route 150 message\\(s\\) to queue "${queue}" \\(does it still exist\\?\\): ${ids.slice(250).join(', ')}|publishing to queue "${queue}" failed: .+)$`,
+      ),
+    );
     expect(lines(stdout)).toEqual(ids.slice(0, 250));
   });
 
   it('the broker unreachable: exit 69, nothing printed, no password shown', async () => {
     const port = await closedPort();
-    const result = await submit(['--queue', freshQueue(), '--model', MODEL, '--dataset', f.datasets.csv], { RABBITMQ_URL: `amqp://kmj:sekret-pw@127.0.0.1:${port}` });
-    expect(result).toMatchObject({ code: SUBMIT_EXIT.BROKER, stdout: '', stderr: `kmj submit: cannot reach the broker: connect ECONNREFUSED 127.0.0.1:${port}\n` });
+    const result = await submit(['--queue', freshQueue(), '--model', MODEL, '--dataset', f.datasets.csv], {
+      RABBITMQ_URL: `amqp://kmj:sekret-pw@127.0.0.1:${port}`,
+    });
+    expect(result).toMatchObject({
+      code: SUBMIT_EXIT.BROKER,
+      stdout: '',
+      stderr: `kmj submit: cannot reach the broker: connect ECONNREFUSED 127.0.0.1:${port}\n`,
+    });
   });
 
   it('the broker stops answering mid-publish: exit 69 after the 30 s confirm timeout, not a hang', { timeout: 60_000 }, async () => {
@@ -383,17 +482,37 @@ describe('kmj submit --file', () => {
     const queue = freshQueue();
     const ids = Array.from({ length: 500 }, (_, i) => `bulk-${String(i).padStart(3, '0')}`);
     // Lines leave out what the flags fill in; one line overrides the model.
-    const file = requestsFile(ids.map((requestId, i) => (i === 7 ? { requestId, dataset: { uri: f.datasets.jsonl }, model: 'models:/other/2' } : { requestId, dataset: { uri: f.datasets.csv } })));
+    const file = requestsFile(
+      ids.map((requestId, i) =>
+        i === 7
+          ? { requestId, dataset: { uri: f.datasets.jsonl }, model: 'models:/other/2' }
+          : { requestId, dataset: { uri: f.datasets.csv } },
+      ),
+    );
     const result = await submit(['--queue', queue, '--model', MODEL, '--experiment', 'bulk-exp', '--tag', 'batch=nightly', '--file', file]);
     expect(result.code).toBe(0);
     expect(result.stdout).toBe(`${ids.join('\n')}\n`);
     expect(result.stderr).toBe('published 200/500\npublished 400/500\npublished 500/500\n');
     const messages = await takeAll(queue, 500);
-    expect(messages.map((m) => m.properties.messageId)).toEqual(ids);
+    expect(messages.map((m): unknown => m.properties.messageId)).toEqual(ids);
     const bodies = messages.map((m) => JSON.parse(m.content.toString('utf8')) as Record<string, unknown>);
     expect(bodies.every((b) => validRequest(b))).toBe(true);
-    expect(bodies[0]).toEqual({ version: 1, requestId: ids[0], experiment: 'bulk-exp', model: MODEL, tags: { batch: 'nightly' }, dataset: { uri: f.datasets.csv } });
-    expect(bodies[7]).toEqual({ version: 1, requestId: ids[7], experiment: 'bulk-exp', model: 'models:/other/2', tags: { batch: 'nightly' }, dataset: { uri: f.datasets.jsonl } });
+    expect(bodies[0]).toEqual({
+      version: 1,
+      requestId: ids[0],
+      experiment: 'bulk-exp',
+      model: MODEL,
+      tags: { batch: 'nightly' },
+      dataset: { uri: f.datasets.csv },
+    });
+    expect(bodies[7]).toEqual({
+      version: 1,
+      requestId: ids[7],
+      experiment: 'bulk-exp',
+      model: 'models:/other/2',
+      tags: { batch: 'nightly' },
+      dataset: { uri: f.datasets.jsonl },
+    });
     expect(messages.every((m) => m.properties.deliveryMode === 2 && m.properties.contentType === 'application/json')).toBe(true);
   });
 
@@ -407,7 +526,7 @@ describe('kmj submit --file', () => {
     for (const id of printed) expect(id).toMatch(UUID);
     expect(new Set(printed).size).toBe(3);
     expect(result.stderr).toBe('published 3/3\n');
-    expect((await drain(queue)).map((m) => m.properties.messageId)).toEqual(printed);
+    expect((await drain(queue)).map((m): unknown => m.properties.messageId)).toEqual(printed);
   });
 });
 
@@ -415,7 +534,10 @@ describe('kmj submit --wait', () => {
   it('follows the request through a worker to its FINISHED run: metrics and the run URL, exit 0', async () => {
     const queue = await cleanups.requestQueue();
     const w = worker(queue);
-    const result = await submit(['--queue', queue, '--model', MODEL, '--dataset', f.datasets.csv, '--label-column', f.label, '--wait', '--timeout', '60'], { MLFLOW_TRACKING_URI: MLFLOW_URL });
+    const result = await submit(
+      ['--queue', queue, '--model', MODEL, '--dataset', f.datasets.csv, '--label-column', f.label, '--wait', '--timeout', '60'],
+      { MLFLOW_TRACKING_URI: MLFLOW_URL },
+    );
     expect((await w.done).code).toBe(0);
     expect(result.code, result.stderr).toBe(SUBMIT_EXIT.OK);
     const [requestId] = lines(result.stdout);
@@ -442,50 +564,68 @@ describe('kmj submit --wait', () => {
     expect(await queueStateAfterExit(queue)).toEqual({ messages: 0, consumers: 0 });
   });
 
-  it('a 100000-row dataset: the worker logs its progress and records it as metric steps; the row count is 100000', { timeout: 90_000 }, async () => {
-    const queue = await cleanups.requestQueue();
-    const w = worker(queue, { KMJ_WORKER_PROGRESS_INTERVAL_MS: '100', KMJ_BATCH_ROWS: '2000' });
-    const big = f.bigDataset['100000'] ?? '';
-    expect(big).toMatch(/iris-100000\.csv$/);
-    const result = await submit(['--queue', queue, '--model', MODEL, '--dataset', big, '--label-column', f.label, '--wait', '--timeout', '80'], { MLFLOW_TRACKING_URI: MLFLOW_URL });
-    const done = await w.done;
-    expect(done.code).toBe(0);
-    expect(result.code, result.stderr).toBe(SUBMIT_EXIT.OK);
-    expect(lines(result.stdout)[2]).toBe(`  ${'rows'.padEnd(24)} 100000`);
-    // Progress lines: rows rising, a rate, percent and time left (a local file's size is known).
-    const progress = done.stderr.split('\n').filter((l) => l.includes('"msg":"progress"')).map((l) => JSON.parse(l) as { rows: number; rowsPerSecond: number; percent: number; etaSeconds: number });
-    expect(progress.length).toBeGreaterThan(0);
-    expect(progress.every((p) => p.rows > 0 && p.rows < 100_000 && p.rowsPerSecond > 0)).toBe(true);
-    // Percent and time left follow the bytes read: once the reader has read the whole file ahead
-    // of the model, lines carry neither; while they do, percent stays below 100.
-    const withPercent = progress.filter((p) => p.percent !== undefined);
-    expect(withPercent.length).toBeGreaterThan(0);
-    expect(withPercent.every((p) => p.percent >= 0 && p.percent < 100 && p.etaSeconds >= 0)).toBe(true);
-    // The same as metric steps in MLflow, the final figure last.
-    const [run] = await runsOf(queue);
-    const res = await fetch(`${MLFLOW_URL}/api/2.0/mlflow/metrics/get-history?run_id=${run?.info.run_id}&metric_key=rows`);
-    const history = ((await res.json()) as { metrics: Array<{ value: number; step: number }> }).metrics.sort((a, b) => a.step - b.step);
-    expect(history.length).toBeGreaterThan(1);
-    expect(history.at(-1)).toMatchObject({ value: 100_000, step: history.length });
-    expect(history.map((m) => m.value)).toEqual([...history.map((m) => m.value)].sort((a, b) => a - b));
-  });
+  it(
+    'a 100000-row dataset: the worker logs its progress and records it as metric steps; the row count is 100000',
+    { timeout: 90_000 },
+    async () => {
+      const queue = await cleanups.requestQueue();
+      const w = worker(queue, { KMJ_WORKER_PROGRESS_INTERVAL_MS: '100', KMJ_BATCH_ROWS: '2000' });
+      const big = f.bigDataset['100000'] ?? '';
+      expect(big).toMatch(/iris-100000\.csv$/);
+      const result = await submit(
+        ['--queue', queue, '--model', MODEL, '--dataset', big, '--label-column', f.label, '--wait', '--timeout', '80'],
+        { MLFLOW_TRACKING_URI: MLFLOW_URL },
+      );
+      const done = await w.done;
+      expect(done.code).toBe(0);
+      expect(result.code, result.stderr).toBe(SUBMIT_EXIT.OK);
+      expect(lines(result.stdout)[2]).toBe(`  ${'rows'.padEnd(24)} 100000`);
+      // Progress lines: rows rising, a rate, percent and time left (a local file's size is known).
+      const progress = done.stderr
+        .split('\n')
+        .filter((l) => l.includes('"msg":"progress"'))
+        .map((l) => JSON.parse(l) as { rows: number; rowsPerSecond: number; percent: number; etaSeconds: number });
+      expect(progress.length).toBeGreaterThan(0);
+      expect(progress.every((p) => p.rows > 0 && p.rows < 100_000 && p.rowsPerSecond > 0)).toBe(true);
+      // Percent and time left follow the bytes read: once the reader has read the whole file ahead
+      // of the model, lines carry neither; while they do, percent stays below 100.
+      const withPercent = progress.filter((p) => p.percent !== undefined);
+      expect(withPercent.length).toBeGreaterThan(0);
+      expect(withPercent.every((p) => p.percent >= 0 && p.percent < 100 && p.etaSeconds >= 0)).toBe(true);
+      // The same as metric steps in MLflow, the final figure last.
+      const [run] = await runsOf(queue);
+      const res = await fetch(`${MLFLOW_URL}/api/2.0/mlflow/metrics/get-history?run_id=${run?.info.run_id}&metric_key=rows`);
+      const history = ((await res.json()) as { metrics: Array<{ value: number; step: number }> }).metrics.sort((a, b) => a.step - b.step);
+      expect(history.length).toBeGreaterThan(1);
+      expect(history.at(-1)).toMatchObject({ value: 100_000, step: history.length });
+      expect(history.map((m) => m.value)).toEqual([...history.map((m) => m.value)].sort((a, b) => a - b));
+    },
+  );
 
   it('a request the worker dead-letters after starting its run: exit 10 with the run and the reason', async () => {
     const queue = await cleanups.requestQueue();
     const w = worker(queue);
-    const result = await submit(['--queue', queue, '--model', `models:/${classifier?.name}@nope`, '--dataset', f.datasets.csv, '--wait', '--timeout', '60'], { MLFLOW_TRACKING_URI: MLFLOW_URL });
+    const result = await submit(
+      ['--queue', queue, '--model', `models:/${classifier?.name}@nope`, '--dataset', f.datasets.csv, '--wait', '--timeout', '60'],
+      { MLFLOW_TRACKING_URI: MLFLOW_URL },
+    );
     expect((await w.done).code).toBe(10);
     expect(result.code, result.stderr).toBe(SUBMIT_EXIT.DEAD_LETTERED);
     const runs = await runsOf(queue);
     expect(runs).toHaveLength(1);
     const [requestId] = lines(result.stdout);
-    expect(result.stdout).toBe(`${requestId}\nDEAD-LETTERED (run ${runs[0]?.info.run_id} FAILED): model: registered model "${classifier?.name}" has no alias "nope"\n`);
+    expect(result.stdout).toBe(
+      `${requestId}\nDEAD-LETTERED (run ${runs[0]?.info.run_id} FAILED): model: registered model "${classifier?.name}" has no alias "nope"\n`,
+    );
   });
 
   it('a request the worker refuses before any run: exit 10 with the dead-letter reason, the dead-letter left in place', async () => {
     const queue = await cleanups.requestQueue();
     const w = worker(queue, { KMJ_MAX_MESSAGE_BYTES: '1024' });
-    const result = await submit(['--queue', queue, '--model', MODEL, '--dataset', f.datasets.csv, '--tag', `pad=${'x'.repeat(1200)}`, '--wait', '--timeout', '60'], { MLFLOW_TRACKING_URI: MLFLOW_URL });
+    const result = await submit(
+      ['--queue', queue, '--model', MODEL, '--dataset', f.datasets.csv, '--tag', `pad=${'x'.repeat(1200)}`, '--wait', '--timeout', '60'],
+      { MLFLOW_TRACKING_URI: MLFLOW_URL },
+    );
     expect((await w.done).code).toBe(10);
     expect(result.code, result.stderr).toBe(SUBMIT_EXIT.DEAD_LETTERED);
     const dead = await drain(`${queue}.dead`);
@@ -504,7 +644,10 @@ describe('kmj submit --wait', () => {
     const ids: string[] = [];
     for (let i = 0; i < 4; i++) {
       const w = worker(queue, { KMJ_MAX_MESSAGE_BYTES: '1024' });
-      const result = await submit(['--queue', queue, '--model', MODEL, '--dataset', f.datasets.csv, '--tag', `pad=${'x'.repeat(1200)}`, '--wait', '--timeout', '60'], { MLFLOW_TRACKING_URI: MLFLOW_URL });
+      const result = await submit(
+        ['--queue', queue, '--model', MODEL, '--dataset', f.datasets.csv, '--tag', `pad=${'x'.repeat(1200)}`, '--wait', '--timeout', '60'],
+        { MLFLOW_TRACKING_URI: MLFLOW_URL },
+      );
       expect((await w.done).code).toBe(10);
       expect(result.code, result.stderr).toBe(SUBMIT_EXIT.DEAD_LETTERED);
       const [requestId = ''] = lines(result.stdout);
@@ -512,16 +655,18 @@ describe('kmj submit --wait', () => {
       ids.push(requestId);
     }
     const dead = await drain(`${queue}.dead`);
-    expect(dead.map((m) => m.properties.messageId)).toEqual(ids);
+    expect(dead.map((m): unknown => m.properties.messageId)).toEqual(ids);
     // Never returned to the queue by a look: no delivery was counted against any of them
     // (RabbitMQ 4 leaves the header out until a message has been returned once).
-    expect(dead.map((m) => m.properties.headers?.['x-delivery-count'] ?? 0)).toEqual([0, 0, 0, 0]);
+    expect(dead.map((m): unknown => m.properties.headers?.['x-delivery-count'] ?? 0)).toEqual([0, 0, 0, 0]);
     expect(await runsOf(queue)).toEqual([]);
   });
 
   it('no worker for longer than 10 s: --wait says what would consume the queue', async () => {
     const queue = await cleanups.requestQueue();
-    const result = await submit(['--queue', queue, '--model', MODEL, '--dataset', f.datasets.csv, '--wait', '--timeout', '13'], { MLFLOW_TRACKING_URI: MLFLOW_URL });
+    const result = await submit(['--queue', queue, '--model', MODEL, '--dataset', f.datasets.csv, '--wait', '--timeout', '13'], {
+      MLFLOW_TRACKING_URI: MLFLOW_URL,
+    });
     expect(result.code).toBe(SUBMIT_EXIT.TIMEOUT);
     const states = lines(result.stderr).map((l) => l.replace(/^ *\d+s {2}/, ''));
     expect(states).toEqual([
@@ -533,7 +678,9 @@ describe('kmj submit --wait', () => {
   it('no worker: exit 75 after --timeout, the request still queued', async () => {
     const queue = await cleanups.requestQueue();
     const started = Date.now();
-    const result = await submit(['--queue', queue, '--model', MODEL, '--dataset', f.datasets.csv, '--wait', '--timeout', '3'], { MLFLOW_TRACKING_URI: MLFLOW_URL });
+    const result = await submit(['--queue', queue, '--model', MODEL, '--dataset', f.datasets.csv, '--wait', '--timeout', '3'], {
+      MLFLOW_TRACKING_URI: MLFLOW_URL,
+    });
     expect(result.code).toBe(SUBMIT_EXIT.TIMEOUT);
     expect(Date.now() - started).toBeLessThan(15_000);
     const [requestId] = lines(result.stdout);

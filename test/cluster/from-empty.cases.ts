@@ -18,9 +18,25 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { packageFile } from '../../common/paths.ts';
 import { deadLetterQueueOf } from '../../rabbitmq/topology.ts';
 import {
-  DEPLOY_DIR, KUBECONFIG, NAMESPACE, QUEUE, SCALED_JOB,
-  clusterRunsOf, clusterServices, finished, kubectl, kubectlJson, patchScaledJob, podRequest, publishAll, rabbit, scaledJobStatus,
-  searchRunsWithPython, until, workerJobs, workerPods,
+  DEPLOY_DIR,
+  KUBECONFIG,
+  NAMESPACE,
+  QUEUE,
+  SCALED_JOB,
+  clusterRunsOf,
+  clusterServices,
+  finished,
+  kubectl,
+  kubectlJson,
+  patchScaledJob,
+  podRequest,
+  publishAll,
+  rabbit,
+  scaledJobStatus,
+  searchRunsWithPython,
+  until,
+  workerJobs,
+  workerPods,
 } from '../helpers/cluster.ts';
 import { queueState, queueStateAfterExit, readRunWithPython, uniqueId } from '../helpers/worker.ts';
 
@@ -30,10 +46,17 @@ const run = promisify(execFile);
 async function deploy(args: readonly string[] = []): Promise<number> {
   const started = Date.now();
   try {
-    await run('bash', [packageFile('scripts', 'cluster-deploy.sh'), ...args], { env: { ...process.env, KUBECONFIG }, maxBuffer: 64 * 1024 * 1024, timeout: 900_000 });
+    await run('bash', [packageFile('scripts', 'cluster-deploy.sh'), ...args], {
+      env: { ...process.env, KUBECONFIG },
+      maxBuffer: 64 * 1024 * 1024,
+      timeout: 900_000,
+    });
   } catch (err) {
     const e = err as { stderr?: string; message: string };
-    throw new Error(`scripts/cluster-deploy.sh ${args.join(' ')} failed: ${e.message}\n${(e.stderr ?? '').split('\n').slice(-40).join('\n')}`);
+    throw new Error(
+      `scripts/cluster-deploy.sh ${args.join(' ')} failed: ${e.message}\n${(e.stderr ?? '').split('\n').slice(-40).join('\n')}`,
+      { cause: err },
+    );
   }
   return (Date.now() - started) / 1000;
 }
@@ -45,8 +68,15 @@ interface Claim {
 
 /** The names of the pods that are Ready, by a label selector. */
 async function readyPods(selector: string): Promise<string[]> {
-  const pods = await kubectlJson<{ items: Array<{ metadata: { name: string; deletionTimestamp?: string }; status: { conditions?: Array<{ type: string; status: string }> } }> }>(['-n', NAMESPACE, 'get', 'pods', '-l', selector]);
-  return pods.items.filter((p) => !p.metadata.deletionTimestamp && p.status.conditions?.some((c) => c.type === 'Ready' && c.status === 'True')).map((p) => p.metadata.name);
+  const pods = await kubectlJson<{
+    items: Array<{
+      metadata: { name: string; deletionTimestamp?: string };
+      status: { conditions?: Array<{ type: string; status: string }> };
+    }>;
+  }>(['-n', NAMESPACE, 'get', 'pods', '-l', selector]);
+  return pods.items
+    .filter((p) => !p.metadata.deletionTimestamp && p.status.conditions?.some((c) => c.type === 'Ready' && c.status === 'True'))
+    .map((p) => p.metadata.name);
 }
 
 /** FINISHED runs per request id in the cluster's MLflow, as the Python client finds them. */
@@ -72,8 +102,13 @@ beforeAll(async () => {
 describe('from an empty namespace: the Secrets and kubectl apply -k overlays/local/, nothing else', () => {
   it('gives every claim bound, RabbitMQ, Postgres, MLflow and the scaler Ready, the setup Job complete and the ScaledJob READY; applying again changes nothing', async () => {
     const claims = await kubectlJson<{ items: Claim[] }>(['-n', NAMESPACE, 'get', 'pvc']);
-    expect(claims.items.map((c) => `${c.metadata.name} ${c.status.phase}`).sort()).toEqual(['data-postgres-0 Bound', 'data-rabbitmq-0 Bound', 'mlflow-artifacts Bound']);
-    for (const app of ['rabbitmq', 'postgres', 'mlflow', 'kmj-scaler']) expect(await readyPods(`app.kubernetes.io/name=${app}`), app).toHaveLength(1);
+    expect(claims.items.map((c) => `${c.metadata.name} ${c.status.phase}`).sort()).toEqual([
+      'data-postgres-0 Bound',
+      'data-rabbitmq-0 Bound',
+      'mlflow-artifacts Bound',
+    ]);
+    for (const app of ['rabbitmq', 'postgres', 'mlflow', 'kmj-scaler'])
+      expect(await readyPods(`app.kubernetes.io/name=${app}`), app).toHaveLength(1);
     const setup = await kubectlJson<{ status: { succeeded?: number } }>(['-n', NAMESPACE, 'get', 'job', 'kmj-setup']);
     expect(setup.status.succeeded).toBe(1);
     expect((await scaledJobStatus()).ready).toBe('True');
@@ -85,20 +120,40 @@ describe('from an empty namespace: the Secrets and kubectl apply -k overlays/loc
     // StatefulSets "configured" each time, a client-side apply quirk with volumeClaimTemplates,
     // whose patch changes nothing: their generation stays.)
     const generations = async (): Promise<string[]> =>
-      (await kubectlJson<{ items: Array<{ kind: string; metadata: { name: string; generation?: number; uid: string } }> }>(['-n', NAMESPACE, 'get', 'deployments,statefulsets,jobs,scaledjobs'])).items
-        .map((o) => `${o.kind}/${o.metadata.name} ${o.metadata.generation} ${o.metadata.uid}`).sort();
+      (
+        await kubectlJson<{ items: Array<{ kind: string; metadata: { name: string; generation?: number; uid: string } }> }>([
+          '-n',
+          NAMESPACE,
+          'get',
+          'deployments,statefulsets,jobs,scaledjobs',
+        ])
+      ).items
+        .map((o) => `${o.kind}/${o.metadata.name} ${o.metadata.generation} ${o.metadata.uid}`)
+        .sort();
     const before = await generations();
     const again = await kubectl(['apply', '-k', packageFile('overlays', 'local')]);
-    expect(again.trim().split('\n').filter((l) => !/ (unchanged|configured)$/.test(l)), again).toEqual([]);
+    expect(
+      again
+        .trim()
+        .split('\n')
+        .filter((l) => !/ (unchanged|configured)$/.test(l)),
+      again,
+    ).toEqual([]);
     expect(await generations()).toEqual(before);
   }, 120_000);
 
-  it('requests published to the cluster\'s RabbitMQ give one Job each and FINISHED runs in the cluster\'s MLflow, with their artifacts, read back with the Python client', async () => {
+  it("requests published to the cluster's RabbitMQ give one Job each and FINISHED runs in the cluster's MLflow, with their artifacts, read back with the Python client", async () => {
     // The ScaledJob as deployed: KEDA polls every 10 s and keeps 5 succeeded Jobs.
     const experiment = uniqueId('cluster-empty');
     const requests = Array.from({ length: 4 }, () => podRequest(experiment));
     await publishAll(requests);
-    await until('4 FINISHED runs', () => clusterRunsOf(experiment), (runs) => runs.filter((r) => r.info.status === 'FINISHED').length === 4, 240_000, 1000);
+    await until(
+      '4 FINISHED runs',
+      () => clusterRunsOf(experiment),
+      (runs) => runs.filter((r) => r.info.status === 'FINISHED').length === 4,
+      240_000,
+      1000,
+    );
     await until('no Job still running', workerJobs, (jobs) => jobs.length > 0 && jobs.every(finished), 120_000, 1000);
 
     const runs = await searchRunsWithPython(experiment);
@@ -125,7 +180,11 @@ describe('RabbitMQ, Postgres and MLflow deleted one at a time while requests are
 
   beforeAll(async () => {
     const live = await kubectlJson<{ spec: Record<string, unknown> }>(['-n', NAMESPACE, 'get', 'scaledjob', SCALED_JOB]);
-    saved = { pollingInterval: live.spec['pollingInterval'] ?? null, successfulJobsHistoryLimit: live.spec['successfulJobsHistoryLimit'] ?? null, failedJobsHistoryLimit: live.spec['failedJobsHistoryLimit'] ?? null };
+    saved = {
+      pollingInterval: live.spec['pollingInterval'] ?? null,
+      successfulJobsHistoryLimit: live.spec['successfulJobsHistoryLimit'] ?? null,
+      failedJobsHistoryLimit: live.spec['failedJobsHistoryLimit'] ?? null,
+    };
     await patchScaledJob({ pollingInterval: POLL_S, successfulJobsHistoryLimit: 100, failedJobsHistoryLimit: 100 });
   }, 60_000);
 
@@ -152,13 +211,31 @@ describe('RabbitMQ, Postgres and MLflow deleted one at a time while requests are
     for (const target of targets) {
       await send(4);
       // In flight: taken by worker pods that are running.
-      await until(`workers running before ${target.name} goes`, workerPods, (pods) => pods.filter((p) => p.status.phase === 'Running').length >= 2, 120_000, 250);
+      await until(
+        `workers running before ${target.name} goes`,
+        workerPods,
+        (pods) => pods.filter((p) => p.status.phase === 'Running').length >= 2,
+        120_000,
+        250,
+      );
       const [before] = await readyPods(target.selector);
       expect(before, target.name).toBeDefined();
       await kubectl(['-n', NAMESPACE, 'delete', 'pod', before!, '--wait=true', '--timeout=180s']);
       if (target.publishWhileGone) await send(2);
-      await until(`${target.name} Ready again`, () => readyPods(target.selector), (names) => names.length === 1, 300_000, 1000);
-      await until(`every request so far FINISHED after ${target.name} came back`, () => finishedByRequest(experiment), (c) => published.every((id) => (c.get(id) ?? 0) >= 1), 420_000, 2000);
+      await until(
+        `${target.name} Ready again`,
+        () => readyPods(target.selector),
+        (names) => names.length === 1,
+        300_000,
+        1000,
+      );
+      await until(
+        `every request so far FINISHED after ${target.name} came back`,
+        () => finishedByRequest(experiment),
+        (c) => published.every((id) => (c.get(id) ?? 0) >= 1),
+        420_000,
+        2000,
+      );
       // Its data survived: the runs of before (Postgres), a run's artifacts (MLflow's volume);
       // RabbitMQ's queue and users are what the workers went on using.
       const runs = await searchRunsWithPython(experiment);

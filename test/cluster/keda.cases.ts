@@ -19,9 +19,36 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { deadLetterQueueOf } from '../../rabbitmq/topology.ts';
 import { packageFile } from '../../common/paths.ts';
 import {
-  DEPLOY_DIR, KUBECONFIG, NAMESPACE, NODE_IP, QUEUE, SCALED_JOB, SCALER_ADDRESS, SCALER_NAME, SCALER_TLS_NAME_OPTIONS,
-  clusterRunsOf as runsOf, clusterServices, nodeCacheMetrics, deleteWorkerJobs, finished, podRequest, publishAll, purge, rabbit, scalerIp, exitCodeOf, kubectl, kubectlJson, patchScaledJob, scaledJobStatus, searchRunsWithPython, until, workerJobs, workerPods,
-  type Job, type Pod,
+  DEPLOY_DIR,
+  KUBECONFIG,
+  NAMESPACE,
+  NODE_IP,
+  QUEUE,
+  SCALED_JOB,
+  SCALER_ADDRESS,
+  SCALER_NAME,
+  SCALER_TLS_NAME_OPTIONS,
+  clusterRunsOf as runsOf,
+  clusterServices,
+  nodeCacheMetrics,
+  deleteWorkerJobs,
+  finished,
+  podRequest,
+  publishAll,
+  purge,
+  rabbit,
+  scalerIp,
+  exitCodeOf,
+  kubectl,
+  kubectlJson,
+  patchScaledJob,
+  scaledJobStatus,
+  searchRunsWithPython,
+  until,
+  workerJobs,
+  workerPods,
+  type Job,
+  type Pod,
 } from '../helpers/cluster.ts';
 import { parse as parseYaml } from 'yaml';
 import { KafkaFixture } from '../helpers/kafka.ts';
@@ -83,10 +110,11 @@ async function datasetServer(slowFor: number, rowMs: number): Promise<{ url: str
   return {
     url: `http://${NODE_IP}:${port}/iris.csv`,
     requests: () => count,
-    close: () => new Promise<void>((resolve) => {
-      server.closeAllConnections();
-      server.close(() => resolve());
-    }),
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
   };
 }
 
@@ -125,9 +153,21 @@ describe('KEDA runs our ScaledJob against our scaler', () => {
     await publishAll(requests);
     await until('ScaledJob ACTIVE', scaledJobStatus, (s) => s.active === 'True', 30_000, 250);
 
-    await until(`${BURST} FINISHED runs`, () => runsOf(experiment), (runs) => runs.filter((r) => r.info.status === 'FINISHED').length === BURST, 240_000, 1000);
+    await until(
+      `${BURST} FINISHED runs`,
+      () => runsOf(experiment),
+      (runs) => runs.filter((r) => r.info.status === 'FINISHED').length === BURST,
+      240_000,
+      1000,
+    );
     await until('no Job still running', workerJobs, (jobs) => jobs.length > 0 && jobs.every(finished), 120_000, 1000);
-    await until('no worker pod running', workerPods, (pods) => pods.every((p) => p.status.phase !== 'Running' && p.status.phase !== 'Pending'), 60_000, 1000);
+    await until(
+      'no worker pod running',
+      workerPods,
+      (pods) => pods.every((p) => p.status.phase !== 'Running' && p.status.phase !== 'Pending'),
+      60_000,
+      1000,
+    );
     await until('ScaledJob not ACTIVE', scaledJobStatus, (s) => s.active === 'False', 30_000, 500);
     expect(await queueStateAfterExit(QUEUE, rabbit())).toEqual({ messages: 0, consumers: 0 });
 
@@ -149,8 +189,11 @@ describe('KEDA runs our ScaledJob against our scaler', () => {
     // from MLflow at most once (not at all when an earlier part had it fetched already).
     expect(runs.map((r) => r.tags['kmj.model_source'])).toEqual(Array(BURST).fill('node-cache'));
     const cacheAfter = await nodeCacheMetrics();
-    const grew = (name: string, labels: Record<string, string> = {}): number => sampleValue(cacheAfter, name, labels) - sampleValue(cacheBefore, name, labels);
-    expect(grew('kmj_node_cache_requests_total', { result: 'fill' }) + grew('kmj_node_cache_requests_total', { result: 'hit' })).toBe(BURST);
+    const grew = (name: string, labels: Record<string, string> = {}): number =>
+      sampleValue(cacheAfter, name, labels) - sampleValue(cacheBefore, name, labels);
+    expect(grew('kmj_node_cache_requests_total', { result: 'fill' }) + grew('kmj_node_cache_requests_total', { result: 'hit' })).toBe(
+      BURST,
+    );
     expect(grew('kmj_node_cache_requests_total', { result: 'fill' })).toBeLessThanOrEqual(1);
     const sizes = new Set((await runsOf(experiment)).map((r) => metricsOf(r)['model_load/fetched_bytes']));
     expect(sizes.size).toBe(1);
@@ -164,11 +207,16 @@ describe('KEDA runs our ScaledJob against our scaler', () => {
     await publishAll([{ version: 1, requestId, model: 'models:/kmj-iris-classifier/1', experiment: uniqueId('cluster-bad') }]);
     const pods = await until('the worker pod to exit', workerPods, (p) => p.length === 1 && exitCodeOf(p[0]!) !== undefined, 120_000, 500);
     expect(exitCodeOf(pods[0]!)).toBe(10);
-    const dead = await until('the dead letter', () => queueState(DEAD, rabbit()), (s) => s.messages === 1, 30_000);
+    const dead = await until(
+      'the dead letter',
+      () => queueState(DEAD, rabbit()),
+      (s) => s.messages === 1,
+      30_000,
+    );
     expect(dead.messages).toBe(1);
     expect(await maxJobsDuring(3 * POLL_S * 1000 + 1500)).toBe(1);
     const [letter] = await drain(DEAD, rabbit());
-    expect(JSON.parse(letter!.content.toString()).requestId).toBe(requestId);
+    expect((JSON.parse(letter!.content.toString()) as { requestId: unknown }).requestId).toBe(requestId);
     expect(String(letter!.properties.headers?.['x-kmj-dead-letter-field'])).toBe('dataset');
     expect(String(letter!.properties.headers?.['x-kmj-dead-letter-reason'])).toMatch(/dataset/);
     expect(await queueStateAfterExit(QUEUE, rabbit())).toEqual({ messages: 0, consumers: 0 });
@@ -180,11 +228,29 @@ describe('KEDA runs our ScaledJob against our scaler', () => {
       const experiment = uniqueId('cluster-kill');
       const req = podRequest(experiment, { dataset: { uri: data.url, format: 'csv' } });
       await publishAll([req]);
-      await until('the worker to start reading the dataset', async () => data.requests(), (n) => n === 1, 120_000, 250);
-      const [pod] = await until('one running worker pod', workerPods, (p) => p.length === 1 && p[0]!.status.phase === 'Running', 30_000, 250);
+      await until(
+        'the worker to start reading the dataset',
+        () => data.requests(),
+        (n) => n === 1,
+        120_000,
+        250,
+      );
+      const [pod] = await until(
+        'one running worker pod',
+        workerPods,
+        (p) => p.length === 1 && p[0]!.status.phase === 'Running',
+        30_000,
+        250,
+      );
       await kubectl(['-n', NAMESPACE, 'delete', 'pod', pod!.metadata.name, '--wait=true', '--timeout=60s']);
 
-      const runs = await until('a FINISHED run', () => runsOf(experiment), (r) => r.some((x) => x.info.status === 'FINISHED'), 180_000, 1000);
+      const runs = await until(
+        'a FINISHED run',
+        () => runsOf(experiment),
+        (r) => r.some((x) => x.info.status === 'FINISHED'),
+        180_000,
+        1000,
+      );
       expect(data.requests()).toBe(2);
       const byStatus = runs.map((r) => r.info.status).sort();
       // The killed delivery's run is the one the next delivery resumes (the worker keys runs by
@@ -207,11 +273,27 @@ describe('KEDA runs our ScaledJob against our scaler', () => {
     try {
       const experiment = uniqueId('cluster-scaler');
       await publishAll([1, 2, 3].map(() => podRequest(experiment, { dataset: { uri: data.url, format: 'csv' } })));
-      await until('3 workers reading', async () => data.requests(), (n) => n === 3, 120_000, 250);
+      await until(
+        '3 workers reading',
+        () => data.requests(),
+        (n) => n === 3,
+        120_000,
+        250,
+      );
       const before = (await workerJobs()).map((j) => j.metadata.name).sort();
       expect(before).toHaveLength(3);
 
-      await kubectl(['-n', NAMESPACE, 'delete', 'pod', '-l', 'app.kubernetes.io/name=kmj-scaler', '--grace-period=0', '--force', '--wait=true']);
+      await kubectl([
+        '-n',
+        NAMESPACE,
+        'delete',
+        'pod',
+        '-l',
+        'app.kubernetes.io/name=kmj-scaler',
+        '--grace-period=0',
+        '--force',
+        '--wait=true',
+      ]);
       // While the scaler is gone (and its replacement starts), KEDA gets no metric: it must neither
       // make Jobs for the backlog it cannot see nor touch the ones running.
       const more = podRequest(experiment);
@@ -229,7 +311,13 @@ describe('KEDA runs our ScaledJob against our scaler', () => {
         await new Promise((r) => setTimeout(r, 300));
       }
       expect(looks).toBeGreaterThan(0);
-      await until('4 FINISHED runs', () => runsOf(experiment), (r) => r.filter((x) => x.info.status === 'FINISHED').length === 4, 240_000, 1000);
+      await until(
+        '4 FINISHED runs',
+        () => runsOf(experiment),
+        (r) => r.filter((x) => x.info.status === 'FINISHED').length === 4,
+        240_000,
+        1000,
+      );
       // A Job is marked succeeded a moment after its run FINISHED (the worker acks, exits, the
       // kubelet and the Job controller report it).
       const jobs = await until('the 4 Jobs ended', workerJobs, (js) => js.length === 4 && js.every(finished), 120_000, 500);
@@ -239,13 +327,17 @@ describe('KEDA runs our ScaledJob against our scaler', () => {
     }
   }, 420_000);
 
-  it('mutual TLS: the scaler refuses a client without a certificate and answers KEDA\'s client certificate', async () => {
+  it("mutual TLS: the scaler refuses a client without a certificate and answers KEDA's client certificate", async () => {
     const tls = (f: string) => readFileSync(join(DEPLOY_DIR, 'tls', f));
     const metadata = { scalerAddress: SCALER_ADDRESS, queueName: QUEUE, mode: 'backlog', targetSize: '1' };
     // By the Service's cluster IP (the host has no cluster DNS), the certificate checked against its name.
     const address = `${await scalerIp()}:6000`;
     const anonymous = new KedaLikeClient(address, grpc.credentials.createSsl(tls('ca.crt')), SCALER_TLS_NAME_OPTIONS);
-    const keda = new KedaLikeClient(address, grpc.credentials.createSsl(tls('ca.crt'), tls('keda.key'), tls('keda.crt')), SCALER_TLS_NAME_OPTIONS);
+    const keda = new KedaLikeClient(
+      address,
+      grpc.credentials.createSsl(tls('ca.crt'), tls('keda.key'), tls('keda.crt')),
+      SCALER_TLS_NAME_OPTIONS,
+    );
     try {
       const refused = await anonymous.isActive(metadata);
       expect(refused.ok).toBe(false);
@@ -257,7 +349,7 @@ describe('KEDA runs our ScaledJob against our scaler', () => {
     }
   }, 60_000);
 
-  it('every manifest and overlay passes server-side validation with KEDA\'s CRDs installed', async () => {
+  it("every manifest and overlay passes server-side validation with KEDA's CRDs installed", async () => {
     // A Job's template cannot change: the finished setup Job (overlays/local's image and arch)
     // would refuse manifests/' own. It has done its work; a user upgrading deletes it the same
     // way (docs/deploy.md, Troubleshooting).
@@ -298,7 +390,10 @@ describe('kmj status --scaledjob, against the real cluster', () => {
 
   it('shows READY, ACTIVE, the strategy and the trigger, each Job with its outcome, and asks the scaler what KEDA asks without a new target', async () => {
     const experiment = uniqueId('cluster-status');
-    await publishAll([podRequest(experiment), { version: 1, requestId: uniqueId('req-bad'), model: 'models:/kmj-iris-classifier/1', experiment }]);
+    await publishAll([
+      podRequest(experiment),
+      { version: 1, requestId: uniqueId('req-bad'), model: 'models:/kmj-iris-classifier/1', experiment },
+    ]);
     await until('both Jobs finished', workerJobs, (jobs) => jobs.length === 2 && jobs.every(finished), 120_000, 500);
     const targets = await scalerTargets();
 
@@ -306,20 +401,38 @@ describe('kmj status --scaledjob, against the real cluster', () => {
     expect(res.code, res.stderr).toBe(0);
     const report = JSON.parse(res.stdout) as {
       queue: string;
-      kubernetes: { ok: true; value: { ready: string; active: string; paused: boolean; strategy: string; triggers: Array<{ type: string; metadata: Record<string, string>; authenticationRef?: string }>; jobs: Array<{ status: string; exitCode: number; outcome: string }> } };
+      kubernetes: {
+        ok: true;
+        value: {
+          ready: string;
+          active: string;
+          paused: boolean;
+          strategy: string;
+          triggers: Array<{ type: string; metadata: Record<string, string>; authenticationRef?: string }>;
+          jobs: Array<{ status: string; exitCode: number; outcome: string }>;
+        };
+      };
       scaler: { ok: true; value: { value: number; active: boolean } };
     };
     const k = report.kubernetes.value;
     expect(report.queue).toBe(QUEUE);
     expect({ ready: k.ready, paused: k.paused, strategy: k.strategy }).toEqual({ ready: 'True', paused: false, strategy: 'default' });
-    expect(k.triggers).toEqual([{ type: 'external', metadata: { scalerAddress: SCALER_ADDRESS, queueName: QUEUE, mode: 'backlog', targetSize: '1' }, authenticationRef: 'kmj-scaler-tls' }]);
+    expect(k.triggers).toEqual([
+      {
+        type: 'external',
+        metadata: { scalerAddress: SCALER_ADDRESS, queueName: QUEUE, mode: 'backlog', targetSize: '1' },
+        authenticationRef: 'kmj-scaler-tls',
+      },
+    ]);
     expect(k.jobs.map((j) => `${j.status} ${j.exitCode} ${j.outcome}`).sort()).toEqual(['failed 10 dead-lettered', 'succeeded 0 finished']);
     expect(report.scaler).toEqual({ ok: true, value: expect.objectContaining({ value: 0, active: false }) });
     // The trigger's own metadata is a target the scaler already has.
     expect(await scalerTargets()).toBe(targets);
 
     const text = await runKmj(['status', '--scaledjob', SCALED_JOB, '-n', NAMESPACE], { env: statusEnv() });
-    expect(text.stdout).toMatch(new RegExp(`^scaledjob ${NAMESPACE}/${SCALED_JOB}   READY True   ACTIVE False   PAUSED false   strategy default`, 'm'));
+    expect(text.stdout).toMatch(
+      new RegExp(`^scaledjob ${NAMESPACE}/${SCALED_JOB}   READY True   ACTIVE False   PAUSED false   strategy default`, 'm'),
+    );
     expect(text.stdout).toMatch(/^ {4}NAME +STATUS +OUTCOME +AGE$/m);
     expect(text.stdout).toMatch(/dead-lettered +\d+s$/m);
   }, 240_000);
@@ -337,35 +450,51 @@ describe('kmj status --scaledjob, against the real cluster', () => {
             restartPolicy: 'Never',
             automountServiceAccountToken: false,
             securityContext: { runAsNonRoot: true, runAsUser: 1000, seccompProfile: { type: 'RuntimeDefault' } },
-            containers: [{
-              name: 'worker',
-              image: 'kmj.local/no-such-image:0.0.0',
-              imagePullPolicy: 'Never',
-              securityContext: { allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: { drop: ['ALL'] } },
-            }],
+            containers: [
+              {
+                name: 'worker',
+                image: 'kmj.local/no-such-image:0.0.0',
+                imagePullPolicy: 'Never',
+                securityContext: { allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: { drop: ['ALL'] } },
+              },
+            ],
           },
         },
       },
     };
     await kubectl(['apply', '-f', '-'], JSON.stringify(job));
-    const res = await until('the stuck pod in kmj status', () => runKmj(['status', '--scaledjob', SCALED_JOB, '-n', NAMESPACE, '-o', 'json'], { env: statusEnv() }), (r) => {
-      const stuck = (JSON.parse(r.stdout) as { kubernetes: { value?: { stuck: Array<{ reason: string }> } } }).kubernetes.value?.stuck ?? [];
-      return stuck.some((p) => p.reason === 'ErrImageNeverPull');
-    }, 60_000, 1000);
+    const res = await until(
+      'the stuck pod in kmj status',
+      () => runKmj(['status', '--scaledjob', SCALED_JOB, '-n', NAMESPACE, '-o', 'json'], { env: statusEnv() }),
+      (r) => {
+        const stuck =
+          (JSON.parse(r.stdout) as { kubernetes: { value?: { stuck: Array<{ reason: string }> } } }).kubernetes.value?.stuck ?? [];
+        return stuck.some((p) => p.reason === 'ErrImageNeverPull');
+      },
+      60_000,
+      1000,
+    );
     expect(res.code).toBe(0);
 
     const missing = await runKmj(['status', '--scaledjob', 'no-such-scaledjob', '-n', NAMESPACE], { env: statusEnv() });
     expect(missing.code).toBe(1);
-    expect(missing.stdout).toMatch(/^  Kubernetes not found: scaledjob kmj\/no-such-scaledjob$/m);
+    expect(missing.stdout).toMatch(/^ {2}Kubernetes not found: scaledjob kmj\/no-such-scaledjob$/m);
   }, 120_000);
 });
 
 describe('make demo-cluster', () => {
-  it('runs the demo\'s requests through the cluster: ten FINISHED, one dead-lettered, and shows the ScaledJob, its Jobs and kmj status', async () => {
+  it("runs the demo's requests through the cluster: ten FINISHED, one dead-lettered, and shows the ScaledJob, its Jobs and kmj status", async () => {
     await deleteWorkerJobs();
-    const res = await run('bash', [packageFile('scripts/demo-cluster.sh')], { env: { ...process.env, KUBECONFIG }, maxBuffer: 16 * 1024 * 1024, timeout: 300_000 });
+    const res = await run('bash', [packageFile('scripts/demo-cluster.sh')], {
+      env: { ...process.env, KUBECONFIG },
+      maxBuffer: 16 * 1024 * 1024,
+      timeout: 300_000,
+    });
     const lines = res.stdout.split('\n');
-    expect(lines.some((l) => /^NAME\b.*\bREADY\b.*\bACTIVE\b/.test(l)), res.stdout).toBe(true);
+    expect(
+      lines.some((l) => /^NAME\b.*\bREADY\b.*\bACTIVE\b/.test(l)),
+      res.stdout,
+    ).toBe(true);
     expect(lines.filter((l) => l.startsWith(`job.batch/${SCALED_JOB}-`))).toHaveLength(11);
     expect(res.stdout).toMatch(new RegExp(`^scaledjob ${NAMESPACE}/${SCALED_JOB}   READY True`, 'm'));
     expect(res.stderr).toMatch(/10 of 11 FINISHED, one dead-lettered by design, in \d+ s from the first publish/);
@@ -406,11 +535,18 @@ describe('KEDA runs the Kafka ScaledJob (keda/scaledjob-kafka.yaml) against our 
   let doc: Doc;
 
   const status = async (): Promise<{ ready: string | undefined; active: string | undefined }> => {
-    const sj = await kubectlJson<{ status?: { conditions?: Array<{ type: string; status: string }> } }>(['-n', NAMESPACE, 'get', 'scaledjob', NAME]);
+    const sj = await kubectlJson<{ status?: { conditions?: Array<{ type: string; status: string }> } }>([
+      '-n',
+      NAMESPACE,
+      'get',
+      'scaledjob',
+      NAME,
+    ]);
     const cond = (t: string): string | undefined => sj.status?.conditions?.find((c) => c.type === t)?.status;
     return { ready: cond('Ready'), active: cond('Active') };
   };
-  const jobs = async (): Promise<Job[]> => (await kubectlJson<{ items: Job[] }>(['-n', NAMESPACE, 'get', 'jobs', '-l', `scaledjob.keda.sh/name=${NAME}`])).items;
+  const jobs = async (): Promise<Job[]> =>
+    (await kubectlJson<{ items: Job[] }>(['-n', NAMESPACE, 'get', 'jobs', '-l', `scaledjob.keda.sh/name=${NAME}`])).items;
 
   beforeAll(async () => {
     kafka = new KafkaFixture(KAFKA);
@@ -458,7 +594,8 @@ describe('KEDA runs the Kafka ScaledJob (keda/scaledjob-kafka.yaml) against our 
     await kubectl(['apply', '-f', '-'], JSON.stringify(copy));
   }
 
-  const kafkaPods = async (): Promise<Pod[]> => (await kubectlJson<{ items: Pod[] }>(['-n', NAMESPACE, 'get', 'pods', '-l', `scaledjob.keda.sh/name=${NAME}`])).items;
+  const kafkaPods = async (): Promise<Pod[]> =>
+    (await kubectlJson<{ items: Pod[] }>(['-n', NAMESPACE, 'get', 'pods', '-l', `scaledjob.keda.sh/name=${NAME}`])).items;
 
   /** Keeps what a stranded trial leaves: every pod's log, KEDA's and the broker's, under .run/cluster-deploy/. */
   async function keepLogs(n: number, topic: string, group: string): Promise<void> {
@@ -474,8 +611,12 @@ describe('KEDA runs the Kafka ScaledJob (keda/scaledjob-kafka.yaml) against our 
   }
 
   afterAll(async () => {
-    await kubectl(['-n', NAMESPACE, 'delete', 'scaledjob', NAME, '--ignore-not-found', '--wait=true', '--timeout=120s']).catch(() => undefined);
-    await kubectl(['-n', NAMESPACE, 'delete', 'jobs', '-l', `scaledjob.keda.sh/name=${NAME}`, '--wait=true', '--timeout=120s']).catch(() => undefined);
+    await kubectl(['-n', NAMESPACE, 'delete', 'scaledjob', NAME, '--ignore-not-found', '--wait=true', '--timeout=120s']).catch(
+      () => undefined,
+    );
+    await kubectl(['-n', NAMESPACE, 'delete', 'jobs', '-l', `scaledjob.keda.sh/name=${NAME}`, '--wait=true', '--timeout=120s']).catch(
+      () => undefined,
+    );
     await kafka?.close();
   }, 180_000);
 
@@ -492,7 +633,17 @@ describe('KEDA runs the Kafka ScaledJob (keda/scaledjob-kafka.yaml) against our 
     const topic = await kafka.topic(`cluster-kafka-${n}`, 3);
     const group = kafka.group(`cluster-workers-${n}`);
     await kafka.commit(group, topic, { 0: 0, 1: 0, 2: 0 });
-    await kubectl(['-n', NAMESPACE, 'delete', 'jobs', '-l', `scaledjob.keda.sh/name=${NAME}`, '--cascade=foreground', '--wait=true', '--timeout=120s']);
+    await kubectl([
+      '-n',
+      NAMESPACE,
+      'delete',
+      'jobs',
+      '-l',
+      `scaledjob.keda.sh/name=${NAME}`,
+      '--cascade=foreground',
+      '--wait=true',
+      '--timeout=120s',
+    ]);
     await applyFor(topic, group);
     await until('Kafka ScaledJob READY', status, (s) => s.ready === 'True', 60_000);
     const experiment = uniqueId(`cluster-kafka-${n}`);
@@ -512,7 +663,13 @@ describe('KEDA runs the Kafka ScaledJob (keda/scaledjob-kafka.yaml) against our 
       throw err;
     }
     const drainMs = Date.now() - publishedAt;
-    await until('every offset committed', () => kafka.committed(group, topic), (c) => c[0] === 2 && c[1] === 2 && c[2] === 2, 60_000, 500);
+    await until(
+      'every offset committed',
+      () => kafka.committed(group, topic),
+      (c) => c[0] === 2 && c[1] === 2 && c[2] === 2,
+      60_000,
+      500,
+    );
     const all = await until('no Kafka Job still running', jobs, (js) => js.length > 0 && js.every(finished), 180_000, 1000);
     const runs = await searchRunsWithPython(experiment);
     expect(runs.map((r) => r.status)).toEqual(Array(6).fill('FINISHED'));
@@ -522,22 +679,34 @@ describe('KEDA runs the Kafka ScaledJob (keda/scaledjob-kafka.yaml) against our 
     // A worker that did not exit 0: its log, here and in .run/cluster-deploy/, says why.
     const failed = pods.filter((p) => exitCodeOf(p) !== 0);
     if (failed.length > 0) await keepLogs(n, topic, group);
-    const logs = await Promise.all(failed.map(async (p) => `${p.metadata.name}:\n${(await kubectl(['-n', NAMESPACE, 'logs', p.metadata.name]).catch((err: unknown) => String(err))).slice(-6000)}`));
-    expect(pods.map((p) => exitCodeOf(p)), logs.join('\n')).toEqual(Array(all.length).fill(0));
+    const logs = await Promise.all(
+      failed.map(
+        async (p) =>
+          `${p.metadata.name}:\n${(await kubectl(['-n', NAMESPACE, 'logs', p.metadata.name]).catch((err: unknown) => String(err))).slice(-6000)}`,
+      ),
+    );
+    expect(
+      pods.map((p) => exitCodeOf(p)),
+      logs.join('\n'),
+    ).toEqual(Array(all.length).fill(0));
     const startMs = (await runsOf(experiment)).map((r) => Number(r.info.start_time) - publishedAt);
     return { jobs: all.length, maxConcurrent, drainMs, startMs };
   }
 
-  it(`from zero, ${TRIALS} times: six records over three partitions give six FINISHED runs from six Jobs, at most one per partition at once, and no record stranded`, async () => {
-    await until('Kafka ScaledJob READY', status, (s) => s.ready === 'True', 60_000);
-    expect(await maxJobsDuring(3 * POLL_S * 1000 + 1500, jobs)).toBe(0);
-    const results: Trial[] = [];
-    for (let n = 0; n < TRIALS; n++) results.push(await trial(n));
-    writeFileSync(join(DEPLOY_DIR, 'kafka-trials.json'), JSON.stringify(results, null, 2));
-    // The trigger asks for one Job per partition with lag (limitToPartitionsWithLag), and each
-    // worker takes one record (--max-messages 1): one Job per record, never more than the three
-    // partitions at once.
-    expect(results.map((r) => r.jobs)).toEqual(Array(TRIALS).fill(6));
-    for (const r of results) expect(r.maxConcurrent).toBeLessThanOrEqual(3);
-  }, TRIALS * (STRANDED_MS + 120_000));
+  it(
+    `from zero, ${TRIALS} times: six records over three partitions give six FINISHED runs from six Jobs, at most one per partition at once, and no record stranded`,
+    async () => {
+      await until('Kafka ScaledJob READY', status, (s) => s.ready === 'True', 60_000);
+      expect(await maxJobsDuring(3 * POLL_S * 1000 + 1500, jobs)).toBe(0);
+      const results: Trial[] = [];
+      for (let n = 0; n < TRIALS; n++) results.push(await trial(n));
+      writeFileSync(join(DEPLOY_DIR, 'kafka-trials.json'), JSON.stringify(results, null, 2));
+      // The trigger asks for one Job per partition with lag (limitToPartitionsWithLag), and each
+      // worker takes one record (--max-messages 1): one Job per record, never more than the three
+      // partitions at once.
+      expect(results.map((r) => r.jobs)).toEqual(Array(TRIALS).fill(6));
+      for (const r of results) expect(r.maxConcurrent).toBeLessThanOrEqual(3);
+    },
+    TRIALS * (STRANDED_MS + 120_000),
+  );
 });

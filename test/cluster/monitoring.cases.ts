@@ -15,7 +15,22 @@ import { parseAllDocuments } from 'yaml';
 import { PACKAGE_ROOT } from '../../common/paths.ts';
 import { deadLetterQueueOf } from '../../rabbitmq/topology.ts';
 import { ROWS, VARIABLES, type PanelSpec } from '../../monitoring/dashboard.ts';
-import { KUBECONFIG, NAMESPACE, QUEUE, SCALED_JOB, clusterRunsOf, deleteWorkerJobs, finished, kubectlJson, patchScaledJob, podRequest, publishAll, purge, until, workerJobs } from '../helpers/cluster.ts';
+import {
+  KUBECONFIG,
+  NAMESPACE,
+  QUEUE,
+  SCALED_JOB,
+  clusterRunsOf,
+  deleteWorkerJobs,
+  finished,
+  kubectlJson,
+  patchScaledJob,
+  podRequest,
+  publishAll,
+  purge,
+  until,
+  workerJobs,
+} from '../helpers/cluster.ts';
 import { grafanaQuery, intervalSeconds, type GrafanaRange } from '../helpers/grafana.ts';
 import { scrapeConfigsOf, startPrometheus, type MonitorManifest, type PromSeries, type RunningPrometheus } from '../helpers/prometheus.ts';
 import { uniqueId } from '../helpers/worker.ts';
@@ -35,9 +50,18 @@ const p = (): RunningPrometheus => {
 };
 
 function monitors(): MonitorManifest[] {
-  const docs = ['servicemonitors.yaml', 'podmonitors.yaml'].flatMap((f) => parseAllDocuments(readFileSync(join(PACKAGE_ROOT, 'monitoring', f), 'utf8')).map((d) => d.toJS() as MonitorManifest));
+  const docs = ['servicemonitors.yaml', 'podmonitors.yaml'].flatMap((f) =>
+    parseAllDocuments(readFileSync(join(PACKAGE_ROOT, 'monitoring', f), 'utf8')).map((d) => d.toJS() as MonitorManifest),
+  );
   // kube-state-metrics as kube-prometheus-stack scrapes it: its own labels kept.
-  docs.push({ kind: 'ServiceMonitor', metadata: { name: 'kube-state-metrics', namespace: 'monitoring' }, spec: { selector: { matchLabels: { 'app.kubernetes.io/name': 'kube-state-metrics' } }, endpoints: [{ port: 'http-metrics', honorLabels: true }] } });
+  docs.push({
+    kind: 'ServiceMonitor',
+    metadata: { name: 'kube-state-metrics', namespace: 'monitoring' },
+    spec: {
+      selector: { matchLabels: { 'app.kubernetes.io/name': 'kube-state-metrics' } },
+      endpoints: [{ port: 'http-metrics', honorLabels: true }],
+    },
+  });
   return docs;
 }
 
@@ -59,7 +83,13 @@ beforeAll(async () => {
     ruleFiles: [join(PACKAGE_ROOT, 'monitoring', 'alerts.rules.yaml')],
   });
   for (const job of ['kmj-scaler', 'keda-operator', 'kube-state-metrics', 'kmj/rabbitmq']) {
-    await until(`Prometheus scraping ${job}`, () => value(`max(up{job="${job}"})`), (v) => v === 1, 90_000, 1000);
+    await until(
+      `Prometheus scraping ${job}`,
+      () => value(`max(up{job="${job}"})`),
+      (v) => v === 1,
+      90_000,
+      1000,
+    );
   }
 }, 240_000);
 
@@ -79,7 +109,10 @@ function byLegend(series: readonly PromSeries[], legend: string): Map<string, Po
   const out = new Map<string, Points>();
   for (const s of series) {
     const name = legend.replace(/\{\{\s*(\w+)\s*\}\}/g, (_, l: string) => s.metric[l] ?? '');
-    out.set(name, s.values.map(([t, v]): [number, number] => [t, Number(v)]).filter(([, v]) => Number.isFinite(v)));
+    out.set(
+      name,
+      s.values.map(([t, v]): [number, number] => [t, Number(v)]).filter(([, v]) => Number.isFinite(v)),
+    );
   }
   return out;
 }
@@ -94,18 +127,42 @@ describe('the dashboard and the alerts against a burst in the real cluster', () 
     await purge(QUEUE);
     await purge(DEAD);
     // The window starts once Prometheus no longer sees any Job of the ScaledJob.
-    await until('no Job of the ScaledJob in Prometheus', () => value(`count(kube_job_owner{owner_kind="ScaledJob", owner_name="${SCALED_JOB}"})`), (v) => v === undefined, 60_000, 1000);
+    await until(
+      'no Job of the ScaledJob in Prometheus',
+      () => value(`count(kube_job_owner{owner_kind="ScaledJob", owner_name="${SCALED_JOB}"})`),
+      (v) => v === undefined,
+      60_000,
+      1000,
+    );
     const before = (await value(`sum(kmj_requests_total{name="${QUEUE}"})`)) ?? 0;
     const from = Math.floor(Date.now() / 1000) - 1;
 
     const experiment = uniqueId('cluster-monitoring');
-    await publishAll([...Array.from({ length: GOOD }, () => podRequest(experiment)), { version: 1, requestId: uniqueId('req-bad'), model: 'models:/kmj-iris-classifier/1', experiment }]);
+    await publishAll([
+      ...Array.from({ length: GOOD }, () => podRequest(experiment)),
+      { version: 1, requestId: uniqueId('req-bad'), model: 'models:/kmj-iris-classifier/1', experiment },
+    ]);
     const jobs = await until('every Job ended', workerJobs, (j) => j.length === GOOD + 1 && j.every(finished), 240_000, 1000);
     expect(jobs.filter((j) => (j.status.succeeded ?? 0) > 0)).toHaveLength(GOOD);
     expect((await clusterRunsOf(experiment)).map((r) => r.info.status)).toEqual(Array(GOOD).fill('FINISHED'));
     // Prometheus has seen every report and every Job ended.
-    await until('the reports in Prometheus', () => value(`sum(kmj_requests_total{name="${QUEUE}"})`), (v) => v === before + GOOD + 1, 60_000, 1000);
-    await until('the Jobs ended in Prometheus', () => value(`sum(kube_job_status_succeeded{namespace="${NAMESPACE}"} * on (namespace, job_name) group_left () max by (namespace, job_name) (kube_job_owner{owner_name="${SCALED_JOB}"}))`), (v) => v === GOOD, 60_000, 1000);
+    await until(
+      'the reports in Prometheus',
+      () => value(`sum(kmj_requests_total{name="${QUEUE}"})`),
+      (v) => v === before + GOOD + 1,
+      60_000,
+      1000,
+    );
+    await until(
+      'the Jobs ended in Prometheus',
+      () =>
+        value(
+          `sum(kube_job_status_succeeded{namespace="${NAMESPACE}"} * on (namespace, job_name) group_left () max by (namespace, job_name) (kube_job_owner{owner_name="${SCALED_JOB}"}))`,
+        ),
+      (v) => v === GOOD,
+      60_000,
+      1000,
+    );
     await new Promise((r) => setTimeout(r, 2 * SCRAPE_S * 1000));
     const to = Math.floor(Date.now() / 1000);
     // The panels' own data points: Grafana's $__interval for this range is the scrape interval.
@@ -118,7 +175,8 @@ describe('the dashboard and the alerts against a burst in the real cluster', () 
         const expr = grafanaQuery(q.expr, range, VARS);
         const series = panel.type === 'stat' ? await p().instant(expr, to) : await p().range(expr, from, to, intervalSeconds(range));
         expect(series.length, `${panel.title}: ${expr}`).toBeGreaterThan(0);
-        for (const s of series) for (const l of legendLabels(q.legend)) expect(s.metric, `${panel.title}: legend label ${l}`).toHaveProperty(l);
+        for (const s of series)
+          for (const l of legendLabels(q.legend)) expect(s.metric, `${panel.title}: legend label ${l}`).toHaveProperty(l);
         for (const [k, v] of byLegend(series, q.legend)) all.set(k, v);
       }
       shown[panel.title] = Object.fromEntries(all);
@@ -133,7 +191,7 @@ describe('the dashboard and the alerts against a burst in the real cluster', () 
 
     // Every panel answers; the ones the burst decides are checked against it.
     for (const x of panels.values()) await evaluate(x);
-    const backlog = new Map(Object.entries(shown[panel('Backlog: the scaler\'s, and KEDA\'s last read').title] ?? {}));
+    const backlog = new Map(Object.entries(shown[panel("Backlog: the scaler's, and KEDA's last read").title] ?? {}));
     expect(last(backlog.get(`scaler: ${QUEUE}`))).toBe(0);
     expect(max(backlog.get(`scaler: ${QUEUE}`))).toBeGreaterThanOrEqual(1);
     expect(last(backlog.get(`KEDA: ${SCALED_JOB}`))).toBe(0);
@@ -149,11 +207,18 @@ describe('the dashboard and the alerts against a burst in the real cluster', () 
     expect(only(shown['Jobs created']?.['Jobs'])).toEqual([GOOD + 1]);
     const outcomes = shown['Outcomes in the range'] ?? {};
     const outcome = (o: string): number[] | undefined => only(outcomes[o]);
-    expect({ finished: outcome('finished'), dead_lettered: outcome('dead_lettered'), requeued: outcome('requeued'), unsettled: outcome('unsettled'), failed: outcome('failed') }).toEqual({ finished: [GOOD], dead_lettered: [1], requeued: [0], unsettled: [0], failed: [0] });
+    expect({
+      finished: outcome('finished'),
+      dead_lettered: outcome('dead_lettered'),
+      requeued: outcome('requeued'),
+      unsettled: outcome('unsettled'),
+      failed: outcome('failed'),
+    }).toEqual({ finished: [GOOD], dead_lettered: [1], requeued: [0], unsettled: [0], failed: [0] });
     expect(max(shown['Outcomes a minute']?.['finished'])).toBeGreaterThan(0);
     for (const q of ['Steps of a request, p50', 'Steps of a request, p95']) {
       const steps = shown[q] ?? {};
-      for (const step of ['waiting', 'receiving', 'model_load', 'run', 'total']) expect(max(steps[step]), `${q} ${step}`).toBeGreaterThan(0);
+      for (const step of ['waiting', 'receiving', 'model_load', 'run', 'total'])
+        expect(max(steps[step]), `${q} ${step}`).toBeGreaterThan(0);
       expect(max(steps['total'])).toBeLessThan(120);
     }
     const podDelay = shown['Job created → pod started'] ?? {};
@@ -162,7 +227,7 @@ describe('the dashboard and the alerts against a burst in the real cluster', () 
     expect(max(shown['Scaler RPCs']?.['GetMetrics OK'])).toBeGreaterThan(0);
     expect(max(shown['Scaler RPC latency, p95']?.['GetMetrics'])).toBeLessThan(1);
     expect(last(shown['Broker reads']?.[`${QUEUE} readable`])).toBe(1);
-    const keda = shown['KEDA\'s errors for the ScaledJob'] ?? {};
+    const keda = shown["KEDA's errors for the ScaledJob"] ?? {};
     expect(max(keda['trigger'])).toBe(0);
     expect(Object.keys(shown['READY'] ?? {})).toEqual(['True']);
     expect(only(shown['READY']?.['True'])).toEqual([1]);
@@ -170,24 +235,49 @@ describe('the dashboard and the alerts against a burst in the real cluster', () 
     // The variables, as Grafana's label_values asks Prometheus.
     for (const v of VARIABLES.filter((x) => x.type === 'query')) {
       const m = /^label_values\((.+), (\w+)\)$/.exec((v.query as { query: string }).query);
-      const values = (await p().instant(`count by (${m?.[2] ?? ''}) (${grafanaQuery(m?.[1] ?? '', range, VARS)})`, to)).map((s) => s.metric[m?.[2] ?? '']);
+      const values = (await p().instant(`count by (${m?.[2] ?? ''}) (${grafanaQuery(m?.[1] ?? '', range, VARS)})`, to)).map(
+        (s) => s.metric[m?.[2] ?? ''],
+      );
       expect(values, v.name).toContain(VARS[v.name as keyof typeof VARS]);
     }
 
     // Every rule evaluates without error; the burst's dead letter and failed Job fire their alerts.
-    const rules = await fetch(`${p().url}/api/v1/rules`).then((r) => r.json() as Promise<{ data: { groups: Array<{ rules: Array<{ name: string; health: string; lastError?: string }> }> } }>);
+    const rules = await fetch(`${p().url}/api/v1/rules`).then(
+      (r) => r.json() as Promise<{ data: { groups: Array<{ rules: Array<{ name: string; health: string; lastError?: string }> }> } }>,
+    );
     for (const r of rules.data.groups.flatMap((g) => g.rules)) expect([r.name, r.health, r.lastError ?? '']).toEqual([r.name, 'ok', '']);
     // The alerts of this ScaledJob (the Kafka one's earlier trials may have their own).
-    const ours = async (): Promise<Awaited<ReturnType<RunningPrometheus['alerts']>>> => (await p().alerts()).filter((x) => x.labels['scaledjob'] === SCALED_JOB);
-    const firing = await until('the burst\'s alerts', ours, (a) => ['KmjDeadLettersGrowing', 'KmjJobsFailing'].every((n) => a.some((x) => x.labels['alertname'] === n && x.state === 'firing')), 60_000, 1000);
+    const ours = async (): Promise<Awaited<ReturnType<RunningPrometheus['alerts']>>> =>
+      (await p().alerts()).filter((x) => x.labels['scaledjob'] === SCALED_JOB);
+    const firing = await until(
+      "the burst's alerts",
+      ours,
+      (a) => ['KmjDeadLettersGrowing', 'KmjJobsFailing'].every((n) => a.some((x) => x.labels['alertname'] === n && x.state === 'firing')),
+      60_000,
+      1000,
+    );
     for (const name of ['KmjDeadLettersGrowing', 'KmjJobsFailing']) {
-      expect(firing.find((x) => x.labels['alertname'] === name)?.labels).toMatchObject({ scaledjob: SCALED_JOB, scaledjob_namespace: NAMESPACE, queue: QUEUE });
+      expect(firing.find((x) => x.labels['alertname'] === name)?.labels).toMatchObject({
+        scaledjob: SCALED_JOB,
+        scaledjob_namespace: NAMESPACE,
+        queue: QUEUE,
+      });
     }
     // And none of the alerts that say something is broken.
-    const broken = ['KmjScalerDown', 'KmjScalerCannotReadQueue', 'KmjScaledJobNotReady', 'KmjBacklogWithoutJobs', 'KmjKedaScalerErrors', 'KmjRequestsNotSettled'];
+    const broken = [
+      'KmjScalerDown',
+      'KmjScalerCannotReadQueue',
+      'KmjScaledJobNotReady',
+      'KmjBacklogWithoutJobs',
+      'KmjKedaScalerErrors',
+      'KmjRequestsNotSettled',
+    ];
     expect(firing.filter((x) => broken.includes(x.labels['alertname'] ?? '')).map((x) => x.labels['alertname'])).toEqual([]);
 
     mkdirSync(join(PACKAGE_ROOT, '.run'), { recursive: true });
-    writeFileSync(join(PACKAGE_ROOT, '.run', 'monitoring-burst.json'), `${JSON.stringify({ from, to, scrapeSeconds: SCRAPE_S, requests: GOOD + 1, panels: shown }, null, 1)}\n`);
+    writeFileSync(
+      join(PACKAGE_ROOT, '.run', 'monitoring-burst.json'),
+      `${JSON.stringify({ from, to, scrapeSeconds: SCRAPE_S, requests: GOOD + 1, panels: shown }, null, 1)}\n`,
+    );
   }, 600_000);
 });

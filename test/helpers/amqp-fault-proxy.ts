@@ -138,7 +138,11 @@ export class AmqpFaultProxy {
       this.#dropped++;
       return;
     }
-    const isPublish = frame[0] === FRAME_METHOD && frame.length >= FRAME_HEADER_BYTES + 4 && frame.readUInt16BE(FRAME_HEADER_BYTES) === BASIC_CLASS && frame.readUInt16BE(FRAME_HEADER_BYTES + 2) === PUBLISH_METHOD;
+    const isPublish =
+      frame[0] === FRAME_METHOD &&
+      frame.length >= FRAME_HEADER_BYTES + 4 &&
+      frame.readUInt16BE(FRAME_HEADER_BYTES) === BASIC_CLASS &&
+      frame.readUInt16BE(FRAME_HEADER_BYTES + 2) === PUBLISH_METHOD;
     if (this.#held.length > 0 || (isPublish && this.#publishes >= this.#pauseAt)) {
       this.#held.push({ upstream, frame });
       return;

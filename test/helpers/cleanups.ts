@@ -28,7 +28,7 @@ export class Cleanups {
         first ??= err;
       }
     }
-    if (first !== undefined) throw first;
+    if (first !== undefined) throw first instanceof Error ? first : new Error('a cleanup failed', { cause: first });
   }
 
   /** A request queue with its dead-letter queue (as the worker declares them), deleted after the test. */

@@ -46,7 +46,10 @@ export interface Pod {
   metadata: { name: string; labels?: Record<string, string>; deletionTimestamp?: string };
   status: {
     phase: string;
-    containerStatuses?: Array<{ name: string; state: { running?: object; terminated?: { exitCode: number; reason?: string }; waiting?: { reason?: string } } }>;
+    containerStatuses?: Array<{
+      name: string;
+      state: { running?: object; terminated?: { exitCode: number; reason?: string }; waiting?: { reason?: string } };
+    }>;
   };
 }
 
@@ -79,7 +82,13 @@ export interface ScaledJobStatus {
 
 /** READY and ACTIVE as `kubectl get scaledjob` shows them (the Ready and Active conditions). */
 export async function scaledJobStatus(): Promise<ScaledJobStatus> {
-  const sj = await kubectlJson<{ status?: { conditions?: Array<{ type: string; status: string }> } }>(['-n', NAMESPACE, 'get', 'scaledjob', SCALED_JOB]);
+  const sj = await kubectlJson<{ status?: { conditions?: Array<{ type: string; status: string }> } }>([
+    '-n',
+    NAMESPACE,
+    'get',
+    'scaledjob',
+    SCALED_JOB,
+  ]);
   const cond = (t: string): string | undefined => sj.status?.conditions?.find((c) => c.type === t)?.status;
   return { ready: cond('Ready'), active: cond('Active'), paused: cond('Paused') };
 }
@@ -99,7 +108,14 @@ export async function scalerIp(): Promise<string> {
 
 /** The node cache's /metrics (manifests/model-cache.yaml), read from its pod on this node. */
 export async function nodeCacheMetrics(): Promise<string> {
-  const list = await kubectlJson<{ items: Array<{ status: { podIP?: string; phase?: string } }> }>(['-n', NAMESPACE, 'get', 'pods', '-l', 'app.kubernetes.io/name=kmj-model-cache']);
+  const list = await kubectlJson<{ items: Array<{ status: { podIP?: string; phase?: string } }> }>([
+    '-n',
+    NAMESPACE,
+    'get',
+    'pods',
+    '-l',
+    'app.kubernetes.io/name=kmj-model-cache',
+  ]);
   const ip = list.items.find((p) => p.status.phase === 'Running')?.status.podIP;
   if (!ip) throw new Error('no running node cache pod');
   const res = await fetch(`http://${ip}:8090/metrics`, { signal: AbortSignal.timeout(5000) });
@@ -111,12 +127,22 @@ export const SCALER_TLS_NAME_OPTIONS = { 'grpc.ssl_target_name_override': SCALER
 
 /** Deletes every worker Job and its pods, and waits until they are gone. */
 export async function deleteWorkerJobs(): Promise<void> {
-  await kubectl(['-n', NAMESPACE, 'delete', 'jobs', '-l', `scaledjob.keda.sh/name=${SCALED_JOB}`, '--cascade=foreground', '--wait=true', '--timeout=120s']);
+  await kubectl([
+    '-n',
+    NAMESPACE,
+    'delete',
+    'jobs',
+    '-l',
+    `scaledjob.keda.sh/name=${SCALED_JOB}`,
+    '--cascade=foreground',
+    '--wait=true',
+    '--timeout=120s',
+  ]);
   await kubectl(['-n', NAMESPACE, 'delete', 'pods', '-l', 'app.kubernetes.io/name=kmj-worker', '--wait=true', '--timeout=120s']);
 }
 
 /** Polls `fn` every `stepMs` until `ok` holds; fails with the last value after `timeoutMs`. */
-export async function until<T>(what: string, fn: () => Promise<T>, ok: (v: T) => boolean, timeoutMs: number, stepMs = 500): Promise<T> {
+export async function until<T>(what: string, fn: () => T | Promise<T>, ok: (v: T) => boolean, timeoutMs: number, stepMs = 500): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   let last: T | undefined;
   let lastErr: unknown;
@@ -129,7 +155,9 @@ export async function until<T>(what: string, fn: () => Promise<T>, ok: (v: T) =>
     }
     await new Promise((r) => setTimeout(r, stepMs));
   }
-  throw new Error(`${what}: not reached in ${timeoutMs} ms; last: ${JSON.stringify(last)}${lastErr ? `; last error: ${(lastErr as Error).message}` : ''}`);
+  throw new Error(
+    `${what}: not reached in ${timeoutMs} ms; last: ${JSON.stringify(last)}${lastErr ? `; last error: ${(lastErr as Error).message}` : ''}`,
+  );
 }
 
 /**
@@ -149,7 +177,11 @@ let services: ClusterServices | undefined;
 /** What `scripts/cluster-deploy.sh --env` prints; read once, or again with `fresh` (after a new deployment). */
 export function clusterServices(fresh = false): ClusterServices {
   if (services && !fresh) return services;
-  const out = execFileSync('bash', [packageFile('scripts', 'cluster-deploy.sh'), '--env'], { encoding: 'utf8', env: { ...process.env, KUBECONFIG }, timeout: 60_000 });
+  const out = execFileSync('bash', [packageFile('scripts', 'cluster-deploy.sh'), '--env'], {
+    encoding: 'utf8',
+    env: { ...process.env, KUBECONFIG },
+    timeout: 60_000,
+  });
   const vars = new Map<string, string>();
   for (const m of out.matchAll(/^export (\w+)=(.*)$/gm)) vars.set(m[1] ?? '', m[2] ?? '');
   const need = (k: string): string => {
@@ -186,7 +218,7 @@ export function podRequest(experiment: string, overrides: Record<string, unknown
     experiment,
     labelColumn: f.label,
     ...overrides,
-  } as Record<string, unknown> & { requestId: string };
+  };
 }
 
 export async function publishAll(bodies: readonly unknown[]): Promise<void> {
@@ -195,7 +227,11 @@ export async function publishAll(bodies: readonly unknown[]): Promise<void> {
     const ch = await conn.createConfirmChannel();
     for (const b of bodies) {
       // Stamped as kmj submit stamps it: the worker reports the wait from it.
-      ch.sendToQueue(QUEUE, Buffer.from(typeof b === 'string' ? b : JSON.stringify(b)), { persistent: true, contentType: 'application/json', timestamp: Math.floor(Date.now() / 1000) });
+      ch.sendToQueue(QUEUE, Buffer.from(typeof b === 'string' ? b : JSON.stringify(b)), {
+        persistent: true,
+        contentType: 'application/json',
+        timestamp: Math.floor(Date.now() / 1000),
+      });
     }
     await ch.waitForConfirms();
   } finally {
@@ -224,7 +260,12 @@ export interface PythonSearchedRun {
  * default in the cluster's MLflow, through its Service, as its administrator.
  */
 export async function searchRunsWithPython(experiment: string, base?: string, auth?: MlflowAuth): Promise<PythonSearchedRun[]> {
-  const env = base === undefined ? pythonMlflowEnv(clusterServices().mlflowUrl, clusterServices().mlflowAdmin) : pythonMlflowEnv(base, auth);
-  const { stdout } = await run(join(PACKAGE_ROOT, '.venv', 'bin', 'python'), [join(PACKAGE_ROOT, 'test', 'python', 'search_runs.py'), experiment], { env, maxBuffer: 16 * 1024 * 1024 });
+  const env =
+    base === undefined ? pythonMlflowEnv(clusterServices().mlflowUrl, clusterServices().mlflowAdmin) : pythonMlflowEnv(base, auth);
+  const { stdout } = await run(
+    join(PACKAGE_ROOT, '.venv', 'bin', 'python'),
+    [join(PACKAGE_ROOT, 'test', 'python', 'search_runs.py'), experiment],
+    { env, maxBuffer: 16 * 1024 * 1024 },
+  );
   return JSON.parse(stdout) as PythonSearchedRun[];
 }

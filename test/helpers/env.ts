@@ -13,4 +13,8 @@ export const KAFKA_TLS_CA_FILE = process.env['KMJ_TEST_KAFKA_TLS_CA_FILE'] ?? jo
 export const KAFKA_USER = 'kmj';
 export const KAFKA_PASSWORD = 'kmj-secret';
 /** The Kafka jars scripts/kafka.sh fetched, for the tests' Java clients. */
-export const KAFKA_LIBS = join(process.env['KMJ_KAFKA_CACHE'] ?? '/var/cache/keda-ml-jobs/kafka', process.env['KMJ_KAFKA_VERSION'] ?? '4.4.0', 'libs');
+export const KAFKA_LIBS = join(
+  process.env['KMJ_KAFKA_CACHE'] ?? '/var/cache/keda-ml-jobs/kafka',
+  process.env['KMJ_KAFKA_VERSION'] ?? '4.4.0',
+  'libs',
+);

@@ -109,7 +109,9 @@ export class FaultProxy {
 
   /** Every request received so far, in arrival order. */
   requests(filter?: { path?: string | RegExp; method?: string }): RecordedRequest[] {
-    return this.#requests.filter((r) => (filter?.method === undefined || r.method === filter.method) && (filter?.path === undefined || matches(filter.path, r.path)));
+    return this.#requests.filter(
+      (r) => (filter?.method === undefined || r.method === filter.method) && (filter?.path === undefined || matches(filter.path, r.path)),
+    );
   }
 
   /** Resolves with the first request to `path` (already received or still to come). */
@@ -118,7 +120,10 @@ export class FaultProxy {
     for (;;) {
       const hit = this.#requests.find((r) => matches(path, r.path));
       if (hit) return hit;
-      if (Date.now() > end) throw new Error(`no request to ${String(path)} within ${timeoutMs} ms; seen: ${this.#requests.map((r) => `${r.method} ${r.path}`).join(', ')}`);
+      if (Date.now() > end)
+        throw new Error(
+          `no request to ${String(path)} within ${timeoutMs} ms; seen: ${this.#requests.map((r) => `${r.method} ${r.path}`).join(', ')}`,
+        );
       await new Promise((r) => setTimeout(r, 25));
     }
   }
@@ -146,7 +151,13 @@ export class FaultProxy {
     const raw = req.url ?? '/';
     const q = raw.indexOf('?');
     const path = q === -1 ? raw : raw.slice(0, q);
-    const record: RecordedRequest = { method: req.method ?? 'GET', path, query: q === -1 ? '' : raw.slice(q + 1), at: Date.now(), outcome: 'pending' };
+    const record: RecordedRequest = {
+      method: req.method ?? 'GET',
+      path,
+      query: q === -1 ? '' : raw.slice(q + 1),
+      at: Date.now(),
+      outcome: 'pending',
+    };
     this.#requests.push(record);
     const fault = this.#match(req, path);
     let timer: NodeJS.Timeout | undefined;
@@ -241,7 +252,10 @@ export class FaultProxy {
 /** Answers with an injected status and an MLflow-style JSON error body. */
 function answer(res: ServerResponse, record: RecordedRequest, status: number, retryAfter: string | undefined): void {
   record.outcome = status;
-  const body = JSON.stringify({ error_code: status === 429 ? 'REQUEST_LIMIT_EXCEEDED' : 'TEMPORARILY_UNAVAILABLE', message: `injected HTTP ${status} by the test's fault proxy` });
+  const body = JSON.stringify({
+    error_code: status === 429 ? 'REQUEST_LIMIT_EXCEEDED' : 'TEMPORARILY_UNAVAILABLE',
+    message: `injected HTTP ${status} by the test's fault proxy`,
+  });
   res.writeHead(status, { 'content-type': 'application/json', ...(retryAfter !== undefined ? { 'retry-after': retryAfter } : {}) });
   res.end(body);
 }

@@ -72,7 +72,8 @@ export function grafanaQuery(expr: string, range: GrafanaRange, vars: Readonly<R
     .replaceAll('$__interval', `${intervalSeconds(range)}s`)
     .replaceAll('$__range', `${Math.round(range.to - range.from)}s`);
   // Longest names first, so $queue does not eat the start of a longer one.
-  for (const name of Object.keys(vars).sort((a, b) => b.length - a.length)) out = out.replaceAll(`$${name}`, vars[name] ?? '').replaceAll(`\${${name}}`, vars[name] ?? '');
+  for (const name of Object.keys(vars).sort((a, b) => b.length - a.length))
+    out = out.replaceAll(`$${name}`, vars[name] ?? '').replaceAll(`\${${name}}`, vars[name] ?? '');
   const left = /\$\{?[a-zA-Z_]\w*/.exec(out);
   if (left && !/^\$\d/.test(left[0])) throw new Error(`variable ${left[0]} is not set in ${expr}`);
   return out;

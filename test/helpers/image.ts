@@ -43,8 +43,11 @@ async function member(archive: string, name: string): Promise<string> {
 const blobName = (digest: string): string => `blobs/sha256/${digest.replace(/^sha256:/, '')}`;
 
 /** The archive's top-level index.json, its image index, and each platform's manifest and config. */
-export async function readImage(archive = IMAGE_ARCHIVE): Promise<{ layout: { manifests: Descriptor[] }; index: { mediaType: string; manifests: Descriptor[] }; images: PlatformImage[] }> {
-  if (!existsSync(archive)) throw new Error(`${archive} is missing: run the tests with "make test", which builds it (scripts/image.sh build)`);
+export async function readImage(
+  archive = IMAGE_ARCHIVE,
+): Promise<{ layout: { manifests: Descriptor[] }; index: { mediaType: string; manifests: Descriptor[] }; images: PlatformImage[] }> {
+  if (!existsSync(archive))
+    throw new Error(`${archive} is missing: run the tests with "make test", which builds it (scripts/image.sh build)`);
   const layout = JSON.parse(await member(archive, 'index.json')) as { manifests: Descriptor[] };
   const top = layout.manifests[0];
   if (top === undefined) throw new Error(`${archive}: index.json names no image`);
@@ -61,7 +64,10 @@ export async function readImage(archive = IMAGE_ARCHIVE): Promise<{ layout: { ma
 /** The image for one architecture; fails naming the ones there are. */
 export function imageFor(images: readonly PlatformImage[], architecture: string): PlatformImage {
   const image = images.find((i) => i.descriptor.platform?.architecture === architecture);
-  if (!image) throw new Error(`the image index has no ${architecture} image (it has ${images.map((i) => i.descriptor.platform?.architecture).join(', ')})`);
+  if (!image)
+    throw new Error(
+      `the image index has no ${architecture} image (it has ${images.map((i) => i.descriptor.platform?.architecture).join(', ')})`,
+    );
   return image;
 }
 
@@ -70,7 +76,9 @@ export async function unpackLayer(image: PlatformImage, archive = IMAGE_ARCHIVE)
   const layer = image.manifest.layers[0];
   if (!layer) throw new Error('the image has no layer');
   const dir = mkdtempSync(join(tmpdir(), `kmj-image-${image.config.architecture}-`));
-  await run('bash', ['-c', 'set -o pipefail; tar -xOf "$1" "$2" | tar -xzf - -C "$3"', 'unpack', archive, blobName(layer.digest), dir], { maxBuffer: 1024 * 1024 });
+  await run('bash', ['-c', 'set -o pipefail; tar -xOf "$1" "$2" | tar -xzf - -C "$3"', 'unpack', archive, blobName(layer.digest), dir], {
+    maxBuffer: 1024 * 1024,
+  });
   return dir;
 }
 
@@ -192,8 +200,19 @@ export function arm64KmjCommand(root: string, qemu: string): string[] {
   const cpuinfo = join(mkdtempSync(join(tmpdir(), 'kmj-cpuinfo-')), 'cpuinfo');
   writeFileSync(cpuinfo, pi5CpuInfo());
   return [
-    'unshare', '--mount', '--propagation', 'private', '--',
-    'sh', '-c', 'mount --bind "$0" /proc/cpuinfo && exec "$@"', cpuinfo,
-    qemu, '-L', root, join(root, 'usr', 'local', 'bin', 'node'), join(root, 'app', 'bin', 'kmj.js'),
+    'unshare',
+    '--mount',
+    '--propagation',
+    'private',
+    '--',
+    'sh',
+    '-c',
+    'mount --bind "$0" /proc/cpuinfo && exec "$@"',
+    cpuinfo,
+    qemu,
+    '-L',
+    root,
+    join(root, 'usr', 'local', 'bin', 'node'),
+    join(root, 'app', 'bin', 'kmj.js'),
   ];
 }

@@ -80,7 +80,10 @@ export function startKmj(args: readonly string[], options: KmjOptions = {}, clea
       const end = Date.now() + timeoutMs;
       for (;;) {
         if (ok(out)) return out;
-        if (exited || Date.now() > end) throw new Error(`stdout never matched (${exited ? `exited ${child.exitCode}` : 'timed out'}); stdout:\n${out}\nstderr:\n${err.slice(-3000)}`);
+        if (exited || Date.now() > end)
+          throw new Error(
+            `stdout never matched (${exited ? `exited ${child.exitCode}` : 'timed out'}); stdout:\n${out}\nstderr:\n${err.slice(-3000)}`,
+          );
         await new Promise((r) => setTimeout(r, 20));
       }
     },
@@ -134,7 +137,6 @@ export async function closedPort(): Promise<number> {
   }
   throw new Error('no closed loopback port found in 21000-29999 after 50 tries');
 }
-
 
 /** True when the queue exists (passive declare). */
 export async function queueExists(queue: string): Promise<boolean> {
@@ -192,7 +194,10 @@ async function management(path: string, init: { method?: string; body?: unknown 
 export async function queuePolicy(queue: string, definition: Record<string, unknown>, cleanups: Cleanups): Promise<void> {
   const name = `kmj-test-${queue}`;
   const pattern = `^${queue.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`;
-  const res = await management(`policies/%2F/${encodeURIComponent(name)}`, { method: 'PUT', body: { pattern, definition, 'apply-to': 'queues', priority: 100 } });
+  const res = await management(`policies/%2F/${encodeURIComponent(name)}`, {
+    method: 'PUT',
+    body: { pattern, definition, 'apply-to': 'queues', priority: 100 },
+  });
   if (!res.ok) throw new Error(`management API: HTTP ${res.status} setting policy ${name}: ${await res.text()}`);
   cleanups.defer(async () => {
     await management(`policies/%2F/${encodeURIComponent(name)}`, { method: 'DELETE' });
@@ -203,7 +208,12 @@ export async function queuePolicy(queue: string, definition: Record<string, unkn
  * A broker user with these permissions on vhost "/" (configure, write, read patterns), deleted
  * after the test; its AMQP URL.
  */
-export async function brokerUser(name: string, permissions: { configure: string; write: string; read: string }, cleanups: Cleanups, tags = ''): Promise<string> {
+export async function brokerUser(
+  name: string,
+  permissions: { configure: string; write: string; read: string },
+  cleanups: Cleanups,
+  tags = '',
+): Promise<string> {
   const password = `pw-${name}`;
   const user = await management(`users/${encodeURIComponent(name)}`, { method: 'PUT', body: { password, tags } });
   if (!user.ok) throw new Error(`management API: HTTP ${user.status} making user ${name}: ${await user.text()}`);

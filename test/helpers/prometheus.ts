@@ -12,7 +12,12 @@ import { PACKAGE_ROOT } from '../../common/paths.ts';
 
 /** The Debian root holding prometheus and promtool (built once per machine). */
 export function prometheusRoot(): string {
-  return execFileSync(join(PACKAGE_ROOT, 'scripts', 'debian-root.sh'), ['prometheus', 'prometheus'], { encoding: 'utf8' }).trim().split('\n').pop() ?? '';
+  return (
+    execFileSync(join(PACKAGE_ROOT, 'scripts', 'debian-root.sh'), ['prometheus', 'prometheus'], { encoding: 'utf8' })
+      .trim()
+      .split('\n')
+      .pop() ?? ''
+  );
 }
 
 export interface PromSeries {
@@ -62,7 +67,13 @@ export async function startPrometheus(options: PrometheusOptions): Promise<Runni
   let logs = '';
   const child: ChildProcess = spawn(
     join(root, 'usr', 'bin', 'prometheus'),
-    [`--config.file=${join(dir, 'prometheus.yml')}`, `--storage.tsdb.path=${join(dir, 'data')}`, `--web.listen-address=127.0.0.1:${options.port}`, '--storage.tsdb.retention.time=1d', '--log.level=warn'],
+    [
+      `--config.file=${join(dir, 'prometheus.yml')}`,
+      `--storage.tsdb.path=${join(dir, 'data')}`,
+      `--web.listen-address=127.0.0.1:${options.port}`,
+      '--storage.tsdb.retention.time=1d',
+      '--log.level=warn',
+    ],
     { stdio: ['ignore', 'pipe', 'pipe'] },
   );
   child.stdout?.on('data', (d: Buffer) => (logs += d.toString()));
@@ -80,7 +91,10 @@ export async function startPrometheus(options: PrometheusOptions): Promise<Runni
       await close();
       throw new Error(`prometheus exited (${child.exitCode}): ${logs}`);
     }
-    const ready = await fetch(`${url}/-/ready`).then((r) => r.ok, () => false);
+    const ready = await fetch(`${url}/-/ready`).then(
+      (r) => r.ok,
+      () => false,
+    );
     if (ready) break;
     if (Date.now() > deadline) {
       await close();
@@ -88,13 +102,25 @@ export async function startPrometheus(options: PrometheusOptions): Promise<Runni
     }
     await new Promise((r) => setTimeout(r, 200));
   }
-  const series = (data: { result: Array<{ metric: Record<string, string>; value?: [number, string]; values?: Array<[number, string]> }> }): PromSeries[] =>
-    data.result.map((r) => ({ metric: r.metric, values: r.values ?? (r.value ? [r.value] : []) }));
+  const series = (data: {
+    result: Array<{ metric: Record<string, string>; value?: [number, string]; values?: Array<[number, string]> }>;
+  }): PromSeries[] => data.result.map((r) => ({ metric: r.metric, values: r.values ?? (r.value ? [r.value] : []) }));
   return {
     url,
-    instant: async (query, time) => series(await api(`${url}/api/v1/query?${new URLSearchParams({ query, ...(time !== undefined ? { time: String(time) } : {}) })}`)),
-    range: async (query, start, end, step) => series(await api(`${url}/api/v1/query_range?${new URLSearchParams({ query, start: String(start), end: String(end), step: String(step) })}`)),
-    alerts: async () => (await api<{ alerts: Array<{ labels: Record<string, string>; state: string; value: string }> }>(`${url}/api/v1/alerts`)).alerts,
+    instant: async (query, time) =>
+      series(
+        await api(
+          `${url}/api/v1/query?${new URLSearchParams({ query, ...(time !== undefined ? { time: String(time) } : {}) }).toString()}`,
+        ),
+      ),
+    range: async (query, start, end, step) =>
+      series(
+        await api(
+          `${url}/api/v1/query_range?${new URLSearchParams({ query, start: String(start), end: String(end), step: String(step) }).toString()}`,
+        ),
+      ),
+    alerts: async () =>
+      (await api<{ alerts: Array<{ labels: Record<string, string>; state: string; value: string }> }>(`${url}/api/v1/alerts`)).alerts,
     logs: () => logs,
     close,
   };
@@ -131,7 +157,11 @@ export function scrapeConfigsOf(monitors: readonly MonitorManifest[], kubeconfig
     const namespaces = m.spec.namespaceSelector?.matchNames ?? [m.metadata.namespace];
     endpoints.forEach((e, i) => {
       const object = pod ? 'pod' : 'service';
-      const keep = Object.entries(m.spec.selector.matchLabels).map(([k, v]) => ({ source_labels: [`__meta_kubernetes_${object}_label_${sanitize(k)}`], regex: v, action: 'keep' }));
+      const keep = Object.entries(m.spec.selector.matchLabels).map(([k, v]) => ({
+        source_labels: [`__meta_kubernetes_${object}_label_${sanitize(k)}`],
+        regex: v,
+        action: 'keep',
+      }));
       const relabel = [
         ...keep,
         pod
@@ -143,7 +173,9 @@ export function scrapeConfigsOf(monitors: readonly MonitorManifest[], kubeconfig
         ...(pod ? [] : [{ source_labels: ['__meta_kubernetes_service_name'], target_label: 'service' }]),
         { source_labels: ['__meta_kubernetes_pod_name'], target_label: 'pod' },
         { source_labels: ['__meta_kubernetes_pod_container_name'], target_label: 'container' },
-        pod ? { target_label: 'job', replacement: `${m.metadata.namespace}/${m.metadata.name}` } : { source_labels: ['__meta_kubernetes_service_name'], target_label: 'job' },
+        pod
+          ? { target_label: 'job', replacement: `${m.metadata.namespace}/${m.metadata.name}` }
+          : { source_labels: ['__meta_kubernetes_service_name'], target_label: 'job' },
         { target_label: 'endpoint', replacement: e.port },
       ];
       out.push({

@@ -28,7 +28,9 @@ export class RabbitNode {
   }
 
   async start(): Promise<void> {
-    await run('bash', [script, 'start', this.name, String(this.amqpPort), String(this.managementPort), String(this.distPort)], { timeout: 120_000 });
+    await run('bash', [script, 'start', this.name, String(this.amqpPort), String(this.managementPort), String(this.distPort)], {
+      timeout: 120_000,
+    });
   }
 
   /** Stops the RabbitMQ application (listeners close, clients are disconnected); the Erlang node stays. */

@@ -7,7 +7,14 @@ import { afterAll, beforeAll } from 'vitest';
 import { createLogger } from '../../common/log.ts';
 import { loadScalerConfig } from '../../scaler/config.ts';
 import { startScaler, type RunningScaler } from '../../scaler/app.ts';
-import { ScalerClient, type KedaPoll, type MetricSpec, type MetricValue, type RpcResult, type ScaledObjectRef } from '../../scaler/client.ts';
+import {
+  ScalerClient,
+  type KedaPoll,
+  type MetricSpec,
+  type MetricValue,
+  type RpcResult,
+  type ScaledObjectRef,
+} from '../../scaler/client.ts';
 import { RABBITMQ_MANAGEMENT_URL, RABBITMQ_URL } from './env.ts';
 import { RabbitFixture } from './rabbit.ts';
 
@@ -104,9 +111,11 @@ export async function eventually<T>(fn: () => Promise<T>, ok: (v: T) => boolean,
   return last;
 }
 
-const HealthClient = (grpc.loadPackageDefinition(protoLoader.loadSync(healthProtoPath, { keepCase: true, enums: String, defaults: true })) as unknown as {
-  grpc: { health: { v1: { Health: grpc.ServiceClientConstructor } } };
-}).grpc.health.v1.Health;
+const HealthClient = (
+  grpc.loadPackageDefinition(protoLoader.loadSync(healthProtoPath, { keepCase: true, enums: String, defaults: true })) as unknown as {
+    grpc: { health: { v1: { Health: grpc.ServiceClientConstructor } } };
+  }
+).grpc.health.v1.Health;
 
 /** One grpc.health.v1 Check on a channel of its own. */
 export function healthCheck(

@@ -40,7 +40,10 @@ export interface Fixtures {
   readonly label: string;
   readonly regressorFeatures: string[];
   readonly regressorLabel: string;
-  readonly models: Record<string, { name: string; version: number; runId: string; alias?: string; files: string[]; expected: Record<string, Array<number | number[]>> }>;
+  readonly models: Record<
+    string,
+    { name: string; version: number; runId: string; alias?: string; files: string[]; expected: Record<string, Array<number | number[]>> }
+  >;
   readonly datasets: {
     csv: string;
     jsonl: string;
@@ -77,7 +80,7 @@ export function request(overrides: Record<string, unknown> = {}): Record<string,
     experiment: uniqueId('exp'),
     labelColumn: f.label,
     ...overrides,
-  } as Record<string, unknown> & { requestId: string; experiment: string };
+  };
 }
 
 /** A request queue with its dead-letter queue, declared the way the worker and `kmj submit` do. */
@@ -93,7 +96,12 @@ export async function requestQueue(maxDeliveries = 5): Promise<string> {
 }
 
 /** Publishes one message as a client would; `properties` adds AMQP properties (a timestamp, say). */
-export async function publish(queue: string, body: unknown, headers: Record<string, unknown> = {}, properties: Options.Publish = {}): Promise<void> {
+export async function publish(
+  queue: string,
+  body: unknown,
+  headers: Record<string, unknown> = {},
+  properties: Options.Publish = {},
+): Promise<void> {
   const conn = await connect(RABBITMQ_URL);
   try {
     const ch = await conn.createConfirmChannel();
@@ -204,12 +212,20 @@ export function startWorker(queue: string, env: Record<string, string> = {}): Wo
 }
 
 /** Spawns `kmj worker --topic <topic> --group <group> ...args` against the test broker. */
-export function startKafkaWorker(topic: string, group: string, env: Record<string, string> = {}, args: readonly string[] = []): WorkerProcess {
+export function startKafkaWorker(
+  topic: string,
+  group: string,
+  env: Record<string, string> = {},
+  args: readonly string[] = [],
+): WorkerProcess {
   return spawnWorker(['--topic', topic, '--group', group, ...args], { KAFKA_BROKERS, KMJ_WORKER_KAFKA_SESSION_TIMEOUT_MS: '6000', ...env });
 }
 
 function spawnWorker(args: readonly string[], env: Record<string, string>): WorkerProcess {
-  const child = spawn(process.execPath, [join(PACKAGE_ROOT, 'bin', 'kmj.js'), 'worker', ...args], { env: workerEnv(env), stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [join(PACKAGE_ROOT, 'bin', 'kmj.js'), 'worker', ...args], {
+    env: workerEnv(env),
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   let stderr = '';
   let stdout = '';
   child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
@@ -238,7 +254,8 @@ export async function waitForLog(w: WorkerProcess, msg: string, timeoutMs = 20_0
   for (;;) {
     const hit = w.logs().find((l) => l['msg'] === msg);
     if (hit) return hit;
-    if (Date.now() > end) throw new Error(`no "${msg}" log line within ${timeoutMs} ms; logs: ${JSON.stringify(w.logs().map((l) => l['msg']))}`);
+    if (Date.now() > end)
+      throw new Error(`no "${msg}" log line within ${timeoutMs} ms; logs: ${JSON.stringify(w.logs().map((l) => l['msg']))}`);
     await new Promise((r) => setTimeout(r, 50));
   }
 }
@@ -248,7 +265,11 @@ export async function mlflowApi<T>(base: string, path: string, init: { method: s
   const headers: Record<string, string> = { 'content-type': 'application/json' };
   const user = credentialsOf(init.auth ?? false);
   if (user) headers['authorization'] = `Basic ${Buffer.from(`${user.username}:${user.password}`).toString('base64')}`;
-  const res = await fetch(`${base}/api/2.0/mlflow/${path}`, { method: init.method, headers, ...(init.body !== undefined ? { body: JSON.stringify(init.body) } : {}) });
+  const res = await fetch(`${base}/api/2.0/mlflow/${path}`, {
+    method: init.method,
+    headers,
+    ...(init.body !== undefined ? { body: JSON.stringify(init.body) } : {}),
+  });
   const text = await res.text();
   if (!res.ok) throw new Error(`MLflow ${path}: HTTP ${res.status} ${text.slice(0, 300)}`);
   return JSON.parse(text) as T;
@@ -256,19 +277,33 @@ export async function mlflowApi<T>(base: string, path: string, init: { method: s
 
 export interface RestRun {
   info: { run_id: string; status: string; run_name: string; artifact_uri: string; start_time: number; end_time?: number };
-  data: { params?: Array<{ key: string; value: string }>; metrics?: Array<{ key: string; value: number }>; tags?: Array<{ key: string; value: string }> };
+  data: {
+    params?: Array<{ key: string; value: string }>;
+    metrics?: Array<{ key: string; value: number }>;
+    tags?: Array<{ key: string; value: string }>;
+  };
 }
 
 /** Every run (deleted ones excluded) of an experiment, by name; [] when the experiment does not exist. */
 export async function runsOf(experiment: string, base = MLFLOW_URL, auth: MlflowAuth = false): Promise<RestRun[]> {
   let id: string;
   try {
-    id = (await mlflowApi<{ experiment: { experiment_id: string } }>(base, `experiments/get-by-name?experiment_name=${encodeURIComponent(experiment)}`, { method: 'GET', auth })).experiment.experiment_id;
+    id = (
+      await mlflowApi<{ experiment: { experiment_id: string } }>(
+        base,
+        `experiments/get-by-name?experiment_name=${encodeURIComponent(experiment)}`,
+        { method: 'GET', auth },
+      )
+    ).experiment.experiment_id;
   } catch (err) {
     if (/RESOURCE_DOES_NOT_EXIST|404/.test((err as Error).message)) return [];
     throw err;
   }
-  const r = await mlflowApi<{ runs?: RestRun[] }>(base, 'runs/search', { method: 'POST', body: { experiment_ids: [id], max_results: 100 }, auth });
+  const r = await mlflowApi<{ runs?: RestRun[] }>(base, 'runs/search', {
+    method: 'POST',
+    body: { experiment_ids: [id], max_results: 100 },
+    auth,
+  });
   return r.runs ?? [];
 }
 
@@ -286,7 +321,15 @@ export interface PythonRun {
   params: Record<string, string>;
   metrics: Record<string, number>;
   tags: Record<string, string>;
-  inputs: Array<{ name: string; digest: string; source_type: string; source: string; schema: string; profile: string; tags: Record<string, string> }>;
+  inputs: Array<{
+    name: string;
+    digest: string;
+    source_type: string;
+    source: string;
+    schema: string;
+    profile: string;
+    tags: Record<string, string>;
+  }>;
   /** The logged models the run used, and the metrics this run logged about each. */
   model_inputs: Array<{ model_id: string; name: string; source_run_id: string; run_metrics: string[] }>;
   metric_history: Record<string, number[]>;
@@ -296,7 +339,10 @@ export interface PythonRun {
 /** The run as the real Python client reads it (mlflow.get_run, mlflow.artifacts.download_artifacts). */
 export async function readRunWithPython(runId: string, base = MLFLOW_URL, auth: MlflowAuth = false): Promise<PythonRun> {
   const env = pythonMlflowEnv(base, auth);
-  const { stdout } = await run(join(PACKAGE_ROOT, '.venv', 'bin', 'python'), [join(PACKAGE_ROOT, 'test', 'python', 'read_run.py'), runId], { env, maxBuffer: 64 * 1024 * 1024 });
+  const { stdout } = await run(join(PACKAGE_ROOT, '.venv', 'bin', 'python'), [join(PACKAGE_ROOT, 'test', 'python', 'read_run.py'), runId], {
+    env,
+    maxBuffer: 64 * 1024 * 1024,
+  });
   return JSON.parse(stdout) as PythonRun;
 }
 

@@ -20,7 +20,17 @@ import { arm64KmjCommand, imageFor, qemuAarch64, readImage, unpackLayer } from '
 import { kmjWorkerEnv, startKmj, type KmjProcess } from '../helpers/kmj.ts';
 import { RabbitFixture } from '../helpers/rabbit.ts';
 import { eventually, KedaLikeClient } from '../helpers/scaler.ts';
-import { drain, fixtures, MLFLOW_URL, parseCsv, publish, queueStateAfterExit, readRunWithPython, request, runsOf } from '../helpers/worker.ts';
+import {
+  drain,
+  fixtures,
+  MLFLOW_URL,
+  parseCsv,
+  publish,
+  queueStateAfterExit,
+  readRunWithPython,
+  request,
+  runsOf,
+} from '../helpers/worker.ts';
 
 const cleanups = new Cleanups();
 let root: string;
@@ -47,7 +57,8 @@ async function logLine(p: KmjProcess, msg: string, timeoutMs: number): Promise<R
   for (;;) {
     const line = p.logs().find((l) => l['msg'] === msg);
     if (line) return line;
-    if (p.child.exitCode !== null || Date.now() > end) throw new Error(`no "${msg}" log line (exit ${p.child.exitCode}); stderr:\n${p.stderr().slice(-4000)}`);
+    if (p.child.exitCode !== null || Date.now() > end)
+      throw new Error(`no "${msg}" log line (exit ${p.child.exitCode}); stderr:\n${p.stderr().slice(-4000)}`);
     await new Promise((r) => setTimeout(r, 100));
   }
 }
@@ -58,7 +69,11 @@ describe('the linux/arm64 image under emulation', () => {
     const queue = await cleanups.requestQueue();
     const req = request({ runName: 'arm64-check' });
     await publish(queue, req);
-    const worker = startKmj(['worker', '--queue', queue], { env: kmjWorkerEnv(cleanups, { MLFLOW_TRACKING_URI: MLFLOW_URL, KMJ_WORKER_IDLE_TIMEOUT_MS: '60000' }), command }, cleanups);
+    const worker = startKmj(
+      ['worker', '--queue', queue],
+      { env: kmjWorkerEnv(cleanups, { MLFLOW_TRACKING_URI: MLFLOW_URL, KMJ_WORKER_IDLE_TIMEOUT_MS: '60000' }), command },
+      cleanups,
+    );
     const exit = await worker.done;
     expect(exit.code, exit.stderr.slice(-4000)).toBe(0);
     expect(await queueStateAfterExit(queue)).toEqual({ messages: 0, consumers: 0 });
@@ -68,7 +83,12 @@ describe('the linux/arm64 image under emulation', () => {
     expect(runs).toHaveLength(1);
     const run = await readRunWithPython(runs[0]?.info.run_id ?? '');
     expect(run.info.status).toBe('FINISHED');
-    expect(run.tags).toMatchObject({ 'kmj.machine': 'aarch64', 'kmj.request_id': req.requestId, 'kmj.model_kind': 'classifier', 'mlflow.runName': 'arm64-check' });
+    expect(run.tags).toMatchObject({
+      'kmj.machine': 'aarch64',
+      'kmj.request_id': req.requestId,
+      'kmj.model_kind': 'classifier',
+      'mlflow.runName': 'arm64-check',
+    });
     // The arm64 onnxruntime predicts what Python's onnxruntime (x86_64) predicted for the same rows.
     const predictions = parseCsv(run.artifacts['predictions/predictions.csv'] ?? '');
     expect(predictions.map((p) => Number(p['output_label']))).toEqual(f.models['classifier']?.expected['output_label']);
@@ -77,8 +97,17 @@ describe('the linux/arm64 image under emulation', () => {
 
   it('runs kmj doctor: a 64-bit arm64 userland, onnxruntime running a model, native files fit for 16 KB pages', async () => {
     const queue = await cleanups.requestQueue();
-    const exit = await startKmj(['doctor', '--queue', queue, '-o', 'json'], { env: kmjWorkerEnv(cleanups, { MLFLOW_TRACKING_URI: MLFLOW_URL }), command }, cleanups).done;
-    const report = JSON.parse(exit.stdout) as { ok: boolean; platform: string; machine: string; checks: Array<{ name: string; status: string; detail: string }> };
+    const exit = await startKmj(
+      ['doctor', '--queue', queue, '-o', 'json'],
+      { env: kmjWorkerEnv(cleanups, { MLFLOW_TRACKING_URI: MLFLOW_URL }), command },
+      cleanups,
+    ).done;
+    const report = JSON.parse(exit.stdout) as {
+      ok: boolean;
+      platform: string;
+      machine: string;
+      checks: Array<{ name: string; status: string; detail: string }>;
+    };
     expect(report.checks.filter((c) => c.status === 'fail')).toEqual([]);
     expect(exit.code).toBe(0);
     expect(report).toMatchObject({ ok: true, platform: 'linux/arm64', machine: 'aarch64' });
@@ -86,17 +115,28 @@ describe('the linux/arm64 image under emulation', () => {
     expect(detail('userland')).toBe('64-bit arm64 userland on a aarch64 kernel');
     expect(detail('onnxruntime')).toMatch(/^onnxruntime 1\.\d+\.\d+ ran a model in \d+ ms$/);
     // Emulation gives 4 KB pages; what the check reads of the files is what a Pi's 16 KB kernel needs.
-    expect(detail('page-size')).toMatch(/^page size 4 KB; the \d+ native files loaded align their segments to \d+ KB or more: all of them would load on a 16 KB-page kernel too$/);
+    expect(detail('page-size')).toMatch(
+      /^page size 4 KB; the \d+ native files loaded align their segments to \d+ KB or more: all of them would load on a 16 KB-page kernel too$/,
+    );
   }, 300_000);
 
   it('runs the scaler: a real GetMetrics gives the queue’s backlog', async () => {
     const queue = await rabbit.queue('arm64');
     await rabbit.publish(queue, 3);
-    const scaler = startKmj(['scaler', '--port', '0', '--metrics-port', '0'], { env: { KMJ_SCALER_HOST: '127.0.0.1', RABBITMQ_URL }, command }, cleanups);
+    const scaler = startKmj(
+      ['scaler', '--port', '0', '--metrics-port', '0'],
+      { env: { KMJ_SCALER_HOST: '127.0.0.1', RABBITMQ_URL }, command },
+      cleanups,
+    );
     const listening = await logLine(scaler, 'scaler listening', 120_000);
     const client = new KedaLikeClient(`127.0.0.1:${String(listening['grpcPort'])}`);
     try {
-      const values = await eventually(() => client.getMetrics({ queueName: queue }), (r) => r.ok && r.value.metricValues[0]?.metricValue === 3, 60_000, 500);
+      const values = await eventually(
+        () => client.getMetrics({ queueName: queue }),
+        (r) => r.ok && r.value.metricValues[0]?.metricValue === 3,
+        60_000,
+        500,
+      );
       expect(values).toMatchObject({ ok: true, value: { metricValues: [{ metricValue: 3 }] } });
     } finally {
       client.close();

@@ -46,7 +46,11 @@ describe('the OCI archive of the project image', () => {
       it('has a config for its platform that runs kmj as uid 1000 with the image’s own Node', () => {
         const image = imageFor(images, arch);
         expect(image.config).toMatchObject({ architecture: arch, os: 'linux', ...(arch === 'arm64' ? { variant: 'v8' } : {}) });
-        expect(image.config.config).toMatchObject({ Entrypoint: ['/usr/local/bin/node', '/app/bin/kmj.js'], User: '1000:1000', WorkingDir: '/app' });
+        expect(image.config.config).toMatchObject({
+          Entrypoint: ['/usr/local/bin/node', '/app/bin/kmj.js'],
+          User: '1000:1000',
+          WorkingDir: '/app',
+        });
         expect(image.manifest.layers).toHaveLength(1);
         expect(image.manifest.layers[0]?.mediaType).toBe('application/vnd.oci.image.layer.v1.tar+gzip');
         expect(image.config.rootfs.diff_ids).toHaveLength(1);
@@ -57,9 +61,14 @@ describe('the OCI archive of the project image', () => {
         const paths = files.map((f) => f.path);
         // What must be there: Node, onnxruntime's binding and library, the C and C++ runtime, the loader.
         expect(paths).toContain('/usr/local/bin/node');
-        expect(paths).toContain(`/app/node_modules/onnxruntime-node/bin/napi-v6/linux/${arch === 'amd64' ? 'x64' : 'arm64'}/onnxruntime_binding.node`);
-        expect(paths).toContain(`/app/node_modules/onnxruntime-node/bin/napi-v6/linux/${arch === 'amd64' ? 'x64' : 'arm64'}/libonnxruntime.so.1`);
-        for (const lib of ['libc.so.6', 'libstdc++.so.6', 'libgcc_s.so.1', 'libm.so.6']) expect(paths).toContain(`/lib/${TRIPLET[arch]}/${lib}`);
+        expect(paths).toContain(
+          `/app/node_modules/onnxruntime-node/bin/napi-v6/linux/${arch === 'amd64' ? 'x64' : 'arm64'}/onnxruntime_binding.node`,
+        );
+        expect(paths).toContain(
+          `/app/node_modules/onnxruntime-node/bin/napi-v6/linux/${arch === 'amd64' ? 'x64' : 'arm64'}/libonnxruntime.so.1`,
+        );
+        for (const lib of ['libc.so.6', 'libstdc++.so.6', 'libgcc_s.so.1', 'libm.so.6'])
+          expect(paths).toContain(`/lib/${TRIPLET[arch]}/${lib}`);
         const foreign = files.filter((f) => f.machine !== ELF_MACHINE[arch] || f.elfClass !== 64);
         expect(foreign, `ELF files of another architecture in the ${arch} image`).toEqual([]);
       });
@@ -72,10 +81,13 @@ describe('the OCI archive of the project image', () => {
           const dir = f.path.slice(0, f.path.lastIndexOf('/'));
           const beside = linking.runpath?.split(':').some((p) => p.replace(/\/$/, '') === '$ORIGIN') ?? false;
           for (const lib of linking.needed) {
-            const found = [`/lib/${TRIPLET[arch]}/${lib}`, ...(beside ? [`${dir}/${lib}`] : [])].some((p) => (unpacked.elves.get(arch) ?? []).some((e) => e.path === p));
+            const found = [`/lib/${TRIPLET[arch]}/${lib}`, ...(beside ? [`${dir}/${lib}`] : [])].some((p) =>
+              (unpacked.elves.get(arch) ?? []).some((e) => e.path === p),
+            );
             if (!found) missing.push(`${f.path} needs ${lib}`);
           }
-          if (linking.interpreter !== undefined && !existsSync(join(root, linking.interpreter))) missing.push(`${f.path} names the loader ${linking.interpreter}`);
+          if (linking.interpreter !== undefined && !existsSync(join(root, linking.interpreter)))
+            missing.push(`${f.path} names the loader ${linking.interpreter}`);
         }
         expect(missing).toEqual([]);
       });

@@ -11,7 +11,8 @@ import { packageFile } from '../../common/paths.ts';
 import { ELF_MACHINE, qemuAarch64, readImage, unpackImages, type PlatformImage, type UnpackedImages } from '../helpers/image.ts';
 
 const run = promisify(execFile);
-const IMPORTS = "import platform, mlflow, mlflow.server, psycopg2, sqlalchemy, numpy; print(platform.machine(), mlflow.__version__, psycopg2.__version__.split()[0])";
+const IMPORTS =
+  'import platform, mlflow, mlflow.server, psycopg2, sqlalchemy, numpy; print(platform.machine(), mlflow.__version__, psycopg2.__version__.split()[0])';
 
 let archive: string;
 let images: PlatformImage[];
@@ -47,16 +48,23 @@ describe('the MLflow image index', () => {
   }
 
   it('linux/amd64: its own Python loads MLflow’s server and psycopg2 (in a chroot of the image)', async () => {
-    const { stdout } = await run('/usr/sbin/chroot', [unpacked.roots.get('amd64') ?? '', '/usr/bin/python3', '-c', IMPORTS], { env: { PATH: '/usr/bin:/bin', PYTHONPATH: '/opt/mlflow/site', HOME: '/tmp' } });
+    const { stdout } = await run('/usr/sbin/chroot', [unpacked.roots.get('amd64') ?? '', '/usr/bin/python3', '-c', IMPORTS], {
+      env: { PATH: '/usr/bin:/bin', PYTHONPATH: '/opt/mlflow/site', HOME: '/tmp' },
+    });
     expect(stdout.trim()).toBe('x86_64 3.17.2 2.9.10');
-    const version = await run('/usr/sbin/chroot', [unpacked.roots.get('amd64') ?? '', '/opt/mlflow/bin/mlflow', '--version'], { env: { PATH: '/opt/mlflow/bin:/usr/bin:/bin', PYTHONPATH: '/opt/mlflow/site', HOME: '/tmp' } });
+    const version = await run('/usr/sbin/chroot', [unpacked.roots.get('amd64') ?? '', '/opt/mlflow/bin/mlflow', '--version'], {
+      env: { PATH: '/opt/mlflow/bin:/usr/bin:/bin', PYTHONPATH: '/opt/mlflow/site', HOME: '/tmp' },
+    });
     expect(version.stdout.trim()).toBe('mlflow, version 3.17.2');
   }, 120_000);
 
   it('linux/arm64: its own Python loads MLflow’s server and psycopg2 under emulation', async () => {
     const root = unpacked.roots.get('arm64') ?? '';
     const qemu = await qemuAarch64();
-    const { stdout } = await run(qemu, ['-L', root, `${root}/usr/bin/python3.11`, '-c', IMPORTS], { env: { PATH: '/usr/bin:/bin', PYTHONPATH: '/opt/mlflow/site', HOME: '/tmp' }, timeout: 240_000 });
+    const { stdout } = await run(qemu, ['-L', root, `${root}/usr/bin/python3.11`, '-c', IMPORTS], {
+      env: { PATH: '/usr/bin:/bin', PYTHONPATH: '/opt/mlflow/site', HOME: '/tmp' },
+      timeout: 240_000,
+    });
     expect(stdout.trim()).toBe('aarch64 3.17.2 2.9.10');
   }, 300_000);
 });

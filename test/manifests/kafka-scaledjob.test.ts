@@ -39,12 +39,12 @@ describe('keda/scaledjob-kafka.yaml', () => {
     expect(text).toMatch(/ceil\(lag \/ lagThreshold\) - unfinishedJobs/);
   });
 
-  it('asks for one Job per partition with lag: a partition\'s records run in order, so more would idle', () => {
+  it("asks for one Job per partition with lag: a partition's records run in order, so more would idle", () => {
     expect(job.spec.triggers[0]?.metadata['limitToPartitionsWithLag']).toBe('true');
     expect(text).toMatch(/limitToPartitionsWithLag caps the metric at \(partitions with lag\) x lagThreshold/);
   });
 
-  it('has a trigger the scaler compiles, with lagThreshold equal to the workers\' --max-messages', async () => {
+  it("has a trigger the scaler compiles, with lagThreshold equal to the workers' --max-messages", async () => {
     const [trigger] = job.spec.triggers;
     expect(trigger?.type).toBe('external');
     const config = loadScalerConfig({ KAFKA_BROKERS: '127.0.0.1:19092' });
@@ -59,15 +59,23 @@ describe('keda/scaledjob-kafka.yaml', () => {
     }
   });
 
-  it('runs a worker the worker accepts, on the trigger\'s topic and group', () => {
-    const env: Record<string, string | undefined> = Object.fromEntries(container.env.filter((e) => e.value !== undefined).map((e) => [e.name, e.value]));
+  it("runs a worker the worker accepts, on the trigger's topic and group", () => {
+    const env: Record<string, string | undefined> = Object.fromEntries(
+      container.env.filter((e) => e.value !== undefined).map((e) => [e.name, e.value]),
+    );
     // The node cache's token comes from a Secret: a stand-in of the shape the worker wants.
-    expect(container.env.find((e) => e.name === 'KMJ_NODE_CACHE_TOKEN')).toEqual({ name: 'KMJ_NODE_CACHE_TOKEN', valueFrom: { secretKeyRef: { name: 'kmj-model-cache', key: 'token' } } });
+    expect(container.env.find((e) => e.name === 'KMJ_NODE_CACHE_TOKEN')).toEqual({
+      name: 'KMJ_NODE_CACHE_TOKEN',
+      valueFrom: { secretKeyRef: { name: 'kmj-model-cache', key: 'token' } },
+    });
     env['KMJ_NODE_CACHE_TOKEN'] = 'stand-in-of-the-secret-token';
     const args = container.args;
     expect(args[0]).toBe('worker');
     const flag = (name: string): string | undefined => args[args.indexOf(name) + 1];
-    const config = loadWorkerConfig(env, { topic: flag('--topic'), group: flag('--group'), maxMessages: flag('--max-messages') } as Record<string, string>);
+    const config = loadWorkerConfig(env, { topic: flag('--topic'), group: flag('--group'), maxMessages: flag('--max-messages') } as Record<
+      string,
+      string
+    >);
     const meta = job.spec.triggers[0]?.metadata ?? {};
     expect(config.kafka).toMatchObject({ topic: meta['topic'], group: meta['consumerGroup'], maxMessages: 1 });
   });
@@ -75,7 +83,11 @@ describe('keda/scaledjob-kafka.yaml', () => {
   it('is hardened as the RabbitMQ ScaledJob is', () => {
     expect(job.spec.jobTargetRef.backoffLimit).toBe(0);
     expect(job.spec.jobTargetRef.template.spec.securityContext.runAsNonRoot).toBe(true);
-    expect(container.securityContext).toEqual({ allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: { drop: ['ALL'] } });
+    expect(container.securityContext).toEqual({
+      allowPrivilegeEscalation: false,
+      readOnlyRootFilesystem: true,
+      capabilities: { drop: ['ALL'] },
+    });
     expect(Object.keys(container.resources.requests).sort()).toEqual(['cpu', 'memory']);
     expect(Object.keys(container.resources.limits).sort()).toEqual(['cpu', 'memory']);
   });

@@ -44,16 +44,27 @@ describe('kubectl apply -k manifests/', () => {
     const objects = await kustomize('manifests');
     const names = objects.map((o) => `${o.kind}/${o.metadata.name}`).sort();
     expect(names).toEqual([
-      'ConfigMap/postgres-init', 'ConfigMap/rabbitmq-config',
+      'ConfigMap/postgres-init',
+      'ConfigMap/rabbitmq-config',
       'DaemonSet/kmj-model-cache',
-      'Deployment/kmj-scaler', 'Deployment/mlflow',
+      'Deployment/kmj-scaler',
+      'Deployment/mlflow',
       'Job/kmj-setup',
       'Namespace/kmj',
       'PersistentVolumeClaim/mlflow-artifacts',
       'ScaledJob/ml-requests',
-      'Service/kmj-model-cache', 'Service/kmj-scaler', 'Service/mlflow', 'Service/postgres', 'Service/rabbitmq',
-      'ServiceAccount/kmj-model-cache', 'ServiceAccount/kmj-scaler', 'ServiceAccount/mlflow', 'ServiceAccount/postgres', 'ServiceAccount/rabbitmq',
-      'StatefulSet/postgres', 'StatefulSet/rabbitmq',
+      'Service/kmj-model-cache',
+      'Service/kmj-scaler',
+      'Service/mlflow',
+      'Service/postgres',
+      'Service/rabbitmq',
+      'ServiceAccount/kmj-model-cache',
+      'ServiceAccount/kmj-scaler',
+      'ServiceAccount/mlflow',
+      'ServiceAccount/postgres',
+      'ServiceAccount/rabbitmq',
+      'StatefulSet/postgres',
+      'StatefulSet/rabbitmq',
       'TriggerAuthentication/kmj-scaler-tls',
     ]);
     for (const o of objects) if (o.kind !== 'Namespace') expect(o.metadata.namespace, `${o.kind}/${o.metadata.name}`).toBe('kmj');
@@ -63,7 +74,10 @@ describe('kubectl apply -k manifests/', () => {
 
   it('keda/ applies on its own too', async () => {
     const objects = await kustomize('keda');
-    expect(objects.map((o) => `${o.kind}/${o.metadata.name}`).sort()).toEqual(['ScaledJob/ml-requests', 'TriggerAuthentication/kmj-scaler-tls']);
+    expect(objects.map((o) => `${o.kind}/${o.metadata.name}`).sort()).toEqual([
+      'ScaledJob/ml-requests',
+      'TriggerAuthentication/kmj-scaler-tls',
+    ]);
   });
 
   it('every workload is hardened: non-root, RuntimeDefault seccomp, read-only root, no capabilities, requests and limits, a pinned image', async () => {
@@ -94,7 +108,10 @@ describe('kubectl apply -k overlays/local/ (this machine)', () => {
   async function baseWithMtls(): Promise<K8sObject[]> {
     const dir = mkdtempSync(join(tmpdir(), 'kmj-kustomize-'));
     try {
-      writeFileSync(join(dir, 'kustomization.yaml'), `apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [${JSON.stringify(relative(dir, packageFile('manifests')))}]\ncomponents: [${JSON.stringify(relative(dir, packageFile('overlays', 'mtls')))}]\n`);
+      writeFileSync(
+        join(dir, 'kustomization.yaml'),
+        `apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [${JSON.stringify(relative(dir, packageFile('manifests')))}]\ncomponents: [${JSON.stringify(relative(dir, packageFile('overlays', 'mtls')))}]\n`,
+      );
       const { stdout } = await run('kubectl', ['kustomize', dir], { maxBuffer: 16 * 1024 * 1024 });
       return parseAllDocuments(stdout).map((d) => d.toJSON() as K8sObject);
     } finally {
@@ -106,7 +123,11 @@ describe('kubectl apply -k overlays/local/ (this machine)', () => {
   function containersOf(objects: K8sObject[]): Array<[string, Container & { imagePullPolicy?: string }]> {
     return objects.flatMap((o) => {
       const pod = podSpecOf(o);
-      return pod ? [...pod.containers, ...(pod.initContainers ?? [])].map((c) => [`${o.kind}/${o.metadata.name} ${c.name}`, c] as [string, Container]) : [];
+      return pod
+        ? [...pod.containers, ...(pod.initContainers ?? [])].map(
+            (c) => [`${o.kind}/${o.metadata.name} ${c.name}`, c] as [string, Container],
+          )
+        : [];
     });
   }
 
@@ -138,11 +159,17 @@ describe('kubectl apply -k overlays/local/ (this machine)', () => {
   it('reaches the scaler by the Service name keda/scaledjob.yaml gives, over mutual TLS', async () => {
     const local = await kustomize('overlays/local');
     const find = (kind: string, name: string) => local.find((o) => o.kind === kind && o.metadata.name === name) as K8sObject;
-    const sj = find('ScaledJob', 'ml-requests').spec as { triggers: Array<{ metadata: Record<string, string>; authenticationRef?: { name: string } }> };
+    const sj = find('ScaledJob', 'ml-requests').spec as {
+      triggers: Array<{ metadata: Record<string, string>; authenticationRef?: { name: string } }>;
+    };
     expect(sj.triggers[0]?.metadata['scalerAddress']).toBe('kmj-scaler.kmj.svc:6000');
     expect(sj.triggers[0]?.authenticationRef).toEqual({ name: 'kmj-scaler-tls' });
     expect((find('Service', 'kmj-scaler').spec as { clusterIP?: string }).clusterIP).toBeUndefined();
-    const scaler = podSpecOf(find('Deployment', 'kmj-scaler')) as PodSpec & { containers: Array<Container & { env?: Array<{ name: string }> }> };
-    expect(scaler.containers[0]?.env?.map((e) => e.name)).toEqual(expect.arrayContaining(['KMJ_SCALER_TLS_CERT_FILE', 'KMJ_SCALER_TLS_KEY_FILE', 'KMJ_SCALER_TLS_CLIENT_CA_FILE']));
+    const scaler = podSpecOf(find('Deployment', 'kmj-scaler')) as PodSpec & {
+      containers: Array<Container & { env?: Array<{ name: string }> }>;
+    };
+    expect(scaler.containers[0]?.env?.map((e) => e.name)).toEqual(
+      expect.arrayContaining(['KMJ_SCALER_TLS_CERT_FILE', 'KMJ_SCALER_TLS_KEY_FILE', 'KMJ_SCALER_TLS_CLIENT_CA_FILE']),
+    );
   });
 });

@@ -39,10 +39,16 @@ async function open(archive: string): Promise<Image> {
   const config = (JSON.parse(await tarRead(archive, manifest.Config)) as { config: ImageConfig }).config;
   const layer = manifest.Layers[0] ?? '';
   const listing = await run('bash', ['-c', 'tar -xOf "$1" "$2" | tar -t', 'list', archive, layer], { maxBuffer: 512 * 1024 * 1024 });
-  const files = new Set(listing.stdout.split('\n').map((f) => f.replace(/^\.?\//, '').replace(/\/$/, '')).filter((f) => f !== ''));
+  const files = new Set(
+    listing.stdout
+      .split('\n')
+      .map((f) => f.replace(/^\.?\//, '').replace(/\/$/, ''))
+      .filter((f) => f !== ''),
+  );
   const env = new Map((config.Env ?? []).map((e) => [e.slice(0, e.indexOf('=')), e.slice(e.indexOf('=') + 1)] as [string, string]));
   const text = async (path: string): Promise<string> =>
-    (await run('bash', ['-c', 'tar -xOf "$1" "$2" | tar -xOf - "$3"', 'read', archive, layer, path], { maxBuffer: 64 * 1024 * 1024 })).stdout;
+    (await run('bash', ['-c', 'tar -xOf "$1" "$2" | tar -xOf - "$3"', 'read', archive, layer, path], { maxBuffer: 64 * 1024 * 1024 }))
+      .stdout;
   return { tag: manifest.RepoTags[0] ?? '', config, env, files, text };
 }
 
@@ -66,7 +72,10 @@ async function passwdOf(image: Image, uid: string): Promise<string[] | undefined
 const images = new Map<string, Image>();
 beforeAll(async () => {
   // Built once per machine (cached); the cluster's deployment has usually built them already.
-  const { stdout } = await run('bash', [packageFile('scripts', 'stand-in-images.sh'), 'archives'], { maxBuffer: 16 * 1024 * 1024, timeout: 1_500_000 });
+  const { stdout } = await run('bash', [packageFile('scripts', 'stand-in-images.sh'), 'archives'], {
+    maxBuffer: 16 * 1024 * 1024,
+    timeout: 1_500_000,
+  });
   for (const line of stdout.trim().split('\n')) {
     const [name = '', archive = ''] = line.split(' ');
     images.set(name, await open(archive));
@@ -90,9 +99,14 @@ describe('the stand-in images honour the contracts their manifests write down', 
     expect([...r.env.keys()].sort()).toEqual(['HOME', 'LANG', 'PATH', 'RABBITMQ_DATA_DIR']);
     expect(r.env.get('HOME')).toBe('/var/lib/rabbitmq');
     expect(onPath(r, 'rabbitmq-diagnostics')).toBeDefined();
-    const version = manifestImage('rabbitmq.yaml').replace(/^rabbitmq:/, '').replace(/-management$/, '');
+    const version = manifestImage('rabbitmq.yaml')
+      .replace(/^rabbitmq:/, '')
+      .replace(/-management$/, '');
     for (const plugin of ['rabbitmq_management', 'rabbitmq_prometheus']) {
-      expect([...r.files].some((f) => new RegExp(`/rabbitmq_server-${version}/plugins/${plugin}-${version}(\\.ez)?$`).test(f)), plugin).toBe(true);
+      expect(
+        [...r.files].some((f) => new RegExp(`/rabbitmq_server-${version}/plugins/${plugin}-${version}(\\.ez)?$`).test(f)),
+        plugin,
+      ).toBe(true);
     }
   }, 120_000);
 
@@ -112,7 +126,7 @@ describe('the stand-in images honour the contracts their manifests write down', 
     expect([...p.files].some((f) => f.startsWith(`var/lib/postgresql/${major}/main`))).toBe(false);
   }, 120_000);
 
-  it('MLflow (manifests/mlflow.yaml): the Dockerfile\'s user, entrypoint and pins, exactly', async () => {
+  it("MLflow (manifests/mlflow.yaml): the Dockerfile's user, entrypoint and pins, exactly", async () => {
     const m = image('mlflow');
     const dockerfile = readFileSync(packageFile('manifests', 'mlflow-image', 'Dockerfile'), 'utf8');
     expect(m.tag).toBe(`kmj.local/${manifestImage('mlflow.yaml').split('/').pop()}`);
@@ -120,11 +134,17 @@ describe('the stand-in images honour the contracts their manifests write down', 
     expect(m.config.Entrypoint?.map((p) => p.split('/').pop())).toEqual(JSON.parse(/^ENTRYPOINT (.+)$/m.exec(dockerfile)?.[1] ?? '[]'));
     expect(onPath(m, 'mlflow')).toBe(m.config.Entrypoint?.[0]?.replace(/\/mlflow$/, ''));
     expect((await passwdOf(m, '1000'))?.slice(0, 3)).toEqual(['mlflow', '1000', '1000']);
-    const pins = [...dockerfile.matchAll(/"([A-Za-z0-9_.-]+)(?:\[[a-z,]+\])?==([^"]+)"/g)].map((x): [string, string] => [x[1] ?? '', x[2] ?? '']);
+    const pins = [...dockerfile.matchAll(/"([A-Za-z0-9_.-]+)(?:\[[a-z,]+\])?==([^"]+)"/g)].map((x): [string, string] => [
+      x[1] ?? '',
+      x[2] ?? '',
+    ]);
     expect(pins.map(([n]) => n)).toEqual(['mlflow', 'psycopg2-binary']);
     for (const [name, version] of pins) {
       const dist = `${name.replace(/-/g, '_')}-${version}.dist-info`;
-      expect([...m.files].some((f) => f.endsWith(`/site-packages/${dist}`)), dist).toBe(true);
+      expect(
+        [...m.files].some((f) => f.endsWith(`/site-packages/${dist}`)),
+        dist,
+      ).toBe(true);
     }
   }, 120_000);
 });

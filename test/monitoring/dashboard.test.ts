@@ -74,15 +74,22 @@ describe('the dashboard', () => {
     for (const a of json.panels) {
       for (const b of json.panels) {
         if (a === b) continue;
-        const overlap = a.gridPos.x < b.gridPos.x + b.gridPos.w && b.gridPos.x < a.gridPos.x + a.gridPos.w && a.gridPos.y < b.gridPos.y + b.gridPos.h && b.gridPos.y < a.gridPos.y + a.gridPos.h;
+        const overlap =
+          a.gridPos.x < b.gridPos.x + b.gridPos.w &&
+          b.gridPos.x < a.gridPos.x + a.gridPos.w &&
+          a.gridPos.y < b.gridPos.y + b.gridPos.h &&
+          b.gridPos.y < a.gridPos.y + a.gridPos.h;
         expect(overlap, `${a.title} / ${b.title}`).toBe(false);
       }
     }
   });
 
-  it('sends only queries Prometheus accepts, with Grafana\'s interval variables for a 1-hour and a 3-minute range', async () => {
+  it("sends only queries Prometheus accepts, with Grafana's interval variables for a 1-hour and a 3-minute range", async () => {
     const now = Math.floor(Date.now() / 1000);
-    for (const range of [{ from: now - 3600, to: now }, { from: now - 180, to: now }]) {
+    for (const range of [
+      { from: now - 3600, to: now },
+      { from: now - 180, to: now },
+    ]) {
       expect(rateIntervalSeconds(range)).toBeGreaterThanOrEqual(4 * 15);
       for (const row of ROWS) {
         for (const panel of row.panels) {

@@ -24,7 +24,9 @@ interface AlertTest {
   alert_rule_test?: Array<{ alertname: string; exp_alerts: Array<{ exp_labels: Record<string, string> }> }>;
 }
 
-const rules = (parse(readFileSync(join(MONITORING, 'alerts.rules.yaml'), 'utf8')) as { groups: Array<{ rules: Rule[] }> }).groups.flatMap((g) => g.rules);
+const rules = (parse(readFileSync(join(MONITORING, 'alerts.rules.yaml'), 'utf8')) as { groups: Array<{ rules: Rule[] }> }).groups.flatMap(
+  (g) => g.rules,
+);
 const alerts = rules.filter((r) => r.alert !== undefined);
 
 describe('alert rules', () => {
@@ -49,7 +51,9 @@ describe('alert rules', () => {
     expect(alerts.map((a) => a.alert).sort()).toEqual([...new Set(quiet.map((c) => c.alertname))].sort());
     for (const c of fired) {
       for (const e of c.exp_alerts) {
-        expect(Object.keys(e.exp_labels), c.alertname).toEqual(expect.arrayContaining(['queue', 'scaledjob', 'scaledjob_namespace', 'severity']));
+        expect(Object.keys(e.exp_labels), c.alertname).toEqual(
+          expect.arrayContaining(['queue', 'scaledjob', 'scaledjob_namespace', 'severity']),
+        );
         expect(e.exp_labels['queue'], c.alertname).not.toBe('');
       }
     }
@@ -63,7 +67,10 @@ describe('alert rules', () => {
     const check = spawnSync(process.execPath, [join(PACKAGE_ROOT, 'scripts', 'monitoring.mjs'), '--check'], { encoding: 'utf8' });
     expect(check.stderr).toBe('');
     expect(check.status).toBe(0);
-    const pr = parse(readFileSync(join(MONITORING, 'prometheusrule.yaml'), 'utf8')) as { kind: string; spec: { groups: Array<{ rules: Rule[] }> } };
+    const pr = parse(readFileSync(join(MONITORING, 'prometheusrule.yaml'), 'utf8')) as {
+      kind: string;
+      spec: { groups: Array<{ rules: Rule[] }> };
+    };
     expect(pr.kind).toBe('PrometheusRule');
     expect(pr.spec.groups.flatMap((g) => g.rules)).toEqual(rules);
   });

@@ -13,7 +13,11 @@ let s: ScalerHandle;
 beforeAll(async () => {
   await node.start();
   rabbit = new RabbitFixture(node.url);
-  s = await startTestScaler({ RABBITMQ_URL: node.url, RABBITMQ_MANAGEMENT_URL: node.managementUrl, KMJ_SCALER_RECONNECT_MAX_BACKOFF_MS: '1000' });
+  s = await startTestScaler({
+    RABBITMQ_URL: node.url,
+    RABBITMQ_MANAGEMENT_URL: node.managementUrl,
+    KMJ_SCALER_RECONNECT_MAX_BACKOFF_MS: '1000',
+  });
 }, 180_000);
 
 afterAll(async () => {
@@ -26,15 +30,27 @@ it('answers UNAVAILABLE while the broker is down and the right count soon after 
   const queue = await rabbit.queue('restart');
   await rabbit.publish(queue, 3);
   const meta = { queueName: queue };
-  expect(await eventually(() => s.client.poll(meta), (r) => r.ok && r.view.value === 3)).toMatchObject({ ok: true, view: { value: 3 } });
+  expect(
+    await eventually(
+      () => s.client.poll(meta),
+      (r) => r.ok && r.view.value === 3,
+    ),
+  ).toMatchObject({ ok: true, view: { value: 3 } });
 
   const seen: Array<number | string> = [];
   const watcher = setInterval(() => {
-    void s.client.getMetrics(meta).then((r) => seen.push(r.ok ? (r.value.metricValues[0]?.metricValueFloat ?? -1) : grpc.status[r.error.code]));
+    void s.client
+      .getMetrics(meta)
+      .then((r) => seen.push(r.ok ? (r.value.metricValues[0]?.metricValueFloat ?? -1) : grpc.status[r.error.code]));
   }, 50);
   try {
     await node.stopApp();
-    const down = await eventually(() => s.client.poll(meta), (r) => !r.ok, 10_000, 100);
+    const down = await eventually(
+      () => s.client.poll(meta),
+      (r) => !r.ok,
+      10_000,
+      100,
+    );
     expect(down.ok).toBe(false);
     if (!down.ok) {
       expect(down.error.code).toBe(grpc.status.UNAVAILABLE);
@@ -46,7 +62,12 @@ it('answers UNAVAILABLE while the broker is down and the right count soon after 
 
     await node.startApp();
     const backAt = Date.now();
-    const back = await eventually(() => s.client.poll(meta), (r) => r.ok && r.view.value === 3, 20_000, 100);
+    const back = await eventually(
+      () => s.client.poll(meta),
+      (r) => r.ok && r.view.value === 3,
+      20_000,
+      100,
+    );
     expect(back).toMatchObject({ ok: true, view: { value: 3 } });
     expect(Date.now() - backAt).toBeLessThan(6000);
   } finally {

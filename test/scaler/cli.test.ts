@@ -47,10 +47,18 @@ async function waitForLog(p: KmjProcess, msg: string, timeoutMs = 10_000): Promi
 }
 
 /** Starts `kmj scaler` on free ports and returns them, read from its 'scaler listening' line. */
-async function startScalerProcess(env: Record<string, string> = {}): Promise<{ p: KmjProcess; grpcPort: number; metricsPort: number; client: KedaLikeClient }> {
+async function startScalerProcess(
+  env: Record<string, string> = {},
+): Promise<{ p: KmjProcess; grpcPort: number; metricsPort: number; client: KedaLikeClient }> {
   const p = kmj(['scaler', '--port', '0', '--metrics-port', '0'], env);
   const listening = await waitForLog(p, 'scaler listening');
-  expect(listening).toMatchObject({ level: 'info', name: 'kmj-scaler', tls: 'off', grpcPort: expect.any(Number), metricsPort: expect.any(Number) });
+  expect(listening).toMatchObject({
+    level: 'info',
+    name: 'kmj-scaler',
+    tls: 'off',
+    grpcPort: expect.any(Number),
+    metricsPort: expect.any(Number),
+  });
   const grpcPort = listening['grpcPort'] as number;
   const metricsPort = listening['metricsPort'] as number;
   expect(grpcPort).toBeGreaterThan(0);
@@ -90,10 +98,17 @@ describe('kmj scaler', () => {
       const spec = await client.getMetricSpec({ queueName: queue });
       expect(spec).toEqual({
         ok: true,
-        value: { metricSpecs: [{ metricName: expect.stringMatching(new RegExp(`^rabbitmq-${queue}-[0-9a-f]{10}$`)), targetSize: 1, targetSizeFloat: 1 }] },
+        value: {
+          metricSpecs: [
+            { metricName: expect.stringMatching(new RegExp(`^rabbitmq-${queue}-[0-9a-f]{10}$`)), targetSize: 1, targetSizeFloat: 1 },
+          ],
+        },
       });
       const metricName = spec.ok ? (spec.value.metricSpecs[0]?.metricName ?? '') : '';
-      const values = await eventually(() => client.getMetrics({ queueName: queue }, metricName), (r) => r.ok && r.value.metricValues[0]?.metricValue === 4);
+      const values = await eventually(
+        () => client.getMetrics({ queueName: queue }, metricName),
+        (r) => r.ok && r.value.metricValues[0]?.metricValue === 4,
+      );
       expect(values).toEqual({ ok: true, value: { metricValues: [{ metricName, metricValue: 4, metricValueFloat: 4 }] } });
     } finally {
       client.close();
@@ -152,7 +167,10 @@ describe('kmj scaler', () => {
       const amqp = await client.getMetrics({ queueName: queue });
       expect(amqp).toEqual({
         ok: false,
-        error: { code: grpc.status.UNAVAILABLE, details: expect.stringMatching(/^cannot reach the broker: .*ACCESS_REFUSED - Login was refused/) },
+        error: {
+          code: grpc.status.UNAVAILABLE,
+          details: expect.stringMatching(/^cannot reach the broker: .*ACCESS_REFUSED - Login was refused/),
+        },
       });
       const mgmt = await client.getMetrics({ queueName: queue, mode: 'management' });
       expect(mgmt).toEqual({
@@ -198,7 +216,9 @@ describe('kmj scaler with a port already taken', () => {
   /** The exit within `ms`, or 'still running'. */
   function exitWithin(p: KmjProcess, ms: number): Promise<Exit | 'still running'> {
     let timer: NodeJS.Timeout | undefined;
-    return Promise.race([exited(p), new Promise<'still running'>((r) => (timer = setTimeout(() => r('still running'), ms)))]).finally(() => clearTimeout(timer));
+    return Promise.race([exited(p), new Promise<'still running'>((r) => (timer = setTimeout(() => r('still running'), ms)))]).finally(() =>
+      clearTimeout(timer),
+    );
   }
 
   it('exits 70 naming the gRPC port it cannot listen on', async () => {
@@ -213,7 +233,9 @@ describe('kmj scaler with a port already taken', () => {
     const end = Date.now() + 5000;
     while (!p.stderr().includes('\n') && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
     expect(p.stderr()).toMatch(
-      new RegExp(`^kmj: Error: cannot listen for HTTP on 127\\.0\\.0\\.1:${takenPort}: listen EADDRINUSE: address already in use 127\\.0\\.0\\.1:${takenPort}\n`),
+      new RegExp(
+        `^kmj: Error: cannot listen for HTTP on 127\\.0\\.0\\.1:${takenPort}: listen EADDRINUSE: address already in use 127\\.0\\.0\\.1:${takenPort}\n`,
+      ),
     );
   });
 

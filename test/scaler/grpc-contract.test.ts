@@ -6,7 +6,7 @@ import * as protoLoader from '@grpc/proto-loader';
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
-import { Field, MapField, parse, Service, Type, type Namespace } from 'protobufjs';
+import { type Field, MapField, parse, Service, Type, type Namespace } from 'protobufjs';
 import { FileDescriptorProto } from 'protobufjs/ext/descriptor/index.js';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { packageFile } from '../../common/paths.ts';
@@ -31,7 +31,11 @@ describe('proto/externalscaler.proto', () => {
   }
 
   it('names the KEDA release it matches in its header, and is proto3', () => {
-    const header = text.split('\n').filter((l) => l.startsWith('//')).slice(0, 3).join('\n');
+    const header = text
+      .split('\n')
+      .filter((l) => l.startsWith('//'))
+      .slice(0, 3)
+      .join('\n');
     expect(header).toMatch(/^\/\/ KEDA's external scaler contract, as shipped in KEDA v2\.20\n/);
     expect(header).toContain('pkg/scalers/externalscaler/externalscaler.proto');
     expect(text).toMatch(/^syntax = "proto3";$/m);
@@ -95,7 +99,9 @@ describe('proto/externalscaler.proto', () => {
 
   it('is served under the wire paths KEDA calls', () => {
     const def = loadExternalScalerPackage()['externalscaler.ExternalScaler'] as grpc.ServiceDefinition;
-    const paths = Object.values(def).map((m) => `${m.path} ${m.requestStream ? 'stream' : 'unary'}->${m.responseStream ? 'stream' : 'unary'}`);
+    const paths = Object.values(def).map(
+      (m) => `${m.path} ${m.requestStream ? 'stream' : 'unary'}->${m.responseStream ? 'stream' : 'unary'}`,
+    );
     expect(paths.sort()).toEqual([
       '/externalscaler.ExternalScaler/GetMetricSpec unary->unary',
       '/externalscaler.ExternalScaler/GetMetrics unary->unary',
@@ -169,12 +175,17 @@ describe('server reflection (grpc.reflection.v1alpha)', () => {
   it('lists externalscaler.ExternalScaler and describes it', async () => {
     expect(listed).toContain('externalscaler.ExternalScaler');
     const res = await ask({ file_containing_symbol: 'externalscaler.ExternalScaler' });
-    const files = (res.file_descriptor_response?.file_descriptor_proto ?? []).map((b) => FileDescriptorProto.decode(b) as unknown as {
-      package: string;
-      service: Array<{ name: string; method: Array<{ name: string }> }>;
-    });
+    const files = (res.file_descriptor_response?.file_descriptor_proto ?? []).map(
+      (b) =>
+        FileDescriptorProto.decode(b) as unknown as {
+          package: string;
+          service: Array<{ name: string; method: Array<{ name: string }> }>;
+        },
+    );
     const svc = files.flatMap((f) => f.service.map((x) => ({ pkg: f.package, name: x.name, methods: x.method.map((m) => m.name) })));
-    expect(svc).toEqual([{ pkg: 'externalscaler', name: 'ExternalScaler', methods: ['IsActive', 'StreamIsActive', 'GetMetricSpec', 'GetMetrics'] }]);
+    expect(svc).toEqual([
+      { pkg: 'externalscaler', name: 'ExternalScaler', methods: ['IsActive', 'StreamIsActive', 'GetMetricSpec', 'GetMetrics'] },
+    ]);
   });
 
   it('lists grpc.health.v1.Health too', () => {
@@ -201,25 +212,35 @@ describe('trigger metadata errors (INVALID_ARGUMENT, via GetMetricSpec)', () => 
   });
 
   it('refuses a mode that does not exist', async () => {
-    expect(await invalid({ queueName: 'jobs', mode: 'fast' })).toBe('invalid trigger metadata: mode: "fast" must be one of backlog, ready, management');
+    expect(await invalid({ queueName: 'jobs', mode: 'fast' })).toBe(
+      'invalid trigger metadata: mode: "fast" must be one of backlog, ready, management',
+    );
   });
 
   it('refuses a targetSize that is not a number above 0', async () => {
     for (const v of ['0', '-1', 'abc']) {
-      expect(await invalid({ queueName: 'jobs', targetSize: v })).toBe(`invalid trigger metadata: targetSize: "${v}" must be a number greater than 0`);
+      expect(await invalid({ queueName: 'jobs', targetSize: v })).toBe(
+        `invalid trigger metadata: targetSize: "${v}" must be a number greater than 0`,
+      );
     }
   });
 
   it('refuses a negative activationThreshold', async () => {
-    expect(await invalid({ queueName: 'jobs', activationThreshold: '-1' })).toBe('invalid trigger metadata: activationThreshold: "-1" must be a number at least 0');
+    expect(await invalid({ queueName: 'jobs', activationThreshold: '-1' })).toBe(
+      'invalid trigger metadata: activationThreshold: "-1" must be a number at least 0',
+    );
   });
 
   it('refuses an unknown key, listing the allowed ones', async () => {
-    expect(await invalid({ queueName: 'jobs', queueLength: '5' })).toBe(`invalid trigger metadata: queueLength: unknown key; allowed keys are ${ALLOWED}`);
+    expect(await invalid({ queueName: 'jobs', queueLength: '5' })).toBe(
+      `invalid trigger metadata: queueLength: unknown key; allowed keys are ${ALLOWED}`,
+    );
   });
 
   it('refuses a source the scaler does not have', async () => {
-    expect(await invalid({ queueName: 'jobs', source: 'nats' })).toBe('invalid trigger metadata: source: "nats" must be one of rabbitmq, kafka');
+    expect(await invalid({ queueName: 'jobs', source: 'nats' })).toBe(
+      'invalid trigger metadata: source: "nats" must be one of rabbitmq, kafka',
+    );
   });
 
   it('refuses a connection alias the scaler is not configured with', async () => {
@@ -260,9 +281,16 @@ describe('trigger metadata errors (INVALID_ARGUMENT, via GetMetricSpec)', () => 
     const spec = await scaler().client.getMetricSpec({ queueNameFromEnv: queue });
     expect(spec).toEqual({
       ok: true,
-      value: { metricSpecs: [{ metricName: expect.stringMatching(new RegExp(`^rabbitmq-${queue}-[0-9a-f]{10}$`)), targetSize: 1, targetSizeFloat: 1 }] },
+      value: {
+        metricSpecs: [
+          { metricName: expect.stringMatching(new RegExp(`^rabbitmq-${queue}-[0-9a-f]{10}$`)), targetSize: 1, targetSizeFloat: 1 },
+        ],
+      },
     });
-    const fromEnv = await eventually(() => scaler().client.poll({ queueNameFromEnv: queue }), (r) => r.ok && r.view.value === 3);
+    const fromEnv = await eventually(
+      () => scaler().client.poll({ queueNameFromEnv: queue }),
+      (r) => r.ok && r.view.value === 3,
+    );
     const direct = await scaler().client.poll({ queueName: queue });
     expect(fromEnv).toMatchObject({ ok: true, view: { value: 3, active: true } });
     expect(direct).toMatchObject({ ok: true, view: { value: 3, active: true } });
@@ -286,10 +314,19 @@ describe('trigger metadata errors (INVALID_ARGUMENT, via GetMetricSpec)', () => 
 
   it("accepts KEDA's own keys scalerAddress, enableTLS and unsafeSsl", async () => {
     const queue = await rabbit().queue('keda-keys');
-    const r = await scaler().client.getMetricSpec({ queueName: queue, scalerAddress: 'kmj-scaler.ml.svc:6000', enableTLS: 'true', unsafeSsl: 'false' });
+    const r = await scaler().client.getMetricSpec({
+      queueName: queue,
+      scalerAddress: 'kmj-scaler.ml.svc:6000',
+      enableTLS: 'true',
+      unsafeSsl: 'false',
+    });
     expect(r).toEqual({
       ok: true,
-      value: { metricSpecs: [{ metricName: expect.stringMatching(new RegExp(`^rabbitmq-${queue}-[0-9a-f]{10}$`)), targetSize: 1, targetSizeFloat: 1 }] },
+      value: {
+        metricSpecs: [
+          { metricName: expect.stringMatching(new RegExp(`^rabbitmq-${queue}-[0-9a-f]{10}$`)), targetSize: 1, targetSizeFloat: 1 },
+        ],
+      },
     });
   });
 });

@@ -21,20 +21,27 @@ beforeAll(async () => {
 
 afterAll(async () => {
   for (const m of members) m.stdin?.end();
-  await Promise.all(members.map((m) => (m.exitCode === null ? new Promise((r) => m.once('exit', r)) : undefined)));
+  await Promise.all(members.filter((m) => m.exitCode === null).map((m) => new Promise((r) => m.once('exit', r))));
   await handle?.close();
   await kafka?.close();
 }, 60_000);
 
 /** Starts the Java member and resolves once it printed `line`. */
 async function member(topic: string, group: string, commit: number, line: string): Promise<ChildProcess> {
-  const child = spawn('java', ['-cp', join(KAFKA_LIBS, '*'), packageFile('test', 'java', 'Kip848Consumer.java'), KAFKA_BROKERS, topic, group, String(commit)], { stdio: ['pipe', 'pipe', 'pipe'] });
+  const child = spawn(
+    'java',
+    ['-cp', join(KAFKA_LIBS, '*'), packageFile('test', 'java', 'Kip848Consumer.java'), KAFKA_BROKERS, topic, group, String(commit)],
+    { stdio: ['pipe', 'pipe', 'pipe'] },
+  );
   members.push(child);
   let out = '';
   let err = '';
   child.stderr?.on('data', (d: Buffer) => (err += d.toString()));
   await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`the Java member did not print "${line}" within 60 s: ${out} ${err.slice(-2000)}`)), 60_000);
+    const timer = setTimeout(
+      () => reject(new Error(`the Java member did not print "${line}" within 60 s: ${out} ${err.slice(-2000)}`)),
+      60_000,
+    );
     child.stdout?.on('data', (d: Buffer) => {
       out += d.toString();
       if (out.split('\n').includes(line)) {
@@ -58,7 +65,12 @@ describe('consumer groups of the KIP-848 protocol (Java client, group.protocol=c
     const group = kafka.group('kip848-new');
     await member(topic, group, 0, 'joined');
     const meta = { source: 'kafka', topic, consumerGroup: group, allowIdleConsumers: 'true' };
-    expect(await eventually(() => handle.client.poll({ ...meta, offsetResetPolicy: 'earliest' }), (r) => r.ok)).toMatchObject({ ok: true, view: { value: 5, active: true } });
+    expect(
+      await eventually(
+        () => handle.client.poll({ ...meta, offsetResetPolicy: 'earliest' }),
+        (r) => r.ok,
+      ),
+    ).toMatchObject({ ok: true, view: { value: 5, active: true } });
     expect(await handle.client.poll(meta)).toMatchObject({ ok: true, view: { value: 2 } });
   }, 90_000);
 
@@ -68,6 +80,11 @@ describe('consumer groups of the KIP-848 protocol (Java client, group.protocol=c
     const group = kafka.group('kip848-committed');
     await member(topic, group, 2, 'committed 2');
     const meta = { source: 'kafka', topic, consumerGroup: group, allowIdleConsumers: 'true' };
-    expect(await eventually(() => handle.client.poll(meta), (r) => r.ok && r.view.value === 3)).toMatchObject({ ok: true, view: { value: 3, active: true } });
+    expect(
+      await eventually(
+        () => handle.client.poll(meta),
+        (r) => r.ok && r.view.value === 3,
+      ),
+    ).toMatchObject({ ok: true, view: { value: 3, active: true } });
   }, 90_000);
 });

@@ -22,11 +22,44 @@ beforeAll(async () => {
   writeFileSync(
     connections,
     JSON.stringify({
-      scram256: { source: 'kafka', brokers: KAFKA_SASL_BROKERS, saslMechanism: 'scram-sha-256', username: KAFKA_USER, password: KAFKA_PASSWORD },
-      scram512: { source: 'kafka', brokers: KAFKA_SASL_BROKERS, saslMechanism: 'scram-sha-512', username: KAFKA_USER, password: KAFKA_PASSWORD },
-      wrongpw: { source: 'kafka', brokers: KAFKA_SASL_BROKERS, saslMechanism: 'scram-sha-256', username: KAFKA_USER, password: 'not-the-Secret-42' },
-      tls: { source: 'kafka', brokers: KAFKA_SSL_BROKERS, saslMechanism: 'scram-sha-512', username: KAFKA_USER, password: KAFKA_PASSWORD, tls: 'true', caFile: KAFKA_TLS_CA_FILE },
-      untrusted: { source: 'kafka', brokers: KAFKA_SSL_BROKERS, saslMechanism: 'scram-sha-512', username: KAFKA_USER, password: KAFKA_PASSWORD, tls: 'true' },
+      scram256: {
+        source: 'kafka',
+        brokers: KAFKA_SASL_BROKERS,
+        saslMechanism: 'scram-sha-256',
+        username: KAFKA_USER,
+        password: KAFKA_PASSWORD,
+      },
+      scram512: {
+        source: 'kafka',
+        brokers: KAFKA_SASL_BROKERS,
+        saslMechanism: 'scram-sha-512',
+        username: KAFKA_USER,
+        password: KAFKA_PASSWORD,
+      },
+      wrongpw: {
+        source: 'kafka',
+        brokers: KAFKA_SASL_BROKERS,
+        saslMechanism: 'scram-sha-256',
+        username: KAFKA_USER,
+        password: 'not-the-Secret-42',
+      },
+      tls: {
+        source: 'kafka',
+        brokers: KAFKA_SSL_BROKERS,
+        saslMechanism: 'scram-sha-512',
+        username: KAFKA_USER,
+        password: KAFKA_PASSWORD,
+        tls: 'true',
+        caFile: KAFKA_TLS_CA_FILE,
+      },
+      untrusted: {
+        source: 'kafka',
+        brokers: KAFKA_SSL_BROKERS,
+        saslMechanism: 'scram-sha-512',
+        username: KAFKA_USER,
+        password: KAFKA_PASSWORD,
+        tls: 'true',
+      },
     }),
   );
   handle = await startTestScaler({ KAFKA_BROKERS, KMJ_SCALER_CONNECTIONS_FILE: connections });
@@ -60,7 +93,10 @@ describe('lag of a consumer group', () => {
 
     // New records show on the next reads.
     await kafka.produce(topic, 1, 2);
-    const after = await eventually(() => poll({ topic, consumerGroup: caughtUp, ...idle }), (r) => r.ok && r.view.value === 2);
+    const after = await eventually(
+      () => poll({ topic, consumerGroup: caughtUp, ...idle }),
+      (r) => r.ok && r.view.value === 2,
+    );
     expect(after).toMatchObject({ ok: true, view: { value: 2, active: true } });
   });
 
@@ -92,12 +128,25 @@ describe('lag of a consumer group', () => {
     expect(await poll({ ...base, offsetResetPolicy: 'latest' })).toMatchObject({ ok: true, view: { value: 2 } });
     expect(await poll({ ...base, offsetResetPolicy: 'earliest' })).toMatchObject({ ok: true, view: { value: 9, active: true } });
     for (const offsetResetPolicy of ['latest', 'earliest']) {
-      expect(await poll({ ...base, offsetResetPolicy, scaleToZeroOnInvalidOffset: 'true' })).toMatchObject({ ok: true, view: { value: 0, active: false } });
+      expect(await poll({ ...base, offsetResetPolicy, scaleToZeroOnInvalidOffset: 'true' })).toMatchObject({
+        ok: true,
+        view: { value: 0, active: false },
+      });
     }
     // One partition committed, one not: the committed one by its offsets, the other by the policy.
     await kafka.commit(group, topic, { 0: 3 });
-    expect(await eventually(() => poll({ ...base, offsetResetPolicy: 'earliest' }), (r) => r.ok && r.view.value === 6)).toMatchObject({ ok: true, view: { value: 6 } });
-    expect(await eventually(() => poll({ ...base, offsetResetPolicy: 'latest' }), (r) => r.ok && r.view.value === 5)).toMatchObject({ ok: true, view: { value: 5 } });
+    expect(
+      await eventually(
+        () => poll({ ...base, offsetResetPolicy: 'earliest' }),
+        (r) => r.ok && r.view.value === 6,
+      ),
+    ).toMatchObject({ ok: true, view: { value: 6 } });
+    expect(
+      await eventually(
+        () => poll({ ...base, offsetResetPolicy: 'latest' }),
+        (r) => r.ok && r.view.value === 5,
+      ),
+    ).toMatchObject({ ok: true, view: { value: 5 } });
   });
 
   it('caps at partitions × lagThreshold unless allowIdleConsumers, at partitions with lag with limitToPartitionsWithLag', async () => {
@@ -120,8 +169,14 @@ describe('lag of a consumer group', () => {
     await kafka.produce(topic, 0, 5);
     const group = kafka.group('activation');
     await kafka.commit(group, topic, { 0: 0 });
-    expect(await poll({ topic, consumerGroup: group, activationLagThreshold: '5', allowIdleConsumers: 'true' })).toMatchObject({ ok: true, view: { value: 5, active: false } });
-    expect(await poll({ topic, consumerGroup: group, activationLagThreshold: '4', allowIdleConsumers: 'true' })).toMatchObject({ ok: true, view: { value: 5, active: true } });
+    expect(await poll({ topic, consumerGroup: group, activationLagThreshold: '5', allowIdleConsumers: 'true' })).toMatchObject({
+      ok: true,
+      view: { value: 5, active: false },
+    });
+    expect(await poll({ topic, consumerGroup: group, activationLagThreshold: '4', allowIdleConsumers: 'true' })).toMatchObject({
+      ok: true,
+      view: { value: 5, active: true },
+    });
   });
 
   it('with excludePersistentLag leaves out lag whose commit does not move, but stays active', async () => {
@@ -132,10 +187,18 @@ describe('lag of a consumer group', () => {
     await kafka.commit(group, topic, { 0: 1, 1: 2 });
     const meta = { topic, consumerGroup: group, excludePersistentLag: 'true', allowIdleConsumers: 'true' };
     // The first read counts everything; from the second on, commits that did not move count 0.
-    const stuck = await eventually(() => poll(meta), (r) => r.ok && r.view.value === 0);
+    const stuck = await eventually(
+      () => poll(meta),
+      (r) => r.ok && r.view.value === 0,
+    );
     expect(stuck).toMatchObject({ ok: true, view: { value: 0, active: true } });
     await kafka.commit(group, topic, { 0: 2 });
-    const moved = await eventually(() => poll(meta), (r) => r.ok && r.view.value === 2, 5000, 50);
+    const moved = await eventually(
+      () => poll(meta),
+      (r) => r.ok && r.view.value === 2,
+      5000,
+      50,
+    );
     expect(moved).toMatchObject({ ok: true, view: { value: 2, active: true } });
   });
 });
@@ -144,7 +207,10 @@ describe('what the scaler never reports as 0', () => {
   it('a missing topic is NOT_FOUND, and the source still reads other topics after it', async () => {
     const group = kafka.group('missing-topic');
     const r = await poll({ topic: 'kmj-no-such-topic', consumerGroup: group });
-    expect(r).toEqual({ ok: false, error: { code: grpc.status.NOT_FOUND, details: `topic "kmj-no-such-topic" does not exist on ${KAFKA_BROKERS}` } });
+    expect(r).toEqual({
+      ok: false,
+      error: { code: grpc.status.NOT_FOUND, details: `topic "kmj-no-such-topic" does not exist on ${KAFKA_BROKERS}` },
+    });
     const topic = await kafka.topic('after-missing', 1);
     await kafka.produce(topic, 0, 2);
     await kafka.commit(group, topic, { 0: 0 });
@@ -157,14 +223,27 @@ describe('what the scaler never reports as 0', () => {
     const r = await poll({ topic, consumerGroup: 'kmj-no-such-group' });
     expect(r).toEqual({
       ok: false,
-      error: { code: grpc.status.NOT_FOUND, details: `consumer group "kmj-no-such-group" does not exist on ${KAFKA_BROKERS} (no member has joined it and it has no committed offsets)` },
+      error: {
+        code: grpc.status.NOT_FOUND,
+        details: `consumer group "kmj-no-such-group" does not exist on ${KAFKA_BROKERS} (no member has joined it and it has no committed offsets)`,
+      },
     });
     const none = await poll({ consumerGroup: 'kmj-no-such-group' });
-    expect(none).toMatchObject({ ok: false, error: { code: grpc.status.NOT_FOUND, details: expect.stringContaining('has committed no offsets') } });
+    expect(none).toMatchObject({
+      ok: false,
+      error: { code: grpc.status.NOT_FOUND, details: expect.stringContaining('has committed no offsets') },
+    });
   });
 
   it('refuses bad metadata with every problem named', async () => {
-    const r = await handle.client.getMetricSpec({ source: 'kafka', topic: 'a b', lagThreshold: '0', limitToPartitionsWithLag: 'true', allowIdleConsumers: 'true', targetSize: '2' });
+    const r = await handle.client.getMetricSpec({
+      source: 'kafka',
+      topic: 'a b',
+      lagThreshold: '0',
+      limitToPartitionsWithLag: 'true',
+      allowIdleConsumers: 'true',
+      targetSize: '2',
+    });
     expect(r).toEqual({
       ok: false,
       error: {
@@ -174,7 +253,14 @@ describe('what the scaler never reports as 0', () => {
       },
     });
     const conn = await handle.client.getMetricSpec({ source: 'kafka', consumerGroup: 'g', connection: 'nope' });
-    expect(conn).toMatchObject({ ok: false, error: { code: grpc.status.INVALID_ARGUMENT, details: 'invalid trigger metadata: connection: "nope" is not a connection the scaler knows for this source (configured: default, scram256, scram512, wrongpw, tls, untrusted)' } });
+    expect(conn).toMatchObject({
+      ok: false,
+      error: {
+        code: grpc.status.INVALID_ARGUMENT,
+        details:
+          'invalid trigger metadata: connection: "nope" is not a connection the scaler knows for this source (configured: default, scram256, scram512, wrongpw, tls, untrusted)',
+      },
+    });
   });
 });
 
@@ -186,7 +272,10 @@ describe('SASL', () => {
     await kafka.commit(group, topic, { 0: 1 });
     for (const connection of ['scram256', 'scram512']) {
       expect(await poll({ topic, consumerGroup: group, connection })).toMatchObject({ ok: true, view: { value: 1, active: true } });
-      expect(await poll({ topic, consumerGroup: group, connection, allowIdleConsumers: 'true' })).toMatchObject({ ok: true, view: { value: 2 } });
+      expect(await poll({ topic, consumerGroup: group, connection, allowIdleConsumers: 'true' })).toMatchObject({
+        ok: true,
+        view: { value: 2 },
+      });
     }
   });
 
@@ -195,7 +284,13 @@ describe('SASL', () => {
     const group = kafka.group('wrong-pw');
     await kafka.commit(group, topic, { 0: 0 });
     const r = await poll({ topic, consumerGroup: group, connection: 'wrongpw' });
-    expect(r).toMatchObject({ ok: false, error: { code: grpc.status.UNAVAILABLE, details: expect.stringContaining(`Kafka at ${KAFKA_SASL_BROKERS} refused the SASL credentials`) } });
+    expect(r).toMatchObject({
+      ok: false,
+      error: {
+        code: grpc.status.UNAVAILABLE,
+        details: expect.stringContaining(`Kafka at ${KAFKA_SASL_BROKERS} refused the SASL credentials`),
+      },
+    });
     expect(JSON.stringify(r)).not.toContain('not-the-Secret-42');
     const active = await handle.client.isActive({ source: 'kafka', topic, consumerGroup: group, connection: 'wrongpw' });
     expect(active).toMatchObject({ ok: false, error: { code: grpc.status.UNAVAILABLE } });
@@ -210,15 +305,23 @@ describe('TLS', () => {
     await kafka.produce(topic, 1, 4);
     const group = kafka.group('tls');
     await kafka.commit(group, topic, { 0: 0, 1: 1 });
-    expect(await poll({ topic, consumerGroup: group, connection: 'tls', allowIdleConsumers: 'true' })).toMatchObject({ ok: true, view: { value: 3, active: true } });
+    expect(await poll({ topic, consumerGroup: group, connection: 'tls', allowIdleConsumers: 'true' })).toMatchObject({
+      ok: true,
+      view: { value: 3, active: true },
+    });
     const r = await poll({ topic, consumerGroup: group, connection: 'untrusted' });
-    expect(r).toMatchObject({ ok: false, error: { code: grpc.status.UNAVAILABLE, details: expect.stringContaining('unable to verify the first certificate') } });
+    expect(r).toMatchObject({
+      ok: false,
+      error: { code: grpc.status.UNAVAILABLE, details: expect.stringContaining('unable to verify the first certificate') },
+    });
   });
 
   it('a CA file that cannot be read stops start-up naming the setting', () => {
-    expect(() => loadScalerConfig({ KAFKA_BROKERS: KAFKA_SSL_BROKERS, KAFKA_TLS: 'true', KAFKA_TLS_CA_FILE: '/nonexistent/ca.crt' })).toThrow(
-      /^invalid scaler configuration: KAFKA_TLS_CA_FILE: cannot read "\/nonexistent\/ca\.crt": ENOENT/,
+    expect(() =>
+      loadScalerConfig({ KAFKA_BROKERS: KAFKA_SSL_BROKERS, KAFKA_TLS: 'true', KAFKA_TLS_CA_FILE: '/nonexistent/ca.crt' }),
+    ).toThrow(/^invalid scaler configuration: KAFKA_TLS_CA_FILE: cannot read "\/nonexistent\/ca\.crt": ENOENT/);
+    expect(() => loadScalerConfig({ KAFKA_BROKERS: KAFKA_SSL_BROKERS, KAFKA_TLS_CA_FILE: KAFKA_TLS_CA_FILE })).toThrow(
+      'invalid scaler configuration: KAFKA_TLS_CA_FILE: needs KAFKA_TLS true',
     );
-    expect(() => loadScalerConfig({ KAFKA_BROKERS: KAFKA_SSL_BROKERS, KAFKA_TLS_CA_FILE: KAFKA_TLS_CA_FILE })).toThrow('invalid scaler configuration: KAFKA_TLS_CA_FILE: needs KAFKA_TLS true');
   });
 });

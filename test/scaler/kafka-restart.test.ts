@@ -29,19 +29,39 @@ it('answers UNAVAILABLE while the broker is down and the right lag soon after it
   const group = kafka.group('restart');
   await kafka.commit(group, topic, { 0: 1, 1: 0 });
   const meta = { source: 'kafka', topic, consumerGroup: group, allowIdleConsumers: 'true' };
-  expect(await eventually(() => s.client.poll(meta), (r) => r.ok && r.view.value === 4)).toMatchObject({ ok: true, view: { value: 4 } });
+  expect(
+    await eventually(
+      () => s.client.poll(meta),
+      (r) => r.ok && r.view.value === 4,
+    ),
+  ).toMatchObject({ ok: true, view: { value: 4 } });
 
   const seen: Array<number | string> = [];
   const watcher = setInterval(() => {
-    void s.client.getMetrics(meta).then((r) => seen.push(r.ok ? (r.value.metricValues[0]?.metricValueFloat ?? -1) : grpc.status[r.error.code]));
+    void s.client
+      .getMetrics(meta)
+      .then((r) => seen.push(r.ok ? (r.value.metricValues[0]?.metricValueFloat ?? -1) : grpc.status[r.error.code]));
   }, 50);
   try {
     await node.stop();
-    const down = await eventually(() => s.client.poll(meta), (r) => !r.ok, 10_000, 100);
-    expect(down).toMatchObject({ ok: false, error: { code: grpc.status.UNAVAILABLE, details: expect.stringContaining(`Kafka at ${node.brokers}`) } });
+    const down = await eventually(
+      () => s.client.poll(meta),
+      (r) => !r.ok,
+      10_000,
+      100,
+    );
+    expect(down).toMatchObject({
+      ok: false,
+      error: { code: grpc.status.UNAVAILABLE, details: expect.stringContaining(`Kafka at ${node.brokers}`) },
+    });
     await node.start();
     const started = Date.now();
-    const back = await eventually(() => s.client.poll(meta), (r) => r.ok && r.view.value === 4, 30_000, 200);
+    const back = await eventually(
+      () => s.client.poll(meta),
+      (r) => r.ok && r.view.value === 4,
+      30_000,
+      200,
+    );
     expect(back).toMatchObject({ ok: true, view: { value: 4 } });
     expect(Date.now() - started).toBeLessThan(30_000);
   } finally {

@@ -10,11 +10,19 @@ describe('backlog of a RabbitMQ queue', () => {
     const queue = await rabbit().queue('publish-n');
     await rabbit().publish(queue, 7);
     for (const mode of ['backlog', 'ready'] as const) {
-      const r = await eventually(() => scaler().client.poll({ queueName: queue, mode }), (r) => r.ok && r.view.value === 7);
+      const r = await eventually(
+        () => scaler().client.poll({ queueName: queue, mode }),
+        (r) => r.ok && r.view.value === 7,
+      );
       expect(r).toMatchObject({ ok: true, view: { value: 7, active: true } });
     }
     // The management plugin samples statistics, so its figure arrives later.
-    const m = await eventually(() => scaler().client.poll({ queueName: queue, mode: 'management' }), (r) => r.ok && r.view.value === 7, 30_000, 500);
+    const m = await eventually(
+      () => scaler().client.poll({ queueName: queue, mode: 'management' }),
+      (r) => r.ok && r.view.value === 7,
+      30_000,
+      500,
+    );
     expect(m).toMatchObject({ ok: true, view: { value: 7, active: true } });
   });
 
@@ -33,8 +41,15 @@ describe('backlog of a RabbitMQ queue', () => {
     if (!spec.ok) return;
     expect(spec.value.metricSpecs).toHaveLength(1);
     const [ms] = spec.value.metricSpecs;
-    expect(ms).toEqual({ metricName: expect.stringMatching(/^rabbitmq-fields-[a-z0-9]+-[0-9a-f]{10}$/), targetSize: 3, targetSizeFloat: 2.5 });
-    const values = await eventually(() => scaler().client.getMetrics(meta, ms?.metricName), (r) => r.ok && r.value.metricValues[0]?.metricValue === 3);
+    expect(ms).toEqual({
+      metricName: expect.stringMatching(/^rabbitmq-fields-[a-z0-9]+-[0-9a-f]{10}$/),
+      targetSize: 3,
+      targetSizeFloat: 2.5,
+    });
+    const values = await eventually(
+      () => scaler().client.getMetrics(meta, ms?.metricName),
+      (r) => r.ok && r.value.metricValues[0]?.metricValue === 3,
+    );
     expect(values).toEqual({ ok: true, value: { metricValues: [{ metricName: ms?.metricName, metricValue: 3, metricValueFloat: 3 }] } });
   });
 
@@ -52,7 +67,7 @@ describe('backlog of a RabbitMQ queue', () => {
     expect(other.ok && other.value.metricSpecs[0]?.metricName).not.toBe(name);
   });
 
-  it('accepts the metric name with KEDA\'s sN- prefix and refuses a foreign one with NOT_FOUND', async () => {
+  it("accepts the metric name with KEDA's sN- prefix and refuses a foreign one with NOT_FOUND", async () => {
     const queue = await rabbit().queue('names');
     const meta = { queueName: queue };
     const spec = await scaler().client.getMetricSpec(meta);
@@ -61,7 +76,10 @@ describe('backlog of a RabbitMQ queue', () => {
     const wrong = await scaler().client.getMetrics(meta, 'rabbitmq-other-0000000000');
     expect(wrong).toEqual({
       ok: false,
-      error: { code: grpc.status.NOT_FOUND, details: `metric "rabbitmq-other-0000000000" is not served for this metadata; GetMetricSpec names it "${name}"` },
+      error: {
+        code: grpc.status.NOT_FOUND,
+        details: `metric "rabbitmq-other-0000000000" is not served for this metadata; GetMetricSpec names it "${name}"`,
+      },
     });
   });
 
@@ -71,13 +89,24 @@ describe('backlog of a RabbitMQ queue', () => {
     const held = await rabbit().holdingConsumers(queue, 3);
     try {
       // backlog: 7 ready + 3 consumers = 10, so `default` strategy with 3 running Jobs adds 7 Jobs.
-      const backlog = await eventually(() => scaler().client.poll({ queueName: queue }), (r) => r.ok && r.view.value === 10);
+      const backlog = await eventually(
+        () => scaler().client.poll({ queueName: queue }),
+        (r) => r.ok && r.view.value === 10,
+      );
       expect(backlog).toMatchObject({ ok: true, view: { value: 10 } });
       // ready: only the 7 nobody holds.
-      const ready = await eventually(() => scaler().client.poll({ queueName: queue, mode: 'ready' }), (r) => r.ok && r.view.value === 7);
+      const ready = await eventually(
+        () => scaler().client.poll({ queueName: queue, mode: 'ready' }),
+        (r) => r.ok && r.view.value === 7,
+      );
       expect(ready).toMatchObject({ ok: true, view: { value: 7 } });
       // management: ready + unacknowledged = 10 once the plugin has sampled.
-      const mgmt = await eventually(() => scaler().client.poll({ queueName: queue, mode: 'management' }), (r) => r.ok && r.view.value === 10, 30_000, 500);
+      const mgmt = await eventually(
+        () => scaler().client.poll({ queueName: queue, mode: 'management' }),
+        (r) => r.ok && r.view.value === 10,
+        30_000,
+        500,
+      );
       expect(mgmt).toMatchObject({ ok: true, view: { value: 10 } });
     } finally {
       await held.release();
@@ -87,7 +116,10 @@ describe('backlog of a RabbitMQ queue', () => {
   it('counts an idle consumer in backlog mode and not in ready mode', async () => {
     const queue = await rabbit().queue('idle');
     await rabbit().idleConsumers(queue, 2);
-    const backlog = await eventually(() => scaler().client.poll({ queueName: queue }), (r) => r.ok && r.view.value === 2);
+    const backlog = await eventually(
+      () => scaler().client.poll({ queueName: queue }),
+      (r) => r.ok && r.view.value === 2,
+    );
     expect(backlog).toMatchObject({ ok: true, view: { value: 2, active: true } });
     const ready = await scaler().client.poll({ queueName: queue, mode: 'ready' });
     expect(ready).toMatchObject({ ok: true, view: { value: 0, active: false } });
@@ -96,7 +128,10 @@ describe('backlog of a RabbitMQ queue', () => {
   it('applies activationThreshold to IsActive only', async () => {
     const queue = await rabbit().queue('activation');
     await rabbit().publish(queue, 3);
-    const low = await eventually(() => scaler().client.poll({ queueName: queue, activationThreshold: '3' }), (r) => r.ok && r.view.value === 3);
+    const low = await eventually(
+      () => scaler().client.poll({ queueName: queue, activationThreshold: '3' }),
+      (r) => r.ok && r.view.value === 3,
+    );
     expect(low).toMatchObject({ ok: true, view: { value: 3, active: false } });
     const high = await scaler().client.poll({ queueName: queue, activationThreshold: '2' });
     expect(high).toMatchObject({ ok: true, view: { value: 3, active: true } });
@@ -122,7 +157,10 @@ describe('backlog of a RabbitMQ queue', () => {
     const wrongMode = await scaler().client.getMetricSpec({ queueName: queue, measure: 'publishRate' });
     expect(wrongMode).toEqual({
       ok: false,
-      error: { code: grpc.status.INVALID_ARGUMENT, details: 'invalid trigger metadata: measure: is only allowed with mode management, got mode "backlog"' },
+      error: {
+        code: grpc.status.INVALID_ARGUMENT,
+        details: 'invalid trigger metadata: measure: is only allowed with mode management, got mode "backlog"',
+      },
     });
   });
 });
@@ -138,7 +176,10 @@ describe('missing queues', () => {
     }
     // The failed passive declares closed their channels, not the connection: the good queue still reads.
     for (let i = 0; i < 3; i++) {
-      const ok = await eventually(() => scaler().client.poll({ queueName: good }), (r) => r.ok && r.view.value === 4);
+      const ok = await eventually(
+        () => scaler().client.poll({ queueName: good }),
+        (r) => r.ok && r.view.value === 4,
+      );
       expect(ok).toMatchObject({ ok: true, view: { value: 4 } });
     }
     const mgmt = await scaler().client.poll({ queueName: missing, mode: 'management' });
@@ -153,7 +194,10 @@ describe('missing queues', () => {
     await ch.assertQueue(name, { durable: false, autoDelete: false });
     try {
       await rabbit().publish(name, 2);
-      const after = await eventually(() => scaler().client.poll({ queueName: name }), (r) => r.ok && r.view.value === 2);
+      const after = await eventually(
+        () => scaler().client.poll({ queueName: name }),
+        (r) => r.ok && r.view.value === 2,
+      );
       expect(after).toMatchObject({ ok: true, view: { value: 2 } });
     } finally {
       await ch.deleteQueue(name);
@@ -163,7 +207,10 @@ describe('missing queues', () => {
   it('answers NOT_FOUND for a vhost that does not exist', async () => {
     for (let i = 0; i < 2; i++) {
       const r = await scaler().client.poll({ queueName: 'x', vhost: 'no-such-vhost' });
-      expect(r).toEqual({ ok: false, error: { code: grpc.status.NOT_FOUND, details: 'vhost "no-such-vhost" does not exist or the connection\'s user may not use it' } });
+      expect(r).toEqual({
+        ok: false,
+        error: { code: grpc.status.NOT_FOUND, details: 'vhost "no-such-vhost" does not exist or the connection\'s user may not use it' },
+      });
     }
   });
 });
@@ -176,7 +223,9 @@ describe('many queues', () => {
     const expected = queues.map((_, i) => (i % 5 === 0 ? i % 7 : 0));
     const results = await Promise.all(queues.map((q) => scaler().client.poll({ queueName: q })));
     expect(results.map((r) => (r.ok ? r.view.value : r.error.details))).toEqual(expected);
-    const targets = await fetch(`http://127.0.0.1:${scaler().scaler.metricsPort}/debug/targets`).then((r) => r.json() as Promise<{ targets: unknown[] }>);
+    const targets = await fetch(`http://127.0.0.1:${scaler().scaler.metricsPort}/debug/targets`).then(
+      (r) => r.json() as Promise<{ targets: unknown[] }>,
+    );
     expect(targets.targets.length).toBeGreaterThanOrEqual(200);
   });
 });
@@ -201,7 +250,9 @@ describe('StreamIsActive', () => {
       expect(await next()).toBe(false);
       await rabbit().publish(queue, 1);
       expect(await next()).toBe(true);
-      await rabbit().channel().then((ch) => ch.purgeQueue(queue));
+      await rabbit()
+        .channel()
+        .then((ch) => ch.purgeQueue(queue));
       expect(await next()).toBe(false);
       expect(seen).toEqual([false, true, false]);
     } finally {
@@ -222,11 +273,16 @@ describe('observability', () => {
   it('exports backlog, refresh, RPC and snapshot-age metrics', async () => {
     const queue = await rabbit().queue('metrics');
     await rabbit().publish(queue, 5);
-    await eventually(() => scaler().client.poll({ queueName: queue }), (r) => r.ok && r.view.value === 5);
+    await eventually(
+      () => scaler().client.poll({ queueName: queue }),
+      (r) => r.ok && r.view.value === 5,
+    );
     await scaler().client.poll({ queueName: 'absent-for-metrics' });
     const text = await fetch(`http://127.0.0.1:${scaler().scaler.metricsPort}/metrics`).then((r) => r.text());
     expect(text).toContain(`kmj_scaler_backlog{source="rabbitmq",connection="default",scope="/",name="${queue}",mode="backlog"} 5`);
-    expect(text).toContain(`kmj_scaler_backlog_figure{source="rabbitmq",connection="default",scope="/",name="${queue}",mode="backlog",figure="ready"} 5`);
+    expect(text).toContain(
+      `kmj_scaler_backlog_figure{source="rabbitmq",connection="default",scope="/",name="${queue}",mode="backlog",figure="ready"} 5`,
+    );
     expect(text).toMatch(/kmj_scaler_grpc_requests_total\{method="GetMetrics",code="OK"\} \d+/);
     expect(text).toMatch(/kmj_scaler_grpc_requests_total\{method="GetMetrics",code="NOT_FOUND"\} \d+/);
     expect(text).toMatch(/kmj_scaler_grpc_request_duration_seconds_bucket\{le="0.001",method="IsActive"\} \d+/);

@@ -9,11 +9,22 @@ const { scaler, rabbit } = useScalerAndRabbit();
 
 const base = (): string => `http://127.0.0.1:${scaler().scaler.metricsPort}`;
 const scrape = (): Promise<string> => fetch(`${base()}/metrics`).then((r) => r.text());
-const post = (body: string, headers: Record<string, string> = { 'content-type': 'application/json' }): Promise<{ status: number; text: string }> =>
+const post = (
+  body: string,
+  headers: Record<string, string> = { 'content-type': 'application/json' },
+): Promise<{ status: number; text: string }> =>
   fetch(`${base()}${REPORT_PATH}`, { method: 'POST', body, headers }).then(async (r) => ({ status: r.status, text: await r.text() }));
 
 function report(queue: string, overrides: Partial<WorkerReport> = {}): WorkerReport {
-  return { version: 1, source: 'rabbitmq', scope: '/', name: queue, outcome: 'finished', seconds: { waiting: 3.2, receiving: 0.4, model_load: 0.3, model_fetch: 0.1, model_open: 0.2, run: 0.6, total: 0.9 }, ...overrides };
+  return {
+    version: 1,
+    source: 'rabbitmq',
+    scope: '/',
+    name: queue,
+    outcome: 'finished',
+    seconds: { waiting: 3.2, receiving: 0.4, model_load: 0.3, model_fetch: 0.1, model_open: 0.2, run: 0.6, total: 0.9 },
+    ...overrides,
+  };
 }
 
 describe('worker reports', () => {
@@ -26,15 +37,22 @@ describe('worker reports', () => {
     expect(sampleValue(await scrape(), 'kmj_scaler_reports_refused_total', { reason: 'unknown_target' })).toBe(refusedBefore + 1);
     expect(samplesOf(await scrape(), 'kmj_requests_total', { name: queue })).toEqual([]);
 
-    await eventually(() => scaler().client.poll({ queueName: queue }), (r) => r.ok);
+    await eventually(
+      () => scaler().client.poll({ queueName: queue }),
+      (r) => r.ok,
+    );
     // From the first read, every outcome is there at 0: the first request is an increase. A step's
     // histogram appears with its first observation.
     const zero = await scrape();
-    expect(Object.fromEntries(samplesOf(zero, 'kmj_requests_total', { name: queue }).map((s) => [s.labels['outcome'], s.value]))).toEqual(Object.fromEntries(REPORT_OUTCOMES.map((o) => [o, 0])));
+    expect(Object.fromEntries(samplesOf(zero, 'kmj_requests_total', { name: queue }).map((s) => [s.labels['outcome'], s.value]))).toEqual(
+      Object.fromEntries(REPORT_OUTCOMES.map((o) => [o, 0])),
+    );
     expect(samplesOf(zero, 'kmj_request_step_seconds_count', { name: queue })).toEqual([]);
 
     expect((await post(JSON.stringify(report(queue)))).status).toBe(204);
-    expect((await post(JSON.stringify(report(queue, { outcome: 'dead_lettered', seconds: { receiving: 0.5, total: 0.1 } })))).status).toBe(204);
+    expect((await post(JSON.stringify(report(queue, { outcome: 'dead_lettered', seconds: { receiving: 0.5, total: 0.1 } })))).status).toBe(
+      204,
+    );
     const text = await scrape();
     const labels = { source: 'rabbitmq', scope: '/', name: queue };
     expect(sampleValue(text, 'kmj_requests_total', { ...labels, outcome: 'finished' })).toBe(1);
@@ -48,16 +66,25 @@ describe('worker reports', () => {
     expect(sampleValue(text, 'kmj_request_step_seconds_bucket', { ...labels, step: 'total', le: '+Inf' })).toBe(2);
     // Every step reported has its 17 buckets, a sum and a count; the others nothing yet.
     for (const step of REPORT_STEPS) expect(samplesOf(text, 'kmj_request_step_seconds_bucket', { ...labels, step })).toHaveLength(17);
-    expect(samplesOf(text, 'kmj_request_step_seconds_count', labels).map((x) => x.labels['step']).sort()).toEqual([...REPORT_STEPS].sort());
+    expect(
+      samplesOf(text, 'kmj_request_step_seconds_count', labels)
+        .map((x) => x.labels['step'])
+        .sort(),
+    ).toEqual([...REPORT_STEPS].sort());
     // No per-request or per-pod label on any series.
     for (const s of [...samplesOf(text, 'kmj_requests_total'), ...samplesOf(text, 'kmj_request_step_seconds_bucket')]) {
-      expect(Object.keys(s.labels).sort()).toEqual(s.name === 'kmj_requests_total' ? ['name', 'outcome', 'scope', 'source'] : ['le', 'name', 'scope', 'source', 'step']);
+      expect(Object.keys(s.labels).sort()).toEqual(
+        s.name === 'kmj_requests_total' ? ['name', 'outcome', 'scope', 'source'] : ['le', 'name', 'scope', 'source', 'step'],
+      );
     }
   });
 
   it('answer 400 naming the field of a report that is not one, 413 for a body over 4 KiB, 405 for a GET; nothing counted', async () => {
     const queue = await rabbit().queue('bad-reports');
-    await eventually(() => scaler().client.poll({ queueName: queue }), (r) => r.ok);
+    await eventually(
+      () => scaler().client.poll({ queueName: queue }),
+      (r) => r.ok,
+    );
     const cases: Array<[string, string]> = [
       ['not json', 'body: is not JSON'],
       ['[1]', 'body: must be a JSON object'],
@@ -66,7 +93,10 @@ describe('worker reports', () => {
       [JSON.stringify({ ...report(queue), name: '' }), 'name: must be a string of 1 to 255 characters'],
       [JSON.stringify({ ...report(queue), outcome: 'ok' }), 'outcome: must be one of finished, dead_lettered, requeued, unsettled, failed'],
       [JSON.stringify({ ...report(queue), seconds: { total: -1 } }), 'seconds.total: must be a number of seconds from 0 to 86400'],
-      [JSON.stringify({ ...report(queue), seconds: { queued: 1 } }), 'seconds.queued: is not a step (waiting, receiving, model_load, model_fetch, model_open, run, total)'],
+      [
+        JSON.stringify({ ...report(queue), seconds: { queued: 1 } }),
+        'seconds.queued: is not a step (waiting, receiving, model_load, model_fetch, model_open, run, total)',
+      ],
     ];
     const before = sampleValue(await scrape(), 'kmj_scaler_reports_refused_total', { reason: 'bad_request' });
     for (const [body, message] of cases) expect(await post(body)).toEqual({ status: 400, text: `${message}\n` });
@@ -81,23 +111,31 @@ describe('worker reports', () => {
 });
 
 describe('per-target series for the dashboards', () => {
-  it('names the polling ScaledJob from its second poll, says the target is up, and bounds the oldest message\'s age', async () => {
+  it("names the polling ScaledJob from its second poll, says the target is up, and bounds the oldest message's age", async () => {
     const queue = await rabbit().queue('owner');
     const labels = { source: 'rabbitmq', scope: '/', name: queue, mode: 'backlog' };
-    await eventually(() => scaler().client.poll({ queueName: queue }), (r) => r.ok && r.view.value === 0);
+    await eventually(
+      () => scaler().client.poll({ queueName: queue }),
+      (r) => r.ok && r.view.value === 0,
+    );
     // One poll so far: a one-off call is not a ScaledJob.
     expect(samplesOf(await scrape(), 'kmj_scaler_target_info', { name: queue })).toEqual([]);
     expect(sampleValue(await scrape(), 'kmj_scaler_oldest_waiting_seconds', labels)).toBe(0);
     await new Promise((r) => setTimeout(r, 300));
     await scaler().client.poll({ queueName: queue });
     const info = samplesOf(await scrape(), 'kmj_scaler_target_info', { name: queue });
-    expect(info.map((s) => [s.labels['scaledjob'], s.labels['scaledjob_namespace'], s.labels['mode'], s.value])).toEqual([['jobs', 'ml', 'backlog', 1]]);
+    expect(info.map((s) => [s.labels['scaledjob'], s.labels['scaledjob_namespace'], s.labels['mode'], s.value])).toEqual([
+      ['jobs', 'ml', 'backlog', 1],
+    ]);
     expect(sampleValue(await scrape(), 'kmj_scaler_target_up', labels)).toBe(1);
 
     // Messages arrive after a read that found the queue empty: their age is at most the time since.
     const emptySeen = Date.now();
     await rabbit().publish(queue, 2);
-    await eventually(() => scaler().client.poll({ queueName: queue }), (r) => r.ok && r.view.value === 2);
+    await eventually(
+      () => scaler().client.poll({ queueName: queue }),
+      (r) => r.ok && r.view.value === 2,
+    );
     await new Promise((r) => setTimeout(r, 1500));
     const age = sampleValue(await scrape(), 'kmj_scaler_oldest_waiting_seconds', labels);
     expect(age).toBeGreaterThanOrEqual(1.4);
@@ -105,7 +143,10 @@ describe('per-target series for the dashboards', () => {
 
     // A queue deleted: the read fails, up says 0, and no age is claimed.
     await (await rabbit().channel()).deleteQueue(queue);
-    await eventually(() => scrape(), (t) => samplesOf(t, 'kmj_scaler_target_up', labels)[0]?.value === 0);
+    await eventually(
+      () => scrape(),
+      (t) => samplesOf(t, 'kmj_scaler_target_up', labels)[0]?.value === 0,
+    );
     expect(samplesOf(await scrape(), 'kmj_scaler_oldest_waiting_seconds', labels)).toEqual([]);
   });
 });

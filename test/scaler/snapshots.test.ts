@@ -1,6 +1,7 @@
 // The snapshot cache with fake backlog targets (our own interface), to pin its timing rules. Time
 // is vitest's fake clock (timers and performance.now): each test moves it, none sleeps.
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { abortReason } from '../../common/abort.ts';
 import { createLogger } from '../../common/log.ts';
 import { BacklogNotFoundError, BacklogUnavailableError } from '../../common/errors.ts';
 import { ScalerMetrics } from '../../scaler/metrics.ts';
@@ -37,7 +38,10 @@ const sleep = (ms: number): Promise<void> => vi.advanceTimersByTimeAsync(ms).the
 /** Moves the fake clock in small steps until `p` settles, and returns (or throws) what it settled to. */
 async function settled<T>(p: Promise<T>, stepMs = 5): Promise<T> {
   let done = false;
-  p.then(() => (done = true), () => (done = true));
+  p.then(
+    () => (done = true),
+    () => (done = true),
+  );
   while (!done) await vi.advanceTimersByTimeAsync(stepMs);
   return p;
 }
@@ -61,7 +65,7 @@ class FakeTarget implements BacklogTarget {
   async read(signal: AbortSignal): Promise<BacklogReading> {
     this.reads++;
     if (this.hang) {
-      await new Promise<never>((_, reject) => signal.addEventListener('abort', () => reject(signal.reason), { once: true }));
+      await new Promise<never>((_, reject) => signal.addEventListener('abort', () => reject(abortReason(signal)), { once: true }));
     }
     if (this.delayMs > 0) await new Promise((r) => setTimeout(r, this.delayMs));
     if (this.fail) throw this.fail;
@@ -123,7 +127,9 @@ describe('SnapshotStore', () => {
     await s.read(t);
     t.delayMs = 900;
     await sleep(700);
-    await expect(s.read(t)).rejects.toThrow(/^the last reading of fake queue "q" is \d+ ms old \(limit 500 ms\): the broker is slow or unreachable$/);
+    await expect(s.read(t)).rejects.toThrow(
+      /^the last reading of fake queue "q" is \d+ ms old \(limit 500 ms\): the broker is slow or unreachable$/,
+    );
     await sleep(500);
     expect((await s.read(t)).value).toBe(0);
   });
@@ -226,12 +232,11 @@ describe('SnapshotStore', () => {
   });
 
   it('two stores, each with its own metrics: each exports its own targets only', async () => {
-    let first: SnapshotStore | undefined;
-    let second: SnapshotStore | undefined;
-    const metricsOfFirst = new ScalerMetrics(() => first?.views() ?? []);
-    const metricsOfSecond = new ScalerMetrics(() => second?.views() ?? []);
-    first = store({}, metricsOfFirst);
-    second = store({}, metricsOfSecond);
+    // Each store's metrics read that store's views at scrape time, after both exist.
+    const metricsOfFirst = new ScalerMetrics(() => first.views());
+    const metricsOfSecond = new ScalerMetrics(() => second.views());
+    const first: SnapshotStore = store({}, metricsOfFirst);
+    const second: SnapshotStore = store({}, metricsOfSecond);
     const a = new FakeTarget('a');
     a.value = 3;
     const b = new FakeTarget('b');
@@ -239,7 +244,8 @@ describe('SnapshotStore', () => {
     b.value = 5;
     await settled(first.read(a));
     await settled(second.read(b));
-    const backlog = async (m: ScalerMetrics) => (await m.registry.getSingleMetric('kmj_scaler_backlog')?.get())?.values.map((v) => [v.labels['name'], v.value]);
+    const backlog = async (m: ScalerMetrics) =>
+      (await m.registry.getSingleMetric('kmj_scaler_backlog')?.get())?.values.map((v) => [v.labels['name'], v.value]);
     expect(await backlog(metricsOfFirst)).toEqual([['q', 3]]);
     expect(await backlog(metricsOfSecond)).toEqual([['other', 5]]);
     expect((await metricsOfFirst.registry.getSingleMetric('kmj_scaler_targets')?.get())?.values.map((v) => v.value)).toEqual([1]);

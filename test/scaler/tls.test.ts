@@ -43,16 +43,49 @@ async function load(name: string): Promise<KeyPair> {
 const EC_KEY = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
 
 async function makeCa(name: string): Promise<KeyPair> {
-  await openssl('req', '-x509', ...EC_KEY, '-keyout', `${name}.key`, '-out', `${name}.crt`, '-days', '2', '-subj', `/CN=${name}`,
-    '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign');
+  await openssl(
+    'req',
+    '-x509',
+    ...EC_KEY,
+    '-keyout',
+    `${name}.key`,
+    '-out',
+    `${name}.crt`,
+    '-days',
+    '2',
+    '-subj',
+    `/CN=${name}`,
+    '-addext',
+    'basicConstraints=critical,CA:TRUE',
+    '-addext',
+    'keyUsage=critical,keyCertSign,cRLSign',
+  );
   return load(name);
 }
 
 async function issue(issuer: string, name: string, extensions: string[]): Promise<KeyPair> {
-  await writeFile(join(dir, `${name}.ext`), `${['basicConstraints=CA:FALSE', 'keyUsage=critical,digitalSignature', ...extensions].join('\n')}\n`);
+  await writeFile(
+    join(dir, `${name}.ext`),
+    `${['basicConstraints=CA:FALSE', 'keyUsage=critical,digitalSignature', ...extensions].join('\n')}\n`,
+  );
   await openssl('req', '-new', ...EC_KEY, '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', `/CN=${name}`);
-  await openssl('x509', '-req', '-in', `${name}.csr`, '-CA', `${issuer}.crt`, '-CAkey', `${issuer}.key`, '-CAcreateserial',
-    '-out', `${name}.crt`, '-days', '2', '-extfile', `${name}.ext`);
+  await openssl(
+    'x509',
+    '-req',
+    '-in',
+    `${name}.csr`,
+    '-CA',
+    `${issuer}.crt`,
+    '-CAkey',
+    `${issuer}.key`,
+    '-CAcreateserial',
+    '-out',
+    `${name}.crt`,
+    '-days',
+    '2',
+    '-extfile',
+    `${name}.ext`,
+  );
   return load(name);
 }
 
@@ -79,7 +112,12 @@ async function answeredSpecs(s: ScalerHandle): Promise<number> {
 }
 
 /** A client on its own channel; closed by the caller. */
-function tlsClient(s: ScalerHandle, credentials: grpc.ChannelCredentials, options: grpc.ClientOptions = {}, host = '127.0.0.1'): KedaLikeClient {
+function tlsClient(
+  s: ScalerHandle,
+  credentials: grpc.ChannelCredentials,
+  options: grpc.ClientOptions = {},
+  host = '127.0.0.1',
+): KedaLikeClient {
   return new KedaLikeClient(`${host}:${s.scaler.grpcPort}`, credentials, options);
 }
 
@@ -94,7 +132,9 @@ async function specOf(c: KedaLikeClient, queue: string) {
 /** The one spec GetMetricSpec answers for `{queueName: queue}`; fixture queue names are already lowercase [a-z0-9-]. */
 const SPEC = (queue: string) => ({
   ok: true,
-  value: { metricSpecs: [{ metricName: expect.stringMatching(new RegExp(`^rabbitmq-${queue}-[0-9a-f]{10}$`)), targetSize: 1, targetSizeFloat: 1 }] },
+  value: {
+    metricSpecs: [{ metricName: expect.stringMatching(new RegExp(`^rabbitmq-${queue}-[0-9a-f]{10}$`)), targetSize: 1, targetSizeFloat: 1 }],
+  },
 });
 
 /** OpenSSL's words for a server chain the client cannot verify (which one depends on what the server sends). */
@@ -119,7 +159,10 @@ describe('server TLS (KEDA with caCert)', () => {
     const byIp = tlsClient(s, grpc.credentials.createSsl(ca.cert));
     try {
       expect(await byIp.getMetricSpec({ queueName: queue })).toEqual(SPEC(queue));
-      const values = await eventually(() => byIp.getMetrics({ queueName: queue }), (r) => r.ok && r.value.metricValues[0]?.metricValue === 2);
+      const values = await eventually(
+        () => byIp.getMetrics({ queueName: queue }),
+        (r) => r.ok && r.value.metricValues[0]?.metricValue === 2,
+      );
       expect(values).toMatchObject({ ok: true, value: { metricValues: [{ metricValue: 2, metricValueFloat: 2 }] } });
     } finally {
       byIp.close();
@@ -141,9 +184,14 @@ describe('server TLS (KEDA with caCert)', () => {
       error: { code: grpc.status.UNAVAILABLE, details: expect.stringMatching(UNTRUSTED) },
     });
     // KEDA checks the scalerAddress host against the certificate, as here.
-    expect(await specOf(tlsClient(s, grpc.credentials.createSsl(ca.cert), { 'grpc.ssl_target_name_override': 'kmj-scaler.ml' }), queue)).toMatchObject({
+    expect(
+      await specOf(tlsClient(s, grpc.credentials.createSsl(ca.cert), { 'grpc.ssl_target_name_override': 'kmj-scaler.ml' }), queue),
+    ).toMatchObject({
       ok: false,
-      error: { code: grpc.status.UNAVAILABLE, details: expect.stringContaining("Host: kmj-scaler.ml. is not in the cert's altnames: DNS:localhost, IP Address:127.0.0.1") },
+      error: {
+        code: grpc.status.UNAVAILABLE,
+        details: expect.stringContaining("Host: kmj-scaler.ml. is not in the cert's altnames: DNS:localhost, IP Address:127.0.0.1"),
+      },
     });
     expect(await answeredSpecs(s)).toBe(before);
   });
@@ -151,7 +199,10 @@ describe('server TLS (KEDA with caCert)', () => {
   it('answers grpc.health.v1 Check over TLS with SERVING', async () => {
     const address = `127.0.0.1:${s.scaler.grpcPort}`;
     expect(await healthCheck(address, '', grpc.credentials.createSsl(ca.cert))).toEqual({ code: grpc.status.OK, status: 'SERVING' });
-    expect(await healthCheck(address, 'externalscaler.ExternalScaler', grpc.credentials.createSsl(ca.cert))).toEqual({ code: grpc.status.OK, status: 'SERVING' });
+    expect(await healthCheck(address, 'externalscaler.ExternalScaler', grpc.credentials.createSsl(ca.cert))).toEqual({
+      code: grpc.status.OK,
+      status: 'SERVING',
+    });
     expect(await healthCheck(address, '', grpc.credentials.createInsecure())).toMatchObject({ code: grpc.status.UNAVAILABLE });
   });
 });

@@ -23,7 +23,19 @@ const ALLOWED: Record<Module, readonly Module[]> = {
 };
 
 /** The files of scaler/ and worker/ that cli/ may import: their public entry points. */
-const PUBLIC = new Set(['nodecache/app.ts', 'nodecache/config.ts', 'scaler/app.ts', 'scaler/config.ts', 'scaler/client.ts', 'worker/config.ts', 'worker/consumer.ts', 'worker/kafka-consumer.ts', 'worker/pipeline.ts', 'worker/spool.ts', 'worker/doctor.ts']);
+const PUBLIC = new Set([
+  'nodecache/app.ts',
+  'nodecache/config.ts',
+  'scaler/app.ts',
+  'scaler/config.ts',
+  'scaler/client.ts',
+  'worker/config.ts',
+  'worker/consumer.ts',
+  'worker/kafka-consumer.ts',
+  'worker/pipeline.ts',
+  'worker/spool.ts',
+  'worker/doctor.ts',
+]);
 
 function tsFiles(dir: string): string[] {
   return readdirSync(dir).flatMap((name) => {
@@ -68,7 +80,9 @@ describe('the import rules of docs/architecture.md', () => {
   });
 
   it('cli/ reaches scaler/, worker/ and nodecache/ through their public files only', () => {
-    const wrong = all.filter((i) => moduleOf(i.from) === 'cli' && ['scaler', 'worker', 'nodecache'].includes(moduleOf(i.to)) && !PUBLIC.has(i.to)).map((i) => `${i.from} -> ${i.to}`);
+    const wrong = all
+      .filter((i) => moduleOf(i.from) === 'cli' && ['scaler', 'worker', 'nodecache'].includes(moduleOf(i.to)) && !PUBLIC.has(i.to))
+      .map((i) => `${i.from} -> ${i.to}`);
     expect(wrong).toEqual([]);
   });
 

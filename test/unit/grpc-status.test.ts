@@ -21,9 +21,13 @@ interface Case {
 const CASES: readonly Case[] = [
   {
     name: 'bad metadata: INVALID_ARGUMENT with every problem',
-    err: new InvalidMetadataError(['targetSize: "0" must be a number greater than 0', 'mode: "fast" must be one of backlog, ready, management']),
+    err: new InvalidMetadataError([
+      'targetSize: "0" must be a number greater than 0',
+      'mode: "fast" must be one of backlog, ready, management',
+    ]),
     code: status.INVALID_ARGUMENT,
-    details: 'invalid trigger metadata: targetSize: "0" must be a number greater than 0; mode: "fast" must be one of backlog, ready, management',
+    details:
+      'invalid trigger metadata: targetSize: "0" must be a number greater than 0; mode: "fast" must be one of backlog, ready, management',
     internal: false,
   },
   {
@@ -68,9 +72,27 @@ const CASES: readonly Case[] = [
     details: 'read of http://***@127.0.0.1:15672/api did not finish within 5 ms',
     internal: false,
   },
-  { name: 'a plain Error: INTERNAL, generic', err: new Error('Cannot read properties of undefined'), code: status.INTERNAL, details: GENERIC, internal: true },
-  { name: 'a TypeError: INTERNAL, generic', err: new TypeError('x is not a function'), code: status.INTERNAL, details: GENERIC, internal: true },
-  { name: 'an Error with a password: INTERNAL, nothing of it shown', err: new Error('amqp://admin:s3cret@rabbit failed'), code: status.INTERNAL, details: GENERIC, internal: true },
+  {
+    name: 'a plain Error: INTERNAL, generic',
+    err: new Error('Cannot read properties of undefined'),
+    code: status.INTERNAL,
+    details: GENERIC,
+    internal: true,
+  },
+  {
+    name: 'a TypeError: INTERNAL, generic',
+    err: new TypeError('x is not a function'),
+    code: status.INTERNAL,
+    details: GENERIC,
+    internal: true,
+  },
+  {
+    name: 'an Error with a password: INTERNAL, nothing of it shown',
+    err: new Error('amqp://admin:s3cret@rabbit failed'),
+    code: status.INTERNAL,
+    details: GENERIC,
+    internal: true,
+  },
   { name: 'a thrown string', err: 'boom', code: status.INTERNAL, details: GENERIC, internal: true },
   { name: 'undefined', err: undefined, code: status.INTERNAL, details: GENERIC, internal: true },
   { name: 'null', err: null, code: status.INTERNAL, details: GENERIC, internal: true },
@@ -81,8 +103,20 @@ const CASES: readonly Case[] = [
     details: GENERIC,
     internal: true,
   },
-  { name: 'an AbortSignal.timeout reason (TimeoutError)', err: new DOMException('The operation was aborted due to timeout', 'TimeoutError'), code: status.INTERNAL, details: GENERIC, internal: true },
-  { name: 'an error carrying a gRPC code of its own', err: Object.assign(new Error('x'), { code: status.NOT_FOUND }), code: status.INTERNAL, details: GENERIC, internal: true },
+  {
+    name: 'an AbortSignal.timeout reason (TimeoutError)',
+    err: new DOMException('The operation was aborted due to timeout', 'TimeoutError'),
+    code: status.INTERNAL,
+    details: GENERIC,
+    internal: true,
+  },
+  {
+    name: 'an error carrying a gRPC code of its own',
+    err: Object.assign(new Error('x'), { code: status.NOT_FOUND }),
+    code: status.INTERNAL,
+    details: GENERIC,
+    internal: true,
+  },
 ];
 
 describe('toStatus', () => {

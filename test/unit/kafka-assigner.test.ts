@@ -2,13 +2,23 @@
 // when they join, partitions with their waiting records, and who gets what.
 import { AssignerProtocol } from 'kafkajs';
 import { describe, expect, it } from 'vitest';
-import { assignPartitions, decodeMemberState, encodeMemberState, kmjAssigner, LEAVING, type MemberState, type MemberView, type PartitionView } from '../../kafka/assigner.ts';
+import {
+  assignPartitions,
+  decodeMemberState,
+  encodeMemberState,
+  kmjAssigner,
+  LEAVING,
+  type MemberState,
+  type MemberView,
+  type PartitionView,
+} from '../../kafka/assigner.ts';
 
 const T = 'requests';
 const free = (memberId: string, capacity = 1): MemberView => ({ memberId, state: { capacity, busy: {} } });
 const busy = (memberId: string, ...partitions: number[]): MemberView => ({ memberId, state: { capacity: 0, busy: { [T]: partitions } } });
 const leaving = (memberId: string): MemberView => ({ memberId, state: LEAVING });
-const parts = (...waiting: Array<number | undefined>): PartitionView[] => waiting.map((w, partition) => ({ topic: T, partition, waiting: w }));
+const parts = (...waiting: Array<number | undefined>): PartitionView[] =>
+  waiting.map((w, partition) => ({ topic: T, partition, waiting: w }));
 
 /** The assignment as member → partitions of topic T; a member given nothing has no entry. */
 function flat(members: MemberView[], partitions: PartitionView[]): Record<string, number[]> {
@@ -19,7 +29,12 @@ function flat(members: MemberView[], partitions: PartitionView[]): Record<string
 
 const CASES: Array<{ name: string; members: MemberView[]; partitions: PartitionView[]; expected: Record<string, number[]> }> = [
   { name: 'one member takes every partition', members: [free('a')], partitions: parts(0, 0, 0), expected: { a: [0, 1, 2] } },
-  { name: 'round-robin in member id order when nothing waits', members: [free('b'), free('a')], partitions: parts(0, 0, 0), expected: { a: [0, 2], b: [1] } },
+  {
+    name: 'round-robin in member id order when nothing waits',
+    members: [free('b'), free('a')],
+    partitions: parts(0, 0, 0),
+    expected: { a: [0, 2], b: [1] },
+  },
   {
     name: 'partitions with waiting records go first, one per member: the two records are read at once',
     members: [free('a'), free('b')],
@@ -40,7 +55,7 @@ const CASES: Array<{ name: string; members: MemberView[]; partitions: PartitionV
     expected: { b: [0] },
   },
   {
-    name: 'a member that joins with another client\'s user data is treated as leaving',
+    name: "a member that joins with another client's user data is treated as leaving",
     members: [{ memberId: 'a', state: decodeMemberState(Buffer.from('not json')) }, free('b')],
     partitions: parts(0, 1),
     expected: { b: [0, 1] },
@@ -51,14 +66,24 @@ const CASES: Array<{ name: string; members: MemberView[]; partitions: PartitionV
     partitions: parts(1),
     expected: { a: [0] },
   },
-  { name: 'a busy partition that no longer exists is dropped', members: [busy('a', 7), free('b')], partitions: parts(0, 0), expected: { b: [0, 1] } },
+  {
+    name: 'a busy partition that no longer exists is dropped',
+    members: [busy('a', 7), free('b')],
+    partitions: parts(0, 0),
+    expected: { b: [0, 1] },
+  },
   {
     name: 'unknown lag (the leader could not read offsets): plain round-robin over the members that take',
     members: [free('a'), free('b'), leaving('c')],
     partitions: parts(undefined, undefined, undefined),
     expected: { a: [0, 2], b: [1] },
   },
-  { name: 'no member can take: only busy partitions are assigned', members: [busy('a', 2), leaving('b')], partitions: parts(1, 1, 1), expected: { a: [2] } },
+  {
+    name: 'no member can take: only busy partitions are assigned',
+    members: [busy('a', 2), leaving('b')],
+    partitions: parts(1, 1, 1),
+    expected: { a: [2] },
+  },
   {
     name: 'more members than partitions: the extra members get nothing',
     members: [free('a'), free('b'), free('c')],
@@ -92,13 +117,27 @@ describe('member state in the join metadata', () => {
 
   it('the kafkajs assigner: protocol carries the state, assign answers every member, an empty one too', async () => {
     let state: MemberState = { capacity: 1, busy: {} };
-    const cluster = { findTopicPartitionMetadata: () => [{ partitionId: 0 }, { partitionId: 1 }] } as unknown as Parameters<ReturnType<typeof kmjAssigner>>[0]['cluster'];
-    const assigner = kmjAssigner({ state: () => state, lagOf: async () => new Map([[1, 5]]) })({ cluster, groupId: 'g', logger: undefined as never });
+    const cluster = { findTopicPartitionMetadata: () => [{ partitionId: 0 }, { partitionId: 1 }] } as unknown as Parameters<
+      ReturnType<typeof kmjAssigner>
+    >[0]['cluster'];
+    const assigner = kmjAssigner({ state: () => state, lagOf: () => Promise.resolve(new Map([[1, 5]])) })({
+      cluster,
+      groupId: 'g',
+      logger: undefined as never,
+    });
     const a = assigner.protocol({ topics: [T] }).metadata;
     state = LEAVING;
     const b = assigner.protocol({ topics: [T] }).metadata;
-    const result = await assigner.assign({ members: [{ memberId: 'a', memberMetadata: a }, { memberId: 'b', memberMetadata: b }], topics: [T] });
-    const decoded = Object.fromEntries(result.map((r) => [r.memberId, AssignerProtocol.MemberAssignment.decode(r.memberAssignment)?.assignment]));
+    const result = await assigner.assign({
+      members: [
+        { memberId: 'a', memberMetadata: a },
+        { memberId: 'b', memberMetadata: b },
+      ],
+      topics: [T],
+    });
+    const decoded = Object.fromEntries(
+      result.map((r) => [r.memberId, AssignerProtocol.MemberAssignment.decode(r.memberAssignment)?.assignment]),
+    );
     // Partition 1 has waiting records: it goes first, and both go to the one member that takes.
     expect(decoded).toEqual({ a: { [T]: [0, 1] }, b: {} });
   });

@@ -111,11 +111,13 @@ describe('ensureCached', () => {
     const bothIn = new Promise<void>((resolve) => {
       release = resolve;
     });
-    const fill = (content: string) => async (dir: string): Promise<void> => {
-      await writeFile(join(dir, 'model.onnx'), content);
-      if (++arrived === 2) release();
-      await bothIn;
-    };
+    const fill =
+      (content: string) =>
+      async (dir: string): Promise<void> => {
+        await writeFile(join(dir, 'model.onnx'), content);
+        if (++arrived === 2) release();
+        await bothIn;
+      };
     const [a, b] = await Promise.all([ensureCached(cache, 'm', fill('from-a')), ensureCached(cache, 'm', fill('from-b'))]);
     expect(arrived).toBe(2);
     expect(a.dir).toBe(join(cache, 'm'));
@@ -138,7 +140,10 @@ describe('ensureCached', () => {
     { name: 'a nested file missing', damage: (dir) => rm(join(dir, 'data'), { recursive: true }) },
     { name: 'the manifest missing', damage: (dir) => unlink(join(dir, MANIFEST)) },
     { name: 'the manifest unreadable', damage: (dir) => writeFile(join(dir, MANIFEST), '{not json') },
-    { name: 'the manifest of another version', damage: (dir) => writeFile(join(dir, MANIFEST), JSON.stringify({ version: 2, id: 'x', files: [] })) },
+    {
+      name: 'the manifest of another version',
+      damage: (dir) => writeFile(join(dir, MANIFEST), JSON.stringify({ version: 2, id: 'x', files: [] })),
+    },
   ];
 
   it.each(DAMAGE)('a copy with $name is filled again, whole', async ({ damage }) => {
@@ -186,7 +191,10 @@ describe('ensureCached', () => {
 
   it('staleMs sets how old a partial fill must be to count as dead', async () => {
     const NOW = Date.UTC(2030, 0, 1);
-    for (const [name, age] of [['m.partial-a', 1001], ['m.partial-b', 999]] as const) {
+    for (const [name, age] of [
+      ['m.partial-a', 1001],
+      ['m.partial-b', 999],
+    ] as const) {
       await mkdir(join(cache, name));
       await utimes(join(cache, name), new Date(NOW - age), new Date(NOW - age));
     }
@@ -231,7 +239,8 @@ describe('ensureCached: what a copy says of itself', () => {
       await filler({ 'model.onnx': 'old registration' }).fill(dir);
       return { origin: 'old' };
     });
-    const accept = (m: Readonly<Record<string, string>>): string | undefined => (m['origin'] === 'new' ? undefined : `origin ${m['origin'] ?? 'none'}`);
+    const accept = (m: Readonly<Record<string, string>>): string | undefined =>
+      m['origin'] === 'new' ? undefined : `origin ${m['origin'] ?? 'none'}`;
     const again = await ensureCached(
       cache,
       'm',
@@ -251,7 +260,9 @@ describe('ensureCached: what a copy says of itself', () => {
 
   it('with `hash`, the manifest lists each file with its SHA-256', async () => {
     const got = await ensureCached(cache, 'm', filler(MODEL).fill, { hash: true });
-    const manifest = JSON.parse(await readFile(join(got.dir, MANIFEST), 'utf8')) as { files: Array<{ path: string; size: number; sha256: string }> };
+    const manifest = JSON.parse(await readFile(join(got.dir, MANIFEST), 'utf8')) as {
+      files: Array<{ path: string; size: number; sha256: string }>;
+    };
     const { createHash } = await import('node:crypto');
     const sha = (s: string): string => createHash('sha256').update(s).digest('hex');
     expect([...manifest.files].sort((a, b) => (a.path < b.path ? -1 : 1))).toEqual([

@@ -5,7 +5,7 @@ import { createLogger } from '../../common/log.ts';
 import type { Metric } from '../../mlflow/tracking.ts';
 import { Progress } from '../../worker/progress.ts';
 
-function setup(report: (m: readonly Metric[]) => Promise<void> = async () => undefined) {
+function setup(report: (m: readonly Metric[]) => Promise<void> = () => Promise.resolve()) {
   const lines: Array<Record<string, unknown>> = [];
   const sink = new Writable({
     write(chunk: Buffer, _enc, cb) {
@@ -42,8 +42,15 @@ describe('Progress', () => {
     at(10_000);
     progress.batch(40_000, { bytes: 250, totalBytes: 1000 });
     await progress.settle();
-    expect(lines.map((l) => [l['msg'], l['rows'], l['rowsPerSecond'], l['percent'], l['etaSeconds']])).toEqual([['progress', 40_000, 4000, 25, 30]]);
-    expect(sent.map((m) => m.map((x) => [x.key, x.value, x.step]))).toEqual([[['rows', 40_000, 1], ['rows_per_second', 4000, 1]]]);
+    expect(lines.map((l) => [l['msg'], l['rows'], l['rowsPerSecond'], l['percent'], l['etaSeconds']])).toEqual([
+      ['progress', 40_000, 4000, 25, 30],
+    ]);
+    expect(sent.map((m) => m.map((x) => [x.key, x.value, x.step]))).toEqual([
+      [
+        ['rows', 40_000, 1],
+        ['rows_per_second', 4000, 1],
+      ],
+    ]);
     at(15_000);
     progress.batch(60_000, { bytes: 400, totalBytes: 1000 });
     expect(sent).toHaveLength(1); // not yet another interval
@@ -64,7 +71,9 @@ describe('Progress', () => {
 
   it('a slow MLflow: steps are skipped, not piled up; a failed send is logged and the run goes on', async () => {
     let release: () => void = () => undefined;
-    const { progress, lines, sent, at } = setup(() => new Promise<void>((_, reject) => (release = () => reject(new Error('MLflow answered HTTP 503')))));
+    const { progress, lines, sent, at } = setup(
+      () => new Promise<void>((_, reject) => (release = () => reject(new Error('MLflow answered HTTP 503')))),
+    );
     at(10_000);
     progress.batch(1, { bytes: 1, totalBytes: 10 });
     at(20_000);

@@ -7,7 +7,18 @@
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { PACKAGE_ROOT } from '../../common/paths.ts';
-import { drain, fixtures, publish, queueStateAfterExit, request, requestQueue, runsOf, startWorker, tagsOf, uniqueId } from '../helpers/worker.ts';
+import {
+  drain,
+  fixtures,
+  publish,
+  queueStateAfterExit,
+  request,
+  requestQueue,
+  runsOf,
+  startWorker,
+  tagsOf,
+  uniqueId,
+} from '../helpers/worker.ts';
 
 const f = fixtures();
 const WORKERS = 8;
@@ -24,9 +35,12 @@ describe('eight workers on one empty model cache', () => {
       const cache = join(PACKAGE_ROOT, '.run', 'test-model-caches', uniqueId('shared'));
       const reqs = Array.from({ length: WORKERS }, () => request({ model: `models:/${model?.name}/${model?.version}`, experiment }));
       for (const r of reqs) await publish(queue, r);
-      const results = await Promise.all(reqs.map(() => startWorker(queue, { KMJ_MODEL_CACHE_DIR: cache, KMJ_ONNX_THREADS: '1', LOG_LEVEL: 'warn' }).done));
+      const results = await Promise.all(
+        reqs.map(() => startWorker(queue, { KMJ_MODEL_CACHE_DIR: cache, KMJ_ONNX_THREADS: '1', LOG_LEVEL: 'warn' }).done),
+      );
       const dead = await drain(`${queue}.dead`);
-      for (const d of dead) outcomes.push(`round ${round} (${key}): dead-lettered: ${String(d.properties.headers?.['x-kmj-dead-letter-reason'])}`);
+      for (const d of dead)
+        outcomes.push(`round ${round} (${key}): dead-lettered: ${String(d.properties.headers?.['x-kmj-dead-letter-reason'])}`);
       for (const r of results) if (r.code !== 0) outcomes.push(`round ${round} (${key}): exit ${r.code}: ${r.stderr.slice(0, 300)}`);
       expect(outcomes).toEqual([]);
       expect(await queueStateAfterExit(queue)).toEqual({ messages: 0, consumers: 0 });

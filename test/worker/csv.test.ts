@@ -3,7 +3,16 @@
 // the short ones, and one byte at a time), which must give the same records as one push. Then the
 // number reader against Number(), and CsvColumns, the sink that makes column batches.
 import { describe, expect, it } from 'vitest';
-import { CsvColumns, CsvTokenizer, NOT_UTF8, SAMPLE_ROWS, UNCLOSED_QUOTE, decodeField, parseNumber, type CsvSink } from '../../worker/dataset/csv.ts';
+import {
+  CsvColumns,
+  CsvTokenizer,
+  NOT_UTF8,
+  SAMPLE_ROWS,
+  UNCLOSED_QUOTE,
+  decodeField,
+  parseNumber,
+  type CsvSink,
+} from '../../worker/dataset/csv.ts';
 
 /** Collects records as arrays of strings. */
 class Records implements CsvSink {
@@ -63,23 +72,112 @@ interface Case {
 }
 
 const CASES: readonly Case[] = [
-  { name: 'plain lines', text: 'a,b,c\n1,2,3\n', records: [['a', 'b', 'c'], ['1', '2', '3']] },
-  { name: 'quoted fields with commas', text: 'name,note\n"Smith, J","a,b,,c"\n', records: [['name', 'note'], ['Smith, J', 'a,b,,c']] },
+  {
+    name: 'plain lines',
+    text: 'a,b,c\n1,2,3\n',
+    records: [
+      ['a', 'b', 'c'],
+      ['1', '2', '3'],
+    ],
+  },
+  {
+    name: 'quoted fields with commas',
+    text: 'name,note\n"Smith, J","a,b,,c"\n',
+    records: [
+      ['name', 'note'],
+      ['Smith, J', 'a,b,,c'],
+    ],
+  },
   { name: '"" escapes', text: 'q\n"say ""hi"""\n""""\n"a""b""c"\n', records: [['q'], ['say "hi"'], ['"'], ['a"b"c']] },
-  { name: 'newlines inside quotes', text: 'id,text\n1,"line one\nline two"\n2,"x\r\ny"\n', records: [['id', 'text'], ['1', 'line one\nline two'], ['2', 'x\r\ny']] },
-  { name: 'CRLF line ends', text: 'a,b\r\n1,2\r\n"3",4\r\n', records: [['a', 'b'], ['1', '2'], ['3', '4']] },
-  { name: 'no final newline', text: 'a,b\n1,2', records: [['a', 'b'], ['1', '2']] },
-  { name: 'no final newline after a quoted field', text: 'a,b\n1,"2,x"', records: [['a', 'b'], ['1', '2,x']] },
-  { name: 'no final newline after CRLF lines', text: 'a,b\r\n1,2\r\n3,4', records: [['a', 'b'], ['1', '2'], ['3', '4']] },
-  { name: 'empty lines are skipped', text: '\na,b\n\n1,2\n\r\n\n3,4\n\n', records: [['a', 'b'], ['1', '2'], ['3', '4']] },
-  { name: 'a quote inside an unquoted field is literal', text: 'h1,h2\n5" screen,ok\nab"c"d,"e"\n', records: [['h1', 'h2'], ['5" screen', 'ok'], ['ab"c"d', 'e']] },
-  { name: 'empty fields, quoted and not', text: ',,\n"",x,""\n,"",\n', records: [['', '', ''], ['', 'x', ''], ['', '', '']] },
+  {
+    name: 'newlines inside quotes',
+    text: 'id,text\n1,"line one\nline two"\n2,"x\r\ny"\n',
+    records: [
+      ['id', 'text'],
+      ['1', 'line one\nline two'],
+      ['2', 'x\r\ny'],
+    ],
+  },
+  {
+    name: 'CRLF line ends',
+    text: 'a,b\r\n1,2\r\n"3",4\r\n',
+    records: [
+      ['a', 'b'],
+      ['1', '2'],
+      ['3', '4'],
+    ],
+  },
+  {
+    name: 'no final newline',
+    text: 'a,b\n1,2',
+    records: [
+      ['a', 'b'],
+      ['1', '2'],
+    ],
+  },
+  {
+    name: 'no final newline after a quoted field',
+    text: 'a,b\n1,"2,x"',
+    records: [
+      ['a', 'b'],
+      ['1', '2,x'],
+    ],
+  },
+  {
+    name: 'no final newline after CRLF lines',
+    text: 'a,b\r\n1,2\r\n3,4',
+    records: [
+      ['a', 'b'],
+      ['1', '2'],
+      ['3', '4'],
+    ],
+  },
+  {
+    name: 'empty lines are skipped',
+    text: '\na,b\n\n1,2\n\r\n\n3,4\n\n',
+    records: [
+      ['a', 'b'],
+      ['1', '2'],
+      ['3', '4'],
+    ],
+  },
+  {
+    name: 'a quote inside an unquoted field is literal',
+    text: 'h1,h2\n5" screen,ok\nab"c"d,"e"\n',
+    records: [
+      ['h1', 'h2'],
+      ['5" screen', 'ok'],
+      ['ab"c"d', 'e'],
+    ],
+  },
+  {
+    name: 'empty fields, quoted and not',
+    text: ',,\n"",x,""\n,"",\n',
+    records: [
+      ['', '', ''],
+      ['', 'x', ''],
+      ['', '', ''],
+    ],
+  },
   { name: 'a record of one quoted empty field is kept', text: 'a\n""\nb\n', records: [['a'], [''], ['b']] },
-  { name: 'unicode text', text: 'ville,note\n"Zürich, CH",été ☀\n東京,"😀,😀"\n', records: [['ville', 'note'], ['Zürich, CH', 'été ☀'], ['東京', '😀,😀']] },
+  {
+    name: 'unicode text',
+    text: 'ville,note\n"Zürich, CH",été ☀\n東京,"😀,😀"\n',
+    records: [
+      ['ville', 'note'],
+      ['Zürich, CH', 'été ☀'],
+      ['東京', '😀,😀'],
+    ],
+  },
   {
     name: 'a mix of everything',
     text: 'id,"na,me",v\r\n1,"a ""q"" b",x"y\n\n2,"multi\r\nline, ""quoted""",\r\n3,,"end"',
-    records: [['id', 'na,me', 'v'], ['1', 'a "q" b', 'x"y'], ['2', 'multi\r\nline, "quoted"', ''], ['3', '', 'end']],
+    records: [
+      ['id', 'na,me', 'v'],
+      ['1', 'a "q" b', 'x"y'],
+      ['2', 'multi\r\nline, "quoted"', ''],
+      ['3', '', 'end'],
+    ],
   },
 ];
 
@@ -117,7 +215,8 @@ describe('CsvTokenizer', () => {
 
   it('gives the same records when a chunk ends inside a character', () => {
     for (const c of CASES) {
-      for (const [k, chunks] of bytesSplits(c.text).entries()) expect(parseChunks(chunks), `${c.name}, split at byte ${k}`).toEqual(c.records);
+      for (const [k, chunks] of bytesSplits(c.text).entries())
+        expect(parseChunks(chunks), `${c.name}, split at byte ${k}`).toEqual(c.records);
     }
   });
 
@@ -188,7 +287,10 @@ describe('CsvTokenizer bytes', () => {
   it('drops a leading byte order mark, whatever the split, and keeps one anywhere else', () => {
     const text = '\uFEFFa,b\n1,\uFEFF2\n';
     for (const [k, chunks] of bytesSplits(text).entries()) {
-      expect(parseChunks(chunks), `split at byte ${k}`).toEqual([['a', 'b'], ['1', '\uFEFF2']]);
+      expect(parseChunks(chunks), `split at byte ${k}`).toEqual([
+        ['a', 'b'],
+        ['1', '\uFEFF2'],
+      ]);
     }
     expect(parseWhole('\uFEFF')).toEqual([]);
     expect(parseWhole('\uFEFFx')).toEqual([['x']]);
@@ -216,7 +318,23 @@ describe('parseNumber', () => {
   };
 
   it('reads plain decimals to the same double as Number()', () => {
-    const texts = ['0', '-0', '+5', '6.8977', '.5', '5.', '-3.25', '1e5', '1E-5', '2.5e+3', '123456789012345', '0.000001234', '1e22', '9.99999999999999e-8', '00012.50'];
+    const texts = [
+      '0',
+      '-0',
+      '+5',
+      '6.8977',
+      '.5',
+      '5.',
+      '-3.25',
+      '1e5',
+      '1E-5',
+      '2.5e+3',
+      '123456789012345',
+      '0.000001234',
+      '1e22',
+      '9.99999999999999e-8',
+      '00012.50',
+    ];
     for (const t of texts) expect(Object.is(read(t), Number(t)), t).toBe(true);
   });
 
@@ -240,7 +358,25 @@ describe('parseNumber', () => {
   });
 
   it('leaves everything else to the careful reader (NaN)', () => {
-    for (const t of ['', '-', '.', 'e5', '1e', '1e+', '1.2.3', ' 1', '1 ', '0x10', 'nan', 'Infinity', '1_000', '1234567890123456', '1e99999', '1e-30', 'abc']) {
+    for (const t of [
+      '',
+      '-',
+      '.',
+      'e5',
+      '1e',
+      '1e+',
+      '1.2.3',
+      ' 1',
+      '1 ',
+      '0x10',
+      'nan',
+      'Infinity',
+      '1_000',
+      '1234567890123456',
+      '1e99999',
+      '1e-30',
+      'abc',
+    ]) {
       expect(read(t), t).toBeNaN();
     }
   });
@@ -288,12 +424,18 @@ describe('CsvColumns', () => {
   });
 
   it('names the row and the column of a cell that is not a number', () => {
-    expect(() => columns('a,b\n1,2\n3,three\n', { numbers: [0, 1], values: [] })).toThrow('dataset: row 2, column "b": "three" is not a number');
-    expect(() => columns('a,b\n1,2\n\n3,\n', { numbers: [0, 1], values: [] })).toThrow('dataset: row 2, column "b": an empty value is not a number');
-    expect(() => columns('a,b\n1,2\n3,"  "\n', { numbers: [0, 1], values: [] })).toThrow('dataset: row 2, column "b": "  " is not a number');
+    expect(() => columns('a,b\n1,2\n3,three\n', { numbers: [0, 1], values: [] })).toThrow(
+      'dataset: row 2, column "b": "three" is not a number',
+    );
+    expect(() => columns('a,b\n1,2\n\n3,\n', { numbers: [0, 1], values: [] })).toThrow(
+      'dataset: row 2, column "b": an empty value is not a number',
+    );
+    expect(() => columns('a,b\n1,2\n3,"  "\n', { numbers: [0, 1], values: [] })).toThrow(
+      'dataset: row 2, column "b": "  " is not a number',
+    );
   });
 
-  it('refuses a row whose width is not the header\'s, naming the row', () => {
+  it("refuses a row whose width is not the header's, naming the row", () => {
     expect(() => columns('a,b,c\n1,2,3\n4,5\n', { numbers: [0], values: [] })).toThrow('dataset: row 2 has 2 fields, the header has 3');
   });
 
@@ -309,7 +451,12 @@ describe('CsvColumns', () => {
 
 describe('CsvColumns fast path', () => {
   /** Reads bytes in chunks of `chunk`, with the fast path or without it. */
-  function read(bytes: Buffer, fast: boolean, chunk: number, wants: { numbers: number[]; values: number[] }): { batches: Array<{ firstRow: number; numbers: number[][]; values: unknown[][] }>; error?: string } {
+  function read(
+    bytes: Buffer,
+    fast: boolean,
+    chunk: number,
+    wants: { numbers: number[]; values: number[] },
+  ): { batches: Array<{ firstRow: number; numbers: number[][]; values: unknown[][] }>; error?: string } {
     const sink = new CsvColumns();
     if (!fast) (sink as { line?: unknown }).line = undefined;
     const tokenizer = new CsvTokenizer(sink);
@@ -325,7 +472,11 @@ describe('CsvColumns fast path', () => {
       return { batches: [], error: (err as Error).message };
     }
     return {
-      batches: sink.ready.map((b) => ({ firstRow: b.firstRow, numbers: wants.numbers.map((j) => [...b.numbers(j)]), values: wants.values.map((j) => [...b.values(j)]) })),
+      batches: sink.ready.map((b) => ({
+        firstRow: b.firstRow,
+        numbers: wants.numbers.map((j) => [...b.numbers(j)]),
+        values: wants.values.map((j) => [...b.values(j)]),
+      })),
     };
   }
 
@@ -374,7 +525,8 @@ describe('CsvColumns fast path', () => {
       text += line;
       for (let r = 0; r < 10; r++) text += `${r},1,l,1\n`;
       const bytes = Buffer.from(text);
-      for (const fast of [false, true]) expect(read(bytes, fast, 4096, { numbers: [0, 1, 3], values: [2] }).error, `${line.trim()} fast=${fast}`).toBe(error);
+      for (const fast of [false, true])
+        expect(read(bytes, fast, 4096, { numbers: [0, 1, 3], values: [2] }).error, `${line.trim()} fast=${fast}`).toBe(error);
     }
   });
 });
@@ -399,6 +551,8 @@ describe('CsvTokenizer pauses', () => {
   });
 
   it('CsvColumns refuses to be configured before its header is read', () => {
-    expect(() => new CsvColumns().configure(10, { numbers: [0], values: [] })).toThrow('CsvColumns: configure() before the header was read');
+    expect(() => new CsvColumns().configure(10, { numbers: [0], values: [] })).toThrow(
+      'CsvColumns: configure() before the header was read',
+    );
   });
 });

@@ -99,7 +99,8 @@ describe('a request end to end', () => {
       expect(run.metrics[key]).toBeGreaterThan(0.9);
       expect(run.metrics[key]).toBeLessThanOrEqual(1);
     }
-    for (const key of ['model_load_seconds', 'inference_seconds', 'total_seconds', 'rows_per_second']) expect(run.metrics[key]).toBeGreaterThan(0);
+    for (const key of ['model_load_seconds', 'inference_seconds', 'total_seconds', 'rows_per_second'])
+      expect(run.metrics[key]).toBeGreaterThan(0);
 
     // The dataset input, as mlflow.log_input writes one.
     expect(run.inputs).toHaveLength(1);
@@ -112,7 +113,10 @@ describe('a request end to end', () => {
     });
     expect(JSON.parse(run.inputs[0]?.profile ?? '{}')).toEqual({ num_rows: 150, num_elements: 750 });
     expect(JSON.parse(run.inputs[0]?.schema ?? '{}')).toEqual({
-      mlflow_colspec: [...f.features.map((name) => ({ type: 'double', name, required: true })), { type: 'long', name: f.label, required: true }],
+      mlflow_colspec: [
+        ...f.features.map((name) => ({ type: 'double', name, required: true })),
+        { type: 'long', name: f.label, required: true },
+      ],
     });
   });
 
@@ -133,7 +137,10 @@ describe('a request end to end', () => {
       expect(run?.info.status).toBe('FINISHED');
       expect(run ? tagsOf(run)['kmj.model_version'] : 'no run').toBe(c.version);
       const py = await readRunWithPython(run?.info.run_id ?? '');
-      expect(parseCsv(py.artifacts['predictions/predictions.csv'] ?? '').map((p) => Number(p['output_label'])), c.model).toEqual(expectedLabels(c.expect));
+      expect(
+        parseCsv(py.artifacts['predictions/predictions.csv'] ?? '').map((p) => Number(p['output_label'])),
+        c.model,
+      ).toEqual(expectedLabels(c.expect));
     }
     // The artifact location of a registered version, as an mlflow-artifacts: URI.
     const first = await requestQueue();
@@ -159,19 +166,29 @@ describe('a request end to end', () => {
     expect((await runWorker(q2)).code).toBe(0);
     const [idRun] = await runsOf(byId.experiment);
     const py = await readRunWithPython(idRun?.info.run_id ?? '');
-    expect(parseCsv(py.artifacts['predictions/predictions.csv'] ?? '').map((p) => Number(p['output_label']))).toEqual(expectedLabels('classifier'));
+    expect(parseCsv(py.artifacts['predictions/predictions.csv'] ?? '').map((p) => Number(p['output_label']))).toEqual(
+      expectedLabels('classifier'),
+    );
   });
 
   it('runs the regressor on JSON Lines and logs regression metrics', async () => {
     const reg = f.models['regressor'];
     const queue = await requestQueue();
-    const req = request({ model: `models:/${reg?.name}/${reg?.version}`, dataset: { uri: f.datasets.jsonl }, labelColumn: f.regressorLabel, output: { format: 'jsonl' } });
+    const req = request({
+      model: `models:/${reg?.name}/${reg?.version}`,
+      dataset: { uri: f.datasets.jsonl },
+      labelColumn: f.regressorLabel,
+      output: { format: 'jsonl' },
+    });
     await publish(queue, req);
     expect((await runWorker(queue)).code).toBe(0);
     const [run] = await runsOf(req.experiment);
     const py = await readRunWithPython(run?.info.run_id ?? '');
     expect(py.tags['kmj.model_kind']).toBe('regressor');
-    const lines = (py.artifacts['predictions/predictions.jsonl'] ?? '').trim().split('\n').map((l) => JSON.parse(l) as Record<string, number>);
+    const lines = (py.artifacts['predictions/predictions.jsonl'] ?? '')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as Record<string, number>);
     expect(lines).toHaveLength(150);
     const expected = (reg?.expected['variable'] ?? []) as number[][];
     lines.forEach((l, i) => expect(l['variable']).toBeCloseTo(expected[i]?.[0] ?? Number.NaN, 5));
@@ -191,7 +208,9 @@ describe('a request end to end', () => {
     expect((await runWorker(queue)).code).toBe(0);
     const [run] = await runsOf(req.experiment);
     const py = await readRunWithPython(run?.info.run_id ?? '');
-    expect(parseCsv(py.artifacts['predictions/predictions.csv'] ?? '').map((p) => Number(p['output_label']))).toEqual(expectedLabels('mlp'));
+    expect(parseCsv(py.artifacts['predictions/predictions.csv'] ?? '').map((p) => Number(p['output_label']))).toEqual(
+      expectedLabels('mlp'),
+    );
   });
 
   it('reads datasets from MLflow artifacts (mlflow-artifacts: and runs:/) and inline rows', async () => {
@@ -204,7 +223,9 @@ describe('a request end to end', () => {
       const py = await readRunWithPython(run?.info.run_id ?? '');
       expect(py.metrics['rows']).toBe(150);
       expect(py.inputs[0]).toMatchObject({ source_type: 'mlflow-artifacts', source: JSON.stringify({ uri: dataset.uri }) });
-      expect(parseCsv(py.artifacts['predictions/predictions.csv'] ?? '').map((p) => Number(p['output_label']))).toEqual(expectedLabels('classifier'));
+      expect(parseCsv(py.artifacts['predictions/predictions.csv'] ?? '').map((p) => Number(p['output_label']))).toEqual(
+        expectedLabels('classifier'),
+      );
     }
     const rows = [
       Object.fromEntries([...f.features.map((c, i) => [c, [5.1, 3.5, 1.4, 0.2][i]]), [f.label, 0]]),
@@ -269,16 +290,27 @@ describe('MLflow with basic auth', () => {
     expect(run?.info.status).toBe('FINISHED');
     const py = await readRunWithPython(run?.info.run_id ?? '', MLFLOW_AUTH_URL, true);
     expect(py.metrics['rows']).toBe(150);
-    expect(parseCsv(py.artifacts['predictions/predictions.csv'] ?? '').map((p) => Number(p['output_label']))).toEqual((model?.expected['output_label'] ?? []) as number[]);
+    expect(parseCsv(py.artifacts['predictions/predictions.csv'] ?? '').map((p) => Number(p['output_label']))).toEqual(
+      (model?.expected['output_label'] ?? []) as number[],
+    );
   });
 
   /** A request run by a worker user of its own (not the admin), as manifests/setup.yaml makes it. */
-  async function asWorkerUser(onModelExperiment: 'READ' | 'EDIT'): Promise<{ tags: Record<string, string>; py: Awaited<ReturnType<typeof readRunWithPython>> }> {
+  async function asWorkerUser(
+    onModelExperiment: 'READ' | 'EDIT',
+  ): Promise<{ tags: Record<string, string>; py: Awaited<ReturnType<typeof readRunWithPython>> }> {
     const auth = fixtures('fixtures-auth');
     const model = auth.models['classifier'];
-    const admin = { 'content-type': 'application/json', authorization: `Basic ${Buffer.from(`${MLFLOW_AUTH_USER}:${MLFLOW_AUTH_PASSWORD}`).toString('base64')}` };
+    const admin = {
+      'content-type': 'application/json',
+      authorization: `Basic ${Buffer.from(`${MLFLOW_AUTH_USER}:${MLFLOW_AUTH_PASSWORD}`).toString('base64')}`,
+    };
     const api = async (path: string, body: unknown, version = '2.0'): Promise<void> => {
-      const res = await fetch(`${MLFLOW_AUTH_URL}/api/${version}/mlflow/${path}`, { method: 'POST', headers: admin, body: JSON.stringify(body) });
+      const res = await fetch(`${MLFLOW_AUTH_URL}/api/${version}/mlflow/${path}`, {
+        method: 'POST',
+        headers: admin,
+        body: JSON.stringify(body),
+      });
       expect(res.status, `${path}: ${await res.text()}`).toBe(200);
     };
     const user = { username: uniqueId('kmj-worker'), password: 'a-worker-password-of-24' };
@@ -287,18 +319,27 @@ describe('MLflow with basic auth', () => {
     // server, whose default permission is EDIT: the cluster's runs show it, test/cluster/from-empty.cases.ts.)
     const source = await fetch(`${MLFLOW_AUTH_URL}/api/2.0/mlflow/runs/get?run_id=${model?.runId}`, { headers: admin });
     const experimentId = ((await source.json()) as { run: { info: { experiment_id: string } } }).run.info.experiment_id;
-    await api('users/permissions/grant', { username: user.username, resource_type: 'experiment', resource_id: experimentId, permission: onModelExperiment }, '3.0');
+    await api(
+      'users/permissions/grant',
+      { username: user.username, resource_type: 'experiment', resource_id: experimentId, permission: onModelExperiment },
+      '3.0',
+    );
     const queue = await requestQueue();
     const req = request({ model: `models:/${model?.name}@${model?.alias ?? 'champion'}`, dataset: { uri: auth.datasets.csv } });
     await publish(queue, req);
-    const result = await runWorker(queue, { MLFLOW_TRACKING_URI: MLFLOW_AUTH_URL, MLFLOW_TRACKING_USERNAME: user.username, MLFLOW_TRACKING_PASSWORD: user.password, KMJ_DATASET_ROOTS: auth.dir });
+    const result = await runWorker(queue, {
+      MLFLOW_TRACKING_URI: MLFLOW_AUTH_URL,
+      MLFLOW_TRACKING_USERNAME: user.username,
+      MLFLOW_TRACKING_PASSWORD: user.password,
+      KMJ_DATASET_ROOTS: auth.dir,
+    });
     expect(result.code, result.stderr).toBe(0);
     const [run] = await runsOf(req.experiment, MLFLOW_AUTH_URL, true);
     expect(run?.info.status).toBe('FINISHED');
     return { tags: tagsOf(run!), py: await readRunWithPython(run?.info.run_id ?? '', MLFLOW_AUTH_URL, true) };
   }
 
-  it('a worker user with EDIT on the model\'s experiment links the run to the logged model that ran', async () => {
+  it("a worker user with EDIT on the model's experiment links the run to the logged model that ran", async () => {
     const { tags, py } = await asWorkerUser('EDIT');
     expect(tags['kmj.model_link']).toBeUndefined();
     expect(py.metrics['rows']).toBe(150);

@@ -57,7 +57,10 @@ async function datasetServer(routes: Record<string, { status: number; body: stri
       return;
     }
     // Without content-length the worker can only find the size by reading.
-    res.writeHead(route.status, route.chunked ? { 'content-type': 'text/csv' } : { 'content-type': 'text/csv', 'content-length': Buffer.byteLength(route.body) });
+    res.writeHead(
+      route.status,
+      route.chunked ? { 'content-type': 'text/csv' } : { 'content-type': 'text/csv', 'content-length': Buffer.byteLength(route.body) },
+    );
     res.end(route.body);
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
@@ -163,54 +166,55 @@ async function runOne(req: unknown, env: Record<string, string> = {}): Promise<{
 }
 
 describe('requests refused before MLflow is touched', () => {
-  const cases: Array<{ name: string; body: () => { text: string; experiment: string }; reason: (text: string) => string; field: string }> = [
-    {
-      name: 'invalid JSON',
-      body: () => {
-        const r = request();
-        const text = JSON.stringify(r).slice(0, -12);
-        return { text, experiment: r.experiment };
+  const cases: Array<{ name: string; body: () => { text: string; experiment: string }; reason: (text: string) => string; field: string }> =
+    [
+      {
+        name: 'invalid JSON',
+        body: () => {
+          const r = request();
+          const text = JSON.stringify(r).slice(0, -12);
+          return { text, experiment: r.experiment };
+        },
+        reason: (text) => `message: is not valid JSON (${jsonError(text)})`,
+        field: 'message',
       },
-      reason: (text) => `message: is not valid JSON (${jsonError(text)})`,
-      field: 'message',
-    },
-    {
-      name: 'a missing requestId',
-      body: () => {
-        const { requestId: _, ...r } = request();
-        return { text: JSON.stringify(r), experiment: r.experiment };
+      {
+        name: 'a missing requestId',
+        body: () => {
+          const { requestId: _, ...r } = request();
+          return { text: JSON.stringify(r), experiment: r.experiment };
+        },
+        reason: () => 'invalid request: requestId: is required',
+        field: 'requestId',
       },
-      reason: () => 'invalid request: requestId: is required',
-      field: 'requestId',
-    },
-    {
-      name: 'a bad dataset.format',
-      body: () => {
-        const r = request();
-        return { text: JSON.stringify({ ...r, dataset: { uri: f.datasets.csv, format: 'parquet' } }), experiment: r.experiment };
+      {
+        name: 'a bad dataset.format',
+        body: () => {
+          const r = request();
+          return { text: JSON.stringify({ ...r, dataset: { uri: f.datasets.csv, format: 'parquet' } }), experiment: r.experiment };
+        },
+        reason: () => 'invalid request: dataset.format: must be one of csv, jsonl',
+        field: 'dataset.format',
       },
-      reason: () => 'invalid request: dataset.format: must be one of csv, jsonl',
-      field: 'dataset.format',
-    },
-    {
-      name: 'an unknown top-level key',
-      body: () => {
-        const r = request();
-        return { text: JSON.stringify({ ...r, priority: 'high' }), experiment: r.experiment };
+      {
+        name: 'an unknown top-level key',
+        body: () => {
+          const r = request();
+          return { text: JSON.stringify({ ...r, priority: 'high' }), experiment: r.experiment };
+        },
+        reason: () => 'invalid request: priority: is not allowed here',
+        field: 'priority',
       },
-      reason: () => 'invalid request: priority: is not allowed here',
-      field: 'priority',
-    },
-    {
-      name: 'both dataset.uri and dataset.rows',
-      body: () => {
-        const r = request();
-        return { text: JSON.stringify({ ...r, dataset: { uri: f.datasets.csv, rows: [{ a: 1 }] } }), experiment: r.experiment };
+      {
+        name: 'both dataset.uri and dataset.rows',
+        body: () => {
+          const r = request();
+          return { text: JSON.stringify({ ...r, dataset: { uri: f.datasets.csv, rows: [{ a: 1 }] } }), experiment: r.experiment };
+        },
+        reason: () => 'invalid request: dataset: must have exactly one of uri and rows',
+        field: 'dataset',
       },
-      reason: () => 'invalid request: dataset: must have exactly one of uri and rows',
-      field: 'dataset',
-    },
-  ];
+    ];
 
   it.each(cases)('dead-letters $name with the exact reason, exit 10, no experiment', async (c) => {
     const p = await proxy();
@@ -250,10 +254,26 @@ describe('requests refused before MLflow is touched', () => {
 
 describe('unknown models fail the run and dead-letter the request', () => {
   const cases = [
-    { name: 'an unknown registered model', model: 'models:/no-such-model/1', error: 'model: registered model "no-such-model" version 1 does not exist' },
-    { name: 'an unknown version of a known model', model: `models:/${classifier?.name}/99`, error: `model: registered model "${classifier?.name}" version 99 does not exist` },
-    { name: 'an unknown run in runs:/', model: 'runs:/0123456789abcdef0123456789abcdef/model', error: 'model: run 0123456789abcdef0123456789abcdef does not exist' },
-    { name: 'an unknown logged model id', model: 'models:/m-0123456789abcdef0123456789abcdef', error: 'model: logged model m-0123456789abcdef0123456789abcdef does not exist' },
+    {
+      name: 'an unknown registered model',
+      model: 'models:/no-such-model/1',
+      error: 'model: registered model "no-such-model" version 1 does not exist',
+    },
+    {
+      name: 'an unknown version of a known model',
+      model: `models:/${classifier?.name}/99`,
+      error: `model: registered model "${classifier?.name}" version 99 does not exist`,
+    },
+    {
+      name: 'an unknown run in runs:/',
+      model: 'runs:/0123456789abcdef0123456789abcdef/model',
+      error: 'model: run 0123456789abcdef0123456789abcdef does not exist',
+    },
+    {
+      name: 'an unknown logged model id',
+      model: 'models:/m-0123456789abcdef0123456789abcdef',
+      error: 'model: logged model m-0123456789abcdef0123456789abcdef does not exist',
+    },
   ];
 
   it.each(cases)('$name: exit 10, run FAILED with kmj.error naming it', async (c) => {
@@ -278,7 +298,6 @@ describe('unknown models fail the run and dead-letter the request', () => {
     expect(line).not.toHaveProperty('err');
     expect(JSON.stringify(line).length).toBeLessThan(600);
   });
-
 });
 
 describe('unreadable datasets fail the run and dead-letter the request', () => {
@@ -328,7 +347,10 @@ describe('unreadable datasets fail the run and dead-letter the request', () => {
   });
 
   it('a CSV with a short row', async () => {
-    const path = writeCsv('short.csv', editedIris((lines) => lines.map((l, i) => (i === 7 ? l.split(',').slice(0, 4).join(',') : l))));
+    const path = writeCsv(
+      'short.csv',
+      editedIris((lines) => lines.map((l, i) => (i === 7 ? l.split(',').slice(0, 4).join(',') : l))),
+    );
     const req = request({ dataset: { uri: path } });
     const { queue, body, result } = await runOne(req);
     expect(result.code).toBe(EXIT.DEAD_LETTERED);
@@ -338,7 +360,19 @@ describe('unreadable datasets fail the run and dead-letter the request', () => {
   });
 
   it('a non-numeric feature value, naming its row and column', async () => {
-    const path = writeCsv('text.csv', editedIris((lines) => lines.map((l, i) => (i === 12 ? l.split(',').map((v, j) => (j === 1 ? 'three' : v)).join(',') : l))));
+    const path = writeCsv(
+      'text.csv',
+      editedIris((lines) =>
+        lines.map((l, i) =>
+          i === 12
+            ? l
+                .split(',')
+                .map((v, j) => (j === 1 ? 'three' : v))
+                .join(',')
+            : l,
+        ),
+      ),
+    );
     const req = request({ dataset: { uri: path } });
     const { queue, body, result } = await runOne(req);
     expect(result.code).toBe(EXIT.DEAD_LETTERED);
@@ -348,7 +382,19 @@ describe('unreadable datasets fail the run and dead-letter the request', () => {
   });
 
   it('a non-numeric value in a later batch is numbered from the start of the dataset', async () => {
-    const path = writeCsv('late.csv', editedIris((lines) => lines.map((l, i) => (i === 140 ? l.split(',').map((v, j) => (j === 0 ? '' : v)).join(',') : l))));
+    const path = writeCsv(
+      'late.csv',
+      editedIris((lines) =>
+        lines.map((l, i) =>
+          i === 140
+            ? l
+                .split(',')
+                .map((v, j) => (j === 0 ? '' : v))
+                .join(',')
+            : l,
+        ),
+      ),
+    );
     const req = request({ dataset: { uri: path } });
     const { queue, body, result } = await runOne(req, { KMJ_BATCH_ROWS: '32' });
     expect(result.code).toBe(EXIT.DEAD_LETTERED);
@@ -358,15 +404,32 @@ describe('unreadable datasets fail the run and dead-letter the request', () => {
   });
 
   it('a NaN or infinite feature cell, naming its row and column (dataset.nonFinite defaults to refuse)', async () => {
-    for (const [cell, shown] of [['NaN', 'NaN'], ['-Infinity', '-Infinity'], ['inf', undefined]] as const) {
-      const path = writeCsv('nan.csv', editedIris((lines) => lines.map((l, i) => (i === 9 ? l.split(',').map((v, j) => (j === 2 ? cell : v)).join(',') : l))));
+    for (const [cell, shown] of [
+      ['NaN', 'NaN'],
+      ['-Infinity', '-Infinity'],
+      ['inf', undefined],
+    ] as const) {
+      const path = writeCsv(
+        'nan.csv',
+        editedIris((lines) =>
+          lines.map((l, i) =>
+            i === 9
+              ? l
+                  .split(',')
+                  .map((v, j) => (j === 2 ? cell : v))
+                  .join(',')
+              : l,
+          ),
+        ),
+      );
       const req = request({ dataset: { uri: path } });
       const { queue, body, result } = await runOne(req);
       expect(result.code).toBe(EXIT.DEAD_LETTERED);
       // "inf" is no number at all to JavaScript: refused as a word, like "three".
-      const error = shown === undefined
-        ? `dataset: row 9, column "${f.features[2]}": "inf" is not a number`
-        : `dataset: row 9, column "${f.features[2]}": ${shown} is not a finite number; set dataset.nonFinite to "allow" to give NaN and infinities to the model`;
+      const error =
+        shown === undefined
+          ? `dataset: row 9, column "${f.features[2]}": "inf" is not a number`
+          : `dataset: row 9, column "${f.features[2]}": ${shown} is not a finite number; set dataset.nonFinite to "allow" to give NaN and infinities to the model`;
       const run = await expectOneFailedRun(req.experiment, error);
       await expectDeadLettered(queue, body, { reason: error, field: 'dataset', runId: run.info.run_id });
     }
@@ -393,7 +456,10 @@ describe('unreadable datasets fail the run and dead-letter the request', () => {
 
   it('an http dataset larger than KMJ_MAX_DATASET_BYTES, by content-length and by counting a chunked body', async () => {
     const size = Buffer.byteLength(irisCsv);
-    const server = await datasetServer({ '/sized.csv': { status: 200, body: irisCsv }, '/chunked.csv': { status: 200, body: irisCsv, chunked: true } });
+    const server = await datasetServer({
+      '/sized.csv': { status: 200, body: irisCsv },
+      '/chunked.csv': { status: 200, body: irisCsv, chunked: true },
+    });
     const limit = 2048;
     expect(size).toBeGreaterThan(limit);
     for (const [path, error] of [
@@ -419,7 +485,17 @@ describe('unreadable datasets fail the run and dead-letter the request', () => {
 
   it("input that does not match the model's signature (a feature column missing)", async () => {
     const missing = f.features[3] ?? '';
-    const path = writeCsv('three-features.csv', editedIris((lines) => lines.map((l) => l.split(',').filter((_, j) => j !== 3).join(','))));
+    const path = writeCsv(
+      'three-features.csv',
+      editedIris((lines) =>
+        lines.map((l) =>
+          l
+            .split(',')
+            .filter((_, j) => j !== 3)
+            .join(','),
+        ),
+      ),
+    );
     const req = request({ dataset: { uri: path } });
     const { queue, body, result } = await runOne(req);
     expect(result.code).toBe(EXIT.DEAD_LETTERED);
@@ -432,9 +508,24 @@ describe('unreadable datasets fail the run and dead-letter the request', () => {
 
 describe('dataset.nonFinite "allow"', () => {
   it('gives NaN and infinite cells to the model and counts them in the metric non_finite_values', async () => {
-    const path = writeCsv('nan-allowed.csv', editedIris((lines) =>
-      lines.map((l, i) => (i === 3 ? l.split(',').map((v, j) => (j === 0 ? 'NaN' : j === 1 ? 'Infinity' : v)).join(',') : i === 100 ? l.split(',').map((v, j) => (j === 3 ? 'nan' : v)).join(',') : l)),
-    ));
+    const path = writeCsv(
+      'nan-allowed.csv',
+      editedIris((lines) =>
+        lines.map((l, i) =>
+          i === 3
+            ? l
+                .split(',')
+                .map((v, j) => (j === 0 ? 'NaN' : j === 1 ? 'Infinity' : v))
+                .join(',')
+            : i === 100
+              ? l
+                  .split(',')
+                  .map((v, j) => (j === 3 ? 'nan' : v))
+                  .join(',')
+              : l,
+        ),
+      ),
+    );
     const req = request({ dataset: { uri: path, nonFinite: 'allow' } });
     const { queue, result } = await runOne(req);
     expect(result.code, result.stderr.slice(-2000)).toBe(EXIT.OK);
@@ -485,7 +576,11 @@ describe('the time budget and the grace period are bounds, with MLflow hanging',
     const p = await proxy();
     p.inject({ path: AFTER_BEGIN, delayMs: 120_000 });
     const req = request();
-    const { queue, result } = await runOne(req, { MLFLOW_TRACKING_URI: p.url, KMJ_WORKER_TIME_BUDGET_MS: '8000', MLFLOW_HTTP_REQUEST_TIMEOUT: '60' });
+    const { queue, result } = await runOne(req, {
+      MLFLOW_TRACKING_URI: p.url,
+      KMJ_WORKER_TIME_BUDGET_MS: '8000',
+      MLFLOW_HTTP_REQUEST_TIMEOUT: '60',
+    });
     const exitedAt = Date.now();
     expect(result.code).toBe(EXIT.REQUEUED);
     const received = Date.parse(String(logsWith(result, 'message received')[0]?.['time']));
@@ -556,11 +651,16 @@ describe('MLflow trouble', () => {
     expect(p.requests({ path: mlflowPath('runs/create') })[2]?.upstreamStatus).toBe(200);
     // runs/create is not idempotent: each failure is followed by a search for the run before
     // the next create, never by a blind retry.
-    expect(logsWith(result, 'runs/create failed and the run does not exist; creating it again').map((l) => [l['status'], l['attempt']])).toEqual([
+    expect(
+      logsWith(result, 'runs/create failed and the run does not exist; creating it again').map((l) => [l['status'], l['attempt']]),
+    ).toEqual([
       [503, 1],
       [503, 2],
     ]);
-    const order = p.requests().filter((r) => r.path === mlflowPath('runs/create') || r.path === mlflowPath('runs/search')).map((r) => r.path.split('/').pop());
+    const order = p
+      .requests()
+      .filter((r) => r.path === mlflowPath('runs/create') || r.path === mlflowPath('runs/search'))
+      .map((r) => r.path.split('/').pop());
     expect(order).toEqual(['search', 'create', 'search', 'create', 'search', 'create']);
     const runs = await runsOf(req.experiment);
     expect(runs.map((r) => r.info.status)).toEqual(['FINISHED']);
@@ -594,7 +694,9 @@ describe('MLflow trouble', () => {
     const { result } = await runOne(req, { MLFLOW_TRACKING_URI: p.url });
     expect(result.code).toBe(EXIT.OK);
     expect(p.requests({ path: mlflowPath('runs/update') }).map((r) => r.outcome)).toEqual(['dropped', 'forwarded']);
-    expect(logsWith(result, 'mlflow request failed, retrying').map((l) => [l['path'], l['status']])).toEqual([[mlflowPath('runs/update'), 0]]);
+    expect(logsWith(result, 'mlflow request failed, retrying').map((l) => [l['path'], l['status']])).toEqual([
+      [mlflowPath('runs/update'), 0],
+    ]);
     expect((await runsOf(req.experiment)).map((r) => r.info.status)).toEqual(['FINISHED']);
   });
 
@@ -627,7 +729,10 @@ describe('MLflow trouble', () => {
 
     const again = await runWorker(queue);
     expect(again.code).toBe(EXIT.OK);
-    expect(logsWith(again, 'resuming the unfinished run of this request')[0]).toMatchObject({ runId: failed.info.run_id, status: 'FAILED' });
+    expect(logsWith(again, 'resuming the unfinished run of this request')[0]).toMatchObject({
+      runId: failed.info.run_id,
+      status: 'FAILED',
+    });
     const runs = await runsOf(req.experiment);
     expect(runs.map((r) => [r.info.run_id, r.info.status])).toEqual([[failed.info.run_id, 'FINISHED']]);
     const tags = tagsOf(runs[0] as RestRun);
@@ -719,7 +824,9 @@ describe('MLflow trouble', () => {
     const attempt = Number(dl['attempt']);
     expect(attempt).toBeGreaterThanOrEqual(maxDeliveries);
     const reason = String(dl['reason']);
-    expect(reason).toMatch(new RegExp(`^gave up after ${attempt} deliveries: MLflow GET /api/2\\.0/mlflow/experiments/get-by-name failed: .*ECONNREFUSED`));
+    expect(reason).toMatch(
+      new RegExp(`^gave up after ${attempt} deliveries: MLflow GET /api/2\\.0/mlflow/experiments/get-by-name failed: .*ECONNREFUSED`),
+    );
     // The worker's own dead-letter (with its headers), not the broker's delivery-limit one.
     const dead = await expectDeadLettered(queue, body, { reason, attempt });
     expect(dead.properties.headers?.['x-death']).toBeUndefined();
@@ -733,7 +840,9 @@ describe('MLflow trouble', () => {
     await publish(queue, body);
     const results = await deliverUntilSettled(queue, maxDeliveries);
     expect(results.map((r) => r.code)).toEqual([EXIT.REQUEUED, EXIT.REQUEUED, EXIT.DEAD_LETTERED]);
-    expect(results.map((r) => r.logs.find((l) => l['msg'] === 'message requeued' || l['msg'] === 'message dead-lettered')?.['attempt'])).toEqual([1, 2, 3]);
+    expect(
+      results.map((r) => r.logs.find((l) => l['msg'] === 'message requeued' || l['msg'] === 'message dead-lettered')?.['attempt']),
+    ).toEqual([1, 2, 3]);
     const reason = String(logsWith(results[2] as WorkerResult, 'message dead-lettered')[0]?.['reason']);
     expect(reason.startsWith(`gave up after ${maxDeliveries} deliveries: `)).toBe(true);
     // The dead-letter queue counts its own deliveries in x-delivery-count; the worker's attempt
@@ -751,7 +860,13 @@ describe('secrets stay out of logs, dead-letters and MLflow', () => {
     const dead = await drain(`${queue}.dead`);
     const left = await drain(queue);
     const runs = await runsOf(experiment, MLFLOW_AUTH_URL, true);
-    return [result.stderr, result.stdout, JSON.stringify(dead.map((m) => m.properties.headers)), JSON.stringify(left.map((m) => m.properties.headers)), JSON.stringify(runs)].join('\n');
+    return [
+      result.stderr,
+      result.stdout,
+      JSON.stringify(dead.map((m) => m.properties.headers)),
+      JSON.stringify(left.map((m) => m.properties.headers)),
+      JSON.stringify(runs),
+    ].join('\n');
   }
 
   function authRequest(overrides: Record<string, unknown> = {}): ReturnType<typeof request> {
@@ -780,7 +895,12 @@ describe('secrets stay out of logs, dead-letters and MLflow', () => {
       KMJ_DATASET_ROOTS: auth.dir,
     });
     expect(result.code).toBe(EXIT.DEAD_LETTERED);
-    await expectOneFailedRun(req.experiment, `model: registered model "${auth.models['classifier']?.name}" version 99 does not exist`, MLFLOW_AUTH_URL, true);
+    await expectOneFailedRun(
+      req.experiment,
+      `model: registered model "${auth.models['classifier']?.name}" version 99 does not exist`,
+      MLFLOW_AUTH_URL,
+      true,
+    );
     const seen = await exposed(result, queue, req.experiment);
     expect(seen).not.toContain(MLFLOW_AUTH_PASSWORD);
     expect(seen).not.toContain(basic);
@@ -788,8 +908,20 @@ describe('secrets stay out of logs, dead-letters and MLflow', () => {
 
   it('wrong credentials (password in the URI or MLFLOW_TRACKING_PASSWORD, a token) are refused and requeued without being shown', async () => {
     for (const [label, wrong, env] of [
-      ['uri', 'uri-wrong-pw-5f1c', (pw: string) => ({ MLFLOW_TRACKING_URI: MLFLOW_AUTH_URL.replace('://', `://${MLFLOW_AUTH_USER}:${pw}@`) })],
-      ['env', 'env-wrong-pw-9a3e', (pw: string) => ({ MLFLOW_TRACKING_URI: MLFLOW_AUTH_URL, MLFLOW_TRACKING_USERNAME: MLFLOW_AUTH_USER, MLFLOW_TRACKING_PASSWORD: pw })],
+      [
+        'uri',
+        'uri-wrong-pw-5f1c',
+        (pw: string) => ({ MLFLOW_TRACKING_URI: MLFLOW_AUTH_URL.replace('://', `://${MLFLOW_AUTH_USER}:${pw}@`) }),
+      ],
+      [
+        'env',
+        'env-wrong-pw-9a3e',
+        (pw: string) => ({
+          MLFLOW_TRACKING_URI: MLFLOW_AUTH_URL,
+          MLFLOW_TRACKING_USERNAME: MLFLOW_AUTH_USER,
+          MLFLOW_TRACKING_PASSWORD: pw,
+        }),
+      ],
       ['token', 'wrong-token-4b8d0c6e1f', (token: string) => ({ MLFLOW_TRACKING_URI: MLFLOW_AUTH_URL, MLFLOW_TRACKING_TOKEN: token })],
     ] as const) {
       const req = authRequest();

@@ -26,12 +26,19 @@ afterAll(() => kafka.close());
  * commits nothing, as the test fixture's group-making member did. Returns the group's members a
  * while after `close` resolved, and what the consumer reported.
  */
-async function crashWhileClosing(make: (client: Kafka, group: string) => { consumer: ReturnType<Kafka['consumer']>; close: () => Promise<void> }): Promise<{ events: string[]; membersAfterClose: string[][]; committed: Record<number, number> }> {
+async function crashWhileClosing(
+  make: (client: Kafka, group: string) => { consumer: ReturnType<Kafka['consumer']>; close: () => Promise<void> },
+): Promise<{ events: string[]; membersAfterClose: string[][]; committed: Record<number, number> }> {
   const topic = await kafka.topic('crash-close', 1);
   const group = kafka.group('crash-close');
   await kafka.produce(topic, 0, 1);
   // Two retries: the handler's third failure is the one kafkajs gives up on.
-  const client = new Kafka({ clientId: 'kmj-crash-close', brokers: KAFKA_BROKERS.split(','), logLevel: logLevel.NOTHING, retry: { retries: 2, initialRetryTime: 100 } });
+  const client = new Kafka({
+    clientId: 'kmj-crash-close',
+    brokers: KAFKA_BROKERS.split(','),
+    logLevel: logLevel.NOTHING,
+    retry: { retries: 2, initialRetryTime: 100 },
+  });
   const { consumer, close } = make(client, group);
   const events: string[] = [];
   consumer.on(consumer.events.CRASH, (e) => events.push(`crash, restart ${String(e.payload.restart)}`));
@@ -42,14 +49,20 @@ async function crashWhileClosing(make: (client: Kafka, group: string) => { consu
   await consumer.subscribe({ topic, fromBeginning: true });
   await consumer.run({
     autoCommit: false,
-    eachMessage: async () => {
+    eachMessage: () => {
       calls++;
-      if (calls > 3) return;
+      if (calls > 3) return Promise.resolve();
       if (calls === 3) closing = close();
-      throw new Error(`handler failure ${calls}`);
+      return Promise.reject(new Error(`handler failure ${calls}`));
     },
   });
-  await until('the handler\'s third call', async () => calls, (n) => n >= 3, 20_000, 50);
+  await until(
+    "the handler's third call",
+    () => calls,
+    (n) => n >= 3,
+    20_000,
+    50,
+  );
   await closing;
   events.push('closed');
   cleanups.defer(() => consumer.disconnect());
@@ -117,7 +130,12 @@ describe('a commit made while another member joins the group', () => {
    * `joined` resolves at its first join, which a held leader delays.
    */
   function startMember(group: string, topic: string, state: () => MemberState, gate: Gate): { member: GroupMember; joined: Promise<void> } {
-    const client = new Kafka({ clientId: 'kmj-commit-rejoin', brokers: KAFKA_BROKERS.split(','), logLevel: logLevel.NOTHING, retry: { retries: 2, initialRetryTime: 100 } });
+    const client = new Kafka({
+      clientId: 'kmj-commit-rejoin',
+      brokers: KAFKA_BROKERS.split(','),
+      logLevel: logLevel.NOTHING,
+      retry: { retries: 2, initialRetryTime: 100 },
+    });
     const member = groupMember(client, {
       groupId: group,
       state,
@@ -133,7 +151,10 @@ describe('a commit made while another member joins the group', () => {
     const joined = (async () => {
       await consumer.connect();
       await consumer.subscribe({ topic, fromBeginning: true });
-      await consumer.run({ autoCommit: false, eachMessage: async ({ partition }) => consumer.pause([{ topic, partitions: [partition] }]) });
+      await consumer.run({
+        autoCommit: false,
+        eachMessage: ({ partition }) => Promise.resolve(consumer.pause([{ topic, partitions: [partition] }])),
+      });
       await firstJoin;
     })();
     return { member, joined };
@@ -155,7 +176,13 @@ describe('a commit made while another member joins the group', () => {
     // in its assigner, and the group is between generations.
     gate.shut();
     const second = startMember(group, topic, () => ({ capacity: 1, busy: {} }), gate);
-    await until('the leader held in its assignment', async () => gate.held, (n) => n >= 1, 20_000, 50);
+    await until(
+      'the leader held in its assignment',
+      () => gate.held,
+      (n) => n >= 1,
+      20_000,
+      50,
+    );
     const own = await leader.consumer.commitOffsets([{ topic, partition: 0, offset: '1' }]).then(
       () => undefined,
       (err: unknown) => err,
@@ -179,7 +206,13 @@ describe('a commit made while another member joins the group', () => {
     leaderState = { capacity: 0, busy: {} };
     gate.shut();
     const third = startMember(group, topic, () => ({ capacity: 1, busy: {} }), gate);
-    await until('the leader held in its second assignment', async () => gate.held, (n) => n >= 2, 20_000, 50);
+    await until(
+      'the leader held in its second assignment',
+      () => gate.held,
+      (n) => n >= 2,
+      20_000,
+      50,
+    );
     const refused = leader.commit(topic, 0, '2').then(
       () => undefined,
       (err: unknown) => err,
@@ -190,7 +223,13 @@ describe('a commit made while another member joins the group', () => {
     await third.joined;
     expect(leader.assigned(topic)).toEqual([]);
     // Each member hears of the new generation at its own join: the second may hear after the third.
-    await until('partition 0 with the second or third member', async () => [...second.member.assigned(topic), ...third.member.assigned(topic)], (a) => a.length === 1 && a[0] === 0, 20_000, 50);
+    await until(
+      'partition 0 with the second or third member',
+      () => [...second.member.assigned(topic), ...third.member.assigned(topic)],
+      (a) => a.length === 1 && a[0] === 0,
+      20_000,
+      50,
+    );
     expect(await kafka.committed(group, topic)).toEqual({ 0: 1 });
   }, 90_000);
 });
@@ -227,7 +266,9 @@ describe('workers made the way KEDA makes them, joining and leaving while record
     cleanups.defer(() => data.close());
     // Partition 0's records run for seconds, the others' at once: workers join and leave while
     // others hold a record, and later records wait behind a running one on their partition.
-    const requests = Array.from({ length: PARTITIONS }, (_, p) => Array.from({ length: PER_PARTITION }, () => request({ dataset: { uri: data.url(p === 0) } })));
+    const requests = Array.from({ length: PARTITIONS }, (_, p) =>
+      Array.from({ length: PER_PARTITION }, () => request({ dataset: { uri: data.url(p === 0) } })),
+    );
     for (let p = 0; p < PARTITIONS; p++) await kafka.produce(topic, p, PER_PARTITION, (i) => JSON.stringify(requests[p]?.[i]));
 
     // KEDA's default strategy with limitToPartitionsWithLag and lagThreshold 1, as
@@ -242,7 +283,8 @@ describe('workers made the way KEDA makes them, joining and leaving while record
       const lag = lags.reduce((a, b) => a + b, 0);
       const running = workers.length - results.length;
       if (lag === 0 && running === 0) break;
-      if (Date.now() > deadline) throw new Error(`not drained in 90 s: lag per partition ${JSON.stringify(lags)}, ${running} workers running`);
+      if (Date.now() > deadline)
+        throw new Error(`not drained in 90 s: lag per partition ${JSON.stringify(lags)}, ${running} workers running`);
       const wanted = Math.min(lag, lags.filter((l) => l > 0).length) - running;
       for (let i = 0; i < wanted; i++) {
         const w = startKafkaWorker(topic, group, { KMJ_WORKER_IDLE_TIMEOUT_MS: '5000' });

@@ -51,10 +51,11 @@ async function records(topic: string): Promise<Array<{ value: string; headers: R
     await consumer.subscribe({ topic, fromBeginning: true });
     await new Promise<void>((resolve) => {
       void consumer.run({
-        eachMessage: async ({ message }) => {
+        eachMessage: ({ message }) => {
           const headers = Object.fromEntries(Object.entries(message.headers ?? {}).map(([k, v]) => [k, String(v)]));
           out.push({ value: message.value?.toString() ?? '', headers });
           if (Number(message.offset) + 1 >= end) resolve();
+          return Promise.resolve();
         },
       });
     });
@@ -75,7 +76,9 @@ describe('kmj worker --topic', () => {
     const runs = await runsOf(req.experiment);
     expect(runs.map((r) => r.info.status)).toEqual(['FINISHED']);
     expect(await kafka.committed(group, topic)).toEqual({ 0: 1 });
-    expect(logsWith(result, 'record committed')).toMatchObject([{ requestId: req.requestId, runId: runs[0]?.info.run_id, partition: 0, offset: '0', attempt: 1 }]);
+    expect(logsWith(result, 'record committed')).toMatchObject([
+      { requestId: req.requestId, runId: runs[0]?.info.run_id, partition: 0, offset: '0', attempt: 1 },
+    ]);
     // kafkajs' Node 24 timer warning never reaches the user's log.
     expect(result.stderr).not.toContain('TimeoutNegativeWarning');
     expect(result.stderr.split('\n').filter((l) => l !== '' && !l.startsWith('{'))).toEqual([]);
@@ -111,8 +114,16 @@ describe('kmj worker --topic', () => {
     const dead = await records(`${topic}.dead`);
     expect(dead).toHaveLength(1);
     expect(JSON.parse(dead[0]?.value ?? '{}')).toEqual(req);
-    expect(dead[0]?.headers).toMatchObject({ [KAFKA_HEADERS.field]: 'model', [KAFKA_HEADERS.topic]: topic, [KAFKA_HEADERS.partition]: '0', [KAFKA_HEADERS.offset]: '0', [KAFKA_HEADERS.attempt]: '1' });
-    expect(dead[0]?.headers[KAFKA_HEADERS.reason]).toBe('invalid request: model: must start with models:/, runs:/, mlflow-artifacts: or file:///');
+    expect(dead[0]?.headers).toMatchObject({
+      [KAFKA_HEADERS.field]: 'model',
+      [KAFKA_HEADERS.topic]: topic,
+      [KAFKA_HEADERS.partition]: '0',
+      [KAFKA_HEADERS.offset]: '0',
+      [KAFKA_HEADERS.attempt]: '1',
+    });
+    expect(dead[0]?.headers[KAFKA_HEADERS.reason]).toBe(
+      'invalid request: model: must start with models:/, runs:/, mlflow-artifacts: or file:///',
+    );
   });
 
   it('killed after its run is FINISHED but before its commit: the next worker commits it without a second run', async () => {
@@ -126,7 +137,13 @@ describe('kmj worker --topic', () => {
     p.inject({ path: mlflowPath('runs/update'), afterForward: true, delayMs: 20_000, times: 1 });
     const w = worker(topic, group, { MLFLOW_TRACKING_URI: p.url });
     const started = await waitForLog(w, 'run started', 30_000);
-    await until('the run FINISHED', () => runsOf(req.experiment), (runs) => runs.map((r) => r.info.status).join() === 'FINISHED', 30_000, 100);
+    await until(
+      'the run FINISHED',
+      () => runsOf(req.experiment),
+      (runs) => runs.map((r) => r.info.status).join() === 'FINISHED',
+      30_000,
+      100,
+    );
     w.child.kill('SIGKILL');
     expect((await w.done).signal).toBe('SIGKILL');
     expect(await kafka.committed(group, topic)).toEqual({ 0: -1 });
@@ -188,12 +205,14 @@ describe('kmj worker --topic', () => {
     const result = await w.done;
     expect(Date.now() - killedAt).toBeLessThan(graceMs);
     expect(result.code, result.stderr.slice(-3000)).toBe(EXIT.REQUEUED);
-    expect(logsWith(result, 'record requeued')).toMatchObject([{ requestId: req.requestId, runId: started['runId'], attempt: 1, reason: 'the worker was stopped (SIGTERM)' }]);
+    expect(logsWith(result, 'record requeued')).toMatchObject([
+      { requestId: req.requestId, runId: started['runId'], attempt: 1, reason: 'the worker was stopped (SIGTERM)' },
+    ]);
     expect((await runsOf(req.experiment)).map((r) => [r.info.run_id, r.info.status])).toEqual([[started['runId'], 'KILLED']]);
     // The original is committed; its copy, attempt 2, waits behind it.
     expect(await kafka.committed(group, topic)).toEqual({ 0: 1 });
     const copies = await records(topic);
-    expect(copies.map((c) => [JSON.parse(c.value).requestId, c.headers[KAFKA_HEADERS.attempt]])).toEqual([
+    expect(copies.map((c) => [(JSON.parse(c.value) as { requestId: unknown }).requestId, c.headers[KAFKA_HEADERS.attempt]])).toEqual([
       [req.requestId, undefined],
       [req.requestId, '2'],
     ]);
@@ -219,7 +238,13 @@ describe('kmj worker --topic', () => {
     for (let kill = 1; kill <= 2; kill++) {
       const w = worker(topic, group, env);
       // Each attempt gets as far as logging the dataset input (held by the proxy), then dies.
-      await until(`attempt ${kill} at runs/log-inputs`, async () => p.requests({ path: mlflowPath('runs/log-inputs') }).length, (n) => n >= kill, 40_000, 50);
+      await until(
+        `attempt ${kill} at runs/log-inputs`,
+        () => p.requests({ path: mlflowPath('runs/log-inputs') }).length,
+        (n) => n >= kill,
+        40_000,
+        50,
+      );
       w.child.kill('SIGKILL');
       await w.done;
     }
@@ -227,7 +252,9 @@ describe('kmj worker --topic', () => {
     expect(last.code, last.stderr.slice(-3000)).toBe(EXIT.DEAD_LETTERED);
     expect(logsWith(last, 'the last attempt of this request died without a word; counting it')).toMatchObject([{ attempt: 3 }]);
     const dead = await records(`${topic}.dead`);
-    expect(dead.map((d) => d.headers[KAFKA_HEADERS.reason])).toEqual(['gave up after 2 deliveries that did not finish (the worker was killed each time; KMJ_MAX_DELIVERIES 2)']);
+    expect(dead.map((d) => d.headers[KAFKA_HEADERS.reason])).toEqual([
+      'gave up after 2 deliveries that did not finish (the worker was killed each time; KMJ_MAX_DELIVERIES 2)',
+    ]);
     expect((await runsOf(req.experiment)).map((r) => r.info.status)).toEqual(['FAILED']);
     expect(await kafka.committed(group, topic)).toEqual({ 0: 1 });
   }, 120_000);
@@ -259,7 +286,10 @@ describe('kmj worker --topic', () => {
     expect(String(committedB?.['time']) < String(committedA?.['time'])).toBe(true);
     // Each record ran once, in its own worker.
     expect(logsWith(rb, 'run started').map((l) => l['requestId'])).toEqual([second.requestId]);
-    expect([...logsWith(ra, 'resuming the unfinished run of this request'), ...logsWith(rb, 'resuming the unfinished run of this request')]).toEqual([]);
+    expect([
+      ...logsWith(ra, 'resuming the unfinished run of this request'),
+      ...logsWith(rb, 'resuming the unfinished run of this request'),
+    ]).toEqual([]);
     for (const r of [first, second]) expect((await runsOf(r.experiment)).map((x) => x.info.status)).toEqual(['FINISHED']);
     expect(await kafka.committed(group, topic)).toEqual({ 0: 1, 1: 1 });
   }, 90_000);
@@ -267,7 +297,10 @@ describe('kmj worker --topic', () => {
   it('exits 0 without touching MLflow when no record arrives within the idle timeout', async () => {
     const topic = await kafka.topic('idle', 1);
     const group = kafka.group('idle');
-    const result = await worker(topic, group, { KMJ_WORKER_IDLE_TIMEOUT_MS: '1500', MLFLOW_TRACKING_URI: `http://127.0.0.1:${await closedPort()}` }).done;
+    const result = await worker(topic, group, {
+      KMJ_WORKER_IDLE_TIMEOUT_MS: '1500',
+      MLFLOW_TRACKING_URI: `http://127.0.0.1:${await closedPort()}`,
+    }).done;
     expect(result.code, result.stderr.slice(-3000)).toBe(EXIT.OK);
     expect(logsWith(result, 'no message; exiting')).toHaveLength(1);
   });

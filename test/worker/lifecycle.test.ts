@@ -60,7 +60,7 @@ function worker(queue: string, env: Record<string, string> = {}): WorkerProcess 
   return w;
 }
 
-async function waitFor<T>(what: string, probe: () => Promise<T>, ok: (v: T) => boolean, timeoutMs = 10_000): Promise<T> {
+async function waitFor<T>(what: string, probe: () => T | Promise<T>, ok: (v: T) => boolean, timeoutMs = 10_000): Promise<T> {
   const end = Date.now() + timeoutMs;
   for (;;) {
     const v = await probe();
@@ -71,7 +71,11 @@ async function waitFor<T>(what: string, probe: () => Promise<T>, ok: (v: T) => b
 }
 
 function waitForQueue(queue: string, want: QueueState): Promise<QueueState> {
-  return waitFor(`queue ${queue}`, () => queueState(queue), (s) => s.messages === want.messages && s.consumers === want.consumers);
+  return waitFor(
+    `queue ${queue}`,
+    () => queueState(queue),
+    (s) => s.messages === want.messages && s.consumers === want.consumers,
+  );
 }
 
 /** The run is FINISHED, complete (150 rows predicted, one dataset input) and has no error tag. */
@@ -101,7 +105,11 @@ describe('stopping a worker mid-run', () => {
     const result = await w.done;
     expect(Date.now() - killedAt).toBeLessThan(graceMs);
     expect(result.code).toBe(EXIT.REQUEUED);
-    expect(logsWith(result, 'message requeued')[0]).toMatchObject({ requestId: req.requestId, runId: started['runId'], reason: 'the worker was stopped (SIGTERM)' });
+    expect(logsWith(result, 'message requeued')[0]).toMatchObject({
+      requestId: req.requestId,
+      runId: started['runId'],
+      reason: 'the worker was stopped (SIGTERM)',
+    });
     // The held call never reached MLflow: the worker hung up on it.
     expect(p.requests({ path: LOG_INPUTS }).map((r) => r.outcome)).toEqual(['client-gone']);
 
@@ -151,7 +159,11 @@ describe('stopping a worker mid-run', () => {
       const w = worker(queue, { MLFLOW_TRACKING_URI: p.url });
       if (kill === 1) runId = (await waitForLog(w, 'run started'))['runId'];
       else expect(await waitForLog(w, 'resuming the unfinished run of this request')).toMatchObject({ runId, status: 'RUNNING' });
-      await waitFor('log-inputs calls', async () => p.requests({ path: LOG_INPUTS }).length, (n) => n === kill);
+      await waitFor(
+        'log-inputs calls',
+        () => p.requests({ path: LOG_INPUTS }).length,
+        (n) => n === kill,
+      );
       w.child.kill('SIGKILL');
       const result = await w.done;
       expect(result.signal).toBe('SIGKILL');
@@ -205,7 +217,9 @@ describe('the consumer', () => {
     await publish(queue, req);
     const results = await Promise.all([a.done, b.done]);
     expect(results.map((r) => r.code)).toEqual([EXIT.OK, EXIT.OK]);
-    const messages = results.map((r) => r.logs.map((l) => l['msg']).find((m) => m === 'message acknowledged' || m === 'no message; exiting')).sort();
+    const messages = results
+      .map((r) => r.logs.map((l) => l['msg']).find((m) => m === 'message acknowledged' || m === 'no message; exiting'))
+      .sort();
     expect(messages).toEqual(['message acknowledged', 'no message; exiting']);
     const idle = results.find((r) => logsWith(r, 'no message; exiting').length === 1) as WorkerResult;
     expect(idle.logs.some((l) => l['requestId'] !== undefined)).toBe(false);
@@ -237,17 +251,30 @@ describe('the model cache', () => {
     // came from (the version's creation time and source), and a hit must match it.
     const name = uniqueId('kmj-remade');
     // The new registration is made from the fixture's own logged model, as mlflow.register_model does.
-    const { model_version: of } = await mlflowApi<{ model_version: { source: string; run_id: string } }>(MLFLOW_URL, `model-versions/get?name=${encodeURIComponent(classifier?.name ?? '')}&version=${classifier?.version}`, { method: 'GET' });
+    const { model_version: of } = await mlflowApi<{ model_version: { source: string; run_id: string } }>(
+      MLFLOW_URL,
+      `model-versions/get?name=${encodeURIComponent(classifier?.name ?? '')}&version=${classifier?.version}`,
+      { method: 'GET' },
+    );
     const register = async (): Promise<void> => {
       await mlflowApi(MLFLOW_URL, 'registered-models/create', { method: 'POST', body: { name } });
-      await mlflowApi(MLFLOW_URL, 'model-versions/create', { method: 'POST', body: { name, source: of.source, run_id: of.run_id, model_id: of.source.replace('models:/', '') } });
+      await mlflowApi(MLFLOW_URL, 'model-versions/create', {
+        method: 'POST',
+        body: { name, source: of.source, run_id: of.run_id, model_id: of.source.replace('models:/', '') },
+      });
     };
-    cleanups.defer(() => mlflowApi(MLFLOW_URL, 'registered-models/delete', { method: 'DELETE', body: { name } }).then(() => undefined, () => undefined));
+    cleanups.defer(() =>
+      mlflowApi(MLFLOW_URL, 'registered-models/delete', { method: 'DELETE', body: { name } }).then(
+        () => undefined,
+        () => undefined,
+      ),
+    );
     await register();
     const cacheDir = cleanups.tempDir('kmj-remade-cache-');
     const p = await FaultProxy.start();
     cleanups.defer(() => p.close());
-    const modelFiles = (): number => p.requests({ method: 'GET', path: /^\/api\/2\.0\/mlflow-artifacts\/artifacts\/.*\/model\.onnx$/ }).length;
+    const modelFiles = (): number =>
+      p.requests({ method: 'GET', path: /^\/api\/2\.0\/mlflow-artifacts\/artifacts\/.*\/model\.onnx$/ }).length;
     const runOne = async (): Promise<RestRun | undefined> => {
       const q = await cleanups.requestQueue();
       const r = request({ model: `models:/${name}/1` });
@@ -273,7 +300,9 @@ describe('the model cache', () => {
     const r1 = request();
     await publish(q1, r1);
     expect((await runWorker(q1, { KMJ_MODEL_CACHE_DIR: cacheDir })).code).toBe(EXIT.OK);
-    expect(existsSync(join(cacheDir, 'registry', encodeURIComponent(classifier?.name ?? ''), String(classifier?.version), 'model.onnx'))).toBe(true);
+    expect(
+      existsSync(join(cacheDir, 'registry', encodeURIComponent(classifier?.name ?? ''), String(classifier?.version), 'model.onnx')),
+    ).toBe(true);
 
     const p = await FaultProxy.start();
     cleanups.defer(() => p.close());
@@ -283,11 +312,15 @@ describe('the model cache', () => {
     expect((await runWorker(q2, { KMJ_MODEL_CACHE_DIR: cacheDir, MLFLOW_TRACKING_URI: p.url })).code).toBe(EXIT.OK);
     // The predictions upload is a PUT; the model files would be GETs through the artifact proxy.
     expect(p.requests({ method: 'GET', path: /^\/api\/2\.0\/mlflow-artifacts\// })).toEqual([]);
-    expect(p.requests({ method: 'PUT', path: /^\/api\/2\.0\/mlflow-artifacts\/artifacts\/.*\/predictions\/predictions\.csv$/ })).toHaveLength(1);
+    expect(
+      p.requests({ method: 'PUT', path: /^\/api\/2\.0\/mlflow-artifacts\/artifacts\/.*\/predictions\/predictions\.csv$/ }),
+    ).toHaveLength(1);
 
     // The hit asks the registry only what resolving the version needs: one call, and not where
     // the files are (the copy says it).
-    const registry = p.requests({ path: /^\/api\/2\.0\/mlflow\/(model-versions|registered-models|logged-models)\// }).map((r) => `${r.method} ${r.path.replace('/api/2.0/mlflow/', '')}`);
+    const registry = p
+      .requests({ path: /^\/api\/2\.0\/mlflow\/(model-versions|registered-models|logged-models)\// })
+      .map((r) => `${r.method} ${r.path.replace('/api/2.0/mlflow/', '')}`);
     expect(registry).toEqual(['GET model-versions/get']);
 
     const [run1] = await runsOf(r1.experiment);
@@ -303,22 +336,35 @@ describe('the model cache', () => {
     // copy's manifest lists them), the hit fetched nothing.
     const m1 = metricsOf(run1);
     const m2 = metricsOf(run2);
-    const manifest = JSON.parse(readFileSync(join(cacheDir, 'registry', encodeURIComponent(classifier?.name ?? ''), String(classifier?.version), '.kmj-manifest.json'), 'utf8')) as {
+    const manifest = JSON.parse(
+      readFileSync(
+        join(cacheDir, 'registry', encodeURIComponent(classifier?.name ?? ''), String(classifier?.version), '.kmj-manifest.json'),
+        'utf8',
+      ),
+    ) as {
       files: Array<{ size: number }>;
       meta: Record<string, string>;
     };
     // The copy keeps where it came from and what its MLmodel says: the hit asks and parses nothing.
     expect(manifest.meta['artifactUri']).toBe(run1 ? tagsOf(run1)['kmj.model_artifact_uri'] : 'no run');
-    expect(JSON.parse(manifest.meta['mlmodel'] ?? '{}')).toMatchObject({ onnxFile: 'model.onnx', inputColumns: f.features.map((name) => ({ name, type: 'double', required: true })) });
+    expect(JSON.parse(manifest.meta['mlmodel'] ?? '{}')).toMatchObject({
+      onnxFile: 'model.onnx',
+      inputColumns: f.features.map((name) => ({ name, type: 'double', required: true })),
+    });
     expect(m1['model_load/fetched_bytes']).toBe(manifest.files.reduce((n, x) => n + x.size, 0));
     expect(m1['model_load/mlflow_calls']).toBe(2);
     expect(m1['model_load/fetch_seconds']).toBeGreaterThan(0);
-    expect(Object.keys(m1).filter((k) => k.startsWith('model_load/call/')).sort()).toEqual(['model_load/call/model-versions.get-download-uri_seconds', 'model_load/call/model-versions.get_seconds']);
+    expect(
+      Object.keys(m1)
+        .filter((k) => k.startsWith('model_load/call/'))
+        .sort(),
+    ).toEqual(['model_load/call/model-versions.get-download-uri_seconds', 'model_load/call/model-versions.get_seconds']);
     expect(m2['model_load/fetched_bytes']).toBe(0);
     expect(m2['model_load/fetch_seconds']).toBe(0);
     expect(m2['model_load/mlflow_calls']).toBe(1);
     expect(Object.keys(m2).filter((k) => k.startsWith('model_load/call/'))).toEqual(['model_load/call/model-versions.get_seconds']);
-    const sum = (m: Record<string, number>, parts: string[]): number => parts.reduce((n, k) => n + (m[`model_load/${k}_seconds`] ?? Number.NaN), 0);
+    const sum = (m: Record<string, number>, parts: string[]): number =>
+      parts.reduce((n, k) => n + (m[`model_load/${k}_seconds`] ?? Number.NaN), 0);
     const opening = ['verify', 'mlmodel', 'runtime', 'session', 'warmup'];
     for (const m of [m1, m2]) expect(m['model_load/session_seconds']).toBeGreaterThan(0);
     // The miss's steps follow one another and fit in the whole.

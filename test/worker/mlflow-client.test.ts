@@ -141,16 +141,26 @@ describe('experimentId', () => {
     // error. Retried, every attempt loses again: a worker in the cluster waited 3 minutes so.
     const name = uniqueId('kmj-test-race-default');
     const captured = captureLog();
-    const ids = await Promise.all(Array.from({ length: 8 }, () => tracking({ log: captured.log, maxRetries: 7 }).experimentId(name, NEVER)));
+    const ids = await Promise.all(
+      Array.from({ length: 8 }, () => tracking({ log: captured.log, maxRetries: 7 }).experimentId(name, NEVER)),
+    );
     expect(new Set(ids).size).toBe(1);
-    expect(captured.lines().filter((l) => l['msg'] === 'mlflow request failed, retrying' && l['path'] === '/api/2.0/mlflow/experiments/create')).toEqual([]);
+    expect(
+      captured.lines().filter((l) => l['msg'] === 'mlflow request failed, retrying' && l['path'] === '/api/2.0/mlflow/experiments/create'),
+    ).toEqual([]);
   }, 30_000);
 });
 
 describe('log-batch', () => {
-  const kv = (prefix: string, n: number): KeyValue[] => Array.from({ length: n }, (_, i) => ({ key: `${prefix}${String(i).padStart(3, '0')}`, value: `${prefix}-value-${i}` }));
+  const kv = (prefix: string, n: number): KeyValue[] =>
+    Array.from({ length: n }, (_, i) => ({ key: `${prefix}${String(i).padStart(3, '0')}`, value: `${prefix}-value-${i}` }));
   const metrics = (keys: number, steps: number): Metric[] =>
-    Array.from({ length: keys * steps }, (_, i) => ({ key: `m${String(i % keys).padStart(2, '0')}`, value: i * 0.5, timestamp: 1_700_000_000_000 + i, step: Math.floor(i / keys) }));
+    Array.from({ length: keys * steps }, (_, i) => ({
+      key: `m${String(i % keys).padStart(2, '0')}`,
+      value: i * 0.5,
+      timestamp: 1_700_000_000_000 + i,
+      step: Math.floor(i / keys),
+    }));
 
   function shape(parts: ReturnType<typeof splitLogBatch>): Array<[number, number, number]> {
     return parts.map((p) => [p.params.length, p.tags.length, p.metrics.length]);
@@ -182,12 +192,28 @@ describe('log-batch', () => {
   it('splitLogBatch at the edges of the limits', () => {
     expect(shape(splitLogBatch([], [], []))).toEqual([[0, 0, 0]]);
     expect(shape(splitLogBatch(metrics(1, 1000), [], []))).toEqual([[0, 0, 1000]]);
-    expect(shape(splitLogBatch(metrics(1, 1001), [], []))).toEqual([[0, 0, 1000], [0, 0, 1]]);
+    expect(shape(splitLogBatch(metrics(1, 1001), [], []))).toEqual([
+      [0, 0, 1000],
+      [0, 0, 1],
+    ]);
     expect(shape(splitLogBatch([], kv('p', 100), []))).toEqual([[100, 0, 0]]);
-    expect(shape(splitLogBatch([], kv('p', 99), kv('t', 2)))).toEqual([[99, 1, 0], [0, 1, 0]]);
-    expect(shape(splitLogBatch(metrics(1, 950), kv('p', 60), []))).toEqual([[60, 0, 940], [0, 0, 10]]);
+    expect(shape(splitLogBatch([], kv('p', 99), kv('t', 2)))).toEqual([
+      [99, 1, 0],
+      [0, 1, 0],
+    ]);
+    expect(shape(splitLogBatch(metrics(1, 950), kv('p', 60), []))).toEqual([
+      [60, 0, 940],
+      [0, 0, 10],
+    ]);
     // Every size from 0 to 1100 of each kind, a few combinations: the limits always hold.
-    for (const [np, nt, nm] of [[0, 0, 2999], [101, 0, 0], [0, 201, 1], [37, 64, 999], [100, 100, 1000], [5, 0, 996]] as const) {
+    for (const [np, nt, nm] of [
+      [0, 0, 2999],
+      [101, 0, 0],
+      [0, 201, 1],
+      [37, 64, 999],
+      [100, 100, 1000],
+      [5, 0, 996],
+    ] as const) {
       const parts = splitLogBatch(metrics(1, nm), kv('p', np), kv('t', nt));
       for (const p of parts) {
         expect(p.metrics.length + p.params.length + p.tags.length, `${np}/${nt}/${nm}`).toBeGreaterThan(0);
@@ -209,7 +235,8 @@ describe('log-batch', () => {
     await t.logBatch(run.run_id, { params, tags, metrics: ms }, NEVER);
 
     const got = await t.getRun(run.run_id, NEVER);
-    const byKey = (xs: readonly KeyValue[] | undefined): Record<string, string> => Object.fromEntries((xs ?? []).map((x) => [x.key, x.value]));
+    const byKey = (xs: readonly KeyValue[] | undefined): Record<string, string> =>
+      Object.fromEntries((xs ?? []).map((x) => [x.key, x.value]));
     expect(byKey(got.data.params)).toEqual(byKey(params));
     expect(Object.fromEntries(Object.entries(byKey(got.data.tags)).filter(([k]) => /^t\d{3}$/.test(k)))).toEqual(byKey(tags));
     // The latest value of each metric is its step-99 value: i = 99 * 25 + k.
@@ -247,7 +274,7 @@ describe('runsWithTag', () => {
     expect(await t.runsWithTag(exp2, 'kmj.request_id', 'req-a', NEVER)).toEqual([]);
   });
 
-  it("finds a run whose tag value contains a single quote", async () => {
+  it('finds a run whose tag value contains a single quote', async () => {
     const t = tracking();
     const exp = await t.experimentId(uniqueId('kmj-test-tag'), NEVER);
     const run = await t.createRun(exp, 'quoted', [{ key: 'owner', value: "o'brien" }], Date.now(), NEVER);
@@ -330,7 +357,10 @@ describe('basic auth (server on 5001)', () => {
   it('works with the username and password', async () => {
     const name = uniqueId('kmj-test-auth');
     const before = counter.requests;
-    const id = await tracking({ trackingUri: counter.url(), username: MLFLOW_AUTH_USER, password: MLFLOW_AUTH_PASSWORD }).experimentId(name, NEVER);
+    const id = await tracking({ trackingUri: counter.url(), username: MLFLOW_AUTH_USER, password: MLFLOW_AUTH_PASSWORD }).experimentId(
+      name,
+      NEVER,
+    );
     expect(id).toMatch(/^\d+$/);
     expect(counter.requests - before).toBe(2); // get-by-name (not found), create
     expect(counter.authorizations.at(-1)).toBe(`Basic ${Buffer.from(`${MLFLOW_AUTH_USER}:${MLFLOW_AUTH_PASSWORD}`).toString('base64')}`);
@@ -342,7 +372,14 @@ describe('basic auth (server on 5001)', () => {
     const before = counter.requests;
     const started = Date.now();
     const e = await httpError(
-      tracking({ trackingUri: counter.url(), username: MLFLOW_AUTH_USER, password, maxRetries: 5, backoffFactorSeconds: 1, log }).experimentId(uniqueId('kmj-test-auth'), NEVER),
+      tracking({
+        trackingUri: counter.url(),
+        username: MLFLOW_AUTH_USER,
+        password,
+        maxRetries: 5,
+        backoffFactorSeconds: 1,
+        log,
+      }).experimentId(uniqueId('kmj-test-auth'), NEVER),
     );
     expect(e.status).toBe(401);
     expect(e.retryable).toBe(false);
@@ -371,7 +408,9 @@ describe('basic auth (server on 5001)', () => {
       expect(id).toMatch(/^\d+$/);
       expect(counter.authorizations.at(-1)).toBe(`Basic ${Buffer.from(`${user}:${password}`).toString('base64')}`);
       // The admin's credentials in the URI work the same.
-      expect(await tracking({ trackingUri: uri(MLFLOW_AUTH_USER, MLFLOW_AUTH_PASSWORD) }).experimentId(uniqueId('kmj-test-uri-auth'), NEVER)).toMatch(/^\d+$/);
+      expect(
+        await tracking({ trackingUri: uri(MLFLOW_AUTH_USER, MLFLOW_AUTH_PASSWORD) }).experimentId(uniqueId('kmj-test-uri-auth'), NEVER),
+      ).toMatch(/^\d+$/);
 
       const wrong = 'not-the-password-77';
       const { log, text } = captureLog();
@@ -386,7 +425,9 @@ describe('basic auth (server on 5001)', () => {
       // Nor when the server cannot be reached at all: the message names the path, not the URI.
       const port = await freePort();
       const { log: log2, text: text2 } = captureLog();
-      const down = await httpError(tracking({ trackingUri: `http://${user}:${wrong}@127.0.0.1:${port}`, maxRetries: 1, log: log2 }).experimentId('anything', NEVER));
+      const down = await httpError(
+        tracking({ trackingUri: `http://${user}:${wrong}@127.0.0.1:${port}`, maxRetries: 1, log: log2 }).experimentId('anything', NEVER),
+      );
       expect(down.status).toBe(0);
       for (const s of [down.message, String(down.stack), text2()]) expect(s).not.toContain(wrong);
     } finally {
@@ -428,7 +469,10 @@ describe('TLS in front of MLflow', () => {
       expect(id, host).toMatch(/^\d+$/);
       expect(plain.forwarded - before, host).toBe(2);
       // The experiment is in the real MLflow behind the proxy.
-      expect((await restJson<{ experiment: { experiment_id: string } }>(`experiments/get-by-name?experiment_name=${name}`)).experiment.experiment_id).toBe(id);
+      expect(
+        (await restJson<{ experiment: { experiment_id: string } }>(`experiments/get-by-name?experiment_name=${name}`)).experiment
+          .experiment_id,
+      ).toBe(id);
     }
   });
 
@@ -445,18 +489,25 @@ describe('TLS in front of MLflow', () => {
     const id = await tracking({ trackingUri: plain.url(), insecureTls: true }).experimentId(uniqueId('kmj-test-tls'), NEVER);
     expect(id).toMatch(/^\d+$/);
     // A CA that did not sign the server certificate is no better than none.
-    const foreign = await httpError(tracking({ trackingUri: plain.url(), serverCa: pki.foreignCaCert, maxRetries: 0 }).experimentId('x', NEVER));
+    const foreign = await httpError(
+      tracking({ trackingUri: plain.url(), serverCa: pki.foreignCaCert, maxRetries: 0 }).experimentId('x', NEVER),
+    );
     expect(foreign.status).toBe(0);
   });
 
   it('mutual TLS: a client cert+key PEM signed by the CA works; none or a foreign one fails', async () => {
     const before = mutual.forwarded;
-    const id = await tracking({ trackingUri: mutual.url(), serverCa: pki.caCert, clientCert: pki.clientPem }).experimentId(uniqueId('kmj-test-mtls'), NEVER);
+    const id = await tracking({ trackingUri: mutual.url(), serverCa: pki.caCert, clientCert: pki.clientPem }).experimentId(
+      uniqueId('kmj-test-mtls'),
+      NEVER,
+    );
     expect(id).toMatch(/^\d+$/);
     expect(mutual.forwarded - before).toBe(2);
 
     for (const clientCert of [undefined, pki.foreignClientPem]) {
-      const e = await httpError(tracking({ trackingUri: mutual.url(), serverCa: pki.caCert, clientCert, maxRetries: 0 }).experimentId('x', NEVER));
+      const e = await httpError(
+        tracking({ trackingUri: mutual.url(), serverCa: pki.caCert, clientCert, maxRetries: 0 }).experimentId('x', NEVER),
+      );
       expect(e.status, clientCert ? 'foreign cert' : 'no cert').toBe(0);
     }
     expect(mutual.forwarded - before).toBe(2);
@@ -485,15 +536,22 @@ describe('TLS in front of MLflow', () => {
     for (const given of [undefined, 'wrong-token-0123456789']) {
       const before = bearer.requests;
       const { log, text } = captureLog();
-      const e = await httpError(tracking({ trackingUri: bearer.url(), serverCa: pki.caCert, token: given, maxRetries: 4, log }).experimentId('x', NEVER));
+      const e = await httpError(
+        tracking({ trackingUri: bearer.url(), serverCa: pki.caCert, token: given, maxRetries: 4, log }).experimentId('x', NEVER),
+      );
       expect(e.status).toBe(401);
       expect(e.errorCode).toBe('UNAUTHENTICATED');
-      expect(e.message).toBe('MLflow GET /api/2.0/mlflow/experiments/get-by-name answered HTTP 401 UNAUTHENTICATED: a valid bearer token is required');
+      expect(e.message).toBe(
+        'MLflow GET /api/2.0/mlflow/experiments/get-by-name answered HTTP 401 UNAUTHENTICATED: a valid bearer token is required',
+      );
       expect(bearer.requests - before).toBe(1);
       if (given) for (const s of [e.message, text()]) expect(s).not.toContain(given);
     }
     // The token wins over a username and password.
-    await tracking({ trackingUri: bearer.url(), serverCa: pki.caCert, token, username: 'u', password: 'p' }).experimentId(uniqueId('kmj-test-bearer'), NEVER);
+    await tracking({ trackingUri: bearer.url(), serverCa: pki.caCert, token, username: 'u', password: 'p' }).experimentId(
+      uniqueId('kmj-test-bearer'),
+      NEVER,
+    );
     expect(bearer.authorizations.at(-1)).toBe(`Bearer ${token}`);
   });
 });
@@ -503,7 +561,15 @@ describe('retries', () => {
     const port = await freePort();
     const { log, lines } = captureLog();
     const started = Date.now();
-    const e = await httpError(tracking({ trackingUri: `http://127.0.0.1:${port}`, maxRetries: 2, backoffFactorSeconds: 0.1, backoffJitterSeconds: 0, log }).experimentId('x', NEVER));
+    const e = await httpError(
+      tracking({
+        trackingUri: `http://127.0.0.1:${port}`,
+        maxRetries: 2,
+        backoffFactorSeconds: 0.1,
+        backoffJitterSeconds: 0,
+        log,
+      }).experimentId('x', NEVER),
+    );
     const elapsed = Date.now() - started;
     expect(e.status).toBe(0);
     expect(e.retryable).toBe(true);
@@ -521,7 +587,9 @@ describe('retries', () => {
   it('makes exactly 3 connections with maxRetries 2 when the server resets them', async () => {
     const trap = await tcpTrap('reset');
     try {
-      const e = await httpError(tracking({ trackingUri: `http://127.0.0.1:${trap.port}`, maxRetries: 2, backoffFactorSeconds: 0.01 }).experimentId('x', NEVER));
+      const e = await httpError(
+        tracking({ trackingUri: `http://127.0.0.1:${trap.port}`, maxRetries: 2, backoffFactorSeconds: 0.01 }).experimentId('x', NEVER),
+      );
       expect(e.status).toBe(0);
       expect(trap.connections()).toBe(3);
     } finally {
@@ -545,7 +613,9 @@ describe('retries', () => {
       const c = new AbortController();
       const timer = setTimeout(() => c.abort(new Error('time budget spent')), 300);
       started = Date.now();
-      const e2 = await httpError(tracking({ trackingUri: `http://127.0.0.1:${trap.port}`, maxRetries: 5, backoffFactorSeconds: 5 }).experimentId('x', c.signal));
+      const e2 = await httpError(
+        tracking({ trackingUri: `http://127.0.0.1:${trap.port}`, maxRetries: 5, backoffFactorSeconds: 5 }).experimentId('x', c.signal),
+      );
       clearTimeout(timer);
       const elapsed = Date.now() - started;
       expect(e2.status).toBe(0);
@@ -557,7 +627,9 @@ describe('retries', () => {
       const c2 = new AbortController();
       const timer2 = setTimeout(() => c2.abort(new Error('SIGTERM')), 300);
       started = Date.now();
-      const e3 = await httpError(tracking({ trackingUri: `http://127.0.0.1:${hold.port}`, maxRetries: 5, backoffFactorSeconds: 0.01 }).experimentId('x', c2.signal));
+      const e3 = await httpError(
+        tracking({ trackingUri: `http://127.0.0.1:${hold.port}`, maxRetries: 5, backoffFactorSeconds: 0.01 }).experimentId('x', c2.signal),
+      );
       clearTimeout(timer2);
       expect(e3.status).toBe(0);
       expect(Date.now() - started).toBeLessThan(1500);
@@ -576,7 +648,12 @@ describe('retries', () => {
     const timer = setTimeout(() => budget.abort(new Error('time budget spent')), 2500);
     try {
       const started = Date.now();
-      const e = await httpError(tracking({ trackingUri: proxy.url(), requestTimeoutMs: 300, maxRetries: 1, backoffFactorSeconds: 0.01 }).experimentId(name, budget.signal));
+      const e = await httpError(
+        tracking({ trackingUri: proxy.url(), requestTimeoutMs: 300, maxRetries: 1, backoffFactorSeconds: 0.01 }).experimentId(
+          name,
+          budget.signal,
+        ),
+      );
       expect(id).toMatch(/^\d+$/);
       expect(e.status).toBe(0);
       expect(proxy.requests).toBe(2);
@@ -591,7 +668,14 @@ describe('retries', () => {
     const hold = await tcpTrap('hold');
     try {
       const started = Date.now();
-      const e = await httpError(tracking({ trackingUri: `http://127.0.0.1:${hold.port}`, maxRetries: 1, backoffFactorSeconds: 0.01, requestTimeoutMs: 200 }).experimentId('x', NEVER));
+      const e = await httpError(
+        tracking({
+          trackingUri: `http://127.0.0.1:${hold.port}`,
+          maxRetries: 1,
+          backoffFactorSeconds: 0.01,
+          requestTimeoutMs: 200,
+        }).experimentId('x', NEVER),
+      );
       expect(e.status).toBe(0);
       expect(hold.connections()).toBe(2);
       expect(Date.now() - started).toBeGreaterThanOrEqual(380);
@@ -614,8 +698,12 @@ describe('loadWorkerConfig', () => {
   }
 
   it('refuses a tracking URI that is not http(s), without showing its credentials', () => {
-    expect(configError({ MLFLOW_TRACKING_URI: 'ftp://x' })).toBe('invalid worker configuration: MLFLOW_TRACKING_URI: "ftp://x" must be a http or https URL');
-    expect(configError({ MLFLOW_TRACKING_URI: 'databricks' })).toBe('invalid worker configuration: MLFLOW_TRACKING_URI: "databricks" must be a http or https URL');
+    expect(configError({ MLFLOW_TRACKING_URI: 'ftp://x' })).toBe(
+      'invalid worker configuration: MLFLOW_TRACKING_URI: "ftp://x" must be a http or https URL',
+    );
+    expect(configError({ MLFLOW_TRACKING_URI: 'databricks' })).toBe(
+      'invalid worker configuration: MLFLOW_TRACKING_URI: "databricks" must be a http or https URL',
+    );
     const message = configError({ MLFLOW_TRACKING_URI: 'file://admin:s3cret-pw@host/mlruns' });
     expect(message).toBe('invalid worker configuration: MLFLOW_TRACKING_URI: "file://***@host/mlruns" must be a http or https URL');
   });
@@ -640,11 +728,20 @@ describe('loadWorkerConfig', () => {
         'KMJ_MAX_DELIVERIES: "1.5" must be an integer from 1 to 1000; ' +
         'KMJ_BATCH_ROWS: "-100" must be an integer from 1 to 1000000',
     );
-    expect(configError({ MLFLOW_TRACKING_INSECURE_TLS: 'maybe' })).toBe('invalid worker configuration: MLFLOW_TRACKING_INSECURE_TLS: "maybe" must be true or false');
+    expect(configError({ MLFLOW_TRACKING_INSECURE_TLS: 'maybe' })).toBe(
+      'invalid worker configuration: MLFLOW_TRACKING_INSECURE_TLS: "maybe" must be true or false',
+    );
   });
 
   it('refuses a token together with a username, and a password without a username', () => {
-    expect(configError({ MLFLOW_TRACKING_URI: MLFLOW_URL, MLFLOW_TRACKING_TOKEN: 't', MLFLOW_TRACKING_USERNAME: 'u', MLFLOW_TRACKING_PASSWORD: 'p' })).toBe(
+    expect(
+      configError({
+        MLFLOW_TRACKING_URI: MLFLOW_URL,
+        MLFLOW_TRACKING_TOKEN: 't',
+        MLFLOW_TRACKING_USERNAME: 'u',
+        MLFLOW_TRACKING_PASSWORD: 'p',
+      }),
+    ).toBe(
       'invalid worker configuration: MLFLOW_TRACKING_TOKEN: set either a token or MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD, not both',
     );
     expect(configError({ MLFLOW_TRACKING_URI: MLFLOW_URL, MLFLOW_TRACKING_PASSWORD: 'p' })).toBe(
@@ -656,7 +753,13 @@ describe('loadWorkerConfig', () => {
   it('refuses unreadable certificate paths, both in one message', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'kmj-cfg-'));
     try {
-      expect(configError({ MLFLOW_TRACKING_URI: MLFLOW_URL, MLFLOW_TRACKING_SERVER_CERT_PATH: '/nonexistent/ca.pem', MLFLOW_TRACKING_CLIENT_CERT_PATH: dir })).toBe(
+      expect(
+        configError({
+          MLFLOW_TRACKING_URI: MLFLOW_URL,
+          MLFLOW_TRACKING_SERVER_CERT_PATH: '/nonexistent/ca.pem',
+          MLFLOW_TRACKING_CLIENT_CERT_PATH: dir,
+        }),
+      ).toBe(
         'invalid worker configuration: ' +
           `MLFLOW_TRACKING_SERVER_CERT_PATH: cannot read "/nonexistent/ca.pem": ENOENT: no such file or directory, open '/nonexistent/ca.pem'; ` +
           `MLFLOW_TRACKING_CLIENT_CERT_PATH: cannot read ${JSON.stringify(dir)}: EISDIR: illegal operation on a directory, read`,
@@ -667,7 +770,13 @@ describe('loadWorkerConfig', () => {
   });
 
   it('lists an unreadable certificate path together with a bad number', () => {
-    expect(configError({ MLFLOW_TRACKING_URI: MLFLOW_URL, MLFLOW_HTTP_REQUEST_MAX_RETRIES: '-1', MLFLOW_TRACKING_SERVER_CERT_PATH: '/nonexistent/ca.pem' })).toBe(
+    expect(
+      configError({
+        MLFLOW_TRACKING_URI: MLFLOW_URL,
+        MLFLOW_HTTP_REQUEST_MAX_RETRIES: '-1',
+        MLFLOW_TRACKING_SERVER_CERT_PATH: '/nonexistent/ca.pem',
+      }),
+    ).toBe(
       'invalid worker configuration: MLFLOW_HTTP_REQUEST_MAX_RETRIES: "-1" must be an integer from 0 to 20; ' +
         `MLFLOW_TRACKING_SERVER_CERT_PATH: cannot read "/nonexistent/ca.pem": ENOENT: no such file or directory, open '/nonexistent/ca.pem'`,
     );
@@ -683,8 +792,12 @@ describe('loadWorkerConfig', () => {
       }
       throw new Error('the configuration was accepted');
     };
-    expect(messageOf(() => loadWorkerConfig({}))).toBe('invalid worker configuration: KMJ_WORKER_QUEUE: set a queue or KMJ_WORKER_TOPIC, exactly one of them');
-    expect(messageOf(() => loadWorkerConfig({}, { queue: 'x'.repeat(256) }))).toBe('invalid worker configuration: --queue: must be at most 255 characters, got 256');
+    expect(messageOf(() => loadWorkerConfig({}))).toBe(
+      'invalid worker configuration: KMJ_WORKER_QUEUE: set a queue or KMJ_WORKER_TOPIC, exactly one of them',
+    );
+    expect(messageOf(() => loadWorkerConfig({}, { queue: 'x'.repeat(256) }))).toBe(
+      'invalid worker configuration: --queue: must be at most 255 characters, got 256',
+    );
     expect(loadWorkerConfig({ KMJ_WORKER_QUEUE: 'from-env' }, { queue: 'from-flag' }).queue).toBe('from-flag');
   });
 
@@ -720,7 +833,12 @@ describe('loadWorkerConfig', () => {
     expect(Object.isFrozen(c)).toBe(true);
     expect(Object.isFrozen(c.datasetRoots)).toBe(true);
 
-    const m = loadWorkerConfig({ KMJ_WORKER_QUEUE: 'jobs', MLFLOW_TRACKING_URI: 'https://mlflow.example:8443/prefix', MLFLOW_TRACKING_USERNAME: 'u', MLFLOW_TRACKING_PASSWORD: 'p' }).mlflow;
+    const m = loadWorkerConfig({
+      KMJ_WORKER_QUEUE: 'jobs',
+      MLFLOW_TRACKING_URI: 'https://mlflow.example:8443/prefix',
+      MLFLOW_TRACKING_USERNAME: 'u',
+      MLFLOW_TRACKING_PASSWORD: 'p',
+    }).mlflow;
     expect(m).toEqual({
       trackingUri: 'https://mlflow.example:8443/prefix',
       username: 'u',
@@ -736,7 +854,9 @@ describe('loadWorkerConfig', () => {
     });
     expect(Object.isFrozen(m)).toBe(true);
     // Empty strings count as unset.
-    expect(loadWorkerConfig({ KMJ_WORKER_QUEUE: 'jobs', MLFLOW_TRACKING_URI: '', MLFLOW_HTTP_REQUEST_MAX_RETRIES: '' }).mlflow).toBeUndefined();
+    expect(
+      loadWorkerConfig({ KMJ_WORKER_QUEUE: 'jobs', MLFLOW_TRACKING_URI: '', MLFLOW_HTTP_REQUEST_MAX_RETRIES: '' }).mlflow,
+    ).toBeUndefined();
     expect(loadWorkerConfig({ KMJ_WORKER_QUEUE: 'jobs', KMJ_DATASET_ROOTS: '/a::/b:' }).datasetRoots).toEqual(['/a', '/b']);
   });
 });

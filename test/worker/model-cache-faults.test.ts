@@ -6,7 +6,18 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { EXIT } from '../../common/worker-exit.ts';
 import { Cleanups } from '../helpers/cleanups.ts';
-import { drain, fixtures, logsWith, publish, queueStateAfterExit, request, runsOf, runWorker, tagsOf, type WorkerResult } from '../helpers/worker.ts';
+import {
+  drain,
+  fixtures,
+  logsWith,
+  publish,
+  queueStateAfterExit,
+  request,
+  runsOf,
+  runWorker,
+  tagsOf,
+  type WorkerResult,
+} from '../helpers/worker.ts';
 
 const f = fixtures();
 const mlp = f.models['mlp'];
@@ -74,7 +85,9 @@ describe('a damaged model cache', () => {
     const refetch = logsWith(result, 'the cached model could not be loaded; fetching it again');
     expect(refetch).toHaveLength(1);
     expect(refetch[0]).toMatchObject({ level: 'warn', hit: true, dir: copy });
-    expect(String((refetch[0]?.['err'] as { message?: unknown } | undefined)?.message)).toMatch(/^model: onnxruntime cannot load model\.onnx: /);
+    expect(String((refetch[0]?.['err'] as { message?: unknown } | undefined)?.message)).toMatch(
+      /^model: onnxruntime cannot load model\.onnx: /,
+    );
     expect(tags['kmj.model_cache']).toBe('miss');
     expect(statSync(onnx).size).toBe(full);
   });

@@ -16,12 +16,13 @@ const KEY = 'registry/iris/3';
 function filler(content = 'onnx-bytes'): { fill: (dir: string) => Promise<void>; calls: () => number } {
   let calls = 0;
   return {
-    fill: async (dir) => {
+    fill: (dir) => {
       calls++;
       writeFileSync(join(dir, 'MLmodel'), 'flavors: {onnx: {data: model.onnx}}\n');
       writeFileSync(join(dir, 'model.onnx'), content);
       mkdirSync(join(dir, 'extra'));
       writeFileSync(join(dir, 'extra', 'weights.data'), 'w'.repeat(100));
+      return Promise.resolve();
     },
     calls: () => calls,
   };
@@ -90,7 +91,7 @@ describe('model cache', () => {
     expect(readFileSync(join(again.dir, 'model.onnx'), 'utf8')).toBe('onnx-bytes');
   });
 
-  it('a directory without a manifest (an older worker\'s copy) is replaced, not trusted', async () => {
+  it("a directory without a manifest (an older worker's copy) is replaced, not trusted", async () => {
     const cache = cleanups.tempDir('kmj-cache-');
     const dir = join(cache, KEY);
     mkdirSync(dir, { recursive: true });
@@ -108,10 +109,12 @@ describe('model cache', () => {
     const cache = cleanups.tempDir('kmj-cache-');
     let release!: () => void;
     const gate = new Promise<void>((resolve) => (release = resolve));
-    const gated = (i: number) => async (dir: string): Promise<void> => {
-      await gate;
-      await filler(`copy ${i}`).fill(dir);
-    };
+    const gated =
+      (i: number) =>
+      async (dir: string): Promise<void> => {
+        await gate;
+        await filler(`copy ${i}`).fill(dir);
+      };
     const all = Array.from({ length: 8 }, (_, i) => ensureCached(cache, KEY, gated(i)));
     // Every caller finds no copy and starts its own fill before any fill ends.
     await until(() => partials(cache).length === 8);
@@ -143,7 +146,7 @@ describe('model cache', () => {
     expect(siblings(cache)).toEqual(['3']);
   });
 
-  it('a partial directory untouched for longer than staleMs is a killed worker\'s and is removed; a fresh one is left to its filler', async () => {
+  it("a partial directory untouched for longer than staleMs is a killed worker's and is removed; a fresh one is left to its filler", async () => {
     const cache = cleanups.tempDir('kmj-cache-');
     const parent = join(cache, 'registry', 'iris');
     mkdirSync(join(parent, '3.partial-dead'), { recursive: true });
@@ -165,11 +168,16 @@ describe('model cache', () => {
     // The injected clock runs a minute ahead: the heartbeat's touches carry its time.
     const clock = Date.now() + 60_000;
     let touched = 0;
-    await ensureCached(cache, KEY, async (dir) => {
-      await new Promise((r) => setTimeout(r, 120));
-      touched = statSync(dir).mtimeMs;
-      await filler().fill(dir);
-    }, { heartbeatMs: 20, now: () => clock });
+    await ensureCached(
+      cache,
+      KEY,
+      async (dir) => {
+        await new Promise((r) => setTimeout(r, 120));
+        touched = statSync(dir).mtimeMs;
+        await filler().fill(dir);
+      },
+      { heartbeatMs: 20, now: () => clock },
+    );
     expect(Math.abs(touched - clock)).toBeLessThan(1000);
   });
 
@@ -183,17 +191,19 @@ describe('model cache', () => {
     // A second worker that also found the old copy damaged discards late: the fresh copy stays.
     await discardCached(fresh.dir, damaged.id);
     expect(siblings(cache)).toEqual(['3']);
-    expect((await ensureCached(cache, KEY, f.fill))).toEqual({ dir: fresh.dir, hit: true, id: fresh.id });
+    expect(await ensureCached(cache, KEY, f.fill)).toEqual({ dir: fresh.dir, hit: true, id: fresh.id });
     // Discarding what is already gone is fine.
     await discardCached(join(cache, 'registry', 'iris', '99'), 'nothing');
   });
 
   it('a fill that fails leaves no partial directory behind and publishes nothing', async () => {
     const cache = cleanups.tempDir('kmj-cache-');
-    await expect(ensureCached(cache, KEY, async (dir) => {
-      writeFileSync(join(dir, 'model.onnx'), 'half');
-      throw new Error('connection reset');
-    })).rejects.toThrow('connection reset');
+    await expect(
+      ensureCached(cache, KEY, (dir) => {
+        writeFileSync(join(dir, 'model.onnx'), 'half');
+        return Promise.reject(new Error('connection reset'));
+      }),
+    ).rejects.toThrow('connection reset');
     expect(siblings(cache)).toEqual([]);
   });
 });

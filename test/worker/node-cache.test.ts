@@ -20,7 +20,18 @@ import { Cleanups } from '../helpers/cleanups.ts';
 import { FaultProxy } from '../helpers/fault-proxy.ts';
 import { closedPort } from '../helpers/kmj.ts';
 import { sampleValue } from '../helpers/metrics-text.ts';
-import { fixtures, metricsOf, MLFLOW_URL, mlflowApi, publish, request, runsOf, runWorker, tagsOf, type RestRun } from '../helpers/worker.ts';
+import {
+  fixtures,
+  metricsOf,
+  MLFLOW_URL,
+  mlflowApi,
+  publish,
+  request,
+  runsOf,
+  runWorker,
+  tagsOf,
+  type RestRun,
+} from '../helpers/worker.ts';
 
 const f = fixtures();
 const classifier = f.models['classifier'];
@@ -45,9 +56,18 @@ async function startCache(options: { maxBytes?: number; dir?: string; mlflow?: F
   const dir = options.dir ?? cleanups.tempDir('kmj-node-cache-');
   const mlflow = options.mlflow ?? (await FaultProxy.start());
   if (!options.mlflow) cleanups.defer(() => mlflow.close());
-  const config = loadNodeCacheConfig({ MLFLOW_TRACKING_URI: mlflow.url, KMJ_NODE_CACHE_TOKEN: TOKEN, KMJ_NODE_CACHE_HOST: '127.0.0.1', KMJ_NODE_CACHE_PORT: '0', KMJ_NODE_CACHE_DIR: dir });
+  const config = loadNodeCacheConfig({
+    MLFLOW_TRACKING_URI: mlflow.url,
+    KMJ_NODE_CACHE_TOKEN: TOKEN,
+    KMJ_NODE_CACHE_HOST: '127.0.0.1',
+    KMJ_NODE_CACHE_PORT: '0',
+    KMJ_NODE_CACHE_DIR: dir,
+  });
   const sink = new Writable({ write: (_c, _e, cb) => cb() });
-  const running = await startNodeCache({ ...config, ...(options.maxBytes !== undefined ? { maxBytes: options.maxBytes } : {}) }, createLogger({ level: 'info', name: 'test-node-cache', destination: sink }));
+  const running = await startNodeCache(
+    { ...config, ...(options.maxBytes !== undefined ? { maxBytes: options.maxBytes } : {}) },
+    createLogger({ level: 'info', name: 'test-node-cache', destination: sink }),
+  );
   cleanups.defer(() => running.close());
   const url = `http://127.0.0.1:${running.port}`;
   return {
@@ -61,13 +81,28 @@ async function startCache(options: { maxBytes?: number; dir?: string; mlflow?: F
 }
 
 /** The registry version's key, location and origin, as the worker resolves them. */
-async function refOf(model: { name: string; version: number | string } | undefined): Promise<{ ref: { uri: string; cacheKey: string; origin: string }; where: { artifactUri: string } }> {
+async function refOf(
+  model: { name: string; version: number | string } | undefined,
+): Promise<{ ref: { uri: string; cacheKey: string; origin: string }; where: { artifactUri: string } }> {
   const name = model?.name ?? '';
   const version = String(model?.version);
   const q = `name=${encodeURIComponent(name)}&version=${version}`;
-  const { model_version: v } = await mlflowApi<{ model_version: { creation_timestamp: number; source: string } }>(MLFLOW_URL, `model-versions/get?${q}`, { method: 'GET' });
-  const { artifact_uri: artifactUri } = await mlflowApi<{ artifact_uri: string }>(MLFLOW_URL, `model-versions/get-download-uri?${q}`, { method: 'GET' });
-  return { ref: { uri: `models:/${name}/${version}`, cacheKey: `registry/${encodeURIComponent(name)}/${version}`, origin: `${v.creation_timestamp} ${v.source}` }, where: { artifactUri } };
+  const { model_version: v } = await mlflowApi<{ model_version: { creation_timestamp: number; source: string } }>(
+    MLFLOW_URL,
+    `model-versions/get?${q}`,
+    { method: 'GET' },
+  );
+  const { artifact_uri: artifactUri } = await mlflowApi<{ artifact_uri: string }>(MLFLOW_URL, `model-versions/get-download-uri?${q}`, {
+    method: 'GET',
+  });
+  return {
+    ref: {
+      uri: `models:/${name}/${version}`,
+      cacheKey: `registry/${encodeURIComponent(name)}/${version}`,
+      origin: `${v.creation_timestamp} ${v.source}`,
+    },
+    where: { artifactUri },
+  };
 }
 
 /** Bytes of the model directory as MLflow serves it (the files the worker downloads). */
@@ -99,7 +134,9 @@ describe('the node cache', () => {
     const cache = await startCache();
     const { ref, where } = await refOf(classifier);
     const into = Array.from({ length: 20 }, () => cleanups.tempDir('kmj-node-client-'));
-    const got = await Promise.all(into.map((dir) => fetchFromNodeCache({ url: cache.url, token: TOKEN }, ref, where, dir, AbortSignal.timeout(60_000), 1e9)));
+    const got = await Promise.all(
+      into.map((dir) => fetchFromNodeCache({ url: cache.url, token: TOKEN }, ref, where, dir, AbortSignal.timeout(60_000), 1e9)),
+    );
     expect(cache.modelFileGets()).toBe(1);
     const size = bytesOf(join(cache.dir, ref.cacheKey));
     expect(got).toEqual(Array.from({ length: 20 }, () => size));
@@ -107,7 +144,8 @@ describe('the node cache', () => {
     expect(await cache.metric('kmj_node_cache_requests_total', { result: 'fill' })).toBe(1);
     expect(await cache.metric('kmj_node_cache_requests_total', { result: 'hit' })).toBe(19);
     expect(await cache.metric('kmj_node_cache_served_bytes_total')).toBe(20 * size);
-    for (const dir of into) expect(readFileSync(join(dir, 'model.onnx'))).toEqual(readFileSync(join(cache.dir, ref.cacheKey, 'model.onnx')));
+    for (const dir of into)
+      expect(readFileSync(join(dir, 'model.onnx'))).toEqual(readFileSync(join(cache.dir, ref.cacheKey, 'model.onnx')));
   });
 
   it('workers take the model from the node cache, and say so on the run; MLflow serves its files once', async () => {
@@ -133,7 +171,10 @@ describe('the node cache', () => {
   it('a wrong token is refused (401), and the worker fetches from MLflow', async () => {
     const cache = await startCache();
     const run = await workerRun({ KMJ_NODE_CACHE_URL: cache.url, KMJ_NODE_CACHE_TOKEN: 'not-the-token-0123456789' });
-    expect(tagsOf(run)).toMatchObject({ 'kmj.model_source': 'mlflow', 'kmj.node_cache_problem': 'the node cache answered HTTP 401: a valid bearer token is required' });
+    expect(tagsOf(run)).toMatchObject({
+      'kmj.model_source': 'mlflow',
+      'kmj.node_cache_problem': 'the node cache answered HTTP 401: a valid bearer token is required',
+    });
     expect(cache.modelFileGets()).toBe(0);
     expect(await cache.metric('kmj_node_cache_requests_total', { result: 'refused' })).toBe(1);
   });
@@ -142,7 +183,9 @@ describe('the node cache', () => {
     const cache = await startCache({ maxBytes: 1024 });
     const run = await workerRun({ KMJ_NODE_CACHE_URL: cache.url, KMJ_NODE_CACHE_TOKEN: TOKEN });
     expect(tagsOf(run)['kmj.model_source']).toBe('mlflow');
-    expect(tagsOf(run)['kmj.node_cache_problem']).toMatch(/^the node cache answered HTTP 507: the model at mlflow-artifacts:\/.* is larger than the cache's bound of 1024 bytes$/);
+    expect(tagsOf(run)['kmj.node_cache_problem']).toMatch(
+      /^the node cache answered HTTP 507: the model at mlflow-artifacts:\/.* is larger than the cache's bound of 1024 bytes$/,
+    );
     expect(await cache.metric('kmj_node_cache_bytes')).toBe(0);
     expect(await cache.metric('kmj_node_cache_requests_total', { result: 'too_large' })).toBe(1);
   });
@@ -158,7 +201,9 @@ describe('the node cache', () => {
     writeFileSync(onnx, bytes);
     const run = await workerRun(env);
     expect(tagsOf(run)['kmj.model_source']).toBe('mlflow');
-    expect(tagsOf(run)['kmj.node_cache_problem']).toMatch(/^model\.onnx from the node cache does not match its SHA-256 \([0-9a-f]{12}… for [0-9a-f]{12}…\): the cache's copy is damaged$/);
+    expect(tagsOf(run)['kmj.node_cache_problem']).toMatch(
+      /^model\.onnx from the node cache does not match its SHA-256 \([0-9a-f]{12}… for [0-9a-f]{12}…\): the cache's copy is damaged$/,
+    );
     expect(await cache.metric('kmj_node_cache_damaged_total')).toBe(1);
     const again = await workerRun(env);
     expect(tagsOf(again)['kmj.model_source']).toBe('node-cache');
@@ -171,7 +216,14 @@ describe('the node cache', () => {
     const b = await refOf(regressor);
     const sink = cleanups.tempDir('kmj-node-client-');
     await fetchFromNodeCache({ url: probe.url, token: TOKEN }, a.ref, a.where, sink, AbortSignal.timeout(60_000), 1e9);
-    await fetchFromNodeCache({ url: probe.url, token: TOKEN }, b.ref, b.where, cleanups.tempDir('kmj-node-client-'), AbortSignal.timeout(60_000), 1e9);
+    await fetchFromNodeCache(
+      { url: probe.url, token: TOKEN },
+      b.ref,
+      b.where,
+      cleanups.tempDir('kmj-node-client-'),
+      AbortSignal.timeout(60_000),
+      1e9,
+    );
     const sizeA = bytesOf(join(probe.dir, a.ref.cacheKey));
     const sizeB = bytesOf(join(probe.dir, b.ref.cacheKey));
 
@@ -198,11 +250,25 @@ describe('the node cache', () => {
     cleanups.defer(() => mlflow.close());
     const first = await startCache({ dir, mlflow });
     const { ref, where } = await refOf(classifier);
-    await fetchFromNodeCache({ url: first.url, token: TOKEN }, ref, where, cleanups.tempDir('kmj-node-client-'), AbortSignal.timeout(60_000), 1e9);
+    await fetchFromNodeCache(
+      { url: first.url, token: TOKEN },
+      ref,
+      where,
+      cleanups.tempDir('kmj-node-client-'),
+      AbortSignal.timeout(60_000),
+      1e9,
+    );
     await first.running.close();
     const second = await startCache({ dir, mlflow });
     expect(await second.metric('kmj_node_cache_models')).toBe(1);
-    await fetchFromNodeCache({ url: second.url, token: TOKEN }, ref, where, cleanups.tempDir('kmj-node-client-'), AbortSignal.timeout(60_000), 1e9);
+    await fetchFromNodeCache(
+      { url: second.url, token: TOKEN },
+      ref,
+      where,
+      cleanups.tempDir('kmj-node-client-'),
+      AbortSignal.timeout(60_000),
+      1e9,
+    );
     expect(await second.metric('kmj_node_cache_requests_total', { result: 'hit' })).toBe(1);
     expect(second.modelFileGets()).toBe(1);
   });
@@ -213,13 +279,30 @@ describe('the node cache', () => {
       const url = new URL(req.url ?? '/', 'http://x');
       expect(url.pathname).toBe(NODE_CACHE_MODEL_PATH);
       res.writeHead(200, { 'content-type': 'application/json' });
-      res.end(JSON.stringify({ version: 1, key: 'registry/other/1', artifactUri: url.searchParams.get('uri'), id: 'x', files: [{ path: 'model.onnx', size: 1, sha256: '0'.repeat(64) }] }));
+      res.end(
+        JSON.stringify({
+          version: 1,
+          key: 'registry/other/1',
+          artifactUri: url.searchParams.get('uri'),
+          id: 'x',
+          files: [{ path: 'model.onnx', size: 1, sha256: '0'.repeat(64) }],
+        }),
+      );
     });
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
     cleanups.defer(() => new Promise<void>((r) => server.close(() => r())));
     const { ref, where } = await refOf(classifier);
-    const attempt = fetchFromNodeCache({ url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, token: TOKEN }, ref, where, cleanups.tempDir('kmj-node-client-'), AbortSignal.timeout(10_000), 1e9);
+    const attempt = fetchFromNodeCache(
+      { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, token: TOKEN },
+      ref,
+      where,
+      cleanups.tempDir('kmj-node-client-'),
+      AbortSignal.timeout(10_000),
+      1e9,
+    );
     await expect(attempt).rejects.toThrow(NodeCacheError);
-    await expect(attempt).rejects.toThrow(`the node cache answered for another model (registry/other/1 from ${where.artifactUri}) than ${ref.cacheKey} from ${where.artifactUri}`);
+    await expect(attempt).rejects.toThrow(
+      `the node cache answered for another model (registry/other/1 from ${where.artifactUri}) than ${ref.cacheKey} from ${where.artifactUri}`,
+    );
   });
 });

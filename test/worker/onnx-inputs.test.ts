@@ -75,10 +75,25 @@ describe('integer model inputs', () => {
   });
 
   it('refuse NaN, infinities and values out of range, naming the row and the column', async () => {
-    expect(await refusal('int64', [1, Number.NaN, 3], 41)).toEqual({ message: 'dataset: row 42, column "x": NaN does not fit the model\'s int64 input', field: 'dataset' });
-    expect(await refusal('int64', [1e19], 7)).toEqual({ message: 'dataset: row 7, column "x": 10000000000000000000 does not fit the model\'s int64 input', field: 'dataset' });
-    expect(await refusal('int64', [0, -Infinity], 1)).toEqual({ message: 'dataset: row 2, column "x": -Infinity does not fit the model\'s int64 input', field: 'dataset' });
-    expect(await refusal('int32', [3e9], 5)).toEqual({ message: 'dataset: row 5, column "x": 3000000000 does not fit the model\'s int32 input', field: 'dataset' });
-    expect(await refusal('int32', [2, 2 ** 31], 1)).toEqual({ message: 'dataset: row 2, column "x": 2147483648 does not fit the model\'s int32 input', field: 'dataset' });
+    expect(await refusal('int64', [1, Number.NaN, 3], 41)).toEqual({
+      message: 'dataset: row 42, column "x": NaN does not fit the model\'s int64 input',
+      field: 'dataset',
+    });
+    expect(await refusal('int64', [1e19], 7)).toEqual({
+      message: 'dataset: row 7, column "x": 10000000000000000000 does not fit the model\'s int64 input',
+      field: 'dataset',
+    });
+    expect(await refusal('int64', [0, -Infinity], 1)).toEqual({
+      message: 'dataset: row 2, column "x": -Infinity does not fit the model\'s int64 input',
+      field: 'dataset',
+    });
+    expect(await refusal('int32', [3e9], 5)).toEqual({
+      message: 'dataset: row 5, column "x": 3000000000 does not fit the model\'s int32 input',
+      field: 'dataset',
+    });
+    expect(await refusal('int32', [2, 2 ** 31], 1)).toEqual({
+      message: 'dataset: row 2, column "x": 2147483648 does not fit the model\'s int32 input',
+      field: 'dataset',
+    });
   });
 });

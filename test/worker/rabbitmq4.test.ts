@@ -53,7 +53,11 @@ const count = (m: { properties: { headers?: Record<string, unknown> | undefined 
 describe('RabbitMQ as the worker uses it', () => {
   it('is RabbitMQ 4', async () => {
     const u = new URL(RABBITMQ_MANAGEMENT_URL);
-    const res = await fetch(`${u.origin}/api/overview`, { headers: { authorization: `Basic ${Buffer.from(`${decodeURIComponent(u.username)}:${decodeURIComponent(u.password)}`).toString('base64')}` } });
+    const res = await fetch(`${u.origin}/api/overview`, {
+      headers: {
+        authorization: `Basic ${Buffer.from(`${decodeURIComponent(u.username)}:${decodeURIComponent(u.password)}`).toString('base64')}`,
+      },
+    });
     expect(((await res.json()) as { rabbitmq_version: string }).rabbitmq_version).toMatch(/^4\./);
   });
 
@@ -75,20 +79,24 @@ describe('RabbitMQ as the worker uses it', () => {
     ch.nack(third, false, true);
     // A consumer cancelled while it holds the message, then acknowledging it: not returned.
     const held = new Promise<void>((resolve) => {
-      void ch.consume(queue, (m) => {
-        if (!m) return;
-        expect(count(m)).toBe(4);
-        void ch.cancel('held').then(() => {
-          ch.ack(m);
-          resolve();
-        });
-      }, { consumerTag: 'held' });
+      void ch.consume(
+        queue,
+        (m) => {
+          if (!m) return;
+          expect(count(m)).toBe(4);
+          void ch.cancel('held').then(() => {
+            ch.ack(m);
+            resolve();
+          });
+        },
+        { consumerTag: 'held' },
+      );
     });
     await held;
     expect(await ch.get(queue)).toBe(false);
   });
 
-  it('the request queue\'s limit: the broker dead-letters a message on its return after delivery N', async () => {
+  it("the request queue's limit: the broker dead-letters a message on its return after delivery N", async () => {
     const { queue, dead, ch } = await topology(2);
     ch.sendToQueue(queue, Buffer.from('{"poison":true}'), { persistent: true });
     for (let delivery = 1; delivery <= 3; delivery++) ch.nack(await getOne(ch, queue), false, true);
@@ -98,7 +106,7 @@ describe('RabbitMQ as the worker uses it', () => {
     expect(await ch.get(queue)).toBe(false);
   });
 
-  it('the dead-letter queue has no limit: a dead letter looked at with a requeue 25 times stays; a quorum queue with RabbitMQ 4\'s default limit drops it after 20', async () => {
+  it("the dead-letter queue has no limit: a dead letter looked at with a requeue 25 times stays; a quorum queue with RabbitMQ 4's default limit drops it after 20", async () => {
     const { dead, ch } = await topology(5);
     const plain = uniqueName('rmq4-plain');
     queues.push(plain);
@@ -117,7 +125,7 @@ describe('RabbitMQ as the worker uses it', () => {
 describe('the broker users of docs/deploy.md, with exactly the permissions it gives them', () => {
   const escape = (q: string): string => q.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 
-  it('the scaler\'s user, with no queue permissions, reads a queue\'s counts by passive declare', async () => {
+  it("the scaler's user, with no queue permissions, reads a queue's counts by passive declare", async () => {
     const { queue, dead } = await topology(5);
     await publish(queue, {});
     const url = await brokerUser(uniqueName('kmj-scaler'), { configure: '^$', write: '^$', read: '^$' }, cleanups);
@@ -127,12 +135,16 @@ describe('the broker users of docs/deploy.md, with exactly the permissions it gi
     expect([found.get(queue)?.messageCount, found.get(dead)?.messageCount]).toEqual([1, 0]);
   });
 
-  it('the worker\'s user declares its queues, dead-letters a bad request and runs a good one', async () => {
+  it("the worker's user declares its queues, dead-letters a bad request and runs a good one", async () => {
     const queue = uniqueName('perm');
     const dead = deadLetterQueueOf(queue);
     queues.push(queue, dead);
     const q = escape(queue);
-    const url = await brokerUser(uniqueName('kmj-worker'), { configure: `^${q}(\\.dead)?$`, write: `^(amq\\.default|${q}(\\.dead)?)$`, read: `^${q}(\\.dead)?$` }, cleanups);
+    const url = await brokerUser(
+      uniqueName('kmj-worker'),
+      { configure: `^${q}(\\.dead)?$`, write: `^(amq\\.default|${q}(\\.dead)?)$`, read: `^${q}(\\.dead)?$` },
+      cleanups,
+    );
     const idle = await runWorker(queue, { RABBITMQ_URL: url, KMJ_WORKER_IDLE_TIMEOUT_MS: '500' });
     expect(idle.code, idle.stderr.slice(-2000)).toBe(EXIT.OK);
     expect([await queueExists(queue), await queueExists(dead)]).toEqual([true, true]);
@@ -142,7 +154,9 @@ describe('the broker users of docs/deploy.md, with exactly the permissions it gi
     const refused = await runWorker(queue, { RABBITMQ_URL: url });
     expect(refused.code, refused.stderr.slice(-2000)).toBe(EXIT.DEAD_LETTERED);
     const [letter] = await drain(dead);
-    expect(letter?.properties.headers?.[DEAD_LETTER_HEADERS.reason]).toBe('invalid request: model: must start with models:/, runs:/, mlflow-artifacts: or file:///');
+    expect(letter?.properties.headers?.[DEAD_LETTER_HEADERS.reason]).toBe(
+      'invalid request: model: must start with models:/, runs:/, mlflow-artifacts: or file:///',
+    );
 
     await publish(queue, request());
     const good = await runWorker(queue, { RABBITMQ_URL: url });

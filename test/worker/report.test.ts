@@ -26,7 +26,10 @@ const reportUrl = (): string => `http://127.0.0.1:${s().scaler.metricsPort}${REP
 describe('the worker reports each request to the scaler', () => {
   it('after the settle: a finished request with every step, a dead-lettered one without a model load', async () => {
     const queue = await requestQueue();
-    await eventually(() => s().client.poll({ queueName: queue }), (r) => r.ok);
+    await eventually(
+      () => s().client.poll({ queueName: queue }),
+      (r) => r.ok,
+    );
     const labels = { source: 'rabbitmq', scope: '/', name: queue };
     // Published 2 s before the worker starts (the AMQP timestamp has whole seconds).
     await publish(queue, request(), {}, { timestamp: Math.floor(Date.now() / 1000) });
@@ -36,12 +39,16 @@ describe('the worker reports each request to the scaler', () => {
     expect(logsWith(ok, 'reported to the scaler')).toHaveLength(1);
     let text = await scrape();
     expect(sampleValue(text, 'kmj_requests_total', { ...labels, outcome: 'finished' })).toBe(1);
-    for (const step of ['waiting', 'receiving', 'model_load', 'run', 'total']) expect(sampleValue(text, 'kmj_request_step_seconds_count', { ...labels, step })).toBe(1);
+    for (const step of ['waiting', 'receiving', 'model_load', 'run', 'total'])
+      expect(sampleValue(text, 'kmj_request_step_seconds_count', { ...labels, step })).toBe(1);
     const waited = sampleValue(text, 'kmj_request_step_seconds_sum', { ...labels, step: 'waiting' });
     expect(waited).toBeGreaterThanOrEqual(1);
     expect(waited).toBeLessThan(30);
     const total = sampleValue(text, 'kmj_request_step_seconds_sum', { ...labels, step: 'total' });
-    expect(sampleValue(text, 'kmj_request_step_seconds_sum', { ...labels, step: 'model_load' }) + sampleValue(text, 'kmj_request_step_seconds_sum', { ...labels, step: 'run' })).toBeCloseTo(total, 5);
+    expect(
+      sampleValue(text, 'kmj_request_step_seconds_sum', { ...labels, step: 'model_load' }) +
+        sampleValue(text, 'kmj_request_step_seconds_sum', { ...labels, step: 'run' }),
+    ).toBeCloseTo(total, 5);
 
     // A request that names no model the registry has: dead-lettered before any model is loaded.
     await publish(queue, request({ model: { uri: `models:/${fixtures().models['classifier']?.name ?? 'x'}/999` } }));

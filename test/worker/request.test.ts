@@ -9,7 +9,13 @@ import { Ajv2020 } from 'ajv/dist/2020.js';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { PACKAGE_ROOT } from '../../common/paths.ts';
 import { PermanentError } from '../../common/errors.ts';
-import { parseRequest as parseWith, REQUEST_SCHEMA_PATH, requestValidator, type InferenceRequest, type RequestValidator } from '../../common/request.ts';
+import {
+  parseRequest as parseWith,
+  REQUEST_SCHEMA_PATH,
+  requestValidator,
+  type InferenceRequest,
+  type RequestValidator,
+} from '../../common/request.ts';
 
 const MAX_BYTES = 1024 * 1024;
 
@@ -17,7 +23,13 @@ const REQUEST_ID_RULE = 'requestId: must be 1 to 128 letters, digits, ".", "_", 
 const MODEL_RULE = 'model: must start with models:/, runs:/, mlflow-artifacts: or file:///';
 
 /** The smallest valid request. */
-const MINIMAL = { version: 1, requestId: 'req-1', model: 'models:/iris/1', dataset: { uri: '/data/iris.csv' }, experiment: 'iris' } as const;
+const MINIMAL = {
+  version: 1,
+  requestId: 'req-1',
+  model: 'models:/iris/1',
+  dataset: { uri: '/data/iris.csv' },
+  experiment: 'iris',
+} as const;
 
 const GENERATED_VALIDATOR = join(PACKAGE_ROOT, 'dist', 'generated', 'request-validator.js');
 
@@ -101,7 +113,10 @@ describe('parseRequest refuses', () => {
     const bytes = Buffer.byteLength(text);
     expect(bytes).toBe(text.length + 100);
     expect(parseRequest(Buffer.from(text), bytes).experiment).toBe('é'.repeat(100));
-    expect(refusal(text, bytes - 1)).toEqual({ message: `message: is ${bytes} bytes, more than the limit of ${bytes - 1}`, field: 'message' });
+    expect(refusal(text, bytes - 1)).toEqual({
+      message: `message: is ${bytes} bytes, more than the limit of ${bytes - 1}`,
+      field: 'message',
+    });
     // The size check comes first: a huge non-JSON body is refused for its size.
     expect(refusal('x'.repeat(2000), 1024)).toEqual({ message: 'message: is 2000 bytes, more than the limit of 1024', field: 'message' });
   });
@@ -117,7 +132,10 @@ describe('parseRequest refuses', () => {
 
   it('a version other than 1', () => {
     for (const version of [2, 0, '1', null]) {
-      expect(refusal({ ...MINIMAL, version }), String(version)).toEqual({ message: 'invalid request: version: must be 1', field: 'version' });
+      expect(refusal({ ...MINIMAL, version }), String(version)).toEqual({
+        message: 'invalid request: version: must be 1',
+        field: 'version',
+      });
     }
   });
 
@@ -137,8 +155,19 @@ describe('parseRequest refuses', () => {
       expect(refusal({ ...MINIMAL, model }), model).toEqual({ message: `invalid request: ${MODEL_RULE}`, field: 'model' });
     }
     expect(refusal({ ...MINIMAL, model: '' }).message).toBe(`invalid request: model: must not be empty; ${MODEL_RULE}`);
-    expect(refusal({ ...MINIMAL, model: `models:/${'m'.repeat(1000)}` }).message).toBe('invalid request: model: must be at most 1000 characters');
-    for (const model of ['models:/iris/1', 'models:/iris@champion', 'models:/iris/latest', 'models:/m-0123abcd', 'runs:/abc123/model', 'mlflow-artifacts:/1/abc/artifacts/model', 'mlflow-artifacts://host/1/m', 'file:///models/iris']) {
+    expect(refusal({ ...MINIMAL, model: `models:/${'m'.repeat(1000)}` }).message).toBe(
+      'invalid request: model: must be at most 1000 characters',
+    );
+    for (const model of [
+      'models:/iris/1',
+      'models:/iris@champion',
+      'models:/iris/latest',
+      'models:/m-0123abcd',
+      'runs:/abc123/model',
+      'mlflow-artifacts:/1/abc/artifacts/model',
+      'mlflow-artifacts://host/1/m',
+      'file:///models/iris',
+    ]) {
       expect(parseRequest(body({ ...MINIMAL, model }), MAX_BYTES).model, model).toBe(model);
     }
   });
@@ -162,20 +191,34 @@ describe('parseRequest refuses', () => {
       message: 'invalid request: dataset.format: must be one of csv, jsonl',
       field: 'dataset.format',
     });
-    expect(refusal({ ...MINIMAL, dataset: { uri: '/data/a', format: 'CSV' } }).message).toBe('invalid request: dataset.format: must be one of csv, jsonl');
-    expect(refusal({ ...MINIMAL, output: { format: 'xml' } })).toEqual({ message: 'invalid request: output.format: must be one of csv, jsonl', field: 'output.format' });
+    expect(refusal({ ...MINIMAL, dataset: { uri: '/data/a', format: 'CSV' } }).message).toBe(
+      'invalid request: dataset.format: must be one of csv, jsonl',
+    );
+    expect(refusal({ ...MINIMAL, output: { format: 'xml' } })).toEqual({
+      message: 'invalid request: output.format: must be one of csv, jsonl',
+      field: 'output.format',
+    });
   });
 
   it('unknown keys at the top level and inside dataset and output', () => {
     expect(refusal({ ...MINIMAL, priority: 1 })).toEqual({ message: 'invalid request: priority: is not allowed here', field: 'priority' });
-    expect(refusal({ ...MINIMAL, dataset: { uri: '/data/a.csv', sep: ';' } })).toEqual({ message: 'invalid request: dataset.sep: is not allowed here', field: 'dataset.sep' });
-    expect(refusal({ ...MINIMAL, output: { format: 'csv', path: '/tmp/x' } })).toEqual({ message: 'invalid request: output.path: is not allowed here', field: 'output.path' });
+    expect(refusal({ ...MINIMAL, dataset: { uri: '/data/a.csv', sep: ';' } })).toEqual({
+      message: 'invalid request: dataset.sep: is not allowed here',
+      field: 'dataset.sep',
+    });
+    expect(refusal({ ...MINIMAL, output: { format: 'csv', path: '/tmp/x' } })).toEqual({
+      message: 'invalid request: output.path: is not allowed here',
+      field: 'output.path',
+    });
     // A near miss of a real key is unknown too.
     expect(refusal({ ...MINIMAL, label_column: 'y' }).message).toBe('invalid request: label_column: is not allowed here');
   });
 
   it('reserved tag keys (mlflow.*, kmj.*), one line per bad key', () => {
-    expect(refusal({ ...MINIMAL, tags: { 'mlflow.user': 'eve' } })).toEqual({ message: 'invalid request: tags: has a key that is not allowed (mlflow.user)', field: 'tags' });
+    expect(refusal({ ...MINIMAL, tags: { 'mlflow.user': 'eve' } })).toEqual({
+      message: 'invalid request: tags: has a key that is not allowed (mlflow.user)',
+      field: 'tags',
+    });
     expect(refusal({ ...MINIMAL, tags: { team: 'a', 'kmj.request_id': 'other', 'mlflow.runName': 'x' } }).message).toBe(
       'invalid request: tags: has a key that is not allowed (kmj.request_id); tags: has a key that is not allowed (mlflow.runName)',
     );
@@ -186,7 +229,9 @@ describe('parseRequest refuses', () => {
 
   it('tag values that are not strings or too long, and too many tags', () => {
     expect(refusal({ ...MINIMAL, tags: { n: 1 } })).toEqual({ message: 'invalid request: tags.n: must be string', field: 'tags.n' });
-    expect(refusal({ ...MINIMAL, tags: { long: 'x'.repeat(8001) } }).message).toBe('invalid request: tags.long: must be at most 8000 characters');
+    expect(refusal({ ...MINIMAL, tags: { long: 'x'.repeat(8001) } }).message).toBe(
+      'invalid request: tags.long: must be at most 8000 characters',
+    );
     expect(parseRequest(body({ ...MINIMAL, tags: { long: 'x'.repeat(8000) } }), MAX_BYTES).tags?.['long']).toHaveLength(8000);
     const tags = Object.fromEntries(Array.from({ length: 51 }, (_, i) => [`t${i}`, 'v']));
     expect(refusal({ ...MINIMAL, tags })).toEqual({ message: 'invalid request: tags: must have at most 50 entries', field: 'tags' });
@@ -228,11 +273,16 @@ describe('parseRequest refuses', () => {
   });
 
   it('inline rows that are empty, too many, or not objects', () => {
-    expect(refusal({ ...MINIMAL, dataset: { rows: [] } })).toEqual({ message: 'invalid request: dataset.rows: must have at least 1 item(s)', field: 'dataset.rows' });
+    expect(refusal({ ...MINIMAL, dataset: { rows: [] } })).toEqual({
+      message: 'invalid request: dataset.rows: must have at least 1 item(s)',
+      field: 'dataset.rows',
+    });
     expect(refusal({ ...MINIMAL, dataset: { rows: [{ a: 1 }, [1, 2], 3] } }).message).toBe(
       'invalid request: dataset.rows[1]: must be object; dataset.rows[2]: must be object',
     );
-    expect(refusal({ ...MINIMAL, dataset: { rows: Array.from({ length: 10_001 }, () => ({})) } }).message).toBe('invalid request: dataset.rows: must have at most 10000 items');
+    expect(refusal({ ...MINIMAL, dataset: { rows: Array.from({ length: 10_001 }, () => ({})) } }).message).toBe(
+      'invalid request: dataset.rows: must have at most 10000 items',
+    );
   });
 
   it('several problems at once, in one message, the first one naming the field', () => {
@@ -291,14 +341,23 @@ describe('parseRequest and text encoding', () => {
   it('refuses bytes that are not UTF-8, naming the field they are in', () => {
     // A lone continuation byte, a Latin-1 "é", a truncated 3-byte sequence, an overlong "/", a UTF-8 surrogate, past U+10FFFF.
     for (const bad of [[0x80], [0xe9], [0xe2, 0x82], [0xc0, 0xaf], [0xed, 0xa0, 0x80], [0xf4, 0x90, 0x80, 0x80], [0xff]]) {
-      expect(refused(withBytes({ ...MINIMAL, experiment: 'caf MARK' }, bad)), bad.join(' ')).toEqual({ message: 'invalid request: experiment: is not valid UTF-8 text', field: 'experiment' });
+      expect(refused(withBytes({ ...MINIMAL, experiment: 'caf MARK' }, bad)), bad.join(' ')).toEqual({
+        message: 'invalid request: experiment: is not valid UTF-8 text',
+        field: 'experiment',
+      });
     }
-    expect(refused(withBytes({ ...MINIMAL, tags: { team: 'MARK' } }, [0xfe]))).toEqual({ message: 'invalid request: tags.team: is not valid UTF-8 text', field: 'tags.team' });
+    expect(refused(withBytes({ ...MINIMAL, tags: { team: 'MARK' } }, [0xfe]))).toEqual({
+      message: 'invalid request: tags.team: is not valid UTF-8 text',
+      field: 'tags.team',
+    });
     expect(refused(withBytes({ ...MINIMAL, dataset: { rows: [{ a: 1 }, { city: 'MARK' }] } }, [0xe9]))).toEqual({
       message: 'invalid request: dataset.rows[1].city: is not valid UTF-8 text',
       field: 'dataset.rows[1].city',
     });
-    expect(refused(withBytes({ ...MINIMAL, params: { MARK: 1 } }, [0xe9]))).toEqual({ message: 'invalid request: params (a key): is not valid UTF-8 text', field: 'params (a key)' });
+    expect(refused(withBytes({ ...MINIMAL, params: { MARK: 1 } }, [0xe9]))).toEqual({
+      message: 'invalid request: params (a key): is not valid UTF-8 text',
+      field: 'params (a key)',
+    });
     // Two fields at once: both named, the first as the field.
     const [a, b, c] = JSON.stringify({ ...MINIMAL, experiment: 'X1', runName: 'X2' }).split(/X[12]/) as [string, string, string];
     expect(refused(Buffer.concat([Buffer.from(a), Buffer.from([0xe9]), Buffer.from(b), Buffer.from([0x80]), Buffer.from(c)]))).toEqual({
@@ -320,7 +379,7 @@ describe('parseRequest and text encoding', () => {
   });
 
   it('accepts a UTF-8 byte-order mark before the JSON, and every valid character, U+FFFD included', () => {
-    const req = { ...MINIMAL, experiment: 'café – 東京 – 🐍 – \uFFFD', tags: { 'schlüssel': 'wert' } };
+    const req = { ...MINIMAL, experiment: 'café – 東京 – 🐍 – \uFFFD', tags: { schlüssel: 'wert' } };
     const bom = Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), body(req)]);
     expect(parseRequest(bom, MAX_BYTES)).toEqual(req);
     expect(parseRequest(body(req), MAX_BYTES)).toEqual(req);
@@ -330,7 +389,10 @@ describe('parseRequest and text encoding', () => {
 
   it('dataset.nonFinite is refuse or allow', () => {
     expect(parseRequest(body({ ...MINIMAL, dataset: { uri: '/d.csv', nonFinite: 'allow' } }), MAX_BYTES).dataset.nonFinite).toBe('allow');
-    expect(refusal({ ...MINIMAL, dataset: { uri: '/d.csv', nonFinite: 'ignore' } })).toEqual({ message: 'invalid request: dataset.nonFinite: must be one of refuse, allow', field: 'dataset.nonFinite' });
+    expect(refusal({ ...MINIMAL, dataset: { uri: '/d.csv', nonFinite: 'ignore' } })).toEqual({
+      message: 'invalid request: dataset.nonFinite: must be one of refuse, allow',
+      field: 'dataset.nonFinite',
+    });
   });
 });
 
@@ -359,7 +421,10 @@ describe('parseRequest accepts', () => {
   });
 
   it('inline rows of any shape, and an empty output object', () => {
-    const rows = [{ a: 1, b: 'x' }, { a: null, c: [1, 2], d: { e: true } }];
+    const rows = [
+      { a: 1, b: 'x' },
+      { a: null, c: [1, 2], d: { e: true } },
+    ];
     const req = parseRequest(body({ ...MINIMAL, dataset: { rows, name: 'two' }, output: {} }), MAX_BYTES);
     expect(req.dataset).toEqual({ rows, name: 'two' });
     expect(req.output).toEqual({});
@@ -374,7 +439,9 @@ describe('docs/requests.md', () => {
     const text = readFileSync(REQUESTS_DOC, 'utf8');
     const examples = [...text.matchAll(/```json\n([\s\S]*?)```/g)].map((m) => m[1] ?? '').filter((j) => j.includes('"version"'));
     expect(examples.length).toBeGreaterThan(0);
-    const validate = new Ajv2020({ allErrors: true, strict: true }).compile(JSON.parse(readFileSync(REQUEST_SCHEMA_PATH, 'utf8')) as object);
+    const validate = new Ajv2020({ allErrors: true, strict: true }).compile(
+      JSON.parse(readFileSync(REQUEST_SCHEMA_PATH, 'utf8')) as object,
+    );
     for (const example of examples) {
       expect(validate(JSON.parse(example)), `${example}\n${JSON.stringify(validate.errors)}`).toBe(true);
       expect(parseRequest(Buffer.from(example), MAX_BYTES)).toEqual(JSON.parse(example));

@@ -152,9 +152,15 @@ let sklearn: Record<string, Record<string, number>>;
 
 beforeAll(async () => {
   const input = Object.fromEntries(
-    Object.entries({ ...CASES, ...BUG_CASES }).map(([name, c]) => [name, { kind: c.kind, truth: c.sklearnTruth ?? c.truth, pred: c.sklearnPred ?? c.pred }]),
+    Object.entries({ ...CASES, ...BUG_CASES }).map(([name, c]) => [
+      name,
+      { kind: c.kind, truth: c.sklearnTruth ?? c.truth, pred: c.sklearnPred ?? c.pred },
+    ]),
   );
-  const child = run(PYTHON, ['-c', SKLEARN], { env: { PATH: process.env['PATH'] ?? '', HOME: process.env['HOME'] ?? '/tmp' }, maxBuffer: 16 * 1024 * 1024 });
+  const child = run(PYTHON, ['-c', SKLEARN], {
+    env: { PATH: process.env['PATH'] ?? '', HOME: process.env['HOME'] ?? '/tmp' },
+    maxBuffer: 16 * 1024 * 1024,
+  });
   child.child.stdin?.end(JSON.stringify(input));
   sklearn = JSON.parse((await child).stdout) as Record<string, Record<string, number>>;
 });
@@ -170,7 +176,9 @@ function expectSame(name: string, ours: Record<string, number>, theirs: Record<s
   expect(Object.keys(ours).sort(), name).toEqual(Object.keys(theirs ?? {}).sort());
   for (const [key, expected] of Object.entries(theirs ?? {})) {
     const got = ours[key] ?? Number.NaN;
-    expect(Math.abs(got - expected), `${name}: ${key} is ${got}, scikit-learn says ${expected}`).toBeLessThanOrEqual(1e-12 * Math.max(1, Math.abs(expected)));
+    expect(Math.abs(got - expected), `${name}: ${key} is ${got}, scikit-learn says ${expected}`).toBeLessThanOrEqual(
+      1e-12 * Math.max(1, Math.abs(expected)),
+    );
   }
 }
 
@@ -254,6 +262,11 @@ describe('label errors', () => {
     s.add(1, 2, 1);
     s.add(3, 3, 2);
     expect(() => s.add('x', 1, 3)).toThrow(PermanentError);
-    expect(s.metrics()).toEqual({ mean_absolute_error: 0.5, mean_squared_error: 0.5, root_mean_squared_error: Math.sqrt(0.5), r2_score: 0.5 });
+    expect(s.metrics()).toEqual({
+      mean_absolute_error: 0.5,
+      mean_squared_error: 0.5,
+      root_mean_squared_error: Math.sqrt(0.5),
+      r2_score: 0.5,
+    });
   });
 });

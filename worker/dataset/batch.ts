@@ -27,7 +27,12 @@ export class ColumnBatch implements DatasetBatch {
   readonly #numbers: ReadonlyMap<number, Float64Array>;
   readonly #values: ReadonlyMap<number, ReadonlyArray<unknown>>;
 
-  constructor(firstRow: number, length: number, numbers: ReadonlyMap<number, Float64Array>, values: ReadonlyMap<number, ReadonlyArray<unknown>>) {
+  constructor(
+    firstRow: number,
+    length: number,
+    numbers: ReadonlyMap<number, Float64Array>,
+    values: ReadonlyMap<number, ReadonlyArray<unknown>>,
+  ) {
     this.firstRow = firstRow;
     this.length = length;
     this.#numbers = numbers;
@@ -65,7 +70,12 @@ export function toNumber(v: unknown, row: number, column: string): number {
 }
 
 /** A batch out of whole rows (JSON Lines, inline rows). */
-export function batchOfRows(rows: ReadonlyArray<ReadonlyArray<unknown>>, firstRow: number, wants: ColumnWants, columns: readonly string[]): ColumnBatch {
+export function batchOfRows(
+  rows: ReadonlyArray<ReadonlyArray<unknown>>,
+  firstRow: number,
+  wants: ColumnWants,
+  columns: readonly string[],
+): ColumnBatch {
   const n = rows.length;
   const numbers = new Map<number, Float64Array>();
   for (const j of wants.numbers) {
@@ -75,6 +85,10 @@ export function batchOfRows(rows: ReadonlyArray<ReadonlyArray<unknown>>, firstRo
     numbers.set(j, out);
   }
   const values = new Map<number, unknown[]>();
-  for (const j of wants.values) values.set(j, rows.map((row) => row[j]));
+  for (const j of wants.values)
+    values.set(
+      j,
+      rows.map((row) => row[j]),
+    );
   return new ColumnBatch(firstRow, n, numbers, values);
 }

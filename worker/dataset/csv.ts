@@ -199,10 +199,8 @@ export class CsvTokenizer {
       }
       if (mode === QUOTED) {
         const q = buf.indexOf(QUOTE, i);
-        if (q === -1) {
-          i = n;
-          break;
-        }
+        // The field goes on in the next chunk: the rest of this one is kept as pending.
+        if (q === -1) break;
         i = q + 1;
         mode = AFTER_QUOTE;
         continue;
@@ -213,7 +211,7 @@ export class CsvTokenizer {
           i++;
           continue;
         }
-        mode = UNQUOTED; // closed; what follows up to the delimiter is literal
+        // Closed; what follows up to the delimiter is literal (the scan below).
       } else if (mode === FIELD_START && buf[i] === QUOTE) {
         mode = QUOTED;
         this.#fieldQuoted = 1;
@@ -427,7 +425,7 @@ export class CsvColumns implements CsvSink {
       }
       if (i === end) return LATER;
       // A quote, or a width other than the header's: the general way reads it, or names the error.
-      if (c === QUOTE || (j < width - 1) !== (c === COMMA)) return NOT_SIMPLE;
+      if (c === QUOTE || j < width - 1 !== (c === COMMA)) return NOT_SIMPLE;
       const k = numberSlot[j] as number;
       if (k >= 0) {
         const x = parseNumber(buf, s, i);
@@ -455,8 +453,10 @@ export class CsvColumns implements CsvSink {
     }
     if (!this.#configured) throw new Error('CsvColumns: rows came before configure()');
     const row = this.#rows + 1;
-    if (count !== header.length) throw new PermanentError(`dataset: row ${row} has ${count} fields, the header has ${header.length}`, { field: 'dataset' });
-    if (this.sample.length < SAMPLE_ROWS) this.sample.push(Array.from({ length: count }, (_, j) => fieldText(buf, base, starts, ends, quoted, j)));
+    if (count !== header.length)
+      throw new PermanentError(`dataset: row ${row} has ${count} fields, the header has ${header.length}`, { field: 'dataset' });
+    if (this.sample.length < SAMPLE_ROWS)
+      this.sample.push(Array.from({ length: count }, (_, j) => fieldText(buf, base, starts, ends, quoted, j)));
     const r = this.#length;
     const numberCols = this.#numberCols;
     const numbers = this.#numbers;
@@ -467,7 +467,8 @@ export class CsvColumns implements CsvSink {
       (numbers[k] as Float64Array)[r] = x;
     }
     const valueCols = this.#valueCols;
-    for (let k = 0; k < valueCols.length; k++) (this.#values[k] as string[])[r] = fieldText(buf, base, starts, ends, quoted, valueCols[k] as number);
+    for (let k = 0; k < valueCols.length; k++)
+      (this.#values[k] as string[])[r] = fieldText(buf, base, starts, ends, quoted, valueCols[k] as number);
     this.#commit();
     return true;
   }
@@ -492,7 +493,9 @@ export class CsvColumns implements CsvSink {
   #finishBatch(): void {
     const n = this.#length;
     const numbers = new Map(this.#numberCols.map((j, k) => [j, (this.#numbers[k] as Float64Array).subarray(0, n)]));
-    const values = new Map(this.#valueCols.map((j, k) => [j, n === this.#batchRows ? (this.#values[k] as string[]) : (this.#values[k] as string[]).slice(0, n)]));
+    const values = new Map(
+      this.#valueCols.map((j, k) => [j, n === this.#batchRows ? (this.#values[k] as string[]) : (this.#values[k] as string[]).slice(0, n)]),
+    );
     this.ready.push(new ColumnBatch(this.#rows - n + 1, n, numbers, values));
     this.#startBatch();
   }

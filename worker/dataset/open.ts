@@ -59,13 +59,16 @@ function formatOf(uri: string, given: DataFormat | undefined): DataFormat {
   const path = uri.split(/[?#]/)[0] ?? '';
   if (/\.csv$/i.test(path)) return 'csv';
   if (/\.(jsonl|ndjson)$/i.test(path)) return 'jsonl';
-  throw new PermanentError('dataset.format: is required when dataset.uri does not end in .csv, .jsonl or .ndjson', { field: 'dataset.format' });
+  throw new PermanentError('dataset.format: is required when dataset.uri does not end in .csv, .jsonl or .ndjson', {
+    field: 'dataset.format',
+  });
 }
 
 function sourceError(uri: string, err: unknown): Error {
   if (err instanceof PermanentError || err instanceof TransientError) return err;
   if (err instanceof MlflowHttpError) {
-    if (err.status === 404 || err.errorCode === 'RESOURCE_DOES_NOT_EXIST') return new PermanentError(`dataset.uri: ${uri} does not exist`, { field: 'dataset.uri', cause: err });
+    if (err.status === 404 || err.errorCode === 'RESOURCE_DOES_NOT_EXIST')
+      return new PermanentError(`dataset.uri: ${uri} does not exist`, { field: 'dataset.uri', cause: err });
     if (err.retryable) return new TransientError(`dataset.uri: ${uri} could not be read: ${err.message}`, { cause: err });
     return new PermanentError(`dataset.uri: ${uri} could not be read: ${err.message}`, { field: 'dataset.uri', cause: err });
   }
@@ -85,7 +88,8 @@ interface ByteSource {
 
 async function openLocal(uri: string, limits: DatasetLimits): Promise<ByteSource> {
   const raw = uri.startsWith('file://') ? decodeURIComponent(new URL(uri).pathname) : uri;
-  if (!isAbsolute(raw)) throw new PermanentError(`dataset.uri: ${JSON.stringify(uri)} is not an absolute path or a supported URI`, { field: 'dataset.uri' });
+  if (!isAbsolute(raw))
+    throw new PermanentError(`dataset.uri: ${JSON.stringify(uri)} is not an absolute path or a supported URI`, { field: 'dataset.uri' });
   let real: string;
   try {
     real = await realpath(raw);
@@ -93,13 +97,23 @@ async function openLocal(uri: string, limits: DatasetLimits): Promise<ByteSource
     throw missingOrUnreadable(err, `dataset.uri: ${raw}`, 'dataset.uri');
   }
   if (!(await isUnderRoots(real, limits.localRoots))) {
-    throw new PermanentError(`dataset.uri: ${raw} is outside the worker's dataset roots (${limits.localRoots.join(', ')})`, { field: 'dataset.uri' });
+    throw new PermanentError(`dataset.uri: ${raw} is outside the worker's dataset roots (${limits.localRoots.join(', ')})`, {
+      field: 'dataset.uri',
+    });
   }
   const st = await stat(real);
   if (!st.isFile()) throw new PermanentError(`dataset.uri: ${raw} is not a file`, { field: 'dataset.uri' });
-  if (st.size > limits.maxBytes) throw new PermanentError(`dataset: ${raw} is ${st.size} bytes, more than the limit of ${limits.maxBytes}`, { field: 'dataset' });
+  if (st.size > limits.maxBytes)
+    throw new PermanentError(`dataset: ${raw} is ${st.size} bytes, more than the limit of ${limits.maxBytes}`, { field: 'dataset' });
   const stream = createReadStream(real, { highWaterMark: 256 * 1024 });
-  return { stream, sourceType: 'local', source: JSON.stringify({ uri: raw }), name: basename(raw), release: () => stream.destroy(), totalBytes: st.size };
+  return {
+    stream,
+    sourceType: 'local',
+    source: JSON.stringify({ uri: raw }),
+    name: basename(raw),
+    release: () => stream.destroy(),
+    totalBytes: st.size,
+  };
 }
 
 async function openHttp(uri: string, limits: DatasetLimits, signal: AbortSignal): Promise<ByteSource> {
@@ -137,7 +151,10 @@ async function openArtifact(uri: string, tracking: MlflowTracking, limits: Datas
     const m = /^runs:\/([0-9a-zA-Z-]+)\/(.+)$/.exec(uri);
     if (!m) throw new PermanentError(`dataset.uri: ${JSON.stringify(uri)} must be runs:/<run_id>/<path>`, { field: 'dataset.uri' });
     const base = (await tracking.getRun(m[1] ?? '', signal)).info.artifact_uri;
-    if (!base.startsWith('mlflow-artifacts:')) throw new PermanentError(`dataset.uri: run ${m[1]} stores artifacts at ${base}, which the worker cannot read`, { field: 'dataset.uri' });
+    if (!base.startsWith('mlflow-artifacts:'))
+      throw new PermanentError(`dataset.uri: run ${m[1]} stores artifacts at ${base}, which the worker cannot read`, {
+        field: 'dataset.uri',
+      });
     artifactUri = `${base.replace(/\/+$/, '')}/${m[2]}`;
   }
   // Hand the open stream out of the artifact call: iteration happens after it returns.
@@ -185,7 +202,12 @@ function guessTypes(columns: readonly string[], rows: ReadonlyArray<ReadonlyArra
 }
 
 /** Opens the dataset of `req`. Nothing is read until `columns()` or `batches()` is called. */
-export async function openDataset(req: InferenceRequest, tracking: MlflowTracking | undefined, limits: DatasetLimits, signal: AbortSignal): Promise<OpenedDataset> {
+export async function openDataset(
+  req: InferenceRequest,
+  tracking: MlflowTracking | undefined,
+  limits: DatasetLimits,
+  signal: AbortSignal,
+): Promise<OpenedDataset> {
   if (req.dataset.rows) return inlineDataset(req);
   const uri = req.dataset.uri ?? '';
   const format = formatOf(uri, req.dataset.format);
@@ -193,10 +215,15 @@ export async function openDataset(req: InferenceRequest, tracking: MlflowTrackin
   try {
     if (/^https?:\/\//i.test(uri)) src = await openHttp(uri, limits, signal);
     else if (uri.startsWith('mlflow-artifacts:') || uri.startsWith('runs:/')) {
-      if (!tracking) throw new PermanentError(`dataset.uri: ${uri} needs an MLflow tracking server, and none is configured`, { field: 'dataset.uri' });
+      if (!tracking)
+        throw new PermanentError(`dataset.uri: ${uri} needs an MLflow tracking server, and none is configured`, { field: 'dataset.uri' });
       src = await openArtifact(uri, tracking, limits, signal);
     } else if (uri.startsWith('file://') || uri.startsWith('/')) src = await openLocal(uri, limits);
-    else throw new PermanentError(`dataset.uri: ${JSON.stringify(uri)} must be mlflow-artifacts:/…, runs:/…, http(s)://…, or an absolute path`, { field: 'dataset.uri' });
+    else
+      throw new PermanentError(
+        `dataset.uri: ${JSON.stringify(uri)} must be mlflow-artifacts:/…, runs:/…, http(s)://…, or an absolute path`,
+        { field: 'dataset.uri' },
+      );
   } catch (err) {
     throw sourceError(uri, err);
   }
@@ -326,7 +353,8 @@ function streamDataset(src: ByteSource, format: DataFormat, name: string, limits
           const batch = await take(batchRows, wants);
           if (!batch) break;
           rowCount += batch.length;
-          if (rowCount > limits.maxRows) throw new PermanentError(`dataset: has more than the limit of ${limits.maxRows} rows`, { field: 'dataset' });
+          if (rowCount > limits.maxRows)
+            throw new PermanentError(`dataset: has more than the limit of ${limits.maxRows} rows`, { field: 'dataset' });
           yield batch;
         }
         if (rowCount === 0) throw new PermanentError('dataset: has no rows', { field: 'dataset' });
@@ -353,11 +381,18 @@ function inlineDataset(req: InferenceRequest): OpenedDataset {
   const rows = req.dataset.rows ?? [];
   const columns: string[] = [];
   const seen = new Set<string>();
-  for (const r of rows) for (const k of Object.keys(r)) if (!seen.has(k)) (seen.add(k), columns.push(k));
+  for (const r of rows) {
+    for (const k of Object.keys(r)) {
+      if (seen.has(k)) continue;
+      seen.add(k);
+      columns.push(k);
+    }
+  }
   const matrix = rows.map((r) => columns.map((c) => r[c]));
   const canonical = JSON.stringify(rows);
   return {
-    columns: async () => columns,
+    columns: () => Promise.resolve(columns),
+    // eslint-disable-next-line @typescript-eslint/require-await -- the interface is an async generator; inline rows are already in memory
     async *batches(batchRows: number, wants: ColumnWants) {
       for (let i = 0; i < matrix.length; i += batchRows) yield batchOfRows(matrix.slice(i, i + batchRows), i + 1, wants, columns);
     },

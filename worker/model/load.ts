@@ -22,7 +22,16 @@ import { checkCopy, discardCached, ensureCached, type CachedModel, type CopyMeta
 import { loadYaml, mlModelOf, mlModelText, readMlModel, type MlModel } from './mlmodel.ts';
 import { fetchFromNodeCache, NodeCacheError } from './node-cache.ts';
 import { OnnxModel, loadOnnxRuntime } from './onnx.ts';
-import { locateModel, resolveLocalModel, resolveModel, resolveModelOffline, type ModelCalls, type ModelLocation, type ModelRef, type ResolvedModel } from './resolve.ts';
+import {
+  locateModel,
+  resolveLocalModel,
+  resolveModel,
+  resolveModelOffline,
+  type ModelCalls,
+  type ModelLocation,
+  type ModelRef,
+  type ResolvedModel,
+} from './resolve.ts';
 
 /** Where a model's files came from: the pod's cache, the node's cache, MLflow, a local directory. */
 export type ModelSource = 'cache' | 'node-cache' | 'mlflow' | 'local';
@@ -140,10 +149,22 @@ export async function loadModel(modelUri: string, deps: LoadDeps, signal: AbortS
   const accept = t ? acceptFor(ref) : undefined;
   const opening = await early;
   if (opening && guess?.cacheKey === ref.cacheKey && (accept === undefined || accept(opening.copy.meta ?? {}) === undefined)) {
-    const cached: CachedModel = { dir: join(config.modelCacheDir, ref.cacheKey), hit: true, id: opening.copy.id, ...(opening.copy.meta !== undefined ? { meta: opening.copy.meta } : {}) };
+    const cached: CachedModel = {
+      dir: join(config.modelCacheDir, ref.cacheKey),
+      hit: true,
+      id: opening.copy.id,
+      ...(opening.copy.meta !== undefined ? { meta: opening.copy.meta } : {}),
+    };
     const resolved = await resolvedOf(ref, cached, t, signal, calls);
     // The registry call and the opening overlapped: their times add up to more than the whole.
-    const steps: ModelLoadSteps = { resolveSeconds: (resolveEnd - started) / 1000, verifySeconds: opening.verifySeconds, fetchSeconds: 0, fetchedBytes: 0, ...opening.opened.times, calls };
+    const steps: ModelLoadSteps = {
+      resolveSeconds: (resolveEnd - started) / 1000,
+      verifySeconds: opening.verifySeconds,
+      fetchSeconds: 0,
+      fetchedBytes: 0,
+      ...opening.opened.times,
+      calls,
+    };
     return { model: opening.opened.model, resolved, cacheHit: true, source: 'cache', seconds: (performance.now() - started) / 1000, steps };
   }
   await opening?.opened.model.release();
@@ -187,12 +208,15 @@ export async function loadModel(modelUri: string, deps: LoadDeps, signal: AbortS
       }
       fetchedFrom = 'mlflow';
       const files = await tracking.downloadDirectory(proxyPath(where.artifactUri), into, signal, config.maxModelBytes);
-      if (files.length === 0) throw new PermanentError(`model: ${modelUri} resolves to ${where.artifactUri}, which holds no files`, { field: 'model' });
+      if (files.length === 0)
+        throw new PermanentError(`model: ${modelUri} resolves to ${where.artifactUri}, which holds no files`, { field: 'model' });
       for (const f of files) fetchedBytes += (await stat(join(into, f))).size;
     } catch (err) {
-      if (err instanceof MlflowHttpError && err.status === 404) throw new PermanentError(`model: the files of ${modelUri} are missing from the artifact store`, { field: 'model', cause: err });
+      if (err instanceof MlflowHttpError && err.status === 404)
+        throw new PermanentError(`model: the files of ${modelUri} are missing from the artifact store`, { field: 'model', cause: err });
       // Too large, or a listing that cannot be trusted: retrying will not help.
-      if (err instanceof PermanentError && err.field === undefined) throw new PermanentError(`model: ${err.message}`, { field: 'model', cause: err });
+      if (err instanceof PermanentError && err.field === undefined)
+        throw new PermanentError(`model: ${err.message}`, { field: 'model', cause: err });
       throw err;
     } finally {
       fetchSeconds += (performance.now() - fetching) / 1000;
@@ -229,7 +253,10 @@ export async function loadModel(modelUri: string, deps: LoadDeps, signal: AbortS
       opened = await openModel(cached.dir, config, { known: mlModelOf(cached.meta?.[META_MLMODEL]) });
     } catch (err2) {
       if (!(err2 instanceof TransientError)) throw err2;
-      throw new TransientError(`model: ${modelUri} could not be read from the model cache, even after fetching it again: ${err2.message}`, { cause: err2, retryInProcess: false });
+      throw new TransientError(`model: ${modelUri} could not be read from the model cache, even after fetching it again: ${err2.message}`, {
+        cause: err2,
+        retryInProcess: false,
+      });
     }
   }
   const late = performance.now();
@@ -274,12 +301,20 @@ function acceptFor(ref: ModelRef): ((meta: CopyMeta) => string | undefined) | un
   return (meta) => {
     const had = meta[META_ORIGIN];
     if (had === origin) return undefined;
-    return had === undefined ? 'the copy does not say which registration it came from' : `the copy came from another registration of ${ref.name ?? ''} version ${ref.version ?? ''} (${had}; the registry says ${origin})`;
+    return had === undefined
+      ? 'the copy does not say which registration it came from'
+      : `the copy came from another registration of ${ref.name ?? ''} version ${ref.version ?? ''} (${had}; the registry says ${origin})`;
   };
 }
 
 /** The resolved model: where its files came from is in the copy's meta, else asked of MLflow. */
-async function resolvedOf(ref: ModelRef, cached: CachedModel, t: MlflowTracking | undefined, signal: AbortSignal, calls: ModelCalls): Promise<ResolvedModel> {
+async function resolvedOf(
+  ref: ModelRef,
+  cached: CachedModel,
+  t: MlflowTracking | undefined,
+  signal: AbortSignal,
+  calls: ModelCalls,
+): Promise<ResolvedModel> {
   let artifactUri = cached.meta?.[META_ARTIFACT_URI];
   let modelId = ref.modelId ?? cached.meta?.[META_MODEL_ID];
   if (artifactUri === undefined && t) {
@@ -295,7 +330,12 @@ async function resolvedOf(ref: ModelRef, cached: CachedModel, t: MlflowTracking 
  * The copy at `dir` opened, if it is complete and kept what its MLmodel says; undefined
  * otherwise, or when it does not open (then the usual path looks again, and fetches it anew).
  */
-async function openEarly(dir: string, config: WorkerConfig): Promise<{ readonly copy: { readonly id: string; readonly meta?: CopyMeta }; readonly opened: Opened; readonly verifySeconds: number } | undefined> {
+async function openEarly(
+  dir: string,
+  config: WorkerConfig,
+): Promise<
+  { readonly copy: { readonly id: string; readonly meta?: CopyMeta }; readonly opened: Opened; readonly verifySeconds: number } | undefined
+> {
   try {
     const started = performance.now();
     const copy = await checkCopy(dir);
@@ -311,11 +351,20 @@ async function openEarly(dir: string, config: WorkerConfig): Promise<{ readonly 
 
 interface Opened {
   readonly model: OnnxModel;
-  readonly times: { readonly mlmodelSeconds: number; readonly runtimeSeconds: number; readonly sessionSeconds: number; readonly warmUpSeconds: number };
+  readonly times: {
+    readonly mlmodelSeconds: number;
+    readonly runtimeSeconds: number;
+    readonly sessionSeconds: number;
+    readonly warmUpSeconds: number;
+  };
 }
 
 /** Reads the MLmodel file (unless the copy kept what it says) and opens the ONNX model of a model directory. */
-async function openModel(dir: string, config: WorkerConfig, options: { missingIsPermanent?: boolean; known?: MlModel | undefined } = {}): Promise<Opened> {
+async function openModel(
+  dir: string,
+  config: WorkerConfig,
+  options: { missingIsPermanent?: boolean; known?: MlModel | undefined } = {},
+): Promise<Opened> {
   const started = performance.now();
   const mlmodel = options.known ?? (await readMlModel(dir, options));
   const mlmodelSeconds = (performance.now() - started) / 1000;

@@ -1,6 +1,7 @@
 /** The parts of an MLflow `MLmodel` file the worker needs: the ONNX flavor and the signature. */
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import type * as Yaml from 'yaml';
 import { PermanentError, TransientError } from '../../common/errors.ts';
 
 /** One column of a column-based MLflow signature. */
@@ -18,13 +19,15 @@ export interface MlModel {
   readonly inputColumns: readonly ColumnSpec[] | undefined;
 }
 
-let yaml: Promise<typeof import('yaml')> | undefined;
+type YamlModule = typeof Yaml;
+
+let yaml: Promise<YamlModule> | undefined;
 
 /**
  * The yaml module, loaded once on first use (about 40 ms here): only a model fetched anew needs it,
  * a cached copy keeps what its MLmodel says (`mlModelOf`). Call early to have it ready.
  */
-export function loadYaml(): Promise<typeof import('yaml')> {
+export function loadYaml(): Promise<YamlModule> {
   yaml ??= import('yaml');
   return yaml;
 }
@@ -42,7 +45,8 @@ export function mlModelOf(text: string | undefined): MlModel | undefined {
     if (typeof v.onnxFile !== 'string' || v.onnxFile === '' || v.onnxFile.includes('..')) return undefined;
     if (v.inputColumns !== null && !Array.isArray(v.inputColumns)) return undefined;
     const cols = v.inputColumns as ColumnSpec[] | null;
-    if (cols && !cols.every((c) => typeof c.name === 'string' && typeof c.type === 'string' && typeof c.required === 'boolean')) return undefined;
+    if (cols && !cols.every((c) => typeof c.name === 'string' && typeof c.type === 'string' && typeof c.required === 'boolean'))
+      return undefined;
     return { onnxFile: v.onnxFile, inputColumns: cols ?? undefined };
   } catch {
     return undefined;
@@ -77,7 +81,9 @@ export async function readMlModel(dir: string, options: { missingIsPermanent?: b
   const onnxFile = d.flavors?.onnx?.data;
   if (typeof onnxFile !== 'string' || onnxFile === '' || onnxFile.includes('..')) {
     const flavors = Object.keys(d.flavors ?? {}).join(', ') || 'none';
-    throw new PermanentError(`model: is not an ONNX model (MLmodel flavors: ${flavors}); log it with mlflow.onnx.log_model`, { field: 'model' });
+    throw new PermanentError(`model: is not an ONNX model (MLmodel flavors: ${flavors}); log it with mlflow.onnx.log_model`, {
+      field: 'model',
+    });
   }
   let inputColumns: ColumnSpec[] | undefined;
   if (typeof d.signature?.inputs === 'string') {

@@ -13,7 +13,13 @@ import { dirname, join } from 'node:path';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { agentFor, readText, send, type HttpResponse } from '../../common/http-request.ts';
-import { NODE_CACHE_FILE_PATH, NODE_CACHE_MODEL_PATH, parseModelListing, type ListedFile, type ModelListing } from '../../modelstore/protocol.ts';
+import {
+  NODE_CACHE_FILE_PATH,
+  NODE_CACHE_MODEL_PATH,
+  parseModelListing,
+  type ListedFile,
+  type ModelListing,
+} from '../../modelstore/protocol.ts';
 import type { ModelLocation, ModelRef } from './resolve.ts';
 
 export interface NodeCacheSettings {
@@ -65,8 +71,19 @@ async function refusal(res: HttpResponse): Promise<string> {
 }
 
 /** The listing, checked to be of the model asked for. */
-async function listing(settings: NodeCacheSettings, ref: ModelRef, where: ModelLocation, signal: AbortSignal, maxBytes: number): Promise<ModelListing> {
-  const res = await get(settings, NODE_CACHE_MODEL_PATH, { key: ref.cacheKey, uri: where.artifactUri, ...(ref.origin !== undefined ? { origin: ref.origin } : {}) }, signal);
+async function listing(
+  settings: NodeCacheSettings,
+  ref: ModelRef,
+  where: ModelLocation,
+  signal: AbortSignal,
+  maxBytes: number,
+): Promise<ModelListing> {
+  const res = await get(
+    settings,
+    NODE_CACHE_MODEL_PATH,
+    { key: ref.cacheKey, uri: where.artifactUri, ...(ref.origin !== undefined ? { origin: ref.origin } : {}) },
+    signal,
+  );
   if (res.statusCode !== 200) throw new NodeCacheError(`the node cache answered HTTP ${res.statusCode}: ${await refusal(res)}`);
   let l: ModelListing;
   try {
@@ -76,7 +93,9 @@ async function listing(settings: NodeCacheSettings, ref: ModelRef, where: ModelL
   }
   // Never another model than the one asked for, whatever the cache holds.
   if (l.key !== ref.cacheKey || l.artifactUri !== where.artifactUri || (ref.origin !== undefined && l.origin !== ref.origin)) {
-    throw new NodeCacheError(`the node cache answered for another model (${l.key} from ${l.artifactUri}) than ${ref.cacheKey} from ${where.artifactUri}`);
+    throw new NodeCacheError(
+      `the node cache answered for another model (${l.key} from ${l.artifactUri}) than ${ref.cacheKey} from ${where.artifactUri}`,
+    );
   }
   const total = l.files.reduce((n, f) => n + f.size, 0);
   if (total > maxBytes) throw new NodeCacheError(`the node cache lists ${total} bytes, more than KMJ_MAX_MODEL_BYTES (${maxBytes})`);
@@ -85,7 +104,8 @@ async function listing(settings: NodeCacheSettings, ref: ModelRef, where: ModelL
 
 async function fetchFile(settings: NodeCacheSettings, l: ModelListing, f: ListedFile, into: string, signal: AbortSignal): Promise<void> {
   const res = await get(settings, NODE_CACHE_FILE_PATH, { key: l.key, id: l.id, path: f.path }, signal);
-  if (res.statusCode !== 200) throw new NodeCacheError(`the node cache answered HTTP ${res.statusCode} for ${f.path}: ${await refusal(res)}`);
+  if (res.statusCode !== 200)
+    throw new NodeCacheError(`the node cache answered HTTP ${res.statusCode} for ${f.path}: ${await refusal(res)}`);
   const file = join(into, f.path);
   await mkdir(dirname(file), { recursive: true });
   const hash = createHash('sha256');
@@ -105,11 +125,21 @@ async function fetchFile(settings: NodeCacheSettings, l: ModelListing, f: Listed
   }
   if (size !== f.size) throw new NodeCacheError(`${f.path} came from the node cache with ${size} of its ${f.size} bytes`);
   const got = hash.digest('hex');
-  if (got !== f.sha256) throw new NodeCacheError(`${f.path} from the node cache does not match its SHA-256 (${got.slice(0, 12)}… for ${f.sha256.slice(0, 12)}…): the cache's copy is damaged`);
+  if (got !== f.sha256)
+    throw new NodeCacheError(
+      `${f.path} from the node cache does not match its SHA-256 (${got.slice(0, 12)}… for ${f.sha256.slice(0, 12)}…): the cache's copy is damaged`,
+    );
 }
 
 /** Fetches the model's files from the node cache into `into`; resolves with the bytes fetched. */
-export async function fetchFromNodeCache(settings: NodeCacheSettings, ref: ModelRef, where: ModelLocation, into: string, signal: AbortSignal, maxBytes: number): Promise<number> {
+export async function fetchFromNodeCache(
+  settings: NodeCacheSettings,
+  ref: ModelRef,
+  where: ModelLocation,
+  into: string,
+  signal: AbortSignal,
+  maxBytes: number,
+): Promise<number> {
   const l = await listing(settings, ref, where, signal, maxBytes);
   // The first file that fails stops the others, and nothing is still writing into `into` when
   // this returns: the caller fetches from MLflow into the same directory next.

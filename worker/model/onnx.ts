@@ -13,6 +13,7 @@
 import { join } from 'node:path';
 import type * as Ort from 'onnxruntime-node';
 import { PermanentError, TransientError } from '../../common/errors.ts';
+import { textOf } from '../../common/text.ts';
 import type { ColumnWants, DatasetBatch } from '../dataset/batch.ts';
 import type { MlModel } from './mlmodel.ts';
 
@@ -36,7 +37,13 @@ export interface FeedPlan {
   readonly columnIndexes: readonly number[];
   readonly columnNames: readonly string[];
   /** One entry per model input: which positions of `columnIndexes` it takes. */
-  readonly inputs: ReadonlyArray<{ readonly name: string; readonly type: TensorType; readonly from: number; readonly width: number; readonly rank: number }>;
+  readonly inputs: ReadonlyArray<{
+    readonly name: string;
+    readonly type: TensorType;
+    readonly from: number;
+    readonly width: number;
+    readonly rank: number;
+  }>;
   /** The dataset columns the model reads as numbers, and as values (its text inputs). */
   readonly wants: ColumnWants;
 }
@@ -71,7 +78,8 @@ export interface OpenTimes {
  * onnxruntime's words for a model file (or its external data) it could not open or read, as
  * opposed to one it read and refused.
  */
-const FILE_FAULT = /doesn't exist|does not exist|no such file|permission denied|input\/output error|failed to open|cannot open|couldn't open|unable to open|bad file descriptor|stale file handle|too many open files|read error|errno/i;
+const FILE_FAULT =
+  /doesn't exist|does not exist|no such file|permission denied|input\/output error|failed to open|cannot open|couldn't open|unable to open|bad file descriptor|stale file handle|too many open files|read error|errno/i;
 
 /** onnxruntime-node, loaded on first use: the worker starts (and reaches the broker) without it. */
 let runtime: typeof Ort | undefined;
@@ -114,18 +122,27 @@ export class OnnxModel {
     const inputs: InputInfo[] = [];
     for (const m of session.inputMetadata) {
       if (!m.isTensor || !SUPPORTED.has(m.type)) {
-        throw new PermanentError(`model: input ${JSON.stringify(m.name)} has type ${m.isTensor ? m.type : 'non-tensor'}, which the worker cannot feed`, { field: 'model' });
+        throw new PermanentError(
+          `model: input ${JSON.stringify(m.name)} has type ${m.isTensor ? m.type : 'non-tensor'}, which the worker cannot feed`,
+          { field: 'model' },
+        );
       }
       const dims = m.shape;
       const last = dims.length >= 2 ? dims[dims.length - 1] : 1;
-      inputs.push({ name: m.name, type: m.type as TensorType, width: typeof last === 'number' && last > 0 ? last : undefined, rank: dims.length });
+      inputs.push({
+        name: m.name,
+        type: m.type as TensorType,
+        width: typeof last === 'number' && last > 0 ? last : undefined,
+        rank: dims.length,
+      });
     }
     this.#inputs = inputs;
     const tensorOutputs = session.outputMetadata.filter((o) => o.isTensor);
     if (tensorOutputs.length === 0) throw new PermanentError('model: has no tensor output the worker can read', { field: 'model' });
     this.outputNames = tensorOutputs.map((o) => o.name);
     const first = tensorOutputs[0];
-    this.kind = first && first.isTensor && (first.type === 'int64' || first.type === 'int32' || first.type === 'string') ? 'classifier' : 'regressor';
+    this.kind =
+      first && first.isTensor && (first.type === 'int64' || first.type === 'int32' || first.type === 'string') ? 'classifier' : 'regressor';
     this.signature = mlmodel.inputColumns;
   }
 
@@ -146,7 +163,11 @@ export class OnnxModel {
       if (FILE_FAULT.test((err as Error).message)) throw new TransientError(message, { cause: err });
       throw new PermanentError(message, { field: 'model', cause: err });
     }
-    const model = new OnnxModel(session, mlmodel, { runtimeSeconds, sessionSeconds: (performance.now() - started) / 1000, warmUpSeconds: 0 });
+    const model = new OnnxModel(session, mlmodel, {
+      runtimeSeconds,
+      sessionSeconds: (performance.now() - started) / 1000,
+      warmUpSeconds: 0,
+    });
     const warming = performance.now();
     await model.#warmUp(Math.max(1, options.warmUpRows ?? 1));
     model.#times = { ...model.#times, warmUpSeconds: (performance.now() - warming) / 1000 };
@@ -185,7 +206,10 @@ export class OnnxModel {
     const indexOf = (name: string): number => {
       const i = index.get(name);
       if (i === undefined) {
-        throw new PermanentError(`dataset: input does not match the model's signature: column ${JSON.stringify(name)} is missing (dataset columns: ${datasetColumns.join(', ')})`, { field: 'dataset' });
+        throw new PermanentError(
+          `dataset: input does not match the model's signature: column ${JSON.stringify(name)} is missing (dataset columns: ${datasetColumns.join(', ')})`,
+          { field: 'dataset' },
+        );
       }
       return i;
     };
@@ -195,12 +219,15 @@ export class OnnxModel {
     const [single] = this.#inputs;
     if (this.#inputs.length === 1 && single && (single.width ?? 0) >= 1 && !index.has(single.name)) {
       // One matrix input: k feature columns.
-      const names = this.signature
-        ? this.signature.map((c) => c.name)
-        : datasetColumns.filter((c) => c !== labelColumn);
+      const names = this.signature ? this.signature.map((c) => c.name) : datasetColumns.filter((c) => c !== labelColumn);
       if (single.width !== undefined && names.length !== single.width) {
-        const where = this.signature ? "the model's signature lists" : `the dataset has (without the label column ${labelColumn === undefined ? '' : JSON.stringify(labelColumn)})`;
-        throw new PermanentError(`dataset: input does not match the model: input ${JSON.stringify(single.name)} takes ${single.width} columns, ${where} ${names.length}: ${names.join(', ')}`, { field: 'dataset' });
+        const where = this.signature
+          ? "the model's signature lists"
+          : `the dataset has (without the label column ${labelColumn === undefined ? '' : JSON.stringify(labelColumn)})`;
+        throw new PermanentError(
+          `dataset: input does not match the model: input ${JSON.stringify(single.name)} takes ${single.width} columns, ${where} ${names.length}: ${names.join(', ')}`,
+          { field: 'dataset' },
+        );
       }
       const columnIndexes = names.map(indexOf);
       return {
@@ -233,7 +260,13 @@ export class OnnxModel {
       const cols = plan.columnIndexes.slice(inp.from, inp.from + inp.width);
       const names = plan.columnNames.slice(inp.from, inp.from + inp.width);
       const where = (r: number, j: number): string => `row ${batch.firstRow + r}, column ${JSON.stringify(names[j] ?? '')}`;
-      feeds[inp.name] = buildTensor(inp.type, dims, n, cols.map((j) => (inp.type === 'string' ? batch.values(j) : batch.numbers(j))), where);
+      feeds[inp.name] = buildTensor(
+        inp.type,
+        dims,
+        n,
+        cols.map((j) => (inp.type === 'string' ? batch.values(j) : batch.numbers(j))),
+        where,
+      );
     }
     let results: Ort.InferenceSession.OnnxValueMapType;
     try {
@@ -243,7 +276,7 @@ export class OnnxModel {
     }
     const out = new Map<string, OutputColumn>();
     for (const name of this.outputNames) {
-      const t = results[name] as Ort.Tensor | undefined;
+      const t = results[name];
       if (!t) continue;
       out.set(name, columnOf(t));
     }
@@ -256,7 +289,12 @@ export class OnnxModel {
 }
 
 /** Row-major [n, width] numbers out of width columns; `map` gets the cell's row and column. */
-function interleave(data: { [i: number]: number }, n: number, cols: readonly Float64Array[], map?: (x: number, r: number, j: number) => number): void {
+function interleave(
+  data: { [i: number]: number },
+  n: number,
+  cols: readonly Float64Array[],
+  map?: (x: number, r: number, j: number) => number,
+): void {
   const width = cols.length;
   for (let j = 0; j < width; j++) {
     const col = cols[j] as Float64Array;
@@ -288,7 +326,13 @@ function tensorClass(): typeof Ort.Tensor {
   return runtime.Tensor;
 }
 
-function buildTensor(type: TensorType, dims: number[], n: number, cols: ReadonlyArray<Float64Array | ReadonlyArray<unknown>>, where: Where): Ort.Tensor {
+function buildTensor(
+  type: TensorType,
+  dims: number[],
+  n: number,
+  cols: ReadonlyArray<Float64Array | ReadonlyArray<unknown>>,
+  where: Where,
+): Ort.Tensor {
   const size = n * cols.length;
   const numeric = cols as readonly Float64Array[];
   switch (type) {
@@ -307,7 +351,11 @@ function buildTensor(type: TensorType, dims: number[], n: number, cols: Readonly
     case 'int64': {
       const tmp = new Float64Array(size);
       interleave(tmp, n, numeric, integer(64, where));
-      return new (tensorClass())('int64', BigInt64Array.from(tmp, (x) => BigInt(x)), dims);
+      return new (tensorClass())(
+        'int64',
+        BigInt64Array.from(tmp, (x) => BigInt(x)),
+        dims,
+      );
     }
     case 'bool': {
       const data = new Uint8Array(size);
@@ -319,7 +367,7 @@ function buildTensor(type: TensorType, dims: number[], n: number, cols: Readonly
       const width = cols.length;
       for (let j = 0; j < width; j++) {
         const col = cols[j] as ReadonlyArray<unknown>;
-        for (let r = 0; r < n; r++) data[r * width + j] = String(col[r] ?? '');
+        for (let r = 0; r < n; r++) data[r * width + j] = textOf(col[r]);
       }
       return new (tensorClass())('string', data, dims);
     }

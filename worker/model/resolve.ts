@@ -82,7 +82,14 @@ interface LoggedModelInfo {
 }
 
 /** The run's logged model called `name`, if the server knows logged models and has one. */
-async function loggedModelOfRun(tracking: MlflowTracking, experimentId: string, runId: string, name: string, signal: AbortSignal, calls: ModelCalls | undefined): Promise<LoggedModelInfo | undefined> {
+async function loggedModelOfRun(
+  tracking: MlflowTracking,
+  experimentId: string,
+  runId: string,
+  name: string,
+  signal: AbortSignal,
+  calls: ModelCalls | undefined,
+): Promise<LoggedModelInfo | undefined> {
   let pageToken: string | undefined;
   for (let page = 0; page < 20; page++) {
     let r: { models?: Array<{ info: LoggedModelInfo }>; next_page_token?: string };
@@ -91,7 +98,12 @@ async function loggedModelOfRun(tracking: MlflowTracking, experimentId: string, 
       r = await timed(calls, 'logged-models/search', () =>
         tracking.http.api('logged-models/search', {
           method: 'POST',
-          json: { experiment_ids: [experimentId], filter: `name = ${quoteFilterValue(name)}`, max_results: 100, ...(token ? { page_token: token } : {}) },
+          json: {
+            experiment_ids: [experimentId],
+            filter: `name = ${quoteFilterValue(name)}`,
+            max_results: 100,
+            ...(token ? { page_token: token } : {}),
+          },
           signal,
         }),
       );
@@ -206,7 +218,10 @@ export async function resolveModel(uri: string, tracking: MlflowTracking, signal
   if (!reg) {
     const ref = resolveModelOffline(uri);
     if (ref) return ref;
-    throw new PermanentError(`model: ${JSON.stringify(uri)} is not a models:/, runs:/ or mlflow-artifacts: URI of a form the worker knows`, { field: 'model' });
+    throw new PermanentError(
+      `model: ${JSON.stringify(uri)} is not a models:/, runs:/ or mlflow-artifacts: URI of a form the worker knows`,
+      { field: 'model' },
+    );
   }
   const name = decodeURIComponent(reg[1] ?? '');
   const alias = reg[2];
@@ -214,32 +229,69 @@ export async function resolveModel(uri: string, tracking: MlflowTracking, signal
   let v: RegistryVersion;
   if (alias !== undefined) {
     try {
-      v = (await timed(calls, 'registered-models/alias', () => tracking.http.api<{ model_version: RegistryVersion }>('registered-models/alias', { method: 'GET', query: { name, alias }, signal }))).model_version;
+      v = (
+        await timed(calls, 'registered-models/alias', () =>
+          tracking.http.api<{ model_version: RegistryVersion }>('registered-models/alias', {
+            method: 'GET',
+            query: { name, alias },
+            signal,
+          }),
+        )
+      ).model_version;
     } catch (err) {
-      if (aliasNotFound(err)) throw new PermanentError(`model: registered model ${JSON.stringify(name)} has no alias ${JSON.stringify(alias)}`, { field: 'model', cause: err });
+      if (aliasNotFound(err))
+        throw new PermanentError(`model: registered model ${JSON.stringify(name)} has no alias ${JSON.stringify(alias)}`, {
+          field: 'model',
+          cause: err,
+        });
       throw err;
     }
   } else if (asked === 'latest') {
     let versions: RegistryVersion[];
     try {
-      const r = await timed(calls, 'registered-models/get-latest-versions', () => tracking.http.api<{ model_versions?: RegistryVersion[] }>('registered-models/get-latest-versions', { method: 'POST', json: { name }, signal }));
+      const r = await timed(calls, 'registered-models/get-latest-versions', () =>
+        tracking.http.api<{ model_versions?: RegistryVersion[] }>('registered-models/get-latest-versions', {
+          method: 'POST',
+          json: { name },
+          signal,
+        }),
+      );
       versions = (r.model_versions ?? []).filter((x) => Number.isFinite(Number(x.version)));
     } catch (err) {
-      if (notFound(err)) throw new PermanentError(`model: registered model ${JSON.stringify(name)} does not exist`, { field: 'model', cause: err });
+      if (notFound(err))
+        throw new PermanentError(`model: registered model ${JSON.stringify(name)} does not exist`, { field: 'model', cause: err });
       throw err;
     }
-    const highest = versions.reduce<RegistryVersion | undefined>((best, x) => (best === undefined || Number(x.version) > Number(best.version) ? x : best), undefined);
+    const highest = versions.reduce<RegistryVersion | undefined>(
+      (best, x) => (best === undefined || Number(x.version) > Number(best.version) ? x : best),
+      undefined,
+    );
     if (!highest) throw new PermanentError(`model: registered model ${JSON.stringify(name)} has no versions`, { field: 'model' });
     v = highest;
   } else if (/^\d+$/.test(asked)) {
     try {
-      v = (await timed(calls, 'model-versions/get', () => tracking.http.api<{ model_version: RegistryVersion }>('model-versions/get', { method: 'GET', query: { name, version: asked }, signal }))).model_version;
+      v = (
+        await timed(calls, 'model-versions/get', () =>
+          tracking.http.api<{ model_version: RegistryVersion }>('model-versions/get', {
+            method: 'GET',
+            query: { name, version: asked },
+            signal,
+          }),
+        )
+      ).model_version;
     } catch (err) {
-      if (notFound(err)) throw new PermanentError(`model: registered model ${JSON.stringify(name)} version ${asked} does not exist`, { field: 'model', cause: err });
+      if (notFound(err))
+        throw new PermanentError(`model: registered model ${JSON.stringify(name)} version ${asked} does not exist`, {
+          field: 'model',
+          cause: err,
+        });
       throw err;
     }
   } else {
-    throw new PermanentError(`model: ${JSON.stringify(uri)} names stage or version ${JSON.stringify(asked)}; use models:/<name>/<version>, models:/<name>@<alias> or models:/<name>/latest`, { field: 'model' });
+    throw new PermanentError(
+      `model: ${JSON.stringify(uri)} names stage or version ${JSON.stringify(asked)}; use models:/<name>/<version>, models:/<name>@<alias> or models:/<name>/latest`,
+      { field: 'model' },
+    );
   }
   const version = String(v.version);
   // MLflow 3 names the logged model as model_id, or (3.x's REST answer) only as the version's
@@ -249,24 +301,46 @@ export async function resolveModel(uri: string, tracking: MlflowTracking, signal
 }
 
 /** Where the files of a resolved model are: asked of MLflow only when they must be fetched. */
-export async function locateModel(ref: ModelRef, tracking: MlflowTracking, signal: AbortSignal, calls?: ModelCalls): Promise<ModelLocation> {
+export async function locateModel(
+  ref: ModelRef,
+  tracking: MlflowTracking,
+  signal: AbortSignal,
+  calls?: ModelCalls,
+): Promise<ModelLocation> {
   const { uri } = ref;
   if (ref.name !== undefined && ref.version !== undefined) {
     const { name, version } = ref;
     let artifactUri: string;
     try {
-      artifactUri = (await timed(calls, 'model-versions/get-download-uri', () => tracking.http.api<{ artifact_uri: string }>('model-versions/get-download-uri', { method: 'GET', query: { name, version }, signal }))).artifact_uri;
+      artifactUri = (
+        await timed(calls, 'model-versions/get-download-uri', () =>
+          tracking.http.api<{ artifact_uri: string }>('model-versions/get-download-uri', {
+            method: 'GET',
+            query: { name, version },
+            signal,
+          }),
+        )
+      ).artifact_uri;
     } catch (err) {
-      if (notFound(err)) throw new PermanentError(`model: registered model ${JSON.stringify(name)} version ${version} does not exist`, { field: 'model', cause: err });
+      if (notFound(err))
+        throw new PermanentError(`model: registered model ${JSON.stringify(name)} version ${version} does not exist`, {
+          field: 'model',
+          cause: err,
+        });
       throw err;
     }
-    return { artifactUri: requireProxy(artifactUri, `${name} version ${version}`), ...(ref.modelId !== undefined ? { modelId: ref.modelId } : {}) };
+    return {
+      artifactUri: requireProxy(artifactUri, `${name} version ${version}`),
+      ...(ref.modelId !== undefined ? { modelId: ref.modelId } : {}),
+    };
   }
   const logged = LOGGED_MODEL.exec(uri);
   if (logged) {
     const modelId = logged[1] ?? '';
     try {
-      const r = await timed(calls, 'logged-models/get', () => tracking.http.api<{ model: { info: LoggedModelInfo } }>(`logged-models/${modelId}`, { method: 'GET', signal }));
+      const r = await timed(calls, 'logged-models/get', () =>
+        tracking.http.api<{ model: { info: LoggedModelInfo } }>(`logged-models/${modelId}`, { method: 'GET', signal }),
+      );
       return { artifactUri: requireProxy(r.model.info.artifact_uri, `logged model ${modelId}`), modelId };
     } catch (err) {
       if (notFound(err)) throw new PermanentError(`model: logged model ${modelId} does not exist`, { field: 'model', cause: err });
@@ -292,5 +366,7 @@ export async function locateModel(ref: ModelRef, tracking: MlflowTracking, signa
     return { artifactUri: requireProxy(artifactUri, `run ${runId}`), ...(model ? { modelId: model.model_id } : {}) };
   }
   if (uri.startsWith('mlflow-artifacts:')) return { artifactUri: uri.replace(/\/+$/, '') };
-  throw new PermanentError(`model: ${JSON.stringify(uri)} is not a models:/, runs:/ or mlflow-artifacts: URI of a form the worker knows`, { field: 'model' });
+  throw new PermanentError(`model: ${JSON.stringify(uri)} is not a models:/, runs:/ or mlflow-artifacts: URI of a form the worker knows`, {
+    field: 'model',
+  });
 }
