@@ -20,7 +20,8 @@ main(process.argv.slice(2)).then(
     else process.stdout.once('drain', exit);
   },
   (err) => {
+    // A command that failed unexpectedly may still hold a connection: exit rather than wait on it.
     process.stderr.write(`kmj: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
-    process.exitCode = 70;
+    process.exit(70);
   },
 );
