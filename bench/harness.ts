@@ -1,8 +1,12 @@
 /**
- * What the worker benchmarks share: a request queue holding one request, a child process measured
- * (wall time and peak RSS), and the metrics of the run it made.
+ * What the benchmarks share: a request queue holding one request, a child process measured (wall
+ * time and peak RSS), the metrics of the run it made, and a built checkout of an earlier commit to
+ * measure beside the current code in the same run.
  */
-import { execFile } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
+import { existsSync, symlinkSync } from 'node:fs';
+import { join } from 'node:path';
+import { PACKAGE_ROOT } from '../common/paths.ts';
 import { promisify } from 'node:util';
 import { connect } from 'amqplib';
 import { declareRequestTopology, deadLetterQueueOf } from '../rabbitmq/topology.ts';
@@ -75,4 +79,20 @@ export async function runMetrics(mlflow: string, experiment: string): Promise<Re
   const first = r.runs[0];
   if (!first || first.info.status !== 'FINISHED') throw new Error(`experiment ${experiment} has no FINISHED run`);
   return Object.fromEntries(first.data.metrics.map((m) => [m.key, m.value]));
+}
+
+/**
+ * The checkout of `ref`, built (dist/) in a worktree under .run/ with this checkout's node_modules;
+ * made once per ref. Returns its root.
+ */
+export function baselineCheckout(ref: string): string {
+  const commit = execFileSync('git', ['-C', PACKAGE_ROOT, 'rev-parse', '--short', `${ref}^{commit}`], { encoding: 'utf8' }).trim();
+  const dir = join(PACKAGE_ROOT, '.run', `bench-baseline-${commit}`);
+  if (!existsSync(join(dir, 'dist', 'cli', 'kmj.js'))) {
+    if (!existsSync(dir)) execFileSync('git', ['-C', PACKAGE_ROOT, 'worktree', 'add', '--detach', dir, commit], { stdio: 'ignore' });
+    if (!existsSync(join(dir, 'node_modules'))) symlinkSync(join(PACKAGE_ROOT, 'node_modules'), join(dir, 'node_modules'));
+    execFileSync(join(PACKAGE_ROOT, 'node_modules', '.bin', 'tsc'), ['-p', join(dir, 'tsconfig.json')], { stdio: 'inherit' });
+    execFileSync(process.execPath, [join(dir, 'scripts', 'build-validators.mjs')], { stdio: 'inherit', cwd: dir });
+  }
+  return dir;
 }

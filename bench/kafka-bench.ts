@@ -27,6 +27,11 @@
  * reads per second and their duration, its CPU (% of one core) and RSS (max and end of the window),
  * and the machine's load average (the VM is shared). Also written to .run/bench-kafka.json.
  *
+ * With BENCH_BASELINE_REF (default 4dc0bcc, the last commit with one admin client for every topic;
+ * empty: none), the direct read and every phase with Kafka groups are measured a second time on
+ * that commit's code (a built worktree under .run/), one after the other in this run, and the
+ * summary prints this commit's figures against the baseline's.
+ *
  * Options (env): BENCH_KAFKA_GROUPS (100), BENCH_KAFKA_QUEUES (100), BENCH_PHASE_SECONDS (30),
  * BENCH_POLL_INTERVAL_MS (1000), BENCH_READ_SAMPLES (1000), BENCH_KAFKA_PHASES (kafka,rabbitmq,both),
  * BENCH_SCALER_NODE_ARGS, KAFKA_BROKERS (127.0.0.1:19092), RABBITMQ_URL.
@@ -36,6 +41,7 @@ import { randomUUID } from 'node:crypto';
 import { availableParallelism } from 'node:os';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import { connect as amqpConnect } from 'amqplib';
 import type { Admin, Kafka, Producer } from 'kafkajs';
@@ -46,6 +52,7 @@ import { commitAsMember } from '../kafka/group.ts';
 import { KafkaOffsetsReader } from '../kafka/offsets.ts';
 import { kafkaConnection, type KafkaConnection } from '../kafka/settings.ts';
 import { kedaNumber, ScalerClient, type ScaledObjectRef } from '../scaler/client.ts';
+import { baselineCheckout } from './harness.ts';
 import { out, percentile, sorted } from './stats.ts';
 
 // ---------------------------------------------------------------------------------------------
@@ -67,6 +74,8 @@ interface BenchOptions {
   readonly brokers: string;
   readonly rabbitmqUrl: string;
   readonly scalerNodeArgs: readonly string[];
+  /** The commit measured beside this one, or '' for none. */
+  readonly baselineRef: string;
 }
 
 function intOption(env: NodeJS.ProcessEnv, name: string, fallback: number, min: number, max: number, problems: string[]): number {
@@ -101,6 +110,7 @@ function readOptions(env: NodeJS.ProcessEnv): BenchOptions {
     rabbitmqUrl: env['RABBITMQ_URL'] ?? 'amqp://guest:guest@127.0.0.1:5672',
     // The Node flags of the scaler's container (manifests/scaler.yaml), as bench-scaler uses.
     scalerNodeArgs: (env['BENCH_SCALER_NODE_ARGS'] ?? '--max-semi-space-size=2 --max-old-space-size=64').split(' ').filter(Boolean),
+    baselineRef: env['BENCH_BASELINE_REF'] ?? '4dc0bcc',
   };
   if (problems.length > 0) throw new Error(`invalid bench-kafka options: ${problems.join('; ')}`);
   return Object.freeze(options);
@@ -420,10 +430,11 @@ async function directReads(
   samples: number,
   log: Logger,
   signal: AbortSignal,
+  Reader: typeof KafkaOffsetsReader = KafkaOffsetsReader,
 ): Promise<Stats & { cpuMsPerRead: number }> {
   // The scaler's client settings (scaler/sources/kafka.ts and the defaults of scaler/config.ts).
   const kafka = kafkaClient(conn, { clientId: 'kmj-bench-reader', log, connectTimeoutMs: 3000, requestTimeoutMs: 2000, retries: 0 });
-  const reader = new KafkaOffsetsReader({ kafka, brokers: conn.brokers.join(','), log });
+  const reader = new Reader({ kafka, brokers: conn.brokers.join(','), log });
   const readChecked = async (plan: GroupPlan): Promise<void> => {
     const got = await reader.read(plan.group, [plan.topic], signal);
     const wrong = got.partitions.filter(
@@ -516,8 +527,8 @@ interface ScalerProcess {
   stop(): Promise<void>;
 }
 
-function startScalerProcess(o: BenchOptions): Promise<ScalerProcess> {
-  const child: ChildProcess = spawn(process.execPath, [...o.scalerNodeArgs, join(PACKAGE_ROOT, 'bin', 'kmj.js'), 'scaler'], {
+function startScalerProcess(o: BenchOptions, root: string): Promise<ScalerProcess> {
+  const child: ChildProcess = spawn(process.execPath, [...o.scalerNodeArgs, join(root, 'bin', 'kmj.js'), 'scaler'], {
     env: {
       ...process.env,
       KMJ_SCALER_HOST: '127.0.0.1',
@@ -870,8 +881,14 @@ interface PhaseResult {
   readonly loadAverage: number;
 }
 
-async function runPhase(label: string, targets: readonly PolledTarget[], o: BenchOptions, signal: AbortSignal): Promise<PhaseResult> {
-  const scaler = await startScalerProcess(o);
+async function runPhase(
+  label: string,
+  targets: readonly PolledTarget[],
+  o: BenchOptions,
+  signal: AbortSignal,
+  root = PACKAGE_ROOT,
+): Promise<PhaseResult> {
+  const scaler = await startScalerProcess(o, root);
   const phase = AbortSignal.any([signal, scaler.exited]);
   const address = `127.0.0.1:${scaler.grpcPort}`;
   // KEDA keeps one gRPC connection per scaler address for all its ScaledJobs; so does the bench.
@@ -1027,10 +1044,23 @@ async function main(): Promise<void> {
     out(
       `  the same, reader that knows one topic (${single.n} reads): p50 ${ms(single.p50)}  p99 ${ms(single.p99)}, CPU ${ms(single.cpuMsPerRead)} a read`,
     );
+    // The baseline commit's reader, in this process: its module, from its own checkout.
+    const baselineRoot = o.baselineRef === '' ? undefined : baselineCheckout(o.baselineRef);
+    let baselineDirect: (Stats & { cpuMsPerRead: number }) | undefined;
+    if (baselineRoot) {
+      const module = (await import(pathToFileURL(join(baselineRoot, 'kafka', 'offsets.ts')).href)) as {
+        KafkaOffsetsReader: typeof KafkaOffsetsReader;
+      };
+      baselineDirect = await directReads(conn, plans, o.readSamples, log, signal, module.KafkaOffsetsReader);
+      out(
+        `  the same on ${o.baselineRef} (baseline), reader that knows all ${plans.length} topics (${baselineDirect.n} reads): p50 ${ms(baselineDirect.p50)}  p99 ${ms(baselineDirect.p99)}, CPU ${ms(baselineDirect.cpuMsPerRead)} a read`,
+      );
+    }
 
     const kafkaTargets = plans.map((p) => p.target);
     const rabbitTargets = rabbit?.targets ?? [];
     const phases = new Map<PhaseName, PhaseResult>();
+    const baselinePhases = new Map<PhaseName, PhaseResult>();
     for (const name of o.phases) {
       const [label, targets] =
         name === 'kafka'
@@ -1044,6 +1074,11 @@ async function main(): Promise<void> {
       const r = await runPhase(label, targets, o, signal);
       printPhase(r);
       phases.set(name, r);
+      if (baselineRoot && name !== 'rabbitmq') {
+        const b = await runPhase(`${label} (baseline ${o.baselineRef})`, targets, o, signal, baselineRoot);
+        printPhase(b);
+        baselinePhases.set(name, b);
+      }
     }
 
     out('-- summary --');
@@ -1065,6 +1100,31 @@ async function main(): Promise<void> {
       out(
         `  ${name.padEnd(8)} scaler CPU ${r.cpuPercentOfOneCore.toFixed(1)}% of one core, RSS max ${r.rssMaxMb.toFixed(1)} MB, end ${r.rssEndMb.toFixed(1)} MB`,
       );
+    if (baselineDirect)
+      out(
+        `  direct read, this / ${o.baselineRef}: p50 ${ms(direct.p50)} / ${ms(baselineDirect.p50)} = ${(direct.p50 / baselineDirect.p50).toFixed(2)}x, p99 ${ms(direct.p99)} / ${ms(baselineDirect.p99)} = ${(direct.p99 / baselineDirect.p99).toFixed(2)}x, CPU a read ${ms(direct.cpuMsPerRead)} / ${ms(baselineDirect.cpuMsPerRead)} = ${(direct.cpuMsPerRead / baselineDirect.cpuMsPerRead).toFixed(2)}x`,
+      );
+    for (const [name, b] of baselinePhases) {
+      const r = phases.get(name);
+      if (!r) continue;
+      const [gm, bgm] = [r.rpc['kafka:GetMetrics'], b.rpc['kafka:GetMetrics']];
+      const rabbit = r.rpc['rabbitmq:GetMetrics'];
+      const brabbit = b.rpc['rabbitmq:GetMetrics'];
+      out(
+        `  ${name.padEnd(8)} this / ${o.baselineRef}: scaler CPU ${r.cpuPercentOfOneCore.toFixed(1)}% / ${b.cpuPercentOfOneCore.toFixed(1)}% = ${(r.cpuPercentOfOneCore / b.cpuPercentOfOneCore).toFixed(2)}x` +
+          (gm && bgm
+            ? `; Kafka GetMetrics p50 ${ms(gm.p50)} / ${ms(bgm.p50)}, p99 ${ms(gm.p99)} / ${ms(bgm.p99)} = ${(gm.p99 / bgm.p99).toFixed(2)}x`
+            : '') +
+          (rabbit && brabbit && rabbit.n > 0 ? `; RabbitMQ GetMetrics p99 ${ms(rabbit.p99)} / ${ms(brabbit.p99)}` : '') +
+          `; RSS max ${r.rssMaxMb.toFixed(1)} / ${b.rssMaxMb.toFixed(1)} MB`,
+      );
+    }
+    // The goal (issue 21): the cached answer's tail at most 1.2 x one direct read's.
+    for (const [name, r] of phases) {
+      const gm = r.rpc['kafka:GetMetrics'];
+      if (name === 'rabbitmq' || !gm) continue;
+      out(`  ${name.padEnd(8)} Kafka GetMetrics p99 / direct read p99: ${(gm.p99 / direct.p99).toFixed(2)}x (goal <= 1.20x)`);
+    }
     const wrong = [...phases.values()].reduce((n, r) => n + r.wrong, 0);
     const checked = [...phases.values()].reduce((n, r) => n + r.checked, 0);
     const errors = [...phases.values()].reduce((n, r) => n + Object.values(r.errors).reduce((a, b) => a + b, 0), 0);
@@ -1078,7 +1138,7 @@ async function main(): Promise<void> {
     mkdirSync(dir, { recursive: true });
     writeFileSync(
       join(dir, 'bench-kafka.json'),
-      `${JSON.stringify({ options: o, prefix, direct, directOneTopic: single, phases: Object.fromEntries(phases) }, null, 2)}\n`,
+      `${JSON.stringify({ options: o, prefix, direct, directOneTopic: single, baselineDirect, phases: Object.fromEntries(phases), baselinePhases: Object.fromEntries(baselinePhases) }, null, 2)}\n`,
     );
   } finally {
     const left = [...(await kafkaSetup.close()), ...((await rabbit?.close()) ?? [])];

@@ -22,7 +22,7 @@
  * BENCH_BASELINE_REF (129071d; empty: no baseline phase).
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync, mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
+import { readFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { createServer, connect as netConnect, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
@@ -31,6 +31,7 @@ import { connect } from 'amqplib';
 import { packageFile, PACKAGE_ROOT } from '../common/paths.ts';
 import { REPORT_STEPS } from '../common/report.ts';
 import { loadExternalScalerPackage } from '../scaler/grpc-server.ts';
+import { baselineCheckout } from './harness.ts';
 import { out, percentile, sorted } from './stats.ts';
 
 const QUEUES = Number(process.env['BENCH_QUEUES'] ?? 200);
@@ -88,22 +89,6 @@ interface ScalerProc {
   child: ChildProcess;
   grpcPort: number;
   metricsPort: number;
-}
-
-/**
- * The checkout of `ref`, built (dist/) in a worktree under .run/ with this checkout's node_modules;
- * made once per ref. Returns its root.
- */
-function baselineCheckout(ref: string): string {
-  const commit = execFileSync('git', ['-C', PACKAGE_ROOT, 'rev-parse', '--short', `${ref}^{commit}`], { encoding: 'utf8' }).trim();
-  const dir = join(PACKAGE_ROOT, '.run', `bench-baseline-${commit}`);
-  if (!existsSync(join(dir, 'dist', 'cli', 'kmj.js'))) {
-    if (!existsSync(dir)) execFileSync('git', ['-C', PACKAGE_ROOT, 'worktree', 'add', '--detach', dir, commit], { stdio: 'ignore' });
-    if (!existsSync(join(dir, 'node_modules'))) symlinkSync(join(PACKAGE_ROOT, 'node_modules'), join(dir, 'node_modules'));
-    execFileSync(join(PACKAGE_ROOT, 'node_modules', '.bin', 'tsc'), ['-p', join(dir, 'tsconfig.json')], { stdio: 'inherit' });
-    execFileSync(process.execPath, [join(dir, 'scripts', 'build-validators.mjs')], { stdio: 'inherit', cwd: dir });
-  }
-  return dir;
 }
 
 function startScalerProcess(amqpUrl: string, root = PACKAGE_ROOT): Promise<ScalerProc> {

@@ -4,11 +4,19 @@
  * state is never used, since Kafka 4's consumer-group protocol (KIP-848) makes classic
  * DescribeGroups report an active group as Dead with no members.
  *
- * One read is a few requests in parallel: the group's offsets (OffsetFetch to its coordinator)
- * and each topic's end and start offsets (ListOffsets to the partition leaders). The topic list is
- * checked first against the cluster's (Metadata for all topics, kept for `topicsTtlMs`): kafkajs
- * remembers every topic it was asked about and refreshes metadata for all of them, so one missing
- * topic asked about by name would fail every later read on that client.
+ * One read is two chains of requests side by side: the group's committed offsets (FindCoordinator,
+ * then OffsetFetch for all of the group's topics, which needs no metadata) on the reader's main
+ * admin client, and each topic's end and start offsets (Metadata for that topic, then ListOffsets
+ * to its partition leaders) on an admin client of that topic's own. kafkajs' admin client
+ * refreshes the metadata of every topic it was ever asked about before nearly every request
+ * (metadataMaxAge 0, not settable for an admin): one client for every topic made each read decode
+ * the metadata of all of them, a cost growing with the square of the topics a scaler serves
+ * (docs/benchmarks.md, `make bench-kafka`). A topic's own client is closed after
+ * TOPIC_CLIENT_IDLE_MS without a read, and after any failure.
+ *
+ * Named topics are checked first against the cluster's list (Metadata for all topics, kept for
+ * `listTtlMs`): kafkajs remembers a topic it was asked about, so a missing one would fail every
+ * later read on that client.
  */
 import type { Admin, Kafka } from 'kafkajs';
 import { raceAbort } from '../common/abort.ts';
@@ -54,6 +62,22 @@ export interface OffsetsReaderOptions {
 
 type ListingKind = 'topics' | 'groups';
 
+/**
+ * How long a topic's own admin client stays open without a read: 5 min, ten times KEDA's default
+ * polling interval of 30 s, so a polled topic keeps its client and a trigger removed for good does
+ * not keep a connection.
+ */
+export const TOPIC_CLIENT_IDLE_MS = 5 * 60_000;
+
+/** A topic's own admin client (see the header) and when it was last used. */
+interface TopicClient {
+  readonly admin: Promise<Admin>;
+  usedAt: number;
+}
+
+/** One partition's end and start offsets as kafkajs' fetchTopicOffsets gives them. */
+type TopicEnds = ReadonlyArray<{ readonly partition: number; readonly high: string; readonly low: string }>;
+
 interface Listing {
   readonly names: ReadonlySet<string>;
   readonly at: number;
@@ -64,6 +88,8 @@ export class KafkaOffsetsReader {
   readonly #ttlMs: number;
   #admin: Promise<Admin> | undefined;
   readonly #listings = new Map<ListingKind, Listing>();
+  readonly #topicClients = new Map<string, TopicClient>();
+  #sweptAt = performance.now();
 
   constructor(options: OffsetsReaderOptions) {
     this.#options = options;
@@ -87,6 +113,7 @@ export class KafkaOffsetsReader {
     const admin = await this.#connected();
     let topics = wanted;
     let committedByTopic: Map<string, Map<number, number>>;
+    let ends: TopicEnds[];
     if (topics.length === 0) {
       committedByTopic = committedOf(await admin.fetchOffsets({ groupId: group }));
       topics = [...committedByTopic.keys()].sort();
@@ -95,15 +122,19 @@ export class KafkaOffsetsReader {
           `consumer group ${JSON.stringify(group)} has committed no offsets, so it has no topics to measure: name the topic in the trigger`,
         );
       }
+      ends = await Promise.all(topics.map((t) => this.#ends(t)));
     } else {
       const missing = await this.#absent('topics', topics, () => admin.listTopics());
       if (missing.length > 0)
         throw new BacklogNotFoundError(
           `topic ${missing.map((t) => JSON.stringify(t)).join(', ')} does not exist on ${this.#options.brokers}`,
         );
-      committedByTopic = committedOf(await admin.fetchOffsets({ groupId: group, topics: [...topics] }));
+      // All of the group's commits (a partition without one is left out of the answer) beside
+      // the named topics' ends.
+      const [answer, ...perTopic] = await Promise.all([admin.fetchOffsets({ groupId: group }), ...topics.map((t) => this.#ends(t))]);
+      committedByTopic = committedOf(answer);
+      ends = perTopic;
     }
-    const ends = await Promise.all(topics.map((t) => admin.fetchTopicOffsets(t)));
     const partitions: PartitionOffsets[] = [];
     topics.forEach((topic, i) => {
       const committed = committedByTopic.get(topic);
@@ -128,6 +159,44 @@ export class KafkaOffsetsReader {
     }
     partitions.sort((a, b) => (a.topic === b.topic ? a.partition - b.partition : a.topic < b.topic ? -1 : 1));
     return { group, topics, partitions };
+  }
+
+  /** A topic's end and start offsets, on its own admin client; a failed client is dropped. */
+  async #ends(topic: string): Promise<TopicEnds> {
+    const now = performance.now();
+    if (now - this.#sweptAt > TOPIC_CLIENT_IDLE_MS / 10) this.#sweep(now);
+    let client = this.#topicClients.get(topic);
+    if (!client) {
+      const admin = this.#options.kafka.admin();
+      client = { admin: admin.connect().then(() => admin), usedAt: now };
+      this.#topicClients.set(topic, client);
+    }
+    client.usedAt = now;
+    try {
+      return await (await client.admin).fetchTopicOffsets(topic);
+    } catch (err) {
+      // A topic deleted since, or a broker gone: the next read starts on a new client.
+      this.#dropTopicClient(topic, client);
+      throw err;
+    }
+  }
+
+  /** Closes the topic clients no read has used for TOPIC_CLIENT_IDLE_MS. */
+  #sweep(now: number): void {
+    this.#sweptAt = now;
+    for (const [topic, client] of this.#topicClients) {
+      if (now - client.usedAt > TOPIC_CLIENT_IDLE_MS) this.#dropTopicClient(topic, client);
+    }
+  }
+
+  #dropTopicClient(topic: string, client: TopicClient): void {
+    if (this.#topicClients.get(topic) === client) this.#topicClients.delete(topic);
+    client.admin.then((a) => a.disconnect()).catch(() => undefined);
+  }
+
+  /** How many topics have an admin client of their own now (for tests and benchmarks). */
+  get topicClients(): number {
+    return this.#topicClients.size;
   }
 
   /**
@@ -201,12 +270,15 @@ export class KafkaOffsetsReader {
     this.#admin = undefined;
     this.#listings.clear();
     admin?.then((a) => a.disconnect()).catch(() => undefined);
+    for (const [topic, client] of this.#topicClients) this.#dropTopicClient(topic, client);
   }
 
   async close(): Promise<void> {
-    const admin = this.#admin;
+    const admins = [...this.#topicClients.values()].map((c) => c.admin);
+    this.#topicClients.clear();
+    if (this.#admin) admins.push(this.#admin);
     this.#admin = undefined;
-    if (admin) await admin.then((a) => a.disconnect()).catch(() => undefined);
+    await Promise.all(admins.map((admin) => admin.then((a) => a.disconnect()).catch(() => undefined)));
   }
 }
 

@@ -8,6 +8,10 @@ import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KAFKA_BROKERS, KAFKA_PASSWORD, KAFKA_SASL_BROKERS, KAFKA_SSL_BROKERS, KAFKA_TLS_CA_FILE, KAFKA_USER } from '../helpers/env.ts';
 import { KafkaFixture } from '../helpers/kafka.ts';
+import { createLogger } from '../../common/log.ts';
+import { kafkaClient } from '../../kafka/client.ts';
+import { KafkaOffsetsReader } from '../../kafka/offsets.ts';
+import { kafkaConnection } from '../../kafka/settings.ts';
 import { loadScalerConfig } from '../../scaler/config.ts';
 import { eventually, startTestScaler, type ScalerHandle } from '../helpers/scaler.ts';
 
@@ -323,5 +327,55 @@ describe('TLS', () => {
     expect(() => loadScalerConfig({ KAFKA_BROKERS: KAFKA_SSL_BROKERS, KAFKA_TLS_CA_FILE: KAFKA_TLS_CA_FILE })).toThrow(
       'invalid scaler configuration: KAFKA_TLS_CA_FILE: needs KAFKA_TLS true',
     );
+  });
+});
+
+describe('the offsets reader (kafka/offsets.ts)', () => {
+  it('reads each topic on a client of its own, and starts afresh after a topic is deleted', async () => {
+    const log = createLogger({ level: 'silent', name: 'kmj-test' });
+    const problems: string[] = [];
+    const conn = kafkaConnection({ KAFKA_BROKERS }, problems);
+    if (!conn) throw new Error(problems.join('; '));
+    const client = kafkaClient(conn, { clientId: 'kmj-test-reader', log, connectTimeoutMs: 3000, requestTimeoutMs: 2000, retries: 0 });
+    // The topic listing kept for a minute: the deleted topic is still listed, so its read reaches
+    // the topic's own client, as it does in the seconds after a deletion.
+    const reader = new KafkaOffsetsReader({ kafka: client, brokers: KAFKA_BROKERS, log, listTtlMs: 60_000 });
+    try {
+      const [kept, doomed] = [await kafka.topic('reader-kept', 2), await kafka.topic('reader-doomed', 1)];
+      const group = kafka.group('reader');
+      await kafka.produce(kept, 0, 3);
+      await kafka.produce(doomed, 0, 2);
+      await kafka.commit(group, kept, { 0: 1, 1: 0 });
+      await kafka.commit(group, doomed, { 0: 1 });
+      const both = await reader.read(group, [kept, doomed], AbortSignal.timeout(10_000));
+      const rows = {
+        [kept]: [
+          [kept, 0, 3, 1],
+          [kept, 1, 0, 0],
+        ],
+        [doomed]: [[doomed, 0, 2, 1]],
+      };
+      expect(both.partitions.map((p) => [p.topic, p.partition, p.end, p.committed])).toEqual([kept, doomed].sort().flatMap((t) => rows[t]));
+      expect(reader.topicClients).toBe(2);
+      // Every committed topic of the group when none is named: the same two clients.
+      expect((await reader.read(group, [], AbortSignal.timeout(10_000))).topics).toEqual([kept, doomed].sort());
+      expect(reader.topicClients).toBe(2);
+
+      await (await kafka.admin()).deleteTopics({ topics: [doomed] });
+      await expect(reader.read(group, [kept, doomed], AbortSignal.timeout(10_000))).rejects.toThrow(
+        `a topic of consumer group "${group}" does not exist on ${KAFKA_BROKERS}`,
+      );
+      // Every client dropped (kafkajs' metadata of a deleted topic poisons a client), listing too.
+      expect(reader.topicClients).toBe(0);
+      await expect(reader.read(group, [doomed], AbortSignal.timeout(10_000))).rejects.toThrow(
+        `topic "${doomed}" does not exist on ${KAFKA_BROKERS}`,
+      );
+      const after = await reader.read(group, [kept], AbortSignal.timeout(10_000));
+      expect(after.partitions.map((p) => p.end - (p.committed ?? 0))).toEqual([2, 0]);
+      expect(reader.topicClients).toBe(1);
+    } finally {
+      await reader.close();
+    }
+    expect(reader.topicClients).toBe(0);
   });
 });
