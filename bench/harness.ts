@@ -4,7 +4,8 @@
  * measure beside the current code in the same run.
  */
 import { execFile, execFileSync } from 'node:child_process';
-import { existsSync, symlinkSync } from 'node:fs';
+import { existsSync, readFileSync, symlinkSync } from 'node:fs';
+import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { PACKAGE_ROOT } from '../common/paths.ts';
 import { promisify } from 'node:util';
@@ -95,4 +96,32 @@ export function baselineCheckout(ref: string): string {
     execFileSync(process.execPath, [join(dir, 'scripts', 'build-validators.mjs')], { stdio: 'inherit', cwd: dir });
   }
   return dir;
+}
+
+/**
+ * The line every benchmark prints first: which code it measured (the commit, and whether the
+ * checkout had uncommitted changes), when, and on what machine, so that a figure copied into the
+ * docs can be traced to the run that printed it.
+ */
+export function benchHeader(bench: string): string {
+  const git = (args: string[]): string => {
+    try {
+      return execFileSync('git', ['-C', PACKAGE_ROOT, ...args], { encoding: 'utf8' }).trim();
+    } catch {
+      return '';
+    }
+  };
+  const commit = git(['rev-parse', '--short', 'HEAD']) || 'unknown';
+  const dirty = git(['status', '--porcelain', '--untracked-files=no']) !== '' ? ' (with uncommitted changes)' : '';
+  const model = cpus()[0]?.model.trim() ?? 'unknown CPU';
+  return `${bench}: commit ${commit}${dirty}, ${new Date().toISOString()}, ${cpus().length} cores (${model}), ${(totalmem() / 1024 ** 3).toFixed(1)} GiB, Node ${process.versions.node}, load average ${loadAverage()}`;
+}
+
+/** The 1, 5 and 15 minute load averages: this machine may be shared. */
+function loadAverage(): string {
+  try {
+    return readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
+  } catch {
+    return 'unknown';
+  }
 }

@@ -52,7 +52,7 @@ import { commitAsMember } from '../kafka/group.ts';
 import { KafkaOffsetsReader } from '../kafka/offsets.ts';
 import { kafkaConnection, type KafkaConnection } from '../kafka/settings.ts';
 import { kedaNumber, ScalerClient, type ScaledObjectRef } from '../scaler/client.ts';
-import { baselineCheckout } from './harness.ts';
+import { baselineCheckout, benchHeader } from './harness.ts';
 import { out, percentile, sorted } from './stats.ts';
 
 // ---------------------------------------------------------------------------------------------
@@ -1008,6 +1008,7 @@ async function main(): Promise<void> {
   let failed = false;
   const t0 = performance.now();
   try {
+    out(benchHeader('bench-kafka'));
     out(
       `kafka benchmark: ${o.groups} consumer groups, each on its own topic of ${PARTITIONS} partitions (${o.groups * PARTITIONS} partitions), ${o.queues} RabbitMQ queues; each ScaledJob polled every ${o.pollIntervalMs} ms (GetMetricSpec, GetMetrics, IsActive), ${o.phaseSeconds} s per phase; Node ${process.versions.node}; prefix ${prefix}`,
     );

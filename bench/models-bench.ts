@@ -25,12 +25,12 @@
 import { execFile } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { cpus, totalmem, tmpdir } from 'node:os';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { connect } from 'amqplib';
 import { PACKAGE_ROOT } from '../common/paths.ts';
-import { leftover, measure, queueWith, runMetrics } from './harness.ts';
+import { benchHeader, leftover, measure, queueWith, runMetrics } from './harness.ts';
 import { median, out, percentile, sorted } from './stats.ts';
 
 const run = promisify(execFile);
@@ -55,16 +55,8 @@ interface BenchModel {
   readonly onnxBytes: number;
 }
 
-async function header(what: string): Promise<void> {
-  const { stdout } = await run('git', ['-C', PACKAGE_ROOT, 'rev-parse', '--short', 'HEAD']).catch(() => ({ stdout: 'unknown' }));
-  const dirty = (
-    await run('git', ['-C', PACKAGE_ROOT, 'status', '--porcelain', '--untracked-files=no']).catch(() => ({ stdout: '' }))
-  ).stdout.trim()
-    ? ' (with uncommitted changes)'
-    : '';
-  out(
-    `bench-models ${what}: commit ${stdout.trim()}${dirty}, ${new Date().toISOString()}, ${cpus().length} cores, ${(totalmem() / 1024 ** 3).toFixed(1)} GiB, Node ${process.versions.node}`,
-  );
+function header(what: string): void {
+  out(benchHeader(`bench-models ${what}`));
 }
 
 /** The bench's models in the MLflow the environment names, made and registered when missing. */
@@ -120,7 +112,7 @@ const mb = (bytes: number): string => `${(bytes / 1e6).toFixed(1)} MB`;
 async function host(): Promise<void> {
   const RABBITMQ_URL = env['RABBITMQ_URL'] ?? 'amqp://guest:guest@127.0.0.1:5672';
   const MLFLOW = env['MLFLOW_TRACKING_URI'] ?? 'http://127.0.0.1:5000';
-  await header('host (local MLflow and RabbitMQ)');
+  header('host (local MLflow and RabbitMQ)');
   const fixtures = JSON.parse(readFileSync(join(PACKAGE_ROOT, '.run', 'fixtures', 'fixtures.json'), 'utf8')) as {
     models: Record<string, { name: string; version: number }>;
     datasets: { csv: string };
@@ -336,7 +328,7 @@ async function cluster(): Promise<void> {
   if (!RABBITMQ_URL || !MLFLOW || !KUBECONFIG)
     throw new Error('RABBITMQ_URL, MLFLOW_TRACKING_URI and KUBECONFIG must name the cluster (make bench-models sets them)');
   const auth = `Basic ${Buffer.from(`${user}:${password}`).toString('base64')}`;
-  await header('cluster (make cluster: KEDA, the ScaledJob ml-requests, a node cache, MLflow with basic auth)');
+  header('cluster (make cluster: KEDA, the ScaledJob ml-requests, a node cache, MLflow with basic auth)');
   const fixtures = JSON.parse(readFileSync(join(PACKAGE_ROOT, '.run', 'fixtures-cluster', 'fixtures.json'), 'utf8')) as {
     models: Record<string, { name: string; version: number }>;
     datasets: { runsCsvUri: string };

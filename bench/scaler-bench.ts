@@ -31,7 +31,7 @@ import { connect } from 'amqplib';
 import { packageFile, PACKAGE_ROOT } from '../common/paths.ts';
 import { REPORT_STEPS } from '../common/report.ts';
 import { loadExternalScalerPackage } from '../scaler/grpc-server.ts';
-import { baselineCheckout } from './harness.ts';
+import { baselineCheckout, benchHeader } from './harness.ts';
 import { out, percentile, sorted } from './stats.ts';
 
 const QUEUES = Number(process.env['BENCH_QUEUES'] ?? 200);
@@ -352,6 +352,7 @@ async function main(): Promise<void> {
     return u.toString();
   })();
 
+  out(benchHeader('bench-scaler'));
   out(
     `scaler benchmark: ${QUEUES} queues, 3 KEDA RPCs per queue per second + a health Check every 2nd poll, ${PHASE_SECONDS} s per phase, Node ${process.versions.node}`,
   );
@@ -361,11 +362,7 @@ async function main(): Promise<void> {
     `bare amqplib passive declare: direct p50 ${ms(directDeclare.p50)} p99 ${ms(directDeclare.p99)}; slowed (+${DELAY_MS} ms each way) p50 ${ms(slowDeclare.p50)} p99 ${ms(slowDeclare.p99)}`,
   );
   const commit = execFileSync('git', ['-C', PACKAGE_ROOT, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).trim();
-  const dirty =
-    execFileSync('git', ['-C', PACKAGE_ROOT, 'status', '--porcelain', '--untracked-files=no'], { encoding: 'utf8' }).trim() !== '';
-  out(
-    `commit ${commit}${dirty ? ' (with uncommitted changes)' : ''}; worker reports ${REPORTS_PER_SECOND}/s; /metrics scraped every ${SCRAPE_EVERY_MS / 1000} s`,
-  );
+  out(`worker reports ${REPORTS_PER_SECOND}/s; /metrics scraped every ${SCRAPE_EVERY_MS / 1000} s`);
   // The baseline's phases alternate with this commit's (a process's CPU and RSS drift from one
   // phase to the next by more than the 10% asked of the comparison): this commit, the baseline,
   // the slowed broker and the floor, then this commit and the baseline again.
