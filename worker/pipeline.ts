@@ -1,8 +1,8 @@
 /**
  * One request, start to finish: validate, find or start its run, load the model, run it on the
  * dataset in batches, record params, metrics, inputs and the predictions artifact, finish the
- * run. The run is recorded in MLflow, or in the spool when MLflow cannot be used (run-store.ts,
- * spool.ts). It never settles the message itself: it returns what should happen to it (an
+ * run. The run is recorded in MLflow, or in the spool when MLflow cannot be used: one run store
+ * that falls back (fallback-store.ts over run-store.ts and spool.ts). It never settles the message itself: it returns what should happen to it (an
  * Outcome), and the consumer does that. Every failure becomes one outcome:
  *
  * - PermanentError → dead-letter, and the run (if any) is marked FAILED with the error as a tag;
@@ -26,7 +26,8 @@ import type { KeyValue, Metric, MlflowTracking } from '../mlflow/tracking.ts';
 import { loadModel, stepMetrics, type LoadedModel } from './model/load.ts';
 import { PredictionsWriter, contentTypeOf } from './predictions.ts';
 import { parseRequest, requestValidator, type InferenceRequest } from '../common/request.ts';
-import { MlflowRunStore, type DeliveryInfo, type RunResults, type RunStore } from './run-store.ts';
+import { FallbackRunStore, mlflowUnreachable } from './fallback-store.ts';
+import { MlflowRunStore, type DeliveryInfo, type RunResults } from './run-store.ts';
 import { ClassificationScorer, RegressionScorer, type Scorer } from './scores.ts';
 import { SpoolRunStore } from './spool.ts';
 import { RUN_TAG } from '../common/run-tags.ts';
@@ -105,34 +106,35 @@ export async function handleDelivery(body: Buffer, delivery: DeliveryInfo, deps:
   };
   if (deps.shutdown.aborted) onShutdown();
   else deps.shutdown.addEventListener('abort', onShutdown, { once: true });
-  const state: AttemptState = { store: undefined, offline: false };
+  const { tracking, workerVersion } = deps;
+  const spoolDir = config.spoolDir;
+  const store = new FallbackRunStore({
+    mlflow: tracking ? () => new MlflowRunStore(tracking, req, delivery, config, workerVersion, rlog) : undefined,
+    spool:
+      spoolDir !== undefined
+        ? { dir: spoolDir, open: () => new SpoolRunStore(spoolDir, req, delivery, config, workerVersion, rlog) }
+        : undefined,
+    log: rlog,
+  });
+  const state: AttemptState = { store };
   const mark = async (status: 'FAILED' | 'KILLED', error: string, outcome: 'dead-lettered' | 'requeued'): Promise<void> => {
     const bound = AbortSignal.timeout(Math.max(0, cleanupEnd - Date.now()));
-    await state.store?.fail(status, error, outcome, rlog, bound);
+    await store.fail(status, error, outcome, rlog, bound);
   };
   try {
     for (let attempt = 0; ; attempt++) {
+      if (attempt > 0) store.nextAttempt();
       try {
-        const done = await runOnce(req, delivery, deps, budget.signal, state, received, rlog);
+        const done = await runOnce(req, deps, budget.signal, state, received, rlog);
         return { ...done, requestId: req.requestId };
       } catch (err) {
         if (deps.shutdown.aborted) {
           await mark('KILLED', 'the worker was stopped (SIGTERM); the request was requeued', 'requeued');
           return { action: 'requeue', reason: 'the worker was stopped (SIGTERM)', requestId: req.requestId, ...ids(state) };
         }
-        if (
-          !budget.signal.aborted &&
-          !state.offline &&
-          state.store?.kind === 'mlflow' &&
-          config.spoolDir !== undefined &&
-          mlflowUnreachable(err)
-        ) {
-          // MLflow went away after the run started: the run, so far and from here on, goes to
-          // the spool (kmj replay finds the MLflow run by its request id and finishes it).
-          rlog.warn({ err, spool: config.spoolDir }, 'MLflow is out of reach; recording the run in the spool');
-          state.offline = true;
-          continue;
-        }
+        // MLflow went away after the run started: the run, so far and from here on, goes to the
+        // spool (kmj replay finds the MLflow run by its request id and finishes it).
+        if (store.fallBack(err, budget.signal)) continue;
         const e = classify(err);
         if (e instanceof PermanentError) {
           rlog.warn({ ...failureFields(e), field: e.field }, 'request failed permanently');
@@ -147,7 +149,7 @@ export async function handleDelivery(body: Buffer, delivery: DeliveryInfo, deps:
         }
         const delay = RETRY_DELAYS_MS[attempt];
         if (!e.retryInProcess || delay === undefined || budget.signal.aborted) {
-          const attemptNo = state.store?.attempt ?? delivery.attempt;
+          const attemptNo = store.attempt;
           if (afterFailure(attemptNo, config.maxDeliveries) === 'dead-letter') {
             const reason = `gave up after ${attemptNo} deliveries: ${e.message}`;
             rlog.warn({ ...failureFields(e), attempt: attemptNo }, 'request failed on its last allowed delivery; dead-lettering');
@@ -169,16 +171,14 @@ export async function handleDelivery(body: Buffer, delivery: DeliveryInfo, deps:
 }
 
 interface AttemptState {
-  /** Where this request's run is recorded, once known. */
-  store: RunStore | undefined;
-  /** MLflow went out of reach during this request: from now on the run goes to the spool. */
-  offline: boolean;
+  /** Where this request's run is recorded. */
+  readonly store: FallbackRunStore;
   /** The latest attempt's model load, once the model is loaded. */
   modelLoad?: LoadedModel;
 }
 
 function ids(state: AttemptState): Pick<Outcome, 'runId' | 'modelLoadSeconds' | 'modelFetchSeconds' | 'modelOpenSeconds'> {
-  const runId = state.store?.runId;
+  const runId = state.store.runId;
   const load = state.modelLoad;
   const s = load?.steps;
   return {
@@ -235,17 +235,6 @@ export function classify(err: unknown): PermanentError | TransientError {
 }
 
 /**
- * True when MLflow itself is out of reach (after the HTTP client's retries), not the request:
- * the error, or what it wraps (a dataset read from MLflow), is a retryable MLflow error.
- */
-function mlflowUnreachable(err: unknown): boolean {
-  for (let e: unknown = err, depth = 0; e instanceof Error && depth < 5; e = e.cause, depth++) {
-    if (e instanceof MlflowHttpError) return e.retryable;
-  }
-  return false;
-}
-
-/**
  * The NaN and infinite cells of the batch's numeric model inputs. Refused, with the row and the
  * column named, unless the request allows them (dataset.nonFinite "allow"); then counted.
  */
@@ -271,37 +260,25 @@ function countNonFinite(batch: DatasetBatch, numberColumns: readonly number[], c
 type Loaded = LoadedModel;
 
 /**
- * Opens the run and loads the model, side by side: they do not depend on each other. When MLflow
- * turns out to be out of reach and a spool is configured, the run goes to the spool instead and
- * the model must come from the local cache. A model failure is acted on only once the run is
- * known, so the run it belongs to can be marked FAILED.
+ * Opens the run and loads the model, side by side: they do not depend on each other. When the
+ * run falls back to the spool as it begins (MLflow out of reach), the model must come from the
+ * local cache. A model failure is acted on only once the run is known, so the run it belongs to
+ * can be marked FAILED.
  */
 async function openRunAndModel(
   req: InferenceRequest,
-  delivery: DeliveryInfo,
   deps: PipelineDeps,
   signal: AbortSignal,
-  state: AttemptState,
-  log: Logger,
+  store: FallbackRunStore,
 ): Promise<{ begun: 'finished' | 'started'; loaded: Loaded | undefined; failure: unknown }> {
-  const { config } = deps;
-  const spool = (): RunStore => new SpoolRunStore(config.spoolDir ?? '', req, delivery, config, deps.workerVersion, log);
-  const online = deps.tracking !== undefined && !state.offline;
-  let store: RunStore =
-    deps.tracking && online ? new MlflowRunStore(deps.tracking, req, delivery, config, deps.workerVersion, log) : spool();
-  state.store = store;
-  let [begun, model] = await Promise.allSettled([
+  const offline = store.offline;
+  const [begun, first] = await Promise.allSettled([
     store.begin(signal),
-    loadModel(req.model, { ...deps, tracking: online ? deps.tracking : undefined }, signal),
+    loadModel(req.model, { ...deps, tracking: offline ? undefined : deps.tracking }, signal),
   ]);
-  if (begun.status === 'rejected' && store.kind === 'mlflow' && config.spoolDir !== undefined && mlflowUnreachable(begun.reason)) {
-    log.warn({ err: begun.reason as unknown, spool: config.spoolDir }, 'MLflow is out of reach; recording the run in the spool');
-    store = spool();
-    state.store = store;
-    begun = await Promise.allSettled([store.begin(signal)]).then(([r]) => r);
-    if (model.status === 'rejected' && mlflowUnreachable(model.reason)) {
-      model = await Promise.allSettled([loadModel(req.model, { ...deps, tracking: undefined }, signal)]).then(([r]) => r);
-    }
+  let model = first;
+  if (!offline && store.offline && model.status === 'rejected' && mlflowUnreachable(model.reason)) {
+    model = await Promise.allSettled([loadModel(req.model, { ...deps, tracking: undefined }, signal)]).then(([r]) => r);
   }
   const loaded = model.status === 'fulfilled' ? model.value : undefined;
   if (begun.status === 'rejected') {
@@ -313,7 +290,6 @@ async function openRunAndModel(
 
 async function runOnce(
   req: InferenceRequest,
-  delivery: DeliveryInfo,
   deps: PipelineDeps,
   signal: AbortSignal,
   state: AttemptState,
@@ -322,12 +298,12 @@ async function runOnce(
 ): Promise<Outcome> {
   const { config } = deps;
   const loadStart = performance.now();
-  const { begun, loaded, failure } = await openRunAndModel(req, delivery, deps, signal, state, log);
+  const store = state.store;
+  const { begun, loaded, failure } = await openRunAndModel(req, deps, signal, store);
   if (begun === 'finished') {
     await loaded?.model.release();
     return { action: 'ack', alreadyFinished: true, ...ids(state) };
   }
-  const store = state.store as RunStore;
   if (store.attempt > config.maxDeliveries) {
     // Only where the broker does not count (Kafka): earlier attempts died without a word.
     await loaded?.model.release();
@@ -473,22 +449,9 @@ async function runOnce(
       artifact: { file, path: `predictions/predictions.${format}`, contentType: contentTypeOf(file) },
       endTime: Date.now(),
     };
-    try {
-      await store.complete(results, signal);
-    } catch (err) {
-      if (store.kind !== 'mlflow' || config.spoolDir === undefined || signal.aborted || !mlflowUnreachable(err)) throw err;
-      // The results are in hand: they go to the spool as they are, with no second inference.
-      log.warn({ err, spool: config.spoolDir }, 'MLflow is out of reach; recording the run in the spool');
-      state.offline = true;
-      state.store = new SpoolRunStore(config.spoolDir, req, delivery, config, deps.workerVersion, log);
-      await state.store.begin(signal);
-      await state.store.complete(results, signal);
-    }
-    const recorded = state.store as RunStore;
-    log.info(
-      { runId: recorded.runId, recordedIn: recorded.kind, rows, modelVersion: resolved.version, seconds: totalSeconds },
-      'run finished',
-    );
+    // In MLflow, or (MLflow gone meanwhile) in the spool, as they are: no second inference.
+    await store.complete(results, signal);
+    log.info({ runId: store.runId, recordedIn: store.kind, rows, modelVersion: resolved.version, seconds: totalSeconds }, 'run finished');
     return { action: 'ack', ...ids(state) };
   } finally {
     // The outcome is decided: clean-up must not hold the message. Each step is bounded, and one
