@@ -28,6 +28,7 @@ import type { CommandContext } from './context.ts';
 import { mlflowFromEnv } from '../mlflow/client.ts';
 import { RequestPublisher } from './publisher.ts';
 import { RUN_TAG } from '../common/run-tags.ts';
+import { EXIT, type ExitCode } from '../common/exit-codes.ts';
 
 export const DEMO_HELP = `Usage: kmj demo [--max-jobs <n>]
 
@@ -177,7 +178,7 @@ async function runTable(tracking: MlflowTracking, experiment: string, queue: str
   return { rows, experimentId };
 }
 
-export async function runDemo(argv: readonly string[], ctx: CommandContext): Promise<number> {
+export async function runDemo(argv: readonly string[], ctx: CommandContext): Promise<ExitCode> {
   const { values } = parseArgs({
     args: [...argv],
     options: { 'max-jobs': { type: 'string' }, help: { type: 'boolean', short: 'h' } },
@@ -185,7 +186,7 @@ export async function runDemo(argv: readonly string[], ctx: CommandContext): Pro
   });
   if (values.help) {
     ctx.stdout.write(DEMO_HELP);
-    return 0;
+    return EXIT.OK;
   }
   const maxJobs = values['max-jobs'] === undefined ? 3 : Number(values['max-jobs']);
   if (!Number.isInteger(maxJobs) || maxJobs < 1 || maxJobs > 50)
@@ -196,7 +197,7 @@ export async function runDemo(argv: readonly string[], ctx: CommandContext): Pro
     ctx.stderr.write(
       'kmj demo: the sample models are not registered (no .run/fixtures/fixtures.json); run "make demo", which starts the services and registers them\n',
     );
-    return 69;
+    return EXIT.UNAVAILABLE;
   }
   const f = JSON.parse(readFileSync(fixturesFile, 'utf8')) as Fixtures;
   const env = { ...ctx.env, MLFLOW_TRACKING_URI: ctx.env['MLFLOW_TRACKING_URI'] ?? 'http://127.0.0.1:5000' };
@@ -296,7 +297,7 @@ export async function runDemo(argv: readonly string[], ctx: CommandContext): Pro
         ? `demo OK: ${finished} FINISHED, 1 dead-lettered, ${jobs.length} Jobs for ${requests.length} messages`
         : `demo FAILED: ${failed.join('; ')} (worker logs above)`,
     );
-    return failed.length === 0 ? 0 : 1;
+    return failed.length === 0 ? EXIT.OK : EXIT.FAILED;
   } finally {
     for (const j of jobs) if (j.exitCode === null) j.child.kill('SIGTERM');
     client.close();

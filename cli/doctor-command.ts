@@ -9,6 +9,7 @@ import { loadWorkerConfig, type WorkerConfig } from '../worker/config.ts';
 import { CHECK_TIMEOUT_MS, checkBroker, checkModel, checkMlflow, checkOnnxRuntime, type Check } from '../worker/doctor.ts';
 import type { CommandContext } from './context.ts';
 import { checkMemoryCgroup, checkPageSize, checkUserland, readHostFile } from './doctor-platform.ts';
+import { EXIT, type ExitCode } from '../common/exit-codes.ts';
 
 export const DOCTOR_HELP = `Usage: kmj doctor [--queue NAME | --topic NAME --group NAME] [--model URI]
                   [--scaler HOST:PORT] [--kubeconfig FILE] [-o text|json]
@@ -110,7 +111,7 @@ async function checkKeda(kubeconfig: string | undefined, env: CommandContext['en
 
 const skip = (name: string, detail: string): Check => ({ name, status: 'skip', detail });
 
-export async function runDoctor(argv: readonly string[], ctx: CommandContext): Promise<number> {
+export async function runDoctor(argv: readonly string[], ctx: CommandContext): Promise<ExitCode> {
   const { values } = parseArgs({
     args: [...argv],
     options: {
@@ -127,11 +128,11 @@ export async function runDoctor(argv: readonly string[], ctx: CommandContext): P
   });
   if (values.help) {
     ctx.stdout.write(DOCTOR_HELP);
-    return 0;
+    return EXIT.OK;
   }
   if (values.output !== 'text' && values.output !== 'json') {
     ctx.stderr.write(`kmj doctor: -o/--output: ${JSON.stringify(values.output)} must be text or json\n`);
-    return 64;
+    return EXIT.USAGE;
   }
   const log = createLogger({ level: ctx.env['LOG_LEVEL'] === 'debug' ? 'debug' : 'error', name: 'kmj-doctor', sync: true });
   const inCluster = ctx.env['KUBERNETES_SERVICE_HOST'] !== undefined;
@@ -147,7 +148,7 @@ export async function runDoctor(argv: readonly string[], ctx: CommandContext): P
     checks.push({
       name: 'configuration',
       status: 'ok',
-      detail: config.kafka ? `topic ${config.kafka.topic}, group ${config.kafka.group}` : `queue ${config.queue}`,
+      detail: config.input.kind === 'kafka' ? `topic ${config.input.topic}, group ${config.input.group}` : `queue ${config.input.queue}`,
     });
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
@@ -192,5 +193,5 @@ export async function runDoctor(argv: readonly string[], ctx: CommandContext): P
     ctx.stdout.write(`${lines.join('\n')}\n`);
   }
   log.flush();
-  return failed.length === 0 ? 0 : 1;
+  return failed.length === 0 ? EXIT.OK : EXIT.FAILED;
 }

@@ -10,6 +10,7 @@ import { kafkaClient } from '../kafka/client.ts';
 import { committedLag, KafkaOffsetsReader, type GroupOffsets } from '../kafka/offsets.ts';
 import type { KafkaConnection } from '../kafka/settings.ts';
 import type { CommandContext } from './context.ts';
+import { EXIT, type ExitCode } from '../common/exit-codes.ts';
 
 export interface PartitionLagRow {
   readonly topic: string;
@@ -40,7 +41,7 @@ export async function kafkaStatus(
   topics: readonly string[],
   json: boolean,
   log: Logger,
-): Promise<number> {
+): Promise<ExitCode> {
   const kafka = kafkaClient(connection, { clientId: 'kmj-status', log, connectTimeoutMs: 5000, requestTimeoutMs: 5000, retries: 1 });
   const reader = new KafkaOffsetsReader({ kafka, brokers: connection.brokers.join(','), log });
   try {
@@ -49,7 +50,7 @@ export async function kafkaStatus(
     const total = rows.reduce((s, r) => s + (r.lag ?? 0), 0);
     if (json) {
       ctx.stdout.write(`${JSON.stringify({ group, topics: offsets.topics, lag: total, partitions: rows }, null, 2)}\n`);
-      return 0;
+      return EXIT.OK;
     }
     const table = [
       ['TOPIC', 'PARTITION', 'COMMITTED', 'END', 'LAG'],
@@ -70,10 +71,10 @@ export async function kafkaStatus(
           .join('  ')
           .trimEnd()}\n`,
       );
-    return 0;
+    return EXIT.OK;
   } catch (err) {
     ctx.stderr.write(`kmj status: ${messageOf(err)}\n`);
-    return err instanceof BacklogNotFoundError ? 1 : 69;
+    return err instanceof BacklogNotFoundError ? EXIT.FAILED : EXIT.UNAVAILABLE;
   } finally {
     await reader.close();
   }

@@ -7,8 +7,9 @@ import { ConfigError } from '../common/config.ts';
 import { packageVersion } from '../common/paths.ts';
 import type { CommandContext } from './context.ts';
 import { didYouMean, flagsOf, UsageError } from './usage.ts';
+import { EXIT, type ExitCode } from '../common/exit-codes.ts';
 
-type Command = (argv: readonly string[], ctx: CommandContext) => Promise<number>;
+type Command = (argv: readonly string[], ctx: CommandContext) => Promise<ExitCode>;
 type Help = () => Promise<string>;
 
 // Each command's module is loaded only when it runs: a worker's cold start does not pay for the
@@ -99,10 +100,6 @@ Run "kmj <command> --help" for a command's options, "kmj --version" for the vers
 `;
 }
 
-/** Exit code for usage and configuration errors, as in sysexits' EX_USAGE / EX_CONFIG. */
-export const EXIT_USAGE = 64;
-export const EXIT_CONFIG = 78;
-
 function processContext(): CommandContext {
   const controller = new AbortController();
   let resolveSignal: (name: string) => void = () => undefined;
@@ -124,32 +121,32 @@ function processContext(): CommandContext {
   };
 }
 
-export async function main(argv: readonly string[]): Promise<number> {
+export async function main(argv: readonly string[]): Promise<ExitCode> {
   const [name, ...rest] = argv;
   if (name === undefined || name === '-h' || name === '--help' || name === 'help') {
     process.stdout.write(usage());
-    return name === undefined ? EXIT_USAGE : 0;
+    return name === undefined ? EXIT.USAGE : EXIT.OK;
   }
   if (name === '--version' || name === '-V' || name === 'version') {
     process.stdout.write(`kmj ${packageVersion()}\n`);
-    return 0;
+    return EXIT.OK;
   }
   const command = COMMANDS.get(name);
   if (!command) {
     const guess = didYouMean(name, [...COMMANDS.keys()]);
     process.stderr.write(`kmj: unknown command "${name}"${guess ? `; did you mean "${guess}"?` : ''}\n\n${usage()}`);
-    return EXIT_USAGE;
+    return EXIT.USAGE;
   }
   try {
     return await command.run(rest, processContext());
   } catch (err) {
     if (err instanceof ConfigError) {
       process.stderr.write(`kmj ${name}: ${err.message}\n`);
-      return EXIT_CONFIG;
+      return EXIT.CONFIG;
     }
     if (err instanceof UsageError) {
       process.stderr.write(`kmj ${name}: ${err.message}\nRun "kmj ${name} --help" for usage.\n`);
-      return EXIT_USAGE;
+      return EXIT.USAGE;
     }
     if (err instanceof TypeError && (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
       // "Unknown option '--qeue'": name the flag it is closest to.
@@ -157,7 +154,7 @@ export async function main(argv: readonly string[]): Promise<number> {
       const guess = unknown?.startsWith('--') ? didYouMean(unknown, flagsOf(await command.help())) : undefined;
       const message = unknown ? `unknown flag ${unknown}${guess ? `; did you mean ${guess}?` : ''}` : err.message;
       process.stderr.write(`kmj ${name}: ${message}\nRun "kmj ${name} --help" for usage.\n`);
-      return EXIT_USAGE;
+      return EXIT.USAGE;
     }
     throw err;
   }

@@ -5,6 +5,7 @@ import { createLogger } from '../common/log.ts';
 import { startNodeCache } from '../nodecache/app.ts';
 import { loadNodeCacheConfig, NODE_CACHE_ENV } from '../nodecache/config.ts';
 import type { CommandContext } from './context.ts';
+import { EXIT, type ExitCode } from '../common/exit-codes.ts';
 
 export const MODEL_CACHE_HELP = `Usage: kmj model-cache [--port <port>]
 
@@ -22,7 +23,7 @@ Environment:
 ${describeFields(NODE_CACHE_ENV)}
 `;
 
-export async function runModelCache(argv: readonly string[], ctx: CommandContext): Promise<number> {
+export async function runModelCache(argv: readonly string[], ctx: CommandContext): Promise<ExitCode> {
   const { values } = parseArgs({
     args: [...argv],
     options: { port: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
@@ -31,7 +32,7 @@ export async function runModelCache(argv: readonly string[], ctx: CommandContext
   });
   if (values.help) {
     ctx.stdout.write(MODEL_CACHE_HELP);
-    return 0;
+    return EXIT.OK;
   }
   const config = loadNodeCacheConfig(ctx.env, values.port !== undefined ? { port: values.port } : {});
   const log = createLogger({ level: config.logLevel, name: 'kmj-model-cache' });
@@ -40,5 +41,5 @@ export async function runModelCache(argv: readonly string[], ctx: CommandContext
   log.info({ signal }, 'shutting down');
   await cache.close();
   log.flush();
-  return 0;
+  return EXIT.OK;
 }

@@ -6,6 +6,7 @@ import { createLogger } from '../common/log.ts';
 import { replaySpool } from '../worker/spool.ts';
 import type { CommandContext } from './context.ts';
 import { mlflowFromEnv } from '../mlflow/client.ts';
+import { EXIT, type ExitCode } from '../common/exit-codes.ts';
 
 export const REPLAY_HELP = `Usage: kmj replay --to <tracking uri> [--spool <dir>]
 
@@ -27,7 +28,7 @@ Exit codes: 0 every entry replayed (or already in MLflow), 1 some entries failed
 the spool; run again), 78 bad configuration.
 `;
 
-export async function runReplay(argv: readonly string[], ctx: CommandContext): Promise<number> {
+export async function runReplay(argv: readonly string[], ctx: CommandContext): Promise<ExitCode> {
   const { values } = parseArgs({
     args: [...argv],
     options: { to: { type: 'string' }, spool: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
@@ -35,13 +36,13 @@ export async function runReplay(argv: readonly string[], ctx: CommandContext): P
   });
   if (values.help) {
     ctx.stdout.write(REPLAY_HELP);
-    return 0;
+    return EXIT.OK;
   }
   const log = createLogger({ level: ctx.env['LOG_LEVEL'] === 'debug' ? 'debug' : 'warn', name: 'kmj-replay', sync: true });
   const tracking = mlflowFromEnv('replay', ctx.env, log, values.to !== undefined ? { flag: '--to', value: values.to } : undefined);
   if (!tracking) {
     ctx.stderr.write('kmj replay: invalid replay configuration: --to: is required (or set MLFLOW_TRACKING_URI)\n');
-    return 78;
+    return EXIT.CONFIG;
   }
   const spool = values.spool ?? ctx.env['KMJ_SPOOL_DIR'] ?? join(homedir(), '.local', 'share', 'kmj', 'spool');
   try {
@@ -53,7 +54,7 @@ export async function runReplay(argv: readonly string[], ctx: CommandContext): P
     ctx.stdout.write(
       `${results.length - failed} of ${results.length} spooled runs are in MLflow${failed > 0 ? `; ${failed} failed and stay in ${spool}` : ''}\n`,
     );
-    return failed > 0 ? 1 : 0;
+    return failed > 0 ? EXIT.FAILED : EXIT.OK;
   } finally {
     await tracking.http.close();
   }

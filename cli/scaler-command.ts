@@ -5,6 +5,7 @@ import { createLogger } from '../common/log.ts';
 import { describeSources, loadScalerConfig, SCALER_ENV } from '../scaler/config.ts';
 import { startScaler } from '../scaler/app.ts';
 import type { CommandContext } from './context.ts';
+import { EXIT, type ExitCode } from '../common/exit-codes.ts';
 
 export const SCALER_HELP = `Usage: kmj scaler [--host <addr>] [--port <grpc port>] [--metrics-port <http port>]
 
@@ -23,7 +24,7 @@ ${describeFields(SCALER_ENV)}
 
 ${describeSources()}`;
 
-export async function runScaler(argv: readonly string[], ctx: CommandContext): Promise<number> {
+export async function runScaler(argv: readonly string[], ctx: CommandContext): Promise<ExitCode> {
   const { values } = parseArgs({
     args: [...argv],
     options: {
@@ -37,7 +38,7 @@ export async function runScaler(argv: readonly string[], ctx: CommandContext): P
   });
   if (values.help) {
     ctx.stdout.write(SCALER_HELP);
-    return 0;
+    return EXIT.OK;
   }
   const config = loadScalerConfig(ctx.env, {
     ...(values.host !== undefined ? { host: values.host } : {}),
@@ -50,5 +51,5 @@ export async function runScaler(argv: readonly string[], ctx: CommandContext): P
   log.info({ signal }, 'shutting down');
   await scaler.close(5000);
   log.flush();
-  return 0;
+  return EXIT.OK;
 }

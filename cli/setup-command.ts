@@ -27,6 +27,7 @@ import { ManagementClient, ManagementError, SCALER_PERMISSIONS, workerPermission
 import { createLogger } from '../common/log.ts';
 import type { CommandContext } from './context.ts';
 import { UsageError } from './usage.ts';
+import { EXIT, type ExitCode } from '../common/exit-codes.ts';
 
 export const SETUP_HELP = `Usage: kmj setup [--rabbitmq] [--mlflow] [options]
 
@@ -133,7 +134,7 @@ function amqpRetryable(err: unknown): boolean {
   return !/ACCESS_REFUSED|PRECONDITION_FAILED|authentication failure|NOT_ALLOWED/i.test(text);
 }
 
-export async function runSetup(argv: readonly string[], ctx: CommandContext): Promise<number> {
+export async function runSetup(argv: readonly string[], ctx: CommandContext): Promise<ExitCode> {
   const { values } = parseArgs({
     args: [...argv],
     options: {
@@ -149,7 +150,7 @@ export async function runSetup(argv: readonly string[], ctx: CommandContext): Pr
   });
   if (values.help) {
     ctx.stdout.write(SETUP_HELP);
-    return 0;
+    return EXIT.OK;
   }
   const both = !values.rabbitmq && !values.mlflow;
   const doRabbit = both || values.rabbitmq === true;
@@ -269,11 +270,11 @@ export async function runSetup(argv: readonly string[], ctx: CommandContext): Pr
       );
       say(`mlflow: user ${username} ${made ? 'made' : 'there, password set'}`);
     }
-    return 0;
+    return EXIT.OK;
   } catch (err) {
     if (err instanceof ConfigError || err instanceof UsageError) throw err;
     ctx.stderr.write(`kmj setup: ${messageOf(err)}\n`);
-    return 1;
+    return EXIT.FAILED;
   } finally {
     await mlflow?.close();
   }

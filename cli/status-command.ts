@@ -28,6 +28,7 @@ import { kafkaStatus } from './kafka-status.ts';
 import { kafkaConnection } from '../kafka/settings.ts';
 import { UsageError } from './usage.ts';
 import { formatAge, readScaledJob, type ScaledJobReport } from '../kubernetes/scaledjob.ts';
+import { EXIT, type ExitCode } from '../common/exit-codes.ts';
 
 export const STATUS_HELP = `Usage: kmj status --queue <q> [--experiment <e>] [-o json|yaml|wide]
        kmj status --scaledjob <name> [-n <namespace>] [--context <c>] [-o json|yaml|wide] [--watch]
@@ -469,7 +470,7 @@ function render(r: StatusReport, wide: boolean): string {
 
 const OUTPUTS = ['json', 'yaml', 'wide'] as const;
 
-export async function runStatus(argv: readonly string[], ctx: CommandContext): Promise<number> {
+export async function runStatus(argv: readonly string[], ctx: CommandContext): Promise<ExitCode> {
   const { values } = parseArgs({
     args: [...argv],
     options: {
@@ -492,7 +493,7 @@ export async function runStatus(argv: readonly string[], ctx: CommandContext): P
   });
   if (values.help) {
     ctx.stdout.write(STATUS_HELP);
-    return 0;
+    return EXIT.OK;
   }
   if (values.kafka) {
     const problems: string[] = [];
@@ -542,5 +543,5 @@ export async function runStatus(argv: readonly string[], ctx: CommandContext): P
     report = await collectStatus(ctx, target);
     show(report);
   }
-  return answered(report) ? 0 : 1;
+  return answered(report) ? EXIT.OK : EXIT.FAILED;
 }

@@ -26,6 +26,7 @@ import { kafkaClient } from '../kafka/client.ts';
 import { ensureGroup, KafkaPublishError, publishRecords } from '../kafka/publish.ts';
 import { KAFKA_ENV, kafkaConnection } from '../kafka/settings.ts';
 import { ensureTopic } from '../kafka/topics.ts';
+import { EXIT, type ExitCode } from '../common/exit-codes.ts';
 
 export const SUBMIT_HELP = `Usage: kmj submit --queue <q> --model <uri> --dataset <uri|path> [options]
        kmj submit --queue <q> --file requests.jsonl [options]
@@ -78,8 +79,6 @@ const SUBMIT_ENV = {
   ...KAFKA_ENV,
 } as const satisfies FieldSpecs;
 
-export const SUBMIT_EXIT = { OK: 0, DEAD_LETTERED: 10, INVALID: 65, BROKER: 69, TIMEOUT: 75, CONFIG: 78, INTERRUPTED: 130 } as const;
-
 function pairs(flag: string, values: readonly string[] | undefined): Record<string, string> {
   const out: Record<string, string> = {};
   for (const v of values ?? []) {
@@ -130,7 +129,7 @@ function progress(ctx: CommandContext, total: number): (done: number) => void {
   };
 }
 
-export async function runSubmit(argv: readonly string[], ctx: CommandContext): Promise<number> {
+export async function runSubmit(argv: readonly string[], ctx: CommandContext): Promise<ExitCode> {
   const { values } = parseArgs({
     args: [...argv],
     options: {
@@ -158,7 +157,7 @@ export async function runSubmit(argv: readonly string[], ctx: CommandContext): P
   });
   if (values.help) {
     ctx.stdout.write(SUBMIT_HELP);
-    return 0;
+    return EXIT.OK;
   }
   const env = readConfig('submit', SUBMIT_ENV, ctx.env);
   const problems: string[] = [];
@@ -240,11 +239,11 @@ export async function runSubmit(argv: readonly string[], ctx: CommandContext): P
   }
   if (invalid.length > 0) {
     ctx.stderr.write(`kmj submit: nothing published: ${invalid.join('\n  ')}\n`);
-    return SUBMIT_EXIT.INVALID;
+    return EXIT.INVALID;
   }
   if (batch.length === 0) {
     ctx.stderr.write('kmj submit: nothing to publish: the file has no requests\n');
-    return SUBMIT_EXIT.INVALID;
+    return EXIT.INVALID;
   }
 
   const log = createLogger({ level: 'warn', name: 'kmj-submit', sync: true });
@@ -279,12 +278,12 @@ export async function runSubmit(argv: readonly string[], ctx: CommandContext): P
     } catch (err) {
       if (err instanceof KafkaPublishError) {
         ctx.stderr.write(`kmj submit: ${messageOf(err)}\n`);
-        return ctx.shutdownSignal.aborted ? SUBMIT_EXIT.INTERRUPTED : SUBMIT_EXIT.BROKER;
+        return ctx.shutdownSignal.aborted ? EXIT.INTERRUPTED : EXIT.UNAVAILABLE;
       }
       ctx.stderr.write(`kmj submit: Kafka at ${connection.brokers.join(',')}: ${messageOf(err)}\n`);
-      return SUBMIT_EXIT.BROKER;
+      return EXIT.UNAVAILABLE;
     }
-    if (!tracking) return SUBMIT_EXIT.OK;
+    if (!tracking) return EXIT.OK;
     const first = batch[0] as { requestId: string };
     try {
       return await waitForOutcome(
@@ -323,7 +322,7 @@ export async function runSubmit(argv: readonly string[], ctx: CommandContext): P
     if (err instanceof PublishError) {
       for (const id of err.confirmed) ctx.stdout.write(`${id}\n`);
       ctx.stderr.write(`kmj submit: ${err.message}\n`);
-      return ctx.shutdownSignal.aborted ? SUBMIT_EXIT.INTERRUPTED : SUBMIT_EXIT.BROKER;
+      return ctx.shutdownSignal.aborted ? EXIT.INTERRUPTED : EXIT.UNAVAILABLE;
     }
     throw err;
   } finally {
@@ -331,7 +330,7 @@ export async function runSubmit(argv: readonly string[], ctx: CommandContext): P
     if (!tracking) await publisher.close();
   }
 
-  if (!tracking) return SUBMIT_EXIT.OK;
+  if (!tracking) return EXIT.OK;
   const first = batch[0] as { requestId: string };
   try {
     return await waitForOutcome(
@@ -378,7 +377,7 @@ async function waitForOutcome(
   experiment: string,
   requestId: string,
   timeoutMs: number,
-): Promise<number> {
+): Promise<ExitCode> {
   const started = Date.now();
   const out = (line: string): boolean => ctx.stderr.write(`${line}\n`);
   const result = await follow(tracking, notices, consumers, queue, experiment, requestId, timeoutMs, ctx.shutdownSignal, (state) =>
@@ -392,14 +391,14 @@ async function waitForOutcome(
     ctx.stdout.write(`FINISHED run ${result.run.info.run_id}\n`);
     for (const k of shown) ctx.stdout.write(`  ${k.padEnd(24)} ${formatNumber(Number(metrics[k]))}\n`);
     ctx.stdout.write(`  ${runUrl(tracking, result.experimentId, result.run.info.run_id)}\n`);
-    return SUBMIT_EXIT.OK;
+    return EXIT.OK;
   }
   if (result.kind === 'dead-lettered') {
     ctx.stdout.write(`DEAD-LETTERED${result.run ? ` (run ${result.run.info.run_id} FAILED)` : ''}: ${result.reason}\n`);
-    return SUBMIT_EXIT.DEAD_LETTERED;
+    return EXIT.DEAD_LETTERED;
   }
   ctx.stdout.write(`no outcome within ${timeoutMs / 1000} s (last seen: ${result.last})\n`);
-  return SUBMIT_EXIT.TIMEOUT;
+  return EXIT.TIMEOUT;
 }
 
 /** The outcome notice a worker sent for a request id, if one came (direct reply-to). */

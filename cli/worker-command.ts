@@ -4,8 +4,9 @@ import { describeFields } from '../common/fields.ts';
 import { createLogger } from '../common/log.ts';
 import { packageVersion } from '../common/paths.ts';
 import { loadWorkerConfig, WORKER_ENV } from '../worker/config.ts';
-import { consumeOne } from '../worker/consumer.ts';
-import { EXIT } from '../common/worker-exit.ts';
+import type { Handler } from '../worker/delivery.ts';
+import { consumeRabbitMq } from '../worker/rabbitmq-consumer.ts';
+import { EXIT, type ExitCode } from '../common/exit-codes.ts';
 import type { CommandContext } from './context.ts';
 
 export const WORKER_HELP = `Usage: kmj worker --queue <name>
@@ -47,7 +48,7 @@ ${describeFields(WORKER_ENV)}
 The request format is schemas/request-v1.schema.json; see docs/requests.md.
 `;
 
-export async function runWorker(argv: readonly string[], ctx: CommandContext): Promise<number> {
+export async function runWorker(argv: readonly string[], ctx: CommandContext): Promise<ExitCode> {
   const { values } = parseArgs({
     args: [...argv],
     options: {
@@ -61,7 +62,7 @@ export async function runWorker(argv: readonly string[], ctx: CommandContext): P
   });
   if (values.help) {
     ctx.stdout.write(WORKER_HELP);
-    return 0;
+    return EXIT.OK;
   }
   const config = loadWorkerConfig(ctx.env, {
     ...(values.queue !== undefined ? { queue: values.queue } : {}),
@@ -90,22 +91,21 @@ export async function runWorker(argv: readonly string[], ctx: CommandContext): P
   try {
     // kafkajs and the Kafka input are loaded only for a Kafka worker: about 80 ms of a RabbitMQ
     // worker's cold start otherwise (make bench-worker).
-    const consume = config.kafka ? (await import('../worker/kafka-consumer.ts')).consumeKafka : consumeOne;
-    return await consume({
-      config,
-      log,
-      shutdown: ctx.shutdownSignal,
-      handle: async (body, delivery) => {
-        const p = await pipeline;
-        return p.handleDelivery(body, delivery, {
-          config,
-          tracking: p.tracking,
-          log,
-          shutdown: ctx.shutdownSignal,
-          workerVersion: packageVersion(),
-        });
-      },
-    });
+    const handle: Handler = async (body, delivery) => {
+      const p = await pipeline;
+      return p.handleDelivery(body, delivery, {
+        config,
+        tracking: p.tracking,
+        log,
+        shutdown: ctx.shutdownSignal,
+        workerVersion: packageVersion(),
+      });
+    };
+    const common = { config, log, shutdown: ctx.shutdownSignal, handle };
+    const input = config.input;
+    return input.kind === 'kafka'
+      ? await (await import('../worker/kafka-consumer.ts')).consumeKafka({ ...common, input })
+      : await consumeRabbitMq({ ...common, input });
   } catch (err) {
     log.error({ err }, 'worker failed');
     return EXIT.INTERNAL;

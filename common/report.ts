@@ -10,7 +10,7 @@
  * the one contract between them.
  */
 import { FieldError, jsonObject } from './errors.ts';
-import { EXIT, type ExitCode } from './worker-exit.ts';
+import { EXIT, type WorkerExitCode } from './exit-codes.ts';
 
 /** Where the scaler takes reports, on its HTTP port (beside /metrics). */
 export const REPORT_PATH = '/v1/reports';
@@ -53,7 +53,7 @@ export class ReportError extends FieldError {
 }
 
 /** What a worker's exit code says became of its request. */
-export function outcomeOfExit(code: ExitCode): ReportOutcome {
+export function outcomeOfExit(code: WorkerExitCode): ReportOutcome {
   switch (code) {
     case EXIT.OK:
       return 'finished';
@@ -63,7 +63,7 @@ export function outcomeOfExit(code: ExitCode): ReportOutcome {
       return 'requeued';
     case EXIT.UNSETTLED:
       return 'unsettled';
-    case EXIT.BROKER_UNAVAILABLE:
+    case EXIT.UNAVAILABLE:
     case EXIT.INTERNAL:
       return 'failed';
   }

@@ -7,7 +7,7 @@
  */
 import { BatchV1Api, CoreV1Api, CustomObjectsApi, KubeConfig, type V1Job, type V1Pod } from '@kubernetes/client-node';
 import { deadline, raceAbort } from '../common/abort.ts';
-import { EXIT } from '../common/worker-exit.ts';
+import { EXIT } from '../common/exit-codes.ts';
 import { NotFoundError } from '../common/errors.ts';
 
 export interface KubeTarget {
@@ -65,7 +65,7 @@ const OUTCOMES: Record<number, string> = {
   [EXIT.DEAD_LETTERED]: 'dead-lettered',
   [EXIT.REQUEUED]: 'requeued',
   [EXIT.UNSETTLED]: 'requeued (broker connection lost)',
-  [EXIT.BROKER_UNAVAILABLE]: 'broker unreachable',
+  [EXIT.UNAVAILABLE]: 'broker unreachable',
   [EXIT.INTERNAL]: 'internal error',
   78: 'bad configuration',
   137: 'killed (SIGKILL, e.g. out of memory)',

@@ -135,8 +135,17 @@ export const WORKER_ENV = {
   LOG_LEVEL: { kind: 'enum', values: LOG_LEVELS, default: 'info', help: 'log level' },
 } as const satisfies FieldSpecs;
 
-/** The Kafka input, when the worker reads a topic instead of a queue. */
+/** A RabbitMQ request queue, its dead-letter queue and the broker it is on. */
+export interface RabbitMqInput {
+  readonly kind: 'rabbitmq';
+  readonly url: string;
+  readonly queue: string;
+  readonly deadLetterQueue: string;
+}
+
+/** A Kafka request topic, read as a member of a consumer group, and its dead-letter topic. */
 export interface KafkaInput {
+  readonly kind: 'kafka';
   readonly topic: string;
   readonly group: string;
   readonly deadLetterTopic: string;
@@ -145,13 +154,12 @@ export interface KafkaInput {
   readonly connection: KafkaConnection;
 }
 
+/** Where requests come from: a RabbitMQ queue or a Kafka topic with its group, never both. */
+export type WorkerInput = RabbitMqInput | KafkaInput;
+
 export interface WorkerConfig {
-  /** The RabbitMQ queue, or with Kafka the topic (the name runs are tagged with). */
-  readonly queue: string;
-  readonly kafka: KafkaInput | undefined;
-  readonly deadLetterQueue: string;
+  readonly input: WorkerInput;
   readonly maxDeliveries: number;
-  readonly rabbitmqUrl: string;
   readonly mlflow: MlflowSettings | undefined;
   readonly idleTimeoutMs: number;
   readonly timeBudgetMs: number;
@@ -231,23 +239,29 @@ export function loadWorkerConfig(env: RawInput, flags: WorkerFlags = {}): Worker
     },
   );
   const topic = v.KMJ_WORKER_TOPIC;
+  const queue = v.KMJ_WORKER_QUEUE;
+  const group = v.KMJ_WORKER_GROUP;
   const trackingUri = v.MLFLOW_TRACKING_URI;
+  // The check above made sure of exactly one of the two, and of a Kafka input's group and brokers.
+  let input: WorkerInput;
+  if (topic !== undefined && group !== undefined && connection) {
+    input = {
+      kind: 'kafka',
+      topic,
+      group,
+      deadLetterTopic: v.KMJ_DEAD_LETTER_TOPIC ?? deadLetterTopicOf(topic),
+      maxMessages: v.KMJ_WORKER_MAX_MESSAGES,
+      sessionTimeoutMs: v.KMJ_WORKER_KAFKA_SESSION_TIMEOUT_MS,
+      connection,
+    };
+  } else if (queue !== undefined) {
+    input = { kind: 'rabbitmq', url: v.RABBITMQ_URL, queue, deadLetterQueue: v.KMJ_DEAD_LETTER_QUEUE ?? deadLetterQueueOf(queue) };
+  } else {
+    throw new Error('worker configuration: neither a queue nor a Kafka topic with its group after the checks');
+  }
   return Object.freeze({
-    queue: topic ?? v.KMJ_WORKER_QUEUE ?? '',
-    kafka:
-      topic !== undefined && connection && v.KMJ_WORKER_GROUP !== undefined
-        ? Object.freeze({
-            topic,
-            group: v.KMJ_WORKER_GROUP,
-            deadLetterTopic: v.KMJ_DEAD_LETTER_TOPIC ?? deadLetterTopicOf(topic),
-            maxMessages: v.KMJ_WORKER_MAX_MESSAGES,
-            sessionTimeoutMs: v.KMJ_WORKER_KAFKA_SESSION_TIMEOUT_MS,
-            connection,
-          })
-        : undefined,
-    deadLetterQueue: v.KMJ_DEAD_LETTER_QUEUE ?? deadLetterQueueOf(v.KMJ_WORKER_QUEUE ?? ''),
+    input: Object.freeze(input),
     maxDeliveries: v.KMJ_MAX_DELIVERIES,
-    rabbitmqUrl: v.RABBITMQ_URL,
     mlflow: mlflowSettings(v, files),
     idleTimeoutMs: v.KMJ_WORKER_IDLE_TIMEOUT_MS,
     timeBudgetMs: v.KMJ_WORKER_TIME_BUDGET_MS,

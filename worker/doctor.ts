@@ -37,8 +37,8 @@ const errorText = (err: unknown): string => (err instanceof Error ? err.message 
 
 /** The broker the worker reads: the RabbitMQ queue (passively declared), or the Kafka topic. */
 export async function checkBroker(config: WorkerConfig, log: Logger): Promise<Check> {
-  if (config.kafka) {
-    const input = config.kafka;
+  const input = config.input;
+  if (input.kind === 'kafka') {
     const kafka = kafkaClient(input.connection, {
       clientId: 'kmj-doctor',
       log,
@@ -76,27 +76,27 @@ export async function checkBroker(config: WorkerConfig, log: Logger): Promise<Ch
       await admin.disconnect().catch(() => undefined);
     }
   }
-  const where = displayUrl(config.rabbitmqUrl);
+  const where = displayUrl(input.url);
   let conn: Awaited<ReturnType<typeof connect>> | undefined;
   try {
-    conn = await connect(config.rabbitmqUrl, { timeout: CHECK_TIMEOUT_MS });
+    conn = await connect(input.url, { timeout: CHECK_TIMEOUT_MS });
     conn.on('error', () => undefined);
     const ch = await conn.createChannel();
     ch.on('error', () => undefined);
     try {
-      const q = await ch.checkQueue(config.queue);
-      return ok('rabbitmq', `queue ${config.queue} on ${where}: ${q.messageCount} waiting, ${q.consumerCount} consumer(s)`);
+      const q = await ch.checkQueue(input.queue);
+      return ok('rabbitmq', `queue ${input.queue} on ${where}: ${q.messageCount} waiting, ${q.consumerCount} consumer(s)`);
     } catch (err) {
       if ((err as { code?: unknown }).code === 404)
         return fail(
           'rabbitmq',
-          `queue ${JSON.stringify(config.queue)} does not exist on ${where}`,
+          `queue ${JSON.stringify(input.queue)} does not exist on ${where}`,
           'run the setup Job (manifests/setup.yaml) or `kmj setup`, which declares it; or give the worker the right queue (--queue, KMJ_WORKER_QUEUE)',
         );
       if ((err as { code?: unknown }).code === 403)
         return fail(
           'rabbitmq',
-          `the user in RABBITMQ_URL may not read queue ${config.queue} on ${where}`,
+          `the user in RABBITMQ_URL may not read queue ${input.queue} on ${where}`,
           'grant the worker user configure/read on the queue (kmj setup does)',
         );
       throw err;

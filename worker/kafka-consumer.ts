@@ -27,17 +27,16 @@
 import type { KafkaMessage, Producer } from 'kafkajs';
 import type { Logger } from '../common/log.ts';
 import { messageOf } from '../common/errors.ts';
-import { EXIT, type ExitCode } from '../common/worker-exit.ts';
+import { EXIT, type WorkerExitCode } from '../common/exit-codes.ts';
 import type { MemberState } from '../kafka/assigner.ts';
 import { kafkaClient } from '../kafka/client.ts';
 import { groupMember, type GroupMember } from '../kafka/group.ts';
 import { committedLag, KafkaOffsetsReader, type GroupOffsets } from '../kafka/offsets.ts';
 import { describeConnection } from '../kafka/settings.ts';
 import { ensureTopic, headerText, KAFKA_HEADERS } from '../kafka/topics.ts';
-import type { ConsumeOptions } from './consumer.ts';
-import type { Outcome } from './pipeline.ts';
+import type { KafkaInput } from './config.ts';
+import type { Consume, ConsumeOptions, DeliveryInfo, Outcome } from './delivery.ts';
 import { reportOf, sendReport } from './report.ts';
-import type { DeliveryInfo } from './run-store.ts';
 
 /** The attempt a record is on: its header's, 1 when it has none. */
 export function attemptOfRecord(message: KafkaMessage): number {
@@ -56,10 +55,8 @@ const REBALANCE_TIMEOUT_MS = 60_000;
 /** The leader's read of the group's lag while the group waits for its assignment. */
 const LAG_READ_TIMEOUT_MS = 2000;
 
-export async function consumeKafka(options: ConsumeOptions): Promise<ExitCode> {
-  const { config, shutdown } = options;
-  const input = config.kafka;
-  if (!input) throw new Error('consumeKafka without a Kafka input');
+export const consumeKafka: Consume<KafkaInput> = async (options) => {
+  const { config, input, shutdown } = options;
   const log = options.log.child({ topic: input.topic, group: input.group, ...describeConnection(input.connection) });
   const kafka = kafkaClient(input.connection, {
     clientId: `kmj-worker-${config.podName ?? process.pid}`,
@@ -101,7 +98,7 @@ export async function consumeKafka(options: ConsumeOptions): Promise<ExitCode> {
       const topics = await admin.listTopics();
       if (!topics.includes(input.topic)) {
         log.error('the request topic does not exist');
-        return EXIT.BROKER_UNAVAILABLE;
+        return EXIT.UNAVAILABLE;
       }
       await ensureTopic(admin, input.deadLetterTopic, 1, topics);
     } finally {
@@ -111,10 +108,10 @@ export async function consumeKafka(options: ConsumeOptions): Promise<ExitCode> {
   } catch (err) {
     log.error({ err }, 'cannot reach the broker');
     await Promise.allSettled([member.close(), producer.disconnect(), offsets.close()]);
-    return EXIT.BROKER_UNAVAILABLE;
+    return EXIT.UNAVAILABLE;
   }
 
-  const codes: ExitCode[] = [];
+  const codes: WorkerExitCode[] = [];
   let settling: Promise<void> = Promise.resolve();
   let idleTimer: NodeJS.Timeout | undefined;
   let finish: () => void = () => undefined;
@@ -271,29 +268,27 @@ export async function consumeKafka(options: ConsumeOptions): Promise<ExitCode> {
   const worst = codes.find((c) => c !== EXIT.OK);
   if (worst !== undefined) return worst;
   // Nothing went wrong with a record, but the group could not be used: not a success.
-  if ((crashed || joinTimedOut) && !shutdown.aborted) return taken === 0 || !joined ? EXIT.BROKER_UNAVAILABLE : EXIT.UNSETTLED;
+  if ((crashed || joinTimedOut) && !shutdown.aborted) return taken === 0 || !joined ? EXIT.UNAVAILABLE : EXIT.UNSETTLED;
   return EXIT.OK;
-}
+};
 
 async function settleRecord(
   topic: string,
   partition: number,
   message: KafkaMessage,
-  options: ConsumeOptions,
+  options: ConsumeOptions<KafkaInput>,
   producer: Producer,
   member: GroupMember,
   parent: Logger,
-): Promise<ExitCode> {
-  const { config } = options;
-  const input = config.kafka;
-  if (!input) throw new Error('no Kafka input');
+): Promise<WorkerExitCode> {
+  const { config, input } = options;
   const delivery: DeliveryInfo = { attempt: attemptOfRecord(message), queue: topic, attemptsFromRun: true };
   const log = parent.child({ partition, offset: message.offset, attempt: delivery.attempt });
   log.debug({ bytes: message.value?.length ?? 0 }, 'record received');
   const receivedAtMs = Date.now();
   const outcome: Outcome = await options.handle(message.value ?? Buffer.alloc(0), delivery);
   // After the commit (or its failure), the request's report goes to the scaler (worker/report.ts).
-  const reported = async (code: ExitCode): Promise<ExitCode> => {
+  const reported = async (code: WorkerExitCode): Promise<WorkerExitCode> => {
     const publishedAtMs = Number(message.timestamp);
     const times = {
       receivedAtMs,
@@ -306,7 +301,7 @@ async function settleRecord(
   };
   const fields = { requestId: outcome.requestId, runId: outcome.runId, reason: outcome.reason };
   const next = String(Number(message.offset) + 1);
-  let code: ExitCode;
+  let code: WorkerExitCode;
   try {
     if (outcome.action === 'dead-letter') {
       await producer.send({ topic: input.deadLetterTopic, acks: -1, messages: [deadLetter(message, outcome, delivery, topic, partition)] });

@@ -27,28 +27,12 @@ import { loadModel, stepMetrics, type LoadedModel } from './model/load.ts';
 import { PredictionsWriter, contentTypeOf } from './predictions.ts';
 import { parseRequest, requestValidator, type InferenceRequest } from '../common/request.ts';
 import { FallbackRunStore, mlflowUnreachable } from './fallback-store.ts';
-import { MlflowRunStore, type DeliveryInfo, type RunResults } from './run-store.ts';
+import type { DeliveryInfo, Outcome } from './delivery.ts';
+import { MlflowRunStore, type RunResults } from './run-store.ts';
 import { ClassificationScorer, RegressionScorer, type Scorer } from './scores.ts';
 import { SpoolRunStore } from './spool.ts';
 import { RUN_TAG } from '../common/run-tags.ts';
 import { Progress } from './progress.ts';
-
-/** What the consumer must do with the message. */
-export interface Outcome {
-  readonly action: 'ack' | 'requeue' | 'dead-letter';
-  /** Why, for logs, dead-letter headers and exit reporting. */
-  readonly reason?: string;
-  readonly field?: string;
-  readonly requestId?: string;
-  readonly runId?: string;
-  /** True when a FINISHED run already existed and nothing was run. */
-  readonly alreadyFinished?: boolean;
-  /** How long loading the model took, when it was loaded (the worker's report, worker/report.ts). */
-  readonly modelLoadSeconds?: number;
-  /** Of that: getting its files (resolving, checking, fetching), then opening them. */
-  readonly modelFetchSeconds?: number;
-  readonly modelOpenSeconds?: number;
-}
 
 export interface PipelineDeps {
   readonly config: WorkerConfig;

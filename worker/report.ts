@@ -8,7 +8,7 @@ import { agentFor, discard, readText, send } from '../common/http-request.ts';
 import type { Logger } from '../common/log.ts';
 import { messageOf } from '../common/redact.ts';
 import { outcomeOfExit, type ReportSource, type ReportStep, type WorkerReport } from '../common/report.ts';
-import type { ExitCode } from '../common/worker-exit.ts';
+import type { WorkerExitCode } from '../common/exit-codes.ts';
 
 /** The longest a report may hold up the worker's exit. */
 export const REPORT_TIMEOUT_MS = 1000;
@@ -38,7 +38,12 @@ export interface ReportTarget {
 }
 
 /** The report of one settled request; the process's start (performance.timeOrigin) begins "receiving". */
-export function reportOf(target: ReportTarget, code: ExitCode, times: RequestTimes, processStartMs = performance.timeOrigin): WorkerReport {
+export function reportOf(
+  target: ReportTarget,
+  code: WorkerExitCode,
+  times: RequestTimes,
+  processStartMs = performance.timeOrigin,
+): WorkerReport {
   const seconds: Partial<Record<ReportStep, number>> = {};
   const since = (from: number, to: number): number => Math.max(0, to - from) / 1000;
   // A clock skewed between publisher and worker can put the publication in the future: no figure then.

@@ -12,23 +12,11 @@ import { raceAbort, sleep } from '../common/abort.ts';
 import type { Logger } from '../common/log.ts';
 import { displayUrl } from '../common/redact.ts';
 import type { WorkerConfig } from './config.ts';
+import type { DeliveryInfo } from './delivery.ts';
 import { MlflowHttpError } from '../mlflow/http.ts';
 import type { DatasetInput, KeyValue, Metric, MlflowTracking, RunInfo, SearchedRun } from '../mlflow/tracking.ts';
 import type { InferenceRequest } from '../common/request.ts';
 import { RUN_TAG } from '../common/run-tags.ts';
-
-export interface DeliveryInfo {
-  /** 1 for the first delivery of this message. */
-  readonly attempt: number;
-  readonly queue: string;
-  /**
-   * The broker does not count deliveries that died (Kafka: the attempt is a header the worker
-   * writes when it requeues). Then a run left RUNNING by a killed attempt counts too: the attempt
-   * is at least that run's attempt + 1, so a record that keeps killing its worker reaches the
-   * delivery limit. (A quorum queue counts every delivery itself.)
-   */
-  readonly attemptsFromRun?: boolean;
-}
 
 /** Everything a finished run records besides what `begin` already did. */
 export interface RunResults {

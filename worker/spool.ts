@@ -23,7 +23,8 @@ import { exists } from './files.ts';
 import type { DatasetInput, KeyValue, Metric, MlflowTracking } from '../mlflow/tracking.ts';
 import { contentTypeOf } from './predictions.ts';
 import type { InferenceRequest } from '../common/request.ts';
-import { clearFailureTags, createRunSafely, runParams, runTags, type DeliveryInfo, type RunResults, type RunStore } from './run-store.ts';
+import type { DeliveryInfo } from './delivery.ts';
+import { clearFailureTags, createRunSafely, runParams, runTags, type RunResults, type RunStore } from './run-store.ts';
 import type { WorkerConfig } from './config.ts';
 import { RUN_TAG } from '../common/run-tags.ts';
 

@@ -2,7 +2,7 @@
 // made where missing, records acknowledged by the broker keyed by request id, the group's lag per
 // partition as the scaler reads it, and then a worker taking the record.
 import { afterAll, describe, expect, it } from 'vitest';
-import { SUBMIT_EXIT } from '../../cli/submit-command.ts';
+import { EXIT } from '../../common/exit-codes.ts';
 import { KAFKA_BROKERS } from '../helpers/env.ts';
 import { KafkaFixture } from '../helpers/kafka.ts';
 import { closedPort, lines, runKmj } from '../helpers/kmj.ts';
@@ -44,7 +44,7 @@ describe('kmj submit --kafka, kmj status --kafka', () => {
       ],
       { env: { KAFKA_BROKERS } },
     );
-    expect(r.code, r.stderr.slice(-3000)).toBe(SUBMIT_EXIT.OK);
+    expect(r.code, r.stderr.slice(-3000)).toBe(EXIT.OK);
     expect(lines(r.stdout)).toEqual(['kafka-req-1']);
     expect(r.stderr).toBe(
       `kmj submit: created topic ${topic} with 3 partitions\nkmj submit: created consumer group ${group} at the start of ${topic}\n`,

@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { REPLAY_HELP } from '../../cli/replay-command.ts';
-import { EXIT } from '../../common/worker-exit.ts';
+import { EXIT } from '../../common/exit-codes.ts';
 import type { SpooledRun } from '../../worker/spool.ts';
 import { Cleanups } from '../helpers/cleanups.ts';
 import { FaultProxy, mlflowPath } from '../helpers/fault-proxy.ts';

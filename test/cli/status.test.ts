@@ -7,6 +7,7 @@ import { Cleanups } from '../helpers/cleanups.ts';
 import { RABBITMQ_MANAGEMENT_URL, RABBITMQ_URL } from '../helpers/env.ts';
 import { closedPort, kmjWorkerEnv, lines, managementQueue, runKmj, type KmjExit } from '../helpers/kmj.ts';
 import { useScalerAndRabbit } from '../helpers/scaler.ts';
+import { waitUntil } from '../helpers/wait.ts';
 import { MLFLOW_URL, fixtures, publish, request, runsOf, uniqueId, type RestRun } from '../helpers/worker.ts';
 
 const f = fixtures();
@@ -50,14 +51,15 @@ async function metricNameOf(queue: string): Promise<string> {
 
 /** Waits until the management plugin's sampled figures for the queue are `want` (they lag). */
 async function managementShows(queue: string, want: { ready: number; unacked: number; consumers: number }): Promise<void> {
-  const end = Date.now() + 20_000;
-  for (;;) {
-    const q = await managementQueue(queue);
-    const seen = { ready: q.messages_ready, unacked: q.messages_unacknowledged, consumers: q.consumers };
-    if (seen.ready === want.ready && seen.unacked === want.unacked && seen.consumers === want.consumers) return;
-    if (Date.now() > end) throw new Error(`management API shows ${JSON.stringify(seen)} for ${queue}, not ${JSON.stringify(want)}`);
-    await new Promise((r) => setTimeout(r, 250));
-  }
+  await waitUntil(
+    `the management API to show ${JSON.stringify(want)} for ${queue}`,
+    async () => {
+      const q = await managementQueue(queue);
+      return { ready: q.messages_ready, unacked: q.messages_unacknowledged, consumers: q.consumers };
+    },
+    (seen) => seen.ready === want.ready && seen.unacked === want.unacked && seen.consumers === want.consumers,
+    { timeoutMs: 20_000, stepMs: 250 },
+  );
 }
 
 async function experimentId(name: string): Promise<string> {

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { Ajv2020 } from 'ajv/dist/2020.js';
 import { connect, type ConsumeMessage } from 'amqplib';
 import { afterEach, describe, expect, it } from 'vitest';
-import { SUBMIT_EXIT } from '../../cli/submit-command.ts';
+import { EXIT } from '../../common/exit-codes.ts';
 import { packageFile } from '../../common/paths.ts';
 import { AmqpFaultProxy } from '../helpers/amqp-fault-proxy.ts';
 import { Cleanups, deleteQueues } from '../helpers/cleanups.ts';
@@ -21,6 +21,7 @@ import {
   type KmjExit,
   type KmjProcess,
 } from '../helpers/kmj.ts';
+import { waitUntil } from '../helpers/wait.ts';
 import { drain, fixtures, MLFLOW_URL, queueState, queueStateAfterExit, runsOf, type RestRun, uniqueId } from '../helpers/worker.ts';
 
 const f = fixtures();
@@ -70,8 +71,12 @@ async function takeAll(queue: string, count: number): Promise<ConsumeMessage[]> 
     });
     // The quorum queue counts a message until it has applied its ack: wait for that before
     // closing (this broker can drop settles still in flight when the channel closes).
-    const end = Date.now() + 10_000;
-    while ((await queueState(queue)).messages > 0 && Date.now() < end) await new Promise((r) => setTimeout(r, 100));
+    await waitUntil(
+      `every ack applied by ${queue}`,
+      () => queueState(queue),
+      (s) => s.messages === 0,
+      { timeoutMs: 10_000, stepMs: 100 },
+    );
     await ch.close();
     expect(await queueStateAfterExit(queue)).toEqual({ messages: 0, consumers: 0 });
     return got;
@@ -140,7 +145,7 @@ describe('kmj submit: one request', () => {
       f.dir,
     );
     expect(result.stderr).toBe('');
-    expect(result.code).toBe(SUBMIT_EXIT.OK);
+    expect(result.code).toBe(EXIT.OK);
     const [requestId] = lines(result.stdout);
     expect(result.stdout).toBe(`${requestId}\n`);
     expect(requestId).toMatch(UUID);
@@ -220,7 +225,7 @@ describe('kmj submit: refusals', () => {
     const queue = await cleanups.requestQueue();
     const result = await submit(['--queue', queue, '--model', MODEL, '--dataset', f.datasets.csv, '--output-format', 'xml']);
     expect(result).toMatchObject({
-      code: SUBMIT_EXIT.INVALID,
+      code: EXIT.INVALID,
       stdout: '',
       stderr: 'kmj submit: nothing published: invalid request: output.format: must be one of csv, jsonl\n',
     });
@@ -238,7 +243,7 @@ describe('kmj submit: refusals', () => {
     ]);
     const result = await submit(['--queue', queue, '--model', MODEL, '--file', file]);
     expect(result).toMatchObject({
-      code: SUBMIT_EXIT.INVALID,
+      code: EXIT.INVALID,
       stdout: '',
       stderr:
         'kmj submit: nothing published: line 4: invalid request: requestId: must be 1 to 128 letters, digits, ".", "_", ":" or "-", starting with a letter or digit\n',
@@ -293,7 +298,7 @@ describe('kmj submit: refusals', () => {
     const setting = /^[A-Z_]+:/.test(c.problem);
     expect(result).toMatchObject(
       setting
-        ? { code: SUBMIT_EXIT.CONFIG, stdout: '', stderr: `kmj submit: invalid submit configuration: ${c.problem}\n` }
+        ? { code: EXIT.CONFIG, stdout: '', stderr: `kmj submit: invalid submit configuration: ${c.problem}\n` }
         : { code: 64, stdout: '', stderr: `kmj submit: ${c.problem}\nRun "kmj submit --help" for usage.\n` },
     );
     expect(await queueStateAfterExit(queue)).toEqual({ messages: 0, consumers: 0 });
@@ -320,7 +325,7 @@ describe('kmj submit: the broker refuses or does not confirm', () => {
       await conn.close();
     }
     const result = await submit(['--queue', queue, '--model', MODEL, '--dataset', f.datasets.csv]);
-    expect(result.code).toBe(SUBMIT_EXIT.BROKER);
+    expect(result.code).toBe(EXIT.UNAVAILABLE);
     expect(result.stdout).toBe('');
     expect(result.stderr).toBe(
       `kmj submit: cannot declare queue "${queue}": Operation failed: QueueDeclare; 406 (PRECONDITION-FAILED) with message ` +
@@ -367,7 +372,7 @@ describe('kmj submit: the broker refuses or does not confirm', () => {
     const exited = await Promise.race([p.done, new Promise<undefined>((resolve) => setTimeout(() => resolve(undefined), 50_000).unref())]);
     if (!exited) throw new Error(`kmj submit still running 50 s after the queue's deletion; stderr:\n${p.stderr().slice(-500)}`);
     const { code, stdout, stderr } = exited;
-    expect(code).toBe(SUBMIT_EXIT.BROKER);
+    expect(code).toBe(EXIT.UNAVAILABLE);
     expect(failed(), `kmj submit exited without reporting the failure; stderr:\n${stderr.slice(0, 500)}`).toBe(true);
     expect(printedAtDelete).toBeGreaterThan(0);
 
@@ -395,6 +400,7 @@ describe('kmj submit: the broker refuses or does not confirm', () => {
     // What reached the queue came in file order, none of it was named as not routed, and none of
     // it is from beyond the batch that failed. (Part of that batch may have reached the queue
     // without being printed: the bug the next test pins down.)
+    // Time let pass on purpose: a delivery still on its way would show in the checks below.
     await new Promise((r) => setTimeout(r, 300));
     expect(received).toEqual(ids.slice(0, received.length));
     expect(received.length).toBeLessThanOrEqual(printed.length + 200 - unrouted.length);
@@ -409,18 +415,20 @@ describe('kmj submit: the broker refuses or does not confirm', () => {
     const file = requestsFile(ids.map((requestId) => ({ requestId, dataset: { uri: f.datasets.csv } })));
     const p = startKmj(['submit', '--queue', queue, '--model', MODEL, '--file', file], { env: { RABBITMQ_URL: proxy.url } }, cleanups);
     // The broker has the first 250 messages (so it confirms them); the proxy holds the rest.
-    const end = Date.now() + 20_000;
-    while (!(proxy.held > 0 && (await queueState(queue)).messages === 250)) {
-      if (Date.now() > end) throw new Error(`the broker never had 250 messages (proxy holds ${proxy.held} frames)`);
-      await new Promise((r) => setTimeout(r, 50));
-    }
+    await waitUntil(
+      'the broker to have 250 messages while the proxy holds frames',
+      async () => ({ messages: (await queueState(queue)).messages, held: proxy.held }),
+      (s) => s.held > 0 && s.messages === 250,
+      { timeoutMs: 20_000, stepMs: 50 },
+    );
+    // Time for kmj submit to take in the broker's confirms of the 250 before the queue goes (the proxy does not show them).
     await new Promise((r) => setTimeout(r, 200));
     await deleteQueues([queue]);
     proxy.resume();
     const result = await Promise.race([p.done, new Promise<undefined>((resolve) => setTimeout(() => resolve(undefined), 20_000).unref())]);
     expect(result, 'kmj submit did not exit').toBeDefined();
     const { code, stdout, stderr } = result as KmjExit;
-    expect(code).toBe(SUBMIT_EXIT.BROKER);
+    expect(code).toBe(EXIT.UNAVAILABLE);
     expect(lines(stderr).at(-1)).toMatch(
       new RegExp(
         `^kmj submit: (the broker could not route 150 message\\(s\\) to queue "${queue}" \\(does it still exist\\?\\): ${ids.slice(250).join(', ')}|publishing to queue "${queue}" failed: .+)$`,
@@ -435,7 +443,7 @@ describe('kmj submit: the broker refuses or does not confirm', () => {
       RABBITMQ_URL: `amqp://kmj:sekret-pw@127.0.0.1:${port}`,
     });
     expect(result).toMatchObject({
-      code: SUBMIT_EXIT.BROKER,
+      code: EXIT.UNAVAILABLE,
       stdout: '',
       stderr: `kmj submit: cannot reach the broker: connect ECONNREFUSED 127.0.0.1:${port}\n`,
     });
@@ -453,7 +461,7 @@ describe('kmj submit: the broker refuses or does not confirm', () => {
     const result = await Promise.race([p.done, deadline]);
     expect(p.stderr()).toMatch(new RegExp(`kmj submit: the broker did not confirm 200 message\\(s\\) within 30000 ms`));
     expect(result, `kmj submit still running 40 s after the broker stopped answering; stderr:\n${p.stderr()}`).not.toBe('hung');
-    expect((result as KmjExit).code).toBe(SUBMIT_EXIT.BROKER);
+    expect((result as KmjExit).code).toBe(EXIT.UNAVAILABLE);
   });
 
   it('Ctrl-C while the broker is not confirming stops kmj submit at once', { timeout: 30_000 }, async () => {
@@ -465,6 +473,7 @@ describe('kmj submit: the broker refuses or does not confirm', () => {
     const p = startKmj(['submit', '--queue', queue, '--model', MODEL, '--file', file], { env: { RABBITMQ_URL: proxy.url } }, cleanups);
     p.child.stdout?.once('data', () => proxy.stall());
     await p.waitForStdout((out) => out.length > 0);
+    // Time let pass on purpose: kmj submit is then waiting on confirms that do not come.
     await new Promise((r) => setTimeout(r, 1000));
     p.child.kill('SIGINT');
     const deadline = new Promise<'still running'>((resolve) => setTimeout(() => resolve('still running'), 5000).unref());
@@ -537,7 +546,7 @@ describe('kmj submit --wait', () => {
       { MLFLOW_TRACKING_URI: MLFLOW_URL },
     );
     expect((await w.done).code).toBe(0);
-    expect(result.code, result.stderr).toBe(SUBMIT_EXIT.OK);
+    expect(result.code, result.stderr).toBe(EXIT.OK);
     const [requestId] = lines(result.stdout);
     const runs = await runsOf(queue);
     expect(runs).toHaveLength(1);
@@ -576,7 +585,7 @@ describe('kmj submit --wait', () => {
       );
       const done = await w.done;
       expect(done.code).toBe(0);
-      expect(result.code, result.stderr).toBe(SUBMIT_EXIT.OK);
+      expect(result.code, result.stderr).toBe(EXIT.OK);
       expect(lines(result.stdout)[2]).toBe(`  ${'rows'.padEnd(24)} 100000`);
       // Progress lines: rows rising, a rate, percent and time left (a local file's size is known).
       const progress = done.stderr
@@ -608,7 +617,7 @@ describe('kmj submit --wait', () => {
       { MLFLOW_TRACKING_URI: MLFLOW_URL },
     );
     expect((await w.done).code).toBe(10);
-    expect(result.code, result.stderr).toBe(SUBMIT_EXIT.DEAD_LETTERED);
+    expect(result.code, result.stderr).toBe(EXIT.DEAD_LETTERED);
     const runs = await runsOf(queue);
     expect(runs).toHaveLength(1);
     const [requestId] = lines(result.stdout);
@@ -625,7 +634,7 @@ describe('kmj submit --wait', () => {
       { MLFLOW_TRACKING_URI: MLFLOW_URL },
     );
     expect((await w.done).code).toBe(10);
-    expect(result.code, result.stderr).toBe(SUBMIT_EXIT.DEAD_LETTERED);
+    expect(result.code, result.stderr).toBe(EXIT.DEAD_LETTERED);
     const dead = await drain(`${queue}.dead`);
     expect(dead).toHaveLength(1);
     const [requestId] = lines(result.stdout);
@@ -647,7 +656,7 @@ describe('kmj submit --wait', () => {
         { MLFLOW_TRACKING_URI: MLFLOW_URL },
       );
       expect((await w.done).code).toBe(10);
-      expect(result.code, result.stderr).toBe(SUBMIT_EXIT.DEAD_LETTERED);
+      expect(result.code, result.stderr).toBe(EXIT.DEAD_LETTERED);
       const [requestId = ''] = lines(result.stdout);
       expect(result.stdout).toMatch(new RegExp(`^${requestId}\nDEAD-LETTERED: message: is \\d+ bytes, more than the limit of 1024\n$`));
       ids.push(requestId);
@@ -665,7 +674,7 @@ describe('kmj submit --wait', () => {
     const result = await submit(['--queue', queue, '--model', MODEL, '--dataset', f.datasets.csv, '--wait', '--timeout', '13'], {
       MLFLOW_TRACKING_URI: MLFLOW_URL,
     });
-    expect(result.code).toBe(SUBMIT_EXIT.TIMEOUT);
+    expect(result.code).toBe(EXIT.TIMEOUT);
     const states = lines(result.stderr).map((l) => l.replace(/^ *\d+s {2}/, ''));
     expect(states).toEqual([
       'queued: no run yet',
@@ -679,7 +688,7 @@ describe('kmj submit --wait', () => {
     const result = await submit(['--queue', queue, '--model', MODEL, '--dataset', f.datasets.csv, '--wait', '--timeout', '3'], {
       MLFLOW_TRACKING_URI: MLFLOW_URL,
     });
-    expect(result.code).toBe(SUBMIT_EXIT.TIMEOUT);
+    expect(result.code).toBe(EXIT.TIMEOUT);
     expect(Date.now() - started).toBeLessThan(15_000);
     const [requestId] = lines(result.stdout);
     expect(result.stdout).toBe(`${requestId}\nno outcome within 3 s (last seen: queued: no run yet)\n`);

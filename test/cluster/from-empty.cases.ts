@@ -34,11 +34,11 @@ import {
   rabbit,
   scaledJobStatus,
   searchRunsWithPython,
-  until,
   workerJobs,
   workerPods,
 } from '../helpers/cluster.ts';
 import { queueState, queueStateAfterExit, readRunWithPython, uniqueId } from '../helpers/worker.ts';
+import { waitUntil } from '../helpers/wait.ts';
 
 const run = promisify(execFile);
 
@@ -147,14 +147,16 @@ describe('from an empty namespace: the Secrets and kubectl apply -k overlays/loc
     const experiment = uniqueId('cluster-empty');
     const requests = Array.from({ length: 4 }, () => podRequest(experiment));
     await publishAll(requests);
-    await until(
+    await waitUntil(
       '4 FINISHED runs',
       () => clusterRunsOf(experiment),
       (runs) => runs.filter((r) => r.info.status === 'FINISHED').length === 4,
-      240_000,
-      1000,
+      { timeoutMs: 240_000, stepMs: 1000 },
     );
-    await until('no Job still running', workerJobs, (jobs) => jobs.length > 0 && jobs.every(finished), 120_000, 1000);
+    await waitUntil('no Job still running', workerJobs, (jobs) => jobs.length > 0 && jobs.every(finished), {
+      timeoutMs: 120_000,
+      stepMs: 1000,
+    });
 
     const runs = await searchRunsWithPython(experiment);
     expect(runs.map((r) => r.status)).toEqual(Array(4).fill('FINISHED'));
@@ -211,30 +213,27 @@ describe('RabbitMQ, Postgres and MLflow deleted one at a time while requests are
     for (const target of targets) {
       await send(4);
       // In flight: taken by worker pods that are running.
-      await until(
+      await waitUntil(
         `workers running before ${target.name} goes`,
         workerPods,
         (pods) => pods.filter((p) => p.status.phase === 'Running').length >= 2,
-        120_000,
-        250,
+        { timeoutMs: 120_000, stepMs: 250 },
       );
       const [before] = await readyPods(target.selector);
       expect(before, target.name).toBeDefined();
       await kubectl(['-n', NAMESPACE, 'delete', 'pod', before!, '--wait=true', '--timeout=180s']);
       if (target.publishWhileGone) await send(2);
-      await until(
+      await waitUntil(
         `${target.name} Ready again`,
         () => readyPods(target.selector),
         (names) => names.length === 1,
-        300_000,
-        1000,
+        { timeoutMs: 300_000, stepMs: 1000 },
       );
-      await until(
+      await waitUntil(
         `every request so far FINISHED after ${target.name} came back`,
         () => finishedByRequest(experiment),
         (c) => published.every((id) => (c.get(id) ?? 0) >= 1),
-        420_000,
-        2000,
+        { timeoutMs: 420_000, stepMs: 2000 },
       );
       // Its data survived: the runs of before (Postgres), a run's artifacts (MLflow's volume);
       // RabbitMQ's queue and users are what the workers went on using.
@@ -245,7 +244,7 @@ describe('RabbitMQ, Postgres and MLflow deleted one at a time while requests are
       const py = await readRunWithPython(firstRuns[0] ?? '', s.mlflowUrl, s.mlflowAdmin);
       expect(Object.keys(py.artifacts)).toContain('predictions/predictions.csv');
     }
-    await until('no Job still running', workerJobs, (jobs) => jobs.every(finished), 180_000, 1000);
+    await waitUntil('no Job still running', workerJobs, (jobs) => jobs.every(finished), { timeoutMs: 180_000, stepMs: 1000 });
     const counts = await finishedByRequest(experiment);
     expect(published).toHaveLength(16);
     expect(published.filter((id) => counts.get(id) !== 1)).toEqual([]);

@@ -44,7 +44,6 @@ import {
   patchScaledJob,
   scaledJobStatus,
   searchRunsWithPython,
-  until,
   workerJobs,
   workerPods,
   type Job,
@@ -56,6 +55,7 @@ import { runKmj } from '../helpers/kmj.ts';
 import { sampleValue } from '../helpers/metrics-text.ts';
 import { KedaLikeClient } from '../helpers/scaler.ts';
 import { drain, fixtures, metricsOf, queueState, queueStateAfterExit, tagsOf, uniqueId } from '../helpers/worker.ts';
+import { waitUntil } from '../helpers/wait.ts';
 
 const run = promisify(execFile);
 const POLL_S = 2;
@@ -72,6 +72,7 @@ async function maxJobsDuring(ms: number, jobs: () => Promise<Job[]> = workerJobs
   let max = 0;
   while (Date.now() < end) {
     max = Math.max(max, (await jobs()).length);
+    // The sampling interval: this watches the whole window, it waits for nothing.
     await new Promise((r) => setTimeout(r, 400));
   }
   return max;
@@ -141,7 +142,7 @@ afterAll(async () => {
 
 describe('KEDA runs our ScaledJob against our scaler', () => {
   it(`from zero: no Jobs while the queue is empty, then ${BURST} requests give exactly ${BURST} Jobs, ${BURST} FINISHED runs, no idle Job, and back to no pods`, async () => {
-    const ready = await until('ScaledJob READY', scaledJobStatus, (s) => s.ready === 'True', 60_000);
+    const ready = await waitUntil('ScaledJob READY', scaledJobStatus, (s) => s.ready === 'True', { timeoutMs: 60_000, stepMs: 500 });
     expect(ready.ready).toBe('True');
     // At least three polling intervals with an empty queue: no Job at all, and not active.
     expect(await maxJobsDuring(3 * POLL_S * 1000 + 1500)).toBe(0);
@@ -151,24 +152,25 @@ describe('KEDA runs our ScaledJob against our scaler', () => {
     const requests = Array.from({ length: BURST }, () => podRequest(experiment));
     const cacheBefore = await nodeCacheMetrics();
     await publishAll(requests);
-    await until('ScaledJob ACTIVE', scaledJobStatus, (s) => s.active === 'True', 30_000, 250);
+    await waitUntil('ScaledJob ACTIVE', scaledJobStatus, (s) => s.active === 'True', { timeoutMs: 30_000, stepMs: 250 });
 
-    await until(
+    await waitUntil(
       `${BURST} FINISHED runs`,
       () => runsOf(experiment),
       (runs) => runs.filter((r) => r.info.status === 'FINISHED').length === BURST,
-      240_000,
-      1000,
+      { timeoutMs: 240_000, stepMs: 1000 },
     );
-    await until('no Job still running', workerJobs, (jobs) => jobs.length > 0 && jobs.every(finished), 120_000, 1000);
-    await until(
+    await waitUntil('no Job still running', workerJobs, (jobs) => jobs.length > 0 && jobs.every(finished), {
+      timeoutMs: 120_000,
+      stepMs: 1000,
+    });
+    await waitUntil(
       'no worker pod running',
       workerPods,
       (pods) => pods.every((p) => p.status.phase !== 'Running' && p.status.phase !== 'Pending'),
-      60_000,
-      1000,
+      { timeoutMs: 60_000, stepMs: 1000 },
     );
-    await until('ScaledJob not ACTIVE', scaledJobStatus, (s) => s.active === 'False', 30_000, 500);
+    await waitUntil('ScaledJob not ACTIVE', scaledJobStatus, (s) => s.active === 'False', { timeoutMs: 30_000, stepMs: 500 });
     expect(await queueStateAfterExit(QUEUE, rabbit())).toEqual({ messages: 0, consumers: 0 });
 
     // Read back with the Python client: one FINISHED run per request.
@@ -205,13 +207,16 @@ describe('KEDA runs our ScaledJob against our scaler', () => {
   it('a bad request: its Job ends with the dead-letter exit code, the message is dead-lettered with its reason, and no further Job comes', async () => {
     const requestId = uniqueId('req-bad');
     await publishAll([{ version: 1, requestId, model: 'models:/kmj-iris-classifier/1', experiment: uniqueId('cluster-bad') }]);
-    const pods = await until('the worker pod to exit', workerPods, (p) => p.length === 1 && exitCodeOf(p[0]!) !== undefined, 120_000, 500);
+    const pods = await waitUntil('the worker pod to exit', workerPods, (p) => p.length === 1 && exitCodeOf(p[0]!) !== undefined, {
+      timeoutMs: 120_000,
+      stepMs: 500,
+    });
     expect(exitCodeOf(pods[0]!)).toBe(10);
-    const dead = await until(
+    const dead = await waitUntil(
       'the dead letter',
       () => queueState(DEAD, rabbit()),
       (s) => s.messages === 1,
-      30_000,
+      { timeoutMs: 30_000, stepMs: 500 },
     );
     expect(dead.messages).toBe(1);
     expect(await maxJobsDuring(3 * POLL_S * 1000 + 1500)).toBe(1);
@@ -228,28 +233,23 @@ describe('KEDA runs our ScaledJob against our scaler', () => {
       const experiment = uniqueId('cluster-kill');
       const req = podRequest(experiment, { dataset: { uri: data.url, format: 'csv' } });
       await publishAll([req]);
-      await until(
+      await waitUntil(
         'the worker to start reading the dataset',
         () => data.requests(),
         (n) => n === 1,
-        120_000,
-        250,
+        { timeoutMs: 120_000, stepMs: 250 },
       );
-      const [pod] = await until(
-        'one running worker pod',
-        workerPods,
-        (p) => p.length === 1 && p[0]!.status.phase === 'Running',
-        30_000,
-        250,
-      );
+      const [pod] = await waitUntil('one running worker pod', workerPods, (p) => p.length === 1 && p[0]!.status.phase === 'Running', {
+        timeoutMs: 30_000,
+        stepMs: 250,
+      });
       await kubectl(['-n', NAMESPACE, 'delete', 'pod', pod!.metadata.name, '--wait=true', '--timeout=60s']);
 
-      const runs = await until(
+      const runs = await waitUntil(
         'a FINISHED run',
         () => runsOf(experiment),
         (r) => r.some((x) => x.info.status === 'FINISHED'),
-        180_000,
-        1000,
+        { timeoutMs: 180_000, stepMs: 1000 },
       );
       expect(data.requests()).toBe(2);
       const byStatus = runs.map((r) => r.info.status).sort();
@@ -273,12 +273,11 @@ describe('KEDA runs our ScaledJob against our scaler', () => {
     try {
       const experiment = uniqueId('cluster-scaler');
       await publishAll([1, 2, 3].map(() => podRequest(experiment, { dataset: { uri: data.url, format: 'csv' } })));
-      await until(
+      await waitUntil(
         '3 workers reading',
         () => data.requests(),
         (n) => n === 3,
-        120_000,
-        250,
+        { timeoutMs: 120_000, stepMs: 250 },
       );
       const before = (await workerJobs()).map((j) => j.metadata.name).sort();
       expect(before).toHaveLength(3);
@@ -299,28 +298,35 @@ describe('KEDA runs our ScaledJob against our scaler', () => {
       const more = podRequest(experiment);
       await publishAll([more]);
       // Until a scaler is Ready again, every look at the Jobs finds exactly the three from before.
-      let looks = 0;
-      for (;;) {
-        const [jobs, deployment] = await Promise.all([
-          workerJobs(),
-          kubectl(['-n', NAMESPACE, 'get', 'deployment', 'kmj-scaler', '-o', 'jsonpath={.status.readyReplicas}']),
-        ]);
-        if (deployment.trim() === '1') break;
-        expect(jobs.map((j) => j.metadata.name).sort()).toEqual(before);
-        looks += 1;
-        await new Promise((r) => setTimeout(r, 300));
-      }
-      expect(looks).toBeGreaterThan(0);
-      await until(
+      const looks: string[][] = [];
+      await waitUntil(
+        'a scaler Ready again',
+        async () => {
+          const [jobs, deployment] = await Promise.all([
+            workerJobs(),
+            kubectl(['-n', NAMESPACE, 'get', 'deployment', 'kmj-scaler', '-o', 'jsonpath={.status.readyReplicas}']),
+          ]);
+          const ready = deployment.trim() === '1';
+          if (!ready) looks.push(jobs.map((j) => j.metadata.name).sort());
+          return ready;
+        },
+        (ready) => ready,
+        { timeoutMs: 180_000, stepMs: 300 },
+      );
+      expect(looks.length).toBeGreaterThan(0);
+      for (const names of looks) expect(names).toEqual(before);
+      await waitUntil(
         '4 FINISHED runs',
         () => runsOf(experiment),
         (r) => r.filter((x) => x.info.status === 'FINISHED').length === 4,
-        240_000,
-        1000,
+        { timeoutMs: 240_000, stepMs: 1000 },
       );
       // A Job is marked succeeded a moment after its run FINISHED (the worker acks, exits, the
       // kubelet and the Job controller report it).
-      const jobs = await until('the 4 Jobs ended', workerJobs, (js) => js.length === 4 && js.every(finished), 120_000, 500);
+      const jobs = await waitUntil('the 4 Jobs ended', workerJobs, (js) => js.length === 4 && js.every(finished), {
+        timeoutMs: 120_000,
+        stepMs: 500,
+      });
       expect(before.every((n) => jobs.some((j) => j.metadata.name === n && j.status.succeeded === 1))).toBe(true);
     } finally {
       await data.close();
@@ -394,7 +400,10 @@ describe('kmj status --scaledjob, against the real cluster', () => {
       podRequest(experiment),
       { version: 1, requestId: uniqueId('req-bad'), model: 'models:/kmj-iris-classifier/1', experiment },
     ]);
-    await until('both Jobs finished', workerJobs, (jobs) => jobs.length === 2 && jobs.every(finished), 120_000, 500);
+    await waitUntil('both Jobs finished', workerJobs, (jobs) => jobs.length === 2 && jobs.every(finished), {
+      timeoutMs: 120_000,
+      stepMs: 500,
+    });
     const targets = await scalerTargets();
 
     const res = await runKmj(['status', '--scaledjob', SCALED_JOB, '-n', NAMESPACE, '-o', 'json'], { env: statusEnv() });
@@ -463,7 +472,7 @@ describe('kmj status --scaledjob, against the real cluster', () => {
       },
     };
     await kubectl(['apply', '-f', '-'], JSON.stringify(job));
-    const res = await until(
+    const res = await waitUntil(
       'the stuck pod in kmj status',
       () => runKmj(['status', '--scaledjob', SCALED_JOB, '-n', NAMESPACE, '-o', 'json'], { env: statusEnv() }),
       (r) => {
@@ -471,8 +480,7 @@ describe('kmj status --scaledjob, against the real cluster', () => {
           (JSON.parse(r.stdout) as { kubernetes: { value?: { stuck: Array<{ reason: string }> } } }).kubernetes.value?.stuck ?? [];
         return stuck.some((p) => p.reason === 'ErrImageNeverPull');
       },
-      60_000,
-      1000,
+      { timeoutMs: 60_000, stepMs: 1000 },
     );
     expect(res.code).toBe(0);
 
@@ -645,7 +653,7 @@ describe('KEDA runs the Kafka ScaledJob (keda/scaledjob-kafka.yaml) against our 
       '--timeout=120s',
     ]);
     await applyFor(topic, group);
-    await until('Kafka ScaledJob READY', status, (s) => s.ready === 'True', 60_000);
+    await waitUntil('Kafka ScaledJob READY', status, (s) => s.ready === 'True', { timeoutMs: 60_000, stepMs: 500 });
     const experiment = uniqueId(`cluster-kafka-${n}`);
     const requests = Array.from({ length: 6 }, () => podRequest(experiment));
     const publishedAt = Date.now();
@@ -657,20 +665,22 @@ describe('KEDA runs the Kafka ScaledJob (keda/scaledjob-kafka.yaml) against our 
       return runs.filter((r) => r.info.status === 'FINISHED').length;
     };
     try {
-      await until(`trial ${n}: 6 FINISHED runs`, sample, (c) => c === 6, STRANDED_MS, 500);
+      await waitUntil(`trial ${n}: 6 FINISHED runs`, sample, (c) => c === 6, { timeoutMs: STRANDED_MS, stepMs: 500 });
     } catch (err) {
       await keepLogs(n, topic, group);
       throw err;
     }
     const drainMs = Date.now() - publishedAt;
-    await until(
+    await waitUntil(
       'every offset committed',
       () => kafka.committed(group, topic),
       (c) => c[0] === 2 && c[1] === 2 && c[2] === 2,
-      60_000,
-      500,
+      { timeoutMs: 60_000, stepMs: 500 },
     );
-    const all = await until('no Kafka Job still running', jobs, (js) => js.length > 0 && js.every(finished), 180_000, 1000);
+    const all = await waitUntil('no Kafka Job still running', jobs, (js) => js.length > 0 && js.every(finished), {
+      timeoutMs: 180_000,
+      stepMs: 1000,
+    });
     const runs = await searchRunsWithPython(experiment);
     expect(runs.map((r) => r.status)).toEqual(Array(6).fill('FINISHED'));
     expect(new Set(runs.map((r) => r.tags['kmj.request_id']))).toEqual(new Set(requests.map((r) => r.requestId)));
@@ -696,7 +706,7 @@ describe('KEDA runs the Kafka ScaledJob (keda/scaledjob-kafka.yaml) against our 
   it(
     `from zero, ${TRIALS} times: six records over three partitions give six FINISHED runs from six Jobs, at most one per partition at once, and no record stranded`,
     async () => {
-      await until('Kafka ScaledJob READY', status, (s) => s.ready === 'True', 60_000);
+      await waitUntil('Kafka ScaledJob READY', status, (s) => s.ready === 'True', { timeoutMs: 60_000, stepMs: 500 });
       expect(await maxJobsDuring(3 * POLL_S * 1000 + 1500, jobs)).toBe(0);
       const results: Trial[] = [];
       for (let n = 0; n < TRIALS; n++) results.push(await trial(n));

@@ -28,12 +28,12 @@ import {
   podRequest,
   publishAll,
   purge,
-  until,
   workerJobs,
 } from '../helpers/cluster.ts';
 import { grafanaQuery, intervalSeconds, type GrafanaRange } from '../helpers/grafana.ts';
 import { scrapeConfigsOf, startPrometheus, type MonitorManifest, type PromSeries, type RunningPrometheus } from '../helpers/prometheus.ts';
 import { uniqueId } from '../helpers/worker.ts';
+import { waitUntil } from '../helpers/wait.ts';
 
 const PORT = 19090;
 const SCRAPE_S = 5;
@@ -83,12 +83,11 @@ beforeAll(async () => {
     ruleFiles: [join(PACKAGE_ROOT, 'monitoring', 'alerts.rules.yaml')],
   });
   for (const job of ['kmj-scaler', 'keda-operator', 'kube-state-metrics', 'kmj/rabbitmq']) {
-    await until(
+    await waitUntil(
       `Prometheus scraping ${job}`,
       () => value(`max(up{job="${job}"})`),
       (v) => v === 1,
-      90_000,
-      1000,
+      { timeoutMs: 90_000, stepMs: 1000 },
     );
   }
 }, 240_000);
@@ -127,12 +126,11 @@ describe('the dashboard and the alerts against a burst in the real cluster', () 
     await purge(QUEUE);
     await purge(DEAD);
     // The window starts once Prometheus no longer sees any Job of the ScaledJob.
-    await until(
+    await waitUntil(
       'no Job of the ScaledJob in Prometheus',
       () => value(`count(kube_job_owner{owner_kind="ScaledJob", owner_name="${SCALED_JOB}"})`),
       (v) => v === undefined,
-      60_000,
-      1000,
+      { timeoutMs: 60_000, stepMs: 1000 },
     );
     const before = (await value(`sum(kmj_requests_total{name="${QUEUE}"})`)) ?? 0;
     const from = Math.floor(Date.now() / 1000) - 1;
@@ -142,27 +140,29 @@ describe('the dashboard and the alerts against a burst in the real cluster', () 
       ...Array.from({ length: GOOD }, () => podRequest(experiment)),
       { version: 1, requestId: uniqueId('req-bad'), model: 'models:/kmj-iris-classifier/1', experiment },
     ]);
-    const jobs = await until('every Job ended', workerJobs, (j) => j.length === GOOD + 1 && j.every(finished), 240_000, 1000);
+    const jobs = await waitUntil('every Job ended', workerJobs, (j) => j.length === GOOD + 1 && j.every(finished), {
+      timeoutMs: 240_000,
+      stepMs: 1000,
+    });
     expect(jobs.filter((j) => (j.status.succeeded ?? 0) > 0)).toHaveLength(GOOD);
     expect((await clusterRunsOf(experiment)).map((r) => r.info.status)).toEqual(Array(GOOD).fill('FINISHED'));
     // Prometheus has seen every report and every Job ended.
-    await until(
+    await waitUntil(
       'the reports in Prometheus',
       () => value(`sum(kmj_requests_total{name="${QUEUE}"})`),
       (v) => v === before + GOOD + 1,
-      60_000,
-      1000,
+      { timeoutMs: 60_000, stepMs: 1000 },
     );
-    await until(
+    await waitUntil(
       'the Jobs ended in Prometheus',
       () =>
         value(
           `sum(kube_job_status_succeeded{namespace="${NAMESPACE}"} * on (namespace, job_name) group_left () max by (namespace, job_name) (kube_job_owner{owner_name="${SCALED_JOB}"}))`,
         ),
       (v) => v === GOOD,
-      60_000,
-      1000,
+      { timeoutMs: 60_000, stepMs: 1000 },
     );
+    // Time let pass on purpose: two more scrapes put the quiet state after the burst into the window's last points.
     await new Promise((r) => setTimeout(r, 2 * SCRAPE_S * 1000));
     const to = Math.floor(Date.now() / 1000);
     // The panels' own data points: Grafana's $__interval for this range is the scrape interval.
@@ -249,12 +249,11 @@ describe('the dashboard and the alerts against a burst in the real cluster', () 
     // The alerts of this ScaledJob (the Kafka one's earlier trials may have their own).
     const ours = async (): Promise<Awaited<ReturnType<RunningPrometheus['alerts']>>> =>
       (await p().alerts()).filter((x) => x.labels['scaledjob'] === SCALED_JOB);
-    const firing = await until(
+    const firing = await waitUntil(
       "the burst's alerts",
       ours,
       (a) => ['KmjDeadLettersGrowing', 'KmjJobsFailing'].every((n) => a.some((x) => x.labels['alertname'] === n && x.state === 'firing')),
-      60_000,
-      1000,
+      { timeoutMs: 60_000, stepMs: 1000 },
     );
     for (const name of ['KmjDeadLettersGrowing', 'KmjJobsFailing']) {
       expect(firing.find((x) => x.labels['alertname'] === name)?.labels).toMatchObject({

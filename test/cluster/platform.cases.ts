@@ -6,8 +6,9 @@ import { readFileSync } from 'node:fs';
 import { afterAll, describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
 import { packageFile } from '../../common/paths.ts';
-import { NAMESPACE, SCALER_NAME, kubectl, kubectlJson, until } from '../helpers/cluster.ts';
+import { NAMESPACE, SCALER_NAME, kubectl, kubectlJson } from '../helpers/cluster.ts';
 import { fixtures } from '../helpers/worker.ts';
+import { waitUntil } from '../helpers/wait.ts';
 
 const IMAGE = 'kmj.local/keda-ml-jobs:0.1.0';
 const made: Array<[kind: string, name: string]> = [];
@@ -47,12 +48,11 @@ async function runPod(pod: Record<string, unknown>): Promise<string> {
   const name = (pod['metadata'] as { name: string }).name;
   made.push(['pod', name]);
   await kubectl(['apply', '-f', '-'], JSON.stringify(pod));
-  const phase = await until(
+  const phase = await waitUntil(
     `pod ${name} ended`,
     async () => (await kubectlJson<{ status: { phase: string } }>(['-n', NAMESPACE, 'get', 'pod', name])).status.phase,
     (p) => p === 'Succeeded' || p === 'Failed',
-    120_000,
-    500,
+    { timeoutMs: 120_000, stepMs: 500 },
   );
   const log = await kubectl(['-n', NAMESPACE, 'logs', name]);
   expect(phase, log).toBe('Succeeded');
@@ -174,13 +174,12 @@ describe('the cluster as k3s gives it', () => {
     made.push(['job', job.metadata.name]);
     await kubectl(['-n', NAMESPACE, 'delete', 'job', job.metadata.name, '--ignore-not-found', '--wait=true']);
     await kubectl(['apply', '-f', '-'], JSON.stringify(job));
-    const state = await until(
+    const state = await waitUntil(
       'the doctor Job ended',
       async () =>
         (await kubectlJson<{ status: { succeeded?: number; failed?: number } }>(['-n', NAMESPACE, 'get', 'job', job.metadata.name])).status,
       (st) => (st.succeeded ?? 0) + (st.failed ?? 0) > 0,
-      180_000,
-      1000,
+      { timeoutMs: 180_000, stepMs: 1000 },
     );
     const log = await kubectl(['-n', NAMESPACE, 'logs', `job/${job.metadata.name}`]);
     const report = JSON.parse(

@@ -141,25 +141,6 @@ export async function deleteWorkerJobs(): Promise<void> {
   await kubectl(['-n', NAMESPACE, 'delete', 'pods', '-l', 'app.kubernetes.io/name=kmj-worker', '--wait=true', '--timeout=120s']);
 }
 
-/** Polls `fn` every `stepMs` until `ok` holds; fails with the last value after `timeoutMs`. */
-export async function until<T>(what: string, fn: () => T | Promise<T>, ok: (v: T) => boolean, timeoutMs: number, stepMs = 500): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: T | undefined;
-  let lastErr: unknown;
-  while (Date.now() < deadline) {
-    try {
-      last = await fn();
-      if (ok(last)) return last;
-    } catch (err) {
-      lastErr = err;
-    }
-    await new Promise((r) => setTimeout(r, stepMs));
-  }
-  throw new Error(
-    `${what}: not reached in ${timeoutMs} ms; last: ${JSON.stringify(last)}${lastErr ? `; last error: ${(lastErr as Error).message}` : ''}`,
-  );
-}
-
 /**
  * The cluster's RabbitMQ and MLflow (manifests/, deployed by scripts/cluster-deploy.sh) as the host
  * reaches them: by their Services' cluster IPs, which kube-proxy routes here (the host has no

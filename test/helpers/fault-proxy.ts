@@ -8,6 +8,7 @@
  */
 import { Agent, createServer, request as httpRequest, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
+import { waitUntil } from './wait.ts';
 import { MLFLOW_URL } from './worker.ts';
 
 /** The path of an MLflow REST endpoint: `mlflowPath('runs/create')` is `/api/2.0/mlflow/runs/create`. */
@@ -115,17 +116,18 @@ export class FaultProxy {
   }
 
   /** Resolves with the first request to `path` (already received or still to come). */
-  async waitForRequest(path: string | RegExp, timeoutMs = 20_000): Promise<RecordedRequest> {
-    const end = Date.now() + timeoutMs;
-    for (;;) {
-      const hit = this.#requests.find((r) => matches(path, r.path));
-      if (hit) return hit;
-      if (Date.now() > end)
-        throw new Error(
-          `no request to ${String(path)} within ${timeoutMs} ms; seen: ${this.#requests.map((r) => `${r.method} ${r.path}`).join(', ')}`,
-        );
-      await new Promise((r) => setTimeout(r, 25));
-    }
+  waitForRequest(path: string | RegExp, timeoutMs = 20_000): Promise<RecordedRequest> {
+    return waitUntil(
+      `a request to ${String(path)}`,
+      () => {
+        const hit = this.#requests.find((r) => matches(path, r.path));
+        // What did come goes into the timeout's message.
+        if (!hit) throw new Error(`seen: ${this.#requests.map((r) => `${r.method} ${r.path}`).join(', ')}`);
+        return hit;
+      },
+      () => true,
+      { timeoutMs, stepMs: 25 },
+    );
   }
 
   async close(): Promise<void> {

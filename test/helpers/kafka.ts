@@ -8,6 +8,7 @@ import { dropTimeoutNegativeWarnings } from '../../kafka/client.ts';
 import { commitAsMember } from '../../kafka/group.ts';
 import { KAFKA_BROKERS } from './env.ts';
 import { uniqueName } from './rabbit.ts';
+import { waitUntil } from './wait.ts';
 
 export class KafkaFixture {
   readonly brokers: string;
@@ -44,11 +45,12 @@ export class KafkaFixture {
       // its leaders are not known yet. Wait for them here instead.
       if (!(await admin.listTopics()).includes(name)) throw err;
     }
-    for (const end = Date.now() + 15_000; ; await new Promise((r) => setTimeout(r, 100))) {
-      const offsets = await admin.fetchTopicOffsets(name).catch(() => []);
-      if (offsets.length === partitions) break;
-      if (Date.now() > end) throw new Error(`topic ${name}: the leaders of its ${partitions} partitions are not known after 15 s`);
-    }
+    await waitUntil(
+      `the leaders of the ${partitions} partitions of topic ${name}`,
+      () => admin.fetchTopicOffsets(name),
+      (offsets) => offsets.length === partitions,
+      { timeoutMs: 15_000, stepMs: 100 },
+    );
     return name;
   }
 

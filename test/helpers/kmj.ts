@@ -9,6 +9,7 @@ import { connect } from 'amqplib';
 import { packageFile } from '../../common/paths.ts';
 import { RABBITMQ_MANAGEMENT_URL, RABBITMQ_URL } from './env.ts';
 import type { Cleanups } from './cleanups.ts';
+import { waitUntil } from './wait.ts';
 import { workerEnv } from './worker.ts';
 
 export const KMJ = packageFile('bin', 'kmj.js');
@@ -77,15 +78,20 @@ export function startKmj(args: readonly string[], options: KmjOptions = {}, clea
     stderr: () => err,
     done,
     waitForStdout: async (ok, timeoutMs = 30_000) => {
-      const end = Date.now() + timeoutMs;
-      for (;;) {
-        if (ok(out)) return out;
-        if (exited || Date.now() > end)
-          throw new Error(
-            `stdout never matched (${exited ? `exited ${child.exitCode}` : 'timed out'}); stdout:\n${out}\nstderr:\n${err.slice(-3000)}`,
-          );
-        await new Promise((r) => setTimeout(r, 20));
-      }
+      const output = (): string => `stdout:\n${out}\nstderr:\n${err.slice(-3000)}`;
+      const matched = await waitUntil(
+        'kmj to print what the test waits for',
+        () => {
+          // An exit ends the wait (false): the output will not change after it.
+          const hit = ok(out);
+          if (hit || exited) return hit;
+          throw new Error(output());
+        },
+        () => true,
+        { timeoutMs, stepMs: 20 },
+      );
+      if (!matched) throw new Error(`stdout never matched (exited ${child.exitCode}); ${output()}`);
+      return out;
     },
     logs: () =>
       err

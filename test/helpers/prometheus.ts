@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
 import { PACKAGE_ROOT } from '../../common/paths.ts';
+import { waitUntil } from './wait.ts';
 
 /** The Debian root holding prometheus and promtool (built once per machine). */
 export function prometheusRoot(): string {
@@ -85,22 +86,22 @@ export async function startPrometheus(options: PrometheusOptions): Promise<Runni
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
     rmSync(dir, { recursive: true, force: true });
   };
-  const deadline = Date.now() + 30_000;
-  for (;;) {
-    if (child.exitCode !== null) {
-      await close();
-      throw new Error(`prometheus exited (${child.exitCode}): ${logs}`);
-    }
-    const ready = await fetch(`${url}/-/ready`).then(
-      (r) => r.ok,
-      () => false,
+  let state: 'ready' | 'not ready' | 'exited';
+  try {
+    // An exit ends the wait too: it will not become ready.
+    state = await waitUntil(
+      `prometheus ready on ${url}`,
+      async () => (child.exitCode !== null ? 'exited' : (await fetch(`${url}/-/ready`)).ok ? 'ready' : 'not ready'),
+      (s) => s !== 'not ready',
+      { timeoutMs: 30_000, stepMs: 200 },
     );
-    if (ready) break;
-    if (Date.now() > deadline) {
-      await close();
-      throw new Error(`prometheus not ready on ${url} after 30 s: ${logs}`);
-    }
-    await new Promise((r) => setTimeout(r, 200));
+  } catch (err) {
+    await close();
+    throw new Error(`${(err as Error).message}; its log: ${logs}`, { cause: err });
+  }
+  if (state === 'exited') {
+    await close();
+    throw new Error(`prometheus exited (${child.exitCode}): ${logs}`);
   }
   const series = (data: {
     result: Array<{ metric: Record<string, string>; value?: [number, string]; values?: Array<[number, string]> }>;

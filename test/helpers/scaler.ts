@@ -99,18 +99,6 @@ export function ref(metadata: Record<string, string>): ScaledObjectRef {
   return { name: 'jobs', namespace: 'ml', scalerMetadata: { scalerAddress: 'kmj-scaler.ml:6000', ...metadata } };
 }
 
-/** Polls `fn` until it returns a value for which `ok` holds, or fails after `timeoutMs` with the last value. */
-export async function eventually<T>(fn: () => Promise<T>, ok: (v: T) => boolean, timeoutMs = 15_000, stepMs = 200): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  let last: T = await fn();
-  while (!ok(last)) {
-    if (Date.now() > end) return last;
-    await new Promise((r) => setTimeout(r, stepMs));
-    last = await fn();
-  }
-  return last;
-}
-
 const HealthClient = (
   grpc.loadPackageDefinition(protoLoader.loadSync(healthProtoPath, { keepCase: true, enums: String, defaults: true })) as unknown as {
     grpc: { health: { v1: { Health: grpc.ServiceClientConstructor } } };

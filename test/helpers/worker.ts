@@ -13,6 +13,7 @@ import { connect, type ConsumeMessage, type Options } from 'amqplib';
 import { PACKAGE_ROOT } from '../../common/paths.ts';
 import { declareRequestTopology, deadLetterQueueOf } from '../../rabbitmq/topology.ts';
 import { KAFKA_BROKERS, RABBITMQ_URL } from './env.ts';
+import { waitUntil } from './wait.ts';
 
 const run = promisify(execFile);
 
@@ -133,16 +134,16 @@ export async function queueState(queue: string, url = RABBITMQ_URL): Promise<Que
  * The queue's state once the broker has dropped the consumers of workers that have exited: a
  * quorum queue applies a consumer's cancel (and a closed connection's) through its log, so its
  * declare-ok can still count a consumer for a moment after the worker's cancel-ok and exit (seen
- * in a fresh-clone run on a loaded machine). Waits up to 10 s for no consumer, then returns the
- * state whatever it is, for the test to assert.
+ * in a fresh-clone run on a loaded machine). Waits up to 10 s for no consumer (then fails with the
+ * last state), and returns the state for the test to assert.
  */
-export async function queueStateAfterExit(queue: string, url = RABBITMQ_URL): Promise<QueueState> {
-  const end = Date.now() + 10_000;
-  for (;;) {
-    const state = await queueState(queue, url);
-    if (state.consumers === 0 || Date.now() > end) return state;
-    await new Promise((r) => setTimeout(r, 50));
-  }
+export function queueStateAfterExit(queue: string, url = RABBITMQ_URL): Promise<QueueState> {
+  return waitUntil(
+    `no consumer on queue ${queue}`,
+    () => queueState(queue, url),
+    (state) => state.consumers === 0,
+    { timeoutMs: 10_000, stepMs: 50 },
+  );
 }
 
 /** Takes every message off a queue (acknowledging them) and returns them. */
@@ -249,15 +250,19 @@ export async function runWorker(queue: string, env: Record<string, string> = {})
 }
 
 /** Waits until a log line with message `msg` appears, or fails after `timeoutMs`. */
-export async function waitForLog(w: WorkerProcess, msg: string, timeoutMs = 20_000): Promise<Record<string, unknown>> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const hit = w.logs().find((l) => l['msg'] === msg);
-    if (hit) return hit;
-    if (Date.now() > end)
-      throw new Error(`no "${msg}" log line within ${timeoutMs} ms; logs: ${JSON.stringify(w.logs().map((l) => l['msg']))}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
+export function waitForLog(w: WorkerProcess, msg: string, timeoutMs = 20_000): Promise<Record<string, unknown>> {
+  return waitUntil(
+    `a "${msg}" log line`,
+    () => {
+      const logs = w.logs();
+      const hit = logs.find((l) => l['msg'] === msg);
+      // What the worker did log instead goes into the timeout's message.
+      if (!hit) throw new Error(`logs: ${JSON.stringify(logs.map((l) => l['msg']))}`);
+      return hit;
+    },
+    () => true,
+    { timeoutMs, stepMs: 50 },
+  );
 }
 
 /** One MLflow REST call (`path` under /api/2.0/mlflow/); throws on an error answer. */

@@ -19,7 +19,7 @@ import { RABBITMQ_URL } from '../helpers/env.ts';
 import { arm64KmjCommand, imageFor, qemuAarch64, readImage, unpackLayer } from '../helpers/image.ts';
 import { kmjWorkerEnv, startKmj, type KmjProcess } from '../helpers/kmj.ts';
 import { RabbitFixture } from '../helpers/rabbit.ts';
-import { eventually, KedaLikeClient } from '../helpers/scaler.ts';
+import { KedaLikeClient } from '../helpers/scaler.ts';
 import {
   drain,
   fixtures,
@@ -31,6 +31,7 @@ import {
   request,
   runsOf,
 } from '../helpers/worker.ts';
+import { waitUntil } from '../helpers/wait.ts';
 
 const cleanups = new Cleanups();
 let root: string;
@@ -53,14 +54,19 @@ afterAll(async () => {
 
 /** The log line with this message, once the process has written it. */
 async function logLine(p: KmjProcess, msg: string, timeoutMs: number): Promise<Record<string, unknown>> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const line = p.logs().find((l) => l['msg'] === msg);
-    if (line) return line;
-    if (p.child.exitCode !== null || Date.now() > end)
-      throw new Error(`no "${msg}" log line (exit ${p.child.exitCode}); stderr:\n${p.stderr().slice(-4000)}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
+  const line = await waitUntil(
+    `a "${msg}" log line`,
+    () => {
+      const hit = p.logs().find((l) => l['msg'] === msg);
+      // An exit ends the wait (undefined): the line will not come after it.
+      if (hit || p.child.exitCode !== null) return hit;
+      throw new Error(`stderr:\n${p.stderr().slice(-4000)}`);
+    },
+    () => true,
+    { timeoutMs, stepMs: 100 },
+  );
+  if (!line) throw new Error(`no "${msg}" log line (exit ${p.child.exitCode}); stderr:\n${p.stderr().slice(-4000)}`);
+  return line;
 }
 
 describe('the linux/arm64 image under emulation', () => {
@@ -131,11 +137,11 @@ describe('the linux/arm64 image under emulation', () => {
     const listening = await logLine(scaler, 'scaler listening', 120_000);
     const client = new KedaLikeClient(`127.0.0.1:${String(listening['grpcPort'])}`);
     try {
-      const values = await eventually(
+      const values = await waitUntil(
+        'the scaler to report the 3 messages published',
         () => client.getMetrics({ queueName: queue }),
         (r) => r.ok && r.value.metricValues[0]?.metricValue === 3,
-        60_000,
-        500,
+        { timeoutMs: 60_000, stepMs: 500 },
       );
       expect(values).toMatchObject({ ok: true, value: { metricValues: [{ metricValue: 3 }] } });
     } finally {

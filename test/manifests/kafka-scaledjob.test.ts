@@ -77,7 +77,7 @@ describe('keda/scaledjob-kafka.yaml', () => {
       string
     >);
     const meta = job.spec.triggers[0]?.metadata ?? {};
-    expect(config.kafka).toMatchObject({ topic: meta['topic'], group: meta['consumerGroup'], maxMessages: 1 });
+    expect(config.input).toMatchObject({ kind: 'kafka', topic: meta['topic'], group: meta['consumerGroup'], maxMessages: 1 });
   });
 
   it('is hardened as the RabbitMQ ScaledJob is', () => {

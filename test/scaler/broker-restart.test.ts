@@ -4,7 +4,8 @@ import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { RabbitFixture } from '../helpers/rabbit.ts';
 import { RabbitNode } from '../helpers/rabbit-node.ts';
-import { eventually, startTestScaler, type ScalerHandle } from '../helpers/scaler.ts';
+import { startTestScaler, type ScalerHandle } from '../helpers/scaler.ts';
+import { waitUntil } from '../helpers/wait.ts';
 
 const node = new RabbitNode('kmjrestart', 5674);
 let rabbit: RabbitFixture;
@@ -31,7 +32,8 @@ it('answers UNAVAILABLE while the broker is down and the right count soon after 
   await rabbit.publish(queue, 3);
   const meta = { queueName: queue };
   expect(
-    await eventually(
+    await waitUntil(
+      'the scaler to report the 3 messages published',
       () => s.client.poll(meta),
       (r) => r.ok && r.view.value === 3,
     ),
@@ -45,28 +47,29 @@ it('answers UNAVAILABLE while the broker is down and the right count soon after 
   }, 50);
   try {
     await node.stopApp();
-    const down = await eventually(
+    const down = await waitUntil(
+      'the scaler to answer an error once the broker has stopped',
       () => s.client.poll(meta),
       (r) => !r.ok,
-      10_000,
-      100,
+      { timeoutMs: 10_000, stepMs: 100 },
     );
     expect(down.ok).toBe(false);
     if (!down.ok) {
       expect(down.error.code).toBe(grpc.status.UNAVAILABLE);
       expect(down.error.details).not.toContain('guest');
     }
+    // Time let pass on purpose: the answer stays UNAVAILABLE (never a 0) while the broker is away.
     await new Promise((r) => setTimeout(r, 1500));
     const stillDown = await s.client.poll(meta);
     expect(stillDown).toMatchObject({ ok: false, error: { code: grpc.status.UNAVAILABLE } });
 
     await node.startApp();
     const backAt = Date.now();
-    const back = await eventually(
+    const back = await waitUntil(
+      "the scaler to report the 3 messages again after the broker's return",
       () => s.client.poll(meta),
       (r) => r.ok && r.view.value === 3,
-      20_000,
-      100,
+      { timeoutMs: 20_000, stepMs: 100 },
     );
     expect(back).toMatchObject({ ok: true, view: { value: 3 } });
     expect(Date.now() - backAt).toBeLessThan(6000);

@@ -8,7 +8,8 @@ import { Cleanups } from '../helpers/cleanups.ts';
 import { RABBITMQ_URL } from '../helpers/env.ts';
 import { startKmj, type KmjExit, type KmjProcess } from '../helpers/kmj.ts';
 import { RabbitFixture } from '../helpers/rabbit.ts';
-import { eventually, KedaLikeClient } from '../helpers/scaler.ts';
+import { KedaLikeClient } from '../helpers/scaler.ts';
+import { waitUntil } from '../helpers/wait.ts';
 
 type Exit = Pick<KmjExit, 'code' | 'signal'>;
 
@@ -35,15 +36,19 @@ function logLines(p: KmjProcess): Array<Record<string, unknown>> {
 }
 
 async function waitForLog(p: KmjProcess, msg: string, timeoutMs = 10_000): Promise<Record<string, unknown>> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const line = logLines(p).find((l) => l['msg'] === msg);
-    if (line) return line;
-    if (p.child.exitCode !== null || Date.now() > end) {
-      throw new Error(`no "${msg}" log line (exit ${p.child.exitCode}); stderr:\n${p.stderr()}`);
-    }
-    await new Promise((r) => setTimeout(r, 50));
-  }
+  const line = await waitUntil(
+    `a "${msg}" log line`,
+    () => {
+      const hit = logLines(p).find((l) => l['msg'] === msg);
+      // An exit ends the wait (undefined): the line will not come after it.
+      if (hit || p.child.exitCode !== null) return hit;
+      throw new Error(`stderr:\n${p.stderr()}`);
+    },
+    () => true,
+    { timeoutMs, stepMs: 50 },
+  );
+  if (!line) throw new Error(`no "${msg}" log line (exit ${p.child.exitCode}); stderr:\n${p.stderr()}`);
+  return line;
 }
 
 /** Starts `kmj scaler` on free ports and returns them, read from its 'scaler listening' line. */
@@ -105,7 +110,8 @@ describe('kmj scaler', () => {
         },
       });
       const metricName = spec.ok ? (spec.value.metricSpecs[0]?.metricName ?? '') : '';
-      const values = await eventually(
+      const values = await waitUntil(
+        'the scaler started by the CLI to report the 4 messages published',
         () => client.getMetrics({ queueName: queue }, metricName),
         (r) => r.ok && r.value.metricValues[0]?.metricValue === 4,
       );
@@ -230,8 +236,12 @@ describe('kmj scaler with a port already taken', () => {
 
   it('says which metrics port it cannot listen on', async () => {
     const p = kmj(['scaler', '--port', '0', '--metrics-port', String(takenPort)]);
-    const end = Date.now() + 5000;
-    while (!p.stderr().includes('\n') && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
+    await waitUntil(
+      'a first line on stderr',
+      () => p.stderr(),
+      (stderr) => stderr.includes('\n'),
+      { timeoutMs: 5000, stepMs: 50 },
+    );
     expect(p.stderr()).toMatch(
       new RegExp(
         `^kmj: Error: cannot listen for HTTP on 127\\.0\\.0\\.1:${takenPort}: listen EADDRINUSE: address already in use 127\\.0\\.0\\.1:${takenPort}\n`,

@@ -12,7 +12,8 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { packageFile } from '../../common/paths.ts';
 import { SCALER_HELP } from '../../cli/scaler-command.ts';
 import { loadExternalScalerPackage } from '../../scaler/grpc-server.ts';
-import { eventually, healthCheck, useScalerAndRabbit } from '../helpers/scaler.ts';
+import { healthCheck, useScalerAndRabbit } from '../helpers/scaler.ts';
+import { waitUntil } from '../helpers/wait.ts';
 
 const PROTO_FILE = packageFile('proto', 'externalscaler.proto');
 
@@ -287,7 +288,8 @@ describe('trigger metadata errors (INVALID_ARGUMENT, via GetMetricSpec)', () => 
         ],
       },
     });
-    const fromEnv = await eventually(
+    const fromEnv = await waitUntil(
+      'the scaler to report 3 messages for the queue named by queueNameFromEnv',
       () => scaler().client.poll({ queueNameFromEnv: queue }),
       (r) => r.ok && r.view.value === 3,
     );

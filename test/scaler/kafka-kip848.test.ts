@@ -8,7 +8,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { packageFile } from '../../common/paths.ts';
 import { KAFKA_BROKERS, KAFKA_LIBS } from '../helpers/env.ts';
 import { KafkaFixture } from '../helpers/kafka.ts';
-import { eventually, startTestScaler, type ScalerHandle } from '../helpers/scaler.ts';
+import { startTestScaler, type ScalerHandle } from '../helpers/scaler.ts';
+import { waitUntil } from '../helpers/wait.ts';
 
 let kafka: KafkaFixture;
 let handle: ScalerHandle;
@@ -66,7 +67,8 @@ describe('consumer groups of the KIP-848 protocol (Java client, group.protocol=c
     await member(topic, group, 0, 'joined');
     const meta = { source: 'kafka', topic, consumerGroup: group, allowIdleConsumers: 'true' };
     expect(
-      await eventually(
+      await waitUntil(
+        'the scaler to read the group of the member that joined',
         () => handle.client.poll({ ...meta, offsetResetPolicy: 'earliest' }),
         (r) => r.ok,
       ),
@@ -81,7 +83,8 @@ describe('consumer groups of the KIP-848 protocol (Java client, group.protocol=c
     await member(topic, group, 2, 'committed 2');
     const meta = { source: 'kafka', topic, consumerGroup: group, allowIdleConsumers: 'true' };
     expect(
-      await eventually(
+      await waitUntil(
+        "the scaler to report a lag of 3 after the member's commit of 2",
         () => handle.client.poll(meta),
         (r) => r.ok && r.view.value === 3,
       ),

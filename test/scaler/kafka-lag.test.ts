@@ -13,7 +13,8 @@ import { kafkaClient } from '../../kafka/client.ts';
 import { KafkaOffsetsReader } from '../../kafka/offsets.ts';
 import { kafkaConnection } from '../../kafka/settings.ts';
 import { loadScalerConfig } from '../../scaler/config.ts';
-import { eventually, startTestScaler, type ScalerHandle } from '../helpers/scaler.ts';
+import { startTestScaler, type ScalerHandle } from '../helpers/scaler.ts';
+import { waitUntil } from '../helpers/wait.ts';
 
 let kafka: KafkaFixture;
 let handle: ScalerHandle;
@@ -97,7 +98,8 @@ describe('lag of a consumer group', () => {
 
     // New records show on the next reads.
     await kafka.produce(topic, 1, 2);
-    const after = await eventually(
+    const after = await waitUntil(
+      'the lag of the caught-up group to show the 2 new records',
       () => poll({ topic, consumerGroup: caughtUp, ...idle }),
       (r) => r.ok && r.view.value === 2,
     );
@@ -140,13 +142,15 @@ describe('lag of a consumer group', () => {
     // One partition committed, one not: the committed one by its offsets, the other by the policy.
     await kafka.commit(group, topic, { 0: 3 });
     expect(
-      await eventually(
+      await waitUntil(
+        "a lag of 4 on the committed partition + 2 on the other by 'earliest'",
         () => poll({ ...base, offsetResetPolicy: 'earliest' }),
         (r) => r.ok && r.view.value === 6,
       ),
     ).toMatchObject({ ok: true, view: { value: 6 } });
     expect(
-      await eventually(
+      await waitUntil(
+        "a lag of 4 on the committed partition + 1 for the other by 'latest'",
         () => poll({ ...base, offsetResetPolicy: 'latest' }),
         (r) => r.ok && r.view.value === 5,
       ),
@@ -191,17 +195,18 @@ describe('lag of a consumer group', () => {
     await kafka.commit(group, topic, { 0: 1, 1: 2 });
     const meta = { topic, consumerGroup: group, excludePersistentLag: 'true', allowIdleConsumers: 'true' };
     // The first read counts everything; from the second on, commits that did not move count 0.
-    const stuck = await eventually(
+    const stuck = await waitUntil(
+      'the lag whose commits did not move to count 0',
       () => poll(meta),
       (r) => r.ok && r.view.value === 0,
     );
     expect(stuck).toMatchObject({ ok: true, view: { value: 0, active: true } });
     await kafka.commit(group, topic, { 0: 2 });
-    const moved = await eventually(
+    const moved = await waitUntil(
+      'the lag of the partition whose commit moved to count 2',
       () => poll(meta),
       (r) => r.ok && r.view.value === 2,
-      5000,
-      50,
+      { timeoutMs: 5000, stepMs: 50 },
     );
     expect(moved).toMatchObject({ ok: true, view: { value: 2, active: true } });
   });

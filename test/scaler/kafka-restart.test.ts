@@ -4,7 +4,8 @@ import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { KafkaFixture } from '../helpers/kafka.ts';
 import { KafkaNode } from '../helpers/kafka-node.ts';
-import { eventually, startTestScaler, type ScalerHandle } from '../helpers/scaler.ts';
+import { startTestScaler, type ScalerHandle } from '../helpers/scaler.ts';
+import { waitUntil } from '../helpers/wait.ts';
 
 const node = new KafkaNode('kafka-restart', 19192);
 let kafka: KafkaFixture;
@@ -30,7 +31,8 @@ it('answers UNAVAILABLE while the broker is down and the right lag soon after it
   await kafka.commit(group, topic, { 0: 1, 1: 0 });
   const meta = { source: 'kafka', topic, consumerGroup: group, allowIdleConsumers: 'true' };
   expect(
-    await eventually(
+    await waitUntil(
+      'the scaler to report a lag of 4',
       () => s.client.poll(meta),
       (r) => r.ok && r.view.value === 4,
     ),
@@ -44,11 +46,11 @@ it('answers UNAVAILABLE while the broker is down and the right lag soon after it
   }, 50);
   try {
     await node.stop();
-    const down = await eventually(
+    const down = await waitUntil(
+      'the scaler to answer an error once the broker has stopped',
       () => s.client.poll(meta),
       (r) => !r.ok,
-      10_000,
-      100,
+      { timeoutMs: 10_000, stepMs: 100 },
     );
     expect(down).toMatchObject({
       ok: false,
@@ -56,11 +58,11 @@ it('answers UNAVAILABLE while the broker is down and the right lag soon after it
     });
     await node.start();
     const started = Date.now();
-    const back = await eventually(
+    const back = await waitUntil(
+      "the scaler to report a lag of 4 again after the broker's return",
       () => s.client.poll(meta),
       (r) => r.ok && r.view.value === 4,
-      30_000,
-      200,
+      { timeoutMs: 30_000, stepMs: 200 },
     );
     expect(back).toMatchObject({ ok: true, view: { value: 4 } });
     expect(Date.now() - started).toBeLessThan(30_000);

@@ -1,7 +1,8 @@
 // The scaler against a real RabbitMQ, through a real gRPC client polling the way KEDA does.
 import * as grpc from '@grpc/grpc-js';
 import { describe, expect, it } from 'vitest';
-import { eventually, useScalerAndRabbit } from '../helpers/scaler.ts';
+import { useScalerAndRabbit } from '../helpers/scaler.ts';
+import { waitUntil } from '../helpers/wait.ts';
 
 const { scaler, rabbit } = useScalerAndRabbit();
 
@@ -10,18 +11,19 @@ describe('backlog of a RabbitMQ queue', () => {
     const queue = await rabbit().queue('publish-n');
     await rabbit().publish(queue, 7);
     for (const mode of ['backlog', 'ready'] as const) {
-      const r = await eventually(
+      const r = await waitUntil(
+        'the scaler to report 7 messages in this mode',
         () => scaler().client.poll({ queueName: queue, mode }),
         (r) => r.ok && r.view.value === 7,
       );
       expect(r).toMatchObject({ ok: true, view: { value: 7, active: true } });
     }
     // The management plugin samples statistics, so its figure arrives later.
-    const m = await eventually(
+    const m = await waitUntil(
+      "the management plugin's figure of 7 messages",
       () => scaler().client.poll({ queueName: queue, mode: 'management' }),
       (r) => r.ok && r.view.value === 7,
-      30_000,
-      500,
+      { timeoutMs: 30_000, stepMs: 500 },
     );
     expect(m).toMatchObject({ ok: true, view: { value: 7, active: true } });
   });
@@ -46,7 +48,8 @@ describe('backlog of a RabbitMQ queue', () => {
       targetSize: 3,
       targetSizeFloat: 2.5,
     });
-    const values = await eventually(
+    const values = await waitUntil(
+      'GetMetrics to report 3 messages',
       () => scaler().client.getMetrics(meta, ms?.metricName),
       (r) => r.ok && r.value.metricValues[0]?.metricValue === 3,
     );
@@ -89,23 +92,25 @@ describe('backlog of a RabbitMQ queue', () => {
     const held = await rabbit().holdingConsumers(queue, 3);
     try {
       // backlog: 7 ready + 3 consumers = 10, so `default` strategy with 3 running Jobs adds 7 Jobs.
-      const backlog = await eventually(
+      const backlog = await waitUntil(
+        'backlog mode to report 7 ready + 3 held = 10',
         () => scaler().client.poll({ queueName: queue }),
         (r) => r.ok && r.view.value === 10,
       );
       expect(backlog).toMatchObject({ ok: true, view: { value: 10 } });
       // ready: only the 7 nobody holds.
-      const ready = await eventually(
+      const ready = await waitUntil(
+        'ready mode to report the 7 messages nobody holds',
         () => scaler().client.poll({ queueName: queue, mode: 'ready' }),
         (r) => r.ok && r.view.value === 7,
       );
       expect(ready).toMatchObject({ ok: true, view: { value: 7 } });
       // management: ready + unacknowledged = 10 once the plugin has sampled.
-      const mgmt = await eventually(
+      const mgmt = await waitUntil(
+        'management mode to report 7 ready + 3 unacknowledged = 10',
         () => scaler().client.poll({ queueName: queue, mode: 'management' }),
         (r) => r.ok && r.view.value === 10,
-        30_000,
-        500,
+        { timeoutMs: 30_000, stepMs: 500 },
       );
       expect(mgmt).toMatchObject({ ok: true, view: { value: 10 } });
     } finally {
@@ -116,7 +121,8 @@ describe('backlog of a RabbitMQ queue', () => {
   it('counts an idle consumer in backlog mode and not in ready mode', async () => {
     const queue = await rabbit().queue('idle');
     await rabbit().idleConsumers(queue, 2);
-    const backlog = await eventually(
+    const backlog = await waitUntil(
+      'backlog mode to count the 2 idle consumers',
       () => scaler().client.poll({ queueName: queue }),
       (r) => r.ok && r.view.value === 2,
     );
@@ -128,7 +134,8 @@ describe('backlog of a RabbitMQ queue', () => {
   it('applies activationThreshold to IsActive only', async () => {
     const queue = await rabbit().queue('activation');
     await rabbit().publish(queue, 3);
-    const low = await eventually(
+    const low = await waitUntil(
+      'the scaler to report the 3 messages published',
       () => scaler().client.poll({ queueName: queue, activationThreshold: '3' }),
       (r) => r.ok && r.view.value === 3,
     );
@@ -143,11 +150,11 @@ describe('backlog of a RabbitMQ queue', () => {
     const ch = await rabbit().channel();
     const publisher = setInterval(() => ch.sendToQueue(queue, Buffer.from('r')), 20);
     try {
-      const r = await eventually(
+      const r = await waitUntil(
+        "the management plugin's publish rate above 5/s",
         () => scaler().client.poll({ queueName: queue, mode: 'management', measure: 'publishRate' }),
         (r) => r.ok && r.view.value > 5,
-        30_000,
-        500,
+        { timeoutMs: 30_000, stepMs: 500 },
       );
       expect(r.ok && r.view.value).toBeGreaterThan(5);
       expect(r.ok && r.view.value).toBeLessThan(200);
@@ -176,7 +183,8 @@ describe('missing queues', () => {
     }
     // The failed passive declares closed their channels, not the connection: the good queue still reads.
     for (let i = 0; i < 3; i++) {
-      const ok = await eventually(
+      const ok = await waitUntil(
+        'the good queue to read 4 after the NOT_FOUND answers',
         () => scaler().client.poll({ queueName: good }),
         (r) => r.ok && r.view.value === 4,
       );
@@ -194,7 +202,8 @@ describe('missing queues', () => {
     await ch.assertQueue(name, { durable: false, autoDelete: false });
     try {
       await rabbit().publish(name, 2);
-      const after = await eventually(
+      const after = await waitUntil(
+        'the scaler to report the 2 messages of the queue created late',
         () => scaler().client.poll({ queueName: name }),
         (r) => r.ok && r.view.value === 2,
       );
@@ -273,7 +282,8 @@ describe('observability', () => {
   it('exports backlog, refresh, RPC and snapshot-age metrics', async () => {
     const queue = await rabbit().queue('metrics');
     await rabbit().publish(queue, 5);
-    await eventually(
+    await waitUntil(
+      'the scaler to report the 5 messages published',
       () => scaler().client.poll({ queueName: queue }),
       (r) => r.ok && r.view.value === 5,
     );

@@ -3,7 +3,8 @@
 import { describe, expect, it } from 'vitest';
 import { MAX_REPORT_BYTES, REPORT_OUTCOMES, REPORT_PATH, REPORT_STEPS, type WorkerReport } from '../../common/report.ts';
 import { sampleValue, samplesOf } from '../helpers/metrics-text.ts';
-import { eventually, useScalerAndRabbit } from '../helpers/scaler.ts';
+import { useScalerAndRabbit } from '../helpers/scaler.ts';
+import { waitUntil } from '../helpers/wait.ts';
 
 const { scaler, rabbit } = useScalerAndRabbit();
 
@@ -37,7 +38,8 @@ describe('worker reports', () => {
     expect(sampleValue(await scrape(), 'kmj_scaler_reports_refused_total', { reason: 'unknown_target' })).toBe(refusedBefore + 1);
     expect(samplesOf(await scrape(), 'kmj_requests_total', { name: queue })).toEqual([]);
 
-    await eventually(
+    await waitUntil(
+      'the scaler to read the queue once',
       () => scaler().client.poll({ queueName: queue }),
       (r) => r.ok,
     );
@@ -81,7 +83,8 @@ describe('worker reports', () => {
 
   it('answer 400 naming the field of a report that is not one, 413 for a body over 4 KiB, 405 for a GET; nothing counted', async () => {
     const queue = await rabbit().queue('bad-reports');
-    await eventually(
+    await waitUntil(
+      'the scaler to read the queue once',
       () => scaler().client.poll({ queueName: queue }),
       (r) => r.ok,
     );
@@ -114,13 +117,15 @@ describe('per-target series for the dashboards', () => {
   it("names the polling ScaledJob from its second poll, says the target is up, and bounds the oldest message's age", async () => {
     const queue = await rabbit().queue('owner');
     const labels = { source: 'rabbitmq', scope: '/', name: queue, mode: 'backlog' };
-    await eventually(
+    await waitUntil(
+      'the scaler to read the empty queue',
       () => scaler().client.poll({ queueName: queue }),
       (r) => r.ok && r.view.value === 0,
     );
     // One poll so far: a one-off call is not a ScaledJob.
     expect(samplesOf(await scrape(), 'kmj_scaler_target_info', { name: queue })).toEqual([]);
     expect(sampleValue(await scrape(), 'kmj_scaler_oldest_waiting_seconds', labels)).toBe(0);
+    // Time let pass on purpose: RPCs less than 100 ms apart count as one KEDA poll (scaler/snapshots.ts).
     await new Promise((r) => setTimeout(r, 300));
     await scaler().client.poll({ queueName: queue });
     const info = samplesOf(await scrape(), 'kmj_scaler_target_info', { name: queue });
@@ -132,10 +137,12 @@ describe('per-target series for the dashboards', () => {
     // Messages arrive after a read that found the queue empty: their age is at most the time since.
     const emptySeen = Date.now();
     await rabbit().publish(queue, 2);
-    await eventually(
+    await waitUntil(
+      'the scaler to report the 2 messages published after the empty read',
       () => scaler().client.poll({ queueName: queue }),
       (r) => r.ok && r.view.value === 2,
     );
+    // Time let pass on purpose: the messages age, and the bound below must grow with them.
     await new Promise((r) => setTimeout(r, 1500));
     const age = sampleValue(await scrape(), 'kmj_scaler_oldest_waiting_seconds', labels);
     expect(age).toBeGreaterThanOrEqual(1.4);
@@ -143,7 +150,8 @@ describe('per-target series for the dashboards', () => {
 
     // A queue deleted: the read fails, up says 0, and no age is claimed.
     await (await rabbit().channel()).deleteQueue(queue);
-    await eventually(
+    await waitUntil(
+      'kmj_scaler_target_up to say 0 for the deleted queue',
       () => scrape(),
       (t) => samplesOf(t, 'kmj_scaler_target_up', labels)[0]?.value === 0,
     );

@@ -11,7 +11,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError } from '../../common/config.ts';
 import { loadScalerConfig } from '../../scaler/config.ts';
 import { RabbitFixture } from '../helpers/rabbit.ts';
-import { eventually, healthCheck, KedaLikeClient, startTestScaler, type ScalerHandle } from '../helpers/scaler.ts';
+import { healthCheck, KedaLikeClient, startTestScaler, type ScalerHandle } from '../helpers/scaler.ts';
+import { waitUntil } from '../helpers/wait.ts';
 
 const run = promisify(execFile);
 
@@ -159,7 +160,8 @@ describe('server TLS (KEDA with caCert)', () => {
     const byIp = tlsClient(s, grpc.credentials.createSsl(ca.cert));
     try {
       expect(await byIp.getMetricSpec({ queueName: queue })).toEqual(SPEC(queue));
-      const values = await eventually(
+      const values = await waitUntil(
+        'the scaler to report the 2 messages published, over TLS',
         () => byIp.getMetrics({ queueName: queue }),
         (r) => r.ok && r.value.metricValues[0]?.metricValue === 2,
       );

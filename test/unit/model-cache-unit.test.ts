@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { ensureCached } from '../../modelstore/store.ts';
+import { waitUntil } from '../helpers/wait.ts';
 
 const MANIFEST = '.kmj-manifest.json';
 
@@ -213,7 +214,12 @@ describe('ensureCached', () => {
         await utimes(dir, new Date(0), new Date(0));
         vi.advanceTimersByTime(5000);
         // The touch runs utimes without waiting for it: look until it has landed.
-        for (let i = 0; i < 1000 && (await stat(dir)).mtimeMs !== NOW; i++) await new Promise((r) => setImmediate(r));
+        await waitUntil(
+          'the heartbeat touch to land',
+          async () => (await stat(dir)).mtimeMs,
+          (mtimeMs) => mtimeMs === NOW,
+          { timeoutMs: 1000, stepMs: 1 },
+        );
         mtimes.push((await stat(dir)).mtimeMs);
         await writeFile(join(dir, 'model.onnx'), 'x');
       },

@@ -1,7 +1,7 @@
 // The worker's report as the worker makes it (worker/report.ts) and the scaler reads it (common/report.ts).
 import { describe, expect, it } from 'vitest';
 import { outcomeOfExit, parseWorkerReport } from '../../common/report.ts';
-import { EXIT } from '../../common/worker-exit.ts';
+import { EXIT, WORKER_EXIT_CODES } from '../../common/exit-codes.ts';
 import { reportOf } from '../../worker/report.ts';
 
 const target = { source: 'rabbitmq', scope: '/', name: 'ml-requests' } as const;
@@ -31,7 +31,7 @@ describe('reportOf', () => {
   });
 
   it('names the outcome of every exit code', () => {
-    expect(Object.values(EXIT).map((c) => [c, outcomeOfExit(c)])).toEqual([
+    expect(WORKER_EXIT_CODES.map((c) => [c, outcomeOfExit(c)])).toEqual([
       [0, 'finished'],
       [10, 'dead_lettered'],
       [11, 'requeued'],

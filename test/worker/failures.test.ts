@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import type { ConsumeMessage } from 'amqplib';
 import { afterEach, describe, expect, it } from 'vitest';
 import { DEAD_LETTER_HEADERS } from '../../rabbitmq/topology.ts';
-import { EXIT } from '../../common/worker-exit.ts';
+import { EXIT } from '../../common/exit-codes.ts';
 import { RUN_TAG } from '../../common/run-tags.ts';
 import { Cleanups } from '../helpers/cleanups.ts';
 import { FaultProxy, mlflowPath } from '../helpers/fault-proxy.ts';
@@ -603,7 +603,7 @@ describe('the time budget and the grace period are bounds, with MLflow hanging',
       if (w.child.exitCode === null) w.child.kill('SIGKILL');
     });
     await waitForLog(w, 'run started');
-    await new Promise((r) => setTimeout(r, 300));
+    await p.waitForRequest(AFTER_BEGIN);
     const signalled = Date.now();
     w.child.kill('SIGTERM');
     const result = await w.done;

@@ -5,15 +5,15 @@ import { createServer, type Server } from 'node:http';
 import { readFileSync } from 'node:fs';
 import { Kafka, logLevel } from 'kafkajs';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import { EXIT } from '../../common/worker-exit.ts';
+import { EXIT } from '../../common/exit-codes.ts';
 import type { MemberState } from '../../kafka/assigner.ts';
 import { kafkaErrorType } from '../../kafka/client.ts';
 import { groupMember, type GroupMember } from '../../kafka/group.ts';
 import { Cleanups } from '../helpers/cleanups.ts';
-import { until } from '../helpers/cluster.ts';
 import { KAFKA_BROKERS } from '../helpers/env.ts';
 import { KafkaFixture } from '../helpers/kafka.ts';
 import { fixtures, logsWith, request, runsOf, startKafkaWorker, type WorkerProcess, type WorkerResult } from '../helpers/worker.ts';
+import { waitUntil } from '../helpers/wait.ts';
 
 const kafka = new KafkaFixture();
 const cleanups = new Cleanups();
@@ -56,12 +56,11 @@ async function crashWhileClosing(
       return Promise.reject(new Error(`handler failure ${calls}`));
     },
   });
-  await until(
+  await waitUntil(
     "the handler's third call",
     () => calls,
     (n) => n >= 3,
-    20_000,
-    50,
+    { timeoutMs: 20_000, stepMs: 50 },
   );
   await closing;
   events.push('closed');
@@ -176,12 +175,11 @@ describe('a commit made while another member joins the group', () => {
     // in its assigner, and the group is between generations.
     gate.shut();
     const second = startMember(group, topic, () => ({ capacity: 1, busy: {} }), gate);
-    await until(
+    await waitUntil(
       'the leader held in its assignment',
       () => gate.held,
       (n) => n >= 1,
-      20_000,
-      50,
+      { timeoutMs: 20_000, stepMs: 50 },
     );
     const own = await leader.consumer.commitOffsets([{ topic, partition: 0, offset: '1' }]).then(
       () => undefined,
@@ -192,6 +190,7 @@ describe('a commit made while another member joins the group', () => {
     const committing = leader.commit(topic, 0, '1').finally(() => {
       settled = true;
     });
+    // Time let pass on purpose: the commit must still be waiting for the rejoin a second later.
     await new Promise((r) => setTimeout(r, 1000));
     expect(settled).toBe(false);
     gate.open();
@@ -206,29 +205,28 @@ describe('a commit made while another member joins the group', () => {
     leaderState = { capacity: 0, busy: {} };
     gate.shut();
     const third = startMember(group, topic, () => ({ capacity: 1, busy: {} }), gate);
-    await until(
+    await waitUntil(
       'the leader held in its second assignment',
       () => gate.held,
       (n) => n >= 2,
-      20_000,
-      50,
+      { timeoutMs: 20_000, stepMs: 50 },
     );
     const refused = leader.commit(topic, 0, '2').then(
       () => undefined,
       (err: unknown) => err,
     );
+    // Time let pass on purpose: the commit is tried and refused while the group is between generations.
     await new Promise((r) => setTimeout(r, 500));
     gate.open();
     expect(String((await refused) as Error)).toMatch(new RegExp(`the rebalance gave partition 0 of ${topic} to another member`));
     await third.joined;
     expect(leader.assigned(topic)).toEqual([]);
     // Each member hears of the new generation at its own join: the second may hear after the third.
-    await until(
+    await waitUntil(
       'partition 0 with the second or third member',
       () => [...second.member.assigned(topic), ...third.member.assigned(topic)],
       (a) => a.length === 1 && a[0] === 0,
-      20_000,
-      50,
+      { timeoutMs: 20_000, stepMs: 50 },
     );
     expect(await kafka.committed(group, topic)).toEqual({ 0: 1 });
   }, 90_000);
@@ -295,6 +293,7 @@ describe('workers made the way KEDA makes them, joining and leaving while record
         });
         void w.done.then((r) => results.push(r));
       }
+      // KEDA's polling interval: this loop plays KEDA, scaling on each look, rather than waiting for one state.
       await new Promise((r) => setTimeout(r, POLL_MS));
     }
 

@@ -3,14 +3,14 @@
 // commit, a poison record dead-lettered after the delivery limit with the group moving on. Each
 // test has its own topic, group and experiment.
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import { EXIT } from '../../common/worker-exit.ts';
+import { EXIT } from '../../common/exit-codes.ts';
 import { KAFKA_HEADERS } from '../../kafka/topics.ts';
 import { Cleanups } from '../helpers/cleanups.ts';
 import { FaultProxy, mlflowPath } from '../helpers/fault-proxy.ts';
 import { KafkaFixture } from '../helpers/kafka.ts';
-import { until } from '../helpers/cluster.ts';
 import { closedPort } from '../helpers/kmj.ts';
 import { logsWith, request, runsOf, startKafkaWorker, waitForLog, type WorkerProcess } from '../helpers/worker.ts';
+import { waitUntil } from '../helpers/wait.ts';
 
 const kafka = new KafkaFixture();
 const cleanups = new Cleanups();
@@ -137,12 +137,11 @@ describe('kmj worker --topic', () => {
     p.inject({ path: mlflowPath('runs/update'), afterForward: true, delayMs: 20_000, times: 1 });
     const w = worker(topic, group, { MLFLOW_TRACKING_URI: p.url });
     const started = await waitForLog(w, 'run started', 30_000);
-    await until(
+    await waitUntil(
       'the run FINISHED',
       () => runsOf(req.experiment),
       (runs) => runs.map((r) => r.info.status).join() === 'FINISHED',
-      30_000,
-      100,
+      { timeoutMs: 30_000, stepMs: 100 },
     );
     w.child.kill('SIGKILL');
     expect((await w.done).signal).toBe('SIGKILL');
@@ -238,12 +237,11 @@ describe('kmj worker --topic', () => {
     for (let kill = 1; kill <= 2; kill++) {
       const w = worker(topic, group, env);
       // Each attempt gets as far as logging the dataset input (held by the proxy), then dies.
-      await until(
+      await waitUntil(
         `attempt ${kill} at runs/log-inputs`,
         () => p.requests({ path: mlflowPath('runs/log-inputs') }).length,
         (n) => n >= kill,
-        40_000,
-        50,
+        { timeoutMs: 40_000, stepMs: 50 },
       );
       w.child.kill('SIGKILL');
       await w.done;

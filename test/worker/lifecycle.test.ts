@@ -4,7 +4,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { EXIT } from '../../common/worker-exit.ts';
+import { EXIT } from '../../common/exit-codes.ts';
 import { RUN_TAG } from '../../common/run-tags.ts';
 import { Cleanups } from '../helpers/cleanups.ts';
 import { FaultProxy, mlflowPath } from '../helpers/fault-proxy.ts';
@@ -32,6 +32,7 @@ import {
   uniqueId,
   waitForLog,
 } from '../helpers/worker.ts';
+import { waitUntil } from '../helpers/wait.ts';
 
 const f = fixtures();
 const classifier = f.models['classifier'];
@@ -60,21 +61,12 @@ function worker(queue: string, env: Record<string, string> = {}): WorkerProcess 
   return w;
 }
 
-async function waitFor<T>(what: string, probe: () => T | Promise<T>, ok: (v: T) => boolean, timeoutMs = 10_000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await probe();
-    if (ok(v)) return v;
-    if (Date.now() > end) throw new Error(`${what}: still ${JSON.stringify(v)} after ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
 function waitForQueue(queue: string, want: QueueState): Promise<QueueState> {
-  return waitFor(
-    `queue ${queue}`,
+  return waitUntil(
+    `queue ${queue} at ${JSON.stringify(want)}`,
     () => queueState(queue),
     (s) => s.messages === want.messages && s.consumers === want.consumers,
+    { timeoutMs: 10_000, stepMs: 50 },
   );
 }
 
@@ -159,10 +151,11 @@ describe('stopping a worker mid-run', () => {
       const w = worker(queue, { MLFLOW_TRACKING_URI: p.url });
       if (kill === 1) runId = (await waitForLog(w, 'run started'))['runId'];
       else expect(await waitForLog(w, 'resuming the unfinished run of this request')).toMatchObject({ runId, status: 'RUNNING' });
-      await waitFor(
-        'log-inputs calls',
+      await waitUntil(
+        `log-inputs call ${kill}`,
         () => p.requests({ path: LOG_INPUTS }).length,
         (n) => n === kill,
+        { timeoutMs: 10_000, stepMs: 50 },
       );
       w.child.kill('SIGKILL');
       const result = await w.done;

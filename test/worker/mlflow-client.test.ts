@@ -798,16 +798,17 @@ describe('loadWorkerConfig', () => {
     expect(messageOf(() => loadWorkerConfig({}, { queue: 'x'.repeat(256) }))).toBe(
       'invalid worker configuration: --queue: must be at most 255 characters, got 256',
     );
-    expect(loadWorkerConfig({ KMJ_WORKER_QUEUE: 'from-env' }, { queue: 'from-flag' }).queue).toBe('from-flag');
+    expect(loadWorkerConfig({ KMJ_WORKER_QUEUE: 'from-env' }, { queue: 'from-flag' }).input).toMatchObject({
+      kind: 'rabbitmq',
+      queue: 'from-flag',
+    });
   });
 
   it('has the documented defaults, frozen', () => {
     const c = loadWorkerConfig({ KMJ_WORKER_QUEUE: 'jobs' });
     expect(c).toEqual({
-      queue: 'jobs',
-      deadLetterQueue: 'jobs.dead',
+      input: { kind: 'rabbitmq', url: 'amqp://guest:guest@127.0.0.1:5672', queue: 'jobs', deadLetterQueue: 'jobs.dead' },
       maxDeliveries: 5,
-      rabbitmqUrl: 'amqp://guest:guest@127.0.0.1:5672',
       mlflow: undefined,
       idleTimeoutMs: 30_000,
       timeBudgetMs: 600_000,
@@ -831,7 +832,20 @@ describe('loadWorkerConfig', () => {
       logLevel: 'info',
     });
     expect(Object.isFrozen(c)).toBe(true);
+    expect(Object.isFrozen(c.input)).toBe(true);
     expect(Object.isFrozen(c.datasetRoots)).toBe(true);
+
+    // A topic with its group: a Kafka input, with no dead-letter queue (its dead letters go to a topic).
+    const k = loadWorkerConfig({ KMJ_WORKER_TOPIC: 'jobs', KMJ_WORKER_GROUP: 'workers', KAFKA_BROKERS: '127.0.0.1:19092' });
+    expect(k.input).toEqual({
+      kind: 'kafka',
+      topic: 'jobs',
+      group: 'workers',
+      deadLetterTopic: 'jobs.dead',
+      maxMessages: 1,
+      sessionTimeoutMs: 30_000,
+      connection: expect.objectContaining({ brokers: ['127.0.0.1:19092'] }),
+    });
 
     const m = loadWorkerConfig({
       KMJ_WORKER_QUEUE: 'jobs',

@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { checkCopy, discardCached, ensureCached } from '../../modelstore/store.ts';
 import { Cleanups } from '../helpers/cleanups.ts';
+import { waitUntil } from '../helpers/wait.ts';
 
 const cleanups = new Cleanups();
 afterEach(() => cleanups.run());
@@ -39,15 +40,6 @@ function partials(cache: string): string[] {
     return siblings(cache).filter((n) => n.startsWith('3.partial-'));
   } catch {
     return [];
-  }
-}
-
-/** Polls `ok` (file-system state another promise is changing) for up to 5 s. */
-async function until(ok: () => boolean): Promise<void> {
-  const end = Date.now() + 5000;
-  while (!ok()) {
-    if (Date.now() > end) throw new Error('condition not reached within 5 s');
-    await new Promise((r) => setTimeout(r, 5));
   }
 }
 
@@ -117,7 +109,12 @@ describe('model cache', () => {
       };
     const all = Array.from({ length: 8 }, (_, i) => ensureCached(cache, KEY, gated(i)));
     // Every caller finds no copy and starts its own fill before any fill ends.
-    await until(() => partials(cache).length === 8);
+    await waitUntil(
+      '8 fills in progress',
+      () => partials(cache).length,
+      (n) => n === 8,
+      { timeoutMs: 5000, stepMs: 5 },
+    );
     release();
     const results = await Promise.all(all);
     expect(new Set(results.map((r) => r.id)).size).toBe(1);
@@ -134,7 +131,12 @@ describe('model cache', () => {
       await gate;
       await filler('late copy').fill(dir);
     });
-    await until(() => partials(cache).length === 1);
+    await waitUntil(
+      'the late fill in progress',
+      () => partials(cache).length,
+      (n) => n === 1,
+      { timeoutMs: 5000, stepMs: 5 },
+    );
     const first = await ensureCached(cache, KEY, filler('first copy').fill);
     // The first worker is loading its copy (by path, as onnxruntime does) when the late fill ends.
     const inode = statSync(join(first.dir, 'model.onnx')).ino;
@@ -172,6 +174,7 @@ describe('model cache', () => {
       cache,
       KEY,
       async (dir) => {
+        // Time let pass on purpose: a fill this long sees several 20 ms heartbeats.
         await new Promise((r) => setTimeout(r, 120));
         touched = statSync(dir).mtimeMs;
         await filler().fill(dir);

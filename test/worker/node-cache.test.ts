@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createLogger } from '../../common/log.ts';
-import { EXIT } from '../../common/worker-exit.ts';
+import { EXIT } from '../../common/exit-codes.ts';
 import { startNodeCache, type RunningNodeCache } from '../../nodecache/app.ts';
 import { loadNodeCacheConfig } from '../../nodecache/config.ts';
 import { NODE_CACHE_MODEL_PATH } from '../../modelstore/protocol.ts';

@@ -1,16 +1,17 @@
 // What the worker and `kmj submit` rely on from RabbitMQ, checked against the real node the tests
 // run (RabbitMQ 4.0 from Debian 13, scripts/rabbitmq.sh): how a quorum queue counts deliveries in
-// the header the worker reads (worker/consumer.ts attemptOf), the request queue's delivery limit,
+// the header the worker reads (worker/rabbitmq-consumer.ts attemptOf), the request queue's delivery limit,
 // and the dead-letter queue without one (rabbitmq/topology.ts).
 import { connect, type Channel, type ChannelModel, type GetMessage } from 'amqplib';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import { EXIT } from '../../common/worker-exit.ts';
+import { EXIT } from '../../common/exit-codes.ts';
 import { checkQueues } from '../../rabbitmq/inspect.ts';
 import { deadLetterQueueOf, declareRequestTopology, DEAD_LETTER_HEADERS } from '../../rabbitmq/topology.ts';
 import { RABBITMQ_MANAGEMENT_URL, RABBITMQ_URL } from '../helpers/env.ts';
 import { Cleanups, deleteQueues } from '../helpers/cleanups.ts';
 import { brokerUser, queueExists } from '../helpers/kmj.ts';
 import { uniqueName } from '../helpers/rabbit.ts';
+import { waitUntil } from '../helpers/wait.ts';
 import { drain, publish, request, runWorker } from '../helpers/worker.ts';
 
 const queues: string[] = [];
@@ -39,13 +40,17 @@ async function topology(maxDeliveries: number): Promise<{ queue: string; dead: s
   return { queue, dead, conn, ch };
 }
 
-async function getOne(ch: Channel, queue: string): Promise<GetMessage> {
-  for (let i = 0; i < 50; i++) {
-    const m = await ch.get(queue, { noAck: false });
-    if (m !== false) return m;
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  throw new Error(`no message on ${queue}`);
+function getOne(ch: Channel, queue: string): Promise<GetMessage> {
+  return waitUntil(
+    `a message on ${queue}`,
+    async () => {
+      const m = await ch.get(queue, { noAck: false });
+      if (m === false) throw new Error('the queue is empty');
+      return m;
+    },
+    () => true,
+    { timeoutMs: 1000, stepMs: 20 },
+  );
 }
 
 const count = (m: { properties: { headers?: Record<string, unknown> | undefined } }): unknown => m.properties.headers?.['x-delivery-count'];

@@ -5,8 +5,9 @@ import { createServer } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { REPORT_PATH } from '../../common/report.ts';
 import { sampleValue } from '../helpers/metrics-text.ts';
-import { eventually, startTestScaler, type ScalerHandle } from '../helpers/scaler.ts';
+import { startTestScaler, type ScalerHandle } from '../helpers/scaler.ts';
 import { fixtures, logsWith, publish, request, requestQueue, runWorker } from '../helpers/worker.ts';
+import { waitUntil } from '../helpers/wait.ts';
 
 let scaler: ScalerHandle | undefined;
 beforeAll(async () => {
@@ -26,7 +27,8 @@ const reportUrl = (): string => `http://127.0.0.1:${s().scaler.metricsPort}${REP
 describe('the worker reports each request to the scaler', () => {
   it('after the settle: a finished request with every step, a dead-lettered one without a model load', async () => {
     const queue = await requestQueue();
-    await eventually(
+    await waitUntil(
+      'the scaler to read the queue',
       () => s().client.poll({ queueName: queue }),
       (r) => r.ok,
     );

@@ -1,5 +1,6 @@
 /**
- * The consumer protocol that makes the scaler's `backlog` count exact:
+ * The RabbitMQ consumer (the delivery contract of delivery.ts, for a request queue). Its protocol
+ * makes the scaler's `backlog` count exact:
  *
  * 1. prefetch 1 and `basic.consume`, so this worker counts as one consumer from the moment it
  *    starts, and holds at most one message;
@@ -23,16 +24,13 @@ import {
   isDirectReplyAddress,
   type OutcomeNotice,
 } from '../rabbitmq/topology.ts';
-import type { WorkerConfig } from './config.ts';
+import type { RabbitMqInput } from './config.ts';
 import { messageOf } from '../common/errors.ts';
-import type { Outcome } from './pipeline.ts';
-import type { DeliveryInfo } from './run-store.ts';
+import type { Consume, DeliveryInfo, Outcome } from './delivery.ts';
 import { checkQueues } from '../rabbitmq/inspect.ts';
-import { EXIT, type ExitCode } from '../common/worker-exit.ts';
+import { EXIT, type WorkerExitCode } from '../common/exit-codes.ts';
 import { vhostOf } from '../rabbitmq/settings.ts';
 import { reportOf, sendReport, type ModelTimes } from './report.ts';
-
-export type Handler = (body: Buffer, delivery: DeliveryInfo) => Promise<Outcome>;
 
 /** Deliveries so far, from the quorum queue's x-delivery-count, or x-death counts on classic queues. */
 export function attemptOf(msg: ConsumeMessage): number {
@@ -48,13 +46,12 @@ export function attemptOf(msg: ConsumeMessage): number {
 }
 
 /** Declares the request queue and its dead-letter queue where they are missing (rabbitmq/topology.ts). */
-async function ensureQueues(conn: ChannelModel, config: WorkerConfig): Promise<void> {
-  const found = await checkQueues(conn, [config.queue, config.deadLetterQueue]);
-  const haveQueue = found.get(config.queue) !== undefined;
-  if (haveQueue && found.get(config.deadLetterQueue) !== undefined) return;
-  if (!haveQueue)
-    await declareRequestTopology(conn, config.queue, { deadLetterQueue: config.deadLetterQueue, maxDeliveries: config.maxDeliveries });
-  else await declareDeadLetterQueue(conn, config.deadLetterQueue);
+async function ensureQueues(conn: ChannelModel, input: RabbitMqInput, maxDeliveries: number): Promise<void> {
+  const found = await checkQueues(conn, [input.queue, input.deadLetterQueue]);
+  const haveQueue = found.get(input.queue) !== undefined;
+  if (haveQueue && found.get(input.deadLetterQueue) !== undefined) return;
+  if (!haveQueue) await declareRequestTopology(conn, input.queue, { deadLetterQueue: input.deadLetterQueue, maxDeliveries });
+  else await declareDeadLetterQueue(conn, input.deadLetterQueue);
 }
 
 /**
@@ -104,42 +101,31 @@ function firstMessage(
   });
 }
 
-export interface ConsumeOptions {
-  readonly config: WorkerConfig;
-  readonly log: Logger;
-  readonly shutdown: AbortSignal;
-  readonly handle: Handler;
-}
-
 /** Takes at most one message from the queue, handles it, settles it, and returns the exit code. */
-export async function consumeOne(options: ConsumeOptions): Promise<ExitCode> {
-  const { config, shutdown } = options;
-  const log = options.log.child({ queue: config.queue, broker: displayUrl(config.rabbitmqUrl) });
+export const consumeRabbitMq: Consume<RabbitMqInput> = async (options) => {
+  const { config, input, shutdown } = options;
+  const log = options.log.child({ queue: input.queue, broker: displayUrl(input.url) });
   let conn: ChannelModel;
   try {
     // noDelay: with Nagle's algorithm on, the handshake, the first delivery and the close each
     // wait about 40 ms for the broker's delayed ACK (measured on loopback: 120 ms in all).
-    conn = await connect(config.rabbitmqUrl, {
+    conn = await connect(input.url, {
       timeout: 10_000,
       noDelay: true,
       clientProperties: { connection_name: `kmj-worker ${config.podName ?? process.pid}` },
     });
   } catch (err) {
     log.error({ err }, 'cannot reach the broker');
-    return EXIT.BROKER_UNAVAILABLE;
+    return EXIT.UNAVAILABLE;
   }
   log.debug('broker connected');
   // Once a message is in hand, its report goes to the scaler after the settle (worker/report.ts).
   let received: { readonly receivedAtMs: number; readonly publishedAtMs: number | undefined } | undefined;
   let model: ModelTimes | undefined;
-  const reported = async (code: ExitCode): Promise<ExitCode> => {
+  const reported = async (code: WorkerExitCode): Promise<WorkerExitCode> => {
     if (received) {
       const times = { ...received, settledAtMs: Date.now(), model };
-      await sendReport(
-        config.reportUrl,
-        reportOf({ source: 'rabbitmq', scope: vhostOf(config.rabbitmqUrl), name: config.queue }, code, times),
-        log,
-      );
+      await sendReport(config.reportUrl, reportOf({ source: 'rabbitmq', scope: vhostOf(input.url), name: input.queue }, code, times), log);
     }
     return code;
   };
@@ -149,11 +135,11 @@ export async function consumeOne(options: ConsumeOptions): Promise<ExitCode> {
     connectionLost = true;
   });
   try {
-    await ensureQueues(conn, config);
+    await ensureQueues(conn, input, config.maxDeliveries);
     const ch = await conn.createChannel();
     ch.on('error', (err: unknown) => log.warn({ err }, 'channel error'));
     await ch.prefetch(1);
-    const { msg, tag } = await firstMessage(ch, config.queue, config.idleTimeoutMs, shutdown);
+    const { msg, tag } = await firstMessage(ch, input.queue, config.idleTimeoutMs, shutdown);
     if (!msg) {
       await ch.cancel(tag).catch(() => undefined);
       await ch.close().catch(() => undefined);
@@ -167,7 +153,7 @@ export async function consumeOne(options: ConsumeOptions): Promise<ExitCode> {
     // The AMQP timestamp is in seconds (kmj submit sets it; other publishers may not).
     const stamp: unknown = msg.properties.timestamp;
     received = { receivedAtMs, publishedAtMs: typeof stamp === 'number' && stamp > 0 ? stamp * 1000 : undefined };
-    const delivery: DeliveryInfo = { attempt: attemptOf(msg), queue: config.queue };
+    const delivery: DeliveryInfo = { attempt: attemptOf(msg), queue: input.queue };
     log.debug({ attempt: delivery.attempt, bytes: msg.content.length }, 'message received');
     // The handler decides the settle, the delivery limit included (worker/pipeline.ts); a requeue
     // stays a requeue here, so a run marked KILLED is never dead-lettered behind its back.
@@ -177,7 +163,7 @@ export async function consumeOne(options: ConsumeOptions): Promise<ExitCode> {
       log.warn({ outcome: outcome.action }, 'broker connection lost while working; the broker requeues the message');
       return await reported(EXIT.UNSETTLED);
     }
-    return await reported(await settle(conn, ch, tag, msg, outcome, delivery, config, log));
+    return await reported(await settle(conn, ch, tag, msg, outcome, delivery, input, log));
   } catch (err) {
     if (connectionLost) {
       log.warn({ err }, 'broker connection lost; the broker requeues any message held');
@@ -188,7 +174,7 @@ export async function consumeOne(options: ConsumeOptions): Promise<ExitCode> {
   } finally {
     await conn.close().catch(() => undefined); // already closed after settle in the normal case
   }
-}
+};
 
 async function settle(
   conn: ChannelModel,
@@ -197,16 +183,16 @@ async function settle(
   msg: ConsumeMessage,
   outcome: Outcome,
   delivery: DeliveryInfo,
-  config: WorkerConfig,
+  input: RabbitMqInput,
   log: Logger,
-): Promise<ExitCode> {
+): Promise<WorkerExitCode> {
   const bound = AbortSignal.timeout(15_000);
   // basic.cancel goes out first; the settle follows on the same channel without waiting for
   // cancel-ok: the broker handles a channel's frames in order, so the consumer is gone before the
   // ack or requeue is seen, and no new message can be pushed to it.
   const cancelled = raceAbort(ch.cancel(tag), bound);
   cancelled.catch(() => undefined); // awaited below, after the settle is sent
-  let code: ExitCode;
+  let code: WorkerExitCode;
   const fields = { requestId: outcome.requestId, runId: outcome.runId, reason: outcome.reason, attempt: delivery.attempt };
   if (outcome.action === 'ack') {
     ch.ack(msg);
@@ -216,7 +202,7 @@ async function settle(
     code = EXIT.REQUEUED;
   } else {
     try {
-      await raceAbort(publishDeadLetter(conn, msg, outcome, delivery, config), bound);
+      await raceAbort(publishDeadLetter(conn, msg, outcome, delivery, input), bound);
       ch.ack(msg);
       code = EXIT.DEAD_LETTERED;
     } catch (err) {
@@ -241,7 +227,13 @@ async function settle(
  * does) how its message was settled. After the settle, on a channel of its own, bounded, and
  * best effort: the MLflow run records the same outcome.
  */
-async function sendOutcomeNotice(conn: ChannelModel, msg: ConsumeMessage, outcome: Outcome, code: ExitCode, log: Logger): Promise<void> {
+async function sendOutcomeNotice(
+  conn: ChannelModel,
+  msg: ConsumeMessage,
+  outcome: Outcome,
+  code: WorkerExitCode,
+  log: Logger,
+): Promise<void> {
   const replyTo: unknown = msg.properties.replyTo;
   if (!isDirectReplyAddress(replyTo)) return;
   const requestId = outcome.requestId ?? (typeof msg.properties.messageId === 'string' ? msg.properties.messageId : undefined);
@@ -269,7 +261,7 @@ async function publishDeadLetter(
   msg: ConsumeMessage,
   outcome: Outcome,
   delivery: DeliveryInfo,
-  config: WorkerConfig,
+  input: RabbitMqInput,
 ): Promise<void> {
   const ch = await conn.createConfirmChannel();
   let returned = false;
@@ -281,7 +273,7 @@ async function publishDeadLetter(
       ...((msg.properties.headers ?? {}) as Record<string, unknown>),
       [DEAD_LETTER_HEADERS.reason]: (outcome.reason ?? 'unknown').slice(0, 4000),
       [DEAD_LETTER_HEADERS.at]: new Date().toISOString(),
-      [DEAD_LETTER_HEADERS.queue]: config.queue,
+      [DEAD_LETTER_HEADERS.queue]: input.queue,
       [DEAD_LETTER_HEADERS.attempt]: delivery.attempt,
     };
     if (outcome.field !== undefined) headers[DEAD_LETTER_HEADERS.field] = outcome.field;
@@ -295,7 +287,7 @@ async function publishDeadLetter(
       type?: string;
       appId?: string;
     };
-    ch.sendToQueue(config.deadLetterQueue, msg.content, {
+    ch.sendToQueue(input.deadLetterQueue, msg.content, {
       persistent: true,
       // Unroutable (the queue was deleted) comes back as basic.return before the confirm.
       mandatory: true,
@@ -308,9 +300,9 @@ async function publishDeadLetter(
       ...(p.appId ? { appId: p.appId } : {}),
     });
     await ch.waitForConfirms();
-    if (returned) throw new Error(`queue ${config.deadLetterQueue} does not exist`);
+    if (returned) throw new Error(`queue ${input.deadLetterQueue} does not exist`);
   } catch (err) {
-    throw new Error(`publishing to ${config.deadLetterQueue} failed: ${messageOf(err)}`, { cause: err });
+    throw new Error(`publishing to ${input.deadLetterQueue} failed: ${messageOf(err)}`, { cause: err });
   } finally {
     await ch.close().catch(() => undefined);
   }
