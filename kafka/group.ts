@@ -152,10 +152,15 @@ async function commitOnce(consumer: Consumer, topic: string, partition: number, 
   if (!committed) throw new Error('the consumer stopped before the offset was committed');
 }
 
+/** Times commitAsMember joins and commits before it gives up: a rebalance as the group forms can end a try. */
+const COMMIT_AS_MEMBER_TRIES = 3;
+
 /**
  * Commits `offsets` (partition → next offset to read) for `group` as a consumer does: joins the
  * group, commits, leaves. (admin.setOffsets does the same but waits out a 5 s fetch.) It joins
- * with no capacity, so it is given no partition, and never reads a record.
+ * with no capacity, so it is given no partition, and never reads a record. A try that ends before
+ * the commit was sent (the member left as the group rebalanced) is made again, up to
+ * COMMIT_AS_MEMBER_TRIES times.
  */
 export async function commitAsMember(
   kafka: Kafka,
@@ -163,6 +168,22 @@ export async function commitAsMember(
   topic: string,
   offsets: readonly { partition: number; offset: string }[],
 ): Promise<void> {
+  for (let tries = 1; ; tries++) {
+    if (await commitAsMemberOnce(kafka, group, topic, offsets)) return;
+    if (tries >= COMMIT_AS_MEMBER_TRIES)
+      throw new Error(
+        `the offsets of group ${group} on topic ${topic} were not committed: the member left the group before the commit, ${tries} times`,
+      );
+  }
+}
+
+/** One join, commit and leave; false when the commit was not sent. */
+async function commitAsMemberOnce(
+  kafka: Kafka,
+  group: string,
+  topic: string,
+  offsets: readonly { partition: number; offset: string }[],
+): Promise<boolean> {
   const member = groupMember(kafka, {
     groupId: group,
     state: () => ({ capacity: 0, busy: {} }),
@@ -184,8 +205,7 @@ export async function commitAsMember(
     });
     await consumer.commitOffsets(offsets.map((o) => ({ topic, partition: o.partition, offset: o.offset })));
     off();
-    if (!sent)
-      throw new Error(`the offsets of group ${group} on topic ${topic} were not committed: the member left the group first; try again`);
+    return sent;
   } finally {
     await member.close();
   }
