@@ -30,6 +30,7 @@ import * as protoLoader from '@grpc/proto-loader';
 import { connect } from 'amqplib';
 import { packageFile, PACKAGE_ROOT } from '../common/paths.ts';
 import { REPORT_STEPS } from '../common/report.ts';
+import { kedaNumber } from '../scaler/client.ts';
 import { loadExternalScalerPackage } from '../scaler/grpc-server.ts';
 import { baselineCheckout, benchHeader } from './harness.ts';
 import { out, percentile, sorted } from './stats.ts';
@@ -48,6 +49,33 @@ const BASELINE_REF = process.env['BENCH_BASELINE_REF'] ?? '129071d';
 const SCRAPE_EVERY_MS = 15_000;
 
 type Unary = (req: unknown, cb: (err: grpc.ServiceError | null, res: unknown) => void) => void;
+
+/** One RPC as the client saw it: how long it took, and its answer or its status code. */
+interface Answer {
+  readonly ms: number;
+  readonly err?: string;
+  readonly res?: unknown;
+}
+
+/** Why a GetMetricSpec answer is not the trigger's (one metric, targetSize 1), or undefined. */
+function specProblem(res: unknown, job: string): string | undefined {
+  const specs = (res as { metricSpecs?: Array<{ targetSize?: unknown; targetSizeFloat?: unknown }> } | undefined)?.metricSpecs ?? [];
+  const size = specs[0] ? kedaNumber(Number(specs[0].targetSize ?? 0), Number(specs[0].targetSizeFloat ?? 0)) : undefined;
+  return specs.length === 1 && size === 1 ? undefined : `${job}: ${JSON.stringify(res)}, want one metric of targetSize 1`;
+}
+
+/** Why a GetMetrics answer is not the queue's backlog, or undefined. */
+function metricsProblem(res: unknown, job: string, ready: number): string | undefined {
+  const values = (res as { metricValues?: Array<{ metricValue?: unknown; metricValueFloat?: unknown }> } | undefined)?.metricValues ?? [];
+  const v = values[0] ? kedaNumber(Number(values[0].metricValue ?? 0), Number(values[0].metricValueFloat ?? 0)) : undefined;
+  return v === ready ? undefined : `${job}: value ${v}, want ${ready}`;
+}
+
+/** Why an IsActive answer is not the queue's, or undefined. */
+function activeProblem(res: unknown, job: string, active: boolean): string | undefined {
+  const got = (res as { result?: unknown } | undefined)?.result;
+  return got === active ? undefined : `${job}: active ${String(got)}, want ${String(active)}`;
+}
 
 function stats(samples: number[]): { n: number; p50: number; p99: number } {
   const s = sorted(samples);
@@ -149,6 +177,9 @@ interface PhaseResult {
   getMetricSpec: { n: number; p50: number; p99: number };
   check: { n: number; p50: number; p99: number };
   errors: Record<string, number>;
+  /** Answers checked against the queue's contents, and how many were not its. */
+  checked: number;
+  wrong: number;
   cpuPercentOfOneCore: number;
   rssMb: number;
   peakRssMb: number;
@@ -190,12 +221,12 @@ async function runPhase(label: string, amqpUrl: string, queues: string[], option
     Unary
   >;
 
-  const call = (c: Record<string, Unary>, method: string, req: unknown): Promise<{ ms: number; err?: string }> =>
+  const call = (c: Record<string, Unary>, method: string, req: unknown): Promise<Answer> =>
     new Promise((resolve) => {
       const t0 = performance.now();
-      (c[method] as Unary).call(c, req, (err) => {
+      (c[method] as Unary).call(c, req, (err, res) => {
         const dt = performance.now() - t0;
-        resolve(err ? { ms: dt, err: grpc.status[err.code] } : { ms: dt });
+        resolve(err ? { ms: dt, err: grpc.status[err.code] } : { ms: dt, res });
       });
     });
 
@@ -212,9 +243,22 @@ async function runPhase(label: string, amqpUrl: string, queues: string[], option
 
   const samples = { GetMetricSpec: [] as number[], GetMetrics: [] as number[], IsActive: [] as number[], Check: [] as number[] };
   const errors: Record<string, number> = {};
-  const note = (method: keyof typeof samples, r: { ms: number; err?: string }): void => {
-    if (r.err) errors[`${method}:${r.err}`] = (errors[`${method}:${r.err}`] ?? 0) + 1;
-    else samples[method].push(r.ms);
+  const wrong: string[] = [];
+  let checked = 0;
+  /**
+   * Every call counts in its method's percentiles, a failed one too (at the time it took to fail);
+   * a failure is also counted by its code, and an answer that is not the queue's is counted wrong.
+   */
+  const note = (method: keyof typeof samples, r: Answer, expected?: (res: unknown) => string | undefined): void => {
+    samples[method].push(r.ms);
+    if (r.err) {
+      errors[`${method}:${r.err}`] = (errors[`${method}:${r.err}`] ?? 0) + 1;
+      return;
+    }
+    if (!expected) return;
+    checked++;
+    const problem = expected(r.res);
+    if (problem !== undefined) wrong.push(`${method}: ${problem}`);
   };
 
   const cpu0 = cpuSeconds(pid);
@@ -268,13 +312,18 @@ async function runPhase(label: string, amqpUrl: string, queues: string[], option
         const started = performance.now();
         // Calls run in a random order each poll, so no method gains from its place in the burst
         // (the first call after the timer wakes up is the slowest).
+        // Queue i holds i % 5 messages and no consumer: the backlog KEDA must be told.
+        const ready = i % 5;
         const calls: Array<() => Promise<void>> = floorOnly
           ? // The transport's floor: the same number of RPCs, all of them health Checks.
             [0, 1, 2].map(() => async () => note('Check', await call(health, 'Check', { service: '' })))
           : [
-              async () => note('GetMetricSpec', await call(client, 'GetMetricSpec', ref)),
-              async () => note('GetMetrics', await call(client, 'GetMetrics', { scaledObjectRef: ref, metricName: '' })),
-              async () => note('IsActive', await call(client, 'IsActive', ref)),
+              async () => note('GetMetricSpec', await call(client, 'GetMetricSpec', ref), (res) => specProblem(res, ref.name)),
+              async () =>
+                note('GetMetrics', await call(client, 'GetMetrics', { scaledObjectRef: ref, metricName: '' }), (res) =>
+                  metricsProblem(res, ref.name, ready),
+                ),
+              async () => note('IsActive', await call(client, 'IsActive', ref), (res) => activeProblem(res, ref.name, ready > 0)),
             ];
         // The floor probe rides on every 2nd poll: a sixth of the RPC load, enough samples for a p99.
         if (!floorOnly && ++polls % 2 === i % 2) calls.push(async () => note('Check', await call(health, 'Check', { service: '' })));
@@ -307,6 +356,8 @@ async function runPhase(label: string, amqpUrl: string, queues: string[], option
     getMetricSpec: stats(samples.GetMetricSpec),
     check: stats(samples.Check),
     errors,
+    checked,
+    wrong: wrong.length,
     cpuPercentOfOneCore: (cpu / wall) * 100,
     rssMb: mem.rssMb,
     peakRssMb: mem.peakMb,
@@ -325,8 +376,9 @@ async function runPhase(label: string, amqpUrl: string, queues: string[], option
   out(
     `  scaler CPU ${result.cpuPercentOfOneCore.toFixed(1)}% of one core   RSS ${result.rssMb.toFixed(1)} MB (peak ${result.peakRssMb.toFixed(1)} MB)`,
   );
+  out(`  answers checked ${checked}: wrong ${wrong.length}${wrong.length > 0 ? `, e.g. ${wrong.slice(0, 3).join(' | ')}` : ''}`);
   out(
-    `  errors ${Object.keys(errors).length === 0 ? 'none' : JSON.stringify(errors)}; /metrics scraped ${scrapes} times; worker reports ${reports.sent} sent, ${reports.refused} refused`,
+    `  errors (counted in the percentiles above too) ${Object.keys(errors).length === 0 ? 'none' : JSON.stringify(errors)}; /metrics scraped ${scrapes} times; worker reports ${reports.sent} sent, ${reports.refused} refused`,
   );
   if (reports.refused > 0) throw new Error(`${label}: the scaler refused ${reports.refused} of ${reports.sent} worker reports`);
   if (process.env['BENCH_VERBOSE']) for (const l of heapLines) out(`  ${l}`);
@@ -429,6 +481,15 @@ async function main(): Promise<void> {
   proxy.server.close();
   for (const q of queues) await ch.deleteQueue(q);
   await setup.close();
+
+  // A figure from wrong answers is no figure: any wrong answer fails the bench.
+  const phases = [normal, normal2, slow, floor, baseline1, baseline2, reported].filter((x): x is PhaseResult => x !== undefined);
+  const wrong = phases.reduce((n, x) => n + x.wrong, 0);
+  out(`correctness: ${phases.reduce((n, x) => n + x.checked, 0)} answers checked, ${wrong} wrong`);
+  if (wrong > 0) {
+    process.stderr.write(`bench-scaler failed: ${wrong} wrong answers\n`);
+    process.exitCode = 1;
+  }
 }
 
 main().catch((err: unknown) => {
