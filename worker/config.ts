@@ -130,6 +130,14 @@ export const WORKER_ENV = {
     patternHint: 'an http(s) URL such as http://kmj-scaler.kmj.svc:8080/v1/reports',
     help: "where the worker reports each request's outcome and timings to the scaler, for its metrics (unset: no report)",
   },
+  KMJ_REPORT_TIMEOUT_MS: {
+    kind: 'integer',
+    unit: 'ms',
+    min: 100,
+    max: 30_000,
+    default: 1000,
+    help: "the longest the report may hold up the worker's exit (it is sent after the settle, never retried)",
+  },
   KUBERNETES_POD_NAME: { kind: 'string', help: 'tagged on runs (set from the downward API)' },
   KUBERNETES_NODE_NAME: { kind: 'string', help: 'tagged on runs (set from the downward API)' },
   LOG_LEVEL: { kind: 'enum', values: LOG_LEVELS, default: 'info', help: 'log level' },
@@ -185,6 +193,8 @@ export interface WorkerConfig {
   readonly mlflowUser: string;
   /** The scaler's report intake (common/report.ts), or undefined: no report is sent. */
   readonly reportUrl: string | undefined;
+  /** The longest the report may hold up the exit. */
+  readonly reportTimeoutMs: number;
   readonly podName: string | undefined;
   readonly nodeName: string | undefined;
   readonly logLevel: LogLevel;
@@ -284,6 +294,7 @@ export function loadWorkerConfig(env: RawInput, flags: WorkerFlags = {}): Worker
     onnxThreads: v.KMJ_ONNX_THREADS,
     mlflowUser: v.KMJ_MLFLOW_USER ?? osUser(),
     reportUrl: v.KMJ_REPORT_URL,
+    reportTimeoutMs: v.KMJ_REPORT_TIMEOUT_MS,
     podName: v.KUBERNETES_POD_NAME,
     nodeName: v.KUBERNETES_NODE_NAME,
     logLevel: v.LOG_LEVEL,

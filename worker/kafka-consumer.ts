@@ -296,7 +296,7 @@ async function settleRecord(
       settledAtMs: Date.now(),
       model: outcome,
     };
-    await sendReport(config.reportUrl, reportOf({ source: 'kafka', scope: input.group, name: topic }, code, times), log);
+    await sendReport(config, reportOf({ source: 'kafka', scope: input.group, name: topic }, code, times), log);
     return code;
   };
   const fields = { requestId: outcome.requestId, runId: outcome.runId, reason: outcome.reason };

@@ -125,7 +125,7 @@ export const consumeRabbitMq: Consume<RabbitMqInput> = async (options) => {
   const reported = async (code: WorkerExitCode): Promise<WorkerExitCode> => {
     if (received) {
       const times = { ...received, settledAtMs: Date.now(), model };
-      await sendReport(config.reportUrl, reportOf({ source: 'rabbitmq', scope: vhostOf(input.url), name: input.queue }, code, times), log);
+      await sendReport(config, reportOf({ source: 'rabbitmq', scope: vhostOf(input.url), name: input.queue }, code, times), log);
     }
     return code;
   };

@@ -1,7 +1,7 @@
 /**
  * The worker's report of each request to the scaler (common/report.ts says why and what it holds).
- * Sent after the message is settled, so it never delays or changes the settle; bounded to one
- * second, never retried, and a failure is logged and otherwise ignored: the run in MLflow and the
+ * Sent after the message is settled, so it never delays or changes the settle; bounded
+ * (KMJ_REPORT_TIMEOUT_MS, one second by default), never retried, and a failure is logged and otherwise ignored: the run in MLflow and the
  * exit code remain the record of the request, the report only feeds the dashboards.
  */
 import { agentFor, discard, readText, send } from '../common/http-request.ts';
@@ -9,9 +9,6 @@ import type { Logger } from '../common/log.ts';
 import { messageOf } from '../common/redact.ts';
 import { outcomeOfExit, type ReportSource, type ReportStep, type WorkerReport } from '../common/report.ts';
 import type { WorkerExitCode } from '../common/exit-codes.ts';
-
-/** The longest a report may hold up the worker's exit. */
-export const REPORT_TIMEOUT_MS = 1000;
 
 /** When things happened to one request, in ms since the epoch (Date.now()). */
 export interface RequestTimes {
@@ -62,9 +59,17 @@ export function reportOf(
   return { version: 1, source: target.source, scope: target.scope, name: target.name, outcome: outcomeOfExit(code), seconds };
 }
 
-/** POSTs the report to `url`; resolves within REPORT_TIMEOUT_MS whatever happens. */
-export async function sendReport(url: string | undefined, report: WorkerReport, log: Logger): Promise<void> {
+/** Where and within how long the report goes (WorkerConfig's reportUrl and reportTimeoutMs). */
+export interface ReportSink {
+  readonly reportUrl: string | undefined;
+  readonly reportTimeoutMs: number;
+}
+
+/** POSTs the report to the sink's URL; resolves within its timeout whatever happens. */
+export async function sendReport(sink: ReportSink, report: WorkerReport, log: Logger): Promise<void> {
+  const url = sink.reportUrl;
   if (url === undefined) return;
+  const timeoutMs = sink.reportTimeoutMs;
   const target = new URL(url);
   const started = performance.now();
   try {
@@ -73,8 +78,8 @@ export async function sendReport(url: string | undefined, report: WorkerReport, 
       headers: { 'content-type': 'application/json' },
       body: JSON.stringify(report),
       agent: agentFor(target, { rejectUnauthorized: true }),
-      signal: AbortSignal.timeout(REPORT_TIMEOUT_MS),
-      timeoutMs: REPORT_TIMEOUT_MS,
+      signal: AbortSignal.timeout(timeoutMs),
+      timeoutMs,
     });
     if (res.statusCode === 204) {
       await discard(res);

@@ -827,6 +827,7 @@ describe('loadWorkerConfig', () => {
       progressIntervalMs: 10_000,
       onnxThreads: 0,
       mlflowUser: expect.any(String),
+      reportTimeoutMs: 1000,
       podName: undefined,
       nodeName: undefined,
       logLevel: 'info',
