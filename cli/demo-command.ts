@@ -26,7 +26,7 @@ import { loadScalerConfig } from '../scaler/config.ts';
 import { quoteFilterValue, type MlflowTracking } from '../mlflow/tracking.ts';
 import type { CommandContext } from './context.ts';
 import { mlflowFromEnv } from '../mlflow/client.ts';
-import { RequestPublisher } from './publisher.ts';
+import { RequestPublisher } from '../rabbitmq/publisher.ts';
 import { RUN_TAG } from '../common/run-tags.ts';
 import { EXIT, type ExitCode } from '../common/exit-codes.ts';
 

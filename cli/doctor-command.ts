@@ -3,7 +3,9 @@ import { connect as tcpConnect } from 'node:net';
 import { hostname, machine } from 'node:os';
 import { parseArgs } from 'node:util';
 import { ConfigError } from '../common/config.ts';
+import { NotFoundError } from '../common/errors.ts';
 import { createLogger } from '../common/log.ts';
+import { messageOf } from '../common/redact.ts';
 import { kedaResources } from '../kubernetes/scaledjob.ts';
 import { loadWorkerConfig, type WorkerConfig } from '../worker/config.ts';
 import { CHECK_TIMEOUT_MS, checkBroker, checkModel, checkMlflow, checkOnnxRuntime, type Check } from '../worker/doctor.ts';
@@ -92,8 +94,8 @@ async function checkKeda(kubeconfig: string | undefined, env: CommandContext['en
       };
     return { name: 'keda', status: 'ok', detail: `KEDA's CRDs are installed on ${server} (${resources.join(', ')})` };
   } catch (err) {
-    const text = err instanceof Error ? err.message : String(err);
-    if (/not found|404/i.test(text))
+    const text = messageOf(err);
+    if (err instanceof NotFoundError)
       return {
         name: 'keda',
         status: 'fail',

@@ -9,7 +9,6 @@ import { messageOf } from '../common/redact.ts';
 import { kafkaClient } from '../kafka/client.ts';
 import { committedLag, KafkaOffsetsReader, type GroupOffsets } from '../kafka/offsets.ts';
 import type { KafkaConnection } from '../kafka/settings.ts';
-import type { CommandContext } from './context.ts';
 import { EXIT, type ExitCode } from '../common/exit-codes.ts';
 
 export interface PartitionLagRow {
@@ -33,49 +32,59 @@ export function lagRows(offsets: GroupOffsets): PartitionLagRow[] {
   }));
 }
 
-/** Prints the table (or JSON); 0 when read, 1 when the group or topic does not exist, 69 when Kafka cannot be read. */
-export async function kafkaStatus(
-  ctx: CommandContext,
+/** What the read gave: the group's rows, or why there are none (`notFound`: the group or a topic does not exist). */
+export type KafkaStatusRead =
+  | { readonly ok: true; readonly topics: readonly string[]; readonly rows: readonly PartitionLagRow[] }
+  | { readonly ok: false; readonly error: string; readonly notFound: boolean };
+
+/** Collect: the group's offsets on `topics` (every topic it committed on when empty), bounded by 20 s. */
+export async function collectKafkaStatus(
   connection: KafkaConnection,
   group: string,
   topics: readonly string[],
-  json: boolean,
   log: Logger,
-): Promise<ExitCode> {
+): Promise<KafkaStatusRead> {
   const kafka = kafkaClient(connection, { clientId: 'kmj-status', log, connectTimeoutMs: 5000, requestTimeoutMs: 5000, retries: 1 });
   const reader = new KafkaOffsetsReader({ kafka, brokers: connection.brokers.join(','), log });
   try {
     const offsets = await reader.read(group, topics, AbortSignal.timeout(20_000));
-    const rows = lagRows(offsets);
-    const total = rows.reduce((s, r) => s + (r.lag ?? 0), 0);
-    if (json) {
-      ctx.stdout.write(`${JSON.stringify({ group, topics: offsets.topics, lag: total, partitions: rows }, null, 2)}\n`);
-      return EXIT.OK;
-    }
-    const table = [
-      ['TOPIC', 'PARTITION', 'COMMITTED', 'END', 'LAG'],
-      ...rows.map((r) => [
-        r.topic,
-        String(r.partition),
-        r.committed === null ? '-' : String(r.committed),
-        String(r.end),
-        r.lag === null ? '- (no commit)' : String(r.lag),
-      ]),
-    ];
-    const widths = table[0]?.map((_, i) => Math.max(...table.map((row) => (row[i] ?? '').length))) ?? [];
-    ctx.stdout.write(`consumer group ${group}: lag ${total} over ${rows.length} partition${rows.length === 1 ? '' : 's'}\n`);
-    for (const row of table)
-      ctx.stdout.write(
-        `${row
-          .map((c, i) => c.padEnd(widths[i] ?? 0))
-          .join('  ')
-          .trimEnd()}\n`,
-      );
-    return EXIT.OK;
+    return { ok: true, topics: offsets.topics, rows: lagRows(offsets) };
   } catch (err) {
-    ctx.stderr.write(`kmj status: ${messageOf(err)}\n`);
-    return err instanceof BacklogNotFoundError ? EXIT.FAILED : EXIT.UNAVAILABLE;
+    return { ok: false, error: messageOf(err), notFound: err instanceof BacklogNotFoundError };
   } finally {
     await reader.close();
   }
+}
+
+/** Decide: 0 when read, 1 when the group or topic does not exist, 69 when Kafka cannot be read. */
+export function decideKafkaStatus(read: KafkaStatusRead): ExitCode {
+  if (read.ok) return EXIT.OK;
+  return read.notFound ? EXIT.FAILED : EXIT.UNAVAILABLE;
+}
+
+/** Render: the table or JSON (for stdout), or the error line (for stderr). No I/O. */
+export function renderKafkaStatus(group: string, read: KafkaStatusRead, json: boolean): string {
+  if (!read.ok) return `kmj status: ${read.error}\n`;
+  const total = read.rows.reduce((s, r) => s + (r.lag ?? 0), 0);
+  if (json) return `${JSON.stringify({ group, topics: read.topics, lag: total, partitions: read.rows }, null, 2)}\n`;
+  const table = [
+    ['TOPIC', 'PARTITION', 'COMMITTED', 'END', 'LAG'],
+    ...read.rows.map((r) => [
+      r.topic,
+      String(r.partition),
+      r.committed === null ? '-' : String(r.committed),
+      String(r.end),
+      r.lag === null ? '- (no commit)' : String(r.lag),
+    ]),
+  ];
+  const widths = table[0]?.map((_, i) => Math.max(...table.map((row) => (row[i] ?? '').length))) ?? [];
+  const lines = [`consumer group ${group}: lag ${total} over ${read.rows.length} partition${read.rows.length === 1 ? '' : 's'}`];
+  for (const row of table)
+    lines.push(
+      row
+        .map((c, i) => c.padEnd(widths[i] ?? 0))
+        .join('  ')
+        .trimEnd(),
+    );
+  return `${lines.join('\n')}\n`;
 }

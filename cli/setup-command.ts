@@ -22,6 +22,7 @@ import { displayUrl } from '../common/redact.ts';
 import { MlflowHttp, MlflowHttpError } from '../mlflow/http.ts';
 import { loadMlflowSettings } from '../mlflow/settings.ts';
 import { ensureMlflowUser } from '../mlflow/users.ts';
+import { isRefusal } from '../rabbitmq/reply-codes.ts';
 import { deadLetterQueueOf, declareRequestTopology } from '../rabbitmq/topology.ts';
 import { ManagementClient, ManagementError, SCALER_PERMISSIONS, workerPermissions } from '../rabbitmq/users.ts';
 import { createLogger } from '../common/log.ts';
@@ -130,8 +131,7 @@ async function untilDone<T>(
 
 /** Errors worth another try while a broker starts: no connection, or the connection dropped. */
 function amqpRetryable(err: unknown): boolean {
-  const text = messageOf(err);
-  return !/ACCESS_REFUSED|PRECONDITION_FAILED|authentication failure|NOT_ALLOWED/i.test(text);
+  return !isRefusal(err);
 }
 
 export async function runSetup(argv: readonly string[], ctx: CommandContext): Promise<ExitCode> {

@@ -3,32 +3,33 @@
  * RabbitMQ, what the scaler tells KEDA right now, and the latest MLflow runs of the queue's
  * experiment. Each part is read on its own; whatever cannot be reached is shown as such, with
  * the reason, and the rest is still shown.
+ *
+ * The command in four parts, by name: `parseStatusArgs` (flags, no I/O), `collectStatus` (the
+ * reads, through rabbitmq/, scaler/client.ts, mlflow/ and kubernetes/), `decideStatus` (the exit
+ * code) and `renderStatus` (text; JSON and YAML are the report itself).
  */
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
-import { connect } from 'amqplib';
 import { stringify as toYaml } from 'yaml';
-import { raceAbort, sleep } from '../common/abort.ts';
+import { sleep } from '../common/abort.ts';
 import { ConfigError, readConfig } from '../common/config.ts';
-import { BacklogNotFoundError, NotFoundError } from '../common/errors.ts';
+import { NotFoundError } from '../common/errors.ts';
+import { EXIT, type ExitCode } from '../common/exit-codes.ts';
 import type { FieldSpecs } from '../common/fields.ts';
 import { createLogger } from '../common/log.ts';
 import { messageOf } from '../common/redact.ts';
-import { RUN_TAG } from '../common/run-tags.ts';
-import { mlflowFromEnv, runUrl } from '../mlflow/client.ts';
-import type { MlflowTracking } from '../mlflow/tracking.ts';
-import { checkQueues } from '../rabbitmq/inspect.ts';
-import { ManagementQueueReader } from '../rabbitmq/management.ts';
-import { defaultManagementUrl, RABBITMQ_ENV, vhostOf } from '../rabbitmq/settings.ts';
-import { deadLetterQueueOf } from '../rabbitmq/topology.ts';
-import { ScalerClient } from '../scaler/client.ts';
-import type { CommandContext } from './context.ts';
-import { kafkaStatus } from './kafka-status.ts';
-import { kafkaConnection } from '../kafka/settings.ts';
-import { UsageError } from './usage.ts';
+import { kafkaConnection, type KafkaConnection } from '../kafka/settings.ts';
 import { formatAge, readScaledJob, type ScaledJobReport } from '../kubernetes/scaledjob.ts';
-import { EXIT, type ExitCode } from '../common/exit-codes.ts';
+import { mlflowFromEnv } from '../mlflow/client.ts';
+import { latestRuns, type ExperimentRuns } from '../mlflow/latest-runs.ts';
+import type { MlflowTracking } from '../mlflow/tracking.ts';
+import { readQueueStatus, type QueueStatus } from '../rabbitmq/queue-status.ts';
+import { RABBITMQ_ENV } from '../rabbitmq/settings.ts';
+import { explainUnreached, readingAgeMs, ScalerClient } from '../scaler/client.ts';
+import type { CommandContext } from './context.ts';
+import { collectKafkaStatus, decideKafkaStatus, renderKafkaStatus } from './kafka-status.ts';
+import { UsageError } from './usage.ts';
 
 export const STATUS_HELP = `Usage: kmj status --queue <q> [--experiment <e>] [-o json|yaml|wide]
        kmj status --scaledjob <name> [-n <namespace>] [--context <c>] [-o json|yaml|wide] [--watch]
@@ -84,108 +85,135 @@ const STATUS_ENV = {
 
 const DEFAULT_SCALER_ADDRESS = '127.0.0.1:6000';
 
-/** What one source answered; `notFound` when the thing asked for does not exist (it was reachable). */
-type Part<T> = { ok: true; value: T } | { ok: false; error: string; notFound?: boolean };
+// ---- what is collected ----------------------------------------------------------------------
 
-/**
- * The queue as RabbitMQ reports it. `ready` and `consumers` come from AMQP (a passive declare:
- * real time, what the scaler reads) unless AMQP failed; `unacked` only from the management API,
- * whose statistics are sampled (every 5 s by default) and so lag the queue.
- */
-export interface RabbitReading {
-  readonly source: 'amqp' | 'management';
-  readonly ready: number;
-  readonly consumers: number;
-  readonly unacked?: number;
-  readonly deadLettered?: number;
-  /** Why a figure is missing or came from the lagging source. */
-  readonly note?: string;
+/** What one source answered; `notFound` when the thing asked for does not exist (it was reachable). */
+export type Part<T> = { ok: true; value: T } | { ok: false; error: string; notFound?: boolean };
+
+export interface ScalerReading {
+  readonly address: string;
+  readonly metricName: string;
+  readonly value: number;
+  readonly active: boolean;
+  readonly snapshotAgeMs?: number;
 }
 
 export interface StatusReport {
   readonly queue: string;
   readonly kubernetes?: Part<ScaledJobReport>;
-  readonly rabbitmq: Part<RabbitReading>;
-  readonly scaler: Part<{ address: string; metricName: string; value: number; active: boolean; snapshotAgeMs?: number }>;
-  readonly mlflow: Part<{
-    experiment: string;
-    experimentId?: string;
-    runs: Array<{
-      runId: string;
-      requestId?: string;
-      status: string;
-      outcome: string;
-      seconds?: number;
-      rows?: number;
-      accuracy?: number;
-      error?: string;
-      url: string;
-    }>;
-  }>;
+  readonly rabbitmq: Part<QueueStatus>;
+  readonly scaler: Part<ScalerReading>;
+  readonly mlflow: Part<ExperimentRuns>;
 }
+
+/** What `kmj status` was asked, its flags checked (`parseStatusArgs`). */
+export type StatusRequest =
+  | { readonly kind: 'help' }
+  | { readonly kind: 'kafka'; readonly group: string; readonly topics: readonly string[]; readonly json: boolean }
+  | {
+      readonly kind: 'queue';
+      readonly target: StatusTarget;
+      readonly output: (typeof OUTPUTS)[number] | 'text';
+      readonly watch: boolean;
+    };
+
+export interface StatusTarget {
+  readonly queue?: string | undefined;
+  readonly experiment?: string | undefined;
+  readonly limit: number;
+  readonly scaledJob?: {
+    readonly name: string;
+    readonly namespace?: string | undefined;
+    readonly context?: string | undefined;
+    readonly kubeconfig?: string | undefined;
+  };
+}
+
+/** Nothing answered at the scaler's address: a typed failure, told apart by the channel's state, not by grpc-js' words. */
+export class ScalerUnreachableError extends Error {
+  override readonly name = 'ScalerUnreachableError';
+  readonly address: string;
+  /** The operating system's or grpc-js' reason (`explainUnreached`). */
+  readonly why: string;
+
+  constructor(address: string, why: string, namespace: string) {
+    super(
+      `no scaler answers at ${address} (${why}): set KMJ_SCALER_ADDRESS, or reach the in-cluster scaler with \`kubectl -n ${namespace === 'default' ? '<namespace>' : namespace} port-forward svc/kmj-scaler 6000:6000\``,
+    );
+    this.address = address;
+    this.why = why;
+  }
+}
+
+// ---- parse ------------------------------------------------------------------------------------
+
+const OUTPUTS = ['json', 'yaml', 'wide'] as const;
+
+/** The flags, checked together: every problem in one UsageError. No I/O. */
+export function parseStatusArgs(argv: readonly string[]): StatusRequest {
+  const { values } = parseArgs({
+    args: [...argv],
+    options: {
+      queue: { type: 'string' },
+      kafka: { type: 'boolean' },
+      group: { type: 'string' },
+      topic: { type: 'string' },
+      experiment: { type: 'string' },
+      runs: { type: 'string' },
+      scaledjob: { type: 'string' },
+      namespace: { type: 'string', short: 'n' },
+      context: { type: 'string' },
+      kubeconfig: { type: 'string' },
+      output: { type: 'string', short: 'o' },
+      json: { type: 'boolean' },
+      watch: { type: 'boolean', short: 'w' },
+      help: { type: 'boolean', short: 'h' },
+    },
+    strict: true,
+  });
+  if (values.help) return { kind: 'help' };
+  const problems: string[] = [];
+  if (values.kafka) {
+    if (values.group === undefined) problems.push('--group: is required with --kafka');
+    for (const flag of ['queue', 'scaledjob', 'experiment', 'runs', 'watch'] as const)
+      if (values[flag] !== undefined) problems.push(`--${flag}: not with --kafka`);
+    if (problems.length > 0 || values.group === undefined) throw new UsageError(problems);
+    const topics = values.topic === undefined ? [] : values.topic.split(',').filter(Boolean);
+    return { kind: 'kafka', group: values.group, topics, json: values.json === true || values.output === 'json' };
+  }
+  if (values.queue === undefined && values.scaledjob === undefined) problems.push('--queue: is required');
+  const limit = values.runs === undefined ? 10 : Number(values.runs);
+  if (!Number.isInteger(limit) || limit < 1 || limit > 1000)
+    problems.push(`--runs: ${JSON.stringify(values.runs)} must be an integer from 1 to 1000`);
+  const output = values.output ?? (values.json ? 'json' : undefined);
+  const known = output === undefined || (OUTPUTS as readonly string[]).includes(output);
+  if (!known) problems.push(`--output: ${JSON.stringify(output)} must be one of ${OUTPUTS.join(', ')}`);
+  for (const flag of ['namespace', 'context', 'kubeconfig'] as const) {
+    if (values[flag] !== undefined && values.scaledjob === undefined) problems.push(`--${flag}: only with --scaledjob`);
+  }
+  if (problems.length > 0) throw new UsageError(problems);
+  return {
+    kind: 'queue',
+    target: {
+      queue: values.queue,
+      experiment: values.experiment,
+      limit,
+      ...(values.scaledjob !== undefined
+        ? { scaledJob: { name: values.scaledjob, namespace: values.namespace, context: values.context, kubeconfig: values.kubeconfig } }
+        : {}),
+    },
+    output: output === undefined ? 'text' : (output as (typeof OUTPUTS)[number]),
+    watch: values.watch === true,
+  };
+}
+
+// ---- collect ----------------------------------------------------------------------------------
 
 async function part<T>(fn: () => Promise<T>): Promise<Part<T>> {
   try {
     return { ok: true, value: await fn() };
   } catch (err) {
     return { ok: false, error: messageOf(err), ...(err instanceof NotFoundError ? { notFound: true } : {}) };
-  }
-}
-
-async function readRabbit(
-  env: { RABBITMQ_URL: string; RABBITMQ_MANAGEMENT_URL: string | undefined },
-  queue: string,
-): Promise<RabbitReading> {
-  const dead = deadLetterQueueOf(queue);
-  const signal = AbortSignal.timeout(5000);
-  const sampled = (async () => {
-    const mgmt = new ManagementQueueReader({ url: env.RABBITMQ_MANAGEMENT_URL ?? defaultManagementUrl(env.RABBITMQ_URL) });
-    const vhost = vhostOf(env.RABBITMQ_URL);
-    const q = await mgmt.read(vhost, queue, signal);
-    const d = await mgmt.read(vhost, dead, signal).catch(() => undefined);
-    return { q, d };
-  })();
-  sampled.catch(() => undefined); // awaited below
-  let amqp: { ready: number; consumers: number; deadLettered?: number };
-  try {
-    amqp = await readAmqp(env.RABBITMQ_URL, queue, dead, signal);
-  } catch (err) {
-    if (err instanceof NotFoundError) throw err;
-    // No AMQP answer: the management API's sampled figures, said to be such, and why.
-    const m = await sampled.catch((mgmtErr: unknown) => {
-      throw new Error(`AMQP: ${messageOf(err)}; management API: ${messageOf(mgmtErr)}`);
-    });
-    return {
-      source: 'management',
-      ready: m.q.ready,
-      consumers: m.q.consumers,
-      unacked: m.q.unacked,
-      ...(m.d ? { deadLettered: m.d.ready + m.d.unacked } : {}),
-      note: `AMQP failed (${messageOf(err)}): management statistics, up to 5 s old`,
-    };
-  }
-  const m = await sampled.catch((mgmtErr: unknown) => messageOf(mgmtErr));
-  if (typeof m === 'string') return { source: 'amqp', ...amqp, note: `unacknowledged: n/a (management API: ${m})` };
-  return { source: 'amqp', ...amqp, unacked: m.q.unacked };
-}
-
-/** Ready messages and consumers of `queue`, and the dead-letter queue's depth, by passive declares. */
-async function readAmqp(
-  url: string,
-  queue: string,
-  dead: string,
-  signal: AbortSignal,
-): Promise<{ ready: number; consumers: number; deadLettered?: number }> {
-  const conn = await raceAbort(connect(url, { timeout: 5000, noDelay: true }), signal);
-  conn.on('error', () => undefined);
-  try {
-    const found = await raceAbort(checkQueues(conn, [queue, dead]), signal);
-    const q = found.get(queue);
-    if (!q) throw new BacklogNotFoundError(`queue ${JSON.stringify(queue)}: not found in vhost ${JSON.stringify(vhostOf(url))}`);
-    const d = found.get(dead);
-    return { ready: q.messageCount, consumers: q.consumerCount, ...(d ? { deadLettered: d.messageCount } : {}) };
-  } finally {
-    await conn.close().catch(() => undefined);
   }
 }
 
@@ -200,15 +228,11 @@ interface ScalerQuestion {
   readonly namespace: string;
 }
 
-async function readScaler(
-  q: ScalerQuestion,
-  metricsUrl: string,
-  queue: string,
-): Promise<StatusReport['scaler'] extends Part<infer T> ? T : never> {
-  const address = q.address;
+/** What KEDA sees: one poll as KEDA makes it, and how old the scaler's reading is (its /debug/targets). */
+async function readScaler(q: ScalerQuestion, metricsUrl: string, queue: string): Promise<ScalerReading> {
   const channelOptions =
     q.serverName !== undefined ? { 'grpc.ssl_target_name_override': q.serverName, 'grpc.default_authority': q.serverName } : undefined;
-  const client = new ScalerClient(address, {
+  const client = new ScalerClient(q.address, {
     timeoutMs: 4000,
     ...(q.credentials ? { credentials: q.credentials } : {}),
     ...(channelOptions ? { channelOptions } : {}),
@@ -216,30 +240,14 @@ async function readScaler(
   try {
     const poll = await client.poll(q.metadata, q.name, q.namespace);
     if (!poll.ok) {
-      const details = poll.error.details.replace(/\. Resolution note:.*$/s, '');
-      const code = grpc.status[poll.error.code];
-      if (code === 'NOT_FOUND') throw new NotFoundError(details);
-      // grpc-js's own words for "nothing answered there", as opposed to the scaler's UNAVAILABLE.
-      const noAnswer =
-        (code === 'UNAVAILABLE' && /^(No connection established|failed to connect)/i.test(details)) || code === 'DEADLINE_EXCEEDED';
-      if (noAnswer) {
-        const why = (/Last error: (.*)$/.exec(details)?.[1] ?? details).replace(/^Error: /, '');
-        throw new Error(
-          `no scaler answers at ${address} (${why}): set KMJ_SCALER_ADDRESS, or reach the in-cluster scaler with \`kubectl -n ${q.namespace === 'default' ? '<namespace>' : q.namespace} port-forward svc/kmj-scaler 6000:6000\``,
-        );
-      }
-      throw new Error(`${code}: ${details}`);
+      const { code, details, reached } = poll.error;
+      if (!reached) throw new ScalerUnreachableError(q.address, await explainUnreached(q.address, poll.error), q.namespace);
+      if (code === grpc.status.NOT_FOUND) throw new NotFoundError(details);
+      throw new Error(`${grpc.status[code]}: ${details}`);
     }
-    let snapshotAgeMs: number | undefined;
-    try {
-      const res = await fetch(`${metricsUrl.replace(/\/$/, '')}/debug/targets`, { signal: AbortSignal.timeout(3000) });
-      const body = (await res.json()) as { targets: Array<{ labels: { name: string; mode: string }; ageMs?: number }> };
-      snapshotAgeMs = body.targets.find((t) => t.labels.name === queue && t.labels.mode === (q.metadata['mode'] ?? 'backlog'))?.ageMs;
-    } catch {
-      snapshotAgeMs = undefined; // the age is extra; the value above is what KEDA sees
-    }
+    const snapshotAgeMs = await readingAgeMs(metricsUrl, queue, q.metadata['mode'] ?? 'backlog');
     return {
-      address,
+      address: q.address,
       metricName: poll.view.metricName,
       value: poll.view.value,
       active: poll.view.active,
@@ -250,56 +258,9 @@ async function readScaler(
   }
 }
 
-async function readMlflow(
-  tracking: MlflowTracking | undefined,
-  experiment: string,
-  limit: number,
-): Promise<StatusReport['mlflow'] extends Part<infer T> ? T : never> {
+async function readMlflow(tracking: MlflowTracking | undefined, experiment: string, limit: number): Promise<ExperimentRuns> {
   if (!tracking) throw new Error('MLFLOW_TRACKING_URI is not set');
-  const signal = AbortSignal.timeout(8000);
-  const found = await tracking.findExperiment(experiment, signal, 0);
-  if (!found) return { experiment, runs: [] };
-  const experimentId = found.experimentId;
-  const searched = await tracking.searchRuns(
-    [experimentId],
-    { maxResults: limit, orderBy: ['attributes.start_time DESC'], maxRetries: 0 },
-    signal,
-  );
-  const runs = searched.map((run) => {
-    const { tags, metrics } = run;
-    const outcome =
-      run.info.status === 'FINISHED'
-        ? 'finished'
-        : run.info.status === 'RUNNING'
-          ? 'running'
-          : (tags[RUN_TAG.outcome] ?? run.info.status.toLowerCase());
-    return {
-      runId: run.info.run_id,
-      ...(tags[RUN_TAG.requestId] !== undefined ? { requestId: tags[RUN_TAG.requestId] } : {}),
-      status: run.info.status,
-      outcome,
-      ...(run.info.start_time !== undefined && run.info.end_time !== undefined
-        ? { seconds: (run.info.end_time - run.info.start_time) / 1000 }
-        : {}),
-      ...(metrics['rows'] !== undefined ? { rows: metrics['rows'] } : {}),
-      ...(metrics['accuracy_score'] !== undefined ? { accuracy: metrics['accuracy_score'] } : {}),
-      ...(tags[RUN_TAG.error] !== undefined ? { error: tags[RUN_TAG.error] } : {}),
-      url: runUrl(tracking, experimentId, run.info.run_id),
-    };
-  });
-  return { experiment, experimentId, runs };
-}
-
-export interface StatusTarget {
-  readonly queue?: string | undefined;
-  readonly experiment?: string | undefined;
-  readonly limit: number;
-  readonly scaledJob?: {
-    readonly name: string;
-    readonly namespace?: string | undefined;
-    readonly context?: string | undefined;
-    readonly kubeconfig?: string | undefined;
-  };
+  return latestRuns(tracking, experiment, limit);
 }
 
 function scalerCredentials(env: ReturnType<typeof readStatusEnv>): grpc.ChannelCredentials | undefined {
@@ -331,6 +292,7 @@ function readStatusEnv(ctx: CommandContext) {
   return readConfig('status', STATUS_ENV, ctx.env);
 }
 
+/** Reads every part at once; what cannot be read is a failed part, never a thrown error (bad settings aside). */
 export async function collectStatus(ctx: CommandContext, target: StatusTarget): Promise<StatusReport> {
   const env = readStatusEnv(ctx);
   const credentials = scalerCredentials(env);
@@ -382,7 +344,7 @@ export async function collectStatus(ctx: CommandContext, target: StatusTarget): 
   const tracking = mlflowFromEnv('status', ctx.env, log);
   try {
     const [rabbitmq, scaler, mlflow] = await Promise.all([
-      part(() => readRabbit(env, q)),
+      part(() => readQueueStatus({ url: env.RABBITMQ_URL, managementUrl: env.RABBITMQ_MANAGEMENT_URL }, q)),
       part(() => readScaler(asked, env.KMJ_SCALER_METRICS_URL, q)),
       part(() => readMlflow(tracking, target.experiment ?? q, target.limit)),
     ]);
@@ -391,6 +353,8 @@ export async function collectStatus(ctx: CommandContext, target: StatusTarget): 
     await tracking?.http.close();
   }
 }
+
+// ---- render -----------------------------------------------------------------------------------
 
 function failed(p: { error: string; notFound?: boolean }): string {
   return `${p.notFound ? 'not found' : 'unreachable'}: ${p.error}`;
@@ -431,7 +395,8 @@ function renderKubernetes(k: Part<ScaledJobReport>, wide: boolean): string[] {
   return lines;
 }
 
-function render(r: StatusReport, wide: boolean): string {
+/** The report as text; `wide` shows every Job and more columns. No I/O. */
+export function renderStatus(r: StatusReport, wide: boolean): string {
   const lines: string[] = [...(r.kubernetes ? renderKubernetes(r.kubernetes, wide) : []), `queue ${r.queue}`];
   if (r.rabbitmq.ok) {
     const q = r.rabbitmq.value;
@@ -468,80 +433,49 @@ function render(r: StatusReport, wide: boolean): string {
   return `${lines.join('\n')}\n`;
 }
 
-const OUTPUTS = ['json', 'yaml', 'wide'] as const;
+// ---- decide -----------------------------------------------------------------------------------
+
+/** 0 when every part answered, 1 when any did not (unreachable or not found). */
+export function decideStatus(r: StatusReport): ExitCode {
+  const answered = r.rabbitmq.ok && r.scaler.ok && r.mlflow.ok && (r.kubernetes?.ok ?? true);
+  return answered ? EXIT.OK : EXIT.FAILED;
+}
+
+// ---- run: parse, then collect, decide and render -------------------------------------------------
+
+function kafkaSettings(ctx: CommandContext): KafkaConnection {
+  const problems: string[] = [];
+  const connection = kafkaConnection(ctx.env, problems);
+  if (!connection) throw new ConfigError('status', problems.length > 0 ? problems : ['KAFKA_BROKERS: is required with --kafka']);
+  return connection;
+}
 
 export async function runStatus(argv: readonly string[], ctx: CommandContext): Promise<ExitCode> {
-  const { values } = parseArgs({
-    args: [...argv],
-    options: {
-      queue: { type: 'string' },
-      kafka: { type: 'boolean' },
-      group: { type: 'string' },
-      topic: { type: 'string' },
-      experiment: { type: 'string' },
-      runs: { type: 'string' },
-      scaledjob: { type: 'string' },
-      namespace: { type: 'string', short: 'n' },
-      context: { type: 'string' },
-      kubeconfig: { type: 'string' },
-      output: { type: 'string', short: 'o' },
-      json: { type: 'boolean' },
-      watch: { type: 'boolean', short: 'w' },
-      help: { type: 'boolean', short: 'h' },
-    },
-    strict: true,
-  });
-  if (values.help) {
+  const request = parseStatusArgs(argv);
+  if (request.kind === 'help') {
     ctx.stdout.write(STATUS_HELP);
     return EXIT.OK;
   }
-  if (values.kafka) {
-    const problems: string[] = [];
-    if (values.group === undefined) problems.push('--group: is required with --kafka');
-    for (const flag of ['queue', 'scaledjob', 'experiment', 'runs', 'watch'] as const)
-      if (values[flag] !== undefined) problems.push(`--${flag}: not with --kafka`);
-    if (problems.length > 0 || values.group === undefined) throw new UsageError(problems);
-    const connectionProblems: string[] = [];
-    const connection = kafkaConnection(ctx.env, connectionProblems);
-    if (!connection)
-      throw new ConfigError('status', connectionProblems.length > 0 ? connectionProblems : ['KAFKA_BROKERS: is required with --kafka']);
-    const topics = values.topic === undefined ? [] : values.topic.split(',').filter(Boolean);
-    const json = values.json === true || values.output === 'json';
-    return kafkaStatus(ctx, connection, values.group, topics, json, createLogger({ level: 'warn', name: 'kmj-status', sync: true }));
+  if (request.kind === 'kafka') {
+    const log = createLogger({ level: 'warn', name: 'kmj-status', sync: true });
+    const read = await collectKafkaStatus(kafkaSettings(ctx), request.group, request.topics, log);
+    const rendered = renderKafkaStatus(request.group, read, request.json);
+    (read.ok ? ctx.stdout : ctx.stderr).write(rendered);
+    return decideKafkaStatus(read);
   }
-  const problems: string[] = [];
-  if (values.queue === undefined && values.scaledjob === undefined) problems.push('--queue: is required');
-  const limit = values.runs === undefined ? 10 : Number(values.runs);
-  if (!Number.isInteger(limit) || limit < 1 || limit > 1000)
-    problems.push(`--runs: ${JSON.stringify(values.runs)} must be an integer from 1 to 1000`);
-  const output = values.output ?? (values.json ? 'json' : undefined);
-  if (output !== undefined && !(OUTPUTS as readonly string[]).includes(output))
-    problems.push(`--output: ${JSON.stringify(output)} must be one of ${OUTPUTS.join(', ')}`);
-  for (const flag of ['namespace', 'context', 'kubeconfig'] as const) {
-    if (values[flag] !== undefined && values.scaledjob === undefined) problems.push(`--${flag}: only with --scaledjob`);
-  }
-  if (problems.length > 0) throw new UsageError(problems);
-  const target: StatusTarget = {
-    queue: values.queue,
-    experiment: values.experiment,
-    limit,
-    ...(values.scaledjob !== undefined
-      ? { scaledJob: { name: values.scaledjob, namespace: values.namespace, context: values.context, kubeconfig: values.kubeconfig } }
-      : {}),
-  };
+  const { target, output, watch } = request;
   const show = (report: StatusReport): void => {
     if (output === 'json') ctx.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
-    else if (output === 'yaml') ctx.stdout.write(`${values.watch ? '---\n' : ''}${toYaml(report)}`);
-    else ctx.stdout.write(`${values.watch ? `\n${new Date().toISOString()}\n` : ''}${render(report, output === 'wide')}`);
+    else if (output === 'yaml') ctx.stdout.write(`${watch ? '---\n' : ''}${toYaml(report)}`);
+    else ctx.stdout.write(`${watch ? `\n${new Date().toISOString()}\n` : ''}${renderStatus(report, output === 'wide')}`);
   };
-  const answered = (r: StatusReport): boolean => r.rabbitmq.ok && r.scaler.ok && r.mlflow.ok && (r.kubernetes?.ok ?? true);
   let report = await collectStatus(ctx, target);
   show(report);
-  while (values.watch && !ctx.shutdownSignal.aborted) {
-    await sleep(2000, ctx.shutdownSignal).catch(() => undefined);
+  while (watch && !ctx.shutdownSignal.aborted) {
+    await sleep(2000, ctx.shutdownSignal).catch(() => undefined); // Ctrl-C ends the wait; the loop checks it
     if (ctx.shutdownSignal.aborted) break;
     report = await collectStatus(ctx, target);
     show(report);
   }
-  return answered(report) ? EXIT.OK : EXIT.FAILED;
+  return decideStatus(report);
 }

@@ -9,7 +9,7 @@ import { parseArgs } from 'node:util';
 import { sleep } from '../common/abort.ts';
 import { ConfigError, readConfig } from '../common/config.ts';
 import type { FieldSpecs } from '../common/fields.ts';
-import { createLogger } from '../common/log.ts';
+import { createLogger, type Logger } from '../common/log.ts';
 import { deadLetterQueueOf, type OutcomeNotice } from '../rabbitmq/topology.ts';
 import { PermanentError } from '../common/errors.ts';
 import type { MlflowTracking, SearchedRun } from '../mlflow/tracking.ts';
@@ -17,14 +17,14 @@ import { parseRequest, requestValidator, type RequestValidator } from '../common
 import type { CommandContext } from './context.ts';
 import { UsageError } from './usage.ts';
 import { mlflowFromEnv, runUrl } from '../mlflow/client.ts';
-import { PublishError, RequestPublisher } from './publisher.ts';
+import { PublishError, RequestPublisher } from '../rabbitmq/publisher.ts';
 import { RUN_TAG } from '../common/run-tags.ts';
 import { RABBITMQ_ENV } from '../rabbitmq/settings.ts';
 import { parseDuration } from '../common/fields.ts';
 import { messageOf } from '../common/redact.ts';
 import { kafkaClient } from '../kafka/client.ts';
 import { ensureGroup, KafkaPublishError, publishRecords } from '../kafka/publish.ts';
-import { KAFKA_ENV, kafkaConnection } from '../kafka/settings.ts';
+import { KAFKA_ENV, kafkaConnection, type KafkaConnection } from '../kafka/settings.ts';
 import { ensureTopic } from '../kafka/topics.ts';
 import { EXIT, type ExitCode } from '../common/exit-codes.ts';
 
@@ -79,14 +79,19 @@ const SUBMIT_ENV = {
   ...KAFKA_ENV,
 } as const satisfies FieldSpecs;
 
-function pairs(flag: string, values: readonly string[] | undefined): Record<string, string> {
-  const out: Record<string, string> = {};
+/** `key=value` flags as a map, and a problem for each one without a key. */
+function pairs(
+  flag: string,
+  values: readonly string[] | undefined,
+): { readonly value: Record<string, string>; readonly problems: string[] } {
+  const value: Record<string, string> = {};
+  const problems: string[] = [];
   for (const v of values ?? []) {
     const eq = v.indexOf('=');
-    if (eq <= 0) throw new UsageError([`${flag}: ${JSON.stringify(v)} must be key=value`]);
-    out[v.slice(0, eq)] = v.slice(eq + 1);
+    if (eq <= 0) problems.push(`${flag}: ${JSON.stringify(v)} must be key=value`);
+    else value[v.slice(0, eq)] = v.slice(eq + 1);
   }
-  return out;
+  return { value, problems };
 }
 
 /** A dataset argument: a URI as given, or a file path made absolute for the worker. */
@@ -98,38 +103,30 @@ interface Defaults {
   readonly [key: string]: unknown;
 }
 
-function buildRequest(defaults: Defaults, line: Record<string, unknown> = {}): Record<string, unknown> {
-  const req: Record<string, unknown> = { version: 1, requestId: randomUUID(), ...defaults, ...line };
-  if (defaults['dataset'] && line['dataset'] === undefined) req['dataset'] = defaults['dataset'];
-  return req;
-}
+// ---- parse ------------------------------------------------------------------------------------
 
-function check(req: Record<string, unknown>, validate: RequestValidator): Buffer {
-  const body = Buffer.from(JSON.stringify(req));
-  parseRequest(body, 1024 * 1024, validate);
-  return body;
-}
+/** Where the requests go: a RabbitMQ queue, or a Kafka topic (made with `partitions` if missing) with the workers' group. */
+export type SubmitTarget =
+  | { readonly kind: 'rabbitmq'; readonly queue: string }
+  | { readonly kind: 'kafka'; readonly topic: string; readonly partitions: number; readonly group?: string | undefined };
 
-/** A progress bar on stderr: redrawn in place on a terminal, a line per tenth otherwise. */
-function progress(ctx: CommandContext, total: number): (done: number) => void {
-  const tty = (ctx.stderr as { isTTY?: boolean }).isTTY === true;
-  let lastTenth = -1;
-  return (done) => {
-    if (tty) {
-      const width = 30;
-      const filled = Math.round((done / total) * width);
-      ctx.stderr.write(`\r[${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${done}/${total}${done === total ? '\n' : ''}`);
-      return;
-    }
-    const tenth = Math.floor((done / total) * 10);
-    if (tenth !== lastTenth) {
-      lastTenth = tenth;
-      ctx.stderr.write(`published ${done}/${total}\n`);
-    }
-  };
-}
+/** What `kmj submit` was asked, its flags checked (`parseSubmitArgs`). */
+export type SubmitRequest =
+  | { readonly kind: 'help' }
+  | {
+      readonly kind: 'submit';
+      readonly target: SubmitTarget;
+      /** The request fields the flags give; each line of `file` overrides them. */
+      readonly defaults: Defaults;
+      /** A JSON Lines file of requests, instead of one request from the flags. */
+      readonly file?: string | undefined;
+      /** Follow the one request to its outcome, for at most `timeoutMs`. */
+      readonly wait: boolean;
+      readonly timeoutMs: number;
+    };
 
-export async function runSubmit(argv: readonly string[], ctx: CommandContext): Promise<ExitCode> {
+/** The flags, checked together: every problem in one UsageError. No I/O (a dataset path is made absolute against the working directory). */
+export function parseSubmitArgs(argv: readonly string[]): SubmitRequest {
   const { values } = parseArgs({
     args: [...argv],
     options: {
@@ -155,11 +152,7 @@ export async function runSubmit(argv: readonly string[], ctx: CommandContext): P
     },
     strict: true,
   });
-  if (values.help) {
-    ctx.stdout.write(SUBMIT_HELP);
-    return EXIT.OK;
-  }
-  const env = readConfig('submit', SUBMIT_ENV, ctx.env);
+  if (values.help) return { kind: 'help' };
   const problems: string[] = [];
   const useKafka = values.kafka === true;
   const queue = useKafka ? values.topic : values.queue;
@@ -182,10 +175,11 @@ export async function runSubmit(argv: readonly string[], ctx: CommandContext): P
   const timeoutSeconds = values.timeout === undefined ? 600 : parseDuration(values.timeout, 's') / 1000;
   if (!Number.isFinite(timeoutSeconds) || timeoutSeconds <= 0)
     problems.push(`--timeout: ${JSON.stringify(values.timeout)} must be a number of seconds above 0, or a duration such as 90s or 10m`);
+  const { value: tags, problems: tagProblems } = pairs('--tag', values.tag);
+  const { value: params, problems: paramProblems } = pairs('--param', values.param);
+  problems.push(...tagProblems, ...paramProblems);
   if (problems.length > 0 || queue === undefined) throw new UsageError(problems);
 
-  const tags = pairs('--tag', values.tag);
-  const params = pairs('--param', values.param);
   const dataset: Record<string, unknown> | undefined =
     values.dataset !== undefined
       ? { uri: datasetUri(values.dataset), ...(values.format !== undefined ? { format: values.format } : {}) }
@@ -201,153 +195,217 @@ export async function runSubmit(argv: readonly string[], ctx: CommandContext): P
     ...(Object.keys(params).length > 0 ? { params } : {}),
     ...(values['output-format'] !== undefined ? { output: { format: values['output-format'] } } : {}),
   };
+  return {
+    kind: 'submit',
+    target: useKafka ? { kind: 'kafka', topic: queue, partitions, group: values.group } : { kind: 'rabbitmq', queue },
+    defaults,
+    file: values.file,
+    wait: values.wait === true,
+    timeoutMs: timeoutSeconds * 1000,
+  };
+}
 
-  // Build and check everything before publishing anything.
-  const validate = await requestValidator();
-  const batch: Array<{ requestId: string; body: Buffer }> = [];
+// ---- build: every request checked before anything is published --------------------------------
+
+function buildRequest(defaults: Defaults, line: Record<string, unknown> = {}): Record<string, unknown> {
+  const req: Record<string, unknown> = { version: 1, requestId: randomUUID(), ...defaults, ...line };
+  if (defaults['dataset'] && line['dataset'] === undefined) req['dataset'] = defaults['dataset'];
+  return req;
+}
+
+function check(req: Record<string, unknown>, validate: RequestValidator): Buffer {
+  const body = Buffer.from(JSON.stringify(req));
+  parseRequest(body, 1024 * 1024, validate);
+  return body;
+}
+
+export interface Batch {
+  readonly requests: ReadonlyArray<{ readonly requestId: string; readonly body: Buffer }>;
+  /** Why each invalid request is invalid ("line 3: model: …"); when any is, nothing is published. */
+  readonly invalid: readonly string[];
+}
+
+/** The requests: one from the flags (`fileText` undefined), or one per non-blank line of a JSON Lines file. No I/O. */
+export function buildBatch(defaults: Defaults, fileText: string | undefined, validate: RequestValidator): Batch {
+  const requests: Array<{ requestId: string; body: Buffer }> = [];
   const invalid: string[] = [];
-  if (values.file !== undefined) {
-    let text: string;
-    try {
-      text = await readFile(values.file, 'utf8');
-    } catch (err) {
-      throw new ConfigError('submit', [`--file: cannot read ${JSON.stringify(values.file)}: ${(err as Error).message}`]);
-    }
-    text.split('\n').forEach((raw, i) => {
-      if (raw.trim() === '') return;
-      try {
-        let line: unknown;
-        try {
-          line = JSON.parse(raw);
-        } catch (err) {
-          throw new PermanentError(`message: is not valid JSON (${(err as Error).message})`);
-        }
-        if (typeof line !== 'object' || line === null || Array.isArray(line)) throw new PermanentError('message: is not a JSON object');
-        const req = buildRequest(defaults, line as Record<string, unknown>);
-        batch.push({ requestId: String(req['requestId']), body: check(req, validate) });
-      } catch (err) {
-        invalid.push(`line ${i + 1}: ${(err as Error).message}`);
-      }
-    });
-  } else {
+  if (fileText === undefined) {
     const req = buildRequest(defaults);
     try {
-      batch.push({ requestId: String(req['requestId']), body: check(req, validate) });
+      requests.push({ requestId: String(req['requestId']), body: check(req, validate) });
     } catch (err) {
-      invalid.push((err as Error).message);
+      invalid.push(messageOf(err));
     }
+    return { requests, invalid };
   }
-  if (invalid.length > 0) {
-    ctx.stderr.write(`kmj submit: nothing published: ${invalid.join('\n  ')}\n`);
-    return EXIT.INVALID;
-  }
-  if (batch.length === 0) {
-    ctx.stderr.write('kmj submit: nothing to publish: the file has no requests\n');
-    return EXIT.INVALID;
-  }
-
-  const log = createLogger({ level: 'warn', name: 'kmj-submit', sync: true });
-  // --wait needs MLflow: find out before publishing that its settings are usable.
-  const tracking = values.wait ? mlflowFromEnv('submit', ctx.env, log) : undefined;
-  if (values.wait && !tracking) throw new ConfigError('submit', ['MLFLOW_TRACKING_URI: is required with --wait']);
-
-  if (useKafka) {
-    const connectionProblems: string[] = [];
-    const connection = kafkaConnection(ctx.env, connectionProblems);
-    if (!connection)
-      throw new ConfigError('submit', connectionProblems.length > 0 ? connectionProblems : ['KAFKA_BROKERS: is required with --kafka']);
-    const kafka = kafkaClient(connection, { clientId: 'kmj-submit', log, connectTimeoutMs: 10_000, requestTimeoutMs: 30_000, retries: 5 });
+  fileText.split('\n').forEach((raw, i) => {
+    if (raw.trim() === '') return;
     try {
-      const admin = kafka.admin();
-      await admin.connect();
+      let line: unknown;
       try {
-        if (await ensureTopic(admin, queue, partitions))
-          ctx.stderr.write(`kmj submit: created topic ${queue} with ${partitions} partition${partitions === 1 ? '' : 's'}\n`);
-      } finally {
-        await admin.disconnect().catch(() => undefined);
+        line = JSON.parse(raw);
+      } catch (err) {
+        throw new PermanentError(`message: is not valid JSON (${messageOf(err)})`);
       }
-      if (values.group !== undefined && (await ensureGroup(kafka, values.group, queue)))
-        ctx.stderr.write(`kmj submit: created consumer group ${values.group} at the start of ${queue}\n`);
-      const show = batch.length > 1 ? progress(ctx, batch.length) : () => undefined;
-      let done = 0;
-      await publishRecords(kafka, queue, batch, ctx.shutdownSignal, (ids) => {
-        for (const id of ids) ctx.stdout.write(`${id}\n`);
-        done += ids.length;
-        show(done);
-      });
+      if (typeof line !== 'object' || line === null || Array.isArray(line)) throw new PermanentError('message: is not a JSON object');
+      const req = buildRequest(defaults, line as Record<string, unknown>);
+      requests.push({ requestId: String(req['requestId']), body: check(req, validate) });
     } catch (err) {
-      if (err instanceof KafkaPublishError) {
-        ctx.stderr.write(`kmj submit: ${messageOf(err)}\n`);
-        return ctx.shutdownSignal.aborted ? EXIT.INTERRUPTED : EXIT.UNAVAILABLE;
-      }
-      ctx.stderr.write(`kmj submit: Kafka at ${connection.brokers.join(',')}: ${messageOf(err)}\n`);
-      return EXIT.UNAVAILABLE;
+      invalid.push(`line ${i + 1}: ${messageOf(err)}`);
     }
-    if (!tracking) return EXIT.OK;
-    const first = batch[0] as { requestId: string };
-    try {
-      return await waitForOutcome(
-        ctx,
-        tracking,
-        () => undefined,
-        () => Promise.resolve(undefined),
-        queue,
-        String(defaults['experiment']),
-        first.requestId,
-        timeoutSeconds * 1000,
-      );
-    } finally {
-      await tracking.http.close();
-    }
-  }
+  });
+  return { requests, invalid };
+}
 
+// ---- collect: publish, then follow ------------------------------------------------------------
+
+/** How a publish ended: the ids in the queue (printed as they were confirmed), and why it stopped if it did. */
+export type Published = { readonly ok: true } | { readonly ok: false; readonly error: string; readonly interrupted: boolean };
+
+export interface Submitted {
+  readonly published: Published;
+  /** With --wait, after a publish that went through. */
+  readonly followed?: Followed;
+}
+
+/** A progress bar on stderr: redrawn in place on a terminal, a line per tenth otherwise. */
+function progress(ctx: CommandContext, total: number): (done: number) => void {
+  const tty = (ctx.stderr as { isTTY?: boolean }).isTTY === true;
+  let lastTenth = -1;
+  return (done) => {
+    if (tty) {
+      const width = 30;
+      const filled = Math.round((done / total) * width);
+      ctx.stderr.write(`\r[${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${done}/${total}${done === total ? '\n' : ''}`);
+      return;
+    }
+    const tenth = Math.floor((done / total) * 10);
+    if (tenth !== lastTenth) {
+      lastTenth = tenth;
+      ctx.stderr.write(`published ${done}/${total}\n`);
+    }
+  };
+}
+
+interface FollowPlan {
+  readonly tracking: MlflowTracking;
+  readonly experiment: string;
+  readonly timeoutMs: number;
+}
+
+/** Publishes to a RabbitMQ queue with confirms; every confirmed id goes to `onPublished` at once. With `follow`, the connection stays open for the worker's outcome notice. */
+async function submitRabbitMq(
+  ctx: CommandContext,
+  settings: { url: string; maxDeliveries: number },
+  queue: string,
+  batch: Batch['requests'],
+  follow: FollowPlan | undefined,
+  onPublished: (ids: readonly string[]) => void,
+): Promise<Submitted> {
   const publisher = new RequestPublisher({
-    url: env.RABBITMQ_URL,
+    url: settings.url,
     queue,
-    maxDeliveries: env.KMJ_MAX_DELIVERIES,
+    maxDeliveries: settings.maxDeliveries,
     confirmTimeoutMs: 30_000,
-    replies: tracking !== undefined,
+    replies: follow !== undefined,
   });
   try {
-    await publisher.open();
-    const show = batch.length > 1 ? progress(ctx, batch.length) : () => undefined;
-    for (let i = 0; i < batch.length; i += 200) {
-      const part = batch.slice(i, i + 200);
-      // Every id printed is in the queue; every id in the queue is printed, even when the
-      // batch fails part-way (resubmitting what was not printed must not run anything twice).
-      for (const id of await publisher.publish(part, ctx.shutdownSignal)) ctx.stdout.write(`${id}\n`);
-      show(Math.min(i + 200, batch.length));
+    try {
+      await publisher.open();
+      const show = batch.length > 1 ? progress(ctx, batch.length) : () => undefined;
+      for (let i = 0; i < batch.length; i += 200) {
+        // Every id printed is in the queue; every id in the queue is printed, even when the
+        // batch fails part-way (resubmitting what was not printed must not run anything twice).
+        onPublished(await publisher.publish(batch.slice(i, i + 200), ctx.shutdownSignal));
+        show(Math.min(i + 200, batch.length));
+      }
+    } catch (err) {
+      if (!(err instanceof PublishError)) throw err;
+      onPublished(err.confirmed);
+      return { published: { ok: false, error: err.message, interrupted: ctx.shutdownSignal.aborted } };
     }
-  } catch (err) {
-    if (err instanceof PublishError) {
-      for (const id of err.confirmed) ctx.stdout.write(`${id}\n`);
-      ctx.stderr.write(`kmj submit: ${err.message}\n`);
-      return ctx.shutdownSignal.aborted ? EXIT.INTERRUPTED : EXIT.UNAVAILABLE;
-    }
-    throw err;
-  } finally {
-    // With --wait, the connection stays open for the worker's outcome notice.
-    if (!tracking) await publisher.close();
-  }
-
-  if (!tracking) return EXIT.OK;
-  const first = batch[0] as { requestId: string };
-  try {
-    return await waitForOutcome(
+    if (!follow) return { published: { ok: true } };
+    const first = batch[0] as { requestId: string };
+    const followed = await followRequest(
       ctx,
-      tracking,
+      follow,
       (id) => publisher.outcome(id),
       () => publisher.consumers(),
       queue,
-      String(defaults['experiment']),
       first.requestId,
-      timeoutSeconds * 1000,
     );
+    return { published: { ok: true }, followed };
   } finally {
     await publisher.close();
-    await tracking.http.close();
   }
 }
+
+/** Publishes to a Kafka topic (made if missing, the group made at its start if given) from an idempotent producer. */
+async function submitKafka(
+  ctx: CommandContext,
+  connection: KafkaConnection,
+  target: Extract<SubmitTarget, { kind: 'kafka' }>,
+  batch: Batch['requests'],
+  follow: FollowPlan | undefined,
+  onPublished: (ids: readonly string[]) => void,
+  log: Logger,
+): Promise<Submitted> {
+  const { topic, partitions, group } = target;
+  const kafka = kafkaClient(connection, { clientId: 'kmj-submit', log, connectTimeoutMs: 10_000, requestTimeoutMs: 30_000, retries: 5 });
+  try {
+    const admin = kafka.admin();
+    await admin.connect();
+    try {
+      if (await ensureTopic(admin, topic, partitions))
+        ctx.stderr.write(`kmj submit: created topic ${topic} with ${partitions} partition${partitions === 1 ? '' : 's'}\n`);
+    } finally {
+      await admin.disconnect().catch(() => undefined); // the topic is made or was there; a failed disconnect changes nothing
+    }
+    if (group !== undefined && (await ensureGroup(kafka, group, topic)))
+      ctx.stderr.write(`kmj submit: created consumer group ${group} at the start of ${topic}\n`);
+    const show = batch.length > 1 ? progress(ctx, batch.length) : () => undefined;
+    let done = 0;
+    await publishRecords(kafka, topic, batch, ctx.shutdownSignal, (ids) => {
+      onPublished(ids);
+      done += ids.length;
+      show(done);
+    });
+  } catch (err) {
+    if (err instanceof KafkaPublishError)
+      return { published: { ok: false, error: messageOf(err), interrupted: ctx.shutdownSignal.aborted } };
+    return { published: { ok: false, error: `Kafka at ${connection.brokers.join(',')}: ${messageOf(err)}`, interrupted: false } };
+  }
+  if (!follow) return { published: { ok: true } };
+  const first = batch[0] as { requestId: string };
+  const followed = await followRequest(
+    ctx,
+    follow,
+    () => undefined,
+    () => Promise.resolve(undefined),
+    topic,
+    first.requestId,
+  );
+  return { published: { ok: true }, followed };
+}
+
+// ---- decide -----------------------------------------------------------------------------------
+
+/** The exit code: 0 published (with --wait: FINISHED), 10 dead-lettered, 69 not published, 75 no outcome in time, 130 interrupted. */
+export function decideSubmit(submitted: Submitted): ExitCode {
+  const { published, followed } = submitted;
+  if (!published.ok) return published.interrupted ? EXIT.INTERRUPTED : EXIT.UNAVAILABLE;
+  if (!followed) return EXIT.OK;
+  switch (followed.kind) {
+    case 'finished':
+      return EXIT.OK;
+    case 'dead-lettered':
+      return EXIT.DEAD_LETTERED;
+    case 'timeout':
+      return EXIT.TIMEOUT;
+  }
+}
+
+// ---- render -----------------------------------------------------------------------------------
 
 /** Whole numbers as they are; others with 6 significant digits, trailing zeros dropped. */
 export function formatNumber(n: number): string {
@@ -356,8 +414,83 @@ export function formatNumber(n: number): string {
   return s.includes('e') ? s : s.replace(/(\.\d*?)0+$/, '$1').replace(/\.$/, '');
 }
 
-type Followed =
-  | { kind: 'finished'; run: SearchedRun; experimentId: string }
+/** The metrics a finished run shows, in this order, when it has them. */
+const SHOWN_METRICS = ['rows', 'accuracy_score', 'f1_score', 'r2_score', 'root_mean_squared_error', 'total_seconds'] as const;
+
+/** The outcome a --wait followed, for stdout. No I/O. */
+export function renderFollowed(followed: Followed, timeoutMs: number): string {
+  switch (followed.kind) {
+    case 'finished': {
+      const metrics = followed.run.metrics;
+      const lines = [`FINISHED run ${followed.run.info.run_id}`];
+      for (const k of SHOWN_METRICS) if (metrics[k] !== undefined) lines.push(`  ${k.padEnd(24)} ${formatNumber(Number(metrics[k]))}`);
+      lines.push(`  ${followed.url}`);
+      return `${lines.join('\n')}\n`;
+    }
+    case 'dead-lettered':
+      return `DEAD-LETTERED${followed.run ? ` (run ${followed.run.info.run_id} FAILED)` : ''}: ${followed.reason}\n`;
+    case 'timeout':
+      return `no outcome within ${timeoutMs / 1000} s (last seen: ${followed.last})\n`;
+  }
+}
+
+// ---- run: parse, build, then collect, render and decide ----------------------------------------
+
+export async function runSubmit(argv: readonly string[], ctx: CommandContext): Promise<ExitCode> {
+  const request = parseSubmitArgs(argv);
+  if (request.kind === 'help') {
+    ctx.stdout.write(SUBMIT_HELP);
+    return EXIT.OK;
+  }
+  const env = readConfig('submit', SUBMIT_ENV, ctx.env);
+  let fileText: string | undefined;
+  if (request.file !== undefined) {
+    try {
+      fileText = await readFile(request.file, 'utf8');
+    } catch (err) {
+      throw new ConfigError('submit', [`--file: cannot read ${JSON.stringify(request.file)}: ${messageOf(err)}`]);
+    }
+  }
+  const batch = buildBatch(request.defaults, fileText, await requestValidator());
+  if (batch.invalid.length > 0) {
+    ctx.stderr.write(`kmj submit: nothing published: ${batch.invalid.join('\n  ')}\n`);
+    return EXIT.INVALID;
+  }
+  if (batch.requests.length === 0) {
+    ctx.stderr.write('kmj submit: nothing to publish: the file has no requests\n');
+    return EXIT.INVALID;
+  }
+
+  const log = createLogger({ level: 'warn', name: 'kmj-submit', sync: true });
+  // --wait needs MLflow: find out before publishing that its settings are usable.
+  const tracking = request.wait ? mlflowFromEnv('submit', ctx.env, log) : undefined;
+  if (request.wait && !tracking) throw new ConfigError('submit', ['MLFLOW_TRACKING_URI: is required with --wait']);
+  const follow = tracking ? { tracking, experiment: String(request.defaults['experiment']), timeoutMs: request.timeoutMs } : undefined;
+  const printIds = (ids: readonly string[]): void => {
+    for (const id of ids) ctx.stdout.write(`${id}\n`);
+  };
+  try {
+    const { target } = request;
+    let submitted: Submitted;
+    if (target.kind === 'kafka') {
+      const problems: string[] = [];
+      const connection = kafkaConnection(ctx.env, problems);
+      if (!connection) throw new ConfigError('submit', problems.length > 0 ? problems : ['KAFKA_BROKERS: is required with --kafka']);
+      submitted = await submitKafka(ctx, connection, target, batch.requests, follow, printIds, log);
+    } else {
+      const settings = { url: env.RABBITMQ_URL, maxDeliveries: env.KMJ_MAX_DELIVERIES };
+      submitted = await submitRabbitMq(ctx, settings, target.queue, batch.requests, follow, printIds);
+    }
+    if (!submitted.published.ok) ctx.stderr.write(`kmj submit: ${submitted.published.error}\n`);
+    if (submitted.followed) ctx.stdout.write(renderFollowed(submitted.followed, request.timeoutMs));
+    return decideSubmit(submitted);
+  } finally {
+    await tracking?.http.close();
+  }
+}
+
+export type Followed =
+  | { kind: 'finished'; run: SearchedRun; url: string }
   | { kind: 'dead-lettered'; reason: string; run?: SearchedRun }
   | { kind: 'timeout'; last: string };
 
@@ -366,39 +499,20 @@ type Followed =
  * reason (kmj.error) and the outcome (kmj.outcome). A request refused before it had a run is
  * known from the worker's outcome notice (direct reply-to). The dead-letter queue itself is never
  * read: on a quorum queue every read and return counts as a delivery, and enough of them would
- * drop a dead letter nobody has looked at.
+ * drop a dead letter nobody has looked at. Each new state goes to stderr as it is seen.
  */
-async function waitForOutcome(
+async function followRequest(
   ctx: CommandContext,
-  tracking: MlflowTracking,
+  plan: FollowPlan,
   notices: Notices,
   consumers: () => Promise<number | undefined>,
   queue: string,
-  experiment: string,
   requestId: string,
-  timeoutMs: number,
-): Promise<ExitCode> {
+): Promise<Followed> {
   const started = Date.now();
-  const out = (line: string): boolean => ctx.stderr.write(`${line}\n`);
-  const result = await follow(tracking, notices, consumers, queue, experiment, requestId, timeoutMs, ctx.shutdownSignal, (state) =>
-    out(`${((Date.now() - started) / 1000).toFixed(0).padStart(4)}s  ${state}`),
+  return follow(plan.tracking, notices, consumers, queue, plan.experiment, requestId, plan.timeoutMs, ctx.shutdownSignal, (state) =>
+    ctx.stderr.write(`${((Date.now() - started) / 1000).toFixed(0).padStart(4)}s  ${state}\n`),
   );
-  if (result.kind === 'finished') {
-    const metrics = result.run.metrics;
-    const shown = ['rows', 'accuracy_score', 'f1_score', 'r2_score', 'root_mean_squared_error', 'total_seconds'].filter(
-      (k) => metrics[k] !== undefined,
-    );
-    ctx.stdout.write(`FINISHED run ${result.run.info.run_id}\n`);
-    for (const k of shown) ctx.stdout.write(`  ${k.padEnd(24)} ${formatNumber(Number(metrics[k]))}\n`);
-    ctx.stdout.write(`  ${runUrl(tracking, result.experimentId, result.run.info.run_id)}\n`);
-    return EXIT.OK;
-  }
-  if (result.kind === 'dead-lettered') {
-    ctx.stdout.write(`DEAD-LETTERED${result.run ? ` (run ${result.run.info.run_id} FAILED)` : ''}: ${result.reason}\n`);
-    return EXIT.DEAD_LETTERED;
-  }
-  ctx.stdout.write(`no outcome within ${timeoutMs / 1000} s (last seen: ${result.last})\n`);
-  return EXIT.TIMEOUT;
 }
 
 /** The outcome notice a worker sent for a request id, if one came (direct reply-to). */
@@ -441,7 +555,7 @@ async function follow(
         experimentId === undefined ? undefined : (await tracking.runsWithTag(experimentId, RUN_TAG.requestId, requestId, stop))[0];
       if (run && experimentId !== undefined) {
         const tags = run.tags;
-        if (run.info.status === 'FINISHED') return { kind: 'finished', run, experimentId };
+        if (run.info.status === 'FINISHED') return { kind: 'finished', run, url: runUrl(tracking, experimentId, run.info.run_id) };
         if (tags[RUN_TAG.outcome] === 'dead-lettered') return { kind: 'dead-lettered', reason: tags[RUN_TAG.error] ?? 'unknown', run };
         // A long run's progress steps (worker/progress.ts): rows done and the rate, as they come.
         const rows = run.metrics['rows'];

@@ -17,6 +17,7 @@ import type { Logger } from '../common/log.ts';
 import { raceAbort } from '../common/abort.ts';
 import { displayUrl } from '../common/redact.ts';
 import { BacklogNotFoundError, BacklogUnavailableError, messageOf } from '../common/errors.ts';
+import { AMQP_REPLY, replyCodeOf } from './reply-codes.ts';
 
 export interface QueueDeclareOk {
   readonly messageCount: number;
@@ -41,7 +42,7 @@ export interface AmqpInspectorOptions {
 
 /** 404 NOT_FOUND: what the broker answers a passive declare of a queue that does not exist. */
 export function isNotFound(err: unknown): boolean {
-  return (err as { code?: unknown } | undefined)?.code === 404;
+  return replyCodeOf(err) === AMQP_REPLY.NOT_FOUND;
 }
 
 /**

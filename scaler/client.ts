@@ -3,6 +3,7 @@
  * order, with the trigger's metadata, and reads the answers by KEDA's rules (`kedaNumber`). Used by
  * `kmj demo` and `kmj status` to show what KEDA sees, and by the tests.
  */
+import { connect as tcpConnect } from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import { loadExternalScalerPackage } from './grpc-server.ts';
 
@@ -13,10 +14,16 @@ export interface KedaView {
   readonly active: boolean;
 }
 
-/** A failed call: the gRPC status code (its name is grpc.status[code]) and the details. */
+/**
+ * A failed call: the gRPC status code (its name is grpc.status[code]) and the details.
+ * `reached` says whether the channel was connected when the call ended: false means no scaler
+ * answered at all (nothing listening, a name that does not resolve, a TLS handshake that failed,
+ * a peer that never spoke HTTP/2), true that the scaler itself gave this status.
+ */
 export interface RpcError {
   readonly code: grpc.status;
   readonly details: string;
+  readonly reached: boolean;
 }
 
 export type RpcResult<T> = { readonly ok: true; readonly value: T } | { readonly ok: false; readonly error: RpcError };
@@ -59,9 +66,9 @@ export interface ScalerClientOptions {
 
 type Unary = (req: unknown, options: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res: unknown) => void) => void;
 
-function rpcError(err: unknown): RpcError {
+function rpcError(err: unknown, reached: boolean): RpcError {
   const e = err as Partial<grpc.ServiceError>;
-  return { code: e.code ?? grpc.status.UNKNOWN, details: e.details ?? String(err) };
+  return { code: e.code ?? grpc.status.UNKNOWN, details: e.details ?? String(err), reached };
 }
 
 export class ScalerClient {
@@ -78,11 +85,15 @@ export class ScalerClient {
     this.#timeoutMs = options.timeoutMs ?? 3000;
   }
 
+  #connected(): boolean {
+    return this.#client.getChannel().getConnectivityState(false) === grpc.connectivityState.READY;
+  }
+
   #call<T>(method: string, req: unknown): Promise<RpcResult<T>> {
     const fn = this.#client[method] as Unary;
     return new Promise((resolve) => {
       fn.call(this.#client, req, { deadline: Date.now() + this.#timeoutMs }, (err, res) =>
-        resolve(err ? { ok: false, error: rpcError(err) } : { ok: true, value: res as T }),
+        resolve(err ? { ok: false, error: rpcError(err, this.#connected()) } : { ok: true, value: res as T }),
       );
     });
   }
@@ -110,7 +121,8 @@ export class ScalerClient {
     const spec = await this.getMetricSpec(ref);
     if (!spec.ok) return spec;
     const first = spec.value.metricSpecs[0];
-    if (!first) return { ok: false, error: { code: grpc.status.INTERNAL, details: 'GetMetricSpec returned no metric spec' } };
+    if (!first)
+      return { ok: false, error: { code: grpc.status.INTERNAL, details: 'GetMetricSpec returned no metric spec', reached: true } };
     const metrics = await this.getMetrics(ref, first.metricName);
     if (!metrics.ok) return metrics;
     const active = await this.isActive(ref);
@@ -131,6 +143,60 @@ export class ScalerClient {
   close(): void {
     this.#client.close();
   }
+}
+
+/**
+ * How old the scaler's reading of a target is, in ms, from its metrics port's `/debug/targets`
+ * (the target named `name` with `mode`); undefined when the page cannot be read or has no such
+ * target. Extra to a poll, never instead of it: what KEDA sees is the poll's answer.
+ */
+export async function readingAgeMs(metricsUrl: string, name: string, mode: string, timeoutMs = 3000): Promise<number | undefined> {
+  try {
+    const res = await fetch(`${metricsUrl.replace(/\/$/, '')}/debug/targets`, { signal: AbortSignal.timeout(timeoutMs) });
+    const body = (await res.json()) as { targets?: Array<{ labels?: { name?: string; mode?: string }; ageMs?: number }> };
+    return body.targets?.find((t) => t.labels?.name === name && t.labels.mode === mode)?.ageMs;
+  } catch {
+    return undefined; // the age is extra; its absence is shown as such
+  }
+}
+
+/**
+ * Why nothing answered at a scaler address (`RpcError.reached` false), in the operating system's
+ * words where it has them: a plain TCP connect, bounded by `timeoutMs`, gives "connect
+ * ECONNREFUSED 127.0.0.1:6000" (nothing listens), "getaddrinfo ENOTFOUND kmj-scaler.kmj.svc" (the
+ * name does not resolve) or "no TCP answer within 2000 ms". When TCP connects, the trouble is
+ * above it (TLS refused, a peer that is not a gRPC server): grpc-js' details say what, or, when
+ * the call only ran out of time, that the peer is not speaking gRPC.
+ */
+export async function explainUnreached(address: string, error: RpcError, timeoutMs = 2000): Promise<string> {
+  // grpc-js ends its details with a "Resolution note:" that says nothing to a person.
+  const details = error.details.replace(/\. Resolution note:.*$/s, '');
+  let host: string;
+  let port: number;
+  try {
+    const url = new URL(`grpc://${address}`);
+    host = url.hostname.replace(/^\[(.*)\]$/, '$1');
+    port = Number(url.port);
+  } catch {
+    return details;
+  }
+  if (!host || !Number.isInteger(port) || port < 1) return details;
+  return new Promise((resolve) => {
+    const socket = tcpConnect({ host, port, timeout: timeoutMs });
+    const done = (why: string): void => {
+      socket.destroy();
+      resolve(why);
+    };
+    socket.once('connect', () =>
+      done(
+        error.code === grpc.status.DEADLINE_EXCEEDED
+          ? 'it takes TCP connections but gave no gRPC answer before the deadline: not a gRPC server, or TLS on one side only'
+          : details,
+      ),
+    );
+    socket.once('timeout', () => done(`no TCP answer within ${timeoutMs} ms`));
+    socket.once('error', (err) => done(err.message));
+  });
 }
 
 /**

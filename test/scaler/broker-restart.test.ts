@@ -56,6 +56,8 @@ it('answers UNAVAILABLE while the broker is down and the right count soon after 
     expect(down.ok).toBe(false);
     if (!down.ok) {
       expect(down.error.code).toBe(grpc.status.UNAVAILABLE);
+      // The scaler itself said so: its channel was connected (kmj status tells this from "no scaler answers").
+      expect(down.error.reached).toBe(true);
       expect(down.error.details).not.toContain('guest');
     }
     // Time let pass on purpose: the answer stays UNAVAILABLE (never a 0) while the broker is away.

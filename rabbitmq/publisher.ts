@@ -7,14 +7,9 @@
 import { connect, type ChannelModel, type ConfirmChannel } from 'amqplib';
 import { raceAbort } from '../common/abort.ts';
 import { messageOf, scrubSecrets } from '../common/redact.ts';
-import { checkQueues } from '../rabbitmq/inspect.ts';
-import {
-  DIRECT_REPLY_TO,
-  declareRequestTopology,
-  deadLetterQueueOf,
-  parseOutcomeNotice,
-  type OutcomeNotice,
-} from '../rabbitmq/topology.ts';
+import { checkQueues } from './inspect.ts';
+import { AMQP_REPLY, replyCodeOf } from './reply-codes.ts';
+import { DIRECT_REPLY_TO, declareRequestTopology, deadLetterQueueOf, parseOutcomeNotice, type OutcomeNotice } from './topology.ts';
 
 export class PublishError extends Error {
   override readonly name = 'PublishError';
@@ -96,9 +91,10 @@ export class RequestPublisher {
       await declareRequestTopology(this.#conn, o.queue, { deadLetterQueue: deadLetterQueueOf(o.queue), maxDeliveries: o.maxDeliveries });
     } catch (err) {
       const detail = messageOf(err);
-      const hint = /PRECONDITION_FAILED/.test(detail)
-        ? ` (queue ${JSON.stringify(o.queue)} exists with other arguments; kmj expects a quorum queue with x-delivery-limit and a dead-letter queue)`
-        : '';
+      const hint =
+        replyCodeOf(err) === AMQP_REPLY.PRECONDITION_FAILED
+          ? ` (queue ${JSON.stringify(o.queue)} exists with other arguments; kmj expects a quorum queue with x-delivery-limit and a dead-letter queue)`
+          : '';
       throw new PublishError(`cannot declare queue ${JSON.stringify(o.queue)}: ${detail}${hint}`, { cause: err });
     }
     this.#ch = ch;
