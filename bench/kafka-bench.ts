@@ -997,8 +997,7 @@ async function main(): Promise<void> {
   const signal = stop.signal;
 
   const log = createLogger({ level: 'silent', name: 'kmj-bench' });
-  const problems: string[] = [];
-  const conn = kafkaConnection({ KAFKA_BROKERS: o.brokers }, problems);
+  const { value: conn, problems } = kafkaConnection({ KAFKA_BROKERS: o.brokers });
   if (!conn) throw new Error(`KAFKA_BROKERS: ${problems.join('; ')}`);
   // Unique per run: the cleanup deletes whatever starts with it, and only that.
   const prefix = `kmj-bench-${Date.now().toString(36)}-${randomUUID().slice(0, 6)}`;

@@ -15,9 +15,9 @@ import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { connect } from 'amqplib';
 import { raceAbort, sleep } from '../common/abort.ts';
-import { ConfigError, readConfig } from '../common/config.ts';
+import { ConfigError, failOnProblems, parseSettings } from '../common/config.ts';
 import { messageOf } from '../common/errors.ts';
-import type { FieldSpecs } from '../common/fields.ts';
+import type { FieldSpecs, Parsed, RawInput } from '../common/fields.ts';
 import { displayUrl } from '../common/redact.ts';
 import { MlflowHttp, MlflowHttpError } from '../mlflow/http.ts';
 import { loadMlflowSettings } from '../mlflow/settings.ts';
@@ -134,6 +134,34 @@ function amqpRetryable(err: unknown): boolean {
   return !isRefusal(err);
 }
 
+/** The settings each part needs that are not set. */
+function missingForParts(raw: RawInput, doRabbit: boolean, doMlflow: boolean): string[] {
+  const missing = (key: string): boolean => raw[key] === undefined || raw[key] === '';
+  const problems: string[] = [];
+  if (doRabbit) {
+    for (const key of ['RABBITMQ_MANAGEMENT_URL', 'KMJ_SETUP_SCALER_BROKER_URL', 'KMJ_SETUP_WORKER_BROKER_URL']) {
+      if (missing(key)) problems.push(`${key}: is required for the broker users`);
+    }
+  }
+  if (doMlflow) {
+    for (const key of ['KMJ_SETUP_MLFLOW_USERNAME', 'KMJ_SETUP_MLFLOW_PASSWORD']) {
+      if (missing(key)) problems.push(`${key}: is required for the worker's MLflow user`);
+    }
+  }
+  return problems;
+}
+
+/** The users' broker URLs must carry the user and the password kmj setup creates. */
+function brokerUrlsWithoutCredentials(v: Parsed<typeof SETUP_ENV>): string[] {
+  const problems: string[] = [];
+  for (const key of ['KMJ_SETUP_SCALER_BROKER_URL', 'KMJ_SETUP_WORKER_BROKER_URL'] as const) {
+    const url = v[key];
+    if (url !== undefined && (new URL(url).username === '' || new URL(url).password === ''))
+      problems.push(`${key}: must carry the user and the password`);
+  }
+  return problems;
+}
+
 export async function runSetup(argv: readonly string[], ctx: CommandContext): Promise<ExitCode> {
   const { values } = parseArgs({
     args: [...argv],
@@ -156,37 +184,15 @@ export async function runSetup(argv: readonly string[], ctx: CommandContext): Pr
   const doRabbit = both || values.rabbitmq === true;
   const doMlflow = both || values.mlflow === true;
   const flag = (name: string, value: string | undefined) => (value !== undefined ? { flag: `--${name}`, value } : undefined);
-  const env = readConfig(
-    'setup',
-    SETUP_ENV,
-    ctx.env,
-    {
-      KMJ_SETUP_QUEUE: flag('queue', values.queue),
-      KMJ_SETUP_MAX_DELIVERIES: flag('max-deliveries', values['max-deliveries']),
-      KMJ_SETUP_TIMEOUT_MS: flag('timeout', values.timeout),
-    },
-    (v, problems) => {
-      for (const key of ['KMJ_SETUP_SCALER_BROKER_URL', 'KMJ_SETUP_WORKER_BROKER_URL'] as const) {
-        const url = v[key];
-        if (doRabbit && url !== undefined && (new URL(url).username === '' || new URL(url).password === ''))
-          problems.push(`${key}: must carry the user and the password`);
-      }
-    },
-    // What each part needs, told together with any malformed setting.
-    (raw, problems) => {
-      const missing = (key: string): boolean => raw[key] === undefined || raw[key] === '';
-      if (doRabbit) {
-        for (const key of ['RABBITMQ_MANAGEMENT_URL', 'KMJ_SETUP_SCALER_BROKER_URL', 'KMJ_SETUP_WORKER_BROKER_URL']) {
-          if (missing(key)) problems.push(`${key}: is required for the broker users`);
-        }
-      }
-      if (doMlflow) {
-        for (const key of ['KMJ_SETUP_MLFLOW_USERNAME', 'KMJ_SETUP_MLFLOW_PASSWORD']) {
-          if (missing(key)) problems.push(`${key}: is required for the worker's MLflow user`);
-        }
-      }
-    },
-  );
+  const parsed = parseSettings(SETUP_ENV, ctx.env, {
+    KMJ_SETUP_QUEUE: flag('queue', values.queue),
+    KMJ_SETUP_MAX_DELIVERIES: flag('max-deliveries', values['max-deliveries']),
+    KMJ_SETUP_TIMEOUT_MS: flag('timeout', values.timeout),
+  });
+  // What each part needs, told together with any malformed setting.
+  failOnProblems('setup', parsed.problems, missingForParts(parsed.raw, doRabbit, doMlflow));
+  const env = parsed.values;
+  failOnProblems('setup', doRabbit ? brokerUrlsWithoutCredentials(env) : []);
   const log = createLogger({ level: 'silent', name: 'kmj-setup' });
   const say = (text: string): void => {
     ctx.stdout.write(`${text}\n`);

@@ -132,16 +132,12 @@ export interface StatusTarget {
 /** Nothing answered at the scaler's address: a typed failure, told apart by the channel's state, not by grpc-js' words. */
 export class ScalerUnreachableError extends Error {
   override readonly name = 'ScalerUnreachableError';
-  readonly address: string;
-  /** The operating system's or grpc-js' reason (`explainUnreached`). */
-  readonly why: string;
 
+  /** `why`: the operating system's or grpc-js' reason (`explainUnreached`); `namespace` the ScaledJob's, for the hint. */
   constructor(address: string, why: string, namespace: string) {
     super(
       `no scaler answers at ${address} (${why}): set KMJ_SCALER_ADDRESS, or reach the in-cluster scaler with \`kubectl -n ${namespace === 'default' ? '<namespace>' : namespace} port-forward svc/kmj-scaler 6000:6000\``,
     );
-    this.address = address;
-    this.why = why;
   }
 }
 
@@ -444,8 +440,7 @@ export function decideStatus(r: StatusReport): ExitCode {
 // ---- run: parse, then collect, decide and render -------------------------------------------------
 
 function kafkaSettings(ctx: CommandContext): KafkaConnection {
-  const problems: string[] = [];
-  const connection = kafkaConnection(ctx.env, problems);
+  const { value: connection, problems } = kafkaConnection(ctx.env);
   if (!connection) throw new ConfigError('status', problems.length > 0 ? problems : ['KAFKA_BROKERS: is required with --kafka']);
   return connection;
 }

@@ -259,7 +259,7 @@ export function buildBatch(defaults: Defaults, fileText: string | undefined, val
 
 // ---- collect: publish, then follow ------------------------------------------------------------
 
-/** How a publish ended: the ids in the queue (printed as they were confirmed), and why it stopped if it did. */
+/** How a publish ended: whole, or stopped and why (the ids that are in the queue were handed out as they were confirmed). */
 export type Published = { readonly ok: true } | { readonly ok: false; readonly error: string; readonly interrupted: boolean };
 
 export interface Submitted {
@@ -293,22 +293,31 @@ interface FollowPlan {
   readonly timeoutMs: number;
 }
 
-/** Publishes to a RabbitMQ queue with confirms; every confirmed id goes to `onPublished` at once. With `follow`, the connection stays open for the worker's outcome notice. */
+/**
+ * Publishes to a RabbitMQ queue with confirms; every confirmed id goes to `onPublished` at once.
+ * With a follow `plan`, the connection stays open for the worker's outcome notice. `present` gets
+ * the result before the connection is closed, so a slow close never delays what the user sees.
+ */
 async function submitRabbitMq(
   ctx: CommandContext,
   settings: { url: string; maxDeliveries: number },
   queue: string,
   batch: Batch['requests'],
-  follow: FollowPlan | undefined,
+  plan: FollowPlan | undefined,
   onPublished: (ids: readonly string[]) => void,
+  present: (submitted: Submitted) => void,
 ): Promise<Submitted> {
   const publisher = new RequestPublisher({
     url: settings.url,
     queue,
     maxDeliveries: settings.maxDeliveries,
     confirmTimeoutMs: 30_000,
-    replies: follow !== undefined,
+    replies: plan !== undefined,
   });
+  const done = (submitted: Submitted): Submitted => {
+    present(submitted);
+    return submitted;
+  };
   try {
     try {
       await publisher.open();
@@ -322,19 +331,19 @@ async function submitRabbitMq(
     } catch (err) {
       if (!(err instanceof PublishError)) throw err;
       onPublished(err.confirmed);
-      return { published: { ok: false, error: err.message, interrupted: ctx.shutdownSignal.aborted } };
+      return done({ published: { ok: false, error: err.message, interrupted: ctx.shutdownSignal.aborted } });
     }
-    if (!follow) return { published: { ok: true } };
+    if (!plan) return done({ published: { ok: true } });
     const first = batch[0] as { requestId: string };
     const followed = await followRequest(
       ctx,
-      follow,
+      plan,
       (id) => publisher.outcome(id),
       () => publisher.consumers(),
       queue,
       first.requestId,
     );
-    return { published: { ok: true }, followed };
+    return done({ published: { ok: true }, followed });
   } finally {
     await publisher.close();
   }
@@ -346,7 +355,7 @@ async function submitKafka(
   connection: KafkaConnection,
   target: Extract<SubmitTarget, { kind: 'kafka' }>,
   batch: Batch['requests'],
-  follow: FollowPlan | undefined,
+  plan: FollowPlan | undefined,
   onPublished: (ids: readonly string[]) => void,
   log: Logger,
 ): Promise<Submitted> {
@@ -375,11 +384,11 @@ async function submitKafka(
       return { published: { ok: false, error: messageOf(err), interrupted: ctx.shutdownSignal.aborted } };
     return { published: { ok: false, error: `Kafka at ${connection.brokers.join(',')}: ${messageOf(err)}`, interrupted: false } };
   }
-  if (!follow) return { published: { ok: true } };
+  if (!plan) return { published: { ok: true } };
   const first = batch[0] as { requestId: string };
   const followed = await followRequest(
     ctx,
-    follow,
+    plan,
     () => undefined,
     () => Promise.resolve(undefined),
     topic,
@@ -390,7 +399,7 @@ async function submitKafka(
 
 // ---- decide -----------------------------------------------------------------------------------
 
-/** The exit code: 0 published (with --wait: FINISHED), 10 dead-lettered, 69 not published, 75 no outcome in time, 130 interrupted. */
+/** The exit code: 0 published (with --wait: FINISHED), 10 dead-lettered, 69 not published, 75 no outcome in time, 130 interrupted (Ctrl-C while publishing or waiting). */
 export function decideSubmit(submitted: Submitted): ExitCode {
   const { published, followed } = submitted;
   if (!published.ok) return published.interrupted ? EXIT.INTERRUPTED : EXIT.UNAVAILABLE;
@@ -402,6 +411,8 @@ export function decideSubmit(submitted: Submitted): ExitCode {
       return EXIT.DEAD_LETTERED;
     case 'timeout':
       return EXIT.TIMEOUT;
+    case 'interrupted':
+      return EXIT.INTERRUPTED;
   }
 }
 
@@ -431,6 +442,8 @@ export function renderFollowed(followed: Followed, timeoutMs: number): string {
       return `DEAD-LETTERED${followed.run ? ` (run ${followed.run.info.run_id} FAILED)` : ''}: ${followed.reason}\n`;
     case 'timeout':
       return `no outcome within ${timeoutMs / 1000} s (last seen: ${followed.last})\n`;
+    case 'interrupted':
+      return `interrupted before an outcome (last seen: ${followed.last})\n`;
   }
 }
 
@@ -465,7 +478,11 @@ export async function runSubmit(argv: readonly string[], ctx: CommandContext): P
   // --wait needs MLflow: find out before publishing that its settings are usable.
   const tracking = request.wait ? mlflowFromEnv('submit', ctx.env, log) : undefined;
   if (request.wait && !tracking) throw new ConfigError('submit', ['MLFLOW_TRACKING_URI: is required with --wait']);
-  const follow = tracking ? { tracking, experiment: String(request.defaults['experiment']), timeoutMs: request.timeoutMs } : undefined;
+  const plan = tracking ? { tracking, experiment: String(request.defaults['experiment']), timeoutMs: request.timeoutMs } : undefined;
+  const present = (submitted: Submitted): void => {
+    if (!submitted.published.ok) ctx.stderr.write(`kmj submit: ${submitted.published.error}\n`);
+    if (submitted.followed) ctx.stdout.write(renderFollowed(submitted.followed, request.timeoutMs));
+  };
   const printIds = (ids: readonly string[]): void => {
     for (const id of ids) ctx.stdout.write(`${id}\n`);
   };
@@ -473,16 +490,14 @@ export async function runSubmit(argv: readonly string[], ctx: CommandContext): P
     const { target } = request;
     let submitted: Submitted;
     if (target.kind === 'kafka') {
-      const problems: string[] = [];
-      const connection = kafkaConnection(ctx.env, problems);
+      const { value: connection, problems } = kafkaConnection(ctx.env);
       if (!connection) throw new ConfigError('submit', problems.length > 0 ? problems : ['KAFKA_BROKERS: is required with --kafka']);
-      submitted = await submitKafka(ctx, connection, target, batch.requests, follow, printIds, log);
+      submitted = await submitKafka(ctx, connection, target, batch.requests, plan, printIds, log);
+      present(submitted);
     } else {
       const settings = { url: env.RABBITMQ_URL, maxDeliveries: env.KMJ_MAX_DELIVERIES };
-      submitted = await submitRabbitMq(ctx, settings, target.queue, batch.requests, follow, printIds);
+      submitted = await submitRabbitMq(ctx, settings, target.queue, batch.requests, plan, printIds, present);
     }
-    if (!submitted.published.ok) ctx.stderr.write(`kmj submit: ${submitted.published.error}\n`);
-    if (submitted.followed) ctx.stdout.write(renderFollowed(submitted.followed, request.timeoutMs));
     return decideSubmit(submitted);
   } finally {
     await tracking?.http.close();
@@ -492,7 +507,8 @@ export async function runSubmit(argv: readonly string[], ctx: CommandContext): P
 export type Followed =
   | { kind: 'finished'; run: SearchedRun; url: string }
   | { kind: 'dead-lettered'; reason: string; run?: SearchedRun }
-  | { kind: 'timeout'; last: string };
+  | { kind: 'timeout'; last: string }
+  | { kind: 'interrupted'; last: string };
 
 /**
  * Follows a request through its MLflow run: the worker marks a run it dead-letters with the
@@ -586,5 +602,5 @@ async function follow(
     }
     await sleep(1000, stop).catch(() => undefined);
   }
-  return { kind: 'timeout', last };
+  return stop.aborted ? { kind: 'interrupted', last } : { kind: 'timeout', last };
 }

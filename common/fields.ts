@@ -141,6 +141,17 @@ export type Parsed<T extends FieldSpecs> = {
 
 export type RawInput = Readonly<Record<string, string | undefined>>;
 
+/**
+ * What a parse or check gives back: its value and every problem it found, each naming the
+ * setting or key. The value is meaningful only when `problems` is empty. Parsers return this
+ * rather than push onto a list they are handed, so each one can be read and tested alone and the
+ * caller decides how problems combine.
+ */
+export interface Checked<T> {
+  readonly value: T;
+  readonly problems: readonly string[];
+}
+
 export interface ParseOptions {
   /** How a key is named in messages, e.g. the env var name for a config field. */
   readonly nameOf?: (key: string) => string;
@@ -154,29 +165,26 @@ export function quote(value: string): string {
   return JSON.stringify(scrubSecrets(shown));
 }
 
-function parseOne(spec: FieldSpec, raw: string, name: string, problems: string[]): unknown {
+/** One value, or what is wrong with it (naming the setting as `name`). */
+function parseOne(spec: FieldSpec, raw: string, name: string): { value: unknown } | { problem: string } {
   switch (spec.kind) {
     case 'string': {
       if (spec.maxLength !== undefined && raw.length > spec.maxLength) {
-        problems.push(`${name}: must be at most ${spec.maxLength} characters, got ${raw.length}`);
-        return undefined;
+        return { problem: `${name}: must be at most ${spec.maxLength} characters, got ${raw.length}` };
       }
       if (spec.minLength !== undefined && raw.length < spec.minLength) {
-        problems.push(`${name}: must be at least ${spec.minLength} characters, got ${raw.length}`);
-        return undefined;
+        return { problem: `${name}: must be at least ${spec.minLength} characters, got ${raw.length}` };
       }
       if (spec.pattern && !spec.pattern.test(raw)) {
-        problems.push(`${name}: ${quote(raw)} must be ${spec.patternHint ?? `a string matching ${String(spec.pattern)}`}`);
-        return undefined;
+        return { problem: `${name}: ${quote(raw)} must be ${spec.patternHint ?? `a string matching ${String(spec.pattern)}`}` };
       }
-      return raw;
+      return { value: raw };
     }
     case 'enum': {
       if (!spec.values.includes(raw)) {
-        problems.push(`${name}: ${quote(raw)} must be one of ${spec.values.join(', ')}`);
-        return undefined;
+        return { problem: `${name}: ${quote(raw)} must be one of ${spec.values.join(', ')}` };
       }
-      return raw;
+      return { value: raw };
     }
     case 'integer': {
       const trimmed = raw.trim();
@@ -191,12 +199,11 @@ function parseOne(spec: FieldSpec, raw: string, name: string, problems: string[]
         const what = spec.unit === 'ms' ? 'a duration' : spec.unit === 'bytes' ? 'a size' : 'an integer';
         const example =
           spec.unit === 'ms' ? ' (e.g. 30s, 250ms, 5m, or milliseconds)' : spec.unit === 'bytes' ? ' (e.g. 512Mi, 1Gi, or bytes)' : '';
-        problems.push(
-          `${name}: ${quote(raw)} must be ${what} from ${formatInteger(spec, spec.min)} to ${formatInteger(spec, spec.max)}${example}`,
-        );
-        return undefined;
+        return {
+          problem: `${name}: ${quote(raw)} must be ${what} from ${formatInteger(spec, spec.min)} to ${formatInteger(spec, spec.max)}${example}`,
+        };
       }
-      return n;
+      return { value: n };
     }
     case 'number': {
       const trimmed = raw.trim();
@@ -205,31 +212,27 @@ function parseOne(spec: FieldSpec, raw: string, name: string, problems: string[]
       if (!Number.isFinite(n) || belowMin || (spec.max !== undefined && n > spec.max)) {
         const lower = spec.exclusiveMin ? `greater than ${spec.min}` : `at least ${spec.min}`;
         const upper = spec.max !== undefined ? ` and at most ${spec.max}` : '';
-        problems.push(`${name}: ${quote(raw)} must be a number ${lower}${upper}`);
-        return undefined;
+        return { problem: `${name}: ${quote(raw)} must be a number ${lower}${upper}` };
       }
-      return n;
+      return { value: n };
     }
     case 'boolean': {
       const v = raw.trim().toLowerCase();
-      if (v === 'true' || v === '1' || v === 'yes') return true;
-      if (v === 'false' || v === '0' || v === 'no') return false;
-      problems.push(`${name}: ${quote(raw)} must be true or false`);
-      return undefined;
+      if (v === 'true' || v === '1' || v === 'yes') return { value: true };
+      if (v === 'false' || v === '0' || v === 'no') return { value: false };
+      return { problem: `${name}: ${quote(raw)} must be true or false` };
     }
     case 'url': {
       let url: URL;
       try {
         url = new URL(raw);
       } catch {
-        problems.push(`${name}: ${quote(raw)} must be a ${spec.protocols.join(' or ')} URL`);
-        return undefined;
+        return { problem: `${name}: ${quote(raw)} must be a ${spec.protocols.join(' or ')} URL` };
       }
       if (!spec.protocols.includes(url.protocol.replace(/:$/, ''))) {
-        problems.push(`${name}: ${quote(raw)} must be a ${spec.protocols.join(' or ')} URL`);
-        return undefined;
+        return { problem: `${name}: ${quote(raw)} must be a ${spec.protocols.join(' or ')} URL` };
       }
-      return raw;
+      return { value: raw };
     }
   }
 }
@@ -255,8 +258,9 @@ export function parseFields<T extends FieldSpecs>(
       else if (spec.required) problems.push(`${name}: is required`);
       continue;
     }
-    const parsed = parseOne(spec, raw, name, problems);
-    if (parsed !== undefined) values[key] = parsed;
+    const parsed = parseOne(spec, raw, name);
+    if ('problem' in parsed) problems.push(parsed.problem);
+    else values[key] = parsed.value;
   }
   return { values: values as Parsed<T>, problems };
 }

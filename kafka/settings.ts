@@ -5,7 +5,7 @@
  * logged: a KafkaConnection is shown only through `describeConnection`.
  */
 import { readSettingFile } from '../common/config.ts';
-import { parseFields, type FieldSpecs, type RawInput } from '../common/fields.ts';
+import { parseFields, type Checked, type FieldSpecs, type RawInput } from '../common/fields.ts';
 
 export const SASL_MECHANISMS = ['plain', 'scram-sha-256', 'scram-sha-512'] as const;
 export type SaslMechanism = (typeof SASL_MECHANISMS)[number];
@@ -56,24 +56,19 @@ export interface KafkaConnection {
 
 /**
  * Reads a Kafka connection from variables named as in KAFKA_ENV (`nameOf` names them in
- * problems). Undefined when KAFKA_BROKERS is unset, or when something is wrong (then `problems`
- * says what).
+ * problems). The value is undefined when KAFKA_BROKERS is unset (with no problems unless other
+ * Kafka settings are set without it), or when something is wrong (the problems say what).
  */
-export function kafkaConnection(
-  input: RawInput,
-  problems: string[],
-  nameOf: (envKey: string) => string = (k) => k,
-): KafkaConnection | undefined {
-  const before = problems.length;
+export function kafkaConnection(input: RawInput, nameOf: (envKey: string) => string = (k) => k): Checked<KafkaConnection | undefined> {
   const { values: v, problems: own } = parseFields(KAFKA_ENV, input, { nameOf });
-  problems.push(...own);
-  if (own.length > 0) return undefined;
+  if (own.length > 0) return { value: undefined, problems: own };
+  const problems: string[] = [];
   if (v.KAFKA_BROKERS === undefined) {
     for (const key of Object.keys(KAFKA_ENV) as (keyof typeof KAFKA_ENV)[]) {
       if (key !== 'KAFKA_BROKERS' && key !== 'KAFKA_TLS' && v[key] !== undefined)
         problems.push(`${nameOf(key)}: is set but ${nameOf('KAFKA_BROKERS')} is not`);
     }
-    return undefined;
+    return { value: undefined, problems };
   }
   let sasl: KafkaConnection['sasl'];
   if (v.KAFKA_SASL_MECHANISM !== undefined) {
@@ -99,7 +94,10 @@ export function kafkaConnection(
   } else {
     const read = (k: 'KAFKA_TLS_CA_FILE' | 'KAFKA_TLS_CERT_FILE' | 'KAFKA_TLS_KEY_FILE'): Buffer | undefined => {
       const path = v[k];
-      return path === undefined ? undefined : readSettingFile(nameOf(k), path, problems);
+      if (path === undefined) return undefined;
+      const file = readSettingFile(nameOf(k), path);
+      problems.push(...file.problems);
+      return file.value;
     };
     const ca = read('KAFKA_TLS_CA_FILE');
     const cert = read('KAFKA_TLS_CERT_FILE');
@@ -111,23 +109,21 @@ export function kafkaConnection(
       ...(v.KAFKA_TLS_SERVER_NAME !== undefined ? { servername: v.KAFKA_TLS_SERVER_NAME } : {}),
     };
   }
-  if (problems.length > before) return undefined;
-  return Object.freeze({ brokers: Object.freeze(v.KAFKA_BROKERS.split(',').map((b) => b.trim())), sasl, tls });
+  if (problems.length > 0) return { value: undefined, problems };
+  return { value: Object.freeze({ brokers: Object.freeze(v.KAFKA_BROKERS.split(',').map((b) => b.trim())), sasl, tls }), problems };
 }
 
 /** Reads a connections-file entry (keys of KAFKA_CONNECTION_FIELDS). */
-export function kafkaConnectionOfEntry(entry: RawInput, problems: string[], nameOf: (key: string) => string): KafkaConnection | undefined {
+export function kafkaConnectionOfEntry(entry: RawInput, nameOf: (key: string) => string): Checked<KafkaConnection | undefined> {
   const input: Record<string, string | undefined> = {};
   const keyOf = new Map<string, string>();
   for (const [key, env] of Object.entries(ENTRY_KEYS)) {
     input[env] = entry[key];
     keyOf.set(env, key);
   }
-  if (entry['brokers'] === undefined || entry['brokers'] === '') {
-    problems.push(`${nameOf('brokers')}: is required`);
-    return undefined;
-  }
-  return kafkaConnection(input, problems, (env) => nameOf(keyOf.get(env) ?? env));
+  if (entry['brokers'] === undefined || entry['brokers'] === '')
+    return { value: undefined, problems: [`${nameOf('brokers')}: is required`] };
+  return kafkaConnection(input, (env) => nameOf(keyOf.get(env) ?? env));
 }
 
 /** What may be logged of a connection: brokers, mechanism, user, TLS on or off. */

@@ -3,8 +3,8 @@
  * is): the one definition every component that talks to MLflow reads, alone (`loadMlflowSettings`)
  * or inside its own configuration (`MLFLOW_ENV`, `checkMlflow`, `readMlflowFiles`, `mlflowSettings`).
  */
-import { readConfig, readSettingFile, type FlagOverride } from '../common/config.ts';
-import type { FieldSpecs, Parsed, RawInput } from '../common/fields.ts';
+import { failOnProblems, parseSettings, readSettingFile, type FlagOverride } from '../common/config.ts';
+import type { Checked, FieldSpecs, Parsed, RawInput } from '../common/fields.ts';
 
 export const MLFLOW_ENV = {
   MLFLOW_TRACKING_URI: { kind: 'url', protocols: ['http', 'https'], help: 'MLflow tracking server' },
@@ -36,7 +36,9 @@ export interface MlflowSettings {
 
 export type MlflowValues = Parsed<typeof MLFLOW_ENV>;
 
-export function checkMlflow(c: MlflowValues, problems: string[]): void {
+/** The rules across the MLflow settings: each broken one as a problem. */
+export function checkMlflow(c: MlflowValues): string[] {
+  const problems: string[] = [];
   if (c.MLFLOW_TRACKING_TOKEN !== undefined && c.MLFLOW_TRACKING_USERNAME !== undefined) {
     problems.push('MLFLOW_TRACKING_TOKEN: set either a token or MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD, not both');
   }
@@ -44,21 +46,27 @@ export function checkMlflow(c: MlflowValues, problems: string[]): void {
   if (c.MLFLOW_TRACKING_PASSWORD !== undefined && c.MLFLOW_TRACKING_USERNAME === undefined && !userInUri) {
     problems.push('MLFLOW_TRACKING_PASSWORD: is set without MLFLOW_TRACKING_USERNAME');
   }
+  return problems;
+}
+
+/** The certificate files the MLflow settings name, as read. */
+export interface MlflowFiles {
+  readonly serverCa: Buffer | undefined;
+  readonly clientCert: Buffer | undefined;
 }
 
 /** Reads the certificate files the MLflow settings name; each unreadable one is a problem. */
-export function readMlflowFiles(raw: RawInput, problems: string[]): { serverCa: Buffer | undefined; clientCert: Buffer | undefined } {
-  const read = (setting: string): Buffer | undefined => {
+export function readMlflowFiles(raw: RawInput): Checked<MlflowFiles> {
+  const read = (setting: string): Checked<Buffer | undefined> => {
     const path = raw[setting];
-    return path === undefined || path === '' ? undefined : readSettingFile(setting, path, problems);
+    return path === undefined || path === '' ? { value: undefined, problems: [] } : readSettingFile(setting, path);
   };
-  return { serverCa: read('MLFLOW_TRACKING_SERVER_CERT_PATH'), clientCert: read('MLFLOW_TRACKING_CLIENT_CERT_PATH') };
+  const serverCa = read('MLFLOW_TRACKING_SERVER_CERT_PATH');
+  const clientCert = read('MLFLOW_TRACKING_CLIENT_CERT_PATH');
+  return { value: { serverCa: serverCa.value, clientCert: clientCert.value }, problems: [...serverCa.problems, ...clientCert.problems] };
 }
 
-export function mlflowSettings(
-  v: MlflowValues,
-  files: { serverCa: Buffer | undefined; clientCert: Buffer | undefined },
-): MlflowSettings | undefined {
+export function mlflowSettings(v: MlflowValues, files: MlflowFiles): MlflowSettings | undefined {
   if (v.MLFLOW_TRACKING_URI === undefined) return undefined;
   return Object.freeze({
     trackingUri: v.MLFLOW_TRACKING_URI,
@@ -80,9 +88,9 @@ export function mlflowSettings(
  * replay). `trackingUri` is a --to/--mlflow flag overriding MLFLOW_TRACKING_URI.
  */
 export function loadMlflowSettings(component: string, env: RawInput, trackingUri?: FlagOverride): MlflowSettings | undefined {
-  let files = { serverCa: undefined as Buffer | undefined, clientCert: undefined as Buffer | undefined };
-  const v = readConfig(component, MLFLOW_ENV, env, { MLFLOW_TRACKING_URI: trackingUri }, checkMlflow, (raw, problems) => {
-    files = readMlflowFiles(raw, problems);
-  });
-  return mlflowSettings(v, files);
+  const { values, problems, raw } = parseSettings(MLFLOW_ENV, env, { MLFLOW_TRACKING_URI: trackingUri });
+  const files = readMlflowFiles(raw);
+  failOnProblems(component, problems, files.problems);
+  failOnProblems(component, checkMlflow(values));
+  return mlflowSettings(values, files.value);
 }

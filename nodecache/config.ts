@@ -4,7 +4,7 @@
  */
 import { homedir } from 'node:os';
 import { join } from 'node:path';
-import { readConfig, type FlagOverride } from '../common/config.ts';
+import { failOnProblems, parseSettings, type FlagOverride } from '../common/config.ts';
 import type { FieldSpecs, RawInput } from '../common/fields.ts';
 import { LOG_LEVELS, type LogLevel } from '../common/log.ts';
 import { checkMlflow, MLFLOW_ENV, mlflowSettings, readMlflowFiles, type MlflowSettings } from '../mlflow/settings.ts';
@@ -52,26 +52,20 @@ export interface NodeCacheFlags {
 }
 
 export function loadNodeCacheConfig(env: RawInput, flags: NodeCacheFlags = {}): NodeCacheConfig {
-  let files = { serverCa: undefined as Buffer | undefined, clientCert: undefined as Buffer | undefined };
   const overrides: Record<string, FlagOverride | undefined> = {
     KMJ_NODE_CACHE_PORT: flags.port !== undefined ? { flag: '--port', value: flags.port } : undefined,
   };
-  const v = readConfig(
+  const { values: v, problems, raw } = parseSettings(NODE_CACHE_ENV, env, overrides);
+  const files = readMlflowFiles(raw);
+  failOnProblems('node cache', problems, files.problems);
+  failOnProblems(
     'node cache',
-    NODE_CACHE_ENV,
-    env,
-    overrides,
-    (c, problems) => {
-      checkMlflow(c, problems);
-      if (c.MLFLOW_TRACKING_URI === undefined) problems.push('MLFLOW_TRACKING_URI: is required: the node cache fetches models from MLflow');
-    },
-    (raw, problems) => {
-      files = readMlflowFiles(raw, problems);
-    },
+    checkMlflow(v),
+    v.MLFLOW_TRACKING_URI === undefined ? ['MLFLOW_TRACKING_URI: is required: the node cache fetches models from MLflow'] : [],
   );
-  const mlflow = mlflowSettings(v, files);
-  // Checked above: without a tracking URI the read failed.
-  if (!mlflow) throw new Error('unreachable: MLFLOW_TRACKING_URI is checked by readConfig');
+  const mlflow = mlflowSettings(v, files.value);
+  // Checked above: without a tracking URI the load failed.
+  if (!mlflow) throw new Error('unreachable: MLFLOW_TRACKING_URI is checked above');
   return Object.freeze({
     host: v.KMJ_NODE_CACHE_HOST,
     port: v.KMJ_NODE_CACHE_PORT,

@@ -1,9 +1,11 @@
 /**
  * The AMQP 0-9-1 reply codes kmj acts on, and the one place that reads them from amqplib's errors.
- * A channel or connection closed by the broker carries its code as `code`; a close during the
- * opening handshake (a wrong password: 403 ACCESS_REFUSED; a vhost the user may not open) does
- * not: amqplib puts the code only in its message, "Handshake terminated by server: 403
- * (ACCESS-REFUSED) with message …", so it is read from there, here and nowhere else.
+ * A channel or connection closed by the broker carries its code as `code`. A close during the
+ * opening handshake does not, and amqplib's message is all there is, read here and nowhere else:
+ * a wrong password gives "Handshake terminated by server: 403 (ACCESS-REFUSED) …"; a vhost the
+ * user may not open is closed in answer to connection.open, which amqplib reports as "Expected
+ * ConnectionOpenOk; got <ConnectionClose channel:0>" without its fields (RabbitMQ sends 530
+ * NOT_ALLOWED there, so that is the code given).
  */
 export const AMQP_REPLY = {
   CONNECTION_FORCED: 320,
@@ -19,7 +21,8 @@ export function replyCodeOf(err: unknown): number | undefined {
   if (typeof code === 'number') return code;
   if (!(err instanceof Error)) return undefined;
   const handshake = /^Handshake terminated by server: (\d{3}) /.exec(err.message);
-  return handshake ? Number(handshake[1]) : undefined;
+  if (handshake) return Number(handshake[1]);
+  return err.message.startsWith('Expected ConnectionOpenOk; got <ConnectionClose') ? AMQP_REPLY.NOT_ALLOWED : undefined;
 }
 
 /** A refusal that another try will not change: wrong credentials, no permission, a queue declared with other arguments. */

@@ -16,9 +16,12 @@ export interface KedaView {
 
 /**
  * A failed call: the gRPC status code (its name is grpc.status[code]) and the details.
- * `reached` says whether the channel was connected when the call ended: false means no scaler
- * answered at all (nothing listening, a name that does not resolve, a TLS handshake that failed,
- * a peer that never spoke HTTP/2), true that the scaler itself gave this status.
+ * `reached` says whether the channel was connected (READY) when the call ended: false when no
+ * gRPC server answered at all (nothing listening, a name that does not resolve, a TLS handshake
+ * that failed, a peer that never spoke HTTP/2), true when one did and this is its status. Two
+ * edges: an HTTP/2 proxy in front of a dead scaler counts as reached (it answered), and a scaler
+ * that is shutting down sends GOAWAY, which leaves the channel IDLE before its last answers
+ * arrive, so an answer in that moment can read as not reached.
  */
 export interface RpcError {
   readonly code: grpc.status;
@@ -166,11 +169,13 @@ export async function readingAgeMs(metricsUrl: string, name: string, mode: strin
  * ECONNREFUSED 127.0.0.1:6000" (nothing listens), "getaddrinfo ENOTFOUND kmj-scaler.kmj.svc" (the
  * name does not resolve) or "no TCP answer within 2000 ms". When TCP connects, the trouble is
  * above it (TLS refused, a peer that is not a gRPC server): grpc-js' details say what, or, when
- * the call only ran out of time, that the peer is not speaking gRPC.
+ * the call only ran out of time, that the peer is not speaking gRPC. The probe goes direct: with
+ * grpc_proxy or https_proxy set, grpc-js goes through the proxy and the probe's reason may differ.
  */
 export async function explainUnreached(address: string, error: RpcError, timeoutMs = 2000): Promise<string> {
-  // grpc-js ends its details with a "Resolution note:" that says nothing to a person.
-  const details = error.details.replace(/\. Resolution note:.*$/s, '');
+  // For a person: grpc-js wraps the reason in "No connection established. Last error: Error: …"
+  // and ends it with a "Resolution note:" that says nothing.
+  const details = error.details.replace(/\. Resolution note:.*$/s, '').replace(/^No connection established\. Last error: (Error: )?/, '');
   let host: string;
   let port: number;
   try {

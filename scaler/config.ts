@@ -8,8 +8,8 @@
  *
  * An entry without `source` is RabbitMQ's. Aliases are unique across sources.
  */
-import { readConfig, readSettingFile, type FlagOverride } from '../common/config.ts';
-import { describeFields, type FieldSpecs, type RawInput } from '../common/fields.ts';
+import { failOnProblems, parseSettings, readSettingFile, type FlagOverride } from '../common/config.ts';
+import { describeFields, type Checked, type FieldSpecs, type Parsed, type RawInput } from '../common/fields.ts';
 import { LOG_LEVELS, type LogLevel } from '../common/log.ts';
 import { messageOf } from '../common/redact.ts';
 import type { TlsFiles } from './grpc-server.ts';
@@ -113,21 +113,20 @@ export interface ScalerFlags {
 const SETTING = 'KMJ_SCALER_CONNECTIONS_FILE';
 
 /** The connections file's entries, by source name and alias, each without its `source` key. */
-function readConnectionsFile(path: string, problems: string[]): Map<string, Map<string, RawInput>> {
+function readConnectionsFile(path: string): Checked<Map<string, Map<string, RawInput>>> {
   const out = new Map<string, Map<string, RawInput>>(SOURCES.map((d) => [d.name, new Map()]));
-  const text = readSettingFile(SETTING, path, problems);
-  if (!text) return out;
+  const text = readSettingFile(SETTING, path);
+  if (!text.value) return { value: out, problems: text.problems };
   let doc: unknown;
   try {
-    doc = JSON.parse(text.toString('utf8'));
+    doc = JSON.parse(text.value.toString('utf8'));
   } catch (err) {
-    problems.push(`${SETTING}: ${JSON.stringify(path)} is not valid JSON: ${messageOf(err)}`);
-    return out;
+    return { value: out, problems: [`${SETTING}: ${JSON.stringify(path)} is not valid JSON: ${messageOf(err)}`] };
   }
   if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) {
-    problems.push(`${SETTING}: ${JSON.stringify(path)} must hold an object of connection aliases`);
-    return out;
+    return { value: out, problems: [`${SETTING}: ${JSON.stringify(path)} must hold an object of connection aliases`] };
   }
+  const problems: string[] = [];
   for (const [alias, value] of Object.entries(doc)) {
     const where = `${SETTING}: connection ${JSON.stringify(alias)}`;
     if (!CONNECTION_ALIAS.test(alias)) {
@@ -160,7 +159,64 @@ function readConnectionsFile(path: string, problems: string[]): Map<string, Map<
     }
     out.get(definition.name)?.set(alias, raw);
   }
-  return out;
+  return { value: out, problems };
+}
+
+/** The rules across the scaler's settings, and its TLS files read: each broken rule or unreadable file as a problem. */
+function checkScalerSettings(c: Parsed<typeof SCALER_ENV>): Checked<TlsFiles | undefined> {
+  const problems: string[] = [];
+  if (c.KMJ_SCALER_READ_TIMEOUT_MS >= c.KMJ_SCALER_MAX_SNAPSHOT_AGE_MS) {
+    problems.push(
+      `KMJ_SCALER_READ_TIMEOUT_MS: ${c.KMJ_SCALER_READ_TIMEOUT_MS} must be below KMJ_SCALER_MAX_SNAPSHOT_AGE_MS (${c.KMJ_SCALER_MAX_SNAPSHOT_AGE_MS})`,
+    );
+  }
+  if (c.KMJ_SCALER_MIN_REFRESH_INTERVAL_MS > c.KMJ_SCALER_REFRESH_INTERVAL_MS) {
+    problems.push(
+      `KMJ_SCALER_MIN_REFRESH_INTERVAL_MS: ${c.KMJ_SCALER_MIN_REFRESH_INTERVAL_MS} must not be above KMJ_SCALER_REFRESH_INTERVAL_MS (${c.KMJ_SCALER_REFRESH_INTERVAL_MS})`,
+    );
+  }
+  if (c.KMJ_SCALER_REFRESH_INTERVAL_MS >= c.KMJ_SCALER_MAX_SNAPSHOT_AGE_MS) {
+    problems.push(
+      `KMJ_SCALER_REFRESH_INTERVAL_MS: ${c.KMJ_SCALER_REFRESH_INTERVAL_MS} must be below KMJ_SCALER_MAX_SNAPSHOT_AGE_MS (${c.KMJ_SCALER_MAX_SNAPSHOT_AGE_MS})`,
+    );
+  }
+  const certFile = c.KMJ_SCALER_TLS_CERT_FILE;
+  const keyFile = c.KMJ_SCALER_TLS_KEY_FILE;
+  const caFile = c.KMJ_SCALER_TLS_CLIENT_CA_FILE;
+  if ((certFile === undefined) !== (keyFile === undefined)) {
+    problems.push('KMJ_SCALER_TLS_CERT_FILE: and KMJ_SCALER_TLS_KEY_FILE must be set together');
+  } else if (caFile !== undefined && certFile === undefined) {
+    problems.push('KMJ_SCALER_TLS_CLIENT_CA_FILE: mutual TLS needs KMJ_SCALER_TLS_CERT_FILE and KMJ_SCALER_TLS_KEY_FILE too');
+  } else if (certFile !== undefined && keyFile !== undefined) {
+    const cert = readSettingFile('KMJ_SCALER_TLS_CERT_FILE', certFile);
+    const key = readSettingFile('KMJ_SCALER_TLS_KEY_FILE', keyFile);
+    const clientCa = caFile !== undefined ? readSettingFile('KMJ_SCALER_TLS_CLIENT_CA_FILE', caFile) : { value: undefined, problems: [] };
+    problems.push(...cert.problems, ...key.problems, ...clientCa.problems);
+    if (cert.value && key.value) {
+      const tls: TlsFiles = clientCa.value
+        ? { cert: cert.value, key: key.value, clientCa: clientCa.value }
+        : { cert: cert.value, key: key.value };
+      return { value: tls, problems };
+    }
+  }
+  return { value: undefined, problems };
+}
+
+/** Every source configured from the environment and its entries of the connections file. */
+function configureSources(env: RawInput, file: string | undefined): Checked<Map<string, ConfiguredSource>> {
+  const entries = file !== undefined && file !== '' ? readConnectionsFile(file) : undefined;
+  const problems = [...(entries?.problems ?? [])];
+  const sources = new Map<string, ConfiguredSource>();
+  for (const d of SOURCES) {
+    const configured = d.configure({
+      env,
+      connections: entries?.value.get(d.name) ?? new Map(),
+      nameOf: (alias, key) => `${SETTING}: connection ${JSON.stringify(alias)}: ${key}`,
+    });
+    problems.push(...configured.problems);
+    sources.set(d.name, configured.value);
+  }
+  return { value: sources, problems };
 }
 
 export function loadScalerConfig(env: RawInput, flags: ScalerFlags = {}): ScalerConfig {
@@ -169,61 +225,12 @@ export function loadScalerConfig(env: RawInput, flags: ScalerFlags = {}): Scaler
     KMJ_SCALER_PORT: flags.port !== undefined ? { flag: '--port', value: flags.port } : undefined,
     KMJ_SCALER_METRICS_PORT: flags.metricsPort !== undefined ? { flag: '--metrics-port', value: flags.metricsPort } : undefined,
   };
-  let sources = new Map<string, ConfiguredSource>();
-  let tls: TlsFiles | undefined;
-  const v = readConfig(
-    'scaler',
-    SCALER_ENV,
-    env,
-    overrides,
-    (c, problems) => {
-      if (c.KMJ_SCALER_READ_TIMEOUT_MS >= c.KMJ_SCALER_MAX_SNAPSHOT_AGE_MS) {
-        problems.push(
-          `KMJ_SCALER_READ_TIMEOUT_MS: ${c.KMJ_SCALER_READ_TIMEOUT_MS} must be below KMJ_SCALER_MAX_SNAPSHOT_AGE_MS (${c.KMJ_SCALER_MAX_SNAPSHOT_AGE_MS})`,
-        );
-      }
-      if (c.KMJ_SCALER_MIN_REFRESH_INTERVAL_MS > c.KMJ_SCALER_REFRESH_INTERVAL_MS) {
-        problems.push(
-          `KMJ_SCALER_MIN_REFRESH_INTERVAL_MS: ${c.KMJ_SCALER_MIN_REFRESH_INTERVAL_MS} must not be above KMJ_SCALER_REFRESH_INTERVAL_MS (${c.KMJ_SCALER_REFRESH_INTERVAL_MS})`,
-        );
-      }
-      if (c.KMJ_SCALER_REFRESH_INTERVAL_MS >= c.KMJ_SCALER_MAX_SNAPSHOT_AGE_MS) {
-        problems.push(
-          `KMJ_SCALER_REFRESH_INTERVAL_MS: ${c.KMJ_SCALER_REFRESH_INTERVAL_MS} must be below KMJ_SCALER_MAX_SNAPSHOT_AGE_MS (${c.KMJ_SCALER_MAX_SNAPSHOT_AGE_MS})`,
-        );
-      }
-      const certFile = c.KMJ_SCALER_TLS_CERT_FILE;
-      const keyFile = c.KMJ_SCALER_TLS_KEY_FILE;
-      const caFile = c.KMJ_SCALER_TLS_CLIENT_CA_FILE;
-      if ((certFile === undefined) !== (keyFile === undefined)) {
-        problems.push('KMJ_SCALER_TLS_CERT_FILE: and KMJ_SCALER_TLS_KEY_FILE must be set together');
-      } else if (caFile !== undefined && certFile === undefined) {
-        problems.push('KMJ_SCALER_TLS_CLIENT_CA_FILE: mutual TLS needs KMJ_SCALER_TLS_CERT_FILE and KMJ_SCALER_TLS_KEY_FILE too');
-      } else if (certFile !== undefined && keyFile !== undefined) {
-        const cert = readSettingFile('KMJ_SCALER_TLS_CERT_FILE', certFile, problems);
-        const key = readSettingFile('KMJ_SCALER_TLS_KEY_FILE', keyFile, problems);
-        const clientCa = caFile !== undefined ? readSettingFile('KMJ_SCALER_TLS_CLIENT_CA_FILE', caFile, problems) : undefined;
-        if (cert && key) tls = clientCa ? { cert, key, clientCa } : { cert, key };
-      }
-    },
-    (raw, problems) => {
-      const file = raw['KMJ_SCALER_CONNECTIONS_FILE'];
-      const entries = file !== undefined && file !== '' ? readConnectionsFile(file, problems) : undefined;
-      sources = new Map(
-        SOURCES.map((d) => [
-          d.name,
-          d.configure(
-            {
-              env,
-              connections: entries?.get(d.name) ?? new Map(),
-              nameOf: (alias, key) => `${SETTING}: connection ${JSON.stringify(alias)}: ${key}`,
-            },
-            problems,
-          ),
-        ]),
-      );
-    },
-  );
+  const { values: v, problems, raw } = parseSettings(SCALER_ENV, env, overrides);
+  const sources = configureSources(env, raw['KMJ_SCALER_CONNECTIONS_FILE']);
+  failOnProblems('scaler', problems, sources.problems);
+  const checked = checkScalerSettings(v);
+  failOnProblems('scaler', checked.problems);
+  const tls = checked.value;
   return Object.freeze({
     host: v.KMJ_SCALER_HOST,
     port: v.KMJ_SCALER_PORT,
@@ -238,7 +245,7 @@ export function loadScalerConfig(env: RawInput, flags: ScalerFlags = {}): Scaler
       firstReadWaitMs: v.KMJ_SCALER_FIRST_READ_WAIT_MS,
       idleTargetTtlMs: v.KMJ_SCALER_IDLE_TARGET_TTL_MS,
     }),
-    sources,
+    sources: sources.value,
     tuning: Object.freeze({
       connectTimeoutMs: v.KMJ_SCALER_CONNECT_TIMEOUT_MS,
       minBackoffMs: 100,

@@ -13,7 +13,7 @@
  *   scaler's own configuration and are picked with `connection`.
  */
 import { createHash } from 'node:crypto';
-import { parseFields, type FieldSpecs, type RawInput } from '../common/fields.ts';
+import { parseFields, type Checked, type FieldSpecs, type RawInput } from '../common/fields.ts';
 import { looksSecret } from '../common/redact.ts';
 import { InvalidMetadataError } from './errors.ts';
 import type { BacklogSource, BacklogTarget } from './sources/source.ts';
@@ -75,21 +75,26 @@ export class TriggerCompiler {
   }
 
   #compileFresh(metadata: Readonly<Record<string, string>>, canonical: string): CompiledTrigger | InvalidMetadataError {
-    const problems: string[] = [];
-    const refused = new Set<string>();
-    const resolved = this.#resolveFromEnv(metadata, problems, refused);
-    const source = this.#sources.get(resolved['source'] ?? DEFAULT_SOURCE);
-    const renamed = new Map<string, string>();
-    const raw = source ? this.#thresholdsOf(resolved, source, renamed, problems) : resolved;
+    const resolved = this.#resolveFromEnv(metadata);
+    const source = this.#sources.get(resolved.value.raw['source'] ?? DEFAULT_SOURCE);
+    const renaming = source
+      ? this.#thresholdsOf(resolved.value.raw, source)
+      : { value: { raw: resolved.value.raw, renamed: new Map<string, string>() }, problems: [] };
+    const { raw, renamed } = renaming.value;
     const { values, problems: common } = parseFields(this.#common, raw, { nameOf: (k) => renamed.get(k) ?? k });
-    problems.push(...common);
-    if (source) this.#checkKeys(raw, source, problems);
-    const sourceProblems: string[] = [];
     // With a bad threshold the source is still compiled, for its own problems.
     const thresholds = { targetSize: values.targetSize || 1, activationThreshold: values.activationThreshold || 0 };
-    const target = source?.compile(raw, sourceProblems, thresholds);
-    // A refused credential already has its problem; "is required" for the same key adds nothing.
-    problems.push(...sourceProblems.filter((p) => ![...refused].some((k) => p === `${k}: is required`)));
+    const compiled = source?.compile(raw, thresholds);
+    const refused = resolved.value.refused;
+    const problems = [
+      ...resolved.problems,
+      ...renaming.problems,
+      ...common,
+      ...(source ? this.#unknownKeys(raw, source) : []),
+      // A refused credential already has its problem; "is required" for the same key adds nothing.
+      ...(compiled?.problems ?? []).filter((p) => ![...refused].some((k) => p === `${k}: is required`)),
+    ];
+    const target = compiled?.value;
     if (problems.length > 0 || !target) return new InvalidMetadataError(problems.length > 0 ? problems : ['no backlog target']);
     const hash = createHash('sha256').update(canonical).digest('hex').slice(0, 10);
     return {
@@ -100,9 +105,11 @@ export class TriggerCompiler {
     };
   }
 
-  /** Maps `xFromEnv` to `x`, refuses values carrying credentials. */
-  #resolveFromEnv(metadata: Readonly<Record<string, string>>, problems: string[], refused: Set<string>): RawInput {
+  /** Maps `xFromEnv` to `x`; refuses values carrying credentials (`refused`: the keys whose values were refused). */
+  #resolveFromEnv(metadata: Readonly<Record<string, string>>): Checked<{ raw: RawInput; refused: ReadonlySet<string> }> {
     const out: Record<string, string> = {};
+    const problems: string[] = [];
+    const refused = new Set<string>();
     for (const [key, value] of Object.entries(metadata)) {
       const base = key.endsWith('FromEnv') ? key.slice(0, -'FromEnv'.length) : key;
       if (looksSecret(value)) {
@@ -118,17 +125,19 @@ export class TriggerCompiler {
       }
       out[base] = value;
     }
-    return out;
+    return { value: { raw: out, refused }, problems };
   }
 
   /**
-   * A source's own names for the thresholds (Kafka's lagThreshold) become the common keys; the
-   * problems name the key the user wrote.
+   * A source's own names for the thresholds (Kafka's lagThreshold) become the common keys;
+   * `renamed` maps a common key to the key the user wrote, for problems to name.
    */
-  #thresholdsOf(raw: RawInput, source: BacklogSource, renamed: Map<string, string>, problems: string[]): RawInput {
+  #thresholdsOf(raw: RawInput, source: BacklogSource): Checked<{ raw: RawInput; renamed: ReadonlyMap<string, string> }> {
+    const renamed = new Map<string, string>();
     const names = source.thresholdKeys;
-    if (!names) return raw;
+    if (!names) return { value: { raw, renamed }, problems: [] };
     const out: Record<string, string | undefined> = { ...raw };
+    const problems: string[] = [];
     for (const [common, own] of [
       ['targetSize', names.targetSize],
       ['activationThreshold', names.activationThreshold],
@@ -140,15 +149,15 @@ export class TriggerCompiler {
       renamed.set(common, own);
       delete out[own];
     }
-    return out;
+    return { value: { raw: out, renamed }, problems };
   }
 
-  #checkKeys(raw: RawInput, source: BacklogSource, problems: string[]): void {
+  /** A problem for each key that is neither common, the source's own, nor KEDA's. */
+  #unknownKeys(raw: RawInput, source: BacklogSource): string[] {
     const own = source.thresholdKeys ? [source.thresholdKeys.targetSize, source.thresholdKeys.activationThreshold] : [];
     const allowed = new Set([...Object.keys(this.#common), ...own, ...Object.keys(source.fields)]);
-    for (const key of Object.keys(raw)) {
-      if (allowed.has(key) || KEDA_KEYS.has(key)) continue;
-      problems.push(`${key}: unknown key; allowed keys are ${[...allowed].sort().join(', ')}`);
-    }
+    return Object.keys(raw)
+      .filter((key) => !allowed.has(key) && !KEDA_KEYS.has(key))
+      .map((key) => `${key}: unknown key; allowed keys are ${[...allowed].sort().join(', ')}`);
   }
 }

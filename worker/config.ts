@@ -4,8 +4,8 @@
  */
 import { homedir, tmpdir, userInfo } from 'node:os';
 import { join } from 'node:path';
-import { readConfig, type FlagOverride } from '../common/config.ts';
-import type { FieldSpecs, RawInput } from '../common/fields.ts';
+import { failOnProblems, parseSettings, type FlagOverride } from '../common/config.ts';
+import type { Checked, FieldSpecs, Parsed, RawInput } from '../common/fields.ts';
 import { LOG_LEVELS, type LogLevel } from '../common/log.ts';
 import { deadLetterQueueOf } from '../rabbitmq/topology.ts';
 import { RABBITMQ_ENV } from '../rabbitmq/settings.ts';
@@ -215,9 +215,26 @@ export interface WorkerFlags {
   readonly maxMessages?: string;
 }
 
+/** The rules across the worker's settings: exactly one input, and a Kafka input's group and brokers. */
+function checkWorkerInput(
+  c: Parsed<typeof WORKER_ENV>,
+  nameOf: (key: string) => string,
+  kafka: Checked<KafkaConnection | undefined> | undefined,
+): string[] {
+  const problems: string[] = [];
+  if (c.KMJ_NODE_CACHE_URL !== undefined && c.KMJ_NODE_CACHE_TOKEN === undefined)
+    problems.push('KMJ_NODE_CACHE_TOKEN: is required with KMJ_NODE_CACHE_URL');
+  if ((c.KMJ_WORKER_QUEUE === undefined) === (c.KMJ_WORKER_TOPIC === undefined)) {
+    problems.push(`${nameOf('KMJ_WORKER_QUEUE')}: set a queue or ${nameOf('KMJ_WORKER_TOPIC')}, exactly one of them`);
+  } else if (c.KMJ_WORKER_TOPIC !== undefined) {
+    if (c.KMJ_WORKER_GROUP === undefined) problems.push(`${nameOf('KMJ_WORKER_GROUP')}: is required with a topic`);
+    problems.push(...(kafka?.problems ?? []));
+    if (kafka?.value === undefined && problems.length === 0) problems.push('KAFKA_BROKERS: is required with a topic');
+  }
+  return problems;
+}
+
 export function loadWorkerConfig(env: RawInput, flags: WorkerFlags = {}): WorkerConfig {
-  let files = { serverCa: undefined as Buffer | undefined, clientCert: undefined as Buffer | undefined };
-  let connection: KafkaConnection | undefined;
   const flag = (name: string, value: string | undefined): FlagOverride | undefined =>
     value !== undefined ? { flag: name, value } : undefined;
   const overrides = {
@@ -226,28 +243,12 @@ export function loadWorkerConfig(env: RawInput, flags: WorkerFlags = {}): Worker
     KMJ_WORKER_GROUP: flag('--group', flags.group),
     KMJ_WORKER_MAX_MESSAGES: flag('--max-messages', flags.maxMessages),
   };
-  const nameOf = (key: string): string => overrides[key as keyof typeof overrides]?.flag ?? key;
-  const v = readConfig(
-    'worker',
-    WORKER_ENV,
-    env,
-    overrides,
-    (c, problems) => {
-      checkMlflow(c, problems);
-      if (c.KMJ_NODE_CACHE_URL !== undefined && c.KMJ_NODE_CACHE_TOKEN === undefined)
-        problems.push('KMJ_NODE_CACHE_TOKEN: is required with KMJ_NODE_CACHE_URL');
-      if ((c.KMJ_WORKER_QUEUE === undefined) === (c.KMJ_WORKER_TOPIC === undefined)) {
-        problems.push(`${nameOf('KMJ_WORKER_QUEUE')}: set a queue or ${nameOf('KMJ_WORKER_TOPIC')}, exactly one of them`);
-      } else if (c.KMJ_WORKER_TOPIC !== undefined) {
-        if (c.KMJ_WORKER_GROUP === undefined) problems.push(`${nameOf('KMJ_WORKER_GROUP')}: is required with a topic`);
-        connection = kafkaConnection(env, problems);
-        if (!connection && problems.length === 0) problems.push('KAFKA_BROKERS: is required with a topic');
-      }
-    },
-    (raw, problems) => {
-      files = readMlflowFiles(raw, problems);
-    },
-  );
+  const { values: v, problems, raw, nameOf } = parseSettings(WORKER_ENV, env, overrides);
+  const files = readMlflowFiles(raw);
+  failOnProblems('worker', problems, files.problems);
+  const kafka = v.KMJ_WORKER_TOPIC !== undefined && v.KMJ_WORKER_QUEUE === undefined ? kafkaConnection(env) : undefined;
+  failOnProblems('worker', checkMlflow(v), checkWorkerInput(v, nameOf, kafka));
+  const connection = kafka?.value;
   const topic = v.KMJ_WORKER_TOPIC;
   const queue = v.KMJ_WORKER_QUEUE;
   const group = v.KMJ_WORKER_GROUP;
@@ -272,7 +273,7 @@ export function loadWorkerConfig(env: RawInput, flags: WorkerFlags = {}): Worker
   return Object.freeze({
     input: Object.freeze(input),
     maxDeliveries: v.KMJ_MAX_DELIVERIES,
-    mlflow: mlflowSettings(v, files),
+    mlflow: mlflowSettings(v, files.value),
     idleTimeoutMs: v.KMJ_WORKER_IDLE_TIMEOUT_MS,
     timeBudgetMs: v.KMJ_WORKER_TIME_BUDGET_MS,
     shutdownGraceMs: v.KMJ_WORKER_SHUTDOWN_GRACE_MS,

@@ -31,7 +31,7 @@
  * never from trigger metadata; `partitionLimitation` and `ensureEvenDistributionOfPartitions`
  * are not supported.
  */
-import { parseFields, quote, type FieldSpecs, type RawInput } from '../../common/fields.ts';
+import { parseFields, quote, type Checked, type FieldSpecs, type RawInput } from '../../common/fields.ts';
 import type { Logger } from '../../common/log.ts';
 import { kafkaClient } from '../../kafka/client.ts';
 import { committedLag, KafkaOffsetsReader, type PartitionOffsets } from '../../kafka/offsets.ts';
@@ -94,13 +94,16 @@ export const KAFKA_SOURCE: SourceDefinition = {
   env: KAFKA_SCALER_ENV,
   fields: KAFKA_FIELDS,
   connectionFields: KAFKA_CONNECTION_FIELDS,
-  configure({ env, connections: entries, nameOf }, problems) {
+  configure({ env, connections: entries, nameOf }) {
     const connections = new Map<string, KafkaConnection>();
-    const byDefault = kafkaConnection(env, problems);
-    if (byDefault) connections.set('default', byDefault);
+    const problems: string[] = [];
+    const byDefault = kafkaConnection(env);
+    problems.push(...byDefault.problems);
+    if (byDefault.value) connections.set('default', byDefault.value);
     for (const [alias, entry] of entries) {
-      const c = kafkaConnectionOfEntry(entry, problems, (k) => nameOf(alias, k));
-      if (c) connections.set(alias, c);
+      const c = kafkaConnectionOfEntry(entry, (k) => nameOf(alias, k));
+      problems.push(...c.problems);
+      if (c.value) connections.set(alias, c.value);
     }
     const { values, problems: own } = parseFields(
       { KMJ_SCALER_KAFKA_REQUEST_TIMEOUT_MS: KAFKA_SCALER_ENV.KMJ_SCALER_KAFKA_REQUEST_TIMEOUT_MS },
@@ -108,9 +111,12 @@ export const KAFKA_SOURCE: SourceDefinition = {
     );
     problems.push(...own);
     return {
-      aliases: [...connections.keys()],
-      create: (tuning, log) =>
-        new KafkaSource({ ...tuning, connections, requestTimeoutMs: values.KMJ_SCALER_KAFKA_REQUEST_TIMEOUT_MS, log }),
+      value: {
+        aliases: [...connections.keys()],
+        create: (tuning, log) =>
+          new KafkaSource({ ...tuning, connections, requestTimeoutMs: values.KMJ_SCALER_KAFKA_REQUEST_TIMEOUT_MS, log }),
+      },
+      problems,
     };
   },
 };
@@ -182,9 +188,9 @@ export class KafkaSource implements BacklogSource {
     this.#options = options;
   }
 
-  compile(raw: RawInput, problems: string[], thresholds: Thresholds): BacklogTarget | undefined {
+  compile(raw: RawInput, thresholds: Thresholds): Checked<BacklogTarget | undefined> {
     const { values: v, problems: own } = parseFields(KAFKA_FIELDS, raw);
-    problems.push(...own);
+    const problems = [...own];
     const conn = this.#options.connections.get(v.connection);
     if (own.length === 0 && !conn) problems.push(unknownConnection(v.connection, this.#options.connections));
     if (v.limitToPartitionsWithLag && v.allowIdleConsumers) {
@@ -193,7 +199,7 @@ export class KafkaSource implements BacklogSource {
     if (v.limitToPartitionsWithLag && raw['topic'] === undefined) {
       problems.push('limitToPartitionsWithLag: needs topic (the partitions with lag are counted on the topics named)');
     }
-    if (problems.length > 0 || !conn) return undefined;
+    if (problems.length > 0 || !conn) return { value: undefined, problems };
 
     const topics = v.topic === undefined ? [] : [...new Set(v.topic.split(','))].sort();
     const options: KafkaLagOptions = {
@@ -220,7 +226,7 @@ export class KafkaSource implements BacklogSource {
         : topics.length === 1
           ? `topic ${quote(topics[0] ?? '')}`
           : `topics ${topics.map((t) => quote(t)).join(', ')}`;
-    return {
+    const target: BacklogTarget = {
       // The cap depends on the threshold: triggers with different ones read separately.
       key: `kafka\u0000${v.connection}\u0000${v.consumerGroup}\u0000${topics.join(',')}\u0000${mode}\u0000${thresholds.targetSize}`,
       labels: { source: this.name, connection: v.connection, scope: v.consumerGroup, name: topics.join(',') || '*', mode },
@@ -229,6 +235,7 @@ export class KafkaSource implements BacklogSource {
       read: async (signal): Promise<BacklogReading> =>
         lagReading((await reader.read(v.consumerGroup, topics, signal)).partitions, options, previous),
     };
+    return { value: target, problems };
   }
 
   async close(): Promise<void> {

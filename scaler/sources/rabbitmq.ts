@@ -35,7 +35,7 @@
  *   one message each; rates suit ScaledObjects rather than ScaledJobs.
  */
 import type { Logger } from '../../common/log.ts';
-import { parseFields, quote, type FieldSpecs, type RawInput } from '../../common/fields.ts';
+import { parseFields, quote, type Checked, type FieldSpecs, type Parsed, type RawInput } from '../../common/fields.ts';
 import type { BacklogReading, BacklogSource, BacklogTarget, BrokerTuning, SourceDefinition } from './source.ts';
 import { AmqpQueueInspector } from '../../rabbitmq/inspect.ts';
 import { ManagementQueueReader } from '../../rabbitmq/management.ts';
@@ -100,9 +100,9 @@ export const RABBITMQ_SOURCE: SourceDefinition = {
   env: RABBITMQ_SCALER_ENV,
   fields: RABBITMQ_FIELDS,
   connectionFields: RABBITMQ_CONNECTION_FIELDS,
-  configure({ env, connections: entries, nameOf }, problems) {
+  configure({ env, connections: entries, nameOf }) {
     const { values: v, problems: own } = parseFields(RABBITMQ_SCALER_ENV, env);
-    problems.push(...own);
+    const problems = [...own];
     const connections = new Map<string, RabbitConnection>();
     if (own.length === 0) {
       connections.set('default', {
@@ -118,9 +118,12 @@ export const RABBITMQ_SOURCE: SourceDefinition = {
       connections.set(alias, { amqpUrl, managementUrl: managementUrl ?? defaultManagementUrl(amqpUrl) });
     }
     return {
-      aliases: [...connections.keys()],
-      create: (tuning, log) =>
-        new RabbitMqSource({ ...tuning, connections, maxChannelsPerConnection: v.KMJ_SCALER_CHANNELS_PER_CONNECTION, log }),
+      value: {
+        aliases: [...connections.keys()],
+        create: (tuning, log) =>
+          new RabbitMqSource({ ...tuning, connections, maxChannelsPerConnection: v.KMJ_SCALER_CHANNELS_PER_CONNECTION, log }),
+      },
+      problems,
     };
   },
 };
@@ -142,16 +145,20 @@ export class RabbitMqSource implements BacklogSource {
     this.#options = options;
   }
 
-  compile(raw: RawInput, problems: string[]): BacklogTarget | undefined {
+  compile(raw: RawInput): Checked<BacklogTarget | undefined> {
     const { values, problems: own } = parseFields(RABBITMQ_FIELDS, raw);
-    problems.push(...own);
+    const problems = [...own];
     const conn = this.#options.connections.get(values.connection);
     if (own.length === 0 && !conn) problems.push(unknownConnection(values.connection, this.#options.connections));
     if (values.measure !== undefined && values.mode !== 'management') {
       problems.push(`measure: is only allowed with mode management, got mode ${quote(values.mode)}`);
     }
-    if (problems.length > 0 || !conn) return undefined;
+    if (problems.length > 0 || !conn) return { value: undefined, problems };
+    return { value: this.#target(values, conn), problems };
+  }
 
+  /** The target of checked fields: how its queue is read, its key and labels. */
+  #target(values: Parsed<typeof RABBITMQ_FIELDS>, conn: RabbitConnection): BacklogTarget {
     const alias = values.connection;
     const queue = values.queueName;
     const mode = values.mode;

@@ -5,7 +5,7 @@
  * snapshot cache. Adding a source is its own file under scaler/sources/ and one registry line:
  * nothing else in scaler/ names a source.
  */
-import type { FieldSpecs, RawInput } from '../../common/fields.ts';
+import type { Checked, FieldSpecs, RawInput } from '../../common/fields.ts';
 import type { Logger } from '../../common/log.ts';
 
 /** What one read of a target returns. */
@@ -62,11 +62,11 @@ export interface BacklogSource {
    */
   readonly thresholdKeys?: { readonly targetSize: string; readonly activationThreshold: string };
   /**
-   * Parses this source's fields from the trigger metadata and turns them into a target. Pushes
-   * every problem onto `problems` and returns undefined when there are any. `thresholds` are the
-   * trigger's, for a source whose reading depends on them (a cap in units of the target size).
+   * Parses this source's fields from the trigger metadata and turns them into a target, with every
+   * problem found (the target is undefined when there are any). `thresholds` are the trigger's,
+   * for a source whose reading depends on them (a cap in units of the target size).
    */
-  compile(raw: RawInput, problems: string[], thresholds: Thresholds): BacklogTarget | undefined;
+  compile(raw: RawInput, thresholds: Thresholds): Checked<BacklogTarget | undefined>;
   /** Closes every connection the source opened. */
   close(): Promise<void>;
 }
@@ -105,6 +105,6 @@ export interface SourceDefinition {
   readonly fields: FieldSpecs;
   /** The keys of one of its entries in KMJ_SCALER_CONNECTIONS_FILE, for --help and docs. */
   readonly connectionFields: FieldSpecs;
-  /** Reads the source's settings and connections, pushing every problem onto `problems`. */
-  configure(input: SourceConfigInput, problems: string[]): ConfiguredSource;
+  /** Reads the source's settings and connections, with every problem found (the value is usable only without). */
+  configure(input: SourceConfigInput): Checked<ConfiguredSource>;
 }

@@ -175,6 +175,7 @@ describe('kmj scaler', () => {
         ok: false,
         error: {
           code: grpc.status.UNAVAILABLE,
+          reached: true,
           details: expect.stringMatching(/^cannot reach the broker: .*ACCESS_REFUSED - Login was refused/),
         },
       });
@@ -183,6 +184,7 @@ describe('kmj scaler', () => {
         ok: false,
         error: {
           code: grpc.status.UNAVAILABLE,
+          reached: true,
           details: `management API answered HTTP 401 for queue "${queue}" (check the connection credentials and the user's monitoring tag)`,
         },
       });

@@ -218,7 +218,7 @@ describe('what the scaler never reports as 0', () => {
     const r = await poll({ topic: 'kmj-no-such-topic', consumerGroup: group });
     expect(r).toEqual({
       ok: false,
-      error: { code: grpc.status.NOT_FOUND, details: `topic "kmj-no-such-topic" does not exist on ${KAFKA_BROKERS}` },
+      error: { code: grpc.status.NOT_FOUND, reached: true, details: `topic "kmj-no-such-topic" does not exist on ${KAFKA_BROKERS}` },
     });
     const topic = await kafka.topic('after-missing', 1);
     await kafka.produce(topic, 0, 2);
@@ -234,6 +234,7 @@ describe('what the scaler never reports as 0', () => {
       ok: false,
       error: {
         code: grpc.status.NOT_FOUND,
+        reached: true,
         details: `consumer group "kmj-no-such-group" does not exist on ${KAFKA_BROKERS} (no member has joined it and it has no committed offsets)`,
       },
     });
@@ -257,6 +258,7 @@ describe('what the scaler never reports as 0', () => {
       ok: false,
       error: {
         code: grpc.status.INVALID_ARGUMENT,
+        reached: true,
         details:
           'invalid trigger metadata: lagThreshold: set either lagThreshold or targetSize, not both; lagThreshold: "0" must be a number greater than 0; consumerGroup: is required; topic: "a b" must be topic names (letters, digits, ".", "_", "-"), comma-separated; limitToPartitionsWithLag: cannot be true together with allowIdleConsumers true',
       },
@@ -338,8 +340,7 @@ describe('TLS', () => {
 describe('the offsets reader (kafka/offsets.ts)', () => {
   it('reads each topic on a client of its own, and starts afresh after a topic is deleted', async () => {
     const log = createLogger({ level: 'silent', name: 'kmj-test' });
-    const problems: string[] = [];
-    const conn = kafkaConnection({ KAFKA_BROKERS }, problems);
+    const { value: conn, problems } = kafkaConnection({ KAFKA_BROKERS });
     if (!conn) throw new Error(problems.join('; '));
     const client = kafkaClient(conn, { clientId: 'kmj-test-reader', log, connectTimeoutMs: 3000, requestTimeoutMs: 2000, retries: 0 });
     // The topic listing kept for a minute: the deleted topic is still listed, so its read reaches

@@ -81,6 +81,7 @@ describe('backlog of a RabbitMQ queue', () => {
       ok: false,
       error: {
         code: grpc.status.NOT_FOUND,
+        reached: true,
         details: `metric "rabbitmq-other-0000000000" is not served for this metadata; GetMetricSpec names it "${name}"`,
       },
     });
@@ -166,6 +167,7 @@ describe('backlog of a RabbitMQ queue', () => {
       ok: false,
       error: {
         code: grpc.status.INVALID_ARGUMENT,
+        reached: true,
         details: 'invalid trigger metadata: measure: is only allowed with mode management, got mode "backlog"',
       },
     });
@@ -179,7 +181,10 @@ describe('missing queues', () => {
     const missing = 'no-such-queue-7f3a';
     for (const mode of ['backlog', 'ready'] as const) {
       const r = await scaler().client.poll({ queueName: missing, mode });
-      expect(r).toEqual({ ok: false, error: { code: grpc.status.NOT_FOUND, details: `queue "${missing}" does not exist in vhost "/"` } });
+      expect(r).toEqual({
+        ok: false,
+        error: { code: grpc.status.NOT_FOUND, reached: true, details: `queue "${missing}" does not exist in vhost "/"` },
+      });
     }
     // The failed passive declares closed their channels, not the connection: the good queue still reads.
     for (let i = 0; i < 3; i++) {
@@ -191,7 +196,10 @@ describe('missing queues', () => {
       expect(ok).toMatchObject({ ok: true, view: { value: 4 } });
     }
     const mgmt = await scaler().client.poll({ queueName: missing, mode: 'management' });
-    expect(mgmt).toEqual({ ok: false, error: { code: grpc.status.NOT_FOUND, details: `queue "${missing}" does not exist in vhost "/"` } });
+    expect(mgmt).toEqual({
+      ok: false,
+      error: { code: grpc.status.NOT_FOUND, reached: true, details: `queue "${missing}" does not exist in vhost "/"` },
+    });
   });
 
   it('starts reporting a queue once it is created', async () => {
@@ -218,7 +226,11 @@ describe('missing queues', () => {
       const r = await scaler().client.poll({ queueName: 'x', vhost: 'no-such-vhost' });
       expect(r).toEqual({
         ok: false,
-        error: { code: grpc.status.NOT_FOUND, details: 'vhost "no-such-vhost" does not exist or the connection\'s user may not use it' },
+        error: {
+          code: grpc.status.NOT_FOUND,
+          reached: true,
+          details: 'vhost "no-such-vhost" does not exist or the connection\'s user may not use it',
+        },
       });
     }
   });

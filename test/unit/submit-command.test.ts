@@ -140,6 +140,7 @@ describe('decideSubmit and renderFollowed', () => {
     [{ published: { ok: true }, followed: finished }, EXIT.OK],
     [{ published: { ok: true }, followed: { kind: 'dead-lettered', reason: 'model: not found' } }, EXIT.DEAD_LETTERED],
     [{ published: { ok: true }, followed: { kind: 'timeout', last: 'queued: no run yet' } }, EXIT.TIMEOUT],
+    [{ published: { ok: true }, followed: { kind: 'interrupted', last: 'queued: no run yet' } }, EXIT.INTERRUPTED],
   ] as const)('%j exits %i', (submitted, code) => {
     expect(decideSubmit(submitted)).toBe(code);
   });
@@ -160,6 +161,9 @@ describe('decideSubmit and renderFollowed', () => {
     );
     expect(renderFollowed({ kind: 'timeout', last: 'queued: no run yet' }, 90_000)).toBe(
       'no outcome within 90 s (last seen: queued: no run yet)\n',
+    );
+    expect(renderFollowed({ kind: 'interrupted', last: 'running (run r1)' }, 90_000)).toBe(
+      'interrupted before an outcome (last seen: running (run r1))\n',
     );
   });
 });

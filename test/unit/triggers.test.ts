@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadScalerConfig } from '../../scaler/config.ts';
 import { afterAll, describe, expect, it } from 'vitest';
-import type { RawInput } from '../../common/fields.ts';
+import type { Checked, RawInput } from '../../common/fields.ts';
 import { createLogger } from '../../common/log.ts';
 import { InvalidMetadataError } from '../../scaler/errors.ts';
 import { createSources } from '../../scaler/sources/registry.ts';
@@ -379,20 +379,18 @@ class CountingSource implements BacklogSource {
   readonly name = 'rabbitmq';
   readonly fields = { queueName: { kind: 'string', required: true } } as const;
   compiles = 0;
-  compile(raw: RawInput, problems: string[]): BacklogTarget | undefined {
+  compile(raw: RawInput): Checked<BacklogTarget | undefined> {
     this.compiles++;
     const queue = raw['queueName'];
-    if (queue === undefined || queue === '') {
-      problems.push('queueName: is required');
-      return undefined;
-    }
-    return {
+    if (queue === undefined || queue === '') return { value: undefined, problems: ['queueName: is required'] };
+    const target: BacklogTarget = {
       key: queue,
       labels: { source: 'rabbitmq', connection: 'default', scope: '/', name: queue, mode: 'backlog' },
       description: `queue ${JSON.stringify(queue)}`,
       metricStem: 'counting',
       read: () => Promise.reject(new Error('not read in these tests')),
     };
+    return { value: target, problems: [] };
   }
   close(): Promise<void> {
     return Promise.resolve();
