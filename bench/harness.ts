@@ -4,13 +4,14 @@
  * measure beside the current code in the same run.
  */
 import { execFile, execFileSync } from 'node:child_process';
-import { existsSync, readFileSync, symlinkSync } from 'node:fs';
+import { existsSync, symlinkSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { PACKAGE_ROOT } from '../common/paths.ts';
 import { promisify } from 'node:util';
 import { connect } from 'amqplib';
 import { declareRequestTopology, deadLetterQueueOf } from '../rabbitmq/topology.ts';
+import { loadAverages } from './process.ts';
 
 const run = promisify(execFile);
 
@@ -114,14 +115,6 @@ export function benchHeader(bench: string): string {
   const commit = git(['rev-parse', '--short', 'HEAD']) || 'unknown';
   const dirty = git(['status', '--porcelain', '--untracked-files=no']) !== '' ? ' (with uncommitted changes)' : '';
   const model = cpus()[0]?.model.trim() ?? 'unknown CPU';
-  return `${bench}: commit ${commit}${dirty}, ${new Date().toISOString()}, ${cpus().length} cores (${model}), ${(totalmem() / 1024 ** 3).toFixed(1)} GiB, Node ${process.versions.node}, load average ${loadAverage()}`;
-}
-
-/** The 1, 5 and 15 minute load averages: this machine may be shared. */
-function loadAverage(): string {
-  try {
-    return readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
-  } catch {
-    return 'unknown';
-  }
+  // The load averages: this machine may be shared.
+  return `${bench}: commit ${commit}${dirty}, ${new Date().toISOString()}, ${cpus().length} cores (${model}), ${(totalmem() / 1024 ** 3).toFixed(1)} GiB, Node ${process.versions.node}, load average ${loadAverages().join(' ')}`;
 }

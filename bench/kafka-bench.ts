@@ -36,16 +36,17 @@
  * BENCH_POLL_INTERVAL_MS (1000), BENCH_READ_SAMPLES (1000), BENCH_KAFKA_PHASES (kafka,rabbitmq,both),
  * BENCH_SCALER_NODE_ARGS, KAFKA_BROKERS (127.0.0.1:19092), RABBITMQ_URL.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { availableParallelism } from 'node:os';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import { connect as amqpConnect } from 'amqplib';
 import type { Admin, Kafka, Producer } from 'kafkajs';
+import type { FieldSpecs } from '../common/fields.ts';
 import { createLogger, type Logger } from '../common/log.ts';
+import { messageOf } from '../common/redact.ts';
 import { PACKAGE_ROOT } from '../common/paths.ts';
 import { kafkaClient } from '../kafka/client.ts';
 import { commitAsMember } from '../kafka/group.ts';
@@ -53,7 +54,10 @@ import { KafkaOffsetsReader } from '../kafka/offsets.ts';
 import { kafkaConnection, type KafkaConnection } from '../kafka/settings.ts';
 import { kedaNumber, ScalerClient, type ScaledObjectRef } from '../scaler/client.ts';
 import { baselineCheckout, benchHeader } from './harness.ts';
-import { out, percentile, sorted } from './stats.ts';
+import { benchOptions, SCALER_NODE_ARGS_SPEC } from './options.ts';
+import { cpuSeconds, loadAverages, memoryMb, startScaler, type ScalerProcess } from './process.ts';
+import { bucketBoundMs, histogramDelta, histogramOf, parseMetrics, scrape, type Histogram, type PromSample } from './prometheus.ts';
+import { ms, out, summary, type Summary } from './stats.ts';
 
 // ---------------------------------------------------------------------------------------------
 // Options
@@ -63,6 +67,24 @@ type PhaseName = (typeof PHASE_NAMES)[number];
 
 /** Partitions of every topic: the figure asked for is the read of a 12-partition group. */
 const PARTITIONS = 12;
+
+const OPTIONS = {
+  BENCH_KAFKA_GROUPS: { kind: 'integer', min: 1, max: 500, default: 100 },
+  BENCH_KAFKA_QUEUES: { kind: 'integer', min: 1, max: 1000, default: 100 },
+  BENCH_PHASE_SECONDS: { kind: 'integer', min: 5, max: 120, default: 30 },
+  BENCH_POLL_INTERVAL_MS: { kind: 'integer', min: 200, max: 30_000, default: 1000 },
+  BENCH_READ_SAMPLES: { kind: 'integer', min: 10, max: 20_000, default: 1000 },
+  BENCH_KAFKA_PHASES: {
+    kind: 'string',
+    default: PHASE_NAMES.join(','),
+    pattern: /^(kafka|rabbitmq|both)(,(kafka|rabbitmq|both))*$/,
+    patternHint: `some of ${PHASE_NAMES.join(', ')}, separated by commas`,
+  },
+  KAFKA_BROKERS: { kind: 'string', default: '127.0.0.1:19092' },
+  RABBITMQ_URL: { kind: 'url', protocols: ['amqp', 'amqps'], default: 'amqp://guest:guest@127.0.0.1:5672' },
+  BENCH_SCALER_NODE_ARGS: SCALER_NODE_ARGS_SPEC,
+  BENCH_BASELINE_REF: { kind: 'string', default: '4dc0bcc', pattern: /^[\w./-]*$/, patternHint: 'a commit or ref' },
+} as const satisfies FieldSpecs;
 
 interface BenchOptions {
   readonly groups: number;
@@ -78,59 +100,26 @@ interface BenchOptions {
   readonly baselineRef: string;
 }
 
-function intOption(env: NodeJS.ProcessEnv, name: string, fallback: number, min: number, max: number, problems: string[]): number {
-  const raw = env[name];
-  if (raw === undefined || raw === '') return fallback;
-  const n = Number(raw);
-  if (!Number.isInteger(n) || n < min || n > max) {
-    problems.push(`${name}: ${JSON.stringify(raw)} must be an integer from ${min} to ${max}`);
-    return fallback;
-  }
-  return n;
-}
-
 /** The bench's settings, read once; every bad one is reported together. */
 function readOptions(env: NodeJS.ProcessEnv): BenchOptions {
-  const problems: string[] = [];
-  const phases = (env['BENCH_KAFKA_PHASES'] ?? PHASE_NAMES.join(','))
-    .split(',')
-    .map((p) => p.trim())
-    .filter(Boolean);
-  const unknown = phases.filter((p) => !(PHASE_NAMES as readonly string[]).includes(p));
-  if (unknown.length > 0 || phases.length === 0)
-    problems.push(`BENCH_KAFKA_PHASES: ${JSON.stringify(env['BENCH_KAFKA_PHASES'])} must list some of ${PHASE_NAMES.join(', ')}`);
-  const options: BenchOptions = {
-    groups: intOption(env, 'BENCH_KAFKA_GROUPS', 100, 1, 500, problems),
-    queues: intOption(env, 'BENCH_KAFKA_QUEUES', 100, 1, 1000, problems),
-    phaseSeconds: intOption(env, 'BENCH_PHASE_SECONDS', 30, 5, 120, problems),
-    pollIntervalMs: intOption(env, 'BENCH_POLL_INTERVAL_MS', 1000, 200, 30_000, problems),
-    readSamples: intOption(env, 'BENCH_READ_SAMPLES', 1000, 10, 20_000, problems),
-    phases: phases.filter((p): p is PhaseName => (PHASE_NAMES as readonly string[]).includes(p)),
-    brokers: env['KAFKA_BROKERS'] ?? '127.0.0.1:19092',
-    rabbitmqUrl: env['RABBITMQ_URL'] ?? 'amqp://guest:guest@127.0.0.1:5672',
-    // The Node flags of the scaler's container (manifests/scaler.yaml), as bench-scaler uses.
-    scalerNodeArgs: (env['BENCH_SCALER_NODE_ARGS'] ?? '--max-semi-space-size=2 --max-old-space-size=64').split(' ').filter(Boolean),
-    baselineRef: env['BENCH_BASELINE_REF'] ?? '4dc0bcc',
-  };
-  if (problems.length > 0) throw new Error(`invalid bench-kafka options: ${problems.join('; ')}`);
-  return Object.freeze(options);
+  const v = benchOptions('bench-kafka', OPTIONS, env);
+  return Object.freeze({
+    groups: v.BENCH_KAFKA_GROUPS,
+    queues: v.BENCH_KAFKA_QUEUES,
+    phaseSeconds: v.BENCH_PHASE_SECONDS,
+    pollIntervalMs: v.BENCH_POLL_INTERVAL_MS,
+    readSamples: v.BENCH_READ_SAMPLES,
+    phases: [...new Set(v.BENCH_KAFKA_PHASES.split(','))] as PhaseName[],
+    brokers: v.KAFKA_BROKERS,
+    rabbitmqUrl: v.RABBITMQ_URL,
+    scalerNodeArgs: v.BENCH_SCALER_NODE_ARGS.split(' ').filter(Boolean),
+    // Set but empty: no baseline (parseFields reads an empty value as unset, so it is looked at here).
+    baselineRef: env['BENCH_BASELINE_REF'] === '' ? '' : v.BENCH_BASELINE_REF,
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
 // Small helpers
-
-interface Stats {
-  readonly n: number;
-  readonly p50: number;
-  readonly p99: number;
-}
-
-function stats(samples: readonly number[]): Stats {
-  const s = sorted(samples);
-  return { n: s.length, p50: percentile(s, 50), p99: percentile(s, 99) };
-}
-
-const ms = (v: number): string => `${v.toFixed(3)} ms`;
 
 /** Waits `delayMs` (none when not positive), or less when `signal` aborts; resolves either way, callers check the signal. */
 function sleep(delayMs: number, signal?: AbortSignal): Promise<void> {
@@ -178,10 +167,6 @@ async function within<T>(promise: Promise<T>, timeoutMs: number, step: string): 
   } finally {
     clearTimeout(timer);
   }
-}
-
-function messageOf(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -431,7 +416,7 @@ async function directReads(
   log: Logger,
   signal: AbortSignal,
   Reader: typeof KafkaOffsetsReader = KafkaOffsetsReader,
-): Promise<Stats & { cpuMsPerRead: number }> {
+): Promise<Summary & { cpuMsPerRead: number }> {
   // The scaler's client settings (scaler/sources/kafka.ts and the defaults of scaler/config.ts).
   const kafka = kafkaClient(conn, { clientId: 'kmj-bench-reader', log, connectTimeoutMs: 3000, requestTimeoutMs: 2000, retries: 0 });
   const reader = new Reader({ kafka, brokers: conn.brokers.join(','), log });
@@ -463,7 +448,7 @@ async function directReads(
   } finally {
     await reader.close();
   }
-  return { ...stats(times), cpuMsPerRead: cpuMicros / 1000 / samples };
+  return { ...summary(times), cpuMsPerRead: cpuMicros / 1000 / samples };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -516,177 +501,12 @@ async function setUpQueues(url: string, prefix: string, count: number, signal: A
 // ---------------------------------------------------------------------------------------------
 // The scaler process
 
-interface ScalerProcess {
-  readonly pid: number;
-  readonly grpcPort: number;
-  readonly metricsPort: number;
-  /** Warn and error lines of its log, with the first few messages. */
-  readonly warnings: { count: number; first: string[] };
-  /** Aborts when the process exits on its own. */
-  readonly exited: AbortSignal;
-  stop(): Promise<void>;
-}
-
 function startScalerProcess(o: BenchOptions, root: string): Promise<ScalerProcess> {
-  const child: ChildProcess = spawn(process.execPath, [...o.scalerNodeArgs, join(root, 'bin', 'kmj.js'), 'scaler'], {
-    env: {
-      ...process.env,
-      KMJ_SCALER_HOST: '127.0.0.1',
-      KMJ_SCALER_PORT: '0',
-      KMJ_SCALER_METRICS_PORT: '0',
-      KAFKA_BROKERS: o.brokers,
-      RABBITMQ_URL: o.rabbitmqUrl,
-      LOG_LEVEL: 'info',
-    },
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
-  // No pid: the spawn itself failed (its 'error' event says why).
-  const pid = child.pid;
-  if (pid === undefined)
-    return new Promise((_, reject) =>
-      child.once('error', (err) => reject(new Error(`cannot start the scaler: ${err.message}`, { cause: err }))),
-    );
-  const exited = new AbortController();
-  // After a successful spawn, 'error' means a signal could not be sent: the process is out of reach.
-  child.on('error', (err) => exited.abort(new Error(`scaler process: ${err.message}`, { cause: err })));
-  let stopping = false;
-  // A last resort if this process dies without stopping it: no scaler outlives the bench.
-  const killOnExit = (): void => {
-    child.kill('SIGKILL');
-  };
-  process.once('exit', killOnExit);
-  const exitedPromise = new Promise<void>((resolve) => {
-    child.once('exit', (code, sig) => {
-      process.off('exit', killOnExit);
-      if (!stopping) exited.abort(new Error(`scaler exited on its own (code ${code}, signal ${sig})`));
-      resolve();
-    });
-  });
-  const warnings = { count: 0, first: [] as string[] };
-  const stop = async (): Promise<void> => {
-    stopping = true;
-    if (child.exitCode === null && child.signalCode === null) {
-      child.kill('SIGTERM');
-      const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
-      await exitedPromise;
-      clearTimeout(timer);
-    }
-  };
-  return new Promise((resolve, reject) => {
-    let pending = '';
-    let listening = false;
-    const startTimer = setTimeout(() => {
-      const err = new Error(`scaler did not log "scaler listening" within 20 s: ${pending}`);
-      stop().then(
-        () => reject(err),
-        () => reject(err),
-      );
-    }, 20_000);
-    child.stderr?.setEncoding('utf8');
-    child.stderr?.on('data', (chunk: string) => {
-      pending += chunk;
-      const lines = pending.split('\n');
-      pending = lines.pop() ?? '';
-      for (const line of lines) {
-        let entry: { msg?: unknown; level?: unknown; grpcPort?: unknown; metricsPort?: unknown };
-        try {
-          entry = JSON.parse(line) as typeof entry;
-        } catch {
-          // Not a log line (a Node warning): count it, a clean run prints none.
-          warnings.count++;
-          if (warnings.first.length < 3) warnings.first.push(line.slice(0, 300));
-          continue;
-        }
-        if (!listening && entry.msg === 'scaler listening' && typeof entry.grpcPort === 'number' && typeof entry.metricsPort === 'number') {
-          listening = true;
-          clearTimeout(startTimer);
-          resolve({ pid, grpcPort: entry.grpcPort, metricsPort: entry.metricsPort, warnings, exited: exited.signal, stop });
-        } else if (entry.level === 'warn' || entry.level === 'error' || entry.level === 'fatal') {
-          warnings.count++;
-          if (warnings.first.length < 3) warnings.first.push(line.slice(0, 300));
-        }
-      }
-    });
-    child.once('exit', (code) => {
-      if (listening) return;
-      clearTimeout(startTimer);
-      reject(new Error(`scaler exited with ${code} before listening: ${pending}`));
-    });
-  });
-}
-
-function cpuSeconds(pid: number): number {
-  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? [];
-  // utime and stime, fields 14 and 15 of stat, in clock ticks (100 a second on Linux x86_64).
-  return (Number(fields[11]) + Number(fields[12])) / 100;
-}
-
-/** The 1-minute load average (2 means both cores of this VM busy). */
-function loadAverage(): number {
-  return Number(readFileSync('/proc/loadavg', 'utf8').split(' ')[0]);
-}
-
-function memoryMb(pid: number): { rssMb: number; peakMb: number } {
-  const text = readFileSync(`/proc/${pid}/status`, 'utf8');
-  const kb = (key: string): number => Number(new RegExp(`${key}:\\s+(\\d+)`).exec(text)?.[1] ?? Number.NaN);
-  return { rssMb: kb('VmRSS') / 1024, peakMb: kb('VmHWM') / 1024 };
+  return startScaler({ root, nodeArgs: o.scalerNodeArgs, env: { KAFKA_BROKERS: o.brokers, RABBITMQ_URL: o.rabbitmqUrl } });
 }
 
 // ---------------------------------------------------------------------------------------------
 // The scaler's own metrics (scaler/metrics.ts)
-
-interface Histogram {
-  readonly count: number;
-  readonly sumSeconds: number;
-  /** Cumulative counts by upper bound (seconds, ascending; the last is +Inf). */
-  readonly buckets: readonly { readonly le: number; readonly count: number }[];
-}
-
-interface PromSample {
-  readonly name: string;
-  readonly labels: ReadonlyMap<string, string>;
-  readonly value: number;
-}
-
-/** The samples of a /metrics text (label values here never hold quotes or braces). */
-function parseMetrics(text: string): PromSample[] {
-  const samples: PromSample[] = [];
-  for (const line of text.split('\n')) {
-    const m = /^([a-zA-Z_:][\w:]*)(?:\{([^}]*)\})?\s+(\S+)$/.exec(line);
-    if (!m) continue;
-    const labels = new Map([...(m[2] ?? '').matchAll(/(\w+)="([^"]*)"/g)].map((l) => [l[1] ?? '', l[2] ?? '']));
-    samples.push({ name: m[1] ?? '', labels, value: Number(m[3]) });
-  }
-  return samples;
-}
-
-/** Histogram `name` restricted to samples whose label `key` is `value`. */
-function histogramOf(samples: readonly PromSample[], name: string, key: string, value: string): Histogram {
-  const mine = samples.filter((s) => s.labels.get(key) === value);
-  const buckets = mine
-    .filter((s) => s.name === `${name}_bucket`)
-    .map((s) => ({ le: s.labels.get('le') === '+Inf' ? Infinity : Number(s.labels.get('le')), count: s.value }))
-    .sort((a, b) => a.le - b.le);
-  return {
-    count: mine.find((s) => s.name === `${name}_count`)?.value ?? 0,
-    sumSeconds: mine.find((s) => s.name === `${name}_sum`)?.value ?? 0,
-    buckets,
-  };
-}
-
-function histogramDelta(after: Histogram, before: Histogram): Histogram {
-  return {
-    count: after.count - before.count,
-    sumSeconds: after.sumSeconds - before.sumSeconds,
-    buckets: after.buckets.map((b) => ({ le: b.le, count: b.count - (before.buckets.find((x) => x.le === b.le)?.count ?? 0) })),
-  };
-}
-
-/** The bucket bound that percentile `p` falls under, in ms (a histogram knows no more than that). */
-function bucketBoundMs(h: Histogram, p: number): number {
-  const rank = Math.ceil((p / 100) * h.count);
-  return (h.buckets.find((b) => b.count >= rank)?.le ?? Number.NaN) * 1000;
-}
 
 /** The scaler's figures over a window: two scrapes, at its start and at its end. */
 interface ScalerFigures {
@@ -742,12 +562,6 @@ function scalerFigures(beforeText: string, afterText: string): ScalerFigures {
   };
 }
 
-async function scrape(metricsPort: number): Promise<string> {
-  const res = await fetch(`http://127.0.0.1:${metricsPort}/metrics`, { signal: AbortSignal.timeout(5000) });
-  if (!res.ok) throw new Error(`scaler /metrics answered ${res.status}`);
-  return res.text();
-}
-
 // ---------------------------------------------------------------------------------------------
 // KEDA-like polling
 
@@ -786,8 +600,8 @@ class Tally {
     if (this.wrongExamples.length < 5) this.wrongExamples.push(`${target.name}: ${what} ${String(got)}, expected ${String(expected)}`);
   }
 
-  stats(kind: PolledTarget['kind'], method: Method): Stats {
-    return stats(this.samples.get(`${kind}:${method}`) ?? []);
+  stats(kind: PolledTarget['kind'], method: Method): Summary {
+    return summary(this.samples.get(`${kind}:${method}`) ?? []);
   }
 }
 
@@ -869,7 +683,7 @@ interface PhaseResult {
   readonly errors: Readonly<Record<string, number>>;
   readonly errorExamples: readonly string[];
   readonly warmupErrors: Readonly<Record<string, number>>;
-  readonly rpc: Readonly<Record<string, Stats>>;
+  readonly rpc: Readonly<Record<string, Summary>>;
   readonly scaler: ScalerFigures;
   readonly cpuPercentOfOneCore: number;
   readonly rssMaxMb: number;
@@ -917,7 +731,7 @@ async function runPhase(
     // The scaler exiting, or the bench being interrupted, ends the polls early: no figures then.
     phase.throwIfAborted();
 
-    const rpc: Record<string, Stats> = {};
+    const rpc: Record<string, Summary> = {};
     for (const kind of ['kafka', 'rabbitmq'] as const) for (const m of METHODS) rpc[`${kind}:${m}`] = tally.stats(kind, m);
     return {
       label,
@@ -939,7 +753,7 @@ async function runPhase(
       peakRssMb: mem.peakMb,
       scalerWarnings: scaler.warnings.count,
       scalerWarningExamples: [...scaler.warnings.first],
-      loadAverage: loadAverage(),
+      loadAverage: loadAverages()[0],
     };
   } finally {
     clearInterval(rssTimer);
@@ -1046,7 +860,7 @@ async function main(): Promise<void> {
     );
     // The baseline commit's reader, in this process: its module, from its own checkout.
     const baselineRoot = o.baselineRef === '' ? undefined : baselineCheckout(o.baselineRef);
-    let baselineDirect: (Stats & { cpuMsPerRead: number }) | undefined;
+    let baselineDirect: (Summary & { cpuMsPerRead: number }) | undefined;
     if (baselineRoot) {
       const module = (await import(pathToFileURL(join(baselineRoot, 'kafka', 'offsets.ts')).href)) as {
         KafkaOffsetsReader: typeof KafkaOffsetsReader;

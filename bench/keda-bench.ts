@@ -49,6 +49,7 @@ import { loadKubeConfig } from '../kubernetes/scaledjob.ts';
 import { mlflowFromEnv } from '../mlflow/client.ts';
 import type { MlflowTracking, SearchedRun } from '../mlflow/tracking.ts';
 import { benchHeader } from './harness.ts';
+import { benchOptions, INTEGER_LIST, integers } from './options.ts';
 import { median, out, percentile, sorted } from './stats.ts';
 import { RUN_TAG } from '../common/run-tags.ts';
 
@@ -58,14 +59,24 @@ const NS = 'kmj';
 const DEPLOYED = 'ml-requests';
 /** The cluster's RabbitMQ as its administrator (make bench-keda: scripts/cluster-deploy.sh --env). */
 const RABBITMQ_URL = env['RABBITMQ_URL'] ?? '';
-const REPEATS = Number(env['BENCH_KEDA_REPEATS'] ?? 3);
-const CAPS = (env['BENCH_KEDA_CAPS'] ?? '10,100').split(',').map(Number);
-const FIRST = Number(env['BENCH_KEDA_FIRST'] ?? 30);
-const SECOND = Number(env['BENCH_KEDA_SECOND'] ?? 10);
-const GAP_MS = Number(env['BENCH_KEDA_GAP_MS'] ?? 5000);
-const DELAY_S = (env['BENCH_KEDA_DELAY_S'] ?? '1-8').split('-').map(Number) as [number, number];
-const LATENCY_RUNS = Number(env['BENCH_KEDA_LATENCY_RUNS'] ?? 10);
-const RUN_TIMEOUT_MS = Number(env['BENCH_KEDA_RUN_TIMEOUT_S'] ?? 420) * 1000;
+const OPTIONS = benchOptions('bench-keda', {
+  BENCH_KEDA_REPEATS: { kind: 'integer', min: 1, max: 20, default: 3 },
+  BENCH_KEDA_CAPS: { kind: 'string', default: '10,100', ...INTEGER_LIST },
+  BENCH_KEDA_FIRST: { kind: 'integer', min: 1, max: 1000, default: 30 },
+  BENCH_KEDA_SECOND: { kind: 'integer', min: 0, max: 1000, default: 10 },
+  BENCH_KEDA_GAP_MS: { kind: 'integer', min: 0, max: 600_000, default: 5000 },
+  BENCH_KEDA_DELAY_S: { kind: 'string', default: '1-8', pattern: /^\d+(\.\d+)?-\d+(\.\d+)?$/, patternHint: 'a range of seconds, min-max' },
+  BENCH_KEDA_LATENCY_RUNS: { kind: 'integer', min: 0, max: 100, default: 10 },
+  BENCH_KEDA_RUN_TIMEOUT_S: { kind: 'integer', min: 10, max: 7200, default: 420 },
+});
+const REPEATS = OPTIONS.BENCH_KEDA_REPEATS;
+const CAPS = integers(OPTIONS.BENCH_KEDA_CAPS);
+const FIRST = OPTIONS.BENCH_KEDA_FIRST;
+const SECOND = OPTIONS.BENCH_KEDA_SECOND;
+const GAP_MS = OPTIONS.BENCH_KEDA_GAP_MS;
+const DELAY_S = OPTIONS.BENCH_KEDA_DELAY_S.split('-').map(Number) as [number, number];
+const LATENCY_RUNS = OPTIONS.BENCH_KEDA_LATENCY_RUNS;
+const RUN_TIMEOUT_MS = OPTIONS.BENCH_KEDA_RUN_TIMEOUT_S * 1000;
 /** The built-in trigger's TriggerAuthentication and its Secret. */
 const BUILTIN_AUTH = 'kmj-bench-rabbitmq';
 /**

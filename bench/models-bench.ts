@@ -31,19 +31,34 @@ import { promisify } from 'node:util';
 import { connect } from 'amqplib';
 import { PACKAGE_ROOT } from '../common/paths.ts';
 import { benchHeader, leftover, measure, queueWith, runMetrics } from './harness.ts';
+import { benchOptions, INTEGER_LIST } from './options.ts';
 import { median, out, percentile, sorted } from './stats.ts';
 
 const run = promisify(execFile);
 const env = process.env;
 const MODE = process.argv[2] ?? 'host';
-const SIZES = env['BENCH_MODELS_SIZES'] ?? '15,70,150';
-const HITS = Number(env['BENCH_MODELS_HITS'] ?? 3);
-const PROBES = Number(env['BENCH_MODELS_PROBES'] ?? 3);
-const REQUESTS = Number(env['BENCH_MODELS_REQUESTS'] ?? 20);
-const SINGLES = Number(env['BENCH_MODELS_SINGLES'] ?? 5);
+const OPTIONS = benchOptions('bench-models', {
+  BENCH_MODELS_SIZES: { kind: 'string', default: '15,70,150', ...INTEGER_LIST },
+  BENCH_MODELS_HITS: { kind: 'integer', min: 1, max: 50, default: 3 },
+  BENCH_MODELS_PROBES: { kind: 'integer', min: 1, max: 50, default: 3 },
+  BENCH_MODELS_REQUESTS: { kind: 'integer', min: 1, max: 500, default: 20 },
+  BENCH_MODELS_SINGLES: { kind: 'integer', min: 1, max: 100, default: 5 },
+  BENCH_MODELS_PHASES: {
+    kind: 'string',
+    default: 'cold,warm,single',
+    pattern: /^(cold|warm|single)(,(cold|warm|single))*$/,
+    patternHint: 'some of cold, warm, single, separated by commas',
+  },
+  BENCH_MODELS_BURST_TIMEOUT_S: { kind: 'integer', min: 10, max: 7200, default: 900 },
+});
+const SIZES = OPTIONS.BENCH_MODELS_SIZES;
+const HITS = OPTIONS.BENCH_MODELS_HITS;
+const PROBES = OPTIONS.BENCH_MODELS_PROBES;
+const REQUESTS = OPTIONS.BENCH_MODELS_REQUESTS;
+const SINGLES = OPTIONS.BENCH_MODELS_SINGLES;
 type Phase = 'cold' | 'warm' | 'single';
-const PHASES = (env['BENCH_MODELS_PHASES'] ?? 'cold,warm,single').split(',') as Phase[];
-const BURST_TIMEOUT_MS = Number(env['BENCH_MODELS_BURST_TIMEOUT_S'] ?? 900) * 1000;
+const PHASES = OPTIONS.BENCH_MODELS_PHASES.split(',') as Phase[];
+const BURST_TIMEOUT_MS = OPTIONS.BENCH_MODELS_BURST_TIMEOUT_S * 1000;
 const PYTHON = join(PACKAGE_ROOT, '.venv', 'bin', 'python');
 const NS = 'kmj';
 const QUEUE = 'ml-requests';

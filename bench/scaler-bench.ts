@@ -21,8 +21,8 @@
  * BENCH_REPORTS_PER_SECOND (5: a Pi cluster's four pods finish a request a second at most),
  * BENCH_BASELINE_REF (129071d; empty: no baseline phase).
  */
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync, mkdirSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { createServer, connect as netConnect, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
@@ -33,19 +33,27 @@ import { REPORT_STEPS } from '../common/report.ts';
 import { kedaNumber } from '../scaler/client.ts';
 import { loadExternalScalerPackage } from '../scaler/grpc-server.ts';
 import { baselineCheckout, benchHeader } from './harness.ts';
-import { out, percentile, sorted } from './stats.ts';
+import { benchOptions, SCALER_NODE_ARGS_SPEC } from './options.ts';
+import { cpuSeconds, memoryMb, startScaler } from './process.ts';
+import { ms, out, summary } from './stats.ts';
 
-const QUEUES = Number(process.env['BENCH_QUEUES'] ?? 200);
-const PHASE_SECONDS = Number(process.env['BENCH_PHASE_SECONDS'] ?? 30);
-const DELAY_MS = Number(process.env['BENCH_DELAY_MS'] ?? 40);
-const RABBITMQ_URL = process.env['RABBITMQ_URL'] ?? 'amqp://guest:guest@127.0.0.1:5672';
-/** Node flags of the scaler process: the ones its container sets (manifests/scaler.yaml). */
-const SCALER_NODE_ARGS = (process.env['BENCH_SCALER_NODE_ARGS'] ?? '--max-semi-space-size=2 --max-old-space-size=64')
-  .split(' ')
-  .filter(Boolean);
-const CLK_TCK = 100;
-const REPORTS_PER_SECOND = Number(process.env['BENCH_REPORTS_PER_SECOND'] ?? 5);
-const BASELINE_REF = process.env['BENCH_BASELINE_REF'] ?? '129071d';
+const OPTIONS = benchOptions('bench-scaler', {
+  BENCH_QUEUES: { kind: 'integer', min: 1, max: 5000, default: 200 },
+  BENCH_PHASE_SECONDS: { kind: 'integer', min: 5, max: 600, default: 30 },
+  BENCH_DELAY_MS: { kind: 'integer', min: 0, max: 1000, default: 40 },
+  RABBITMQ_URL: { kind: 'url', protocols: ['amqp'], default: 'amqp://guest:guest@127.0.0.1:5672' },
+  BENCH_SCALER_NODE_ARGS: SCALER_NODE_ARGS_SPEC,
+  BENCH_REPORTS_PER_SECOND: { kind: 'integer', min: 0, max: 1000, default: 5 },
+  BENCH_BASELINE_REF: { kind: 'string', default: '129071d', pattern: /^[\w./-]*$/, patternHint: 'a commit or ref' },
+});
+const QUEUES = OPTIONS.BENCH_QUEUES;
+const PHASE_SECONDS = OPTIONS.BENCH_PHASE_SECONDS;
+const DELAY_MS = OPTIONS.BENCH_DELAY_MS;
+const RABBITMQ_URL = OPTIONS.RABBITMQ_URL;
+const SCALER_NODE_ARGS = OPTIONS.BENCH_SCALER_NODE_ARGS.split(' ').filter(Boolean);
+const REPORTS_PER_SECOND = OPTIONS.BENCH_REPORTS_PER_SECOND;
+// Set but empty: no baseline phase (an empty value reads as unset, so it is looked at here).
+const BASELINE_REF = process.env['BENCH_BASELINE_REF'] === '' ? '' : OPTIONS.BENCH_BASELINE_REF;
 const SCRAPE_EVERY_MS = 15_000;
 
 type Unary = (req: unknown, cb: (err: grpc.ServiceError | null, res: unknown) => void) => void;
@@ -77,13 +85,6 @@ function activeProblem(res: unknown, job: string, active: boolean): string | und
   return got === active ? undefined : `${job}: active ${String(got)}, want ${String(active)}`;
 }
 
-function stats(samples: number[]): { n: number; p50: number; p99: number } {
-  const s = sorted(samples);
-  return { n: s.length, p50: percentile(s, 50), p99: percentile(s, 99) };
-}
-
-const ms = (v: number): string => `${v.toFixed(3)} ms`;
-
 /** TCP proxy that holds every chunk for `delayMs` in each direction, preserving order. */
 function delayProxy(upstreamPort: number, delayMs: number): Promise<{ port: number; server: Server; sockets: Set<Socket> }> {
   const sockets = new Set<Socket>();
@@ -113,50 +114,6 @@ function delayProxy(upstreamPort: number, delayMs: number): Promise<{ port: numb
   });
 }
 
-interface ScalerProc {
-  child: ChildProcess;
-  grpcPort: number;
-  metricsPort: number;
-}
-
-function startScalerProcess(amqpUrl: string, root = PACKAGE_ROOT): Promise<ScalerProc> {
-  const child = spawn(
-    process.execPath,
-    [...SCALER_NODE_ARGS, join(root, 'bin', 'kmj.js'), 'scaler', '--port', '0', '--metrics-port', '0', '--host', '127.0.0.1'],
-    {
-      env: { ...process.env, RABBITMQ_URL: amqpUrl, LOG_LEVEL: 'info' },
-      stdio: ['ignore', 'ignore', 'pipe'],
-    },
-  );
-  return new Promise((resolve, reject) => {
-    let buf = '';
-    const onData = (d: Buffer): void => {
-      buf += d.toString();
-      for (const line of buf.split('\n')) {
-        if (!line.includes('"scaler listening"')) continue;
-        const parsed = JSON.parse(line) as { grpcPort: number; metricsPort: number };
-        child.stderr?.off('data', onData);
-        child.stderr?.resume();
-        resolve({ child, grpcPort: parsed.grpcPort, metricsPort: parsed.metricsPort });
-        return;
-      }
-    };
-    child.stderr?.on('data', onData);
-    child.once('exit', (code) => reject(new Error(`scaler exited with ${code} before listening: ${buf}`)));
-  });
-}
-
-function cpuSeconds(pid: number): number {
-  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? [];
-  return (Number(fields[11]) + Number(fields[12])) / CLK_TCK;
-}
-
-function memory(pid: number): { rssMb: number; peakMb: number } {
-  const text = readFileSync(`/proc/${pid}/status`, 'utf8');
-  const kb = (key: string): number => Number(new RegExp(`${key}:\\s+(\\d+)`).exec(text)?.[1] ?? Number.NaN);
-  return { rssMb: kb('VmRSS') / 1024, peakMb: kb('VmHWM') / 1024 };
-}
-
 async function declareRtt(url: string, queues: string[], samples: number): Promise<{ p50: number; p99: number }> {
   const conn = await connect(url);
   const ch = await conn.createChannel();
@@ -168,7 +125,7 @@ async function declareRtt(url: string, queues: string[], samples: number): Promi
     times.push(performance.now() - t0);
   }
   await conn.close();
-  return stats(times);
+  return summary(times);
 }
 
 interface PhaseResult {
@@ -196,8 +153,8 @@ interface PhaseOptions {
 
 async function runPhase(label: string, amqpUrl: string, queues: string[], options: PhaseOptions = {}): Promise<PhaseResult> {
   const floorOnly = options.floorOnly === true;
-  const scaler = await startScalerProcess(amqpUrl, options.root);
-  const pid = scaler.child.pid as number;
+  const scaler = await startScaler({ root: options.root ?? PACKAGE_ROOT, nodeArgs: SCALER_NODE_ARGS, env: { RABBITMQ_URL: amqpUrl } });
+  const pid = scaler.pid;
   const address = `127.0.0.1:${scaler.grpcPort}`;
   const scalerCtor = (
     grpc.loadPackageDefinition(loadExternalScalerPackage()) as unknown as {
@@ -341,20 +298,19 @@ async function runPhase(label: string, amqpUrl: string, queues: string[], option
   clearInterval(reporter);
   const wall = (performance.now() - t0) / 1000;
   const cpu = cpuSeconds(pid) - cpu0;
-  const mem = memory(pid);
+  const mem = memoryMb(pid);
   const scraped = await fetch(`http://127.0.0.1:${scaler.metricsPort}/metrics`).then((r) => r.text());
   const heapLines = scraped
     .split('\n')
     .filter((l) => /^kmj_scaler_nodejs_(heap_size_(used|total)_bytes|external_memory_bytes|heap_space_size_used_bytes)/.test(l));
   channel.close();
-  scaler.child.kill('SIGTERM');
-  await new Promise((r) => scaler.child.once('exit', r));
+  await scaler.stop();
 
   const result: PhaseResult = {
-    getMetrics: stats(samples.GetMetrics),
-    isActive: stats(samples.IsActive),
-    getMetricSpec: stats(samples.GetMetricSpec),
-    check: stats(samples.Check),
+    getMetrics: summary(samples.GetMetrics),
+    isActive: summary(samples.IsActive),
+    getMetricSpec: summary(samples.GetMetricSpec),
+    check: summary(samples.Check),
     errors,
     checked,
     wrong: wrong.length,

@@ -27,3 +27,20 @@ export function median(values: readonly number[]): number {
 export function fmt(values: readonly number[], digits = 3): string {
   return `median ${median(values).toFixed(digits)} (min ${Math.min(...values).toFixed(digits)}, max ${Math.max(...values).toFixed(digits)})`;
 }
+
+/** Count, p50 and p99 of a sample (NaN percentiles when it is empty). */
+export interface Summary {
+  readonly n: number;
+  readonly p50: number;
+  readonly p99: number;
+}
+
+export function summary(samples: readonly number[]): Summary {
+  const s = sorted(samples);
+  return { n: s.length, p50: percentile(s, 50), p99: percentile(s, 99) };
+}
+
+/** Milliseconds with three decimals and the unit. */
+export function ms(v: number): string {
+  return `${v.toFixed(3)} ms`;
+}

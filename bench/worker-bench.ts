@@ -16,16 +16,25 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PACKAGE_ROOT } from '../common/paths.ts';
 import { benchHeader, leftover, measure, queueWith, runMetrics, type Measured } from './harness.ts';
+import { benchOptions } from './options.ts';
 import { fmt, median, out } from './stats.ts';
 
-const COLD_RUNS = Number(process.env['BENCH_COLD_RUNS'] ?? 5);
-const BIG_RUNS = Number(process.env['BENCH_BIG_RUNS'] ?? 3);
-const BIG_ROWS = Number(process.env['BENCH_BIG_ROWS'] ?? 100_000);
-const RABBITMQ_URL = process.env['RABBITMQ_URL'] ?? 'amqp://guest:guest@127.0.0.1:5672';
-const MLFLOW = process.env['MLFLOW_TRACKING_URI'] ?? 'http://127.0.0.1:5000';
+const OPTIONS = benchOptions('bench-worker', {
+  BENCH_COLD_RUNS: { kind: 'integer', min: 1, max: 100, default: 5 },
+  BENCH_BIG_RUNS: { kind: 'integer', min: 1, max: 20, default: 3 },
+  BENCH_BIG_ROWS: { kind: 'integer', min: 1000, max: 10_000_000, default: 100_000 },
+  RABBITMQ_URL: { kind: 'url', protocols: ['amqp', 'amqps'], default: 'amqp://guest:guest@127.0.0.1:5672' },
+  MLFLOW_TRACKING_URI: { kind: 'url', protocols: ['http', 'https'], default: 'http://127.0.0.1:5000' },
+  /** The worker's Node flags, as keda/scaledjob.yaml sets them. */
+  BENCH_WORKER_NODE_OPTIONS: { kind: 'string', default: '--max-semi-space-size=8' },
+});
+const COLD_RUNS = OPTIONS.BENCH_COLD_RUNS;
+const BIG_RUNS = OPTIONS.BENCH_BIG_RUNS;
+const BIG_ROWS = OPTIONS.BENCH_BIG_ROWS;
+const RABBITMQ_URL = OPTIONS.RABBITMQ_URL;
+const MLFLOW = OPTIONS.MLFLOW_TRACKING_URI;
 const PYTHON = join(PACKAGE_ROOT, '.venv', 'bin', 'python');
-/** The worker's Node flags, as keda/scaledjob.yaml sets them. */
-const WORKER_NODE_OPTIONS = process.env['BENCH_WORKER_NODE_OPTIONS'] ?? '--max-semi-space-size=8';
+const WORKER_NODE_OPTIONS = OPTIONS.BENCH_WORKER_NODE_OPTIONS;
 
 interface Fixtures {
   models: Record<string, { name: string; version: number }>;
