@@ -4,7 +4,7 @@ import { hostname, machine } from 'node:os';
 import { parseArgs } from 'node:util';
 import { ConfigError } from '../common/config.ts';
 import { NotFoundError } from '../common/errors.ts';
-import { createLogger } from '../common/log.ts';
+import { createLogger, type Logger } from '../common/log.ts';
 import { messageOf } from '../common/redact.ts';
 import { kedaResources } from '../kubernetes/scaledjob.ts';
 import { loadWorkerConfig, type WorkerConfig } from '../worker/config.ts';
@@ -113,7 +113,23 @@ async function checkKeda(kubeconfig: string | undefined, env: CommandContext['en
 
 const skip = (name: string, detail: string): Check => ({ name, status: 'skip', detail });
 
-export async function runDoctor(argv: readonly string[], ctx: CommandContext): Promise<ExitCode> {
+// ---- parse ------------------------------------------------------------------------------------
+
+/** What `kmj doctor` was asked (`parseDoctorArgs`). */
+export type DoctorRequest =
+  | { readonly kind: 'help' }
+  | { readonly kind: 'usage'; readonly problem: string }
+  | {
+      readonly kind: 'check';
+      readonly flags: { readonly queue?: string; readonly topic?: string; readonly group?: string };
+      readonly model?: string | undefined;
+      readonly scaler?: string | undefined;
+      readonly kubeconfig?: string | undefined;
+      readonly output: 'text' | 'json';
+    };
+
+/** The flags. No I/O. */
+export function parseDoctorArgs(argv: readonly string[]): DoctorRequest {
   const { values } = parseArgs({
     args: [...argv],
     options: {
@@ -128,25 +144,37 @@ export async function runDoctor(argv: readonly string[], ctx: CommandContext): P
     },
     strict: true,
   });
-  if (values.help) {
-    ctx.stdout.write(DOCTOR_HELP);
-    return EXIT.OK;
-  }
-  if (values.output !== 'text' && values.output !== 'json') {
-    ctx.stderr.write(`kmj doctor: -o/--output: ${JSON.stringify(values.output)} must be text or json\n`);
-    return EXIT.USAGE;
-  }
-  const log = createLogger({ level: ctx.env['LOG_LEVEL'] === 'debug' ? 'debug' : 'error', name: 'kmj-doctor', sync: true });
+  if (values.help) return { kind: 'help' };
+  if (values.output !== 'text' && values.output !== 'json')
+    return { kind: 'usage', problem: `-o/--output: ${JSON.stringify(values.output)} must be text or json` };
+  return {
+    kind: 'check',
+    flags: {
+      ...(values.queue !== undefined ? { queue: values.queue } : {}),
+      ...(values.topic !== undefined ? { topic: values.topic } : {}),
+      ...(values.group !== undefined ? { group: values.group } : {}),
+    },
+    model: values.model,
+    scaler: values.scaler,
+    kubeconfig: values.kubeconfig,
+    output: values.output,
+  };
+}
+
+// ---- collect ----------------------------------------------------------------------------------
+
+/** Every check, in the order shown: this machine, the worker's configuration and services, then the cluster. */
+export async function collectChecks(
+  request: Extract<DoctorRequest, { kind: 'check' }>,
+  ctx: CommandContext,
+  log: Logger,
+): Promise<Check[]> {
   const inCluster = ctx.env['KUBERNETES_SERVICE_HOST'] !== undefined;
   const checks: Check[] = [checkUserland(), await checkOnnxRuntime(), checkPageSize(), checkMemoryCgroup(inCluster)];
 
   let config: WorkerConfig | undefined;
   try {
-    config = loadWorkerConfig(ctx.env, {
-      ...(values.queue !== undefined ? { queue: values.queue } : {}),
-      ...(values.topic !== undefined ? { topic: values.topic } : {}),
-      ...(values.group !== undefined ? { group: values.group } : {}),
-    });
+    config = loadWorkerConfig(ctx.env, request.flags);
     checks.push({
       name: 'configuration',
       status: 'ok',
@@ -164,36 +192,72 @@ export async function runDoctor(argv: readonly string[], ctx: CommandContext): P
   if (config) {
     const [broker, mlflow] = await Promise.all([checkBroker(config, log), checkMlflow(config, log)]);
     checks.push(broker, mlflow);
-    checks.push(values.model !== undefined ? await checkModel(values.model, config, log) : skip('model', 'no --model given'));
+    checks.push(request.model !== undefined ? await checkModel(request.model, config, log) : skip('model', 'no --model given'));
   } else {
     for (const name of ['broker', 'mlflow', 'model']) checks.push(skip(name, "the worker's configuration is invalid (above)"));
   }
 
   const namespace = readHostFile(SERVICE_ACCOUNT_NAMESPACE)?.toString('utf8').trim() || 'kmj';
-  const scaler = values.scaler ?? (inCluster ? `kmj-scaler.${namespace}.svc:6000` : undefined);
+  const scaler = request.scaler ?? (inCluster ? `kmj-scaler.${namespace}.svc:6000` : undefined);
   checks.push(
-    inCluster || values.kubeconfig !== undefined
-      ? await checkKeda(values.kubeconfig, ctx.env)
+    inCluster || request.kubeconfig !== undefined
+      ? await checkKeda(request.kubeconfig, ctx.env)
       : skip('keda', 'not in a pod; give --kubeconfig to check a cluster'),
   );
   checks.push(scaler !== undefined ? await checkScaler(scaler) : skip('scaler', 'not in a pod; give --scaler to check an address'));
+  return checks;
+}
 
+// ---- decide -----------------------------------------------------------------------------------
+
+/** 0 when no check failed (skipped ones aside), 1 when one did. */
+export function decideDoctor(checks: readonly Check[]): ExitCode {
+  return checks.some((c) => c.status === 'fail') ? EXIT.FAILED : EXIT.OK;
+}
+
+// ---- render -----------------------------------------------------------------------------------
+
+/** Where the checks ran: the host's name, platform and machine. */
+export interface DoctorHost {
+  readonly hostname: string;
+  readonly platform: string;
+  readonly machine: string;
+}
+
+/** The checks as text (one line each, a fix under a failure, the counts) or as one JSON object. No I/O. */
+export function renderDoctor(checks: readonly Check[], host: DoctorHost, output: 'text' | 'json'): string {
   const failed = checks.filter((c) => c.status === 'fail');
-  if (values.output === 'json') {
-    ctx.stdout.write(
-      `${JSON.stringify({ ok: failed.length === 0, host: hostname(), platform: `${process.platform}/${process.arch}`, machine: machine(), checks })}\n`,
-    );
-  } else {
-    const width = Math.max(...checks.map((c) => c.name.length));
-    const lines = [`kmj doctor on ${hostname()} (${process.platform}/${process.arch}, ${machine()})`];
-    for (const c of checks) {
-      lines.push(`  ${c.status === 'fail' ? 'FAIL' : c.status.padEnd(4)}  ${c.name.padEnd(width)}  ${c.detail}`);
-      if (c.fix !== undefined) lines.push(`  ${' '.repeat(4 + 2 + width)}  fix: ${c.fix}`);
-    }
-    const count = (s: Check['status']): number => checks.filter((c) => c.status === s).length;
-    lines.push(`${checks.length} checks: ${count('ok')} ok, ${count('fail')} failed, ${count('skip')} skipped`);
-    ctx.stdout.write(`${lines.join('\n')}\n`);
+  if (output === 'json') {
+    return `${JSON.stringify({ ok: failed.length === 0, host: host.hostname, platform: host.platform, machine: host.machine, checks })}\n`;
   }
+  const width = Math.max(...checks.map((c) => c.name.length));
+  const lines = [`kmj doctor on ${host.hostname} (${host.platform}, ${host.machine})`];
+  for (const c of checks) {
+    lines.push(`  ${c.status === 'fail' ? 'FAIL' : c.status.padEnd(4)}  ${c.name.padEnd(width)}  ${c.detail}`);
+    if (c.fix !== undefined) lines.push(`  ${' '.repeat(4 + 2 + width)}  fix: ${c.fix}`);
+  }
+  const count = (s: Check['status']): number => checks.filter((c) => c.status === s).length;
+  lines.push(`${checks.length} checks: ${count('ok')} ok, ${count('fail')} failed, ${count('skip')} skipped`);
+  return `${lines.join('\n')}\n`;
+}
+
+// ---- run --------------------------------------------------------------------------------------
+
+export async function runDoctor(argv: readonly string[], ctx: CommandContext): Promise<ExitCode> {
+  const request = parseDoctorArgs(argv);
+  if (request.kind === 'help') {
+    ctx.stdout.write(DOCTOR_HELP);
+    return EXIT.OK;
+  }
+  if (request.kind === 'usage') {
+    ctx.stderr.write(`kmj doctor: ${request.problem}\n`);
+    return EXIT.USAGE;
+  }
+  const log = createLogger({ level: ctx.env['LOG_LEVEL'] === 'debug' ? 'debug' : 'error', name: 'kmj-doctor', sync: true });
+  const checks = await collectChecks(request, ctx, log);
+  ctx.stdout.write(
+    renderDoctor(checks, { hostname: hostname(), platform: `${process.platform}/${process.arch}`, machine: machine() }, request.output),
+  );
   log.flush();
-  return failed.length === 0 ? EXIT.OK : EXIT.FAILED;
+  return decideDoctor(checks);
 }
