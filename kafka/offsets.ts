@@ -71,6 +71,9 @@ export const TOPIC_CLIENT_IDLE_MS = 5 * 60_000;
 
 /** A topic's own admin client (see the header) and when it was last used. */
 interface TopicClient {
+  /** The client itself, to disconnect whether or not its connect succeeded. */
+  readonly raw: Admin;
+  /** Resolves once connected. */
   readonly admin: Promise<Admin>;
   usedAt: number;
 }
@@ -168,7 +171,7 @@ export class KafkaOffsetsReader {
     let client = this.#topicClients.get(topic);
     if (!client) {
       const admin = this.#options.kafka.admin();
-      client = { admin: admin.connect().then(() => admin), usedAt: now };
+      client = { raw: admin, admin: admin.connect().then(() => admin), usedAt: now };
       this.#topicClients.set(topic, client);
     }
     client.usedAt = now;
@@ -191,7 +194,7 @@ export class KafkaOffsetsReader {
 
   #dropTopicClient(topic: string, client: TopicClient): void {
     if (this.#topicClients.get(topic) === client) this.#topicClients.delete(topic);
-    client.admin.then((a) => a.disconnect()).catch(() => undefined);
+    void closeTopicClient(client); // never rejects: both of its paths end in a caught disconnect
   }
 
   /** How many topics have an admin client of their own now (for tests and benchmarks). */
@@ -274,12 +277,23 @@ export class KafkaOffsetsReader {
   }
 
   async close(): Promise<void> {
-    const admins = [...this.#topicClients.values()].map((c) => c.admin);
+    const topicClients = [...this.#topicClients.values()];
     this.#topicClients.clear();
-    if (this.#admin) admins.push(this.#admin);
+    const main = this.#admin;
     this.#admin = undefined;
-    await Promise.all(admins.map((admin) => admin.then((a) => a.disconnect()).catch(() => undefined)));
+    // A failed main connect already disconnected its client (#connected).
+    await Promise.all([...topicClients.map(closeTopicClient), main?.then((a) => a.disconnect()).catch(() => undefined)]);
   }
+}
+
+/**
+ * Disconnects a topic's client once its connect has settled, whichever way: a connect that failed
+ * half-way (SASL refused after the socket opened) is closed too, and one still under way is not
+ * left to finish after the disconnect.
+ */
+function closeTopicClient(client: TopicClient): Promise<void> {
+  const disconnect = (): Promise<void> => client.raw.disconnect().catch(() => undefined); // closing: nothing left to do on failure
+  return client.admin.then(disconnect, disconnect);
 }
 
 /** fetchOffsets' answer as topic → partition → committed offset, without the "-1" of no commit. */
