@@ -13,8 +13,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { connect } from 'amqplib';
-import { raceAbort, sleep } from '../common/abort.ts';
+import { sleep } from '../common/abort.ts';
 import { ConfigError, failOnProblems, parseSettings } from '../common/config.ts';
 import { messageOf } from '../common/errors.ts';
 import type { FieldSpecs, Parsed, RawInput } from '../common/fields.ts';
@@ -23,7 +22,7 @@ import { MlflowHttp, MlflowHttpError } from '../mlflow/http.ts';
 import { loadMlflowSettings } from '../mlflow/settings.ts';
 import { ensureMlflowUser } from '../mlflow/users.ts';
 import { isRefusal } from '../rabbitmq/reply-codes.ts';
-import { deadLetterQueueOf, declareRequestTopology } from '../rabbitmq/topology.ts';
+import { deadLetterQueueOf, declareRequestTopologyAt } from '../rabbitmq/topology.ts';
 import { ManagementClient, ManagementError, SCALER_PERMISSIONS, workerPermissions } from '../rabbitmq/users.ts';
 import { createLogger } from '../common/log.ts';
 import type { CommandContext } from './context.ts';
@@ -244,18 +243,13 @@ export async function runSetup(argv: readonly string[], ctx: CommandContext): Pr
       say(`rabbitmq: user ${worker.user} on vhost ${worker.vhost}: queues ${queue} and ${deadLetterQueueOf(queue)} (the worker's)`);
       await untilDone(
         `RabbitMQ at ${displayUrl(env.KMJ_SETUP_WORKER_BROKER_URL as string)}`,
-        async () => {
-          const conn = await raceAbort(connect(env.KMJ_SETUP_WORKER_BROKER_URL as string, { timeout: 10_000 }), signal);
-          conn.on('error', () => undefined);
-          try {
-            await declareRequestTopology(conn, queue, {
-              deadLetterQueue: deadLetterQueueOf(queue),
-              maxDeliveries: env.KMJ_SETUP_MAX_DELIVERIES,
-            });
-          } finally {
-            await conn.close().catch(() => undefined);
-          }
-        },
+        () =>
+          declareRequestTopologyAt(
+            env.KMJ_SETUP_WORKER_BROKER_URL as string,
+            queue,
+            { deadLetterQueue: deadLetterQueueOf(queue), maxDeliveries: env.KMJ_SETUP_MAX_DELIVERIES },
+            signal,
+          ),
         amqpRetryable,
         deadline,
         signal,

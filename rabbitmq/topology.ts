@@ -16,7 +16,8 @@
  * (docs/deploy.md). A request queue declared before with other arguments makes the broker refuse
  * (PRECONDITION_FAILED), which the caller reports.
  */
-import type { ChannelModel } from 'amqplib';
+import { connect, type ChannelModel } from 'amqplib';
+import { raceAbort } from '../common/abort.ts';
 import { checkQueues } from './inspect.ts';
 
 export interface TopologyOptions {
@@ -55,6 +56,20 @@ export async function declareRequestTopology(conn: ChannelModel, queue: string, 
     await ch.assertQueue(queue, { durable: true, arguments: requestQueueArguments(options) });
   } finally {
     await ch.close().catch(() => undefined);
+  }
+}
+
+/**
+ * `declareRequestTopology` on a connection of its own to `url` (`kmj setup`, as the worker's
+ * user), closed afterwards; the connect is bounded by 10 s and `signal`.
+ */
+export async function declareRequestTopologyAt(url: string, queue: string, options: TopologyOptions, signal: AbortSignal): Promise<void> {
+  const conn = await raceAbort(connect(url, { timeout: 10_000 }), signal);
+  conn.on('error', () => undefined); // a dropped connection fails the declares, which say so
+  try {
+    await declareRequestTopology(conn, queue, options);
+  } finally {
+    await conn.close().catch(() => undefined); // the declares are done or failed; a failed close changes nothing
   }
 }
 
