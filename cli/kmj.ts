@@ -6,7 +6,7 @@
 import { ConfigError } from '../common/config.ts';
 import { packageVersion } from '../common/paths.ts';
 import type { CommandContext } from './context.ts';
-import { didYouMean, flagsOf, UsageError } from './usage.ts';
+import { didYouMean, flagsOf, unknownFlag, UsageError } from './usage.ts';
 import { EXIT, type ExitCode } from '../common/exit-codes.ts';
 
 type Command = (argv: readonly string[], ctx: CommandContext) => Promise<ExitCode>;
@@ -148,10 +148,12 @@ export async function main(argv: readonly string[]): Promise<ExitCode> {
       process.stderr.write(`kmj ${name}: ${err.message}\nRun "kmj ${name} --help" for usage.\n`);
       return EXIT.USAGE;
     }
-    if (err instanceof TypeError && (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
-      // "Unknown option '--qeue'": name the flag it is closest to.
-      const unknown = /Unknown option '(-{1,2}[^']+)'/.exec(err.message)?.[1];
-      const guess = unknown?.startsWith('--') ? didYouMean(unknown, flagsOf(await command.help())) : undefined;
+    const code = (err as { code?: string }).code;
+    if (err instanceof TypeError && code?.startsWith('ERR_PARSE_ARGS')) {
+      // An unknown flag: name it, and the documented one it is closest to.
+      const help = await command.help();
+      const unknown = code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION' ? unknownFlag(rest, help) : undefined;
+      const guess = unknown?.startsWith('--') ? didYouMean(unknown, flagsOf(help)) : undefined;
       const message = unknown ? `unknown flag ${unknown}${guess ? `; did you mean ${guess}?` : ''}` : err.message;
       process.stderr.write(`kmj ${name}: ${message}\nRun "kmj ${name} --help" for usage.\n`);
       return EXIT.USAGE;

@@ -2,6 +2,7 @@
  * Mistakes on the command line: one error class (exit 64, EX_USAGE, with a pointer to the help)
  * and the "did you mean" that kubectl and git give for a mistyped command or flag.
  */
+import { parseArgs } from 'node:util';
 
 /** A missing, unknown or malformed flag or argument. Every problem at once, as ConfigError does. */
 export class UsageError extends Error {
@@ -45,4 +46,23 @@ export function didYouMean(word: string, known: readonly string[]): string | und
 /** The long flags a help text documents (`--queue`, `--max-jobs`), for suggestions. */
 export function flagsOf(help: string): string[] {
   return [...new Set([...help.matchAll(/(?<![\w-])--[a-z][a-z0-9-]*/g)].map((m) => m[0]))];
+}
+
+/** The short flags a help text documents (`-n`, `-o`, `-h`). */
+function shortFlagsOf(help: string): string[] {
+  return [...new Set([...help.matchAll(/(?<![\w-])-[a-zA-Z](?![\w-])/g)].map((m) => m[0]))];
+}
+
+/**
+ * The first flag of `args` that `help` does not document: what Node's parseArgs refused with
+ * ERR_PARSE_ARGS_UNKNOWN_OPTION, read from its tokens (Node names the flag only in its message).
+ */
+export function unknownFlag(args: readonly string[], help: string): string | undefined {
+  const known = new Set([...flagsOf(help), ...shortFlagsOf(help)]);
+  const { tokens } = parseArgs({ args: [...args], strict: false, allowPositionals: true, tokens: true });
+  for (const token of tokens) {
+    if (token.kind === 'option-terminator') return undefined;
+    if (token.kind === 'option' && !known.has(token.rawName)) return token.rawName;
+  }
+  return undefined;
 }
