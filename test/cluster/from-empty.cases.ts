@@ -210,7 +210,17 @@ describe('RabbitMQ, Postgres and MLflow deleted one at a time while requests are
       published.push(...requests.map((r) => r.requestId));
     };
     const firstRuns: string[] = [];
+    // Seconds each step took, per target: written to chaos.json beside from-empty.json, for the
+    // time this case costs the run (the longest of the cluster suite).
+    const timings: Record<string, Record<string, number>> = {};
     for (const target of targets) {
+      const steps: Record<string, number> = {};
+      timings[target.name] = steps;
+      let mark = Date.now();
+      const step = (name: string): void => {
+        steps[name] = (Date.now() - mark) / 1000;
+        mark = Date.now();
+      };
       await send(4);
       // In flight: taken by worker pods that are running.
       await waitUntil(
@@ -219,9 +229,11 @@ describe('RabbitMQ, Postgres and MLflow deleted one at a time while requests are
         (pods) => pods.filter((p) => p.status.phase === 'Running').length >= 2,
         { timeoutMs: 120_000, stepMs: 250 },
       );
+      step('workersRunning');
       const [before] = await readyPods(target.selector);
       expect(before, target.name).toBeDefined();
       await kubectl(['-n', NAMESPACE, 'delete', 'pod', before!, '--wait=true', '--timeout=180s']);
+      step('deleted');
       if (target.publishWhileGone) await send(2);
       await waitUntil(
         `${target.name} Ready again`,
@@ -229,12 +241,15 @@ describe('RabbitMQ, Postgres and MLflow deleted one at a time while requests are
         (names) => names.length === 1,
         { timeoutMs: 300_000, stepMs: 1000 },
       );
+      step('readyAgain');
       await waitUntil(
         `every request so far FINISHED after ${target.name} came back`,
         () => finishedByRequest(experiment),
         (c) => published.every((id) => (c.get(id) ?? 0) >= 1),
         { timeoutMs: 420_000, stepMs: 2000 },
       );
+      step('allFinished');
+      writeFileSync(join(DEPLOY_DIR, 'chaos.json'), JSON.stringify({ at: new Date().toISOString(), seconds: timings }, null, 2));
       // Its data survived: the runs of before (Postgres), a run's artifacts (MLflow's volume);
       // RabbitMQ's queue and users are what the workers went on using.
       const runs = await searchRunsWithPython(experiment);
