@@ -1,9 +1,9 @@
 /** `kmj doctor`: a preflight a user runs on a node, or as a one-off pod, before the first request. */
-import { connect as tcpConnect } from 'node:net';
 import { hostname, machine } from 'node:os';
 import { parseArgs } from 'node:util';
 import { ConfigError } from '../common/config.ts';
 import { NotFoundError } from '../common/errors.ts';
+import { probeTcp } from '../common/tcp-probe.ts';
 import { createLogger, type Logger } from '../common/log.ts';
 import { messageOf } from '../common/redact.ts';
 import { kedaResources } from '../kubernetes/scaledjob.ts';
@@ -45,40 +45,33 @@ Exit codes: 0 every check passed (skipped ones aside), 1 a check failed, 64 bad 
 const SERVICE_ACCOUNT_NAMESPACE = '/var/run/secrets/kubernetes.io/serviceaccount/namespace';
 
 /** The scaler's address accepts a TCP connection (with mutual TLS on, a handshake needs the client's certificate: reaching it is what is checked). */
-function checkScaler(address: string): Promise<Check> {
-  const m = /^(.+):(\d{1,5})$/.exec(address);
-  if (!m)
-    return Promise.resolve({
-      name: 'scaler',
-      status: 'fail',
-      detail: `--scaler: ${JSON.stringify(address)} must be host:port`,
-      fix: "give the scaler's address as the trigger's scalerAddress has it, e.g. kmj-scaler.kmj.svc:6000",
-    });
-  const [, host = '', port = ''] = m;
-  return new Promise((resolve) => {
-    const socket = tcpConnect({ host, port: Number(port), timeout: CHECK_TIMEOUT_MS });
-    const done = (check: Check): void => {
-      socket.destroy();
-      resolve(check);
-    };
-    socket.once('connect', () => done({ name: 'scaler', status: 'ok', detail: `${address} accepts connections` }));
-    socket.once('timeout', () =>
-      done({
+async function checkScaler(address: string): Promise<Check> {
+  const probe = await probeTcp(address, CHECK_TIMEOUT_MS);
+  switch (probe.kind) {
+    case 'bad-address':
+      return {
+        name: 'scaler',
+        status: 'fail',
+        detail: `--scaler: ${JSON.stringify(address)} must be host:port`,
+        fix: "give the scaler's address as the trigger's scalerAddress has it, e.g. kmj-scaler.kmj.svc:6000",
+      };
+    case 'connected':
+      return { name: 'scaler', status: 'ok', detail: `${address} accepts connections` };
+    case 'timeout':
+      return {
         name: 'scaler',
         status: 'fail',
         detail: `${address} did not answer within ${CHECK_TIMEOUT_MS / 1000} s`,
         fix: 'check that the kmj-scaler Deployment is running and a NetworkPolicy lets this pod reach it',
-      }),
-    );
-    socket.once('error', (err) =>
-      done({
+      };
+    case 'error':
+      return {
         name: 'scaler',
         status: 'fail',
-        detail: `cannot reach ${address}: ${err.message}`,
+        detail: `cannot reach ${address}: ${probe.message}`,
         fix: "check the scaler's Service name and namespace (kubectl -n kmj get svc kmj-scaler) and that its pod is Ready",
-      }),
-    );
-  });
+      };
+  }
 }
 
 async function checkKeda(kubeconfig: string | undefined, env: CommandContext['env']): Promise<Check> {

@@ -3,8 +3,8 @@
  * order, with the trigger's metadata, and reads the answers by KEDA's rules (`kedaNumber`). Used by
  * `kmj demo` and `kmj status` to show what KEDA sees, and by the tests.
  */
-import { connect as tcpConnect } from 'node:net';
 import * as grpc from '@grpc/grpc-js';
+import { probeTcp } from '../common/tcp-probe.ts';
 import { loadExternalScalerPackage } from './grpc-server.ts';
 
 export interface KedaView {
@@ -176,32 +176,19 @@ export async function explainUnreached(address: string, error: RpcError, timeout
   // For a person: grpc-js wraps the reason in "No connection established. Last error: Error: …"
   // and ends it with a "Resolution note:" that says nothing.
   const details = error.details.replace(/\. Resolution note:.*$/s, '').replace(/^No connection established\. Last error: (Error: )?/, '');
-  let host: string;
-  let port: number;
-  try {
-    const url = new URL(`grpc://${address}`);
-    host = url.hostname.replace(/^\[(.*)\]$/, '$1');
-    port = Number(url.port);
-  } catch {
-    return details;
+  const probe = await probeTcp(address, timeoutMs);
+  switch (probe.kind) {
+    case 'bad-address':
+      return details;
+    case 'timeout':
+      return `no TCP answer within ${timeoutMs} ms`;
+    case 'error':
+      return probe.message;
+    case 'connected':
+      return error.code === grpc.status.DEADLINE_EXCEEDED
+        ? 'it takes TCP connections but gave no gRPC answer before the deadline: not a gRPC server, or TLS on one side only'
+        : details;
   }
-  if (!host || !Number.isInteger(port) || port < 1) return details;
-  return new Promise((resolve) => {
-    const socket = tcpConnect({ host, port, timeout: timeoutMs });
-    const done = (why: string): void => {
-      socket.destroy();
-      resolve(why);
-    };
-    socket.once('connect', () =>
-      done(
-        error.code === grpc.status.DEADLINE_EXCEEDED
-          ? 'it takes TCP connections but gave no gRPC answer before the deadline: not a gRPC server, or TLS on one side only'
-          : details,
-      ),
-    );
-    socket.once('timeout', () => done(`no TCP answer within ${timeoutMs} ms`));
-    socket.once('error', (err) => done(err.message));
-  });
 }
 
 /**
