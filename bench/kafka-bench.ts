@@ -54,7 +54,7 @@ import { KafkaOffsetsReader } from '../kafka/offsets.ts';
 import { kafkaConnection, type KafkaConnection } from '../kafka/settings.ts';
 import { kedaNumber, ScalerClient, type ScaledObjectRef } from '../scaler/client.ts';
 import { baselineCheckout, benchHeader } from './harness.ts';
-import { benchOptions, SCALER_NODE_ARGS_SPEC } from './options.ts';
+import { benchOptions, listOf, SCALER_NODE_ARGS_SPEC } from './options.ts';
 import { cpuSeconds, loadAverages, memoryMb, startScaler, type ScalerProcess } from './process.ts';
 import { bucketBoundMs, histogramDelta, histogramOf, parseMetrics, scrape, type Histogram, type PromSample } from './prometheus.ts';
 import { ms, out, summary, type Summary } from './stats.ts';
@@ -74,12 +74,7 @@ const OPTIONS = {
   BENCH_PHASE_SECONDS: { kind: 'integer', min: 5, max: 120, default: 30 },
   BENCH_POLL_INTERVAL_MS: { kind: 'integer', min: 200, max: 30_000, default: 1000 },
   BENCH_READ_SAMPLES: { kind: 'integer', min: 10, max: 20_000, default: 1000 },
-  BENCH_KAFKA_PHASES: {
-    kind: 'string',
-    default: PHASE_NAMES.join(','),
-    pattern: /^(kafka|rabbitmq|both)(,(kafka|rabbitmq|both))*$/,
-    patternHint: `some of ${PHASE_NAMES.join(', ')}, separated by commas`,
-  },
+  BENCH_KAFKA_PHASES: { kind: 'string', default: PHASE_NAMES.join(','), ...listOf(PHASE_NAMES) },
   KAFKA_BROKERS: { kind: 'string', default: '127.0.0.1:19092' },
   RABBITMQ_URL: { kind: 'url', protocols: ['amqp', 'amqps'], default: 'amqp://guest:guest@127.0.0.1:5672' },
   BENCH_SCALER_NODE_ARGS: SCALER_NODE_ARGS_SPEC,

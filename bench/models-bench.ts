@@ -31,7 +31,7 @@ import { promisify } from 'node:util';
 import { connect } from 'amqplib';
 import { PACKAGE_ROOT } from '../common/paths.ts';
 import { benchHeader, leftover, measure, queueWith, runMetrics } from './harness.ts';
-import { benchOptions, INTEGER_LIST } from './options.ts';
+import { benchOptions, INTEGER_LIST, listOf } from './options.ts';
 import { median, out, percentile, sorted } from './stats.ts';
 
 const run = promisify(execFile);
@@ -43,12 +43,7 @@ const OPTIONS = benchOptions('bench-models', {
   BENCH_MODELS_PROBES: { kind: 'integer', min: 1, max: 50, default: 3 },
   BENCH_MODELS_REQUESTS: { kind: 'integer', min: 1, max: 500, default: 20 },
   BENCH_MODELS_SINGLES: { kind: 'integer', min: 1, max: 100, default: 5 },
-  BENCH_MODELS_PHASES: {
-    kind: 'string',
-    default: 'cold,warm,single',
-    pattern: /^(cold|warm|single)(,(cold|warm|single))*$/,
-    patternHint: 'some of cold, warm, single, separated by commas',
-  },
+  BENCH_MODELS_PHASES: { kind: 'string', default: 'cold,warm,single', ...listOf(['cold', 'warm', 'single']) },
   BENCH_MODELS_BURST_TIMEOUT_S: { kind: 'integer', min: 10, max: 7200, default: 900 },
 });
 const SIZES = OPTIONS.BENCH_MODELS_SIZES;

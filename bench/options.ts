@@ -14,6 +14,12 @@ export function benchOptions<T extends FieldSpecs>(bench: string, specs: T, env:
 /** A comma-separated list of positive integers ("10,100"). */
 export const INTEGER_LIST = { pattern: /^\d+(,\d+)*$/, patternHint: 'positive integers separated by commas' } as const;
 
+/** A comma-separated list of some of `values` ("kafka,both"): a string spec's pattern and its hint. */
+export function listOf(values: readonly string[]): { readonly pattern: RegExp; readonly patternHint: string } {
+  const one = `(${values.join('|')})`;
+  return { pattern: new RegExp(`^${one}(,${one})*$`), patternHint: `some of ${values.join(', ')}, separated by commas` };
+}
+
 /** The integers of an INTEGER_LIST value. */
 export function integers(list: string): number[] {
   return list.split(',').map(Number);

@@ -19,7 +19,7 @@ import { EXIT, type ExitCode } from '../common/exit-codes.ts';
 import type { FieldSpecs } from '../common/fields.ts';
 import { createLogger } from '../common/log.ts';
 import { messageOf } from '../common/redact.ts';
-import { kafkaConnection, type KafkaConnection } from '../kafka/settings.ts';
+import { requireKafkaConnection } from '../kafka/settings.ts';
 import { formatAge, readScaledJob, type ScaledJobReport } from '../kubernetes/scaledjob.ts';
 import { mlflowFromEnv } from '../mlflow/client.ts';
 import { latestRuns, type ExperimentRuns } from '../mlflow/latest-runs.ts';
@@ -439,12 +439,6 @@ export function decideStatus(r: StatusReport): ExitCode {
 
 // ---- run: parse, then collect, decide and render -------------------------------------------------
 
-function kafkaSettings(ctx: CommandContext): KafkaConnection {
-  const { value: connection, problems } = kafkaConnection(ctx.env);
-  if (!connection) throw new ConfigError('status', problems.length > 0 ? problems : ['KAFKA_BROKERS: is required with --kafka']);
-  return connection;
-}
-
 export async function runStatus(argv: readonly string[], ctx: CommandContext): Promise<ExitCode> {
   const request = parseStatusArgs(argv);
   if (request.kind === 'help') {
@@ -453,7 +447,7 @@ export async function runStatus(argv: readonly string[], ctx: CommandContext): P
   }
   if (request.kind === 'kafka') {
     const log = createLogger({ level: 'warn', name: 'kmj-status', sync: true });
-    const read = await collectKafkaStatus(kafkaSettings(ctx), request.group, request.topics, log);
+    const read = await collectKafkaStatus(requireKafkaConnection('status', ctx.env, 'with --kafka'), request.group, request.topics, log);
     const rendered = renderKafkaStatus(request.group, read, request.json);
     (read.ok ? ctx.stdout : ctx.stderr).write(rendered);
     return decideKafkaStatus(read);

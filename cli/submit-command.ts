@@ -24,7 +24,7 @@ import { parseDuration } from '../common/fields.ts';
 import { messageOf } from '../common/redact.ts';
 import { kafkaClient } from '../kafka/client.ts';
 import { ensureGroup, KafkaPublishError, publishRecords } from '../kafka/publish.ts';
-import { KAFKA_ENV, kafkaConnection, type KafkaConnection } from '../kafka/settings.ts';
+import { KAFKA_ENV, requireKafkaConnection, type KafkaConnection } from '../kafka/settings.ts';
 import { ensureTopic } from '../kafka/topics.ts';
 import { EXIT, type ExitCode } from '../common/exit-codes.ts';
 
@@ -490,8 +490,7 @@ export async function runSubmit(argv: readonly string[], ctx: CommandContext): P
     const { target } = request;
     let submitted: Submitted;
     if (target.kind === 'kafka') {
-      const { value: connection, problems } = kafkaConnection(ctx.env);
-      if (!connection) throw new ConfigError('submit', problems.length > 0 ? problems : ['KAFKA_BROKERS: is required with --kafka']);
+      const connection = requireKafkaConnection('submit', ctx.env, 'with --kafka');
       submitted = await submitKafka(ctx, connection, target, batch.requests, plan, printIds, log);
       present(submitted);
     } else {

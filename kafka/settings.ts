@@ -4,7 +4,7 @@
  * Kafka entry in the scaler's connections file. Passwords and keys are read here once and never
  * logged: a KafkaConnection is shown only through `describeConnection`.
  */
-import { readSettingFile } from '../common/config.ts';
+import { ConfigError, readSettingFile } from '../common/config.ts';
 import { parseFields, type Checked, type FieldSpecs, type RawInput } from '../common/fields.ts';
 
 export const SASL_MECHANISMS = ['plain', 'scram-sha-256', 'scram-sha-512'] as const;
@@ -111,6 +111,16 @@ export function kafkaConnection(input: RawInput, nameOf: (envKey: string) => str
   }
   if (problems.length > 0) return { value: undefined, problems };
   return { value: Object.freeze({ brokers: Object.freeze(v.KAFKA_BROKERS.split(',').map((b) => b.trim())), sasl, tls }), problems };
+}
+
+/**
+ * A Kafka connection a command cannot do without (`kmj status --kafka`, `kmj submit --kafka`): a
+ * ConfigError naming every problem, or "KAFKA_BROKERS: is required <when>" when it is unset.
+ */
+export function requireKafkaConnection(component: string, input: RawInput, when: string): KafkaConnection {
+  const { value, problems } = kafkaConnection(input);
+  if (!value) throw new ConfigError(component, problems.length > 0 ? problems : [`KAFKA_BROKERS: is required ${when}`]);
+  return value;
 }
 
 /** Reads a connections-file entry (keys of KAFKA_CONNECTION_FIELDS). */
