@@ -6,6 +6,11 @@
  * way KEDA polls a ScaledJob (GetMetricSpec, GetMetrics, IsActive), applies KEDA's `default`
  * scaling strategy, and starts that many real `kmj worker` processes, at most --max-jobs at a
  * time, one per message. It ends with a table of the runs and the MLflow UI address.
+ *
+ * In parts, by name: `parseDemoArgs` (flags), the scenario in `runDemo` (the scaler, the publish,
+ * the polling loop, one line per second by `renderTick`), then `demoRows` and the queue's
+ * dead-letters (read through mlflow/latest-runs.ts and rabbitmq/topology.ts), `decideDemo` (the
+ * verdict and exit code) and `renderDemo` (the closing text).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
@@ -13,17 +18,18 @@ import { existsSync, mkdirSync, openSync, closeSync, readFileSync } from 'node:f
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
-import { connect } from 'amqplib';
 import { sleep } from '../common/abort.ts';
 import { ConfigError } from '../common/config.ts';
 import { createLogger } from '../common/log.ts';
 import { PACKAGE_ROOT } from '../common/paths.ts';
-import { deadLetterQueueOf, deadLetterReason } from '../rabbitmq/topology.ts';
+import { deleteRequestTopologyAt, takeDeadLettersAt, type DeadLetter } from '../rabbitmq/topology.ts';
 import { DEFAULT_RABBITMQ_URL } from '../rabbitmq/settings.ts';
 import { startScaler } from '../scaler/app.ts';
 import { ScalerClient, defaultStrategyJobs } from '../scaler/client.ts';
 import { loadScalerConfig } from '../scaler/config.ts';
-import { quoteFilterValue, type MlflowTracking } from '../mlflow/tracking.ts';
+import { queueRuns } from '../mlflow/latest-runs.ts';
+import type { SearchedRun } from '../mlflow/tracking.ts';
+import { UsageError } from './usage.ts';
 import type { CommandContext } from './context.ts';
 import { mlflowFromEnv } from '../mlflow/client.ts';
 import { RequestPublisher } from '../rabbitmq/publisher.ts';
@@ -136,7 +142,46 @@ function spawnWorker(
   });
 }
 
-interface RunRow {
+// ---- parse ---------------------------------------------------------------------------------------
+
+export type DemoRequest = { readonly kind: 'help' } | { readonly kind: 'run'; readonly maxJobs: number };
+
+/** The flags, checked; no I/O. */
+export function parseDemoArgs(argv: readonly string[]): DemoRequest {
+  const { values } = parseArgs({
+    args: [...argv],
+    options: { 'max-jobs': { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+    strict: true,
+  });
+  if (values.help) return { kind: 'help' };
+  const maxJobs = values['max-jobs'] === undefined ? 3 : Number(values['max-jobs']);
+  if (!Number.isInteger(maxJobs) || maxJobs < 1 || maxJobs > 50)
+    throw new UsageError([`--max-jobs: ${JSON.stringify(values['max-jobs'])} must be an integer from 1 to 50`]);
+  return { kind: 'run', maxJobs };
+}
+
+// ---- collect: the scenario, then what it left in MLflow and RabbitMQ -------------------------------
+
+/** One line of the live view: what the scaler told KEDA this second and what the Jobs are doing. */
+export interface DemoTick {
+  readonly seconds: number;
+  readonly backlog: number;
+  readonly active: boolean;
+  readonly unfinished: number;
+  readonly created: number;
+  readonly finished: number;
+  readonly failed: number;
+}
+
+export const TICK_HEADER =
+  ' time  backlog  active  unfinished Jobs  new Jobs  finished  failed   (backlog = ready + consumers: what the scaler tells KEDA)';
+
+export function renderTick(t: DemoTick): string {
+  return `${t.seconds.toFixed(0).padStart(4)}s  ${String(t.backlog).padStart(7)}  ${String(t.active).padStart(6)}  ${String(t.unfinished).padStart(15)}  ${String(t.created).padStart(8)}  ${String(t.finished).padStart(8)}  ${String(t.failed).padStart(6)}`;
+}
+
+/** A run of the demo's queue as the table shows it. */
+export interface DemoRow {
   readonly requestId: string;
   readonly model: string;
   readonly status: string;
@@ -145,14 +190,9 @@ interface RunRow {
   readonly seconds: string;
 }
 
-async function runTable(tracking: MlflowTracking, experiment: string, queue: string): Promise<{ rows: RunRow[]; experimentId: string }> {
-  const experimentId = await tracking.experimentId(experiment, AbortSignal.timeout(10_000));
-  const found = await tracking.searchRuns(
-    [experimentId],
-    { filter: `tags.\`${RUN_TAG.queue}\` = ${quoteFilterValue(queue)}`, maxResults: 100, orderBy: ['attributes.start_time ASC'] },
-    AbortSignal.timeout(10_000),
-  );
-  const rows = found.map((run) => {
+/** The table's rows from the queue's runs, in their order. */
+export function demoRows(runs: readonly SearchedRun[]): DemoRow[] {
+  return runs.map((run) => {
     const { tags, metrics } = run;
     const score =
       metrics['accuracy_score'] !== undefined
@@ -175,22 +215,80 @@ async function runTable(tracking: MlflowTracking, experiment: string, queue: str
           : '',
     };
   });
-  return { rows, experimentId };
 }
 
+/** What one demo left behind: everything its verdict and its table are made of. */
+export interface DemoOutcome {
+  readonly requests: number;
+  readonly jobs: number;
+  readonly rows: readonly DemoRow[];
+  readonly deadLetters: readonly DeadLetter[];
+  /** Workers still running when the demo ended, with the end of each one's log. */
+  readonly stuck: ReadonlyArray<{ readonly name: string; readonly logTail: string }>;
+  readonly mlflowUi: string;
+  readonly logDir: string;
+}
+
+// ---- decide ----------------------------------------------------------------------------------------
+
+/** Did the demo do what it shows: every good request FINISHED, the one bad one dead-lettered, no worker left running. */
+export function decideDemo(o: DemoOutcome): { readonly code: ExitCode; readonly verdict: string } {
+  const finished = o.rows.filter((r) => r.status === 'FINISHED').length;
+  const good = o.requests - 1;
+  const problems = [
+    ...(finished !== good ? [`${finished} of the ${good} good requests FINISHED`] : []),
+    ...(o.deadLetters.length !== 1 ? [`${o.deadLetters.length} dead-lettered, not the 1 bad request`] : []),
+    ...(o.stuck.length > 0 ? [`${o.stuck.length} workers still running at the end`] : []),
+  ];
+  return problems.length === 0
+    ? { code: EXIT.OK, verdict: `demo OK: ${finished} FINISHED, 1 dead-lettered, ${o.jobs} Jobs for ${o.requests} messages` }
+    : { code: EXIT.FAILED, verdict: `demo FAILED: ${problems.join('; ')} (worker logs above)` };
+}
+
+// ---- render ----------------------------------------------------------------------------------------
+
+/** The closing text: the runs' table, the dead-letters, the Jobs, the stuck workers' logs, and the verdict last. */
+export function renderDemo(o: DemoOutcome, verdict: string): string[] {
+  // The model column is as wide as its widest entry, up to 40; a longer one is cut in the middle.
+  const modelWidth = Math.min(40, Math.max(5, ...o.rows.map((r) => r.model.length)));
+  return [
+    '',
+    `${'request'.padEnd(14)} ${'model'.padEnd(modelWidth)} ${'status'.padEnd(9)} ${'rows'.padStart(5)}  ${'score'.padEnd(15)} ${'seconds'.padStart(7)}`,
+    ...o.rows.map(
+      (r) =>
+        `${r.requestId.padEnd(14)} ${fit(r.model, modelWidth)} ${r.status.padEnd(9)} ${r.rows.padStart(5)}  ${r.score.padEnd(15)} ${r.seconds.padStart(7)}`,
+    ),
+    ...o.deadLetters.map((d) => `dead-lettered: ${d.messageId ?? '?'}: ${d.reason}`),
+    '',
+    `${o.jobs} worker Jobs for ${o.requests} messages; MLflow UI: ${o.mlflowUi}`,
+    ...(o.stuck.length > 0
+      ? [
+          `still running when the demo ended (stopped now): ${o.stuck.map((s) => s.name).join(', ')}`,
+          ...o.stuck.map((s) => `${s.name}.log ends:\n${s.logTail}`),
+        ]
+      : []),
+    `worker logs: ${o.logDir}`,
+    // The last line says plainly whether the demo did what it shows.
+    verdict,
+  ];
+}
+
+/** `text` padded to `width`, or cut in the middle with "…" when longer. */
+export function fit(text: string, width: number): string {
+  if (text.length <= width) return text.padEnd(width);
+  const head = Math.ceil((width - 1) / 2);
+  return `${text.slice(0, head)}…${text.slice(text.length - (width - 1 - head))}`;
+}
+
+// ---- run: parse, the scenario, collect, decide and render -------------------------------------------
+
 export async function runDemo(argv: readonly string[], ctx: CommandContext): Promise<ExitCode> {
-  const { values } = parseArgs({
-    args: [...argv],
-    options: { 'max-jobs': { type: 'string' }, help: { type: 'boolean', short: 'h' } },
-    strict: true,
-  });
-  if (values.help) {
+  const request = parseDemoArgs(argv);
+  if (request.kind === 'help') {
     ctx.stdout.write(DEMO_HELP);
     return EXIT.OK;
   }
-  const maxJobs = values['max-jobs'] === undefined ? 3 : Number(values['max-jobs']);
-  if (!Number.isInteger(maxJobs) || maxJobs < 1 || maxJobs > 50)
-    throw new ConfigError('demo', [`--max-jobs: ${JSON.stringify(values['max-jobs'])} must be an integer from 1 to 50`]);
+  const { maxJobs } = request;
   const fixturesDir = join(PACKAGE_ROOT, '.run', 'fixtures');
   const fixturesFile = join(fixturesDir, 'fixtures.json');
   if (!existsSync(fixturesFile)) {
@@ -231,87 +329,77 @@ export async function runDemo(argv: readonly string[], ctx: CommandContext): Pro
     out(
       `published ${requests.length} requests to queue ${queue} (experiment "${experiment}"); scaler on 127.0.0.1:${scaler.grpcPort}; ScaledJob maxReplicaCount ${maxJobs}`,
     );
-    out(' time  backlog  active  unfinished Jobs  new Jobs  finished  failed   (backlog = ready + consumers: what the scaler tells KEDA)');
+    out(TICK_HEADER);
     const metadata = { queueName: queue, mode: 'backlog', targetSize: '1' };
     const started = Date.now();
     for (let tick = 0; tick < 110 && !ctx.shutdownSignal.aborted; tick++) {
       const poll = await client.poll(metadata, 'ml-requests', 'kmj');
       const unfinished = jobs.filter((j) => !j.done).length;
-      const ok = jobs.filter((j) => j.done && j.exitCode === 0).length;
-      const failed = jobs.filter((j) => j.done && j.exitCode !== 0).length;
-      const t = ((Date.now() - started) / 1000).toFixed(0).padStart(4);
+      const seconds = (Date.now() - started) / 1000;
       if (!poll.ok) {
-        out(`${t}s  scaler: ${grpc.status[poll.error.code]}: ${poll.error.details}`);
+        out(`${seconds.toFixed(0).padStart(4)}s  scaler: ${grpc.status[poll.error.code]}: ${poll.error.details}`);
       } else {
-        const create = defaultStrategyJobs(poll.view, unfinished, maxJobs);
+        const created = defaultStrategyJobs(poll.view, unfinished, maxJobs);
         out(
-          `${t}s  ${String(poll.view.value).padStart(7)}  ${String(poll.view.active).padStart(6)}  ${String(unfinished).padStart(15)}  ${String(create).padStart(8)}  ${String(ok).padStart(8)}  ${String(failed).padStart(6)}`,
+          renderTick({
+            seconds,
+            backlog: poll.view.value,
+            active: poll.view.active,
+            unfinished,
+            created,
+            finished: jobs.filter((j) => j.done && j.exitCode === 0).length,
+            failed: jobs.filter((j) => j.done && j.exitCode !== 0).length,
+          }),
         );
-        for (let i = 0; i < create; i++) {
-          const child = startWorker(queue, ctx.env, fixturesDir, mlflowUri, join(logDir, `job-${jobs.length + 1}.log`));
-          const job: DemoJob = { child, done: false, exitCode: null };
-          child.once('exit', (code) => {
-            job.exitCode = code;
-            // Kubernetes reports the Job complete a moment after the pod exits.
-            setTimeout(() => {
-              job.done = true;
-            }, JOB_COMPLETION_LAG_MS).unref();
-          });
-          jobs.push(job);
-        }
+        for (let i = 0; i < created; i++)
+          jobs.push(startJob(queue, ctx.env, fixturesDir, mlflowUri, join(logDir, `job-${jobs.length + 1}.log`)));
         if (!poll.view.active && unfinished === 0 && jobs.length > 0) break;
       }
-      await sleep(1000, ctx.shutdownSignal).catch(() => undefined);
+      await sleep(1000, ctx.shutdownSignal).catch(() => undefined); // Ctrl-C ends the wait; the loop then ends too
     }
 
-    const { rows, experimentId } = await runTable(tracking, experiment, queue);
-    out('');
-    // The model column is as wide as its widest entry, up to 40; a longer one is cut in the middle.
-    const modelWidth = Math.min(40, Math.max(5, ...rows.map((r) => r.model.length)));
-    out(
-      `${'request'.padEnd(14)} ${'model'.padEnd(modelWidth)} ${'status'.padEnd(9)} ${'rows'.padStart(5)}  ${'score'.padEnd(15)} ${'seconds'.padStart(7)}`,
-    );
-    for (const r of rows)
-      out(
-        `${r.requestId.padEnd(14)} ${fit(r.model, modelWidth)} ${r.status.padEnd(9)} ${r.rows.padStart(5)}  ${r.score.padEnd(15)} ${r.seconds.padStart(7)}`,
-      );
-    const dead = await deadLetters(amqpUrl, queue);
-    for (const d of dead) out(`dead-lettered: ${d}`);
-    out('');
-    out(`${jobs.length} worker Jobs for ${requests.length} messages; MLflow UI: ${tracking.http.baseUrl}/#/experiments/${experimentId}`);
-    const stuck = jobs.flatMap((j, i) => (j.exitCode === null ? [`job-${i + 1}`] : []));
-    if (stuck.length > 0) {
-      out(`still running when the demo ended (stopped now): ${stuck.join(', ')}`);
-      for (const name of stuck) out(`${name}.log ends:\n${tailOf(join(logDir, `${name}.log`), 8)}`);
-    }
-    out(`worker logs: ${logDir}`);
-    const finished = rows.filter((r) => r.status === 'FINISHED').length;
-    const failed = [
-      ...(finished !== requests.length - 1 ? [`${finished} of the ${requests.length - 1} good requests FINISHED`] : []),
-      ...(dead.length !== 1 ? [`${dead.length} dead-lettered, not the 1 bad request`] : []),
-      ...(stuck.length > 0 ? [`${stuck.length} workers still running at the end`] : []),
-    ];
-    // The last line says plainly whether the demo did what it shows.
-    out(
-      failed.length === 0
-        ? `demo OK: ${finished} FINISHED, 1 dead-lettered, ${jobs.length} Jobs for ${requests.length} messages`
-        : `demo FAILED: ${failed.join('; ')} (worker logs above)`,
-    );
-    return failed.length === 0 ? EXIT.OK : EXIT.FAILED;
+    const { experimentId, runs } = await queueRuns(tracking, experiment, queue);
+    const outcome: DemoOutcome = {
+      requests: requests.length,
+      jobs: jobs.length,
+      rows: demoRows(runs),
+      deadLetters: await takeDeadLettersAt(amqpUrl, queue, AbortSignal.timeout(30_000)),
+      stuck: jobs.flatMap((j, i) =>
+        j.exitCode === null ? [{ name: `job-${i + 1}`, logTail: tailOf(join(logDir, `job-${i + 1}.log`), 8) }] : [],
+      ),
+      mlflowUi: `${tracking.http.baseUrl}/#/experiments/${experimentId}`,
+      logDir,
+    };
+    const { code, verdict } = decideDemo(outcome);
+    for (const line of renderDemo(outcome, verdict)) out(line);
+    return code;
   } finally {
     for (const j of jobs) if (j.exitCode === null) j.child.kill('SIGTERM');
     client.close();
     await scaler.close(1000);
-    await deleteQueues(amqpUrl, queue);
+    // The demo is over either way; a leftover demo queue is harmless and says which run it was.
+    await deleteRequestTopologyAt(amqpUrl, queue, AbortSignal.timeout(10_000)).catch(() => undefined);
     await tracking.http.close();
   }
 }
 
-/** `text` padded to `width`, or cut in the middle with "…" when longer. */
-export function fit(text: string, width: number): string {
-  if (text.length <= width) return text.padEnd(width);
-  const head = Math.ceil((width - 1) / 2);
-  return `${text.slice(0, head)}…${text.slice(text.length - (width - 1 - head))}`;
+/** A worker started as a Job; Kubernetes reports the Job complete a moment after its pod exits. */
+function startJob(
+  queue: string,
+  env: Readonly<Record<string, string | undefined>>,
+  fixturesDir: string,
+  mlflowUri: string,
+  logFile: string,
+): DemoJob {
+  const child = startWorker(queue, env, fixturesDir, mlflowUri, logFile);
+  const job: DemoJob = { child, done: false, exitCode: null };
+  child.once('exit', (code) => {
+    job.exitCode = code;
+    setTimeout(() => {
+      job.done = true;
+    }, JOB_COMPLETION_LAG_MS).unref();
+  });
+  return job;
 }
 
 /** The last `n` lines of a worker's log. */
@@ -325,37 +413,5 @@ function tailOf(file: string, n: number): string {
       .join('\n');
   } catch (err) {
     return `  (cannot read ${file}: ${(err as Error).message})`;
-  }
-}
-
-/** The reasons of the demo queue's dead-letters. */
-async function deadLetters(amqpUrl: string, queue: string): Promise<string[]> {
-  const conn = await connect(amqpUrl, { noDelay: true });
-  try {
-    const ch = await conn.createChannel();
-    const reasons: string[] = [];
-    for (;;) {
-      const m = await ch.get(deadLetterQueueOf(queue), { noAck: true });
-      if (m === false) break;
-      reasons.push(`${m.properties.messageId ?? '?'}: ${deadLetterReason(m.properties.headers)}`);
-    }
-    await ch.close();
-    return reasons;
-  } finally {
-    await conn.close().catch(() => undefined);
-  }
-}
-
-async function deleteQueues(amqpUrl: string, queue: string): Promise<void> {
-  const conn = await connect(amqpUrl, { noDelay: true }).catch(() => undefined);
-  if (!conn) return;
-  try {
-    const ch = await conn.createChannel();
-    await ch.deleteQueue(queue);
-    await ch.deleteQueue(deadLetterQueueOf(queue));
-  } catch {
-    // the demo is over either way; a leftover demo queue is harmless
-  } finally {
-    await conn.close().catch(() => undefined);
   }
 }

@@ -3,7 +3,7 @@ import { parseArgs } from 'node:util';
 import { describeFields } from '../common/fields.ts';
 import { createLogger } from '../common/log.ts';
 import { startNodeCache } from '../nodecache/app.ts';
-import { loadNodeCacheConfig, NODE_CACHE_ENV } from '../nodecache/config.ts';
+import { loadNodeCacheConfig, NODE_CACHE_ENV, type NodeCacheFlags } from '../nodecache/config.ts';
 import type { CommandContext } from './context.ts';
 import { EXIT, type ExitCode } from '../common/exit-codes.ts';
 
@@ -23,18 +23,28 @@ Environment:
 ${describeFields(NODE_CACHE_ENV)}
 `;
 
-export async function runModelCache(argv: readonly string[], ctx: CommandContext): Promise<ExitCode> {
+/** The flags as the cache's configuration takes them (they override its environment); no I/O. */
+export function parseModelCacheArgs(
+  argv: readonly string[],
+): { readonly kind: 'help' } | { readonly kind: 'run'; readonly flags: NodeCacheFlags } {
   const { values } = parseArgs({
     args: [...argv],
     options: { port: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
     strict: true,
     allowPositionals: false,
   });
-  if (values.help) {
+  if (values.help) return { kind: 'help' };
+  return { kind: 'run', flags: values.port !== undefined ? { port: values.port } : {} };
+}
+
+/** Parse, configure (nodecache/config.ts), serve (nodecache/app.ts) until a signal. */
+export async function runModelCache(argv: readonly string[], ctx: CommandContext): Promise<ExitCode> {
+  const request = parseModelCacheArgs(argv);
+  if (request.kind === 'help') {
     ctx.stdout.write(MODEL_CACHE_HELP);
     return EXIT.OK;
   }
-  const config = loadNodeCacheConfig(ctx.env, values.port !== undefined ? { port: values.port } : {});
+  const config = loadNodeCacheConfig(ctx.env, request.flags);
   const log = createLogger({ level: config.logLevel, name: 'kmj-model-cache' });
   const cache = await startNodeCache(config, log);
   const signal = await ctx.waitForShutdown();

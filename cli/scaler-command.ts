@@ -2,7 +2,7 @@
 import { parseArgs } from 'node:util';
 import { describeFields } from '../common/fields.ts';
 import { createLogger } from '../common/log.ts';
-import { describeSources, loadScalerConfig, SCALER_ENV } from '../scaler/config.ts';
+import { describeSources, loadScalerConfig, SCALER_ENV, type ScalerFlags } from '../scaler/config.ts';
 import { startScaler } from '../scaler/app.ts';
 import type { CommandContext } from './context.ts';
 import { EXIT, type ExitCode } from '../common/exit-codes.ts';
@@ -24,7 +24,10 @@ ${describeFields(SCALER_ENV)}
 
 ${describeSources()}`;
 
-export async function runScaler(argv: readonly string[], ctx: CommandContext): Promise<ExitCode> {
+/** The flags as the scaler's configuration takes them (they override its environment); no I/O. */
+export function parseScalerArgs(
+  argv: readonly string[],
+): { readonly kind: 'help' } | { readonly kind: 'run'; readonly flags: ScalerFlags } {
   const { values } = parseArgs({
     args: [...argv],
     options: {
@@ -36,15 +39,25 @@ export async function runScaler(argv: readonly string[], ctx: CommandContext): P
     strict: true,
     allowPositionals: false,
   });
-  if (values.help) {
+  if (values.help) return { kind: 'help' };
+  return {
+    kind: 'run',
+    flags: {
+      ...(values.host !== undefined ? { host: values.host } : {}),
+      ...(values.port !== undefined ? { port: values.port } : {}),
+      ...(values['metrics-port'] !== undefined ? { metricsPort: values['metrics-port'] } : {}),
+    },
+  };
+}
+
+/** Parse, configure (scaler/config.ts), serve (scaler/app.ts) until a signal. */
+export async function runScaler(argv: readonly string[], ctx: CommandContext): Promise<ExitCode> {
+  const request = parseScalerArgs(argv);
+  if (request.kind === 'help') {
     ctx.stdout.write(SCALER_HELP);
     return EXIT.OK;
   }
-  const config = loadScalerConfig(ctx.env, {
-    ...(values.host !== undefined ? { host: values.host } : {}),
-    ...(values.port !== undefined ? { port: values.port } : {}),
-    ...(values['metrics-port'] !== undefined ? { metricsPort: values['metrics-port'] } : {}),
-  });
+  const config = loadScalerConfig(ctx.env, request.flags);
   const log = createLogger({ level: config.logLevel, name: 'kmj-scaler' });
   const scaler = await startScaler(config, log);
   const signal = await ctx.waitForShutdown();

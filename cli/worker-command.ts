@@ -3,7 +3,7 @@ import { parseArgs } from 'node:util';
 import { describeFields } from '../common/fields.ts';
 import { createLogger } from '../common/log.ts';
 import { packageVersion } from '../common/paths.ts';
-import { loadWorkerConfig, WORKER_ENV } from '../worker/config.ts';
+import { loadWorkerConfig, WORKER_ENV, type WorkerFlags } from '../worker/config.ts';
 import type { Handler } from '../worker/delivery.ts';
 import { consumeRabbitMq } from '../worker/rabbitmq-consumer.ts';
 import { EXIT, type ExitCode } from '../common/exit-codes.ts';
@@ -48,7 +48,10 @@ ${describeFields(WORKER_ENV)}
 The request format is schemas/request-v1.schema.json; see docs/requests.md.
 `;
 
-export async function runWorker(argv: readonly string[], ctx: CommandContext): Promise<ExitCode> {
+/** The flags as the worker's configuration takes them (they override its environment); no I/O. */
+export function parseWorkerArgs(
+  argv: readonly string[],
+): { readonly kind: 'help' } | { readonly kind: 'run'; readonly flags: WorkerFlags } {
   const { values } = parseArgs({
     args: [...argv],
     options: {
@@ -60,16 +63,26 @@ export async function runWorker(argv: readonly string[], ctx: CommandContext): P
     },
     strict: true,
   });
-  if (values.help) {
+  if (values.help) return { kind: 'help' };
+  return {
+    kind: 'run',
+    flags: {
+      ...(values.queue !== undefined ? { queue: values.queue } : {}),
+      ...(values.topic !== undefined ? { topic: values.topic } : {}),
+      ...(values.group !== undefined ? { group: values.group } : {}),
+      ...(values['max-messages'] !== undefined ? { maxMessages: values['max-messages'] } : {}),
+    },
+  };
+}
+
+/** Parse, configure (worker/config.ts), then one delivery through the broker's consumer; the exit code is the settle's. */
+export async function runWorker(argv: readonly string[], ctx: CommandContext): Promise<ExitCode> {
+  const request = parseWorkerArgs(argv);
+  if (request.kind === 'help') {
     ctx.stdout.write(WORKER_HELP);
     return EXIT.OK;
   }
-  const config = loadWorkerConfig(ctx.env, {
-    ...(values.queue !== undefined ? { queue: values.queue } : {}),
-    ...(values.topic !== undefined ? { topic: values.topic } : {}),
-    ...(values.group !== undefined ? { group: values.group } : {}),
-    ...(values['max-messages'] !== undefined ? { maxMessages: values['max-messages'] } : {}),
-  });
+  const config = loadWorkerConfig(ctx.env, request.flags);
   const log = createLogger({ level: config.logLevel, name: 'kmj-worker', sync: true });
   const mlflow = config.mlflow;
   if (!mlflow)

@@ -5,7 +5,7 @@
  */
 import { RUN_TAG } from '../common/run-tags.ts';
 import { runUrl } from './client.ts';
-import type { MlflowTracking } from './tracking.ts';
+import { quoteFilterValue, type MlflowTracking, type SearchedRun } from './tracking.ts';
 
 export interface RunSummary {
   readonly runId: string;
@@ -60,4 +60,26 @@ export async function latestRuns(tracking: MlflowTracking, experiment: string, l
     };
   });
   return { experiment, experimentId, runs };
+}
+
+/**
+ * The runs of one request queue in `experiment` (those tagged with the queue's name), oldest first,
+ * with the experiment's id (made when missing, as a worker would); at most `limit`, bounded by
+ * `timeoutMs` (10 s). `kmj demo` reads its own queue's runs with it.
+ */
+export async function queueRuns(
+  tracking: MlflowTracking,
+  experiment: string,
+  queue: string,
+  limit = 100,
+  timeoutMs = 10_000,
+): Promise<{ experimentId: string; runs: SearchedRun[] }> {
+  const signal = AbortSignal.timeout(timeoutMs);
+  const experimentId = await tracking.experimentId(experiment, signal);
+  const runs = await tracking.searchRuns(
+    [experimentId],
+    { filter: `tags.\`${RUN_TAG.queue}\` = ${quoteFilterValue(queue)}`, maxResults: limit, orderBy: ['attributes.start_time ASC'] },
+    signal,
+  );
+  return { experimentId, runs };
 }

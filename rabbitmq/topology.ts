@@ -103,6 +103,50 @@ export function deadLetterReason(headers: Record<string, unknown> | undefined): 
   return 'dead-lettered by the broker';
 }
 
+/** A message taken off a dead-letter queue: its message id (the request id) and why it is there. */
+export interface DeadLetter {
+  readonly messageId?: string;
+  readonly reason: string;
+}
+
+/**
+ * Takes every message off `queue`'s dead-letter queue, on a connection of its own to `url`
+ * (`kmj demo`, whose queue is its own and deleted afterwards). The messages are acknowledged as
+ * they are read: this empties the queue, so it is not for a queue someone else still reads.
+ */
+export async function takeDeadLettersAt(url: string, queue: string, signal: AbortSignal): Promise<DeadLetter[]> {
+  const conn = await raceAbort(connect(url, { timeout: 10_000, noDelay: true }), signal);
+  conn.on('error', () => undefined); // a dropped connection fails the gets, which say so
+  try {
+    const ch = await conn.createChannel();
+    const taken: DeadLetter[] = [];
+    for (;;) {
+      const m = await ch.get(deadLetterQueueOf(queue), { noAck: true });
+      if (m === false) break;
+      const messageId: unknown = m.properties.messageId;
+      taken.push({ ...(typeof messageId === 'string' ? { messageId } : {}), reason: deadLetterReason(m.properties.headers) });
+    }
+    await ch.close();
+    return taken;
+  } finally {
+    await conn.close().catch(() => undefined); // the gets are done or failed; a failed close changes nothing
+  }
+}
+
+/** Deletes a request queue and its dead-letter queue, on a connection of its own to `url`. */
+export async function deleteRequestTopologyAt(url: string, queue: string, signal: AbortSignal): Promise<void> {
+  const conn = await raceAbort(connect(url, { timeout: 10_000, noDelay: true }), signal);
+  conn.on('error', () => undefined); // a dropped connection fails the deletes, which say so
+  try {
+    const ch = await conn.createChannel();
+    await ch.deleteQueue(queue);
+    await ch.deleteQueue(deadLetterQueueOf(queue));
+    await ch.close();
+  } finally {
+    await conn.close().catch(() => undefined); // the deletes are done or failed; a failed close changes nothing
+  }
+}
+
 /**
  * RabbitMQ's direct reply-to pseudo-queue. `kmj submit --wait` consumes it and publishes its
  * request with reply-to set to it; the broker rewrites that into a per-channel address, to which

@@ -87,6 +87,17 @@ describe('the import rules of docs/architecture.md', () => {
     expect(wrong).toEqual([]);
   });
 
+  it('cli/ opens no connection of its own: no broker, HTTP, socket or Kubernetes client is imported there', () => {
+    // grpc-js is allowed for its status names only (grpc.status[code] in the text); the gRPC
+    // client is scaler/client.ts.
+    const clients =
+      /(?:from|import)\s*\(?\s*['"](amqplib|kafkajs|undici|node:net|node:tls|node:http|node:https|@kubernetes\/client-node)['"]/g;
+    const wrong = tsFiles(join(PACKAGE_ROOT, 'cli')).flatMap((file) =>
+      [...readFileSync(file, 'utf8').matchAll(clients)].map((hit) => `${relative(PACKAGE_ROOT, file)} -> ${hit[1] ?? ''}`),
+    );
+    expect(wrong).toEqual([]);
+  });
+
   it('every import names a file that exists', () => {
     const missing = all.filter((i) => {
       try {
