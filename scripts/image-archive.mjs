@@ -4,6 +4,7 @@
 //
 //   node scripts/image-archive.mjs --rootfs DIR --tag NAME:TAG --out FILE.tar [--arch amd64]
 //        [--entrypoint /a,/b] [--cmd x,y] [--user 1000] [--workdir /app] [--env K=V]...
+//        [--stop-signal SIGINT]
 //     a docker-archive of one image for one architecture (this machine's unless --arch), its
 //     layer uncompressed;
 //
@@ -37,6 +38,7 @@ const { values } = parseArgs({
     user: { type: 'string' },
     workdir: { type: 'string' },
     env: { type: 'string', multiple: true },
+    'stop-signal': { type: 'string' },
     arch: { type: 'string' },
   },
   strict: true,
@@ -61,6 +63,8 @@ for (const p of values.platform ?? []) {
   else if (platforms.some((q) => q.name === m[1])) problems.push(`--platform: ${m[1]} is given twice`);
   else platforms.push({ name: m[1], rootfs: m[2], ...parsePlatform(m[1]) });
 }
+if (values['stop-signal'] !== undefined && !/^SIG[A-Z0-9]+$/.test(values['stop-signal']))
+  problems.push(`--stop-signal: ${JSON.stringify(values['stop-signal'])} must be a signal name such as SIGINT`);
 if (values.platform && values.arch) problems.push('--arch: goes with --rootfs only (--platform names each architecture)');
 if (problems.length > 0) {
   process.stderr.write(`image-archive: ${problems.join('; ')}\n`);
@@ -82,6 +86,8 @@ function imageConfig(platform, diffId) {
       ...(values.cmd ? { Cmd: split(values.cmd) } : {}),
       ...(values.user ? { User: values.user } : {}),
       ...(values.workdir ? { WorkingDir: values.workdir } : {}),
+      // What the runtime sends to stop the container (containerd's CRI reads it), as Dockerfile's STOPSIGNAL.
+      ...(values['stop-signal'] ? { StopSignal: values['stop-signal'] } : {}),
       Env: values.env ?? ['PATH=/usr/local/bin:/usr/bin:/bin'],
     },
     rootfs: { type: 'layers', diff_ids: [diffId] },

@@ -88,7 +88,7 @@ postgres() {
   version=$(version_in "$root" "postgresql-$major" | sed -E 's/-.*//')
   check postgres "${image#postgres:}" "$version-trixie"
   pack postgres "$tag" "$root" --add "$STANDINS/postgres-entrypoint.sh:/usr/local/bin/docker-entrypoint.sh" \
-    --entrypoint /usr/local/bin/docker-entrypoint.sh --cmd postgres --user 999:999 \
+    --entrypoint /usr/local/bin/docker-entrypoint.sh --cmd postgres --user 999:999 --stop-signal SIGINT \
     --env "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/usr/lib/postgresql/$major/bin" \
     --env PGDATA=/var/lib/postgresql/data --env "PG_MAJOR=$major" --env LANG=C.UTF-8
 }

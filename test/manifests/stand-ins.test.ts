@@ -17,6 +17,7 @@ interface ImageConfig {
   Entrypoint?: string[];
   Cmd?: string[];
   Env?: string[];
+  StopSignal?: string;
 }
 
 interface Image {
@@ -110,13 +111,15 @@ describe('the stand-in images honour the contracts their manifests write down', 
     }
   }, 120_000);
 
-  it('Postgres (manifests/postgres.yaml): uid and gid 999, the entrypoint that initialises a first start, then postgres; initdb, pg_ctl, postgres, psql and pg_isready on PATH', async () => {
+  it('Postgres (manifests/postgres.yaml): uid and gid 999, stop signal SIGINT, the entrypoint that initialises a first start, then postgres; initdb, pg_ctl, postgres, psql and pg_isready on PATH', async () => {
     const p = image('postgres');
     expect(p.tag).toBe(`kmj.local/${manifestImage('postgres.yaml')}`);
     expect(p.config.User).toBe('999:999');
     expect((await passwdOf(p, '999'))?.slice(0, 3)).toEqual(['postgres', '999', '999']);
     expect(p.config.Entrypoint).toEqual(['/usr/local/bin/docker-entrypoint.sh']);
     expect(p.config.Cmd).toEqual(['postgres']);
+    // The official image's STOPSIGNAL: a fast shutdown, not the smart one that waits for MLflow's pooled connections.
+    expect(p.config.StopSignal).toBe('SIGINT');
     expect([...p.env.keys()].sort()).toEqual(['LANG', 'PATH', 'PGDATA', 'PG_MAJOR']);
     const major = /^postgres:(\d+)/.exec(manifestImage('postgres.yaml'))?.[1];
     expect(p.env.get('PG_MAJOR')).toBe(major);
