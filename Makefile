@@ -13,7 +13,7 @@ export PATH := $(NODE_BIN):$(CURDIR)/node_modules/.bin:$(PATH)
 
 STAMP := .run/stamps
 
-.PHONY: help deps build typecheck lint format services image cluster-up cluster cluster-down test demo demo-cluster bench-scaler bench-kafka bench-worker bench-keda bench-models clean
+.PHONY: help deps build typecheck lint format services image cluster-up cluster cluster-down test demo demo-cluster bench-scaler bench-kafka bench-worker bench-keda bench-models bench-mlflow-auth clean
 
 help:
 	@echo "make demo          RabbitMQ, MLflow, the scaler and workers on this machine, one Job per request"
@@ -23,6 +23,7 @@ help:
 	@echo "make bench-worker  the worker beside a Python worker: cold start, throughput, memory"
 	@echo "make bench-keda    our trigger beside KEDA's built-in RabbitMQ trigger, in the real cluster (~30 min)"
 	@echo "make bench-models  models of 15, 70 and 150 MB: the worker's load beside onnxruntime's, and bursts in the real cluster"
+	@echo "make bench-mlflow-auth  MLflow's basic auth per call, with and without its credential cache (~2 min)"
 	@echo "make cluster       a real single-node Kubernetes + KEDA here, with the project deployed (docs/deploy.md)"
 	@echo "make cluster-up    the same cluster with the images imported, nothing deployed"
 	@echo "make cluster-down  stop it and undo its host changes"
@@ -123,6 +124,11 @@ bench-kafka: build services
 
 bench-worker: build services
 	node bench/worker-bench.ts
+
+# MLflow's basic-auth app with and without its credential cache (docs/deploy.md).
+bench-mlflow-auth:
+	scripts/mlflow.sh venv
+	node bench/mlflow-auth-bench.ts
 
 # KEDA's ScaledJob strategies side by side in the real cluster: our trigger, the built-in RabbitMQ
 # trigger with accurate and with default (docs/benchmarks.md).

@@ -83,6 +83,7 @@ database_uri = postgresql+psycopg2://mlflow:$pg@postgres.$NS.svc:5432/mlflow_aut
 admin_username = admin
 admin_password = $(secret_of mlflow-admin)
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+auth_cache_ttl_seconds = 60
 "
   apply_secret kmj-mlflow-worker --from-literal=username=kmj-worker --from-literal=password="$(secret_of kmj-mlflow-worker)"
   apply_secret kmj-model-cache --from-literal=token="$(secret_of kmj-model-cache)"
