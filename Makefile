@@ -21,7 +21,7 @@ help:
 	@echo "make bench-scaler  benchmark the scaler under KEDA-like polling of 200 queues"
 	@echo "make bench-kafka   the scaler's Kafka source under KEDA-like polling of 100 groups of 12 partitions, beside RabbitMQ"
 	@echo "make bench-worker  the worker beside a Python worker: cold start, throughput, memory"
-	@echo "make bench-keda    our trigger beside KEDA's built-in RabbitMQ trigger, in the real cluster (~30 min)"
+	@echo "make bench-keda    our trigger beside KEDA's built-in RabbitMQ trigger, in the real cluster (~25 min)"
 	@echo "make bench-models  models of 15, 70 and 150 MB: the worker's load beside onnxruntime's, and bursts in the real cluster"
 	@echo "make bench-mlflow-auth  MLflow's basic auth per call, with and without its credential cache (~2 min)"
 	@echo "make cluster       a real single-node Kubernetes + KEDA here, with the project deployed (docs/deploy.md)"
