@@ -134,6 +134,15 @@ describe('the dashboard and the alerts against a burst in the real cluster', () 
     );
     const before = (await value(`sum(kmj_requests_total{name="${QUEUE}"})`)) ?? 0;
     const from = Math.floor(Date.now() / 1000) - 1;
+    // The panels count from each series' first sample in the range: one scrape inside the window
+    // before anything is published, or a request that finishes before the window's first scrape
+    // (pods start in a few seconds here) would be in that first sample and not counted.
+    await waitUntil(
+      "a scrape of the queue's outcomes inside the window",
+      () => value(`min(timestamp(kmj_requests_total{name="${QUEUE}"}))`),
+      (t) => t !== undefined && t >= from,
+      { timeoutMs: 4 * SCRAPE_S * 1000, stepMs: 500 },
+    );
 
     const experiment = uniqueId('cluster-monitoring');
     await publishAll([
