@@ -64,12 +64,20 @@ export async function declareRequestTopology(conn: ChannelModel, queue: string, 
  * user), closed afterwards; the connect is bounded by 10 s and `signal`.
  */
 export async function declareRequestTopologyAt(url: string, queue: string, options: TopologyOptions, signal: AbortSignal): Promise<void> {
-  const conn = await raceAbort(connect(url, { timeout: 10_000 }), signal);
-  conn.on('error', () => undefined); // a dropped connection fails the declares, which say so
+  await onConnectionTo(url, signal, (conn) => declareRequestTopology(conn, queue, options));
+}
+
+/**
+ * `work` on a connection of its own to `url`, closed afterwards whatever `work` did; the connect
+ * is bounded by 10 s and `signal`. A connection that drops fails `work`'s calls, which say so.
+ */
+async function onConnectionTo<T>(url: string, signal: AbortSignal, work: (conn: ChannelModel) => Promise<T>): Promise<T> {
+  const conn = await raceAbort(connect(url, { timeout: 10_000, noDelay: true }), signal);
+  conn.on('error', () => undefined); // reported by the calls it fails
   try {
-    await declareRequestTopology(conn, queue, options);
+    return await work(conn);
   } finally {
-    await conn.close().catch(() => undefined); // the declares are done or failed; a failed close changes nothing
+    await conn.close().catch(() => undefined); // the work is done or failed; a failed close changes nothing
   }
 }
 
@@ -115,9 +123,7 @@ export interface DeadLetter {
  * they are read: this empties the queue, so it is not for a queue someone else still reads.
  */
 export async function takeDeadLettersAt(url: string, queue: string, signal: AbortSignal): Promise<DeadLetter[]> {
-  const conn = await raceAbort(connect(url, { timeout: 10_000, noDelay: true }), signal);
-  conn.on('error', () => undefined); // a dropped connection fails the gets, which say so
-  try {
+  return onConnectionTo(url, signal, async (conn) => {
     const ch = await conn.createChannel();
     const taken: DeadLetter[] = [];
     for (;;) {
@@ -128,23 +134,17 @@ export async function takeDeadLettersAt(url: string, queue: string, signal: Abor
     }
     await ch.close();
     return taken;
-  } finally {
-    await conn.close().catch(() => undefined); // the gets are done or failed; a failed close changes nothing
-  }
+  });
 }
 
 /** Deletes a request queue and its dead-letter queue, on a connection of its own to `url`. */
 export async function deleteRequestTopologyAt(url: string, queue: string, signal: AbortSignal): Promise<void> {
-  const conn = await raceAbort(connect(url, { timeout: 10_000, noDelay: true }), signal);
-  conn.on('error', () => undefined); // a dropped connection fails the deletes, which say so
-  try {
+  await onConnectionTo(url, signal, async (conn) => {
     const ch = await conn.createChannel();
     await ch.deleteQueue(queue);
     await ch.deleteQueue(deadLetterQueueOf(queue));
     await ch.close();
-  } finally {
-    await conn.close().catch(() => undefined); // the deletes are done or failed; a failed close changes nothing
-  }
+  });
 }
 
 /**
