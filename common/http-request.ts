@@ -3,9 +3,17 @@
  * worker uses Node's own HTTP stack rather than a client library: it is already loaded, which
  * keeps a worker's cold start short.
  */
-import { Agent as HttpAgent, request as httpRequest, type IncomingHttpHeaders, type IncomingMessage } from 'node:http';
-import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
+import type { Agent as HttpAgent, IncomingHttpHeaders, IncomingMessage } from 'node:http';
+import type * as HttpsModule from 'node:https';
+import type { Agent as HttpsAgent } from 'node:https';
 import type { Readable } from 'node:stream';
+
+// node:http through getBuiltinModule, not an ESM import: an import statement builds the module's
+// namespace, which reads http.WebSocket and so loads Node's bundled undici, about 30 ms of a
+// worker's cold start (docs/benchmarks.md). node:https (TLS, crypto) loads with the first https URL.
+const http = process.getBuiltinModule('node:http');
+let httpsModule: typeof HttpsModule | undefined;
+const https = (): typeof HttpsModule => (httpsModule ??= process.getBuiltinModule('node:https'));
 
 export interface HttpResponse {
   readonly statusCode: number;
@@ -32,14 +40,14 @@ export interface TlsOptions {
  */
 export function agentFor(url: URL, tls: TlsOptions): HttpAgent | HttpsAgent {
   if (url.protocol === 'https:') {
-    return new HttpsAgent({
+    return new (https().Agent)({
       keepAlive: true,
       rejectUnauthorized: tls.rejectUnauthorized,
       ...(tls.ca ? { ca: tls.ca } : {}),
       ...(tls.clientCert ? { cert: tls.clientCert, key: tls.clientCert } : {}),
     });
   }
-  return new HttpAgent({ keepAlive: false });
+  return new http.Agent({ keepAlive: false });
 }
 
 /** 408, 429 and 5xx (and 0, no answer at all): worth another attempt, as the Python client judges. */
@@ -69,7 +77,7 @@ export function send(url: URL, options: SendOptions): Promise<HttpResponse> {
       reject(options.signal.reason instanceof Error ? options.signal.reason : new Error('aborted'));
       return;
     }
-    const fn = url.protocol === 'https:' ? httpsRequest : httpRequest;
+    const fn = url.protocol === 'https:' ? https().request : http.request;
     const req = fn(url, { method: options.method, headers: options.headers, ...(options.agent ? { agent: options.agent } : {}) });
     // One bound for the whole attempt, headers and body: a body that stalls after the headers
     // ends the attempt too (and the caller's retry, if any, starts over).
