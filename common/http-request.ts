@@ -4,16 +4,9 @@
  * keeps a worker's cold start short.
  */
 import type { Agent as HttpAgent, IncomingHttpHeaders, IncomingMessage } from 'node:http';
-import type * as HttpsModule from 'node:https';
 import type { Agent as HttpsAgent } from 'node:https';
 import type { Readable } from 'node:stream';
-
-// node:http through getBuiltinModule, not an ESM import: an import statement builds the module's
-// namespace, which reads http.WebSocket and so loads Node's bundled undici, about 30 ms of a
-// worker's cold start (docs/benchmarks.md). node:https (TLS, crypto) loads with the first https URL.
-const http = process.getBuiltinModule('node:http');
-let httpsModule: typeof HttpsModule | undefined;
-const https = (): typeof HttpsModule => (httpsModule ??= process.getBuiltinModule('node:https'));
+import { nodeHttp as http, nodeHttps as https } from './node-http.ts';
 
 export interface HttpResponse {
   readonly statusCode: number;

@@ -11,8 +11,9 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { Logger } from '../common/log.ts';
+import { nodeHttp } from '../common/node-http.ts';
 import { messageOf } from '../common/redact.ts';
 import { MlflowHttp } from '../mlflow/http.ts';
 import { MlflowTracking } from '../mlflow/tracking.ts';
@@ -156,7 +157,7 @@ export async function startNodeCache(config: NodeCacheConfig, log: Logger): Prom
     stream.pipe(res);
   };
 
-  const server: Server = createServer((req: IncomingMessage, res: ServerResponse) => {
+  const server: Server = nodeHttp.createServer((req: IncomingMessage, res: ServerResponse) => {
     const url = new URL(req.url ?? '/', 'http://node-cache');
     if (req.method !== 'GET') {
       answer(res, 405, { error: 'only GET' });

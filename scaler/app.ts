@@ -2,8 +2,9 @@
  * Assembles a running scaler from its configuration: sources, trigger compiler, snapshot store,
  * the gRPC server and the HTTP server for metrics and probes. `close` undoes all of it in order.
  */
-import { createServer, type Server } from 'node:http';
+import type { Server } from 'node:http';
 import type { Logger } from '../common/log.ts';
+import { nodeHttp } from '../common/node-http.ts';
 import type { ScalerConfig } from './config.ts';
 import { startGrpcServer, type RunningGrpcServer } from './grpc-server.ts';
 import { ScalerMetrics } from './metrics.ts';
@@ -77,7 +78,7 @@ export async function startScaler(config: ScalerConfig, log: Logger): Promise<Ru
 }
 
 function startHttp(host: string, port: number, metrics: ScalerMetrics, store: SnapshotStore): Promise<Server> {
-  const server = createServer((req, res) => {
+  const server = nodeHttp.createServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0];
     if (path === REPORT_PATH) {
       if (req.method !== 'POST') {
