@@ -4,14 +4,13 @@
  * management API (the only source of it), and the dead-letter queue's depth. When AMQP cannot be
  * read, the management API's sampled figures stand in, said to be such and why.
  */
-import { connect } from 'amqplib';
 import { raceAbort } from '../common/abort.ts';
 import { BacklogNotFoundError, NotFoundError } from '../common/errors.ts';
 import { messageOf } from '../common/redact.ts';
 import { checkQueues } from './inspect.ts';
 import { ManagementQueueReader } from './management.ts';
 import { defaultManagementUrl, vhostOf } from './settings.ts';
-import { deadLetterQueueOf } from './topology.ts';
+import { deadLetterQueueOf, onConnectionTo } from './topology.ts';
 
 /**
  * The queue as RabbitMQ reports it. `ready` and `consumers` come from AMQP (a passive declare:
@@ -79,15 +78,16 @@ async function readAmqp(
   dead: string,
   signal: AbortSignal,
 ): Promise<{ ready: number; consumers: number; deadLettered?: number }> {
-  const conn = await raceAbort(connect(url, { timeout: 5000, noDelay: true }), signal);
-  conn.on('error', () => undefined); // a dropped connection fails the declares below, which say so
-  try {
-    const found = await raceAbort(checkQueues(conn, [queue, dead]), signal);
-    const q = found.get(queue);
-    if (!q) throw new BacklogNotFoundError(`queue ${JSON.stringify(queue)}: not found in vhost ${JSON.stringify(vhostOf(url))}`);
-    const d = found.get(dead);
-    return { ready: q.messageCount, consumers: q.consumerCount, ...(d ? { deadLettered: d.messageCount } : {}) };
-  } finally {
-    await conn.close().catch(() => undefined); // the reading is done; a close that fails changes nothing
-  }
+  return onConnectionTo(
+    url,
+    signal,
+    async (conn) => {
+      const found = await raceAbort(checkQueues(conn, [queue, dead]), signal);
+      const q = found.get(queue);
+      if (!q) throw new BacklogNotFoundError(`queue ${JSON.stringify(queue)}: not found in vhost ${JSON.stringify(vhostOf(url))}`);
+      const d = found.get(dead);
+      return { ready: q.messageCount, consumers: q.consumerCount, ...(d ? { deadLettered: d.messageCount } : {}) };
+    },
+    5000,
+  );
 }

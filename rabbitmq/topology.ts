@@ -69,10 +69,16 @@ export async function declareRequestTopologyAt(url: string, queue: string, optio
 
 /**
  * `work` on a connection of its own to `url`, closed afterwards whatever `work` did; the connect
- * is bounded by 10 s and `signal`. A connection that drops fails `work`'s calls, which say so.
+ * is bounded by `connectTimeoutMs` (default 10 s) and `signal`. A connection that drops fails
+ * `work`'s calls, which say so.
  */
-async function onConnectionTo<T>(url: string, signal: AbortSignal, work: (conn: ChannelModel) => Promise<T>): Promise<T> {
-  const conn = await raceAbort(connect(url, { timeout: 10_000, noDelay: true }), signal);
+export async function onConnectionTo<T>(
+  url: string,
+  signal: AbortSignal,
+  work: (conn: ChannelModel) => Promise<T>,
+  connectTimeoutMs = 10_000,
+): Promise<T> {
+  const conn = await raceAbort(connect(url, { timeout: connectTimeoutMs, noDelay: true }), signal);
   conn.on('error', () => undefined); // reported by the calls it fails
   try {
     return await work(conn);
