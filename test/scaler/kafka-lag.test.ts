@@ -10,7 +10,9 @@ import { KAFKA_BROKERS, KAFKA_PASSWORD, KAFKA_SASL_BROKERS, KAFKA_SSL_BROKERS, K
 import { KafkaFixture } from '../helpers/kafka.ts';
 import { createLogger } from '../../common/log.ts';
 import { kafkaClient } from '../../kafka/client.ts';
-import { KafkaOffsetsReader } from '../../kafka/offsets.ts';
+import { KafkaOffsetsReader, type GroupOffsets } from '../../kafka/offsets.ts';
+import { messageOf } from '../../common/redact.ts';
+import { BacklogNotFoundError } from '../../common/errors.ts';
 import { kafkaConnection } from '../../kafka/settings.ts';
 import { loadScalerConfig } from '../../scaler/config.ts';
 import { startTestScaler, type ScalerHandle } from '../helpers/scaler.ts';
@@ -338,14 +340,15 @@ describe('TLS', () => {
 });
 
 describe('the offsets reader (kafka/offsets.ts)', () => {
-  it('reads each topic on a client of its own, and starts afresh after a topic is deleted', async () => {
+  it('shares one ListOffsets round among reads started together, and a deleted topic fails only the reads that name it', async () => {
     const log = createLogger({ level: 'silent', name: 'kmj-test' });
     const { value: conn, problems } = kafkaConnection({ KAFKA_BROKERS });
     if (!conn) throw new Error(problems.join('; '));
     const client = kafkaClient(conn, { clientId: 'kmj-test-reader', log, connectTimeoutMs: 3000, requestTimeoutMs: 2000, retries: 0 });
     // The topic listing kept for a minute: the deleted topic is still listed, so its read reaches
-    // the topic's own client, as it does in the seconds after a deletion.
+    // the broker's ListOffsets, as it does in the seconds after a deletion.
     const reader = new KafkaOffsetsReader({ kafka: client, brokers: KAFKA_BROKERS, log, listTtlMs: 60_000 });
+    const signal = (): AbortSignal => AbortSignal.timeout(10_000);
     try {
       const [kept, doomed] = [await kafka.topic('reader-kept', 2), await kafka.topic('reader-doomed', 1)];
       const group = kafka.group('reader');
@@ -353,35 +356,43 @@ describe('the offsets reader (kafka/offsets.ts)', () => {
       await kafka.produce(doomed, 0, 2);
       await kafka.commit(group, kept, { 0: 1, 1: 0 });
       await kafka.commit(group, doomed, { 0: 1 });
-      const both = await reader.read(group, [kept, doomed], AbortSignal.timeout(10_000));
-      const rows = {
-        [kept]: [
-          [kept, 0, 3, 1],
-          [kept, 1, 0, 0],
-        ],
-        [doomed]: [[doomed, 0, 2, 1]],
-      };
-      expect(both.partitions.map((p) => [p.topic, p.partition, p.end, p.committed])).toEqual([kept, doomed].sort().flatMap((t) => rows[t]));
-      expect(reader.topicClients).toBe(2);
-      // Every committed topic of the group when none is named: the same two clients.
-      expect((await reader.read(group, [], AbortSignal.timeout(10_000))).topics).toEqual([kept, doomed].sort());
-      expect(reader.topicClients).toBe(2);
+      const rows = (r: GroupOffsets): (string | number | undefined)[][] =>
+        r.partitions.map((p) => [p.topic, p.partition, p.end, p.committed]);
+      const keptRows = [
+        [kept, 0, 3, 1],
+        [kept, 1, 0, 0],
+      ];
+      const doomedRows = [[doomed, 0, 2, 1]];
+      const both = await reader.read(group, [kept, doomed], signal());
+      expect(rows(both)).toEqual(kept < doomed ? [...keptRows, ...doomedRows] : [...doomedRows, ...keptRows]);
+      // Every committed topic of the group when none is named.
+      expect((await reader.read(group, [], signal())).topics).toEqual([kept, doomed].sort());
+
+      // Three reads started in one turn of the event loop: one round of ListOffsets for all.
+      const before = reader.batches;
+      const together = await Promise.all([
+        reader.read(group, [kept], signal()),
+        reader.read(group, [doomed], signal()),
+        reader.read(group, [kept, doomed], signal()),
+      ]);
+      expect(reader.batches).toBe(before + 1);
+      expect(together.map(rows)).toEqual([keptRows, doomedRows, rows(both)]);
 
       await (await kafka.admin()).deleteTopics({ topics: [doomed] });
-      await expect(reader.read(group, [kept, doomed], AbortSignal.timeout(10_000))).rejects.toThrow(
-        `a topic of consumer group "${group}" does not exist on ${KAFKA_BROKERS}`,
-      );
-      // Every client dropped (kafkajs' metadata of a deleted topic poisons a client), listing too.
-      expect(reader.topicClients).toBe(0);
-      await expect(reader.read(group, [doomed], AbortSignal.timeout(10_000))).rejects.toThrow(
+      const [keptAfter, doomedAfter] = await Promise.allSettled([
+        reader.read(group, [kept], signal()),
+        reader.read(group, [doomed], signal()),
+      ]);
+      expect(keptAfter.status === 'fulfilled' && rows(keptAfter.value)).toEqual(keptRows);
+      // Its shared round failed; the round made again for it alone lists the topics anew.
+      expect(doomedAfter.status === 'rejected' && doomedAfter.reason).toBeInstanceOf(BacklogNotFoundError);
+      expect(doomedAfter.status === 'rejected' && messageOf(doomedAfter.reason)).toBe(
         `topic "${doomed}" does not exist on ${KAFKA_BROKERS}`,
       );
-      const after = await reader.read(group, [kept], AbortSignal.timeout(10_000));
+      const after = await reader.read(group, [kept], signal());
       expect(after.partitions.map((p) => p.end - (p.committed ?? 0))).toEqual([2, 0]);
-      expect(reader.topicClients).toBe(1);
     } finally {
       await reader.close();
     }
-    expect(reader.topicClients).toBe(0);
   });
 });
