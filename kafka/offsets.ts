@@ -104,6 +104,7 @@ export class KafkaOffsetsReader {
   /** Topics whose ends reads of this turn of the event loop wait for, with their readers. */
   #pending: Map<string, EndsWaiter[]> | undefined;
   #batches = 0;
+  #closed = false;
 
   constructor(options: OffsetsReaderOptions) {
     this.#options = options;
@@ -345,6 +346,7 @@ export class KafkaOffsetsReader {
   }
 
   #connected(): Promise<Cluster> {
+    if (this.#closed) return Promise.reject(this.#closedError());
     if (!this.#cluster) {
       const cluster = clusterOf(this.#options.kafka);
       // Connect, then the broker list (Metadata), which also proves the credentials (a connect
@@ -362,7 +364,12 @@ export class KafkaOffsetsReader {
     return this.#cluster;
   }
 
+  #closedError(): Error {
+    return new BacklogUnavailableError(`the reader of Kafka at ${this.#options.brokers} is closed`);
+  }
+
   #groupAdmin(): Promise<Admin> {
+    if (this.#closed) return Promise.reject(this.#closedError());
     if (!this.#admin) {
       const admin = this.#options.kafka.admin();
       const connecting = admin.connect().then(() => admin);
@@ -415,7 +422,9 @@ export class KafkaOffsetsReader {
     admin?.then((a) => a.disconnect()).catch(() => undefined);
   }
 
+  /** Closes the connections; a read under way or started later fails. */
   async close(): Promise<void> {
+    this.#closed = true;
     const [cluster, admin] = [this.#cluster, this.#admin];
     this.#cluster = undefined;
     this.#admin = undefined;
