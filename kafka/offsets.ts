@@ -60,6 +60,8 @@ export interface OffsetsReaderOptions {
   readonly log: Logger;
   /** How long the cluster's topic list and group list are reused. Default 2000 ms. */
   readonly listTtlMs?: number;
+  /** Makes the Cluster the requests go through. Default: kafkajs' own, of `kafka` (kafka/cluster.ts). */
+  readonly createCluster?: (kafka: Kafka) => Cluster;
 }
 
 /**
@@ -348,7 +350,7 @@ export class KafkaOffsetsReader {
   #connected(): Promise<Cluster> {
     if (this.#closed) return Promise.reject(this.#closedError());
     if (!this.#cluster) {
-      const cluster = clusterOf(this.#options.kafka);
+      const cluster = (this.#options.createCluster ?? clusterOf)(this.#options.kafka);
       // Connect, then the broker list (Metadata), which also proves the credentials (a connect
       // alone does not).
       const connecting = cluster
