@@ -85,47 +85,61 @@ const readerOn = (cluster: Cluster, listTtlMs = 60_000): KafkaOffsetsReader =>
 const lagOf = async (reader: KafkaOffsetsReader): Promise<number[]> =>
   (await reader.read('g', ['t'], AbortSignal.timeout(5000))).partitions.map((p) => p.end - (p.committed ?? 0));
 
+/** A reader that has read once (lag [4, 0]) through a cluster that has not moved yet. */
+const afterOneRead = async (): Promise<{ cluster: MovingCluster; reader: KafkaOffsetsReader }> => {
+  const cluster = new MovingCluster();
+  const reader = readerOn(cluster);
+  expect(await lagOf(reader)).toEqual([4, 0]);
+  return { cluster, reader };
+};
+
+/** The next read's lag and the requests it made, sorted. */
+const nextRead = async (cluster: MovingCluster, reader: KafkaOffsetsReader): Promise<{ lag: number[]; calls: string[] }> => {
+  cluster.calls.length = 0;
+  const lag = await lagOf(reader);
+  return { lag, calls: [...cluster.calls].sort() };
+};
+
 describe('the offsets reader keeps what a read needs, and finds it anew when the cluster moved it', () => {
   it('a second read is OffsetFetch and the ListOffsets pair only', async () => {
-    const cluster = new MovingCluster();
-    const reader = readerOn(cluster);
-    expect(await lagOf(reader)).toEqual([4, 0]);
-    cluster.calls.length = 0;
-    expect(await lagOf(reader)).toEqual([4, 0]);
-    expect(cluster.calls.sort()).toEqual(['ListOffsets earliest@1', 'ListOffsets latest@1', 'OffsetFetch@1']);
+    const { cluster, reader } = await afterOneRead();
+    expect(await nextRead(cluster, reader)).toEqual({
+      lag: [4, 0],
+      calls: ['ListOffsets earliest@1', 'ListOffsets latest@1', 'OffsetFetch@1'],
+    });
   });
 
   it('a moved coordinator and moved leaders cost requests, not a failed read', async () => {
-    const cluster = new MovingCluster();
-    const reader = readerOn(cluster);
-    expect(await lagOf(reader)).toEqual([4, 0]);
-    cluster.coordinator = 2;
-    cluster.leader = 2;
+    const { cluster, reader } = await afterOneRead();
+    Object.assign(cluster, { coordinator: 2, leader: 2 });
     cluster.ends[0] = 8;
-    cluster.calls.length = 0;
-    expect(await lagOf(reader)).toEqual([5, 0]);
     // The kept coordinator refused, found anew; the kept leader refused, the topics listed anew.
+    expect(await nextRead(cluster, reader)).toEqual({
+      lag: [5, 0],
+      calls: [
+        'FindCoordinator',
+        'ListOffsets earliest@1',
+        'ListOffsets earliest@2',
+        'ListOffsets latest@1',
+        'ListOffsets latest@2',
+        'Metadata',
+        'OffsetFetch@1',
+        'OffsetFetch@2',
+      ],
+    });
     expect(cluster.calls.filter((c) => c.startsWith('OffsetFetch') || c === 'FindCoordinator')).toEqual([
       'OffsetFetch@1',
       'FindCoordinator',
       'OffsetFetch@2',
     ]);
-    expect(cluster.calls.filter((c) => c.startsWith('ListOffsets') || c === 'Metadata').sort()).toEqual([
-      'ListOffsets earliest@1',
-      'ListOffsets earliest@2',
-      'ListOffsets latest@1',
-      'ListOffsets latest@2',
-      'Metadata',
-    ]);
-    cluster.calls.length = 0;
-    expect(await lagOf(reader)).toEqual([5, 0]);
-    expect(cluster.calls.sort()).toEqual(['ListOffsets earliest@2', 'ListOffsets latest@2', 'OffsetFetch@2']);
+    expect(await nextRead(cluster, reader)).toEqual({
+      lag: [5, 0],
+      calls: ['ListOffsets earliest@2', 'ListOffsets latest@2', 'OffsetFetch@2'],
+    });
   });
 
   it('a coordinator that still refuses after it was found anew fails the read with what the broker said, never a lag', async () => {
-    const cluster = new MovingCluster();
-    const reader = readerOn(cluster);
-    expect(await lagOf(reader)).toEqual([4, 0]);
+    const { cluster, reader } = await afterOneRead();
     // The group moved to node 2, but FindCoordinator still names node 1 (the cluster is electing).
     cluster.coordinator = 2;
     cluster.findGroupCoordinator = (): Promise<ClusterBroker> => cluster.findBroker({ nodeId: 1 });
