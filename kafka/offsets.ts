@@ -294,7 +294,9 @@ export class KafkaOffsetsReader {
           if (p.leader < 0) throw new BacklogUnavailableError(`partition ${p.partitionId} of topic ${JSON.stringify(topic)} has no leader`);
           const leaderTopics = byLeader.get(p.leader) ?? new Map<string, number[]>();
           byLeader.set(p.leader, leaderTopics);
-          leaderTopics.set(topic, [...(leaderTopics.get(topic) ?? []), p.partitionId]);
+          const ids = leaderTopics.get(topic);
+          if (ids) ids.push(p.partitionId);
+          else leaderTopics.set(topic, [p.partitionId]);
         }
       }
       const ask = async (broker: ClusterBroker, leaderTopics: Map<string, number[]>, timestamp: number): Promise<void> => {
@@ -405,7 +407,7 @@ export class KafkaOffsetsReader {
         { cause: err },
       );
     // Everything else drops the connections: after a broker restart, new ones are as quick as a retry.
-    this.#reset();
+    void this.#reset();
     if (type === 'SASL_AUTHENTICATION_FAILED')
       return new BacklogUnavailableError(`Kafka at ${brokers} refused the SASL credentials: ${messageOf(err)}`, { cause: err });
     return new BacklogUnavailableError(`cannot read consumer group ${JSON.stringify(group)} from Kafka at ${brokers}: ${messageOf(err)}`, {
@@ -413,29 +415,27 @@ export class KafkaOffsetsReader {
     });
   }
 
-  #reset(): void {
+  /**
+   * Forgets every connection and what was kept; resolves once they are closed, never rejects (a
+   * failed connect already disconnected its client: #connected, #groupAdmin).
+   */
+  async #reset(): Promise<void> {
     const [cluster, admin] = [this.#cluster, this.#admin];
     this.#cluster = undefined;
     this.#admin = undefined;
     this.#topics = undefined;
     this.#groups = undefined;
     this.#coordinators.clear();
-    cluster?.then((c) => c.disconnect()).catch(() => undefined); // dropping: nothing more to do on failure
-    admin?.then((a) => a.disconnect()).catch(() => undefined);
+    await Promise.all([
+      cluster?.then((c) => c.disconnect()).catch(() => undefined), // dropping: nothing more to do on failure
+      admin?.then((a) => a.disconnect()).catch(() => undefined),
+    ]);
   }
 
   /** Closes the connections; a read under way or started later fails. */
   async close(): Promise<void> {
     this.#closed = true;
-    const [cluster, admin] = [this.#cluster, this.#admin];
-    this.#cluster = undefined;
-    this.#admin = undefined;
-    this.#coordinators.clear();
-    // A failed connect already disconnected its client (#connected, #groupAdmin).
-    await Promise.all([
-      cluster?.then((c) => c.disconnect()).catch(() => undefined),
-      admin?.then((a) => a.disconnect()).catch(() => undefined),
-    ]);
+    await this.#reset();
   }
 }
 
